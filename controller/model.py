@@ -1,0 +1,115 @@
+"""The data center as the controller sees it: switches, hosts, links, edges,
+the NF catalog and the chains, as frozen values.
+
+This module only holds the shapes.  Reading and checking a topology file is
+`controller.topology`; placing chains is `controller.placement`; building the
+graph of the fabric is `controller.fabric`.  Every other part of the
+controller passes these objects around and never a raw dict from YAML.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional, Tuple
+
+# Node labels and SPIs share MPLS's label space; 0..15 are reserved (RFC 3032).
+FIRST_NODE_LABEL = 16
+FIRST_SPI = 16
+MAX_LABEL = (1 << 20) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Switch:
+    name: str
+    dpid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    name: str
+    switch: str
+    port: int
+    mac: str
+    ip: str            # with prefix length, as in the file: "10.0.0.1/24"
+    cores: int
+    label: int         # MPLS node label (transport label of this host)
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    a: str
+    a_port: int
+    b: str
+    b_port: int
+    gbps: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Edge:
+    """Where traffic enters and leaves the data center."""
+    name: str
+    switch: str
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NFType:
+    """Catalog entry: what one instance of this NF type needs and serves."""
+    name: str
+    cores: int
+    mpps: float
+    config: Optional[str] = None   # rule or config file for the NF, if any
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    name: str
+    ingress: str                   # an edge name
+    egress: str                    # a host or an edge name
+    match: Mapping[str, object]    # OpenFlow-style match fields
+    nfs: Tuple[str, ...]
+    mpps: float
+    spi: int                       # service path id, FIRST_SPI.. in file order
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str
+    switches: Tuple[Switch, ...]
+    hosts: Tuple[Host, ...]
+    links: Tuple[Link, ...]
+    edges: Tuple[Edge, ...]
+    nfs: Mapping[str, NFType]
+    chains: Tuple[Chain, ...]
+    source: str = "<memory>"       # the file it came from, for messages
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    def switch(self, name: str) -> Switch:
+        for switch in self.switches:
+            if switch.name == name:
+                return switch
+        raise KeyError(name)
+
+    def edge(self, name: str) -> Edge:
+        for edge in self.edges:
+            if edge.name == name:
+                return edge
+        raise KeyError(name)
+
+    def chain(self, name: str) -> Chain:
+        for chain in self.chains:
+            if chain.name == name:
+                return chain
+        raise KeyError(name)
+
+    def with_chains(self, chains) -> "Topology":
+        return dataclasses.replace(self, chains=tuple(chains))
+
+    def without_hosts(self, names) -> "Topology":
+        gone = set(names)
+        return dataclasses.replace(
+            self, hosts=tuple(h for h in self.hosts if h.name not in gone))

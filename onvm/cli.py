@@ -1,0 +1,121 @@
+"""The one program, `onvm`: parses the command line of DESIGN.md and hands
+each subcommand to the module that owns it.  Nothing here decides anything;
+imports are lazy so `onvm topo validate` does not load DPDK or Ryu."""
+import argparse
+import importlib
+import sys
+
+
+def _handler(target):
+    module, func = target.split(":")
+    return lambda args: getattr(importlib.import_module(module), func)(args)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="onvm", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    topo = sub.add_parser("topo", help="check or generate topology files")
+    tsub = topo.add_subparsers(dest="topo_command", required=True)
+    v = tsub.add_parser("validate", help="check a topology file")
+    v.add_argument("file")
+    v.set_defaults(run=_handler("controller.topology:cli_validate"))
+    gen = tsub.add_parser("gen", help="write a topology as YAML on stdout")
+    gsub = gen.add_subparsers(dest="kind", required=True)
+    ft = gsub.add_parser("fat-tree")
+    ft.add_argument("--k", type=int, required=True)
+    ft.add_argument("--chains", type=int, default=None)
+    ft.set_defaults(run=_handler("controller.topogen:cli_gen"))
+    ls = gsub.add_parser("leaf-spine")
+    ls.add_argument("--spines", type=int, required=True)
+    ls.add_argument("--leaves", type=int, required=True)
+    ls.add_argument("--hosts-per-leaf", type=int, required=True)
+    ls.add_argument("--chains", type=int, default=None)
+    ls.set_defaults(run=_handler("controller.topogen:cli_gen"))
+
+    pl = sub.add_parser("place", help="offline placement and routing")
+    pl.add_argument("--topology", required=True)
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(run=_handler("controller.placement:cli_place"))
+
+    c = sub.add_parser("controller", help="ryu-manager with the onvm apps")
+    c.add_argument("--topology", required=True)
+    c.add_argument("--store", required=True)
+    c.add_argument("--ofp-tcp-listen-port", type=int, default=6653)
+    c.add_argument("--wsapi-port", type=int, default=8080)
+    c.add_argument("--observe-links", action="store_true")
+    c.set_defaults(run=_handler("controller.run:cli_controller"))
+
+    a = sub.add_parser("agent", help="one host's agent")
+    a.add_argument("--host", required=True)
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--store", help="etcd URL: take plans from the controller")
+    src.add_argument("--plan", help="a local plan file: run with no controller")
+    a.add_argument("--metrics-port", type=int, default=9100,
+                   help="Prometheus endpoint (0: none)")
+    a.add_argument("--seconds", type=float, default=None,
+                   help="stop after this long (default: until Ctrl-C)")
+    a.add_argument("eal", nargs=argparse.REMAINDER,
+                   help="-- then DPDK EAL arguments")
+    a.set_defaults(run=_handler("host_agent.agent:cli_agent"))
+
+    nf = sub.add_parser("nf", help="network functions")
+    nsub = nf.add_subparsers(dest="nf_command", required=True)
+    nr = nsub.add_parser("run", help="an NF as its own DPDK secondary process")
+    nr.add_argument("type")
+    nr.add_argument("--host", required=True)
+    nr.add_argument("--instance", type=int, required=True)
+    nr.add_argument("--config", default=None, help="JSON config for the NF")
+    nr.add_argument("--file-prefix", default=None)
+    nr.add_argument("eal", nargs=argparse.REMAINDER)
+    nr.set_defaults(run=_handler("host_agent.nfproc:cli_nf_run"))
+    nl = nsub.add_parser("list", help="NF types found through entry points")
+    nl.set_defaults(run=_handler("nfs.api:cli_list"))
+
+    e = sub.add_parser("emulate", help="a whole data center on this machine")
+    e.add_argument("file")
+    e.add_argument("--seconds", type=float, default=None)
+    e.add_argument("--kill-host", action="append", default=[],
+                   metavar="HOST@SECONDS")
+    e.add_argument("--restart-controller", default=None, metavar="SECONDS")
+    e.add_argument("--raise-rate", action="append", default=[],
+                   metavar="CHAIN=MPPS@SECONDS")
+    e.set_defaults(run=_handler("onvm.emulate:cli_emulate"))
+
+    d = sub.add_parser("demo", help="the demo `make demo` runs")
+    d.add_argument("--seconds", type=float, default=None)
+    d.set_defaults(run=_handler("onvm.demo:cli_demo"))
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    bf = bsub.add_parser("fastpath", help="fast-path throughput, 64-byte packets")
+    bf.add_argument("--chain", required=True)
+    bf.add_argument("--packets", type=int, default=10_000_000)
+    bf.add_argument("--mode", choices=("inline", "process"), default="inline")
+    bf.add_argument("--python", action="store_true",
+                    help="use the plain-Python version of each NF")
+    bf.add_argument("--flows", type=int, default=1024)
+    bf.add_argument("--json", action="store_true")
+    bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
+    bp = bsub.add_parser("placement", help="placement quality and speed")
+    bp.add_argument("--json", action="store_true")
+    bp.set_defaults(run=_handler("controller.bench:cli_bench_placement"))
+    bo = bsub.add_parser("failover", help="host failure on the leaf-spine")
+    bo.add_argument("--topology", default="topologies/leaf-spine.yaml")
+    bo.add_argument("--json", action="store_true")
+    bo.set_defaults(run=_handler("onvm.emulate:cli_bench_failover"))
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "eal", None) and args.eal[0] == "--":
+        args.eal = args.eal[1:]
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

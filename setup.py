@@ -1,0 +1,51 @@
+"""Build of onvm-cluster: the Python packages and the Cython fast path,
+compiled against DPDK found through `pkg-config libdpdk`."""
+import os
+import shlex
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+
+
+def pkg_config(*args):
+    try:
+        out = subprocess.run(["pkg-config", *args, "libdpdk"], check=True,
+                             capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        sys.exit("onvm-cluster: pkg-config is missing; install it with "
+                 "`apt-get install pkg-config libdpdk-dev` (or run `make deps`).")
+    except subprocess.CalledProcessError:
+        sys.exit("onvm-cluster: DPDK was not found by `pkg-config libdpdk`; "
+                 "install it with `apt-get install libdpdk-dev` "
+                 "(or run `make deps`, which does it as root).")
+    return shlex.split(out)
+
+
+def dpdk_extension(name, sources):
+    cflags = pkg_config("--cflags")
+    libs = pkg_config("--libs")
+    return Extension(
+        name, sources,
+        include_dirs=["host_agent"],
+        extra_compile_args=cflags + ["-O3", "-Wno-deprecated-declarations",
+                                     "-Wno-unused-function"],
+        extra_link_args=libs + ["-lrte_net_ring"],
+    )
+
+
+def extensions():
+    from Cython.Build import cythonize
+    exts = [
+        dpdk_extension("host_agent.fastpath", ["host_agent/fastpath.pyx"]),
+    ]
+    for pyx in sorted(os.listdir("nfs")):
+        if pyx.endswith(".pyx"):
+            exts.append(dpdk_extension("nfs." + pyx[:-4], ["nfs/" + pyx]))
+    return cythonize(exts, language_level=3, include_path=["host_agent", "."],
+                     compiler_directives={"boundscheck": False,
+                                          "wraparound": False,
+                                          "cdivision": True})
+
+
+setup(ext_modules=extensions())

@@ -174,6 +174,13 @@ def _is_kind(value, kind):
 
 # --- the checker ----------------------------------------------------------
 
+class _Fields(dict):
+    """The well-typed keys of one entity, defaults applied.  `complete` is
+    False when a required key is missing or mistyped: the entity is then
+    still checked key by key, but not built."""
+    complete = True
+
+
 class _Checker:
     """Collects every problem of one file; each check adds to `errors`."""
 
@@ -185,40 +192,38 @@ class _Checker:
         self.errors.append((line, message))
 
     def fields(self, raw, spec, what, line):
-        """Keys of one entity with defaults applied; None when unusable.
-        Reports missing keys, unknown keys and wrong types, all of them."""
+        """Reports unknown keys, missing keys and wrong types, all of them;
+        returns the usable keys, or None when `raw` is no mapping at all."""
         if not isinstance(raw, dict):
             self.error(line, f"{what}: must be a mapping of keys, not {raw!r}")
             return None
-        out, ok = {}, True
+        out = _Fields()
         for key in raw:
             if key not in spec:
                 self.error(_line_of(raw, key, line),
                            f"{what}: unknown key {key!r}; known keys: "
                            f"{', '.join(spec)}")
-                ok = False
         for key, field in spec.items():
             if key not in raw:
                 if field.default is REQUIRED:
                     self.error(line, f"{what}: missing key {key!r}")
-                    ok = False
+                    out.complete = False
                 else:
                     out[key] = field.default
-                continue
-            value = raw[key]
-            if not _is_kind(value, field.kind):
+            elif _is_kind(raw[key], field.kind):
+                out[key] = raw[key]
+            else:
+                value = raw[key]
                 self.error(_line_of(raw, key, line),
                            f"{what}: {key} must be {_KIND_WORDS[field.kind]}, "
                            f"not {value!r}" + _yaml_hint(key, value))
-                ok = False
-            else:
-                out[key] = value
-        return out if ok else None
+                out.complete = False
+        return out
 
     def items(self, raw, field_name, spec, noun):
-        """Check each item of a top-level list; yields (index, line, fields)."""
+        """Each mapping of a top-level list: (index, line, raw, what, fields)."""
         for i, item in enumerate(raw):
-            line = _line_of(raw, i, raw.line if isinstance(raw, _LineList) else 0)
+            line = _line_of(raw, i, getattr(raw, "line", 0))
             name = item.get("name") if isinstance(item, dict) else None
             what = f"{noun} {name}" if isinstance(name, str) and name \
                 else f"{field_name}[{i}]"
@@ -226,19 +231,20 @@ class _Checker:
             if fields is not None:
                 yield i, line, item, what, fields
 
+    def positive(self, item, f, key, line, what):
+        """A count or rate that must be above zero (when it is well-typed)."""
+        if key in f and f[key] <= 0:
+            self.error(_line_of(item, key, line),
+                       f"{what}: {key} must be > 0, not {f[key]}")
+            return False
+        return True
+
 
 def _yaml_hint(key, value):
     """YAML 1.1 reads some unquoted MACs (12:34:56:...) as base-60 numbers."""
     if key == "mac" and isinstance(value, int):
         return ' (quote MACs: "02:00:00:00:00:01")'
     return ""
-
-
-def _check_port(ck, port, line, what):
-    if not 1 <= port <= MAX_PORT:
-        ck.error(line, f"{what}: port must be 1..{MAX_PORT}, not {port}")
-        return False
-    return True
 
 
 class _Ports:
@@ -258,55 +264,89 @@ class _Ports:
         return True
 
 
-def _attach(ck, item, f, line, what, switch_names, ports):
-    """A host's or edge's (switch, port): known switch, valid and free port."""
-    ok = _known_switch(ck, switch_names, f["switch"],
-                       _line_of(item, "switch", line), what)
-    ok &= _check_port(ck, f["port"], _line_of(item, "port", line), what)
-    return ok and ports.take(f["switch"], f["port"], what, line)
+class _Names:
+    """Switches, hosts and edges share one namespace: they are graph nodes.
+    A name counts as declared even when the rest of its entity is wrong, so
+    one mistake does not echo through every reference to it."""
+
+    def __init__(self, ck):
+        self.ck = ck
+        self.seen: Dict[str, Tuple[str, int]] = {}
+
+    def declare(self, f, noun, line):
+        if "name" not in f:
+            return False
+        name = f["name"]
+        if name in self.seen:
+            prev_noun, prev_line = self.seen[name]
+            self.ck.error(line, f"{noun} {name}: name already used by "
+                                f"{prev_noun} {name} (line {prev_line})")
+            return False
+        self.seen[name] = (noun, line)
+        return True
+
+    def of(self, noun):
+        return {n for n, (kind, _) in self.seen.items() if kind == noun}
+
+
+def _check_port(ck, item, f, key, line, what):
+    if key not in f:
+        return False
+    if not 1 <= f[key] <= MAX_PORT:
+        ck.error(_line_of(item, key, line),
+                 f"{what}: {key} must be 1..{MAX_PORT}, not {f[key]}")
+        return False
+    return True
+
+
+def _known_switch(ck, item, f, key, line, what, switch_names):
+    if key not in f:
+        return False
+    if f[key] not in switch_names:
+        ck.error(_line_of(item, key, line),
+                 f"{what}: {key} {f[key]!r} is not a switch of this topology")
+        return False
+    return True
+
+
+def _attach(ck, item, f, line, what, switch_names, ports, end=""):
+    """A host's, edge's or link end's (switch, port): a declared switch, a
+    valid port, and no one else on it."""
+    sw_key, port_key = (end or "switch"), (f"{end}_port" if end else "port")
+    ok = _known_switch(ck, item, f, sw_key, line, what, switch_names)
+    ok &= _check_port(ck, item, f, port_key, line, what)
+    return ok and ports.take(f[sw_key], f[port_key], what, line)
+
+
+def _check_dpid(ck, item, f, line, what, dpids):
+    if "dpid" not in f:
+        return False
+    dpid, dline = f["dpid"], _line_of(item, "dpid", line)
+    if not 1 <= dpid <= MAX_DPID:
+        ck.error(dline, f"{what}: dpid must be 1..2^64-1, not {dpid}")
+        return False
+    if dpid in dpids:
+        ck.error(dline, f"{what}: dpid {dpid:#x} is already used by "
+                        f"{dpids[dpid][0]} (line {dpids[dpid][1]})")
+        return False
+    dpids[dpid] = (what, dline)
+    return True
 
 
 def _parse_switches(ck, raw, names):
     switches, dpids = [], {}
     for _, line, item, what, f in ck.items(raw, "switches", _SWITCH, "switch"):
-        if not _unique_name(ck, names, f["name"], "switch", line):
-            continue
-        dpid = f["dpid"]
-        if not 1 <= dpid <= MAX_DPID:
-            ck.error(_line_of(item, "dpid", line),
-                     f"{what}: dpid must be 1..2^64-1, not {dpid}")
-            continue
-        if dpid in dpids:
-            ck.error(_line_of(item, "dpid", line),
-                     f"{what}: dpid {dpid:#x} is already used by switch "
-                     f"{dpids[dpid][0]} (line {dpids[dpid][1]})")
-            continue
-        dpids[dpid] = (f["name"], line)
-        switches.append(Switch(f["name"], dpid))
+        ok = names.declare(f, "switch", line)
+        ok &= _check_dpid(ck, item, f, line, what, dpids)
+        if ok and f.complete:
+            switches.append(Switch(f["name"], f["dpid"]))
     return switches
 
 
-def _unique_name(ck, names, name, noun, line):
-    """Switches, hosts and edges share one namespace: they are graph nodes."""
-    if name in names:
-        prev_noun, prev_line = names[name]
-        ck.error(line, f"{noun} {name}: name already used by {prev_noun} "
-                       f"{name} (line {prev_line})")
+def _check_mac(ck, item, f, line, what, macs):
+    if "mac" not in f:
         return False
-    names[name] = (noun, line)
-    return True
-
-
-def _known_switch(ck, switch_names, switch, line, what, key="switch"):
-    if switch not in switch_names:
-        ck.error(line, f"{what}: {key} {switch!r} is not a switch of this "
-                       f"topology")
-        return False
-    return True
-
-
-def _check_mac(ck, item, mac, line, what, macs):
-    mline = _line_of(item, "mac", line)
+    mac, mline = f["mac"], _line_of(item, "mac", line)
     if not MAC_RE.match(mac):
         ck.error(mline, f"{what}: mac must look like 02:00:00:00:00:01, "
                         f"not {mac!r}")
@@ -324,8 +364,10 @@ def _check_mac(ck, item, mac, line, what, macs):
     return True
 
 
-def _check_ip(ck, item, ip, line, what, ips):
-    iline = _line_of(item, "ip", line)
+def _check_ip(ck, item, f, line, what, ips):
+    if "ip" not in f:
+        return False
+    ip, iline = f["ip"], _line_of(item, "ip", line)
     if "/" not in ip:
         ck.error(iline, f"{what}: ip must be an interface address with a "
                         f"prefix length, like 10.0.0.1/24, not {ip!r}")
@@ -343,26 +385,6 @@ def _check_ip(ck, item, ip, line, what, ips):
     return True
 
 
-def _parse_hosts(ck, raw, names, switch_names, ports):
-    hosts, macs, ips, labels = [], {}, {}, {}
-    for i, line, item, what, f in ck.items(raw, "hosts", _HOST, "host"):
-        ok = _unique_name(ck, names, f["name"], "host", line)
-        ok &= _attach(ck, item, f, line, what, switch_names, ports)
-        ok &= _check_mac(ck, item, f["mac"], line, what, macs)
-        ok &= _check_ip(ck, item, f["ip"], line, what, ips)
-        if f["cores"] <= 0:
-            ck.error(_line_of(item, "cores", line),
-                     f"{what}: cores must be > 0, not {f['cores']}")
-            ok = False
-        label = f["label"] if f["label"] is not None else FIRST_NODE_LABEL + i
-        ok &= _check_label(ck, labels, label, _line_of(item, "label", line),
-                           what, "label", "node label")
-        if ok:
-            hosts.append(Host(f["name"], f["switch"], f["port"], f["mac"],
-                              f["ip"], f["cores"], label))
-    return hosts
-
-
 def _check_label(ck, seen, value, line, what, key, noun):
     if not FIRST_NODE_LABEL <= value <= MAX_LABEL:
         ck.error(line, f"{what}: {key} must be {FIRST_NODE_LABEL}..{MAX_LABEL} "
@@ -376,21 +398,36 @@ def _check_label(ck, seen, value, line, what, key, noun):
     return True
 
 
+def _parse_hosts(ck, raw, names, switch_names, ports):
+    hosts, macs, ips, labels = [], {}, {}, {}
+    for i, line, item, what, f in ck.items(raw, "hosts", _HOST, "host"):
+        ok = names.declare(f, "host", line)
+        ok &= _attach(ck, item, f, line, what, switch_names, ports)
+        ok &= _check_mac(ck, item, f, line, what, macs)
+        ok &= _check_ip(ck, item, f, line, what, ips)
+        ok &= ck.positive(item, f, "cores", line, what)
+        label = f.get("label")
+        if label is None and "label" not in item:
+            label = FIRST_NODE_LABEL + i
+        if label is not None:
+            ok &= _check_label(ck, labels, label, _line_of(item, "label", line),
+                               what, "label", "node label")
+        if ok and f.complete:
+            hosts.append(Host(f["name"], f["switch"], f["port"], f["mac"],
+                              f["ip"], f["cores"], label))
+    return hosts
+
+
 def _parse_links(ck, raw, switch_names, ports):
     links, pairs = [], {}
     for _, line, item, what, f in ck.items(raw, "links", _LINK, "link"):
-        what = f"link {f['a']}-{f['b']}"
-        ok = True
-        for end in ("a", "b"):
-            ok &= _known_switch(ck, switch_names, f[end],
-                                _line_of(item, end, line), what, key=end)
-            ok &= _check_port(ck, f[f"{end}_port"],
-                              _line_of(item, f"{end}_port", line), what)
-        if f["gbps"] <= 0:
-            ck.error(_line_of(item, "gbps", line),
-                     f"{what}: gbps must be > 0, not {f['gbps']}")
-            ok = False
-        if not ok:
+        what = f"link {f.get('a', '?')}-{f.get('b', '?')}"
+        ok = _known_switch(ck, item, f, "a", line, what, switch_names)
+        ok &= _known_switch(ck, item, f, "b", line, what, switch_names)
+        ok &= _check_port(ck, item, f, "a_port", line, what)
+        ok &= _check_port(ck, item, f, "b_port", line, what)
+        ok &= ck.positive(item, f, "gbps", line, what)
+        if not (ok and f.complete):
             continue
         if f["a"] == f["b"]:
             ck.error(line, f"{what}: a link must join two different switches")
@@ -402,30 +439,41 @@ def _parse_links(ck, raw, switch_names, ports):
                            f"is a simple graph: declare one link with the "
                            f"summed gbps")
             continue
-        if not (ports.take(f["a"], f["a_port"], what, line)
-                & ports.take(f["b"], f["b_port"], what, line)):
-            continue
-        pairs[pair] = line
-        links.append(Link(f["a"], f["a_port"], f["b"], f["b_port"],
-                          float(f["gbps"])))
+        taken_a = ports.take(f["a"], f["a_port"], what, line)
+        if ports.take(f["b"], f["b_port"], what, line) and taken_a:
+            pairs[pair] = line
+            links.append(Link(f["a"], f["a_port"], f["b"], f["b_port"],
+                              float(f["gbps"])))
     return links
 
 
 def _parse_edges(ck, raw, names, switch_names, ports):
     edges = []
     for _, line, item, what, f in ck.items(raw, "edges", _EDGE, "edge"):
-        ok = _unique_name(ck, names, f["name"], "edge", line)
+        ok = names.declare(f, "edge", line)
         ok &= _attach(ck, item, f, line, what, switch_names, ports)
-        if ok:
+        if ok and f.complete:
             edges.append(Edge(f["name"], f["switch"], f["port"]))
     return edges
 
 
+def _check_config(ck, entry, f, line, what, base_dir):
+    """Resolve an NF's config path; stored resolved, so whoever opens it
+    need not know where the topology file lives."""
+    if f.get("config") is None:
+        return True, None
+    path = os.path.normpath(os.path.join(base_dir, f["config"]))
+    if not os.path.isfile(path):
+        ck.error(_line_of(entry, "config", line),
+                 f"{what}: config file {f['config']!r} not found "
+                 f"(looked for {path})")
+        return False, None
+    return True, path
+
+
 def _parse_catalog(ck, raw, line, base_dir):
     catalog = {}
-    if raw is None:
-        return catalog
-    for name, entry in raw.items():
+    for name, entry in (raw or {}).items():
         eline = _line_of(raw, name, line)
         what = f"nf {name}"
         if not isinstance(name, str) or not name:
@@ -434,33 +482,20 @@ def _parse_catalog(ck, raw, line, base_dir):
         f = ck.fields(entry, _NF, what, eline)
         if f is None:
             continue
-        ok = True
-        if f["cores"] <= 0:
-            ck.error(_line_of(entry, "cores", eline),
-                     f"{what}: cores must be > 0, not {f['cores']}")
-            ok = False
-        if f["mpps"] <= 0:
-            ck.error(_line_of(entry, "mpps", eline),
-                     f"{what}: mpps must be > 0, not {f['mpps']}")
-            ok = False
-        config = f["config"]
-        if config is not None:
-            # Stored resolved, so whoever opens it need not know our directory.
-            config = os.path.normpath(os.path.join(base_dir, config))
-            if not os.path.isfile(config):
-                ck.error(_line_of(entry, "config", eline),
-                         f"{what}: config file {f['config']!r} not found "
-                         f"(looked for {config})")
-                ok = False
-        if ok:
+        ok = ck.positive(entry, f, "cores", eline, what)
+        ok &= ck.positive(entry, f, "mpps", eline, what)
+        found, config = _check_config(ck, entry, f, eline, what, base_dir)
+        if ok and found and f.complete:
             catalog[name] = NFType(name, f["cores"], float(f["mpps"]), config)
     return catalog
 
 
-def _check_chain_match(ck, item, match, line, what):
+def _check_chain_match(ck, item, f, line, what):
     """check_match stops at its first error: feed it one key at a time so
     every bad field is reported, each at its own line."""
-    mline = _line_of(item, "match", line)
+    if "match" not in f:
+        return False
+    match, mline = f["match"], _line_of(item, "match", line)
     if not match:
         ck.error(mline, f"{what}: match must name at least one field")
         return False
@@ -474,49 +509,63 @@ def _check_chain_match(ck, item, match, line, what):
     return ok
 
 
-def _parse_chains(ck, raw, hosts, edges, catalog, catalog_names):
+def _check_chain_ends(ck, item, f, line, what, edge_names, end_names):
+    ok = True
+    if "ingress" in f and f["ingress"] not in edge_names:
+        ck.error(_line_of(item, "ingress", line),
+                 f"{what}: ingress {f['ingress']!r} is not an edge; traffic "
+                 f"enters the fabric only at edges")
+        ok = False
+    if "egress" in f and f["egress"] not in end_names:
+        ck.error(_line_of(item, "egress", line),
+                 f"{what}: egress {f['egress']!r} is neither a host nor an edge")
+        ok = False
+    return ok
+
+
+def _check_chain_nfs(ck, item, f, line, what, catalog_names):
+    if "nfs" not in f:
+        return False
+    nfs, ok = f["nfs"], True
+    for j, nf in enumerate(nfs):
+        if nf not in catalog_names:
+            ck.error(_line_of(nfs, j, _line_of(item, "nfs", line)),
+                     f"{what}: NF type {nf!r} is not in the catalog "
+                     f"(nfs: {', '.join(sorted(catalog_names)) or 'empty'})")
+            ok = False
+    if len(nfs) > 255:
+        ck.error(_line_of(item, "nfs", line),
+                 f"{what}: at most 255 NFs fit in the service index")
+        ok = False
+    return ok
+
+
+def _parse_chains(ck, raw, names, catalog_names):
     chains, spis, chain_names, classifiers = [], {}, {}, {}
-    host_names = {h.name for h in hosts}
-    edge_names = {e.name for e in edges}
+    edge_names = names.of("edge")
+    end_names = edge_names | names.of("host")
     for i, line, item, what, f in ck.items(raw, "chains", _CHAIN, "chain"):
         ok = True
-        if f["name"] in chain_names:
-            ck.error(line, f"{what}: chain name already used (line "
-                           f"{chain_names[f['name']]})")
-            ok = False
-        chain_names.setdefault(f["name"], line)
-        if f["ingress"] not in edge_names:
-            ck.error(_line_of(item, "ingress", line),
-                     f"{what}: ingress {f['ingress']!r} is not an edge; "
-                     f"traffic enters the fabric only at edges")
-            ok = False
-        if f["egress"] not in host_names and f["egress"] not in edge_names:
-            ck.error(_line_of(item, "egress", line),
-                     f"{what}: egress {f['egress']!r} is neither a host nor "
-                     f"an edge")
-            ok = False
-        nfs = f["nfs"]
-        for j, nf in enumerate(nfs):
-            if nf not in catalog_names:
-                ck.error(_line_of(nfs, j, _line_of(item, "nfs", line)),
-                         f"{what}: NF type {nf!r} is not in the catalog "
-                         f"(nfs: {', '.join(sorted(catalog_names)) or 'empty'})")
+        if "name" in f:
+            if f["name"] in chain_names:
+                ck.error(line, f"{what}: chain name already used (line "
+                               f"{chain_names[f['name']]})")
                 ok = False
-        if len(nfs) > 255:
-            ck.error(_line_of(item, "nfs", line),
-                     f"{what}: at most 255 NFs fit in the service index")
-            ok = False
-        ok &= _check_chain_match(ck, item, f["match"], line, what)
-        if f["mpps"] <= 0:
-            ck.error(_line_of(item, "mpps", line),
-                     f"{what}: mpps must be > 0, not {f['mpps']}")
-            ok = False
-        spi = f["spi"] if f["spi"] is not None else FIRST_SPI + i
-        ok &= _check_label(ck, spis, spi, _line_of(item, "spi", line),
-                           what, "spi", "SPI")
-        if not ok:
+            chain_names.setdefault(f["name"], line)
+        ok &= _check_chain_ends(ck, item, f, line, what, edge_names, end_names)
+        ok &= _check_chain_nfs(ck, item, f, line, what, catalog_names)
+        ok &= _check_chain_match(ck, item, f, line, what)
+        ok &= ck.positive(item, f, "mpps", line, what)
+        spi = f.get("spi")
+        if spi is None and "spi" not in item:
+            spi = FIRST_SPI + i
+        if spi is not None:
+            ok &= _check_label(ck, spis, spi, _line_of(item, "spi", line),
+                               what, "spi", "SPI")
+        if not (ok and f.complete):
             continue
-        key = (f["ingress"], tuple(sorted((k, str(v)) for k, v in f["match"].items())))
+        key = (f["ingress"], tuple(sorted((k, str(v))
+                                          for k, v in f["match"].items())))
         if key in classifiers:
             ck.error(_line_of(item, "match", line),
                      f"{what}: same ingress and match as {classifiers[key][0]} "
@@ -525,7 +574,8 @@ def _parse_chains(ck, raw, hosts, edges, catalog, catalog_names):
             continue
         classifiers[key] = (what, line)
         chains.append(Chain(f["name"], f["ingress"], f["egress"],
-                            dict(f["match"]), tuple(nfs), float(f["mpps"]), spi))
+                            dict(f["match"]), tuple(f["nfs"]), float(f["mpps"]),
+                            spi))
     return chains
 
 
@@ -548,33 +598,35 @@ def _check_capacity(ck, chains, hosts, catalog, line):
             ck.error(line, f"nf {nf} needs {t.cores} cores per instance but the "
                            f"largest host has {biggest_host}")
             continue
+        # The epsilon keeps 3 x 0.1 Mpps from needing a second instance.
         instances = math.ceil(rate[nf] / t.mpps - 1e-9)
         needed += instances * t.cores
-        parts.append(f"{nf} {instances} x {t.cores} for {rate[nf]:g} Mpps at "
-                     f"{t.mpps:g} Mpps each")
+        parts.append(f"{nf}: {instances} x {t.cores} cores for "
+                     f"{rate[nf]:g} Mpps at {t.mpps:g} Mpps each")
     if needed > total_cores:
         ck.error(line, f"chains ask for more than the cluster can serve: they "
                        f"need at least {needed} cores ({'; '.join(parts)}) but "
                        f"the {len(hosts)} hosts have {total_cores} cores in all")
 
 
-def _check_connected(ck, topo_switches, hosts, links, edges, lines):
+def _check_connected(ck, switches, hosts, links, edges, names):
     """Every host and edge must reach every other through the fabric."""
-    g = nx.Graph()
-    g.add_nodes_from(s.name for s in topo_switches)
-    g.add_edges_from((l.a, l.b) for l in links)
     ends = [(h.name, h.switch, "host") for h in hosts] + \
            [(e.name, e.switch, "edge") for e in edges]
-    g.add_edges_from((name, switch) for name, switch, _ in ends)
     if not ends:
         return
+    g = nx.Graph()
+    g.add_nodes_from(s.name for s in switches)
+    g.add_edges_from((link.a, link.b) for link in links)
+    g.add_edges_from((name, switch) for name, switch, _ in ends)
     first, _, first_noun = ends[0]
     reach = nx.node_connected_component(g, first)
     for name, switch, noun in ends[1:]:
         if name not in reach:
-            ck.error(lines[name], f"{noun} {name} cannot reach {first_noun} "
-                                  f"{first}: no path of links from switch "
-                                  f"{switch}; the fabric must be connected")
+            ck.error(names.seen[name][1],
+                     f"{noun} {name} cannot reach {first_noun} {first}: no path "
+                     f"of links from switch {switch}; the fabric must be "
+                     f"connected")
 
 
 # --- entry points ---------------------------------------------------------
@@ -602,25 +654,23 @@ def parse_topology(text, source="<memory>") -> Topology:
     top = ck.fields(data, _TOP, "topology", getattr(data, "line", 1))
     if top is None:
         _raise_if_errors(ck)
-        raise TopologyError([f"{source}:1: topology: unusable"])
     base_dir = os.path.dirname(source) if not source.startswith("<") else "."
-    names: Dict[str, Tuple[str, int]] = {}
-    ports = _Ports(ck)
-    switches = _parse_switches(ck, top["switches"], names)
-    switch_names = {s.name for s in switches}
-    hosts = _parse_hosts(ck, top["hosts"], names, switch_names, ports)
-    links = _parse_links(ck, top["links"], switch_names, ports)
-    edges = _parse_edges(ck, top["edges"], names, switch_names, ports)
-    catalog = _parse_catalog(ck, top["nfs"], _line_of(data, "nfs", 1), base_dir)
-    catalog_names = set(top["nfs"] or ())   # a bad entry is not also "unknown"
-    chains = _parse_chains(ck, top["chains"], hosts, edges, catalog,
-                           catalog_names)
-    if not hosts and not ck.errors:
+    names, ports = _Names(ck), _Ports(ck)
+    switches = _parse_switches(ck, top.get("switches", ()), names)
+    switch_names = names.of("switch")
+    hosts = _parse_hosts(ck, top.get("hosts", ()), names, switch_names, ports)
+    links = _parse_links(ck, top.get("links", ()), switch_names, ports)
+    edges = _parse_edges(ck, top.get("edges", ()), names, switch_names, ports)
+    catalog = _parse_catalog(ck, top.get("nfs"), _line_of(data, "nfs", 1),
+                             base_dir)
+    # A catalog entry with a bad field is reported there, not again per chain.
+    catalog_names = set(top.get("nfs") or ())
+    chains = _parse_chains(ck, top.get("chains", ()), names, catalog_names)
+    if "hosts" in top and not top["hosts"]:
         ck.error(_line_of(data, "hosts", 1), "topology: needs at least one host")
     if not ck.errors:
         # Whole-fabric checks only make sense once every entity is sound.
-        _check_connected(ck, switches, hosts, links, edges,
-                         {n: l for n, (_, l) in names.items()})
+        _check_connected(ck, switches, hosts, links, edges, names)
         _check_capacity(ck, chains, hosts, catalog,
                         _line_of(data, "chains", 1))
     _raise_if_errors(ck)

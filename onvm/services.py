@@ -1,0 +1,381 @@
+"""Real services that tests and `onvm emulate` start, and always stop: a
+private etcd and a private Open vSwitch (ovsdb-server + ovs-vswitchd).
+
+Each service lives in its own temporary directory with its own ports or
+sockets, so several can run beside each other and beside a system OVS or etcd,
+which are never touched.  Stopping kills only the processes this module
+started (by their pid) and removes only bridges whose name has the
+instance's prefix.
+
+This module does not configure anything onvm-specific: it gives a running
+store and a running switch daemon, nothing more.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+LOG = logging.getLogger(__name__)
+
+ETCD_BIN = "/usr/bin/etcd"
+OVSDB_SERVER_BIN = "/usr/sbin/ovsdb-server"
+OVS_VSWITCHD_BIN = "/usr/sbin/ovs-vswitchd"
+OVSDB_TOOL_BIN = "/usr/bin/ovsdb-tool"
+OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+OVS_PKGDATADIR = "/usr/share/openvswitch"
+SYSTEM_OVS_SOCKET = "/var/run/openvswitch/db.sock"
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port nobody listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class GaveUp(RuntimeError):
+    """Raised by a `wait_for` predicate when waiting longer is pointless."""
+
+
+def wait_for(predicate, timeout, what, interval=0.05):
+    """Call `predicate` until it returns a true value, which is returned.
+
+    Raises TimeoutError naming `what` after `timeout` seconds; the last
+    exception the predicate raised, if any, is part of the message.  A
+    predicate raising GaveUp (say, the process died) ends the wait at once."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while True:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except GaveUp:
+            raise
+        except Exception as err:     # the predicate probes; failures are expected
+            last_error = err
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error})" if last_error else ""
+            raise TimeoutError(f"{what}: not done after {timeout:g} s{detail}")
+        time.sleep(interval)
+
+
+def _tail(path, lines=20):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError as err:
+        return f"(no log at {path}: {err.strerror})"
+
+
+def _stop_process(proc, name, grace=3.0):
+    """Terminate one child we started; kill it if it does not go in time."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        LOG.warning("%s (pid %d) ignored SIGTERM for %g s; killing it",
+                    name, proc.pid, grace)
+        proc.kill()
+        proc.wait(grace)
+
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWNET = 0x40000000
+_MS_REC, _MS_PRIVATE, _MNT_DETACH = 0x4000, 0x40000, 2
+
+
+def _libc_call(libc, name, *args):
+    if getattr(libc, name)(*args) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{name}: {os.strerror(errno)}")
+
+
+def enter_private_netns():
+    """Move this process (and all it starts later) into a fresh network
+    namespace with its own mount namespace, loopback up and /sys remounted.
+
+    Why: the userspace datapath makes one kernel tap named `ovs-netdev` per
+    network namespace, so two private OVS instances (two test runs, a test
+    and `onvm emulate`) cannot share one.  In a private namespace each run
+    also gets its own 127.0.0.1 ports and interface names, and every
+    interface it made disappears when the process ends.  Call it before
+    starting threads; it needs root (CAP_SYS_ADMIN)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    _libc_call(libc, "unshare", _CLONE_NEWNET | _CLONE_NEWNS)
+    # Private mounts: the /sys remount below must not leak to the host.
+    _libc_call(libc, "mount", b"none", b"/", None, _MS_REC | _MS_PRIVATE, None)
+    # /sys shows the namespace of whoever mounted it; tools (Mininet,
+    # OVS) read /sys/class/net, so remount it for our namespace.
+    if libc.umount2(b"/sys", _MNT_DETACH) == 0:
+        _libc_call(libc, "mount", b"sysfs", b"/sys", b"sysfs", 0, None)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    LOG.info("this process now runs in a private network namespace")
+
+
+def netdev_datapath_busy():
+    """True when a userspace OVS datapath already exists in this namespace."""
+    return os.path.exists("/sys/class/net/ovs-netdev")
+
+
+class EtcdServer:
+    """A single-member etcd on free 127.0.0.1 ports with a temporary data dir.
+
+    `url` is the client URL ("http://127.0.0.1:PORT").  Use as a context
+    manager, or call `stop()`."""
+
+    def __init__(self, workdir=None, binary=ETCD_BIN, timeout=15.0):
+        if not os.path.exists(binary):
+            raise FileNotFoundError(
+                f"etcd not found at {binary}; install it with "
+                "`apt-get install etcd-server`")
+        self.dir = tempfile.mkdtemp(prefix="onvm-etcd-", dir=workdir)
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.log_path = os.path.join(self.dir, "etcd.log")
+        self.proc = None
+        try:
+            self._start(binary, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, binary, timeout):
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        name = f"onvm{self.client_port}"
+        cmd = [binary, "--name", name,
+               "--data-dir", os.path.join(self.dir, "data"),
+               "--listen-client-urls", self.url,
+               "--advertise-client-urls", self.url,
+               "--listen-peer-urls", peer,
+               "--initial-advertise-peer-urls", peer,
+               "--initial-cluster", f"{name}={peer}",
+               "--initial-cluster-state", "new",
+               # No metrics port, no auto-compaction surprises in tests.
+               "--log-level", "warn", "--logger", "zap"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        try:
+            wait_for(self._healthy, timeout, f"etcd at {self.url}")
+        except (TimeoutError, GaveUp) as err:
+            raise RuntimeError(
+                f"{err}; exit code {self.proc.poll()}; "
+                f"tail of {self.log_path}:\n{_tail(self.log_path)}") from None
+        LOG.info("etcd up at %s (pid %d, data in %s)",
+                 self.url, self.proc.pid, self.dir)
+
+    def _healthy(self):
+        if self.proc.poll() is not None:
+            raise GaveUp(f"etcd exited with code {self.proc.returncode}")
+        with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
+            return json.load(resp).get("health") == "true"
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def stop(self):
+        _stop_process(self.proc, "etcd")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class OvsError(GaveUp):
+    """An OVS command or daemon failed; the message has the command and output."""
+
+
+class OvsServer:
+    """A private Open vSwitch: its own database, ovsdb-server and ovs-vswitchd.
+
+    `env` holds OVS_RUNDIR/OVS_DBDIR/OVS_LOGDIR/OVS_PKGDATADIR; with it
+    applied (pass `env=` to subprocesses, or `activate()` for this process,
+    which Mininet's OVSSwitch needs since it shells out to ovs-vsctl), the
+    ovs-* tools talk to this instance and not to a system one.  Bridges must
+    use datapath_type=netdev (no kernel module here); `add_bridge` does.
+    `stop()` deletes the bridges whose name starts with `prefix`, then ends
+    both daemons and removes the directory."""
+
+    def __init__(self, prefix, workdir=None, timeout=15.0):
+        for binary in (OVSDB_SERVER_BIN, OVS_VSWITCHD_BIN, OVSDB_TOOL_BIN):
+            if not os.path.exists(binary):
+                raise FileNotFoundError(
+                    f"{binary} not found; install it with "
+                    "`apt-get install openvswitch-switch`")
+        if netdev_datapath_busy():
+            raise OvsError(
+                "another userspace OVS datapath (interface ovs-netdev) runs in "
+                "this network namespace; only one fits per namespace: stop it, "
+                "or call onvm.services.enter_private_netns() first")
+        self.prefix = prefix
+        # Unix socket paths are limited to 107 bytes: keep the dir short.
+        self.dir = tempfile.mkdtemp(prefix="onvm-ovs-", dir=workdir or "/tmp")
+        self.env = {"OVS_RUNDIR": self.dir, "OVS_DBDIR": self.dir,
+                    "OVS_LOGDIR": self.dir, "OVS_PKGDATADIR": OVS_PKGDATADIR,
+                    "OVS_SYSCONFDIR": self.dir}
+        self.db_socket = os.path.join(self.dir, "db.sock")
+        self._saved_environ = None
+        self.ovsdb = self.vswitchd = None
+        if os.path.exists(SYSTEM_OVS_SOCKET):
+            LOG.info("a system OVS database listens at %s; this private one "
+                     "in %s leaves it alone", SYSTEM_OVS_SOCKET, self.dir)
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _full_env(self):
+        env = dict(os.environ)
+        env.update(self.env)
+        return env
+
+    def _start(self, timeout):
+        db = os.path.join(self.dir, "conf.db")
+        self._run([OVSDB_TOOL_BIN, "create", db, OVS_SCHEMA])
+        self.ovsdb = self._spawn("ovsdb-server", [
+            OVSDB_SERVER_BIN, db, f"--remote=punix:{self.db_socket}",
+            "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+            f"--pidfile={self.dir}/ovsdb-server.pid",
+            f"--unixctl={self.dir}/ovsdb-server.ctl",
+            f"--log-file={self.dir}/ovsdb-server.log", "-vconsole:off"])
+        wait_for(lambda: self._alive(self.ovsdb, "ovsdb-server")
+                 and os.path.exists(self.db_socket), timeout,
+                 f"ovsdb-server socket {self.db_socket}")
+        self.vsctl("--no-wait", "init")
+        self.vswitchd = self._spawn("ovs-vswitchd", [
+            OVS_VSWITCHD_BIN, f"unix:{self.db_socket}",
+            f"--pidfile={self.dir}/ovs-vswitchd.pid",
+            f"--unixctl={self.dir}/ovs-vswitchd.ctl",
+            f"--log-file={self.dir}/ovs-vswitchd.log", "-vconsole:off"])
+        # vswitchd is ready once it answers on its control socket and has
+        # applied a configuration change (`init` without --no-wait waits).
+        wait_for(lambda: self._alive(self.vswitchd, "ovs-vswitchd")
+                 and os.path.exists(os.path.join(self.dir, "ovs-vswitchd.ctl")),
+                 timeout, f"ovs-vswitchd control socket in {self.dir}")
+        self.vsctl(f"--timeout={int(timeout)}", "init")
+        LOG.info("private OVS up in %s (ovsdb-server pid %d, ovs-vswitchd pid %d)",
+                 self.dir, self.ovsdb.pid, self.vswitchd.pid)
+
+    def _spawn(self, name, cmd):
+        log = open(os.path.join(self.dir, name + ".out"), "wb")
+        try:
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=self._full_env())
+        finally:
+            log.close()
+
+    def _alive(self, proc, name):
+        if proc.poll() is not None:
+            log = os.path.join(self.dir, name + ".log")
+            raise OvsError(f"{name} exited with code {proc.returncode}; tail of "
+                           f"{log}:\n{_tail(log)}{_tail(log[:-4] + '.out')}")
+        return True
+
+    def _run(self, cmd, check=True):
+        res = subprocess.run(cmd, capture_output=True, text=True,
+                             env=self._full_env(), timeout=30)
+        if check and res.returncode != 0:
+            raise OvsError(f"`{' '.join(cmd)}` failed with code {res.returncode}: "
+                           f"{res.stderr.strip() or res.stdout.strip()}")
+        return res.stdout
+
+    def vsctl(self, *args, check=True):
+        """Run ovs-vsctl against this instance; returns its stdout."""
+        return self._run(["ovs-vsctl", f"--db=unix:{self.db_socket}", *args],
+                         check=check)
+
+    def ofctl(self, *args, check=True):
+        """Run ovs-ofctl (OpenFlow 1.3) against this instance's bridges."""
+        return self._run(["ovs-ofctl", "-O", "OpenFlow13", *args], check=check)
+
+    def appctl(self, *args, target="ovs-vswitchd", check=True):
+        ctl = os.path.join(self.dir, target + ".ctl")
+        return self._run(["ovs-appctl", "-t", ctl, *args], check=check)
+
+    def add_bridge(self, name, dpid=None, controller=None, fail_mode="secure"):
+        """Create a userspace (netdev) bridge; the name must have our prefix."""
+        if not name.startswith(self.prefix):
+            raise ValueError(f"bridge {name!r} lacks this OVS's prefix "
+                             f"{self.prefix!r}; stop() would not remove it")
+        args = ["--may-exist", "add-br", name, "--", "set", "Bridge", name,
+                "datapath_type=netdev", "protocols=OpenFlow13",
+                f"fail_mode={fail_mode}"]
+        if dpid is not None:
+            args.append(f"other_config:datapath-id={dpid:016x}")
+        self.vsctl(*args)
+        if controller:
+            self.vsctl("set-controller", name, controller)
+        return name
+
+    def bridges(self):
+        """Names of this instance's bridges that carry our prefix."""
+        out = self.vsctl("--timeout=5", "list-br", check=False)
+        return [b for b in out.split() if b.startswith(self.prefix)]
+
+    def activate(self):
+        """Point this process's ovs-* commands (and Mininet) at this OVS."""
+        if self._saved_environ is None:
+            self._saved_environ = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+
+    def deactivate(self):
+        if self._saved_environ is None:
+            return
+        for key, value in self._saved_environ.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_environ = None
+
+    def stop(self):
+        """Remove our bridges, end both daemons, remove the directory."""
+        self.deactivate()
+        try:
+            if self.vswitchd and self.vswitchd.poll() is None:
+                for bridge in self.bridges():
+                    self.vsctl("--timeout=5", "--if-exists", "del-br", bridge,
+                               check=False)
+                # exit --cleanup removes datapaths and the tap devices of
+                # internal ports it made; SIGTERM would leave them behind.
+                self.appctl("exit", "--cleanup", check=False)
+                _wait_exit(self.vswitchd, 5.0)
+        except (OvsError, subprocess.TimeoutExpired) as err:
+            LOG.warning("private OVS in %s: clean exit failed (%s); killing",
+                        self.dir, err)
+        _stop_process(self.vswitchd, "ovs-vswitchd")
+        _stop_process(self.ovsdb, "ovsdb-server")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _wait_exit(proc, timeout):
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass

@@ -1,0 +1,85 @@
+"""Shared pytest fixtures: a real etcd and a real (private, userspace) Open
+vSwitch, started for the tests that ask for them and always stopped.
+
+As root, the whole test run moves into a private network namespace first
+(`onvm.services.enter_private_netns`): OVS's userspace datapath allows one
+per namespace, and a private one keeps the run's ports, bridges and
+interfaces away from any other run on the machine.  Set
+ONVM_TEST_SHARED_NETNS=1 to stay in the caller's namespace.
+
+A fixture skips its tests only when the program it needs is not installed,
+and says which; any other start-up failure is an error.
+"""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from onvm import services  # noqa: E402  (needs the path above)
+
+# Interface names are limited to 15 characters: keep the prefix short.
+RUN_PREFIX = "t%03x" % (os.getpid() & 0xfff)
+_NETNS_NOTE = "shared with the caller"
+
+
+def pytest_configure(config):
+    global _NETNS_NOTE
+    if os.environ.get("ONVM_TEST_SHARED_NETNS") == "1":
+        _NETNS_NOTE = "shared with the caller (ONVM_TEST_SHARED_NETNS=1)"
+    elif os.geteuid() != 0:
+        _NETNS_NOTE = "shared with the caller (not root)"
+    else:
+        services.enter_private_netns()
+        _NETNS_NOTE = "private to this run"
+
+
+def pytest_report_header(config):
+    return [f"onvm: network namespace {_NETNS_NOTE}; run prefix {RUN_PREFIX}"]
+
+
+def _need_binary(path, package):
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not installed (apt-get install {package})")
+
+
+@pytest.fixture(scope="session")
+def run_prefix():
+    """Prefix for every bridge, namespace and process name of this run."""
+    return RUN_PREFIX
+
+
+def _etcd(tmp_path_factory):
+    _need_binary(services.ETCD_BIN, "etcd-server")
+    server = services.EtcdServer(workdir=str(tmp_path_factory.getbasetemp()))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    """A real etcd shared by the tests of one module."""
+    yield from _etcd(tmp_path_factory)
+
+
+@pytest.fixture
+def etcd_per_test(tmp_path_factory):
+    """A real etcd of this test alone (for tests that kill or fill it)."""
+    yield from _etcd(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ovs():
+    """A private Open vSwitch shared by the tests of one module; bridges
+    must be named with `ovs.prefix` (the run prefix)."""
+    for binary in (services.OVSDB_SERVER_BIN, services.OVS_VSWITCHD_BIN,
+                   services.OVSDB_TOOL_BIN):
+        _need_binary(binary, "openvswitch-switch")
+    server = services.OvsServer(RUN_PREFIX)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,377 @@
+"""The OpenFlow 1.3 rules every switch of the fabric should hold, as plain
+data, and the difference between those and what a switch holds now.
+
+This module decides; it never talks to a switch and never imports Ryu (the
+app in `controller.apps.chain_manager` turns these specs into Ryu messages,
+`controller.ofsim` pushes packets through them in tests).
+
+Table layout (the same on every switch):
+
+  table 0, ADMIT      what may enter the fabric, and chain classifiers
+    9000  in_port=<edge port>, eth_type=0x8847        -> drop   (edge_drop)
+    9000  in_port=<edge port>, eth_type=0x8848        -> drop   (edge_drop)
+          Nobody outside the fabric may choose where a packet starts in a
+          chain; the flow's counters count the forged frames.  Host ports
+          are not filtered: agents legitimately send MPLS.
+    5000+n  in_port=<edge port>, eth_type=0x0800, <chain match, n fields>
+          -> push_mpls x3 (SI=255, SPI, transport), TTL 64 each,
+             group <classifier group of the chain>      (classifier)
+          Only on the switch of the chain's ingress edge.  More specific
+          matches win (n = number of match fields).
+    0     -> goto table 1                               (next)
+
+  table 1, TRANSPORT  forward on the outermost (transport) label only
+    3000  eth_type=0x8847, mpls_label=<host's node label>
+          -> output:<port toward host>, or group <node label> (select over
+             the ECMP ports) when there are several     (transport)
+    1     eth_type=0x8847 / 0x8848 -> drop (unknown label)   (miss)
+    0     -> goto table 2                               (next)
+          One rule per host: tables grow with hosts, never with chains.
+
+  table 2, PLAIN      reachability for traffic in no chain
+    2100  eth_type=0x0806, arp_tpa=<host IP> -> output toward the host (arp)
+          ARP is forwarded by its target, not flooded: the host that owns
+          the address answers, and the reply comes back by eth_dst.
+          Requests for addresses no host owns are dropped (no flooding, so
+          no loops in a fabric full of cycles).
+    2000  eth_dst=<host MAC or edge MAC> -> output toward it    (l2)
+          Along the first of the sorted ECMP ports: each hop gets strictly
+          closer, so there is no loop, and the choice is deterministic.
+    0     -> drop (counted)                             (miss)
+
+Groups: transport group id = the host's node label (16 .. 2^20-1);
+classifier group id = 2^20 + SPI.  A classifier bucket sets the transport
+label and eth_dst of one instance host of the chain's first NF, then
+outputs toward it (or chains to that host's transport group).
+
+Cookies: bits 63..48 = APP_ID (every onvm rule), 47..40 = the rule's kind,
+39..0 = a hash of the rule's content.  A switch's flow is kept on resync
+only if one desired rule has the same table, priority, match and cookie;
+everything else is deleted or replaced, so no stale rule survives.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+
+from controller.fabric import ecmp_table
+from controller.plans import edge_mac
+
+TABLE_ADMIT, TABLE_TRANSPORT, TABLE_PLAIN = 0, 1, 2
+
+APP_ID = 0x6F6E                     # "on"
+KINDS = {"edge_drop": 1, "classifier": 2, "transport": 3, "arp": 4,
+         "l2": 5, "miss": 6, "next": 7}
+KIND_NAMES = {code: name for name, code in KINDS.items()}
+
+PRIO_EDGE_DROP, PRIO_CLASSIFIER, PRIO_TRANSPORT = 9000, 5000, 3000
+PRIO_ARP, PRIO_L2 = 2100, 2000
+
+ETH_IPV4, ETH_ARP, ETH_MPLS, ETH_MPLS_MC = 0x0800, 0x0806, 0x8847, 0x8848
+SI_FIRST, MPLS_TTL = 255, 64
+CLASSIFIER_GROUP_BASE = 1 << 20
+BUCKET_WEIGHT_SCALE = 1000          # OpenFlow bucket weights are uint16
+
+# OpenFlow 1.3 prerequisites (spec 7.2.3.8): a field is only matchable when
+# the packet is of the kind that carries it.  OVS refuses rules without them.
+PREREQUISITES = {
+    "ipv4_src": ("eth_type", (ETH_IPV4,)), "ipv4_dst": ("eth_type", (ETH_IPV4,)),
+    "ip_proto": ("eth_type", (ETH_IPV4, 0x86DD)),
+    "tcp_src": ("ip_proto", (6,)), "tcp_dst": ("ip_proto", (6,)),
+    "udp_src": ("ip_proto", (17,)), "udp_dst": ("ip_proto", (17,)),
+    "arp_tpa": ("eth_type", (ETH_ARP,)), "arp_spa": ("eth_type", (ETH_ARP,)),
+    "mpls_label": ("eth_type", (ETH_MPLS, ETH_MPLS_MC)),
+    "mpls_tc": ("eth_type", (ETH_MPLS, ETH_MPLS_MC)),
+}
+IPV4_FIELDS = ("ipv4_src", "ipv4_dst", "arp_tpa", "arp_spa")
+MAC_FIELDS = ("eth_src", "eth_dst")
+
+
+class FlowError(ValueError):
+    """A rule that cannot be built; the message names the chain and field."""
+
+
+# --------------------------------------------------------------- the specs
+
+@dataclasses.dataclass(frozen=True)
+class FlowSpec:
+    """One flow entry.  `match` is canonical (see canonical_match); `actions`
+    is the apply-actions list as tuples such as ("output", 3),
+    ("set_field", "mpls_label", 17), ("push_mpls", 0x8847),
+    ("set_mpls_ttl", 64), ("group", 17); `goto` a table id or None.
+    No actions and no goto means drop."""
+    table: int
+    priority: int
+    kind: str
+    match: Tuple[Tuple[str, object], ...]
+    actions: Tuple[tuple, ...] = ()
+    goto: Optional[int] = None
+
+    @property
+    def key(self):
+        return (self.table, self.priority, self.match)
+
+    @property
+    def cookie(self) -> int:
+        text = repr((self.table, self.priority, self.match, self.actions,
+                     self.goto)).encode()
+        digest = int.from_bytes(hashlib.blake2b(text, digest_size=5).digest(), "big")
+        return (APP_ID << 48) | (KINDS[self.kind] << 40) | digest
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    weight: int
+    actions: Tuple[tuple, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+    group_id: int
+    type: str                       # "select" (all we use)
+    buckets: Tuple[Bucket, ...]
+
+
+class SwitchRules(NamedTuple):
+    flows: List[FlowSpec]
+    groups: List[GroupSpec]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActualFlow:
+    """A flow as a switch reports it; `raw` is the switch's own match object,
+    kept so the app can delete exactly that entry."""
+    table: int
+    priority: int
+    cookie: int
+    match: Tuple[Tuple[str, object], ...]
+    raw: object = None
+
+    @property
+    def key(self):
+        return (self.table, self.priority, self.match)
+
+
+class FlowDiff(NamedTuple):
+    adds: List[FlowSpec]            # send as OFPFC_ADD (replaces same key)
+    deletes: List[ActualFlow]       # send as OFPFC_DELETE_STRICT
+
+
+class GroupDiff(NamedTuple):
+    adds: List[GroupSpec]
+    modifies: List[GroupSpec]       # present already: rewritten, idempotent
+    deletes: List[int]
+
+
+def is_onvm_cookie(cookie: int) -> bool:
+    return cookie >> 48 == APP_ID
+
+
+def cookie_kind(cookie: int) -> Optional[str]:
+    """The kind of an onvm rule from its cookie, None for foreign rules."""
+    return KIND_NAMES.get((cookie >> 40) & 0xFF) if is_onvm_cookie(cookie) else None
+
+
+# ------------------------------------------------------------- the matches
+
+def _canonical_value(field, value, where):
+    if field in IPV4_FIELDS:
+        try:
+            net = ipaddress.IPv4Network(str(value), strict=False)
+        except ValueError as err:
+            raise FlowError(f"{where}.{field}: {err}") from None
+        if net.prefixlen == 32:
+            return str(net.network_address)
+        return (str(net.network_address), str(net.netmask))
+    if field in MAC_FIELDS:
+        return str(value).lower()
+    return value
+
+
+def canonical_match(match: Mapping[str, object], where="match"):
+    """Match fields as a sorted tuple of pairs, in the form OVS reports them
+    back (IPv4 prefixes as (network, netmask), /32 as a plain address, MACs
+    in lower case), after checking OpenFlow's prerequisites."""
+    fields = {k: _canonical_value(k, v, where) for k, v in match.items()}
+    for field in fields:
+        if field in PREREQUISITES:
+            need, allowed = PREREQUISITES[field]
+            if fields.get(need) not in allowed:
+                raise FlowError(
+                    f"{where}.{field}: needs {need} in "
+                    f"{', '.join(hex(a) if need == 'eth_type' else str(a) for a in allowed)}"
+                    f" (OpenFlow prerequisite), has {fields.get(need)!r}")
+    return tuple(sorted(fields.items()))
+
+
+def flow(table, priority, kind, match, actions=(), goto=None, where="match"):
+    return FlowSpec(table, priority, kind, canonical_match(match, where),
+                    tuple(actions), goto)
+
+
+# ----------------------------------------------------------- the decisions
+
+def _host_ip(host):
+    return host.ip.split("/")[0]
+
+
+def routes(topo, graph):
+    """{target: {switch: sorted ECMP ports}} for every host and edge: one
+    search per target for the whole fabric."""
+    return {name: ecmp_table(graph, name)
+            for name in [h.name for h in topo.hosts] + [e.name for e in topo.edges]}
+
+
+def _ports_toward(routes, switch, target):
+    ports = tuple(sorted(routes[target].get(switch, ())))
+    if not ports:
+        raise FlowError(f"switch {switch}: no path to {target} in the fabric")
+    return ports
+
+
+def _transport(topo, routes, switch):
+    """Per host: a transport rule, and a select group when ECMP has a choice.
+    Returns (flows, groups, how) where how[host] is the action that sends a
+    labelled packet toward it (used by classifier buckets too)."""
+    flows, groups, how = [], [], {}
+    for host in topo.hosts:
+        ports = _ports_toward(routes, switch, host.name)
+        if len(ports) == 1:
+            how[host.name] = ("output", ports[0])
+        else:
+            groups.append(GroupSpec(host.label, "select", tuple(
+                Bucket(1, (("output", p),)) for p in ports)))
+            how[host.name] = ("group", host.label)
+        flows.append(flow(TABLE_TRANSPORT, PRIO_TRANSPORT, "transport",
+                          {"eth_type": ETH_MPLS, "mpls_label": host.label},
+                          [how[host.name]]))
+    return flows, groups, how
+
+
+def _label_stack_push(spi):
+    """Push SI, then SPI, then a transport placeholder the bucket rewrites:
+    outermost first on the wire that is transport, SPI, SI.  OVS sets the
+    bottom-of-stack bit itself (S=1 only on the first label pushed)."""
+    actions = []
+    for label in (SI_FIRST, spi, 0):
+        actions += [("push_mpls", ETH_MPLS), ("set_field", "mpls_label", label),
+                    ("set_field", "mpls_tc", 0), ("set_mpls_ttl", MPLS_TTL)]
+    return actions
+
+
+def classifier_group_id(spi):
+    return CLASSIFIER_GROUP_BASE + spi
+
+
+def _bucket_weights(members):
+    total = sum(w for _, w in members) or 1.0
+    return [(h, max(1, round(BUCKET_WEIGHT_SCALE * w / total))) for h, w in members]
+
+
+def _classifiers(topo, switch, ingress_groups, how):
+    flows, groups = [], []
+    for chain in topo.chains:
+        edge = topo.edge(chain.ingress)
+        if edge.switch != switch or not ingress_groups.get(chain.name):
+            continue
+        where = f"chain {chain.name}: match"
+        match = {"eth_type": ETH_IPV4, **chain.match, "in_port": edge.port}
+        gid = classifier_group_id(chain.spi)
+        buckets = []
+        for host_name, weight in _bucket_weights(ingress_groups[chain.name]):
+            host = topo.host(host_name)
+            buckets.append(Bucket(weight, (
+                ("set_field", "mpls_label", host.label),
+                ("set_field", "eth_dst", host.mac.lower()), how[host_name])))
+        groups.append(GroupSpec(gid, "select", tuple(buckets)))
+        flows.append(flow(TABLE_ADMIT, PRIO_CLASSIFIER + len(chain.match),
+                          "classifier", match,
+                          _label_stack_push(chain.spi) + [("group", gid)],
+                          where=where))
+    return flows, groups
+
+
+def _edge_drops(topo, switch):
+    return [flow(TABLE_ADMIT, PRIO_EDGE_DROP, "edge_drop",
+                 {"in_port": edge.port, "eth_type": eth_type})
+            for edge in topo.edges if edge.switch == switch
+            for eth_type in (ETH_MPLS, ETH_MPLS_MC)]
+
+
+def _plain(topo, routes, switch):
+    flows = []
+    for host in topo.hosts:
+        port = _ports_toward(routes, switch, host.name)[0]
+        flows.append(flow(TABLE_PLAIN, PRIO_ARP, "arp",
+                          {"eth_type": ETH_ARP, "arp_tpa": _host_ip(host)},
+                          [("output", port)]))
+        flows.append(flow(TABLE_PLAIN, PRIO_L2, "l2", {"eth_dst": host.mac},
+                          [("output", port)]))
+    for edge in topo.edges:
+        port = _ports_toward(routes, switch, edge.name)[0]
+        flows.append(flow(TABLE_PLAIN, PRIO_L2, "l2", {"eth_dst": edge_mac(edge.name)},
+                          [("output", port)]))
+    return flows
+
+
+def _misses():
+    return [flow(TABLE_ADMIT, 0, "next", {}, goto=TABLE_TRANSPORT),
+            flow(TABLE_TRANSPORT, 1, "miss", {"eth_type": ETH_MPLS}),
+            flow(TABLE_TRANSPORT, 1, "miss", {"eth_type": ETH_MPLS_MC}),
+            flow(TABLE_TRANSPORT, 0, "next", {}, goto=TABLE_PLAIN),
+            flow(TABLE_PLAIN, 0, "miss", {})]
+
+
+def rules_for_switch(topo, routes, switch, ingress_groups) -> SwitchRules:
+    """The rules of one switch; `routes` is routes(topo, graph)."""
+    transport, groups, how = _transport(topo, routes, switch)
+    classifiers, cgroups = _classifiers(topo, switch, ingress_groups, how)
+    flows = (_edge_drops(topo, switch) + classifiers + transport
+             + _plain(topo, routes, switch) + _misses())
+    return SwitchRules(flows, groups + cgroups)
+
+
+def switch_rules(topo, graph, ingress_groups) -> Dict[int, SwitchRules]:
+    """{dpid: SwitchRules(flows, groups)} for every switch of the topology.
+    `ingress_groups` is {chain: [(host, weight)]} of `controller.plans`: the
+    hosts running each chain's first NF; chains absent from it get no
+    classifier (their traffic stays plain)."""
+    table = routes(topo, graph)
+    return {sw.dpid: rules_for_switch(topo, table, sw.name, ingress_groups)
+            for sw in topo.switches}
+
+
+# ----------------------------------------------------------------- the diff
+
+def diff(desired: Iterable[FlowSpec], actual: Iterable[ActualFlow]) -> FlowDiff:
+    """What to send so the switch holds exactly `desired`.  A flow stays when
+    a desired rule has its table, priority, match and cookie (the cookie
+    hashes the actions, so changed actions show).  A flow whose key is
+    desired with another cookie is overwritten by the add (OFPFC_ADD on an
+    identical match replaces it), so it is not deleted first; every other
+    flow, onvm's or not, is deleted."""
+    desired = list(desired)
+    wanted = {spec.key: spec for spec in desired}
+    kept, deletes = set(), []
+    for entry in actual:
+        spec = wanted.get(entry.key)
+        if spec is None:
+            deletes.append(entry)
+        elif spec.cookie == entry.cookie:
+            kept.add(entry.key)
+    adds = [spec for spec in desired if spec.key not in kept]
+    return FlowDiff(adds, deletes)
+
+
+def diff_groups(desired: Iterable[GroupSpec], actual_ids: Iterable[int]) -> GroupDiff:
+    """Groups to add, rewrite and delete.  Present groups are rewritten with
+    OFPGC_MODIFY rather than compared bucket by bucket: that is idempotent
+    and leaves no stale bucket."""
+    desired = list(desired)
+    present = set(actual_ids)
+    wanted = {g.group_id for g in desired}
+    return GroupDiff([g for g in desired if g.group_id not in present],
+                     [g for g in desired if g.group_id in present],
+                     sorted(present - wanted))

@@ -1,0 +1,226 @@
+"""A small OpenFlow 1.3 table walker for tests: pushes a packet through the
+FlowSpec/GroupSpec lists of `controller.flows` switch by switch, following
+the topology's links, and says where it comes out and with which labels.
+
+It models only what our rules use (priority matching with masks, goto,
+apply-actions: push_mpls, set_field, set_mpls_ttl, output, group with
+select buckets chosen by a hash the caller passes).  It is not a switch:
+integration tests with real OVS confirm what it predicts.
+
+Packets injected with in_port=INJECTED come from the switch itself (like a
+packet-out), so no port rule matches them.
+
+A packet is a dict of header fields named as OpenFlow names them
+(eth_dst, eth_type, ipv4_dst, ip_proto, tcp_dst, arp_tpa, ip_ttl, ...)
+plus "mpls": a list of label stack entries, outermost first, each a dict
+{label, tc, ttl, bos}.  While labels are on, eth_type reads 0x8847 and the
+IP fields are hidden, as on the wire.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import ipaddress
+import zlib
+from typing import Callable, Dict, List, Optional, Tuple
+
+from controller.flows import ETH_MPLS, SwitchRules
+
+MAX_HOPS = 32
+INJECTED = 0xFFFFFFFE       # OFPP_LOCAL: "from the switch itself"
+FLOW_FIELDS = ("ipv4_src", "ipv4_dst", "ip_proto", "tcp_src", "tcp_dst",
+               "udp_src", "udp_dst")
+
+
+class SimError(RuntimeError):
+    """The rules do something the walker cannot follow (a loop, a missing
+    group, an unknown action); the message says where."""
+
+
+@dataclasses.dataclass
+class Exit:
+    """Where a packet left the fabric: kind "host" or "edge", its name, the
+    packet as it left, and the (switch, table, rule kind) it went through."""
+    kind: str
+    name: str
+    packet: dict
+    trace: List[Tuple[str, int, str]]
+
+    @property
+    def labels(self):
+        return [entry["label"] for entry in self.packet.get("mpls", [])]
+
+
+def flow_hash(packet, salt=0):
+    """A stable hash of the flow's 5-tuple (what a select group spreads on)."""
+    key = repr([packet.get(f) for f in FLOW_FIELDS] + [salt]).encode()
+    return zlib.crc32(key)
+
+
+def weighted_pick(buckets, packet, salt=0):
+    """Default bucket choice: weighted, by the flow hash."""
+    total = sum(b.weight for b in buckets)
+    point = flow_hash(packet, salt) % total
+    for bucket in buckets:
+        point -= bucket.weight
+        if point < 0:
+            return bucket
+    return buckets[-1]
+
+
+# ------------------------------------------------------------- one switch
+
+def _read(packet, field):
+    labels = packet.get("mpls")
+    if field == "eth_type" and labels:
+        return packet.get("mpls_ethertype", ETH_MPLS)
+    if field.startswith("mpls_"):
+        if not labels:
+            return None
+        return labels[0][field[len("mpls_"):]]
+    if labels and field not in ("eth_dst", "eth_src", "in_port"):
+        return None             # beneath the labels: invisible to the switch
+    return packet.get(field)
+
+
+def _matches(packet, match):
+    for field, want in match:
+        have = _read(packet, field)
+        if have is None:
+            return False
+        if isinstance(want, tuple):             # (network, netmask)
+            net = ipaddress.IPv4Network(f"{want[0]}/{want[1]}")
+            if ipaddress.IPv4Address(have) not in net:
+                return False
+        elif isinstance(have, str) and isinstance(want, str):
+            if have.lower() != want.lower():
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def _push_mpls(packet, ethertype):
+    packet["mpls_ethertype"] = ethertype
+    labels = packet.setdefault("mpls", [])
+    if labels:      # OVS copies the outer entry, bottom-of-stack bit clear
+        entry = dict(labels[0], bos=0)
+    else:           # first label: TTL from the IP header, bottom of stack
+        entry = {"label": 0, "tc": 0, "ttl": packet.get("ip_ttl", 64), "bos": 1}
+    labels.insert(0, entry)
+
+
+class SwitchSim:
+    def __init__(self, name, rules: SwitchRules, pick=weighted_pick):
+        self.name = name
+        self.tables: Dict[int, list] = {}
+        for spec in sorted(rules.flows, key=lambda s: -s.priority):
+            self.tables.setdefault(spec.table, []).append(spec)
+        self.groups = {g.group_id: g for g in rules.groups}
+        self.pick = pick
+
+    def process(self, packet, in_port, trace) -> List[Tuple[int, dict]]:
+        """Returns [(out_port, packet)]; empty when the packet is dropped."""
+        packet = copy.deepcopy(packet)
+        packet["in_port"] = in_port
+        table, out = 0, []
+        while table is not None:
+            spec = next((s for s in self.tables.get(table, ())
+                         if _matches(packet, s.match)), None)
+            if spec is None:
+                trace.append((self.name, table, "table-miss"))
+                return out      # OpenFlow 1.3: no table-miss rule drops
+            trace.append((self.name, table, spec.kind))
+            self._apply(packet, spec.actions, out)
+            table = spec.goto
+        return out
+
+    def _apply(self, packet, actions, out):
+        for action in actions:
+            op = action[0]
+            if op == "output":
+                if action[1] == packet["in_port"]:
+                    continue    # OpenFlow never sends back out the in_port
+                emitted = copy.deepcopy(packet)
+                emitted.pop("in_port", None)
+                out.append((action[1], emitted))
+            elif op == "push_mpls":
+                _push_mpls(packet, action[1])
+            elif op == "set_mpls_ttl":
+                packet["mpls"][0]["ttl"] = action[1]
+            elif op == "set_field" and action[1].startswith("mpls_"):
+                packet["mpls"][0][action[1][len("mpls_"):]] = action[2]
+            elif op == "set_field":
+                packet[action[1]] = action[2]
+            elif op == "group":
+                self._group(packet, action[1], out)
+            else:
+                raise SimError(f"switch {self.name}: unknown action {action!r}")
+
+    def _group(self, packet, group_id, out):
+        group = self.groups.get(group_id)
+        if group is None:
+            raise SimError(f"switch {self.name}: rule sends to group {group_id}, "
+                           "which the switch does not hold")
+        if group.type != "select":
+            raise SimError(f"switch {self.name}: group type {group.type} not modelled")
+        bucket = self.pick(group.buckets, packet)
+        self._apply(copy.deepcopy(packet), bucket.actions, out)
+
+
+# ------------------------------------------------------------- the fabric
+
+def port_map(topo):
+    """(switch, port) -> ("switch", peer, peer_port) | ("host", name, None)
+    | ("edge", name, None)."""
+    ports = {}
+    for link in topo.links:
+        ports[(link.a, link.a_port)] = ("switch", link.b, link.b_port)
+        ports[(link.b, link.b_port)] = ("switch", link.a, link.a_port)
+    for host in topo.hosts:
+        ports[(host.switch, host.port)] = ("host", host.name, None)
+    for edge in topo.edges:
+        ports[(edge.switch, edge.port)] = ("edge", edge.name, None)
+    return ports
+
+
+class FabricSim:
+    """All switches of a topology with the rules of `flows.switch_rules`."""
+
+    def __init__(self, topo, rules_by_dpid, pick: Callable = weighted_pick):
+        self.topo = topo
+        self.ports = port_map(topo)
+        self.switches = {sw.name: SwitchSim(sw.name, rules_by_dpid[sw.dpid], pick)
+                         for sw in topo.switches}
+
+    def send(self, switch, in_port, packet) -> List[Exit]:
+        """Inject `packet` at (switch, in_port); every place it leaves."""
+        exits, queue = [], [(switch, in_port, packet, [], 0)]
+        while queue:
+            sw, port, pkt, trace, hops = queue.pop(0)
+            if hops > MAX_HOPS:
+                raise SimError(f"packet loops: {' -> '.join(t[0] for t in trace)}")
+            for out_port, emitted in self.switches[sw].process(pkt, port, trace):
+                peer = self.ports.get((sw, out_port))
+                if peer is None:
+                    raise SimError(f"switch {sw}: output to port {out_port}, "
+                                   "which the topology does not connect")
+                kind, name, peer_port = peer
+                if kind == "switch":
+                    queue.append((name, peer_port, emitted, list(trace), hops + 1))
+                else:
+                    exits.append(Exit(kind, name, emitted, list(trace)))
+        return exits
+
+    def from_host(self, host_name, packet) -> List[Exit]:
+        host = self.topo.host(host_name)
+        return self.send(host.switch, host.port, packet)
+
+    def from_edge(self, edge_name, packet) -> List[Exit]:
+        edge = self.topo.edge(edge_name)
+        return self.send(edge.switch, edge.port, packet)
+
+
+def rule_kinds(trace) -> List[str]:
+    return [kind for _, _, kind in trace]
+

@@ -1,0 +1,299 @@
+"""Rule compilation (controller.flows) checked by pushing packets through the
+compiled tables with controller.ofsim: chains, transport, edge filtering,
+plain reachability, table sizes, and the resync diff."""
+import itertools
+
+import pytest
+
+from controller import flows
+from controller.fabric import build_graph
+from controller.flows import ActualFlow, FlowError, diff, diff_groups, switch_rules
+from controller.ofsim import INJECTED, FabricSim, rule_kinds
+from controller.plans import edge_mac
+from controller.topology import parse_topology
+
+LEAF_SPINE = """
+name: test-leaf-spine
+switches:
+  - {name: spine1, dpid: 0x101}
+  - {name: spine2, dpid: 0x102}
+  - {name: leaf1, dpid: 0x201}
+  - {name: leaf2, dpid: 0x202}
+  - {name: leaf3, dpid: 0x203}
+hosts:
+  - {name: h1, switch: leaf1, port: 3, mac: "02:00:00:00:00:01", ip: 10.0.0.1/24, cores: 4}
+  - {name: h2, switch: leaf1, port: 4, mac: "02:00:00:00:00:02", ip: 10.0.0.2/24, cores: 4}
+  - {name: h3, switch: leaf2, port: 3, mac: "02:00:00:00:00:03", ip: 10.0.0.3/24, cores: 4}
+  - {name: h4, switch: leaf2, port: 4, mac: "02:00:00:00:00:04", ip: 10.0.0.4/24, cores: 4}
+  - {name: h5, switch: leaf3, port: 3, mac: "02:00:00:00:00:05", ip: 10.0.0.5/24, cores: 4}
+  - {name: h6, switch: leaf3, port: 4, mac: "02:00:00:00:00:06", ip: 10.0.0.6/24, cores: 4}
+links:
+  - {a: leaf1, a_port: 1, b: spine1, b_port: 1, gbps: 40}
+  - {a: leaf1, a_port: 2, b: spine2, b_port: 1, gbps: 40}
+  - {a: leaf2, a_port: 1, b: spine1, b_port: 2, gbps: 40}
+  - {a: leaf2, a_port: 2, b: spine2, b_port: 2, gbps: 40}
+  - {a: leaf3, a_port: 1, b: spine1, b_port: 3, gbps: 40}
+  - {a: leaf3, a_port: 2, b: spine2, b_port: 3, gbps: 40}
+edges:
+  - {name: internet, switch: spine1, port: 10}
+  - {name: campus, switch: leaf1, port: 9}
+nfs:
+  firewall: {cores: 1, mpps: 8}
+  ids: {cores: 1, mpps: 4}
+  monitor: {cores: 1, mpps: 14}
+chains:
+  - name: web
+    ingress: internet
+    egress: h4
+    match: {ipv4_dst: 10.0.1.0/24, ip_proto: 6, tcp_dst: 80}
+    nfs: [firewall, ids]
+    mpps: 2.0
+  - name: mail
+    ingress: campus
+    egress: internet
+    match: {ipv4_dst: 10.0.2.0/24, ip_proto: 6, tcp_dst: 25}
+    nfs: [monitor]
+    mpps: 1.0
+"""
+
+INGRESS = {"web": [("h3", 1.0), ("h5", 3.0)], "mail": [("h1", 1.0)]}
+
+
+@pytest.fixture(scope="module")
+def topo():
+    return parse_topology(LEAF_SPINE, "test_flows.py:LEAF_SPINE")
+
+
+@pytest.fixture(scope="module")
+def graph(topo):
+    return build_graph(topo)
+
+
+@pytest.fixture(scope="module")
+def rules(topo, graph):
+    return switch_rules(topo, graph, INGRESS)
+
+
+@pytest.fixture(scope="module")
+def fabric(topo, rules):
+    return FabricSim(topo, rules)
+
+
+def tcp_packet(dst, dport, sport=40000, src="192.0.2.7"):
+    return {"eth_src": "02:aa:00:00:00:01", "eth_dst": "02:aa:00:00:00:02",
+            "eth_type": 0x0800, "ipv4_src": src, "ipv4_dst": dst, "ip_ttl": 30,
+            "ip_proto": 6, "tcp_src": sport, "tcp_dst": dport}
+
+
+def labelled(label, spi=16, si=254, ethertype=0x8847, eth_dst="02:00:00:00:00:99"):
+    stack = [{"label": label, "tc": 0, "ttl": 64, "bos": 0},
+             {"label": spi, "tc": 0, "ttl": 64, "bos": 0},
+             {"label": si, "tc": 0, "ttl": 64, "bos": 1}]
+    return {"eth_src": "02:00:00:00:00:01", "eth_dst": eth_dst,
+            "eth_type": 0x0800, "mpls_ethertype": ethertype, "mpls": stack}
+
+
+# ------------------------------------------------------------------ chains
+
+@pytest.mark.parametrize("chain_name,dst,dport",
+                         [("web", "10.0.1.9", 80), ("mail", "10.0.2.3", 25)])
+def test_chain_packets_reach_a_first_nf_host_with_the_exact_stack(
+        topo, fabric, chain_name, dst, dport):
+    chain = topo.chain(chain_name)
+    seen = set()
+    for sport in range(1000, 1200):
+        exits = fabric.from_edge(chain.ingress, tcp_packet(dst, dport, sport))
+        assert len(exits) == 1, exits
+        out = exits[0]
+        host = topo.host(out.name)
+        assert out.kind == "host" and host.name in dict(INGRESS[chain_name])
+        assert [(e["label"], e["bos"], e["ttl"], e["tc"]) for e in out.packet["mpls"]] == [
+            (host.label, 0, 64, 0), (chain.spi, 0, 64, 0), (255, 1, 64, 0)]
+        assert out.packet["eth_dst"] == host.mac
+        assert out.packet["ipv4_dst"] == dst and out.packet["ip_ttl"] == 30
+        assert rule_kinds(out.trace)[0] == "classifier"
+        # after the classifier, switches look at the transport label only
+        assert set(rule_kinds(out.trace)[1:]) <= {"next", "transport"}
+        seen.add(host.name)
+    assert seen == set(dict(INGRESS[chain_name])), "select group never used a host"
+
+
+def test_classifier_bucket_weights_follow_ingress_groups(topo, rules):
+    spine1 = rules[topo.switch("spine1").dpid]
+    group = next(g for g in spine1.groups
+                 if g.group_id == flows.classifier_group_id(topo.chain("web").spi))
+    weights = {b.actions[0][2]: b.weight for b in group.buckets}
+    assert weights == {topo.host("h3").label: 250, topo.host("h5").label: 750}
+
+
+def test_traffic_in_no_chain_is_not_labelled(topo, fabric):
+    packet = dict(tcp_packet("10.0.0.4", 443), eth_dst="02:00:00:00:00:04")
+    exits = fabric.from_edge("internet", packet)
+    assert [(e.kind, e.name) for e in exits] == [("host", "h4")]
+    assert "mpls" not in exits[0].packet
+
+
+def test_classifier_only_at_the_ingress_switch(topo, rules):
+    at = {sw.name: sum(1 for f in rules[sw.dpid].flows if f.kind == "classifier")
+          for sw in topo.switches}
+    assert at == {"spine1": 1, "leaf1": 1, "spine2": 0, "leaf2": 0, "leaf3": 0}
+
+
+# --------------------------------------------------------------- transport
+
+def test_transport_reaches_every_host_from_every_switch(topo, fabric):
+    for sw, host in itertools.product(topo.switches, topo.hosts):
+        for flow_id in range(8):   # several flows: every ECMP choice must work
+            packet = labelled(host.label, eth_dst=host.mac)
+            packet["ipv4_dst"] = f"10.9.0.{flow_id}"
+            exits = fabric.send(sw.name, INJECTED, packet)
+            assert [(e.kind, e.name) for e in exits] == [("host", host.name)], \
+                f"from {sw.name} to {host.name}"
+            assert [e["label"] for e in exits[0].packet["mpls"]] == [host.label, 16, 254]
+            assert set(rule_kinds(exits[0].trace)) == {"next", "transport"}
+
+
+def test_transport_uses_ecmp_groups_where_there_is_a_choice(topo, rules):
+    leaf1 = rules[topo.switch("leaf1").dpid]
+    h3 = topo.host("h3")
+    rule = next(f for f in leaf1.flows if f.kind == "transport"
+                and dict(f.match)["mpls_label"] == h3.label)
+    assert rule.actions == (("group", h3.label),)
+    group = next(g for g in leaf1.groups if g.group_id == h3.label)
+    assert sorted(b.actions for b in group.buckets) == [(("output", 1),), (("output", 2),)]
+
+
+def test_unknown_transport_label_is_dropped(fabric):
+    exits = fabric.send("leaf1", INJECTED, labelled(999))
+    assert exits == []
+
+
+# ------------------------------------------------------------ edge filter
+
+@pytest.mark.parametrize("ethertype", [0x8847, 0x8848])
+@pytest.mark.parametrize("edge", ["internet", "campus"])
+def test_forged_mpls_at_an_edge_port_is_dropped(topo, fabric, edge, ethertype):
+    h1 = topo.host("h1")
+    forged = labelled(h1.label, spi=topo.chain("web").spi, si=253,
+                      ethertype=ethertype, eth_dst=h1.mac)
+    edge_sw = topo.edge(edge).switch
+    trace = []
+    assert fabric.switches[edge_sw].process(forged, topo.edge(edge).port, trace) == []
+    assert rule_kinds(trace) == ["edge_drop"]
+    assert fabric.from_edge(edge, forged) == []
+
+
+def test_hosts_may_send_mpls(topo, fabric):
+    h6 = topo.host("h6")
+    exits = fabric.from_host("h1", labelled(h6.label, eth_dst=h6.mac))
+    assert [(e.kind, e.name) for e in exits] == [("host", "h6")]
+
+
+# ------------------------------------------------------------------- plain
+
+def test_l2_reaches_every_host_and_edge_from_every_place(topo, fabric):
+    targets = [(h.mac, "host", h.name) for h in topo.hosts] + \
+              [(edge_mac(e.name), "edge", e.name) for e in topo.edges]
+    for src, (mac, kind, name) in itertools.product(topo.hosts, targets):
+        if name == src.name:
+            continue
+        packet = dict(tcp_packet("10.0.0.200", 443), eth_dst=mac)
+        exits = fabric.from_host(src.name, packet)
+        assert [(e.kind, e.name) for e in exits] == [(kind, name)], f"{src.name} -> {name}"
+
+
+def test_arp_goes_to_the_owner_of_the_target_address_only(topo, fabric):
+    for asker, owner in itertools.product(["internet", "campus"], topo.hosts):
+        request = {"eth_src": "02:aa:00:00:00:01", "eth_dst": "ff:ff:ff:ff:ff:ff",
+                   "eth_type": 0x0806, "arp_tpa": owner.ip.split("/")[0]}
+        exits = fabric.from_edge(asker, request)
+        assert [(e.kind, e.name) for e in exits] == [("host", owner.name)]
+    unknown = {"eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806, "arp_tpa": "10.0.0.250"}
+    assert fabric.from_host("h1", unknown) == []
+
+
+# -------------------------------------------------------------- table size
+
+def _more_chains(topo, count):
+    base = topo.chain("web")
+    extra = []
+    for i in range(count):
+        edge = ("internet", "campus")[i % 2]
+        extra.append(base.__class__(
+            name=f"c{i}", ingress=edge, egress="h2",
+            match={"ipv4_dst": f"10.1.{i}.0/24", "ip_proto": 17, "udp_dst": 53},
+            nfs=("monitor",), mpps=0.1, spi=100 + i))
+    return topo.with_chains(topo.chains + tuple(extra))
+
+
+def test_rule_count_does_not_grow_with_chains(topo, graph, rules):
+    big = _more_chains(topo, 40)
+    groups = dict(INGRESS, **{c.name: [("h2", 1.0), ("h6", 1.0)] for c in big.chains[2:]})
+    grown = switch_rules(big, graph, groups)
+    for sw in topo.switches:
+        before, after = rules[sw.dpid], grown[sw.dpid]
+        classifiers = sum(1 for c in big.chains if big.edge(c.ingress).switch == sw.name)
+        assert sum(f.kind == "classifier" for f in after.flows) == classifiers
+        non_classifier = lambda rs: [f for f in rs.flows if f.kind != "classifier"]
+        assert non_classifier(after) == non_classifier(before), sw.name
+        assert len(after.groups) - len(before.groups) == \
+            classifiers - sum(f.kind == "classifier" for f in before.flows)
+
+
+def test_transport_rules_scale_with_hosts(topo, rules):
+    for sw in topo.switches:
+        assert sum(f.kind == "transport" for f in rules[sw.dpid].flows) == len(topo.hosts)
+
+
+# ----------------------------------------------------------------- errors
+
+def test_a_match_without_its_prerequisite_names_chain_and_field(topo, graph):
+    bad = topo.with_chains([topo.chain("web").__class__(
+        name="bad", ingress="internet", egress="h2", match={"tcp_dst": 80},
+        nfs=("monitor",), mpps=0.1, spi=40)])
+    with pytest.raises(FlowError, match=r"chain bad: match\.tcp_dst: needs ip_proto in 6"):
+        switch_rules(bad, graph, {"bad": [("h1", 1.0)]})
+
+
+# ------------------------------------------------------------------- diff
+
+def _as_actual(spec):
+    return ActualFlow(spec.table, spec.priority, spec.cookie, spec.match)
+
+
+def test_diff_of_a_switch_in_the_desired_state_is_empty(topo, rules):
+    desired = rules[topo.switch("leaf1").dpid].flows
+    assert diff(desired, [_as_actual(s) for s in desired]) == ([], [])
+
+
+def test_diff_finds_missing_stale_changed_and_foreign_rules(topo, rules):
+    desired = rules[topo.switch("leaf1").dpid].flows
+    actual = [_as_actual(s) for s in desired]
+    missing = desired[3]
+    del actual[3]
+    changed = desired[7]
+    actual[6] = ActualFlow(changed.table, changed.priority,
+                           (flows.APP_ID << 48) | (flows.KINDS[changed.kind] << 40) | 1,
+                           changed.match)
+    stale = ActualFlow(1, 3000, desired[0].cookie ^ 1,
+                       flows.canonical_match({"eth_type": 0x8847, "mpls_label": 4242}))
+    foreign = ActualFlow(0, 100, 0, flows.canonical_match({"in_port": 7}))
+    adds, deletes = diff(desired, actual + [stale, foreign])
+    assert set(adds) == {missing, changed}
+    assert deletes == [stale, foreign]   # changed is replaced by its add, not deleted
+
+
+def test_cookies_say_onvm_and_kind_and_differ_by_content(topo, rules):
+    all_flows = [f for r in rules.values() for f in r.flows]
+    assert all(flows.is_onvm_cookie(f.cookie) for f in all_flows)
+    assert all(flows.cookie_kind(f.cookie) == f.kind for f in all_flows)
+    assert not flows.is_onvm_cookie(0) and flows.cookie_kind(0x1234) is None
+    per_switch = [r.flows for r in rules.values()]
+    for fl in per_switch:
+        assert len({f.cookie for f in fl}) == len(fl)
+
+
+def test_diff_groups():
+    g = lambda gid: flows.GroupSpec(gid, "select", (flows.Bucket(1, (("output", 1),)),))
+    result = diff_groups([g(16), g(17)], [17, 99])
+    assert result == ([g(16)], [g(17)], [99])

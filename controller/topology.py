@@ -638,8 +638,12 @@ def _load_yaml(text, source):
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else 0
-        raise TopologyError([f"{source}:{line}: not valid YAML: "
-                             f"{err.problem or err.context}"]) from None
+        message = err.problem or err.context
+        if err.problem and err.context and err.context_mark:
+            # Where the problem shows is often past where the mistake is.
+            message += f" ({err.context} at line {err.context_mark.line + 1})"
+        raise TopologyError([f"{source}:{line}: not valid YAML: {message}"]) \
+            from None
     finally:
         loader.dispose()
     return data, loader.problems

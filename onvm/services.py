@@ -165,7 +165,9 @@ class EtcdServer:
                "--initial-advertise-peer-urls", peer,
                "--initial-cluster", f"{name}={peer}",
                "--initial-cluster-state", "new",
-               # No metrics port, no auto-compaction surprises in tests.
+               # etcd's shortest lease is 1.5 election timeouts: with 0.5 s,
+               # 1 s leases (DESIGN's host TTL) are not stretched to 2 s.
+               "--heartbeat-interval", "50", "--election-timeout", "500",
                "--log-level", "warn", "--logger", "zap"]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

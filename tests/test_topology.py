@@ -355,3 +355,14 @@ def test_cli_validate_errors_exit_1(tmp_path):
         f"{path}:7: host h2: switch 's9' is not a switch of this topology",
         f"{path}:16: chain web: NF type 'nat' is not in the catalog (nfs: "
         f"firewall, monitor)"]
+
+
+@pytest.mark.parametrize("name", ["minimal.yaml", "leaf-spine.yaml"])
+def test_shipped_firewall_rules_parse(name):
+    """The catalog's config file is what the firewall NF reads."""
+    fwrules = pytest.importorskip("nfs.fwrules",
+                                  reason="the firewall NF's rule parser is absent")
+    firewall = load_topology(os.path.join(REPO, "topologies", name)).nfs["firewall"]
+    assert firewall.config.startswith(os.path.join(REPO, "topologies", "rules"))
+    rules, default_allow = fwrules.load_rules({"rules": firewall.config})
+    assert rules and not default_allow

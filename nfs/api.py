@@ -1,0 +1,72 @@
+"""The NF API, in the spirit of OpenNetVM's NF library.
+
+An NF type is a class made from its config dict: `cls(config)`.  It gets
+packets in batches and gives each one a verdict:
+
+* written in Python: subclass `PythonNF` and write `handle(self, batch)`;
+  `batch` (host_agent.fastpath.Batch) has `len(batch)`, `batch.data(i)`
+  (the frame, a writable memoryview, no copy), `batch.key(i)` (5-tuple),
+  `batch.flow_id(i)`, and the verdicts `batch.drop(i)`, `batch.next(i)`
+  (the default), `batch.out(i, port)`, `batch.to_nf(i, instance)`.
+* written in Cython: subclass `host_agent.fastpath.NativeNF` and set its
+  C batch function, which writes `onvm_meta(m).action` (see nfs/basic.pyx).
+
+Either kind runs inside the manager's loop (run to completion) or as its own
+DPDK secondary process (`onvm nf run`).  Every NF may offer `counters()`
+(a JSON-able dict) which the agent publishes with its stats.
+
+NF types are found through the entry point group `onvm.nfs`; the built-in
+ones are registered there too (setup.cfg), so a third-party package adds an
+NF the same way.  This module finds and builds NFs; it does not run them.
+"""
+from importlib.metadata import entry_points
+
+GROUP = "onvm.nfs"
+
+
+class NFConfigError(ValueError):
+    """An NF's config or rule file is wrong; the message names where."""
+
+
+class PythonNF:
+    """Base of NFs written in Python."""
+
+    def __init__(self, config=None):
+        self.config = dict(config or {})
+
+    def handle(self, batch):
+        raise NotImplementedError(f"{type(self).__name__} must define handle(batch)")
+
+    def counters(self):
+        return {}
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"
+
+
+def nf_types():
+    """{name: class} of every NF type installed."""
+    out = {}
+    for ep in entry_points(group=GROUP):
+        out[ep.name] = ep
+    return out
+
+
+def nf_class(name):
+    eps = nf_types()
+    if name not in eps:
+        raise NFConfigError(
+            f"unknown NF type {name!r}; installed: {', '.join(sorted(eps)) or 'none'}"
+            " (NF types are registered in the entry point group onvm.nfs)")
+    return eps[name].load()
+
+
+def make_nf(instance):
+    """Build the NF object of a plan instance {"nf": TYPE, "config": {...}}."""
+    return nf_class(instance["nf"])(instance.get("config") or {})
+
+
+def cli_list(args):
+    for name, ep in sorted(nf_types().items()):
+        print(f"{name:12s} {ep.value}")
+    return 0

@@ -1,0 +1,121 @@
+"""The firewall's rule file: reading and checking it.
+
+One rule a line, first match wins, `#` starts a comment:
+
+    # action  proto  source        destination    sport  dport
+    allow     tcp    any           10.0.1.0/24    any    80
+    deny      udp    10.0.0.0/8    any            any    1000-2000
+    allow     icmp   any           any
+    default   deny
+
+action is `allow` or `deny`; proto `tcp`, `udp`, `icmp`, `sctp`, `any` or a
+number; addresses `any` or IPv4 networks; ports `any`, a number or `LO-HI`
+(only with tcp, udp, sctp).  `default` (allow or deny) says what happens to
+packets no rule matches; it is deny when absent.  Errors are
+`FILE:LINE: message`, all of them, not only the first.
+"""
+import dataclasses
+import ipaddress
+
+from nfs.api import NFConfigError
+
+PROTOS = {"any": None, "icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
+PORT_PROTOS = (6, 17, 132)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    allow: bool
+    proto: object      # int or None
+    src: object        # "a.b.c.d/n" or None
+    dst: object
+    sport: tuple
+    dport: tuple
+    line: int
+    text: str
+
+    def acl(self):
+        return (self.proto, self.src, self.dst, self.sport, self.dport)
+
+
+def _ports(word):
+    if word == "any":
+        return (0, 65535)
+    lo, _, hi = word.partition("-")
+    lo, hi = int(lo), int(hi or lo)
+    if not (0 <= lo <= hi <= 65535):
+        raise ValueError(f"port range {word!r} must be within 0-65535, low to high")
+    return (lo, hi)
+
+
+def _net(word):
+    if word == "any":
+        return None
+    return str(ipaddress.IPv4Network(word, strict=False))
+
+
+def parse_rules(text, source="<rules>"):
+    """Returns (rules, default_allow); raises NFConfigError with every error."""
+    rules, errors, default = [], [], False
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        where = f"{source}:{lineno}"
+        if words[0] == "default":
+            if len(words) != 2 or words[1] not in ("allow", "deny"):
+                errors.append(f"{where}: default takes allow or deny, got {' '.join(words[1:])!r}")
+            else:
+                default = words[1] == "allow"
+            continue
+        if words[0] not in ("allow", "deny"):
+            errors.append(f"{where}: action must be allow, deny or default, not {words[0]!r}")
+            continue
+        if len(words) not in (4, 6):
+            errors.append(f"{where}: expected 'ACTION PROTO SRC DST [SPORT DPORT]', got {len(words)} fields")
+            continue
+        try:
+            proto = int(words[1]) if words[1].isdigit() else PROTOS[words[1]]
+            if proto is not None and not 0 <= proto <= 255:
+                raise ValueError(f"protocol number {proto} is not 0-255")
+        except KeyError:
+            errors.append(f"{where}: unknown protocol {words[1]!r}; use {', '.join(PROTOS)} or a number")
+            continue
+        except ValueError as err:
+            errors.append(f"{where}: {err}")
+            continue
+        try:
+            src, dst = _net(words[2]), _net(words[3])
+        except ValueError as err:
+            errors.append(f"{where}: bad address: {err}")
+            continue
+        sport = dport = (0, 65535)
+        if len(words) == 6:
+            if proto not in PORT_PROTOS and words[4:] != ["any", "any"]:
+                errors.append(f"{where}: ports need tcp, udp or sctp, not {words[1]}")
+                continue
+            try:
+                sport, dport = _ports(words[4]), _ports(words[5])
+            except ValueError as err:
+                errors.append(f"{where}: {err}")
+                continue
+        rules.append(Rule(words[0] == "allow", proto, src, dst, sport, dport, lineno, line))
+    if errors:
+        raise NFConfigError("\n".join(errors))
+    return rules, default
+
+
+def load_rules(config):
+    """Rules from an NF config: {"rules": PATH} or {"rules_text": TEXT}."""
+    if "rules_text" in config:
+        return parse_rules(config["rules_text"], "<rules_text>")
+    path = config.get("rules")
+    if not path:
+        raise NFConfigError("firewall config needs 'rules' (a rule file) or 'rules_text'")
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as err:
+        raise NFConfigError(f"{path}: cannot read rule file: {err.strerror}") from None
+    return parse_rules(text, path)

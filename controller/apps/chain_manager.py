@@ -1,0 +1,496 @@
+"""The Ryu app that runs the cluster: it keeps the topology, follows the
+store (agents coming and going, chains, load), leads or stands by through an
+election, re-places chains, writes every alive host's plan and brings every
+switch to exactly the rules `controller.flows` asks for.
+
+It is a thin shell (Faucet's habit): placement, plans and rule compilation
+are plain modules; this file adapts them to Ryu and etcd.  Only the leader
+writes plans and programs switches; a standby computes the same placement
+in the shadows, so it takes over with the leader's view.
+
+Run: ryu-manager controller.apps.chain_manager controller.apps.rest_api
+--config-file FILE, with [onvm] topology and store (controller.config).
+Add ryu.topology.switches and --observe-links to have links found by LLDP
+compared with the topology file.
+"""
+import os
+import socket
+import time
+
+from ryu.app.ofctl import api as ofctl_api
+from ryu.base import app_manager
+from ryu.controller import ofp_event
+from ryu.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER,
+                                    MAIN_DISPATCHER, set_ev_cls)
+from ryu.lib import hub
+from ryu.ofproto import ofproto_v1_3
+from ryu.topology import event as topo_event
+
+from oslo_config import cfg
+
+from controller import config  # noqa: F401  (registers the [onvm] options)
+from controller import flows
+from controller.fabric import build_graph
+from controller.model import FIRST_SPI, Chain
+from controller.placement import PlacementError, place
+from controller.plans import host_plans, ingress_groups
+from controller.store import (CHAINS, HOSTS, STATS, Election, NotLeader,
+                              StoreError, open_store)
+from controller.topology import load_topology
+
+LOOP_SECONDS = 0.25
+LEADER_TTL = 1.0
+STATS_REPLAN_SECONDS = 1.0
+MAX_LABEL_CHAINS = 1 << 20
+
+
+# ------------------------------------------------------- specs -> Ryu messages
+
+def _ofp_actions(parser, actions):
+    made = []
+    for action in actions:
+        op = action[0]
+        if op == "output":
+            made.append(parser.OFPActionOutput(action[1]))
+        elif op == "group":
+            made.append(parser.OFPActionGroup(action[1]))
+        elif op == "push_mpls":
+            made.append(parser.OFPActionPushMpls(action[1]))
+        elif op == "set_mpls_ttl":
+            made.append(parser.OFPActionSetMplsTtl(action[1]))
+        elif op == "set_field":
+            made.append(parser.OFPActionSetField(**{action[1]: action[2]}))
+        else:
+            raise ValueError(f"controller.flows produced an action Ryu adapter "
+                             f"does not know: {action!r}")
+    return made
+
+
+def to_messages(datapath, flow_diff, group_diff):
+    """The OpenFlow messages that apply two diffs, in a safe order: groups
+    before the rules that use them (transport groups before the classifier
+    groups that chain to them), stale rules out before their groups."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+
+    def group_mod(command, spec):
+        buckets = [parser.OFPBucket(weight=b.weight,
+                                    actions=_ofp_actions(parser, b.actions))
+                   for b in spec.buckets]
+        return parser.OFPGroupMod(datapath, command, ofp.OFPGT_SELECT,
+                                  spec.group_id, buckets)
+
+    msgs = [group_mod(ofp.OFPGC_ADD, g)
+            for g in sorted(group_diff.adds, key=lambda g: g.group_id)]
+    msgs += [group_mod(ofp.OFPGC_MODIFY, g)
+             for g in sorted(group_diff.modifies, key=lambda g: g.group_id)]
+    for entry in flow_diff.deletes:
+        msgs.append(parser.OFPFlowMod(
+            datapath, cookie=entry.cookie, cookie_mask=0xFFFFFFFFFFFFFFFF,
+            table_id=entry.table, command=ofp.OFPFC_DELETE_STRICT,
+            priority=entry.priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+            match=entry.raw))
+    for spec in flow_diff.adds:
+        inst = []
+        if spec.actions:
+            inst.append(parser.OFPInstructionActions(
+                ofp.OFPIT_APPLY_ACTIONS, _ofp_actions(parser, spec.actions)))
+        if spec.goto is not None:
+            inst.append(parser.OFPInstructionGotoTable(spec.goto))
+        msgs.append(parser.OFPFlowMod(
+            datapath, cookie=spec.cookie, table_id=spec.table,
+            command=ofp.OFPFC_ADD, priority=spec.priority,
+            match=parser.OFPMatch(**dict(spec.match)), instructions=inst))
+    msgs += [parser.OFPGroupMod(datapath, ofp.OFPGC_DELETE, ofp.OFPGT_SELECT, gid)
+             for gid in sorted(group_diff.deletes, reverse=True)]
+    return msgs
+
+
+def actual_flows(replies):
+    """Flow-stats replies as controller.flows.ActualFlow."""
+    return [flows.ActualFlow(stat.table_id, stat.priority, stat.cookie,
+                             tuple(sorted(stat.match.items())), stat.match)
+            for reply in replies for stat in reply.body]
+
+
+# ------------------------------------------------------- chains from the store
+
+def chain_from_store(name, value, catalog, edges, taken_spis):
+    """A model.Chain from a /onvm/chains value; ValueError names the field."""
+    where = f"{CHAINS}{name}"
+    for key in ("ingress", "egress", "match", "nfs", "mpps"):
+        if key not in value:
+            raise ValueError(f"{where}: missing field {key!r}")
+    if value["ingress"] not in edges:
+        raise ValueError(f"{where}.ingress: {value['ingress']!r} is not an edge")
+    for nf in value["nfs"]:
+        if nf not in catalog:
+            raise ValueError(f"{where}.nfs: {nf!r} is not in the NF catalog")
+    flows.canonical_match(dict(value["match"], eth_type=flows.ETH_IPV4),
+                          f"{where}.match")
+    spi = value.get("spi")
+    if spi is None:
+        spi = next(s for s in range(FIRST_SPI, MAX_LABEL_CHAINS) if s not in taken_spis)
+    return Chain(name, value["ingress"], value["egress"], dict(value["match"]),
+                 tuple(value["nfs"]), float(value["mpps"]), int(spi))
+
+
+def chain_to_store(chain):
+    return {"name": chain.name, "ingress": chain.ingress, "egress": chain.egress,
+            "match": dict(chain.match), "nfs": list(chain.nfs),
+            "mpps": chain.mpps, "spi": chain.spi}
+
+
+# ------------------------------------------------------------------- the app
+
+class ChainManager(app_manager.RyuApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.topology = load_topology(cfg.CONF.onvm.topology)
+        self.graph = build_graph(self.topology)
+        self.store = open_store(cfg.CONF.onvm.store)
+        self.name_in_election = f"{socket.gethostname()}:{os.getpid()}"
+        self.election = Election(self.store, self.name_in_election, ttl=LEADER_TTL)
+        self.placement = None       # of self.placed: the chains placed now
+        self.placed = self.topology.with_chains([])
+        self.alive = set()
+        self.datapaths = {}         # dpid -> Ryu datapath
+        self.programmed = {}        # dpid -> SwitchRules last brought about
+        self.sync_locks = {}
+        self.dirty = {"hosts", "chains"}
+        self.last_stats_replan = 0.0
+        self.leading = False
+        self.watches = [self.store.watch(prefix, self._on_store_change)
+                        for prefix in (HOSTS, CHAINS, STATS)]
+        self.logger.info("topology %s: %d switches, %d hosts, %d edges; store %s; "
+                         "I am %s", self.topology.source, len(self.topology.switches),
+                         len(self.topology.hosts), len(self.topology.edges),
+                         self.store.url, self.name_in_election)
+        self.threads.append(hub.spawn(self._loop))
+
+    # ------------------------------------------------------------ REST API
+    def check_chains(self, chains):
+        """The placement `chains` (dicts or Chains) would get now; raises
+        PlacementError; changes nothing."""
+        taken = set()
+        parsed = []
+        for chain in chains:
+            if isinstance(chain, dict):
+                chain = self._parse_chain(chain["name"], chain, taken)
+            taken.add(chain.spi)
+            parsed.append(chain)
+        return place(self.topology.with_chains(parsed), previous=self.placement,
+                     exclude_hosts=self._dead())
+
+    def set_chain(self, chain_dict):
+        """Store the chain; the leader re-places what the change needs."""
+        self.store.put_chain(chain_dict)
+
+    def delete_chain(self, name):
+        return self.store.delete_chain(name)
+
+    # ----------------------------------------------------------- the loop
+    def _on_store_change(self, key, value):
+        for prefix, what in ((HOSTS, "hosts"), (CHAINS, "chains"), (STATS, "stats")):
+            if key.startswith(prefix):
+                self.dirty.add(what)
+
+    def _loop(self):
+        while True:
+            try:
+                self._step()
+            except StoreError as err:
+                self.logger.error("store unreachable, will retry: %s", err)
+            hub.sleep(LOOP_SECONDS)
+
+    def _step(self):
+        leading = self.election.campaign()
+        if leading and not self.leading:
+            self.logger.info("I lead now (%s): writing plans and programming "
+                             "%d connected switches", self.name_in_election,
+                             len(self.datapaths))
+            self._seed_chains()
+            self.dirty |= {"hosts", "chains"}
+            self.programmed.clear()
+        elif self.leading and not leading:
+            self.logger.warning("I no longer lead: stop writing plans and "
+                                "programming switches; standing by")
+        self.leading = leading
+        due_stats = ("stats" in self.dirty and
+                     time.monotonic() - self.last_stats_replan >= STATS_REPLAN_SECONDS)
+        if self.dirty & {"hosts", "chains"} or due_stats:
+            reasons = sorted(self.dirty)
+            self.dirty.clear()
+            self._replace(reasons)
+            self.last_stats_replan = time.monotonic()
+        if self.leading:
+            self._program_all()
+
+    # ------------------------------------------------------- re-placement
+    def _dead(self):
+        return tuple(h.name for h in self.topology.hosts if h.name not in self.alive)
+
+    def _seed_chains(self):
+        """First leader of a fresh store: the topology file's chains."""
+        if self.store.chains() or self.store.plans():
+            return
+        for chain in self.topology.chains:
+            self.store.put_chain(chain_to_store(chain))
+        self.logger.info("store had no chains: put the %d chains of %s",
+                         len(self.topology.chains), self.topology.source)
+
+    def _parse_chain(self, name, value, taken):
+        return chain_from_store(name, value, self.topology.nfs,
+                                {e.name for e in self.topology.edges}, taken)
+
+    def _wanted_chains(self):
+        chains, taken = [], set()
+        for name, value in sorted(self.store.chains().items(),
+                                  key=lambda kv: (kv[1].get("spi") is None, kv[0])):
+            try:
+                chain = self._parse_chain(name, value, taken)
+            except (ValueError, TypeError, KeyError) as err:
+                self.logger.error("chain %s ignored: %s", name, err)
+                continue
+            taken.add(chain.spi)
+            chains.append(chain)
+        return chains
+
+    def _refresh_alive(self):
+        registered = set(self.store.hosts())
+        known = {h.name for h in self.topology.hosts}
+        for name in sorted(registered - known):
+            self.logger.warning("agent %s registered in %s but %s has no such "
+                                "host: ignored", name, HOSTS, self.topology.source)
+        alive = registered & known
+        for name in sorted(alive - self.alive):
+            self.logger.info("host %s is alive (agent registered)", name)
+        for name in sorted(self.alive - alive):
+            self.logger.warning("host %s lost (its %s key expired or was deleted)",
+                                name, HOSTS + name)
+        lost = self.alive - alive
+        self.alive = alive
+        return lost
+
+    def _place_what_fits(self, chains):
+        """All chains if they fit; else chain by chain, keeping those that
+        fit, each refusal logged with the placer's reason."""
+        dead = self._dead()
+        try:
+            return place(self.topology.with_chains(chains), previous=self.placement,
+                         exclude_hosts=dead), chains
+        except PlacementError as err:
+            if not chains:
+                raise
+            self.logger.warning("cannot place all %d chains (%s); placing them one "
+                                "by one", len(chains), err)
+        kept, result = [], None
+        for chain in chains:
+            try:
+                result = place(self.topology.with_chains(kept + [chain]),
+                               previous=self.placement, exclude_hosts=dead)
+                kept.append(chain)
+            except PlacementError as err:
+                self.logger.warning("chain %s not placed: %s", chain.name, err)
+        return result, kept
+
+    def _replace(self, reasons):
+        lost = self._refresh_alive()
+        chains = self._wanted_chains() if self.alive else []
+        before = self.placement
+        placement, kept = self._place_what_fits(chains) if chains else (None, [])
+        self.placement = placement
+        self.placed = self.topology.with_chains(kept)
+        self._log_moves(before, placement, lost, reasons)
+        if self.leading:
+            self._write_plans(lost)
+
+    def _log_moves(self, before, after, lost, reasons):
+        old = before.instances if before else {}
+        new = after.instances if after else {}
+        why = ", ".join(f"{h} lost" for h in sorted(lost)) or \
+            "change in " + "/".join(reasons)
+        used = after.cores_used() if after else {}
+        for key in sorted(set(new) - set(old)):
+            inst = new[key]
+            host = self.topology.host(inst.host)
+            self.logger.info("placed %s#%d on %s: %s; %s now uses %d of %d cores, "
+                             "serves %.2f Mpps of it", inst.nf, inst.id, inst.host,
+                             why, inst.host, used.get(inst.host, 0), host.cores,
+                             inst.load)
+        for key in sorted(set(old) - set(new)):
+            inst = old[key]
+            self.logger.info("removed %s#%d from %s: %s", inst.nf, inst.id,
+                             inst.host, why)
+
+    def _write_plans(self, lost):
+        load = self.store.stats()
+        generation = 1 + max([p.get("generation", 0)
+                              for p in self.store.plans().values()] or [0])
+        plans = host_plans(self.placed, self.placement, generation, load) \
+            if self.placement else {}
+        stored = self.store.plans()
+        try:
+            for host in sorted(self.alive):
+                plan = plans.get(host) or self._idle_plan(host, generation)
+                if _same_plan(stored.get(host), plan):
+                    continue
+                gen = self.store.put_plan(host, plan, leader=self.election)
+                self.logger.info("wrote plan generation %d for %s: %d instances, "
+                                 "%d hops", gen, host, len(plan.get("instances", [])),
+                                 len(plan.get("hops", [])))
+            for host in sorted(set(stored) - self.alive):
+                self.store.delete_plan(host)
+                self.logger.info("deleted the plan of %s: host not alive", host)
+        except NotLeader as err:
+            self.logger.warning("stopped writing plans: %s", err)
+
+    def _idle_plan(self, name, generation):
+        host = self.topology.host(name)
+        return {"host": name, "generation": generation, "node_label": host.label,
+                "mac": host.mac, "instances": [], "classifiers": [], "hops": []}
+
+    # ---------------------------------------------------------- switches
+    def _desired(self):
+        groups = ingress_groups(self.placed, self.placement) if self.placement else {}
+        return flows.switch_rules(self.placed, self.graph, groups)
+
+    def _program_all(self):
+        desired = self._desired()
+        for dpid, datapath in list(self.datapaths.items()):
+            if dpid in desired and self.programmed.get(dpid) != desired[dpid]:
+                self.programmed[dpid] = desired[dpid]
+                hub.spawn(self._sync, datapath, desired[dpid])
+
+    def _sync(self, datapath, rules):
+        """Bring one switch to exactly `rules`: read its flows and groups,
+        send the difference, wait for the barrier."""
+        lock = self.sync_locks.setdefault(datapath.id, hub.BoundedSemaphore(1))
+        name = self._switch_name(datapath.id)
+        with lock:
+            try:
+                self._sync_locked(datapath, rules, name)
+            except Exception as err:   # a switch that went away mid-sync
+                self.programmed.pop(datapath.id, None)
+                self.logger.error("switch %s: sync failed, will retry: %s", name, err)
+
+    def _sync_locked(self, datapath, rules, name):
+        parser, ofp = datapath.ofproto_parser, datapath.ofproto
+        flow_replies = ofctl_api.send_msg(
+            self, parser.OFPFlowStatsRequest(datapath, table_id=ofp.OFPTT_ALL),
+            reply_cls=parser.OFPFlowStatsReply, reply_multi=True)
+        group_replies = ofctl_api.send_msg(
+            self, parser.OFPGroupDescStatsRequest(datapath),
+            reply_cls=parser.OFPGroupDescStatsReply, reply_multi=True)
+        flow_diff = flows.diff(rules.flows, actual_flows(flow_replies))
+        group_diff = flows.diff_groups(
+            rules.groups, [g.group_id for r in group_replies for g in r.body])
+        for msg in to_messages(datapath, flow_diff, group_diff):
+            datapath.send_msg(msg)
+        ofctl_api.send_msg(self, parser.OFPBarrierRequest(datapath),
+                           reply_cls=parser.OFPBarrierReply)
+        stale = [flows.cookie_kind(e.cookie) or f"foreign cookie {e.cookie:#x}"
+                 for e in flow_diff.deletes]
+        self.logger.info("switch %s synced: %d rules and %d groups wanted; added %d "
+                         "rules, deleted %d (%s), groups +%d -%d", name,
+                         len(rules.flows), len(rules.groups), len(flow_diff.adds),
+                         len(flow_diff.deletes), ", ".join(sorted(set(stale))) or "none",
+                         len(group_diff.adds), len(group_diff.deletes))
+
+    def _switch_name(self, dpid):
+        for sw in self.topology.switches:
+            if sw.dpid == dpid:
+                return sw.name
+        return None
+
+    # ------------------------------------------------------- Ryu handlers
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev):
+        datapath = ev.datapath
+        name = self._switch_name(datapath.id)
+        if ev.state == MAIN_DISPATCHER:
+            if name is None:
+                self.logger.warning("switch dpid %#x connected but %s has no such "
+                                    "switch: not programmed", datapath.id or 0,
+                                    self.topology.source)
+                return
+            self.logger.info("switch %s (dpid %#x) connected", name, datapath.id)
+            self.datapaths[datapath.id] = datapath
+            self.programmed.pop(datapath.id, None)   # resync on every connect
+        elif ev.state == DEAD_DISPATCHER and datapath.id in self.datapaths:
+            del self.datapaths[datapath.id]
+            self.programmed.pop(datapath.id, None)
+            self.logger.warning("switch %s (dpid %#x) left: traffic through it "
+                                "stops until it reconnects", name, datapath.id)
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _features(self, ev):
+        self.logger.debug("switch dpid %#x features: %d tables",
+                          ev.msg.datapath_id, ev.msg.n_tables)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev):
+        msg = ev.msg
+        ofp = msg.datapath.ofproto
+        name = self._switch_name(msg.datapath.id)
+        port = msg.desc.port_no
+        what = self._port_role(name, port)
+        down = bool(msg.desc.state & ofp.OFPPS_LINK_DOWN)
+        reason = {ofp.OFPPR_ADD: "added", ofp.OFPPR_DELETE: "deleted"}.get(
+            msg.reason, "link down" if down else "link up")
+        if what is None:
+            self.logger.warning("switch %s port %d %s: the topology file has "
+                                "nothing on this port", name, port, reason)
+        elif reason in ("deleted", "link down"):
+            self.logger.warning("switch %s port %d (%s) %s: differs from %s",
+                                name, port, what, reason, self.topology.source)
+        else:
+            self.logger.info("switch %s port %d (%s) %s", name, port, what, reason)
+
+    def _port_role(self, switch, port):
+        topo = self.topology
+        for link in topo.links:
+            if (link.a, link.a_port) == (switch, port):
+                return f"link to {link.b} port {link.b_port}"
+            if (link.b, link.b_port) == (switch, port):
+                return f"link to {link.a} port {link.a_port}"
+        for host in topo.hosts:
+            if (host.switch, host.port) == (switch, port):
+                return f"host {host.name}"
+        for edge in topo.edges:
+            if (edge.switch, edge.port) == (switch, port):
+                return f"edge {edge.name}"
+        return None
+
+    @set_ev_cls(topo_event.EventLinkAdd)
+    def _link_add(self, ev):
+        src, dst = ev.link.src, ev.link.dst
+        a, b = self._switch_name(src.dpid), self._switch_name(dst.dpid)
+        expected = self._port_role(a, src.port_no)
+        if expected != f"link to {b} port {dst.port_no}":
+            self.logger.warning("LLDP found link %s port %d -> %s port %d; %s says "
+                                "that port has %s", a, src.port_no, b, dst.port_no,
+                                self.topology.source, expected or "nothing")
+
+    @set_ev_cls(topo_event.EventLinkDelete)
+    def _link_delete(self, ev):
+        src, dst = ev.link.src, ev.link.dst
+        self.logger.warning("link %s port %d -> %s port %d gone (LLDP)",
+                            self._switch_name(src.dpid), src.port_no,
+                            self._switch_name(dst.dpid), dst.port_no)
+
+    def close(self):
+        for watch in self.watches:
+            watch.cancel()
+        self.election.resign()
+        super().close()
+
+
+def _same_plan(stored, plan):
+    """Equal but for the generation: no need to write it again."""
+    if stored is None:
+        return False
+    strip = lambda p: {k: v for k, v in p.items() if k != "generation"}
+    return strip(stored) == strip(plan)
+

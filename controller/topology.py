@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import math
 import os
 import re
@@ -721,49 +722,57 @@ def _scalar(value, hex_int=False):
     if _PLAIN.match(text) and _RESOLVER.resolve(
             yaml.ScalarNode, text, (True, False)) == "tag:yaml.org,2002:str":
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return json.dumps(text)   # a JSON string is a YAML double-quoted scalar
 
 
 def _flow(pairs):
     return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
 
 
+def _item(obj, keys, extra=()):
+    """One list item in flow style, keys in the order the file uses."""
+    pairs = [(k, _scalar(getattr(obj, k), hex_int=(k == "dpid"))) for k in keys]
+    return "  - " + _flow(pairs + list(extra))
+
+
+def _section(key, lines, empty="[]"):
+    return [f"{key}:" + ("" if lines else f" {empty}")] + lines
+
+
+def _dump_chain(chain, position):
+    match = _flow([(_scalar(k), _scalar(v)) for k, v in chain.match.items()])
+    nfs = "[" + ", ".join(_scalar(n) for n in chain.nfs) + "]"
+    extra = [("match", match), ("nfs", nfs), ("mpps", _scalar(chain.mpps))]
+    if chain.spi != FIRST_SPI + position:
+        extra.append(("spi", _scalar(chain.spi)))
+    return _item(chain, ("name", "ingress", "egress"), extra)
+
+
+def _dump_nf(nf):
+    pairs = [("cores", _scalar(nf.cores)), ("mpps", _scalar(nf.mpps))]
+    if nf.config is not None:
+        pairs.append(("config", _scalar(os.path.abspath(nf.config))))
+    return f"  {_scalar(nf.name)}: {_flow(pairs)}"
+
+
 def dump_topology(topo: Topology) -> str:
-    """YAML that parse_topology reads back to an equal Topology."""
-    s = _scalar
-    out = [f"name: {s(topo.name)}", "switches:"]
-    out += [f"  - {_flow([('name', s(w.name)), ('dpid', s(w.dpid, True))])}"
-            for w in topo.switches]
-    out.append("hosts:")
-    for i, h in enumerate(topo.hosts):
-        pairs = [("name", s(h.name)), ("switch", s(h.switch)),
-                 ("port", s(h.port)), ("mac", s(h.mac)), ("ip", s(h.ip)),
-                 ("cores", s(h.cores))]
-        if h.label != FIRST_NODE_LABEL + i:
-            pairs.append(("label", s(h.label)))
-        out.append(f"  - {_flow(pairs)}")
-    out.append("links:" + ("" if topo.links else " []"))
-    out += [f"  - {_flow([('a', s(l.a)), ('a_port', s(l.a_port)), ('b', s(l.b)), ('b_port', s(l.b_port)), ('gbps', s(float(l.gbps)))])}"
-            for l in topo.links]
-    out.append("edges:" + ("" if topo.edges else " []"))
-    out += [f"  - {_flow([('name', s(e.name)), ('switch', s(e.switch)), ('port', s(e.port))])}"
-            for e in topo.edges]
-    out.append("nfs:" + ("" if topo.nfs else " {}"))
-    for name, t in topo.nfs.items():
-        pairs = [("cores", s(t.cores)), ("mpps", s(float(t.mpps)))]
-        if t.config is not None:
-            pairs.append(("config", s(os.path.abspath(t.config))))
-        out.append(f"  {s(name)}: {_flow(pairs)}")
-    out.append("chains:" + ("" if topo.chains else " []"))
-    for i, c in enumerate(topo.chains):
-        pairs = [("name", s(c.name)), ("ingress", s(c.ingress)),
-                 ("egress", s(c.egress)),
-                 ("match", _flow([(s(k), s(v)) for k, v in c.match.items()])),
-                 ("nfs", "[" + ", ".join(s(n) for n in c.nfs) + "]"),
-                 ("mpps", s(float(c.mpps)))]
-        if c.spi != FIRST_SPI + i:
-            pairs.append(("spi", s(c.spi)))
-        out.append(f"  - {_flow(pairs)}")
+    """YAML that parse_topology reads back to an equal Topology.  Labels and
+    SPIs are written only where they differ from the default for their
+    position; NF config paths are written absolute."""
+    host_keys = ("name", "switch", "port", "mac", "ip", "cores")
+    hosts = [_item(h, host_keys, [("label", _scalar(h.label))]
+                   if h.label != FIRST_NODE_LABEL + i else ())
+             for i, h in enumerate(topo.hosts)]
+    out = [f"name: {_scalar(topo.name)}"]
+    out += _section("switches", [_item(w, ("name", "dpid")) for w in topo.switches])
+    out += _section("hosts", hosts)
+    out += _section("links", [_item(l, ("a", "a_port", "b", "b_port", "gbps"))
+                              for l in topo.links])
+    out += _section("edges", [_item(e, ("name", "switch", "port"))
+                              for e in topo.edges])
+    out += _section("nfs", [_dump_nf(t) for t in topo.nfs.values()], "{}")
+    out += _section("chains", [_dump_chain(c, i)
+                               for i, c in enumerate(topo.chains)])
     return "\n".join(out) + "\n"
 
 

@@ -313,6 +313,19 @@ def test_round_trip_keeps_explicit_labels_and_spis():
     assert again == topo
 
 
+def test_round_trip_quotes_what_yaml_would_misread():
+    text = (BASE.replace("name: t\n", 'name: "my dc: east"\n')
+                .replace("{name: internet,", '{name: "0x10",')
+                .replace("ingress: internet", 'ingress: "0x10"')
+                .replace("{name: web,", '{name: "yes",'))
+    topo = parse_topology(text, "t.yaml")
+    assert (topo.name, topo.edges[0].name, topo.chains[0].name) == (
+        "my dc: east", "0x10", "yes")
+    dumped = dump_topology(topo)
+    assert '"0x10"' in dumped and '"yes"' in dumped
+    assert parse_topology(dumped, "t.yaml") == topo
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
 def test_shipped_file_validates_and_round_trips(path):
     topo = load_topology(path)

@@ -7,8 +7,9 @@ and valid by construction; tests still run each result through
 does not place chains (`controller.placement`) or emulate them.
 
 Numbering, so that a person can read a dump:
-  * dpid 0x1000000+i for core/spine switches, 0x2PP00JJ for aggregation
-    switches, 0x3PP00JJ for top-of-rack (fat tree) and 0x20000ii for leaves;
+  * dpid 0x1000000+i for core and spine switches, 0x2000000+i for leaves,
+    0x200PPJJ for aggregation and 0x300PPJJ for top-of-rack switches (fat
+    tree; PP the pod from 0, JJ the switch from 1);
   * host n (1-based) has MAC 02:00:00 followed by n in three octets;
   * fat-tree host IPs are 10.pod.tor.(2+i)/8, leaf-spine ones
     10.(leaf>>8).(leaf&255).(1+i)/8: one subnet, so traffic in no chain

@@ -281,6 +281,26 @@ def ring_port(name, count=8192):
     return port, ring
 
 
+def ring_pair_port(name, count=8192):
+    """A port in memory with separate rx and tx rings: what a test puts in
+    `rx` arrives on the port, what the port sends lands in `tx`.
+    Returns (port id, rx Ring, tx Ring)."""
+    cdef rte_ring *rx = rte_ring_create((name + "_rx").encode(), count,
+                                        rte_socket_id(), RING_F_SP_ENQ | RING_F_SC_DEQ)
+    cdef rte_ring *tx = rte_ring_create((name + "_tx").encode(), count,
+                                        rte_socket_id(), RING_F_SP_ENQ | RING_F_SC_DEQ)
+    if rx == NULL or tx == NULL:
+        raise _dpdk_error(f"rte_ring_create({name})")
+    port = rte_eth_from_rings(("net_" + name).encode(), &rx, 1, &tx, 1,
+                              rte_socket_id())
+    if port < 0:
+        raise _dpdk_error(f"rte_eth_from_rings({name})")
+    rxr, txr = Ring(), Ring()
+    rxr.r = rx
+    txr.r = tx
+    return port, rxr, txr
+
+
 cdef class Ring:
     """A handle on an rte_ring, for tests and benchmarks."""
     cdef rte_ring *r

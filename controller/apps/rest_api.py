@@ -1,0 +1,382 @@
+"""The REST API under /onvm/v1/, in the style of ryu.app.ofctl_rest.
+
+    GET    /onvm/v1/topology        the topology the controller runs with
+    GET    /onvm/v1/hosts           per host: topology entry, alive, plan/applied
+    GET    /onvm/v1/chains          {name: chain} as stored in /onvm/chains/
+    POST   /onvm/v1/chains          create a chain (201), 409 if the name exists
+    GET    /onvm/v1/chains/<name>   one chain, 404 if unknown
+    PUT    /onvm/v1/chains/<name>   change a chain (404 if unknown)
+    DELETE /onvm/v1/chains/<name>   delete a chain (404 if unknown)
+    GET    /onvm/v1/placement       the current placement (`onvm place --json`)
+    GET    /onvm/v1/stats           {host: stats} as the agents report them
+
+A chain body is {"name", "ingress", "egress", "match", "nfs", "mpps"} and an
+optional "spi" (else the lowest free one).  A wrong request gets 400
+(malformed), 404 (unknown chain) or 409 (conflicts with the chains there, or
+cannot be placed) with {"error": "..."} and changes nothing: a change is
+checked by the chain manager's `check_chains` before it is stored.
+
+The deciding code (parsing and checking chain bodies, the request handlers)
+is plain functions over a manager object; the Ryu parts at the bottom only
+route requests to them.  Re-placing is the chain manager's job, not ours.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+
+from controller.model import FIRST_SPI, MAX_LABEL, Chain
+from host_agent.plan import PlanError, check_match
+
+LOG = logging.getLogger(__name__)
+
+BASE = "/onvm/v1"
+MANAGER_NAMES = ("chain_manager", "ChainManager")
+MAX_BODY = 1 << 20
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+CHAIN_FIELDS = ("name", "ingress", "egress", "match", "nfs", "mpps", "spi")
+REQUIRED_FIELDS = CHAIN_FIELDS[:-1]
+
+
+class RequestError(Exception):
+    """A request we refuse: HTTP status and a message for the client."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _bad(cond, message, status=400):
+    if not cond:
+        raise RequestError(status, message)
+
+
+# --- chains as JSON ---------------------------------------------------------
+
+def chain_to_json(chain: Chain) -> dict:
+    """The stored (and returned) form of a chain."""
+    return {"name": chain.name, "ingress": chain.ingress, "egress": chain.egress,
+            "match": dict(chain.match), "nfs": list(chain.nfs),
+            "mpps": chain.mpps, "spi": chain.spi}
+
+
+def parse_json_body(raw: bytes):
+    _bad(len(raw) <= MAX_BODY, f"body larger than {MAX_BODY} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise RequestError(400, f"body is not UTF-8: {err}") from None
+    except ValueError as err:
+        raise RequestError(400, f"body is not JSON: {err}") from None
+
+
+def _check_fields(body, where):
+    _bad(isinstance(body, dict), f"{where}: must be a JSON object, not {body!r}")
+    unknown = sorted(set(body) - set(CHAIN_FIELDS))
+    _bad(not unknown, f"{where}: unknown field(s) {', '.join(unknown)}; "
+                      f"known: {', '.join(CHAIN_FIELDS)}")
+    missing = [f for f in REQUIRED_FIELDS if f not in body]
+    _bad(not missing, f"{where}: missing field(s) {', '.join(missing)}")
+    name = body["name"]
+    _bad(isinstance(name, str) and NAME_RE.match(name),
+         f"{where}.name: must be 1..64 letters, digits, '_', '.', '-', "
+         f"not {name!r}")
+
+
+def _check_ends(body, topo, where):
+    edges = {e.name for e in topo.edges}
+    ends = edges | {h.name for h in topo.hosts}
+    _bad(body["ingress"] in edges,
+         f"{where}.ingress: {body['ingress']!r} is not an edge of topology "
+         f"{topo.name}; edges: {', '.join(sorted(edges)) or 'none'}")
+    _bad(body["egress"] in ends,
+         f"{where}.egress: {body['egress']!r} is neither a host nor an edge "
+         f"of topology {topo.name}")
+
+
+def _check_nfs(nfs, topo, where):
+    _bad(isinstance(nfs, list) and nfs and len(nfs) <= 255,
+         f"{where}.nfs: must be a list of 1..255 NF types, not {nfs!r}")
+    for i, nf in enumerate(nfs):
+        _bad(isinstance(nf, str) and nf in topo.nfs,
+             f"{where}.nfs[{i}]: NF type {nf!r} is not in the catalog "
+             f"(nfs: {', '.join(sorted(topo.nfs)) or 'empty'})")
+
+
+def _check_rate(mpps, where):
+    _bad(isinstance(mpps, (int, float)) and not isinstance(mpps, bool)
+         and math.isfinite(mpps) and mpps > 0,
+         f"{where}.mpps: must be a number > 0, not {mpps!r}")
+
+
+def free_spi(used):
+    """The lowest SPI no chain uses."""
+    spi = FIRST_SPI
+    while spi in used:
+        spi += 1
+    _bad(spi <= MAX_LABEL, "no free SPI left", 409)
+    return spi
+
+
+def chain_from_json(body, topo, others, where="chain", spi=None) -> Chain:
+    """Check a chain body against topology `topo` and the `others` chains
+    (model.Chain, not including this one) and build it.
+
+    400 for a malformed body, 409 for a clash with another chain.  `spi`
+    is the SPI to keep when the body names none (a changed chain keeps
+    its SPI); without either, the lowest free one is taken."""
+    _check_fields(body, where)
+    _bad(all(isinstance(body[k], str) for k in ("ingress", "egress")),
+         f"{where}: ingress and egress must be names")
+    _check_ends(body, topo, where)
+    _check_nfs(body["nfs"], topo, where)
+    _check_rate(body["mpps"], where)
+    try:
+        check_match(body["match"], f"{where}.match")
+    except PlanError as err:
+        raise RequestError(400, str(err)) from None
+    used = {c.spi: c.name for c in others}
+    if body.get("spi") is not None:
+        spi = body["spi"]
+        _bad(isinstance(spi, int) and not isinstance(spi, bool)
+             and FIRST_SPI <= spi <= MAX_LABEL,
+             f"{where}.spi: must be an integer {FIRST_SPI}..{MAX_LABEL}, not {spi!r}")
+    elif spi is None or spi in used:
+        spi = free_spi(used)
+    _bad(spi not in used, f"{where}.spi: SPI {spi} is used by chain {used.get(spi)}",
+         409)
+    chain = Chain(body["name"], body["ingress"], body["egress"],
+                  dict(body["match"]), tuple(body["nfs"]), float(body["mpps"]), spi)
+    _check_classifier_unique(chain, others, where)
+    return chain
+
+
+def _check_classifier_unique(chain, others, where):
+    # The ingress switch tells chains apart only by (ingress, match).
+    for other in others:
+        if other.ingress == chain.ingress and dict(other.match) == dict(chain.match):
+            raise RequestError(409, f"{where}.match: same ingress and match as "
+                                    f"chain {other.name}; the edge switch could "
+                                    f"not tell them apart")
+
+
+# --- the handlers, over a chain manager ---------------------------------------
+
+def stored_chains(manager):
+    """{name: model.Chain} from the store, in SPI order.  Stored chains were
+    checked when written; one that is not even well-formed is logged and
+    left out (nothing could place it)."""
+    chains = {}
+    for name, body in manager.store.chains().items():
+        try:
+            chains[name] = Chain(body["name"], body["ingress"], body["egress"],
+                                 dict(body["match"]), tuple(body["nfs"]),
+                                 float(body["mpps"]), int(body["spi"]))
+        except (KeyError, TypeError, ValueError) as err:
+            LOG.warning("stored chain /onvm/chains/%s is malformed (%s: %s) "
+                        "and ignored", name, type(err).__name__, err)
+    return dict(sorted(chains.items(), key=lambda kv: kv[1].spi))
+
+
+def _commit(manager, chains, changed, verb):
+    """Ask the manager whether the new chain set can be placed; only then store."""
+    from controller.placement import PlacementError
+    try:
+        manager.check_chains(list(chains))
+    except PlacementError as err:
+        raise RequestError(409, f"chain {changed}: cannot be placed: {err}") from None
+    LOG.info("REST: %s chain %s (placement checked)", verb, changed)
+
+
+def create_chain(manager, body):
+    chains = stored_chains(manager)
+    name = body.get("name") if isinstance(body, dict) else None
+    _bad(name not in chains, f"chain {name} exists; change it with PUT "
+                             f"{BASE}/chains/{name}", 409)
+    chain = chain_from_json(body, manager.topology, chains.values())
+    _commit(manager, [*chains.values(), chain], chain.name, "created")
+    manager.set_chain(chain_to_json(chain))
+    return 201, chain_to_json(chain)
+
+
+def change_chain(manager, name, body):
+    chains = stored_chains(manager)
+    _bad(name in chains, f"no chain {name}", 404)
+    if isinstance(body, dict):
+        _bad(body.setdefault("name", name) == name,
+             f"chain.name: {body.get('name')!r} differs from the URL's {name!r}; "
+             "a chain cannot be renamed")
+    old = chains.pop(name)
+    chain = chain_from_json(body, manager.topology, chains.values(), spi=old.spi)
+    _commit(manager, [*chains.values(), chain], name, "changed")
+    manager.set_chain(chain_to_json(chain))
+    return 200, chain_to_json(chain)
+
+
+def delete_chain(manager, name):
+    chains = stored_chains(manager)
+    _bad(name in chains or manager.store.get_chain(name) is not None,
+         f"no chain {name}", 404)
+    rest = [c for n, c in chains.items() if n != name]
+    _commit(manager, rest, name, "deleted")
+    manager.delete_chain(name)
+    return 200, {"deleted": name}
+
+
+def get_chain(manager, name):
+    body = manager.store.get_chain(name)
+    _bad(body is not None, f"no chain {name}", 404)
+    return 200, body
+
+
+def get_topology(manager):
+    topo = dataclasses.asdict(manager.topology)
+    topo["nfs"] = {k: dataclasses.asdict(v) for k, v in manager.topology.nfs.items()}
+    return 200, topo
+
+
+def get_hosts(manager):
+    alive = manager.store.hosts()
+    plans = manager.store.plans()
+    out = {}
+    for host in manager.topology.hosts:
+        plan = plans.get(host.name)
+        out[host.name] = {
+            "topology": dataclasses.asdict(host),
+            "alive": host.name in alive,
+            "info": alive.get(host.name),
+            "plan_generation": plan.get("generation") if plan else None,
+            "applied_generation": manager.store.get_applied(host.name),
+        }
+    for name in sorted(set(alive) - set(out)):
+        out[name] = {"topology": None, "alive": True, "info": alive[name],
+                     "plan_generation": None,
+                     "applied_generation": manager.store.get_applied(name)}
+    return 200, out
+
+
+def get_placement(manager):
+    placement = getattr(manager, "placement", None)
+    _bad(placement is not None, "no placement yet: the controller has not "
+                                "placed the chains (is it the leader?)", 503)
+    return 200, placement.to_json(getattr(manager, "solve_ms", 0.0))
+
+
+def get_stats(manager):
+    return 200, manager.store.stats()
+
+
+def get_chains(manager):
+    return 200, manager.store.chains()
+
+
+# --- Ryu adapter --------------------------------------------------------------
+
+import onvm_compat  # noqa: E402,F401  (eventlet 0.33 lacks what ryu.app.wsgi imports)
+from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route  # noqa: E402
+from ryu.base import app_manager  # noqa: E402
+
+API_DATA = "onvm_rest_manager"
+
+
+def _json_response(status, body):
+    return Response(status=status, content_type="application/json",
+                    body=json.dumps(body, sort_keys=True).encode())
+
+
+def _serve(req, handler, *args, with_body=False):
+    try:
+        if with_body:
+            args = (*args, parse_json_body(req.body))
+        status, body = handler(*args)
+    except RequestError as err:
+        LOG.info("REST %s %s refused (%d): %s", req.method, req.path,
+                 err.status, err.message)
+        return _json_response(err.status, {"error": err.message})
+    return _json_response(status, body)
+
+
+class OnvmController(ControllerBase):
+    """Routes /onvm/v1/ requests to the handlers above."""
+
+    def __init__(self, req, link, data, **config):
+        super().__init__(req, link, data, **config)
+        self.get_manager = data[API_DATA]
+
+    def _manager(self):
+        manager = self.get_manager()
+        if manager is None:
+            raise RequestError(503, "the chain manager app is not running")
+        return manager
+
+    def _call(self, req, handler, *args, with_body=False):
+        try:
+            manager = self._manager()
+        except RequestError as err:
+            return _json_response(err.status, {"error": err.message})
+        return _serve(req, handler, manager, *args, with_body=with_body)
+
+    @route("onvm", BASE + "/topology", methods=["GET"])
+    def topology(self, req, **_):
+        return self._call(req, get_topology)
+
+    @route("onvm", BASE + "/hosts", methods=["GET"])
+    def hosts(self, req, **_):
+        return self._call(req, get_hosts)
+
+    @route("onvm", BASE + "/chains", methods=["GET"])
+    def list_chains(self, req, **_):
+        return self._call(req, get_chains)
+
+    @route("onvm", BASE + "/chains", methods=["POST"])
+    def post_chain(self, req, **_):
+        return self._call(req, create_chain, with_body=True)
+
+    @route("onvm", BASE + "/chains/{name}", methods=["GET"])
+    def one_chain(self, req, name, **_):
+        return self._call(req, get_chain, name)
+
+    @route("onvm", BASE + "/chains/{name}", methods=["PUT"])
+    def put_chain(self, req, name, **_):
+        return self._call(req, change_chain, name, with_body=True)
+
+    @route("onvm", BASE + "/chains/{name}", methods=["DELETE"])
+    def remove_chain(self, req, name, **_):
+        return self._call(req, delete_chain, name)
+
+    @route("onvm", BASE + "/placement", methods=["GET"])
+    def placement(self, req, **_):
+        return self._call(req, get_placement)
+
+    @route("onvm", BASE + "/stats", methods=["GET"])
+    def stats(self, req, **_):
+        return self._call(req, get_stats)
+
+
+def register(wsgi_app, get_manager):
+    """Mount the API on a ryu WSGIApplication; `get_manager()` returns the
+    chain manager (or None while it is not there)."""
+    wsgi_app.register(OnvmController, {API_DATA: get_manager})
+
+
+def find_chain_manager():
+    for name in MANAGER_NAMES:
+        app = app_manager.lookup_service_brick(name)
+        if app is not None:
+            return app
+    return None
+
+
+class RestApi(app_manager.RyuApp):
+    """Ryu app: serves the API on ryu-manager's WSGI server (--wsapi-port)."""
+    _CONTEXTS = {"wsgi": WSGIApplication}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.name = "onvm_rest_api"
+        register(kwargs["wsgi"], find_chain_manager)
+        LOG.info("REST API mounted under %s", BASE)

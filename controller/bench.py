@@ -1,0 +1,194 @@
+"""`onvm bench placement`: how good and how fast `controller.placement` is.
+
+  (a) quality: fat-tree k=4 with 24 chains, the heuristic's cost against
+      the exact optimum of a MILP (scipy.optimize.milp, HiGHS);
+  (b) speed: fat-tree k=16 (1024 hosts) with 2000 chains;
+  (c) re-placement after losing the busiest host on (b): time, and how many
+      instances were touched.
+
+The MILP is a reference for measuring, never used at run time.  Its model
+(hosts h, NF types t, chains c with rate r_c and NFs t_c1..t_ck):
+
+  n[t,h]   integer >= 0   instances of type t on host h
+  x[c,j,h] in [0, 1]      share of chain c's hop j served on host h
+  f[c,j,h,g] >= 0         share of chain c going from hop j on h to hop
+                          j+1 on g (a transportation between hops)
+
+  sum_h x[c,j,h] = 1                                   every hop fully served
+  sum_g f[c,j,h,g] = x[c,j,h],  sum_h f[c,j,h,g] = x[c,j+1,g]   flow conservation
+  sum_{(c,j): t_cj = t} r_c x[c,j,h] <= mpps_t n[t,h]  capacity
+  sum_t cores_t n[t,h] <= cores_h                      cores
+  min sum_c r_c ( sum_h d(in_c,h) x[c,1,h] + sum_j sum_{h,g} d(h,g) f[c,j,h,g]
+                  + sum_h d(h,out_c) x[c,k,h] )
+
+This is exactly `placement.cost` (transportation between consecutive
+hops) except that it lets one chain hop use several instances on one host,
+which the heuristic forbids (a plan's hop names one local instance).  So
+the MILP optimum is a lower bound of the heuristic's feasible set and the
+reported gap is an upper bound of the true gap.  If HiGHS stops at its time
+limit the report says so and gives its proven bound.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_matrix
+
+from controller import fabric, placement, topogen
+
+MILP_SECONDS = 60.0
+
+
+class _Columns:
+    """Variable index bookkeeping for the MILP."""
+
+    def __init__(self):
+        self.n = 0
+        self.cost: list = []
+        self.integer: list = []
+        self.upper: list = []
+
+    def add(self, cost, integer=False, upper=np.inf):
+        self.cost.append(cost)
+        self.integer.append(1 if integer else 0)
+        self.upper.append(upper)
+        self.n += 1
+        return self.n - 1
+
+
+class _Rows:
+    def __init__(self):
+        self.rows, self.cols, self.vals, self.lo, self.hi = [], [], [], [], []
+
+    def add(self, terms, lo, hi):
+        r = len(self.lo)
+        for col, val in terms:
+            self.rows.append(r)
+            self.cols.append(col)
+            self.vals.append(val)
+        self.lo.append(lo)
+        self.hi.append(hi)
+
+
+def exact_placement(topo, seconds=MILP_SECONDS):
+    """Solve the MILP above. Returns {"cost", "optimal", "bound", "seconds",
+    "message", "shares": {chain: [{host: share} per hop]},
+    "instances": {(nf, host): count}}."""
+    graph = fabric.build_graph(topo)
+    table = fabric.DistanceTable(graph, [h.name for h in topo.hosts] +
+                                 [e.name for e in topo.edges])
+    hosts = [h.name for h in topo.hosts]
+    cols, rows = _Columns(), _Rows()
+    n = {(t, h): cols.add(0.0, integer=True) for t in topo.nfs for h in hosts}
+    cap_terms = {(t, h): [(n[t, h], -topo.nfs[t].mpps)] for t in topo.nfs for h in hosts}
+    xs = {}
+    for c in topo.chains:
+        k = len(c.nfs)
+        x = [{h: cols.add(0.0, upper=1.0) for h in hosts} for _ in range(k)]
+        xs[c.name] = x
+        for h in hosts:
+            cols.cost[x[0][h]] += c.mpps * table.d(c.ingress, h)
+            cols.cost[x[k - 1][h]] += c.mpps * table.d(h, c.egress)
+        for j in range(k):
+            rows.add([(x[j][h], 1.0) for h in hosts], 1.0, 1.0)
+            for h in hosts:
+                cap_terms[c.nfs[j], h].append((x[j][h], c.mpps))
+        for j in range(k - 1):
+            f = {(h, g): cols.add(c.mpps * table.d(h, g)) for h in hosts for g in hosts}
+            for h in hosts:
+                rows.add([(f[h, g], 1.0) for g in hosts] + [(x[j][h], -1.0)], 0.0, 0.0)
+                rows.add([(f[g, h], 1.0) for g in hosts] + [(x[j + 1][h], -1.0)], 0.0, 0.0)
+    for terms in cap_terms.values():
+        rows.add(terms, -np.inf, 0.0)
+    for host in topo.hosts:
+        rows.add([(n[t, host.name], topo.nfs[t].cores) for t in topo.nfs], -np.inf,
+                 host.cores)
+    a = coo_matrix((rows.vals, (rows.rows, rows.cols)), shape=(len(rows.lo), cols.n))
+    start = time.perf_counter()
+    res = milp(np.array(cols.cost), constraints=LinearConstraint(a.tocsr(), rows.lo, rows.hi),
+               integrality=np.array(cols.integer), bounds=Bounds(0, np.array(cols.upper)),
+               options={"time_limit": seconds, "disp": False})
+    took = time.perf_counter() - start
+    if res.x is None:
+        return {"cost": None, "optimal": False, "bound": None, "seconds": took,
+                "message": res.message}
+    shares = {name: [{h: float(res.x[col]) for h, col in hop.items() if res.x[col] > 1e-7}
+                     for hop in x] for name, x in xs.items()}
+    counts = {key: int(round(res.x[col])) for key, col in n.items() if res.x[col] > 0.5}
+    return {"cost": float(res.fun), "optimal": res.status == 0,
+            "bound": float(getattr(res, "mip_dual_bound", res.fun)),
+            "seconds": took, "message": res.message, "shares": shares,
+            "instances": counts}
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, (time.perf_counter() - start) * 1000
+
+
+def bench_quality(k=4, chains=24, seconds=MILP_SECONDS):
+    topo = topogen.fat_tree(k, chains=chains)
+    plan, ms = _timed(placement.place, topo)
+    heuristic = placement.cost(topo, plan)
+    exact = exact_placement(topo, seconds)
+    gap = None
+    if exact["cost"]:
+        gap = 100.0 * (heuristic - exact["cost"]) / exact["cost"]
+    return {"topology": f"fat-tree k={k}", "chains": chains, "heuristic_cost": heuristic,
+            "heuristic_ms": ms, "exact_cost": exact["cost"],
+            "exact_proven_optimal": exact["optimal"], "exact_bound": exact["bound"],
+            "exact_seconds": exact["seconds"], "gap_percent": gap}
+
+
+def _touched(before, after, lost):
+    """Instances removed, added, or whose load changed; and moved ones
+    (same host and id but a different NF: never expected)."""
+    old, new = before.instances, after.instances
+    removed = [k for k in old if k not in new]
+    added = [k for k in new if k not in old]
+    changed = [k for k in new if k in old and abs(new[k].load - old[k].load) > 1e-9]
+    outside = [k for k in removed if k[0] != lost]
+    return {"lost_instances": sum(1 for k in old if k[0] == lost),
+            "removed": len(removed), "added": len(added), "load_changed": len(changed),
+            "removed_elsewhere": len(outside)}
+
+
+def bench_scale(k=16, chains=2000):
+    topo = topogen.fat_tree(k, chains=chains)
+    plan, ms = _timed(placement.place, topo)
+    busiest = max(plan.cores_used().items(), key=lambda kv: (kv[1], kv[0]))[0]
+    again, re_ms = _timed(placement.replace_after_host_loss, topo, plan, busiest)
+    return {"topology": f"fat-tree k={k}", "hosts": len(topo.hosts), "chains": chains,
+            "solve_ms": ms, "cost": placement.cost(topo, plan),
+            "instances": len(plan.instances),
+            "replace": dict({"lost_host": busiest, "solve_ms": re_ms},
+                            **_touched(plan, again, busiest))}
+
+
+def cli_bench_placement(args):
+    """`onvm bench placement [--json]`."""
+    quality = bench_quality()
+    scale = bench_scale()
+    if args.json:
+        print(json.dumps({"quality": quality, "scale": scale}, indent=2))
+        return 0
+    q, s, r = quality, scale, scale["replace"]
+    proven = "proven optimal" if q["exact_proven_optimal"] else \
+        f"time limit hit, bound {q['exact_bound']}"
+    print(f"{'benchmark':<44} {'result':>16}")
+    print(f"{'(a) ' + q['topology'] + ', ' + str(q['chains']) + ' chains: heuristic cost':<44}"
+          f" {q['heuristic_cost']:>16.3f}")
+    print(f"{'    exact MILP cost (' + proven + ')':<44} {q['exact_cost'] or float('nan'):>16.3f}")
+    print(f"{'    gap':<44} {q['gap_percent'] if q['gap_percent'] is not None else float('nan'):>15.2f}%")
+    print(f"{'    heuristic / MILP time':<44} {q['heuristic_ms']:>10.1f} ms / {q['exact_seconds']:.1f} s")
+    print(f"{'(b) ' + s['topology'] + ', ' + str(s['chains']) + ' chains: solve':<44}"
+          f" {s['solve_ms']:>13.1f} ms")
+    print(f"{'(c) re-place after losing ' + r['lost_host']:<44} {r['solve_ms']:>13.1f} ms")
+    print(f"{'    instances lost / added / load changed':<44} "
+          f"{r['lost_instances']:>6} / {r['added']} / {r['load_changed']}")
+    print(f"{'    instances removed elsewhere (must be 0)':<44} {r['removed_elsewhere']:>16}")
+    return 0

@@ -1,0 +1,688 @@
+"""Placement: which hosts run which NF instances, and which share of each
+chain hop each instance serves, minimising DESIGN.md's placement cost.
+
+The cost of chain c (rate r_c) is r_c times the distance its traffic
+travels: ingress -> NF_1 -> .. -> NF_k -> egress, where between two
+consecutive hops split over several hosts the traffic takes the cheapest
+transportation (min-cost flow) from the first hop's per-host shares to the
+second's.  `cost()` computes exactly that; `controller.plans` gives every
+host the per-source weights of the same transportation, so the plan forwards
+as the cost assumes.
+
+How it places (a heuristic; `onvm bench placement` measures it against an
+exact MILP):
+  * chains in decreasing rate; each chain as one or more "strands" of rate
+    q (q at most one instance's capacity: a chain whose rate needs several
+    instances is split over strands);
+  * a strand is routed by Viterbi over layers (one per NF) of candidate
+    hosts: a host is a candidate if an instance of the NF there has q
+    spare, or if it has the cores for a new one.  Transitions cost q *
+    d(host, host'); hosts under one switch share their distances, so a
+    layer step is a (switches x switches) array operation, not hosts^2;
+  * ties go to sharing an existing instance, then to the least loaded host;
+  * a chain hop uses at most one instance per host (a plan's hop names one
+    local instance);
+  * then rip-up-and-reroute passes over the chains while the cost drops.
+
+Re-placement (`place(previous=..., exclude_hosts=...)`,
+`replace_after_host_loss`) keeps every surviving instance and assignment
+where it is and routes only what is missing: the shares lost with a host,
+and chains that are new or changed.  An unchanged chain is never moved.
+
+Not here: reading files (`controller.topology`), per-host plans and
+weights (`controller.plans`), OpenFlow (`controller.flows`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from scipy.optimize import linprog
+
+from controller import fabric
+
+log = logging.getLogger("onvm.placement")
+
+TOL = 1e-6            # Mpps below this is nothing (avoids slivers of shares)
+MAX_ID = 65534        # plan instance ids are 1..65534
+IMPROVE_WORK = 400_000  # rip-up passes run while chains * hosts * passes <= this
+
+
+class PlacementError(ValueError):
+    """The chains cannot be placed; the message names the chain, the NF and
+    what is short."""
+
+
+@dataclasses.dataclass
+class Instance:
+    """One NF instance: `id` is unique on its host (a plan's instance id)."""
+    host: str
+    id: int
+    nf: str
+    users: Dict[Tuple[str, int], float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def key(self):
+        return (self.host, self.id)
+
+    @property
+    def load(self):
+        """Mpps it serves, over every (chain, hop) that uses it."""
+        return sum(self.users.values())
+
+
+class Placement:
+    """The outcome of `place`.
+
+    instances: {(host, id): Instance}
+    hops: {chain name: [[((host, id), share), ...] per NF in chain order]}
+          shares of one hop sum to 1; a hop has at most one instance per host.
+    """
+
+    def __init__(self, topo, instances, hops):
+        self.topo = topo
+        self.instances = instances
+        self.hops = hops
+
+    def shares(self, chain_name, j):
+        """{host: share} of hop j (0-based NF index) of a chain."""
+        out: Dict[str, float] = {}
+        for (host, _), share in self.hops[chain_name][j]:
+            out[host] = out.get(host, 0.0) + share
+        return out
+
+    def cores_used(self):
+        """{host: cores} given to instances, every topology host listed."""
+        used = {h.name: 0 for h in self.topo.hosts}
+        for inst in self.instances.values():
+            used[inst.host] = used.get(inst.host, 0) + self.topo.nfs[inst.nf].cores
+        return used
+
+    def to_json(self, solve_ms):
+        """DESIGN.md's `onvm place --json` object."""
+        chains = {}
+        for chain in self.topo.chains:
+            chains[chain.name] = [
+                {"nf": nf, "instances": [{"host": host, "share": round(share, 6)}
+                                         for (host, _), share in self.hops[chain.name][j]]}
+                for j, nf in enumerate(chain.nfs)]
+        used = self.cores_used()
+        hosts = {h.name: {"cores_used": used[h.name], "cores": h.cores}
+                 for h in self.topo.hosts}
+        return {"chains": chains,
+                "cost": {"traffic_hops": round(cost(self.topo, self), 6)},
+                "hosts": hosts, "solve_ms": round(solve_ms, 3)}
+
+
+# --- the cost ---------------------------------------------------------------
+
+def transport(src, dst, dist):
+    """Cheapest way to move shares `src` {place: share} onto `dst`
+    {place: share} (both summing to 1) with per-unit cost dist(a, b).
+
+    Returns (cost, {(a, b): flow}).  One side with a single place is
+    trivial; otherwise a small LP (HiGHS).
+    """
+    if not src or not dst:
+        return 0.0, {}
+    if len(src) == 1 or len(dst) == 1:
+        flows = {(a, b): sa * sb for a, sa in src.items() for b, sb in dst.items()}
+        return sum(f * dist(a, b) for (a, b), f in flows.items()), flows
+    a_list, b_list = list(src), list(dst)
+    n, m = len(a_list), len(b_list)
+    c = np.array([dist(a, b) for a in a_list for b in b_list], dtype=float)
+    if np.isinf(c).any():
+        return math.inf, {}
+    a_eq = np.zeros((n + m, n * m))
+    for i in range(n):
+        a_eq[i, i * m:(i + 1) * m] = 1
+    for k in range(m):
+        a_eq[n + k, k::m] = 1
+    tot_a, tot_b = sum(src.values()), sum(dst.values())
+    b_eq = [src[a] / tot_a for a in a_list] + [dst[b] / tot_b for b in b_list]
+    res = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+    if res.status != 0:
+        raise RuntimeError(f"transportation LP failed: {res.message}")
+    flows = {(a_list[i], b_list[k]): res.x[i * m + k]
+             for i in range(n) for k in range(m) if res.x[i * m + k] > 1e-12}
+    return float(res.fun), flows
+
+
+def chain_cost(chain, dists, dist):
+    """r * traffic hops of one chain given its per-hop {host: share} list."""
+    places = [{chain.ingress: 1.0}] + list(dists) + [{chain.egress: 1.0}]
+    total = 0.0
+    for a, b in zip(places, places[1:]):
+        total += transport(a, b, dist)[0]
+    return chain.mpps * total
+
+
+def _distance_fn(topo, graph=None):
+    graph = graph if graph is not None else fabric.build_graph(topo)
+    places = [h.name for h in topo.hosts] + [e.name for e in topo.edges]
+    table = fabric.DistanceTable(graph, places)
+    return table.d
+
+
+def cost(topo, placement):
+    """DESIGN.md's placement cost of `placement`, computed from scratch."""
+    dist = _distance_fn(topo)
+    return sum(chain_cost(c, [placement.shares(c.name, j) for j in range(len(c.nfs))], dist)
+               for c in topo.chains)
+
+
+# --- the solver -------------------------------------------------------------
+
+def _same_route(a, b):
+    return (a.ingress, a.egress, tuple(a.nfs)) == (b.ingress, b.egress, tuple(b.nfs))
+
+
+class _Solver:
+    """Mutable placement state with numpy arrays over hosts, ordered by
+    switch so hosts of one switch are contiguous (for np.minimum.reduceat)."""
+
+    def __init__(self, topo, exclude_hosts=()):
+        self.topo = topo
+        self.graph = fabric.build_graph(topo)
+        self.excluded = set(exclude_hosts)
+        places = [h.name for h in topo.hosts] + [e.name for e in topo.edges]
+        self.table = fabric.DistanceTable(self.graph, places)
+        rows = self.table.row
+        order = sorted(range(len(topo.hosts)),
+                       key=lambda i: (rows[topo.hosts[i].switch], i))
+        self.hosts = [topo.hosts[i] for i in order]
+        self.hidx = {h.name: i for i, h in enumerate(self.hosts)}
+        hrows = sorted({rows[h.switch] for h in self.hosts})
+        local = {r: i for i, r in enumerate(hrows)}
+        self.hrows = np.array(hrows, dtype=int)
+        self.hsw = np.array([local[rows[h.switch]] for h in self.hosts], dtype=int)
+        self.starts = np.array([i for i in range(len(self.hosts))
+                                if i == 0 or self.hsw[i] != self.hsw[i - 1]], dtype=int)
+        self.ends = np.append(self.starts[1:], len(self.hosts))
+        sw = self.table.matrix()
+        # Two different hosts: switch distance plus both host cables.
+        self.d_hosts = sw[np.ix_(self.hrows, self.hrows)] + 2.0
+        self.cores = np.array([h.cores for h in self.hosts], dtype=float)
+        self.free = self.cores.copy()
+        self.allowed = np.array([h.name not in self.excluded for h in self.hosts])
+        self.instances: Dict[Tuple[str, int], Instance] = {}
+        self.by_type_host: Dict[Tuple[str, int], List[Tuple[str, int]]] = {}
+        self.best_spare = {t: np.zeros(len(self.hosts)) for t in topo.nfs}
+        self.assign: Dict[str, List[Dict[Tuple[str, int], float]]] = {}
+        self.remaining: Dict[str, List[float]] = {}
+        self._vec_cache: Dict[str, np.ndarray] = {}
+        self.chain_by_name = {c.name: c for c in topo.chains}
+
+    # -- instances and assignments
+
+    def _refresh_spare(self, nf, h):
+        keys = self.by_type_host.get((nf, h), ())
+        mpps = self.topo.nfs[nf].mpps
+        self.best_spare[nf][h] = max((mpps - self.instances[k].load for k in keys),
+                                     default=0.0)
+
+    def _new_instance(self, nf, h, ident=None):
+        host = self.hosts[h].name
+        if ident is None:
+            taken = {k[1] for (t, hh), keys in self.by_type_host.items() if hh == h
+                     for k in keys}
+            ident = next(i for i in range(1, MAX_ID + 1) if i not in taken)
+        inst = Instance(host, ident, nf)
+        self.instances[inst.key] = inst
+        self.by_type_host.setdefault((nf, h), []).append(inst.key)
+        self.free[h] -= self.topo.nfs[nf].cores
+        self._refresh_spare(nf, h)
+        return inst
+
+    def _drop_instance(self, inst):
+        h = self.hidx[inst.host]
+        del self.instances[inst.key]
+        self.by_type_host[(inst.nf, h)].remove(inst.key)
+        self.free[h] += self.topo.nfs[inst.nf].cores
+        self._refresh_spare(inst.nf, h)
+
+    def _use(self, inst, chain, j, q):
+        users = inst.users
+        users[(chain.name, j)] = users.get((chain.name, j), 0.0) + q
+        hop = self.assign[chain.name][j]
+        hop[inst.key] = hop.get(inst.key, 0.0) + q
+        self.remaining[chain.name][j] -= q
+        self._refresh_spare(inst.nf, self.hidx[inst.host])
+
+    def _unassign_chain(self, chain):
+        """Take a chain off its instances; drop instances left unused.
+        Returns what is needed to put it back exactly (`_restore`)."""
+        dropped = []
+        for j, hop in enumerate(self.assign.get(chain.name, [])):
+            for key in hop:
+                inst = self.instances[key]
+                inst.users.pop((chain.name, j), None)
+                if not inst.users:
+                    dropped.append((inst.nf, inst.host, inst.id))
+                    self._drop_instance(inst)
+                else:
+                    self._refresh_spare(inst.nf, self.hidx[inst.host])
+        old = self.assign.get(chain.name)
+        self.assign[chain.name] = [dict() for _ in chain.nfs]
+        self.remaining[chain.name] = [chain.mpps] * len(chain.nfs)
+        return old, dropped
+
+    def _restore(self, chains, saved):
+        """Undo: put `chains` back exactly as `saved` (from _unassign_chain,
+        in the same order) had them, with the same instance ids."""
+        for chain in chains:
+            self._unassign_chain(chain)
+        for _, dropped in saved:
+            for nf, host, ident in dropped:
+                self._new_instance(nf, self.hidx[host], ident)
+        for chain, (old, _) in zip(chains, saved):
+            for j, hop in enumerate(old):
+                for key, q in hop.items():
+                    self._use(self.instances[key], chain, j, q)
+
+    def load_previous(self, previous, chains):
+        """Adopt instances and assignments of `previous` that survive."""
+        old_chains = {c.name: c for c in previous.topo.chains}
+        for key, inst in sorted(previous.instances.items()):
+            if inst.host in self.hidx and inst.host not in self.excluded \
+                    and inst.nf in self.topo.nfs:
+                self._new_instance(inst.nf, self.hidx[inst.host], inst.id)
+        kept = {}
+        for chain in chains:
+            old = old_chains.get(chain.name)
+            self.assign[chain.name] = [dict() for _ in chain.nfs]
+            self.remaining[chain.name] = [chain.mpps] * len(chain.nfs)
+            if old is None or not _same_route(old, chain):
+                continue
+            scale = chain.mpps / old.mpps
+            for j, hop in enumerate(previous.hops[chain.name]):
+                for key, share in hop:
+                    if key in self.instances:
+                        self._use(self.instances[key], chain, j, share * chain.mpps)
+            kept[chain.name] = scale
+        for key in [k for k, i in self.instances.items() if not i.users]:
+            self._drop_instance(self.instances[key])
+        for chain in chains:
+            # A rate rise the kept instances cannot carry: re-place the chain.
+            if chain.name in kept and any(
+                    self.topo.nfs[self.instances[k].nf].mpps < self.instances[k].load - TOL
+                    for hop in self.assign[chain.name] for k in hop):
+                log.info("chain %s: rate %.3f Mpps no longer fits its instances; "
+                         "re-placing the chain", chain.name, chain.mpps)
+                self._unassign_chain(chain)
+        return {c.name for c in chains if c.name not in kept}
+
+    # -- distances as vectors over hosts
+
+    def _place_vec(self, place):
+        """d(place, host) for every host, as an array."""
+        vec = self._vec_cache.get(place)
+        if vec is None:
+            row = self.table.row[self.table.switch[place]]
+            sw = self.table.matrix()[row, self.hrows]
+            vec = sw[self.hsw] + self.table.end[place] + 1.0
+            if place in self.hidx:
+                vec = vec.copy()
+                vec[self.hidx[place]] = 0.0
+            self._vec_cache[place] = vec
+        return vec
+
+    def _dist_vec(self, dist):
+        total = sum(dist.values())
+        return sum(self._place_vec(p) * (w / total) for p, w in dist.items())
+
+    def _hop_dist(self, chain, j):
+        """{place: weight} of hop j, or of the ingress/egress beyond the ends."""
+        if j < 0:
+            return {chain.ingress: 1.0}
+        if j >= len(chain.nfs):
+            return {chain.egress: 1.0}
+        out: Dict[str, float] = {}
+        for (host, _), q in self.assign[chain.name][j].items():
+            out[host] = out.get(host, 0.0) + q
+        return out
+
+    # -- one strand
+
+    def _candidates(self, chain, j, q, banned=()):
+        """Mask of hosts that can take q of hop j, and tie-break penalties."""
+        nf = self.topo.nfs[chain.nfs[j]]
+        share = self.best_spare[nf.name] >= q - TOL
+        new = (self.free >= nf.cores) & (nf.mpps >= q - TOL)
+        for key in self.assign[chain.name][j]:
+            h = self.hidx[key[0]]
+            # This hop already has an instance here: only that one may grow.
+            spare = nf.mpps - self.instances[key].load
+            share[h] = spare >= q - TOL
+            new[h] = False
+        mask = (share | new) & self.allowed
+        for bj, bh in banned:
+            if bj == j:
+                mask[bh] = False
+        util = (self.cores - self.free) / np.maximum(self.cores, 1)
+        pen = np.where(share, 0.5 * util, 1.0 + util + nf.cores / np.maximum(self.cores, 1))
+        return mask, pen
+
+    def _viterbi(self, chain, layers, q, src, sink, banned=()):
+        """Cheapest host per layer for a strand of rate q, or None.
+        `banned`: (layer, host index) pairs not to use."""
+        eps = q * 1e-4 / (len(layers) + 1)
+        mask, pen = self._candidates(chain, layers[0], q, banned)
+        v = np.where(mask, q * self._dist_vec(src) + eps * pen, np.inf)
+        history = []
+        for j in layers[1:]:
+            best_sw = np.minimum.reduceat(v, self.starts)
+            through = (best_sw[:, None] + q * self.d_hosts).min(axis=0)
+            history.append((v, best_sw))
+            mask, pen = self._candidates(chain, j, q, banned)
+            v = np.where(mask, np.minimum(v, through[self.hsw]) + eps * pen, np.inf)
+        end = v + q * self._dist_vec(sink)
+        h = int(np.argmin(end))
+        if not np.isfinite(end[h]):
+            return None
+        path = [h]
+        for v_prev, best_sw in reversed(history):
+            col = best_sw + q * self.d_hosts[:, self.hsw[h]]
+            s = int(np.argmin(col))
+            if v_prev[h] > col[s]:
+                lo, hi = self.starts[s], self.ends[s]
+                h = lo + int(np.argmin(v_prev[lo:hi]))
+            path.append(h)
+        return path[::-1]
+
+    def _take(self, chain, j, h, q):
+        """Give q of hop j to host h: grow this hop's instance there, or the
+        tightest-fitting instance of the NF there, or a new one."""
+        nf = self.topo.nfs[chain.nfs[j]]
+        host = self.hosts[h].name
+        mine = [k for k in self.assign[chain.name][j] if k[0] == host]
+        if mine:
+            inst = self.instances[mine[0]]
+            if nf.mpps - inst.load < q - TOL:
+                return None
+            self._use(inst, chain, j, q)
+            return inst
+        fits = [self.instances[k] for k in self.by_type_host.get((nf.name, h), ())
+                if nf.mpps - self.instances[k].load >= q - TOL]
+        if fits:
+            inst = min(fits, key=lambda i: (nf.mpps - i.load, i.id))
+            log.info("chain %s hop %d (%s): shares instance %s#%d (%.3f Mpps spare)",
+                     chain.name, j + 1, nf.name, host, inst.id, nf.mpps - inst.load)
+        elif self.free[h] >= nf.cores and nf.mpps >= q - TOL:
+            inst = self._new_instance(nf.name, h)
+            log.info("chain %s hop %d (%s): new instance %s#%d (%d of %d cores free "
+                     "before)", chain.name, j + 1, nf.name, host, inst.id,
+                     self.free[h] + nf.cores, self.cores[h])
+        else:
+            return None
+        self._use(inst, chain, j, q)
+        return inst
+
+    def _unuse(self, inst, chain, j, q):
+        """Undo `_use`; an instance left with no user goes away."""
+        users = inst.users
+        users[(chain.name, j)] -= q
+        if users[(chain.name, j)] <= TOL:
+            del users[(chain.name, j)]
+        hop = self.assign[chain.name][j]
+        hop[inst.key] -= q
+        if hop[inst.key] <= TOL:
+            del hop[inst.key]
+        self.remaining[chain.name][j] += q
+        if not users:
+            self._drop_instance(inst)
+        else:
+            self._refresh_spare(inst.nf, self.hidx[inst.host])
+
+    def _commit(self, chain, layers, path, q):
+        """Take the path's hosts layer by layer.  Returns None, or the
+        (layer, host) that could not take q because an earlier layer of the
+        same strand used what it counted on (e.g. the last free cores); the
+        strand is then undone."""
+        taken = []
+        for j, h in zip(layers, path):
+            inst = self._take(chain, j, h, q)
+            if inst is None:
+                for inst_, j_ in reversed(taken):
+                    self._unuse(inst_, chain, j_, q)
+                return (j, h)
+            taken.append((inst, j))
+        return None
+
+    def _strand(self, chain, layers, q, src, sink):
+        """Route and commit one strand; False if no route exists.  A
+        layer/host pair that fails at commit is banned and the whole strand
+        routed again, so conflicts inside a strand never leave a detour."""
+        banned = set()
+        while True:
+            path = self._viterbi(chain, layers, q, src, sink, banned)
+            if path is None:
+                return False
+            conflict = self._commit(chain, layers, path, q)
+            if conflict is None:
+                return True
+            banned.add(conflict)
+
+    def _max_q(self, chain, j):
+        nf = self.topo.nfs[chain.nfs[j]]
+        mask, _ = self._candidates(chain, j, TOL)
+        spare = np.where(mask, self.best_spare[nf.name], 0.0)
+        for key in self.assign[chain.name][j]:
+            h = self.hidx[key[0]]
+            spare[h] = nf.mpps - self.instances[key].load if self.allowed[h] else 0.0
+        best = float(spare.max()) if len(spare) else 0.0
+        if ((self.free >= nf.cores) & self.allowed).any():
+            best = max(best, nf.mpps)
+        return best
+
+    def _error(self, chain, layers):
+        short = [j for j in layers if self._max_q(chain, j) < TOL]
+        if not short:
+            return PlacementError(
+                f"chain {chain.name!r}: no host with capacity for "
+                f"{', '.join(chain.nfs[j] for j in layers)} is reachable from "
+                f"ingress {chain.ingress!r} and egress {chain.egress!r}")
+        j = short[0]
+        nf = self.topo.nfs[chain.nfs[j]]
+        left = self.remaining[chain.name][j]
+        need = sum(math.ceil(self.remaining[chain.name][i] / self.topo.nfs[chain.nfs[i]].mpps
+                             - 1e-9) * self.topo.nfs[chain.nfs[i]].cores for i in layers)
+        free = int(self.free[self.allowed].clip(min=0).sum())
+        why = (f"short by {need - free} cores (needs {need}, {free} free)"
+               if need > free else
+               f"{free} cores are free but no host has {nf.cores} free")
+        return PlacementError(
+            f"chain {chain.name!r} hop {j + 1} ({nf.name}): {left:.3f} Mpps "
+            f"unplaced; no {nf.name} instance has spare capacity and {why}")
+
+    # -- chains
+
+    def route_missing(self, chain):
+        """Place whatever of `chain` is not placed yet, strand by strand."""
+        rem = self.remaining[chain.name]
+        while True:
+            todo = [j for j, r in enumerate(rem) if r > TOL]
+            if not todo:
+                return
+            run = [todo[0]]
+            while run[-1] + 1 in todo:
+                run.append(run[-1] + 1)
+            q = min(min(rem[j] for j in run),
+                    min(self.topo.nfs[chain.nfs[j]].mpps for j in run))
+            src, sink = self._hop_dist(chain, run[0] - 1), self._hop_dist(chain, run[-1] + 1)
+            if self._strand(chain, run, q, src, sink):
+                continue
+            # No host takes a whole strand of q: place what the scarcest
+            # layer can still take, and go round again for the rest.
+            q = min(q, min(self._max_q(chain, j) for j in run))
+            if q < TOL or not self._strand(chain, run, q, src, sink):
+                raise self._error(chain, run)
+
+    def chain_cost(self, chain):
+        dists = [self._hop_dist(chain, j) for j in range(len(chain.nfs))]
+        return chain_cost(chain, dists, self.table.d)
+
+    def _ideal(self, chain):
+        """d(ingress, h) + d(h, egress) for every host: a chain's cost per
+        Mpps if all its NFs ran on h."""
+        return self._place_vec(chain.ingress) + self._place_vec(chain.egress)
+
+    def _try_group(self, group):
+        """Ruin and recreate: take `group` off, place it again in its order;
+        keep the result only if the group's cost drops."""
+        before = sum(self.chain_cost(c) for c in group)
+        saved = [self._unassign_chain(c) for c in group]
+        try:
+            for chain in group:
+                self.route_missing(chain)
+            after = sum(self.chain_cost(c) for c in group)
+        except PlacementError:
+            after = math.inf
+        if after < before - 1e-9 * max(1.0, before):
+            log.info("chains %s: re-placed together (%s first), cost %.3f -> %.3f",
+                     ", ".join(c.name for c in group), group[0].name, before, after)
+            return True
+        self._restore(group, saved)
+        return False
+
+    def _victims(self, chain, hosts):
+        names = set()
+        for h in hosts:
+            for keys in (self.by_type_host.get((t, h), ()) for t in self.topo.nfs):
+                for key in keys:
+                    names.update(n for n, _ in self.instances[key].users)
+        names.discard(chain.name)
+        return sorted((self.chain_by_name[n] for n in names),
+                      key=lambda c: (-c.mpps, c.spi))
+
+    def improve(self, chains):
+        """Local search.  For each chain that pays more than it would on its
+        ideal host, clear the few hosts nearest its ideal (by distance level)
+        of the chains using them, place this chain first and the others after;
+        keep it if the total cost drops.  A bounded number of passes, so the
+        result does not depend on the machine's speed."""
+        passes = IMPROVE_WORK // max(1, len(chains) * len(self.hosts))
+        for _ in range(min(passes, 4)):
+            better = 0
+            for chain in self._by_excess(chains):
+                ideal = self._ideal(chain)
+                best = ideal[self.allowed].min()
+                for level in (0.0, 2.0):
+                    hosts = [int(h) for h in np.flatnonzero(
+                        (ideal <= best + level) & self.allowed)][:4]
+                    if self._try_group([chain] + self._victims(chain, hosts)):
+                        better += 1
+                        break
+            if not better:
+                break
+
+    def _by_excess(self, chains):
+        """Chains paying more than their ideal-host cost, worst first."""
+        out = []
+        for chain in chains:
+            ideal = self._ideal(chain)[self.allowed].min() * chain.mpps
+            excess = self.chain_cost(chain) - ideal
+            if excess > 1e-9:
+                out.append((-excess, chain.spi, chain))
+        return [c for _, _, c in sorted(out, key=lambda t: t[:2])]
+
+    def result(self):
+        hops = {}
+        for chain in self.topo.chains:
+            per_hop = []
+            for hop in self.assign[chain.name]:
+                total = sum(hop.values())
+                per_hop.append([(key, q / total) for key, q in sorted(hop.items())])
+            hops[chain.name] = per_hop
+        return Placement(self.topo, dict(sorted(self.instances.items())), hops)
+
+
+def place(topo, previous=None, exclude_hosts=()):
+    """Place every chain of `topo`; returns a Placement or raises
+    PlacementError.
+
+    With `previous` (a Placement), instances on hosts still present and not
+    in `exclude_hosts` stay where they are with their ids, and unchanged
+    chains keep their assignments; only lost shares and new or changed
+    chains are placed.
+    """
+    solver = _Solver(topo, exclude_hosts)
+    chains = list(topo.chains)
+    for chain in chains:
+        for place_ in (chain.ingress, chain.egress):
+            if place_ not in solver.table.row and place_ not in solver.table.switch:
+                raise PlacementError(f"chain {chain.name!r}: {place_!r} is not in "
+                                     f"topology {topo.name!r}")
+    if previous is not None:
+        fresh = solver.load_previous(previous, chains)
+    else:
+        fresh = {c.name for c in chains}
+        for chain in chains:
+            solver.assign[chain.name] = [dict() for _ in chain.nfs]
+            solver.remaining[chain.name] = [chain.mpps] * len(chain.nfs)
+    order = sorted(chains, key=lambda c: (-c.mpps, c.spi))
+    for chain in order:
+        solver.route_missing(chain)
+    solver.improve([c for c in order if c.name in fresh])
+    return solver.result()
+
+
+def replace_after_host_loss(topo, placement, lost_host):
+    """Re-place what `lost_host` ran; every other instance stays put."""
+    log.info("host %s lost: re-placing the %d instances it ran", lost_host,
+             sum(1 for i in placement.instances.values() if i.host == lost_host))
+    return place(topo, previous=placement, exclude_hosts=(lost_host,))
+
+
+# --- onvm place ---------------------------------------------------------------
+
+def describe(placement, solve_ms):
+    """The plan as text for people."""
+    topo = placement.topo
+    lines = []
+    for chain in topo.chains:
+        lines.append(f"chain {chain.name} (SPI {chain.spi}, {chain.mpps:g} Mpps): "
+                     f"{chain.ingress} -> ... -> {chain.egress}")
+        for j, nf in enumerate(chain.nfs):
+            where = ", ".join(f"{host}#{ident} {share:.0%}"
+                              for (host, ident), share in placement.hops[chain.name][j])
+            lines.append(f"  {j + 1}. {nf:<10} {where}")
+    lines.append("hosts (cores used / cores):")
+    used = placement.cores_used()
+    for host in topo.hosts:
+        if used[host.name]:
+            lines.append(f"  {host.name:<10} {used[host.name]}/{host.cores}")
+    lines.append(f"cost: {cost(topo, placement):.3f} traffic hops (Mpps x links)")
+    lines.append(f"solved in {solve_ms:.1f} ms")
+    return "\n".join(lines)
+
+
+def cli_place(args):
+    """`onvm place --topology FILE [--json]`."""
+    import json
+
+    from controller.topology import TopologyError, load_topology
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(name)s: %(message)s")
+    try:
+        topo = load_topology(args.topology)
+    except TopologyError as err:
+        print(err, file=sys.stderr)
+        return 1
+    start = time.perf_counter()
+    try:
+        placement = place(topo)
+    except PlacementError as err:
+        print(f"{args.topology}: {err}", file=sys.stderr)
+        return 1
+    solve_ms = (time.perf_counter() - start) * 1000
+    if args.json:
+        print(json.dumps(placement.to_json(solve_ms), indent=2))
+    else:
+        print(describe(placement, solve_ms))
+    return 0

@@ -182,3 +182,70 @@ def test_no_placement_yet_is_503(call, manager):
     manager.placement = None
     status, body = call("GET", "/placement")
     assert status == 503 and "no placement yet" in body["error"]
+
+
+# --- the API served by ryu-manager, configured the way `onvm controller` does
+
+def test_config_text_and_example_reach_the_onvm_options(tmp_path):
+    from oslo_config import cfg as oslo
+    from controller import config, run
+    path = tmp_path / "onvm.conf"
+    path.write_text(run.config_text(MINIMAL, "http://127.0.0.1:1234", 7000, 7001, True))
+    for config_file, topology, store in [
+            (str(path), MINIMAL, "http://127.0.0.1:1234"),
+            (os.path.join(ROOT, "controller", "onvm.conf.example"),
+             "topologies/leaf-spine.yaml", "http://127.0.0.1:2379")]:
+        conf = oslo.ConfigOpts()
+        config.register(conf)
+        conf(args=["--config-file", config_file], default_config_files=[])
+        assert (conf.onvm.topology, conf.onvm.store) == (topology, store)
+        assert conf.onvm.leader_ttl == 1.0
+
+
+def test_ryu_manager_serves_the_api_from_a_generated_config(tmp_path):
+    import socket
+    import subprocess
+    import urllib.error
+    import urllib.request
+    from controller import run
+    from onvm.services import free_port, wait_for
+    ofp, wsapi = free_port(), free_port()
+    conf = tmp_path / "onvm.conf"
+    conf.write_text(run.config_text(MINIMAL, "memory://", ofp, wsapi))
+    # The REST app and Ryu's OpenFlow handler (which the chain manager pulls
+    # in); the chain manager itself is another module's test.
+    argv, env = run.ryu_command(str(conf), apps=("controller.apps.rest_api",
+                                                 "ryu.controller.ofp_handler"))
+    log = open(tmp_path / "ryu.log", "wb")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=str(tmp_path))
+    try:
+        def get_chains():
+            assert proc.poll() is None, (tmp_path / "ryu.log").read_text()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{wsapi}/onvm/v1/chains", timeout=1)
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read())
+        status, body = wait_for(get_chains, 20, "ryu-manager's REST API")
+        assert (status, body) == (503, {"error": "the chain manager app is not running"})
+        with socket.create_connection(("127.0.0.1", ofp), timeout=2):
+            pass                    # the OpenFlow port from the config file
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.mark.parametrize("topology, store, message", [
+    ("/nonexistent.yaml", "memory://", "onvm controller: /nonexistent.yaml: cannot read"),
+    (MINIMAL, "http://127.0.0.1:1", "onvm controller: http://127.0.0.1:1: etcd does not answer"),
+    (MINIMAL, "ftp://x", "onvm controller: ftp://x: not a store URL"),
+])
+def test_onvm_controller_refuses_bad_inputs_before_starting_ryu(topology, store, message):
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "onvm.cli", "controller",
+                          "--topology", topology, "--store", store],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.startswith(message), res.stderr

@@ -2,12 +2,12 @@
 chain hop each instance serves, minimising DESIGN.md's placement cost.
 
 The cost of chain c (rate r_c) is r_c times the distance its traffic
-travels: ingress -> NF_1 -> .. -> NF_k -> egress, where between two
-consecutive hops split over several hosts the traffic takes the cheapest
-transportation (min-cost flow) from the first hop's per-host shares to the
-second's.  `cost()` computes exactly that; `controller.plans` gives every
-host the per-source weights of the same transportation, so the plan forwards
-as the cost assumes.
+travels: ingress -> NF_1 -> .. -> NF_k -> egress.  Between two consecutive
+hops split over several hosts, a host running both keeps its traffic local
+and the rest takes the cheapest transportation (min-cost flow) onto the
+next hop's per-host shares (`transport`).  `cost()` computes exactly that;
+`controller.plans` gives every host the per-source weights of the same
+transportation, so the plans forward as the cost assumes.
 
 How it places (a heuristic; `onvm bench placement` measures it against an
 exact MILP):
@@ -122,35 +122,72 @@ class Placement:
 # --- the cost ---------------------------------------------------------------
 
 def transport(src, dst, dist):
-    """Cheapest way to move shares `src` {place: share} onto `dst`
-    {place: share} (both summing to 1) with per-unit cost dist(a, b).
+    """How traffic split as `src` {place: share} after one hop reaches the
+    next hop split as `dst` {place: share}, and at what cost per unit.
 
-    Returns (cost, {(a, b): flow}).  One side with a single place is
-    trivial; otherwise a small LP (HiGHS).
+    This is what the plans do (controller.plans): a host that runs both hops
+    keeps all its traffic local (a plan's hop is local or remote, never
+    both); everything else takes the cheapest transportation (per-unit cost
+    dist(a, b)) onto what the next hop's places can still take.  Returns
+    (cost, {(a, b): flow}); flows sum to 1.
     """
-    if not src or not dst:
+    tot_a, tot_b = sum(src.values()), sum(dst.values())
+    if not tot_a or not tot_b:
         return 0.0, {}
-    if len(src) == 1 or len(dst) == 1:
-        flows = {(a, b): sa * sb for a, sa in src.items() for b, sb in dst.items()}
-        return sum(f * dist(a, b) for (a, b), f in flows.items()), flows
-    a_list, b_list = list(src), list(dst)
+    src = {a: s / tot_a for a, s in src.items()}
+    room = {b: s / tot_b for b, s in dst.items()}
+    flows = {}
+    for a, s in src.items():
+        if a in room:
+            flows[(a, a)] = s
+            room[a] = max(0.0, room[a] - s)
+    rest = {a: s for a, s in src.items() if a not in dst and s > 0}
+    room = {b: r for b, r in room.items() if r > 1e-12}
+    if len(rest) == 1:
+        flows.update(_fill_nearest(*next(iter(rest.items())), room, dist))
+    elif rest:
+        flows.update(_transport_lp(rest, room, dist))
+    total = 0.0
+    for (a, b), f in flows.items():
+        if f > 0:
+            total += f * dist(a, b)
+    return total, flows
+
+
+def _fill_nearest(a, supply, room, dist):
+    """One source: fill the nearest places first (exact for one source)."""
+    flows = {}
+    for b in sorted(room, key=lambda b: (dist(a, b), b)):
+        f = min(supply, room[b])
+        if f > 1e-12:
+            flows[(a, b)] = f
+            supply -= f
+    if supply > 1e-9:  # rounding only: room always covers the supply
+        b = min(room, key=lambda b: (dist(a, b), b))
+        flows[(a, b)] = flows.get((a, b), 0.0) + supply
+    return flows
+
+
+def _transport_lp(rest, room, dist):
+    a_list, b_list = list(rest), list(room)
     n, m = len(a_list), len(b_list)
     c = np.array([dist(a, b) for a in a_list for b in b_list], dtype=float)
     if np.isinf(c).any():
-        return math.inf, {}
-    a_eq = np.zeros((n + m, n * m))
+        return {(a_list[0], b_list[0]): math.inf}
+    a_eq = np.zeros((n, n * m))
     for i in range(n):
         a_eq[i, i * m:(i + 1) * m] = 1
+    a_ub = np.zeros((m, n * m))
     for k in range(m):
-        a_eq[n + k, k::m] = 1
-    tot_a, tot_b = sum(src.values()), sum(dst.values())
-    b_eq = [src[a] / tot_a for a in a_list] + [dst[b] / tot_b for b in b_list]
-    res = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+        a_ub[k, k::m] = 1
+    # Room covers supply; the slack absorbs rounding.
+    b_ub = [room[b] + 1e-9 for b in b_list]
+    res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=[rest[a] for a in a_list],
+                  bounds=(0, None), method="highs")
     if res.status != 0:
         raise RuntimeError(f"transportation LP failed: {res.message}")
-    flows = {(a_list[i], b_list[k]): res.x[i * m + k]
-             for i in range(n) for k in range(m) if res.x[i * m + k] > 1e-12}
-    return float(res.fun), flows
+    return {(a_list[i], b_list[k]): float(res.x[i * m + k])
+            for i in range(n) for k in range(m) if res.x[i * m + k] > 1e-12}
 
 
 def chain_cost(chain, dists, dist):

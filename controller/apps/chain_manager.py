@@ -13,8 +13,6 @@ Run: ryu-manager controller.apps.chain_manager controller.apps.rest_api
 Add ryu.topology.switches and --observe-links to have links found by LLDP
 compared with the topology file.
 """
-import os
-import socket
 import time
 
 from ryu.app.ofctl import api as ofctl_api
@@ -26,12 +24,12 @@ from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 from ryu.topology import event as topo_event
 
-from oslo_config import cfg
+from ryu import cfg  # ryu-manager parses into ryu.cfg.CONF, not oslo_config.cfg.CONF
 
 from controller import config  # noqa: F401  (registers the [onvm] options)
 from controller import flows
+from controller.apps import rest_api as rest
 from controller.fabric import build_graph
-from controller.model import FIRST_SPI, Chain
 from controller.placement import PlacementError, place
 from controller.plans import host_plans, ingress_groups
 from controller.store import (CHAINS, HOSTS, STATS, Election, NotLeader,
@@ -39,9 +37,7 @@ from controller.store import (CHAINS, HOSTS, STATS, Election, NotLeader,
 from controller.topology import load_topology
 
 LOOP_SECONDS = 0.25
-LEADER_TTL = 1.0
 STATS_REPLAN_SECONDS = 1.0
-MAX_LABEL_CHAINS = 1 << 20
 
 
 # ------------------------------------------------------- specs -> Ryu messages
@@ -112,34 +108,6 @@ def actual_flows(replies):
             for reply in replies for stat in reply.body]
 
 
-# ------------------------------------------------------- chains from the store
-
-def chain_from_store(name, value, catalog, edges, taken_spis):
-    """A model.Chain from a /onvm/chains value; ValueError names the field."""
-    where = f"{CHAINS}{name}"
-    for key in ("ingress", "egress", "match", "nfs", "mpps"):
-        if key not in value:
-            raise ValueError(f"{where}: missing field {key!r}")
-    if value["ingress"] not in edges:
-        raise ValueError(f"{where}.ingress: {value['ingress']!r} is not an edge")
-    for nf in value["nfs"]:
-        if nf not in catalog:
-            raise ValueError(f"{where}.nfs: {nf!r} is not in the NF catalog")
-    flows.canonical_match(dict(value["match"], eth_type=flows.ETH_IPV4),
-                          f"{where}.match")
-    spi = value.get("spi")
-    if spi is None:
-        spi = next(s for s in range(FIRST_SPI, MAX_LABEL_CHAINS) if s not in taken_spis)
-    return Chain(name, value["ingress"], value["egress"], dict(value["match"]),
-                 tuple(value["nfs"]), float(value["mpps"]), int(spi))
-
-
-def chain_to_store(chain):
-    return {"name": chain.name, "ingress": chain.ingress, "egress": chain.egress,
-            "match": dict(chain.match), "nfs": list(chain.nfs),
-            "mpps": chain.mpps, "spi": chain.spi}
-
-
 # ------------------------------------------------------------------- the app
 
 class ChainManager(app_manager.RyuApp):
@@ -147,11 +115,13 @@ class ChainManager(app_manager.RyuApp):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.name = "chain_manager"
         self.topology = load_topology(cfg.CONF.onvm.topology)
         self.graph = build_graph(self.topology)
         self.store = open_store(cfg.CONF.onvm.store)
-        self.name_in_election = f"{socket.gethostname()}:{os.getpid()}"
-        self.election = Election(self.store, self.name_in_election, ttl=LEADER_TTL)
+        self.name_in_election = cfg.CONF.onvm.name
+        self.election = Election(self.store, self.name_in_election,
+                                 ttl=cfg.CONF.onvm.leader_ttl)
         self.placement = None       # of self.placed: the chains placed now
         self.placed = self.topology.with_chains([])
         self.alive = set()
@@ -173,12 +143,11 @@ class ChainManager(app_manager.RyuApp):
     def check_chains(self, chains):
         """The placement `chains` (dicts or Chains) would get now; raises
         PlacementError; changes nothing."""
-        taken = set()
         parsed = []
         for chain in chains:
             if isinstance(chain, dict):
-                chain = self._parse_chain(chain["name"], chain, taken)
-            taken.add(chain.spi)
+                chain = rest.chain_from_json(chain, self.topology, parsed,
+                                             spi=chain.get("spi"))
             parsed.append(chain)
         return place(self.topology.with_chains(parsed), previous=self.placement,
                      exclude_hosts=self._dead())
@@ -236,26 +205,13 @@ class ChainManager(app_manager.RyuApp):
         if self.store.chains() or self.store.plans():
             return
         for chain in self.topology.chains:
-            self.store.put_chain(chain_to_store(chain))
+            self.store.put_chain(rest.chain_to_json(chain))
         self.logger.info("store had no chains: put the %d chains of %s",
                          len(self.topology.chains), self.topology.source)
 
-    def _parse_chain(self, name, value, taken):
-        return chain_from_store(name, value, self.topology.nfs,
-                                {e.name for e in self.topology.edges}, taken)
-
     def _wanted_chains(self):
-        chains, taken = [], set()
-        for name, value in sorted(self.store.chains().items(),
-                                  key=lambda kv: (kv[1].get("spi") is None, kv[0])):
-            try:
-                chain = self._parse_chain(name, value, taken)
-            except (ValueError, TypeError, KeyError) as err:
-                self.logger.error("chain %s ignored: %s", name, err)
-                continue
-            taken.add(chain.spi)
-            chains.append(chain)
-        return chains
+        """The stored chains the topology accepts (rest_api logs the others)."""
+        return list(rest.stored_chains(self).values())
 
     def _refresh_alive(self):
         registered = set(self.store.hosts())

@@ -1,0 +1,281 @@
+"""The chain manager with real parts: `ryu-manager` running the onvm apps, a
+private Open vSwitch (userspace datapath) holding a small leaf-spine as
+netdev bridges joined by patch ports, and a real etcd.
+
+It checks that the switches hold exactly what `controller.flows` asks for,
+that agents registering and vanishing change the plans and the classifiers,
+that a reconnecting switch loses stale rules, and that a standby controller
+takes over when the leader is killed."""
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from controller import flows
+from controller.fabric import build_graph
+from controller.store import HOSTS, LEADER, PLAN, open_store
+from controller.topogen import leaf_spine
+from controller.topology import dump_topology, load_topology
+from onvm.services import free_port, wait_for
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RYU_MANAGER = os.path.join(os.path.dirname(sys.executable), "ryu-manager")
+COOKIE_RE = re.compile(r"cookie=(0x[0-9a-f]+), .*?table=(\d+), .*?priority=(\d+)")
+
+pytestmark = pytest.mark.timeout(170)
+
+
+@pytest.fixture(scope="module")
+def topo_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cm") / "leaf-spine-2x2.yaml"
+    generated = leaf_spine(2, 2, 2, chains=2)
+    # light chains: two of the four hosts can carry them all
+    light = [dataclasses.replace(c, mpps=0.5) for c in generated.chains]
+    path.write_text(dump_topology(generated.with_chains(light)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def topo(topo_file):
+    return load_topology(topo_file)
+
+
+@pytest.fixture(scope="module")
+def store(etcd):
+    s = open_store(etcd.url)
+    yield s
+    s.close()
+
+
+def bridge_name(ovs, switch):
+    return f"{ovs.prefix}{switch}"
+
+
+@pytest.fixture(scope="module")
+def bridges(ovs, topo):
+    """One netdev bridge per switch, patch ports as the topology's links."""
+    names = {}
+    for sw in topo.switches:
+        names[sw.name] = ovs.add_bridge(bridge_name(ovs, sw.name), dpid=sw.dpid)
+    for i, link in enumerate(topo.links):
+        a, b = f"{ovs.prefix}l{i}a", f"{ovs.prefix}l{i}b"
+        ovs.vsctl("add-port", names[link.a], a, "--", "set", "Interface", a,
+                  "type=patch", f"options:peer={b}", f"ofport_request={link.a_port}",
+                  "--", "add-port", names[link.b], b, "--", "set", "Interface", b,
+                  "type=patch", f"options:peer={a}", f"ofport_request={link.b_port}")
+    return names
+
+
+class Controller:
+    """One ryu-manager with the onvm apps, on its own ports; always stopped."""
+
+    def __init__(self, workdir, topo_file, store_url, tag):
+        self.of_port, self.ws_port = free_port(), free_port()
+        self.conf = os.path.join(workdir, f"{tag}.conf")
+        self.log_path = os.path.join(workdir, f"{tag}.log")
+        with open(self.conf, "w") as f:
+            f.write(f"[DEFAULT]\nofp_listen_host = 127.0.0.1\n"
+                    f"ofp_tcp_listen_port = {self.of_port}\n"
+                    f"wsapi_host = 127.0.0.1\nwsapi_port = {self.ws_port}\n"
+                    f"[onvm]\ntopology = {topo_file}\nstore = {store_url}\n")
+        env = dict(os.environ, PYTHONPATH=REPO)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [RYU_MANAGER, "controller.apps.chain_manager",
+                 "controller.apps.rest_api", "--config-file", self.conf],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def target(self):
+        return f"tcp:127.0.0.1:{self.of_port}"
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def alive(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"ryu-manager exited with {self.proc.returncode}:\n"
+                                 f"{self.log()[-3000:]}")
+        return True
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def controllers(tmp_path_factory, topo_file, etcd):
+    workdir = str(tmp_path_factory.mktemp("ryu"))
+    made = []
+    try:
+        yield lambda tag: made.append(Controller(workdir, topo_file, etcd.url, tag)) or made[-1]
+    finally:
+        for c in made:
+            c.stop()
+
+
+@pytest.fixture(scope="module")
+def leader(controllers, bridges, ovs, store):
+    first = controllers("a")
+    wait_for(lambda: first.alive() and store.get(LEADER) is not None, 20,
+             "the first controller to lead")
+    for name in bridges.values():
+        ovs.vsctl("set-controller", name, first.target)
+    return first
+
+
+# ------------------------------------------------------------------ helpers
+
+def dumped(ovs, bridge):
+    """Multiset of (cookie, table, priority) of the bridge's flows."""
+    out = ovs.ofctl("dump-flows", bridge)
+    return Counter((int(c, 16), int(t), int(p)) for c, t, p in COOKIE_RE.findall(out))
+
+
+def wanted(rules):
+    return Counter((f.cookie, f.table, f.priority) for f in rules.flows)
+
+
+def group_ids(ovs, bridge):
+    return sorted(int(g) for g in re.findall(r"group_id=(\d+)", ovs.ofctl("dump-groups", bridge)))
+
+
+def desired_rules(topo, chains, groups):
+    return flows.switch_rules(topo.with_chains(chains), build_graph(topo), groups)
+
+
+def fabric_matches(ovs, bridges, topo, rules):
+    for sw in topo.switches:
+        if dumped(ovs, bridges[sw.name]) != wanted(rules[sw.dpid]):
+            return False
+        if group_ids(ovs, bridges[sw.name]) != sorted(g.group_id for g in rules[sw.dpid].groups):
+            return False
+    return True
+
+
+def explain(ovs, bridges, topo, rules):
+    lines = []
+    for sw in topo.switches:
+        have, want = dumped(ovs, bridges[sw.name]), wanted(rules[sw.dpid])
+        lines.append(f"{sw.name}: missing {dict(want - have)}, extra {dict(have - want)}")
+    return "\n".join(lines)
+
+
+def wait_fabric(ovs, bridges, topo, rules, leader, what, timeout=20):
+    try:
+        wait_for(lambda: leader.alive() and fabric_matches(ovs, bridges, topo, rules),
+                 timeout, what)
+    except Exception:
+        raise AssertionError(f"{what}:\n{explain(ovs, bridges, topo, rules)}\n"
+                             f"controller log tail:\n{leader.log()[-2500:]}") from None
+
+
+def register(store, topo, name):
+    host = topo.host(name)
+    return store.register_host(name, {"mac": host.mac, "ip": host.ip,
+                                      "cores": host.cores, "version": "test"}, ttl=1.0)
+
+
+# -------------------------------------------------------------------- tests
+
+def test_without_agents_switches_hold_transport_and_plain_rules_only(
+        leader, ovs, bridges, topo):
+    rules = desired_rules(topo, [], {})
+    wait_fabric(ovs, bridges, topo, rules, leader, "fabric programmed without chains")
+    for sw in topo.switches:
+        kinds = Counter(flows.cookie_kind(c[0]) for c in dumped(ovs, bridges[sw.name]).elements())
+        assert kinds["transport"] == len(topo.hosts) and kinds["classifier"] == 0
+
+
+def test_agents_registering_and_vanishing_change_plans_and_classifiers(
+        leader, ovs, bridges, topo, store):
+    first, second = topo.hosts[0], topo.hosts[2]       # on different leaves
+    leases = [register(store, topo, first.name), register(store, topo, second.name)]
+    try:
+        wait_for(lambda: leader.alive() and {first.name, second.name} <= set(store.plans()),
+                 20, "plans for both registered hosts")
+        chains = topo.chains
+        ingress_switches = {topo.edge(c.ingress).switch for c in chains}
+
+        def classifiers_point_at(labels):
+            for sw in ingress_switches:
+                br = bridges[sw]
+                kinds = Counter(flows.cookie_kind(c[0]) for c in dumped(ovs, br).elements())
+                want = sum(1 for c in chains if topo.edge(c.ingress).switch == sw)
+                if kinds["classifier"] != want:
+                    return False
+                used = {int(x) for x in re.findall(r"set_field:(\d+)->mpls_label",
+                                                   ovs.ofctl("dump-groups", br))}
+                if not used & labels or used - labels - {255, 0}:
+                    return False
+            return True
+
+        wait_for(lambda: classifiers_point_at({first.label, second.label}), 20,
+                 "classifiers toward the registered hosts")
+        gen_before = store.get_plan(first.name)["generation"]
+        leases.pop().stop(revoke=False)       # the agent dies: its lease runs out
+        wait_for(lambda: second.name not in store.plans(), 10,
+                 f"plan of lost host {second.name} removed")
+        wait_for(lambda: classifiers_point_at({first.label}), 20,
+                 "classifiers toward the surviving host only")
+        plan = store.get_plan(first.name)
+        assert plan["generation"] > gen_before, "survivor's plan not rewritten"
+        assert f"{second.name} lost" in leader.log()
+    finally:
+        for lease in leases:
+            lease.stop(revoke=True)
+    wait_for(lambda: not store.plans(), 10, "plans gone with the hosts")
+    wait_fabric(ovs, bridges, topo, desired_rules(topo, [], {}), leader,
+                "classifiers gone with the hosts")
+
+
+def test_reconnecting_switch_ends_without_stale_rules(leader, ovs, bridges, topo):
+    rules = desired_rules(topo, [], {})
+    wait_fabric(ovs, bridges, topo, rules, leader, "fabric in the desired state")
+    leaf = bridges[topo.hosts[0].switch]
+    stale_cookie = (flows.APP_ID << 48) | (flows.KINDS["transport"] << 40) | 0x123
+    ovs.ofctl("add-flow", leaf, f"cookie={stale_cookie:#x},table=1,priority=3000,"
+                                "mpls,mpls_label=999,actions=output:1")
+    ovs.ofctl("add-flow", leaf, "cookie=0x0,table=0,priority=7,in_port=77,actions=drop")
+    ovs.ofctl("del-flows", leaf, "--strict", "table=2,priority=0")   # a wanted one
+    assert not fabric_matches(ovs, bridges, topo, rules)
+    ovs.vsctl("del-controller", leaf)
+    ovs.vsctl("set-controller", leaf, leader.target)
+    wait_fabric(ovs, bridges, topo, rules, leader,
+                "stale rules deleted, missing rule back after reconnect")
+
+
+def test_standby_takes_over_when_the_leader_is_killed(
+        leader, controllers, ovs, bridges, topo, store):
+    standby = controllers("b")
+    wait_for(lambda: standby.alive() and "I am" in standby.log(), 20, "standby up")
+    leading = store.get(LEADER)["name"]
+    assert leading.endswith(f"-{leader.proc.pid}")
+    for name in bridges.values():
+        ovs.vsctl("set-controller", name, leader.target, standby.target)
+    leaf = bridges[topo.hosts[0].switch]
+    ovs.ofctl("add-flow", leaf, "cookie=0x0,table=0,priority=8,in_port=88,actions=drop")
+    time.sleep(1.0)
+    assert "in_port=88" in ovs.ofctl("dump-flows", leaf), "standby must not program"
+    leader.kill()
+    wait_for(lambda: (store.get(LEADER) or {}).get("name", "").endswith(
+        f"-{standby.proc.pid}"), 10, "standby leads")
+    wait_fabric(ovs, bridges, topo, desired_rules(topo, [], {}), standby,
+                "the new leader reprograms the switches")
+    assert "I lead now" in standby.log()

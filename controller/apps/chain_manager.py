@@ -349,10 +349,11 @@ class ChainManager(app_manager.RyuApp):
         stale = [flows.cookie_kind(e.cookie) or f"foreign cookie {e.cookie:#x}"
                  for e in flow_diff.deletes]
         self.logger.info("switch %s synced: %d rules and %d groups wanted; added %d "
-                         "rules, deleted %d (%s), groups +%d -%d", name,
+                         "rules, deleted %d (%s), groups +%d ~%d -%d", name,
                          len(rules.flows), len(rules.groups), len(flow_diff.adds),
                          len(flow_diff.deletes), ", ".join(sorted(set(stale))) or "none",
-                         len(group_diff.adds), len(group_diff.deletes))
+                         len(group_diff.adds), len(group_diff.modifies),
+                         len(group_diff.deletes))
 
     def _switch_name(self, dpid):
         for sw in self.topology.switches:

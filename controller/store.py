@@ -106,7 +106,8 @@ class Store:
         With it: a thread calls `callback(key, value)` for each change; a
         broken watch ends that thread with an error in the log.  Either way
         `cancel()` on the returned Watch stops it."""
-        w = self._watch(prefix, start_revision)
+        w = Watch(lambda rev: self._watch(prefix, rev), f"{self.url}{prefix}",
+                  start_revision)
         if callback is not None:
             w.run_in_thread(callback)
         return w
@@ -249,30 +250,63 @@ class Lease:
             self.store._revoke(self.id)
 
 
-class Watch:
-    """An iterator of (key, value-or-None) changes; `cancel()` ends it."""
+class WatchCompacted(StoreError):
+    """The watch cannot resume: etcd compacted the revisions it needs."""
 
-    def __init__(self, events, cancel, what):
-        self._events = events
-        self._cancel = cancel
+
+class Watch:
+    """An iterator of (key, value-or-None) changes; `cancel()` ends it.
+
+    When the connection breaks (etcd restarted, network), it reconnects
+    from the revision after the last one seen, so no change is lost or
+    repeated; it only gives up (WatchCompacted) when etcd no longer has
+    that revision."""
+
+    RETRY_S = 0.5
+
+    def __init__(self, open_events, what, start_revision=None):
+        self._open = open_events          # revision -> (events, cancel)
         self.what = what
+        self.revision = None if start_revision is None else start_revision - 1
         self.cancelled = False
         self._thread = None
+        self._events, self._cancel = open_events(start_revision)
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        if self.cancelled:
-            raise StopIteration
-        try:
-            return next(self._events)
-        except StopIteration:
-            raise
-        except StoreError:
-            if self.cancelled:
-                raise StopIteration from None
-            raise
+        while not self.cancelled:
+            try:
+                key, value, revision = next(self._events)
+            except WatchCompacted:
+                raise
+            except (StoreError, StopIteration) as err:
+                if self.cancelled:
+                    break
+                self._reconnect(err)
+                continue
+            if key is None:
+                # A marker (watch created): where to resume if nothing came
+                # yet.  Never past a start revision whose replay is pending.
+                if self.revision is None:
+                    self.revision = revision
+                continue
+            self.revision = revision
+            return key, value
+        raise StopIteration
+
+    def _reconnect(self, err):
+        LOG.warning("watch of %s broke (%s); resuming after revision %s",
+                    self.what, err, self.revision)
+        while not self.cancelled:
+            time.sleep(self.RETRY_S)
+            try:
+                start = None if self.revision is None else self.revision + 1
+                self._events, self._cancel = self._open(start)
+                return
+            except StoreError as again:
+                LOG.warning("watch of %s: cannot resume yet: %s", self.what, again)
 
     def cancel(self):
         self.cancelled = True
@@ -388,7 +422,7 @@ class MemoryStore(Store):
         self._history.append((self._revision, key, raw))
         for prefix, q in self._watchers:
             if key.startswith(prefix):
-                q.put((key, raw))
+                q.put((key, raw, self._revision))
 
     def _get(self, key):
         return self._get_with_revision(key)[0]
@@ -471,10 +505,11 @@ class MemoryStore(Store):
     def _watch(self, prefix, start_revision):
         q = queue.Queue()
         with self._lock:
+            q.put((None, None, self._revision))
             if start_revision is not None:
                 for rev, key, raw in self._history:
                     if rev >= start_revision and key.startswith(prefix):
-                        q.put((key, raw))
+                        q.put((key, raw, rev))
             entry = (prefix, q)
             self._watchers.append(entry)
         done = threading.Event()
@@ -488,8 +523,8 @@ class MemoryStore(Store):
                     continue
                 if item is None:
                     return
-                key, raw = item
-                yield key, None if raw is None else _decode(raw, key, self.url)
+                key, raw, rev = item
+                yield key, None if raw is None else _decode(raw, key, self.url), rev
 
         def cancel():
             done.set()
@@ -497,7 +532,7 @@ class MemoryStore(Store):
             with self._lock:
                 if entry in self._watchers:
                     self._watchers.remove(entry)
-        return Watch(events(), cancel, f"{self.url}{prefix}")
+        return events(), cancel
 
 
 # ------------------------------------------------------------------ etcd
@@ -649,22 +684,26 @@ class EtcdStore(Store):
             except (OSError, AttributeError, ValueError):
                 pass
             resp.close()
-        return Watch(events(), cancel, what)
+        return events(), cancel
 
     def _watch_events(self, message, what):
         result = message.get("result") or {}
         if "error" in message:
             raise StoreError(f"watch of {what}: {message['error']}")
         if int(result.get("compact_revision", 0) or 0) > 0:
-            raise StoreError(f"watch of {what}: start revision was compacted "
-                             f"(oldest kept: {result['compact_revision']})")
-        for event in result.get("events", []):
+            raise WatchCompacted(f"watch of {what}: start revision was compacted "
+                                 f"(oldest kept: {result['compact_revision']})")
+        events = result.get("events", [])
+        if not events and "header" in result:
+            # created or progress: nothing changed up to this revision
+            yield None, None, int(result["header"]["revision"])
+        for event in events:
             kv = event["kv"]
-            key = _unb64(kv["key"])
+            key, revision = _unb64(kv["key"]), int(kv["mod_revision"])
             if event.get("type") == "DELETE":
-                yield key, None
+                yield key, None, revision
             else:
-                yield key, _decode(_unb64(kv.get("value", "")), key, self.url)
+                yield key, _decode(_unb64(kv.get("value", "")), key, self.url), revision
 
 
 def open_store(url):

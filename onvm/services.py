@@ -148,6 +148,7 @@ class EtcdServer:
         self.url = f"http://127.0.0.1:{self.client_port}"
         self.log_path = os.path.join(self.dir, "etcd.log")
         self.proc = None
+        self._binary, self._timeout = binary, timeout
         try:
             self._start(binary, timeout)
         except BaseException:
@@ -190,6 +191,14 @@ class EtcdServer:
     @property
     def pid(self):
         return self.proc.pid if self.proc else None
+
+    def restart(self, down_s=0.0):
+        """Kill etcd and start it again on the same ports and data (its keys
+        stay; leases run on), after `down_s` seconds of outage."""
+        self.proc.kill()
+        self.proc.wait(5)
+        time.sleep(down_s)
+        self._start(self._binary, self._timeout)
 
     def stop(self):
         _stop_process(self.proc, "etcd")

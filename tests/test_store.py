@@ -193,3 +193,22 @@ def test_operation_on_stopped_etcd_names_url_and_operation(etcd_per_test):
     etcd_per_test.stop()
     with pytest.raises(st.StoreError, match=rf"{etcd_per_test.url}: get /onvm/chains/ failed"):
         s.get("/onvm/chains/")
+
+
+def test_watch_resumes_after_etcd_restart_without_loss(etcd_per_test):
+    s = st.open_store(etcd_per_test.url)
+    events = []
+    watch = s.watch(st.CHAINS, callback=lambda k, v: events.append((k, v)))
+    try:
+        s.put_chain({"name": "a"})
+        wait_for(lambda: len(events) == 1, 3, "first event")
+        etcd_per_test.restart()
+        s.put_chain({"name": "b"})      # while the watch reconnects
+        s.delete_chain("a")
+        wait_for(lambda: len(events) == 3, 5, "events after the restart")
+        time.sleep(0.3)
+        assert events == [("/onvm/chains/a", {"name": "a"}),
+                          ("/onvm/chains/b", {"name": "b"}),
+                          ("/onvm/chains/a", None)]
+    finally:
+        watch.cancel()

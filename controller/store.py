@@ -115,7 +115,8 @@ class Store:
     # -- leases ----------------------------------------------------------
     def lease(self, ttl, keepalive=True):
         """A granted lease; with `keepalive`, a thread refreshes it."""
-        lease = Lease(self, self._grant(ttl), ttl)
+        asked_at = time.monotonic()
+        lease = Lease(self, self._grant(ttl), ttl, asked_at)
         if keepalive:
             lease.start_keepalive()
         return lease
@@ -209,21 +210,33 @@ class Store:
 class Lease:
     """A lease in the store; keys put with it vanish when it expires."""
 
-    def __init__(self, store, lease_id, ttl):
+    def __init__(self, store, lease_id, ttl, granted_at):
         self.store = store
         self.id = lease_id
         self.ttl = ttl
-        self.alive = True
+        self.lost = False                   # known gone: expired or revoked
+        self._deadline = granted_at + ttl   # sure alive until then
         self._stop = threading.Event()
         self._thread = None
 
+    @property
+    def alive(self):
+        """True while the lease surely exists: not lost, and renewed less
+        than `ttl` ago (a store we cannot reach does not count as renewal)."""
+        return not self.lost and time.monotonic() < self._deadline
+
     def refresh(self):
-        """Renew the lease; False (and `alive` False) when it had expired."""
-        if self.alive and not self.store._refresh(self.id):
-            self.alive = False
+        """Renew the lease; False once it has expired (then `lost`)."""
+        if self.lost:
+            return False
+        asked_at = time.monotonic()
+        if self.store._refresh(self.id):
+            self._deadline = asked_at + self.ttl
+        else:
+            self.lost = True
             LOG.warning("lease %x in %s expired before it was refreshed",
                         self.id, self.store.url)
-        return self.alive
+        return not self.lost
 
     def start_keepalive(self):
         self._thread = threading.Thread(target=self._keepalive, daemon=True,
@@ -245,8 +258,8 @@ class Lease:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(self.ttl)
-        if revoke and self.alive:
-            self.alive = False
+        if revoke and not self.lost:
+            self.lost = True
             self.store._revoke(self.id)
 
 
@@ -353,12 +366,19 @@ class Election:
 
     def campaign(self):
         """Try once to become leader; True when this one leads."""
-        if self.lease is not None and not self.lease.alive:
+        if self.lease is not None:
+            if not self.lease.alive and not self.lease.lost:
+                # Keep-alive late (busy process, store slow): ask once more.
+                try:
+                    self.lease.refresh()
+                except StoreError as err:
+                    LOG.warning("%s cannot renew its leader lease: %s", self.name, err)
+                    return False
+            if self.lease.alive:
+                return True
             LOG.warning("%s lost leadership: its lease expired", self.name)
             self.lease.stop(revoke=False)
             self.lease = None
-        if self.is_leader:
-            return True
         lease = self.store.lease(self.ttl, keepalive=False)
         if self.store._create(LEADER, self.value_raw, lease.id):
             if self.keepalive:
@@ -387,7 +407,7 @@ class Election:
         crash, and a standby takes over after the TTL."""
         if self.lease is not None:
             self.lease.stop(revoke=False)
-            self.lease.alive = False
+            self.lease.lost = True
 
 
 # ---------------------------------------------------------------- memory

@@ -212,3 +212,16 @@ def test_watch_resumes_after_etcd_restart_without_loss(etcd_per_test):
                           ("/onvm/chains/a", None)]
     finally:
         watch.cancel()
+
+
+def test_leader_stops_leading_when_it_cannot_reach_the_store(etcd_per_test):
+    # Its lease may expire unseen: after one TTL without a renewal it must
+    # not act as leader, or a standby and it could both write plans.
+    a = st.Election(st.open_store(etcd_per_test.url), "ctl-a", ttl=1)
+    assert a.campaign()
+    etcd_per_test.stop()
+    start = time.monotonic()
+    wait_for(lambda: not a.is_leader, 3, "ctl-a to give up leading")
+    assert time.monotonic() - start <= 1.2
+    assert a.campaign() is False
+    a.stop()

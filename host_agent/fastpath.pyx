@@ -19,6 +19,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_WRITE
 from cpython.ref cimport PyObject
+from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport (uint8_t, uint16_t, uint32_t, int16_t, int32_t,
                           uint64_t, intptr_t)
 from libc.string cimport memcpy, memmove, memset
@@ -33,6 +34,7 @@ from host_agent.includes.rte_acl cimport *
 
 import ipaddress
 import logging
+import os
 import threading
 import time
 
@@ -223,7 +225,7 @@ def default_eal_args(name, vdevs=(), hugepages=None, memory_mb=256, lcores="0"):
     args = ["onvm-" + name, "-l", lcores, "--no-pci", "--file-prefix",
             "onvm_" + name, "--log-level", "lib.eal:error", "--no-telemetry"]
     if hugepages:
-        args += ["--socket-mem", str(memory_mb), "--huge-unlink"]
+        args += ["--socket-mem", str(memory_mb)]
     else:
         args += ["--no-huge", "-m", str(memory_mb)]
     for v in vdevs:
@@ -244,6 +246,27 @@ def hugepages_available():
     except OSError:
         return 0
     return 0
+
+
+def eal_cleanup():
+    """Release DPDK's memory and remove this process's huge page files, so
+    runs with many file prefixes do not leak huge pages."""
+    import glob
+    global _eal_args
+    if _eal_args is None:
+        return
+    prefix = None
+    if "--file-prefix" in _eal_args:
+        prefix = _eal_args[_eal_args.index("--file-prefix") + 1]
+    primary = rte_eal_process_type() == RTE_PROC_PRIMARY
+    rte_eal_cleanup()
+    _eal_args = None
+    if primary and prefix:
+        for path in glob.glob(f"/dev/hugepages/{prefix}map_*"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def pool_counts():
@@ -1349,3 +1372,58 @@ def consistent_slots(peers, slots=SLOTS):
                 best, best_score = j, score
         out.append(best)
     return out
+
+
+# ------------------------------------------------------------ NF processes
+
+cdef volatile int _serve_stop = 0
+
+
+def stop_serving():
+    global _serve_stop
+    _serve_stop = 1
+
+
+def serve_nf(nf, host, uint16_t iid, double seconds=0.0):
+    """The loop of an NF running as its own DPDK secondary process: take
+    bursts from the manager's ring, run the NF, give them back.  Never
+    drops: when the way back is full it waits.  Returns packets handled."""
+    global _serve_stop
+    cdef nf_batch_fn fn
+    cdef void *ctx
+    cdef rte_ring *rin
+    cdef rte_ring *rout
+    cdef rte_mbuf *pkts[BURST]
+    cdef unsigned n, sent
+    cdef uint64_t handled = 0
+    cdef uint64_t hz = rte_get_tsc_hz()
+    cdef uint64_t until = rte_get_tsc_cycles() + <uint64_t>(seconds * hz) if seconds > 0 else 0
+    in_name, out_name = _ring_names(host, iid)
+    rin = rte_ring_lookup(in_name.encode())
+    rout = rte_ring_lookup(out_name.encode())
+    if rin == NULL or rout == NULL:
+        raise FastPathError(
+            f"rings {in_name}/{out_name} not found: is the agent of host {host} "
+            f"running instance {iid} in process mode, with the same --file-prefix?")
+    bind_nf(nf, &fn, &ctx)
+    _serve_stop = 0
+    cdef unsigned polls = 0
+    with nogil:
+        while not _serve_stop:
+            polls += 1
+            if (polls & 0xfff) == 0:
+                with gil:
+                    PyErr_CheckSignals()    # SIGTERM's handler sets _serve_stop
+            n = rte_ring_dequeue_burst(rin, <void **>pkts, BURST, NULL)
+            if n == 0:
+                if until and rte_get_tsc_cycles() >= until:
+                    break
+                continue
+            fn(ctx, pkts, n)
+            sent = 0
+            while sent < n and not _serve_stop:
+                sent += rte_ring_enqueue_burst(rout, <void **>&pkts[sent], n - sent, NULL)
+            if sent < n:
+                rte_pktmbuf_free_bulk(&pkts[sent], n - sent)
+            handled += n
+    return handled

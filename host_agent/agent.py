@@ -1,0 +1,251 @@
+"""The host agent: one host's fast path, run from a local plan file or from
+the plans the controller writes to the store.
+
+    onvm agent --host h1 --plan plan.json -- --vdev net_af_packet0,iface=eth0
+    onvm agent --host h1 --store http://127.0.0.1:2379 -- EAL-ARGS
+
+It starts DPDK (the EAL arguments after `--`, completed with a file prefix
+and memory settings where they are missing), runs the manager loop in a
+thread that holds no GIL, applies plans (checked first: a bad plan is logged
+and the running one stays), starts NF processes for instances in "process"
+mode, and every second publishes its counters to the store
+(`/onvm/stats/<host>`) and on a Prometheus endpoint.  With a store it
+registers `/onvm/hosts/<host>` under a lease: the host is alive while the
+agent is.
+
+It does not decide anything about placement; that is the controller's.
+"""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from host_agent import fastpath as fp
+from host_agent.plan import PlanError, check_plan, load_plan
+from nfs.api import make_nf
+
+log = logging.getLogger("onvm.agent")
+
+
+def eal_args_for(host, user_args):
+    """The user's EAL arguments, with what they leave out filled in: a file
+    prefix per host, lcore 0, huge pages when the machine has them (NF
+    processes need them to share memory) or --no-huge."""
+    args = list(user_args)
+    if not any(a.startswith("--file-prefix") for a in args):
+        args += ["--file-prefix", "onvm_" + host]
+    if not any(a in ("-l", "-c", "--lcores") for a in args):
+        args += ["-l", "0"]
+    if not any(a in ("--no-huge", "--socket-mem", "-m") for a in args):
+        if fp.hugepages_available() >= 256:
+            args += ["--socket-mem", "256"]
+        else:
+            args += ["--no-huge", "-m", "256"]
+    if not any(a in ("-a", "--allow", "-b", "--block", "--no-pci") for a in args):
+        args.append("--no-pci")
+    if "--no-telemetry" not in args:
+        args.append("--no-telemetry")
+    return ["onvm-" + host] + args
+
+
+class Agent:
+    """Owns the Manager, its loop thread, NF processes and stats."""
+
+    def __init__(self, host, manager, store=None, nf_factory=make_nf,
+                 eal_args=(), stats_interval=1.0):
+        self.host = host
+        self.manager = manager
+        self.store = store
+        self.nf_factory = nf_factory
+        self.eal_args = list(eal_args)
+        self.stats_interval = stats_interval
+        self.plan_error = None
+        self.procs = {}                     # instance id -> Popen
+        self._thread = None
+        self._stop = threading.Event()
+        self._apply_lock = threading.Lock()
+        self._last = (time.monotonic(), None)
+        self.rates = {}
+
+    # -- plans -------------------------------------------------------
+    def apply(self, plan, source="plan"):
+        """Check and apply a plan; on error keep the running one. Returns
+        True if applied."""
+        with self._apply_lock:
+            try:
+                check_plan(plan)
+                if plan["host"] != self.host:
+                    raise PlanError(f"{source}: plan.host is {plan['host']!r}, "
+                                    f"but this agent runs host {self.host!r}")
+                current = self.manager.generation
+                if current is not None and plan["generation"] < current:
+                    log.info("%s: ignoring %s generation %d: running %d already",
+                             self.host, source, plan["generation"], current)
+                    return False
+                self.manager.apply_plan(plan, self.nf_factory)
+            except (PlanError, ValueError, fp.FastPathError) as err:
+                self.plan_error = f"{source}: {err}"
+                log.error("%s: plan not applied, keeping generation %s: %s",
+                          self.host, self.manager.generation, err)
+                return False
+            self.plan_error = None
+            self._sync_processes(plan)
+            if self.store is not None:
+                self.store.put_applied(self.host, plan["generation"])
+            return True
+
+    def _sync_processes(self, plan):
+        """Start an `onvm nf run` for each process-mode instance; stop the
+        ones the plan no longer has."""
+        wanted = {i["id"]: i for i in plan["instances"] if i.get("mode") == "process"}
+        for iid in list(self.procs):
+            if iid not in wanted:
+                self._stop_process(iid)
+        for iid, inst in wanted.items():
+            proc = self.procs.get(iid)
+            if proc is None or proc.poll() is not None:
+                self.procs[iid] = self._start_process(inst)
+
+    def _start_process(self, inst):
+        prefix = self.eal_args[self.eal_args.index("--file-prefix") + 1]
+        cmd = [sys.executable, "-m", "onvm.cli", "nf", "run", inst["nf"],
+               "--host", self.host, "--instance", str(inst["id"]),
+               "--config", json.dumps(inst.get("config") or {}),
+               "--file-prefix", prefix]
+        log.info("%s: starting NF process for instance %d (%s)", self.host,
+                 inst["id"], inst["nf"])
+        return subprocess.Popen(cmd)
+
+    def _stop_process(self, iid):
+        proc = self.procs.pop(iid)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # -- loop --------------------------------------------------------
+    def start(self):
+        self._thread = threading.Thread(target=self.manager.run, name="fastpath",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self.manager.stop()
+        if self._thread is not None:
+            self._thread.join(5)
+        for iid in list(self.procs):
+            self._stop_process(iid)
+
+    def stats(self):
+        """Counters with rates (Mpps) since the last call."""
+        now = time.monotonic()
+        stats = self.manager.stats()
+        then, last = self._last
+        dt = max(now - then, 1e-6)
+        if last is not None:
+            for name, port in stats["ports"].items():
+                old = last["ports"].get(name, {"rx": 0, "tx": 0})
+                port["rx_mpps"] = round((port["rx"] - old["rx"]) / dt / 1e6, 4)
+                port["tx_mpps"] = round((port["tx"] - old["tx"]) / dt / 1e6, 4)
+            for iid, inst in stats["instances"].items():
+                old = last["instances"].get(iid, {"rx": 0})
+                inst["mpps"] = round((inst["rx"] - old["rx"]) / dt / 1e6, 4)
+        self._last = (now, stats)
+        stats["host"] = self.host
+        stats["time"] = time.time()
+        stats["plan_error"] = self.plan_error
+        stats["instances"] = {str(k): v for k, v in stats["instances"].items()}
+        return stats
+
+    def run(self, seconds=None):
+        """Publish stats every interval until stopped or `seconds` pass."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not self._stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            stats = self.stats()
+            self.latest = stats
+            if self.store is not None:
+                try:
+                    self.store.put_stats(self.host, stats)
+                except Exception as err:   # the store may be down; forwarding goes on
+                    log.warning("%s: stats not published: %s", self.host, err)
+            for iid, proc in list(self.procs.items()):
+                if proc.poll() is not None:
+                    log.error("%s: NF process of instance %d exited with %s; restarting",
+                              self.host, iid, proc.returncode)
+            wait = self.stats_interval
+            if deadline is not None:
+                wait = max(0, min(wait, deadline - time.monotonic()))
+            self._stop.wait(wait)
+
+
+def host_info(manager, host):
+    stats = manager.stats()
+    return {"host": host, "ports": sorted(stats["ports"]),
+            "cores": os.cpu_count(), "pid": os.getpid(),
+            "agent_version": __import__("onvm").__version__}
+
+
+def cli_agent(args):
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    plan = None
+    if args.plan:
+        try:
+            plan = load_plan(args.plan)
+        except PlanError as err:
+            print(f"onvm agent: {err}", file=sys.stderr)
+            return 1
+    eal = eal_args_for(args.host, args.eal)
+    try:
+        fp.eal_init(eal)
+        manager = fp.Manager(args.host)
+    except fp.FastPathError as err:
+        print(f"onvm agent: {err}", file=sys.stderr)
+        return 1
+    store = None
+    if args.store:
+        from controller.store import open_store
+        store = open_store(args.store)
+    agent = Agent(args.host, manager, store=store, eal_args=eal[1:])
+    if plan is not None and not agent.apply(plan, args.plan):
+        print(f"onvm agent: {agent.plan_error}", file=sys.stderr)
+        manager.close()
+        return 1
+    if args.metrics_port:
+        from host_agent.metrics import serve_metrics
+        serve_metrics(agent, args.metrics_port)
+    signal.signal(signal.SIGTERM, lambda *_: agent._stop.set())
+    agent.start()
+    lease = watch = None
+    try:
+        if store is not None:
+            lease = store.register_host(args.host, host_info(manager, args.host), ttl=1.0)
+            current = store.get_plan(args.host)
+            if current:
+                agent.apply(current, "store")
+            from controller.store import PLAN
+            watch = store.watch(PLAN + args.host,
+                                lambda key, value: value and agent.apply(value, key))
+        agent.run(args.seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if watch is not None:
+            watch.cancel()
+        if lease is not None:
+            lease.stop()
+        agent.stop()
+        final = agent.stats()
+        manager.close()
+        log.info("%s: stopped; final counters %s", args.host, json.dumps(final))
+    return 0

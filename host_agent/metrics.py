@@ -1,0 +1,49 @@
+"""The agent's Prometheus endpoint: its counters as metrics, read at
+scrape time from the fast path (nothing is counted twice)."""
+from prometheus_client import start_http_server
+from prometheus_client.core import (CollectorRegistry, CounterMetricFamily,
+                                    GaugeMetricFamily)
+
+
+class AgentCollector:
+    def __init__(self, agent):
+        self.agent = agent
+
+    def collect(self):
+        stats = self.agent.manager.stats()
+        host = self.agent.host
+        gen = GaugeMetricFamily("onvm_plan_generation", "Plan generation applied", labels=["host"])
+        gen.add_metric([host], stats["generation"] if stats["generation"] is not None else -1)
+        yield gen
+        ports = CounterMetricFamily("onvm_port_packets", "Packets per port and direction",
+                                    labels=["host", "port", "direction"])
+        for name, p in stats["ports"].items():
+            ports.add_metric([host, name, "rx"], p["rx"])
+            ports.add_metric([host, name, "tx"], p["tx"])
+        yield ports
+        drops = CounterMetricFamily("onvm_drops", "Packets dropped, by reason",
+                                    labels=["host", "reason"])
+        for reason, n in stats["drops"].items():
+            drops.add_metric([host, reason], n)
+        yield drops
+        inst = CounterMetricFamily("onvm_instance_packets", "Packets per NF instance",
+                                   labels=["host", "instance", "nf", "direction"])
+        queue = GaugeMetricFamily("onvm_instance_queue", "Packets waiting in an NF process's ring",
+                                  labels=["host", "instance", "nf"])
+        for iid, s in stats["instances"].items():
+            for direction in ("rx", "tx", "drops"):
+                inst.add_metric([host, str(iid), s["nf"], direction], s[direction])
+            queue.add_metric([host, str(iid), s["nf"]], s["queue"])
+        yield inst
+        yield queue
+        flows = GaugeMetricFamily("onvm_flows", "Entries in the flow table", labels=["host"])
+        flows.add_metric([host], stats["flows"])
+        yield flows
+
+
+def serve_metrics(agent, port, addr="127.0.0.1"):
+    """Start the HTTP endpoint in a thread; returns the registry."""
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(agent))
+    start_http_server(port, addr=addr, registry=registry)
+    return registry

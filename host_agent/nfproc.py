@@ -1,0 +1,47 @@
+"""`onvm nf run`: one NF instance as its own DPDK secondary process, attached
+to its host agent's shared memory (packet pool and rings), as OpenNetVM NFs
+run.  The agent starts these for plan instances in "process" mode; they can
+also be started by hand."""
+import json
+import logging
+import signal
+import sys
+
+from host_agent import fastpath as fp
+from nfs.api import NFConfigError, make_nf
+
+log = logging.getLogger("onvm.nf")
+
+
+def cli_nf_run(args):
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = json.loads(args.config) if args.config else {}
+        nf = make_nf({"nf": args.type, "config": config})
+    except (ValueError, NFConfigError) as err:
+        print(f"onvm nf run: {err}", file=sys.stderr)
+        return 1
+    prefix = args.file_prefix or "onvm_" + args.host
+    eal = ["onvm-nf-%s-%d" % (args.host, args.instance), "--proc-type=secondary",
+           "--file-prefix", prefix, "--no-pci", "--no-telemetry",
+           "--log-level", "lib.eal:error"] + list(args.eal or [])
+    if not any(a in ("-l", "-c", "--lcores") for a in eal):
+        eal += ["-l", "1" if __import__("os").cpu_count() > 1 else "0"]
+    try:
+        fp.eal_init(eal)
+    except fp.FastPathError as err:
+        print(f"onvm nf run: {err} (is the agent of {args.host} running with "
+              f"huge pages and --file-prefix {prefix}?)", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: fp.stop_serving())
+    signal.signal(signal.SIGINT, lambda *_: fp.stop_serving())
+    log.info("%s instance %d (%s) serving", args.host, args.instance, args.type)
+    try:
+        n = fp.serve_nf(nf, args.host, args.instance)
+    except fp.FastPathError as err:
+        print(f"onvm nf run: {err}", file=sys.stderr)
+        return 1
+    log.info("%s instance %d handled %d packets; counters %s", args.host,
+             args.instance, n, json.dumps(getattr(nf, "counters", dict)()))
+    return 0

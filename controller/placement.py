@@ -35,6 +35,7 @@ weights (`controller.plans`), OpenFlow (`controller.flows`).
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 import math
 import sys
@@ -50,6 +51,7 @@ log = logging.getLogger("onvm.placement")
 
 TOL = 1e-6            # Mpps below this is nothing (avoids slivers of shares)
 MAX_ID = 65534        # plan instance ids are 1..65534
+MAX_BAN_TRIES = 16    # conflict re-routes per strand before giving up
 IMPROVE_WORK = 400_000  # rip-up passes run while chains * hosts * passes <= this
 
 
@@ -406,8 +408,8 @@ class _Solver:
         return mask, pen
 
     def _viterbi(self, chain, layers, q, src, sink, banned=()):
-        """Cheapest host per layer for a strand of rate q, or None.
-        `banned`: (layer, host index) pairs not to use."""
+        """(cheapest host per layer, its cost) for a strand of rate q, or
+        None.  `banned`: (layer, host index) pairs not to use."""
         eps = q * 1e-4 / (len(layers) + 1)
         mask, pen = self._candidates(chain, layers[0], q, banned)
         v = np.where(mask, q * self._dist_vec(src) + eps * pen, np.inf)
@@ -420,7 +422,8 @@ class _Solver:
             v = np.where(mask, np.minimum(v, through[self.hsw]) + eps * pen, np.inf)
         end = v + q * self._dist_vec(sink)
         h = int(np.argmin(end))
-        if not np.isfinite(end[h]):
+        total = float(end[h])
+        if not np.isfinite(total):
             return None
         path = [h]
         for v_prev, best_sw in reversed(history):
@@ -430,7 +433,7 @@ class _Solver:
                 lo, hi = self.starts[s], self.ends[s]
                 h = lo + int(np.argmin(v_prev[lo:hi]))
             path.append(h)
-        return path[::-1]
+        return path[::-1], total
 
     def _take(self, chain, j, h, q):
         """Give q of hop j to host h: grow this hop's instance there, or the
@@ -492,18 +495,59 @@ class _Solver:
         return None
 
     def _strand(self, chain, layers, q, src, sink):
-        """Route and commit one strand; False if no route exists.  A
-        layer/host pair that fails at commit is banned and the whole strand
-        routed again, so conflicts inside a strand never leave a detour."""
-        banned = set()
-        while True:
-            path = self._viterbi(chain, layers, q, src, sink, banned)
-            if path is None:
-                return False
+        """Route and commit one strand; False if no route exists.
+
+        Viterbi judges each layer alone, so two layers may count on the same
+        last cores of a host.  Such a conflict bans either the later layer
+        or one of the earlier ones on that host, and the strand is routed
+        again: best-first over ban sets (more bans never cost less), so the
+        first conflict-free path found is the cheapest one."""
+        heap, seen, tried = [], set(), 0
+        first = self._viterbi(chain, layers, q, src, sink, ())
+        if first is None:
+            return False
+        heapq.heappush(heap, (first[1], 0, (), first[0]))
+        while heap and tried < MAX_BAN_TRIES:
+            _, _, banned, path = heapq.heappop(heap)
+            tried += 1
             conflict = self._commit(chain, layers, path, q)
             if conflict is None:
                 return True
-            banned.add(conflict)
+            j, h = conflict
+            pos = layers.index(j)
+            culprits = [(jj, h) for jj, hh in zip(layers[:pos], path[:pos]) if hh == h]
+            for ban in [(j, h)] + culprits:
+                more = tuple(sorted(set(banned) | {ban}))
+                if more in seen:
+                    continue
+                seen.add(more)
+                found = self._viterbi(chain, layers, q, src, sink, more)
+                if found is not None:
+                    heapq.heappush(heap, (found[1], len(seen), more, found[0]))
+        if not heap:
+            return False
+        return self._strand_greedy(chain, layers, q, src, sink)
+
+    def _strand_greedy(self, chain, layers, q, src, sink):
+        """Fallback when many hosts have a core or two to spare: keep the
+        layers that fit and route the rest on from the last one taken."""
+        found = self._viterbi(chain, layers, q, src, sink, ())
+        if found is None:
+            return False
+        path = found[0]
+        taken = []
+        for pos, (j, h) in enumerate(zip(layers, path)):
+            inst = self._take(chain, j, h, q)
+            if inst is not None:
+                taken.append((inst, j))
+                continue
+            if pos and self._strand_greedy(chain, layers[pos:], q,
+                                   {self.hosts[path[pos - 1]].name: 1.0}, sink):
+                return True
+            for inst_, j_ in reversed(taken):
+                self._unuse(inst_, chain, j_, q)
+            return False
+        return True
 
     def _max_q(self, chain, j):
         nf = self.topo.nfs[chain.nfs[j]]
@@ -587,13 +631,15 @@ class _Solver:
         self._restore(group, saved)
         return False
 
-    def _victims(self, chain, hosts):
+    def _victims(self, chain, hosts, movable):
+        """Chains in `movable` (names) using the hosts, biggest first."""
         names = set()
         for h in hosts:
             for keys in (self.by_type_host.get((t, h), ()) for t in self.topo.nfs):
                 for key in keys:
                     names.update(n for n, _ in self.instances[key].users)
         names.discard(chain.name)
+        names &= movable
         return sorted((self.chain_by_name[n] for n in names),
                       key=lambda c: (-c.mpps, c.spi))
 
@@ -604,6 +650,7 @@ class _Solver:
         keep it if the total cost drops.  A bounded number of passes, so the
         result does not depend on the machine's speed."""
         passes = IMPROVE_WORK // max(1, len(chains) * len(self.hosts))
+        movable = {c.name for c in chains}
         for _ in range(min(passes, 4)):
             better = 0
             for chain in self._by_excess(chains):
@@ -612,7 +659,7 @@ class _Solver:
                 for level in (0.0, 2.0):
                     hosts = [int(h) for h in np.flatnonzero(
                         (ideal <= best + level) & self.allowed)][:4]
-                    if self._try_group([chain] + self._victims(chain, hosts)):
+                    if self._try_group([chain] + self._victims(chain, hosts, movable)):
                         better += 1
                         break
             if not better:

@@ -1,0 +1,114 @@
+# cython: language_level=3
+"""Flow tables for the NFs: DPDK's rte_hash from a key to a position, plus
+an expiry time per position.  The NFs keep their per-flow values in arrays
+indexed by position; an entry whose time is up reads as absent and is
+removed when seen, or by a sweep when the table is full (sweeps are at most
+one per `sweep_gap`, so a table full of live flows does not make every new
+flow pay for a full scan).
+
+Written by the packet loop only; Python reads it (export_state) while the
+instance does not run.  Not a connection tracker: the NFs decide what a
+flow is and how long it lives."""
+from libc.stdint cimport uint32_t, int32_t, uint64_t, intptr_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+from host_agent.includes.rte_hash cimport *
+from host_agent.includes.rte_eal cimport rte_socket_id, rte_get_tsc_hz
+
+_seq = 0
+
+
+cdef ftab_t *ftab_new(str what, uint32_t entries, uint32_t key_len) except NULL:
+    global _seq
+    cdef rte_hash_parameters params
+    cdef ftab_t *t = <ftab_t *>calloc(1, sizeof(ftab_t))
+    if t == NULL:
+        raise MemoryError()
+    _seq += 1
+    # rte_hash names are global to the process and at most 31 characters.
+    name = f"nf_{what[:12]}_{_seq}".encode()
+    memset(&params, 0, sizeof(params))
+    params.name = name
+    params.entries = entries
+    params.key_len = key_len
+    params.socket_id = rte_socket_id()
+    t.h = rte_hash_create(&params)
+    t.expires = <uint64_t *>calloc(entries + 1, sizeof(uint64_t))
+    if t.h == NULL or t.expires == NULL:
+        ftab_free(t)
+        raise MemoryError(f"{what}: cannot create a flow table of {entries} entries")
+    t.entries = entries
+    t.key_len = key_len
+    t.sweep_gap = rte_get_tsc_hz() // 10
+    return t
+
+
+cdef void ftab_free(ftab_t *t) noexcept:
+    if t == NULL:
+        return
+    if t.h != NULL:
+        rte_hash_free(t.h)
+    free(t.expires)
+    free(t)
+
+
+cdef int32_t ftab_find(ftab_t *t, const void *key, uint64_t now) noexcept nogil:
+    """Position of a live entry, or -1 (an expired entry is removed)."""
+    cdef int32_t pos = rte_hash_lookup(t.h, key)
+    if pos < 0:
+        return -1
+    if t.expires[pos] <= now:
+        rte_hash_del_key(t.h, key)
+        t.expired += 1
+        return -1
+    return pos
+
+
+cdef int32_t ftab_insert(ftab_t *t, const void *key, uint64_t expires, uint64_t now) noexcept nogil:
+    """Add (or refresh) an entry; -1 if the table is full of live entries."""
+    cdef int32_t pos = rte_hash_add_key(t.h, key)
+    if pos < 0 and now >= t.next_sweep:
+        t.next_sweep = now + t.sweep_gap
+        if ftab_sweep(t, now):
+            pos = rte_hash_add_key(t.h, key)
+    if pos < 0:
+        t.full += 1
+        return -1
+    t.expires[pos] = expires
+    return pos
+
+
+cdef void ftab_delete(ftab_t *t, const void *key) noexcept nogil:
+    rte_hash_del_key(t.h, key)
+
+
+cdef unsigned ftab_sweep(ftab_t *t, uint64_t now) noexcept nogil:
+    """Remove every expired entry; returns how many."""
+    cdef const void *key
+    cdef void *data
+    cdef uint32_t nxt = 0
+    cdef int32_t pos
+    cdef unsigned n = 0
+    while True:
+        pos = rte_hash_iterate(t.h, &key, &data, &nxt)
+        if pos < 0:
+            break
+        if t.expires[pos] <= now:
+            rte_hash_del_key(t.h, key)
+            n += 1
+    t.expired += n
+    return n
+
+
+cdef uint32_t ftab_live(ftab_t *t, uint64_t now) noexcept nogil:
+    cdef const void *key
+    cdef void *data
+    cdef uint32_t nxt = 0, n = 0
+    cdef int32_t pos
+    while True:
+        pos = rte_hash_iterate(t.h, &key, &data, &nxt)
+        if pos < 0:
+            break
+        if t.expires[pos] > now:
+            n += 1
+    return n

@@ -1,0 +1,149 @@
+"""controller.plans: every plan passes host_agent.plan.check_plan, and a
+walker that follows the hops host to host visits each chain's NFs in order
+and carries exactly the placement's shares."""
+import re
+
+import pytest
+
+from controller import placement, plans, topogen
+from controller.model import Chain, Edge, Host, Link, NFType, Switch, Topology
+from host_agent.plan import check_plan
+
+
+def walk(topo, host_plans, chain, start):
+    """Follow a packet of `chain` from `start` (a host) at SI 255.  Returns
+    [(nf type, host)] visited, the end entry, and {(si, host): mass} of one
+    unit of traffic spread by the remote weights."""
+    by_host = {name: {(h["spi"], h["si"]): h for h in p["hops"]}
+               for name, p in host_plans.items()}
+    types = {name: {i["id"]: i["nf"] for i in p["instances"]}
+             for name, p in host_plans.items()}
+    label_of = {h.name: h.label for h in topo.hosts}
+    visits, ends, mass = [], [], {}
+
+    def go(host, si, weight, seen):
+        hop = by_host[host].get((chain.spi, si))
+        assert hop is not None, f"{host} has no hop for SPI {chain.spi} SI {si}"
+        if "local" in hop:
+            mass[(si, host)] = mass.get((si, host), 0.0) + weight
+            seen = seen + [(types[host][hop["local"]], host)]
+            go(host, si - 1, weight, seen)
+        elif "remote" in hop:
+            assert "local" not in hop
+            total = sum(p["weight"] for p in hop["remote"])
+            for peer in hop["remote"]:
+                assert peer["host"] != host, "remote to itself"
+                assert peer["label"] == label_of[peer["host"]]
+                go(peer["host"], si, weight * peer["weight"] / total, seen)
+        else:
+            visits.append(seen)
+            ends.append(hop["end"])
+
+    go(start, 255, 1.0, [])
+    return visits, ends, mass
+
+
+def check_all(topo, plan, generation=3):
+    out = plans.host_plans(topo, plan, generation)
+    assert set(out) == {h.name for h in topo.hosts}
+    for name, p in out.items():
+        check_plan(p)
+        host = topo.host(name)
+        assert (p["generation"], p["node_label"], p["mac"]) == (generation, host.label, host.mac)
+        assert p["classifiers"] == [] and p["uplink"] == 0
+    groups = plans.ingress_groups(topo, plan)
+    for chain in topo.chains:
+        want_mac = plans.egress_mac(topo, chain.egress)
+        spread = {}
+        for start, weight in groups[chain.name]:
+            visits, ends, mass = walk(topo, out, chain, start)
+            for seen in visits:
+                assert [t for t, _ in seen] == list(chain.nfs), chain.name
+            assert all(e == {"port": 0, "dst_mac": want_mac} for e in ends)
+            for key, m in mass.items():
+                spread[key] = spread.get(key, 0.0) + weight * m
+        # The weights carry exactly the placement's share to every host.
+        for j in range(len(chain.nfs)):
+            for host, share in plan.shares(chain.name, j).items():
+                assert spread[(255 - j, host)] == pytest.approx(share, abs=1e-5), \
+                    (chain.name, j, host)
+    return out
+
+
+def test_fat_tree_plans_walk_every_chain():
+    topo = topogen.fat_tree(4, chains=24)
+    check_all(topo, placement.place(topo))
+
+
+def test_leaf_spine_plans_walk_every_chain():
+    topo = topogen.leaf_spine(2, 4, 2, chains=12)
+    check_all(topo, placement.place(topo))
+
+
+def split_topo(cores=3, chains=None):
+    """Rates that force split hops: 16 Mpps through fw (8) and ids (6)."""
+    switches = (Switch("spine", 1), Switch("leaf1", 2), Switch("leaf2", 3))
+    links = (Link("leaf1", 9, "spine", 1, 10.0), Link("leaf2", 9, "spine", 2, 10.0))
+    hosts = tuple(Host(f"h{i + 1}", f"leaf{i % 2 + 1}", i + 1, f"02:00:00:00:00:{i + 1:02x}",
+                       f"10.0.0.{i + 1}/24", cores, 16 + i) for i in range(8))
+    catalog = {"fw": NFType("fw", 1, 8.0, "rules/fw.rules"), "ids": NFType("ids", 2, 6.0)}
+    chains = chains or (Chain("big", "internet", "wan", {"ipv4_dst": "10.1.0.0/16"},
+                    ("fw", "ids"), 16.0, 16),
+              Chain("small", "internet", "h3", {"ipv4_dst": "10.2.0.0/16"},
+                    ("ids", "fw"), 1.0, 17))
+    edges = (Edge("internet", "spine", 10), Edge("wan", "leaf2", 10))
+    return Topology("split", switches, hosts, links, edges, catalog, chains)
+
+
+def test_split_chains_walk_with_weights_that_match_shares():
+    topo = split_topo()
+    plan = placement.place(topo)
+    assert len(plan.hops["big"][1]) >= 3, "ids must be split"
+    out = check_all(topo, plan)
+    fw = [i for p in out.values() for i in p["instances"] if i["nf"] == "fw"]
+    assert fw and all(i["config"] == {"rules": "rules/fw.rules"} and i["mode"] == "inline"
+                      for i in fw)
+
+
+def test_load_lowers_a_busy_hosts_weight():
+    # fw fits one host; ids (2 cores, 6 Mpps) must go to two other hosts.
+    topo = split_topo(cores=2, chains=(Chain("fan", "internet", "wan", {"ipv4_dst": "10.3.0.0/16"},
+                                             ("fw", "ids"), 7.0, 16),))
+    check_all(topo, placement.place(topo))
+    plan = placement.place(topo)
+    calm = plans.host_plans(topo, plan, 1)
+    source, hop = next((h, hop) for h, p in calm.items() for hop in p["hops"]
+                       if "remote" in hop and len(hop["remote"]) > 1)
+    busy = hop["remote"][0]["host"]
+    loaded = plans.host_plans(topo, plan, 1, load={busy: 1.0})
+    after = next(x for x in loaded[source]["hops"]
+                 if (x["spi"], x["si"]) == (hop["spi"], hop["si"]))
+    before_w = {p["host"]: p["weight"] for p in hop["remote"]}
+    after_w = {p["host"]: p["weight"] for p in after["remote"]}
+    assert after_w[busy] < before_w[busy]
+    assert sum(after_w.values()) == pytest.approx(1.0, abs=1e-5)
+    assert all(w > 0 for w in after_w.values())
+
+
+def test_instance_ids_survive_a_host_loss():
+    topo = topogen.fat_tree(4, chains=24)
+    plan = placement.place(topo)
+    before = plans.host_plans(topo, plan, 1)
+    lost = max(plan.cores_used().items(), key=lambda kv: (kv[1], kv[0]))[0]
+    again = placement.replace_after_host_loss(topo, plan, lost)
+    after = check_all(topo, again)
+    assert after[lost]["instances"] == [] and after[lost]["hops"] == []
+    for host, p in before.items():
+        if host == lost:
+            continue
+        old = {i["id"]: i["nf"] for i in p["instances"]}
+        new = {i["id"]: i["nf"] for i in after[host]["instances"]}
+        assert all(new.get(i) == nf for i, nf in old.items()), host
+
+
+def test_edge_mac_is_stable_unicast_and_local():
+    mac = plans.edge_mac("internet")
+    assert mac == plans.edge_mac("internet") != plans.edge_mac("wan")
+    assert re.fullmatch(r"06(:[0-9a-f]{2}){5}", mac)
+    first = int(mac[:2], 16)
+    assert first & 0x02 and not first & 0x01

@@ -21,9 +21,10 @@ The MILP is a reference for measuring, never used at run time.  Its model
   min sum_c r_c ( sum_h d(in_c,h) x[c,1,h] + sum_j sum_{h,g} d(h,g) f[c,j,h,g]
                   + sum_h d(h,out_c) x[c,k,h] )
 
-This is exactly `placement.cost` (transportation between consecutive
-hops) except that it lets one chain hop use several instances on one host,
-which the heuristic forbids (a plan's hop names one local instance).  So
+This is `placement.cost` with two freedoms the heuristic and the plans do
+not have: one chain hop may use several instances on one host (a plan's hop
+names one local instance), and a host running two consecutive hops may
+still send part of its traffic away (plans keep it local).  So
 the MILP optimum is a lower bound of the heuristic's feasible set and the
 reported gap is an upper bound of the true gap.  If HiGHS stops at its time
 limit the report says so and gives its proven bound.

@@ -1,0 +1,164 @@
+"""The IDS through the real fast path: Hyperscan finds contents and pcres,
+alert rules pass and log, drop rules drop, a signature split across two
+TCP segments of a flow is caught, and every rule error names its line."""
+import json
+
+import pytest
+
+from nfs.api import NFConfigError
+from nfs.idsrules import parse_rules
+from test_nf_helpers import harness, tcp, udp
+
+RULES = r"""
+# the web server's rules
+alert tcp any any -> 10.0.1.0/24 80 (msg:"admin probe"; content:"GET /admin"; nocase; sid:1001; rev:2;)
+drop tcp any any -> any 80 (msg:"shell \"download\""; content:"|2f|bin|2f|"; pcre:"/(ba)?sh -c/i"; sid:1002;)
+drop udp any any -> any 53 (msg:"dns tunnel"; pcre:"/[a-z0-9]{40}\.evil\.example/"; sid:1003;)
+alert tcp any any <> 10.0.1.5 any (msg:"secret"; content:"TOP-SECRET-DOCUMENT"; sid:1004;)
+"""
+SRV = "10.0.1.5"
+
+
+@pytest.fixture
+def ids(tmp_path):
+    alerts = tmp_path / "alerts.jsonl"
+    with harness([("ids", {"rules_text": RULES, "alerts": str(alerts)})]) as h:
+        yield h, alerts
+
+
+def read_alerts(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def rule_hits(h):
+    return {r["sid"]: r["hits"] for r in h.nf(1).counters()["rules"]}
+
+
+def test_alert_passes_drop_drops_clean_traffic_untouched(ids):
+    h, alerts = ids
+    frames = [
+        tcp("192.0.2.1", SRV, 4000, 80, "PA", b"get /ADMIN/users HTTP/1.1\r\n"),    # alert, nocase
+        tcp("192.0.2.2", SRV, 4001, 80, "PA", b"x=/bin/ && BASH -C 'id'"),           # drop: both parts
+        tcp("192.0.2.3", SRV, 4002, 80, "PA", b"x=/bin/ only, no shell"),             # one part: nothing
+        udp("192.0.2.4", "10.0.0.53", 999, 53, b"\x00" + b"a" * 40 + b".evil.example"),  # drop
+        tcp("192.0.2.5", SRV, 4003, 81, "PA", b"GET /admin"),                        # wrong port
+        tcp("192.0.2.6", SRV, 4004, 80, "PA", b"GET /index.html"),                   # clean
+    ]
+    out = h.send(frames)
+    assert len(out) == 4
+    assert rule_hits(h) == {1001: 1, 1002: 1, 1003: 1, 1004: 0}
+    c = h.nf(1).counters()
+    assert c["alerts"] == 3 and c["dropped"] == 2 and c["packets"] == 6
+    lines = read_alerts(alerts)
+    assert [(a["sid"], a["action"], a["src"]) for a in lines] == [
+        (1001, "alert", "192.0.2.1"), (1002, "drop", "192.0.2.2"), (1003, "drop", "192.0.2.4")]
+    assert lines[1]["msg"] == 'shell "download"' and lines[1]["dport"] == 80
+
+
+def test_bidirectional_rule_matches_replies(ids):
+    h, _ = ids
+    h.send([tcp(SRV, "192.0.2.9", 22, 5555, "PA", b"..TOP-SECRET-DOCUMENT..")])
+    assert rule_hits(h)[1004] == 1
+
+
+def test_signature_split_across_two_segments_is_caught(ids):
+    h, alerts = ids
+    first = b"hello TOP-SEC"
+    second = b"RET-DOCUMENT bye"
+    out = h.send([tcp("192.0.2.7", SRV, 5000, 443, "PA", first, seq=100),
+                  tcp("192.0.2.7", SRV, 5000, 443, "PA", second, seq=100 + len(first))])
+    assert len(out) == 2
+    assert rule_hits(h)[1004] == 1
+    assert h.nf(1).counters()["reassembled"] == 1
+    # Reported once: the next in-order segment does not repeat the match
+    # that ended in the tail.
+    h.send([tcp("192.0.2.7", SRV, 5000, 443, "PA", b"more", seq=100 + len(first) + len(second))])
+    assert rule_hits(h)[1004] == 1
+    assert [a["sid"] for a in read_alerts(alerts)] == [1004]
+
+
+def test_split_drop_signature_drops_the_second_segment(ids):
+    h, _ = ids
+    a, b = b"cmd=/bin/ba", b"sh -c whoami"
+    out = h.send([tcp("192.0.2.8", SRV, 5001, 80, "PA", a, seq=1),
+                  tcp("192.0.2.8", SRV, 5001, 80, "PA", b, seq=1 + len(a))])
+    assert len(out) == 1 and rule_hits(h)[1002] == 1
+
+
+def test_out_of_order_segments_are_not_joined(ids):
+    h, _ = ids
+    h.send([tcp("192.0.2.10", SRV, 5002, 443, "PA", b"TOP-SEC", seq=1),
+            tcp("192.0.2.10", SRV, 5002, 443, "PA", b"RET-DOCUMENT", seq=500)])
+    assert rule_hits(h)[1004] == 0
+
+
+def test_other_flows_are_not_joined(ids):
+    h, _ = ids
+    h.send([tcp("192.0.2.11", SRV, 5003, 443, "PA", b"TOP-SEC", seq=1),
+            tcp("192.0.2.12", SRV, 5003, 443, "PA", b"RET-DOCUMENT", seq=8)])
+    assert rule_hits(h)[1004] == 0
+
+
+@pytest.mark.parametrize("line, message", [
+    ('pass tcp any any -> any any (content:"x"; sid:1;)', "action must be alert or drop, not 'pass'"),
+    ('alert tcpx any any -> any any (content:"x"; sid:1;)', "protocol must be one of ip, icmp, tcp, udp, not 'tcpx'"),
+    ('alert tcp $HOME_NET any -> any any (content:"x"; sid:1;)',
+     "variables like $HOME_NET are not supported; write the source network"),
+    ('alert tcp 10.0.0.300 any -> any any (content:"x"; sid:1;)',
+     "source address '10.0.0.300' is not any, an IPv4 address or network"),
+    ('alert tcp any 99999 -> any any (content:"x"; sid:1;)',
+     "source port range '99999' must be within 0-65535, low to high"),
+    ('alert tcp any any -> any 80-90 (content:"x"; sid:1;)',
+     "destination port '80-90' is not any, N, N:M, N: or :M"),
+    ('alert tcp any any <- any any (content:"x"; sid:1;)', "direction must be -> or <>, not '<-'"),
+    ('alert icmp any 5 -> any any (content:"x"; sid:1;)', "ports need tcp or udp, not icmp"),
+    ('alert tcp any any -> any any content:"x"; sid:1;',
+     "expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'"),
+    ('alert tcp any any -> any any (content:"x"; sid:1)', "option 'sid:1' must end with ';'"),
+    ('alert tcp any any -> any any (msg:"x; sid:1;)', "unterminated quoted string in the options"),
+    ('alert tcp any any -> any any (content:x; sid:1;)', 'content takes a quoted string, like content:"..."'),
+    ('alert tcp any any -> any any (content:"|4g|"; sid:1;)',
+     "content |4g|: hex bytes are pairs of hex digits separated by spaces"),
+    ('alert tcp any any -> any any (content:"a|41"; sid:1;)', "content has an unclosed |hex| part"),
+    ('alert tcp any any -> any any (nocase; content:"x"; sid:1;)', "nocase must follow a content"),
+    ('alert tcp any any -> any any (pcre:"/x/R"; sid:1;)', "pcre flags 'R' are not supported (only i, s, m)"),
+    ('alert tcp any any -> any any (pcre:"x"; sid:1;)', 'pcre takes "/REGEX/FLAGS"'),
+    ('alert tcp any any -> any any (content:"x"; flow:established; sid:1;)',
+     "option 'flow' is not supported; supported: msg, content, nocase, pcre, sid, rev, classtype"),
+    ('alert tcp any any -> any any (content:"x"; sid:abc;)', "sid must be a positive number, got 'abc'"),
+    ('alert tcp any any -> any any (content:"x";)', "every rule needs a sid"),
+    ('alert tcp any any -> any any (msg:"m"; sid:1;)', "a rule needs at least one content or pcre"),
+])
+def test_rule_errors_name_file_and_line(line, message):
+    with pytest.raises(NFConfigError) as err:
+        parse_rules("# header\n" + line + "\n", "web.rules")
+    assert str(err.value) == f"web.rules:2: {message}"
+
+
+def test_every_error_reported_and_duplicate_sid(tmp_path):
+    path = tmp_path / "x.rules"
+    path.write_text('alert tcp any any -> any any (content:"a"; sid:7;)\n'
+                    'alert tcp any any -> any any (content:"b"; sid:7;)\n'
+                    'oops\n')
+    from test_nf_helpers import make_nf
+    with pytest.raises(NFConfigError) as err:
+        make_nf({"nf": "ids", "config": {"rules": str(path)}})
+    assert str(err.value).splitlines() == [
+        f"{path}:2: sid 7 is already used at line 1",
+        f"{path}:3: expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'"]
+
+
+def test_pcre_hyperscan_cannot_compile_names_the_line():
+    from nfs.ids import IDS
+    with pytest.raises(NFConfigError) as err:
+        IDS({"rules_text": 'alert tcp any any -> any any (content:"a"; sid:1;)\n'
+                           'alert tcp any any -> any any (pcre:"/(a)\\1/"; sid:2;)\n'})
+    assert str(err.value).startswith("<rules_text>:2: pattern /(a)\\1/ cannot be compiled: ")
+
+
+def test_missing_rule_file_and_unknown_key():
+    from nfs.ids import IDS
+    with pytest.raises(NFConfigError, match="^/nonexistent.rules: cannot read rule file: No such file or directory$"):
+        IDS({"rules": "/nonexistent.rules"})
+    with pytest.raises(NFConfigError, match=r"^<ids config>: alert: unknown key; known: alerts, flow_timeout, max_flows$"):
+        IDS({"rules_text": RULES, "alert": "/tmp/x"})

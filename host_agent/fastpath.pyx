@@ -15,6 +15,7 @@ What it is not: the plan's checker (`host_agent.plan`), the compiler from a
 plan to tables (`Manager.apply_plan` takes the checked dict), or the agent
 that talks to the store (`host_agent.agent`).
 """
+cimport cython
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_WRITE
@@ -612,6 +613,7 @@ def match_to_acl_rule(match):
 _table_seq = 0
 
 
+@cython.final
 cdef class Manager:
     """One host's fast path: ports, flow table, the tables of the plan it
     runs, and the loop.  Create after eal_init; call apply_plan, then run
@@ -924,8 +926,8 @@ cdef class Manager:
                     rte_pktmbuf_free(m)
                     continue
                 inst = &t.instances[slot]
-                inst.stats.rx += 1
                 if inst.mode == MODE_PROCESS:
+                    inst.stats.rx += 1
                     if rte_ring_enqueue_burst(inst.to_nf, <void **>&m, 1, NULL) == 0:
                         inst.stats.ring_full += 1
                         self.drops[R_RING_FULL] += 1
@@ -934,16 +936,26 @@ cdef class Manager:
                 meta.action = ONVM_ACTION_NEXT
                 batch[slot][nb[slot]] = m
                 nb[slot] += 1
-            # Run each inline instance once on what it got.
+            # Run each inline instance once on what it got.  The common
+            # verdict, NEXT, is handled here; the rest in _verdict.
             n = 0
             for s in range(t.ninstances):
                 if nb[s] == 0:
                     continue
                 inst = &t.instances[s]
+                inst.stats.rx += nb[s]
                 inst.fn(inst.ctx, batch[s], nb[s])
                 for j in range(nb[s]):
-                    if self._verdict(t, batch[s][j], inst):
-                        pkts[n] = batch[s][j]
+                    m = batch[s][j]
+                    meta = onvm_meta_of(m)
+                    if meta.action == ONVM_ACTION_NEXT and t.hops[meta.hop].next >= 0:
+                        inst.stats.tx += 1
+                        meta.hop = <uint16_t>t.hops[meta.hop].next
+                        meta.si -= 1
+                        pkts[n] = m
+                        n += 1
+                    elif self._verdict(t, m, inst):
+                        pkts[n] = m
                         n += 1
                 nb[s] = 0
             pending = n

@@ -1,0 +1,341 @@
+# cython: language_level=3
+"""`nat`: stateful source NAT (NAPT) for IPv4, endpoint-independent
+mapping: an internal (address, port) gets one external port per protocol,
+used for every destination, until it is idle for the protocol's timeout.
+
+Outbound packets (source in `internal`, destination not the external
+address) get the external address and port; ICMP echo requests get an
+external identifier in place of the port.  Inbound packets to the external
+address find their mapping by (protocol, port) and get the internal address
+and port back.  Checksums are fixed incrementally.  Inbound packets without
+a live mapping are dropped and counted; anything else passes untouched.
+
+Config (inline or a YAML `file`):
+
+    external_ip: 198.51.100.1
+    internal: 10.0.0.0/8
+    port_range: [1024, 65535]
+    timeouts: {tcp: 7440, udp: 300, icmp: 60}   # seconds idle
+    max_mappings: 65536
+
+Not handled: ICMP errors carrying an embedded header (dropped inbound,
+counted as no_mapping), non-first fragments (dropped, counted).  The
+mapping table moves with the instance: export_state() / import_state()."""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
+    onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
+from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
+from host_agent.fastpath cimport NativeNF
+from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert
+from nfs.nfutil cimport rd16, rd32, l4_offset, set_ip, set_port, csum_fix16, wr16
+
+import ipaddress
+import logging
+
+from nfs import nfconfig
+from nfs.api import NFConfigError
+
+log = logging.getLogger("onvm.nf.nat")
+
+PROTO_NAMES = ("tcp", "udp", "icmp")
+PROTO_NUMBERS = (6, 17, 1)
+
+
+cdef struct port_t:
+    uint32_t int_ip        # host order
+    uint16_t int_port
+    uint64_t expires       # TSC; free when <= now
+    int32_t fpos           # its entry in the forward table
+
+
+cdef struct pstats_t:
+    uint64_t out, inb, allocated, exhausted, no_mapping
+
+
+cdef struct nat_t:
+    uint32_t ext_ip        # host order
+    uint32_t int_net, int_mask
+    uint16_t lo, hi
+    port_t *ports[3]       # per protocol, 65536 each
+    uint16_t cursor[3]
+    uint64_t timeout[3]
+    ftab_t *fwd            # (proto, internal ip, port) -> position
+    uint16_t *fwd_port     # position -> external port
+    pstats_t st[3]
+    uint64_t passed, fragments
+
+
+cdef inline int proto_index(uint8_t proto) noexcept nogil:
+    if proto == 6:
+        return 0
+    if proto == 17:
+        return 1
+    if proto == 1:
+        return 2
+    return -1
+
+
+cdef int allocate(nat_t *t, int pi, onvm_flow_key *k, uint32_t ip, uint16_t port,
+                  uint64_t now) noexcept nogil:
+    """A free external port for (ip, port), or -1 if the pool is used up."""
+    cdef uint32_t span = <uint32_t>t.hi - t.lo + 1, i
+    cdef uint16_t p
+    cdef int32_t pos
+    cdef port_t *e
+    for i in range(span):
+        p = t.lo + (t.cursor[pi] + i) % span
+        e = &t.ports[pi][p]
+        if e.expires > now:
+            continue
+        pos = ftab_insert(t.fwd, k, now + t.timeout[pi], now)
+        if pos < 0:
+            return -1
+        t.cursor[pi] = (t.cursor[pi] + i + 1) % span
+        e.int_ip = ip
+        e.int_port = port
+        e.expires = now + t.timeout[pi]
+        e.fpos = pos
+        t.fwd_port[pos] = p
+        t.st[pi].allocated += 1
+        return p
+    return -1
+
+
+cdef bint outbound(nat_t *t, uint8_t *d, uint32_t length, int l3, int l4, int pi,
+                   uint64_t now) noexcept nogil:
+    cdef onvm_flow_key k
+    cdef uint32_t src = rd32(d + l3 + 12)
+    cdef uint16_t port, ext
+    cdef int32_t pos
+    cdef int got
+    if pi == 2:
+        if d[l4] != 8:              # only echo requests open a mapping
+            return True
+        port = rd16(d + l4 + 4)
+    else:
+        port = rd16(d + l4)
+    memset(&k, 0, sizeof(k))
+    k.proto = d[l3 + 9]
+    k.src = src
+    k.sport = port
+    pos = ftab_find(t.fwd, &k, now)
+    if pos >= 0 and t.ports[pi][t.fwd_port[pos]].fpos == pos:
+        ext = t.fwd_port[pos]
+        t.fwd.expires[pos] = now + t.timeout[pi]
+        t.ports[pi][ext].expires = now + t.timeout[pi]
+    else:
+        got = allocate(t, pi, &k, src, port, now)
+        if got < 0:
+            t.st[pi].exhausted += 1
+            return False
+        ext = <uint16_t>got
+    set_ip(d, l3, l4, length, 12, t.ext_ip)
+    if pi == 2:
+        wr16(d + l4 + 4, ext)
+        csum_fix16(d + l4 + 2, port, ext, False)
+    else:
+        set_port(d, l3, l4, length, 0, ext)
+    t.st[pi].out += 1
+    return True
+
+
+cdef bint inbound(nat_t *t, uint8_t *d, uint32_t length, int l3, int l4, int pi,
+                  uint64_t now) noexcept nogil:
+    cdef uint16_t port
+    cdef port_t *e
+    if pi == 2:
+        if d[l4] != 0:              # only echo replies have a mapping
+            t.st[pi].no_mapping += 1
+            return False
+        port = rd16(d + l4 + 4)
+    else:
+        port = rd16(d + l4 + 2)
+    e = &t.ports[pi][port]
+    if e.expires <= now:
+        t.st[pi].no_mapping += 1
+        return False
+    e.expires = now + t.timeout[pi]
+    t.fwd.expires[e.fpos] = e.expires
+    set_ip(d, l3, l4, length, 16, e.int_ip)
+    if pi == 2:
+        wr16(d + l4 + 4, e.int_port)
+        csum_fix16(d + l4 + 2, port, e.int_port, False)
+    else:
+        set_port(d, l3, l4, length, 2, e.int_port)
+    t.st[pi].inb += 1
+    return True
+
+
+cdef void nat_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    cdef nat_t *t = <nat_t *>ctx
+    cdef uint64_t now = rte_get_tsc_cycles()
+    cdef unsigned i
+    cdef onvm_meta *meta
+    cdef uint8_t *d
+    cdef int l3, l4, pi
+    cdef uint32_t length, src, dst
+    cdef bint ok
+    for i in range(n):
+        meta = onvm_meta_of(pkts[i])
+        meta.action = ONVM_ACTION_NEXT
+        if meta.key.family != 4:
+            t.passed += 1
+            continue
+        d = onvm_mtod(pkts[i])
+        length = pkts[i].data_len
+        l3 = meta.l3_off
+        src = rd32(d + l3 + 12)
+        dst = rd32(d + l3 + 16)
+        pi = proto_index(meta.key.proto)
+        if dst == t.ext_ip:
+            direction = 1
+        elif (src & t.int_mask) == t.int_net:
+            direction = 0
+        else:
+            t.passed += 1
+            continue
+        l4 = l4_offset(d, length, l3)
+        if pi < 0 or l4 < 0 or length < <uint32_t>l4 + 8:
+            # No port to map by: a non-first fragment or another protocol.
+            t.fragments += 1
+            meta.action = ONVM_ACTION_DROP
+            continue
+        if direction:
+            ok = inbound(t, d, length, l3, l4, pi, now)
+        else:
+            ok = outbound(t, d, length, l3, l4, pi, now)
+        if not ok:
+            meta.action = ONVM_ACTION_DROP
+
+
+def _port_range(value):
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(p, int) and not isinstance(p, bool) for p in value)
+            or not 1 <= value[0] <= value[1] <= 65535):
+        raise ValueError(f"must be [LOW, HIGH] within 1-65535, got {value!r}")
+    return value
+
+
+def parse_config(config):
+    chk = nfconfig.Checker("nat", config)
+    v = chk.take({
+        "external_ip": (nfconfig.REQUIRED, nfconfig.ipv4),
+        "internal": (nfconfig.REQUIRED, nfconfig.ipv4_net),
+        "port_range": ([1024, 65535], _port_range),
+        "timeouts": ({}, dict),
+        "max_mappings": (65536, nfconfig.positive_int),
+    })
+    timeouts = chk.take({name: (default, nfconfig.positive) for name, default
+                         in zip(PROTO_NAMES, (7440, 300, 60))}, v["timeouts"] or {}, ("timeouts",))
+    if v["external_ip"] and v["internal"] and \
+            ipaddress.IPv4Address(v["external_ip"]) in ipaddress.IPv4Network(v["internal"]):
+        chk.error(["external_ip"], f"{v['external_ip']} is inside the internal network {v['internal']}")
+    chk.done()
+    v["timeouts"] = timeouts
+    return v
+
+
+cdef class NAT(NativeNF):
+    cdef nat_t t
+    cdef readonly dict config
+
+    def __cinit__(self, config=None):
+        memset(&self.t, 0, sizeof(nat_t))
+
+    def __init__(self, config=None):
+        v = self.config = parse_config(config)
+        net = ipaddress.IPv4Network(v["internal"])
+        self.t.ext_ip = int(ipaddress.IPv4Address(v["external_ip"]))
+        self.t.int_net = int(net.network_address)
+        self.t.int_mask = int(net.netmask)
+        self.t.lo, self.t.hi = v["port_range"]
+        hz = rte_get_tsc_hz()
+        for pi, name in enumerate(PROTO_NAMES):
+            self.t.timeout[pi] = <uint64_t>(v["timeouts"][name] * hz)
+            self.t.ports[pi] = <port_t *>calloc(65536, sizeof(port_t))
+            if self.t.ports[pi] == NULL:
+                raise MemoryError()
+        self.t.fwd = ftab_new("nat", v["max_mappings"], sizeof(onvm_flow_key))
+        self.t.fwd_port = <uint16_t *>calloc(v["max_mappings"] + 1, sizeof(uint16_t))
+        if self.t.fwd_port == NULL:
+            raise MemoryError()
+        self.batch_fn = nat_batch
+        self.batch_ctx = <void *>&self.t
+
+    def __dealloc__(self):
+        for pi in range(3):
+            free(self.t.ports[pi])
+        ftab_free(self.t.fwd)
+        free(self.t.fwd_port)
+
+    def _live(self):
+        """[(proto index, external port, port_t copy fields, seconds left)]."""
+        cdef uint64_t now = rte_get_tsc_cycles(), hz = rte_get_tsc_hz()
+        cdef port_t *e
+        cdef uint32_t p
+        out = []
+        for pi in range(3):
+            if self.t.ports[pi] == NULL:
+                continue
+            for p in range(self.t.lo, <uint32_t>self.t.hi + 1):
+                e = &self.t.ports[pi][p]
+                if e.expires > now:
+                    out.append((pi, p, e.int_ip, e.int_port, (e.expires - now) / hz))
+        return out
+
+    def counters(self):
+        live = self._live()
+        pool = self.t.hi - self.t.lo + 1
+        out = {"passed": self.t.passed, "fragments_dropped": self.t.fragments}
+        for pi, name in enumerate(PROTO_NAMES):
+            st = self.t.st[pi]
+            used = sum(1 for m in live if m[0] == pi)
+            out[name] = {"mappings": used, "pool": pool, "use": round(used / pool, 6),
+                         "allocated": st["allocated"], "out": st["out"], "in": st["inb"],
+                         "no_mapping": st["no_mapping"], "exhausted": st["exhausted"]}
+        out["table_full"] = self.t.fwd.full
+        return out
+
+    def export_state(self):
+        """The live mappings, JSON-able, for moving this instance (call while
+        it does not run)."""
+        return {"nf": "nat", "version": 1, "external_ip": self.config["external_ip"],
+                "mappings": [{"proto": PROTO_NAMES[pi], "external_port": p,
+                              "internal": [str(ipaddress.IPv4Address(ip)), port], "ttl": ttl}
+                             for pi, p, ip, port, ttl in self._live()]}
+
+    def import_state(self, state):
+        """Install mappings exported by another instance with the same
+        external address; returns how many.  Call before the instance runs."""
+        cdef onvm_flow_key k
+        cdef int32_t pos
+        cdef port_t *e
+        cdef uint64_t now = rte_get_tsc_cycles(), hz = rte_get_tsc_hz()
+        if not isinstance(state, dict) or state.get("nf") != "nat":
+            raise NFConfigError("nat: import_state takes what nat's export_state returned")
+        if state["external_ip"] != self.config["external_ip"]:
+            raise NFConfigError(f"nat: state is for external address {state['external_ip']}, "
+                                f"this instance has {self.config['external_ip']}: its flows would break")
+        n = 0
+        for m in state["mappings"]:
+            pi = PROTO_NAMES.index(m["proto"])
+            p = m["external_port"]
+            if not self.t.lo <= p <= self.t.hi:
+                raise NFConfigError(f"nat: mapping port {p} is outside this instance's port_range")
+            ip = int(ipaddress.IPv4Address(m["internal"][0]))
+            memset(&k, 0, sizeof(k))
+            k.proto = PROTO_NUMBERS[pi]
+            k.src = ip
+            k.sport = m["internal"][1]
+            exp = now + <uint64_t>(m["ttl"] * hz)
+            pos = ftab_insert(self.t.fwd, &k, exp, now)
+            if pos < 0:
+                break
+            e = &self.t.ports[pi][p]
+            e.int_ip, e.int_port, e.expires, e.fpos = ip, m["internal"][1], exp, pos
+            self.t.fwd_port[pos] = p
+            n += 1
+        log.info("nat: imported %d of %d mappings", n, len(state["mappings"]))
+        return n

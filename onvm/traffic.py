@@ -1,0 +1,206 @@
+"""Traffic for the emulated data center: a paced sender at an ingress edge
+and a counting sink at an egress, each a small process run inside a Mininet
+node's network namespace (`python -m onvm.traffic send|sink ...`).
+
+Every frame carries a marker in its payload: MAGIC, the chain's SPI, a
+sequence number and the send time.  The sink finds the marker wherever the
+NFs left it, so it counts per chain, sees losses as missing sequence numbers
+and gaps as pauses in arrival.  Both processes report by rewriting a small
+JSON status file a few times a second (atomically, with os.replace).
+
+This module does not decide what to send: `onvm.emulate` builds the frames
+(from each chain's classifier) and reads the status files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+MAGIC = b"ONVMSEQ!"
+MARK = struct.Struct("!8sIQd")          # magic, spi, seq, send time
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+GAP_S = 0.05                            # a pause longer than this is a gap
+REPORT_S = 0.1
+
+
+def mark(spi, seq, now):
+    return MARK.pack(MAGIC, spi, seq, now)
+
+
+def find_mark(frame):
+    """(spi, seq, sent time) of the marker in `frame`, or None."""
+    at = frame.find(MAGIC)
+    if at < 0 or at + MARK.size > len(frame):
+        return None
+    _, spi, seq, sent = MARK.unpack_from(frame, at)
+    return spi, seq, sent
+
+
+def write_status(path, status):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(status, f)
+    os.replace(tmp, path)
+
+
+def read_status(path):
+    """The last status a sender or sink wrote, or None before the first."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _raw_socket(iface):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind((iface, 0))
+    return s
+
+
+class _Stop:
+    """Set by SIGTERM/SIGINT: the loops end and write a last status."""
+    flag = False
+
+    @classmethod
+    def install(cls):
+        def handler(*_):
+            cls.flag = True
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def _read_rate(path, default):
+    try:
+        with open(path) as f:
+            return float(f.read().strip())
+    except (OSError, ValueError):
+        return default
+
+
+def send(iface, frames_path, status_path, rate_path, spi, pps):
+    """Send the frames of `frames_path` (hex, one flow each) round robin at
+    `pps` packets a second (re-read from `rate_path` twice a second), each
+    with a fresh marker patched over the marker placeholder."""
+    with open(frames_path) as f:
+        frames = [bytearray(bytes.fromhex(h)) for h in json.load(f)]
+    offsets = [fr.find(MAGIC) for fr in frames]
+    if any(o < 0 for o in offsets):
+        raise SystemExit(f"{frames_path}: a frame lacks the marker placeholder")
+    sock = _raw_socket(iface)
+    seq = sent = 0
+    start = last_report = last_rate = time.time()
+    due_from, due_count = start, 0
+    while not _Stop.flag:
+        now = time.time()
+        if now - last_rate >= 0.5:
+            new = _read_rate(rate_path, pps)
+            if new != pps:
+                pps, due_from, due_count = new, now, 0
+            last_rate = now
+        due = int((now - due_from) * pps) - due_count
+        for _ in range(min(due, 1000)):
+            i = seq % len(frames)
+            fr = frames[i]
+            MARK.pack_into(fr, offsets[i], MAGIC, spi, seq, time.time())
+            try:
+                sock.send(fr)
+                sent += 1
+            except OSError:
+                pass                    # a full queue: the sequence gap shows it
+            seq += 1
+            due_count += 1
+        if now - last_report >= REPORT_S:
+            write_status(status_path, {"spi": spi, "sent": sent, "seq": seq,
+                                       "pps": pps, "time": now, "start": start})
+            last_report = now
+        time.sleep(0.001)
+    write_status(status_path, {"spi": spi, "sent": sent, "seq": seq, "pps": pps,
+                               "time": time.time(), "start": start, "done": True})
+
+
+class Flow:
+    """What the sink saw of one chain."""
+
+    def __init__(self):
+        self.received = 0
+        self.max_seq = -1
+        self.first = self.last = None
+        self.gaps = []                  # [start, end] of pauses > GAP_S
+        self.latency_sum = 0.0
+
+    def add(self, seq, sent, now):
+        if self.last is not None and now - self.last > GAP_S:
+            self.gaps.append([self.last, now])
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.received += 1
+        self.max_seq = max(self.max_seq, seq)
+        self.latency_sum += max(0.0, now - sent)
+
+    def as_dict(self):
+        return {"received": self.received, "max_seq": self.max_seq,
+                "first": self.first, "last": self.last, "gaps": self.gaps[-50:],
+                "latency_ms": round(1000 * self.latency_sum / self.received, 3)
+                if self.received else None}
+
+
+def sink(iface, status_path):
+    """Count marked frames arriving at `iface` (not those it sends), per SPI."""
+    sock = _raw_socket(iface)
+    sock.settimeout(REPORT_S)
+    flows = {}
+    last_report = 0.0
+    while not _Stop.flag:
+        try:
+            frame, addr = sock.recvfrom(65535)
+        except socket.timeout:
+            frame, addr = None, None
+        except InterruptedError:
+            continue
+        now = time.time()
+        if frame is not None and addr[2] != PACKET_OUTGOING:
+            found = find_mark(frame)
+            if found:
+                spi, seq, sent = found
+                flows.setdefault(spi, Flow()).add(seq, sent, now)
+        if now - last_report >= REPORT_S:
+            write_status(status_path, {"time": now,
+                                       "chains": {str(k): v.as_dict() for k, v in flows.items()}})
+            last_report = now
+    write_status(status_path, {"time": time.time(), "done": True,
+                               "chains": {str(k): v.as_dict() for k, v in flows.items()}})
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m onvm.traffic", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("send")
+    s.add_argument("--iface", required=True)
+    s.add_argument("--frames", required=True, help="JSON list of hex frames")
+    s.add_argument("--status", required=True)
+    s.add_argument("--rate-file", required=True)
+    s.add_argument("--spi", type=int, required=True)
+    s.add_argument("--pps", type=float, required=True)
+    k = sub.add_parser("sink")
+    k.add_argument("--iface", required=True)
+    k.add_argument("--status", required=True)
+    args = p.parse_args(argv)
+    _Stop.install()
+    if args.what == "send":
+        send(args.iface, args.frames, args.status, args.rate_file, args.spi, args.pps)
+    else:
+        sink(args.iface, args.status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+# cython: language_level=3
+"""`ratelimit`: token buckets per source address, and per chain (by SPI).
+
+A packet passes if its source's bucket has a token and, when its chain
+has a limit, the chain's bucket has one too; it then takes one from each.
+Buckets count in TSC cycles (rte_get_tsc_cycles): a token costs hz/rate
+cycles, a bucket holds `burst` tokens, so refilling is a subtraction and a
+min, no division per packet.  A source idle long enough to refill is
+forgotten (its entry expires) and starts again with a full bucket.
+
+Config (inline or a YAML `file`):
+
+    rate: 1000              # packets per second per source address
+    burst: 100              # packets a source may send at once
+    chains:                 # optional: limits per chain, keyed by SPI
+      16: {rate: 100000, burst: 1000}
+    max_sources: 65536
+
+Buckets do not move with the instance (they refill within burst/rate
+seconds anyway)."""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
+    ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
+from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
+from host_agent.fastpath cimport NativeNF
+from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
+
+from nfs import nfconfig
+
+DEF MAX_CHAINS = 64
+
+
+cdef struct bucket_t:
+    uint64_t tokens        # in cycles
+    uint64_t last          # TSC of the last refill
+    uint64_t cost          # cycles per token
+    uint64_t cap           # cycles the bucket holds
+    uint64_t passed, dropped
+
+
+cdef struct rl_t:
+    ftab_t *sources
+    bucket_t *src          # per source position; cost/cap from `proto`
+    bucket_t proto         # the per-source limit
+    uint32_t chain_spi[MAX_CHAINS]
+    bucket_t chain[MAX_CHAINS]
+    uint32_t nchains
+    uint64_t untracked
+
+
+cdef inline bint has_token(bucket_t *b, uint64_t cost, uint64_t cap, uint64_t now) noexcept nogil:
+    cdef uint64_t t = b.tokens + (now - b.last)
+    b.tokens = cap if t > cap else t
+    b.last = now
+    return b.tokens >= cost
+
+
+cdef void rl_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    cdef rl_t *rl = <rl_t *>ctx
+    cdef uint64_t now = rte_get_tsc_cycles()
+    cdef unsigned i, c
+    cdef onvm_meta *meta
+    cdef int32_t pos
+    cdef bucket_t *sb
+    cdef bucket_t *cb
+    cdef bint ok
+    for i in range(n):
+        meta = onvm_meta_of(pkts[i])
+        cb = NULL
+        for c in range(rl.nchains):
+            if rl.chain_spi[c] == meta.spi:
+                cb = &rl.chain[c]
+                break
+        pos = ftab_find(rl.sources, &meta.key.src, now)
+        if pos < 0:
+            # New (or forgotten, hence refilled) source: a full bucket.
+            pos = ftab_insert(rl.sources, &meta.key.src, now, now)
+            if pos >= 0:
+                rl.src[pos].tokens = rl.proto.cap
+                rl.src[pos].last = now
+        if pos >= 0:
+            sb = &rl.src[pos]
+            ok = has_token(sb, rl.proto.cost, rl.proto.cap, now)
+        else:
+            rl.untracked += 1      # table full: only the chain limit applies
+            sb = NULL
+            ok = True
+        if cb != NULL and not has_token(cb, cb.cost, cb.cap, now):
+            ok = False
+        if ok:
+            if sb != NULL:
+                sb.tokens -= rl.proto.cost
+                # Forget the source once its bucket would be full again.
+                rl.sources.expires[pos] = now + rl.proto.cap - sb.tokens + 1
+            if cb != NULL:
+                cb.tokens -= cb.cost
+                cb.passed += 1
+            rl.proto.passed += 1
+            meta.action = ONVM_ACTION_NEXT
+        else:
+            if cb != NULL:
+                cb.dropped += 1
+            rl.proto.dropped += 1
+            meta.action = ONVM_ACTION_DROP
+
+
+def _limit(chk, values, path):
+    return chk.take({"rate": (nfconfig.REQUIRED, nfconfig.positive),
+                     "burst": (nfconfig.REQUIRED, nfconfig.positive_int)}, values, path)
+
+
+def parse_config(config):
+    chk = nfconfig.Checker("ratelimit", config)
+    v = chk.take({"rate": (nfconfig.REQUIRED, nfconfig.positive),
+                  "burst": (nfconfig.REQUIRED, nfconfig.positive_int),
+                  "chains": ({}, dict), "max_sources": (65536, nfconfig.positive_int)})
+    chains = {}
+    for spi, limit in (v["chains"] or {}).items():
+        if isinstance(spi, bool) or not str(spi).isdigit() or not 16 <= int(spi) < 2 ** 20:
+            chk.error(["chains", spi], "a chain is named by its SPI, 16 .. 2^20-1")
+        elif not isinstance(limit, dict):
+            chk.error(["chains", spi], f"must be {{rate, burst}}, got {limit!r}")
+        else:
+            chains[int(spi)] = _limit(chk, limit, ("chains", str(spi)))
+    if len(chains) > MAX_CHAINS:
+        chk.error(["chains"], f"at most {MAX_CHAINS} chains")
+    chk.done()
+    v["chains"] = chains
+    return v
+
+
+cdef void _set(bucket_t *b, double rate, uint64_t burst, uint64_t hz, uint64_t now):
+    b.cost = <uint64_t>(hz / rate)
+    b.cap = b.cost * burst
+    b.tokens = b.cap
+    b.last = now
+
+
+cdef class RateLimit(NativeNF):
+    cdef rl_t rl
+    cdef readonly dict config
+
+    def __cinit__(self, config=None):
+        memset(&self.rl, 0, sizeof(rl_t))
+
+    def __init__(self, config=None):
+        v = self.config = parse_config(config)
+        hz, now = rte_get_tsc_hz(), rte_get_tsc_cycles()
+        _set(&self.rl.proto, v["rate"], v["burst"], hz, now)
+        for i, (spi, limit) in enumerate(sorted(v["chains"].items())):
+            self.rl.chain_spi[i] = spi
+            _set(&self.rl.chain[i], limit["rate"], limit["burst"], hz, now)
+        self.rl.nchains = len(v["chains"])
+        self.rl.sources = ftab_new("rl", v["max_sources"], 4)
+        self.rl.src = <bucket_t *>calloc(v["max_sources"] + 1, sizeof(bucket_t))
+        if self.rl.src == NULL:
+            raise MemoryError()
+        self.batch_fn = rl_batch
+        self.batch_ctx = <void *>&self.rl
+
+    def __dealloc__(self):
+        ftab_free(self.rl.sources)
+        free(self.rl.src)
+
+    def counters(self):
+        return {
+            "passed": self.rl.proto.passed, "dropped": self.rl.proto.dropped,
+            "sources": ftab_live(self.rl.sources, rte_get_tsc_cycles()),
+            "untracked": self.rl.untracked,
+            "chains": [{"spi": self.rl.chain_spi[i], "passed": self.rl.chain[i].passed,
+                        "dropped": self.rl.chain[i].dropped} for i in range(self.rl.nchains)],
+        }

@@ -1,0 +1,197 @@
+# cython: language_level=3
+"""`firewall-stateful`: the firewall's rules (nfs/fwrules.py, DPDK rte_acl,
+first match wins) plus connection tracking, so replies of allowed
+connections pass without a rule of their own.
+
+A packet a rule allows opens (or refreshes) its connection: its 5-tuple
+goes in the connection table.  A packet no rule allows still passes if its
+reversed 5-tuple is there: a reply.  Connections expire when idle
+(`timeouts`, seconds per protocol); a TCP FIN or RST shortens the rest of
+a connection to `closing` seconds.
+
+Config: the firewall's ({"rules": PATH} or {"rules_text": TEXT}), plus
+`timeouts: {tcp: 300, udp: 60, icmp: 30, other: 60, closing: 10}` and
+`max_connections: 65536`.  `stateful: true` is accepted so the same config
+can be given to `firewall`.  `make_firewall(config)` picks this class or
+the stateless one by that key.  Connections do not move with the
+instance: after a move, replies need a rule until their flow is seen
+again going out."""
+from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
+    onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
+from host_agent.includes.rte_acl cimport rte_acl_ctx, rte_acl_classify
+from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
+from host_agent.fastpath cimport NativeNF, Acl
+from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
+from nfs.nfutil cimport l4_offset
+
+from nfs import nfconfig
+from nfs.fwrules import load_rules
+
+DEF BURST_MAX = 64
+TIMEOUT_KEYS = ("tcp", "udp", "icmp", "other", "closing")
+
+
+cdef struct sfw_t:
+    rte_acl_ctx *acl
+    uint8_t *allow
+    uint64_t *hits
+    uint8_t default_allow
+    ftab_t *conns
+    uint64_t timeout[5]    # tcp, udp, icmp, other, closing
+    uint64_t default_hits, replies, opened, passed, dropped, not_ipv4, untracked
+
+
+cdef inline int timeout_index(uint8_t proto) noexcept nogil:
+    if proto == 6:
+        return 0
+    if proto == 17:
+        return 1
+    if proto == 1:
+        return 2
+    return 3
+
+
+cdef uint64_t expiry(sfw_t *fw, rte_mbuf *m, onvm_meta *meta, uint64_t now) noexcept nogil:
+    cdef uint8_t *d
+    cdef int l4
+    if meta.key.proto == 6:
+        d = onvm_mtod(m)
+        l4 = l4_offset(d, m.data_len, meta.l3_off)
+        if l4 >= 0 and m.data_len >= <uint32_t>l4 + 14 and (d[l4 + 13] & 0x05):
+            return now + fw.timeout[4]
+    return now + fw.timeout[timeout_index(meta.key.proto)]
+
+
+cdef bint verdict(sfw_t *fw, rte_mbuf *m, uint32_t res, uint64_t now) noexcept nogil:
+    cdef onvm_meta *meta = onvm_meta_of(m)
+    cdef onvm_flow_key rev
+    cdef int32_t pos
+    cdef bint allow
+    if meta.key.family != 4:
+        fw.not_ipv4 += 1
+        return fw.default_allow
+    if res:
+        fw.hits[res - 1] += 1
+        allow = fw.allow[res - 1]
+    else:
+        fw.default_hits += 1
+        allow = fw.default_allow
+    if allow:
+        pos = ftab_find(fw.conns, &meta.key, now)
+        if pos >= 0:
+            fw.conns.expires[pos] = expiry(fw, m, meta, now)
+        elif ftab_insert(fw.conns, &meta.key, expiry(fw, m, meta, now), now) >= 0:
+            fw.opened += 1
+        else:
+            fw.untracked += 1
+        return True
+    rev = meta.key
+    rev.src = meta.key.dst
+    rev.dst = meta.key.src
+    rev.sport = meta.key.dport
+    rev.dport = meta.key.sport
+    pos = ftab_find(fw.conns, &rev, now)
+    if pos < 0:
+        return False
+    fw.replies += 1
+    fw.conns.expires[pos] = expiry(fw, m, meta, now)
+    return True
+
+
+cdef void sfw_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    cdef sfw_t *fw = <sfw_t *>ctx
+    cdef const uint8_t *data[BURST_MAX]
+    cdef uint32_t res[BURST_MAX]
+    cdef unsigned i, done = 0, chunk
+    cdef uint64_t now = rte_get_tsc_cycles()
+    while done < n:
+        chunk = n - done
+        if chunk > BURST_MAX:
+            chunk = BURST_MAX
+        for i in range(chunk):
+            data[i] = <const uint8_t *>&onvm_meta_of(pkts[done + i]).key
+        if fw.acl != NULL:
+            rte_acl_classify(fw.acl, data, res, chunk, 1)
+        else:
+            memset(res, 0, chunk * sizeof(uint32_t))
+        for i in range(chunk):
+            if verdict(fw, pkts[done + i], res[i], now):
+                fw.passed += 1
+                onvm_meta_of(pkts[done + i]).action = ONVM_ACTION_NEXT
+            else:
+                fw.dropped += 1
+                onvm_meta_of(pkts[done + i]).action = ONVM_ACTION_DROP
+        done += chunk
+
+
+def parse_config(config):
+    """(firewall rules, default_allow, checked own keys)."""
+    config = dict(config or {})
+    own = {k: config.pop(k) for k in ("timeouts", "max_connections", "stateful") if k in config}
+    chk = nfconfig.Checker("firewall-stateful", own)
+    v = chk.take({"timeouts": ({}, dict), "max_connections": (65536, nfconfig.positive_int),
+                  "stateful": (True, nfconfig.boolean)})
+    v["timeouts"] = chk.take({k: (d, nfconfig.positive) for k, d in
+                              zip(TIMEOUT_KEYS, (300, 60, 30, 60, 10))},
+                             v["timeouts"] or {}, ("timeouts",))
+    chk.done()
+    rules, default_allow = load_rules(config)
+    return rules, default_allow, v
+
+
+cdef class StatefulFirewall(NativeNF):
+    cdef sfw_t fw
+    cdef Acl acl
+    cdef readonly list rules
+
+    def __cinit__(self, config=None):
+        memset(&self.fw, 0, sizeof(sfw_t))
+
+    def __init__(self, config=None):
+        rules, default_allow, v = parse_config(config)
+        self.rules = rules
+        self.acl = Acl([r.acl() for r in rules])
+        self.fw.acl = self.acl.ctx
+        n = max(1, len(rules))
+        self.fw.allow = <uint8_t *>calloc(n, 1)
+        self.fw.hits = <uint64_t *>calloc(n, sizeof(uint64_t))
+        if self.fw.allow == NULL or self.fw.hits == NULL:
+            raise MemoryError()
+        for i, r in enumerate(rules):
+            self.fw.allow[i] = r.allow
+        self.fw.default_allow = default_allow
+        hz = rte_get_tsc_hz()
+        for i, k in enumerate(TIMEOUT_KEYS):
+            self.fw.timeout[i] = <uint64_t>(v["timeouts"][k] * hz)
+        self.fw.conns = ftab_new("sfw", v["max_connections"], sizeof(onvm_flow_key))
+        self.batch_fn = sfw_batch
+        self.batch_ctx = <void *>&self.fw
+
+    def __dealloc__(self):
+        free(self.fw.allow)
+        free(self.fw.hits)
+        ftab_free(self.fw.conns)
+
+    def counters(self):
+        return {
+            "passed": self.fw.passed, "dropped": self.fw.dropped,
+            "default": self.fw.default_hits, "replies": self.fw.replies,
+            "opened": self.fw.opened, "untracked": self.fw.untracked,
+            "ipv6_default": self.fw.not_ipv4,
+            "connections": ftab_live(self.fw.conns, rte_get_tsc_cycles()),
+            "rules": [{"line": r.line, "rule": r.text, "hits": self.fw.hits[i]}
+                      for i, r in enumerate(self.rules)],
+        }
+
+
+def make_firewall(config=None):
+    """The `firewall` NF type by its config: stateful when `stateful: true`."""
+    from nfs.firewall import Firewall
+    config = dict(config or {})
+    if config.get("stateful"):
+        return StatefulFirewall(config)
+    config.pop("stateful", None)
+    return Firewall(config)

@@ -1,0 +1,62 @@
+"""The stateful firewall through the real fast path: replies of allowed
+connections pass without a rule; unsolicited packets the rules deny drop."""
+import time
+
+import pytest
+from scapy.all import IP, Ether
+
+from nfs.api import NFConfigError
+from nfs.stateful import StatefulFirewall, make_firewall
+from test_nf_helpers import harness, ping, tcp, udp
+
+RULES = """\
+allow tcp 10.0.0.0/8 any any 80
+allow udp 10.0.0.0/8 any any 53
+allow icmp 10.0.0.0/8 any
+default deny
+"""
+
+
+def test_replies_pass_unsolicited_drop():
+    with harness([("firewall-stateful", {"rules_text": RULES})]) as h:
+        out = h.send([tcp("10.0.0.5", "203.0.113.9", 4000, 80, "S"),
+                      udp("10.0.0.5", "203.0.113.53", 5353, 53, b"q"),
+                      ping("10.0.0.5", "203.0.113.9", ident=9)])
+        assert len(out) == 3
+        back = h.send([tcp("203.0.113.9", "10.0.0.5", 80, 4000, "SA"),            # reply
+                       udp("203.0.113.53", "10.0.0.5", 53, 5353, b"a"),           # reply
+                       ping("203.0.113.9", "10.0.0.5", ident=9, type_=0),         # reply
+                       tcp("203.0.113.9", "10.0.0.5", 80, 4001, "SA"),            # no such connection
+                       tcp("203.0.113.10", "10.0.0.5", 5555, 22, "S")])           # unsolicited
+        assert [Ether(f)[IP].src for f in back] == ["203.0.113.9", "203.0.113.53", "203.0.113.9"]
+        c = h.nf(1).counters()
+        assert c["replies"] == 3 and c["opened"] == 3 and c["dropped"] == 2 and c["connections"] == 3
+        assert [r["hits"] for r in c["rules"]] == [1, 1, 1]
+        assert c["default"] == 5
+
+
+def test_fin_shortens_and_idle_connection_expires():
+    config = {"rules_text": RULES, "timeouts": {"tcp": 0.2, "closing": 0.05}}
+    with harness([("firewall-stateful", config)]) as h:
+        h.send([tcp("10.0.0.5", "203.0.113.9", 4000, 80, "S")])
+        time.sleep(0.3)
+        assert h.send([tcp("203.0.113.9", "10.0.0.5", 80, 4000, "SA")]) == []
+        h.send([tcp("10.0.0.5", "203.0.113.9", 4002, 80, "FA")])
+        time.sleep(0.1)
+        assert h.send([tcp("203.0.113.9", "10.0.0.5", 80, 4002, "A")]) == []
+
+
+def test_make_firewall_picks_by_stateful_key():
+    assert isinstance(make_firewall({"rules_text": RULES, "stateful": True}), StatefulFirewall)
+    assert not isinstance(make_firewall({"rules_text": RULES}), StatefulFirewall)
+
+
+def test_config_errors_name_key_and_rule_line():
+    with pytest.raises(NFConfigError) as err:
+        StatefulFirewall({"rules_text": RULES, "timeouts": {"tcp": -1}, "stateful": "yes"})
+    assert str(err.value).splitlines() == [
+        "<firewall-stateful config>: stateful: must be true or false, got 'yes'",
+        "<firewall-stateful config>: timeouts.tcp: must be a positive number, got -1",
+    ]
+    with pytest.raises(NFConfigError, match=r"^<rules_text>:2: action must be allow, deny or default, not 'permit'$"):
+        StatefulFirewall({"rules_text": "allow tcp any any\npermit udp any any\n"})

@@ -18,6 +18,11 @@ from host_agent.includes.rte_eal cimport rte_socket_id, rte_get_tsc_hz
 _seq = 0
 
 
+def _eal_running():
+    from host_agent import fastpath
+    return fastpath._eal_args is not None
+
+
 cdef ftab_t *ftab_new(str what, uint32_t entries, uint32_t key_len) except NULL:
     global _seq
     cdef rte_hash_parameters params
@@ -46,7 +51,9 @@ cdef ftab_t *ftab_new(str what, uint32_t entries, uint32_t key_len) except NULL:
 cdef void ftab_free(ftab_t *t) noexcept:
     if t == NULL:
         return
-    if t.h != NULL:
+    # After rte_eal_cleanup (e.g. `onvm bench` ending while the manager
+    # still holds its NFs) DPDK's memory is gone and with it the table.
+    if t.h != NULL and _eal_running():
         rte_hash_free(t.h)
     free(t.expires)
     free(t)

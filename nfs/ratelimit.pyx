@@ -48,6 +48,7 @@ cdef struct rl_t:
     bucket_t chain[MAX_CHAINS]
     uint32_t nchains
     uint64_t untracked
+    uint64_t hz
 
 
 cdef inline bint has_token(bucket_t *b, uint64_t cost, uint64_t cap, uint64_t now) noexcept nogil:
@@ -92,8 +93,9 @@ cdef void rl_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
         if ok:
             if sb != NULL:
                 sb.tokens -= rl.proto.cost
-                # Forget the source once its bucket would be full again.
-                rl.sources.expires[pos] = now + rl.proto.cap - sb.tokens + 1
+                # Forget the source once its bucket would be full again
+                # (plus a second, so busy sources are not re-added each packet).
+                rl.sources.expires[pos] = now + rl.proto.cap - sb.tokens + rl.hz
             if cb != NULL:
                 cb.tokens -= cb.cost
                 cb.passed += 1
@@ -153,6 +155,7 @@ cdef class RateLimit(NativeNF):
             self.rl.chain_spi[i] = spi
             _set(&self.rl.chain[i], limit["rate"], limit["burst"], hz, now)
         self.rl.nchains = len(v["chains"])
+        self.rl.hz = hz
         self.rl.sources = ftab_new("rl", v["max_sources"], 4)
         self.rl.src = <bucket_t *>calloc(v["max_sources"] + 1, sizeof(bucket_t))
         if self.rl.src == NULL:

@@ -429,7 +429,14 @@ class Emulation:
                 return False
             return all(self.store.get_applied(h) == p["generation"]
                        for h, p in plans.items() if h not in self.killed)
-        wait_for(applied, timeout, "agents to apply the controller's plans", interval=0.2)
+        try:
+            wait_for(applied, timeout, "agents to apply the controller's plans", interval=0.2)
+        except TimeoutError as err:
+            refused = {h: (st or {}).get("plan_error") for h, st in self.store.stats().items()
+                       if (st or {}).get("plan_error")}
+            why = "".join(f"\n  {h}: {e}" for h, e in sorted(refused.items()))
+            raise EmulationError(f"{err}; agents refusing their plan:{why or ' none'}; "
+                                 f"logs in {self.dir}") from None
         self.say(f"plans applied on {len(self.store.plans())} hosts")
 
     def _start_traffic(self):
@@ -771,8 +778,9 @@ def isolate():
     services.enter_private_netns()
 
 
-def run(topo_path, seconds, events, out=_say, pps_per_mpps=PPS_PER_MPPS):
+def run(topo_path, seconds, events, out=_say, pps_per_mpps=PPS_PER_MPPS, on_start=None):
     """Start, watch until `seconds` (None: until Ctrl-C), act on events, stop.
+    `on_start(emu)` may return more events, chosen once all runs.
     Returns (final status, event log lines, the emulation)."""
     emu = Emulation(topo_path, say=out, pps_per_mpps=pps_per_mpps)
     _Teardown(emu)
@@ -780,7 +788,8 @@ def run(topo_path, seconds, events, out=_say, pps_per_mpps=PPS_PER_MPPS):
     try:
         emu.start()
         t0 = emu.started
-        pending = list(events)
+        pending = sorted(list(events) + (on_start(emu) if on_start else []),
+                         key=lambda e: e[0])
         while seconds is None or time.time() - t0 < seconds:
             time.sleep(max(0.0, 1.0 - (time.time() - t0) % 1.0))
             while pending and time.time() - t0 >= pending[0][0]:
@@ -891,9 +900,11 @@ def _some(value):
 
 
 def cli_bench_failover(args):
-    topo_path = args.topology
-    load_topology(topo_path)
+    from onvm.demo import runnable_topology
+    load_topology(args.topology)
     isolate()
+    topo_path = runnable_topology(args.topology, lambda text: print(text, file=sys.stderr))
+    atexit.register(os.unlink, topo_path)
     quiet = (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True))
     emu = Emulation(topo_path, say=quiet)
     _Teardown(emu)

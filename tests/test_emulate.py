@@ -10,7 +10,6 @@ in file order and the destructive ones (controller restart, host failure)
 come last.  Everything is torn down even when a test fails.
 """
 import os
-import shutil
 import signal
 import subprocess
 import time

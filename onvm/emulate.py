@@ -758,7 +758,8 @@ class _Teardown:
     def __init__(self, emu):
         self.emu = emu
         atexit.register(emu.stop)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        # SIGINT too: a shell may start us with it ignored (background jobs)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, _frame):

@@ -215,15 +215,18 @@ class Lease:
         self.id = lease_id
         self.ttl = ttl
         self.lost = False                   # known gone: expired or revoked
+        self.stopped = False                # no longer kept alive by us
         self._deadline = granted_at + ttl   # sure alive until then
         self._stop = threading.Event()
         self._thread = None
 
     @property
     def alive(self):
-        """True while the lease surely exists: not lost, and renewed less
-        than `ttl` ago (a store we cannot reach does not count as renewal)."""
-        return not self.lost and time.monotonic() < self._deadline
+        """True while the lease surely exists and is ours to count on: not
+        lost, not stopped, and renewed less than `ttl` ago (a store we cannot
+        reach does not count as renewal).  A stopped lease may linger in
+        the store until its TTL runs out, but nobody may rely on it."""
+        return not (self.lost or self.stopped) and time.monotonic() < self._deadline
 
     def refresh(self):
         """Renew the lease; False once it has expired (then `lost`)."""
@@ -254,7 +257,10 @@ class Lease:
 
     def stop(self, revoke=True):
         """Stop refreshing; with `revoke` the lease and its keys go now,
-        without it they go when the TTL runs out (what a crash does)."""
+        without it they go when the TTL runs out (what a crash does).  A
+        lease stopped without revoke may be revoked by a later stop: its
+        keys then go at once, or it has expired already, which is fine."""
+        self.stopped = True
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(self.ttl)
@@ -670,7 +676,8 @@ class EtcdStore(Store):
             self._call(f"revoke lease {lease_id:x}", "/kv/lease/revoke",
                        {"ID": lease_id})
         except StoreError as err:
-            if "not found" not in str(err):     # already expired: fine
+            # etcd answers "Not Found" for a lease that expired: fine.
+            if "not found" not in str(err).lower():
                 raise
 
     def _watch(self, prefix, start_revision):

@@ -225,3 +225,21 @@ def test_leader_stops_leading_when_it_cannot_reach_the_store(etcd_per_test):
     assert time.monotonic() - start <= 1.2
     assert a.campaign() is False
     a.stop()
+
+
+def test_stopped_lease_is_not_alive_and_a_later_revoke_is_quiet(store):
+    # An agent "crashes" (stop without revoke), then its shutdown path stops
+    # the lease again with revoke once it has long expired.
+    lease = store.register_host("h3", {}, ttl=1)
+    lease.stop(revoke=False)
+    assert lease.alive is False
+    wait_for(lambda: store.hosts() == {}, 4, "host h3 to expire")
+    lease.stop(revoke=True)         # must not raise "... Not Found"
+    assert lease.alive is False
+
+
+def test_revoking_an_expired_lease_is_no_error(store):
+    lease = store.lease(1, keepalive=False)
+    store.put("/onvm/x/leased", 1, lease=lease)
+    wait_for(lambda: store.get("/onvm/x/leased") is None, 4, "the lease to expire")
+    store._revoke(lease.id)         # etcd answers "Not Found": already gone

@@ -158,7 +158,8 @@ class Agent:
             for iid, inst in stats["instances"].items():
                 old = last["instances"].get(iid, {"rx": 0})
                 inst["mpps"] = round((inst["rx"] - old["rx"]) / dt / 1e6, 4)
-        self._last = (now, stats)
+        self._last = (now, json.loads(json.dumps(stats)))
+        self._last[1]["instances"] = {int(k): v for k, v in self._last[1]["instances"].items()}
         stats["host"] = self.host
         stats["time"] = time.time()
         stats["plan_error"] = self.plan_error
@@ -216,6 +217,7 @@ def cli_agent(args):
     if args.store:
         from controller.store import open_store
         store = open_store(args.store)
+    manager.idle_us = args.idle_us
     agent = Agent(args.host, manager, store=store, eal_args=eal[1:])
     if plan is not None and not agent.apply(plan, args.plan):
         print(f"onvm agent: {agent.plan_error}", file=sys.stderr)
@@ -247,5 +249,6 @@ def cli_agent(args):
         agent.stop()
         final = agent.stats()
         manager.close()
+        fp.eal_cleanup()
         log.info("%s: stopped; final counters %s", args.host, json.dumps(final))
     return 0

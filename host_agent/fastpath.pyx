@@ -26,6 +26,13 @@ from libc.stdint cimport (uint8_t, uint16_t, uint32_t, int16_t, int32_t,
 from libc.string cimport memcpy, memmove, memset
 from libc.stdlib cimport malloc, calloc, free
 
+
+cdef extern from "sched.h" nogil:
+    int sched_yield()
+
+cdef extern from "unistd.h" nogil:
+    int usleep(unsigned usec)
+
 from host_agent.includes.rte_eal cimport *
 from host_agent.includes.rte_mbuf cimport *
 from host_agent.includes.rte_ring cimport *
@@ -493,7 +500,9 @@ cdef class Acl:
         if not rules:
             return
         _acl_seq += 1
-        name = f"onvm_acl_{_acl_seq}".encode()
+        # DPDK keeps ACL contexts in a list shared by every process of the
+        # host: the name must be unique across the agent and NF processes.
+        name = f"acl_{os.getpid()}_{_acl_seq}".encode()
         memset(&param, 0, sizeof(param))
         param.name = name
         param.socket_id = rte_socket_id()
@@ -635,6 +644,7 @@ cdef class Manager:
     cdef object _retired
     cdef object _lock
     cdef readonly object host
+    cdef public unsigned idle_us            # sleep this long when idle (0: poll)
 
     def __cinit__(self, host="host", ports=None):
         global _table_seq
@@ -701,7 +711,11 @@ cdef class Manager:
         if self.flows != NULL:
             rte_hash_free(self.flows)
             self.flows = NULL
-
+        # NF objects own DPDK memory (ACL contexts, hashes): free them now,
+        # while the EAL is still up, not whenever Python collects them.
+        for iid, entry in self._instances.items():
+            free(<void *><intptr_t>entry[3])
+        self._instances = {}
     # ------------------------------------------------------------- plans
 
     def apply_plan(self, plan, nf_factory):
@@ -737,7 +751,8 @@ cdef class Manager:
             if old is not None and old[0] == inst["nf"] and old[1] == config and old[4] == mode:
                 out[iid] = old
                 continue
-            nf = nf_factory(inst)
+            # A process-mode instance's NF lives in its own process.
+            nf = nf_factory(inst) if mode == "inline" else None
             st = <inst_stats_t *>calloc(1, sizeof(inst_stats_t))
             out[iid] = (inst["nf"], config, nf, <intptr_t>st, mode)
             log.info("%s: instance %d runs %s (%s)", self.host, iid, inst["nf"], mode)
@@ -774,7 +789,8 @@ cdef class Manager:
         cdef uint64_t until = start + <uint64_t>(seconds * hz) if seconds > 0 else 0
         cdef uint64_t idle = <uint64_t>(idle_seconds * hz)
         cdef uint64_t limit = self.processed + max_packets if max_packets else 0
-        cdef unsigned got
+        cdef unsigned got, idle_loops = 0
+        cdef unsigned idle_us = self.idle_us
         onvm_store_u64(&self.stop_flag, 0)
         self.running = True
         try:
@@ -782,6 +798,12 @@ cdef class Manager:
                 while onvm_load_u64(&self.stop_flag) == 0:
                     got = self._iteration()
                     onvm_store_u64(&self.epoch, self.epoch + 1)
+                    if idle_us:
+                        # Polling is DPDK's way at line rate; a host that
+                        # shares its cores (emulation) sleeps when idle.
+                        idle_loops = 0 if got else idle_loops + 1
+                        if idle_loops > 64:
+                            usleep(idle_us)
                     if limit and self.processed >= limit:
                         break
                     if until or idle:
@@ -1088,7 +1110,7 @@ cdef class Manager:
                      "drops": st.drops, "ring_full": st.ring_full, "queue": 0}
             if t != NULL and t.slot_of_id[iid] >= 0 and t.instances[t.slot_of_id[iid]].to_nf != NULL:
                 entry["queue"] = rte_ring_count(t.instances[t.slot_of_id[iid]].to_nf)
-            if hasattr(obj, "counters"):
+            if obj is not None and hasattr(obj, "counters"):
                 entry["counters"] = obj.counters()
             instances[iid] = entry
         return {
@@ -1430,6 +1452,9 @@ def serve_nf(nf, host, uint16_t iid, double seconds=0.0):
             if n == 0:
                 if until and rte_get_tsc_cycles() >= until:
                     break
+                # NF processes may share a core (2-core hosts): give it up
+                # while idle instead of spinning through the time slice.
+                sched_yield()
                 continue
             fn(ctx, pkts, n)
             sent = 0

@@ -18,9 +18,8 @@ def cli_nf_run(args):
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = json.loads(args.config) if args.config else {}
-        nf = make_nf({"nf": args.type, "config": config})
-    except (ValueError, NFConfigError) as err:
-        print(f"onvm nf run: {err}", file=sys.stderr)
+    except ValueError as err:
+        print(f"onvm nf run: --config is not JSON: {err}", file=sys.stderr)
         return 1
     prefix = args.file_prefix or "onvm_" + args.host
     eal = ["onvm-nf-%s-%d" % (args.host, args.instance), "--proc-type=secondary",
@@ -34,6 +33,13 @@ def cli_nf_run(args):
         print(f"onvm nf run: {err} (is the agent of {args.host} running with "
               f"huge pages and --file-prefix {prefix}?)", file=sys.stderr)
         return 1
+    try:
+        # After the EAL: NFs may allocate DPDK objects (ACL contexts, hashes).
+        nf = make_nf({"nf": args.type, "config": config})
+    except (ValueError, NFConfigError) as err:
+        print(f"onvm nf run: {err}", file=sys.stderr)
+        fp.eal_cleanup()
+        return 1
     signal.signal(signal.SIGTERM, lambda *_: fp.stop_serving())
     signal.signal(signal.SIGINT, lambda *_: fp.stop_serving())
     log.info("%s instance %d (%s) serving", args.host, args.instance, args.type)
@@ -42,6 +48,7 @@ def cli_nf_run(args):
     except fp.FastPathError as err:
         print(f"onvm nf run: {err}", file=sys.stderr)
         return 1
+    fp.eal_cleanup()
     log.info("%s instance %d handled %d packets; counters %s", args.host,
              args.instance, n, json.dumps(getattr(nf, "counters", dict)()))
     return 0

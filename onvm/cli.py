@@ -46,7 +46,8 @@ def build_parser():
     c.add_argument("--observe-links", action="store_true")
     c.set_defaults(run=_handler("controller.run:cli_controller"))
 
-    a = sub.add_parser("agent", help="one host's agent")
+    a = sub.add_parser("agent", help="one host's agent",
+                       usage="onvm agent --host NAME (--store URL | --plan FILE) [options] [-- EAL-ARGS]")
     a.add_argument("--host", required=True)
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--store", help="etcd URL: take plans from the controller")
@@ -55,8 +56,10 @@ def build_parser():
                    help="Prometheus endpoint (0: none)")
     a.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
-    a.add_argument("eal", nargs=argparse.REMAINDER,
-                   help="-- then DPDK EAL arguments")
+    a.add_argument("--idle-us", type=int, default=0,
+                   help="sleep this many microseconds when no packet arrives "
+                        "(default 0: poll, as DPDK does at line rate; use "
+                        "100-500 where hosts share cores, as in emulation)")
     a.set_defaults(run=_handler("host_agent.agent:cli_agent"))
 
     nf = sub.add_parser("nf", help="network functions")
@@ -67,7 +70,6 @@ def build_parser():
     nr.add_argument("--instance", type=int, required=True)
     nr.add_argument("--config", default=None, help="JSON config for the NF")
     nr.add_argument("--file-prefix", default=None)
-    nr.add_argument("eal", nargs=argparse.REMAINDER)
     nr.set_defaults(run=_handler("host_agent.nfproc:cli_nf_run"))
     nl = nsub.add_parser("list", help="NF types found through entry points")
     nl.set_defaults(run=_handler("nfs.api:cli_list"))
@@ -108,9 +110,14 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` is for DPDK's EAL (agent, nf run).
+    eal = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, eal = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
-    if getattr(args, "eal", None) and args.eal[0] == "--":
-        args.eal = args.eal[1:]
+    args.eal = eal
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:

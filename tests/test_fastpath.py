@@ -332,3 +332,30 @@ def test_agent_prometheus_endpoint(tmp_path):
         proc.terminate()
         proc.communicate(timeout=20)
     assert proc.returncode == 0
+
+
+@pytest.mark.skipif(fp.hugepages_available() < 300,
+                    reason="NF processes share the agent's memory through huge pages; "
+                           "`make hugepages` (as root) reserves and mounts them")
+def test_agent_runs_nf_as_its_own_process(tmp_path):
+    plan = agent_plan()
+    plan["instances"][1]["mode"] = "process"         # monitor in its own process
+    plan["hops"][2] = {"spi": 16, "si": 253, "local": 3}
+    frames = [Ether(dst="02:00:00:00:00:01") / IP(src="10.0.0.5", dst="10.0.1.7")
+              / TCP(sport=1000 + i, dport=22 if i % 5 == 0 else 80) for i in range(50)]
+    wrpcap(str(tmp_path / "in.pcap"), frames)
+    plan_file = write_plan(tmp_path / "plan.json", plan)
+    out = tmp_path / "out.pcap"
+    proc = subprocess.run(
+        ONVM + ["agent", "--host", "h1", "--plan", plan_file, "--seconds", "6",
+                "--metrics-port", "0", "--", "--vdev", f"net_pcap0,rx_pcap={tmp_path}/in.pcap",
+                "--vdev", f"net_pcap1,tx_pcap={out}", "--socket-mem", "256",
+                "--file-prefix", "onvmproc"],
+        capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert "starting NF process for instance 2 (monitor)" in proc.stderr
+    assert "h1 instance 2 (monitor) serving" in proc.stderr
+    final = json.loads(proc.stderr.rsplit("final counters ", 1)[1].splitlines()[0])
+    assert final["instances"]["2"]["mode"] == "process"
+    assert final["instances"]["2"]["rx"] == final["instances"]["2"]["tx"] == 40
+    assert len(rdpcap(str(out))) == 40

@@ -222,6 +222,7 @@ def cli_agent(args):
     if plan is not None and not agent.apply(plan, args.plan):
         print(f"onvm agent: {agent.plan_error}", file=sys.stderr)
         manager.close()
+        fp.eal_cleanup()
         return 1
     if args.metrics_port:
         from host_agent.metrics import serve_metrics

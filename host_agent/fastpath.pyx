@@ -270,11 +270,20 @@ def eal_cleanup():
     rte_eal_cleanup()
     _eal_args = None
     if primary and prefix:
-        for path in glob.glob(f"/dev/hugepages/{prefix}map_*"):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        remove_runtime_files(prefix)
+
+
+def remove_runtime_files(prefix):
+    """What a primary process leaves: huge page files and its runtime
+    directory under /var/run/dpdk."""
+    import glob
+    import shutil
+    for path in glob.glob(f"/dev/hugepages/{prefix}map_*"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
 
 
 def pool_counts():

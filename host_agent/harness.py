@@ -5,6 +5,7 @@ DPDK's EAL starts once per process (`ensure_eal`); each Harness gets its own
 ports and Manager, so many can be made in one test run.  This is not the
 agent: no store, no threads, no Prometheus.
 """
+import atexit
 import itertools
 import os
 
@@ -22,7 +23,10 @@ NODE_LABEL = 16
 def ensure_eal(hugepages=False):
     """Start the EAL for this process if nothing did yet."""
     if fp._eal_args is None:
-        fp.eal_init(fp.default_eal_args(f"t{os.getpid()}", hugepages=hugepages))
+        args = fp.default_eal_args(f"t{os.getpid()}", hugepages=hugepages)
+        fp.eal_init(args)
+        # DPDK stays up until the process ends; then remove its files.
+        atexit.register(fp.remove_runtime_files, args[args.index("--file-prefix") + 1])
 
 
 def chain_plan(nfs, in_port, out_port, match=None, generation=1, spi=SPI,

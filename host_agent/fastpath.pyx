@@ -563,33 +563,20 @@ cdef class Acl:
         return None if res == 0 else res - 1
 
 
-cdef void _acl_defs(rte_acl_config *cfg):
-    # proto: 1 byte, input 0; src, dst: input 1, 2; ports share input 3.
-    cfg.defs[0].type = RTE_ACL_FIELD_TYPE_BITMASK
-    cfg.defs[0].size = 1
-    cfg.defs[0].field_index = 0
-    cfg.defs[0].input_index = 0
-    cfg.defs[0].offset = 0
-    cfg.defs[1].type = RTE_ACL_FIELD_TYPE_MASK
-    cfg.defs[1].size = 4
-    cfg.defs[1].field_index = 1
-    cfg.defs[1].input_index = 1
-    cfg.defs[1].offset = 4
-    cfg.defs[2].type = RTE_ACL_FIELD_TYPE_MASK
-    cfg.defs[2].size = 4
-    cfg.defs[2].field_index = 2
-    cfg.defs[2].input_index = 2
-    cfg.defs[2].offset = 8
-    cfg.defs[3].type = RTE_ACL_FIELD_TYPE_RANGE
-    cfg.defs[3].size = 2
-    cfg.defs[3].field_index = 3
-    cfg.defs[3].input_index = 3
-    cfg.defs[3].offset = 12
-    cfg.defs[4].type = RTE_ACL_FIELD_TYPE_RANGE
-    cfg.defs[4].size = 2
-    cfg.defs[4].field_index = 4
-    cfg.defs[4].input_index = 3
-    cfg.defs[4].offset = 14
+cdef void _acl_defs(rte_acl_config *cfg) except *:
+    # struct onvm_flow_key as rte_acl fields: (type, size, input, offset).
+    # The first field must be one byte; the two ports share a 4-byte input.
+    fields = ((RTE_ACL_FIELD_TYPE_BITMASK, 1, 0, 0),   # proto
+              (RTE_ACL_FIELD_TYPE_MASK, 4, 1, 4),      # src
+              (RTE_ACL_FIELD_TYPE_MASK, 4, 2, 8),      # dst
+              (RTE_ACL_FIELD_TYPE_RANGE, 2, 3, 12),    # sport
+              (RTE_ACL_FIELD_TYPE_RANGE, 2, 3, 14))    # dport
+    for i, (kind, size, input_index, offset) in enumerate(fields):
+        cfg.defs[i].type = kind
+        cfg.defs[i].size = size
+        cfg.defs[i].field_index = i
+        cfg.defs[i].input_index = input_index
+        cfg.defs[i].offset = offset
 
 
 cdef void _acl_fill(onvm_acl_rule *r, rule, int index, int total) except *:

@@ -716,6 +716,41 @@ def place(topo, previous=None, exclude_hosts=()):
     return solver.result()
 
 
+def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None):
+    """Place `chains` on `topo`'s hosts: all of them if they fit, else chain
+    by chain, keeping those that fit.  Returns (placement or None, placed
+    chains, {name: reason} of the chains left out).
+
+    `unplaced` ({name: reason} the caller got last time) only shapes the
+    log: a chain placed now that was left out before is logged as such, so
+    a person sees the cluster catch up when hosts come or chains change.
+    Callers run this again on every host or chain change; nothing here
+    remembers a refusal."""
+    unplaced = unplaced or {}
+    try:
+        result = place(topo.with_chains(chains), previous=previous,
+                       exclude_hosts=exclude_hosts) if chains else None
+        kept, refused = list(chains), {}
+    except PlacementError as err:
+        log.warning("cannot place all %d chains (%s); placing them one by one",
+                    len(chains), err)
+        kept, refused, result = [], {}, None
+        for chain in chains:
+            try:
+                result = place(topo.with_chains(kept + [chain]), previous=previous,
+                               exclude_hosts=exclude_hosts)
+                kept.append(chain)
+            except PlacementError as why:
+                refused[chain.name] = str(why)
+                if unplaced.get(chain.name) != str(why):
+                    log.warning("chain %s not placed: %s", chain.name, why)
+    for chain in kept:
+        if chain.name in unplaced:
+            log.info("chain %s placed now (it was not: %s)", chain.name,
+                     unplaced[chain.name])
+    return result, kept, refused
+
+
 def replace_after_host_loss(topo, placement, lost_host):
     """Re-place what `lost_host` ran; every other instance stays put."""
     log.info("host %s lost: re-placing the %d instances it ran", lost_host,

@@ -24,6 +24,10 @@ so a host at full utilisation keeps a tenth of its weight (weights must stay
 positive; consistent hashing only moves the flows it has to).  With no load
 the weights are exactly the placement's shares.
 
+`host_load` turns the agents' raw stats (/onvm/stats/<host>, DESIGN.md) into
+that `load`: a host's utilisation is the Mpps its NF instances report over
+the Mpps the catalog says the instances placed on it can serve.
+
 Edges have no MAC in the topology; `edge_mac` derives a stable locally
 administered one from the name, and the OpenFlow rule builder uses the same
 function to deliver chain-end traffic to the edge port.
@@ -33,6 +37,8 @@ This module writes no store keys and sends no OpenFlow: it returns dicts.
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 
 from controller import fabric
 from controller.placement import transport
@@ -41,6 +47,8 @@ from host_agent.plan import check_plan
 FIRST_SI = 255
 UPLINK = 0
 LOAD_DAMPING = 0.9
+
+LOG = logging.getLogger(__name__)
 
 
 def edge_mac(edge_name):
@@ -66,6 +74,50 @@ def _config(nf_type):
     if isinstance(config, str):
         return {"rules": config}
     return dict(config)
+
+
+def _reported_mpps(stats):
+    """Sum of the Mpps a host's stats report for its instances; raises
+    ValueError naming what is missing or malformed."""
+    if not isinstance(stats, dict):
+        raise ValueError(f"stats are {type(stats).__name__}, not a mapping")
+    instances = stats.get("instances")
+    if not isinstance(instances, dict):
+        raise ValueError("no \"instances\" mapping")
+    total = 0.0
+    for iid, inst in instances.items():
+        mpps = inst.get("mpps") if isinstance(inst, dict) else None
+        if isinstance(mpps, bool) or not isinstance(mpps, (int, float)) \
+                or not math.isfinite(mpps):
+            raise ValueError(f"instance {iid} has no numeric \"mpps\" "
+                             f"(got {mpps!r}; agents report it from their second publication)")
+        total += max(0.0, float(mpps))
+    return total
+
+
+def host_load(stats_by_host, topo, placement, warned=None):
+    """{host: utilisation 0..1} from the agents' stats ({host: stats dict as
+    published under /onvm/stats/}): the Mpps the host's instances report
+    over the catalog Mpps of the instances `placement` gives that host,
+    clipped to 0..1.  Hosts without placed instances, or whose stats are
+    missing or malformed, get no entry (no damping); each such problem is
+    logged once per (host, problem), remembered in `warned` (a set the
+    caller keeps)."""
+    warned = set() if warned is None else warned
+    capacity = {}
+    for inst in (placement.instances.values() if placement else ()):
+        capacity[inst.host] = capacity.get(inst.host, 0.0) + topo.nfs[inst.nf].mpps
+    load = {}
+    for host, stats in sorted((stats_by_host or {}).items()):
+        if not capacity.get(host):
+            continue
+        try:
+            load[host] = min(1.0, _reported_mpps(stats) / capacity[host])
+        except ValueError as err:
+            if (host, str(err)) not in warned:
+                warned.add((host, str(err)))
+                LOG.warning("stats of %s not used for remote weights: %s", host, err)
+    return load
 
 
 def _hop_instances(placement, chain):

@@ -14,6 +14,7 @@ import pytest
 from controller import bench, placement, topogen
 from controller.model import Chain, Edge, Host, Link, NFType, Switch, Topology
 from controller.placement import PlacementError, cost, place
+from controller.topology import load_topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CATALOG = {"fw": NFType("fw", 1, 8.0), "ids": NFType("ids", 2, 3.0),
@@ -313,3 +314,30 @@ def test_onvm_place_reports_a_bad_file(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert f"{bad}:" in out.stderr
+
+
+def test_chains_refused_with_few_hosts_are_placed_as_hosts_come(caplog):
+    # One of four hosts up: only what fits on it is placed, the rest refused
+    # with reasons; more hosts later: the refused chains are placed and the
+    # log says they were not before.
+    topo = load_topology(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "topologies", "leaf-spine.yaml"))
+    hosts = [h.name for h in topo.hosts]
+    caplog.set_level("INFO", logger="onvm.placement")
+    few, kept, refused = placement.place_what_fits(
+        topo, list(topo.chains), exclude_hosts=[h for h in hosts if h != "h2"])
+    assert [c.name for c in kept] == ["web"]
+    assert set(refused) == {"vpn", "api", "transit"}
+    assert "short by" in refused["vpn"]
+    assert "chain vpn not placed" in caplog.text
+    caplog.clear()
+    more, kept, refused = placement.place_what_fits(
+        topo, list(topo.chains), previous=few, exclude_hosts=hosts[4:], unplaced=refused)
+    assert refused == {} and [c.name for c in kept] == [c.name for c in topo.chains]
+    assert {i.host for i in more.instances.values()} <= set(hosts[:4])
+    for name in ("vpn", "api", "transit"):
+        assert f"chain {name} placed now (it was not: " in caplog.text
+    assert "chain web placed now" not in caplog.text
+    # web kept its instances on h2 (re-placement moves no unchanged chain)
+    assert more.hops["web"] == few.hops["web"]
+    assert placement.place_what_fits(topo, [], exclude_hosts=hosts) == (None, [], {})

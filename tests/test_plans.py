@@ -147,3 +147,64 @@ def test_edge_mac_is_stable_unicast_and_local():
     assert re.fullmatch(r"06(:[0-9a-f]{2}){5}", mac)
     first = int(mac[:2], 16)
     assert first & 0x02 and not first & 0x01
+
+
+def agent_stats(host, instances):
+    """Stats as host_agent.agent publishes them: {iid: (nf, mpps or None)}."""
+    insts = {}
+    for iid, (nf, mpps) in instances.items():
+        insts[str(iid)] = {"nf": nf, "rx": 1000, "tx": 990, "drops": 0}
+        if mpps is not None:
+            insts[str(iid)]["mpps"] = mpps
+    return {"ports": {"0": {"rx": 5, "tx": 5, "rx_mpps": 0.1, "tx_mpps": 0.1}},
+            "instances": insts, "host": host, "time": 1.0, "plan_error": None}
+
+
+def fan_topo_and_plan():
+    """fw on one host, ids split over two others: remote hops with 2 peers."""
+    topo = split_topo(cores=2, chains=(Chain("fan", "internet", "wan", {"ipv4_dst": "10.3.0.0/16"},
+                                             ("fw", "ids"), 7.0, 16),))
+    return topo, placement.place(topo)
+
+
+def test_host_load_is_reported_mpps_over_placed_capacity(caplog):
+    topo, plan = fan_topo_and_plan()
+    on = {}
+    for inst in plan.instances.values():
+        on.setdefault(inst.host, []).append(inst)
+    (fw_host, fw), = [(h, i[0]) for h, i in on.items() if i[0].nf == "fw"]
+    ids_hosts = sorted(h for h, i in on.items() if i[0].nf == "ids")
+    idle = next(h.name for h in topo.hosts if h.name not in on)
+    stats = {fw_host: agent_stats(fw_host, {fw.id: ("fw", 2.0)}),        # 2 of 8 Mpps
+             ids_hosts[0]: agent_stats(ids_hosts[0], {1: ("ids", 60.0)}),  # over: clipped
+             ids_hosts[1]: agent_stats(ids_hosts[1], {1: ("ids", None)}),  # first publication
+             idle: agent_stats(idle, {})}
+    caplog.set_level("WARNING", logger="controller.plans")
+    warned = set()
+    load = plans.host_load(stats, topo, plan, warned)
+    assert load == {fw_host: pytest.approx(0.25), ids_hosts[0]: 1.0}
+    assert f"stats of {ids_hosts[1]} not used" in caplog.text
+    assert 'instance 1 has no numeric "mpps"' in caplog.text
+    caplog.clear()
+    assert plans.host_load(stats, topo, plan, warned) == load
+    assert caplog.text == "", "a problem is logged once"
+    bad = {fw_host: "garbage", ids_hosts[0]: {"instances": []}}
+    assert plans.host_load(bad, topo, plan, warned) == {}
+    assert plans.host_load(None, topo, plan) == {} and plans.host_load(stats, topo, None) == {}
+
+
+def test_raw_agent_stats_through_host_load_shift_remote_weights():
+    topo, plan = fan_topo_and_plan()
+    calm = plans.host_plans(topo, plan, 1)
+    source, hop = next((h, hop) for h, p in calm.items() for hop in p["hops"]
+                       if "remote" in hop and len(hop["remote"]) > 1)
+    busy = hop["remote"][0]["host"]
+    raw = {busy: agent_stats(busy, {i.id: (i.nf, 6.0) for i in plan.instances.values()
+                                    if i.host == busy})}
+    with pytest.raises(TypeError):      # what chain_manager used to pass
+        plans.host_plans(topo, plan, 1, load=raw)
+    loaded = plans.host_plans(topo, plan, 1, load=plans.host_load(raw, topo, plan))
+    after = next(x for x in loaded[source]["hops"] if (x["spi"], x["si"]) == (hop["spi"], hop["si"]))
+    before_w = {p["host"]: p["weight"] for p in hop["remote"]}
+    after_w = {p["host"]: p["weight"] for p in after["remote"]}
+    assert after_w[busy] < before_w[busy]

@@ -30,14 +30,15 @@ from controller import config  # noqa: F401  (registers the [onvm] options)
 from controller import flows
 from controller.apps import rest_api as rest
 from controller.fabric import build_graph
-from controller.placement import PlacementError, place
-from controller.plans import host_plans, ingress_groups
+from controller.placement import place, place_what_fits
+from controller.plans import host_load, host_plans, ingress_groups
 from controller.store import (CHAINS, HOSTS, STATS, Election, NotLeader,
                               StoreError, open_store)
 from controller.topology import load_topology
 
 LOOP_SECONDS = 0.25
 STATS_REPLAN_SECONDS = 1.0
+ERROR_RETRY_SECONDS = 2.0
 
 
 # ------------------------------------------------------- specs -> Ryu messages
@@ -125,6 +126,8 @@ class ChainManager(app_manager.RyuApp):
         self.placement = None       # of self.placed: the chains placed now
         self.placed = self.topology.with_chains([])
         self.alive = set()
+        self.unplaced = {}          # chain name -> why it could not be placed
+        self.stats_warned = set()   # (host, problem) of stats already logged
         self.datapaths = {}         # dpid -> Ryu datapath
         self.programmed = {}        # dpid -> SwitchRules last brought about
         self.sync_locks = {}
@@ -166,12 +169,19 @@ class ChainManager(app_manager.RyuApp):
                 self.dirty.add(what)
 
     def _loop(self):
+        """Never ends: a failing step is logged and tried again, so one bad
+        input cannot silently stop the cluster's controller."""
         while True:
+            pause = LOOP_SECONDS
             try:
                 self._step()
             except StoreError as err:
                 self.logger.error("store unreachable, will retry: %s", err)
-            hub.sleep(LOOP_SECONDS)
+            except Exception:   # a bug or bad data: say so, keep running
+                self.logger.exception("re-placing or writing plans failed; retrying "
+                                      "in %g s with the same inputs", ERROR_RETRY_SECONDS)
+                pause = ERROR_RETRY_SECONDS
+            hub.sleep(pause)
 
     def _step(self):
         leading = self.election.campaign()
@@ -189,9 +199,13 @@ class ChainManager(app_manager.RyuApp):
         due_stats = ("stats" in self.dirty and
                      time.monotonic() - self.last_stats_replan >= STATS_REPLAN_SECONDS)
         if self.dirty & {"hosts", "chains"} or due_stats:
-            reasons = sorted(self.dirty)
+            pending = set(self.dirty)
             self.dirty.clear()
-            self._replace(reasons)
+            try:
+                self._replace(sorted(pending))
+            except Exception:
+                self.dirty |= pending       # not done: do it again next time
+                raise
             self.last_stats_replan = time.monotonic()
         if self.leading:
             self._program_all()
@@ -229,33 +243,15 @@ class ChainManager(app_manager.RyuApp):
         self.alive = alive
         return lost
 
-    def _place_what_fits(self, chains):
-        """All chains if they fit; else chain by chain, keeping those that
-        fit, each refusal logged with the placer's reason."""
-        dead = self._dead()
-        try:
-            return place(self.topology.with_chains(chains), previous=self.placement,
-                         exclude_hosts=dead), chains
-        except PlacementError as err:
-            if not chains:
-                raise
-            self.logger.warning("cannot place all %d chains (%s); placing them one "
-                                "by one", len(chains), err)
-        kept, result = [], None
-        for chain in chains:
-            try:
-                result = place(self.topology.with_chains(kept + [chain]),
-                               previous=self.placement, exclude_hosts=dead)
-                kept.append(chain)
-            except PlacementError as err:
-                self.logger.warning("chain %s not placed: %s", chain.name, err)
-        return result, kept
-
     def _replace(self, reasons):
         lost = self._refresh_alive()
         chains = self._wanted_chains() if self.alive else []
         before = self.placement
-        placement, kept = self._place_what_fits(chains) if chains else (None, [])
+        # Every host or chain change re-places all wanted chains, so a chain
+        # refused while few hosts were up is tried again as more come.
+        placement, kept, self.unplaced = place_what_fits(
+            self.topology, chains, previous=self.placement,
+            exclude_hosts=self._dead(), unplaced=self.unplaced)
         self.placement = placement
         self.placed = self.topology.with_chains(kept)
         self._log_moves(before, placement, lost, reasons)
@@ -281,7 +277,8 @@ class ChainManager(app_manager.RyuApp):
                              inst.host, why)
 
     def _write_plans(self, lost):
-        load = self.store.stats()
+        load = host_load(self.store.stats(), self.placed, self.placement,
+                         self.stats_warned) if self.placement else {}
         generation = 1 + max([p.get("generation", 0)
                               for p in self.store.plans().values()] or [0])
         plans = host_plans(self.placed, self.placement, generation, load) \

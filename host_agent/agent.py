@@ -102,6 +102,7 @@ class Agent:
         """Start an `onvm nf run` for each process-mode instance; stop the
         ones the plan no longer has."""
         wanted = {i["id"]: i for i in plan["instances"] if i.get("mode") == "process"}
+        self._process_instances = wanted
         for iid in list(self.procs):
             if iid not in wanted:
                 self._stop_process(iid)
@@ -119,6 +120,16 @@ class Agent:
         log.info("%s: starting NF process for instance %d (%s)", self.host,
                  inst["id"], inst["nf"])
         return subprocess.Popen(cmd)
+
+    def _restart_dead_processes(self):
+        """An NF process that died is started again; its packets wait in
+        its ring meanwhile (counted as ring_full once the ring fills)."""
+        plan_instances = getattr(self, "_process_instances", {})
+        for iid, proc in list(self.procs.items()):
+            if proc.poll() is not None and iid in plan_instances:
+                log.error("%s: NF process of instance %d exited with %s; restarting",
+                          self.host, iid, proc.returncode)
+                self.procs[iid] = self._start_process(plan_instances[iid])
 
     def _stop_process(self, iid):
         proc = self.procs.pop(iid)
@@ -179,10 +190,7 @@ class Agent:
                     self.store.put_stats(self.host, stats)
                 except Exception as err:   # the store may be down; forwarding goes on
                     log.warning("%s: stats not published: %s", self.host, err)
-            for iid, proc in list(self.procs.items()):
-                if proc.poll() is not None:
-                    log.error("%s: NF process of instance %d exited with %s; restarting",
-                              self.host, iid, proc.returncode)
+            self._restart_dead_processes()
             wait = self.stats_interval
             if deadline is not None:
                 wait = max(0, min(wait, deadline - time.monotonic()))

@@ -30,8 +30,8 @@ host into a chain at SI 255.  `uplink` is the port towards the fabric.
 Instance `mode` is "inline" (run to completion in the manager's loop) or
 "process" (its own DPDK secondary process, `onvm nf run`).
 
-This module does not forward anything: `host_agent.tables` compiles a checked
-plan into the fast path's tables.
+This module does not forward anything: `Manager.apply_plan` in
+host_agent/fastpath.pyx compiles a checked plan into the fast path's tables.
 """
 from __future__ import annotations
 

@@ -67,6 +67,8 @@ def make_nf(instance):
 
 
 def cli_list(args):
-    for name, ep in sorted(nf_types().items()):
-        print(f"{name:12s} {ep.value}")
+    types = sorted(nf_types().items())
+    width = max((len(name) for name, _ in types), default=0)
+    for name, ep in types:
+        print(f"{name:{width}s}  {ep.value}")
     return 0

@@ -23,7 +23,8 @@ from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
     onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
 from host_agent.includes.rte_acl cimport rte_acl_ctx, rte_acl_classify
 from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
-from host_agent.fastpath cimport NativeNF, Acl
+from host_agent.fastpath cimport NativeNF
+from nfs.firewall cimport RuleSet, ruleset_t, ruleset_decide
 from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
 from nfs.nfutil cimport l4_offset
 
@@ -35,13 +36,10 @@ TIMEOUT_KEYS = ("tcp", "udp", "icmp", "other", "closing")
 
 
 cdef struct sfw_t:
-    rte_acl_ctx *acl
-    uint8_t *allow
-    uint64_t *hits
-    uint8_t default_allow
+    ruleset_t *rs
     ftab_t *conns
     uint64_t timeout[5]    # tcp, udp, icmp, other, closing
-    uint64_t default_hits, replies, opened, passed, dropped, not_ipv4, untracked
+    uint64_t replies, opened, passed, dropped, untracked
 
 
 cdef inline int timeout_index(uint8_t proto) noexcept nogil:
@@ -65,20 +63,14 @@ cdef uint64_t expiry(sfw_t *fw, rte_mbuf *m, onvm_meta *meta, uint64_t now) noex
     return now + fw.timeout[timeout_index(meta.key.proto)]
 
 
-cdef bint verdict(sfw_t *fw, rte_mbuf *m, uint32_t res, uint64_t now) noexcept nogil:
+cdef bint verdict(sfw_t *fw, rte_mbuf *m, bint allow, uint64_t now) noexcept nogil:
+    """The rules' decision, then the connection table's: allowed packets
+    open or refresh their connection, denied ones pass only as replies."""
     cdef onvm_meta *meta = onvm_meta_of(m)
     cdef onvm_flow_key rev
     cdef int32_t pos
-    cdef bint allow
     if meta.key.family != 4:
-        fw.not_ipv4 += 1
-        return fw.default_allow
-    if res:
-        fw.hits[res - 1] += 1
-        allow = fw.allow[res - 1]
-    else:
-        fw.default_hits += 1
-        allow = fw.default_allow
+        return allow
     if allow:
         pos = ftab_find(fw.conns, &meta.key, now)
         if pos >= 0:
@@ -103,22 +95,14 @@ cdef bint verdict(sfw_t *fw, rte_mbuf *m, uint32_t res, uint64_t now) noexcept n
 
 cdef void sfw_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
     cdef sfw_t *fw = <sfw_t *>ctx
-    cdef const uint8_t *data[BURST_MAX]
-    cdef uint32_t res[BURST_MAX]
+    cdef uint8_t allow[256]
     cdef unsigned i, done = 0, chunk
     cdef uint64_t now = rte_get_tsc_cycles()
     while done < n:
-        chunk = n - done
-        if chunk > BURST_MAX:
-            chunk = BURST_MAX
+        chunk = n - done if n - done < 256 else 256
+        ruleset_decide(fw.rs, pkts + done, chunk, allow)
         for i in range(chunk):
-            data[i] = <const uint8_t *>&onvm_meta_of(pkts[done + i]).key
-        if fw.acl != NULL:
-            rte_acl_classify(fw.acl, data, res, chunk, 1)
-        else:
-            memset(res, 0, chunk * sizeof(uint32_t))
-        for i in range(chunk):
-            if verdict(fw, pkts[done + i], res[i], now):
+            if verdict(fw, pkts[done + i], allow[i], now):
                 fw.passed += 1
                 onvm_meta_of(pkts[done + i]).action = ONVM_ACTION_NEXT
             else:
@@ -144,25 +128,15 @@ def parse_config(config):
 
 cdef class StatefulFirewall(NativeNF):
     cdef sfw_t fw
-    cdef Acl acl
-    cdef readonly list rules
+    cdef RuleSet ruleset
 
     def __cinit__(self, config=None):
         memset(&self.fw, 0, sizeof(sfw_t))
 
     def __init__(self, config=None):
         rules, default_allow, v = parse_config(config)
-        self.rules = rules
-        self.acl = Acl([r.acl() for r in rules])
-        self.fw.acl = self.acl.ctx
-        n = max(1, len(rules))
-        self.fw.allow = <uint8_t *>calloc(n, 1)
-        self.fw.hits = <uint64_t *>calloc(n, sizeof(uint64_t))
-        if self.fw.allow == NULL or self.fw.hits == NULL:
-            raise MemoryError()
-        for i, r in enumerate(rules):
-            self.fw.allow[i] = r.allow
-        self.fw.default_allow = default_allow
+        self.ruleset = RuleSet(rules, default_allow)
+        self.fw.rs = &self.ruleset.rs
         hz = rte_get_tsc_hz()
         for i, k in enumerate(TIMEOUT_KEYS):
             self.fw.timeout[i] = <uint64_t>(v["timeouts"][k] * hz)
@@ -171,19 +145,19 @@ cdef class StatefulFirewall(NativeNF):
         self.batch_ctx = <void *>&self.fw
 
     def __dealloc__(self):
-        free(self.fw.allow)
-        free(self.fw.hits)
         ftab_free(self.fw.conns)
+
+    @property
+    def rules(self):
+        return self.ruleset.rules
 
     def counters(self):
         return {
             "passed": self.fw.passed, "dropped": self.fw.dropped,
-            "default": self.fw.default_hits, "replies": self.fw.replies,
+            "replies": self.fw.replies,
             "opened": self.fw.opened, "untracked": self.fw.untracked,
-            "ipv6_default": self.fw.not_ipv4,
             "connections": ftab_live(self.fw.conns, rte_get_tsc_cycles()),
-            "rules": [{"line": r.line, "rule": r.text, "hits": self.fw.hits[i]}
-                      for i, r in enumerate(self.rules)],
+            **self.ruleset.counters(),
         }
 
 

@@ -347,7 +347,7 @@ def test_agent_runs_nf_as_its_own_process(tmp_path):
     plan_file = write_plan(tmp_path / "plan.json", plan)
     out = tmp_path / "out.pcap"
     proc = subprocess.run(
-        ONVM + ["agent", "--host", "h1", "--plan", plan_file, "--seconds", "6",
+        ONVM + ["agent", "--host", "h1", "--plan", plan_file, "--seconds", "10",
                 "--metrics-port", "0", "--", "--vdev", f"net_pcap0,rx_pcap={tmp_path}/in.pcap",
                 "--vdev", f"net_pcap1,tx_pcap={out}", "--socket-mem", "256",
                 "--file-prefix", "onvmproc"],

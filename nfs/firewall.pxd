@@ -1,0 +1,35 @@
+# The firewall's rule table, shared by `firewall` and `firewall-stateful`.
+from libc.stdint cimport uint8_t, uint64_t
+from host_agent.includes.rte_acl cimport rte_acl_ctx
+from host_agent.includes.rte_mbuf cimport rte_mbuf
+from host_agent.fastpath cimport NativeNF, Acl
+
+
+cdef struct ruleset_t:
+    rte_acl_ctx *acl
+    uint8_t *allow          # per rule
+    uint64_t *hits          # per rule
+    uint8_t default_allow
+    uint64_t default_hits
+    uint64_t not_ipv4       # IPv6 packets: the default action, counted
+
+
+cdef void ruleset_decide(ruleset_t *rs, rte_mbuf **pkts, unsigned n,
+                         uint8_t *allow) noexcept nogil
+
+
+cdef class RuleSet:
+    cdef ruleset_t rs
+    cdef Acl acl
+    cdef readonly list rules
+
+
+cdef struct fw_t:
+    ruleset_t *rs
+    uint64_t passed
+    uint64_t dropped
+
+
+cdef class Firewall(NativeNF):
+    cdef RuleSet ruleset
+    cdef fw_t fw

@@ -67,12 +67,21 @@ def egress_mac(topo, name):
         return getattr(edge, "mac", None) or edge_mac(edge.name)
 
 
+CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def _config(nf_type):
+    """The plan instance's "config" for a catalog entry: what the NF's
+    constructor takes.  A YAML/JSON file (lb, nat, ratelimit, ddos) becomes
+    {"file": PATH}, which nfs.nfconfig reads and checks with FILE:LINE
+    errors; any other file is a rule file (firewall, ids): {"rules": PATH}.
+    Paths stay paths: the agent opens them, as it does rule files."""
     config = nf_type.config
     if config is None:
         return {}
     if isinstance(config, str):
-        return {"rules": config}
+        key = "file" if config.lower().endswith(CONFIG_FILE_SUFFIXES) else "rules"
+        return {key: config}
     return dict(config)
 
 

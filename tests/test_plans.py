@@ -1,13 +1,18 @@
 """controller.plans: every plan passes host_agent.plan.check_plan, and a
 walker that follows the hops host to host visits each chain's NFs in order
 and carries exactly the placement's shares."""
+import glob
+import os
 import re
 
 import pytest
 
 from controller import placement, plans, topogen
+from controller.topology import load_topology
 from controller.model import Chain, Edge, Host, Link, NFType, Switch, Topology
 from host_agent.plan import check_plan
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def walk(topo, host_plans, chain, start):
@@ -208,3 +213,40 @@ def test_raw_agent_stats_through_host_load_shift_remote_weights():
     before_w = {p["host"]: p["weight"] for p in hop["remote"]}
     after_w = {p["host"]: p["weight"] for p in after["remote"]}
     assert after_w[busy] < before_w[busy]
+
+
+# fat-tree-k4.yaml must stay what `onvm topo gen fat-tree` makes
+# (tests/test_topogen.py), and controller/topogen.py's catalog names no NF
+# configs yet: until it does, its firewall, ids, lb and nat cannot start.
+GENERATED = pytest.mark.xfail(strict=True, raises=Exception,
+                              reason="controller/topogen.py's catalog has no NF configs")
+SHIPPED = [pytest.param(p, marks=GENERATED) if os.path.basename(p) == "fat-tree-k4.yaml" else p
+           for p in sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml")))]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: os.path.basename(str(p)))
+def test_every_nf_of_a_shipped_topology_starts_from_its_plan(path):
+    """What an agent does with a plan: make every instance's NF from the
+    plan's config.  An NF that refuses makes the agent refuse the plan."""
+    from host_agent.harness import ensure_eal
+    from nfs.api import make_nf
+    ensure_eal()
+    topo = load_topology(path)
+    out = plans.host_plans(topo, placement.place(topo), 1)
+    made = set()
+    for host, plan in sorted(out.items()):
+        for inst in plan["instances"]:
+            nf = make_nf(inst)
+            assert nf is not None, (host, inst)
+            made.add(inst["nf"])
+    assert made == {nf for chain in topo.chains for nf in chain.nfs}
+    # every catalog type, used by a chain or not, starts from its config
+    for name, nf_type in sorted(topo.nfs.items()):
+        make_nf({"nf": name, "config": plans._config(nf_type)})
+
+
+def test_catalog_config_becomes_what_the_nf_takes():
+    assert plans._config(NFType("ids", 2, 3.0, "/r/web.rules")) == {"rules": "/r/web.rules"}
+    assert plans._config(NFType("lb", 1, 9.0, "/r/lb.yaml")) == {"file": "/r/lb.yaml"}
+    assert plans._config(NFType("nat", 1, 9.0, "/r/NAT.JSON")) == {"file": "/r/NAT.JSON"}
+    assert plans._config(NFType("monitor", 1, 9.0)) == {}

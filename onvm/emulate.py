@@ -46,6 +46,7 @@ from onvm.traffic import MAGIC, MARK, read_status
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PPS_PER_MPPS = 100          # emulated packets a second per Mpps a chain asks for
+IDLE_US = 200               # agents sleep this long when idle: hosts share two cores
 PR_SET_PDEATHSIG = 1
 
 
@@ -199,26 +200,37 @@ def _address(net, i, default):
     return str(net.network_address + 1 + i % (net.num_addresses - 2))
 
 
-def chain_frames(chain, src_mac, dst_mac, flows=8):
-    """Frames (bytes) that match `chain`'s classifier, one per flow, each with
-    a marker placeholder for the sender to fill."""
+def default_flows(chain, flows=8):
+    """Flow specs of `flows` flows inside `chain`'s classifier: one source
+    address and source port each."""
+    m = dict(chain.match)
+    return [{"src": _address(m.get("ipv4_src"), i, "192.0.2.1"), "sport": 20000 + i}
+            for i in range(flows)]
+
+
+def chain_frames(chain, src_mac, dst_mac, flows):
+    """Frames (bytes) that match `chain`'s classifier, one per flow spec
+    {"src": IPv4, "sport": port, "payload": bytes (optional, after the
+    marker)}, each with a marker placeholder for the sender to fill.  A
+    classifier's port fields win over a spec's; its source network is the
+    caller's to respect (default_flows does)."""
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.l2 import Ether
     m = dict(chain.match)
     udp = any(k.startswith("udp_") for k in m)
     proto = m.get("ip_proto", 17 if udp else 6)
+    dst = _address(m.get("ipv4_dst"), 0, "198.51.100.1")
     frames = []
-    for i in range(flows):
-        ip = IP(src=_address(m.get("ipv4_src"), i, "192.0.2.1"),
-                dst=_address(m.get("ipv4_dst"), 0, "198.51.100.1"), proto=proto, ttl=64)
-        sport = 20000 + i
+    for spec in flows:
+        ip = IP(src=spec["src"], dst=dst, proto=proto, ttl=64)
         if proto == 6:
-            l4 = TCP(sport=m.get("tcp_src", sport), dport=m.get("tcp_dst", 80), flags="A")
+            l4 = TCP(sport=m.get("tcp_src", spec["sport"]), dport=m.get("tcp_dst", 80),
+                     flags="A")
         elif proto == 17:
-            l4 = UDP(sport=m.get("udp_src", sport), dport=m.get("udp_dst", 53))
+            l4 = UDP(sport=m.get("udp_src", spec["sport"]), dport=m.get("udp_dst", 53))
         else:
             l4 = None
-        payload = MAGIC + bytes(MARK.size - len(MAGIC)) + bytes(8)
+        payload = MAGIC + bytes(MARK.size - len(MAGIC)) + bytes(8) + spec.get("payload", b"")
         pkt = Ether(src=src_mac, dst=dst_mac) / ip
         pkt = pkt / l4 / payload if l4 is not None else pkt / payload
         frames.append(bytes(pkt))
@@ -236,7 +248,7 @@ class Emulation:
     wanted, then `stop()` (always: it is safe after a partial start)."""
 
     def __init__(self, topo_path, prefix=None, workdir=None, pps_per_mpps=PPS_PER_MPPS,
-                 say=None, agent_nice=10):
+                 say=None, agent_nice=10, idle_us=IDLE_US):
         self.topo_path = os.path.abspath(topo_path)
         self.topo = load_topology(self.topo_path)
         self.prefix = prefix or run_prefix()
@@ -244,6 +256,7 @@ class Emulation:
         self.pps_per_mpps = pps_per_mpps
         self.say = say or (lambda *a, **k: None)
         self.agent_nice = agent_nice
+        self.idle_us = idle_us
         self.etcd = self.ovs = self.net = self.store = self.forwarder = None
         self.controller = None
         self.of_port = self.ws_port = None
@@ -400,8 +413,8 @@ class Emulation:
         log = open(self.file(f"agent-{name}.log"), "ab")
         cmd = ["nice", "-n", str(self.agent_nice), sys.executable, "-m", "onvm.cli",
                "agent", "--host", name, "--store", self.etcd.url, "--metrics-port", "0",
-               "--", "--vdev", f"net_af_packet0,iface={self.intf[name]}",
-               "--no-huge", "-m", "256", "--file-prefix", f"{self.prefix}_{name}",
+               "--idle-us", str(self.idle_us),
+               "--", "--vdev", f"net_af_packet0,iface={self.intf[name]}", "--no-huge", "-m", "256", "--file-prefix", f"{self.prefix}_{name}",
                "-l", "0"]
         self.agents[name] = node.popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, cwd=REPO, env=_env())
@@ -458,13 +471,7 @@ class Emulation:
 
     def _start_sender(self, chain):
         ingress = self.topo.edge(chain.ingress)
-        try:
-            dst_mac = self.topo.host(chain.egress).mac
-        except KeyError:
-            dst_mac = edge_mac(chain.egress)
-        frames = chain_frames(chain, edge_mac(ingress.name), dst_mac)
-        with open(self.file(f"frames-{chain.name}.json"), "w") as f:
-            json.dump([fr.hex() for fr in frames], f)
+        self.set_flows(chain.name, default_flows(chain))
         self.set_rate(chain.name, chain.mpps)
         node = self.nodes[ingress.name]
         log = open(self.file(f"send-{chain.name}.log"), "ab")
@@ -477,12 +484,34 @@ class Emulation:
                                               stdin=subprocess.DEVNULL, cwd=REPO, env=_env())
         log.close()
 
+    def set_flows(self, name, flows):
+        """Make chain `name`'s sender send these flow specs (see
+        chain_frames) from now on; it picks them up within half a second and
+        counts per flow afresh (`sent(name)["per_frame"]`, in this order)."""
+        chain = self.topo_chain(name)
+        try:
+            dst_mac = self.topo.host(chain.egress).mac
+        except KeyError:
+            dst_mac = edge_mac(chain.egress)
+        frames = chain_frames(chain, edge_mac(chain.ingress), dst_mac, flows)
+        path = self.file(f"frames-{name}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump([fr.hex() for fr in frames], f)
+        os.replace(path + ".tmp", path)
+
     def pps(self, mpps):
         return max(10.0, round(mpps * self.pps_per_mpps, 1))
 
     def set_rate(self, chain, mpps):
-        with open(self.file(f"rate-{chain}"), "w") as f:
-            f.write(str(self.pps(mpps)))
+        self.set_pps(chain, self.pps(mpps))
+
+    def set_pps(self, chain, pps):
+        """The sender's rate in packets a second (0 pauses it), read within
+        half a second."""
+        path = self.file(f"rate-{chain}")
+        with open(path + ".tmp", "w") as f:
+            f.write(str(pps))
+        os.replace(path + ".tmp", path)
 
     # -- watching ----------------------------------------------------------
     def _check_alive(self):

@@ -5,8 +5,12 @@ node's network namespace (`python -m onvm.traffic send|sink ...`).
 Every frame carries a marker in its payload: MAGIC, the chain's SPI, a
 sequence number and the send time.  The sink finds the marker wherever the
 NFs left it, so it counts per chain, sees losses as missing sequence numbers
-and gaps as pauses in arrival.  Both processes report by rewriting a small
-JSON status file a few times a second (atomically, with os.replace).
+and gaps as pauses in arrival.  It also counts per flow (IPv4 source and
+source port, which no NF of ours rewrites) the destination addresses the
+flow arrived with, so a load balancer's choices show.  The sender counts
+per frame (one frame a flow) and takes a new set of frames, or a new rate,
+when its files change.  Both processes report by rewriting a small JSON
+status file a few times a second (atomically, with os.replace).
 
 This module does not decide what to send: `onvm.emulate` builds the frames
 (from each chain's classifier) and reads the status files.
@@ -28,6 +32,7 @@ ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 GAP_S = 0.05                            # a pause longer than this is a gap
 REPORT_S = 0.1
+MAX_FLOWS = 4096                        # per chain, at the sink
 
 
 def mark(spi, seq, now):
@@ -85,25 +90,49 @@ def _read_rate(path, default):
         return default
 
 
-def send(iface, frames_path, status_path, rate_path, spi, pps):
-    """Send the frames of `frames_path` (hex, one flow each) round robin at
-    `pps` packets a second (re-read from `rate_path` twice a second), each
-    with a fresh marker patched over the marker placeholder."""
-    with open(frames_path) as f:
+def _load_frames(path):
+    """(frames, marker offsets) of a frames file: JSON, hex, one a flow."""
+    with open(path) as f:
         frames = [bytearray(bytes.fromhex(h)) for h in json.load(f)]
     offsets = [fr.find(MAGIC) for fr in frames]
-    if any(o < 0 for o in offsets):
-        raise SystemExit(f"{frames_path}: a frame lacks the marker placeholder")
+    if not frames or any(o < 0 for o in offsets):
+        raise SystemExit(f"{path}: no frames, or a frame lacks the marker placeholder")
+    return frames, offsets
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def send(iface, frames_path, status_path, rate_path, spi, pps):
+    """Send the frames of `frames_path` (hex, one flow each) round robin at
+    `pps` packets a second, each with a fresh marker patched over the
+    marker placeholder.  Twice a second the rate is re-read from
+    `rate_path` and the frames reloaded if their file changed; the status
+    counts sent packets per frame of the current file."""
+    frames, offsets = _load_frames(frames_path)
+    version = _mtime(frames_path)
+    per_frame = [0] * len(frames)
     sock = _raw_socket(iface)
     seq = sent = 0
     start = last_report = last_rate = time.time()
     due_from, due_count = start, 0
+
+    def status(**extra):
+        return {"spi": spi, "sent": sent, "seq": seq, "pps": pps, "time": time.time(),
+                "start": start, "frames_version": version, "per_frame": per_frame, **extra}
     while not _Stop.flag:
         now = time.time()
         if now - last_rate >= 0.5:
             new = _read_rate(rate_path, pps)
             if new != pps:
                 pps, due_from, due_count = new, now, 0
+            if _mtime(frames_path) != version:
+                frames, offsets = _load_frames(frames_path)
+                version, per_frame = _mtime(frames_path), [0] * len(frames)
             last_rate = now
         due = int((now - due_from) * pps) - due_count
         for _ in range(min(due, 1000)):
@@ -113,20 +142,31 @@ def send(iface, frames_path, status_path, rate_path, spi, pps):
             try:
                 sock.send(fr)
                 sent += 1
+                per_frame[i] += 1
             except OSError:
                 pass                    # a full queue: the sequence gap shows it
             seq += 1
             due_count += 1
         if now - last_report >= REPORT_S:
-            write_status(status_path, {"spi": spi, "sent": sent, "seq": seq,
-                                       "pps": pps, "time": now, "start": start})
+            write_status(status_path, status())
             last_report = now
         time.sleep(0.001)
-    write_status(status_path, {"spi": spi, "sent": sent, "seq": seq, "pps": pps,
-                               "time": time.time(), "start": start, "done": True})
+    write_status(status_path, status(done=True))
 
 
-class Flow:
+def flow_of(frame):
+    """("SRC:SPORT", DST) of an untagged IPv4 frame, or None."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return None
+    ihl = (frame[14] & 0x0f) * 4
+    src, dst = socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34])
+    sport = 0
+    if frame[23] in (6, 17) and len(frame) >= 14 + ihl + 2:
+        sport = struct.unpack_from("!H", frame, 14 + ihl)[0]
+    return f"{src}:{sport}", dst
+
+
+class ChainSeen:
     """What the sink saw of one chain."""
 
     def __init__(self):
@@ -135,6 +175,15 @@ class Flow:
         self.first = self.last = None
         self.gaps = []                  # [start, end] of pauses > GAP_S
         self.latency_sum = 0.0
+        self.flows = {}                 # "SRC:SPORT" -> {destination: packets}
+
+    def add_flow(self, flow):
+        if flow is None:
+            return
+        key, dst = flow
+        if key in self.flows or len(self.flows) < MAX_FLOWS:
+            dsts = self.flows.setdefault(key, {})
+            dsts[dst] = dsts.get(dst, 0) + 1
 
     def add(self, seq, sent, now):
         if self.last is not None and now - self.last > GAP_S:
@@ -150,14 +199,14 @@ class Flow:
         return {"received": self.received, "max_seq": self.max_seq,
                 "first": self.first, "last": self.last, "gaps": self.gaps[-50:],
                 "latency_ms": round(1000 * self.latency_sum / self.received, 3)
-                if self.received else None}
+                if self.received else None, "flows": self.flows}
 
 
 def sink(iface, status_path):
     """Count marked frames arriving at `iface` (not those it sends), per SPI."""
     sock = _raw_socket(iface)
     sock.settimeout(REPORT_S)
-    flows = {}
+    seen = {}                           # SPI -> ChainSeen
     last_report = 0.0
     while not _Stop.flag:
         try:
@@ -171,13 +220,15 @@ def sink(iface, status_path):
             found = find_mark(frame)
             if found:
                 spi, seq, sent = found
-                flows.setdefault(spi, Flow()).add(seq, sent, now)
+                chain = seen.setdefault(spi, ChainSeen())
+                chain.add(seq, sent, now)
+                chain.add_flow(flow_of(frame))
         if now - last_report >= REPORT_S:
             write_status(status_path, {"time": now,
-                                       "chains": {str(k): v.as_dict() for k, v in flows.items()}})
+                                       "chains": {str(k): v.as_dict() for k, v in seen.items()}})
             last_report = now
     write_status(status_path, {"time": time.time(), "done": True,
-                               "chains": {str(k): v.as_dict() for k, v in flows.items()}})
+                               "chains": {str(k): v.as_dict() for k, v in seen.items()}})
 
 
 def main(argv=None):

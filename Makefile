@@ -7,7 +7,7 @@ PYTHON   ?= /usr/bin/python3
 VENV     := .venv
 PY       := $(VENV)/bin/python
 PIP      := $(VENV)/bin/pip --disable-pip-version-check -q
-SITE      = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+SITE_CMD := $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
 APT_PKGS := libdpdk-dev dpdk openvswitch-switch mininet etcd-server \
             libhyperscan-dev tcpdump iputils-ping libpcap-dev pkg-config \
             python3-venv python3-dev iproute2 ethtool
@@ -36,9 +36,10 @@ $(VENV)/.deps: requirements.txt
 	$(PIP) install --no-build-isolation ryu==4.34
 	# eventlet 0.33 lacks eventlet.wsgi.ALREADY_HANDLED, which Ryu imports:
 	# onvm_compat supplies it for every interpreter of the venv (ryu-manager too).
-	echo "import importlib.util as _u; _u.find_spec('onvm_compat') and __import__('onvm_compat')" > $(SITE)/zz_onvm_compat.pth
 	# Mininet's Python package comes from Debian; link only that package in.
-	ln -sfn /usr/lib/python3/dist-packages/mininet $(SITE)/mininet
+	site=$$($(SITE_CMD)) && test -d "$$site" && \
+	  echo "import importlib.util as _u; _u.find_spec('onvm_compat') and __import__('onvm_compat')" > "$$site/zz_onvm_compat.pth" && \
+	  ln -sfn /usr/lib/python3/dist-packages/mininet "$$site/mininet"
 	touch $@
 
 venv: $(VENV)/.deps

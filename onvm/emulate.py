@@ -7,8 +7,11 @@ file (switches with the file's dpids and port numbers, one Mininet host per
 DPDK host with the file's MAC and IP, one Mininet host per edge as the
 outside world), the controller (`onvm controller` on free ports), one agent
 inside each host's namespace (DPDK `net_af_packet` on the host's
-interface), and a paced sender at each chain's ingress edge with a counting
-sink at each egress (`onvm.traffic`).  It shows, every second, per chain
+interface; it sleeps `--idle-us` when no packet comes, since the hosts
+share the machine's cores), and a paced sender at each chain's ingress edge
+with a counting sink at each egress (`onvm.traffic`).  Tests change what a
+sender sends while it runs: `set_flows` (which flows, with what payload)
+and `set_pps` / `raise_rate` (how fast).  It shows, every second, per chain
 its rates, losses and where its NFs run, per host its instances and load,
 and a summary at the end.
 

@@ -169,23 +169,8 @@ class StoreForwarder:
 # ------------------------------------------------------------ the controller
 
 def controller_main():
-    """ryu-manager's main, after one workaround.
-
-    Workaround: controller/apps/chain_manager.py `_write_plans` passes the raw
-    per-host stats of the store (`{host: {...counters...}}`) as `load` to
-    controller.plans.host_plans, which wants `{host: utilisation 0..1}`; the
-    first plan with a remote hop then raises TypeError in plans._weights and
-    the controller's loop dies.  Until that is fixed there, raw stats are not
-    passed on (plans are written without load damping); real utilisations
-    pass through untouched."""
-    from controller.apps import chain_manager
-    original = chain_manager.host_plans
-
-    def host_plans(topo, placement, generation, load=None):
-        if load and any(not isinstance(v, (int, float)) for v in load.values()):
-            load = None
-        return original(topo, placement, generation, load)
-    chain_manager.host_plans = host_plans
+    """ryu-manager's main, as `onvm controller` execs it (in-process here so
+    the child dies with us; see _die_with_parent)."""
     from ryu.cmd.manager import main
     sys.argv[0] = "ryu-manager"
     sys.exit(main())
@@ -284,9 +269,9 @@ class Emulation:
     def start(self):
         self._step("starting etcd", self._start_etcd)
         self._step("starting Open vSwitch (userspace datapath)", self._start_ovs)
-        # The controller comes last: it places chains on the hosts alive when
-        # it starts leading (it does not re-place unplaced chains when more
-        # hosts register later), and switches connect once it listens.
+        # The controller comes last, so its first placement sees every host
+        # (no chain placed on a partial cluster, then moved), and switches
+        # connect once it listens.
         self.of_port, self.ws_port = free_port(), free_port()
         self._step("building Mininet", self._start_mininet)
         self._step("starting agents", self._start_agents)

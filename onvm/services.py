@@ -261,31 +261,54 @@ class OvsServer:
         return env
 
     def _start(self, timeout):
-        db = os.path.join(self.dir, "conf.db")
-        self._run([OVSDB_TOOL_BIN, "create", db, OVS_SCHEMA])
+        self._run([OVSDB_TOOL_BIN, "create", self.db_path, OVS_SCHEMA])
+        self._start_ovsdb(timeout)
+        self.vsctl("--no-wait", "init")
+        self._start_vswitchd(timeout)
+        LOG.info("private OVS up in %s (ovsdb-server pid %d, ovs-vswitchd pid %d)",
+                 self.dir, self.ovsdb.pid, self.vswitchd.pid)
+
+    @property
+    def db_path(self):
+        return os.path.join(self.dir, "conf.db")
+
+    def _start_ovsdb(self, timeout):
         self.ovsdb = self._spawn("ovsdb-server", [
-            OVSDB_SERVER_BIN, db, f"--remote=punix:{self.db_socket}",
+            OVSDB_SERVER_BIN, self.db_path, f"--remote=punix:{self.db_socket}",
             "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
             f"--pidfile={self.dir}/ovsdb-server.pid",
             f"--unixctl={self.dir}/ovsdb-server.ctl",
             f"--log-file={self.dir}/ovsdb-server.log", "-vconsole:off"])
+        # The socket file may be left from a previous run of the server:
+        # ready means it answers.
         wait_for(lambda: self._alive(self.ovsdb, "ovsdb-server")
-                 and os.path.exists(self.db_socket), timeout,
+                 and self._db_answers(), timeout,
                  f"ovsdb-server socket {self.db_socket}")
-        self.vsctl("--no-wait", "init")
+
+    def _db_answers(self):
+        res = subprocess.run(["ovsdb-client", "--timeout=2", "list-dbs",
+                              f"unix:{self.db_socket}"], capture_output=True,
+                             env=self._full_env(), timeout=10)
+        return res.returncode == 0
+
+    def _start_vswitchd(self, timeout):
+        ctl = os.path.join(self.dir, "ovs-vswitchd.ctl")
         self.vswitchd = self._spawn("ovs-vswitchd", [
             OVS_VSWITCHD_BIN, f"unix:{self.db_socket}",
-            f"--pidfile={self.dir}/ovs-vswitchd.pid",
-            f"--unixctl={self.dir}/ovs-vswitchd.ctl",
+            f"--pidfile={self.dir}/ovs-vswitchd.pid", f"--unixctl={ctl}",
             f"--log-file={self.dir}/ovs-vswitchd.log", "-vconsole:off"])
         # vswitchd is ready once it answers on its control socket and has
         # applied a configuration change (`init` without --no-wait waits).
         wait_for(lambda: self._alive(self.vswitchd, "ovs-vswitchd")
-                 and os.path.exists(os.path.join(self.dir, "ovs-vswitchd.ctl")),
-                 timeout, f"ovs-vswitchd control socket in {self.dir}")
+                 and os.path.exists(ctl), timeout,
+                 f"ovs-vswitchd control socket in {self.dir}")
         self.vsctl(f"--timeout={int(timeout)}", "init")
-        LOG.info("private OVS up in %s (ovsdb-server pid %d, ovs-vswitchd pid %d)",
-                 self.dir, self.ovsdb.pid, self.vswitchd.pid)
+        # ovs-ofctl reaches a bridge through its management socket, which
+        # may come a little after the configuration is applied.
+        sockets = [os.path.join(self.dir, b + ".mgmt") for b in self.bridges()]
+        wait_for(lambda: self._alive(self.vswitchd, "ovs-vswitchd")
+                 and all(os.path.exists(s) for s in sockets), timeout,
+                 f"management sockets of the bridges in {self.dir}")
 
     def _spawn(self, name, cmd):
         log = open(os.path.join(self.dir, name + ".out"), "wb")
@@ -322,6 +345,81 @@ class OvsServer:
     def appctl(self, *args, target="ovs-vswitchd", check=True):
         ctl = os.path.join(self.dir, target + ".ctl")
         return self._run(["ovs-appctl", "-t", ctl, *args], check=check)
+
+    @property
+    def pids(self):
+        """(ovsdb-server pid, ovs-vswitchd pid): they change on restart."""
+        return self.ovsdb.pid, self.vswitchd.pid
+
+    def restart(self, keep_flows=False, ovsdb=False, timeout=15.0):
+        """Stop ovs-vswitchd (`ovs-appctl exit`, as ovs-ctl does) and start it
+        again on the same run dir, database and options; with `ovsdb`, the
+        database server too (in between, as `ovs-ctl restart` does).
+
+        The database keeps bridges, ports and controller targets, so the
+        switches come back and reconnect to their controllers.  The
+        userspace datapath keeps no flow: they are lost, unless `keep_flows`,
+        which does what `ovs-ctl restart` (systemctl restart
+        openvswitch-switch) does: save every bridge's flows and groups, start
+        vswitchd with other_config:flow-restore-wait=true (it holds off its
+        controllers), put them back, then clear the flag.  Stale rules then
+        survive the restart, and only a controller's resync removes them."""
+        before = self.pids
+        saved = self._save_flows() if keep_flows else {}
+        self._stop_vswitchd(cleanup=False)
+        if ovsdb:
+            _stop_process(self.ovsdb, "ovsdb-server")
+            self._start_ovsdb(timeout)
+        if keep_flows:
+            self.vsctl("--no-wait", "set", "Open_vSwitch", ".",
+                       "other_config:flow-restore-wait=true")
+        self._start_vswitchd(timeout)
+        if keep_flows:
+            self._restore_flows(saved)
+            self.vsctl(f"--timeout={int(timeout)}", "remove", "Open_vSwitch", ".",
+                       "other_config", "flow-restore-wait")
+        LOG.info("private OVS in %s restarted (%s): ovsdb-server pid %d -> %d, "
+                 "ovs-vswitchd pid %d -> %d; flows %s", self.dir,
+                 "both daemons" if ovsdb else "ovs-vswitchd only", before[0],
+                 self.ovsdb.pid, before[1], self.vswitchd.pid,
+                 f"of {len(saved)} bridges restored" if keep_flows else "lost")
+
+    def _save_flows(self):
+        """{bridge: (groups file, flows file)} as ovs-save writes them."""
+        saved = {}
+        for bridge in self.bridges():
+            groups = os.path.join(self.dir, f"{bridge}.groups.dump")
+            flows = os.path.join(self.dir, f"{bridge}.flows.dump")
+            with open(groups, "w") as f:
+                f.writelines(line + "\n" for line in
+                             self.ofctl("dump-groups", bridge).splitlines()
+                             if line.strip() and not line.startswith("OFPST_"))
+            with open(flows, "w") as f:
+                f.writelines(line + "\n" for line in self.ofctl(
+                    "dump-flows", "--no-names", "--no-stats", bridge).splitlines()
+                    if line.strip() and not line.startswith("OFPST_"))
+            saved[bridge] = (groups, flows)
+        return saved
+
+    def _restore_flows(self, saved):
+        for bridge, (groups, flows) in saved.items():
+            self.ofctl("add-groups", bridge, groups)
+            self.ofctl("replace-flows", bridge, flows)
+            os.unlink(groups)
+            os.unlink(flows)
+
+    def _stop_vswitchd(self, cleanup):
+        """End ovs-vswitchd by `ovs-appctl exit`; kill it if that fails.
+        `cleanup` also removes its datapaths and internal ports' taps."""
+        if self.vswitchd is None or self.vswitchd.poll() is not None:
+            return
+        try:
+            self.appctl("exit", *(["--cleanup"] if cleanup else []), check=False)
+            _wait_exit(self.vswitchd, 5.0)
+        except (OvsError, subprocess.TimeoutExpired) as err:
+            LOG.warning("private OVS in %s: clean exit failed (%s); killing",
+                        self.dir, err)
+        _stop_process(self.vswitchd, "ovs-vswitchd")
 
     def add_bridge(self, name, dpid=None, controller=None, fail_mode="secure"):
         """Create a userspace (netdev) bridge; the name must have our prefix."""
@@ -367,14 +465,12 @@ class OvsServer:
                 for bridge in self.bridges():
                     self.vsctl("--timeout=5", "--if-exists", "del-br", bridge,
                                check=False)
-                # exit --cleanup removes datapaths and the tap devices of
-                # internal ports it made; SIGTERM would leave them behind.
-                self.appctl("exit", "--cleanup", check=False)
-                _wait_exit(self.vswitchd, 5.0)
-        except (OvsError, subprocess.TimeoutExpired) as err:
-            LOG.warning("private OVS in %s: clean exit failed (%s); killing",
+        except subprocess.TimeoutExpired as err:
+            LOG.warning("private OVS in %s: deleting bridges timed out (%s)",
                         self.dir, err)
-        _stop_process(self.vswitchd, "ovs-vswitchd")
+        # exit --cleanup removes datapaths and the tap devices of internal
+        # ports it made; SIGTERM would leave them behind.
+        self._stop_vswitchd(cleanup=True)
         _stop_process(self.ovsdb, "ovsdb-server")
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -105,3 +105,63 @@ def test_ovs_env_points_plain_tools_at_private_instance(ovs, run_prefix):
     finally:
         ovs.deactivate()
     assert os.environ.get("OVS_RUNDIR") != ovs.dir
+
+
+# The restart tests run last: they restart the module's shared OVS.
+
+def _accept(listener, what):
+    """The next connection to `listener` (non-blocking), waited for."""
+    def probe():
+        try:
+            return listener.accept()[0]
+        except BlockingIOError:
+            return None
+    return services.wait_for(probe, 20, what)
+
+
+def test_ovs_restart_keeps_config_loses_flows_and_reconnects(ovs, run_prefix):
+    import socket
+    bridge = ovs.add_bridge(run_prefix + "r0", dpid=0x301)
+    ovs.ofctl("add-flow", bridge, "priority=5,in_port=LOCAL,actions=drop")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        target = "tcp:127.0.0.1:%d" % listener.getsockname()[1]
+        ovs.vsctl("set-controller", bridge, target)
+        first = _accept(listener, "the switch connecting to its controller")
+        old_db, old_vswitchd = ovs.pids
+        ovs.restart()
+        assert ovs.pids[0] == old_db and ovs.pids[1] != old_vswitchd
+        assert ovs.vswitchd.poll() is None
+        # the old daemon's connection is closed, a new one comes
+        first.settimeout(10)
+        with first:
+            while first.recv(4096):
+                pass
+        _accept(listener, "the restarted switch reconnecting").close()
+    assert bridge in ovs.bridges()
+    assert ovs.vsctl("get-controller", bridge).strip() == target
+    assert ovs.vsctl("get", "Bridge", bridge, "datapath_type").strip() == "netdev"
+    assert "in_port=LOCAL" not in ovs.ofctl("dump-flows", bridge)
+    assert "n_packets" not in ovs.ofctl("dump-flows", bridge), "flows survived"
+
+
+def test_ovs_restart_like_ovs_ctl_keeps_flows_and_groups(ovs, run_prefix):
+    bridge = ovs.add_bridge(run_prefix + "r1", dpid=0x302)
+    ovs.ofctl("add-group", bridge,
+              "group_id=17,type=select,bucket=weight:7,actions=output:LOCAL")
+    ovs.ofctl("add-flow", bridge, "cookie=0x6f6e000000000001,table=1,priority=5,"
+                                  "in_port=LOCAL,actions=group:17")
+    old_db, old_vswitchd = ovs.pids
+    ovs.restart(keep_flows=True, ovsdb=True)
+    assert ovs.pids[0] != old_db and ovs.pids[1] != old_vswitchd
+    flows = ovs.ofctl("dump-flows", bridge)
+    assert "cookie=0x6f6e000000000001" in flows
+    assert "table=1" in flows and "priority=5,in_port=LOCAL actions=group:17" in flows
+    assert "group_id=17,type=select,bucket=weight:7,actions=LOCAL" in \
+        ovs.ofctl("dump-groups", bridge)
+    # vswitchd must not be left waiting for a restore that is over
+    assert "flow-restore-wait" not in ovs.vsctl("get", "Open_vSwitch", ".",
+                                                "other_config")
+    assert not [f for f in os.listdir(ovs.dir) if f.endswith(".dump")]

@@ -26,20 +26,43 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from controller.model import (FIRST_NODE_LABEL, FIRST_SPI, Chain, Edge, Host,
                               Link, NFType, Switch, Topology)
-from controller.topology import dump_topology
+from controller.topology import dump_topology, library_config
+
+# The config each NF type needs to start, by its name in the shipped rule
+# library (controller.topology.RULE_LIBRARY): `onvm topo gen` writes YAML to
+# stdout and cannot write per-topology files, so generated catalogs name
+# generic ones.  They fit every generated chain: the firewall allows what the
+# classifiers below send plus ICMP, the ids holds web signatures, nat knows
+# 10.0.0.0/8 as inside, and the lb's VIP is an address no generated chain
+# sends to, so it passes each chain's packets to its egress host unchanged
+# (generic-lb.yaml explains).  A file of the same name next to the topology
+# file overrides the library's.
+GENERIC_CONFIGS: Dict[str, str] = {
+    "firewall": "generic-fw.rules",
+    "ids": "generic-ids.rules",
+    "lb": "generic-lb.yaml",
+    "nat": "nat.yaml",
+    "ratelimit": "ratelimit.yaml",
+    "ddos": "ddos.yaml",
+}
 
 # Per instance: cores taken and Mpps served, 64-byte packets, order of
 # magnitude of published DPDK NFs (an IDS with pattern matching is the slow
 # one, a plain forwarder the fast one).
+def _nf(name: str, cores: int, mpps: float) -> NFType:
+    config = GENERIC_CONFIGS.get(name)
+    return NFType(name, cores, mpps, config and library_config(config))
+
+
 CATALOG: Dict[str, NFType] = {t.name: t for t in (
-    NFType("firewall", 1, 8.0),
-    NFType("ids", 2, 3.0),
-    NFType("lb", 1, 10.0),
-    NFType("nat", 1, 8.0),
-    NFType("ratelimit", 1, 12.0),
-    NFType("ddos", 1, 6.0),
-    NFType("monitor", 1, 14.0),
-    NFType("forward", 1, 20.0),
+    _nf("firewall", 1, 8.0),
+    _nf("ids", 2, 3.0),
+    _nf("lb", 1, 10.0),
+    _nf("nat", 1, 8.0),
+    _nf("ratelimit", 1, 12.0),
+    _nf("ddos", 1, 6.0),
+    _nf("monitor", 1, 14.0),
+    _nf("forward", 1, 20.0),
 )}
 
 # Chains towards a host: (name, NFs, IP protocol, destination port).

@@ -458,18 +458,48 @@ def _parse_edges(ck, raw, names, switch_names, ports):
     return edges
 
 
+# The shipped rule library: generic NF configs that any topology may name
+# by bare name (generated ones do), wherever the topology file itself lives.
+RULE_LIBRARY = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, "topologies", "rules"))
+
+
+def library_config(name):
+    """Absolute path of `name` in the shipped rule library."""
+    return os.path.join(RULE_LIBRARY, name)
+
+
+def config_places(config, base_dir):
+    """Where a catalog `config` may be, in the order looked at: next to the
+    topology file first (so a file placed there overrides the library's of
+    the same name), then the shipped rule library.  Absolute: only itself."""
+    if os.path.isabs(config):
+        return [os.path.normpath(config)]
+    return [os.path.abspath(os.path.join(base_dir, config)),
+            os.path.normpath(os.path.join(RULE_LIBRARY, config))]
+
+
 def _check_config(ck, entry, f, line, what, base_dir):
-    """Resolve an NF's config path; stored resolved, so whoever opens it
-    need not know where the topology file lives."""
+    """Resolve an NF's config path; stored absolute, so whoever opens it
+    (an agent, another working directory) need not know where the topology
+    file lives."""
     if f.get("config") is None:
         return True, None
-    path = os.path.normpath(os.path.join(base_dir, f["config"]))
-    if not os.path.isfile(path):
-        ck.error(_line_of(entry, "config", line),
-                 f"{what}: config file {f['config']!r} not found "
-                 f"(looked for {path})")
-        return False, None
-    return True, path
+    places = config_places(f["config"], base_dir)
+    for path in places:
+        if os.path.isfile(path):
+            return True, path
+    if len(places) == 1:
+        problem = f"not found (looked for {places[0]})"
+    else:
+        # Text with no file behind it resolves against the working directory.
+        near = "in the working directory" if ck.source.startswith("<") \
+            else "next to the topology file"
+        problem = (f"is neither {near} ({places[0]}) nor in the shipped rule "
+                   f"library ({places[1]})")
+    ck.error(_line_of(entry, "config", line),
+             f"{what}: config file {f['config']!r} {problem}")
+    return False, None
 
 
 def _parse_catalog(ck, raw, line, base_dir):
@@ -652,7 +682,8 @@ def _load_yaml(text, source):
 
 def parse_topology(text, source="<memory>") -> Topology:
     """Check a topology from YAML text; `source` names it in messages and
-    resolves NF config paths (relative to its directory)."""
+    resolves NF config paths (relative to its directory, then the shipped
+    rule library; see config_places)."""
     data, problems = _load_yaml(text, source)
     ck = _Checker(source)
     ck.errors.extend(problems)
@@ -751,14 +782,25 @@ def _dump_chain(chain, position):
 def _dump_nf(nf):
     pairs = [("cores", _scalar(nf.cores)), ("mpps", _scalar(nf.mpps))]
     if nf.config is not None:
-        pairs.append(("config", _scalar(os.path.abspath(nf.config))))
+        pairs.append(("config", _scalar(_config_name(nf.config))))
     return f"  {_scalar(nf.name)}: {_flow(pairs)}"
+
+
+def _config_name(path):
+    """How a dump names a config so the file loads back the same wherever it
+    is written: a library file by its name in the library (a fresh clone at
+    another path finds it there), any other file by its absolute path."""
+    path = os.path.abspath(path)
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(RULE_LIBRARY))
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        return path
+    return rel
 
 
 def dump_topology(topo: Topology) -> str:
     """YAML that parse_topology reads back to an equal Topology.  Labels and
     SPIs are written only where they differ from the default for their
-    position; NF config paths are written absolute."""
+    position; NF configs by library name or absolute path (_config_name)."""
     host_keys = ("name", "switch", "port", "mac", "ip", "cores")
     hosts = [_item(h, host_keys, [("label", _scalar(h.label))]
                    if h.label != FIRST_NODE_LABEL + i else ())

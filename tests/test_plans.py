@@ -215,13 +215,7 @@ def test_raw_agent_stats_through_host_load_shift_remote_weights():
     assert after_w[busy] < before_w[busy]
 
 
-# fat-tree-k4.yaml must stay what `onvm topo gen fat-tree` makes
-# (tests/test_topogen.py), and controller/topogen.py's catalog names no NF
-# configs yet: until it does, its firewall, ids, lb and nat cannot start.
-GENERATED = pytest.mark.xfail(strict=True, raises=Exception,
-                              reason="controller/topogen.py's catalog has no NF configs")
-SHIPPED = [pytest.param(p, marks=GENERATED) if os.path.basename(p) == "fat-tree-k4.yaml" else p
-           for p in sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml")))]
+SHIPPED = sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml")))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: os.path.basename(str(p)))

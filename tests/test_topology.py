@@ -1,6 +1,7 @@
 """The topology loader: each error case with its exact `FILE:LINE: message`,
 every error collected, the round trip through dump_topology, the shipped
 files, and `onvm topo validate` as a user runs it."""
+import dataclasses
 import glob
 import os
 import subprocess
@@ -9,8 +10,8 @@ import sys
 import pytest
 
 from controller.model import Topology
-from controller.topology import (TopologyError, dump_topology, load_topology,
-                                 parse_topology)
+from controller.topology import (RULE_LIBRARY, TopologyError, dump_topology,
+                                 load_topology, parse_topology)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml")))
@@ -179,9 +180,9 @@ CASES = [
      ["t.yaml:13: nf firewall: unknown key 'rules'; known keys: cores, mpps, "
       "config"]),
     ("nf-config-missing", {13: "  firewall: {cores: 1, mpps: 10, config: "
-                               "rules/none.rules}"},
-     ["t.yaml:13: nf firewall: config file 'rules/none.rules' not found "
-      "(looked for rules/none.rules)"]),
+                               "/nonexistent/none.rules}"},
+     ["t.yaml:13: nf firewall: config file '/nonexistent/none.rules' not found "
+      "(looked for /nonexistent/none.rules)"]),
     ("duplicate-yaml-key", {14: "  monitor: {cores: 1, mpps: 14}\n"
                                 "  monitor: {cores: 2, mpps: 14}"},
      ["t.yaml:15: duplicate key 'monitor' (first at line 14)"]),
@@ -301,8 +302,64 @@ def test_nf_config_is_resolved_next_to_the_file(tmp_path):
     topo = load_topology(path)
     assert topo.nfs["firewall"].config == str(tmp_path / "rules" / "fw.rules")
     assert topo.nfs["monitor"].config is None
-    # Round trip from anywhere: the dump carries the resolved path.
-    assert parse_topology(dump_topology(topo), str(path)) == topo
+    # Round trip from anywhere: a file outside the library is dumped by its
+    # absolute path.
+    dumped = dump_topology(topo)
+    assert f'config: "{tmp_path / "rules" / "fw.rules"}"' in dumped
+    elsewhere = str(tmp_path / "elsewhere" / "t.yaml")
+    assert parse_topology(dumped, elsewhere) == dataclasses.replace(topo, source=elsewhere)
+
+
+def test_nf_config_not_beside_the_file_comes_from_the_rule_library(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(edited({13: "  firewall: {cores: 1, mpps: 10, config: "
+                                "generic-fw.rules}"}))
+    library_file = os.path.join(RULE_LIBRARY, "generic-fw.rules")
+    assert RULE_LIBRARY == os.path.join(REPO, "topologies", "rules")
+    assert load_topology(path).nfs["firewall"].config == library_file
+    # A file of that name beside the topology wins over the library's.
+    (tmp_path / "generic-fw.rules").write_text("allow any any any\n")
+    own = load_topology(path)
+    assert own.nfs["firewall"].config == str(tmp_path / "generic-fw.rules")
+
+
+def test_library_configs_are_dumped_by_name_and_load_anywhere(tmp_path):
+    """A dump names library files relative to the library, so it loads back
+    the same from any directory (a fresh clone at another path included)."""
+    topo = load_topology(os.path.join(REPO, "topologies", "leaf-spine.yaml"))
+    dumped = dump_topology(topo)
+    assert "config: leaf-spine-fw.rules" in dumped and "config: nat.yaml" in dumped
+    assert REPO not in dumped and 'config: "/' not in dumped
+    for where in (tmp_path / "a.yaml", tmp_path / "deep" / "b.yaml"):
+        where.parent.mkdir(exist_ok=True)
+        where.write_text(dumped)
+        assert load_topology(where) == dataclasses.replace(topo, source=str(where))
+
+
+def test_nf_config_not_found_names_both_places(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(edited({13: "  firewall: {cores: 1, mpps: 10, config: "
+                                "rules/none.rules}"}))
+    run = _onvm("topo", "validate", str(path))
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"{path}:13: nf firewall: config file 'rules/none.rules' is neither "
+        f"next to the topology file ({tmp_path}/rules/none.rules) nor in the "
+        f"shipped rule library ({RULE_LIBRARY}/rules/none.rules)"]
+    # Text with no file behind it resolves against the working directory.
+    errors = errors_of(edited({13: "  firewall: {cores: 1, mpps: 10, config: "
+                                   "none.rules}"}), "<stdin>")
+    assert errors == [
+        f"<stdin>:13: nf firewall: config file 'none.rules' is neither in the "
+        f"working directory ({os.path.abspath('none.rules')}) nor in the "
+        f"shipped rule library ({RULE_LIBRARY}/none.rules)"]
+
+
+def test_shipped_files_hold_no_absolute_path():
+    for path in SHIPPED:
+        with open(path) as f:
+            text = f.read()
+        assert REPO not in text and ': "/' not in text and ": /" not in text, path
 
 
 def test_round_trip_keeps_explicit_labels_and_spis():

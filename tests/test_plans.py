@@ -218,14 +218,12 @@ def test_raw_agent_stats_through_host_load_shift_remote_weights():
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml")))
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: os.path.basename(str(p)))
-def test_every_nf_of_a_shipped_topology_starts_from_its_plan(path):
+def start_every_nf(topo):
     """What an agent does with a plan: make every instance's NF from the
     plan's config.  An NF that refuses makes the agent refuse the plan."""
     from host_agent.harness import ensure_eal
     from nfs.api import make_nf
     ensure_eal()
-    topo = load_topology(path)
     out = plans.host_plans(topo, placement.place(topo), 1)
     made = set()
     for host, plan in sorted(out.items()):
@@ -237,6 +235,19 @@ def test_every_nf_of_a_shipped_topology_starts_from_its_plan(path):
     # every catalog type, used by a chain or not, starts from its config
     for name, nf_type in sorted(topo.nfs.items()):
         make_nf({"nf": name, "config": plans._config(nf_type)})
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: os.path.basename(str(p)))
+def test_every_nf_of_a_shipped_topology_starts_from_its_plan(path):
+    start_every_nf(load_topology(path))
+
+
+def test_every_nf_of_a_generated_topology_starts_from_its_plan():
+    """Straight from the generator, no file in between: its catalog's
+    configs are paths an agent opens as they are."""
+    topo = topogen.leaf_spine(2, 4, 2, chains=12)
+    assert {nf for c in topo.chains for nf in c.nfs} >= {"firewall", "ids", "lb", "nat"}
+    start_every_nf(topo)
 
 
 def test_catalog_config_becomes_what_the_nf_takes():

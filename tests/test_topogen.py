@@ -1,15 +1,18 @@
 """The generators: right sizes, valid (proved by the loader, not assumed),
 deterministic, chains that vary and fit, fast enough for the placement
 benchmark, and `onvm topo gen` as a user runs it."""
+import ipaddress
 import os
 import subprocess
 import sys
 import time
 
 import pytest
+import yaml
 
-from controller.topogen import CATALOG, fat_tree, leaf_spine
-from controller.topology import dump_topology, load_topology, parse_topology
+from controller.topogen import CATALOG, GENERIC_CONFIGS, fat_tree, leaf_spine
+from controller.topology import (RULE_LIBRARY, dump_topology, load_topology,
+                                 parse_topology)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,3 +143,97 @@ def test_cli_gen_bad_arguments():
     run = _onvm("topo", "gen", "fat-tree", "--k", "5")
     assert run.returncode == 2
     assert run.stderr == "onvm topo gen: fat tree: k must be an even number 2..64, not 5\n"
+
+
+# Big enough that chains reach later rounds (high ports) and transit chains.
+MANY = [pytest.param(lambda: fat_tree(8, chains=300), id="fat-tree-k8"),
+        pytest.param(lambda: leaf_spine(2, 8, 4, chains=100), id="leaf-spine-2x8")]
+
+
+def test_catalog_configs_come_from_the_rule_library():
+    """Every NF that refuses to start without a config gets a generic one,
+    by an absolute path (agents open it as is) into the shipped library."""
+    assert set(GENERIC_CONFIGS) == {"firewall", "ids", "lb", "nat", "ratelimit", "ddos"}
+    for name, nf in CATALOG.items():
+        if name in GENERIC_CONFIGS:
+            assert nf.config == os.path.join(RULE_LIBRARY, GENERIC_CONFIGS[name])
+            assert os.path.isfile(nf.config), nf.config
+        else:
+            assert nf.config is None
+    dumped = dump_topology(fat_tree(4, chains=8))
+    for name, file in GENERIC_CONFIGS.items():
+        assert f"config: {file}}}" in dumped      # by bare name, no path
+    assert RULE_LIBRARY not in dumped
+
+
+def _first_match(rules, default_allow, proto, dst, dport):
+    """The firewall's semantics (nfs/fwrules.py): first matching rule wins."""
+    for rule in rules:
+        if rule.proto not in (None, proto):
+            continue
+        if rule.dst is not None and ipaddress.ip_address(dst) not in \
+                ipaddress.ip_network(rule.dst):
+            continue
+        if not rule.dport[0] <= dport <= rule.dport[1]:
+            continue
+        return rule.allow
+    return default_allow
+
+
+def _classified(chain):
+    """(proto, destination address, destination port) of a chain's traffic."""
+    proto = chain.match["ip_proto"]
+    port = chain.match.get("tcp_dst", chain.match.get("udp_dst"))
+    return proto, chain.match["ipv4_dst"].split("/")[0], port
+
+
+@pytest.mark.parametrize("make", MANY)
+def test_generic_firewall_passes_every_generated_chain(make):
+    fwrules = pytest.importorskip("nfs.fwrules")
+    topo = make()
+    rules, default_allow = fwrules.load_rules({"rules": topo.nfs["firewall"].config})
+    walled = [c for c in topo.chains if "firewall" in c.nfs]
+    assert len({_classified(c)[2] for c in walled}) >= 5   # well-known and high ports
+    for chain in walled:
+        assert _first_match(rules, default_allow, *_classified(chain)), chain
+    # ICMP passes; what no chain sends is refused.
+    assert _first_match(rules, default_allow, 1, "10.0.0.2", 0)
+    assert not _first_match(rules, default_allow, 6, "10.0.0.2", 22)
+    assert not _first_match(rules, default_allow, 17, "192.0.2.1", 53)
+
+
+def test_generic_ids_rules_are_web_signatures():
+    idsrules = pytest.importorskip("nfs.idsrules")
+    rules, _ = idsrules.load_rules({"rules": CATALOG["ids"].config})
+    web = [r for r in rules if r.proto == 6 and r.dport == (80, 80)]
+    assert any(r.action == "drop" for r in web) and any(r.action == "alert" for r in web)
+    assert all(r.patterns for r in rules)
+
+
+@pytest.mark.parametrize("make", MANY)
+def test_generic_lb_passes_generated_chains_untouched(make):
+    """The lb balances only packets to its VIP: no generated chain or host
+    uses that address, so each chain's packets reach its egress host."""
+    with open(CATALOG["lb"].config) as f:
+        config = yaml.safe_load(f)
+    vip = ipaddress.ip_address(config["vip"])
+    topo = make()
+    for chain in topo.chains:
+        if "lb" in chain.nfs:
+            assert vip not in ipaddress.ip_network(chain.match["ipv4_dst"]), chain
+    assert all(ipaddress.ip_interface(h.ip).ip != vip for h in topo.hosts)
+
+
+def test_cli_gen_output_loads_from_any_directory(tmp_path):
+    """`onvm topo gen` writes to stdout: the file lands wherever the user
+    puts it, and its configs still resolve (to the library)."""
+    run = _onvm("topo", "gen", "leaf-spine", "--spines", "2", "--leaves", "2",
+                "--hosts-per-leaf", "2", "--chains", "4")
+    assert run.returncode == 0, run.stderr
+    assert REPO not in run.stdout
+    path = tmp_path / "deep" / "dc.yaml"
+    path.parent.mkdir()
+    path.write_text(run.stdout)
+    topo = load_topology(path)
+    assert {n: t.config for n, t in topo.nfs.items()} == \
+        {n: t.config for n, t in CATALOG.items()}

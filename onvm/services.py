@@ -362,8 +362,9 @@ class OvsServer:
         which does what `ovs-ctl restart` (systemctl restart
         openvswitch-switch) does: save every bridge's flows and groups, start
         vswitchd with other_config:flow-restore-wait=true (it holds off its
-        controllers), put them back, then clear the flag.  Stale rules then
-        survive the restart, and only a controller's resync removes them."""
+        controllers), put them back, then clear the flag.  Only bridges
+        without a controller keep them: OVS 3.1 flushes a bridge's flows when
+        it goes from no controller to one, which clearing the flag does."""
         before = self.pids
         saved = self._save_flows() if keep_flows else {}
         self._stop_vswitchd(cleanup=False)

@@ -4,7 +4,9 @@ netdev bridges joined by patch ports, and a real etcd.
 
 It checks that the switches hold exactly what `controller.flows` asks for,
 that agents registering and vanishing change the plans and the classifiers,
-that a reconnecting switch loses stale rules, and that a standby controller
+that a reconnecting switch loses stale rules, that a real restart of
+ovs-vswitchd (alone, or with ovsdb-server) is followed by a resync with no
+stale rule, and that a standby controller
 takes over when the leader is killed."""
 import dataclasses
 import os
@@ -192,6 +194,21 @@ def register(store, topo, name):
                                       "cores": host.cores, "version": "test"}, ttl=1.0)
 
 
+def disturb_synced_leaf(ovs, bridges, topo, rules, leader, stray_port):
+    """Once the fabric is in sync, give a leaf a stale onvm rule, a foreign
+    rule (matching `stray_port`) and take one wanted rule away."""
+    wait_fabric(ovs, bridges, topo, rules, leader, "fabric in the desired state")
+    leaf = bridges[topo.hosts[0].switch]
+    stale_cookie = (flows.APP_ID << 48) | (flows.KINDS["transport"] << 40) | stray_port
+    ovs.ofctl("add-flow", leaf, f"cookie={stale_cookie:#x},table=1,priority=3000,"
+                                "mpls,mpls_label=999,actions=output:1")
+    ovs.ofctl("add-flow", leaf, f"cookie=0x0,table=0,priority=7,in_port={stray_port},"
+                                "actions=drop")
+    ovs.ofctl("del-flows", leaf, "--strict", "table=2,priority=0")   # a wanted one
+    assert not fabric_matches(ovs, bridges, topo, rules)
+    return leaf
+
+
 # -------------------------------------------------------------------- tests
 
 def test_without_agents_switches_hold_transport_and_plain_rules_only(
@@ -247,18 +264,50 @@ def test_agents_registering_and_vanishing_change_plans_and_classifiers(
 
 def test_reconnecting_switch_ends_without_stale_rules(leader, ovs, bridges, topo):
     rules = desired_rules(topo, [], {})
-    wait_fabric(ovs, bridges, topo, rules, leader, "fabric in the desired state")
-    leaf = bridges[topo.hosts[0].switch]
-    stale_cookie = (flows.APP_ID << 48) | (flows.KINDS["transport"] << 40) | 0x123
-    ovs.ofctl("add-flow", leaf, f"cookie={stale_cookie:#x},table=1,priority=3000,"
-                                "mpls,mpls_label=999,actions=output:1")
-    ovs.ofctl("add-flow", leaf, "cookie=0x0,table=0,priority=7,in_port=77,actions=drop")
-    ovs.ofctl("del-flows", leaf, "--strict", "table=2,priority=0")   # a wanted one
-    assert not fabric_matches(ovs, bridges, topo, rules)
+    leaf = disturb_synced_leaf(ovs, bridges, topo, rules, leader, stray_port=77)
     ovs.vsctl("del-controller", leaf)
     ovs.vsctl("set-controller", leaf, leader.target)
     wait_fabric(ovs, bridges, topo, rules, leader,
                 "stale rules deleted, missing rule back after reconnect")
+
+
+def connections(leader):
+    """{switch name: times the controller logged it connecting}."""
+    return Counter(re.findall(r"switch (\S+) \(dpid 0x[0-9a-f]+\) connected",
+                              leader.log()))
+
+
+@pytest.mark.parametrize("with_ovsdb", [False, True],
+                         ids=["vswitchd", "vswitchd-and-ovsdb"])
+def test_ovs_restart_is_followed_by_resync_without_stale_rules(
+        leader, ovs, bridges, topo, with_ovsdb):
+    """A real restart of ovs-vswitchd (and of ovsdb-server too).  The
+    userspace datapath forgets every flow, stray ones included; the bridges
+    come back from the database and reconnect, and the controller must put
+    back exactly the desired rules.  (Saving and restoring the flows as
+    `ovs-ctl restart` does would not keep the stray ones either: OVS 3.1
+    flushes a bridge's flows when clearing flow-restore-wait gives it its
+    controller back; see OvsServer.restart.)"""
+    rules = desired_rules(topo, [], {})
+    leaf = disturb_synced_leaf(ovs, bridges, topo, rules, leader, stray_port=99)
+    before, (old_db, old_vswitchd) = connections(leader), ovs.pids
+
+    ovs.restart(ovsdb=with_ovsdb)
+
+    assert ovs.pids[1] != old_vswitchd
+    assert (ovs.pids[0] != old_db) == with_ovsdb
+    names = [sw.name for sw in topo.switches]
+    try:
+        wait_for(lambda: leader.alive() and all(
+            connections(leader)[n] > before[n] for n in names), 30,
+            "every switch reconnected to the controller")
+    except TimeoutError as err:
+        raise AssertionError(f"{err}\ncontroller log tail:\n{leader.log()[-2500:]}") \
+            from None
+    wait_fabric(ovs, bridges, topo, rules, leader,
+                "stale rules deleted, missing rules back after an OVS restart",
+                timeout=30)
+    assert "in_port=99" not in ovs.ofctl("dump-flows", leaf)
 
 
 def test_standby_takes_over_when_the_leader_is_killed(

@@ -153,8 +153,13 @@ def test_ovs_restart_like_ovs_ctl_keeps_flows_and_groups(ovs, run_prefix):
               "group_id=17,type=select,bucket=weight:7,actions=output:LOCAL")
     ovs.ofctl("add-flow", bridge, "cookie=0x6f6e000000000001,table=1,priority=5,"
                                   "in_port=LOCAL,actions=group:17")
+    # OVS itself flushes a bridge whose controller comes back when the
+    # restore ends (no controller -> controller): restart's docstring says so.
+    managed = ovs.add_bridge(run_prefix + "r2", controller="tcp:127.0.0.1:9")
+    ovs.ofctl("add-flow", managed, "priority=5,in_port=LOCAL,actions=drop")
     old_db, old_vswitchd = ovs.pids
     ovs.restart(keep_flows=True, ovsdb=True)
+    assert "in_port=LOCAL" not in ovs.ofctl("dump-flows", managed)
     assert ovs.pids[0] != old_db and ovs.pids[1] != old_vswitchd
     flows = ovs.ofctl("dump-flows", bridge)
     assert "cookie=0x6f6e000000000001" in flows

@@ -14,8 +14,7 @@ Table layout (the same on every switch):
           chain; the flow's counters count the forged frames.  Host ports
           are not filtered: agents legitimately send MPLS.
     5000+n  in_port=<edge port>, eth_type=0x0800, <chain match, n fields>
-          -> push_mpls x3 (SI=255, SPI, transport), TTL 64 each,
-             group <classifier group of the chain>      (classifier)
+          -> reg1 := SPI, resubmit(,3), goto table 4     (classifier)
           Only on the switch of the chain's ingress edge.  More specific
           matches win (n = number of match fields).
     0     -> goto table 1                               (next)
@@ -39,15 +38,60 @@ Table layout (the same on every switch):
           closer, so there is no loop, and the choice is deterministic.
     0     -> drop (counted)                             (miss)
 
-Groups: transport group id = the host's node label (16 .. 2^20-1);
-classifier group id = 2^20 + SPI.  A classifier bucket sets the transport
-label and eth_dst of one instance host of the chain's first NF, then
-outputs toward it (or chains to that host's transport group).
+  Tables 3 to 7 steer a chain's flows at its ingress edge switch: they
+  pick the host of the chain's first NF per flow and pin the flow to it.
+  Registers (pipeline metadata, never on the wire): reg0 = node label of
+  the host the flow is pinned to (0: none), reg1 = SPI, reg2 = slot.
+
+  table 3, PINS       one learned rule per running flow (resubmitted to)
+    100   reg1=SPI, eth_type=0x0800, ipv4_src, ipv4_dst, ip_proto
+          [, tcp_src, tcp_dst | udp_src, udp_dst] -> reg0 := label  (pin)
+          Written by the switch itself (learn in table 6), idle timeout
+          PIN_IDLE_SECONDS, cookie kind "pin": diff() leaves them alone.
+    0     -> nothing: the flow is not pinned            (miss)
+  table 4, STEER      per chain at its ingress switch
+    200   reg1=SPI, reg0=<label of a host of the first NF> -> goto 7
+                                                        (steer: pinned)
+    100   reg1=SPI -> multipath(symmetric L3/L4 hash, HRW over SLOTS
+          slots) into reg2, resubmit(,5), resubmit(,6), goto 7
+                                                        (steer: new flow)
+          A flow pinned to a host that no longer runs the NF falls to the
+          100 rule and is picked and pinned again.
+    0     -> drop                                       (miss)
+  table 5, PICK       per chain: slot -> host, slots shared by weight
+    100   reg1=SPI, reg2=<slot> -> reg0 := label        (pick)
+  table 6, LEARN      the same three rules on every switch
+    2     tcp -> learn a PINS rule on the 5-tuple       (learn)
+    2     udp -> learn a PINS rule on the 5-tuple       (learn)
+    1     ip  -> learn a PINS rule on addresses and protocol (learn)
+  table 7, SEND       per chain and host of its first NF
+    100   reg1=SPI, reg0=label -> push_mpls x3 (SI=255, SPI, label), TTL 64
+          each, eth_dst := host MAC, output toward it (or its transport
+          group)                                        (send)
+    0     -> drop                                       (miss)
+
+  Why not an OpenFlow select group: its hash would have to see the IP
+  header, so the labels must be pushed inside the buckets, and OVS treats
+  a bucket's actions as an action set (one push_mpls at most, no
+  resubmit, no learn).  multipath hashes the plain IPv4 header before any
+  label is pushed; learn keeps a running flow on its host when the slots
+  change (scale-out), which a hash alone cannot.
+
+  Tables 1 and 2 grow with hosts only.  Tables 4, 5 and 7 hold rules per
+  chain only on that chain's ingress switch (as the classifier does); table
+  3 holds one rule per running flow, only on ingress switches, and each
+  goes after PIN_IDLE_SECONDS without packets.
+
+Groups: transport group id = the host's node label (16 .. 2^20-1), select
+over the ECMP ports (plain output actions, so the action-set semantics of
+buckets do not matter).
 
 Cookies: bits 63..48 = APP_ID (every onvm rule), 47..40 = the rule's kind,
 39..0 = a hash of the rule's content.  A switch's flow is kept on resync
 only if one desired rule has the same table, priority, match and cookie;
-everything else is deleted or replaced, so no stale rule survives.
+everything else is deleted or replaced, so no stale rule survives; the
+one exception is a learned pin (kind "pin", table PINS), which the switch
+made and its idle timeout removes.
 """
 from __future__ import annotations
 
@@ -60,19 +104,23 @@ from controller.fabric import ecmp_table
 from controller.plans import edge_mac
 
 TABLE_ADMIT, TABLE_TRANSPORT, TABLE_PLAIN = 0, 1, 2
+TABLE_PINS, TABLE_STEER, TABLE_PICK, TABLE_LEARN, TABLE_SEND = 3, 4, 5, 6, 7
+REG_HOST, REG_SPI, REG_SLOT = "reg0", "reg1", "reg2"
 
 APP_ID = 0x6F6E                     # "on"
 KINDS = {"edge_drop": 1, "classifier": 2, "transport": 3, "arp": 4,
-         "l2": 5, "miss": 6, "next": 7}
+         "l2": 5, "miss": 6, "next": 7, "steer": 8, "pick": 9, "learn": 10,
+         "send": 11, "pin": 12}
 KIND_NAMES = {code: name for name, code in KINDS.items()}
 
 PRIO_EDGE_DROP, PRIO_CLASSIFIER, PRIO_TRANSPORT = 9000, 5000, 3000
 PRIO_ARP, PRIO_L2 = 2100, 2000
+PRIO_PIN, PRIO_STEER_PINNED, PRIO_STEER_NEW, PRIO_PICK, PRIO_SEND = 100, 200, 100, 100, 100
+PIN_IDLE_SECONDS = 20   # a flow silent this long may move on its next packet
+SLOTS = 16              # multipath slots per chain: weight resolution 1/16
 
 ETH_IPV4, ETH_ARP, ETH_MPLS, ETH_MPLS_MC = 0x0800, 0x0806, 0x8847, 0x8848
 SI_FIRST, MPLS_TTL = 255, 64
-CLASSIFIER_GROUP_BASE = 1 << 20
-BUCKET_WEIGHT_SCALE = 1000          # OpenFlow bucket weights are uint16
 
 # OpenFlow 1.3 prerequisites (spec 7.2.3.8): a field is only matchable when
 # the packet is of the kind that carries it.  OVS refuses rules without them.
@@ -100,8 +148,12 @@ class FlowSpec:
     """One flow entry.  `match` is canonical (see canonical_match); `actions`
     is the apply-actions list as tuples such as ("output", 3),
     ("set_field", "mpls_label", 17), ("push_mpls", 0x8847),
-    ("set_mpls_ttl", 64), ("group", 17); `goto` a table id or None.
-    No actions and no goto means drop."""
+    ("set_mpls_ttl", 64), ("group", 17), ("resubmit", table),
+    ("multipath", n_slots, dst_register) (Nicira: symmetric L3/L4 hash
+    with UDP ports, HRW, basis 0) and ("learn", table, idle_timeout,
+    priority, cookie, l4) with l4 "tcp", "udp" or "ip" (the PINS rule of
+    the module docstring); `goto` a table id or None.  No actions and no
+    goto means drop."""
     table: int
     priority: int
     kind: str
@@ -172,6 +224,11 @@ def is_onvm_cookie(cookie: int) -> bool:
 def cookie_kind(cookie: int) -> Optional[str]:
     """The kind of an onvm rule from its cookie, None for foreign rules."""
     return KIND_NAMES.get((cookie >> 40) & 0xFF) if is_onvm_cookie(cookie) else None
+
+
+def pin_cookie() -> int:
+    """The cookie the switch gives the pins it learns."""
+    return (APP_ID << 48) | (KINDS["pin"] << 40)
 
 
 # ------------------------------------------------------------- the matches
@@ -250,47 +307,78 @@ def _transport(topo, routes, switch):
     return flows, groups, how
 
 
-def _label_stack_push(spi):
-    """Push SI, then SPI, then a transport placeholder the bucket rewrites:
-    outermost first on the wire that is transport, SPI, SI.  OVS sets the
-    bottom-of-stack bit itself (S=1 only on the first label pushed)."""
+def _label_stack_push(spi, label):
+    """Push SI, then SPI, then the transport label: outermost first on the
+    wire that is transport, SPI, SI.  OVS sets the bottom-of-stack bit
+    itself (S=1 only on the first label pushed)."""
     actions = []
-    for label in (SI_FIRST, spi, 0):
-        actions += [("push_mpls", ETH_MPLS), ("set_field", "mpls_label", label),
+    for value in (SI_FIRST, spi, label):
+        actions += [("push_mpls", ETH_MPLS), ("set_field", "mpls_label", value),
                     ("set_field", "mpls_tc", 0), ("set_mpls_ttl", MPLS_TTL)]
     return actions
 
 
-def classifier_group_id(spi):
-    return CLASSIFIER_GROUP_BASE + spi
-
-
-def _bucket_weights(members):
+def slot_hosts(members, slots=SLOTS):
+    """[host] of length max(slots, len(members)): each host gets slots in
+    proportion to its weight (largest remainder), at least one."""
+    n = max(slots, len(members))
     total = sum(w for _, w in members) or 1.0
-    return [(h, max(1, round(BUCKET_WEIGHT_SCALE * w / total))) for h, w in members]
+    exact = [(h, n * w / total) for h, w in members]
+    count = {h: max(1, int(x)) for h, x in exact}
+    by_remainder = sorted(exact, key=lambda hx: (-(hx[1] - int(hx[1])), hx[0]))
+    i = 0
+    while sum(count.values()) < n:
+        count[by_remainder[i % len(by_remainder)][0]] += 1
+        i += 1
+    while sum(count.values()) > n:      # the minimum of one overshot
+        big = max(count, key=lambda h: (count[h], h))
+        count[big] -= 1
+    return [h for h, _ in members for _ in range(count[h])]
+
+
+def _steering(topo, chain, members, how):
+    """Tables STEER, PICK and SEND for one chain at its ingress switch."""
+    spi = {REG_SPI: chain.spi}
+    hosts = [topo.host(name) for name, _ in members]
+    slots = slot_hosts(members)
+    flows = [flow(TABLE_STEER, PRIO_STEER_NEW, "steer", spi,
+                  [("multipath", len(slots), REG_SLOT), ("resubmit", TABLE_PICK),
+                   ("resubmit", TABLE_LEARN)], goto=TABLE_SEND)]
+    for host in hosts:
+        pinned = dict(spi, **{REG_HOST: host.label})
+        flows.append(flow(TABLE_STEER, PRIO_STEER_PINNED, "steer", pinned,
+                          goto=TABLE_SEND))
+        flows.append(flow(TABLE_SEND, PRIO_SEND, "send", pinned,
+                          _label_stack_push(chain.spi, host.label)
+                          + [("set_field", "eth_dst", host.mac.lower()), how[host.name]]))
+    for slot, name in enumerate(slots):
+        flows.append(flow(TABLE_PICK, PRIO_PICK, "pick", dict(spi, **{REG_SLOT: slot}),
+                          [("set_field", REG_HOST, topo.host(name).label)]))
+    return flows
 
 
 def _classifiers(topo, switch, ingress_groups, how):
-    flows, groups = [], []
+    flows = []
     for chain in topo.chains:
         edge = topo.edge(chain.ingress)
         if edge.switch != switch or not ingress_groups.get(chain.name):
             continue
         where = f"chain {chain.name}: match"
         match = {"eth_type": ETH_IPV4, **chain.match, "in_port": edge.port}
-        gid = classifier_group_id(chain.spi)
-        buckets = []
-        for host_name, weight in _bucket_weights(ingress_groups[chain.name]):
-            host = topo.host(host_name)
-            buckets.append(Bucket(weight, (
-                ("set_field", "mpls_label", host.label),
-                ("set_field", "eth_dst", host.mac.lower()), how[host_name])))
-        groups.append(GroupSpec(gid, "select", tuple(buckets)))
         flows.append(flow(TABLE_ADMIT, PRIO_CLASSIFIER + len(chain.match),
                           "classifier", match,
-                          _label_stack_push(chain.spi) + [("group", gid)],
-                          where=where))
-    return flows, groups
+                          [("set_field", REG_SPI, chain.spi), ("resubmit", TABLE_PINS)],
+                          goto=TABLE_STEER, where=where))
+        flows += _steering(topo, chain, ingress_groups[chain.name], how)
+    return flows
+
+
+def _learning():
+    """The rules that pin a new flow to the host picked for it."""
+    learn = lambda l4: ("learn", TABLE_PINS, PIN_IDLE_SECONDS, PRIO_PIN, pin_cookie(), l4)
+    return [flow(TABLE_LEARN, 2, "learn", {"eth_type": ETH_IPV4, "ip_proto": 6}, [learn("tcp")]),
+            flow(TABLE_LEARN, 2, "learn", {"eth_type": ETH_IPV4, "ip_proto": 17}, [learn("udp")]),
+            flow(TABLE_LEARN, 1, "learn", {"eth_type": ETH_IPV4}, [learn("ip")])]
 
 
 def _edge_drops(topo, switch):
@@ -321,16 +409,18 @@ def _misses():
             flow(TABLE_TRANSPORT, 1, "miss", {"eth_type": ETH_MPLS}),
             flow(TABLE_TRANSPORT, 1, "miss", {"eth_type": ETH_MPLS_MC}),
             flow(TABLE_TRANSPORT, 0, "next", {}, goto=TABLE_PLAIN),
-            flow(TABLE_PLAIN, 0, "miss", {})]
+            flow(TABLE_PLAIN, 0, "miss", {}),
+            flow(TABLE_PINS, 0, "miss", {}), flow(TABLE_STEER, 0, "miss", {}),
+            flow(TABLE_SEND, 0, "miss", {})]
 
 
 def rules_for_switch(topo, routes, switch, ingress_groups) -> SwitchRules:
     """The rules of one switch; `routes` is routes(topo, graph)."""
     transport, groups, how = _transport(topo, routes, switch)
-    classifiers, cgroups = _classifiers(topo, switch, ingress_groups, how)
+    classifiers = _classifiers(topo, switch, ingress_groups, how)
     flows = (_edge_drops(topo, switch) + classifiers + transport
-             + _plain(topo, routes, switch) + _misses())
-    return SwitchRules(flows, groups + cgroups)
+             + _plain(topo, routes, switch) + _learning() + _misses())
+    return SwitchRules(flows, groups)
 
 
 def switch_rules(topo, graph, ingress_groups) -> Dict[int, SwitchRules]:
@@ -351,11 +441,14 @@ def diff(desired: Iterable[FlowSpec], actual: Iterable[ActualFlow]) -> FlowDiff:
     hashes the actions, so changed actions show).  A flow whose key is
     desired with another cookie is overwritten by the add (OFPFC_ADD on an
     identical match replaces it), so it is not deleted first; every other
-    flow, onvm's or not, is deleted."""
+    flow, onvm's or not, is deleted, but for the pins the switch learned
+    (they carry running flows and go by their idle timeout)."""
     desired = list(desired)
     wanted = {spec.key: spec for spec in desired}
     kept, deletes = set(), []
     for entry in actual:
+        if entry.table == TABLE_PINS and entry.cookie == pin_cookie():
+            continue
         spec = wanted.get(entry.key)
         if spec is None:
             deletes.append(entry)

@@ -4,8 +4,12 @@ the topology's links, and says where it comes out and with which labels.
 
 It models only what our rules use (priority matching with masks, goto,
 apply-actions: push_mpls, set_field, set_mpls_ttl, output, group with
-select buckets chosen by a hash the caller passes).  It is not a switch:
-integration tests with real OVS confirm what it predicts.
+select buckets chosen by a hash the caller passes, and the Nicira actions
+resubmit, multipath (rendezvous hashing of the 5-tuple) and learn).
+Registers (reg0, reg1, ...) start at 0 on every switch and never leave it.
+Learned rules stay in the switch until `SwitchSim.expire_pins()` (the
+walker has no clock).  It is not a switch: integration tests with real
+OVS confirm what it predicts.
 
 Packets injected with in_port=INJECTED come from the switch itself (like a
 packet-out), so no port rule matches them.
@@ -24,9 +28,10 @@ import ipaddress
 import zlib
 from typing import Callable, Dict, List, Optional, Tuple
 
-from controller.flows import ETH_MPLS, SwitchRules
+from controller.flows import ETH_IPV4, ETH_MPLS, FlowSpec, SwitchRules, canonical_match
 
 MAX_HOPS = 32
+MAX_RESUBMITS = 64          # OVS gives up on deeper recursion too
 INJECTED = 0xFFFFFFFE       # OFPP_LOCAL: "from the switch itself"
 FLOW_FIELDS = ("ipv4_src", "ipv4_dst", "ip_proto", "tcp_src", "tcp_dst",
                "udp_src", "udp_dst")
@@ -57,6 +62,16 @@ def flow_hash(packet, salt=0):
     return zlib.crc32(key)
 
 
+def hrw_slot(packet, n_slots, basis=0):
+    """multipath with HRW: the slot whose hash with the flow is highest.
+    Symmetric, like OVS's symmetric_l3l4+udp: both directions agree."""
+    ends = sorted([(packet.get("ipv4_src"), packet.get("tcp_src") or packet.get("udp_src")),
+                   (packet.get("ipv4_dst"), packet.get("tcp_dst") or packet.get("udp_dst"))],
+                  key=repr)
+    flow_key = repr([ends, packet.get("ip_proto"), basis])
+    return max(range(n_slots), key=lambda slot: zlib.crc32(f"{flow_key}/{slot}".encode()))
+
+
 def weighted_pick(buckets, packet, salt=0):
     """Default bucket choice: weighted, by the flow hash."""
     total = sum(b.weight for b in buckets)
@@ -78,6 +93,8 @@ def _read(packet, field):
         if not labels:
             return None
         return labels[0][field[len("mpls_"):]]
+    if field.startswith("reg"):
+        return packet.get(field, 0)     # registers start at zero
     if labels and field not in ("eth_dst", "eth_src", "in_port"):
         return None             # beneath the labels: invisible to the switch
     return packet.get(field)
@@ -113,29 +130,50 @@ def _push_mpls(packet, ethertype):
 class SwitchSim:
     def __init__(self, name, rules: SwitchRules, pick=weighted_pick):
         self.name = name
+        self.pick = pick
+        self.learned: Dict[tuple, FlowSpec] = {}     # key -> pin, per switch
+        self.reprogram(rules)
+
+    def reprogram(self, rules: SwitchRules):
+        """New rules and groups, as a resync brings them; learned pins stay
+        (controller.flows.diff leaves them alone)."""
         self.tables: Dict[int, list] = {}
         for spec in sorted(rules.flows, key=lambda s: -s.priority):
             self.tables.setdefault(spec.table, []).append(spec)
         self.groups = {g.group_id: g for g in rules.groups}
-        self.pick = pick
+
+    def expire_pins(self):
+        """What PIN_IDLE_SECONDS of silence does: every learned rule goes."""
+        self.learned.clear()
+
+    def _lookup(self, table, packet):
+        learned = [s for s in self.learned.values() if s.table == table]
+        candidates = sorted(learned + self.tables.get(table, []), key=lambda s: -s.priority)
+        return next((s for s in candidates if _matches(packet, s.match)), None)
 
     def process(self, packet, in_port, trace) -> List[Tuple[int, dict]]:
         """Returns [(out_port, packet)]; empty when the packet is dropped."""
         packet = copy.deepcopy(packet)
         packet["in_port"] = in_port
-        table, out = 0, []
-        while table is not None:
-            spec = next((s for s in self.tables.get(table, ())
-                         if _matches(packet, s.match)), None)
-            if spec is None:
-                trace.append((self.name, table, "table-miss"))
-                return out      # OpenFlow 1.3: no table-miss rule drops
-            trace.append((self.name, table, spec.kind))
-            self._apply(packet, spec.actions, out)
-            table = spec.goto
+        out = []
+        self._pipeline(packet, 0, out, trace, depth=0)
         return out
 
-    def _apply(self, packet, actions, out):
+    def _pipeline(self, packet, table, out, trace, depth):
+        """From `table` on, following goto; resubmit comes back here."""
+        if depth > MAX_RESUBMITS:
+            raise SimError(f"switch {self.name}: resubmits nest deeper than "
+                           f"{MAX_RESUBMITS} (a loop through table {table})")
+        while table is not None:
+            spec = self._lookup(table, packet)
+            if spec is None:
+                trace.append((self.name, table, "table-miss"))
+                return          # OpenFlow 1.3: no table-miss rule drops
+            trace.append((self.name, table, spec.kind))
+            self._apply(packet, spec.actions, out, trace, depth)
+            table = spec.goto
+
+    def _apply(self, packet, actions, out, trace=None, depth=0):
         for action in actions:
             op = action[0]
             if op == "output":
@@ -143,6 +181,8 @@ class SwitchSim:
                     continue    # OpenFlow never sends back out the in_port
                 emitted = copy.deepcopy(packet)
                 emitted.pop("in_port", None)
+                for reg in [f for f in emitted if f.startswith("reg")]:
+                    del emitted[reg]    # pipeline metadata: not on the wire
                 out.append((action[1], emitted))
             elif op == "push_mpls":
                 _push_mpls(packet, action[1])
@@ -154,8 +194,27 @@ class SwitchSim:
                 packet[action[1]] = action[2]
             elif op == "group":
                 self._group(packet, action[1], out)
+            elif op == "resubmit":
+                self._pipeline(packet, action[1], out,
+                               trace if trace is not None else [], depth + 1)
+            elif op == "multipath":
+                packet[action[2]] = hrw_slot(packet, action[1])
+            elif op == "learn":
+                self._learn(packet, *action[1:])
             else:
                 raise SimError(f"switch {self.name}: unknown action {action!r}")
+
+    def _learn(self, packet, table, idle_timeout, priority, cookie, l4):
+        """The PINS rule of controller.flows: SPI and the flow's addresses,
+        protocol and ports -> reg0 as it is now."""
+        match = {"reg1": packet.get("reg1", 0), "eth_type": ETH_IPV4,
+                 "ipv4_src": packet["ipv4_src"], "ipv4_dst": packet["ipv4_dst"],
+                 "ip_proto": packet["ip_proto"]}
+        if l4 in ("tcp", "udp"):
+            match.update({f"{l4}_src": packet[f"{l4}_src"], f"{l4}_dst": packet[f"{l4}_dst"]})
+        spec = FlowSpec(table, priority, "pin", canonical_match(match, "learn"),
+                        (("set_field", "reg0", packet.get("reg0", 0)),))
+        self.learned[spec.key] = spec    # same match: the newer one replaces it
 
     def _group(self, packet, group_id, out):
         group = self.groups.get(group_id)
@@ -192,6 +251,11 @@ class FabricSim:
         self.ports = port_map(topo)
         self.switches = {sw.name: SwitchSim(sw.name, rules_by_dpid[sw.dpid], pick)
                          for sw in topo.switches}
+
+    def reprogram(self, rules_by_dpid):
+        """Every switch to new rules; what the switches learned stays."""
+        for sw in self.topo.switches:
+            self.switches[sw.name].reprogram(rules_by_dpid[sw.dpid])
 
     def send(self, switch, in_port, packet) -> List[Exit]:
         """Inject `packet` at (switch, in_port); every place it leaves."""

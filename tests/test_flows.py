@@ -1,6 +1,7 @@
 """Rule compilation (controller.flows) checked by pushing packets through the
-compiled tables with controller.ofsim: chains, transport, edge filtering,
-plain reachability, table sizes, and the resync diff."""
+compiled tables with controller.ofsim: chains, how their flows spread over
+the first NF's hosts and stay pinned across a scale-out, transport, edge
+filtering, plain reachability, table sizes, and the resync diff."""
 import itertools
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from controller import flows
 from controller.fabric import build_graph
 from controller.flows import ActualFlow, FlowError, diff, diff_groups, switch_rules
-from controller.ofsim import INJECTED, FabricSim, rule_kinds
+from controller.ofsim import INJECTED, FabricSim, rule_kinds, hrw_slot
 from controller.plans import edge_mac
 from controller.topology import parse_topology
 
@@ -112,18 +113,98 @@ def test_chain_packets_reach_a_first_nf_host_with_the_exact_stack(
         assert out.packet["eth_dst"] == host.mac
         assert out.packet["ipv4_dst"] == dst and out.packet["ip_ttl"] == 30
         assert rule_kinds(out.trace)[0] == "classifier"
-        # after the classifier, switches look at the transport label only
-        assert set(rule_kinds(out.trace)[1:]) <= {"next", "transport"}
+        # past the ingress switch, switches look at the transport label only
+        ingress = topo.edge(chain.ingress).switch
+        assert {k for sw, _, k in out.trace if sw != ingress} <= {"next", "transport"}
         seen.add(host.name)
-    assert seen == set(dict(INGRESS[chain_name])), "select group never used a host"
+    assert seen == set(dict(INGRESS[chain_name])), "flows never used a host"
 
 
-def test_classifier_bucket_weights_follow_ingress_groups(topo, rules):
+def _web_flows(count, base=0):
+    return [tcp_packet("10.0.1.9", 80, sport=2000 + base + i, src=f"192.0.2.{(base + i) % 250}")
+            for i in range(count)]
+
+
+def _hosts_of(fabric, packets, edge="internet"):
+    where = {}
+    for packet in packets:
+        exits = fabric.from_edge(edge, packet)
+        assert len(exits) == 1 and exits[0].kind == "host", exits
+        where[(packet["ipv4_src"], packet["tcp_src"])] = exits[0].name
+    return where
+
+
+def test_first_packets_spread_by_weight_and_later_ones_follow_the_pin(topo, rules):
+    fabric = FabricSim(topo, rules)
+    packets = _web_flows(400)
+    first = _hosts_of(fabric, packets)
+    share = sum(h == "h5" for h in first.values()) / len(first)
+    assert 0.65 <= share <= 0.85, f"h5 (weight 3 of 4) got {share:.2f} of the flows"
+    trace = fabric.from_edge("internet", packets[0])[0].trace
+    assert [k for sw, _, k in trace if sw == "spine1"] == \
+        ["classifier", "pin", "steer", "send"], "a second packet must take its pin"
+    assert _hosts_of(fabric, packets) == first
+
+
+def test_pick_slots_follow_ingress_weights(topo, rules):
     spine1 = rules[topo.switch("spine1").dpid]
-    group = next(g for g in spine1.groups
-                 if g.group_id == flows.classifier_group_id(topo.chain("web").spi))
-    weights = {b.actions[0][2]: b.weight for b in group.buckets}
-    assert weights == {topo.host("h3").label: 250, topo.host("h5").label: 750}
+    spi = topo.chain("web").spi
+    labels = [a[2] for f in spine1.flows if f.kind == "pick" and dict(f.match)["reg1"] == spi
+              for a in f.actions if a[:2] == ("set_field", "reg0")]
+    assert len(labels) == flows.SLOTS
+    assert {lab: labels.count(lab) for lab in set(labels)} == \
+        {topo.host("h3").label: 4, topo.host("h5").label: 12}
+
+
+def test_slot_hosts():
+    assert flows.slot_hosts([("a", 1.0), ("b", 1.0)], 4) == ["a", "a", "b", "b"]
+    assert flows.slot_hosts([("a", 0.01), ("b", 1.0)], 4) == ["a", "b", "b", "b"]
+    many = [(f"h{i}", 1.0) for i in range(20)]
+    assert flows.slot_hosts(many, 16) == [h for h, _ in many]
+
+
+def test_scale_out_keeps_running_flows_and_gives_new_ones_to_the_new_host(topo, graph, rules):
+    fabric = FabricSim(topo, rules)
+    old = _web_flows(200)
+    before = _hosts_of(fabric, old)
+    grown = dict(INGRESS, web=INGRESS["web"] + [("h6", 2.0)])
+    fabric.reprogram(switch_rules(topo, graph, grown))   # the resync keeps pins
+    assert _hosts_of(fabric, old) == before, "a running flow changed its host"
+    new = _hosts_of(fabric, _web_flows(200, base=1000))
+    assert sum(h == "h6" for h in new.values()) >= 50, "the new host gets no new flow"
+    # without pins the hash alone would have moved running flows
+    fabric.switches["spine1"].expire_pins()
+    assert _hosts_of(fabric, old) != before
+
+
+def test_a_flow_pinned_to_a_host_that_left_is_picked_again(topo, graph, rules):
+    fabric = FabricSim(topo, rules)
+    old = _web_flows(100)
+    before = _hosts_of(fabric, old)
+    assert "h3" in before.values()
+    fabric.reprogram(switch_rules(topo, graph, dict(INGRESS, web=[("h5", 1.0)])))
+    after = _hosts_of(fabric, old)
+    assert set(after.values()) == {"h5"}
+    pins = fabric.switches["spine1"].learned.values()
+    assert {p.actions for p in pins} == {(("set_field", "reg0", topo.host("h5").label),)}
+
+
+def test_pins_are_learned_per_five_tuple_at_the_ingress_only(topo, rules):
+    fabric = FabricSim(topo, rules)
+    _hosts_of(fabric, _web_flows(10))
+    pins = list(fabric.switches["spine1"].learned.values())
+    assert len(pins) == 10
+    assert all(p.table == flows.TABLE_PINS and p.priority == flows.PRIO_PIN for p in pins)
+    assert {f for f, _ in pins[0].match} == {"reg1", "eth_type", "ipv4_src", "ipv4_dst",
+                                              "ip_proto", "tcp_src", "tcp_dst"}
+    assert all(not sw.learned for name, sw in fabric.switches.items() if name != "spine1")
+
+
+def test_hrw_slot_is_symmetric_and_in_range():
+    a = tcp_packet("10.0.1.9", 80, sport=4242, src="192.0.2.1")
+    b = dict(a, ipv4_src=a["ipv4_dst"], ipv4_dst=a["ipv4_src"], tcp_src=80, tcp_dst=4242)
+    assert hrw_slot(a, 16) == hrw_slot(b, 16)
+    assert {hrw_slot(p, 16) for p in _web_flows(300)} == set(range(16))
 
 
 def test_traffic_in_no_chain_is_not_labelled(topo, fabric):
@@ -226,18 +307,24 @@ def _more_chains(topo, count):
     return topo.with_chains(topo.chains + tuple(extra))
 
 
+PER_CHAIN_KINDS = {"classifier", "steer", "pick", "send"}
+
+
 def test_rule_count_does_not_grow_with_chains(topo, graph, rules):
     big = _more_chains(topo, 40)
     groups = dict(INGRESS, **{c.name: [("h2", 1.0), ("h6", 1.0)] for c in big.chains[2:]})
     grown = switch_rules(big, graph, groups)
     for sw in topo.switches:
         before, after = rules[sw.dpid], grown[sw.dpid]
-        classifiers = sum(1 for c in big.chains if big.edge(c.ingress).switch == sw.name)
-        assert sum(f.kind == "classifier" for f in after.flows) == classifiers
-        non_classifier = lambda rs: [f for f in rs.flows if f.kind != "classifier"]
-        assert non_classifier(after) == non_classifier(before), sw.name
-        assert len(after.groups) - len(before.groups) == \
-            classifiers - sum(f.kind == "classifier" for f in before.flows)
+        chains = [c for c in big.chains if big.edge(c.ingress).switch == sw.name]
+        assert sum(f.kind == "classifier" for f in after.flows) == len(chains)
+        # per chain, at its ingress switch only: classifier, SLOTS picks, and
+        # a steer and a send rule per first-NF host plus the steer that picks
+        assert sum(f.kind in PER_CHAIN_KINDS for f in after.flows) == sum(
+            1 + flows.SLOTS + 1 + 2 * len(groups[c.name]) for c in chains), sw.name
+        shared = lambda rs: [f for f in rs.flows if f.kind not in PER_CHAIN_KINDS]
+        assert shared(after) == shared(before), sw.name
+        assert after.groups == before.groups, sw.name
 
 
 def test_transport_rules_scale_with_hosts(topo, rules):
@@ -291,6 +378,19 @@ def test_cookies_say_onvm_and_kind_and_differ_by_content(topo, rules):
     per_switch = [r.flows for r in rules.values()]
     for fl in per_switch:
         assert len({f.cookie for f in fl}) == len(fl)
+
+
+def test_diff_leaves_learned_pins_but_not_impostors(topo, rules):
+    desired = rules[topo.switch("spine1").dpid].flows
+    actual = [_as_actual(s) for s in desired]
+    match = flows.canonical_match({"reg1": 16, "eth_type": 0x0800, "ipv4_src": "192.0.2.1",
+                                   "ipv4_dst": "10.0.1.9", "ip_proto": 6,
+                                   "tcp_src": 1234, "tcp_dst": 80})
+    pin = ActualFlow(flows.TABLE_PINS, flows.PRIO_PIN, flows.pin_cookie(), match)
+    foreign = ActualFlow(flows.TABLE_PINS, flows.PRIO_PIN, 0, match)
+    elsewhere = ActualFlow(flows.TABLE_STEER, flows.PRIO_PIN, flows.pin_cookie(), match)
+    assert flows.cookie_kind(pin.cookie) == "pin"
+    assert diff(desired, actual + [pin, foreign, elsewhere]) == ([], [foreign, elsewhere])
 
 
 def test_diff_groups():

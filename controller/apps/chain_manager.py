@@ -21,7 +21,7 @@ from ryu.controller import ofp_event
 from ryu.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER,
                                     MAIN_DISPATCHER, set_ev_cls)
 from ryu.lib import hub
-from ryu.ofproto import ofproto_v1_3
+from ryu.ofproto import nicira_ext, ofproto_v1_3
 from ryu.topology import event as topo_event
 
 from ryu import cfg  # ryu-manager parses into ryu.cfg.CONF, not oslo_config.cfg.CONF
@@ -36,12 +36,49 @@ from controller.store import (CHAINS, HOSTS, STATS, Election, NotLeader,
                               StoreError, open_store)
 from controller.topology import load_topology
 
+# OVS's nx_hash_fields value for symmetric_l3l4+udp (Ryu names only 0 and 1)
+NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3
 LOOP_SECONDS = 0.25
 STATS_REPLAN_SECONDS = 1.0
 ERROR_RETRY_SECONDS = 2.0
 
 
 # ------------------------------------------------------- specs -> Ryu messages
+
+def _learn_action(parser, table, idle_timeout, priority, cookie, l4):
+    """NXActionLearn for the PINS rule of controller.flows' docstring.
+    Constants come before the fields that need them (OVS checks the
+    learned match's prerequisites as it builds it)."""
+    copy = lambda field, bits: parser.NXFlowSpecMatch(
+        src=(field, 0), dst=(field, 0), n_bits=bits)
+    specs = [copy("reg1", 32),
+             parser.NXFlowSpecMatch(src=flows.ETH_IPV4, dst=("eth_type_nxm", 0), n_bits=16),
+             copy("ipv4_src_nxm", 32), copy("ipv4_dst_nxm", 32)]
+    if l4 in ("tcp", "udp"):
+        specs += [parser.NXFlowSpecMatch(src={"tcp": 6, "udp": 17}[l4],
+                                         dst=("ip_proto_nxm", 0), n_bits=8),
+                  copy(f"{l4}_src_nxm", 16), copy(f"{l4}_dst_nxm", 16)]
+    else:
+        specs.append(copy("ip_proto_nxm", 8))
+    specs.append(parser.NXFlowSpecLoad(src=(flows.REG_HOST, 0), dst=(flows.REG_HOST, 0),
+                                       n_bits=32))
+    return parser.NXActionLearn(table_id=table, specs=specs, idle_timeout=idle_timeout,
+                                priority=priority, cookie=cookie)
+
+
+def _nx_action(parser, action):
+    op = action[0]
+    if op == "resubmit":
+        return parser.NXActionResubmitTable(table_id=action[1])
+    if op == "multipath":
+        return parser.NXActionMultipath(
+            fields=NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP, basis=0,
+            algorithm=nicira_ext.NX_MP_ALG_HRW, max_link=action[1] - 1, arg=0,
+            ofs_nbits=nicira_ext.ofs_nbits(0, 15), dst=action[2])
+    if op == "learn":
+        return _learn_action(parser, *action[1:])
+    return None
+
 
 def _ofp_actions(parser, actions):
     made = []
@@ -58,8 +95,11 @@ def _ofp_actions(parser, actions):
         elif op == "set_field":
             made.append(parser.OFPActionSetField(**{action[1]: action[2]}))
         else:
-            raise ValueError(f"controller.flows produced an action Ryu adapter "
-                             f"does not know: {action!r}")
+            nx = _nx_action(parser, action)
+            if nx is None:
+                raise ValueError(f"controller.flows produced an action the Ryu "
+                                 f"adapter does not know: {action!r}")
+            made.append(nx)
     return made
 
 

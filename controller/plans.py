@@ -198,8 +198,9 @@ def host_plans(topo, placement, generation, load=None):
 
 
 def ingress_groups(topo, placement):
-    """{chain name: [(host, weight)]}: the ingress edge switch's select group
-    over the hosts running the chain's first NF, weights = their shares."""
+    """{chain name: [(host, weight)]}: the hosts running the chain's first
+    NF and their shares, which the ingress edge switch picks among per flow
+    (controller/flows.py: weighted hash slots, flows pinned by learned rules)."""
     out = {}
     for chain in topo.chains:
         if not chain.nfs:

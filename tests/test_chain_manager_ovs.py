@@ -237,9 +237,11 @@ def test_agents_registering_and_vanishing_change_plans_and_classifiers(
                 want = sum(1 for c in chains if topo.edge(c.ingress).switch == sw)
                 if kinds["classifier"] != want:
                     return False
-                used = {int(x) for x in re.findall(r"set_field:(\d+)->mpls_label",
-                                                   ovs.ofctl("dump-groups", br))}
-                if not used & labels or used - labels - {255, 0}:
+                # Table SEND holds one rule per (chain, first-NF host),
+                # matching the host's node label in reg0.
+                used = {int(x, 16) for x in re.findall(r"reg0=0x([0-9a-f]+)", ovs.ofctl(
+                    "dump-flows", br, f"table={flows.TABLE_SEND}"))}
+                if not used & labels or used - labels:
                     return False
             return True
 

@@ -292,12 +292,6 @@ def _resume(emu, chain):
     emu.set_rate(chain, emu.topo.chain(chain).mpps)
 
 
-def _group_stats(emu, switch):
-    index = [i for i, s in enumerate(emu.topo.switches) if s.name == switch][0]
-    out = emu.ovs.ofctl("dump-group-stats", f"{emu.prefix}s{index}")
-    return " | ".join(line.strip() for line in out.splitlines()[1:])
-
-
 def _sink_flows(emu, chain):
     return emu.received(chain).get("flows", {})
 

@@ -61,9 +61,14 @@ demo: deps
 test: deps
 	$(PY) -m pytest -q -ra
 
+# The figures of BENCHMARKS.md (failover needs a few minutes: `onvm bench failover`).
 bench: deps
 	$(VENV)/bin/onvm bench fastpath --chain firewall,monitor,forward --packets 20000000
-	$(VENV)/bin/onvm bench fastpath --chain forward --python --packets 2000000
+	$(VENV)/bin/onvm bench fastpath --chain firewall,monitor,forward --mode process --packets 5000000
+	$(VENV)/bin/onvm bench fastpath --chain monitor --python --packets 3000000
+	for nf in forward monitor firewall firewall-stateful ratelimit ddos ids lb nat; do \
+	  $(VENV)/bin/onvm bench fastpath --chain $$nf --packets 10000000 || exit 1; done
+	$(VENV)/bin/onvm bench placement
 
 clean:
 	rm -rf build *.egg-info host_agent/*.c host_agent/*.so nfs/*.c nfs/*.so

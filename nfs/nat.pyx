@@ -29,7 +29,7 @@ from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
 from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
 from host_agent.fastpath cimport NativeNF
 from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert
-from nfs.nfutil cimport rd16, rd32, l4_offset, set_ip, set_port, csum_fix16, wr16
+from nfs.nfutil cimport rd16, rd32, l4_offset, set_ip, set_port, csum_fix16, wr16, proto_slot
 
 import ipaddress
 import logging
@@ -65,16 +65,6 @@ cdef struct nat_t:
     uint16_t *fwd_port     # position -> external port
     pstats_t st[3]
     uint64_t passed, fragments
-
-
-cdef inline int proto_index(uint8_t proto) noexcept nogil:
-    if proto == 6:
-        return 0
-    if proto == 17:
-        return 1
-    if proto == 1:
-        return 2
-    return -1
 
 
 cdef int allocate(nat_t *t, int pi, onvm_flow_key *k, uint32_t ip, uint16_t port,
@@ -188,7 +178,7 @@ cdef void nat_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
         l3 = meta.l3_off
         src = rd32(d + l3 + 12)
         dst = rd32(d + l3 + 16)
-        pi = proto_index(meta.key.proto)
+        pi = proto_slot(meta.key.proto, -1)
         if dst == t.ext_ip:
             direction = 1
         elif (src & t.int_mask) == t.int_net:

@@ -93,3 +93,15 @@ cdef inline void set_port(uint8_t *d, int l3, int l4, uint32_t length, int port_
         csum_fix16(d + l4 + 16, old, new, False)
     elif proto == 17 and length >= <uint32_t>l4 + 8:
         csum_fix16(d + l4 + 6, old, new, True)
+
+
+cdef inline int proto_slot(uint8_t proto, int other) noexcept nogil:
+    """0 for TCP, 1 for UDP, 2 for ICMP, `other` for the rest: the index of
+    per-protocol tables (port pools, timeouts)."""
+    if proto == 6:
+        return 0
+    if proto == 17:
+        return 1
+    if proto == 1:
+        return 2
+    return other

@@ -26,7 +26,7 @@ from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
 from host_agent.fastpath cimport NativeNF
 from nfs.firewall cimport RuleSet, ruleset_t, ruleset_decide
 from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
-from nfs.nfutil cimport l4_offset
+from nfs.nfutil cimport l4_offset, proto_slot
 
 from nfs import nfconfig
 from nfs.fwrules import load_rules
@@ -42,16 +42,6 @@ cdef struct sfw_t:
     uint64_t replies, opened, passed, dropped, untracked
 
 
-cdef inline int timeout_index(uint8_t proto) noexcept nogil:
-    if proto == 6:
-        return 0
-    if proto == 17:
-        return 1
-    if proto == 1:
-        return 2
-    return 3
-
-
 cdef uint64_t expiry(sfw_t *fw, rte_mbuf *m, onvm_meta *meta, uint64_t now) noexcept nogil:
     cdef uint8_t *d
     cdef int l4
@@ -60,7 +50,7 @@ cdef uint64_t expiry(sfw_t *fw, rte_mbuf *m, onvm_meta *meta, uint64_t now) noex
         l4 = l4_offset(d, m.data_len, meta.l3_off)
         if l4 >= 0 and m.data_len >= <uint32_t>l4 + 14 and (d[l4 + 13] & 0x05):
             return now + fw.timeout[4]
-    return now + fw.timeout[timeout_index(meta.key.proto)]
+    return now + fw.timeout[proto_slot(meta.key.proto, 3)]
 
 
 cdef bint verdict(sfw_t *fw, rte_mbuf *m, bint allow, uint64_t now) noexcept nogil:

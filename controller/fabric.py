@@ -16,8 +16,9 @@ what makes `hop_distances` and `DistanceTable` cheap on a k=16 fat-tree.
 "No path" is data: such pairs are simply absent / `math.inf`.
 
 This module neither reads topology files (`controller.topology`) nor talks
-to switches (`controller.apps`); a live view is kept by rebuilding or by
-`graph_without` when a switch, host or link goes away.
+to switches (`controller.apps`); the live view (ports down, switches that
+left, links LLDP lost) is `controller.livegraph`, and `graph_without` gives
+what-if copies for placement.
 """
 from __future__ import annotations
 

@@ -6,8 +6,9 @@ It checks that the switches hold exactly what `controller.flows` asks for,
 that agents registering and vanishing change the plans and the classifiers,
 that a reconnecting switch loses stale rules, that a real restart of
 ovs-vswitchd (alone, or with ovsdb-server) is followed by a resync with no
-stale rule, and that a standby controller
-takes over when the leader is killed."""
+stale rule, that a spine-leaf link going away is routed around (and back
+when it returns), and that a standby controller takes over when the leader
+is killed."""
 import dataclasses
 import os
 import re
@@ -310,6 +311,62 @@ def test_ovs_restart_is_followed_by_resync_without_stale_rules(
                 "stale rules deleted, missing rules back after an OVS restart",
                 timeout=30)
     assert "in_port=99" not in ovs.ofctl("dump-flows", leaf)
+
+
+def trace_labelled(ovs, bridge, label):
+    """ovs-appctl ofproto/trace of a frame labelled `label` sent by the
+    bridge itself; the trace follows patch ports into the next bridges."""
+    return ovs.appctl("ofproto/trace", bridge,
+                      f"in_port=LOCAL,mpls,mpls_label={label},mpls_bos=1")
+
+
+def transport_ports(ovs, bridge):
+    """Ports the bridge's transport rules and groups send to."""
+    text = ovs.ofctl("dump-flows", bridge, f"table={flows.TABLE_TRANSPORT}")
+    text += ovs.ofctl("dump-groups", bridge)
+    return {int(p) for p in re.findall(r"output:(\d+)", text)}
+
+
+def test_a_spine_link_down_is_routed_around_and_back(leader, ovs, bridges, topo):
+    """Deleting one side of a leaf-spine patch pair makes OVS send a port
+    status with OFPPR_DELETE (a patch port never reports LINK_DOWN, and
+    ovs-ofctl mod-port down does nothing to it): the transport rules of both
+    ends stop using the link, every host is reached over the other spine,
+    and re-adding the port brings the original rules back."""
+    assert len([s for s in topo.switches if s.name.startswith("spine")]) == 2
+    original = desired_rules(topo, [], {})
+    wait_fabric(ovs, bridges, topo, original, leader, "fabric in the desired state")
+    i, link = next((i, l) for i, l in enumerate(topo.links)
+                   if (l.a, l.b) == ("leaf1", "spine1"))
+    spine_side = f"{ovs.prefix}l{i}b"
+    cut = dataclasses.replace(topo, links=tuple(l for l in topo.links if l != link))
+    around = flows.switch_rules(topo, build_graph(cut), {})
+    assert around != original
+
+    ovs.vsctl("del-port", bridges[link.b], spine_side)
+    try:
+        wait_fabric(ovs, bridges, topo, around, leader, "rules routed around the link")
+        assert link.a_port not in transport_ports(ovs, bridges[link.a])
+        assert link.b_port not in transport_ports(ovs, bridges[link.b])
+        down = re.search(r"link leaf1:%d - spine1:%d down \(port spine1:%d deleted\): "
+                         r"routing around it; (\d+) transport rules" % (
+                             link.a_port, link.b_port, link.b_port), leader.log())
+        assert down and int(down.group(1)) > 0, leader.log()[-2500:]
+        for leaf in [s.name for s in topo.switches if s.name.startswith("leaf")]:
+            for host in topo.hosts:
+                trace = trace_labelled(ovs, bridges[leaf], host.label)
+                assert f'bridge("{bridges[host.switch]}")' in trace or leaf == host.switch
+                # the trace ends on the host's switch, sending to its port
+                tail = trace.split(f"bridge(\"{bridges[host.switch]}\")")[-1]
+                assert f"output:{host.port}" in tail, (leaf, host.name, trace)
+                assert "spine2" in trace or leaf == host.switch, trace
+                assert "spine1" not in trace or leaf != "leaf1", trace
+    finally:
+        ovs.vsctl("--may-exist", "add-port", bridges[link.b], spine_side, "--", "set",
+                  "Interface", spine_side, "type=patch",
+                  f"options:peer={ovs.prefix}l{i}a", f"ofport_request={link.b_port}")
+    wait_fabric(ovs, bridges, topo, original, leader, "original rules after the link is back")
+    assert "routing over it again" in leader.log()
 
 
 def test_standby_takes_over_when_the_leader_is_killed(

@@ -12,6 +12,11 @@ Run: ryu-manager controller.apps.chain_manager controller.apps.rest_api
 --config-file FILE, with [onvm] topology and store (controller.config).
 Add ryu.topology.switches and --observe-links to have links found by LLDP
 compared with the topology file.
+
+The fabric is followed live (controller.livegraph): a port down or deleted
+on either end of a link, a switch that left, a link LLDP lost, and the
+switches are reprogrammed to route around it; the log says what changed and
+how many rules that moves.
 """
 import time
 
@@ -29,7 +34,7 @@ from ryu import cfg  # ryu-manager parses into ryu.cfg.CONF, not oslo_config.cfg
 from controller import config  # noqa: F401  (registers the [onvm] options)
 from controller import flows
 from controller.apps import rest_api as rest
-from controller.fabric import build_graph
+from controller.livegraph import LiveFabric, describe
 from controller.placement import place, place_what_fits
 from controller.plans import host_load, host_plans, ingress_groups
 from controller.store import (CHAINS, HOSTS, STATS, Election, NotLeader,
@@ -158,7 +163,7 @@ class ChainManager(app_manager.RyuApp):
         super().__init__(*args, **kwargs)
         self.name = "chain_manager"
         self.topology = load_topology(cfg.CONF.onvm.topology)
-        self.graph = build_graph(self.topology)
+        self.fabric = LiveFabric(self.topology)
         self.store = open_store(cfg.CONF.onvm.store)
         self.name_in_election = cfg.CONF.onvm.name
         self.election = Election(self.store, self.name_in_election,
@@ -172,8 +177,12 @@ class ChainManager(app_manager.RyuApp):
         self.programmed = {}        # dpid -> SwitchRules last brought about
         self.sync_locks = {}
         self.dirty = {"hosts", "chains"}
+        self.fabric_cut = []        # hosts and edges no switch reaches
         self.last_stats_replan = 0.0
         self.leading = False
+        # the rules last computed: what a fabric change is measured against
+        # (transport rules depend on the fabric only, never on placement)
+        self.desired = self._desired()
         self.watches = [self.store.watch(prefix, self._on_store_change)
                         for prefix in (HOSTS, CHAINS, STATS)]
         self.logger.info("topology %s: %d switches, %d hosts, %d edges; store %s; "
@@ -347,10 +356,37 @@ class ChainManager(app_manager.RyuApp):
     # ---------------------------------------------------------- switches
     def _desired(self):
         groups = ingress_groups(self.placed, self.placement) if self.placement else {}
-        return flows.switch_rules(self.placed, self.graph, groups)
+        return self.fabric.rules(self.placed, groups)
+
+    def _fabric_changed(self, changes):
+        """Log what an event changed and what that does to the rules; the
+        loop's next _program_all resyncs the switches whose rules differ."""
+        routing = [c for c in changes if c.routing]
+        for change in changes:
+            if not change.routing:
+                self.logger.warning("%s", change.text)
+        if not routing:
+            return
+        cut_before = set(self.fabric_cut)
+        before, self.desired = self.desired, self._desired()
+        self.fabric_cut = self.fabric.unreachable()
+        impact = describe(before, self.desired)
+        for change in routing:
+            self.logger.warning("%s: %s; %s", change.text, change.effect, impact)
+        for name in self.fabric_cut:
+            if name not in cut_before:
+                self.logger.warning("%s unreachable: no switch reaches it now; its "
+                                    "placement is kept (host liveness is the "
+                                    "agents' leases)", self._place_name(name))
+        for name in sorted(cut_before - set(self.fabric_cut)):
+            self.logger.info("%s reachable again", self._place_name(name))
+        parts = self.fabric.parts()
+        if len(parts) > 1:
+            self.logger.warning("the fabric is split in %d parts: %s", len(parts),
+                                " | ".join(", ".join(sw) for sw, _ in parts))
 
     def _program_all(self):
-        desired = self._desired()
+        self.desired = desired = self._desired()
         for dpid, datapath in list(self.datapaths.items()):
             if dpid in desired and self.programmed.get(dpid) != desired[dpid]:
                 self.programmed[dpid] = desired[dpid]
@@ -392,6 +428,10 @@ class ChainManager(app_manager.RyuApp):
                          len(group_diff.adds), len(group_diff.modifies),
                          len(group_diff.deletes))
 
+    def _place_name(self, name):
+        """'host h1' or 'edge internet'."""
+        return f"{self.fabric.graph().nodes[name]['kind']} {name}"
+
     def _switch_name(self, dpid):
         for sw in self.topology.switches:
             if sw.dpid == dpid:
@@ -412,11 +452,13 @@ class ChainManager(app_manager.RyuApp):
             self.logger.info("switch %s (dpid %#x) connected", name, datapath.id)
             self.datapaths[datapath.id] = datapath
             self.programmed.pop(datapath.id, None)   # resync on every connect
+            self._fabric_changed(self.fabric.switch_joined(name))
         elif ev.state == DEAD_DISPATCHER and datapath.id in self.datapaths:
             del self.datapaths[datapath.id]
             self.programmed.pop(datapath.id, None)
             self.logger.warning("switch %s (dpid %#x) left: traffic through it "
                                 "stops until it reconnects", name, datapath.id)
+            self._fabric_changed(self.fabric.switch_left(name))
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev):
@@ -428,51 +470,31 @@ class ChainManager(app_manager.RyuApp):
         msg = ev.msg
         ofp = msg.datapath.ofproto
         name = self._switch_name(msg.datapath.id)
-        port = msg.desc.port_no
-        what = self._port_role(name, port)
-        down = bool(msg.desc.state & ofp.OFPPS_LINK_DOWN)
-        reason = {ofp.OFPPR_ADD: "added", ofp.OFPPR_DELETE: "deleted"}.get(
-            msg.reason, "link down" if down else "link up")
-        if what is None:
-            self.logger.warning("switch %s port %d %s: the topology file has "
-                                "nothing on this port", name, port, reason)
-        elif reason in ("deleted", "link down"):
-            self.logger.warning("switch %s port %d (%s) %s: differs from %s",
-                                name, port, what, reason, self.topology.source)
+        if name is None:
+            return      # a switch the file lacks: warned about when it connected
+        link_down = bool(msg.desc.state & ofp.OFPPS_LINK_DOWN)
+        admin_down = bool(msg.desc.config & ofp.OFPPC_PORT_DOWN)
+        if msg.reason == ofp.OFPPR_DELETE:
+            why, up = "deleted", False
         else:
-            self.logger.info("switch %s port %d (%s) %s", name, port, what, reason)
+            why = ("added " if msg.reason == ofp.OFPPR_ADD else "") + (
+                "link down" if link_down else "admin down" if admin_down else "up")
+            up = not (link_down or admin_down)
+        self._fabric_changed(self.fabric.port_status(name, msg.desc.port_no, up, why))
 
-    def _port_role(self, switch, port):
-        topo = self.topology
-        for link in topo.links:
-            if (link.a, link.a_port) == (switch, port):
-                return f"link to {link.b} port {link.b_port}"
-            if (link.b, link.b_port) == (switch, port):
-                return f"link to {link.a} port {link.a_port}"
-        for host in topo.hosts:
-            if (host.switch, host.port) == (switch, port):
-                return f"host {host.name}"
-        for edge in topo.edges:
-            if (edge.switch, edge.port) == (switch, port):
-                return f"edge {edge.name}"
-        return None
+    def _lldp_port(self, port):
+        name = self._switch_name(port.dpid)
+        return (name or f"dpid {port.dpid:#x}", port.port_no)
 
     @set_ev_cls(topo_event.EventLinkAdd)
     def _link_add(self, ev):
-        src, dst = ev.link.src, ev.link.dst
-        a, b = self._switch_name(src.dpid), self._switch_name(dst.dpid)
-        expected = self._port_role(a, src.port_no)
-        if expected != f"link to {b} port {dst.port_no}":
-            self.logger.warning("LLDP found link %s port %d -> %s port %d; %s says "
-                                "that port has %s", a, src.port_no, b, dst.port_no,
-                                self.topology.source, expected or "nothing")
+        self._fabric_changed(self.fabric.lldp_link(
+            self._lldp_port(ev.link.src), self._lldp_port(ev.link.dst), True))
 
     @set_ev_cls(topo_event.EventLinkDelete)
     def _link_delete(self, ev):
-        src, dst = ev.link.src, ev.link.dst
-        self.logger.warning("link %s port %d -> %s port %d gone (LLDP)",
-                            self._switch_name(src.dpid), src.port_no,
-                            self._switch_name(dst.dpid), dst.port_no)
+        self._fabric_changed(self.fabric.lldp_link(
+            self._lldp_port(ev.link.src), self._lldp_port(ev.link.dst), False))
 
     def close(self):
         for watch in self.watches:

@@ -32,6 +32,8 @@ from controller import flows
 from controller.fabric import build_graph
 
 Port = Tuple[str, int]          # (switch name, port number)
+OFPP_CONTROLLER = 0xFFFFFFFD
+LLDP_KIND = 0xFF                # a cookie kind controller.flows does not use
 
 
 class Change(NamedTuple):
@@ -203,18 +205,43 @@ class LiveFabric:
                 if d["kind"] != "switch" and n not in reached]
 
     # ----------------------------------------------------------- the rules
-    def rules(self, topo, ingress_groups) -> Dict[int, flows.SwitchRules]:
+    def rules(self, topo, ingress_groups, lldp=False) -> Dict[int, flows.SwitchRules]:
         """controller.flows.switch_rules over the live graph for `topo` (the
         file's topology with the chains placed now), part by part; switches
         that left get none.  The MPLS drops on an edge port stay while the
-        edge's cable is down, so a port coming back is never open."""
+        edge's cable is down, so a port coming back is never open.  With
+        `lldp` (ryu.topology observing links) every switch also sends LLDP
+        to the controller (see LldpPunt)."""
         out = {}
         for switches, places in self.parts():
             part = _restrict(topo, set(switches), set(places))
             groups = _reachable_groups(ingress_groups, set(places))
             for dpid, rules in flows.switch_rules(part, self.graph(), groups).items():
-                out[dpid] = _with_edge_drops(topo, part, rules, dpid)
+                rules = _with_edge_drops(topo, part, rules, dpid)
+                if lldp:
+                    rules = flows.SwitchRules([lldp_punt()] + rules.flows, rules.groups)
+                out[dpid] = rules
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LldpPunt(flows.FlowSpec):
+    """The rule ryu.topology.switches puts on every switch it sees (LLDP to
+    the controller, table 0, above all else) but with an onvm cookie: Ryu
+    installs it with cookie 0 once, on connect, and the resync deletes every
+    foreign rule, so without it LLDP stops, every link times out and would
+    count as lost.  Its cookie kind is LLDP_KIND (controller.flows has no
+    kind for it)."""
+
+    @property
+    def cookie(self) -> int:
+        return (flows.APP_ID << 48) | (LLDP_KIND << 40)
+
+
+def lldp_punt() -> LldpPunt:
+    match = flows.canonical_match({"eth_type": 0x88CC, "eth_dst": "01:80:c2:00:00:0e"})
+    return LldpPunt(flows.TABLE_ADMIT, 0xFFFF, "lldp", match,
+                    (("output", OFPP_CONTROLLER),))
 
 
 def _restrict(topo, switches, places):

@@ -22,6 +22,7 @@ import pytest
 
 from controller import flows
 from controller.fabric import build_graph
+from controller.livegraph import lldp_punt
 from controller.store import HOSTS, LEADER, PLAN, open_store
 from controller.topogen import leaf_spine
 from controller.topology import dump_topology, load_topology
@@ -91,7 +92,8 @@ class Controller:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [RYU_MANAGER, "controller.apps.chain_manager",
-                 "controller.apps.rest_api", "--config-file", self.conf],
+                 "controller.apps.rest_api", "ryu.topology.switches",
+                 "--observe-links", "--config-file", self.conf],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     @property
@@ -159,8 +161,16 @@ def group_ids(ovs, bridge):
     return sorted(int(g) for g in re.findall(r"group_id=(\d+)", ovs.ofctl("dump-groups", bridge)))
 
 
+def with_lldp(rules):
+    """The controllers observe links (ryu.topology, LLDP): every switch also
+    holds the LLDP punt."""
+    return {dpid: flows.SwitchRules([lldp_punt()] + r.flows, r.groups)
+            for dpid, r in rules.items()}
+
+
 def desired_rules(topo, chains, groups):
-    return flows.switch_rules(topo.with_chains(chains), build_graph(topo), groups)
+    return with_lldp(flows.switch_rules(topo.with_chains(chains), build_graph(topo),
+                                        groups))
 
 
 def fabric_matches(ovs, bridges, topo, rules):
@@ -339,8 +349,9 @@ def test_a_spine_link_down_is_routed_around_and_back(leader, ovs, bridges, topo)
     i, link = next((i, l) for i, l in enumerate(topo.links)
                    if (l.a, l.b) == ("leaf1", "spine1"))
     spine_side = f"{ovs.prefix}l{i}b"
+    log_start = len(leader.log())
     cut = dataclasses.replace(topo, links=tuple(l for l in topo.links if l != link))
-    around = flows.switch_rules(topo, build_graph(cut), {})
+    around = with_lldp(flows.switch_rules(topo, build_graph(cut), {}))
     assert around != original
 
     ovs.vsctl("del-port", bridges[link.b], spine_side)
@@ -366,7 +377,30 @@ def test_a_spine_link_down_is_routed_around_and_back(leader, ovs, bridges, topo)
                   "Interface", spine_side, "type=patch",
                   f"options:peer={ovs.prefix}l{i}a", f"ofport_request={link.b_port}")
     wait_fabric(ovs, bridges, topo, original, leader, "original rules after the link is back")
-    assert "routing over it again" in leader.log()
+    log = leader.log()[log_start:]
+    assert "routing over it again" in log
+    # LLDP (ryu.topology) saw the link go and come back, and lost no other
+    lost = set(re.findall(r"(link \S+ - \S+) lost by LLDP", log))
+    assert lost == {f"link leaf1:{link.a_port} - spine1:{link.b_port}"}, log[-2500:]
+    assert f"link leaf1:{link.a_port} - spine1:{link.b_port} seen again by LLDP" in log
+    for name in bridges.values():
+        punted = re.search(r"n_packets=(\d+),.*dl_type=0x88cc", ovs.ofctl(
+            "dump-flows", name, "table=0"))
+        assert punted and int(punted.group(1)) > 0, f"{name}: no LLDP reached Ryu"
+
+
+def test_lldp_keeps_every_file_link_alive(leader, ovs, bridges, topo):
+    """ryu.topology forgets a link LLDP has not confirmed for LINK_TIMEOUT
+    seconds, and a lost link is routed around: the resync must keep the LLDP
+    punt (Ryu's own has cookie 0 and would be deleted as foreign), or the
+    fabric falls apart one timeout after the first sync."""
+    from ryu.topology.switches import Switches
+    rules = desired_rules(topo, [], {})
+    wait_fabric(ovs, bridges, topo, rules, leader, "fabric in the desired state")
+    log_start = len(leader.log())
+    time.sleep(Switches.LINK_TIMEOUT + Switches.TIMEOUT_CHECK_PERIOD + 1)
+    assert "lost by LLDP" not in leader.log()[log_start:], leader.log()[log_start:]
+    assert fabric_matches(ovs, bridges, topo, rules), explain(ovs, bridges, topo, rules)
 
 
 def test_standby_takes_over_when_the_leader_is_killed(

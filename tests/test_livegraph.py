@@ -7,7 +7,7 @@ import pytest
 
 from controller import flows, topogen
 from controller.fabric import build_graph
-from controller.livegraph import LiveFabric, describe, rule_changes
+from controller.livegraph import LiveFabric, describe, lldp_punt, rule_changes
 from controller.ofsim import FabricSim
 
 
@@ -228,3 +228,16 @@ def test_random_event_sequences_route_around_and_undo_to_the_file(seed):
     for sw in sorted(live.gone):
         live.switch_joined(sw)
     assert live.rules(topo, {}) == original
+
+
+def test_observing_links_puts_the_lldp_punt_on_every_live_switch(topo):
+    live = LiveFabric(topo)
+    live.switch_left("spine2")
+    rules = live.rules(topo, {}, lldp=True)
+    plain = live.rules(topo, {})
+    assert set(rules) == set(plain) and len(rules) == len(topo.switches) - 1
+    for dpid, r in rules.items():
+        assert r.flows == [lldp_punt()] + plain[dpid].flows
+    punt = lldp_punt()
+    assert flows.cookie_kind(punt.cookie) is None and flows.is_onvm_cookie(punt.cookie)
+    assert punt.cookie not in {f.cookie for r in plain.values() for f in r.flows}

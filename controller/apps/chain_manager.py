@@ -356,7 +356,9 @@ class ChainManager(app_manager.RyuApp):
     # ---------------------------------------------------------- switches
     def _desired(self):
         groups = ingress_groups(self.placed, self.placement) if self.placement else {}
-        return self.fabric.rules(self.placed, groups)
+        # ryu.topology registers observe_links only when it is loaded
+        lldp = getattr(cfg.CONF, "observe_links", False)
+        return self.fabric.rules(self.placed, groups, lldp=lldp)
 
     def _fabric_changed(self, changes):
         """Log what an event changed and what that does to the rules; the

@@ -301,11 +301,13 @@ def rule_changes(before, after) -> Tuple[Counter, List[int]]:
 
 
 def describe(before, after) -> str:
-    """'12 transport rules change on 3 switches' (and the other kinds)."""
+    """'12 transport rules and 4 ECMP groups (and 9 l2) change on 3
+    switches': transport first, as that is what routing around is about."""
     kinds, touched = rule_changes(before, after)
     if not touched:
         return "no rule changes"
-    transport = kinds.pop("transport", 0)
+    transport, groups = kinds.pop("transport", 0), kinds.pop("group", 0)
     others = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    return (f"{transport} transport rules {'(and ' + others + ') ' if others else ''}"
+    return (f"{transport} transport rules and {groups} ECMP groups "
+            f"{'(and ' + others + ') ' if others else ''}"
             f"change on {len(touched)} switches")

@@ -355,10 +355,22 @@ class ChainManager(app_manager.RyuApp):
 
     # ---------------------------------------------------------- switches
     def _desired(self):
-        groups = ingress_groups(self.placed, self.placement) if self.placement else {}
+        """Every switch's rules for the current placement and live fabric.
+        The loop asks four times a second; the rules are computed again
+        only when one of their inputs changed (0.3 s on a k=8 fat tree)."""
         # ryu.topology registers observe_links only when it is loaded
         lldp = getattr(cfg.CONF, "observe_links", False)
-        return self.fabric.rules(self.placed, groups, lldp=lldp)
+        fab = self.fabric
+        inputs = (self.placed, self.placement, lldp, frozenset(fab.ports_down),
+                  frozenset(fab.gone), frozenset(fab.lldp_lost))
+        cached = getattr(self, "_desired_cache", None)
+        if cached is not None and len(cached[0]) == len(inputs) and all(
+                a is b or a == b for a, b in zip(cached[0], inputs)):
+            return cached[1]
+        groups = ingress_groups(self.placed, self.placement) if self.placement else {}
+        rules = fab.rules(self.placed, groups, lldp=lldp)
+        self._desired_cache = (inputs, rules)
+        return rules
 
     def _fabric_changed(self, changes):
         """Log what an event changed and what that does to the rules; the

@@ -818,13 +818,34 @@ def run(topo_path, seconds, events, out=_say, pps_per_mpps=PPS_PER_MPPS, on_star
             emu.check()
             last = add_rates(emu.status(), last)
             out(render(last, t0))
-        final = emu.status()
+        final = _quiet_status(emu, out)
     except KeyboardInterrupt:
         out("\ninterrupted; tearing down")
         final = _safe_status(emu)
     finally:
         emu.stop()
     return final, done, emu
+
+
+def _quiet_status(emu, out, timeout=5.0):
+    """The final counts, exact: pause every sender, then wait until what is
+    in flight has arrived and the counts stop moving."""
+    out("pausing traffic for the final counts...")
+    chains = list(emu.status()["chains"])
+    for name in chains:
+        emu.set_pps(name, 0)
+
+    def counts(status):
+        return {n: (c["sent"], c["received"]) for n, c in status["chains"].items()}
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        time.sleep(0.7)
+        status = emu.status()
+        if last is not None and counts(status) == counts(last):
+            return status
+        last = status
+    return last
 
 
 def _safe_status(emu):

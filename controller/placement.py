@@ -758,6 +758,53 @@ def replace_after_host_loss(topo, placement, lost_host):
     return place(topo, previous=placement, exclude_hosts=(lost_host,))
 
 
+def move_instance(topo, placement, host, instance_id, to_host):
+    """A new Placement in which instance `instance_id` of `host` runs on
+    `to_host` instead: same NF type, the same chain hops and shares, a new
+    id (the lowest free one on `to_host`); every other instance stays as it
+    is.  `placement` is not changed.  Raises PlacementError, naming what is
+    wrong, when there is no such instance, `to_host` is not a host of `topo`
+    or is `host`, lacks the cores, or already serves one of the instance's
+    chain hops (a hop has at most one instance a host)."""
+    old = placement.instances.get((host, instance_id))
+    if old is None:
+        raise PlacementError(f"host {host} runs no instance {instance_id}")
+    if to_host == host:
+        raise PlacementError(f"{old.nf}#{instance_id} already runs on {host}")
+    try:
+        room = topo.host(to_host).cores - placement.cores_used().get(to_host, 0)
+    except KeyError:
+        raise PlacementError(f"{to_host} is not a host of topology {topo.name}") from None
+    need = topo.nfs[old.nf].cores
+    if room < need:
+        raise PlacementError(f"{to_host} has {room} free cores; {old.nf} needs {need}")
+    served = {(h, ident) for (chain, j) in old.users
+              for (h, ident), _ in placement.hops[chain][j]}
+    clash = sorted(key for key in served if key[0] == to_host)
+    if clash:
+        raise PlacementError(f"{to_host} already serves a hop of {old.nf}#{instance_id} "
+                             f"with instance {clash[0][1]}")
+    taken = {ident for (h, ident) in placement.instances if h == to_host}
+    new_id = next(i for i in range(1, MAX_ID + 1) if i not in taken)
+    moved = Instance(to_host, new_id, old.nf, dict(old.users))
+    instances = {k: dataclasses.replace(v, users=dict(v.users))
+                 for k, v in placement.instances.items() if k != old.key}
+    instances[moved.key] = moved
+    hops = {chain: [sorted(((moved.key if key == old.key else key), share)
+                           for key, share in hop) for hop in per_hop]
+            for chain, per_hop in placement.hops.items()}
+    result = Placement(placement.topo, dict(sorted(instances.items())), hops)
+    used = result.cores_used()
+    log.info("moving %s#%d from %s to %s, where it runs as %s#%d: it serves %s "
+             "with the same shares; %s now uses %d of %d cores, %s %d of %d",
+             old.nf, instance_id, host, to_host, old.nf, new_id,
+             ", ".join(f"chain {c} hop {j + 1} ({q:.3f} Mpps)"
+                       for (c, j), q in sorted(old.users.items())) or "no chain",
+             to_host, used[to_host], topo.host(to_host).cores,
+             host, used.get(host, 0), topo.host(host).cores)
+    return result
+
+
 # --- onvm place ---------------------------------------------------------------
 
 def describe(placement, solve_ms):

@@ -13,8 +13,17 @@ mode, and every second publishes its counters to the store
 registers `/onvm/hosts/<host>` under a lease: the host is alive while the
 agent is.
 
+Planned moves (controller/moves.py) carry NF state: for an instance a plan
+marks `"export": true` the agent pauses the loop, takes the NF's
+`export_state()` and publishes it in its stats (instances[ID]["state"],
+with "state_generation", the plan generation it was taken at; null for an
+NF that cannot export).  A new instance whose plan entry has a "state"
+gets `import_state(state)` before the new tables are swapped in, so its
+first packet already finds the moved flows.
+
 It does not decide anything about placement; that is the controller's.
 """
+import contextlib
 import json
 import logging
 import os
@@ -70,6 +79,8 @@ class Agent:
         self._apply_lock = threading.Lock()
         self._last = (time.monotonic(), None)
         self.rates = {}
+        self.exported = {}                  # instance id -> {"state", "state_generation"}
+        self._stats_lock = threading.Lock()  # the loop and a plan's export both publish
 
     # -- plans -------------------------------------------------------
     def apply(self, plan, source="plan"):
@@ -86,7 +97,7 @@ class Agent:
                     log.info("%s: ignoring %s generation %d: running %d already",
                              self.host, source, plan["generation"], current)
                     return False
-                self.manager.apply_plan(plan, self.nf_factory)
+                self.manager.apply_plan(plan, self._make_nf)
             except (PlanError, ValueError, fp.FastPathError) as err:
                 self.plan_error = f"{source}: {err}"
                 log.error("%s: plan not applied, keeping generation %s: %s",
@@ -94,9 +105,74 @@ class Agent:
                 return False
             self.plan_error = None
             self._sync_processes(plan)
+            exported = self._export_marked(plan)
             if self.store is not None:
                 self.store.put_applied(self.host, plan["generation"])
+                if exported:
+                    self._publish()     # the controller waits for it: no need to wait a second
             return True
+
+    # -- NF state on moves ------------------------------------------------
+    def _make_nf(self, inst):
+        """nf_factory, then the moved state if the plan brings one: the
+        fast path calls this before it swaps the new tables in."""
+        nf = self.nf_factory(inst)
+        if "state" not in inst:
+            return nf
+        state = inst["state"]
+        if state is None:
+            log.info("%s: instance %d (%s) starts without state: its old "
+                     "instance exported none", self.host, inst["id"], inst["nf"])
+        elif not hasattr(nf, "import_state"):
+            log.warning("%s: instance %d (%s) was given state but its NF has no "
+                        "import_state(); it starts empty", self.host, inst["id"],
+                        inst["nf"])
+        else:
+            taken = nf.import_state(state)
+            log.info("%s: instance %d (%s) imported the moved state (%s entries taken)",
+                     self.host, inst["id"], inst["nf"], taken)
+        return nf
+
+    def _export_marked(self, plan):
+        """Snapshot the state of every instance the plan marks "export";
+        forget snapshots of instances no longer marked.  Returns how many
+        were taken."""
+        marked = [i for i in plan["instances"] if i.get("export")]
+        taken = {}      # built aside: stats() may read self.exported meanwhile
+        if marked:
+            with self._loop_paused():
+                for inst in marked:
+                    taken[inst["id"]] = {"state": self._export_one(inst),
+                                         "state_generation": plan["generation"]}
+        self.exported = taken
+        return len(taken)
+
+    def _export_one(self, inst):
+        nf = self.manager.nf_object(inst["id"])
+        if nf is None or not hasattr(nf, "export_state"):
+            log.warning("%s: instance %d (%s) is to move but its NF cannot export "
+                        "state; it moves without (its flows start anew)",
+                        self.host, inst["id"], inst["nf"])
+            return None
+        state = nf.export_state()
+        log.info("%s: exported the state of instance %d (%s) for its move: %d bytes "
+                 "of JSON", self.host, inst["id"], inst["nf"], len(json.dumps(state)))
+        return state
+
+    @contextlib.contextmanager
+    def _loop_paused(self):
+        """NFs export only while their loop does not run (they read their
+        tables without locks): stop the loop thread, then start it again.
+        Packets wait in the ports' rings meanwhile."""
+        running = self._thread is not None and self._thread.is_alive()
+        if running:
+            self.manager.stop()
+            self._thread.join(5)
+        try:
+            yield
+        finally:
+            if running and not self._stop.is_set():
+                self.start()
 
     def _sync_processes(self, plan):
         """Start an `onvm nf run` for each process-mode instance; stop the
@@ -175,7 +251,19 @@ class Agent:
         stats["time"] = time.time()
         stats["plan_error"] = self.plan_error
         stats["instances"] = {str(k): v for k, v in stats["instances"].items()}
+        for iid, exported in self.exported.items():
+            if str(iid) in stats["instances"]:
+                stats["instances"][str(iid)].update(exported)
         return stats
+
+    def _publish(self):
+        with self._stats_lock:
+            stats = self.stats()
+            self.latest = stats
+        try:
+            self.store.put_stats(self.host, stats)
+        except Exception as err:   # the store may be down; forwarding goes on
+            log.warning("%s: stats not published: %s", self.host, err)
 
     def run(self, seconds=None):
         """Publish stats every interval until stopped or `seconds` pass."""
@@ -183,13 +271,11 @@ class Agent:
         while not self._stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            stats = self.stats()
-            self.latest = stats
             if self.store is not None:
-                try:
-                    self.store.put_stats(self.host, stats)
-                except Exception as err:   # the store may be down; forwarding goes on
-                    log.warning("%s: stats not published: %s", self.host, err)
+                self._publish()
+            else:
+                with self._stats_lock:
+                    self.latest = self.stats()
             self._restart_dead_processes()
             wait = self.stats_interval
             if deadline is not None:

@@ -30,6 +30,12 @@ host into a chain at SI 255.  `uplink` is the port towards the fabric.
 Instance `mode` is "inline" (run to completion in the manager's loop) or
 "process" (its own DPDK secondary process, `onvm nf run`).
 
+Two optional instance fields carry NF state on a planned move
+(controller/moves.py): `"export": true` asks the agent to snapshot the
+instance's state (`export_state()`) and publish it with its stats;
+`"state": {...}` (or null) is a snapshot the new instance takes
+(`import_state()`) before it gets its first packet.
+
 This module does not forward anything: `Manager.apply_plan` in
 host_agent/fastpath.pyx compiles a checked plan into the fast path's tables.
 """
@@ -110,6 +116,13 @@ def check_plan(plan):
         _need(isinstance(inst.get("nf"), str), f"{where}.nf", "must name an NF type")
         _need(inst.get("mode", "inline") in MODES, f"{where}.mode",
               f"must be one of {MODES}")
+        _need(isinstance(inst.get("export", False), bool), f"{where}.export",
+              f"must be true or false, not {inst.get('export')!r}")
+        _need(isinstance(inst.get("state"), (dict, type(None))), f"{where}.state",
+              "must be a JSON object (an NF's exported state) or null, "
+              f"not {type(inst.get('state')).__name__}")
+        _need(not (inst.get("export") and inst.get("state") is not None), where,
+              "cannot both export state and take imported state")
     for i, cls in enumerate(plan.get("classifiers", [])):
         where = f"plan.classifiers[{i}]"
         _label(cls.get("spi"), f"{where}.spi")

@@ -359,3 +359,105 @@ def test_agent_runs_nf_as_its_own_process(tmp_path):
     assert final["instances"]["2"]["mode"] == "process"
     assert final["instances"]["2"]["rx"] == final["instances"]["2"]["tx"] == 40
     assert len(rdpcap(str(out))) == 40
+
+
+# ------------------------------------------- the agent carries NF state on moves
+
+LB_VIP = "10.0.1.10"
+LB_POOL = [{"name": f"web{i}", "ip": f"10.0.2.{i}", "mac": f"02:00:00:00:02:0{i}"}
+           for i in range(1, 5)]
+# The same backends listed in another order plus one: Maglev alone maps some
+# flows elsewhere, so only imported state keeps every flow's backend.
+LB_OTHER_POOL = list(reversed(LB_POOL)) + [
+    {"name": "web9", "ip": "10.0.2.9", "mac": "02:00:00:00:02:09"}]
+
+
+def lb_plan(h, generation, pool=LB_POOL, **fields):
+    """A plan running one lb on Harness `h`; `fields` go on its instance."""
+    config = {"vip": LB_VIP, "backends": pool, "table_size": 4093}
+    plan = chain_plan([("lb", config)], h.in_port, h.out_port, generation=generation)
+    plan["instances"][0].update(fields)
+    return check_plan(plan)
+
+
+def lb_flows(n=120):
+    return [Ether(dst=HOST_MAC) / IP(src=f"192.0.2.{1 + i % 200}", dst=LB_VIP)
+            / TCP(sport=20000 + i, dport=80, flags="A") for i in range(n)]
+
+
+def backends(frames):
+    """{(src, sport): backend IP} of the frames that came out."""
+    return {(Ether(f)[IP].src, Ether(f)[IP].sport): Ether(f)[IP].dst for f in frames}
+
+
+def test_agent_exports_lb_state_and_a_new_manager_imports_it(harnesses):
+    from controller.store import open_store
+    from host_agent.agent import Agent
+    store = open_store("memory://")
+    frames = lb_flows()
+    old = harnesses(nfs=[("forward", None)])
+    a = Agent("harness", old.manager, store=store)
+    assert a.apply(lb_plan(old, 2))
+    before = backends(old.send(frames))
+    assert len(before) == len(frames) and len(set(before.values())) == 4
+    assert a.apply(lb_plan(old, 3, export=True))
+    published = store.get_stats("harness")["instances"]["1"]
+    assert published["state_generation"] == 3
+    assert len(published["state"]["flows"]) == len(frames)
+    assert backends(old.send(frames)) == before, "exporting changed the old instance"
+
+    fresh = harnesses(nfs=[("lb", {"vip": LB_VIP, "backends": LB_OTHER_POOL,
+                                   "table_size": 4093})])
+    assert backends(fresh.send(frames)) != before, \
+        "a fresh lb with the other pool maps every flow as before: the test proves nothing"
+    new = harnesses(nfs=[("forward", None)])
+    b = Agent("harness", new.manager, store=None)
+    assert b.apply(lb_plan(new, 4, LB_OTHER_POOL, state=published["state"]))
+    assert backends(new.send(frames)) == before
+    assert new.nf(1).counters()["flows"] == len(frames)
+
+    assert a.apply(lb_plan(old, 5))                 # no longer marked: nothing published
+    assert "state" not in a.stats()["instances"]["1"]
+
+
+def test_agent_exports_from_a_running_loop_and_resumes_it(harnesses):
+    from host_agent.agent import Agent
+    h = harnesses(nfs=[("forward", None)])
+    agent = Agent("harness", h.manager)
+    agent.apply(lb_plan(h, 2))
+    agent.start()
+    try:
+        h.rx.fill([bytes(f) for f in lb_flows(40)], 40)
+        wait = time.monotonic() + 5
+        while h.manager.stats()["instances"][1]["rx"] < 40 and time.monotonic() < wait:
+            time.sleep(0.01)
+        assert agent.apply(lb_plan(h, 3, export=True))
+        assert len(agent.exported[1]["state"]["flows"]) == 40
+        assert agent._thread.is_alive(), "the loop did not resume after the export"
+        h.rx.fill([bytes(f) for f in lb_flows(40)], 40)
+        while h.manager.stats()["instances"][1]["rx"] < 80 and time.monotonic() < wait:
+            time.sleep(0.01)
+        assert h.manager.stats()["instances"][1]["rx"] == 80
+    finally:
+        agent.stop()
+    h.tx.drain(keep=False)
+
+
+def test_agent_without_export_state_publishes_null_and_moves_on(harnesses, caplog):
+    from host_agent.agent import Agent
+    h = harnesses(nfs=[("forward", None)])
+    agent = Agent("harness", h.manager)
+    plan = chain_plan([("forward", None)], h.in_port, h.out_port, generation=2)
+    plan["instances"][0]["export"] = True
+    with caplog.at_level("WARNING", logger="onvm.agent"):
+        assert agent.apply(plan)
+    assert agent.stats()["instances"]["1"]["state"] is None
+    assert agent.stats()["instances"]["1"]["state_generation"] == 2
+    assert "instance 1 (forward) is to move but its NF cannot export state" in caplog.text
+    # the new side: a null state starts the NF empty, and says so
+    other = harnesses(nfs=[("monitor", None)])
+    plan = chain_plan([("forward", None)], other.in_port, other.out_port, generation=2)
+    plan["instances"][0]["state"] = None
+    with caplog.at_level("INFO", logger="onvm.agent"):
+        assert Agent("harness", other.manager).apply(plan)
+    assert "instance 1 (forward) starts without state" in caplog.text

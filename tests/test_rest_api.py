@@ -10,6 +10,7 @@ from webob import Request
 
 from controller import placement as pl
 from controller.apps import rest_api
+from controller.moves import Moves
 from controller.store import open_store
 from controller.topology import load_topology
 
@@ -28,6 +29,11 @@ class StandInManager:
         for chain in topo.chains:
             store.put_chain(rest_api.chain_to_json(chain))
         self.placement = pl.place(topo)
+        self.moves = Moves(store)
+
+    def request_move(self, host, instance, to):
+        return self.moves.request(self.topology, self.placement,
+                                  set(self.store.hosts()), host, instance, to)
 
     def check_chains(self, chains):
         self.checked.append([c.name for c in chains])
@@ -168,6 +174,74 @@ def test_change_keeps_spi_and_is_checked_with_all_chains(call, manager):
         "match": {"ipv4_dst": "10.0.0.2/32", "ip_proto": 6, "tcp_dst": 80}})
     assert status == 200 and body["spi"] == 16 and body["name"] == "web"
     assert sorted(manager.checked[0]) == ["mail", "web"]
+
+
+def _alive(manager, *hosts):
+    for host in hosts:
+        manager.store.register_host(host, {"version": "t"}, ttl=30, keepalive=False)
+
+
+def _firewall(manager):
+    """(host, id) of the web chain's firewall."""
+    (key, _), = manager.placement.hops["web"][0]
+    return key
+
+
+def test_move_is_accepted_and_listed(call, manager):
+    host, iid = _firewall(manager)
+    other = "h1" if host == "h2" else "h2"
+    _alive(manager, "h1", "h2")
+    status, body = call("POST", "/moves", {"host": host, "instance": iid, "to": other})
+    assert status == 202
+    assert body["move"] == {"host": host, "instance": iid, "nf": "firewall", "to": other,
+                            "export_generation": None}
+    assert call("GET", "/moves") == (200, {"moving": [body["move"]], "landing": []})
+
+
+def _move_refused(call, manager, body):
+    before = dict(manager.moves.pending)
+    status, reply = _refused(call, manager, "POST", "/moves", body)
+    assert manager.moves.pending == before, "a refused move was recorded"
+    return status, reply
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ([1], 400, "move: must be a JSON object, not [1]"),
+    ({"host": "h2", "instance": 1, "to": "h1", "now": 1}, 400,
+     "move: unknown field(s) now; known: host, instance, to"),
+    ({"host": "h2", "to": "h1"}, 400, "move: missing field(s) instance"),
+    ({"host": "h2", "instance": "1", "to": "h1"}, 400,
+     "move.instance: must be an instance id (an integer), not '1'"),
+    ({"host": 2, "instance": 1, "to": "h1"}, 400, "move.host: must be a host name, not 2"),
+    ({"host": "h9", "instance": 1, "to": "h1"}, 404,
+     "move.host: 'h9' is not a host of topology minimal"),
+    ({"host": "h2", "instance": 1, "to": "h9"}, 404,
+     "move.to: 'h9' is not a host of topology minimal"),
+    ({"host": "h2", "instance": 42, "to": "h1"}, 404, "move.instance: h2 runs no instance 42"),
+    ({"host": "h2", "instance": 1, "to": "h2"}, 400, "move.to: instance 1 already runs on h2"),
+])
+def test_wrong_move_is_refused_and_changes_nothing(call, manager, body, status, message):
+    assert _firewall(manager) == ("h2", 1)
+    _alive(manager, "h1", "h2")
+    got, error = _move_refused(call, manager, body)
+    assert (got, error[:len(message)]) == (status, message), error
+
+
+def test_move_to_a_dead_or_full_host_is_409(call, manager):
+    import dataclasses
+    _alive(manager, "h2")
+    assert _move_refused(call, manager, {"host": "h2", "instance": 1, "to": "h1"}) == \
+        (409, "move.to: h1 is not alive (no agent registered)")
+    _alive(manager, "h1")
+    manager.topology = dataclasses.replace(manager.topology, hosts=tuple(
+        dataclasses.replace(h, cores=0) if h.name == "h1" else h
+        for h in manager.topology.hosts))
+    assert _move_refused(call, manager, {"host": "h2", "instance": 1, "to": "h1"}) == \
+        (409, "move.to: h1 has 0 free cores; firewall needs 1")
+    manager.topology = load_topology(MINIMAL)
+    assert call("POST", "/moves", {"host": "h2", "instance": 1, "to": "h1"})[0] == 202
+    assert _move_refused(call, manager, {"host": "h2", "instance": 1, "to": "h1"}) == \
+        (409, "move: instance 1 of h2 is moving already (to h1)")
 
 
 def test_no_manager_is_503():

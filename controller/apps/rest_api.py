@@ -9,12 +9,21 @@
     DELETE /onvm/v1/chains/<name>   delete a chain (404 if unknown)
     GET    /onvm/v1/placement       the current placement (`onvm place --json`)
     GET    /onvm/v1/stats           {host: stats} as the agents report them
+    POST   /onvm/v1/moves           move an NF instance to another host with
+                                    its state (202; controller/moves.py)
+    GET    /onvm/v1/moves           the moves in progress
 
 A chain body is {"name", "ingress", "egress", "match", "nfs", "mpps"} and an
 optional "spi" (else the lowest free one).  A wrong request gets 400
 (malformed), 404 (unknown chain) or 409 (conflicts with the chains there, or
 cannot be placed) with {"error": "..."} and changes nothing: a change is
 checked by the chain manager's `check_chains` before it is stored.
+
+A move body is {"host": A, "instance": ID, "to": B}.  The chain manager's
+`request_move(host, instance, to)` checks it (controller.moves.check_move:
+404 unknown host or instance, 400 A == B, 409 B not alive or without the
+cores) and the reply is 202: the move completes once A's agent has
+published the instance's state, which GET /onvm/v1/moves shows.
 
 The deciding code (parsing and checking chain bodies, the request handlers)
 is plain functions over a manager object; the Ryu parts at the bottom only
@@ -38,6 +47,7 @@ MANAGER_NAMES = ("chain_manager", "ChainManager")
 MAX_BODY = 1 << 20
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 CHAIN_FIELDS = ("name", "ingress", "egress", "match", "nfs", "mpps", "spi")
+MOVE_FIELDS = ("host", "instance", "to")
 REQUIRED_FIELDS = CHAIN_FIELDS[:-1]
 
 
@@ -274,6 +284,36 @@ def get_chains(manager):
     return 200, manager.store.chains()
 
 
+def create_move(manager, body):
+    """Hand a checked move request to the chain manager."""
+    from controller.moves import MoveError
+    _bad(isinstance(body, dict), f"move: must be a JSON object, not {body!r}")
+    unknown = sorted(set(body) - set(MOVE_FIELDS))
+    _bad(not unknown, f"move: unknown field(s) {', '.join(unknown)}; "
+                      f"known: {', '.join(MOVE_FIELDS)}")
+    missing = [f for f in MOVE_FIELDS if f not in body]
+    _bad(not missing, f"move: missing field(s) {', '.join(missing)}")
+    for field in ("host", "to"):
+        _bad(isinstance(body[field], str), f"move.{field}: must be a host name, "
+                                           f"not {body[field]!r}")
+    iid = body["instance"]
+    _bad(isinstance(iid, int) and not isinstance(iid, bool),
+         f"move.instance: must be an instance id (an integer), not {iid!r}")
+    try:
+        move = manager.request_move(body["host"], iid, body["to"])
+    except MoveError as err:
+        raise RequestError(err.status, err.message) from None
+    LOG.info("REST: move of instance %d from %s to %s accepted", iid, body["host"],
+             body["to"])
+    return 202, {"move": move, "status": "waiting for the instance's state from "
+                                         f"{body['host']}"}
+
+
+def get_moves(manager):
+    moves = getattr(manager, "moves", None)
+    return 200, moves.status() if moves is not None else {"moving": [], "landing": []}
+
+
 # --- Ryu adapter --------------------------------------------------------------
 
 import onvm_compat  # noqa: E402,F401  (eventlet 0.33 lacks what ryu.app.wsgi imports)
@@ -355,6 +395,14 @@ class OnvmController(ControllerBase):
     @route("onvm", BASE + "/stats", methods=["GET"])
     def stats(self, req, **_):
         return self._call(req, get_stats)
+
+    @route("onvm", BASE + "/moves", methods=["POST"])
+    def post_move(self, req, **_):
+        return self._call(req, create_move, with_body=True)
+
+    @route("onvm", BASE + "/moves", methods=["GET"])
+    def list_moves(self, req, **_):
+        return self._call(req, get_moves)
 
 
 def register(wsgi_app, get_manager):

@@ -84,13 +84,17 @@ def parse_json_body(raw: bytes):
         raise RequestError(400, f"body is not JSON: {err}") from None
 
 
-def _check_fields(body, where):
+def _check_keys(body, where, known, required):
     _bad(isinstance(body, dict), f"{where}: must be a JSON object, not {body!r}")
-    unknown = sorted(set(body) - set(CHAIN_FIELDS))
+    unknown = sorted(set(body) - set(known))
     _bad(not unknown, f"{where}: unknown field(s) {', '.join(unknown)}; "
-                      f"known: {', '.join(CHAIN_FIELDS)}")
-    missing = [f for f in REQUIRED_FIELDS if f not in body]
+                      f"known: {', '.join(known)}")
+    missing = [f for f in required if f not in body]
     _bad(not missing, f"{where}: missing field(s) {', '.join(missing)}")
+
+
+def _check_fields(body, where):
+    _check_keys(body, where, CHAIN_FIELDS, REQUIRED_FIELDS)
     name = body["name"]
     _bad(isinstance(name, str) and NAME_RE.match(name),
          f"{where}.name: must be 1..64 letters, digits, '_', '.', '-', "
@@ -287,12 +291,7 @@ def get_chains(manager):
 def create_move(manager, body):
     """Hand a checked move request to the chain manager."""
     from controller.moves import MoveError
-    _bad(isinstance(body, dict), f"move: must be a JSON object, not {body!r}")
-    unknown = sorted(set(body) - set(MOVE_FIELDS))
-    _bad(not unknown, f"move: unknown field(s) {', '.join(unknown)}; "
-                      f"known: {', '.join(MOVE_FIELDS)}")
-    missing = [f for f in MOVE_FIELDS if f not in body]
-    _bad(not missing, f"move: missing field(s) {', '.join(missing)}")
+    _check_keys(body, "move", MOVE_FIELDS, MOVE_FIELDS)
     for field in ("host", "to"):
         _bad(isinstance(body[field], str), f"move.{field}: must be a host name, "
                                            f"not {body[field]!r}")

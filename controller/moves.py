@@ -82,7 +82,7 @@ def check_move(topo, placement, alive, host, instance_id, to):
         if name not in alive:
             raise MoveError(409, f"move.{field}: {name} is not alive (no agent registered)")
     try:
-        move_instance(topo, placement, host, instance_id, to)
+        move_instance(topo, placement, host, instance_id, to, say=False)
     except PlacementError as err:
         raise MoveError(409, f"move.to: {err}") from None
     return inst

@@ -758,14 +758,15 @@ def replace_after_host_loss(topo, placement, lost_host):
     return place(topo, previous=placement, exclude_hosts=(lost_host,))
 
 
-def move_instance(topo, placement, host, instance_id, to_host):
+def move_instance(topo, placement, host, instance_id, to_host, say=True):
     """A new Placement in which instance `instance_id` of `host` runs on
     `to_host` instead: same NF type, the same chain hops and shares, a new
     id (the lowest free one on `to_host`); every other instance stays as it
     is.  `placement` is not changed.  Raises PlacementError, naming what is
     wrong, when there is no such instance, `to_host` is not a host of `topo`
     or is `host`, lacks the cores, or already serves one of the instance's
-    chain hops (a hop has at most one instance a host)."""
+    chain hops (a hop has at most one instance a host).  `say=False` for a
+    trial (checking a request): the move is then not logged."""
     old = placement.instances.get((host, instance_id))
     if old is None:
         raise PlacementError(f"host {host} runs no instance {instance_id}")
@@ -794,6 +795,8 @@ def move_instance(topo, placement, host, instance_id, to_host):
                            for key, share in hop) for hop in per_hop]
             for chain, per_hop in placement.hops.items()}
     result = Placement(placement.topo, dict(sorted(instances.items())), hops)
+    if not say:
+        return result
     used = result.cores_used()
     log.info("moving %s#%d from %s to %s, where it runs as %s#%d: it serves %s "
              "with the same shares; %s now uses %d of %d cores, %s %d of %d",

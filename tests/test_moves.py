@@ -1,6 +1,8 @@
 """Planned moves with state: placement.move_instance, controller.moves over a
 memory:// store, the plan fields that carry them ("export", "state"), and
 (test at the end) a move of a running lb in the emulation."""
+import time
+
 import pytest
 
 from controller import plans
@@ -31,7 +33,8 @@ def lb_of(placement, chain="spread"):
 
 # --- placement.move_instance ---------------------------------------------------
 
-def test_move_instance_moves_only_that_instance_with_its_shares():
+def test_move_instance_moves_only_that_instance_with_its_shares(caplog):
+    caplog.set_level("INFO", logger="onvm.placement")
     t = topo()
     before = place(t)
     (host, iid), share = lb_of(before)
@@ -56,6 +59,11 @@ def test_move_instance_moves_only_that_instance_with_its_shares():
     assert not any(h["spi"] == 16 and h["si"] == 255 for h in out[host]["hops"])
     assert (host, iid) == ("h1", 1) and out[host]["instances"] == []
     assert plans.ingress_groups(t, after)["spread"] == [(to, 1.0)]
+    assert caplog.messages[-1] == (
+        "moving lb#1 from h1 to h3, where it runs as lb#1: it serves chain spread "
+        "hop 1 (1.000 Mpps) with the same shares; h3 now uses 1 of 1 cores, h1 0 of 2")
+    move_instance(t, before, host, iid, to, say=False)
+    assert len([m for m in caplog.messages if m.startswith("moving")]) == 1
 
 
 def _hand_placed(t):
@@ -242,3 +250,4 @@ def test_plan_takes_the_move_fields():
     for fields in ({"export": True}, {"export": False}, {"state": None},
                    {"state": {"nf": "lb", "flows": []}}):
         check_plan(_plan(**fields))
+

@@ -84,6 +84,6 @@ def _kill_busiest_half_way(at):
     """Events are chosen once the controller has placed the chains."""
     def events(emu):
         host, chains = emulate.failover_victim(emu)
-        return [(at, f"kill the agent of {host} (runs NFs of {', '.join(chains)})",
+        return [(at, f"fail {host}: agent killed, link down (it runs NFs of {', '.join(chains)})",
                  "kill", host)]
     return events

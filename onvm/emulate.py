@@ -589,6 +589,29 @@ class Emulation:
             proc.kill()
             proc.wait(5)
 
+    def stop_agent(self, name):
+        """Stop a host's agent as an operator would (SIGTERM): it revokes
+        its lease on the way out, so the controller knows at once."""
+        proc = self.agents[name]
+        self.killed.add(name)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def fail_host(self, name):
+        """A host failure, as when a server loses power: its agent dies
+        (SIGKILL, no goodbye) and its link goes down, which its switch
+        reports at once (OpenFlow port status)."""
+        self.kill_agent(name)
+        host = self.topo.host(name)
+        index = [s.name for s in self.topo.switches].index(host.switch)
+        subprocess.run(["ip", "link", "set", f"{self.prefix}s{index}p{host.port}", "down"],
+                       check=True)
+
     def restart_controller(self):
         """Kill the controller and start a new one on the same ports."""
         if self.controller.poll() is None:
@@ -739,7 +762,7 @@ def schedule(args, topo):
         host, at = _parse_at(text, "--kill-host")
         if host not in {h.name for h in topo.hosts}:
             _no(host, "host", topo)
-        events.append((at, f"kill the agent of {host}", "kill", host))
+        events.append((at, f"fail {host} (its agent killed, its link down)", "kill", host))
     if args.restart_controller is not None:
         events.append((float(args.restart_controller), "restart the controller",
                        "restart", None))
@@ -762,7 +785,7 @@ def _no(name, kind, topo):
 
 def _act(emu, action, arg):
     if action == "kill":
-        emu.kill_agent(arg)
+        emu.fail_host(arg)
     elif action == "restart":
         emu.restart_controller()
     elif action == "rate":
@@ -885,18 +908,25 @@ def failover_victim(emu):
     return host, sorted(counts[host])
 
 
-def measure_failover(emu, settle=3.0, timeout=15.0):
-    """Kill one NF host's agent and measure, for the chains it served:
-    detection (kill -> a new plan generation in the store for a surviving
-    host), recovery (kill -> first packet at the egress after the outage)
-    and packets lost."""
+FAILURES = {
+    "host": ("fail_host", "the host fails: agent killed, link down"),
+    "crash": ("kill_agent", "the agent crashes: SIGKILL, link up, its lease runs out"),
+    "stop": ("stop_agent", "the agent is stopped: SIGTERM, it revokes its lease"),
+}
+
+
+def measure_failover(emu, settle=3.0, timeout=15.0, how="host"):
+    """Fail one NF host (`how`: a key of FAILURES) and measure, for the
+    chains it served: detection (failure -> a new plan generation in the
+    store for a surviving host), recovery (failure -> first packet at the
+    egress after the outage) and packets lost."""
     time.sleep(settle)
     host, chains = failover_victim(emu)
     before_gen = {h: p["generation"] for h, p in emu.store.plans().items()}
     before = {c: (emu.sent(c).get("sent", 0), emu.received(c).get("received", 0))
               for c in chains}
     t_kill = time.time()
-    emu.kill_agent(host)
+    getattr(emu, FAILURES[how][0])(host)
 
     def replanned():
         plans = emu.store.plans()
@@ -926,7 +956,7 @@ def measure_failover(emu, settle=3.0, timeout=15.0):
         s0, r0 = before[c]
         s1, r1 = emu.sent(c).get("sent", 0), emu.received(c).get("received", 0)
         lost[c] = max(0, (s1 - s0) - (r1 - r0))
-    return {"host": host, "chains": chains, "detect_s": round(detect, 3),
+    return {"how": how, "host": host, "chains": chains, "detect_s": round(detect, 3),
             "recover_s": round(max(recover.values()), 3),
             "recover_per_chain_s": {c: round(v, 3) for c, v in recover.items()},
             "lost_packets": sum(lost.values()), "lost_per_chain": lost,
@@ -949,8 +979,11 @@ def cli_bench_failover(args):
     _Teardown(emu)
     try:
         emu.start()
-        result = measure_failover(emu)
-        result["topology"] = emu.topo.name
+        # Three failures in turn, each of the then busiest NF host.
+        result = {"topology": emu.topo.name}
+        for how in ("host", "stop", "crash"):
+            quiet(f"failover: {FAILURES[how][1]}")
+            result[how] = measure_failover(emu, how=how)
     except (EmulationError, TimeoutError, services.GaveUp) as err:
         print(f"onvm bench failover: {err}", file=sys.stderr)
         return 1
@@ -959,7 +992,9 @@ def cli_bench_failover(args):
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"failover of {result['host']} on {result['topology']}: detected in "
-              f"{result['detect_s']} s, traffic again after {result['recover_s']} s, "
-              f"{result['lost_packets']} packets lost")
+        for how in ("host", "stop", "crash"):
+            r = result[how]
+            print(f"{FAILURES[how][1]}: {r['host']} on {result['topology']}: detected in "
+                  f"{r['detect_s']} s, traffic again after {r['recover_s']} s, "
+                  f"{r['lost_packets']} packets lost")
     return 0

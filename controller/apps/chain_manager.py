@@ -282,12 +282,19 @@ class ChainManager(app_manager.RyuApp):
         for name in sorted(registered - known):
             self.logger.warning("agent %s registered in %s but %s has no such "
                                 "host: ignored", name, HOSTS, self.topology.source)
-        alive = registered & known
+        # A host no switch reaches serves nothing, lease or not: a server
+        # that fails takes its link down at once, long before its lease ends.
+        cut = set(self.fabric_cut) & known
+        alive = (registered & known) - cut
         for name in sorted(alive - self.alive):
-            self.logger.info("host %s is alive (agent registered)", name)
+            self.logger.info("host %s is alive (agent registered, reachable)", name)
         for name in sorted(self.alive - alive):
-            self.logger.warning("host %s lost (its %s key expired or was deleted)",
-                                name, HOSTS + name)
+            if name in cut:
+                self.logger.warning("host %s lost: no switch reaches it (its link "
+                                    "is down)", name)
+            else:
+                self.logger.warning("host %s lost (its %s key expired or was deleted)",
+                                    name, HOSTS + name)
         lost = self.alive - alive
         self.alive = alive
         return lost
@@ -387,13 +394,16 @@ class ChainManager(app_manager.RyuApp):
         impact = describe(before, self.desired)
         for change in routing:
             self.logger.warning("%s: %s; %s", change.text, change.effect, impact)
+        hosts = {h.name for h in self.topology.hosts}
         for name in self.fabric_cut:
             if name not in cut_before:
-                self.logger.warning("%s unreachable: no switch reaches it now; its "
-                                    "placement is kept (host liveness is the "
-                                    "agents' leases)", self._place_name(name))
+                self.logger.warning("%s unreachable: no switch reaches it now%s",
+                                    self._place_name(name),
+                                    "; re-placing what it ran" if name in hosts else "")
         for name in sorted(cut_before - set(self.fabric_cut)):
             self.logger.info("%s reachable again", self._place_name(name))
+        if (cut_before ^ set(self.fabric_cut)) & hosts:
+            self.dirty.add("hosts")
         parts = self.fabric.parts()
         if len(parts) > 1:
             self.logger.warning("the fabric is split in %d parts: %s", len(parts),

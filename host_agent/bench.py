@@ -97,7 +97,10 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             "cores": min(os.cpu_count(), 1 + (1 if procs else 0)),
             "packets": done, "seconds": round(elapsed, 3), "mode": mode,
             "traffic": "fresh" if fresh else "loop",
-            "python": python, "flows": flows, "frame_bytes": 64,
+            # looped packets: the ring holds in_flight of them, so at most
+            # that many distinct flows go round
+            "python": python, "flows": flows if fresh else min(flows, in_flight),
+            "frame_bytes": 64,
             "drops": drops,
             "nfs": [n for n, _ in nfs],
             "machine": f"{os.cpu_count()} cores, {os.uname().machine}",

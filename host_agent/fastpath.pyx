@@ -60,7 +60,6 @@ DEF BURST = 32
 DEF MAX_PORTS = 16
 DEF MAX_INSTANCES = 64
 DEF SLOTS = 256            # consistent-hash slots per remote hop
-DEF FLOW_ENTRIES = 65536
 DEF MAX_NF_HOPS = 64       # NFs one packet may visit on this host
 DEF ETH_MPLS = 0x8847
 DEF ETH_MPLS_MC = 0x8848
@@ -656,7 +655,7 @@ cdef class Manager:
         name = f"onvm_flows_{_table_seq}".encode()
         memset(&params, 0, sizeof(params))
         params.name = name
-        params.entries = FLOW_ENTRIES
+        params.entries = ONVM_FLOW_ENTRIES
         params.key_len = ONVM_KEY_SIZE
         params.socket_id = rte_socket_id()
         self.flows = rte_hash_create(&params)
@@ -1337,9 +1336,9 @@ cdef tables_t *_build_tables(Manager mgr, dict plan, dict instances) except NULL
             _hop_add(t.hop_index, h.spi, h.si, i)
         # Classifiers for untagged packets: first matching wins.
         classifiers = plan.get("classifiers", [])
-        t.flow_hop = <int32_t *>malloc(FLOW_ENTRIES * sizeof(int32_t))
+        t.flow_hop = <int32_t *>malloc(ONVM_FLOW_ENTRIES * sizeof(int32_t))
         t.class_hop = <int32_t *>calloc(max(1, len(classifiers)), sizeof(int32_t))
-        for i in range(FLOW_ENTRIES):
+        for i in range(ONVM_FLOW_ENTRIES):
             t.flow_hop[i] = -2
         if classifiers:
             for i, cls in enumerate(classifiers):

@@ -4,10 +4,9 @@
 batch functions run in the manager's loop without the GIL."""
 from libc.stdint cimport uint64_t, int32_t
 from libc.stdlib cimport calloc, free
-from host_agent.includes.rte_mbuf cimport rte_mbuf, onvm_meta_of, ONVM_ACTION_NEXT
+from host_agent.includes.rte_mbuf cimport rte_mbuf, onvm_meta_of, ONVM_ACTION_NEXT, ONVM_FLOW_ENTRIES
 from host_agent.fastpath cimport NativeNF
 
-DEF FLOW_ENTRIES = 65536
 
 
 cdef void forward_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
@@ -43,7 +42,7 @@ cdef void monitor_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
         fid = onvm_meta_of(pkts[i]).flow_id
         mon.packets += 1
         mon.bytes += pkts[i].pkt_len
-        if fid >= 0 and fid < FLOW_ENTRIES:
+        if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
             mon.flow_packets[fid] += 1
             mon.flow_bytes[fid] += pkts[i].pkt_len
         else:
@@ -56,8 +55,8 @@ cdef class Monitor(NativeNF):
     cdef monitor_t mon
 
     def __cinit__(self, config=None):
-        self.mon.flow_packets = <uint64_t *>calloc(FLOW_ENTRIES, sizeof(uint64_t))
-        self.mon.flow_bytes = <uint64_t *>calloc(FLOW_ENTRIES, sizeof(uint64_t))
+        self.mon.flow_packets = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
+        self.mon.flow_bytes = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
         if self.mon.flow_packets == NULL or self.mon.flow_bytes == NULL:
             raise MemoryError()
         self.batch_fn = monitor_batch
@@ -68,7 +67,7 @@ cdef class Monitor(NativeNF):
         free(self.mon.flow_bytes)
 
     def counters(self):
-        flows = sum(1 for i in range(FLOW_ENTRIES) if self.mon.flow_packets[i])
+        flows = sum(1 for i in range(ONVM_FLOW_ENTRIES) if self.mon.flow_packets[i])
         return {"packets": self.mon.packets, "bytes": self.mon.bytes,
                 "flows": flows, "untracked": self.mon.untracked}
 

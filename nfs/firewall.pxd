@@ -1,5 +1,5 @@
 # The firewall's rule table, shared by `firewall` and `firewall-stateful`.
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from host_agent.includes.rte_acl cimport rte_acl_ctx
 from host_agent.includes.rte_mbuf cimport rte_mbuf
 from host_agent.fastpath cimport NativeNF, Acl
@@ -9,6 +9,8 @@ cdef struct ruleset_t:
     rte_acl_ctx *acl
     uint8_t *allow          # per rule
     uint64_t *hits          # per rule
+    uint32_t *flow_rule     # per flow id: rte_acl's answer (rule + 1, 0 none), cached
+    uint8_t *flow_known     # per flow id: 1 once flow_rule holds the answer
     uint8_t default_allow
     uint64_t default_hits
     uint64_t not_ipv4       # IPv6 packets: the default action, counted

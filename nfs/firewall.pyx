@@ -5,10 +5,11 @@
 IPv4 only: IPv6 packets get the default action and are counted apart.
 `RuleSet` (the rules as an rte_acl context plus their actions and hit
 counters) is shared with `firewall-stateful` (nfs/stateful.pyx)."""
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of,
-    ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
+from libc.string cimport memset
+from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta, onvm_meta_of,
+    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES)
 from host_agent.includes.rte_acl cimport rte_acl_classify
 
 from nfs.fwrules import load_rules
@@ -18,29 +19,67 @@ DEF BURST_MAX = 64
 
 cdef void ruleset_decide(ruleset_t *rs, rte_mbuf **pkts, unsigned n,
                          uint8_t *allow) noexcept nogil:
-    """allow[i] = the first matching rule's action (or the default)."""
+    """allow[i] = the first matching rule's action (or the default).
+
+    The rules are a pure function of the 5-tuple, so rte_acl's answer is
+    kept per flow (the host's flow table ids are stable: entries are never
+    reused): only a flow's first packet is classified."""
     cdef const uint8_t *data[BURST_MAX]
     cdef uint32_t res[BURST_MAX]
-    cdef unsigned i, done = 0, chunk
-    while done < n:
-        chunk = n - done
-        if chunk > BURST_MAX:
-            chunk = BURST_MAX
-        for i in range(chunk):
-            data[i] = <const uint8_t *>&onvm_meta_of(pkts[done + i]).key
-        if rs.acl != NULL:
-            rte_acl_classify(rs.acl, data, res, chunk, 1)
-        for i in range(chunk):
-            if onvm_meta_of(pkts[done + i]).key.family != 4:
-                rs.not_ipv4 += 1
-                allow[done + i] = rs.default_allow
-            elif rs.acl != NULL and res[i]:
-                rs.hits[res[i] - 1] += 1
-                allow[done + i] = rs.allow[res[i] - 1]
-            else:
-                rs.default_hits += 1
-                allow[done + i] = rs.default_allow
-        done += chunk
+    cdef unsigned idx[BURST_MAX]
+    cdef unsigned i, k, nmiss = 0
+    cdef uint32_t r
+    cdef int32_t fid
+    cdef onvm_meta *meta
+    for i in range(n):
+        meta = onvm_meta_of(pkts[i])
+        fid = meta.flow_id
+        if meta.key.family != 4 or (fid >= 0 and rs.flow_known[fid]):
+            continue
+        data[nmiss] = <const uint8_t *>&meta.key
+        idx[nmiss] = i
+        nmiss += 1
+        if nmiss == BURST_MAX:
+            _classify_misses(rs, pkts, data, res, idx, nmiss)
+            nmiss = 0
+    if nmiss:
+        _classify_misses(rs, pkts, data, res, idx, nmiss)
+    for i in range(n):
+        meta = onvm_meta_of(pkts[i])
+        fid = meta.flow_id
+        if meta.key.family != 4:
+            rs.not_ipv4 += 1
+            allow[i] = rs.default_allow
+            continue
+        r = rs.flow_rule[fid] if fid >= 0 else meta.destination
+        if r:
+            rs.hits[r - 1] += 1
+            allow[i] = rs.allow[r - 1]
+        else:
+            rs.default_hits += 1
+            allow[i] = rs.default_allow
+
+
+cdef void _classify_misses(ruleset_t *rs, rte_mbuf **pkts, const uint8_t **data,
+                           uint32_t *res, unsigned *idx, unsigned n) noexcept nogil:
+    """rte_acl over packets of flows not seen yet; the answer is cached per
+    flow, or (flows the flow table could not hold) kept in the packet's
+    `destination` until ruleset_decide reads it."""
+    cdef unsigned k
+    cdef int32_t fid
+    cdef onvm_meta *meta
+    if rs.acl != NULL:
+        rte_acl_classify(rs.acl, data, res, n, 1)
+    else:
+        memset(res, 0, n * sizeof(uint32_t))
+    for k in range(n):
+        meta = onvm_meta_of(pkts[idx[k]])
+        fid = meta.flow_id
+        if fid >= 0:
+            rs.flow_rule[fid] = res[k]
+            rs.flow_known[fid] = 1
+        else:
+            meta.destination = <uint16_t>res[k]
 
 
 cdef class RuleSet:
@@ -53,8 +92,13 @@ cdef class RuleSet:
         n = max(1, len(self.rules))
         self.rs.allow = <uint8_t *>calloc(n, 1)
         self.rs.hits = <uint64_t *>calloc(n, sizeof(uint64_t))
-        if self.rs.allow == NULL or self.rs.hits == NULL:
+        self.rs.flow_rule = <uint32_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint32_t))
+        self.rs.flow_known = <uint8_t *>calloc(ONVM_FLOW_ENTRIES, 1)
+        if (self.rs.allow == NULL or self.rs.hits == NULL or
+                self.rs.flow_rule == NULL or self.rs.flow_known == NULL):
             raise MemoryError()
+        if len(self.rules) > 65535:
+            raise ValueError(f"at most 65535 firewall rules, not {len(self.rules)}")
         for i, r in enumerate(self.rules):
             self.rs.allow[i] = r.allow
         self.rs.default_allow = default_allow
@@ -62,6 +106,8 @@ cdef class RuleSet:
     def __dealloc__(self):
         free(self.rs.allow)
         free(self.rs.hits)
+        free(self.rs.flow_rule)
+        free(self.rs.flow_known)
 
     def counters(self):
         return {"default": self.rs.default_hits, "ipv6_default": self.rs.not_ipv4,

@@ -461,3 +461,17 @@ def test_agent_without_export_state_publishes_null_and_moves_on(harnesses, caplo
     with caplog.at_level("INFO", logger="onvm.agent"):
         assert Agent("harness", other.manager).apply(plan)
     assert "instance 1 (forward) starts without state" in caplog.text
+
+
+def test_firewall_decides_each_packet_of_a_flow_alike_and_counts_every_hit(harnesses):
+    # The firewall keeps rte_acl's answer per flow: the second and later
+    # packets of a flow must get the same verdict and still count.
+    rules = "deny udp any any any 53\nallow udp any any any 5000\ndefault deny"
+    h = harnesses(nfs=[("firewall", {"rules_text": rules})])
+    frames = [udp(1, dport=53)] * 10 + [udp(2, dport=5000)] * 10 + [udp(3, dport=7)] * 5
+    out = h.send(frames)
+    assert len(out) == 10 and {Ether(f)[UDP].dport for f in out} == {5000}
+    counters = h.nf(1).counters()
+    assert [r["hits"] for r in counters["rules"]] == [10, 10]
+    assert counters["default"] == 5
+    assert (counters["passed"], counters["dropped"]) == (10, 15)

@@ -30,6 +30,7 @@ cdef extern from "rte_mbuf.h" nogil:
     uint16_t RTE_MBUF_DEFAULT_BUF_SIZE
 
 cdef extern from "shim.h" nogil:
+    int ONVM_FLOW_ENTRIES
     uint8_t ONVM_ACTION_DROP
     uint8_t ONVM_ACTION_NEXT
     uint8_t ONVM_ACTION_TONF

@@ -895,15 +895,21 @@ def cli_emulate(args):
 # ------------------------------------------------------------ bench failover
 
 def failover_victim(emu):
-    """A host that runs an NF of a chain with traffic, and that chain; the
+    """A host that runs an NF of a chain with traffic, and those chains; the
     host whose loss moves the most chains, ties broken by name."""
+    # A chain whose egress is the failed host loses its sink with it: only
+    # chains that can carry traffic again are counted and measured.
+    egress = {c.name: c.egress for c in emu.topo.chains}
     counts = {}
     for name, hops in emu.placement().items():
         for _, hosts in hops:
             for h in hosts:
-                counts.setdefault(h, set()).add(name)
+                if (h != egress.get(name) and h not in emu.killed
+                        and egress.get(name) not in emu.killed):
+                    counts.setdefault(h, set()).add(name)
     if not counts:
-        raise EmulationError("no host runs an NF: nothing to fail over")
+        raise EmulationError("no NF runs away from its chain's egress: "
+                             "no failover to measure")
     host = sorted(counts, key=lambda h: (-len(counts[h]), h))[0]
     return host, sorted(counts[host])
 

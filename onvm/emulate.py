@@ -729,11 +729,14 @@ def add_rates(status, previous):
 
 def summary(emu, status, events):
     lines = ["=== summary " + "=" * 56]
+    egress = {c.name: c.egress for c in emu.topo.chains}
     for name, c in status["chains"].items():
         lost_pct = 100.0 * c["lost"] / c["sent"] if c["sent"] else 0.0
         where = " -> ".join(f"{nf}@{','.join(h) or '?'}" for nf, h in c["nfs"])
+        why = (f" (its egress {egress[name]} failed: nothing receives its traffic)"
+               if egress.get(name) in emu.killed else "")
         lines.append(f"chain {name}: sent {c['sent']}, received {c['received']}, "
-                     f"lost {c['lost']} ({lost_pct:.1f} %), latency "
+                     f"lost {c['lost']} ({lost_pct:.1f} %){why}, latency "
                      f"{c['latency_ms'] if c['latency_ms'] is not None else '-'} ms; {where}")
     for text in events:
         lines.append(f"event: {text}")
@@ -910,7 +913,9 @@ def failover_victim(emu):
     if not counts:
         raise EmulationError("no NF runs away from its chain's egress: "
                              "no failover to measure")
-    host = sorted(counts, key=lambda h: (-len(counts[h]), h))[0]
+    # Prefer a host that is no chain's egress: failing it breaks no sink.
+    egresses = set(egress.values())
+    host = sorted(counts, key=lambda h: (h in egresses, -len(counts[h]), h))[0]
     return host, sorted(counts[host])
 
 

@@ -199,7 +199,7 @@ def default_flows(chain, flows=8):
 def chain_frames(chain, src_mac, dst_mac, flows):
     """Frames (bytes) that match `chain`'s classifier, one per flow spec
     {"src": IPv4, "sport": port, "payload": bytes (optional, after the
-    marker)}, each with a marker placeholder for the sender to fill.  A
+    marker)}, each with a marker field for the sender to fill.  A
     classifier's port fields win over a spec's; its source network is the
     caller's to respect (default_flows does)."""
     from scapy.layers.inet import IP, TCP, UDP

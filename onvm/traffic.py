@@ -96,7 +96,7 @@ def _load_frames(path):
         frames = [bytearray(bytes.fromhex(h)) for h in json.load(f)]
     offsets = [fr.find(MAGIC) for fr in frames]
     if not frames or any(o < 0 for o in offsets):
-        raise SystemExit(f"{path}: no frames, or a frame lacks the marker placeholder")
+        raise SystemExit(f"{path}: no frames, or a frame lacks the marker field")
     return frames, offsets
 
 
@@ -110,7 +110,7 @@ def _mtime(path):
 def send(iface, frames_path, status_path, rate_path, spi, pps):
     """Send the frames of `frames_path` (hex, one flow each) round robin at
     `pps` packets a second, each with a fresh marker patched over the
-    marker placeholder.  Twice a second the rate is re-read from
+    marker field.  Twice a second the rate is re-read from
     `rate_path` and the frames reloaded if their file changed; the status
     counts sent packets per frame of the current file."""
     frames, offsets = _load_frames(frames_path)

@@ -3,6 +3,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from host_agent.includes.rte_mbuf cimport rte_mbuf
 from host_agent.includes.rte_acl cimport rte_acl_ctx
+from host_agent.includes.rte_hash cimport rte_hash
 
 # An NF's batch handler: reads the packets, writes each one's verdict into
 # its metadata (onvm_meta(m).action / .destination).  Runs without the GIL.
@@ -21,3 +22,6 @@ cdef class Acl:
     cdef readonly int nrules
     cdef void classify(self, const uint8_t **data, uint32_t *results,
                        unsigned n) noexcept nogil
+
+
+cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len) except NULL

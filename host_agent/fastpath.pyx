@@ -285,6 +285,26 @@ def remove_runtime_files(prefix):
     shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
 
 
+cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len) except NULL:
+    """An rte_hash for this process.  Its name is unique across the host's
+    processes (DPDK keeps hash names in memory the NF processes share) and
+    within DPDK's 31 characters."""
+    global _table_seq
+    cdef rte_hash_parameters params
+    cdef rte_hash *h
+    _table_seq += 1
+    name = f"{what[:12]}_{os.getpid()}_{_table_seq}".encode()
+    memset(&params, 0, sizeof(params))
+    params.name = name
+    params.entries = entries
+    params.key_len = key_len
+    params.socket_id = rte_socket_id()
+    h = rte_hash_create(&params)
+    if h == NULL:
+        raise _dpdk_error(f"{what}: rte_hash_create of {entries} entries")
+    return h
+
+
 def pool_counts():
     """(available, in use) mbufs of the packet pool: tests assert they balance."""
     if _pool == NULL:
@@ -642,8 +662,6 @@ cdef class Manager:
     cdef public unsigned idle_us            # sleep this long when idle (0: poll)
 
     def __cinit__(self, host="host", ports=None):
-        global _table_seq
-        cdef rte_hash_parameters params
         if _pool == NULL:
             raise FastPathError("call eal_init before creating a Manager")
         self.host = host
@@ -651,16 +669,7 @@ cdef class Manager:
         self._instances = {}
         self._retired = []
         self._lock = threading.Lock()
-        _table_seq += 1
-        name = f"onvm_flows_{_table_seq}".encode()
-        memset(&params, 0, sizeof(params))
-        params.name = name
-        params.entries = ONVM_FLOW_ENTRIES
-        params.key_len = ONVM_KEY_SIZE
-        params.socket_id = rte_socket_id()
-        self.flows = rte_hash_create(&params)
-        if self.flows == NULL:
-            raise _dpdk_error("flow table rte_hash_create")
+        self.flows = new_hash("flows", ONVM_FLOW_ENTRIES, ONVM_KEY_SIZE)
         if ports is None:
             ports = [p for p in range(RTE_MAX_ETHPORTS) if rte_eth_dev_is_valid_port(p)]
         for p in ports:
@@ -1252,9 +1261,7 @@ cdef int32_t _classify(tables_t *t, onvm_meta *meta) noexcept nogil:
 cdef tables_t *_build_tables(Manager mgr, dict plan, dict instances) except NULL:
     """Compile a checked plan into a fresh tables_t.  Nothing the loop uses
     is touched until the caller swaps the pointer."""
-    global _table_seq
     cdef tables_t *t = <tables_t *>calloc(1, sizeof(tables_t))
-    cdef rte_hash_parameters params
     cdef uint32_t key
     cdef hop_t *h
     cdef inst_t *inst
@@ -1296,14 +1303,7 @@ cdef tables_t *_build_tables(Manager mgr, dict plan, dict instances) except NULL
         t.remote = <uint16_t *>calloc(max(1, len(remotes) * SLOTS), sizeof(uint16_t))
         npeers = sum(len(hp["remote"]) for hp in remotes)
         t.peers = <peer_t *>calloc(max(1, npeers), sizeof(peer_t))
-        _table_seq += 1
-        name = f"onvm_hops_{_table_seq}".encode()
-        memset(&params, 0, sizeof(params))
-        params.name = name
-        params.entries = max(64, 2 * len(hops))
-        params.key_len = 8    # hop_key(spi, si)
-        params.socket_id = rte_socket_id()
-        t.hop_index = rte_hash_create(&params)
+        t.hop_index = new_hash("hops", max(64, 2 * len(hops)), sizeof(uint64_t))   # hop_key(spi, si)
         if t.hop_index == NULL or t.hops == NULL or t.remote == NULL or t.peers == NULL:
             raise _dpdk_error("plan tables")
         index = {(hp["spi"], hp["si"]): i for i, hp in enumerate(hops)}

@@ -13,9 +13,10 @@ from libc.stdint cimport uint32_t, int32_t, uint64_t, intptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from host_agent.includes.rte_hash cimport *
-from host_agent.includes.rte_eal cimport rte_socket_id, rte_get_tsc_hz
+from host_agent.includes.rte_eal cimport rte_get_tsc_hz
+from host_agent.fastpath cimport new_hash
 
-_seq = 0
+
 
 
 def _eal_running():
@@ -24,22 +25,16 @@ def _eal_running():
 
 
 cdef ftab_t *ftab_new(str what, uint32_t entries, uint32_t key_len) except NULL:
-    global _seq
-    cdef rte_hash_parameters params
     cdef ftab_t *t = <ftab_t *>calloc(1, sizeof(ftab_t))
     if t == NULL:
         raise MemoryError()
-    _seq += 1
-    # rte_hash names are global to the process and at most 31 characters.
-    name = f"nf_{what[:12]}_{_seq}".encode()
-    memset(&params, 0, sizeof(params))
-    params.name = name
-    params.entries = entries
-    params.key_len = key_len
-    params.socket_id = rte_socket_id()
-    t.h = rte_hash_create(&params)
+    try:
+        t.h = new_hash(what, entries, key_len)
+    except BaseException:
+        ftab_free(t)
+        raise
     t.expires = <uint64_t *>calloc(entries + 1, sizeof(uint64_t))
-    if t.h == NULL or t.expires == NULL:
+    if t.expires == NULL:
         ftab_free(t)
         raise MemoryError(f"{what}: cannot create a flow table of {entries} entries")
     t.entries = entries

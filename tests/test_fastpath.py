@@ -4,6 +4,7 @@ EAL for this test process) and as `onvm agent` processes on pcap ports.
 Every test checks that the packet pool balances afterwards: no mbuf leaks
 on any path, dropped packets included."""
 import json
+import os
 import random
 import subprocess
 import sys
@@ -314,7 +315,7 @@ def test_agent_prometheus_endpoint(tmp_path):
         ONVM + ["agent", "--host", "h1", "--plan", plan_file, "--seconds", "20",
                 "--metrics-port", str(port), "--", "--vdev",
                 f"net_pcap0,rx_pcap={tmp_path}/in.pcap", "--vdev", f"net_null0",
-                "--no-huge", "-m", "128", "--file-prefix", "onvmprom"],
+                "--no-huge", "-m", "128", "--file-prefix", f"onvmprom{os.getpid()}"],
         stderr=subprocess.PIPE, text=True)
     try:
         body = None
@@ -350,7 +351,7 @@ def test_agent_runs_nf_as_its_own_process(tmp_path):
         ONVM + ["agent", "--host", "h1", "--plan", plan_file, "--seconds", "10",
                 "--metrics-port", "0", "--", "--vdev", f"net_pcap0,rx_pcap={tmp_path}/in.pcap",
                 "--vdev", f"net_pcap1,tx_pcap={out}", "--socket-mem", "256",
-                "--file-prefix", "onvmproc"],
+                "--file-prefix", f"onvmproc{os.getpid()}"],
         capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     assert "starting NF process for instance 2 (monitor)" in proc.stderr

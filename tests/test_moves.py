@@ -251,3 +251,119 @@ def test_plan_takes_the_move_fields():
                    {"state": {"nf": "lb", "flows": []}}):
         check_plan(_plan(**fields))
 
+
+# --- end to end: a running lb moves, its flows keep their backends -----------------
+
+MOVE_TOPOLOGY = """\
+name: emulate-move
+switches:
+  - {name: s1, dpid: 0x301}
+hosts:
+  - {name: h1, switch: s1, port: 1, mac: "02:00:00:00:00:01", ip: 10.0.1.1/16, cores: 1}
+  - {name: h2, switch: s1, port: 2, mac: "02:00:00:00:00:02", ip: 10.0.1.2/16, cores: 1}
+links: []
+edges:
+  - {name: internet, switch: s1, port: 3}
+  - {name: wan, switch: s1, port: 4}
+nfs:
+  lb: {cores: 1, mpps: 10, config: lb.yaml}
+chains:
+  - {name: spread, ingress: internet, egress: wan, nfs: [lb], mpps: 0.002,
+     match: {ipv4_dst: 10.7.0.0/16, ip_proto: 6, tcp_dst: 80}}
+"""
+MOVE_PPS = 100000               # emulated pps per Mpps: spread sends 200 pps
+BACKEND_IPS = {f"b{i}": f"10.7.1.{i}" for i in range(1, 5)}
+
+
+def _lb_yaml(names):
+    return "backends:\n" + "".join(
+        f'  - {{name: {n}, ip: {BACKEND_IPS[n]}, mac: "02:00:00:00:07:0{n[1]}"}}\n'
+        for n in names)
+
+
+@pytest.fixture(scope="module")
+def move_emu(tmp_path_factory, run_prefix):
+    import os
+    from onvm.emulate import Emulation
+    if os.geteuid() != 0:
+        pytest.skip("the emulation needs root (namespaces, OVS, Mininet)")
+    for tool in ("/usr/bin/etcd", "/usr/sbin/ovs-vswitchd", "/usr/bin/mnexec"):
+        if not os.path.exists(tool):
+            pytest.skip(f"{tool} is not installed")
+    workdir = tmp_path_factory.mktemp("emulate-move")
+    (workdir / "lb.yaml").write_text(_lb_yaml(["b1", "b2", "b3"]))
+    (workdir / "emulate-move.yaml").write_text(MOVE_TOPOLOGY)
+    emu = Emulation(str(workdir / "emulate-move.yaml"), prefix=run_prefix + "m",
+                    workdir=str(workdir), pps_per_mpps=MOVE_PPS)
+    try:
+        emu.start()
+        yield emu
+    finally:
+        emu.stop()
+        emu.remove_files()
+    leftovers = [n for n in os.listdir("/sys/class/net") if n.startswith(run_prefix + "m")]
+    assert not leftovers, f"interfaces left behind: {leftovers}"
+
+
+def _lb_at(emu):
+    """[(host, instance id)] running spread's lb, from the stored plans."""
+    return sorted((host, hop["local"]) for host, plan in emu.store.plans().items()
+                  for hop in plan["hops"] if hop["spi"] == 16 and "local" in hop)
+
+
+def _sink(emu):
+    return {k: dict(v) for k, v in emu.received("spread").get("flows", {}).items()}
+
+
+@pytest.mark.ovs
+@pytest.mark.etcd
+@pytest.mark.netns
+@pytest.mark.timeout(180)
+def test_running_lb_moves_to_another_host_and_every_flow_keeps_its_backend(move_emu):
+    import os
+    from onvm.services import wait_for
+    emu = move_emu
+    flows = [{"src": f"192.0.2.{60 + i}", "sport": 33000 + i} for i in range(24)]
+    keys = [f"{f['src']}:{f['sport']}" for f in flows]
+    emu.set_flows("spread", flows)
+    wait_for(lambda: all(sum(_sink(emu).get(k, {}).values()) >= 3 for k in keys), 20,
+             "every flow of spread at the egress")
+    before = _sink(emu)
+    for k in keys:
+        assert len(before[k]) == 1, f"flow {k} reached several backends: {before[k]}"
+    backend = {k: next(iter(before[k])) for k in keys}
+    assert len(set(backend.values())) >= 2, f"all flows on one backend: {backend}"
+    (a, iid), = _lb_at(emu)
+    b = "h2" if a == "h1" else "h1"
+    # The pool grows before the move: the lb on b reads the file anew, so
+    # without the moved state Maglev would send about a quarter of the
+    # running flows to b4.  (a's lb keeps its pool: its config is unchanged.)
+    with open(os.path.join(os.path.dirname(emu.topo_path), "lb.yaml"), "w") as f:
+        f.write(_lb_yaml(["b1", "b2", "b3", "b4"]))
+    reply = emu.rest("POST", "/moves", {"host": a, "instance": iid, "to": b})
+    assert reply["move"]["nf"] == "lb" and reply["move"]["to"] == b
+    wait_for(lambda: [h for h, _ in _lb_at(emu)] == [b], 20, f"the lb's hop on {b} only")
+    wait_for(lambda: all(emu.store.get_applied(h) == p["generation"]
+                         for h, p in emu.store.plans().items()), 10,
+             "the agents to apply the plans of the move")
+    (_, new_id), = _lb_at(emu)
+    switched = _sink(emu)
+    time.sleep(4)                       # the flows run on b now
+    after = _sink(emu)
+    rx_b = ((emu.store.get_stats(b) or {}).get("instances", {}).get(str(new_id)) or {}).get("rx", 0)
+    print(f"lb {a}#{iid} -> {b}#{new_id}; b's instance rx {rx_b}\nbackends {backend}\n"
+          f"after {after}")
+    assert rx_b > 0, f"no packet reached the moved lb on {b}"
+    for k in keys:
+        grew = sum(after[k].values()) - sum(switched.get(k, {}).values())
+        assert grew > 0, f"flow {k} stopped after the move: {switched.get(k)} -> {after[k]}"
+        assert set(after[k]) == {backend[k]}, \
+            f"flow {k} changed backend in the move: {before[k]} -> {after[k]}"
+    log = open(emu.file(f"agent-{b}.log")).read()
+    assert f"instance {new_id} (lb) imported the moved state" in log
+    # new flows do use b4: the moved lb balances over the grown pool, so the
+    # old flows above kept their backends because of the state, not by chance
+    fresh = [{"src": f"198.51.100.{10 + i}", "sport": 36000 + i} for i in range(24)]
+    emu.set_flows("spread", fresh)
+    wait_for(lambda: any(BACKEND_IPS["b4"] in _sink(emu).get(f"{f['src']}:{f['sport']}", {})
+                         for f in fresh), 15, "a new flow balanced to b4")

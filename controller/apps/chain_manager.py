@@ -35,6 +35,7 @@ from controller import config  # noqa: F401  (registers the [onvm] options)
 from controller import flows
 from controller.apps import rest_api as rest
 from controller.livegraph import LiveFabric, describe
+from controller.moves import Moves
 from controller.placement import place, place_what_fits
 from controller.plans import host_load, host_plans, ingress_groups
 from controller.store import (CHAINS, HOSTS, STATS, Election, NotLeader,
@@ -177,6 +178,7 @@ class ChainManager(app_manager.RyuApp):
         self.programmed = {}        # dpid -> SwitchRules last brought about
         self.sync_locks = {}
         self.dirty = {"hosts", "chains"}
+        self.moves = Moves(self.store)   # planned moves with state (controller.moves)
         self.fabric_cut = []        # hosts and edges no switch reaches
         self.last_stats_replan = 0.0
         self.leading = False
@@ -210,6 +212,13 @@ class ChainManager(app_manager.RyuApp):
 
     def delete_chain(self, name):
         return self.store.delete_chain(name)
+
+    def request_move(self, host, instance, to):
+        """Start moving an instance with its state; raises MoveError."""
+        move = self.moves.request(self.placed, self.placement, self.alive,
+                                  host, instance, to)
+        self.dirty.add("moves")
+        return move
 
     # ----------------------------------------------------------- the loop
     def _on_store_change(self, key, value):
@@ -247,7 +256,7 @@ class ChainManager(app_manager.RyuApp):
         self.leading = leading
         due_stats = ("stats" in self.dirty and
                      time.monotonic() - self.last_stats_replan >= STATS_REPLAN_SECONDS)
-        if self.dirty & {"hosts", "chains"} or due_stats:
+        if self.dirty & {"hosts", "chains", "moves"} or due_stats:
             pending = set(self.dirty)
             self.dirty.clear()
             try:
@@ -308,8 +317,10 @@ class ChainManager(app_manager.RyuApp):
         placement, kept, self.unplaced = place_what_fits(
             self.topology, chains, previous=self.placement,
             exclude_hosts=self._dead(), unplaced=self.unplaced)
-        self.placement = placement
         self.placed = self.topology.with_chains(kept)
+        if placement is not None:       # a move whose state A published lands now
+            placement = self.moves.land(self.placed, placement)
+        self.placement = placement
         self._log_moves(before, placement, lost, reasons)
         if self.leading:
             self._write_plans(lost)
@@ -337,8 +348,8 @@ class ChainManager(app_manager.RyuApp):
                          self.stats_warned) if self.placement else {}
         generation = 1 + max([p.get("generation", 0)
                               for p in self.store.plans().values()] or [0])
-        plans = host_plans(self.placed, self.placement, generation, load) \
-            if self.placement else {}
+        plans = self.moves.mark(host_plans(self.placed, self.placement, generation, load)
+                                if self.placement else {})
         stored = self.store.plans()
         try:
             for host in sorted(self.alive):

@@ -28,6 +28,22 @@ class NFConfigError(ValueError):
     """An NF's config or rule file is wrong; the message names where."""
 
 
+def rule_text(config, missing):
+    """(text, source) of a rule-file NF's config: {"rules_text": TEXT} or
+    {"rules": PATH}; `missing` is the error when it has neither.  Errors
+    name the file."""
+    if "rules_text" in config:
+        return config["rules_text"], "<rules_text>"
+    path = config.get("rules")
+    if not path:
+        raise NFConfigError(missing)
+    try:
+        with open(path) as f:
+            return f.read(), path
+    except OSError as err:
+        raise NFConfigError(f"{path}: cannot read rule file: {err.strerror}") from None
+
+
 class PythonNF:
     """Base of NFs written in Python: a subclass defines handle(batch) (the
     fast path refuses an NF without one, naming it)."""

@@ -17,7 +17,7 @@ packets no rule matches; it is deny when absent.  Errors are
 import dataclasses
 import ipaddress
 
-from nfs.api import NFConfigError
+from nfs.api import NFConfigError, rule_text
 
 PROTOS = {"any": None, "icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
 PORT_PROTOS = (6, 17, 132)
@@ -108,14 +108,5 @@ def parse_rules(text, source="<rules>"):
 
 def load_rules(config):
     """Rules from an NF config: {"rules": PATH} or {"rules_text": TEXT}."""
-    if "rules_text" in config:
-        return parse_rules(config["rules_text"], "<rules_text>")
-    path = config.get("rules")
-    if not path:
-        raise NFConfigError("firewall config needs 'rules' (a rule file) or 'rules_text'")
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as err:
-        raise NFConfigError(f"{path}: cannot read rule file: {err.strerror}") from None
-    return parse_rules(text, path)
+    return parse_rules(*rule_text(
+        config, "firewall config needs 'rules' (a rule file) or 'rules_text'"))

@@ -18,7 +18,7 @@ import dataclasses
 import ipaddress
 import re
 
-from nfs.api import NFConfigError
+from nfs.api import NFConfigError, rule_text
 
 PROTOS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17}
 KEPT_OPTIONS = ("rev", "classtype")
@@ -246,14 +246,5 @@ def parse_rules(text, source="<rules>"):
 def load_rules(config):
     """Rules of an ids config: {"rules": PATH} or {"rules_text": TEXT};
     returns (rules, source name)."""
-    if "rules_text" in config:
-        return parse_rules(config["rules_text"], "<rules_text>"), "<rules_text>"
-    path = config.get("rules")
-    if not path:
-        raise NFConfigError("<ids config>: needs 'rules' (a rule file) or 'rules_text'")
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as err:
-        raise NFConfigError(f"{path}: cannot read rule file: {err.strerror}") from None
-    return parse_rules(text, path), path
+    text, source = rule_text(config, "<ids config>: needs 'rules' (a rule file) or 'rules_text'")
+    return parse_rules(text, source), source

@@ -33,7 +33,7 @@ LEAF_KINDS = ("host", "edge")
 
 
 def build_graph(topo):
-    """The fabric of `topo` (a controller.model.Topology) as a networkx.Graph.
+    """The fabric of `topo` (a contracts.model.Topology) as a networkx.Graph.
 
     Nodes and edges are added in file order, so two builds of the same
     topology iterate identically.

@@ -100,6 +100,8 @@ import hashlib
 import ipaddress
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
+from contracts.wire import (ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC,  # noqa: F401
+                            MPLS_TTL, SI_FIRST)
 from controller.fabric import ecmp_table
 from controller.plans import edge_mac
 
@@ -119,14 +121,12 @@ PRIO_PIN, PRIO_STEER_PINNED, PRIO_STEER_NEW, PRIO_PICK, PRIO_SEND = 100, 200, 10
 PIN_IDLE_SECONDS = 20   # a flow silent this long may move on its next packet
 SLOTS = 16              # multipath slots per chain: weight resolution 1/16
 
-ETH_IPV4, ETH_ARP, ETH_MPLS, ETH_MPLS_MC = 0x0800, 0x0806, 0x8847, 0x8848
-SI_FIRST, MPLS_TTL = 255, 64
 
 # OpenFlow 1.3 prerequisites (spec 7.2.3.8): a field is only matchable when
 # the packet is of the kind that carries it.  OVS refuses rules without them.
 PREREQUISITES = {
     "ipv4_src": ("eth_type", (ETH_IPV4,)), "ipv4_dst": ("eth_type", (ETH_IPV4,)),
-    "ip_proto": ("eth_type", (ETH_IPV4, 0x86DD)),
+    "ip_proto": ("eth_type", (ETH_IPV4, ETH_IPV6)),
     "tcp_src": ("ip_proto", (6,)), "tcp_dst": ("ip_proto", (6,)),
     "udp_src": ("ip_proto", (17,)), "udp_dst": ("ip_proto", (17,)),
     "arp_tpa": ("eth_type", (ETH_ARP,)), "arp_spa": ("eth_type", (ETH_ARP,)),

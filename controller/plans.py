@@ -1,4 +1,4 @@
-"""Per-host plans (host_agent/plan.py's format) and the ingress select
+"""Per-host plans (contracts/plan.py's format) and the ingress select
 groups, compiled from a Placement.
 
 For chain c with NFs t_1..t_k, NF number j (1-based) runs at SI 256 - j
@@ -42,9 +42,9 @@ import math
 
 from controller import fabric
 from controller.placement import transport
-from host_agent.plan import check_plan
+from contracts.plan import check_plan
+from contracts.wire import SI_FIRST
 
-FIRST_SI = 255
 UPLINK = 0
 LOAD_DAMPING = 0.9
 
@@ -150,7 +150,7 @@ def _chain_hops(topo, placement, chain, dist, load):
     on = _hop_instances(placement, chain)
     k = len(chain.nfs)
     for j in range(k):
-        si = FIRST_SI - j
+        si = SI_FIRST - j
         for host, ident in on[j].items():
             out.setdefault(host, []).append({"spi": chain.spi, "si": si, "local": ident})
         if j == k - 1:
@@ -175,7 +175,7 @@ def _chain_hops(topo, placement, chain, dist, load):
 
 def host_plans(topo, placement, generation, load=None):
     """{host name: plan dict} for every host of `topo`, each passing
-    host_agent.plan.check_plan.  `load`: optional {host: utilisation 0..1}
+    contracts.plan.check_plan.  `load`: optional {host: utilisation 0..1}
     from reported stats, used to lower busy hosts' remote weights."""
     graph = fabric.build_graph(topo)
     table = fabric.DistanceTable(graph, [h.name for h in topo.hosts] +

@@ -71,7 +71,7 @@ def ryu_command(config_path, observe_links=False, apps=APPS):
 def check_inputs(topology, store):
     """Fail before Ryu starts when the topology or the store is unusable:
     their errors are clearer here than in a Ryu app's traceback."""
-    from controller.store import open_store
+    from contracts.store import open_store
     from controller.topology import load_topology
     topo = load_topology(topology)
     open_store(store).close()
@@ -79,7 +79,7 @@ def check_inputs(topology, store):
 
 
 def cli_controller(args):
-    from controller.store import StoreError
+    from contracts.store import StoreError
     from controller.topology import TopologyError
     try:
         topo = check_inputs(args.topology, args.store)

@@ -24,7 +24,7 @@ import random
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from controller.model import (FIRST_NODE_LABEL, FIRST_SPI, Chain, Edge, Host,
+from contracts.model import (FIRST_NODE_LABEL, FIRST_SPI, Chain, Edge, Host,
                               Link, NFType, Switch, Topology)
 from controller.topology import dump_topology, library_config
 

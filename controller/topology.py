@@ -4,7 +4,7 @@ A topology file is YAML.  It is checked the way Faucet checks its config:
 every entity has declared keys with types and defaults, unknown keys are
 rejected, and every problem found is reported (not only the first) as
 `FILE:LINE: message`, LINE being where the offending key or item starts.
-What comes out is a frozen `controller.model.Topology`; nothing else in the
+What comes out is a frozen `contracts.model.Topology`; nothing else in the
 controller ever sees the raw YAML.
 
 This module does not place chains or build routes: it only makes sure that
@@ -24,9 +24,9 @@ from typing import Any, Dict, List, Tuple
 import networkx as nx
 import yaml
 
-from controller.model import (FIRST_NODE_LABEL, FIRST_SPI, MAX_LABEL, Chain,
+from contracts.model import (FIRST_NODE_LABEL, FIRST_SPI, MAX_LABEL, Chain,
                               Edge, Host, Link, NFType, Switch, Topology)
-from host_agent.plan import MAC_RE, PlanError, check_match
+from contracts.plan import MAC_RE, PlanError, check_match
 
 MAX_DPID = (1 << 64) - 1
 MAX_PORT = 0xFFFFFF00          # OFPP_MAX: ports above are reserved

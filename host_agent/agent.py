@@ -34,7 +34,8 @@ import threading
 import time
 
 from host_agent import fastpath as fp
-from host_agent.plan import PlanError, check_plan, load_plan
+import contracts
+from contracts.plan import PlanError, check_plan, load_plan
 from nfs.api import make_nf
 
 log = logging.getLogger("onvm.agent")
@@ -287,7 +288,7 @@ def host_info(manager, host):
     stats = manager.stats()
     return {"host": host, "ports": sorted(stats["ports"]),
             "cores": os.cpu_count(), "pid": os.getpid(),
-            "agent_version": __import__("onvm").__version__}
+            "agent_version": contracts.__version__}
 
 
 def cli_agent(args):
@@ -309,7 +310,7 @@ def cli_agent(args):
         return 1
     store = None
     if args.store:
-        from controller.store import open_store
+        from contracts.store import open_store
         store = open_store(args.store)
     manager.idle_us = args.idle_us
     agent = Agent(args.host, manager, store=store, eal_args=eal[1:])
@@ -330,7 +331,7 @@ def cli_agent(args):
             current = store.get_plan(args.host)
             if current:
                 agent.apply(current, "store")
-            from controller.store import PLAN
+            from contracts.store import PLAN
             watch = store.watch(PLAN + args.host,
                                 lambda key, value: value and agent.apply(value, key))
         agent.run(args.seconds)

@@ -11,7 +11,7 @@ local instance (inline: its batch function is called in this loop; process:
 its rte_ring), a remote host (labels pushed, one host per flow by weighted
 consistent hashing), or the end of the chain (sent out of the egress port).
 
-What it is not: the plan's checker (`host_agent.plan`), the compiler from a
+What it is not: the plan's checker (`contracts.plan`), the compiler from a
 plan to tables (`Manager.apply_plan` takes the checked dict), or the agent
 that talks to the store (`host_agent.agent`).
 """
@@ -45,6 +45,8 @@ import logging
 import os
 import threading
 import time
+
+from contracts.wire import SI_FIRST
 
 log = logging.getLogger("onvm.fastpath")
 
@@ -619,7 +621,7 @@ cdef void _acl_fill(onvm_acl_rule *r, rule, int index, int total) except *:
 
 
 def match_to_acl_rule(match):
-    """An OpenFlow-style chain match (see host_agent.plan) as an Acl rule."""
+    """An OpenFlow-style chain match (see contracts.plan) as an Acl rule."""
     proto = match.get("ip_proto")
     sport = match.get("tcp_src", match.get("udp_src"))
     dport = match.get("tcp_dst", match.get("udp_dst"))
@@ -723,7 +725,7 @@ cdef class Manager:
     # ------------------------------------------------------------- plans
 
     def apply_plan(self, plan, nf_factory):
-        """Compile a checked plan (host_agent.plan.check_plan) into new
+        """Compile a checked plan (contracts.plan.check_plan) into new
         tables and swap them in atomically.  `nf_factory(instance_dict)`
         makes the NF object of a new instance; instances whose id, type and
         config are unchanged keep their object (and its state).  If anything
@@ -1342,7 +1344,7 @@ cdef tables_t *_build_tables(Manager mgr, dict plan, dict instances) except NULL
             t.flow_hop[i] = -2
         if classifiers:
             for i, cls in enumerate(classifiers):
-                t.class_hop[i] = index.get((cls["spi"], 255), -1)
+                t.class_hop[i] = index.get((cls["spi"], SI_FIRST), -1)
             acl = Acl([match_to_acl_rule(c["match"]) for c in classifiers])
             t.classifier = acl.ctx
             acl.ctx = NULL      # the tables own it now

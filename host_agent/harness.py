@@ -10,7 +10,8 @@ import itertools
 import os
 
 from host_agent import fastpath as fp
-from host_agent.plan import check_plan
+from contracts.plan import check_plan
+from contracts.wire import SI_FIRST
 from nfs.api import make_nf
 
 _seq = itertools.count(1)
@@ -38,8 +39,8 @@ def chain_plan(nfs, in_port, out_port, match=None, generation=1, spi=SPI,
     for i, (nf, config) in enumerate(nfs):
         iid = first_id + i
         instances.append({"id": iid, "nf": nf, "config": config or {}, "mode": mode})
-        hops.append({"spi": spi, "si": 255 - i, "local": iid})
-    hops.append({"spi": spi, "si": 255 - len(nfs),
+        hops.append({"spi": spi, "si": SI_FIRST - i, "local": iid})
+    hops.append({"spi": spi, "si": SI_FIRST - len(nfs),
                  "end": {"port": out_port, "dst_mac": OUT_MAC}})
     return check_plan({
         "host": "harness", "generation": generation, "node_label": NODE_LABEL,

@@ -1,2 +1,2 @@
-"""onvm-cluster: the `onvm` command and what the parts share."""
-__version__ = "0.1.0"
+"""onvm-cluster: the `onvm` command and the emulation (the top layer)."""
+from contracts import __version__  # noqa: F401

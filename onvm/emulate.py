@@ -41,7 +41,8 @@ import urllib.error
 import urllib.request
 
 from controller.plans import edge_mac
-from controller.store import LEADER, open_store
+from contracts.store import LEADER, open_store
+from contracts.wire import SI_FIRST
 from controller.topology import load_topology
 from onvm import services
 from onvm.services import free_port, wait_for
@@ -545,7 +546,7 @@ class Emulation:
         for chain in self.topo.chains:
             hops = []
             for j, nf in enumerate(chain.nfs):
-                si = 255 - j
+                si = SI_FIRST - j
                 hosts = sorted(h for h, p in plans.items()
                                for hop in p["hops"]
                                if hop["spi"] == chain.spi and hop["si"] == si and "local" in hop)

@@ -23,7 +23,7 @@ import pytest
 from controller import flows
 from controller.fabric import build_graph
 from controller.livegraph import lldp_punt
-from controller.store import LEADER, open_store
+from contracts.store import LEADER, open_store
 from controller.topogen import leaf_spine
 from controller.topology import dump_topology, load_topology
 from onvm.services import free_port, wait_for

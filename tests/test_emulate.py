@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from controller.model import NFType
+from contracts.model import NFType
 from controller.plans import _config
 from controller.topology import load_topology
 from onvm.emulate import Emulation, default_flows, measure_failover

@@ -6,7 +6,7 @@ import networkx as nx
 import pytest
 
 from controller import fabric, topogen
-from controller.model import Edge, Host, Link, Switch, Topology
+from contracts.model import Edge, Host, Link, Switch, Topology
 
 
 def topo_from_graph(g):

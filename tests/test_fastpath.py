@@ -18,7 +18,7 @@ from scapy.contrib.mpls import MPLS
 
 from host_agent import fastpath as fp
 from host_agent.harness import HOST_MAC, NODE_LABEL, OUT_MAC, Harness, chain_plan
-from host_agent.plan import PlanError, check_plan
+from contracts.plan import PlanError, check_plan
 from nfs.api import PythonNF, make_nf
 
 ONVM = [sys.executable, "-m", "onvm.cli"]
@@ -392,7 +392,7 @@ def backends(frames):
 
 
 def test_agent_exports_lb_state_and_a_new_manager_imports_it(harnesses):
-    from controller.store import open_store
+    from contracts.store import open_store
     from host_agent.agent import Agent
     store = open_store("memory://")
     frames = lb_flows()

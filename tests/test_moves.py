@@ -6,11 +6,11 @@ import time
 import pytest
 
 from controller import plans
-from controller.model import Chain, Edge, Host, NFType, Switch, Topology
+from contracts.model import Chain, Edge, Host, NFType, Switch, Topology
 from controller.moves import MoveError, Moves, check_move
 from controller.placement import Placement, PlacementError, move_instance, place
-from controller.store import open_store
-from host_agent.plan import PlanError, check_plan
+from contracts.store import open_store
+from contracts.plan import PlanError, check_plan
 
 CATALOG = {"fw": NFType("fw", 1, 8.0), "lb": NFType("lb", 1, 10.0)}
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from controller import bench, placement, topogen
-from controller.model import Chain, Edge, Host, Link, NFType, Switch, Topology
+from contracts.model import Chain, Edge, Host, Link, NFType, Switch, Topology
 from controller.placement import PlacementError, cost, place
 from controller.topology import load_topology
 

@@ -1,4 +1,4 @@
-"""controller.plans: every plan passes host_agent.plan.check_plan, and a
+"""controller.plans: every plan passes contracts.plan.check_plan, and a
 walker that follows the hops host to host visits each chain's NFs in order
 and carries exactly the placement's shares."""
 import glob
@@ -9,8 +9,8 @@ import pytest
 
 from controller import placement, plans, topogen
 from controller.topology import load_topology
-from controller.model import Chain, Edge, Host, Link, NFType, Switch, Topology
-from host_agent.plan import check_plan
+from contracts.model import Chain, Edge, Host, Link, NFType, Switch, Topology
+from contracts.plan import check_plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ from webob import Request
 from controller import placement as pl
 from controller.apps import rest_api
 from controller.moves import Moves
-from controller.store import open_store
+from contracts.store import open_store
 from controller.topology import load_topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from controller import store as st
+from contracts import store as st
 from onvm.services import wait_for
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from controller.model import Topology
+from contracts.model import Topology
 from controller.topology import (RULE_LIBRARY, TopologyError, dump_topology,
                                  load_topology, parse_topology)
 

@@ -38,7 +38,7 @@ from controller.livegraph import LiveFabric, describe
 from controller.moves import Moves
 from controller.placement import place, place_what_fits
 from controller.plans import host_load, host_plans, ingress_groups
-from controller.store import (CHAINS, HOSTS, STATS, Election, NotLeader,
+from contracts.store import (CHAINS, HOSTS, STATS, Election, NotLeader,
                               StoreError, open_store)
 from controller.topology import load_topology
 

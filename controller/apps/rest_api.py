@@ -37,8 +37,8 @@ import logging
 import math
 import re
 
-from controller.model import FIRST_SPI, MAX_LABEL, Chain
-from host_agent.plan import PlanError, check_match
+from contracts.model import FIRST_SPI, MAX_LABEL, Chain
+from contracts.plan import PlanError, check_match
 
 LOG = logging.getLogger(__name__)
 

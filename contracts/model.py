@@ -11,10 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Optional, Tuple
 
-# Node labels and SPIs share MPLS's label space; 0..15 are reserved (RFC 3032).
-FIRST_NODE_LABEL = 16
-FIRST_SPI = 16
-MAX_LABEL = (1 << 20) - 1
+from contracts.wire import FIRST_NODE_LABEL, FIRST_SPI, MAX_LABEL  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,7 @@ import ipaddress
 import json
 import re
 
-from controller.model import FIRST_SPI, MAX_LABEL
+from contracts.model import FIRST_SPI, MAX_LABEL
 
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 MATCH_FIELDS = {

@@ -21,7 +21,7 @@ timeout: 2 s with etcd's defaults; `onvm.services.EtcdServer` runs with
 expiry check (0.5 s in etcd) after its TTL runs out.
 
 This module knows keys and their JSON, not what a plan or a chain means:
-checking them belongs to `host_agent.plan` and `controller.topology`.
+checking them belongs to `contracts.plan` and `controller.topology`.
 """
 from __future__ import annotations
 

@@ -1,0 +1,20 @@
+"""The wire format of DESIGN.md, as constants: what every sender, switch
+rule and parser agrees on.  Change one only where DESIGN.md changes.
+
+A packet between hosts is Ethernet (0x8847), then three MPLS label stack
+entries: transport (the destination host's node label), SPI, SI (S bit set),
+each with TTL `MPLS_TTL`, then the original IP packet (RFC 8595).
+"""
+ETH_IPV4 = 0x0800
+ETH_ARP = 0x0806
+ETH_IPV6 = 0x86DD
+ETH_MPLS = 0x8847        # MPLS unicast: the SFC label stack
+ETH_MPLS_MC = 0x8848     # MPLS multicast: never valid in the fabric, dropped
+
+SI_FIRST = 255           # service index at a chain's first NF; one less per NF after
+MPLS_TTL = 64            # TTL of every label the fabric pushes
+
+# Node labels and SPIs share MPLS's label space; 0..15 are reserved (RFC 3032).
+FIRST_NODE_LABEL = 16
+FIRST_SPI = 16
+MAX_LABEL = (1 << 20) - 1

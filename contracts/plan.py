@@ -82,34 +82,43 @@ def check_match(match, where, errors=None):
     one PlanError and the match is returned."""
     own = errors is None
     errors = Errors(PlanError) if own else errors
-    before = len(errors)
-    if errors.check(isinstance(match, dict) and match, where,
-                    "must be a non-empty mapping"):
-        for key, value in match.items():
-            _match_field(errors, key, value, key_path(where, key))
+    problems = list(match_problems(match))
+    for path, message in problems:
+        errors.add(key_path(where, *path), message)
     if own:
         errors.raise_if_any()
         return match
-    return len(errors) == before
+    return not problems
 
 
-def _match_field(errors, key, value, where):
-    if not errors.check(key in MATCH_FIELDS, where,
-                        f"unknown match field; known: {', '.join(sorted(MATCH_FIELDS))}"):
+def match_problems(match):
+    """(key path inside the match, message) of every problem of a match."""
+    if not (isinstance(match, dict) and match):
+        yield (), "must be a non-empty mapping"
         return
+    for key, value in match.items():
+        problem = _match_field(key, value)
+        if problem:
+            yield (key,), problem
+
+
+def _match_field(key, value):
+    if key not in MATCH_FIELDS:
+        return f"unknown match field; known: {', '.join(sorted(MATCH_FIELDS))}"
     kind = MATCH_FIELDS[key]
-    if not errors.check(isinstance(value, kind) and not isinstance(value, bool),
-                        where, f"must be {kind.__name__}, not {value!r}"):
-        return
+    if not isinstance(value, kind) or isinstance(value, bool):
+        return f"must be {kind.__name__}, not {value!r}"
     if key.startswith("ipv4_"):
         try:
             ipaddress.IPv4Network(value, strict=False)
         except ValueError as err:
-            errors.add(where, str(err))
+            return str(err)
     elif key == "ip_proto":
-        errors.check(0 <= value <= 255, where, "must be 0..255")
-    elif key != "eth_type":
-        errors.check(0 <= value <= 65535, where, "must be 0..65535")
+        if not 0 <= value <= 255:
+            return "must be 0..255"
+    elif key != "eth_type" and not 0 <= value <= 65535:
+        return "must be 0..65535"
+    return None
 
 
 def _items(errors, plan, key, where, required):

@@ -78,6 +78,9 @@ class Topology:
     nfs: Mapping[str, NFType]
     chains: Tuple[Chain, ...]
     source: str = "<memory>"       # the file it came from, for messages
+    # What its check could not vouch for (an NF config nobody here can
+    # check), as `FILE:LINE: warning: ...`; not part of the topology's value.
+    warnings: Tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     def host(self, name: str) -> Host:
         for host in self.hosts:

@@ -28,6 +28,8 @@ from contracts.model import (FIRST_NODE_LABEL, FIRST_SPI, MAX_LABEL, Chain,
                               Edge, Host, Link, NFType, Switch, Topology)
 from contracts.validate import ValidationError, already_used, check_mac, key_path
 from controller.chains import Other, Scope, check_clashes, check_fields
+from nfs.api import NFConfigError
+from nfs.configs import NotCheckable, check_config, instance_config
 
 MAX_DPID = (1 << 64) - 1
 MAX_PORT = 0xFFFFFF00          # OFPP_MAX: ports above are reserved
@@ -185,9 +187,13 @@ class _Checker:
     def __init__(self, source):
         self.source = source
         self.errors: List[Tuple[int, str]] = []
+        self.warnings: List[str] = []
 
     def error(self, line, message):
         self.errors.append((line, message))
+
+    def warn(self, line, message):
+        self.warnings.append(f"{self.source}:{line}: warning: {message}")
 
     def fields(self, raw, spec, what, line):
         """Reports unknown keys, missing keys and wrong types, all of them;
@@ -492,6 +498,24 @@ def _check_config(ck, entry, f, line, what, base_dir):
     return False, None
 
 
+def _check_nf_config(ck, name, config, line):
+    """The NF's config as an agent will hand it to the NF (nfs.configs:
+    the very parser the NF's constructor calls): what it refuses, validate
+    refuses, each problem after `nfs.NAME.config:`."""
+    where = f"nfs.{name}.config"
+    try:
+        check_config(name, instance_config(config))
+    except NotCheckable as why:
+        ck.warn(line, f"{where}: not checked: {why}")
+    except (NFConfigError, ValueError) as err:
+        if config is None:
+            where += f": missing, and {name} cannot start without one"
+        for problem in str(err).splitlines():
+            ck.error(line, f"{where}: {problem}")
+        return False
+    return True
+
+
 def _parse_catalog(ck, raw, line, base_dir):
     catalog = {}
     for name, entry in (raw or {}).items():
@@ -506,6 +530,9 @@ def _parse_catalog(ck, raw, line, base_dir):
         ok = ck.positive(entry, f, "cores", eline, what)
         ok &= ck.positive(entry, f, "mpps", eline, what)
         found, config = _check_config(ck, entry, f, eline, what, base_dir)
+        if found:
+            found = _check_nf_config(ck, name, config,
+                                     _line_of(entry, "config", eline))
         if ok and found and f.complete:
             catalog[name] = NFType(name, f["cores"], float(f["mpps"]), config)
     return catalog
@@ -659,7 +686,8 @@ def parse_topology(text, source="<memory>") -> Topology:
                         _line_of(data, "chains", 1))
     _raise_if_errors(ck)
     return Topology(top["name"], tuple(switches), tuple(hosts), tuple(links),
-                    tuple(edges), catalog, tuple(chains), source)
+                    tuple(edges), catalog, tuple(chains), source,
+                    warnings=tuple(ck.warnings))
 
 
 def _raise_if_errors(ck):
@@ -786,5 +814,7 @@ def cli_validate(args) -> int:
         for line in err.errors:
             print(line, file=sys.stderr)
         return 1
+    for line in topo.warnings:
+        print(line, file=sys.stderr)
     print(summary(topo))
     return 0

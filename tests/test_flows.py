@@ -39,8 +39,8 @@ edges:
   - {name: internet, switch: spine1, port: 10}
   - {name: campus, switch: leaf1, port: 9}
 nfs:
-  firewall: {cores: 1, mpps: 8}
-  ids: {cores: 1, mpps: 4}
+  firewall: {cores: 1, mpps: 8, config: generic-fw.rules}
+  ids: {cores: 1, mpps: 4, config: generic-ids.rules}
   monitor: {cores: 1, mpps: 14}
 chains:
   - name: web

@@ -31,7 +31,7 @@ links:
 edges:
   - {name: internet, switch: s1, port: 10}
 nfs:
-  firewall: {cores: 1, mpps: 10}
+  firewall: {cores: 1, mpps: 10, config: generic-fw.rules}
   monitor: {cores: 1, mpps: 14}
 chains:
   - {name: web, ingress: internet, egress: h2, match: {ipv4_dst: 10.0.0.2/32}, nfs: [firewall, monitor], mpps: 1.5}
@@ -174,15 +174,22 @@ CASES = [
     ("same-classifier", {16: chain() + "\n" + chain(name="mail")},
      ["t.yaml:17: chain mail: match: same ingress and match as chain web (line 16); "
       "the edge switch could not tell them apart"]),
-    ("nf-cores-zero", {13: "  firewall: {cores: 0, mpps: 10}"},
+    ("nf-cores-zero", {13: "  firewall: {cores: 0, mpps: 10, config: generic-fw.rules}"},
      ["t.yaml:13: nf firewall: cores must be > 0, not 0"]),
-    ("nf-unknown-key", {13: "  firewall: {cores: 1, mpps: 10, rules: fw}"},
+    ("nf-unknown-key", {13: "  firewall: {cores: 1, mpps: 10, rules: fw, config: generic-fw.rules}"},
      ["t.yaml:13: nf firewall: unknown key 'rules'; known keys: cores, mpps, "
       "config"]),
     ("nf-config-missing", {13: "  firewall: {cores: 1, mpps: 10, config: "
                                "/nonexistent/none.rules}"},
      ["t.yaml:13: nf firewall: config file '/nonexistent/none.rules' not found "
       "(looked for /nonexistent/none.rules)"]),
+    ("firewall-without-config", {13: "  firewall: {cores: 1, mpps: 10}"},
+     ["t.yaml:13: nfs.firewall.config: missing, and firewall cannot start without "
+      "one: firewall config needs 'rules' (a rule file) or 'rules_text'"]),
+    ("config-for-an-nf-that-takes-none", {14: "  monitor: {cores: 1, mpps: 14, "
+                                              "config: generic-fw.rules}"},
+     ["t.yaml:14: nfs.monitor.config: <monitor config>: rules: unknown key; known: "
+      "none"]),
     ("duplicate-yaml-key", {14: "  monitor: {cores: 1, mpps: 14}\n"
                                 "  monitor: {cores: 2, mpps: 14}"},
      ["t.yaml:15: duplicate key 'monitor' (first at line 14)"]),
@@ -252,7 +259,7 @@ def test_rates_of_chains_sharing_an_nf_add_up():
 
 
 def test_instance_bigger_than_any_host():
-    assert errors_of(edited({13: "  firewall: {cores: 8, mpps: 10}"})) == [
+    assert errors_of(edited({13: "  firewall: {cores: 8, mpps: 10, config: generic-fw.rules}"})) == [
         "t.yaml:15: nf firewall needs 8 cores per instance but the largest "
         "host has 4"]
 
@@ -295,7 +302,7 @@ def test_missing_file():
 
 def test_nf_config_is_resolved_next_to_the_file(tmp_path):
     (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "fw.rules").write_text("allow all\n")
+    (tmp_path / "rules" / "fw.rules").write_text("allow any any any\n")
     path = tmp_path / "t.yaml"
     path.write_text(edited({13: "  firewall: {cores: 1, mpps: 10, config: "
                                 "rules/fw.rules}"}))
@@ -436,3 +443,50 @@ def test_shipped_firewall_rules_parse(name):
     assert firewall.config.startswith(os.path.join(REPO, "topologies", "rules"))
     rules, default_allow = fwrules.load_rules({"rules": firewall.config})
     assert rules and not default_allow
+
+
+def test_cli_validate_refuses_a_firewall_without_config(tmp_path):
+    """What every agent would refuse (its plan names a firewall with no
+    rules) validate refuses first, at the catalog entry's line."""
+    path = tmp_path / "t.yaml"
+    path.write_text(edited({13: "  firewall: {cores: 1, mpps: 10}"}))
+    run = _onvm("topo", "validate", str(path))
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr.splitlines() == [
+        f"{path}:13: nfs.firewall.config: missing, and firewall cannot start "
+        f"without one: firewall config needs 'rules' (a rule file) or 'rules_text'"]
+
+
+def test_nf_config_errors_name_the_catalog_line_and_the_config_line(tmp_path):
+    (tmp_path / "fw.rules").write_text("allow tcp any any any 80\nallow all\n"
+                                       "deny tcp any 10.0.0.0/33\n")
+    (tmp_path / "lb.yaml").write_text("vip: 10.0.1\nbackends:\n"
+                                      "  - {name: b1, ip: 10.0.1.1, mac: zz}\n")
+    text = edited({13: "  firewall: {cores: 1, mpps: 10, config: fw.rules}\n"
+                       "  lb: {cores: 1, mpps: 10,\n      config: lb.yaml}"})
+    errors = errors_of(text, str(tmp_path / "t.yaml"))
+    fw, lb = tmp_path / "fw.rules", tmp_path / "lb.yaml"
+    assert errors == [
+        f"{tmp_path}/t.yaml:13: nfs.firewall.config: {fw}:2: expected 'ACTION PROTO "
+        f"SRC DST [SPORT DPORT]', got 2 fields",
+        f"{tmp_path}/t.yaml:13: nfs.firewall.config: {fw}:3: bad address: '33' is "
+        f"not a valid netmask",
+        f"{tmp_path}/t.yaml:15: nfs.lb.config: {lb}:1: vip: must be an IPv4 address, "
+        f"got '10.0.1'",
+        f"{tmp_path}/t.yaml:15: nfs.lb.config: {lb}:3: backends[0].mac: must be a MAC "
+        f"address like 02:00:00:00:00:01, not 'zz'",
+    ]
+
+
+def test_an_nf_type_nobody_here_can_check_is_a_warning(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(edited({14: "  monitor: {cores: 1, mpps: 14}\n"
+                                "  acme-dpi: {cores: 1, mpps: 5}"}))
+    topo = load_topology(path)
+    assert len(topo.warnings) == 1 and topo.warnings[0].startswith(
+        f"{path}:15: warning: nfs.acme-dpi.config: not checked: NF type 'acme-dpi' "
+        f"is not installed here (installed: ")
+    run = _onvm("topo", "validate", str(path))
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == topo.warnings[0] + "\n"
+    assert run.stdout.startswith(f"{path}: ok: ")

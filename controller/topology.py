@@ -7,6 +7,13 @@ rejected, and every problem found is reported (not only the first) as
 What comes out is a frozen `contracts.model.Topology`; nothing else in the
 controller ever sees the raw YAML.
 
+Chains are checked by `controller.chains` (the validator the REST API
+uses too), and every catalog entry's NF config by `nfs.configs`, the
+parser the NF's constructor calls: what an agent would refuse, this
+refuses first (`FILE:LINE: nfs.TYPE.config: ...`).  An NF type nobody here
+can check (not installed, or third-party without `check_config`) is a
+warning in `Topology.warnings`, not an error.
+
 This module does not place chains or build routes: it only makes sure that
 what `controller.placement` and `controller.fabric` receive makes sense.
 """

@@ -11,7 +11,7 @@ import ipaddress
 
 import yaml
 
-from contracts.validate import check_mac
+from contracts.validate import Errors, check_mac
 from nfs.api import NFConfigError
 
 
@@ -68,15 +68,21 @@ def read(nf, config):
     return values, _Where(path, lines)
 
 
+def collector():
+    """A contracts.validate.Errors whose raise_if_any() raises one
+    NFConfigError with every error, one a line."""
+    return Errors(lambda errors: NFConfigError("\n".join(errors)))
+
+
 class Checker:
     """Collects every error of one config; `done()` raises them at once."""
 
     def __init__(self, nf, config):
         self.values, self.where = read(nf, config)
-        self.errors = []
+        self.errors = collector()
 
     def error(self, path, message):
-        self.errors.append(f"{self.where(path)}: {message}")
+        self.errors.add(self.where(path), message)
 
     def take(self, spec, values=None, path=()):
         """Checked values of a mapping: spec = {key: (default, check)};
@@ -100,8 +106,7 @@ class Checker:
         return out
 
     def done(self):
-        if self.errors:
-            raise NFConfigError("\n".join(self.errors))
+        self.errors.raise_if_any()
 
 
 REQUIRED = object()

@@ -96,13 +96,14 @@ made and its idle timeout removes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from contracts.wire import (ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC,  # noqa: F401
                             MPLS_TTL, SI_FIRST)
-from controller.fabric import ecmp_table
+from controller.fabric import ecmp_tables
 from controller.plans import edge_mac
 
 TABLE_ADMIT, TABLE_TRANSPORT, TABLE_PLAIN = 0, 1, 2
@@ -233,15 +234,22 @@ def pin_cookie() -> int:
 
 # ------------------------------------------------------------- the matches
 
+@functools.lru_cache(maxsize=1 << 16)
+def _canonical_ipv4(text):
+    """An IPv4 address or prefix as OVS reports it; parsed once per text
+    (a fabric's rules name each host's address on every switch)."""
+    net = ipaddress.IPv4Network(text, strict=False)
+    if net.prefixlen == 32:
+        return str(net.network_address)
+    return (str(net.network_address), str(net.netmask))
+
+
 def _canonical_value(field, value, where):
     if field in IPV4_FIELDS:
         try:
-            net = ipaddress.IPv4Network(str(value), strict=False)
+            return _canonical_ipv4(str(value))
         except ValueError as err:
             raise FlowError(f"{where}.{field}: {err}") from None
-        if net.prefixlen == 32:
-            return str(net.network_address)
-        return (str(net.network_address), str(net.netmask))
     if field in MAC_FIELDS:
         return str(value).lower()
     return value
@@ -275,10 +283,9 @@ def _host_ip(host):
 
 
 def routes(topo, graph):
-    """{target: {switch: sorted ECMP ports}} for every host and edge: one
-    search per target for the whole fabric."""
-    return {name: ecmp_table(graph, name)
-            for name in [h.name for h in topo.hosts] + [e.name for e in topo.edges]}
+    """{target: {switch: sorted ECMP ports}} for every host and edge, from
+    one search per switch for the whole fabric (fabric.ecmp_tables)."""
+    return ecmp_tables(graph, [h.name for h in topo.hosts] + [e.name for e in topo.edges])
 
 
 def _ports_toward(routes, switch, target):
@@ -286,6 +293,22 @@ def _ports_toward(routes, switch, target):
     if not ports:
         raise FlowError(f"switch {switch}: no path to {target} in the fabric")
     return ports
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _host_matches(host):
+    """The canonical matches that name `host` (transport, ARP, L2): the
+    same on every switch, so checked and canonicalised once per host."""
+    return (canonical_match({"eth_type": ETH_MPLS, "mpls_label": host.label}),
+            canonical_match({"eth_type": ETH_ARP, "arp_tpa": _host_ip(host)}),
+            canonical_match({"eth_dst": host.mac}))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _select_group(group_id, ports):
+    """A select group over `ports`; equal ones are shared between switches
+    (specs are immutable)."""
+    return GroupSpec(group_id, "select", tuple(Bucket(1, (("output", p),)) for p in ports))
 
 
 def _transport(topo, routes, switch):
@@ -298,12 +321,10 @@ def _transport(topo, routes, switch):
         if len(ports) == 1:
             how[host.name] = ("output", ports[0])
         else:
-            groups.append(GroupSpec(host.label, "select", tuple(
-                Bucket(1, (("output", p),)) for p in ports)))
+            groups.append(_select_group(host.label, ports))
             how[host.name] = ("group", host.label)
-        flows.append(flow(TABLE_TRANSPORT, PRIO_TRANSPORT, "transport",
-                          {"eth_type": ETH_MPLS, "mpls_label": host.label},
-                          [how[host.name]]))
+        flows.append(FlowSpec(TABLE_TRANSPORT, PRIO_TRANSPORT, "transport",
+                              _host_matches(host)[0], (how[host.name],)))
     return flows, groups, how
 
 
@@ -391,12 +412,10 @@ def _edge_drops(topo, switch):
 def _plain(topo, routes, switch):
     flows = []
     for host in topo.hosts:
-        port = _ports_toward(routes, switch, host.name)[0]
-        flows.append(flow(TABLE_PLAIN, PRIO_ARP, "arp",
-                          {"eth_type": ETH_ARP, "arp_tpa": _host_ip(host)},
-                          [("output", port)]))
-        flows.append(flow(TABLE_PLAIN, PRIO_L2, "l2", {"eth_dst": host.mac},
-                          [("output", port)]))
+        out = (("output", _ports_toward(routes, switch, host.name)[0]),)
+        _, arp, l2 = _host_matches(host)
+        flows.append(FlowSpec(TABLE_PLAIN, PRIO_ARP, "arp", arp, out))
+        flows.append(FlowSpec(TABLE_PLAIN, PRIO_L2, "l2", l2, out))
     for edge in topo.edges:
         port = _ports_toward(routes, switch, edge.name)[0]
         flows.append(flow(TABLE_PLAIN, PRIO_L2, "l2", {"eth_dst": edge_mac(edge.name)},

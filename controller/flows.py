@@ -17,6 +17,11 @@ Table layout (the same on every switch):
           -> reg1 := SPI, resubmit(,3), goto table 4     (classifier)
           Only on the switch of the chain's ingress edge.  More specific
           matches win (n = number of match fields).
+    5000+n  the same match -> drop                      (chain_drop)
+          Instead of the classifier while no host of the chain's first NF
+          is placed (or none is reachable): fail-closed, the chain's
+          traffic never falls through to plain forwarding around its NFs,
+          and the rule's counters count what was dropped.
     0     -> goto table 1                               (next)
 
   table 1, TRANSPORT  forward on the outermost (transport) label only
@@ -113,7 +118,7 @@ REG_HOST, REG_SPI, REG_SLOT = "reg0", "reg1", "reg2"
 APP_ID = 0x6F6E                     # "on"
 KINDS = {"edge_drop": 1, "classifier": 2, "transport": 3, "arp": 4,
          "l2": 5, "miss": 6, "next": 7, "steer": 8, "pick": 9, "learn": 10,
-         "send": 11, "pin": 12}
+         "send": 11, "pin": 12, "chain_drop": 13}
 KIND_NAMES = {code: name for name, code in KINDS.items()}
 
 PRIO_EDGE_DROP, PRIO_CLASSIFIER, PRIO_TRANSPORT = 9000, 5000, 3000
@@ -379,18 +384,25 @@ def _steering(topo, chain, members, how):
 
 
 def _classifiers(topo, switch, ingress_groups, how):
+    """Per chain with NFs whose ingress edge is on `switch`: the classifier
+    and its steering when `ingress_groups` has hosts for it, else the
+    chain_drop rule on the same match (fail-closed)."""
     flows = []
     for chain in topo.chains:
         edge = topo.edge(chain.ingress)
-        if edge.switch != switch or not ingress_groups.get(chain.name):
+        if edge.switch != switch or not chain.nfs:
             continue
         where = f"chain {chain.name}: match"
         match = {"eth_type": ETH_IPV4, **chain.match, "in_port": edge.port}
-        flows.append(flow(TABLE_ADMIT, PRIO_CLASSIFIER + len(chain.match),
-                          "classifier", match,
+        priority = PRIO_CLASSIFIER + len(chain.match)
+        members = ingress_groups.get(chain.name)
+        if not members:
+            flows.append(flow(TABLE_ADMIT, priority, "chain_drop", match, where=where))
+            continue
+        flows.append(flow(TABLE_ADMIT, priority, "classifier", match,
                           [("set_field", REG_SPI, chain.spi), ("resubmit", TABLE_PINS)],
                           goto=TABLE_STEER, where=where))
-        flows += _steering(topo, chain, ingress_groups[chain.name], how)
+        flows += _steering(topo, chain, members, how)
     return flows
 
 
@@ -445,8 +457,11 @@ def rules_for_switch(topo, routes, switch, ingress_groups) -> SwitchRules:
 def switch_rules(topo, graph, ingress_groups) -> Dict[int, SwitchRules]:
     """{dpid: SwitchRules(flows, groups)} for every switch of the topology.
     `ingress_groups` is {chain: [(host, weight)]} of `controller.plans`: the
-    hosts running each chain's first NF; chains absent from it get no
-    classifier (their traffic stays plain)."""
+    hosts running each chain's first NF.  Every chain of `topo` with NFs is
+    classified at its ingress: a chain absent from `ingress_groups` (or
+    with no host in it) gets a chain_drop rule, so its traffic is dropped
+    and counted, never forwarded around its NFs.  Pass every chain users
+    asked for in `topo`, placed or not; chains not in `topo` stay plain."""
     table = routes(topo, graph)
     return {sw.dpid: rules_for_switch(topo, table, sw.name, ingress_groups)
             for sw in topo.switches}

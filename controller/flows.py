@@ -316,7 +316,7 @@ def _select_group(group_id, ports):
     return GroupSpec(group_id, "select", tuple(Bucket(1, (("output", p),)) for p in ports))
 
 
-def _transport(topo, routes, switch):
+def transport_rules(topo, routes, switch):
     """Per host: a transport rule, and a select group when ECMP has a choice.
     Returns (flows, groups, how) where how[host] is the action that sends a
     labelled packet toward it (used by classifier buckets too)."""
@@ -383,27 +383,41 @@ def _steering(topo, chain, members, how):
     return flows
 
 
+def chain_rules(topo, chain, members, how):
+    """The rules of one chain with NFs at its ingress switch: the classifier
+    and its steering when `members` (the first NF's [(host, weight)]) has
+    hosts, else the chain_drop rule on the same match (fail-closed).
+    `how` is the ingress switch's {host: action toward it}."""
+    edge = topo.edge(chain.ingress)
+    where = f"chain {chain.name}: match"
+    match = {"eth_type": ETH_IPV4, **chain.match, "in_port": edge.port}
+    priority = PRIO_CLASSIFIER + len(chain.match)
+    if not members:
+        return [flow(TABLE_ADMIT, priority, "chain_drop", match, where=where)]
+    return ([flow(TABLE_ADMIT, priority, "classifier", match,
+                  [("set_field", REG_SPI, chain.spi), ("resubmit", TABLE_PINS)],
+                  goto=TABLE_STEER, where=where)]
+            + _steering(topo, chain, members, how))
+
+
+def chains_at(topo, switch):
+    """The chains with NFs classified on `switch` (their ingress edge's)."""
+    return [c for c in topo.chains if c.nfs and topo.edge(c.ingress).switch == switch]
+
+
 def _classifiers(topo, switch, ingress_groups, how):
-    """Per chain with NFs whose ingress edge is on `switch`: the classifier
-    and its steering when `ingress_groups` has hosts for it, else the
-    chain_drop rule on the same match (fail-closed)."""
+    """Per chain with NFs whose ingress edge is on `switch`: chain_rules."""
     flows = []
-    for chain in topo.chains:
-        edge = topo.edge(chain.ingress)
-        if edge.switch != switch or not chain.nfs:
-            continue
-        where = f"chain {chain.name}: match"
-        match = {"eth_type": ETH_IPV4, **chain.match, "in_port": edge.port}
-        priority = PRIO_CLASSIFIER + len(chain.match)
-        members = ingress_groups.get(chain.name)
-        if not members:
-            flows.append(flow(TABLE_ADMIT, priority, "chain_drop", match, where=where))
-            continue
-        flows.append(flow(TABLE_ADMIT, priority, "classifier", match,
-                          [("set_field", REG_SPI, chain.spi), ("resubmit", TABLE_PINS)],
-                          goto=TABLE_STEER, where=where))
-        flows += _steering(topo, chain, members, how)
+    for chain in chains_at(topo, switch):
+        flows += chain_rules(topo, chain, ingress_groups.get(chain.name), how)
     return flows
+
+
+def fixed_rules():
+    """The rules every switch has whatever the fabric and the chains: the
+    learn rules that pin a new flow to the host picked for it, and each
+    table's miss."""
+    return _learning() + _misses()
 
 
 def _learning():
@@ -414,14 +428,14 @@ def _learning():
             flow(TABLE_LEARN, 1, "learn", {"eth_type": ETH_IPV4}, [learn("ip")])]
 
 
-def _edge_drops(topo, switch):
+def edge_drops(topo, switch):
     return [flow(TABLE_ADMIT, PRIO_EDGE_DROP, "edge_drop",
                  {"in_port": edge.port, "eth_type": eth_type})
             for edge in topo.edges if edge.switch == switch
             for eth_type in (ETH_MPLS, ETH_MPLS_MC)]
 
 
-def _plain(topo, routes, switch):
+def plain_rules(topo, routes, switch):
     flows = []
     for host in topo.hosts:
         out = (("output", _ports_toward(routes, switch, host.name)[0]),)
@@ -447,10 +461,10 @@ def _misses():
 
 def rules_for_switch(topo, routes, switch, ingress_groups) -> SwitchRules:
     """The rules of one switch; `routes` is routes(topo, graph)."""
-    transport, groups, how = _transport(topo, routes, switch)
+    transport, groups, how = transport_rules(topo, routes, switch)
     classifiers = _classifiers(topo, switch, ingress_groups, how)
-    flows = (_edge_drops(topo, switch) + classifiers + transport
-             + _plain(topo, routes, switch) + _learning() + _misses())
+    flows = (edge_drops(topo, switch) + classifiers + transport
+             + plain_rules(topo, routes, switch) + fixed_rules())
     return SwitchRules(flows, groups)
 
 

@@ -102,6 +102,11 @@ def build_parser():
     bp = bsub.add_parser("placement", help="placement quality and speed")
     bp.add_argument("--json", action="store_true")
     bp.set_defaults(run=_handler("controller.bench:cli_bench_placement"))
+    bc = bsub.add_parser("controller", help="the controller's decisions, no switches: "
+                         "full compile, one host lost, a second of stats")
+    bc.add_argument("--topology", required=True)
+    bc.add_argument("--json", action="store_true")
+    bc.set_defaults(run=_handler("controller.bench:cli_bench_controller"))
     bo = bsub.add_parser("failover", help="host failure on the leaf-spine")
     bo.add_argument("--topology", default="topologies/leaf-spine.yaml")
     bo.add_argument("--json", action="store_true")

@@ -493,7 +493,7 @@ hosts:
 edges:
   - {name: internet, switch: s1, port: 3}
 nfs:
-  firewall: {cores: 1, mpps: 8}
+  firewall: {cores: 1, mpps: 8, config: generic-fw.rules}
 chains:
   - name: web
     ingress: internet

@@ -133,10 +133,19 @@ class Store:
         """{key: value} of every key under `prefix`."""
         return self.snapshot(prefix)[0]
 
-    def snapshot(self, prefix):
-        """({key: value}, revision): watch from revision + 1 to miss nothing."""
+    def snapshot(self, prefix, skip_garbage=False):
+        """({key: value}, revision): watch from revision + 1 to miss nothing.
+        A value that is not JSON raises StoreError, or with `skip_garbage`
+        is left out (counted, as a watch skips it)."""
         items, revision = self._range(prefix)
-        return ({k: self.decode(v, k) for k, v in items}, revision)
+        out = {}
+        for key, raw in items:
+            try:
+                out[key] = self.decode(raw, key)
+            except StoreError:
+                if not skip_garbage:
+                    raise
+        return out, revision
 
     def watch(self, prefix, callback=None, start_revision=None, known=()):
         """Changes under `prefix` as (key, value) with value None on delete.

@@ -86,7 +86,7 @@ class StoreLink:
                                                   on_regrant=self._regranted)
         # The plan and the revision it was read at: the watch goes on from
         # the next revision, so a plan written meanwhile is not missed.
-        plans, revision = self.store.snapshot(PLAN + host)
+        plans, revision = self.store.snapshot(PLAN + host, skip_garbage=True)
         self.agent.store = self.store
         current = plans.get(PLAN + host)
         if current:

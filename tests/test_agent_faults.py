@@ -115,3 +115,44 @@ def test_agent_started_before_the_store_answers_waits_for_it(etcd_per_test, star
     store = open_store(etcd_per_test.url)
     wait_for(lambda: "h1" in store.hosts(), 30,
              f"agent registered; log:\n{agent.log_path.read_text()}")
+
+
+# ------------------------------------------- the link alone, memory://, no DPDK
+
+class FakeManager:
+    generation = None
+
+
+class FakeAgent:
+    """What StoreLink uses of host_agent.agent.Agent."""
+
+    def __init__(self):
+        self.host, self.store, self.manager, self.applied = "h1", None, FakeManager(), []
+
+    def apply(self, plan, source):
+        self.applied.append((source, plan["generation"]))
+        self.manager.generation = plan["generation"]
+        self.store.put_applied(self.host, plan["generation"])
+        return True
+
+
+def test_a_garbage_plan_at_start_does_not_keep_the_link_from_watching(monkeypatch):
+    from contracts.store_memory import MemoryStore
+    from host_agent import storelink
+    store = MemoryStore()
+    store._put("/onvm/plan/h1", "{garbage", None)
+    monkeypatch.setattr(storelink, "open_store", lambda url: store)
+    agent = FakeAgent()
+    link = storelink.StoreLink(agent, "memory://", lambda: {"host": "h1"})
+    link.start()
+    try:
+        assert link.connected.wait(10), "the link never connected"
+        assert agent.applied == [] and store.garbage == 1
+        store.put_plan("h1", plan_for("h1"))
+        wait_for(lambda: agent.applied == [("/onvm/plan/h1", 1)], 5, "plan applied")
+        assert store.get_applied("h1") == 1 and "h1" in store.hosts()
+        store.put_plan("h1", plan_for("h1"))    # generation 2
+        wait_for(lambda: len(agent.applied) == 2, 5, "second plan applied")
+    finally:
+        link.stop()
+    assert store.hosts() == {}

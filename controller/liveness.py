@@ -6,6 +6,7 @@ clock; every input and `decide` take the time `now` (seconds, monotonic).
     live.leadership_gained(now)                  # a grace period starts
     live.key_put("h1", now)                      # /onvm/hosts/h1 written
     live.key_gone("h1", now)                     # its lease expired or it was deleted
+    live.keys_now({"h1", "h2"}, now)             # or: what store.hosts() lists now
     live.port("h1", up=False, now=now)           # the host's switch port
     live.store_unreachable(now); live.store_reachable(now)   # our own store outage
     live.probe("h1", reachable=True, now=now)    # peers' probes (optional input)
@@ -96,6 +97,16 @@ class Liveness:
         h = self._host(host)
         if h.key:
             h.key, h.gone_at = False, now
+
+    def keys_now(self, present, now):
+        """The host keys the store lists now (`store.hosts()`), for a
+        caller that polls rather than watches: key_put / key_gone by diff."""
+        present = set(present)
+        for name in present:
+            self.key_put(name, now)
+        for name, h in self.hosts.items():
+            if h.key and name not in present:
+                self.key_gone(name, now)
 
     def port(self, host, up, now):
         self._host(host).port_up = bool(up)

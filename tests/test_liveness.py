@@ -216,3 +216,15 @@ def test_random_event_sequences_keep_the_promises():
                     assert name in d.alive
                 if outage and name in d.lost and name not in before:
                     assert s.port_up is False or failed, (name, d.lost[name])
+
+
+def test_keys_now_diffs_a_polled_host_list():
+    live = Liveness()
+    live.keys_now({"h1", "h2", "h3"}, 0.0)
+    assert live.decide(0.0).alive == {"h1", "h2", "h3"}
+    live.keys_now({"h1", "h3"}, 1.0)
+    live.keys_now({"h1", "h3"}, 2.0)        # a repeat does not restart the clock
+    assert live.hosts["h2"].gone_at == 1.0
+    assert live.decide(3.5).lost == {"h2": HEALTHY}
+    live.keys_now({"h1", "h2", "h3"}, 4.0)
+    assert live.decide(4.0).alive == {"h1", "h2", "h3"}

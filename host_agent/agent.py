@@ -11,7 +11,8 @@ and the running one stays), starts NF processes for instances in "process"
 mode, and every second publishes its counters to the store
 (`/onvm/stats/<host>`) and on a Prometheus endpoint.  With a store it
 registers `/onvm/hosts/<host>` under a lease: the host is alive while the
-agent is.
+agent is; `host_agent.storelink` keeps that link and the plan watch
+through store faults, and never lets them stop forwarding.
 
 Planned moves (controller/moves.py) carry NF state: for an instance a plan
 marks `"export": true` the agent pauses the loop, takes the NF's
@@ -308,12 +309,8 @@ def cli_agent(args):
     except fp.FastPathError as err:
         print(f"onvm agent: {err}", file=sys.stderr)
         return 1
-    store = None
-    if args.store:
-        from contracts.store import open_store
-        store = open_store(args.store)
     manager.idle_us = args.idle_us
-    agent = Agent(args.host, manager, store=store, eal_args=eal[1:])
+    agent = Agent(args.host, manager, eal_args=eal[1:])
     if plan is not None and not agent.apply(plan, args.plan):
         print(f"onvm agent: {agent.plan_error}", file=sys.stderr)
         manager.close()
@@ -324,24 +321,20 @@ def cli_agent(args):
         serve_metrics(agent, args.metrics_port)
     signal.signal(signal.SIGTERM, lambda *_: agent._stop.set())
     agent.start()
-    lease = watch = None
+    link = None
     try:
-        if store is not None:
-            lease = store.register_host(args.host, host_info(manager, args.host), ttl=1.0)
-            current = store.get_plan(args.host)
-            if current:
-                agent.apply(current, "store")
-            from contracts.store import PLAN
-            watch = store.watch(PLAN + args.host,
-                                lambda key, value: value and agent.apply(value, key))
+        if args.store:
+            # Fail-static: the store is reached (and reached again) in the
+            # background; forwarding never waits for it (host_agent.storelink).
+            from host_agent.storelink import StoreLink
+            link = StoreLink(agent, args.store, lambda: host_info(manager, args.host))
+            link.start()
         agent.run(args.seconds)
     except KeyboardInterrupt:
         pass
     finally:
-        if watch is not None:
-            watch.cancel()
-        if lease is not None:
-            lease.stop()
+        if link is not None:
+            link.stop()
         agent.stop()
         final = agent.stats()
         manager.close()

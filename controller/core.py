@@ -135,8 +135,9 @@ class ClusterCore(ClusterView):
         self.now = now
         out = Decisions()
         if leading and not self.leading:
-            log.info("I lead now: writing plans and programming %d connected "
-                     "switches", len(self.connected))
+            log.info("I lead now%s: writing plans and programming %d connected "
+                     "switches", f" ({self.leader.name})" if self.leader else "",
+                     len(self.connected))
             self._seed_chains()
             self.dirty |= {"hosts", "chains"}
             self.programmed.clear()

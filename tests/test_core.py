@@ -13,6 +13,7 @@ from controller import flows, topogen
 from controller.core import STATS_REPLAN_SECONDS, ClusterCore
 from controller.ofsim import FabricSim, rule_kinds
 from controller.placement import place
+from controller.view import chain_to_json
 
 
 @pytest.fixture
@@ -64,14 +65,13 @@ def web_packet(chain, sport=40000):
 
 
 def test_a_standby_places_in_the_shadows_and_writes_nothing(loop):
-    loop.store.put_chain({"name": "web1", **{k: v for k, v in
-                          dataclasses.asdict(loop.topo.chains[0]).items() if k != "name"},
-                          "nfs": list(loop.topo.chains[0].nfs)})
+    loop.store.put_chain(chain_to_json(loop.topo.chains[0]))    # the leader's doing
     loop.register("h1", "h3")
     loop.core.switch_connected(loop.topo.switches[0].dpid)
     decisions = loop.step(leading=False)
     assert decisions.replaced == ["chains", "hosts"]
-    assert loop.core.placement() is not None, "a standby keeps the leader's view"
+    # it places the stored chains (not the file's) as the leader does
+    assert set(loop.core.placement()["chains"]) == {"web1"}
     assert (decisions.written, decisions.deleted, decisions.sync) == ({}, [], {})
     assert loop.store.plans() == {}
 

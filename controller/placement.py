@@ -723,7 +723,10 @@ def place(topo, previous=None, exclude_hosts=(), say=True):
 
 def say_placed(placement, previous=None):
     """Log, one line per chain, where the chains that `placement` places
-    differently from `previous` (all, without it) run now; returns the lines."""
+    differently from `previous` (all, without it) run now; returns the lines
+    (none when INFO is not logged: the cost is not computed for nobody)."""
+    if not log.isEnabledFor(logging.INFO):
+        return []
     lines = []
     for chain in placement.topo.chains:
         hops = placement.hops[chain.name]

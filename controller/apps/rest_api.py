@@ -177,12 +177,17 @@ def _check_classifier_unique(chain, others, where):
 
 # --- the handlers, over a ClusterView ---------------------------------------
 
+def _placed_or_409(name, change, *args):
+    """Run a chain change of the view; its PlacementError is a 409."""
+    try:
+        return change(*args)
+    except PlacementError as err:
+        raise RequestError(409, f"chain {name}: cannot be placed: {err}") from None
+
+
 def _store(view: ClusterView, chain, verb):
     """Store `chain` once the cluster says every chain can be placed with it."""
-    try:
-        view.put_chain(chain)
-    except PlacementError as err:
-        raise RequestError(409, f"chain {chain.name}: cannot be placed: {err}") from None
+    _placed_or_409(chain.name, view.put_chain, chain)
     LOG.info("REST: %s chain %s (placement checked)", verb, chain.name)
     return chain_to_json(chain)
 
@@ -210,10 +215,7 @@ def change_chain(view: ClusterView, name, body):
 
 def delete_chain(view: ClusterView, name):
     _bad(view.chain(name) is not None, f"no chain {name}", 404)
-    try:
-        view.delete_chain(name)
-    except PlacementError as err:
-        raise RequestError(409, f"chain {name}: cannot be placed: {err}") from None
+    _placed_or_409(name, view.delete_chain, name)
     LOG.info("REST: deleted chain %s", name)
     return 200, {"deleted": name}
 

@@ -9,6 +9,7 @@ controller passes these objects around and never a raw dict from YAML.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping, Optional, Tuple
 
 from contracts.wire import FIRST_NODE_LABEL, FIRST_SPI, MAX_LABEL  # noqa: F401  (re-exported)
@@ -78,30 +79,33 @@ class Topology:
     nfs: Mapping[str, NFType]
     chains: Tuple[Chain, ...]
     source: str = "<memory>"       # the file it came from, for messages
+    # What its check could not vouch for (an NF config nobody here can
+    # check), as `FILE:LINE: warning: ...`; not part of the topology's value.
+    warnings: Tuple[str, ...] = dataclasses.field(default=(), compare=False)
+
+    @functools.cached_property
+    def _index(self):
+        """{kind: {name: value}}: lookups by name in O(1).  Computed once
+        per (frozen) topology; `with_chains`/`without_hosts` give new ones."""
+        index = {}
+        for kind, values in (("host", self.hosts), ("switch", self.switches),
+                             ("edge", self.edges), ("chain", self.chains)):
+            by_name = index[kind] = {}
+            for value in values:            # the first of a name wins, as in the file
+                by_name.setdefault(value.name, value)
+        return index
 
     def host(self, name: str) -> Host:
-        for host in self.hosts:
-            if host.name == name:
-                return host
-        raise KeyError(name)
+        return self._index["host"][name]
 
     def switch(self, name: str) -> Switch:
-        for switch in self.switches:
-            if switch.name == name:
-                return switch
-        raise KeyError(name)
+        return self._index["switch"][name]
 
     def edge(self, name: str) -> Edge:
-        for edge in self.edges:
-            if edge.name == name:
-                return edge
-        raise KeyError(name)
+        return self._index["edge"][name]
 
     def chain(self, name: str) -> Chain:
-        for chain in self.chains:
-            if chain.name == name:
-                return chain
-        raise KeyError(name)
+        return self._index["chain"][name]
 
     def with_chains(self, chains) -> "Topology":
         return dataclasses.replace(self, chains=tuple(chains))

@@ -43,11 +43,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 
 from contracts.model import FIRST_SPI, MAX_LABEL
+from contracts.validate import (MAC_RE, Errors, ValidationError,  # noqa: F401  (MAC_RE re-exported)
+                                check_mac, key_path)
 
-MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 MATCH_FIELDS = {
     "eth_type": int, "ipv4_src": str, "ipv4_dst": str, "ip_proto": int,
     "tcp_src": int, "tcp_dst": int, "udp_src": int, "udp_dst": int,
@@ -55,109 +55,177 @@ MATCH_FIELDS = {
 MODES = ("inline", "process")
 
 
-class PlanError(ValueError):
-    """A plan that cannot be applied; the message names the field at fault."""
+class PlanError(ValidationError):
+    """A plan that cannot be applied; `.errors` names every field at fault."""
 
 
-def _need(cond, where, message):
-    if not cond:
-        raise PlanError(f"{where}: {message}")
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _label(value, where, low=FIRST_SPI):
-    _need(isinstance(value, int) and not isinstance(value, bool)
-          and low <= value <= MAX_LABEL, where,
-          f"must be an integer label in {low}..{MAX_LABEL}, not {value!r}")
+def _label(errors, value, where, low=FIRST_SPI):
+    return errors.check(_is_int(value) and low <= value <= MAX_LABEL, where,
+                        f"must be an integer label in {low}..{MAX_LABEL}, not {value!r}")
 
 
-def _mac(value, where):
-    _need(isinstance(value, str) and MAC_RE.match(value), where,
-          f"must be a MAC address like 02:00:00:00:00:01, not {value!r}")
+def _mac(errors, value, where):
+    try:
+        check_mac(value)
+    except ValueError as err:
+        errors.add(where, str(err))
 
 
-def check_match(match, where):
-    """Check a classifier match (OpenFlow field names); returns it."""
-    _need(isinstance(match, dict) and match, where, "must be a non-empty mapping")
+def check_match(match, where, errors=None):
+    """Check a classifier match (OpenFlow field names), every field.  With
+    `errors` (a contracts.validate.Errors) the problems are added there and
+    the result says whether there were none; without, they are raised as
+    one PlanError and the match is returned."""
+    own = errors is None
+    errors = Errors(PlanError) if own else errors
+    problems = list(match_problems(match))
+    for path, message in problems:
+        errors.add(key_path(where, *path), message)
+    if own:
+        errors.raise_if_any()
+        return match
+    return not problems
+
+
+def match_problems(match):
+    """(key path inside the match, message) of every problem of a match."""
+    if not (isinstance(match, dict) and match):
+        yield (), "must be a non-empty mapping"
+        return
     for key, value in match.items():
-        _need(key in MATCH_FIELDS, f"{where}.{key}",
-              f"unknown match field; known: {', '.join(sorted(MATCH_FIELDS))}")
-        kind = MATCH_FIELDS[key]
-        _need(isinstance(value, kind) and not isinstance(value, bool),
-              f"{where}.{key}", f"must be {kind.__name__}, not {value!r}")
-        if key.startswith("ipv4_"):
-            try:
-                ipaddress.IPv4Network(value, strict=False)
-            except ValueError as err:
-                raise PlanError(f"{where}.{key}: {err}") from None
-        elif key == "ip_proto":
-            _need(0 <= value <= 255, f"{where}.{key}", "must be 0..255")
-        elif key != "eth_type":
-            _need(0 <= value <= 65535, f"{where}.{key}", "must be 0..65535")
-    return match
+        problem = _match_field(key, value)
+        if problem:
+            yield (key,), problem
+
+
+def _match_field(key, value):
+    if key not in MATCH_FIELDS:
+        return f"unknown match field; known: {', '.join(sorted(MATCH_FIELDS))}"
+    kind = MATCH_FIELDS[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        return f"must be {kind.__name__}, not {value!r}"
+    if key.startswith("ipv4_"):
+        try:
+            ipaddress.IPv4Network(value, strict=False)
+        except ValueError as err:
+            return str(err)
+    elif key == "ip_proto":
+        if not 0 <= value <= 255:
+            return "must be 0..255"
+    elif key != "eth_type" and not 0 <= value <= 65535:
+        return "must be 0..65535"
+    return None
+
+
+def _items(errors, plan, key, where, required):
+    """The list plan[key], each item an object; non-objects are reported."""
+    items = plan.get(key, [] if not required else None)
+    if not errors.check(isinstance(items, list), f"{where}.{key}", "must be a list"):
+        return []
+    out = []
+    for i, item in enumerate(items):
+        if errors.check(isinstance(item, dict), f"{where}.{key}[{i}]", "must be an object"):
+            out.append((i, item))
+    return out
 
 
 def check_plan(plan):
-    """Check a plan dict; returns it, or raises PlanError naming the field."""
-    _need(isinstance(plan, dict), "plan", "must be a JSON object")
-    for key in ("host", "generation", "node_label", "mac", "instances", "hops"):
-        _need(key in plan, "plan", f"missing field {key!r}")
-    _need(isinstance(plan["generation"], int) and plan["generation"] >= 0,
-          "plan.generation", "must be a non-negative integer")
-    _label(plan["node_label"], "plan.node_label")
-    _mac(plan["mac"], "plan.mac")
-    ids = set()
-    for i, inst in enumerate(plan["instances"]):
-        where = f"plan.instances[{i}]"
-        _need(isinstance(inst, dict), where, "must be an object")
-        _need(isinstance(inst.get("id"), int) and 0 < inst["id"] < 65535,
-              f"{where}.id", "must be an integer 1..65534")
-        _need(inst["id"] not in ids, f"{where}.id", f"duplicate id {inst['id']}")
-        ids.add(inst["id"])
-        _need(isinstance(inst.get("nf"), str), f"{where}.nf", "must name an NF type")
-        _need(inst.get("mode", "inline") in MODES, f"{where}.mode",
-              f"must be one of {MODES}")
-        _need(isinstance(inst.get("export", False), bool), f"{where}.export",
-              f"must be true or false, not {inst.get('export')!r}")
-        _need(isinstance(inst.get("state"), (dict, type(None))), f"{where}.state",
-              "must be a JSON object (an NF's exported state) or null, "
-              f"not {type(inst.get('state')).__name__}")
-        _need(not (inst.get("export") and inst.get("state") is not None), where,
-              "cannot both export state and take imported state")
-    for i, cls in enumerate(plan.get("classifiers", [])):
+    """Check a plan dict; returns it, or raises PlanError naming every
+    field at fault by its key path."""
+    errors = Errors(PlanError)
+    if not errors.check(isinstance(plan, dict), "plan", "must be a JSON object"):
+        errors.raise_if_any()
+    missing = [k for k in ("host", "generation", "node_label", "mac", "instances", "hops")
+               if not errors.check(k in plan, "plan", f"missing field {k!r}")]
+    if "generation" in plan:
+        errors.check(_is_int(plan["generation"]) and plan["generation"] >= 0,
+                     "plan.generation", "must be a non-negative integer")
+    if "node_label" in plan:
+        _label(errors, plan["node_label"], "plan.node_label")
+    if "mac" in plan:
+        _mac(errors, plan["mac"], "plan.mac")
+    ids = _check_instances(errors, plan) if "instances" not in missing else set()
+    for i, cls in _items(errors, plan, "classifiers", "plan", required=False):
         where = f"plan.classifiers[{i}]"
-        _label(cls.get("spi"), f"{where}.spi")
-        check_match(cls.get("match"), f"{where}.match")
-    seen = set()
-    for i, hop in enumerate(plan["hops"]):
-        where = f"plan.hops[{i}]"
-        _label(hop.get("spi"), f"{where}.spi")
-        _need(isinstance(hop.get("si"), int) and 1 <= hop["si"] <= 255,
-              f"{where}.si", "must be an integer 1..255")
-        key = (hop["spi"], hop["si"])
-        _need(key not in seen, where, f"duplicate hop for SPI {key[0]} SI {key[1]}")
-        seen.add(key)
-        kinds = [k for k in ("local", "remote", "end") if k in hop]
-        _need(len(kinds) == 1, where, "needs exactly one of local, remote, end")
-        if "local" in hop:
-            _need(hop["local"] in ids, f"{where}.local",
-                  f"names instance {hop['local']!r}, which the plan does not run")
-        elif "remote" in hop:
-            _need(isinstance(hop["remote"], list) and hop["remote"],
-                  f"{where}.remote", "must be a non-empty list")
-            for j, peer in enumerate(hop["remote"]):
-                pw = f"{where}.remote[{j}]"
-                _label(peer.get("label"), f"{pw}.label")
-                _mac(peer.get("mac"), f"{pw}.mac")
-                w = peer.get("weight", 1.0)
-                _need(isinstance(w, (int, float)) and w > 0, f"{pw}.weight",
-                      "must be a positive number")
-        else:
-            end = hop["end"]
-            _need(isinstance(end, dict), f"{where}.end", "must be an object")
-            _need(isinstance(end.get("port", 0), int), f"{where}.end.port",
-                  "must be a port number")
-            _mac(end.get("dst_mac"), f"{where}.end.dst_mac")
+        _label(errors, cls.get("spi"), f"{where}.spi")
+        check_match(cls.get("match"), f"{where}.match", errors)
+    if "hops" not in missing:
+        _check_hops(errors, plan, ids)
+    errors.raise_if_any()
     return plan
+
+
+def _check_instances(errors, plan):
+    ids = set()
+    for i, inst in _items(errors, plan, "instances", "plan", required=True):
+        where = f"plan.instances[{i}]"
+        iid = inst.get("id")
+        if errors.check(_is_int(iid) and 0 < iid < 65535, f"{where}.id",
+                        "must be an integer 1..65534"):
+            errors.check(iid not in ids, f"{where}.id", f"duplicate id {iid}")
+            ids.add(iid)
+        errors.check(isinstance(inst.get("nf"), str), f"{where}.nf", "must name an NF type")
+        errors.check(inst.get("mode", "inline") in MODES, f"{where}.mode",
+                     f"must be one of {MODES}")
+        errors.check(isinstance(inst.get("export", False), bool), f"{where}.export",
+                     f"must be true or false, not {inst.get('export')!r}")
+        errors.check(isinstance(inst.get("state"), (dict, type(None))), f"{where}.state",
+                     "must be a JSON object (an NF's exported state) or null, "
+                     f"not {type(inst.get('state')).__name__}")
+        errors.check(not (inst.get("export") and inst.get("state") is not None), where,
+                     "cannot both export state and take imported state")
+    return ids
+
+
+def _check_hops(errors, plan, ids):
+    seen = set()
+    for i, hop in _items(errors, plan, "hops", "plan", required=True):
+        where = f"plan.hops[{i}]"
+        ok = _label(errors, hop.get("spi"), f"{where}.spi")
+        ok &= errors.check(_is_int(hop.get("si")) and 1 <= hop["si"] <= 255,
+                           f"{where}.si", "must be an integer 1..255")
+        if ok:
+            key = (hop["spi"], hop["si"])
+            errors.check(key not in seen, where,
+                         f"duplicate hop for SPI {key[0]} SI {key[1]}")
+            seen.add(key)
+        kinds = [k for k in ("local", "remote", "end") if k in hop]
+        if not errors.check(len(kinds) == 1, where,
+                            "needs exactly one of local, remote, end"):
+            continue
+        if "local" in hop:
+            errors.check(hop["local"] in ids, f"{where}.local",
+                         f"names instance {hop['local']!r}, which the plan does not run")
+        elif "remote" in hop:
+            _check_remote(errors, hop["remote"], f"{where}.remote")
+        else:
+            _check_end(errors, hop["end"], f"{where}.end")
+
+
+def _check_remote(errors, remote, where):
+    if not errors.check(isinstance(remote, list) and remote, where,
+                        "must be a non-empty list"):
+        return
+    for j, peer in enumerate(remote):
+        pw = f"{where}[{j}]"
+        if not errors.check(isinstance(peer, dict), pw, "must be an object"):
+            continue
+        _label(errors, peer.get("label"), f"{pw}.label")
+        _mac(errors, peer.get("mac"), f"{pw}.mac")
+        w = peer.get("weight", 1.0)
+        errors.check(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0,
+                     f"{pw}.weight", "must be a positive number")
+
+
+def _check_end(errors, end, where):
+    if not errors.check(isinstance(end, dict), where, "must be an object"):
+        return
+    errors.check(_is_int(end.get("port", 0)), f"{where}.port", "must be a port number")
+    _mac(errors, end.get("dst_mac"), f"{where}.dst_mac")
 
 
 def load_plan(path):
@@ -172,4 +240,4 @@ def load_plan(path):
     try:
         return check_plan(plan)
     except PlanError as err:
-        raise PlanError(f"{path}: {err}") from None
+        raise PlanError([f"{path}: {e}" for e in err.errors]) from None

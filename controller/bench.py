@@ -193,3 +193,109 @@ def cli_bench_placement(args):
           f"{r['lost_instances']:>6} / {r['added']} / {r['load_changed']}")
     print(f"{'    instances removed elsewhere (must be 0)':<44} {r['removed_elsewhere']:>16}")
     return 0
+
+
+# ------------------------------------------------- onvm bench controller
+
+def _host_stats(topo, placed):
+    """{host: stats JSON text} as 1024 agents publish them each second
+    (host_agent: ports, instances with their rates and counters, drops)."""
+    drops = {r: 0 for r in ("truncated", "not_ip", "bad_label_stack", "ttl_zero",
+                            "wrong_node", "unknown_hop", "no_chain", "nf_drop",
+                            "ring_full", "tx_full", "loop", "bad_port", "no_plan")}
+    out = {}
+    for host in topo.hosts:
+        instances = {}
+        for inst in placed.instances.values():
+            if inst.host == host.name:
+                instances[str(inst.id)] = {
+                    "nf": inst.nf, "mode": "inline", "rx": 123456789, "tx": 123456000,
+                    "drops": 789, "ring_full": 0, "queue": 0, "mpps": round(inst.load, 6),
+                    "counters": {"packets": 123456789, "bytes": 8123456789}}
+        out[host.name] = json.dumps({
+            "generation": 7, "processed": 987654321, "flows": 4096, "flow_table_full": 0,
+            "ports": {"net_af_packet0": {"port": 0, "rx": 123456789, "tx": 123456789,
+                                         "tx_full": 0, "missed": 0, "errors": 0,
+                                         "rx_mpps": 1.5, "tx_mpps": 1.5}},
+            "instances": instances, "drops": drops})
+    return out
+
+
+def bench_controller(topo, say=lambda text: None):
+    """The controller's decisions on `topo` with no switches: the first
+    full compile, then the loss of the busiest host, then a second of every
+    host's stats.  Returns DESIGN.md's `onvm bench controller --json` object.
+
+      compile_ms       per-host plans and every switch's rules from a
+                       placement (placement's own time is place_ms)
+      host_loss_ms     from the host's loss to its re-placement, the new
+                       plans and the changed rules being ready (incremental:
+                       controller.rulebook)
+      switches_changed switches whose rules that loss changed
+      rules_total, rules_max_switch   flow rules, all switches / the busiest
+      stats_ingest_ms_per_s  CPU for one second of every host's stats: decode,
+                       the hosts' load, and the plans that load gives
+    """
+    from controller import flows as _flows, plans
+    from controller.rulebook import RuleBook
+
+    graph = fabric.build_graph(topo)
+    say(f"placing {len(topo.chains)} chains on {len(topo.hosts)} hosts")
+    placed, place_ms = _timed(placement.place, topo)
+    book = RuleBook()
+    say("compiling every host's plan and every switch's rules")
+    t0 = time.perf_counter()
+    host_plans = plans.host_plans(topo, placed, 1)
+    rules = book.compile(topo, graph, plans.ingress_groups(topo, placed))
+    compile_ms = (time.perf_counter() - t0) * 1e3
+    sizes = [len(r.flows) for r in rules.values()]
+
+    lost = max(placed.cores_used().items(), key=lambda kv: (kv[1], kv[0]))[0]
+    say(f"losing the busiest host, {lost}")
+    t0 = time.perf_counter()
+    again = placement.replace_after_host_loss(topo, placed, lost)
+    new_plans = plans.host_plans(topo, again, 2)
+    rules_after = book.compile(topo, graph, plans.ingress_groups(topo, again))
+    host_loss_ms = (time.perf_counter() - t0) * 1e3
+    changed = [d for d in rules_after if rules_after[d].flows != rules[d].flows
+               or rules_after[d].groups != rules[d].groups]
+    plans_changed = sum(1 for h, p in new_plans.items()
+                        if dict(p, generation=0) != dict(host_plans.get(h, {}), generation=0))
+
+    say(f"ingesting a second of stats from {len(topo.hosts)} hosts")
+    texts = _host_stats(topo, again)
+    t0 = time.process_time()
+    stats = {h: json.loads(text) for h, text in texts.items()}
+    load = plans.host_load(stats, topo, again)
+    plans.host_plans(topo, again, 3, load)
+    ingest_ms = (time.process_time() - t0) * 1e3
+    full_ms = None
+    if len(topo.hosts) <= 128:       # the full recompile, for comparison, where it is quick
+        full_ms = _timed(_flows.switch_rules, topo, graph,
+                         plans.ingress_groups(topo, again))[1]
+    return {"topology": topo.name, "hosts": len(topo.hosts), "switches": len(topo.switches),
+            "chains": len(topo.chains), "place_ms": round(place_ms, 1),
+            "compile_ms": round(compile_ms, 1), "host_loss_ms": round(host_loss_ms, 1),
+            "lost_host": lost, "switches_changed": len(changed),
+            "plans_changed": plans_changed,
+            "rules_total": sum(sizes), "rules_max_switch": max(sizes, default=0),
+            "stats_ingest_ms_per_s": round(ingest_ms, 1),
+            "stats_bytes_per_s": sum(len(t) for t in texts.values()),
+            "full_recompile_ms": None if full_ms is None else round(full_ms, 1)}
+
+
+def cli_bench_controller(args):
+    """`onvm bench controller --topology FILE [--json]`."""
+    import sys
+    from controller.topology import load_topology
+    topo = load_topology(args.topology)
+    quiet = args.json
+    result = bench_controller(
+        topo, say=(lambda text: None) if quiet else
+        (lambda text: print(f"... {text}", file=sys.stderr, flush=True)))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for key, value in result.items():
+        print(f"{key:<24} {value}")
+    return 0

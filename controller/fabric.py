@@ -199,6 +199,57 @@ def ecmp_table(graph, target):
     return table
 
 
+def ecmp_tables(graph, targets):
+    """{target: {switch: tuple of out ports}} for every target: what
+    `ecmp_table(graph, target)` gives for each, computed together.
+
+    One breadth-first search per switch for the whole fabric (scipy's C
+    implementation on the switch adjacency), and one table of next hops per
+    switch that a target hangs off, shared by every target under it (each
+    target's table is that shared table plus its own switch's port to it).
+    This is what compiling a 1024-host fabric's rules needs; `ecmp_table`
+    stays the readable definition the tests compare against.
+    """
+    switches, index, adj = _switch_matrix(graph)
+    owns = {}
+    for target in targets:
+        own = switch_of(graph, target)
+        owns[target] = own if own in index else None
+    wanted = sorted({own for own in owns.values() if own is not None}, key=index.get)
+    toward = {}
+    if wanted:
+        dist = shortest_path(adj, method="D", unweighted=True,
+                             indices=[index[s] for s in wanted])
+        ports = {}      # (switch, neighbour): out ports, in graph order
+        for a, b in graph.edges():
+            if a in index and b in index:
+                ports[a, b] = _ports_toward(graph, a, b)
+                ports[b, a] = _ports_toward(graph, b, a)
+        neighbours = {s: [nb for nb in graph.neighbors(s) if nb in index] for s in switches}
+        for row, own in enumerate(wanted):
+            d = dist[row]
+            table = {}
+            for sw in switches:
+                dsw = d[index[sw]]
+                if sw == own or math.isinf(dsw):
+                    continue
+                out = []
+                for nb in neighbours[sw]:
+                    if d[index[nb]] == dsw - 1:
+                        out += ports[sw, nb]
+                table[sw] = tuple(sorted(out))
+            toward[own] = table
+    result = {}
+    for target, own in owns.items():
+        if own is None:
+            result[target] = {}
+            continue
+        table = dict(toward[own])
+        table[own] = tuple(_ports_toward(graph, own, target))
+        result[target] = table
+    return result
+
+
 def ecmp_ports(graph, switch, target):
     """Out ports on `switch` toward `target` over all shortest paths, sorted;
     () when there is no path."""

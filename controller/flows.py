@@ -17,6 +17,11 @@ Table layout (the same on every switch):
           -> reg1 := SPI, resubmit(,3), goto table 4     (classifier)
           Only on the switch of the chain's ingress edge.  More specific
           matches win (n = number of match fields).
+    5000+n  the same match -> drop                      (chain_drop)
+          Instead of the classifier while no host of the chain's first NF
+          is placed (or none is reachable): fail-closed, the chain's
+          traffic never falls through to plain forwarding around its NFs,
+          and the rule's counters count what was dropped.
     0     -> goto table 1                               (next)
 
   table 1, TRANSPORT  forward on the outermost (transport) label only
@@ -96,13 +101,14 @@ made and its idle timeout removes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from contracts.wire import (ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC,  # noqa: F401
                             MPLS_TTL, SI_FIRST)
-from controller.fabric import ecmp_table
+from controller.fabric import ecmp_tables
 from controller.plans import edge_mac
 
 TABLE_ADMIT, TABLE_TRANSPORT, TABLE_PLAIN = 0, 1, 2
@@ -112,7 +118,7 @@ REG_HOST, REG_SPI, REG_SLOT = "reg0", "reg1", "reg2"
 APP_ID = 0x6F6E                     # "on"
 KINDS = {"edge_drop": 1, "classifier": 2, "transport": 3, "arp": 4,
          "l2": 5, "miss": 6, "next": 7, "steer": 8, "pick": 9, "learn": 10,
-         "send": 11, "pin": 12}
+         "send": 11, "pin": 12, "chain_drop": 13}
 KIND_NAMES = {code: name for name, code in KINDS.items()}
 
 PRIO_EDGE_DROP, PRIO_CLASSIFIER, PRIO_TRANSPORT = 9000, 5000, 3000
@@ -233,15 +239,22 @@ def pin_cookie() -> int:
 
 # ------------------------------------------------------------- the matches
 
+@functools.lru_cache(maxsize=1 << 16)
+def _canonical_ipv4(text):
+    """An IPv4 address or prefix as OVS reports it; parsed once per text
+    (a fabric's rules name each host's address on every switch)."""
+    net = ipaddress.IPv4Network(text, strict=False)
+    if net.prefixlen == 32:
+        return str(net.network_address)
+    return (str(net.network_address), str(net.netmask))
+
+
 def _canonical_value(field, value, where):
     if field in IPV4_FIELDS:
         try:
-            net = ipaddress.IPv4Network(str(value), strict=False)
+            return _canonical_ipv4(str(value))
         except ValueError as err:
             raise FlowError(f"{where}.{field}: {err}") from None
-        if net.prefixlen == 32:
-            return str(net.network_address)
-        return (str(net.network_address), str(net.netmask))
     if field in MAC_FIELDS:
         return str(value).lower()
     return value
@@ -275,10 +288,9 @@ def _host_ip(host):
 
 
 def routes(topo, graph):
-    """{target: {switch: sorted ECMP ports}} for every host and edge: one
-    search per target for the whole fabric."""
-    return {name: ecmp_table(graph, name)
-            for name in [h.name for h in topo.hosts] + [e.name for e in topo.edges]}
+    """{target: {switch: sorted ECMP ports}} for every host and edge, from
+    one search per switch for the whole fabric (fabric.ecmp_tables)."""
+    return ecmp_tables(graph, [h.name for h in topo.hosts] + [e.name for e in topo.edges])
 
 
 def _ports_toward(routes, switch, target):
@@ -288,7 +300,23 @@ def _ports_toward(routes, switch, target):
     return ports
 
 
-def _transport(topo, routes, switch):
+@functools.lru_cache(maxsize=1 << 16)
+def _host_matches(host):
+    """The canonical matches that name `host` (transport, ARP, L2): the
+    same on every switch, so checked and canonicalised once per host."""
+    return (canonical_match({"eth_type": ETH_MPLS, "mpls_label": host.label}),
+            canonical_match({"eth_type": ETH_ARP, "arp_tpa": _host_ip(host)}),
+            canonical_match({"eth_dst": host.mac}))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _select_group(group_id, ports):
+    """A select group over `ports`; equal ones are shared between switches
+    (specs are immutable)."""
+    return GroupSpec(group_id, "select", tuple(Bucket(1, (("output", p),)) for p in ports))
+
+
+def transport_rules(topo, routes, switch):
     """Per host: a transport rule, and a select group when ECMP has a choice.
     Returns (flows, groups, how) where how[host] is the action that sends a
     labelled packet toward it (used by classifier buckets too)."""
@@ -298,12 +326,10 @@ def _transport(topo, routes, switch):
         if len(ports) == 1:
             how[host.name] = ("output", ports[0])
         else:
-            groups.append(GroupSpec(host.label, "select", tuple(
-                Bucket(1, (("output", p),)) for p in ports)))
+            groups.append(_select_group(host.label, ports))
             how[host.name] = ("group", host.label)
-        flows.append(flow(TABLE_TRANSPORT, PRIO_TRANSPORT, "transport",
-                          {"eth_type": ETH_MPLS, "mpls_label": host.label},
-                          [how[host.name]]))
+        flows.append(FlowSpec(TABLE_TRANSPORT, PRIO_TRANSPORT, "transport",
+                              _host_matches(host)[0], (how[host.name],)))
     return flows, groups, how
 
 
@@ -357,20 +383,41 @@ def _steering(topo, chain, members, how):
     return flows
 
 
+def chain_rules(topo, chain, members, how):
+    """The rules of one chain with NFs at its ingress switch: the classifier
+    and its steering when `members` (the first NF's [(host, weight)]) has
+    hosts, else the chain_drop rule on the same match (fail-closed).
+    `how` is the ingress switch's {host: action toward it}."""
+    edge = topo.edge(chain.ingress)
+    where = f"chain {chain.name}: match"
+    match = {"eth_type": ETH_IPV4, **chain.match, "in_port": edge.port}
+    priority = PRIO_CLASSIFIER + len(chain.match)
+    if not members:
+        return [flow(TABLE_ADMIT, priority, "chain_drop", match, where=where)]
+    return ([flow(TABLE_ADMIT, priority, "classifier", match,
+                  [("set_field", REG_SPI, chain.spi), ("resubmit", TABLE_PINS)],
+                  goto=TABLE_STEER, where=where)]
+            + _steering(topo, chain, members, how))
+
+
+def chains_at(topo, switch):
+    """The chains with NFs classified on `switch` (their ingress edge's)."""
+    return [c for c in topo.chains if c.nfs and topo.edge(c.ingress).switch == switch]
+
+
 def _classifiers(topo, switch, ingress_groups, how):
+    """Per chain with NFs whose ingress edge is on `switch`: chain_rules."""
     flows = []
-    for chain in topo.chains:
-        edge = topo.edge(chain.ingress)
-        if edge.switch != switch or not ingress_groups.get(chain.name):
-            continue
-        where = f"chain {chain.name}: match"
-        match = {"eth_type": ETH_IPV4, **chain.match, "in_port": edge.port}
-        flows.append(flow(TABLE_ADMIT, PRIO_CLASSIFIER + len(chain.match),
-                          "classifier", match,
-                          [("set_field", REG_SPI, chain.spi), ("resubmit", TABLE_PINS)],
-                          goto=TABLE_STEER, where=where))
-        flows += _steering(topo, chain, ingress_groups[chain.name], how)
+    for chain in chains_at(topo, switch):
+        flows += chain_rules(topo, chain, ingress_groups.get(chain.name), how)
     return flows
+
+
+def fixed_rules():
+    """The rules every switch has whatever the fabric and the chains: the
+    learn rules that pin a new flow to the host picked for it, and each
+    table's miss."""
+    return _learning() + _misses()
 
 
 def _learning():
@@ -381,22 +428,20 @@ def _learning():
             flow(TABLE_LEARN, 1, "learn", {"eth_type": ETH_IPV4}, [learn("ip")])]
 
 
-def _edge_drops(topo, switch):
+def edge_drops(topo, switch):
     return [flow(TABLE_ADMIT, PRIO_EDGE_DROP, "edge_drop",
                  {"in_port": edge.port, "eth_type": eth_type})
             for edge in topo.edges if edge.switch == switch
             for eth_type in (ETH_MPLS, ETH_MPLS_MC)]
 
 
-def _plain(topo, routes, switch):
+def plain_rules(topo, routes, switch):
     flows = []
     for host in topo.hosts:
-        port = _ports_toward(routes, switch, host.name)[0]
-        flows.append(flow(TABLE_PLAIN, PRIO_ARP, "arp",
-                          {"eth_type": ETH_ARP, "arp_tpa": _host_ip(host)},
-                          [("output", port)]))
-        flows.append(flow(TABLE_PLAIN, PRIO_L2, "l2", {"eth_dst": host.mac},
-                          [("output", port)]))
+        out = (("output", _ports_toward(routes, switch, host.name)[0]),)
+        _, arp, l2 = _host_matches(host)
+        flows.append(FlowSpec(TABLE_PLAIN, PRIO_ARP, "arp", arp, out))
+        flows.append(FlowSpec(TABLE_PLAIN, PRIO_L2, "l2", l2, out))
     for edge in topo.edges:
         port = _ports_toward(routes, switch, edge.name)[0]
         flows.append(flow(TABLE_PLAIN, PRIO_L2, "l2", {"eth_dst": edge_mac(edge.name)},
@@ -416,18 +461,21 @@ def _misses():
 
 def rules_for_switch(topo, routes, switch, ingress_groups) -> SwitchRules:
     """The rules of one switch; `routes` is routes(topo, graph)."""
-    transport, groups, how = _transport(topo, routes, switch)
+    transport, groups, how = transport_rules(topo, routes, switch)
     classifiers = _classifiers(topo, switch, ingress_groups, how)
-    flows = (_edge_drops(topo, switch) + classifiers + transport
-             + _plain(topo, routes, switch) + _learning() + _misses())
+    flows = (edge_drops(topo, switch) + classifiers + transport
+             + plain_rules(topo, routes, switch) + fixed_rules())
     return SwitchRules(flows, groups)
 
 
 def switch_rules(topo, graph, ingress_groups) -> Dict[int, SwitchRules]:
     """{dpid: SwitchRules(flows, groups)} for every switch of the topology.
     `ingress_groups` is {chain: [(host, weight)]} of `controller.plans`: the
-    hosts running each chain's first NF; chains absent from it get no
-    classifier (their traffic stays plain)."""
+    hosts running each chain's first NF.  Every chain of `topo` with NFs is
+    classified at its ingress: a chain absent from `ingress_groups` (or
+    with no host in it) gets a chain_drop rule, so its traffic is dropped
+    and counted, never forwarded around its NFs.  Pass every chain users
+    asked for in `topo`, placed or not; chains not in `topo` stay plain."""
     table = routes(topo, graph)
     return {sw.dpid: rules_for_switch(topo, table, sw.name, ingress_groups)
             for sw in topo.switches}

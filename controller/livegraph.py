@@ -255,7 +255,9 @@ def _restrict(topo, switches, places):
 
 def _reachable_groups(ingress_groups, places):
     """Each chain's first-NF hosts that its ingress can still reach; a chain
-    with none left gets no classifier (its traffic stays plain)."""
+    with none left is left out, so controller.flows gives it its chain_drop
+    rule (fail-closed: its traffic is dropped at the ingress, never
+    forwarded around its NFs)."""
     out = {}
     for chain, members in ingress_groups.items():
         left = [(h, w) for h, w in members if h in places]

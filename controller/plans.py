@@ -44,6 +44,7 @@ from controller import fabric
 from controller.placement import transport
 from contracts.plan import check_plan
 from contracts.wire import SI_FIRST
+from nfs.configs import instance_config
 
 UPLINK = 0
 LOAD_DAMPING = 0.9
@@ -67,22 +68,11 @@ def egress_mac(topo, name):
         return getattr(edge, "mac", None) or edge_mac(edge.name)
 
 
-CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
-
-
 def _config(nf_type):
     """The plan instance's "config" for a catalog entry: what the NF's
-    constructor takes.  A YAML/JSON file (lb, nat, ratelimit, ddos) becomes
-    {"file": PATH}, which nfs.nfconfig reads and checks with FILE:LINE
-    errors; any other file is a rule file (firewall, ids): {"rules": PATH}.
-    Paths stay paths: the agent opens them, as it does rule files."""
-    config = nf_type.config
-    if config is None:
-        return {}
-    if isinstance(config, str):
-        key = "file" if config.lower().endswith(CONFIG_FILE_SUFFIXES) else "rules"
-        return {key: config}
-    return dict(config)
+    constructor takes (nfs.configs.instance_config, which `onvm topo
+    validate` checks the same way).  Paths stay paths: the agent opens them."""
+    return instance_config(nf_type.config)
 
 
 def _reported_mpps(stats):

@@ -7,6 +7,13 @@ rejected, and every problem found is reported (not only the first) as
 What comes out is a frozen `contracts.model.Topology`; nothing else in the
 controller ever sees the raw YAML.
 
+Chains are checked by `controller.chains` (the validator the REST API
+uses too), and every catalog entry's NF config by `nfs.configs`, the
+parser the NF's constructor calls: what an agent would refuse, this
+refuses first (`FILE:LINE: nfs.TYPE.config: ...`).  An NF type nobody here
+can check (not installed, or third-party without `check_config`) is a
+warning in `Topology.warnings`, not an error.
+
 This module does not place chains or build routes: it only makes sure that
 what `controller.placement` and `controller.fabric` receive makes sense.
 """
@@ -26,19 +33,18 @@ import yaml
 
 from contracts.model import (FIRST_NODE_LABEL, FIRST_SPI, MAX_LABEL, Chain,
                               Edge, Host, Link, NFType, Switch, Topology)
-from contracts.plan import MAC_RE, PlanError, check_match
+from contracts.validate import ValidationError, already_used, check_mac, key_path
+from controller.chains import Other, Scope, check_clashes, check_fields
+from nfs.api import NFConfigError
+from nfs.configs import NotCheckable, check_config, instance_config
 
 MAX_DPID = (1 << 64) - 1
 MAX_PORT = 0xFFFFFF00          # OFPP_MAX: ports above are reserved
 
 
-class TopologyError(ValueError):
+class TopologyError(ValidationError):
     """A topology that cannot be used.  `.errors` lists every problem, each
     as `FILE:LINE: message`; str() joins them with newlines."""
-
-    def __init__(self, errors):
-        self.errors = list(errors)
-        super().__init__("\n".join(self.errors))
 
 
 # --- YAML with line numbers ------------------------------------------------
@@ -188,9 +194,13 @@ class _Checker:
     def __init__(self, source):
         self.source = source
         self.errors: List[Tuple[int, str]] = []
+        self.warnings: List[str] = []
 
     def error(self, line, message):
         self.errors.append((line, message))
+
+    def warn(self, line, message):
+        self.warnings.append(f"{self.source}:{line}: warning: {message}")
 
     def fields(self, raw, spec, what, line):
         """Reports unknown keys, missing keys and wrong types, all of them;
@@ -258,8 +268,8 @@ class _Ports:
     def take(self, switch, port, user, line):
         prev = self.used.get((switch, port))
         if prev is not None:
-            self.ck.error(line, f"{user}: port {switch}:{port} is already used "
-                                f"by {prev[0]} (line {prev[1]})")
+            self.ck.error(line, f"{user}: " + already_used(
+                f"port {switch}:{port}", prev[0], prev[1]))
             return False
         self.used[(switch, port)] = (user, line)
         return True
@@ -280,8 +290,8 @@ class _Names:
         name = f["name"]
         if name in self.seen:
             prev_noun, prev_line = self.seen[name]
-            self.ck.error(line, f"{noun} {name}: name already used by "
-                                f"{prev_noun} {name} (line {prev_line})")
+            self.ck.error(line, f"{noun} {name}: " + already_used(
+                f"name {name}", f"{prev_noun} {name}", prev_line))
             return False
         self.seen[name] = (noun, line)
         return True
@@ -327,8 +337,7 @@ def _check_dpid(ck, item, f, line, what, dpids):
         ck.error(dline, f"{what}: dpid must be 1..2^64-1, not {dpid}")
         return False
     if dpid in dpids:
-        ck.error(dline, f"{what}: dpid {dpid:#x} is already used by "
-                        f"{dpids[dpid][0]} (line {dpids[dpid][1]})")
+        ck.error(dline, f"{what}: " + already_used(f"dpid {dpid:#x}", *dpids[dpid]))
         return False
     dpids[dpid] = (what, dline)
     return True
@@ -348,18 +357,14 @@ def _check_mac(ck, item, f, line, what, macs):
     if "mac" not in f:
         return False
     mac, mline = f["mac"], _line_of(item, "mac", line)
-    if not MAC_RE.match(mac):
-        ck.error(mline, f"{what}: mac must look like 02:00:00:00:00:01, "
-                        f"not {mac!r}")
-        return False
-    if int(mac[:2], 16) & 1:
-        ck.error(mline, f"{what}: mac {mac} is a multicast address; a host "
-                        f"needs a unicast one (first octet even)")
+    try:
+        check_mac(mac, unicast=True)
+    except ValueError as err:
+        ck.error(mline, f"{what}: mac {err}")
         return False
     key = mac.lower()
     if key in macs:
-        ck.error(mline, f"{what}: mac {mac} is already used by "
-                        f"{macs[key][0]} (line {macs[key][1]})")
+        ck.error(mline, f"{what}: " + already_used(f"mac {mac}", *macs[key]))
         return False
     macs[key] = (what, mline)
     return True
@@ -379,8 +384,7 @@ def _check_ip(ck, item, f, line, what, ips):
         ck.error(iline, f"{what}: ip {ip!r} is not an interface address: {err}")
         return False
     if iface.ip in ips:
-        ck.error(iline, f"{what}: address {iface.ip} is already used by "
-                        f"{ips[iface.ip][0]} (line {ips[iface.ip][1]})")
+        ck.error(iline, f"{what}: " + already_used(f"address {iface.ip}", *ips[iface.ip]))
         return False
     ips[iface.ip] = (what, iline)
     return True
@@ -392,8 +396,7 @@ def _check_label(ck, seen, value, line, what, key, noun):
                        f"(MPLS labels 0..15 are reserved), not {value}")
         return False
     if value in seen:
-        ck.error(line, f"{what}: {noun} {value} is already used by "
-                       f"{seen[value][0]} (line {seen[value][1]})")
+        ck.error(line, f"{what}: " + already_used(f"{noun} {value}", *seen[value]))
         return False
     seen[value] = (what, line)
     return True
@@ -502,6 +505,24 @@ def _check_config(ck, entry, f, line, what, base_dir):
     return False, None
 
 
+def _check_nf_config(ck, name, config, line):
+    """The NF's config as an agent will hand it to the NF (nfs.configs:
+    the very parser the NF's constructor calls): what it refuses, validate
+    refuses, each problem after `nfs.NAME.config:`."""
+    where = f"nfs.{name}.config"
+    try:
+        check_config(name, instance_config(config))
+    except NotCheckable as why:
+        ck.warn(line, f"{where}: not checked: {why}")
+    except (NFConfigError, ValueError) as err:
+        if config is None:
+            where += f": missing, and {name} cannot start without one"
+        for problem in str(err).splitlines():
+            ck.error(line, f"{where}: {problem}")
+        return False
+    return True
+
+
 def _parse_catalog(ck, raw, line, base_dir):
     catalog = {}
     for name, entry in (raw or {}).items():
@@ -516,94 +537,53 @@ def _parse_catalog(ck, raw, line, base_dir):
         ok = ck.positive(entry, f, "cores", eline, what)
         ok &= ck.positive(entry, f, "mpps", eline, what)
         found, config = _check_config(ck, entry, f, eline, what, base_dir)
+        if found:
+            found = _check_nf_config(ck, name, config,
+                                     _line_of(entry, "config", eline))
         if ok and found and f.complete:
             catalog[name] = NFType(name, f["cores"], float(f["mpps"]), config)
     return catalog
 
 
-def _check_chain_match(ck, item, f, line, what):
-    """check_match stops at its first error: feed it one key at a time so
-    every bad field is reported, each at its own line."""
-    if "match" not in f:
-        return False
-    match, mline = f["match"], _line_of(item, "match", line)
-    if not match:
-        ck.error(mline, f"{what}: match must name at least one field")
-        return False
-    ok = True
-    for key, value in match.items():
+def _path_line(item, path, line):
+    """The line of a key path inside an item (the deepest one known)."""
+    node = item
+    for key in path:
+        line = _line_of(node, key, line)
         try:
-            check_match({key: value}, "match")
-        except PlanError as err:
-            ck.error(_line_of(match, key, mline), f"{what}: {err}")
-            ok = False
-    return ok
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+    return line
 
 
-def _check_chain_ends(ck, item, f, line, what, edge_names, end_names):
-    ok = True
-    if "ingress" in f and f["ingress"] not in edge_names:
-        ck.error(_line_of(item, "ingress", line),
-                 f"{what}: ingress {f['ingress']!r} is not an edge; traffic "
-                 f"enters the fabric only at edges")
-        ok = False
-    if "egress" in f and f["egress"] not in end_names:
-        ck.error(_line_of(item, "egress", line),
-                 f"{what}: egress {f['egress']!r} is neither a host nor an edge")
-        ok = False
-    return ok
+def _chain_report(ck, item, line, what):
+    """controller.chains reports by key path; here that is FILE:LINE (the
+    line of the key) and `chain NAME: KEY: message`."""
+    def report(path, message):
+        where = f"{what}: {key_path(*path)}" if path else what
+        ck.error(_path_line(item, path, line), f"{where}: {message}")
+    return report
 
 
-def _check_chain_nfs(ck, item, f, line, what, catalog_names):
-    if "nfs" not in f:
-        return False
-    nfs, ok = f["nfs"], True
-    for j, nf in enumerate(nfs):
-        if nf not in catalog_names:
-            ck.error(_line_of(nfs, j, _line_of(item, "nfs", line)),
-                     f"{what}: NF type {nf!r} is not in the catalog "
-                     f"(nfs: {', '.join(sorted(catalog_names)) or 'empty'})")
-            ok = False
-    if len(nfs) > 255:
-        ck.error(_line_of(item, "nfs", line),
-                 f"{what}: at most 255 NFs fit in the service index")
-        ok = False
-    return ok
-
-
-def _parse_chains(ck, raw, names, catalog_names):
-    chains, spis, chain_names, classifiers = [], {}, {}, {}
-    edge_names = names.of("edge")
-    end_names = edge_names | names.of("host")
+def _parse_chains(ck, raw, scope):
+    chains, others, chain_names = [], [], {}
     for i, line, item, what, f in ck.items(raw, "chains", _CHAIN, "chain"):
+        report = _chain_report(ck, item, line, what)
         ok = True
         if "name" in f:
             if f["name"] in chain_names:
-                ck.error(line, f"{what}: chain name already used (line "
-                               f"{chain_names[f['name']]})")
+                ck.error(line, f"{what}: " + already_used(
+                    f"name {f['name']}", f"chain {f['name']}", chain_names[f["name"]]))
                 ok = False
             chain_names.setdefault(f["name"], line)
-        ok &= _check_chain_ends(ck, item, f, line, what, edge_names, end_names)
-        ok &= _check_chain_nfs(ck, item, f, line, what, catalog_names)
-        ok &= _check_chain_match(ck, item, f, line, what)
-        ok &= ck.positive(item, f, "mpps", line, what)
-        spi = f.get("spi")
-        if spi is None and "spi" not in item:
-            spi = FIRST_SPI + i
-        if spi is not None:
-            ok &= _check_label(ck, spis, spi, _line_of(item, "spi", line),
-                               what, "spi", "SPI")
+        ok &= check_fields(f, scope, report)
+        spi = FIRST_SPI + i if f.get("spi") is None else f["spi"]
         if not (ok and f.complete):
             continue
-        key = (f["ingress"], tuple(sorted((k, str(v))
-                                          for k, v in f["match"].items())))
-        if key in classifiers:
-            ck.error(_line_of(item, "match", line),
-                     f"{what}: same ingress and match as {classifiers[key][0]} "
-                     f"(line {classifiers[key][1]}); the edge switch could not "
-                     f"tell them apart")
+        if not check_clashes(f["name"], f["ingress"], f["match"], spi, others, report):
             continue
-        classifiers[key] = (what, line)
+        others.append(Other(f["name"], f["ingress"], dict(f["match"]), spi, line))
         chains.append(Chain(f["name"], f["ingress"], f["egress"],
                             dict(f["match"]), tuple(f["nfs"]), float(f["mpps"]),
                             spi))
@@ -700,8 +680,10 @@ def parse_topology(text, source="<memory>") -> Topology:
     catalog = _parse_catalog(ck, top.get("nfs"), _line_of(data, "nfs", 1),
                              base_dir)
     # A catalog entry with a bad field is reported there, not again per chain.
-    catalog_names = set(top.get("nfs") or ())
-    chains = _parse_chains(ck, top.get("chains", ()), names, catalog_names)
+    edge_names = frozenset(names.of("edge"))
+    scope = Scope(top.get("name", "?"), edge_names, edge_names | names.of("host"),
+                  frozenset(top.get("nfs") or ()))
+    chains = _parse_chains(ck, top.get("chains", ()), scope)
     if "hosts" in top and not top["hosts"]:
         ck.error(_line_of(data, "hosts", 1), "topology: needs at least one host")
     if not ck.errors:
@@ -711,7 +693,8 @@ def parse_topology(text, source="<memory>") -> Topology:
                         _line_of(data, "chains", 1))
     _raise_if_errors(ck)
     return Topology(top["name"], tuple(switches), tuple(hosts), tuple(links),
-                    tuple(edges), catalog, tuple(chains), source)
+                    tuple(edges), catalog, tuple(chains), source,
+                    warnings=tuple(ck.warnings))
 
 
 def _raise_if_errors(ck):
@@ -838,5 +821,7 @@ def cli_validate(args) -> int:
         for line in err.errors:
             print(line, file=sys.stderr)
         return 1
+    for line in topo.warnings:
+        print(line, file=sys.stderr)
     print(summary(topo))
     return 0

@@ -37,7 +37,7 @@ from nfs.nfutil cimport l4_offset
 import ipaddress
 import logging
 
-from nfs import nfconfig
+from nfs.configs import parse_ddos as parse_config
 
 log = logging.getLogger("onvm.nf.ddos")
 
@@ -117,18 +117,6 @@ cdef void ddos_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
         report(src, reason, <double>t.hold / rte_get_tsc_hz())
         t.dropped += 1
         meta.action = ONVM_ACTION_DROP
-
-
-def parse_config(config):
-    chk = nfconfig.Checker("ddos", config)
-    v = chk.take({"window": (1.0, nfconfig.positive), "syn_threshold": (200, nfconfig.positive_int),
-                  "packet_threshold": (100000, nfconfig.positive_int), "hold": (10, nfconfig.positive),
-                  "depth": (4, nfconfig.positive_int), "width": (8192, nfconfig.positive_int),
-                  "max_blocked": (65536, nfconfig.positive_int)})
-    if v["depth"] > 16:
-        chk.error(["depth"], f"at most 16 rows, got {v['depth']}")
-    chk.done()
-    return v
 
 
 cdef class DDoSFilter(NativeNF):

@@ -12,7 +12,7 @@ from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta, onvm_meta_of,
     ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES)
 from host_agent.includes.rte_acl cimport rte_acl_classify
 
-from nfs.fwrules import load_rules
+from nfs.configs import parse_firewall_rules
 
 DEF BURST_MAX = 64
 
@@ -136,7 +136,7 @@ cdef class Firewall(NativeNF):
     """Config: {"rules": PATH} or {"rules_text": TEXT}."""
 
     def __init__(self, config=None):
-        self.ruleset = RuleSet(*load_rules(dict(config or {})))
+        self.ruleset = RuleSet(*parse_firewall_rules(config))
         self.fw.rs = &self.ruleset.rs
         self.batch_fn = fw_batch
         self.batch_ctx = <void *>&self.fw

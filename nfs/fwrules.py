@@ -17,7 +17,8 @@ packets no rule matches; it is deny when absent.  Errors are
 import dataclasses
 import ipaddress
 
-from nfs.api import NFConfigError, rule_text
+from nfs.api import rule_text
+from nfs.nfconfig import collector
 
 PROTOS = {"any": None, "icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
 PORT_PROTOS = (6, 17, 132)
@@ -56,7 +57,7 @@ def _net(word):
 
 def parse_rules(text, source="<rules>"):
     """Returns (rules, default_allow); raises NFConfigError with every error."""
-    rules, errors, default = [], [], False
+    rules, errors, default = [], collector(), False
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -65,44 +66,43 @@ def parse_rules(text, source="<rules>"):
         where = f"{source}:{lineno}"
         if words[0] == "default":
             if len(words) != 2 or words[1] not in ("allow", "deny"):
-                errors.append(f"{where}: default takes allow or deny, got {' '.join(words[1:])!r}")
+                errors.add(where, f"default takes allow or deny, got {' '.join(words[1:])!r}")
             else:
                 default = words[1] == "allow"
             continue
         if words[0] not in ("allow", "deny"):
-            errors.append(f"{where}: action must be allow, deny or default, not {words[0]!r}")
+            errors.add(where, f"action must be allow, deny or default, not {words[0]!r}")
             continue
         if len(words) not in (4, 6):
-            errors.append(f"{where}: expected 'ACTION PROTO SRC DST [SPORT DPORT]', got {len(words)} fields")
+            errors.add(where, f"expected 'ACTION PROTO SRC DST [SPORT DPORT]', got {len(words)} fields")
             continue
         try:
             proto = int(words[1]) if words[1].isdigit() else PROTOS[words[1]]
             if proto is not None and not 0 <= proto <= 255:
                 raise ValueError(f"protocol number {proto} is not 0-255")
         except KeyError:
-            errors.append(f"{where}: unknown protocol {words[1]!r}; use {', '.join(PROTOS)} or a number")
+            errors.add(where, f"unknown protocol {words[1]!r}; use {', '.join(PROTOS)} or a number")
             continue
         except ValueError as err:
-            errors.append(f"{where}: {err}")
+            errors.add(where, f"{err}")
             continue
         try:
             src, dst = _net(words[2]), _net(words[3])
         except ValueError as err:
-            errors.append(f"{where}: bad address: {err}")
+            errors.add(where, f"bad address: {err}")
             continue
         sport = dport = (0, 65535)
         if len(words) == 6:
             if proto not in PORT_PROTOS and words[4:] != ["any", "any"]:
-                errors.append(f"{where}: ports need tcp, udp or sctp, not {words[1]}")
+                errors.add(where, f"ports need tcp, udp or sctp, not {words[1]}")
                 continue
             try:
                 sport, dport = _ports(words[4]), _ports(words[5])
             except ValueError as err:
-                errors.append(f"{where}: {err}")
+                errors.add(where, f"{err}")
                 continue
         rules.append(Rule(words[0] == "allow", proto, src, dst, sport, dport, lineno, line))
-    if errors:
-        raise NFConfigError("\n".join(errors))
+    errors.raise_if_any()
     return rules, default
 
 

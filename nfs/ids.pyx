@@ -42,9 +42,8 @@ from nfs.hyperscan cimport *
 import json
 import logging
 
-from nfs import nfconfig
 from nfs.api import NFConfigError
-from nfs.idsrules import load_rules
+from nfs.configs import parse_ids
 
 log = logging.getLogger("onvm.nf.ids")
 
@@ -289,13 +288,7 @@ cdef class IDS(NativeNF):
         memset(&self.s, 0, sizeof(ids_t))
 
     def __init__(self, config=None):
-        config = dict(config or {})
-        chk = nfconfig.Checker("ids", {k: v for k, v in config.items()
-                                       if k not in ("rules", "rules_text")})
-        v = chk.take({"alerts": (None, str), "flow_timeout": (120, nfconfig.positive),
-                      "max_flows": (65536, nfconfig.positive_int)})
-        chk.done()
-        rules, source = load_rules(config)
+        v, rules, source = parse_ids(config)
         self.rules = rules
         self._compile(rules, source)
         self._tables(rules, v)

@@ -18,7 +18,9 @@ import dataclasses
 import ipaddress
 import re
 
-from nfs.api import NFConfigError, rule_text
+from contracts.validate import already_used
+from nfs.api import rule_text
+from nfs.nfconfig import collector
 
 PROTOS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17}
 KEPT_OPTIONS = ("rev", "classtype")
@@ -221,7 +223,7 @@ def _options(rule, pairs):
 
 def parse_rules(text, source="<rules>"):
     """[Rule]; raises NFConfigError listing every error as FILE:LINE: message."""
-    rules, errors, sids = [], [], {}
+    rules, errors, sids = [], collector(), {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -229,17 +231,17 @@ def parse_rules(text, source="<rules>"):
         try:
             rule = parse_rule(line, lineno)
         except RuleError as err:
-            errors.append(f"{source}:{lineno}: {err}")
+            errors.add(f"{source}:{lineno}", str(err))
             continue
         if rule.sid in sids:
-            errors.append(f"{source}:{lineno}: sid {rule.sid} is already used at line {sids[rule.sid]}")
+            errors.add(f"{source}:{lineno}", already_used(f"sid {rule.sid}", "another rule",
+                                                          sids[rule.sid]))
             continue
         sids[rule.sid] = lineno
         rules.append(rule)
     if not rules and not errors:
-        errors.append(f"{source}: no rules")
-    if errors:
-        raise NFConfigError("\n".join(errors))
+        errors.add(source, "no rules")
+    errors.raise_if_any()
     return rules
 
 

@@ -41,6 +41,7 @@ import logging
 import zlib
 
 from nfs import nfconfig
+from nfs.configs import parse_lb as parse_config  # noqa: F401  (checked without DPDK too)
 from nfs.api import NFConfigError
 
 log = logging.getLogger("onvm.nf.lb")
@@ -158,60 +159,6 @@ cdef uint16_t *maglev_table(list backends, uint32_t m) except NULL:
                     break
     free(taken); free(offset); free(skip); free(nxt); free(slots)
     return table
-
-
-def _is_prime(n):
-    if n < 2:
-        return False
-    i = 2
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 1
-    return True
-
-
-def _table_size(value):
-    value = nfconfig.positive_int(value)
-    if not _is_prime(value) or value > 65537 or value < 7:
-        raise ValueError(f"must be a prime between 7 and 65537 (Maglev), got {value}")
-    return value
-
-
-def _check_backend(chk, i, b):
-    spec = {"name": (nfconfig.REQUIRED, str), "ip": (nfconfig.REQUIRED, nfconfig.ipv4),
-            "mac": (nfconfig.REQUIRED, nfconfig.mac)}
-    return chk.take(spec, b, ("backends", i))
-
-
-def parse_config(config):
-    """Checked lb config: (values, [(name, ip, mac bytes)])."""
-    chk = nfconfig.Checker("lb", config)
-    v = chk.take({
-        "vip": (None, nfconfig.ipv4), "backends": ([], list),
-        "table_size": (65537, _table_size), "out_port": (None, _port),
-        "flow_timeout": (300, nfconfig.positive), "max_flows": (65536, nfconfig.positive_int),
-    })
-    backends, names = [], set()
-    for i, b in enumerate(v["backends"] or []):
-        if not isinstance(b, dict):
-            chk.error(["backends", i], f"must be a mapping {{name, ip, mac}}, got {b!r}")
-            continue
-        b = _check_backend(chk, i, b)
-        if b["name"] in names:
-            chk.error(["backends", i, "name"], f"backend {b['name']!r} is named twice")
-        names.add(b["name"])
-        backends.append((b["name"], b["ip"], b["mac"]))
-    if len(backends) > MAX_BACKENDS:
-        chk.error(["backends"], f"at most {MAX_BACKENDS} backends")
-    chk.done()
-    return v, backends
-
-
-def _port(value):
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 65536:
-        raise ValueError(f"must be a port id 0-65535, got {value!r}")
-    return value
 
 
 cdef class LoadBalancer(NativeNF):

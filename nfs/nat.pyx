@@ -34,12 +34,11 @@ from nfs.nfutil cimport rd16, rd32, l4_offset, set_ip, set_port, csum_fix16, wr1
 import ipaddress
 import logging
 
-from nfs import nfconfig
+from nfs.configs import NAT_PROTO_NAMES as PROTO_NAMES, parse_nat as parse_config
 from nfs.api import NFConfigError
 
 log = logging.getLogger("onvm.nf.nat")
 
-PROTO_NAMES = ("tcp", "udp", "icmp")
 PROTO_NUMBERS = (6, 17, 1)
 
 
@@ -198,33 +197,6 @@ cdef void nat_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
             ok = outbound(t, d, length, l3, l4, pi, now)
         if not ok:
             meta.action = ONVM_ACTION_DROP
-
-
-def _port_range(value):
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(p, int) and not isinstance(p, bool) for p in value)
-            or not 1 <= value[0] <= value[1] <= 65535):
-        raise ValueError(f"must be [LOW, HIGH] within 1-65535, got {value!r}")
-    return value
-
-
-def parse_config(config):
-    chk = nfconfig.Checker("nat", config)
-    v = chk.take({
-        "external_ip": (nfconfig.REQUIRED, nfconfig.ipv4),
-        "internal": (nfconfig.REQUIRED, nfconfig.ipv4_net),
-        "port_range": ([1024, 65535], _port_range),
-        "timeouts": ({}, dict),
-        "max_mappings": (65536, nfconfig.positive_int),
-    })
-    timeouts = chk.take({name: (default, nfconfig.positive) for name, default
-                         in zip(PROTO_NAMES, (7440, 300, 60))}, v["timeouts"] or {}, ("timeouts",))
-    if v["external_ip"] and v["internal"] and \
-            ipaddress.IPv4Address(v["external_ip"]) in ipaddress.IPv4Network(v["internal"]):
-        chk.error(["external_ip"], f"{v['external_ip']} is inside the internal network {v['internal']}")
-    chk.done()
-    v["timeouts"] = timeouts
-    return v
 
 
 cdef class NAT(NativeNF):

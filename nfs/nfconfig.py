@@ -11,6 +11,7 @@ import ipaddress
 
 import yaml
 
+from contracts.validate import Errors, check_mac
 from nfs.api import NFConfigError
 
 
@@ -67,15 +68,21 @@ def read(nf, config):
     return values, _Where(path, lines)
 
 
+def collector():
+    """A contracts.validate.Errors whose raise_if_any() raises one
+    NFConfigError with every error, one a line."""
+    return Errors(lambda errors: NFConfigError("\n".join(errors)))
+
+
 class Checker:
     """Collects every error of one config; `done()` raises them at once."""
 
     def __init__(self, nf, config):
         self.values, self.where = read(nf, config)
-        self.errors = []
+        self.errors = collector()
 
     def error(self, path, message):
-        self.errors.append(f"{self.where(path)}: {message}")
+        self.errors.add(self.where(path), message)
 
     def take(self, spec, values=None, path=()):
         """Checked values of a mapping: spec = {key: (default, check)};
@@ -84,7 +91,7 @@ class Checker:
         out = {}
         for key in values:
             if key not in spec:
-                self.error(list(path) + [key], f"unknown key; known: {', '.join(sorted(spec))}")
+                self.error(list(path) + [key], f"unknown key; known: {', '.join(sorted(spec)) or 'none'}")
         for key, (default, check) in spec.items():
             if key not in values:
                 if default is REQUIRED:
@@ -99,8 +106,7 @@ class Checker:
         return out
 
     def done(self):
-        if self.errors:
-            raise NFConfigError("\n".join(self.errors))
+        self.errors.raise_if_any()
 
 
 REQUIRED = object()
@@ -133,13 +139,8 @@ def ipv4_net(value):
 
 
 def mac(value):
-    parts = str(value).split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise ValueError(f"must be a MAC address like 02:00:00:00:00:01, got {value!r}")
-    try:
-        return bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise ValueError(f"must be a MAC address like 02:00:00:00:00:01, got {value!r}") from None
+    """The MAC as 6 bytes (contracts.validate.check_mac, the one MAC check)."""
+    return check_mac(value)
 
 
 def boolean(value):

@@ -27,7 +27,7 @@ from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
 from host_agent.fastpath cimport NativeNF
 from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
 
-from nfs import nfconfig
+from nfs.configs import parse_ratelimit as parse_config
 
 DEF MAX_CHAINS = 64
 
@@ -106,31 +106,6 @@ cdef void rl_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
                 cb.dropped += 1
             rl.proto.dropped += 1
             meta.action = ONVM_ACTION_DROP
-
-
-def _limit(chk, values, path):
-    return chk.take({"rate": (nfconfig.REQUIRED, nfconfig.positive),
-                     "burst": (nfconfig.REQUIRED, nfconfig.positive_int)}, values, path)
-
-
-def parse_config(config):
-    chk = nfconfig.Checker("ratelimit", config)
-    v = chk.take({"rate": (nfconfig.REQUIRED, nfconfig.positive),
-                  "burst": (nfconfig.REQUIRED, nfconfig.positive_int),
-                  "chains": ({}, dict), "max_sources": (65536, nfconfig.positive_int)})
-    chains = {}
-    for spi, limit in (v["chains"] or {}).items():
-        if isinstance(spi, bool) or not str(spi).isdigit() or not 16 <= int(spi) < 2 ** 20:
-            chk.error(["chains", spi], "a chain is named by its SPI, 16 .. 2^20-1")
-        elif not isinstance(limit, dict):
-            chk.error(["chains", spi], f"must be {{rate, burst}}, got {limit!r}")
-        else:
-            chains[int(spi)] = _limit(chk, limit, ("chains", str(spi)))
-    if len(chains) > MAX_CHAINS:
-        chk.error(["chains"], f"at most {MAX_CHAINS} chains")
-    chk.done()
-    v["chains"] = chains
-    return v
 
 
 cdef void _set(bucket_t *b, double rate, uint64_t burst, uint64_t hz, uint64_t now):

@@ -28,11 +28,9 @@ from nfs.firewall cimport RuleSet, ruleset_t, ruleset_decide
 from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
 from nfs.nfutil cimport l4_offset, proto_slot
 
-from nfs import nfconfig
-from nfs.fwrules import load_rules
+from nfs.configs import STATEFUL_TIMEOUT_KEYS as TIMEOUT_KEYS, parse_stateful as parse_config
 
 DEF BURST_MAX = 64
-TIMEOUT_KEYS = ("tcp", "udp", "icmp", "other", "closing")
 
 
 cdef struct sfw_t:
@@ -99,21 +97,6 @@ cdef void sfw_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
                 fw.dropped += 1
                 onvm_meta_of(pkts[done + i]).action = ONVM_ACTION_DROP
         done += chunk
-
-
-def parse_config(config):
-    """(firewall rules, default_allow, checked own keys)."""
-    config = dict(config or {})
-    own = {k: config.pop(k) for k in ("timeouts", "max_connections", "stateful") if k in config}
-    chk = nfconfig.Checker("firewall-stateful", own)
-    v = chk.take({"timeouts": ({}, dict), "max_connections": (65536, nfconfig.positive_int),
-                  "stateful": (True, nfconfig.boolean)})
-    v["timeouts"] = chk.take({k: (d, nfconfig.positive) for k, d in
-                              zip(TIMEOUT_KEYS, (300, 60, 30, 60, 10))},
-                             v["timeouts"] or {}, ("timeouts",))
-    chk.done()
-    rules, default_allow = load_rules(config)
-    return rules, default_allow, v
 
 
 cdef class StatefulFirewall(NativeNF):

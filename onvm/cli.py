@@ -84,6 +84,13 @@ def build_parser():
                    metavar="CHAIN=MPPS@SECONDS")
     e.set_defaults(run=_handler("onvm.emulate:cli_emulate"))
 
+    st = sub.add_parser("status", help="the running cluster as the store sees it")
+    st.add_argument("--store", required=True, help="etcd URL(s), as for the controller")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", type=float, nargs="?", const=2.0, default=None,
+                    metavar="SECONDS", help="refresh every SECONDS (default 2) until ^C")
+    st.set_defaults(run=_handler("onvm.status:cli_status"))
+
     d = sub.add_parser("demo", help="the demo `make demo` runs")
     d.add_argument("--seconds", type=float, default=None)
     d.set_defaults(run=_handler("onvm.demo:cli_demo"))
@@ -102,6 +109,11 @@ def build_parser():
     bp = bsub.add_parser("placement", help="placement quality and speed")
     bp.add_argument("--json", action="store_true")
     bp.set_defaults(run=_handler("controller.bench:cli_bench_placement"))
+    bc = bsub.add_parser("controller", help="the controller's decisions, no switches: "
+                         "full compile, one host lost, a second of stats")
+    bc.add_argument("--topology", required=True)
+    bc.add_argument("--json", action="store_true")
+    bc.set_defaults(run=_handler("controller.bench:cli_bench_controller"))
     bo = bsub.add_parser("failover", help="host failure on the leaf-spine")
     bo.add_argument("--topology", default="topologies/leaf-spine.yaml")
     bo.add_argument("--json", action="store_true")

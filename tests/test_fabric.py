@@ -129,3 +129,29 @@ def test_cut_off_places_have_no_distance(missing, want):
     d = fabric.hop_distances(cut, ["h0", "h2"])
     assert d.get(("h0", "h2")) == want
     assert fabric.ecmp_ports(cut, "s2", "h0") == (() if want is None else (10,))
+
+
+def _ecmp_cases():
+    for small in atlas(6):
+        g = fabric.build_graph(topo_from_graph(small))
+        yield g
+        for link in list(g.edges())[:2]:
+            if all(g.nodes[n]["kind"] == "switch" for n in link):
+                yield fabric.graph_without(g, link)
+    yield fabric.build_graph(topogen.fat_tree(4))
+    yield fabric.build_graph(topogen.leaf_spine(2, 4, 2))
+    yield fabric.graph_without(fabric.build_graph(topogen.fat_tree(4)), "pod1-agg1")
+
+
+def test_ecmp_tables_equal_ecmp_table_for_every_target():
+    """The fast all-targets computation gives, target by target, exactly
+    the readable single-target definition (cut links and switches too)."""
+    checked = 0
+    for g in _ecmp_cases():
+        targets = sorted(n for n, d in g.nodes(data=True) if d["kind"] != "switch")
+        together = fabric.ecmp_tables(g, targets)
+        assert sorted(together) == targets
+        for target in targets:
+            assert together[target] == fabric.ecmp_table(g, target), target
+            checked += 1
+    assert checked > 1000

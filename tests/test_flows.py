@@ -39,8 +39,8 @@ edges:
   - {name: internet, switch: spine1, port: 10}
   - {name: campus, switch: leaf1, port: 9}
 nfs:
-  firewall: {cores: 1, mpps: 8}
-  ids: {cores: 1, mpps: 4}
+  firewall: {cores: 1, mpps: 8, config: generic-fw.rules}
+  ids: {cores: 1, mpps: 4, config: generic-ids.rules}
   monitor: {cores: 1, mpps: 14}
 chains:
   - name: web
@@ -397,3 +397,165 @@ def test_diff_groups():
     g = lambda gid: flows.GroupSpec(gid, "select", (flows.Bucket(1, (("output", 1),)),))
     result = diff_groups([g(16), g(17)], [17, 99])
     assert result == ([g(16)], [g(17)], [99])
+
+
+# ------------------------------------------------------------ fail-closed
+
+def _chain_drops(rules):
+    return [f for f in rules.flows if f.kind == "chain_drop"]
+
+
+def _to_a_host(dst, dport, host):
+    """A chain packet addressed (at L2) to a host: what plain forwarding
+    would deliver if the chain's classifier were missing."""
+    return dict(tcp_packet(dst, dport), eth_dst=host.mac)
+
+
+@pytest.mark.parametrize("groups", [{"mail": [("h1", 1.0)]},
+                                    {"mail": [("h1", 1.0)], "web": []}],
+                         ids=["absent", "no-hosts"])
+def test_a_chain_without_placed_nfs_is_dropped_at_its_ingress(topo, graph, groups):
+    rules = switch_rules(topo, graph, groups)
+    fabric = FabricSim(topo, rules)
+    spine1 = topo.switch("spine1")
+    drops = _chain_drops(rules[spine1.dpid])
+    assert [dict(d.match)["in_port"] for d in drops] == [topo.edge("internet").port]
+    assert drops[0].actions == () and drops[0].goto is None
+    assert flows.cookie_kind(drops[0].cookie) == "chain_drop"
+    assert not [f for f in rules[spine1.dpid].flows if f.kind == "classifier"]
+    h4 = topo.host("h4")
+    for sport in range(1000, 1050):
+        packet = dict(_to_a_host("10.0.1.9", 80, h4), tcp_src=sport)
+        trace = []
+        assert fabric.switches["spine1"].process(packet, topo.edge("internet").port,
+                                                 trace) == []
+        assert rule_kinds(trace) == ["chain_drop"]
+        assert fabric.from_edge("internet", packet) == []
+    # traffic in no chain still reaches h4, and the placed chain its NF host
+    exits = fabric.from_edge("internet", _to_a_host("10.0.1.9", 443, h4))
+    assert [(e.kind, e.name) for e in exits] == [("host", "h4")]
+    exits = fabric.from_edge("campus", tcp_packet("10.0.2.3", 25))
+    assert [(e.kind, e.name) for e in exits] == [("host", "h1")]
+
+
+def test_the_drop_takes_the_classifiers_place_and_leaves_with_placement(topo, graph):
+    unplaced = switch_rules(topo, graph, {})
+    placed = switch_rules(topo, graph, INGRESS)
+    for sw in topo.switches:
+        drops = {f.key for f in _chain_drops(unplaced[sw.dpid])}
+        classifiers = {f.key for f in placed[sw.dpid].flows if f.kind == "classifier"}
+        assert drops == classifiers, sw.name
+        assert not _chain_drops(placed[sw.dpid])
+    # a resync from one to the other replaces the rule in place (same key)
+    spine1 = topo.switch("spine1").dpid
+    adds, deletes = diff(placed[spine1].flows,
+                         [_as_actual(s) for s in unplaced[spine1].flows])
+    assert any(a.kind == "classifier" for a in adds)
+    assert not any(d.key in {f.key for f in _chain_drops(unplaced[spine1])} for d in deletes)
+
+
+def test_a_chain_without_nfs_has_nothing_to_skip_and_stays_plain(topo, graph):
+    bare = topo.with_chains([topo.chain("web").__class__(
+        name="bare", ingress="internet", egress="h4",
+        match={"ipv4_dst": "10.0.1.0/24"}, nfs=(), mpps=0.1, spi=50)])
+    rules = switch_rules(bare, graph, {})
+    assert not [f for r in rules.values() for f in r.flows
+                if f.kind in ("chain_drop", "classifier")]
+
+
+def test_live_fabric_drops_a_chain_whose_first_nf_hosts_are_all_cut_off(topo):
+    from controller.livegraph import LiveFabric
+    live = LiveFabric(topo)
+    spine1 = topo.switch("spine1").dpid
+    h3, h5, h4 = topo.host("h3"), topo.host("h5"), topo.host("h4")
+    assert not _chain_drops(live.rules(topo, INGRESS)[spine1])
+    live.port_status(h3.switch, h3.port, False, "link down")
+    assert not _chain_drops(live.rules(topo, INGRESS)[spine1])
+    live.port_status(h5.switch, h5.port, False, "link down")
+    rules = live.rules(topo, INGRESS)
+    assert [dict(f.match)["in_port"] for f in _chain_drops(rules[spine1])] == \
+        [topo.edge("internet").port]
+    fabric = FabricSim(topo, rules)
+    assert fabric.from_edge("internet", _to_a_host("10.0.1.9", 80, h4)) == []
+    exits = fabric.from_edge("internet", _to_a_host("10.0.1.9", 443, h4))
+    assert [(e.kind, e.name) for e in exits] == [("host", "h4")]
+    live.port_status(h5.switch, h5.port, True, "link up")
+    assert not _chain_drops(live.rules(topo, INGRESS)[spine1])
+
+
+ONE_SWITCH = """
+name: one-switch
+switches:
+  - {name: s1, dpid: 0x301}
+hosts:
+  - {name: h1, switch: s1, port: 1, mac: "02:00:00:00:00:01", ip: 10.0.0.1/24, cores: 4}
+  - {name: h2, switch: s1, port: 2, mac: "02:00:00:00:00:02", ip: 10.0.0.2/24, cores: 4}
+edges:
+  - {name: internet, switch: s1, port: 3}
+nfs:
+  firewall: {cores: 1, mpps: 8}
+chains:
+  - name: web
+    ingress: internet
+    egress: h2
+    match: {ipv4_dst: 10.0.1.0/24, ip_proto: 6, tcp_dst: 80}
+    nfs: [firewall]
+    mpps: 1.0
+"""
+
+OFCTL_FIELDS = {"ipv4_dst": "nw_dst", "ipv4_src": "nw_src", "ip_proto": "nw_proto",
+                "eth_type": "dl_type", "eth_dst": "dl_dst"}
+
+
+def _ofctl_flow(spec):
+    """A FlowSpec of the kinds a switch without placed chains holds, in
+    ovs-ofctl's syntax (the controller sends the same through Ryu)."""
+    fields = []
+    for name, value in spec.match:
+        if isinstance(value, tuple):
+            value = "/".join(value)
+        fields.append(f"{OFCTL_FIELDS.get(name, name)}={value}")
+    actions = []
+    for action in spec.actions:
+        assert action[0] == "output", spec
+        actions.append(f"output:{action[1]}")
+    if spec.goto is not None:
+        actions.append(f"goto_table:{spec.goto}")
+    return (f"cookie={spec.cookie:#x},table={spec.table},priority={spec.priority},"
+            + ",".join(fields) + " actions=" + (",".join(actions) or "drop"))
+
+
+def test_ovs_drops_a_chain_packet_with_no_placed_nf_instead_of_forwarding_it(
+        ovs, run_prefix, tmp_path):
+    """Real OVS, the rules of a switch whose chain has no NF placed: a
+    chain packet addressed to h2 (plain L2 would deliver it) is dropped by
+    the chain_drop rule, which counts it; other traffic to h2 is delivered."""
+    topo = parse_topology(ONE_SWITCH, "test_flows.py:ONE_SWITCH")
+    rules = switch_rules(topo, build_graph(topo), {})[0x301]
+    bridge = ovs.add_bridge(run_prefix + "fc", dpid=0x301)
+    for port in (1, 2, 3):
+        name = f"{run_prefix}fc{port}"
+        ovs.vsctl("add-port", bridge, name, "--", "set", "Interface", name,
+                  "type=internal", f"ofport_request={port}")
+    flow_file = tmp_path / "flows.txt"
+    flow_file.write_text("\n".join(_ofctl_flow(f) for f in rules.flows
+                                   if f.kind != "learn") + "\n")
+    ovs.ofctl("add-flows", bridge, str(flow_file))
+    h2 = topo.host("h2")
+    packet = ("in_port=3,tcp,dl_src=02:aa:00:00:00:01,dl_dst=" + h2.mac
+              + ",nw_src=192.0.2.7,nw_dst=10.0.1.9,tcp_src=40000,tcp_dst={port}")
+    chain = ovs.appctl("ofproto/trace", bridge, packet.format(port=80))
+    assert "Datapath actions: drop" in chain, chain
+    drop = _chain_drops(rules)[0]
+    assert f"cookie {drop.cookie:#x}" in chain, chain
+    other = ovs.appctl("ofproto/trace", bridge, packet.format(port=443))
+    assert "output:2" in other and "Datapath actions: drop" not in other, other
+    # a real frame through the pipeline: the drop rule's counter counts it
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    frame = bytes(Ether(src="02:aa:00:00:00:01", dst=h2.mac)
+                  / IP(src="192.0.2.7", dst="10.0.1.9") / TCP(sport=40000, dport=80))
+    for _ in range(3):
+        ovs.ofctl("packet-out", bridge, f"in_port=3 packet={frame.hex()} actions=table")
+    counted = ovs.ofctl("dump-flows", bridge, f"cookie={drop.cookie:#x}/-1")
+    assert "n_packets=3," in counted, counted

@@ -144,7 +144,7 @@ def test_every_error_reported_and_duplicate_sid(tmp_path):
     with pytest.raises(NFConfigError) as err:
         make_nf({"nf": "ids", "config": {"rules": str(path)}})
     assert str(err.value).splitlines() == [
-        f"{path}:2: sid 7 is already used at line 1",
+        f"{path}:2: sid 7 is already used by another rule (line 1)",
         f"{path}:3: expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'"]
 
 

@@ -2,6 +2,7 @@
 walker that follows the hops host to host visits each chain's NFs in order
 and carries exactly the placement's shares."""
 import glob
+import json
 import os
 import re
 
@@ -10,7 +11,7 @@ import pytest
 from controller import placement, plans, topogen
 from controller.topology import load_topology
 from contracts.model import Chain, Edge, Host, Link, NFType, Switch, Topology
-from contracts.plan import check_plan
+from contracts.plan import PlanError, check_plan, load_plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -229,7 +230,10 @@ def start_every_nf(topo):
     for host, plan in sorted(out.items()):
         for inst in plan["instances"]:
             nf = make_nf(inst)
-            assert nf is not None, (host, inst)
+            # an NF that took its config reports counters; a rule NF has rules
+            assert isinstance(nf.counters(), dict), (host, inst)
+            if inst["nf"] in ("firewall", "ids"):
+                assert len(nf.rules) > 0, (host, inst)
             made.add(inst["nf"])
     assert made == {nf for chain in topo.chains for nf in chain.nfs}
     # every catalog type, used by a chain or not, starts from its config
@@ -255,3 +259,56 @@ def test_catalog_config_becomes_what_the_nf_takes():
     assert plans._config(NFType("lb", 1, 9.0, "/r/lb.yaml")) == {"file": "/r/lb.yaml"}
     assert plans._config(NFType("nat", 1, 9.0, "/r/NAT.JSON")) == {"file": "/r/NAT.JSON"}
     assert plans._config(NFType("monitor", 1, 9.0)) == {}
+
+
+def _good_plan():
+    return {"host": "h1", "generation": 7, "node_label": 16, "mac": "02:00:00:00:00:01",
+            "instances": [{"id": 1, "nf": "forward"}],
+            "classifiers": [{"spi": 16, "match": {"ipv4_dst": "10.0.1.0/24"}}],
+            "hops": [{"spi": 16, "si": 255, "local": 1},
+                     {"spi": 16, "si": 254, "end": {"port": 0,
+                                                    "dst_mac": "02:00:00:00:00:04"}}]}
+
+
+def test_a_plan_with_three_errors_reports_all_three_by_key_path():
+    plan = _good_plan()
+    assert check_plan(plan) is plan
+    plan["mac"] = "02:00:00:00:01"
+    plan["classifiers"][0]["match"]["tcp_dst"] = 70000
+    plan["hops"][1]["end"]["dst_mac"] = "zz"
+    with pytest.raises(PlanError) as err:
+        check_plan(plan)
+    assert err.value.errors == [
+        "plan.mac: must be a MAC address like 02:00:00:00:00:01, not '02:00:00:00:01'",
+        "plan.classifiers[0].match.tcp_dst: must be 0..65535",
+        "plan.hops[1].end.dst_mac: must be a MAC address like 02:00:00:00:00:01, not 'zz'",
+    ]
+    assert str(err.value) == "\n".join(err.value.errors)
+
+
+def test_a_plan_missing_fields_names_each_and_checks_the_rest():
+    plan = _good_plan()
+    del plan["generation"], plan["mac"]
+    plan["hops"][0]["si"] = 0
+    with pytest.raises(PlanError) as err:
+        check_plan(plan)
+    assert err.value.errors == ["plan: missing field 'generation'",
+                                "plan: missing field 'mac'",
+                                "plan.hops[0].si: must be an integer 1..255"]
+
+
+def test_a_plan_file_names_the_file_before_each_key_path(tmp_path):
+    plan = _good_plan()
+    plan["hops"][0]["local"] = 9
+    plan["instances"][0]["mode"] = "threads"
+    path = tmp_path / "h1.json"
+    path.write_text(json.dumps(plan))
+    with pytest.raises(PlanError) as err:
+        load_plan(path)
+    assert err.value.errors == [
+        f"{path}: plan.instances[0].mode: must be one of ('inline', 'process')",
+        f"{path}: plan.hops[0].local: names instance 9, which the plan does not run"]
+    path.write_text("{\n  \"host\": \n}")
+    with pytest.raises(PlanError) as err:
+        load_plan(path)
+    assert err.value.errors == [f"{path}:3: Expecting value"]

@@ -183,7 +183,7 @@ def _refused(call, manager, method, path, body=None, raw=None):
     (dict(NEW, ingress="h1"), 400, "chain.ingress: 'h1' is not an edge of topology minimal"),
     (dict(NEW, egress="nowhere"), 400, "chain.egress: 'nowhere' is neither a host nor an edge"),
     (dict(NEW, spi=5), 400, "chain.spi: must be an integer 16..1048575, not 5"),
-    (dict(NEW, spi=16), 409, "chain.spi: SPI 16 is used by chain web"),
+    (dict(NEW, spi=16), 409, "chain.spi: SPI 16 is already used by chain web"),
     (dict(NEW, name="web"), 409, "chain web exists; change it with PUT /onvm/v1/chains/web"),
     (dict(NEW, match={"ipv4_dst": "10.0.0.2/32", "ip_proto": 6, "tcp_dst": 80}), 409,
      "chain.match: same ingress and match as chain web"),

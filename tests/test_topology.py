@@ -31,7 +31,7 @@ links:
 edges:
   - {name: internet, switch: s1, port: 10}
 nfs:
-  firewall: {cores: 1, mpps: 10}
+  firewall: {cores: 1, mpps: 10, config: generic-fw.rules}
   monitor: {cores: 1, mpps: 14}
 chains:
   - {name: web, ingress: internet, egress: h2, match: {ipv4_dst: 10.0.0.2/32}, nfs: [firewall, monitor], mpps: 1.5}
@@ -88,7 +88,7 @@ CASES = [
      ["t.yaml:7: host h2: mac must be a string, not 9331200002 "
       '(quote MACs: "02:00:00:00:00:01")']),
     ("malformed-mac", {7: host2(mac='"02:00:00:00:02"')},
-     ["t.yaml:7: host h2: mac must look like 02:00:00:00:00:01, "
+     ["t.yaml:7: host h2: mac must be a MAC address like 02:00:00:00:00:01, "
       "not '02:00:00:00:02'"]),
     ("multicast-mac", {7: host2(mac='"01:00:5e:00:00:02"')},
      ["t.yaml:7: host h2: mac 01:00:5e:00:00:02 is a multicast address; a "
@@ -112,9 +112,9 @@ CASES = [
     ("dpid-zero", {4: "  - {name: s2, dpid: 0}"},
      ["t.yaml:4: switch s2: dpid must be 1..2^64-1, not 0"]),
     ("duplicate-name", {11: "  - {name: h1, switch: s1, port: 10}"},
-     ["t.yaml:11: edge h1: name already used by host h1 (line 6)",
-      "t.yaml:16: chain web: ingress 'internet' is not an edge; traffic "
-      "enters the fabric only at edges"]),
+     ["t.yaml:11: edge h1: name h1 is already used by host h1 (line 6)",
+      "t.yaml:16: chain web: ingress: 'internet' is not an edge of topology t; "
+      "traffic enters the fabric only at edges: none"]),
     ("host-on-missing-switch", {7: host2(switch="s9")},
      ["t.yaml:7: host h2: switch 's9' is not a switch of this topology"]),
     ("link-to-missing-switch",
@@ -146,14 +146,15 @@ CASES = [
      ["t.yaml:7: host h2: node label 16 is already used by host h1 (line 6)"]),
     ("duplicate-chain-name", {16: chain() + "\n" + chain(
         match="{ipv4_dst: 10.0.0.1/32}")},
-     ["t.yaml:17: chain web: chain name already used (line 16)"]),
+     ["t.yaml:17: chain web: name web is already used by chain web (line 16)"]),
     ("ingress-is-a-host", {16: chain(ingress="h1")},
-     ["t.yaml:16: chain web: ingress 'h1' is not an edge; traffic enters the "
-      "fabric only at edges"]),
+     ["t.yaml:16: chain web: ingress: 'h1' is not an edge of topology t; traffic "
+      "enters the fabric only at edges: internet"]),
     ("egress-unknown", {16: chain(egress="nowhere")},
-     ["t.yaml:16: chain web: egress 'nowhere' is neither a host nor an edge"]),
+     ["t.yaml:16: chain web: egress: 'nowhere' is neither a host nor an edge of "
+      "topology t"]),
     ("nf-not-in-catalog", {16: chain(nfs="[firewall, nat]")},
-     ["t.yaml:16: chain web: NF type 'nat' is not in the catalog (nfs: "
+     ["t.yaml:16: chain web: nfs[1]: NF type 'nat' is not in the catalog (nfs: "
       "firewall, monitor)"]),
     ("empty-nf-list", {16: chain(nfs="[]")},
      ["t.yaml:16: chain web: nfs must be a list of names, not []"]),
@@ -162,27 +163,33 @@ CASES = [
       "eth_type, ip_proto, ipv4_dst, ipv4_src, tcp_dst, tcp_src, udp_dst, "
       "udp_src"]),
     ("match-empty", {16: chain(match="{}")},
-     ["t.yaml:16: chain web: match must name at least one field"]),
+     ["t.yaml:16: chain web: match: must be a non-empty mapping"]),
     ("chain-mpps-zero", {16: chain(mpps="0")},
-     ["t.yaml:16: chain web: mpps must be > 0, not 0"]),
+     ["t.yaml:16: chain web: mpps: must be a number > 0, not 0"]),
     ("spi-reserved", {16: chain(spi="3")},
-     ["t.yaml:16: chain web: spi must be 16..1048575 (MPLS labels 0..15 are "
-      "reserved), not 3"]),
+     ["t.yaml:16: chain web: spi: must be an integer 16..1048575, not 3"]),
     ("duplicate-spi", {16: chain() + "\n" + chain(
         name="mail", match="{ipv4_dst: 10.0.0.1/32}", spi="16")},
-     ["t.yaml:17: chain mail: SPI 16 is already used by chain web (line 16)"]),
+     ["t.yaml:17: chain mail: spi: SPI 16 is already used by chain web (line 16)"]),
     ("same-classifier", {16: chain() + "\n" + chain(name="mail")},
-     ["t.yaml:17: chain mail: same ingress and match as chain web (line 16); "
+     ["t.yaml:17: chain mail: match: same ingress and match as chain web (line 16); "
       "the edge switch could not tell them apart"]),
-    ("nf-cores-zero", {13: "  firewall: {cores: 0, mpps: 10}"},
+    ("nf-cores-zero", {13: "  firewall: {cores: 0, mpps: 10, config: generic-fw.rules}"},
      ["t.yaml:13: nf firewall: cores must be > 0, not 0"]),
-    ("nf-unknown-key", {13: "  firewall: {cores: 1, mpps: 10, rules: fw}"},
+    ("nf-unknown-key", {13: "  firewall: {cores: 1, mpps: 10, rules: fw, config: generic-fw.rules}"},
      ["t.yaml:13: nf firewall: unknown key 'rules'; known keys: cores, mpps, "
       "config"]),
     ("nf-config-missing", {13: "  firewall: {cores: 1, mpps: 10, config: "
                                "/nonexistent/none.rules}"},
      ["t.yaml:13: nf firewall: config file '/nonexistent/none.rules' not found "
       "(looked for /nonexistent/none.rules)"]),
+    ("firewall-without-config", {13: "  firewall: {cores: 1, mpps: 10}"},
+     ["t.yaml:13: nfs.firewall.config: missing, and firewall cannot start without "
+      "one: firewall config needs 'rules' (a rule file) or 'rules_text'"]),
+    ("config-for-an-nf-that-takes-none", {14: "  monitor: {cores: 1, mpps: 14, "
+                                              "config: generic-fw.rules}"},
+     ["t.yaml:14: nfs.monitor.config: <monitor config>: rules: unknown key; known: "
+      "none"]),
     ("duplicate-yaml-key", {14: "  monitor: {cores: 1, mpps: 14}\n"
                                 "  monitor: {cores: 2, mpps: 14}"},
      ["t.yaml:15: duplicate key 'monitor' (first at line 14)"]),
@@ -220,9 +227,9 @@ def test_block_style_errors_point_at_the_key():
     assert errors_of(text) == [
         "t.yaml:20: chain web: match.ipv4_dst: '33' is not a valid netmask",
         "t.yaml:21: chain web: match.tcp_dst: must be 0..65535",
-        "t.yaml:24: chain web: NF type 'nat' is not in the catalog (nfs: "
+        "t.yaml:24: chain web: nfs[1]: NF type 'nat' is not in the catalog (nfs: "
         "firewall, monitor)",
-        "t.yaml:25: chain web: mpps must be > 0, not -2",
+        "t.yaml:25: chain web: mpps: must be a number > 0, not -2",
     ]
 
 
@@ -252,7 +259,7 @@ def test_rates_of_chains_sharing_an_nf_add_up():
 
 
 def test_instance_bigger_than_any_host():
-    assert errors_of(edited({13: "  firewall: {cores: 8, mpps: 10}"})) == [
+    assert errors_of(edited({13: "  firewall: {cores: 8, mpps: 10, config: generic-fw.rules}"})) == [
         "t.yaml:15: nf firewall needs 8 cores per instance but the largest "
         "host has 4"]
 
@@ -264,13 +271,13 @@ def test_every_error_is_collected():
     assert errors_of(text) == [
         "t.yaml:4: switch s2: unknown key 'colour'; known keys: name, dpid",
         "t.yaml:4: switch s2: dpid 0x101 is already used by switch s1 (line 3)",
-        "t.yaml:7: host h2: mac must look like 02:00:00:00:00:01, not 'bad'",
+        "t.yaml:7: host h2: mac must be a MAC address like 02:00:00:00:00:01, not 'bad'",
         "t.yaml:7: host h2: ip must be an interface address with a prefix "
         "length, like 10.0.0.1/24, not '10.0.0.2'",
         "t.yaml:7: host h2: cores must be > 0, not 0",
-        "t.yaml:16: chain web: ingress 'h1' is not an edge; traffic enters "
-        "the fabric only at edges",
-        "t.yaml:16: chain web: NF type 'nat' is not in the catalog (nfs: "
+        "t.yaml:16: chain web: ingress: 'h1' is not an edge of topology t; "
+        "traffic enters the fabric only at edges: internet",
+        "t.yaml:16: chain web: nfs[0]: NF type 'nat' is not in the catalog (nfs: "
         "firewall, monitor)",
     ]
 
@@ -295,7 +302,7 @@ def test_missing_file():
 
 def test_nf_config_is_resolved_next_to_the_file(tmp_path):
     (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "fw.rules").write_text("allow all\n")
+    (tmp_path / "rules" / "fw.rules").write_text("allow any any any\n")
     path = tmp_path / "t.yaml"
     path.write_text(edited({13: "  firewall: {cores: 1, mpps: 10, config: "
                                 "rules/fw.rules}"}))
@@ -423,7 +430,7 @@ def test_cli_validate_errors_exit_1(tmp_path):
     assert run.stdout == ""
     assert run.stderr.splitlines() == [
         f"{path}:7: host h2: switch 's9' is not a switch of this topology",
-        f"{path}:16: chain web: NF type 'nat' is not in the catalog (nfs: "
+        f"{path}:16: chain web: nfs[0]: NF type 'nat' is not in the catalog (nfs: "
         f"firewall, monitor)"]
 
 
@@ -436,3 +443,50 @@ def test_shipped_firewall_rules_parse(name):
     assert firewall.config.startswith(os.path.join(REPO, "topologies", "rules"))
     rules, default_allow = fwrules.load_rules({"rules": firewall.config})
     assert rules and not default_allow
+
+
+def test_cli_validate_refuses_a_firewall_without_config(tmp_path):
+    """What every agent would refuse (its plan names a firewall with no
+    rules) validate refuses first, at the catalog entry's line."""
+    path = tmp_path / "t.yaml"
+    path.write_text(edited({13: "  firewall: {cores: 1, mpps: 10}"}))
+    run = _onvm("topo", "validate", str(path))
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr.splitlines() == [
+        f"{path}:13: nfs.firewall.config: missing, and firewall cannot start "
+        f"without one: firewall config needs 'rules' (a rule file) or 'rules_text'"]
+
+
+def test_nf_config_errors_name_the_catalog_line_and_the_config_line(tmp_path):
+    (tmp_path / "fw.rules").write_text("allow tcp any any any 80\nallow all\n"
+                                       "deny tcp any 10.0.0.0/33\n")
+    (tmp_path / "lb.yaml").write_text("vip: 10.0.1\nbackends:\n"
+                                      "  - {name: b1, ip: 10.0.1.1, mac: zz}\n")
+    text = edited({13: "  firewall: {cores: 1, mpps: 10, config: fw.rules}\n"
+                       "  lb: {cores: 1, mpps: 10,\n      config: lb.yaml}"})
+    errors = errors_of(text, str(tmp_path / "t.yaml"))
+    fw, lb = tmp_path / "fw.rules", tmp_path / "lb.yaml"
+    assert errors == [
+        f"{tmp_path}/t.yaml:13: nfs.firewall.config: {fw}:2: expected 'ACTION PROTO "
+        f"SRC DST [SPORT DPORT]', got 2 fields",
+        f"{tmp_path}/t.yaml:13: nfs.firewall.config: {fw}:3: bad address: '33' is "
+        f"not a valid netmask",
+        f"{tmp_path}/t.yaml:15: nfs.lb.config: {lb}:1: vip: must be an IPv4 address, "
+        f"got '10.0.1'",
+        f"{tmp_path}/t.yaml:15: nfs.lb.config: {lb}:3: backends[0].mac: must be a MAC "
+        f"address like 02:00:00:00:00:01, not 'zz'",
+    ]
+
+
+def test_an_nf_type_nobody_here_can_check_is_a_warning(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(edited({14: "  monitor: {cores: 1, mpps: 14}\n"
+                                "  acme-dpi: {cores: 1, mpps: 5}"}))
+    topo = load_topology(path)
+    assert len(topo.warnings) == 1 and topo.warnings[0].startswith(
+        f"{path}:15: warning: nfs.acme-dpi.config: not checked: NF type 'acme-dpi' "
+        f"is not installed here (installed: ")
+    run = _onvm("topo", "validate", str(path))
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == topo.warnings[0] + "\n"
+    assert run.stdout.startswith(f"{path}: ok: ")

@@ -35,11 +35,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import re
 
-from contracts.model import FIRST_SPI, MAX_LABEL, Chain
-from contracts.plan import PlanError, check_match
+from controller.chains import (CHAIN_FIELDS, MAX_BODY, NAME_RE,  # noqa: F401  (the chain validator)
+                               REQUIRED_FIELDS, RequestError, chain_from_json,
+                               free_spi, parse_json_body)
+from controller.chains import check_keys as _check_keys
 from controller.moves import MoveError
 from controller.placement import PlacementError
 from controller.view import ClusterView, chain_to_json
@@ -48,131 +48,12 @@ LOG = logging.getLogger(__name__)
 
 BASE = "/onvm/v1"
 CHAIN_MANAGER = "chain_manager"   # the Ryu app that holds the cluster core
-MAX_BODY = 1 << 20
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
-CHAIN_FIELDS = ("name", "ingress", "egress", "match", "nfs", "mpps", "spi")
 MOVE_FIELDS = ("host", "instance", "to")
-REQUIRED_FIELDS = CHAIN_FIELDS[:-1]
-
-
-class RequestError(Exception):
-    """A request we refuse: HTTP status and a message for the client."""
-
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _bad(cond, message, status=400):
     if not cond:
         raise RequestError(status, message)
-
-
-# --- chain bodies -----------------------------------------------------------
-
-def parse_json_body(raw: bytes):
-    _bad(len(raw) <= MAX_BODY, f"body larger than {MAX_BODY} bytes")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise RequestError(400, f"body is not UTF-8: {err}") from None
-    except ValueError as err:
-        raise RequestError(400, f"body is not JSON: {err}") from None
-
-
-def _check_keys(body, where, known, required):
-    _bad(isinstance(body, dict), f"{where}: must be a JSON object, not {body!r}")
-    unknown = sorted(set(body) - set(known))
-    _bad(not unknown, f"{where}: unknown field(s) {', '.join(unknown)}; "
-                      f"known: {', '.join(known)}")
-    missing = [f for f in required if f not in body]
-    _bad(not missing, f"{where}: missing field(s) {', '.join(missing)}")
-
-
-def _check_fields(body, where):
-    _check_keys(body, where, CHAIN_FIELDS, REQUIRED_FIELDS)
-    name = body["name"]
-    _bad(isinstance(name, str) and NAME_RE.match(name),
-         f"{where}.name: must be 1..64 letters, digits, '_', '.', '-', "
-         f"not {name!r}")
-
-
-def _check_ends(body, topo, where):
-    edges = {e.name for e in topo.edges}
-    ends = edges | {h.name for h in topo.hosts}
-    _bad(body["ingress"] in edges,
-         f"{where}.ingress: {body['ingress']!r} is not an edge of topology "
-         f"{topo.name}; edges: {', '.join(sorted(edges)) or 'none'}")
-    _bad(body["egress"] in ends,
-         f"{where}.egress: {body['egress']!r} is neither a host nor an edge "
-         f"of topology {topo.name}")
-
-
-def _check_nfs(nfs, topo, where):
-    _bad(isinstance(nfs, list) and nfs and len(nfs) <= 255,
-         f"{where}.nfs: must be a list of 1..255 NF types, not {nfs!r}")
-    for i, nf in enumerate(nfs):
-        _bad(isinstance(nf, str) and nf in topo.nfs,
-             f"{where}.nfs[{i}]: NF type {nf!r} is not in the catalog "
-             f"(nfs: {', '.join(sorted(topo.nfs)) or 'empty'})")
-
-
-def _check_rate(mpps, where):
-    _bad(isinstance(mpps, (int, float)) and not isinstance(mpps, bool)
-         and math.isfinite(mpps) and mpps > 0,
-         f"{where}.mpps: must be a number > 0, not {mpps!r}")
-
-
-def free_spi(used):
-    """The lowest SPI no chain uses."""
-    spi = FIRST_SPI
-    while spi in used:
-        spi += 1
-    _bad(spi <= MAX_LABEL, "no free SPI left", 409)
-    return spi
-
-
-def chain_from_json(body, topo, others, where="chain", spi=None) -> Chain:
-    """Check a chain body against topology `topo` and the `others` chains
-    (model.Chain, not including this one) and build it.
-
-    400 for a malformed body, 409 for a clash with another chain.  `spi`
-    is the SPI to keep when the body names none (a changed chain keeps
-    its SPI); without either, the lowest free one is taken."""
-    _check_fields(body, where)
-    _bad(all(isinstance(body[k], str) for k in ("ingress", "egress")),
-         f"{where}: ingress and egress must be names")
-    _check_ends(body, topo, where)
-    _check_nfs(body["nfs"], topo, where)
-    _check_rate(body["mpps"], where)
-    try:
-        check_match(body["match"], f"{where}.match")
-    except PlanError as err:
-        raise RequestError(400, str(err)) from None
-    used = {c.spi: c.name for c in others}
-    if body.get("spi") is not None:
-        spi = body["spi"]
-        _bad(isinstance(spi, int) and not isinstance(spi, bool)
-             and FIRST_SPI <= spi <= MAX_LABEL,
-             f"{where}.spi: must be an integer {FIRST_SPI}..{MAX_LABEL}, not {spi!r}")
-    elif spi is None or spi in used:
-        spi = free_spi(used)
-    _bad(spi not in used, f"{where}.spi: SPI {spi} is used by chain {used.get(spi)}",
-         409)
-    chain = Chain(body["name"], body["ingress"], body["egress"],
-                  dict(body["match"]), tuple(body["nfs"]), float(body["mpps"]), spi)
-    _check_classifier_unique(chain, others, where)
-    return chain
-
-
-def _check_classifier_unique(chain, others, where):
-    # The ingress switch tells chains apart only by (ingress, match).
-    for other in others:
-        if other.ingress == chain.ingress and dict(other.match) == dict(chain.match):
-            raise RequestError(409, f"{where}.match: same ingress and match as "
-                                    f"chain {other.name}; the edge switch could "
-                                    f"not tell them apart")
 
 
 # --- the handlers, over a ClusterView ---------------------------------------

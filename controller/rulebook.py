@@ -1,0 +1,151 @@
+"""Every switch's desired rules, kept up to date by parts: a change costs
+in proportion to what it changes.
+
+`controller.flows.switch_rules` is the definition: it computes every rule
+of every switch from the topology, the (live) fabric graph and the hosts of
+each chain's first NF.  `RuleBook.compile` returns exactly the same rules
+(the tests compare them rule for rule after every kind of change) but keeps
+what it computed and recomputes only
+
+  - the fabric's part (transport rules and ECMP groups, plain L2/ARP, edge
+    MPLS drops) when the fabric changed: another graph object, other hosts,
+    edges or switches; the part is kept per fabric state, so the parts of a
+    split fabric (controller.livegraph compiles each part on its own) do
+    not push each other out;
+  - a chain's part (its classifier or chain_drop rule, steering, picks and
+    sends at its ingress switch) when the chain, the hosts of its first NF
+    or the ingress switch's way to those hosts changed;
+  - a switch's list only when one of its parts changed: an unchanged
+    switch gets the very same `SwitchRules` object as before, so a caller
+    can skip diffing it (`changed` lists the dpids that did change).
+
+A host's loss re-places its chains; only those chains' ingress switches
+are recomputed.  Not here: placement (controller.placement), talking to
+switches (controller.apps), the live view of the fabric (controller.livegraph).
+
+The fabric is recognised by the graph object's identity plus the hosts,
+edges and switches: callers (LiveFabric) build a new graph when the fabric
+changes and never change a graph in place.  The book keeps a reference to
+each graph it knows, so an identity is never reused while it is cached.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Dict, List, Tuple
+
+from controller import flows
+
+FABRIC_STATES = 8     # fabric states kept: the parts of a split fabric, and one spare
+CHAIN_PARTS = 1 << 16
+
+
+@dataclasses.dataclass
+class _Fabric:
+    graph: object
+    hosts: tuple
+    edges: tuple
+    switches: tuple
+    routes: dict
+    per_switch: dict = dataclasses.field(default_factory=dict)   # name -> _SwitchFabric
+
+
+@dataclasses.dataclass(frozen=True)
+class _SwitchFabric:
+    drops: list          # edge MPLS drops
+    transport: list
+    groups: list
+    how: dict            # host -> action toward it from this switch
+    plain: list
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChainPart:
+    chain: object
+    members: tuple
+    how: tuple           # (host, action toward it, Host) for each member
+    flows: list
+
+
+class RuleBook:
+    """Desired rules per switch, recomputed by parts (see the module
+    docstring).  `compile` is the whole interface; `changed` (dpids whose
+    rules differ from the previous compile of the same book) and `counts`
+    (what the last compile recomputed) are for logs and benchmarks."""
+
+    def __init__(self):
+        self._fabrics: "collections.OrderedDict[tuple, _Fabric]" = collections.OrderedDict()
+        self._chains: Dict[Tuple[str, str], _ChainPart] = {}
+        self._assembled: Dict[int, tuple] = {}   # dpid -> (key, rules, parts...)
+        self.changed: List[int] = []
+        self.counts = collections.Counter()
+
+    def compile(self, topo, graph, ingress_groups) -> Dict[int, flows.SwitchRules]:
+        """What `flows.switch_rules(topo, graph, ingress_groups)` returns."""
+        self.counts = collections.Counter()
+        fabric = self._fabric(topo, graph)
+        by_switch = collections.defaultdict(list)
+        for chain in topo.chains:
+            if chain.nfs:
+                by_switch[topo.edge(chain.ingress).switch].append(chain)
+        out, self.changed = {}, []
+        for sw in topo.switches:
+            part = self._switch_fabric(topo, fabric, sw.name)
+            chain_parts = tuple(self._chain(topo, chain, sw.name, part.how,
+                                            ingress_groups.get(chain.name))
+                                for chain in by_switch.get(sw.name, ()))
+            key = (id(part),) + tuple(id(c) for c in chain_parts)
+            held = self._assembled.get(sw.dpid)
+            if held is not None and held[0] == key:
+                out[sw.dpid] = held[1]
+                continue
+            rules = flows.SwitchRules(
+                part.drops + [f for c in chain_parts for f in c.flows] + part.transport
+                + part.plain + flows.fixed_rules(), list(part.groups))
+            # the parts stay referenced while their ids are in the key
+            self._assembled[sw.dpid] = (key, rules, part, chain_parts)
+            out[sw.dpid] = rules
+            self.changed.append(sw.dpid)
+            self.counts["switches"] += 1
+        return out
+
+    # ------------------------------------------------------------- parts
+    def _fabric(self, topo, graph) -> _Fabric:
+        key = (id(graph), hash(topo.hosts), hash(topo.edges), hash(topo.switches))
+        fabric = self._fabrics.get(key)
+        if (fabric is not None and fabric.graph is graph and fabric.hosts == topo.hosts
+                and fabric.edges == topo.edges and fabric.switches == topo.switches):
+            self._fabrics.move_to_end(key)
+            return fabric
+        fabric = _Fabric(graph, topo.hosts, topo.edges, topo.switches,
+                         flows.routes(topo, graph))
+        self.counts["fabrics"] += 1
+        self._fabrics[key] = fabric
+        while len(self._fabrics) > FABRIC_STATES:
+            self._fabrics.popitem(last=False)
+        return fabric
+
+    def _switch_fabric(self, topo, fabric, switch) -> _SwitchFabric:
+        part = fabric.per_switch.get(switch)
+        if part is None:
+            transport, groups, how = flows.transport_rules(topo, fabric.routes, switch)
+            part = _SwitchFabric(flows.edge_drops(topo, switch), transport, groups, how,
+                                 flows.plain_rules(topo, fabric.routes, switch))
+            fabric.per_switch[switch] = part
+            self.counts["switch_fabrics"] += 1
+        return part
+
+    def _chain(self, topo, chain, switch, how, members) -> _ChainPart:
+        members = tuple(members or ())
+        toward = tuple((h, how.get(h), topo.host(h)) for h, _ in members)
+        held = self._chains.get((chain.name, switch))
+        if (held is not None and held.members == members and held.how == toward
+                and held.chain == chain):
+            return held
+        part = _ChainPart(chain, members, toward,
+                          flows.chain_rules(topo, chain, members, how))
+        if len(self._chains) > CHAIN_PARTS:
+            self._chains.clear()      # chains come and go by name: bound what is kept
+        self._chains[(chain.name, switch)] = part
+        self.counts["chains"] += 1
+        return part

@@ -105,6 +105,7 @@ class ClusterCore(ClusterView):
         self.fabric = LiveFabric(topology)
         self.current = None             # the Placement in force, of self.placed
         self.placed = topology.with_chains([])
+        self.asked = topology.with_chains([])  # every chain users asked for
         self.solve_ms = 0.0             # how long the last placement took
         self.alive = set()
         self.unplaced = {}              # chain name -> why it could not be placed
@@ -200,7 +201,13 @@ class ClusterCore(ClusterView):
     def _replace(self, reasons, out):
         out.replaced = list(reasons)
         lost = self._refresh_alive()
-        chains = list(self.chains().values()) if self.alive else []
+        wanted = list(self.chains().values())
+        # Rules cover every chain asked for: one not placed (no host alive,
+        # or no room) gets controller.flows' chain_drop at its ingress, so
+        # its traffic is dropped, never forwarded around its NFs.
+        edges = {e.name for e in self.topo.edges}
+        self.asked = self.topo.with_chains([c for c in wanted if c.ingress in edges])
+        chains = wanted if self.alive else []
         before = self.current
         # Every host or chain change re-places all wanted chains, so a chain
         # refused while few hosts were up is tried again as more come.
@@ -268,13 +275,13 @@ class ClusterCore(ClusterView):
         computed again only when one of their inputs changed (0.3 s on a
         k=8 fat tree; the shell steps four times a second)."""
         fab = self.fabric
-        inputs = (self.placed, self.current, frozenset(fab.ports_down),
+        inputs = (self.asked, self.placed, self.current, frozenset(fab.ports_down),
                   frozenset(fab.gone), frozenset(fab.lldp_lost))
         cached = self._desired_cache
         if cached is not None and all(a is b or a == b for a, b in zip(cached[0], inputs)):
             return cached[1]
         groups = ingress_groups(self.placed, self.current) if self.current else {}
-        rules = fab.rules(self.placed, groups, lldp=self.lldp)
+        rules = fab.rules(self.asked, groups, lldp=self.lldp)
         self._desired_cache = (inputs, rules)
         return rules
 

@@ -207,7 +207,8 @@ class LiveFabric:
     # ----------------------------------------------------------- the rules
     def rules(self, topo, ingress_groups, lldp=False) -> Dict[int, flows.SwitchRules]:
         """controller.flows.switch_rules over the live graph for `topo` (the
-        file's topology with the chains placed now), part by part; switches
+        file's topology with every chain asked for, placed or not: those
+        without a group get their chain_drop), part by part; switches
         that left get none.  The MPLS drops on an edge port stay while the
         edge's cable is down, so a port coming back is never open.  With
         `lldp` (ryu.topology observing links) every switch also sends LLDP

@@ -178,6 +178,12 @@ def desired_rules(topo, chains, groups):
                                         groups))
 
 
+def unplaced_rules(topo):
+    """The rules while no agent serves: the leader has stored the file's
+    chains, none is placed, so each has its chain_drop (fail-closed)."""
+    return desired_rules(topo, topo.chains, {})
+
+
 def fabric_matches(ovs, bridges, topo, rules):
     for sw in topo.switches:
         if dumped(ovs, bridges[sw.name]) != wanted(rules[sw.dpid]):
@@ -227,13 +233,20 @@ def disturb_synced_leaf(ovs, bridges, topo, rules, leader, stray_port):
 
 # -------------------------------------------------------------------- tests
 
-def test_without_agents_switches_hold_transport_and_plain_rules_only(
+def test_without_agents_chain_traffic_is_dropped_and_the_rest_forwarded(
         leader, ovs, bridges, topo):
-    rules = desired_rules(topo, [], {})
+    rules = unplaced_rules(topo)
     wait_fabric(ovs, bridges, topo, rules, leader, "fabric programmed without chains")
     for sw in topo.switches:
         kinds = Counter(flows.cookie_kind(c[0]) for c in dumped(ovs, bridges[sw.name]).elements())
         assert kinds["transport"] == len(topo.hosts) and kinds["classifier"] == 0
+        ingress_of = [c for c in topo.chains if topo.edge(c.ingress).switch == sw.name]
+        assert kinds["chain_drop"] == len(ingress_of), sw.name
+    for chain in topo.chains:       # fail-closed: never around the NFs
+        ingress = topo.edge(chain.ingress)
+        path, labels, (_, port), text = ovs_trace(
+            ovs, bridges, bridges[ingress.switch], chain_flow(chain, ingress))
+        assert (path, labels, port) == ([(ingress.switch, 0, "chain_drop")], [], None), text
 
 
 def test_agents_registering_and_vanishing_change_plans_and_classifiers(
@@ -276,7 +289,7 @@ def test_agents_registering_and_vanishing_change_plans_and_classifiers(
         for lease in leases:
             lease.stop(revoke=True)
     wait_for(lambda: not store.plans(), 10, "plans gone with the hosts")
-    wait_fabric(ovs, bridges, topo, desired_rules(topo, [], {}), leader,
+    wait_fabric(ovs, bridges, topo, unplaced_rules(topo), leader,
                 "classifiers gone with the hosts")
 
 
@@ -291,6 +304,22 @@ def placement_groups(leader):
         return None                     # 503: no placement yet
     return {name: sorted((i["host"], round(i["share"], 6)) for i in hops[0]["instances"])
             for name, hops in placed["chains"].items()}
+
+
+def chain_packet(chain):
+    """A TCP packet the chain's classifier matches, as ofsim takes it."""
+    return {"eth_src": "02:aa:00:00:00:01", "eth_dst": "02:aa:00:00:00:02",
+            "eth_type": 0x0800, "ipv4_src": "192.0.2.7",
+            "ipv4_dst": chain.match["ipv4_dst"].split("/")[0], "ip_ttl": 64,
+            "ip_proto": 6, "tcp_src": 40000, "tcp_dst": chain.match["tcp_dst"]}
+
+
+def chain_flow(chain, ingress):
+    """The same packet entering at the chain's ingress, as ofproto/trace takes it."""
+    p = chain_packet(chain)
+    return (f"in_port={ingress.port},tcp,dl_src={p['eth_src']},dl_dst={p['eth_dst']},"
+            f"nw_src={p['ipv4_src']},nw_dst={p['ipv4_dst']},nw_ttl={p['ip_ttl']},"
+            f"tp_src={p['tcp_src']},tp_dst={p['tcp_dst']}")
 
 
 TRACE_RULE = re.compile(r"^\s*(\d+)\. .*cookie (0x[0-9a-f]+)")
@@ -338,14 +367,8 @@ def test_a_chain_packet_takes_classifier_pick_and_pin_in_ovs_as_in_ofsim(
         sim = FabricSim(topo, rules)
         for chain in topo.chains:
             ingress = topo.edge(chain.ingress)
-            dst = chain.match["ipv4_dst"].split("/")[0]
-            packet = {"eth_src": "02:aa:00:00:00:01", "eth_dst": "02:aa:00:00:00:02",
-                      "eth_type": 0x0800, "ipv4_src": "192.0.2.7", "ipv4_dst": dst,
-                      "ip_ttl": 64, "ip_proto": 6, "tcp_src": 40000,
-                      "tcp_dst": chain.match["tcp_dst"]}
-            flow = (f"in_port={ingress.port},tcp,dl_src={packet['eth_src']},"
-                    f"dl_dst={packet['eth_dst']},nw_src=192.0.2.7,nw_dst={dst},"
-                    f"nw_ttl=64,tp_src=40000,tp_dst={chain.match['tcp_dst']}")
+            packet = chain_packet(chain)
+            flow = chain_flow(chain, ingress)
             kinds = []
             for generate in (True, False):      # the first packet learns the pin
                 exit_, = sim.from_edge(chain.ingress, packet)
@@ -367,12 +390,12 @@ def test_a_chain_packet_takes_classifier_pick_and_pin_in_ovs_as_in_ofsim(
         for bridge in bridges.values():     # learned pins go by idle timeout only
             ovs.ofctl("del-flows", bridge,
                       f"table={flows.TABLE_PINS},cookie={flows.pin_cookie():#x}/-1")
-    wait_fabric(ovs, bridges, topo, desired_rules(topo, [], {}), leader,
+    wait_fabric(ovs, bridges, topo, unplaced_rules(topo), leader,
                 "classifiers gone with the hosts")
 
 
 def test_reconnecting_switch_ends_without_stale_rules(leader, ovs, bridges, topo):
-    rules = desired_rules(topo, [], {})
+    rules = unplaced_rules(topo)
     leaf = disturb_synced_leaf(ovs, bridges, topo, rules, leader, stray_port=77)
     ovs.vsctl("del-controller", leaf)
     ovs.vsctl("set-controller", leaf, leader.target)
@@ -397,7 +420,7 @@ def test_ovs_restart_is_followed_by_resync_without_stale_rules(
     `ovs-ctl restart` does would not keep the stray ones either: OVS 3.1
     flushes a bridge's flows when clearing flow-restore-wait gives it its
     controller back; see OvsServer.restart.)"""
-    rules = desired_rules(topo, [], {})
+    rules = unplaced_rules(topo)
     leaf = disturb_synced_leaf(ovs, bridges, topo, rules, leader, stray_port=99)
     before, (old_db, old_vswitchd) = connections(leader), ovs.pids
 
@@ -440,14 +463,14 @@ def test_a_spine_link_down_is_routed_around_and_back(leader, ovs, bridges, topo)
     ends stop using the link, every host is reached over the other spine,
     and re-adding the port brings the original rules back."""
     assert len([s for s in topo.switches if s.name.startswith("spine")]) == 2
-    original = desired_rules(topo, [], {})
+    original = unplaced_rules(topo)
     wait_fabric(ovs, bridges, topo, original, leader, "fabric in the desired state")
     i, link = next((i, l) for i, l in enumerate(topo.links)
                    if (l.a, l.b) == ("leaf1", "spine1"))
     spine_side = f"{ovs.prefix}l{i}b"
     log_start = len(leader.log())
     cut = dataclasses.replace(topo, links=tuple(l for l in topo.links if l != link))
-    around = with_lldp(flows.switch_rules(topo.with_chains([]), build_graph(cut), {}))
+    around = with_lldp(flows.switch_rules(topo, build_graph(cut), {}))
     assert around != original
 
     ovs.vsctl("del-port", bridges[link.b], spine_side)
@@ -491,7 +514,7 @@ def test_lldp_keeps_every_file_link_alive(leader, ovs, bridges, topo):
     punt (Ryu's own has cookie 0 and would be deleted as foreign), or the
     fabric falls apart one timeout after the first sync."""
     from ryu.topology.switches import Switches
-    rules = desired_rules(topo, [], {})
+    rules = unplaced_rules(topo)
     wait_fabric(ovs, bridges, topo, rules, leader, "fabric in the desired state")
     log_start = len(leader.log())
     time.sleep(Switches.LINK_TIMEOUT + Switches.TIMEOUT_CHECK_PERIOD + 1)
@@ -514,6 +537,6 @@ def test_standby_takes_over_when_the_leader_is_killed(
     leader.kill()
     wait_for(lambda: (store.get(LEADER) or {}).get("name", "").endswith(
         f"-{standby.proc.pid}"), 10, "standby leads")
-    wait_fabric(ovs, bridges, topo, desired_rules(topo, [], {}), standby,
+    wait_fabric(ovs, bridges, topo, unplaced_rules(topo), standby,
                 "the new leader reprograms the switches")
     assert "I lead now" in standby.log()

@@ -258,3 +258,32 @@ def test_place_logs_its_decisions_once_not_its_trial_steps(topo, caplog):
     with caplog.at_level(logging.INFO, logger="onvm.placement"):
         place(topo, say=False)
     assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+
+
+def test_chains_not_placed_are_dropped_at_their_ingress_never_forwarded(loop, topo):
+    """Fail-closed: a chain asked for but not placed (no host alive, then no
+    room) has its chain_drop rule, so its packets never skip its NFs."""
+    chain = topo.chain("web1")
+    loop.step()                                 # seeds the chains; no host alive
+    fabric = FabricSim(topo, loop.core.desired)
+    assert fabric.from_edge(chain.ingress, web_packet(chain)) == []
+    ingress = topo.edge(chain.ingress)
+    trace = []
+    assert fabric.switches[ingress.switch].process(web_packet(chain), ingress.port,
+                                                   trace) == []
+    assert trace == [(ingress.switch, 0, "chain_drop")]
+    loop.register("h1")
+    loop.step()
+    fabric.reprogram(loop.core.desired)
+    assert [e.name for e in fabric.from_edge(chain.ingress, web_packet(chain))] == ["h1"]
+    # web1 grows beyond what h1 alone can serve: it is left out, and dropped
+    grown = dataclasses.replace(chain, mpps=100.0)
+    loop.store.put_chain(chain_to_json(grown))
+    loop.core.store_changed("/onvm/chains/web1")
+    loop.step()
+    assert set(loop.core.placement()["chains"]) == {"tls2"}
+    fabric.reprogram(loop.core.desired)
+    trace = []
+    assert fabric.switches[ingress.switch].process(web_packet(chain), ingress.port,
+                                                   trace) == []
+    assert trace == [(ingress.switch, 0, "chain_drop")]

@@ -30,6 +30,7 @@ import networkx as nx
 
 from controller import flows
 from controller.fabric import build_graph
+from controller.rulebook import RuleBook
 
 Port = Tuple[str, int]          # (switch name, port number)
 OFPP_CONTROLLER = 0xFFFFFFFD
@@ -74,6 +75,7 @@ class LiveFabric:
         for edge in topo.edges:
             self.role[(edge.switch, edge.port)] = ("edge", edge.name)
         self._graph = None
+        self.book = RuleBook()      # recompiles only the parts a change touches
 
     # ---------------------------------------------------------- the events
     def port_status(self, switch: str, port: int, up: bool, why: str) -> List[Change]:
@@ -207,16 +209,18 @@ class LiveFabric:
     # ----------------------------------------------------------- the rules
     def rules(self, topo, ingress_groups, lldp=False) -> Dict[int, flows.SwitchRules]:
         """controller.flows.switch_rules over the live graph for `topo` (the
-        file's topology with the chains placed now), part by part; switches
-        that left get none.  The MPLS drops on an edge port stay while the
-        edge's cable is down, so a port coming back is never open.  With
-        `lldp` (ryu.topology observing links) every switch also sends LLDP
-        to the controller (see LldpPunt)."""
+        file's topology with every chain asked for, placed or not: those
+        without a group get their chain_drop), part by part; switches that
+        left get none.  Compiled by controller.rulebook, so a host's loss
+        recomputes only its chains' rules.  The MPLS drops on an edge port
+        stay while the edge's cable is down, so a port coming back is never
+        open.  With `lldp` (ryu.topology observing links) every switch also
+        sends LLDP to the controller (see LldpPunt)."""
         out = {}
         for switches, places in self.parts():
             part = _restrict(topo, set(switches), set(places))
             groups = _reachable_groups(ingress_groups, set(places))
-            for dpid, rules in flows.switch_rules(part, self.graph(), groups).items():
+            for dpid, rules in self.book.compile(part, self.graph(), groups).items():
                 rules = _with_edge_drops(topo, part, rules, dpid)
                 if lldp:
                     rules = flows.SwitchRules([lldp_punt()] + rules.flows, rules.groups)

@@ -22,8 +22,8 @@ snapshot within `timeout` seconds gets the same (logged).  Flows that start
 between A's snapshot and the switch to B are not carried.
 
 Plain deciding code over the store and the placement: no Ryu, no
-OpenFlow; the chain manager calls it (a `Moves` per controller) and
-writes what it returns.
+OpenFlow; the cluster core (controller.core) calls it (a `Moves` per
+controller, clocked by the core's `now`) and writes what it returns.
 """
 from __future__ import annotations
 

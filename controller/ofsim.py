@@ -5,7 +5,12 @@ the topology's links, and says where it comes out and with which labels.
 It models only what our rules use (priority matching with masks, goto,
 apply-actions: push_mpls, set_field, set_mpls_ttl, output, group with
 select buckets chosen by a hash the caller passes, and the Nicira actions
-resubmit, multipath (rendezvous hashing of the 5-tuple) and learn).
+resubmit, multipath (rendezvous hashing of the 5-tuple) and learn, in
+controller.flows' short form or as ("nx_learn", ...) with the flow specs
+spelled out, as a decoded NXActionLearn carries them).  Besides whole
+SwitchRules, a switch takes single flow and group changes (`add_flow`,
+`delete_flow_strict`, `set_group`, `delete_group`), so tests can replay
+the OpenFlow messages the controller sends (tests/test_ofmsgs.py).
 Registers (reg0, reg1, ...) start at 0 on every switch and never leave it.
 Learned rules stay in the switch until `SwitchSim.expire_pins()` (the
 walker has no clock).  It is not a switch: integration tests with real
@@ -28,7 +33,8 @@ import ipaddress
 import zlib
 from typing import Callable, Dict, List, Optional, Tuple
 
-from controller.flows import ETH_IPV4, ETH_MPLS, FlowSpec, SwitchRules, canonical_match
+from controller.flows import (ETH_IPV4, ETH_MPLS, FlowSpec, GroupSpec, SwitchRules,
+                              canonical_match)
 
 MAX_HOPS = 32
 MAX_RESUBMITS = 64          # OVS gives up on deeper recursion too
@@ -142,6 +148,29 @@ class SwitchSim:
             self.tables.setdefault(spec.table, []).append(spec)
         self.groups = {g.group_id: g for g in rules.groups}
 
+    def add_flow(self, spec: FlowSpec):
+        """OFPFC_ADD: a flow with the same table, priority and match is replaced."""
+        rows = [s for s in self.tables.get(spec.table, []) if s.key != spec.key]
+        self.tables[spec.table] = sorted(rows + [spec], key=lambda s: -s.priority)
+
+    def delete_flow_strict(self, table, priority, match):
+        """OFPFC_DELETE_STRICT; returns how many flows went (0 or 1)."""
+        rows = self.tables.get(table, [])
+        kept = [s for s in rows if s.key != (table, priority, match)]
+        self.tables[table] = kept
+        return len(rows) - len(kept)
+
+    def set_group(self, group: GroupSpec):
+        """OFPGC_ADD or OFPGC_MODIFY."""
+        self.groups[group.group_id] = group
+
+    def delete_group(self, group_id):
+        self.groups.pop(group_id, None)
+
+    def flows(self) -> List[FlowSpec]:
+        """Every flow the controller put there (not the learned pins)."""
+        return [s for t in sorted(self.tables) for s in self.tables[t]]
+
     def expire_pins(self):
         """What PIN_IDLE_SECONDS of silence does: every learned rule goes."""
         self.learned.clear()
@@ -201,6 +230,8 @@ class SwitchSim:
                 packet[action[2]] = hrw_slot(packet, action[1])
             elif op == "learn":
                 self._learn(packet, *action[1:])
+            elif op == "nx_learn":
+                self._nx_learn(packet, *action[1:])
             else:
                 raise SimError(f"switch {self.name}: unknown action {action!r}")
 
@@ -215,6 +246,21 @@ class SwitchSim:
         spec = FlowSpec(table, priority, "pin", canonical_match(match, "learn"),
                         (("set_field", "reg0", packet.get("reg0", 0)),))
         self.learned[spec.key] = spec    # same match: the newer one replaces it
+
+    def _nx_learn(self, packet, table, idle_timeout, priority, cookie, matches, loads):
+        """A learn action spelled out: `matches` are (field, source) with the
+        source a field to copy from the packet or a constant; `loads` are
+        (field, source field) pairs set by the learned rule.  Fields are
+        named as in matches (Ryu's "_nxm" suffix dropped)."""
+        def value(src):
+            return _read(packet, src) if isinstance(src, str) else src
+        match = {field: value(src) for field, src in matches}
+        if any(v is None for v in match.values()):
+            raise SimError(f"switch {self.name}: learn copies a field the packet "
+                           f"lacks: {match}")
+        actions = tuple(("set_field", field, value(src)) for field, src in loads)
+        spec = FlowSpec(table, priority, "pin", canonical_match(match, "learn"), actions)
+        self.learned[spec.key] = spec
 
     def _group(self, packet, group_id, out):
         group = self.groups.get(group_id)

@@ -351,8 +351,8 @@ class _Solver:
             if chain.name in kept and any(
                     self.topo.nfs[self.instances[k].nf].mpps < self.instances[k].load - TOL
                     for hop in self.assign[chain.name] for k in hop):
-                log.info("chain %s: rate %.3f Mpps no longer fits its instances; "
-                         "re-placing the chain", chain.name, chain.mpps)
+                log.debug("chain %s: rate %.3f Mpps no longer fits its instances; "
+                          "re-placing the chain", chain.name, chain.mpps)
                 self._unassign_chain(chain)
         return {c.name for c in chains if c.name not in kept}
 
@@ -451,13 +451,13 @@ class _Solver:
                 if nf.mpps - self.instances[k].load >= q - TOL]
         if fits:
             inst = min(fits, key=lambda i: (nf.mpps - i.load, i.id))
-            log.info("chain %s hop %d (%s): shares instance %s#%d (%.3f Mpps spare)",
+            log.debug("chain %s hop %d (%s): tries sharing %s#%d (%.3f Mpps spare)",
                      chain.name, j + 1, nf.name, host, inst.id, nf.mpps - inst.load)
         elif self.free[h] >= nf.cores and nf.mpps >= q - TOL:
             inst = self._new_instance(nf.name, h)
-            log.info("chain %s hop %d (%s): new instance %s#%d (%d of %d cores free "
-                     "before)", chain.name, j + 1, nf.name, host, inst.id,
-                     self.free[h] + nf.cores, self.cores[h])
+            log.debug("chain %s hop %d (%s): tries a new instance %s#%d (%d of %d "
+                      "cores free before)", chain.name, j + 1, nf.name, host, inst.id,
+                      self.free[h] + nf.cores, self.cores[h])
         else:
             return None
         self._use(inst, chain, j, q)
@@ -625,7 +625,7 @@ class _Solver:
         except PlacementError:
             after = math.inf
         if after < before - 1e-9 * max(1.0, before):
-            log.info("chains %s: re-placed together (%s first), cost %.3f -> %.3f",
+            log.debug("chains %s: re-placed together (%s first), cost %.3f -> %.3f",
                      ", ".join(c.name for c in group), group[0].name, before, after)
             return True
         self._restore(group, saved)
@@ -686,14 +686,16 @@ class _Solver:
         return Placement(self.topo, dict(sorted(self.instances.items())), hops)
 
 
-def place(topo, previous=None, exclude_hosts=()):
+def place(topo, previous=None, exclude_hosts=(), say=True):
     """Place every chain of `topo`; returns a Placement or raises
     PlacementError.
 
     With `previous` (a Placement), instances on hosts still present and not
     in `exclude_hosts` stay where they are with their ids, and unchanged
     chains keep their assignments; only lost shares and new or changed
-    chains are placed.
+    chains are placed.  The outcome is logged once (`say_placed`); the
+    search's trial steps only at DEBUG.  `say=False` for a trial (checking
+    a request): nothing is logged at INFO.
     """
     solver = _Solver(topo, exclude_hosts)
     chains = list(topo.chains)
@@ -713,7 +715,34 @@ def place(topo, previous=None, exclude_hosts=()):
     for chain in order:
         solver.route_missing(chain)
     solver.improve([c for c in order if c.name in fresh])
-    return solver.result()
+    result = solver.result()
+    if say:
+        say_placed(result, previous)
+    return result
+
+
+def say_placed(placement, previous=None):
+    """Log, one line per chain, where the chains that `placement` places
+    differently from `previous` (all, without it) run now; returns the lines
+    (none when INFO is not logged: the cost is not computed for nobody)."""
+    if not log.isEnabledFor(logging.INFO):
+        return []
+    lines = []
+    for chain in placement.topo.chains:
+        hops = placement.hops[chain.name]
+        if previous is not None and previous.hops.get(chain.name) == hops:
+            continue
+        where = "; ".join(
+            f"{nf} on " + ", ".join(f"{h}#{i}" + ("" if len(hop) == 1 else f" {q:.0%}")
+                                    for (h, i), q in hop)
+            for nf, hop in zip(chain.nfs, hops))
+        lines.append(f"chain {chain.name} ({chain.mpps:g} Mpps): {where}")
+    if lines:
+        lines.append(f"placement cost {cost(placement.topo, placement):.3f} traffic "
+                     f"hops (Mpps x links)")
+    for line in lines:
+        log.info("%s", line)
+    return lines
 
 
 def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None):
@@ -729,7 +758,7 @@ def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None
     unplaced = unplaced or {}
     try:
         result = place(topo.with_chains(chains), previous=previous,
-                       exclude_hosts=exclude_hosts) if chains else None
+                       exclude_hosts=exclude_hosts, say=False) if chains else None
         kept, refused = list(chains), {}
     except PlacementError as err:
         log.warning("cannot place all %d chains (%s); placing them one by one",
@@ -738,7 +767,7 @@ def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None
         for chain in chains:
             try:
                 result = place(topo.with_chains(kept + [chain]), previous=previous,
-                               exclude_hosts=exclude_hosts)
+                               exclude_hosts=exclude_hosts, say=False)
                 kept.append(chain)
             except PlacementError as why:
                 refused[chain.name] = str(why)
@@ -748,6 +777,8 @@ def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None
         if chain.name in unplaced:
             log.info("chain %s placed now (it was not: %s)", chain.name,
                      unplaced[chain.name])
+    if result is not None:
+        say_placed(result, previous)
     return result, kept, refused
 
 

@@ -4,18 +4,22 @@ netdev bridges joined by patch ports, and a real etcd.
 
 It checks that the switches hold exactly what `controller.flows` asks for,
 that agents registering and vanishing change the plans and the classifiers,
-that a reconnecting switch loses stale rules, that a real restart of
-ovs-vswitchd (alone, or with ovsdb-server) is followed by a resync with no
-stale rule, that a spine-leaf link going away is routed around (and back
-when it returns), and that a standby controller takes over when the leader
-is killed."""
+that a chain's packet runs its classifier, pick, learn and pin rules in OVS
+(ofproto/trace) exactly as controller.ofsim predicts, that a reconnecting
+switch loses stale rules, that a real restart of ovs-vswitchd (alone, or
+with ovsdb-server) is followed by a resync with no stale rule, that a
+spine-leaf link going away is routed around (and back when it returns),
+and that a standby controller takes over when the leader is killed."""
 import dataclasses
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 
 import pytest
@@ -23,6 +27,7 @@ import pytest
 from controller import flows
 from controller.fabric import build_graph
 from controller.livegraph import lldp_punt
+from controller.ofsim import FabricSim
 from contracts.store import LEADER, open_store
 from controller.topogen import leaf_spine
 from controller.topology import dump_topology, load_topology
@@ -173,6 +178,12 @@ def desired_rules(topo, chains, groups):
                                         groups))
 
 
+def unplaced_rules(topo):
+    """The rules while no agent serves: the leader has stored the file's
+    chains, none is placed, so each has its chain_drop (fail-closed)."""
+    return desired_rules(topo, topo.chains, {})
+
+
 def fabric_matches(ovs, bridges, topo, rules):
     for sw in topo.switches:
         if dumped(ovs, bridges[sw.name]) != wanted(rules[sw.dpid]):
@@ -222,13 +233,20 @@ def disturb_synced_leaf(ovs, bridges, topo, rules, leader, stray_port):
 
 # -------------------------------------------------------------------- tests
 
-def test_without_agents_switches_hold_transport_and_plain_rules_only(
+def test_without_agents_chain_traffic_is_dropped_and_the_rest_forwarded(
         leader, ovs, bridges, topo):
-    rules = desired_rules(topo, [], {})
+    rules = unplaced_rules(topo)
     wait_fabric(ovs, bridges, topo, rules, leader, "fabric programmed without chains")
     for sw in topo.switches:
         kinds = Counter(flows.cookie_kind(c[0]) for c in dumped(ovs, bridges[sw.name]).elements())
         assert kinds["transport"] == len(topo.hosts) and kinds["classifier"] == 0
+        ingress_of = [c for c in topo.chains if topo.edge(c.ingress).switch == sw.name]
+        assert kinds["chain_drop"] == len(ingress_of), sw.name
+    for chain in topo.chains:       # fail-closed: never around the NFs
+        ingress = topo.edge(chain.ingress)
+        path, labels, (_, port), text = ovs_trace(
+            ovs, bridges, bridges[ingress.switch], chain_flow(chain, ingress))
+        assert (path, labels, port) == ([(ingress.switch, 0, "chain_drop")], [], None), text
 
 
 def test_agents_registering_and_vanishing_change_plans_and_classifiers(
@@ -271,12 +289,113 @@ def test_agents_registering_and_vanishing_change_plans_and_classifiers(
         for lease in leases:
             lease.stop(revoke=True)
     wait_for(lambda: not store.plans(), 10, "plans gone with the hosts")
-    wait_fabric(ovs, bridges, topo, desired_rules(topo, [], {}), leader,
+    wait_fabric(ovs, bridges, topo, unplaced_rules(topo), leader,
+                "classifiers gone with the hosts")
+
+
+def placement_groups(leader):
+    """{chain: [(host, share)]} of the chains' first NFs, from the leader's
+    GET /onvm/v1/placement (what controller.plans.ingress_groups gives)."""
+    url = f"http://127.0.0.1:{leader.ws_port}/onvm/v1/placement"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            placed = json.loads(reply.read())
+    except urllib.error.HTTPError:
+        return None                     # 503: no placement yet
+    return {name: sorted((i["host"], round(i["share"], 6)) for i in hops[0]["instances"])
+            for name, hops in placed["chains"].items()}
+
+
+def chain_packet(chain):
+    """A TCP packet the chain's classifier matches, as ofsim takes it."""
+    return {"eth_src": "02:aa:00:00:00:01", "eth_dst": "02:aa:00:00:00:02",
+            "eth_type": 0x0800, "ipv4_src": "192.0.2.7",
+            "ipv4_dst": chain.match["ipv4_dst"].split("/")[0], "ip_ttl": 64,
+            "ip_proto": 6, "tcp_src": 40000, "tcp_dst": chain.match["tcp_dst"]}
+
+
+def chain_flow(chain, ingress):
+    """The same packet entering at the chain's ingress, as ofproto/trace takes it."""
+    p = chain_packet(chain)
+    return (f"in_port={ingress.port},tcp,dl_src={p['eth_src']},dl_dst={p['eth_dst']},"
+            f"nw_src={p['ipv4_src']},nw_dst={p['ipv4_dst']},nw_ttl={p['ip_ttl']},"
+            f"tp_src={p['tcp_src']},tp_dst={p['tcp_dst']}")
+
+
+TRACE_RULE = re.compile(r"^\s*(\d+)\. .*cookie (0x[0-9a-f]+)")
+TRACE_BRIDGE = re.compile(r'bridge\("([^"]+)"\)')
+
+
+def ovs_trace(ovs, bridges, bridge, flow, generate=False):
+    """ofproto/trace of `flow` entering `bridge`: [(switch, table, rule
+    kind)] in the order OVS ran the rules (through patch ports into the next
+    bridges), the MPLS labels pushed (outermost first) and the last output
+    port.  With `generate`, the trace's side effects happen (learn)."""
+    text = ovs.appctl("ofproto/trace", bridge, flow, *(["-generate"] if generate else []))
+    switch_of = {b: sw for sw, b in bridges.items()}
+    path, pushed, out, switch = [], [], None, None
+    for line in text.splitlines():
+        bridge_seen = TRACE_BRIDGE.search(line)
+        rule = TRACE_RULE.match(line)
+        if bridge_seen:
+            switch = switch_of[bridge_seen.group(1)]
+        elif rule:
+            path.append((switch, int(rule.group(1)),
+                         flows.cookie_kind(int(rule.group(2), 16))))
+        pushed += [int(v, 0) for v in re.findall(r"set_field:(\w+)->mpls_label", line)]
+        out = next(iter(re.findall(r"^\s*output:(\d+)", line)), out)
+    return path, pushed[::-1], (switch, int(out) if out else None), text
+
+
+def test_a_chain_packet_takes_classifier_pick_and_pin_in_ovs_as_in_ofsim(
+        leader, ovs, bridges, topo, store):
+    """A chain's packet traced through real OVS (ofproto/trace) takes the
+    classifier, steer, pick, learn and send rules, then the transport
+    rules, and leaves at the host ofsim names with the labels ofsim pushes;
+    its second packet takes the pin the first one learned, as in ofsim."""
+    hosts = [topo.hosts[0], topo.hosts[2]]
+    leases = [register(store, topo, h.name) for h in hosts]
+    try:
+        groups = wait_for(lambda: leader.alive() and placement_groups(leader), 20,
+                          "a placement of the chains")
+        assert {h for g in groups.values() for h, _ in g} <= {h.name for h in hosts}
+        rules = desired_rules(topo, topo.chains, groups)
+        wait_fabric(ovs, bridges, topo, rules, leader, "classifiers for the placement")
+        # Each chain's first NF runs on one host (light chains), so the slot
+        # OVS's multipath hash picks and the one ofsim's HRW picks agree on it.
+        assert all(len(g) == 1 for g in groups.values()), groups
+        sim = FabricSim(topo, rules)
+        for chain in topo.chains:
+            ingress = topo.edge(chain.ingress)
+            packet = chain_packet(chain)
+            flow = chain_flow(chain, ingress)
+            kinds = []
+            for generate in (True, False):      # the first packet learns the pin
+                exit_, = sim.from_edge(chain.ingress, packet)
+                path, labels, (switch, port), text = ovs_trace(
+                    ovs, bridges, bridges[ingress.switch], flow, generate)
+                assert path == exit_.trace, f"ovs {path}\nofsim {exit_.trace}\n{text}"
+                where = topo.host(exit_.name)
+                assert (switch, port) == (where.switch, where.port), text
+                assert labels == exit_.labels == [where.label, chain.spi, 255], text
+                kinds.append([k for sw, _, k in path if sw == ingress.switch])
+            assert kinds == [["classifier", "miss", "steer", "pick", "learn", "send"],
+                             ["classifier", "pin", "steer", "send"]], text
+            pins = ovs.ofctl("dump-flows", bridges[ingress.switch],
+                             f"table={flows.TABLE_PINS}")
+            assert f"cookie={flows.pin_cookie():#x}" in pins and "tp_src=40000" in pins, pins
+    finally:
+        for lease in leases:
+            lease.stop(revoke=True)
+        for bridge in bridges.values():     # learned pins go by idle timeout only
+            ovs.ofctl("del-flows", bridge,
+                      f"table={flows.TABLE_PINS},cookie={flows.pin_cookie():#x}/-1")
+    wait_fabric(ovs, bridges, topo, unplaced_rules(topo), leader,
                 "classifiers gone with the hosts")
 
 
 def test_reconnecting_switch_ends_without_stale_rules(leader, ovs, bridges, topo):
-    rules = desired_rules(topo, [], {})
+    rules = unplaced_rules(topo)
     leaf = disturb_synced_leaf(ovs, bridges, topo, rules, leader, stray_port=77)
     ovs.vsctl("del-controller", leaf)
     ovs.vsctl("set-controller", leaf, leader.target)
@@ -301,7 +420,7 @@ def test_ovs_restart_is_followed_by_resync_without_stale_rules(
     `ovs-ctl restart` does would not keep the stray ones either: OVS 3.1
     flushes a bridge's flows when clearing flow-restore-wait gives it its
     controller back; see OvsServer.restart.)"""
-    rules = desired_rules(topo, [], {})
+    rules = unplaced_rules(topo)
     leaf = disturb_synced_leaf(ovs, bridges, topo, rules, leader, stray_port=99)
     before, (old_db, old_vswitchd) = connections(leader), ovs.pids
 
@@ -344,14 +463,14 @@ def test_a_spine_link_down_is_routed_around_and_back(leader, ovs, bridges, topo)
     ends stop using the link, every host is reached over the other spine,
     and re-adding the port brings the original rules back."""
     assert len([s for s in topo.switches if s.name.startswith("spine")]) == 2
-    original = desired_rules(topo, [], {})
+    original = unplaced_rules(topo)
     wait_fabric(ovs, bridges, topo, original, leader, "fabric in the desired state")
     i, link = next((i, l) for i, l in enumerate(topo.links)
                    if (l.a, l.b) == ("leaf1", "spine1"))
     spine_side = f"{ovs.prefix}l{i}b"
     log_start = len(leader.log())
     cut = dataclasses.replace(topo, links=tuple(l for l in topo.links if l != link))
-    around = with_lldp(flows.switch_rules(topo.with_chains([]), build_graph(cut), {}))
+    around = with_lldp(flows.switch_rules(topo, build_graph(cut), {}))
     assert around != original
 
     ovs.vsctl("del-port", bridges[link.b], spine_side)
@@ -395,7 +514,7 @@ def test_lldp_keeps_every_file_link_alive(leader, ovs, bridges, topo):
     punt (Ryu's own has cookie 0 and would be deleted as foreign), or the
     fabric falls apart one timeout after the first sync."""
     from ryu.topology.switches import Switches
-    rules = desired_rules(topo, [], {})
+    rules = unplaced_rules(topo)
     wait_fabric(ovs, bridges, topo, rules, leader, "fabric in the desired state")
     log_start = len(leader.log())
     time.sleep(Switches.LINK_TIMEOUT + Switches.TIMEOUT_CHECK_PERIOD + 1)
@@ -418,6 +537,6 @@ def test_standby_takes_over_when_the_leader_is_killed(
     leader.kill()
     wait_for(lambda: (store.get(LEADER) or {}).get("name", "").endswith(
         f"-{standby.proc.pid}"), 10, "standby leads")
-    wait_fabric(ovs, bridges, topo, desired_rules(topo, [], {}), standby,
+    wait_fabric(ovs, bridges, topo, unplaced_rules(topo), standby,
                 "the new leader reprograms the switches")
     assert "I lead now" in standby.log()

@@ -247,3 +247,28 @@ def test_observing_links_puts_the_lldp_punt_on_every_live_switch(topo):
     punt = lldp_punt()
     assert flows.cookie_kind(punt.cookie) is None and flows.is_onvm_cookie(punt.cookie)
     assert punt.cookie not in {f.cookie for r in plain.values() for f in r.flows}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rules_kept_by_parts_equal_a_fresh_compile_after_any_events(seed):
+    """LiveFabric compiles through controller.rulebook, which keeps parts
+    between calls: after any mix of fabric events and first-NF host
+    changes, its rules are those a fresh LiveFabric in the same state
+    computes from nothing."""
+    rng = random.Random(seed)
+    topo = topogen.leaf_spine(3, 4, 2, chains=3)
+    hosts = [h.name for h in topo.hosts]
+    live = LiveFabric(topo)
+    ports = [(l.a, l.a_port) for l in topo.links] + [(h.switch, h.port) for h in topo.hosts]
+    for _ in range(10):
+        if rng.random() < 0.6:
+            sw, port = rng.choice(ports)
+            live.port_status(sw, port, rng.random() < 0.4, "test")
+        else:
+            sw = rng.choice(topo.switches).name
+            (live.switch_left if rng.random() < 0.5 else live.switch_joined)(sw)
+        groups = {c.name: [(h, 1.0) for h in sorted(rng.sample(hosts, rng.randint(0, 2)))]
+                  for c in topo.chains}
+        fresh = LiveFabric(topo)
+        fresh.ports_down, fresh.gone = set(live.ports_down), set(live.gone)
+        assert live.rules(topo, groups) == fresh.rules(topo, groups)

@@ -246,10 +246,16 @@ def test_plan_checks_the_move_fields(fields, message):
     assert str(err.value) == message
 
 
-def test_plan_takes_the_move_fields():
+def test_plan_takes_the_move_fields_and_keeps_them_through_the_store():
+    store = open_store("memory://")
     for fields in ({"export": True}, {"export": False}, {"state": None},
                    {"state": {"nf": "lb", "flows": []}}):
-        check_plan(_plan(**fields))
+        plan = _plan(**fields)
+        assert check_plan(plan) is plan
+        generation = store.put_plan("h1", plan)
+        got = check_plan(store.get_plan("h1"))
+        assert got["generation"] == generation
+        assert got["instances"] == [{"id": 1, "nf": "lb", **fields}], fields
 
 
 # --- end to end: a running lb moves, its flows keep their backends -----------------

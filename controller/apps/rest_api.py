@@ -16,18 +16,19 @@
 A chain body is {"name", "ingress", "egress", "match", "nfs", "mpps"} and an
 optional "spi" (else the lowest free one).  A wrong request gets 400
 (malformed), 404 (unknown chain) or 409 (conflicts with the chains there, or
-cannot be placed) with {"error": "..."} and changes nothing: a change is
-checked by the chain manager's `check_chains` before it is stored.
+cannot be placed) with {"error": "..."} and changes nothing: the cluster's
+`put_chain` checks that every chain can still be placed before it stores.
 
-A move body is {"host": A, "instance": ID, "to": B}.  The chain manager's
+A move body is {"host": A, "instance": ID, "to": B}.  The cluster's
 `request_move(host, instance, to)` checks it (controller.moves.check_move:
 404 unknown host or instance, 400 A == B, 409 B not alive or without the
 cores) and the reply is 202: the move completes once A's agent has
 published the instance's state, which GET /onvm/v1/moves shows.
 
-The deciding code (parsing and checking chain bodies, the request handlers)
-is plain functions over a manager object; the Ryu parts at the bottom only
-route requests to them.  Re-placing is the chain manager's job, not ours.
+The handlers are plain functions over a `controller.view.ClusterView` (the
+cluster core implements it) and call nothing else of the controller; the
+Ryu parts at the bottom only route requests to them.  Re-placing is the
+core's job, not ours.
 """
 from __future__ import annotations
 
@@ -35,16 +36,18 @@ import dataclasses
 import json
 import logging
 
-from contracts.model import Chain
 from controller.chains import (CHAIN_FIELDS, MAX_BODY, NAME_RE,  # noqa: F401  (the chain validator)
                                REQUIRED_FIELDS, RequestError, chain_from_json,
                                free_spi, parse_json_body)
 from controller.chains import check_keys as _check_keys
+from controller.moves import MoveError
+from controller.placement import PlacementError
+from controller.view import ClusterView, chain_to_json
 
 LOG = logging.getLogger(__name__)
 
 BASE = "/onvm/v1"
-MANAGER_NAMES = ("chain_manager", "ChainManager")
+CHAIN_MANAGER = "chain_manager"   # the Ryu app that holds the cluster core
 MOVE_FIELDS = ("host", "instance", "to")
 
 
@@ -53,128 +56,85 @@ def _bad(cond, message, status=400):
         raise RequestError(status, message)
 
 
-# --- chains as JSON ---------------------------------------------------------
+# --- the handlers, over a ClusterView ---------------------------------------
 
-def chain_to_json(chain: Chain) -> dict:
-    """The stored (and returned) form of a chain."""
-    return {"name": chain.name, "ingress": chain.ingress, "egress": chain.egress,
-            "match": dict(chain.match), "nfs": list(chain.nfs),
-            "mpps": chain.mpps, "spi": chain.spi}
-
-
-# --- the handlers, over a chain manager ---------------------------------------
-
-def stored_chains(manager):
-    """{name: model.Chain} from the store, in SPI order.  Stored chains were
-    checked when written; one that is not even well-formed is logged and
-    left out (nothing could place it)."""
-    chains = {}
-    for name, body in manager.store.chains().items():
-        try:
-            chains[name] = Chain(body["name"], body["ingress"], body["egress"],
-                                 dict(body["match"]), tuple(body["nfs"]),
-                                 float(body["mpps"]), int(body["spi"]))
-        except (KeyError, TypeError, ValueError) as err:
-            LOG.warning("stored chain /onvm/chains/%s is malformed (%s: %s) "
-                        "and ignored", name, type(err).__name__, err)
-    return dict(sorted(chains.items(), key=lambda kv: kv[1].spi))
-
-
-def _commit(manager, chains, changed, verb):
-    """Ask the manager whether the new chain set can be placed; only then store."""
-    from controller.placement import PlacementError
+def _placed_or_409(name, change, *args):
+    """Run a chain change of the view; its PlacementError is a 409."""
     try:
-        manager.check_chains(list(chains))
+        return change(*args)
     except PlacementError as err:
-        raise RequestError(409, f"chain {changed}: cannot be placed: {err}") from None
-    LOG.info("REST: %s chain %s (placement checked)", verb, changed)
+        raise RequestError(409, f"chain {name}: cannot be placed: {err}") from None
 
 
-def create_chain(manager, body):
-    chains = stored_chains(manager)
+def _store(view: ClusterView, chain, verb):
+    """Store `chain` once the cluster says every chain can be placed with it."""
+    _placed_or_409(chain.name, view.put_chain, chain)
+    LOG.info("REST: %s chain %s (placement checked)", verb, chain.name)
+    return chain_to_json(chain)
+
+
+def create_chain(view: ClusterView, body):
+    chains = view.chains()
     name = body.get("name") if isinstance(body, dict) else None
     _bad(name not in chains, f"chain {name} exists; change it with PUT "
                              f"{BASE}/chains/{name}", 409)
-    chain = chain_from_json(body, manager.topology, chains.values())
-    _commit(manager, [*chains.values(), chain], chain.name, "created")
-    manager.set_chain(chain_to_json(chain))
-    return 201, chain_to_json(chain)
+    chain = chain_from_json(body, view.topology(), chains.values())
+    return 201, _store(view, chain, "created")
 
 
-def change_chain(manager, name, body):
-    chains = stored_chains(manager)
+def change_chain(view: ClusterView, name, body):
+    chains = view.chains()
     _bad(name in chains, f"no chain {name}", 404)
     if isinstance(body, dict):
         _bad(body.setdefault("name", name) == name,
              f"chain.name: {body.get('name')!r} differs from the URL's {name!r}; "
              "a chain cannot be renamed")
     old = chains.pop(name)
-    chain = chain_from_json(body, manager.topology, chains.values(), spi=old.spi)
-    _commit(manager, [*chains.values(), chain], name, "changed")
-    manager.set_chain(chain_to_json(chain))
-    return 200, chain_to_json(chain)
+    chain = chain_from_json(body, view.topology(), chains.values(), spi=old.spi)
+    return 200, _store(view, chain, "changed")
 
 
-def delete_chain(manager, name):
-    chains = stored_chains(manager)
-    _bad(name in chains or manager.store.get_chain(name) is not None,
-         f"no chain {name}", 404)
-    rest = [c for n, c in chains.items() if n != name]
-    _commit(manager, rest, name, "deleted")
-    manager.delete_chain(name)
+def delete_chain(view: ClusterView, name):
+    _bad(view.chain(name) is not None, f"no chain {name}", 404)
+    _placed_or_409(name, view.delete_chain, name)
+    LOG.info("REST: deleted chain %s", name)
     return 200, {"deleted": name}
 
 
-def get_chain(manager, name):
-    body = manager.store.get_chain(name)
+def get_chain(view: ClusterView, name):
+    body = view.chain(name)
     _bad(body is not None, f"no chain {name}", 404)
     return 200, body
 
 
-def get_topology(manager):
-    topo = dataclasses.asdict(manager.topology)
-    topo["nfs"] = {k: dataclasses.asdict(v) for k, v in manager.topology.nfs.items()}
+def get_topology(view: ClusterView):
+    topology = view.topology()
+    topo = dataclasses.asdict(topology)
+    topo["nfs"] = {k: dataclasses.asdict(v) for k, v in topology.nfs.items()}
     return 200, topo
 
 
-def get_hosts(manager):
-    alive = manager.store.hosts()
-    plans = manager.store.plans()
-    out = {}
-    for host in manager.topology.hosts:
-        plan = plans.get(host.name)
-        out[host.name] = {
-            "topology": dataclasses.asdict(host),
-            "alive": host.name in alive,
-            "info": alive.get(host.name),
-            "plan_generation": plan.get("generation") if plan else None,
-            "applied_generation": manager.store.get_applied(host.name),
-        }
-    for name in sorted(set(alive) - set(out)):
-        out[name] = {"topology": None, "alive": True, "info": alive[name],
-                     "plan_generation": None,
-                     "applied_generation": manager.store.get_applied(name)}
-    return 200, out
+def get_hosts(view: ClusterView):
+    return 200, view.hosts()
 
 
-def get_placement(manager):
-    placement = getattr(manager, "placement", None)
+def get_placement(view: ClusterView):
+    placement = view.placement()
     _bad(placement is not None, "no placement yet: the controller has not "
-                                "placed the chains (is it the leader?)", 503)
-    return 200, placement.to_json(getattr(manager, "solve_ms", 0.0))
+                                "placed the chains (is any host alive?)", 503)
+    return 200, placement
 
 
-def get_stats(manager):
-    return 200, manager.store.stats()
+def get_stats(view: ClusterView):
+    return 200, view.stats()
 
 
-def get_chains(manager):
-    return 200, manager.store.chains()
+def get_chains(view: ClusterView):
+    return 200, {name: chain_to_json(c) for name, c in view.chains().items()}
 
 
-def create_move(manager, body):
-    """Hand a checked move request to the chain manager."""
-    from controller.moves import MoveError
+def create_move(view: ClusterView, body):
+    """Hand a checked move request to the cluster."""
     _check_keys(body, "move", MOVE_FIELDS, MOVE_FIELDS)
     for field in ("host", "to"):
         _bad(isinstance(body[field], str), f"move.{field}: must be a host name, "
@@ -183,7 +143,7 @@ def create_move(manager, body):
     _bad(isinstance(iid, int) and not isinstance(iid, bool),
          f"move.instance: must be an instance id (an integer), not {iid!r}")
     try:
-        move = manager.request_move(body["host"], iid, body["to"])
+        move = view.request_move(body["host"], iid, body["to"])
     except MoveError as err:
         raise RequestError(err.status, err.message) from None
     LOG.info("REST: move of instance %d from %s to %s accepted", iid, body["host"],
@@ -192,9 +152,8 @@ def create_move(manager, body):
                                          f"{body['host']}"}
 
 
-def get_moves(manager):
-    moves = getattr(manager, "moves", None)
-    return 200, moves.status() if moves is not None else {"moving": [], "landing": []}
+def get_moves(view: ClusterView):
+    return 200, view.moves()
 
 
 # --- Ryu adapter --------------------------------------------------------------
@@ -203,7 +162,7 @@ import onvm_compat  # noqa: E402,F401  (eventlet 0.33 lacks what ryu.app.wsgi im
 from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route  # noqa: E402
 from ryu.base import app_manager  # noqa: E402
 
-API_DATA = "onvm_rest_manager"
+API_DATA = "onvm_cluster_view"
 
 
 def _json_response(status, body):
@@ -228,20 +187,13 @@ class OnvmController(ControllerBase):
 
     def __init__(self, req, link, data, **config):
         super().__init__(req, link, data, **config)
-        self.get_manager = data[API_DATA]
-
-    def _manager(self):
-        manager = self.get_manager()
-        if manager is None:
-            raise RequestError(503, "the chain manager app is not running")
-        return manager
+        self.get_view = data[API_DATA]
 
     def _call(self, req, handler, *args, with_body=False):
-        try:
-            manager = self._manager()
-        except RequestError as err:
-            return _json_response(err.status, {"error": err.message})
-        return _serve(req, handler, manager, *args, with_body=with_body)
+        view = self.get_view()
+        if view is None:
+            return _json_response(503, {"error": "the chain manager app is not running"})
+        return _serve(req, handler, view, *args, with_body=with_body)
 
     @route("onvm", BASE + "/topology", methods=["GET"])
     def topology(self, req, **_):
@@ -288,18 +240,16 @@ class OnvmController(ControllerBase):
         return self._call(req, get_moves)
 
 
-def register(wsgi_app, get_manager):
-    """Mount the API on a ryu WSGIApplication; `get_manager()` returns the
-    chain manager (or None while it is not there)."""
-    wsgi_app.register(OnvmController, {API_DATA: get_manager})
+def register(wsgi_app, get_view):
+    """Mount the API on a ryu WSGIApplication; `get_view()` returns the
+    ClusterView (or None while there is none)."""
+    wsgi_app.register(OnvmController, {API_DATA: get_view})
 
 
-def find_chain_manager():
-    for name in MANAGER_NAMES:
-        app = app_manager.lookup_service_brick(name)
-        if app is not None:
-            return app
-    return None
+def find_cluster_view():
+    """The chain manager app's ClusterView, or None while it is not running."""
+    app = app_manager.lookup_service_brick(CHAIN_MANAGER)
+    return app.cluster_view() if app is not None else None
 
 
 class RestApi(app_manager.RyuApp):
@@ -309,5 +259,5 @@ class RestApi(app_manager.RyuApp):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.name = "onvm_rest_api"
-        register(kwargs["wsgi"], find_chain_manager)
+        register(kwargs["wsgi"], find_cluster_view)
         LOG.info("REST API mounted under %s", BASE)

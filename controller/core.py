@@ -1,0 +1,455 @@
+"""The cluster's deciding core: one plain object that takes what happens
+(agents registering or lost, chains stored, stats, switches and ports
+coming and going, move requests, leadership, the time) and returns what to
+do about it (plans written, switch rules to bring about, and why, in the
+log).  Faucet's valves_manager/valve habit: no Ryu, no eventlet, no clock
+of its own (`now` is an argument), so tests drive it step by step with a
+`memory://` store and a fake clock.
+
+    core = ClusterCore(topology, store, leader=election)
+    core.store_changed(key)                 # a watch saw /onvm/hosts/... change
+    decisions = core.step(now, leading)     # re-place, write plans
+    decisions.sync                          # {dpid: SwitchRules} to bring about
+    diff = core.switch_diff(dpid, rules, flows_there, group_ids_there)
+    core.switch_synced(dpid, rules, diff)   # after the barrier
+
+Store I/O: the core takes the store object and writes plans itself,
+rather than returning writes for the shell to perform.  A plan write is a
+compare-and-set guarded by leadership whose answer (the generation, or
+NotLeader) decides what happens next, and a move reads the store
+(snapshots, applied generations) between decisions; returning writes
+would cut every such step in two.  The store is already a plain object
+with a `memory://` backend, so the core stays testable without a server.
+
+It implements `controller.view.ClusterView`, the interface of the REST API.
+
+Not here: Ryu events and OpenFlow messages (`controller.apps.chain_manager`,
+`controller.ofmsgs`), placement (`controller.placement`), plans
+(`controller.plans`), rules (`controller.flows`, `controller.livegraph`),
+moves (`controller.moves`), the election itself (`contracts.store`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Dict, List, NamedTuple, Optional
+
+from contracts.model import Chain
+from contracts.store import CHAINS, HOSTS, STATS, NotLeader
+from controller import flows
+from controller.livegraph import LiveFabric, describe
+from controller.moves import Moves
+from controller.placement import place, place_what_fits
+from controller.plans import host_load, host_plans, ingress_groups
+from controller.view import ClusterView, chain_to_json
+
+log = logging.getLogger("onvm.core")
+
+STATS_REPLAN_SECONDS = 1.0
+DIRTY_KINDS = ((HOSTS, "hosts"), (CHAINS, "chains"), (STATS, "stats"))
+
+
+def chains_from_store(bodies) -> Dict[str, Chain]:
+    """{name: Chain} of stored chain bodies, in SPI order.  Stored chains
+    were checked when written; one that is not even well-formed is logged
+    and left out (nothing could place it)."""
+    chains = {}
+    for name, body in bodies.items():
+        try:
+            chains[name] = Chain(body["name"], body["ingress"], body["egress"],
+                                 dict(body["match"]), tuple(body["nfs"]),
+                                 float(body["mpps"]), int(body["spi"]))
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("stored chain %s%s is malformed (%s: %s) and ignored",
+                        CHAINS, name, type(err).__name__, err)
+    return dict(sorted(chains.items(), key=lambda kv: kv[1].spi))
+
+
+def same_plan(stored, plan):
+    """Equal but for the generation: no need to write it again."""
+    if stored is None:
+        return False
+    strip = lambda p: {k: v for k, v in p.items() if k != "generation"}
+    return strip(stored) == strip(plan)
+
+
+class SwitchDiff(NamedTuple):
+    """What one switch lacks and holds too much: controller.flows diffs."""
+    flows: flows.FlowDiff
+    groups: flows.GroupDiff
+
+
+@dataclasses.dataclass
+class Decisions:
+    """What one `step` decided.  Plans are already written (see the module
+    docstring); `sync` is for the shell to bring about."""
+    replaced: List[str] = dataclasses.field(default_factory=list)      # why it re-placed
+    written: Dict[str, int] = dataclasses.field(default_factory=dict)  # host -> generation
+    deleted: List[str] = dataclasses.field(default_factory=list)       # plans removed
+    sync: Dict[int, flows.SwitchRules] = dataclasses.field(default_factory=dict)
+
+
+class ClusterCore(ClusterView):
+    """The cluster's state machine; see the module docstring."""
+
+    def __init__(self, topology, store, leader=None, lldp=False):
+        """`leader`: the Election whose leadership guards plan writes (None:
+        unguarded, for tests); `lldp`: switches also punt LLDP to the
+        controller (ryu.topology observes links)."""
+        self.topo = topology
+        self.store = store
+        self.leader = leader
+        self.lldp = lldp
+        self.now = 0.0
+        self.fabric = LiveFabric(topology)
+        self.current = None             # the Placement in force, of self.placed
+        self.placed = topology.with_chains([])
+        self.asked = topology.with_chains([])  # every chain users asked for
+        self.solve_ms = 0.0             # how long the last placement took
+        self.alive = set()
+        self.unplaced = {}              # chain name -> why it could not be placed
+        self.stats_warned = set()       # (host, problem) of stats already logged
+        self.dirty = {"hosts", "chains"}
+        self.mover = Moves(store, clock=lambda: self.now)
+        self.fabric_cut = []            # hosts and edges no switch reaches
+        self.last_stats_replan = None
+        self.leading = False
+        self.connected = set()          # dpids of the switches connected now
+        self.programmed = {}            # dpid -> SwitchRules last handed out
+        self._desired_cache = None
+        self.desired = self._desired()
+        self.names = {sw.dpid: sw.name for sw in topology.switches}
+
+    # ------------------------------------------------------------ inputs
+    def store_changed(self, key):
+        """A watched key changed: mark what it touches for the next step."""
+        for prefix, what in DIRTY_KINDS:
+            if key.startswith(prefix):
+                self.dirty.add(what)
+
+    def step(self, now, leading) -> Decisions:
+        """Follow leadership, re-place when an input changed, write plans
+        (leader only), and say which switches need their rules brought
+        about.  Raises what the store raises; what was pending stays
+        pending, so the next step does it again."""
+        self.now = now
+        out = Decisions()
+        if leading and not self.leading:
+            log.info("I lead now%s: writing plans and programming %d connected "
+                     "switches", f" ({self.leader.name})" if self.leader else "",
+                     len(self.connected))
+            self._seed_chains()
+            self.dirty |= {"hosts", "chains"}
+            self.programmed.clear()
+        elif self.leading and not leading:
+            log.warning("I no longer lead: stop writing plans and programming "
+                        "switches; standing by")
+        self.leading = leading
+        due_stats = "stats" in self.dirty and (
+            self.last_stats_replan is None
+            or now - self.last_stats_replan >= STATS_REPLAN_SECONDS)
+        if self.dirty & {"hosts", "chains", "moves"} or due_stats:
+            pending = set(self.dirty)
+            self.dirty.clear()
+            try:
+                self._replace(sorted(pending), out)
+            except Exception:
+                self.dirty |= pending
+                raise
+            self.last_stats_replan = now
+        if self.leading:
+            out.sync = self._to_sync()
+        return out
+
+    # ------------------------------------------------------- re-placement
+    def _dead(self):
+        return tuple(h.name for h in self.topo.hosts if h.name not in self.alive)
+
+    def _seed_chains(self):
+        """First leader of a fresh store: the topology file's chains."""
+        if self.store.chains() or self.store.plans():
+            return
+        for chain in self.topo.chains:
+            self.store.put_chain(chain_to_json(chain))
+        log.info("store had no chains: put the %d chains of %s",
+                 len(self.topo.chains), self.topo.source)
+
+    def _refresh_alive(self):
+        registered = set(self.store.hosts())
+        known = {h.name for h in self.topo.hosts}
+        for name in sorted(registered - known):
+            log.warning("agent %s registered in %s but %s has no such host: "
+                        "ignored", name, HOSTS, self.topo.source)
+        # A host no switch reaches serves nothing, lease or not: a server
+        # that fails takes its link down at once, long before its lease ends.
+        cut = set(self.fabric_cut) & known
+        alive = (registered & known) - cut
+        for name in sorted(alive - self.alive):
+            log.info("host %s is alive (agent registered, reachable)", name)
+        for name in sorted(self.alive - alive):
+            if name in cut:
+                log.warning("host %s lost: no switch reaches it (its link is down)",
+                            name)
+            else:
+                log.warning("host %s lost (its %s key expired or was deleted)",
+                            name, HOSTS + name)
+        lost = self.alive - alive
+        self.alive = alive
+        return lost
+
+    def _replace(self, reasons, out):
+        out.replaced = list(reasons)
+        lost = self._refresh_alive()
+        wanted = list(self.chains().values())
+        # Rules cover every chain asked for: one not placed (no host alive,
+        # or no room) gets controller.flows' chain_drop at its ingress, so
+        # its traffic is dropped, never forwarded around its NFs.
+        edges = {e.name for e in self.topo.edges}
+        self.asked = self.topo.with_chains([c for c in wanted if c.ingress in edges])
+        chains = wanted if self.alive else []
+        before = self.current
+        # Every host or chain change re-places all wanted chains, so a chain
+        # refused while few hosts were up is tried again as more come.
+        start = time.perf_counter()
+        placement, kept, self.unplaced = place_what_fits(
+            self.topo, chains, previous=self.current,
+            exclude_hosts=self._dead(), unplaced=self.unplaced)
+        self.solve_ms = (time.perf_counter() - start) * 1000
+        self.placed = self.topo.with_chains(kept)
+        if placement is not None:       # a move whose state A published lands now
+            placement = self.mover.land(self.placed, placement)
+        self.current = placement
+        self._log_instances(before, placement, lost, reasons)
+        if self.leading:
+            self._write_plans(out)
+
+    def _log_instances(self, before, after, lost, reasons):
+        old = before.instances if before else {}
+        new = after.instances if after else {}
+        why = ", ".join(f"{h} lost" for h in sorted(lost)) or \
+            "change in " + "/".join(reasons)
+        used = after.cores_used() if after else {}
+        for key in sorted(set(new) - set(old)):
+            inst = new[key]
+            host = self.topo.host(inst.host)
+            log.info("placed %s#%d on %s: %s; %s now uses %d of %d cores, serves "
+                     "%.2f Mpps of it", inst.nf, inst.id, inst.host, why, inst.host,
+                     used.get(inst.host, 0), host.cores, inst.load)
+        for key in sorted(set(old) - set(new)):
+            inst = old[key]
+            log.info("removed %s#%d from %s: %s", inst.nf, inst.id, inst.host, why)
+
+    def _write_plans(self, out):
+        load = host_load(self.store.stats(), self.placed, self.current,
+                         self.stats_warned) if self.current else {}
+        stored = self.store.plans()
+        generation = 1 + max([p.get("generation", 0) for p in stored.values()] or [0])
+        plans = self.mover.mark(host_plans(self.placed, self.current, generation, load)
+                                 if self.current else {})
+        try:
+            for host in sorted(self.alive):
+                plan = plans.get(host) or self._idle_plan(host, generation)
+                if same_plan(stored.get(host), plan):
+                    continue
+                gen = self.store.put_plan(host, plan, leader=self.leader)
+                out.written[host] = gen
+                log.info("wrote plan generation %d for %s: %d instances, %d hops",
+                         gen, host, len(plan.get("instances", [])),
+                         len(plan.get("hops", [])))
+            for host in sorted(set(stored) - self.alive):
+                self.store.delete_plan(host)
+                out.deleted.append(host)
+                log.info("deleted the plan of %s: host not alive", host)
+        except NotLeader as err:
+            log.warning("stopped writing plans: %s", err)
+
+    def _idle_plan(self, name, generation):
+        host = self.topo.host(name)
+        return {"host": name, "generation": generation, "node_label": host.label,
+                "mac": host.mac, "instances": [], "classifiers": [], "hops": []}
+
+    # ---------------------------------------------------------- switches
+    def _desired(self):
+        """Every switch's rules for the current placement and live fabric,
+        computed again only when one of their inputs changed (0.3 s on a
+        k=8 fat tree; the shell steps four times a second)."""
+        fab = self.fabric
+        inputs = (self.asked, self.placed, self.current, frozenset(fab.ports_down),
+                  frozenset(fab.gone), frozenset(fab.lldp_lost))
+        cached = self._desired_cache
+        if cached is not None and all(a is b or a == b for a, b in zip(cached[0], inputs)):
+            return cached[1]
+        groups = ingress_groups(self.placed, self.current) if self.current else {}
+        rules = fab.rules(self.asked, groups, lldp=self.lldp)
+        self._desired_cache = (inputs, rules)
+        return rules
+
+    def _to_sync(self):
+        """{dpid: rules} of connected switches whose rules changed since
+        they were last handed out; they count as programmed from now on
+        (`sync_failed` takes that back)."""
+        self.desired = desired = self._desired()
+        todo = {}
+        for dpid in sorted(self.connected):
+            if dpid in desired and self.programmed.get(dpid) != desired[dpid]:
+                self.programmed[dpid] = todo[dpid] = desired[dpid]
+        return todo
+
+    def switch_name(self, dpid) -> Optional[str]:
+        return self.names.get(dpid)
+
+    def switch_connected(self, dpid) -> bool:
+        """A switch reached MAIN state; False (warned) for one the topology
+        lacks, which is then never programmed."""
+        name = self.switch_name(dpid)
+        if name is None:
+            log.warning("switch dpid %#x connected but %s has no such switch: not "
+                        "programmed", dpid or 0, self.topo.source)
+            return False
+        log.info("switch %s (dpid %#x) connected", name, dpid)
+        self.connected.add(dpid)
+        self.programmed.pop(dpid, None)     # resync on every connect
+        self.fabric_changed(self.fabric.switch_joined(name))
+        return True
+
+    def switch_left(self, dpid):
+        if dpid not in self.connected:
+            return
+        self.connected.discard(dpid)
+        self.programmed.pop(dpid, None)
+        name = self.switch_name(dpid)
+        log.warning("switch %s (dpid %#x) left: traffic through it stops until it "
+                    "reconnects", name, dpid)
+        self.fabric_changed(self.fabric.switch_left(name))
+
+    def port_status(self, dpid, port_no, up, why):
+        """A port status: `why` in words ("link down", "deleted", "up")."""
+        name = self.switch_name(dpid)
+        if name is not None:        # else warned about when it connected
+            self.fabric_changed(self.fabric.port_status(name, port_no, up, why))
+
+    def lldp_link(self, src, dst, present):
+        """LLDP found (`present`) or lost a link; src, dst: (dpid, port)."""
+        ports = [(self.switch_name(dpid) or f"dpid {dpid:#x}", port)
+                 for dpid, port in (src, dst)]
+        self.fabric_changed(self.fabric.lldp_link(*ports, present))
+
+    def switch_diff(self, dpid, rules, actual, group_ids) -> SwitchDiff:
+        """What to send a switch holding flows `actual` (flows.ActualFlow)
+        and groups `group_ids` so that it holds exactly `rules`."""
+        return SwitchDiff(flows.diff(rules.flows, actual),
+                          flows.diff_groups(rules.groups, group_ids))
+
+    def switch_synced(self, dpid, rules, diff: SwitchDiff):
+        stale = [flows.cookie_kind(e.cookie) or f"foreign cookie {e.cookie:#x}"
+                 for e in diff.flows.deletes]
+        log.info("switch %s synced: %d rules and %d groups wanted; added %d rules, "
+                 "deleted %d (%s), groups +%d ~%d -%d", self.switch_name(dpid),
+                 len(rules.flows), len(rules.groups), len(diff.flows.adds),
+                 len(diff.flows.deletes), ", ".join(sorted(set(stale))) or "none",
+                 len(diff.groups.adds), len(diff.groups.modifies),
+                 len(diff.groups.deletes))
+
+    def sync_failed(self, dpid, err):
+        """A sync did not finish (the switch went away mid-way): the next
+        step hands the switch's rules out again."""
+        self.programmed.pop(dpid, None)
+        log.error("switch %s: sync failed, will retry: %s", self.switch_name(dpid), err)
+
+    def fabric_changed(self, changes):
+        """Log what a fabric event changed and what that does to the rules;
+        hosts cut off (or back) are re-placed at the next step."""
+        routing = [c for c in changes if c.routing]
+        for change in changes:
+            if not change.routing:
+                log.warning("%s", change.text)
+        if not routing:
+            return
+        cut_before = set(self.fabric_cut)
+        before, self.desired = self.desired, self._desired()
+        self.fabric_cut = self.fabric.unreachable()
+        impact = describe(before, self.desired)
+        for change in routing:
+            log.warning("%s: %s; %s", change.text, change.effect, impact)
+        hosts = {h.name for h in self.topo.hosts}
+        for name in self.fabric_cut:
+            if name not in cut_before:
+                log.warning("%s unreachable: no switch reaches it now%s",
+                            self._place_name(name),
+                            "; re-placing what it ran" if name in hosts else "")
+        for name in sorted(cut_before - set(self.fabric_cut)):
+            log.info("%s reachable again", self._place_name(name))
+        if (cut_before ^ set(self.fabric_cut)) & hosts:
+            self.dirty.add("hosts")
+        parts = self.fabric.parts()
+        if len(parts) > 1:
+            log.warning("the fabric is split in %d parts: %s", len(parts),
+                        " | ".join(", ".join(sw) for sw, _ in parts))
+
+    def _place_name(self, name):
+        """'host h1' or 'edge internet'."""
+        return f"{self.fabric.graph().nodes[name]['kind']} {name}"
+
+    # ----------------------------------------------- ClusterView (REST API)
+    def topology(self):
+        return self.topo
+
+    def hosts(self):
+        registered = self.store.hosts()
+        plans = self.store.plans()
+        out = {}
+        for host in self.topo.hosts:
+            plan = plans.get(host.name)
+            out[host.name] = {
+                "topology": dataclasses.asdict(host),
+                "alive": host.name in registered,
+                "serving": host.name in self.alive,
+                "info": registered.get(host.name),
+                "plan_generation": plan.get("generation") if plan else None,
+                "applied_generation": self.store.get_applied(host.name),
+            }
+        for name in sorted(set(registered) - set(out)):
+            out[name] = {"topology": None, "alive": True, "serving": False,
+                         "info": registered[name], "plan_generation": None,
+                         "applied_generation": self.store.get_applied(name)}
+        return out
+
+    def chains(self):
+        return chains_from_store(self.store.chains())
+
+    def chain(self, name):
+        return self.store.get_chain(name)
+
+    def check_chains(self, chains):
+        """The placement `chains` (model.Chain) would get now, on the hosts
+        alive now; raises PlacementError; changes nothing."""
+        return place(self.topo.with_chains(list(chains)), previous=self.current,
+                     exclude_hosts=self._dead(), say=False)
+
+    def put_chain(self, chain):
+        others = [c for n, c in self.chains().items() if n != chain.name]
+        self.check_chains(others + [chain])
+        self.store.put_chain(chain_to_json(chain))
+        self.dirty.add("chains")
+
+    def delete_chain(self, name):
+        self.check_chains(c for n, c in self.chains().items() if n != name)
+        gone = self.store.delete_chain(name)
+        self.dirty.add("chains")
+        return gone
+
+    def placement(self):
+        return self.current.to_json(self.solve_ms) if self.current else None
+
+    def stats(self):
+        return self.store.stats()
+
+    def request_move(self, host, instance, to):
+        move = self.mover.request(self.placed, self.current, self.alive,
+                                   host, instance, to)
+        self.dirty.add("moves")
+        return move
+
+    def moves(self):
+        return self.mover.status()

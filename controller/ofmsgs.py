@@ -1,0 +1,133 @@
+"""controller.flows' rules as Ryu OpenFlow 1.3 messages, and a switch's
+flow-stats replies back as rules: the one step between deciding and
+sending.  It imports Ryu's OpenFlow 1.3 parser only (no app, no eventlet),
+so tests build the very messages the shell sends without a switch.
+
+    msgs = to_messages(datapath, flow_diff, group_diff)   # what to send
+    actual = actual_flows(flow_stats_replies)              # what is there
+
+`datapath` needs only `ofproto` and `ofproto_parser` to build messages
+(`offline_datapath()` gives one).
+
+Not here: which rules a switch should hold (controller.flows,
+controller.core), sending (controller.apps.chain_manager).
+"""
+import types
+
+from ryu.ofproto import nicira_ext, ofproto_v1_3, ofproto_v1_3_parser
+
+from controller import flows
+
+# OVS's nx_hash_fields value for symmetric_l3l4+udp (Ryu names only 0 and 1)
+NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3
+
+
+def _learn_action(parser, table, idle_timeout, priority, cookie, l4):
+    """NXActionLearn for the PINS rule of controller.flows' docstring.
+    Constants come before the fields that need them (OVS checks the
+    learned match's prerequisites as it builds it)."""
+    copy = lambda field, bits: parser.NXFlowSpecMatch(
+        src=(field, 0), dst=(field, 0), n_bits=bits)
+    specs = [copy("reg1", 32),
+             parser.NXFlowSpecMatch(src=flows.ETH_IPV4, dst=("eth_type_nxm", 0), n_bits=16),
+             copy("ipv4_src_nxm", 32), copy("ipv4_dst_nxm", 32)]
+    if l4 in ("tcp", "udp"):
+        specs += [parser.NXFlowSpecMatch(src={"tcp": 6, "udp": 17}[l4],
+                                         dst=("ip_proto_nxm", 0), n_bits=8),
+                  copy(f"{l4}_src_nxm", 16), copy(f"{l4}_dst_nxm", 16)]
+    else:
+        specs.append(copy("ip_proto_nxm", 8))
+    specs.append(parser.NXFlowSpecLoad(src=(flows.REG_HOST, 0), dst=(flows.REG_HOST, 0),
+                                       n_bits=32))
+    return parser.NXActionLearn(table_id=table, specs=specs, idle_timeout=idle_timeout,
+                                priority=priority, cookie=cookie)
+
+
+def _nx_action(parser, action):
+    op = action[0]
+    if op == "resubmit":
+        return parser.NXActionResubmitTable(table_id=action[1])
+    if op == "multipath":
+        return parser.NXActionMultipath(
+            fields=NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP, basis=0,
+            algorithm=nicira_ext.NX_MP_ALG_HRW, max_link=action[1] - 1, arg=0,
+            ofs_nbits=nicira_ext.ofs_nbits(0, 15), dst=action[2])
+    if op == "learn":
+        return _learn_action(parser, *action[1:])
+    return None
+
+
+def _ofp_actions(parser, actions):
+    made = []
+    for action in actions:
+        op = action[0]
+        if op == "output":
+            made.append(parser.OFPActionOutput(action[1]))
+        elif op == "group":
+            made.append(parser.OFPActionGroup(action[1]))
+        elif op == "push_mpls":
+            made.append(parser.OFPActionPushMpls(action[1]))
+        elif op == "set_mpls_ttl":
+            made.append(parser.OFPActionSetMplsTtl(action[1]))
+        elif op == "set_field":
+            made.append(parser.OFPActionSetField(**{action[1]: action[2]}))
+        else:
+            nx = _nx_action(parser, action)
+            if nx is None:
+                raise ValueError(f"controller.flows produced an action the Ryu "
+                                 f"adapter does not know: {action!r}")
+            made.append(nx)
+    return made
+
+
+def to_messages(datapath, flow_diff, group_diff):
+    """The OpenFlow messages that apply two diffs, in a safe order: groups
+    before the rules that use them (transport groups before the classifier
+    groups that chain to them), stale rules out before their groups."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+
+    def group_mod(command, spec):
+        buckets = [parser.OFPBucket(weight=b.weight,
+                                    actions=_ofp_actions(parser, b.actions))
+                   for b in spec.buckets]
+        return parser.OFPGroupMod(datapath, command, ofp.OFPGT_SELECT,
+                                  spec.group_id, buckets)
+
+    msgs = [group_mod(ofp.OFPGC_ADD, g)
+            for g in sorted(group_diff.adds, key=lambda g: g.group_id)]
+    msgs += [group_mod(ofp.OFPGC_MODIFY, g)
+             for g in sorted(group_diff.modifies, key=lambda g: g.group_id)]
+    for entry in flow_diff.deletes:
+        msgs.append(parser.OFPFlowMod(
+            datapath, cookie=entry.cookie, cookie_mask=0xFFFFFFFFFFFFFFFF,
+            table_id=entry.table, command=ofp.OFPFC_DELETE_STRICT,
+            priority=entry.priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+            match=entry.raw))
+    for spec in flow_diff.adds:
+        inst = []
+        if spec.actions:
+            inst.append(parser.OFPInstructionActions(
+                ofp.OFPIT_APPLY_ACTIONS, _ofp_actions(parser, spec.actions)))
+        if spec.goto is not None:
+            inst.append(parser.OFPInstructionGotoTable(spec.goto))
+        msgs.append(parser.OFPFlowMod(
+            datapath, cookie=spec.cookie, table_id=spec.table,
+            command=ofp.OFPFC_ADD, priority=spec.priority,
+            match=parser.OFPMatch(**dict(spec.match)), instructions=inst))
+    msgs += [parser.OFPGroupMod(datapath, ofp.OFPGC_DELETE, ofp.OFPGT_SELECT, gid)
+             for gid in sorted(group_diff.deletes, reverse=True)]
+    return msgs
+
+
+def actual_flows(replies):
+    """Flow-stats replies as controller.flows.ActualFlow."""
+    return [flows.ActualFlow(stat.table_id, stat.priority, stat.cookie,
+                             tuple(sorted(stat.match.items())), stat.match)
+            for reply in replies for stat in reply.body]
+
+
+def offline_datapath():
+    """A stand-in datapath that builds (and serializes) OpenFlow 1.3
+    messages without a switch."""
+    return types.SimpleNamespace(ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser,
+                                 id=None)

@@ -1,0 +1,72 @@
+"""What the REST API may see and ask of the cluster: the `ClusterView`
+interface, and a chain's stored form.  `controller.core.ClusterCore` implements it; the REST app
+(`controller.apps.rest_api`) calls nothing else, so it is tested against
+the real core with a `memory://` store, and the core can change inside
+without the API noticing.
+
+Not here: the implementation (`controller.core`), HTTP (`rest_api`),
+checking a chain body (the chain validator `rest_api` calls).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Dict, Optional
+
+from contracts.model import Chain
+
+
+def chain_to_json(chain: Chain) -> dict:
+    """A chain as it is stored in /onvm/chains/ and shown by the API."""
+    return {"name": chain.name, "ingress": chain.ingress, "egress": chain.egress,
+            "match": dict(chain.match), "nfs": list(chain.nfs),
+            "mpps": chain.mpps, "spi": chain.spi}
+
+
+class ClusterView(abc.ABC):
+    """The cluster as the REST API sees it.  Methods that change something
+    check first and raise (PlacementError, MoveError) without changing
+    anything when they refuse."""
+
+    @abc.abstractmethod
+    def topology(self):
+        """The controller.topology.Topology the controller runs with."""
+
+    @abc.abstractmethod
+    def hosts(self) -> Dict[str, dict]:
+        """{host: {"topology", "alive", "serving", "info", "plan_generation",
+        "applied_generation"}}; hosts registered that the topology lacks too."""
+
+    @abc.abstractmethod
+    def chains(self) -> Dict[str, Chain]:
+        """{name: Chain} of the stored, well-formed chains, in SPI order."""
+
+    @abc.abstractmethod
+    def chain(self, name) -> Optional[dict]:
+        """The chain `name` as stored (even a malformed one), or None."""
+
+    @abc.abstractmethod
+    def put_chain(self, chain: Chain) -> None:
+        """Create or replace a chain once every chain can be placed with it;
+        raises controller.placement.PlacementError, storing nothing."""
+
+    @abc.abstractmethod
+    def delete_chain(self, name) -> bool:
+        """Delete a stored chain; False when there was none."""
+
+    @abc.abstractmethod
+    def placement(self) -> Optional[dict]:
+        """The placement in force as `onvm place --json` prints it (with
+        the time its last solve took), or None before the first."""
+
+    @abc.abstractmethod
+    def stats(self) -> Dict[str, dict]:
+        """{host: stats} as the agents report them."""
+
+    @abc.abstractmethod
+    def request_move(self, host, instance, to) -> dict:
+        """Start moving an instance with its state; raises
+        controller.moves.MoveError (with an HTTP status) when refused."""
+
+    @abc.abstractmethod
+    def moves(self) -> dict:
+        """{"moving": [...], "landing": [...]}: the moves in progress."""

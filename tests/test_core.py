@@ -1,0 +1,289 @@
+"""controller.core.ClusterCore driven step by step, as the chain manager's
+loop drives it, with a memory:// store and a fake clock: leadership, hosts
+registering and lost, plans and generations, the stats throttle, switches
+connecting and their rule diffs, fabric events, and the rules it decides
+checked by pushing a chain's packets through them (controller.ofsim)."""
+import dataclasses
+import logging
+
+import pytest
+
+from contracts.store import Election, open_store
+from controller import flows, topogen
+from controller.core import STATS_REPLAN_SECONDS, ClusterCore
+from controller.ofsim import FabricSim, rule_kinds
+from controller.placement import place
+from controller.view import chain_to_json
+
+
+@pytest.fixture
+def topo():
+    generated = topogen.leaf_spine(2, 2, 2, chains=2)
+    # light chains: any one host can carry them all
+    return generated.with_chains([dataclasses.replace(c, mpps=0.5)
+                                  for c in generated.chains])
+
+
+class Loop:
+    """The chain manager's loop without Ryu: a core, its store, a clock."""
+
+    def __init__(self, topo, store=None, leader=None):
+        self.topo = topo
+        self.store = store or open_store("memory://")
+        self.core = ClusterCore(topo, self.store, leader=leader)
+        self.now = 100.0
+        self.leases = {}
+
+    def step(self, leading=True, dt=0.25):
+        self.now += dt
+        return self.core.step(self.now, leading)
+
+    def register(self, *hosts):
+        for name in hosts:
+            self.leases[name] = self.store.register_host(name, {"version": "t"}, ttl=60,
+                                                         keepalive=False)
+            self.core.store_changed("/onvm/hosts/" + name)
+
+    def lose(self, name):
+        self.leases.pop(name).stop(revoke=True)
+        self.core.store_changed("/onvm/hosts/" + name)
+
+    def first_nf_hosts(self, chain):
+        return {h for (h, _), _ in self.core.current.hops[chain][0]}
+
+
+@pytest.fixture
+def loop(topo):
+    return Loop(topo)
+
+
+def web_packet(chain, sport=40000):
+    return {"eth_src": "02:aa:00:00:00:01", "eth_dst": "02:aa:00:00:00:02",
+            "eth_type": 0x0800, "ipv4_src": "192.0.2.7",
+            "ipv4_dst": chain.match["ipv4_dst"].split("/")[0], "ip_ttl": 30,
+            "ip_proto": 6, "tcp_src": sport, "tcp_dst": chain.match["tcp_dst"]}
+
+
+def test_a_standby_places_in_the_shadows_and_writes_nothing(loop):
+    loop.store.put_chain(chain_to_json(loop.topo.chains[0]))    # the leader's doing
+    loop.register("h1", "h3")
+    loop.core.switch_connected(loop.topo.switches[0].dpid)
+    decisions = loop.step(leading=False)
+    assert decisions.replaced == ["chains", "hosts"]
+    # it places the stored chains (not the file's) as the leader does
+    assert set(loop.core.placement()["chains"]) == {"web1"}
+    assert (decisions.written, decisions.deleted, decisions.sync) == ({}, [], {})
+    assert loop.store.plans() == {}
+
+
+def test_the_leader_seeds_the_file_chains_and_writes_a_plan_per_alive_host(loop, topo):
+    loop.register("h1", "h3")
+    decisions = loop.step()
+    assert set(loop.store.chains()) == {c.name for c in topo.chains}
+    assert set(decisions.written) == {"h1", "h3"} == set(loop.store.plans())
+    assert set(decisions.written.values()) == {1}
+    placed = loop.core.placement()
+    assert set(placed["chains"]) == {"web1", "tls2"}
+    assert {i["host"] for c in placed["chains"].values() for hop in c
+            for i in hop["instances"]} <= {"h1", "h3"}
+    assert loop.core.solve_ms > 0
+    # nothing changed: the next turn neither re-places nor writes
+    assert loop.step() == type(decisions)()
+
+
+def test_a_lost_host_is_re_placed_and_its_plan_deleted(loop, caplog):
+    loop.register("h1", "h3")
+    loop.step()
+    before = loop.store.plans()
+    victim = sorted(loop.first_nf_hosts("web1"))[0]
+    survivor = ({"h1", "h3"} - {victim}).pop()
+    with caplog.at_level(logging.INFO):
+        loop.lose(victim)
+        decisions = loop.step()
+    assert decisions.deleted == [victim] and victim not in loop.store.plans()
+    assert loop.first_nf_hosts("web1") == {survivor}
+    assert decisions.written[survivor] == before[survivor]["generation"] + 1
+    assert f"host {victim} lost (its /onvm/hosts/{victim} key expired" in caplog.text
+    assert f"on {survivor}: {victim} lost;" in caplog.text
+
+
+def test_stats_re_place_at_most_once_a_second(loop):
+    loop.register("h1")
+    loop.step()
+    replaced = []
+    for _ in range(8):                  # stats every 0.25 s for 2 s
+        loop.store.put_stats("h1", {"instances": {}})
+        loop.core.store_changed("/onvm/stats/h1")
+        replaced.append(bool(loop.step().replaced))
+    assert sum(replaced) == 2 and replaced.index(True) == 3, replaced
+    assert STATS_REPLAN_SECONDS == 1.0
+
+
+def test_a_step_that_fails_keeps_its_inputs_pending(loop, monkeypatch):
+    loop.register("h1")
+
+    def broken():
+        raise RuntimeError("store says no")
+    monkeypatch.setattr(loop.store, "plans", broken)
+    with pytest.raises(RuntimeError):
+        loop.step()
+    monkeypatch.undo()
+    assert loop.step().written == {"h1": 1}
+
+
+def test_switches_get_their_rules_once_and_again_after_a_failure(loop, topo):
+    leaf1 = topo.switch("leaf1").dpid
+    assert loop.core.switch_connected(leaf1)
+    assert not loop.core.switch_connected(0x9999), "a switch the file lacks"
+    assert loop.step(leading=False).sync == {}, "a standby programs nothing"
+    sync = loop.step().sync
+    assert list(sync) == [leaf1]
+    assert loop.step().sync == {}, "handed out once"
+    loop.core.sync_failed(leaf1, OSError("gone"))
+    assert list(loop.step().sync) == [leaf1]
+    # a diff against an empty switch adds everything; against itself nothing
+    rules = sync[leaf1]
+    diff = loop.core.switch_diff(leaf1, rules, [], [])
+    assert (len(diff.flows.adds), diff.flows.deletes) == (len(rules.flows), [])
+    held = [flows.ActualFlow(f.table, f.priority, f.cookie, f.match) for f in rules.flows]
+    diff = loop.core.switch_diff(leaf1, rules, held, [g.group_id for g in rules.groups])
+    assert diff.flows == ([], [])
+    # a group's buckets are not read back: groups there are modified, none added
+    assert diff.groups == ([], rules.groups, [])
+    # reconnecting resyncs
+    loop.core.switch_left(leaf1)
+    assert loop.step().sync == {}
+    loop.core.switch_connected(leaf1)
+    assert list(loop.step().sync) == [leaf1]
+
+
+def test_chain_packets_follow_the_placement_through_the_decided_rules(loop, topo):
+    for sw in topo.switches:
+        loop.core.switch_connected(sw.dpid)
+    loop.register("h1", "h3")
+    loop.step()
+    chain = topo.chain("web1")
+    fabric = FabricSim(topo, loop.core.desired)
+    first = loop.first_nf_hosts("web1")
+    exits = fabric.from_edge(chain.ingress, web_packet(chain))
+    assert [(e.kind, e.name in first) for e in exits] == [("host", True)]
+    host = topo.host(exits[0].name)
+    assert exits[0].labels == [host.label, chain.spi, 255]
+    assert rule_kinds(exits[0].trace)[:2] == ["classifier", "miss"]   # no pin yet
+
+    # the first-NF host is lost: new flows and pinned ones go to the survivor
+    loop.lose(host.name)
+    loop.step()
+    survivor = loop.first_nf_hosts("web1")
+    assert host.name not in survivor
+    fabric.reprogram(loop.core.desired)
+    exits = fabric.from_edge(chain.ingress, web_packet(chain))
+    assert [(e.kind, e.name) for e in exits] == [("host", survivor.pop())]
+
+
+def test_a_cut_host_port_loses_the_host_at_once(loop, topo, caplog):
+    loop.register("h1", "h3")
+    loop.step()
+    h1 = topo.host("h1")
+    with caplog.at_level(logging.INFO):
+        loop.core.port_status(topo.switch(h1.switch).dpid, h1.port, False, "link down")
+        decisions = loop.step()
+    assert decisions.replaced == ["hosts"] and decisions.deleted == ["h1"]
+    assert "host h1 unreachable: no switch reaches it now; re-placing" in caplog.text
+    assert "host h1 lost: no switch reaches it (its link is down)" in caplog.text
+    assert loop.first_nf_hosts("web1") == {"h3"}
+    loop.core.port_status(topo.switch(h1.switch).dpid, h1.port, True, "up")
+    assert "h1" in loop.step().written
+
+
+def test_a_spine_link_down_changes_rules_not_placement(loop, topo, caplog):
+    for sw in topo.switches:
+        loop.core.switch_connected(sw.dpid)
+    loop.register("h1", "h3")
+    loop.step()
+    placement = loop.core.current
+    link = next(l for l in topo.links if (l.a, l.b) == ("leaf1", "spine1"))
+    with caplog.at_level(logging.WARNING):
+        loop.core.port_status(topo.switch("spine1").dpid, link.b_port, False, "deleted")
+    assert (f"link leaf1:{link.a_port} - spine1:{link.b_port} down (port "
+            f"spine1:{link.b_port} deleted): routing around it") in caplog.text
+    decisions = loop.step()
+    assert decisions.replaced == [] and loop.core.current is placement
+    assert {topo.switch("leaf1").dpid, topo.switch("spine1").dpid} <= set(decisions.sync)
+
+
+def test_a_move_is_marked_then_lands_with_its_state(loop):
+    loop.register("h1", "h3")
+    loop.step()
+    (host, iid), = [key for key, _ in loop.core.current.hops["web1"][0]]
+    to = "h3" if host == "h1" else "h1"
+    loop.core.request_move(host, iid, to)
+    assert loop.step().replaced == ["moves"]
+    plan = loop.store.get_plan(host)
+    assert [i["id"] for i in plan["instances"] if i.get("export")] == [iid]
+    for _ in range(4):                  # no snapshot yet: it waits
+        loop.step()
+    assert [m["host"] for m in loop.core.moves()["moving"]] == [host]
+    loop.store.put_stats(host, {"instances": {str(iid): {
+        "state": {"n": 1}, "state_generation": plan["generation"]}}})
+    loop.core.store_changed("/onvm/stats/" + host)
+    loop.step(dt=STATS_REPLAN_SECONDS)
+    (new_host, new_id), = [key for key, _ in loop.core.current.hops["web1"][0]]
+    assert new_host == to
+    given = [i for i in loop.store.get_plan(to)["instances"] if i["id"] == new_id]
+    assert given[0]["state"] == {"n": 1}
+
+
+def test_plan_writes_are_guarded_by_leadership(topo, caplog):
+    store = open_store("memory://")
+    mine, theirs = Election(store, "a", keepalive=False), Election(store, "b",
+                                                                   keepalive=False)
+    loop = Loop(topo, store, leader=mine)
+    loop.register("h1")
+    assert theirs.campaign() and not mine.campaign()
+    with caplog.at_level(logging.WARNING):
+        decisions = loop.step(leading=True)     # it believes it leads; the store knows
+    assert decisions.written == {} and store.plans() == {}
+    assert "stopped writing plans" in caplog.text
+
+
+def test_place_logs_its_decisions_once_not_its_trial_steps(topo, caplog):
+    with caplog.at_level(logging.INFO, logger="onvm.placement"):
+        place(topo)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == len(topo.chains) + 1, lines
+    assert lines[0].startswith("chain web1 (0.5 Mpps): firewall on h")
+    assert lines[-1].startswith("placement cost ")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="onvm.placement"):
+        place(topo, say=False)
+    assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+
+
+def test_chains_not_placed_are_dropped_at_their_ingress_never_forwarded(loop, topo):
+    """Fail-closed: a chain asked for but not placed (no host alive, then no
+    room) has its chain_drop rule, so its packets never skip its NFs."""
+    chain = topo.chain("web1")
+    loop.step()                                 # seeds the chains; no host alive
+    fabric = FabricSim(topo, loop.core.desired)
+    assert fabric.from_edge(chain.ingress, web_packet(chain)) == []
+    ingress = topo.edge(chain.ingress)
+    trace = []
+    assert fabric.switches[ingress.switch].process(web_packet(chain), ingress.port,
+                                                   trace) == []
+    assert trace == [(ingress.switch, 0, "chain_drop")]
+    loop.register("h1")
+    loop.step()
+    fabric.reprogram(loop.core.desired)
+    assert [e.name for e in fabric.from_edge(chain.ingress, web_packet(chain))] == ["h1"]
+    # web1 grows beyond what h1 alone can serve: it is left out, and dropped
+    grown = dataclasses.replace(chain, mpps=100.0)
+    loop.store.put_chain(chain_to_json(grown))
+    loop.core.store_changed("/onvm/chains/web1")
+    loop.step()
+    assert set(loop.core.placement()["chains"]) == {"tls2"}
+    fabric.reprogram(loop.core.desired)
+    trace = []
+    assert fabric.switches[ingress.switch].process(web_packet(chain), ingress.port,
+                                                   trace) == []
+    assert trace == [(ingress.switch, 0, "chain_drop")]

@@ -140,8 +140,7 @@ class EtcdServer:
     def restart(self, down_s=0.0):
         """Kill etcd and start it again on the same ports and data (its keys
         stay; leases run on), after `down_s` seconds of outage."""
-        self.proc.kill()
-        self.proc.wait(5)
+        procs.kill(self.proc)
         time.sleep(down_s)
         self._start(self._binary, self._timeout)
 

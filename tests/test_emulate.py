@@ -18,6 +18,7 @@ in file order.  Everything is torn down even when a test fails.
 """
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -228,7 +229,11 @@ def _counters(emu, chain, si):
 def _accounting(emu):
     """Where the packets are, for a failure message: what each sender sent
     (and failed to), each sink received (and its kernel dropped), each
-    agent's ports and NF instances counted and dropped, by reason."""
+    agent's ports and NF instances counted and dropped, by reason, and
+    each switch port's counts.  (DPDK 22.11's af_packet port reports no
+    kernel ring drops ("missed" stays 0), and counts a packet as sent when
+    the kernel refused it for now: it leaves with the port's next send.
+    The switch port the agent sends into tells.)"""
     lines = []
     for c in emu.topo.chains:
         s = emu.sent(c.name)
@@ -247,6 +252,13 @@ def _accounting(emu):
                  for i, v in (st.get("instances") or {}).items()}
         drops = {k: v for k, v in (st.get("drops") or {}).items() if v}
         lines.append(f"agent {h.name}: ports {ports}; drops {drops}; instances {insts}")
+    for i, sw in enumerate(emu.topo.switches):
+        out = emu.ovs.ofctl("dump-ports", f"{emu.prefix}s{i}", check=False)
+        ports = re.findall(r"port\s+(\d+): rx pkts=(\d+), bytes=\d+, drop=(\d+).*?"
+                           r"tx pkts=(\d+), bytes=\d+, drop=(\d+)", out, re.S)
+        lines.append(f"switch {sw.name}: " + ", ".join(
+            f"port {p} rx {rx} (drop {rd}) tx {tx} (drop {td})"
+            for p, rx, rd, tx, td in sorted(ports, key=lambda x: int(x[0]))))
     return "\n".join(lines)
 
 
@@ -381,6 +393,7 @@ class TestNFsAndScaleOut:
                 return out
             _settle(emu, "every denied packet dropped by the firewall, every marked one "
                          "by the ids, every allowed one at the egress", problems)
+            print(_accounting(emu))     # what a failure would say, and proof it can
         finally:
             _resume(emu, "guard")
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from onvm import live
+from onvm import live, procs
 from onvm.errors import UsageError
 from onvm.schedule import schedule
 from onvm.services import wait_for
@@ -173,9 +173,7 @@ def test_emulate_json_survives_a_store_that_stops_answering():
         stdout = proc.stdout.read()         # the reader has stderr
         proc.wait(180)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        procs.stop(proc, "onvm emulate", grace=30.0)   # it tears down on SIGTERM
     reader.join(10)
     text = "".join(view)
     assert proc.returncode == 0, text[-3000:]

@@ -217,20 +217,24 @@ class Emulation:
         self.net.addLink(node, sw, port1=0, port2=port, intfName1=node.name,
                          intfName2=f"{self.prefix}s{index}p{port}")
 
-    def _wait_switches(self, timeout=30):
-        total = len(self.topo.switches)
+    def _wait_count(self, count, total, what, timeout):
+        """Wait until `count()` reaches `total`, saying each new count
+        ("switches 2/3 connected") and giving up when a part died."""
         seen = [-1]
 
-        def connected():
-            out = self.ovs.vsctl("--columns=is_connected", "list", "Controller", check=False)
-            n = out.count("true")
-            if n != seen[0]:
-                self.say(f"switches {n}/{total} connected")
-                seen[0] = n
+        def done():
             self._check_alive()
+            n = count()
+            if n != seen[0]:
+                self.say(f"{what.split()[0]} {n}/{total} {' '.join(what.split()[1:])}")
+                seen[0] = n
             return n >= total
-        wait_for(connected, timeout, f"all {total} switches to connect to the controller",
-                 interval=0.2)
+        wait_for(done, timeout, f"{what}: all {total}", interval=0.2)
+
+    def _wait_switches(self, timeout=30):
+        self._wait_count(lambda: self.ovs.vsctl("--columns=is_connected", "list",
+                                                "Controller", check=False).count("true"),
+                         len(self.topo.switches), "switches connected", timeout)
 
     def _start_agents(self):
         self.forwarder = StoreForwarder(self.etcd.client_port)
@@ -251,16 +255,8 @@ class Emulation:
 
     def _wait_hosts(self, timeout=60):
         names = {h.name for h in self.topo.hosts}
-        seen = [-1]
-
-        def registered():
-            self._check_alive()
-            n = len(names & set(self.store.hosts()))
-            if n != seen[0]:
-                self.say(f"agents {n}/{len(names)} registered")
-                seen[0] = n
-            return n == len(names)
-        wait_for(registered, timeout, "every agent to register in the store", interval=0.2)
+        self._wait_count(lambda: len(names & set(self.store.hosts())), len(names),
+                         "agents registered", timeout)
 
     def _wait_plans(self, timeout=30):
         def applied():

@@ -252,6 +252,13 @@ def _accounting(emu):
                  for i, v in (st.get("instances") or {}).items()}
         drops = {k: v for k, v in (st.get("drops") or {}).items() if v}
         lines.append(f"agent {h.name}: ports {ports}; drops {drops}; instances {insts}")
+    # the kernel's count of what each wire dropped (a full backlog drops
+    # on the sending end of a veth): hosts' and edges' ends, then ours
+    for name, node in emu.nodes.items():
+        dev = f"/sys/class/net/{emu.intf[name]}/statistics"
+        lines.append(f"{name} interface: " + node.cmd(
+            f"echo rx_dropped $(cat {dev}/rx_dropped) tx_dropped $(cat {dev}/tx_dropped)"
+        ).strip())
     for i, sw in enumerate(emu.topo.switches):
         out = emu.ovs.ofctl("dump-ports", f"{emu.prefix}s{i}", check=False)
         ports = re.findall(r"port\s+(\d+): rx pkts=(\d+), bytes=\d+, drop=(\d+).*?"

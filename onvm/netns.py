@@ -49,7 +49,7 @@ def enter_private_netns():
     interface it made disappears when the process ends.  Call it before
     starting threads; it needs root (CAP_SYS_ADMIN)."""
     if os.geteuid() != 0:
-        raise NamespaceError(1, "needs root (network namespaces, OVS, Mininet)")
+        raise NamespaceError("needs root (network namespaces, OVS, Mininet)")
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc_call(libc, "unshare", CLONE_NEWNET | CLONE_NEWNS)
     # Private mounts: the /sys remount below must not leak to the host.
@@ -89,9 +89,8 @@ def listen_in_netns(pid, port):
     t.start()
     t.join()
     if "error" in result:
-        err = result["error"]
-        raise NamespaceError(err.errno, f"no store forwarder in the namespace of "
-                                        f"pid {pid}: {err}")
+        raise NamespaceError(f"no store forwarder in the namespace of pid {pid}: "
+                             f"{result['error']}")
     return result["sock"]
 
 

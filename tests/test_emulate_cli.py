@@ -71,6 +71,16 @@ def test_cli_turns_a_usage_error_into_exit_code_1_and_a_message():
     assert res.stdout == ""
 
 
+def test_cli_says_the_emulation_needs_root():
+    if os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"):
+        pytest.skip("needs root to drop to another user (setpriv)")
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                         + ONVM + ["emulate", MINIMAL, "--seconds", "1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert (res.returncode, res.stderr) == (
+        1, "onvm emulate: needs root (network namespaces, OVS, Mininet)\n"), res
+
+
 # ------------------------------------------------------ view and summary
 
 def _status(t, store=None, killed=False, alive=True, hosts=("h1",), sent=10, received=8):

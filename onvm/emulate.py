@@ -62,10 +62,11 @@ def run_prefix():
 
 def controller_main():
     """ryu-manager's main, as `onvm controller` execs it (in a child of
-    ours, so that it dies with us: see procs.die_with_parent)."""
+    ours, so that it dies with us: see procs.die_with_parent); returns its
+    exit code."""
     from ryu.cmd.manager import main
     sys.argv[0] = "ryu-manager"
-    sys.exit(main())
+    return main()
 
 
 class Emulation:
@@ -150,7 +151,8 @@ class Emulation:
         conf = self.file("controller.conf")
         with open(conf, "w") as f:
             f.write(config_text(self.topo_path, self.etcd.url, self.of_port, self.ws_port))
-        cmd = [sys.executable, "-c", "import onvm.emulate as e; e.controller_main()",
+        cmd = [sys.executable, "-c",
+               "import sys, onvm.emulate as e; sys.exit(e.controller_main())",
                "--config-file", conf, *APPS]
         self.controller = self._spawn(subprocess.Popen, cmd, "controller.log",
                                       preexec_fn=procs.die_with_parent)

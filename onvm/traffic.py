@@ -106,7 +106,7 @@ def _load_frames(path):
         frames = [bytearray(bytes.fromhex(h)) for h in json.load(f)]
     offsets = [fr.find(MAGIC) for fr in frames]
     if not frames or any(o < 0 for o in offsets):
-        raise SystemExit(f"{path}: no frames, or a frame lacks the marker field")
+        raise ValueError(f"{path}: no frames, or a frame lacks the marker field")
     return frames, offsets
 
 

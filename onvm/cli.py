@@ -1,9 +1,26 @@
 """The one program, `onvm`: parses the command line of DESIGN.md and hands
 each subcommand to the module that owns it.  Nothing here decides anything;
-imports are lazy so `onvm topo validate` does not load DPDK or Ryu."""
+imports are lazy so `onvm topo validate` does not load DPDK or Ryu.
+
+It is also the one place that turns errors into exit codes: a handler
+returns (or returns an exit code of its own) or raises; the errors meant
+for people (EXPECTED) print as `onvm COMMAND: message` and exit 1, Ctrl-C
+exits 130, anything else is a bug and keeps its traceback.
+"""
 import argparse
 import importlib
 import sys
+
+# (module, error class) of the errors a command may end with, for people
+# to read; imported only when one is raised.
+EXPECTED = (
+    ("onvm.errors", "EmulationError"),
+    ("onvm.errors", "UsageError"),
+    ("onvm.services", "GaveUp"),
+    ("onvm.netns", "NamespaceError"),
+    ("contracts.store", "StoreError"),
+    ("controller.topology", "TopologyError"),
+)
 
 
 def _handler(target):
@@ -82,7 +99,10 @@ def build_parser():
     e.add_argument("--restart-controller", default=None, metavar="SECONDS")
     e.add_argument("--raise-rate", action="append", default=[],
                    metavar="CHAIN=MPPS@SECONDS")
-    e.set_defaults(run=_handler("onvm.emulate:cli_emulate"))
+    e.add_argument("--json", action="store_true",
+                   help="the live view on stderr; the last line of stdout is the "
+                        "summary as JSON")
+    e.set_defaults(run=_handler("onvm.live:cli_emulate"))
 
     st = sub.add_parser("status", help="the running cluster as the store sees it")
     st.add_argument("--store", required=True, help="etcd URL(s), as for the controller")
@@ -117,7 +137,7 @@ def build_parser():
     bo = bsub.add_parser("failover", help="host failure on the leaf-spine")
     bo.add_argument("--topology", default="topologies/leaf-spine.yaml")
     bo.add_argument("--json", action="store_true")
-    bo.set_defaults(run=_handler("onvm.emulate:cli_bench_failover"))
+    bo.set_defaults(run=_handler("onvm.failover:cli_bench_failover"))
     return p
 
 
@@ -134,6 +154,22 @@ def main(argv=None):
         return args.run(args) or 0
     except KeyboardInterrupt:
         return 130
+    except Exception as err:
+        if not expected(err):
+            raise
+        print(f"onvm {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+def expected(err):
+    """True when `err` is one of EXPECTED (or TimeoutError: a wait that gave
+    up says what it waited for)."""
+    if isinstance(err, TimeoutError):
+        return True
+    for module, name in EXPECTED:
+        if module in sys.modules and isinstance(err, getattr(sys.modules[module], name)):
+            return True
+    return False
 
 
 if __name__ == "__main__":

@@ -4,86 +4,47 @@ for a short while, with a host failure half way, then the summary.
 It is `onvm emulate topologies/leaf-spine.yaml --seconds 25 --kill-host
 HOST@12`, where HOST is one the controller gave NFs to.  Chains with an NF
 that cannot start from the catalog's config are left out, and the demo says
-which and why (an agent refuses a whole plan with such an NF in it).
+which and why (onvm.catalog).
+
+Not here: the emulation (emulate.py), its view (live.py).
 """
-import dataclasses
 import os
-import subprocess
-import sys
-import tempfile
 
-from onvm import emulate
+from onvm import netns
+from onvm.catalog import runnable_topology
+from onvm.emulate import Emulation
+from onvm.failover import failover_victim
+from onvm.live import say, stop_on_signals, summary_text, watch
+from onvm.procs import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPOLOGY = os.path.join(REPO, "topologies", "leaf-spine.yaml")
 SECONDS = 25.0
 
 
-PROBE = """
-import sys
-from controller.plans import _config
-from controller.topology import load_topology
-from nfs.api import make_nf
-topo = load_topology(sys.argv[1])
-make_nf({"nf": sys.argv[2], "config": _config(topo.nfs[sys.argv[2]])})
-"""
-
-
-def config_error(path, nf):
-    """The NF's complaint about the catalog's config, or None.  Probed in a
-    child: some NFs need DPDK's EAL to build at all (that is no config
-    error, and a crash there must not take the demo down)."""
-    res = subprocess.run([sys.executable, "-c", PROBE, path, nf], capture_output=True,
-                         text=True, cwd=REPO, timeout=60)
-    last = (res.stderr.strip().splitlines() or [""])[-1]
-    return last.split(": ", 1)[-1] if res.returncode == 1 and "config>" in last else None
-
-
-def runnable_topology(path, say):
-    """The topology of `path` without the chains whose NFs refuse the
-    catalog's config; written to a temporary file, whose path is returned."""
-    from controller.topology import dump_topology, load_topology
-    topo = load_topology(path)
-    broken = {nf: err for nf in topo.nfs if (err := config_error(path, nf))}
-    kept = [c for c in topo.chains if not set(c.nfs) & set(broken)]
-    for c in topo.chains:
-        for nf in sorted(set(c.nfs) & set(broken)):
-            say(f"onvm demo: chain {c.name} left out: NF {nf} refuses the catalog's "
-                f"config in {path}: {broken[nf]}")
-    if not kept:
-        raise emulate.EmulationError(f"no chain of {path} can run")
-    fd, out = tempfile.mkstemp(prefix="onvm-demo-", suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
-        f.write(dump_topology(dataclasses.replace(topo, chains=tuple(kept))))
-    return out
+def kill_busiest_at(at):
+    """Events chosen once the controller has placed the chains: fail the
+    busiest NF host at `at` seconds."""
+    def events(emu):
+        host, chains = failover_victim(emu)
+        return [(at, f"fail {host}: agent killed, link down (it runs NFs of "
+                     f"{', '.join(chains)})", "kill", host)]
+    return events
 
 
 def cli_demo(args):
+    """`onvm demo [--seconds S]`."""
     seconds = args.seconds or SECONDS
-    emulate.isolate()
-    say = emulate._say
-    say(f"onvm demo: emulating {TOPOLOGY} for {seconds:g} s; the agent of the "
-        f"busiest NF host is killed at {seconds / 2:g} s")
-    topo = None
+    netns.enter_private_netns()
+    say(f"onvm demo: emulating {TOPOLOGY} for {seconds:g} s; the busiest NF host "
+        f"fails at {seconds / 2:g} s")
+    topo = runnable_topology(TOPOLOGY, lambda text: say(f"onvm demo: {text}"))
     try:
-        topo = runnable_topology(TOPOLOGY, say)
-        final, done, emu = emulate.run(topo, seconds, [],
-                                       on_start=_kill_busiest_half_way(seconds / 2))
-    except (emulate.EmulationError, TimeoutError, emulate.services.GaveUp) as err:
-        print(f"onvm demo: {err}", file=sys.stderr)
-        return 1
+        emu = Emulation(topo, say=say)
+        stop_on_signals(emu)
+        run = watch(emu, seconds, [], on_start=kill_busiest_at(seconds / 2))
     finally:
-        if topo is not None:
-            os.unlink(topo)
-    if final is not None:
-        print(emulate.summary(emu, final, done))
-    return 0
-
-
-def _kill_busiest_half_way(at):
-    """Events are chosen once the controller has placed the chains."""
-    def events(emu):
-        host, chains = emulate.failover_victim(emu)
-        return [(at, f"fail {host}: agent killed, link down (it runs NFs of {', '.join(chains)})",
-                 "kill", host)]
-    return events
+        os.unlink(topo)
+    if run.final is not None:
+        say(summary_text(run))
+    if run.interrupted:
+        raise KeyboardInterrupt("the demo was interrupted")

@@ -12,19 +12,19 @@ store and a running switch daemon, nothing more.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+
+from onvm import procs
+from onvm.netns import enter_private_netns  # noqa: F401  (tests/conftest.py calls it here)
 
 LOG = logging.getLogger(__name__)
 
@@ -69,61 +69,6 @@ def wait_for(predicate, timeout, what, interval=0.05):
             detail = f" (last error: {last_error})" if last_error else ""
             raise TimeoutError(f"{what}: not done after {timeout:g} s{detail}")
         time.sleep(interval)
-
-
-def _tail(path, lines=20):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError as err:
-        return f"(no log at {path}: {err.strerror})"
-
-
-def _stop_process(proc, name, grace=3.0):
-    """Terminate one child we started; kill it if it does not go in time."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        LOG.warning("%s (pid %d) ignored SIGTERM for %g s; killing it",
-                    name, proc.pid, grace)
-        proc.kill()
-        proc.wait(grace)
-
-
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWNET = 0x40000000
-_MS_REC, _MS_PRIVATE, _MNT_DETACH = 0x4000, 0x40000, 2
-
-
-def _libc_call(libc, name, *args):
-    if getattr(libc, name)(*args) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{name}: {os.strerror(errno)}")
-
-
-def enter_private_netns():
-    """Move this process (and all it starts later) into a fresh network
-    namespace with its own mount namespace, loopback up and /sys remounted.
-
-    Why: the userspace datapath makes one kernel tap named `ovs-netdev` per
-    network namespace, so two private OVS instances (two test runs, a test
-    and `onvm emulate`) cannot share one.  In a private namespace each run
-    also gets its own 127.0.0.1 ports and interface names, and every
-    interface it made disappears when the process ends.  Call it before
-    starting threads; it needs root (CAP_SYS_ADMIN)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    _libc_call(libc, "unshare", _CLONE_NEWNET | _CLONE_NEWNS)
-    # Private mounts: the /sys remount below must not leak to the host.
-    _libc_call(libc, "mount", b"none", b"/", None, _MS_REC | _MS_PRIVATE, None)
-    # /sys shows the namespace of whoever mounted it; tools (Mininet,
-    # OVS) read /sys/class/net, so remount it for our namespace.
-    if libc.umount2(b"/sys", _MNT_DETACH) == 0:
-        _libc_call(libc, "mount", b"sysfs", b"/sys", b"sysfs", 0, None)
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    LOG.info("this process now runs in a private network namespace")
 
 
 def netdev_datapath_busy():
@@ -178,7 +123,7 @@ class EtcdServer:
         except (TimeoutError, GaveUp) as err:
             raise RuntimeError(
                 f"{err}; exit code {self.proc.poll()}; "
-                f"tail of {self.log_path}:\n{_tail(self.log_path)}") from None
+                f"tail of {self.log_path}:\n{procs.tail(self.log_path)}") from None
         LOG.info("etcd up at %s (pid %d, data in %s)",
                  self.url, self.proc.pid, self.dir)
 
@@ -195,13 +140,12 @@ class EtcdServer:
     def restart(self, down_s=0.0):
         """Kill etcd and start it again on the same ports and data (its keys
         stay; leases run on), after `down_s` seconds of outage."""
-        self.proc.kill()
-        self.proc.wait(5)
+        procs.kill(self.proc)
         time.sleep(down_s)
         self._start(self._binary, self._timeout)
 
     def stop(self):
-        _stop_process(self.proc, "etcd")
+        procs.stop(self.proc, "etcd")
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
@@ -236,7 +180,7 @@ class OvsServer:
             raise OvsError(
                 "another userspace OVS datapath (interface ovs-netdev) runs in "
                 "this network namespace; only one fits per namespace: stop it, "
-                "or call onvm.services.enter_private_netns() first")
+                "or call onvm.netns.enter_private_netns() first")
         self.prefix = prefix
         # Unix socket paths are limited to 107 bytes: keep the dir short.
         self.dir = tempfile.mkdtemp(prefix="onvm-ovs-", dir=workdir or "/tmp")
@@ -322,7 +266,7 @@ class OvsServer:
         if proc.poll() is not None:
             log = os.path.join(self.dir, name + ".log")
             raise OvsError(f"{name} exited with code {proc.returncode}; tail of "
-                           f"{log}:\n{_tail(log)}{_tail(log[:-4] + '.out')}")
+                           f"{log}:\n{procs.tail(log)}{procs.tail(log[:-4] + '.out')}")
         return True
 
     def _run(self, cmd, check=True):
@@ -369,7 +313,7 @@ class OvsServer:
         saved = self._save_flows() if keep_flows else {}
         self._stop_vswitchd(cleanup=False)
         if ovsdb:
-            _stop_process(self.ovsdb, "ovsdb-server")
+            procs.stop(self.ovsdb, "ovsdb-server")
             self._start_ovsdb(timeout)
         if keep_flows:
             self.vsctl("--no-wait", "set", "Open_vSwitch", ".",
@@ -416,11 +360,11 @@ class OvsServer:
             return
         try:
             self.appctl("exit", *(["--cleanup"] if cleanup else []), check=False)
-            _wait_exit(self.vswitchd, 5.0)
+            self.vswitchd.wait(5.0)
         except (OvsError, subprocess.TimeoutExpired) as err:
             LOG.warning("private OVS in %s: clean exit failed (%s); killing",
                         self.dir, err)
-        _stop_process(self.vswitchd, "ovs-vswitchd")
+        procs.stop(self.vswitchd, "ovs-vswitchd")
 
     def add_bridge(self, name, dpid=None, controller=None, fail_mode="secure"):
         """Create a userspace (netdev) bridge; the name must have our prefix."""
@@ -472,7 +416,7 @@ class OvsServer:
         # exit --cleanup removes datapaths and the tap devices of internal
         # ports it made; SIGTERM would leave them behind.
         self._stop_vswitchd(cleanup=True)
-        _stop_process(self.ovsdb, "ovsdb-server")
+        procs.stop(self.ovsdb, "ovsdb-server")
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
@@ -480,10 +424,3 @@ class OvsServer:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-def _wait_exit(proc, timeout):
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        pass

@@ -5,7 +5,8 @@ node's network namespace (`python -m onvm.traffic send|sink ...`).
 Every frame carries a marker in its payload: MAGIC, the chain's SPI, a
 sequence number and the send time.  The sink finds the marker wherever the
 NFs left it, so it counts per chain, sees losses as missing sequence numbers
-and gaps as pauses in arrival.  It also counts per flow (IPv4 source and
+and gaps as pauses in arrival, and reports what the kernel dropped
+because it did not read in time.  It also counts per flow (IPv4 source and
 source port, which no NF of ours rewrites) the destination addresses the
 flow arrived with, so a load balancer's choices show.  The sender counts
 per frame (one frame a flow) and takes a new set of frames, or a new rate,
@@ -30,6 +31,8 @@ MAGIC = b"ONVMSEQ!"
 MARK = struct.Struct("!8sIQd")          # magic, spi, seq, send time
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
+SOL_PACKET, PACKET_STATISTICS = 263, 6
+TPACKET_STATS = struct.Struct("II")      # packets, drops (reading resets them)
 GAP_S = 0.05                            # a pause longer than this is a gap
 REPORT_S = 0.1
 MAX_FLOWS = 4096                        # per chain, at the sink
@@ -70,6 +73,13 @@ def _raw_socket(iface):
     return s
 
 
+def kernel_drops(sock):
+    """Frames the kernel dropped for `sock` since the last call (its receive
+    buffer was full: we did not read in time)."""
+    return TPACKET_STATS.unpack(sock.getsockopt(SOL_PACKET, PACKET_STATISTICS,
+                                                TPACKET_STATS.size))[1]
+
+
 class _Stop:
     """Set by SIGTERM/SIGINT: the loops end and write a last status."""
     flag = False
@@ -96,7 +106,7 @@ def _load_frames(path):
         frames = [bytearray(bytes.fromhex(h)) for h in json.load(f)]
     offsets = [fr.find(MAGIC) for fr in frames]
     if not frames or any(o < 0 for o in offsets):
-        raise SystemExit(f"{path}: no frames, or a frame lacks the marker field")
+        raise ValueError(f"{path}: no frames, or a frame lacks the marker field")
     return frames, offsets
 
 
@@ -117,12 +127,13 @@ def send(iface, frames_path, status_path, rate_path, spi, pps):
     version = _mtime(frames_path)
     per_frame = [0] * len(frames)
     sock = _raw_socket(iface)
-    seq = sent = 0
+    seq = sent = errors = 0
     start = last_report = last_rate = time.time()
     due_from, due_count = start, 0
 
     def status(**extra):
-        return {"spi": spi, "sent": sent, "seq": seq, "pps": pps, "time": time.time(),
+        return {"spi": spi, "sent": sent, "seq": seq, "send_errors": errors,
+                "pps": pps, "time": time.time(),
                 "start": start, "frames_version": version, "per_frame": per_frame, **extra}
     while not _Stop.flag:
         now = time.time()
@@ -144,7 +155,7 @@ def send(iface, frames_path, status_path, rate_path, spi, pps):
                 sent += 1
                 per_frame[i] += 1
             except OSError:
-                pass                    # a full queue: the sequence gap shows it
+                errors += 1             # a full queue: the sequence gap shows it too
             seq += 1
             due_count += 1
         if now - last_report >= REPORT_S:
@@ -208,6 +219,11 @@ def sink(iface, status_path):
     sock.settimeout(REPORT_S)
     seen = {}                           # SPI -> ChainSeen
     last_report = 0.0
+    dropped = 0                         # by the kernel, of every chain (unreadable)
+
+    def status(**extra):
+        return {"time": time.time(), "kernel_drops": dropped, **extra,
+                "chains": {str(k): v.as_dict() for k, v in seen.items()}}
     while not _Stop.flag:
         try:
             frame, addr = sock.recvfrom(65535)
@@ -224,11 +240,11 @@ def sink(iface, status_path):
                 chain.add(seq, sent, now)
                 chain.add_flow(flow_of(frame))
         if now - last_report >= REPORT_S:
-            write_status(status_path, {"time": now,
-                                       "chains": {str(k): v.as_dict() for k, v in seen.items()}})
+            dropped += kernel_drops(sock)
+            write_status(status_path, status())
             last_report = now
-    write_status(status_path, {"time": time.time(), "done": True,
-                               "chains": {str(k): v.as_dict() for k, v in seen.items()}})
+    dropped += kernel_drops(sock)
+    write_status(status_path, status(done=True))
 
 
 def main(argv=None):

@@ -1,0 +1,132 @@
+"""`onvm bench failover`: on a running emulation, fail the busiest NF
+host in each of three ways and measure how fast its chains carry traffic
+again, and what they lost.
+
+The figures are BENCHMARKS.md's: speed is measured here, never asserted
+in tests (tests/test_emulate.py checks that failover happens).
+
+Not here: the emulation (emulate.py), the live view (live.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from onvm import netns
+from onvm.catalog import runnable_topology
+from onvm.emulate import Emulation
+from onvm.errors import EmulationError
+from onvm.live import stop_on_signals
+from onvm.services import wait_for
+
+FAILURES = {
+    "host": ("fail_host", "the host fails: agent killed, link down"),
+    "crash": ("kill_agent", "the agent crashes: SIGKILL, link up, its lease runs out"),
+    "stop": ("stop_agent", "the agent is stopped: SIGTERM, it revokes its lease"),
+}
+
+
+def failover_victim(emu):
+    """A host that runs an NF of a chain with traffic, and those chains; the
+    host whose loss moves the most chains, ties broken by name."""
+    # A chain whose egress is the failed host loses its sink with it: only
+    # chains that can carry traffic again are counted and measured.
+    egress = {c.name: c.egress for c in emu.topo.chains}
+    counts = {}
+    for name, hops in emu.placement().items():
+        for _, hosts in hops:
+            for h in hosts:
+                if (h != egress.get(name) and h not in emu.killed
+                        and egress.get(name) not in emu.killed):
+                    counts.setdefault(h, set()).add(name)
+    if not counts:
+        raise EmulationError("no NF runs away from its chain's egress: "
+                             "no failover to measure")
+    # Prefer a host that is no chain's egress: failing it breaks no sink.
+    egresses = set(egress.values())
+    host = sorted(counts, key=lambda h: (h in egresses, -len(counts[h]), h))[0]
+    return host, sorted(counts[host])
+
+
+def measure_failover(emu, settle=3.0, timeout=15.0, how="host"):
+    """Fail one NF host (`how`: a key of FAILURES) and measure, for the
+    chains it served: detection (failure -> a new plan generation in the
+    store for a surviving host), recovery (failure -> first packet at the
+    egress after the outage) and packets lost.  Raises TimeoutError when
+    either does not happen within `timeout` seconds."""
+    time.sleep(settle)
+    host, chains = failover_victim(emu)
+    before_gen = {h: p["generation"] for h, p in emu.store.plans().items()}
+    before = {c: (emu.sent(c).get("sent", 0), emu.received(c).get("received", 0))
+              for c in chains}
+    t_kill = time.time()
+    getattr(emu, FAILURES[how][0])(host)
+
+    def replanned():
+        plans = emu.store.plans()
+        return host not in plans and any(
+            p["generation"] != before_gen.get(h) for h, p in plans.items())
+    wait_for(replanned, timeout, f"a new plan after {host} failed ({how})", 0.01)
+    detect = time.time() - t_kill
+
+    def recovered(chain):
+        """Seconds from the kill to the first packet after the outage, once
+        traffic flows again (as a 1-tuple: 0.0 is an answer); None while
+        it does not."""
+        r = emu.received(chain)
+        gaps = [g for g in r.get("gaps", []) if g[1] > t_kill]
+        if gaps:
+            return (gaps[0][1] - t_kill,)
+        quiet_since = time.time() - (r.get("last") or 0)
+        if time.time() - t_kill > detect + 1.0 and quiet_since < 0.05:
+            return (0.0,)       # no outage at all: the chain never stopped
+        return None
+    recover = {chain: wait_for(lambda: recovered(chain), timeout,
+                               f"traffic of {chain} again after {host} failed", 0.02)[0]
+               for chain in chains}
+    time.sleep(2.0)                 # let the sink count what is in flight
+    lost = {}
+    for c in chains:
+        s0, r0 = before[c]
+        s1, r1 = emu.sent(c).get("sent", 0), emu.received(c).get("received", 0)
+        lost[c] = max(0, (s1 - s0) - (r1 - r0))
+    return {"how": how, "host": host, "chains": chains, "detect_s": round(detect, 3),
+            "recover_s": round(max(recover.values()), 3),
+            "recover_per_chain_s": {c: round(v, 3) for c, v in recover.items()},
+            "lost_packets": sum(lost.values()), "lost_per_chain": lost,
+            "pps_per_chain": {c: emu.sent(c).get("pps") for c in chains}}
+
+
+def cli_bench_failover(args):
+    """`onvm bench failover [--topology FILE] [--json]`."""
+    from controller.topology import load_topology
+    load_topology(args.topology)
+    netns.enter_private_netns()
+
+    def quiet(*parts, **kwargs):
+        print(*parts, **kwargs, file=sys.stderr, flush=True)
+    topo_path = runnable_topology(args.topology, quiet)
+    try:
+        emu = Emulation(topo_path, say=quiet)
+        stop_on_signals(emu)
+        try:
+            emu.start()
+            # Three failures in turn, each of the then busiest NF host.
+            result = {"topology": emu.topo.name}
+            for how in ("host", "stop", "crash"):
+                quiet(f"failover: {FAILURES[how][1]}")
+                result[how] = measure_failover(emu, how=how)
+        finally:
+            emu.stop()
+    finally:
+        os.unlink(topo_path)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for how in ("host", "stop", "crash"):
+        r = result[how]
+        print(f"{FAILURES[how][1]}: {r['host']} on {result['topology']}: detected in "
+              f"{r['detect_s']} s, traffic again after {r['recover_s']} s, "
+              f"{r['lost_packets']} packets lost")

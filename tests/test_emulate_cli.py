@@ -1,0 +1,270 @@
+"""`onvm emulate` as a command: its options, its live view and summary
+(onvm.live, onvm.schedule) on plain data, its exit codes, and one real
+run of topologies/minimal.yaml with `--json` during which the store stops
+answering for 6 s (etcd SIGSTOPped, then SIGCONT): the run must go on,
+say so, and end with the summary of DESIGN.md.
+
+Whether the traffic survives such a pause is the controller's and the
+agents' to promise (tests of their own); here the emulation must.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from onvm import live, procs
+from onvm.errors import UsageError
+from onvm.schedule import schedule
+from onvm.services import wait_for
+from test_emulate import need_root_and_tools
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MINIMAL = os.path.join(REPO, "topologies", "minimal.yaml")
+ONVM = [sys.executable, "-m", "onvm.cli"]
+
+
+def _topo():
+    from controller.topology import load_topology
+    return load_topology(MINIMAL)
+
+
+def _options(kill=(), restart=None, rate=()):
+    return argparse.Namespace(kill_host=list(kill), restart_controller=restart,
+                              raise_rate=list(rate))
+
+
+# ---------------------------------------------------------------- options
+
+def test_schedule_orders_events_by_time():
+    events = schedule(_options(kill=["h1@12"], restart="3.5", rate=["web=2@7"]), _topo())
+    assert events == [(3.5, "restart the controller", "restart", None),
+                      (7.0, "raise web to 2.0 Mpps", "rate", ("web", 2.0)),
+                      (12.0, "fail h1 (its agent killed, its link down)", "kill", "h1")]
+
+
+@pytest.mark.parametrize("options, message", [
+    (_options(kill=["h9@3"]), f"no host 'h9' in {MINIMAL}; known: h1, h2"),
+    (_options(kill=["h1"]), "--kill-host 'h1': expected VALUE@SECONDS"),
+    (_options(kill=["h1@soon"]), "--kill-host 'h1@soon': 'soon' is not a number of seconds"),
+    (_options(rate=["web@3"]), "--raise-rate 'web@3': expected CHAIN=MPPS@SECONDS"),
+    (_options(rate=["web=fast@3"]), "--raise-rate 'web=fast@3': expected CHAIN=MPPS@SECONDS"),
+    (_options(rate=["mail=2@3"]), f"no chain 'mail' in {MINIMAL}; known: web"),
+    (_options(restart="later"), "--restart-controller 'later': expected SECONDS"),
+])
+def test_schedule_names_the_option_that_does_not_fit(options, message):
+    with pytest.raises(UsageError) as err:
+        schedule(options, _topo())
+    assert str(err.value) == message
+
+
+def test_cli_turns_a_usage_error_into_exit_code_1_and_a_message():
+    res = subprocess.run(ONVM + ["emulate", MINIMAL, "--kill-host", "h9@3"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1, res
+    assert res.stderr == f"onvm emulate: no host 'h9' in {MINIMAL}; known: h1, h2\n"
+    assert res.stdout == ""
+
+
+def test_cli_says_the_emulation_needs_root():
+    if os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"):
+        pytest.skip("needs root to drop to another user (setpriv)")
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                         + ONVM + ["emulate", MINIMAL, "--seconds", "1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert (res.returncode, res.stderr) == (
+        1, "onvm emulate: needs root (network namespaces, OVS, Mininet)\n"), res
+
+
+# ------------------------------------------------------ view and summary
+
+def _status(t, store=None, killed=False, alive=True, hosts=("h1",), sent=10, received=8):
+    return {"time": t, "store": store or {"reachable": True},
+            "chains": {"web": {"sent": sent, "received": received,
+                               "lost": sent - received, "latency_ms": 0.5,
+                               "nfs": [("firewall", list(hosts)), ("monitor", ["h2"])]}},
+            "hosts": {"h1": {"alive": alive, "killed": killed, "exited": False,
+                             "generation": 3, "instances": {}, "drops": {}},
+                      "h2": {"alive": True, "killed": False, "exited": False,
+                             "generation": 3, "instances": {}, "drops": {}}}}
+
+
+class _Emu:
+    dir = "/tmp/run"
+
+    def __init__(self):
+        self.topo = _topo()
+        self.killed = set()
+
+
+def test_record_keeps_instance_changes_and_store_outages_as_events():
+    run = live.Run(_Emu())
+    t0 = 1000.0
+    down = {"reachable": False, "since": 1004.2, "error": "etcd does not answer"}
+    for status in (_status(1001.0), _status(1002.0, hosts=("h1", "h2")),
+                   # while the store is down, placement is as last seen
+                   _status(1005.0, store=down, hosts=("h1", "h2")),
+                   _status(1006.0, store=down, hosts=("h1", "h2")),
+                   _status(1011.0, hosts=("h1", "h2"))):
+        live.record(run, status, t0)
+    assert run.timeline == {"web": [[1.0, 2], [2.0, 3]]}
+    assert run.store_outages == [[4.2, 11.0]]
+    assert run.events == ["t=4.2 s: the store stopped answering",
+                          "t=11.0 s: the store answers again, after 6.8 s "
+                          "(last error: etcd does not answer)"]
+
+
+def test_render_says_the_store_is_unreachable():
+    text = live.render(_status(1010.0, store={"reachable": False, "since": 1004.0,
+                                              "error": "x"}), 1000.0)
+    assert text.splitlines()[0].startswith(
+        "--- t= 10.0 s  store unreachable for 6 s (placement as last seen) ")
+    assert "h1     up          3" in text
+
+
+def test_summary_object_has_the_keys_of_design():
+    run = live.Run(_Emu(), final=_status(1010.0, killed=True),
+                   events=["t=3.0 s: fail h1"], timeline={"web": [[0.0, 2]]})
+    summary = live.summary_object(run)
+    assert summary["chains"] == {"web": {
+        "sent": 10, "received": 8, "lost": 2, "latency_ms": 0.5,
+        "nfs": [{"nf": "firewall", "hosts": ["h1"]}, {"nf": "monitor", "hosts": ["h2"]}],
+        "instances_timeline": [[0.0, 2]]}}
+    assert summary["hosts"] == {"h1": {"state": "killed", "generation": 3},
+                                "h2": {"state": "up", "generation": 3}}
+    assert summary["events"] == ["t=3.0 s: fail h1"]
+    assert json.loads(json.dumps(summary)) == summary
+
+
+# ------------------------------------------------------ a real run
+
+def _children(pid):
+    """{pid: command name} of the children of `pid`."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                out[int(entry)] = name
+    return out
+
+
+@pytest.mark.etcd
+@pytest.mark.ovs
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_emulate_json_survives_a_store_that_stops_answering():
+    need_root_and_tools()
+    proc = subprocess.Popen(ONVM + ["emulate", MINIMAL, "--seconds", "25", "--json"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    view = []
+    reader = threading.Thread(target=lambda: view.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any(line.startswith("--- t=") for line in view), 120,
+                 "the live view of onvm emulate")
+        etcd, = [pid for pid, name in _children(proc.pid).items() if name == "etcd"]
+        os.kill(etcd, signal.SIGSTOP)
+        try:
+            time.sleep(6.0)
+        finally:
+            os.kill(etcd, signal.SIGCONT)
+        stdout = proc.stdout.read()         # the reader has stderr
+        proc.wait(180)
+    finally:
+        procs.stop(proc, "onvm emulate", grace=30.0)   # it tears down on SIGTERM
+    reader.join(10)
+    text = "".join(view)
+    assert proc.returncode == 0, text[-3000:]
+    assert "store unreachable" in text, text[-3000:]
+    assert "=== summary" in text
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    web = summary["chains"]["web"]
+    assert set(web) >= {"sent", "received", "lost", "nfs", "instances_timeline"}
+    assert web["sent"] > 0 and web["lost"] == max(0, web["sent"] - web["received"])
+    assert [hop["nf"] for hop in web["nfs"]] == ["firewall", "monitor"]
+    assert all(set(hop["hosts"]) <= {"h1", "h2"} for hop in web["nfs"])
+    assert web["instances_timeline"] and web["instances_timeline"][0][1] >= 2
+    assert all(t >= 0 and n >= 0 for t, n in web["instances_timeline"])
+    assert set(summary["hosts"]) == {"h1", "h2"}
+    assert all(h["state"] in ("up", "down", "killed") for h in summary["hosts"].values())
+    outages = summary["store_outages"]
+    assert len(outages) == 1 and outages[0][1] is not None and outages[0][1] > outages[0][0], \
+        outages
+    assert any("the store stopped answering" in e for e in summary["events"])
+    assert any("the store answers again" in e for e in summary["events"])
+
+
+def test_runnable_topology_leaves_out_chains_whose_nf_refuses_its_config(tmp_path):
+    from controller.topology import load_topology
+    from onvm.catalog import runnable_topology
+    (tmp_path / "rules").mkdir()
+    with open(os.path.join(REPO, "topologies", "rules", "minimal-fw.rules")) as f:
+        (tmp_path / "rules" / "minimal-fw.rules").write_text(f.read())
+    (tmp_path / "rules" / "bad.rules").write_text("this is no rule\n")
+    with open(MINIMAL) as f:
+        text = f.read()
+    text = text.replace("  monitor: {cores: 1, mpps: 14}",
+                        "  monitor: {cores: 1, mpps: 14}\n"
+                        "  ids: {cores: 1, mpps: 1, config: rules/bad.rules}")
+    text += ("  - {name: mail, ingress: internet, egress: h1, nfs: [ids], mpps: 0.1,\n"
+             "     match: {ipv4_dst: 10.0.0.1/32, ip_proto: 6, tcp_dst: 25}}\n")
+    path = tmp_path / "two.yaml"
+    path.write_text(text)
+    said = []
+    out = runnable_topology(str(path), said.append)
+    try:
+        assert [c.name for c in load_topology(out).chains] == ["web"]
+    finally:
+        os.unlink(out)
+    assert len(said) == 1 and said[0].startswith(
+        f"chain mail left out: NF ids refuses the catalog's config in {path}: "), said
+    assert "bad.rules" in said[0]
+
+
+class _Store:
+    """A store that answers, or not (contracts.store's errors)."""
+    down = False
+
+    def plans(self):
+        from contracts.store import StoreError
+        if self.down:
+            raise StoreError("http://127.0.0.1:1: get prefix /onvm/plan/ failed: ")
+        return {"h1": {"generation": 1}}
+
+    def stats(self):
+        return {}
+
+    def hosts(self):
+        return ["h1"]
+
+
+def test_store_watch_keeps_the_last_snapshot_and_says_since_when_the_store_is_silent():
+    from onvm.storewatch import UNREACHABLE_AFTER_S, StoreWatch
+    now = [100.0]
+    store = _Store()
+    watch = StoreWatch(store, clock=lambda: now[0])
+    watch.poll()
+    answer = {"plans": {"h1": {"generation": 1}}, "stats": {}, "alive": {"h1"}}
+    assert watch.latest() == (answer, None)
+    store.down, now[0] = True, 101.0
+    watch.poll()
+    assert watch.latest() == (answer, {"since": 100.0, "error": "http://127.0.0.1:1: get "
+                                                                "prefix /onvm/plan/ failed"})
+    store.down = False
+    watch.poll()
+    assert watch.latest() == (answer, None)
+    # a read that hangs says nothing: the time since the last answer does
+    now[0] += UNREACHABLE_AFTER_S + 0.1
+    assert watch.latest() == (answer, {"since": 101.0, "error": "no answer yet"})

@@ -27,7 +27,7 @@ def dpdk_extension(name, sources):
     libs = pkg_config("--libs")
     return Extension(
         name, sources,
-        include_dirs=["host_agent"],
+        include_dirs=["dpdk"],
         extra_compile_args=cflags + ["-O3", "-Wno-deprecated-declarations",
                                      "-Wno-unused-function"],
         extra_link_args=libs + ["-lrte_net_ring"],
@@ -42,7 +42,7 @@ def extensions():
     for pyx in sorted(os.listdir("nfs")):
         if pyx.endswith(".pyx"):
             exts.append(dpdk_extension("nfs." + pyx[:-4], ["nfs/" + pyx]))
-    return cythonize(exts, language_level=3, include_path=["host_agent", "."],
+    return cythonize(exts, language_level=3, include_path=["."],
                      compiler_directives={"boundscheck": False,
                                           "wraparound": False,
                                           "cdivision": True})

@@ -1,9 +1,9 @@
 # What other Cython modules (the NFs in nfs/) use of the fast path: the NF
 # batch interface and the ACL classifier.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from host_agent.includes.rte_mbuf cimport rte_mbuf
-from host_agent.includes.rte_acl cimport rte_acl_ctx
-from host_agent.includes.rte_hash cimport rte_hash
+from dpdk.rte_mbuf cimport rte_mbuf
+from dpdk.rte_acl cimport rte_acl_ctx
+from dpdk.rte_hash cimport rte_hash
 
 # An NF's batch handler: reads the packets, writes each one's verdict into
 # its metadata (onvm_meta(m).action / .destination).  Runs without the GIL.

@@ -33,12 +33,12 @@ cdef extern from "sched.h" nogil:
 cdef extern from "unistd.h" nogil:
     int usleep(unsigned usec)
 
-from host_agent.includes.rte_eal cimport *
-from host_agent.includes.rte_mbuf cimport *
-from host_agent.includes.rte_ring cimport *
-from host_agent.includes.rte_ethdev cimport *
-from host_agent.includes.rte_hash cimport *
-from host_agent.includes.rte_acl cimport *
+from dpdk.rte_eal cimport *
+from dpdk.rte_mbuf cimport *
+from dpdk.rte_ring cimport *
+from dpdk.rte_ethdev cimport *
+from dpdk.rte_hash cimport *
+from dpdk.rte_acl cimport *
 
 import ipaddress
 import logging

@@ -4,7 +4,7 @@
 batch functions run in the manager's loop without the GIL."""
 from libc.stdint cimport uint64_t, int32_t
 from libc.stdlib cimport calloc, free
-from host_agent.includes.rte_mbuf cimport rte_mbuf, onvm_meta_of, ONVM_ACTION_NEXT, ONVM_FLOW_ENTRIES
+from dpdk.rte_mbuf cimport rte_mbuf, onvm_meta_of, ONVM_ACTION_NEXT, ONVM_FLOW_ENTRIES
 from host_agent.fastpath cimport NativeNF
 
 

@@ -1,7 +1,7 @@
 # The firewall's rule table, shared by `firewall` and `firewall-stateful`.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from host_agent.includes.rte_acl cimport rte_acl_ctx
-from host_agent.includes.rte_mbuf cimport rte_mbuf
+from dpdk.rte_acl cimport rte_acl_ctx
+from dpdk.rte_mbuf cimport rte_mbuf
 from host_agent.fastpath cimport NativeNF, Acl
 
 

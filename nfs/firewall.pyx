@@ -8,9 +8,9 @@ counters) is shared with `firewall-stateful` (nfs/stateful.pyx)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta, onvm_meta_of,
+from dpdk.rte_mbuf cimport (rte_mbuf, onvm_meta, onvm_meta_of,
     ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES)
-from host_agent.includes.rte_acl cimport rte_acl_classify
+from dpdk.rte_acl cimport rte_acl_classify
 
 from nfs.fwrules import load_rules
 

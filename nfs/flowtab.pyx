@@ -12,8 +12,8 @@ flow is and how long it lives."""
 from libc.stdint cimport uint32_t, int32_t, uint64_t, intptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from host_agent.includes.rte_hash cimport *
-from host_agent.includes.rte_eal cimport rte_get_tsc_hz
+from dpdk.rte_hash cimport *
+from dpdk.rte_eal cimport rte_get_tsc_hz
 from host_agent.fastpath cimport new_hash
 
 

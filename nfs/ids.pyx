@@ -31,9 +31,9 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, memmove
 from libc.stdio cimport FILE, fopen, fclose, fprintf, fflush
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
+from dpdk.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
     onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
-from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
+from dpdk.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
 from host_agent.fastpath cimport NativeNF
 from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_delete, ftab_live
 from nfs.nfutil cimport rd16, rd32, l4_offset

@@ -28,10 +28,10 @@ import_state()."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
+from dpdk.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
     onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_ACTION_OUT)
-from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
-from host_agent.includes.rte_hash cimport rte_hash_iterate
+from dpdk.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
+from dpdk.rte_hash cimport rte_hash_iterate
 from host_agent.fastpath cimport NativeNF
 from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
 from nfs.nfutil cimport l4_offset, set_ip

@@ -21,9 +21,9 @@ seconds anyway)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
+from dpdk.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
     ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
-from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
+from dpdk.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
 from host_agent.fastpath cimport NativeNF
 from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
 

@@ -19,10 +19,10 @@ again going out."""
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
+from dpdk.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
     onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
-from host_agent.includes.rte_acl cimport rte_acl_ctx, rte_acl_classify
-from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
+from dpdk.rte_acl cimport rte_acl_ctx, rte_acl_classify
+from dpdk.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
 from host_agent.fastpath cimport NativeNF
 from nfs.firewall cimport RuleSet, ruleset_t, ruleset_decide
 from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live

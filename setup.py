@@ -36,12 +36,14 @@ def dpdk_extension(name, sources):
 
 def extensions():
     from Cython.Build import cythonize
-    exts = [
-        dpdk_extension("host_agent.fastpath", ["host_agent/fastpath.pyx"]),
-    ]
-    for pyx in sorted(os.listdir("nfs")):
-        if pyx.endswith(".pyx"):
-            exts.append(dpdk_extension("nfs." + pyx[:-4], ["nfs/" + pyx]))
+    exts = []
+    # Every .pyx of these packages is one extension module (nflib first:
+    # the others cimport it).
+    for package in ("nflib", "host_agent", "nfs"):
+        for pyx in sorted(os.listdir(package)):
+            if pyx.endswith(".pyx"):
+                exts.append(dpdk_extension(f"{package}.{pyx[:-4]}",
+                                           [f"{package}/{pyx}"]))
     return cythonize(exts, language_level=3, include_path=["."],
                      compiler_directives={"boundscheck": False,
                                           "wraparound": False,

@@ -39,6 +39,9 @@ from dpdk.rte_ring cimport *
 from dpdk.rte_ethdev cimport *
 from dpdk.rte_hash cimport *
 from dpdk.rte_acl cimport *
+from nflib.eal cimport packet_pool, new_hash
+from nflib.nf cimport (NativeNF, Acl, nf_batch_fn, bind_nf, rd16, rd32, wr32,
+                       bswap16, bswap32)
 
 import ipaddress
 import logging
@@ -47,6 +50,11 @@ import threading
 import time
 
 from contracts.wire import SI_FIRST
+from nflib.eal import (FastPathError, dpdk_error, eal_init, eal_cleanup,  # noqa: F401
+                       eal_running, default_eal_args, hugepages_available,
+                       remove_runtime_files, pool_counts)
+from nflib.nf import (DROP, NEXT, TONF, OUT, ring_names, serve_nf,  # noqa: F401
+                      stop_serving)
 
 log = logging.getLogger("onvm.fastpath")
 
@@ -68,12 +76,6 @@ DEF ETH_MPLS_MC = 0x8848
 DEF ETH_IPV4 = 0x0800
 DEF ETH_IPV6 = 0x86DD
 DEF ETH_VLAN = 0x8100
-
-# Verdicts, for Python NFs and tests.
-DROP = ONVM_ACTION_DROP
-NEXT = ONVM_ACTION_NEXT
-TONF = ONVM_ACTION_TONF
-OUT = ONVM_ACTION_OUT
 
 # Why a packet was dropped: every drop is counted under one of these.
 DROP_REASONS = (
@@ -167,159 +169,13 @@ cdef inline uint64_t hop_key(uint32_t spi, uint8_t si) noexcept nogil:
     return (<uint64_t>spi << 8) | si
 
 
-cdef inline uint32_t be32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-cdef inline uint16_t be16(const uint8_t *p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
-
-cdef inline void put_be32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24; p[1] = (v >> 16) & 0xff; p[2] = (v >> 8) & 0xff; p[3] = v & 0xff
-
-
-# ---------------------------------------------------------------- EAL, pool
-
-_eal_args = None
-cdef rte_mempool *_pool = NULL
-cdef uint16_t _priv_size = 0
-
-
-class FastPathError(RuntimeError):
-    """DPDK refused something; the message says what and why."""
-
-
-def _dpdk_error(what):
-    return FastPathError(f"{what}: {rte_strerror(rte_errno).decode()}")
-
-
-def eal_init(args, pool_size=16383):
-    """Start DPDK's EAL once per process with `args` (a list of strings,
-    program name first) and create the packet pool.  Returns the number of
-    ports found.  A second call with the same args does nothing."""
-    global _eal_args, _pool, _priv_size
-    if _eal_args is not None:
-        if list(args) != _eal_args:
-            raise FastPathError(
-                "DPDK's EAL is already running in this process with "
-                f"{_eal_args}; it can start only once per process")
-        return rte_eth_dev_count_avail()
-    cdef int argc = len(args)
-    cdef char **argv = <char **>malloc(sizeof(char *) * (argc + 1))
-    encoded = [a.encode() for a in args]
-    for i, a in enumerate(encoded):
-        argv[i] = a
-    argv[argc] = NULL
-    rc = rte_eal_init(argc, argv)
-    free(argv)
-    if rc < 0:
-        raise _dpdk_error(f"rte_eal_init({' '.join(args)})")
-    _eal_args = list(args)
-    _priv_size = (ONVM_META_SIZE + 7) & ~7
-    if rte_eal_process_type() == RTE_PROC_PRIMARY:
-        _pool = rte_pktmbuf_pool_create(b"onvm_pktmbuf_pool", pool_size, 256,
-                                        _priv_size, RTE_MBUF_DEFAULT_BUF_SIZE,
-                                        rte_socket_id())
-    else:
-        _pool = rte_mempool_lookup(b"onvm_pktmbuf_pool")
-    if _pool == NULL:
-        raise _dpdk_error("packet pool onvm_pktmbuf_pool")
-    return rte_eth_dev_count_avail()
-
-
-def default_eal_args(name, vdevs=(), hugepages=None, memory_mb=256, lcores="0"):
-    """EAL arguments for one host: huge pages when the machine has them
-    (needed for NF processes), otherwise --no-huge."""
-    if hugepages is None:
-        hugepages = hugepages_available() >= memory_mb // 2
-    args = ["onvm-" + name, "-l", lcores, "--no-pci", "--file-prefix",
-            "onvm_" + name, "--log-level", "lib.eal:error", "--no-telemetry"]
-    if hugepages:
-        args += ["--socket-mem", str(memory_mb)]
-    else:
-        args += ["--no-huge", "-m", str(memory_mb)]
-    for v in vdevs:
-        args += ["--vdev", v]
-    return args
-
-
-def hugepages_available():
-    """Free 2 MiB huge pages, 0 where hugetlbfs is not mounted."""
-    try:
-        with open("/proc/mounts") as f:
-            if not any(line.split()[2] == "hugetlbfs" for line in f):
-                return 0
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("HugePages_Free:"):
-                    return int(line.split()[1])
-    except OSError:
-        return 0
-    return 0
-
-
-def eal_cleanup():
-    """Release DPDK's memory and remove this process's huge page files, so
-    runs with many file prefixes do not leak huge pages."""
-    import glob
-    global _eal_args
-    if _eal_args is None:
-        return
-    prefix = None
-    if "--file-prefix" in _eal_args:
-        prefix = _eal_args[_eal_args.index("--file-prefix") + 1]
-    primary = rte_eal_process_type() == RTE_PROC_PRIMARY
-    rte_eal_cleanup()
-    _eal_args = None
-    if primary and prefix:
-        remove_runtime_files(prefix)
-
-
-def remove_runtime_files(prefix):
-    """What a primary process leaves: huge page files and its runtime
-    directory under /var/run/dpdk."""
-    import glob
-    import shutil
-    for path in glob.glob(f"/dev/hugepages/{prefix}map_*"):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-    shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
-
-
-cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len) except NULL:
-    """An rte_hash for this process.  Its name is unique across the host's
-    processes (DPDK keeps hash names in memory the NF processes share) and
-    within DPDK's 31 characters."""
-    global _table_seq
-    cdef rte_hash_parameters params
-    cdef rte_hash *h
-    _table_seq += 1
-    name = f"{what[:12]}_{os.getpid()}_{_table_seq}".encode()
-    memset(&params, 0, sizeof(params))
-    params.name = name
-    params.entries = entries
-    params.key_len = key_len
-    params.socket_id = rte_socket_id()
-    h = rte_hash_create(&params)
-    if h == NULL:
-        raise _dpdk_error(f"{what}: rte_hash_create of {entries} entries")
-    return h
-
-
-def pool_counts():
-    """(available, in use) mbufs of the packet pool: tests assert they balance."""
-    if _pool == NULL:
-        return (0, 0)
-    return (rte_mempool_avail_count(_pool), rte_mempool_in_use_count(_pool))
-
 
 def probe_port(devargs):
     """Add a vdev port at run time (e.g. "net_pcap9,tx_pcap=/tmp/x.pcap");
     returns its port id."""
     cdef uint16_t port_id
     if rte_dev_probe(devargs.encode()) < 0:
-        raise _dpdk_error(f"rte_dev_probe({devargs})")
+        raise dpdk_error(f"rte_dev_probe({devargs})")
     name = devargs.split(",")[0]
     if rte_eth_dev_get_port_by_name(name.encode(), &port_id) != 0:
         raise FastPathError(f"port {name} not found after probe")
@@ -332,11 +188,11 @@ def ring_port(name, count=8192):
     cdef rte_ring *r = rte_ring_create(name.encode(), count, rte_socket_id(),
                                        RING_F_SP_ENQ | RING_F_SC_DEQ)
     if r == NULL:
-        raise _dpdk_error(f"rte_ring_create({name})")
+        raise dpdk_error(f"rte_ring_create({name})")
     port = rte_eth_from_rings(("net_" + name).encode(), &r, 1, &r, 1,
                               rte_socket_id())
     if port < 0:
-        raise _dpdk_error(f"rte_eth_from_rings({name})")
+        raise dpdk_error(f"rte_eth_from_rings({name})")
     ring = Ring()
     ring.r = r
     return port, ring
@@ -351,11 +207,11 @@ def ring_pair_port(name, count=8192):
     cdef rte_ring *tx = rte_ring_create((name + "_tx").encode(), count,
                                         rte_socket_id(), RING_F_SP_ENQ | RING_F_SC_DEQ)
     if rx == NULL or tx == NULL:
-        raise _dpdk_error(f"rte_ring_create({name})")
+        raise dpdk_error(f"rte_ring_create({name})")
     port = rte_eth_from_rings(("net_" + name).encode(), &rx, 1, &tx, 1,
                               rte_socket_id())
     if port < 0:
-        raise _dpdk_error(f"rte_eth_from_rings({name})")
+        raise dpdk_error(f"rte_eth_from_rings({name})")
     rxr, txr = Ring(), Ring()
     rxr.r = rx
     txr.r = tx
@@ -377,7 +233,7 @@ cdef class Ring:
         frames = list(frames)
         for i in range(count):
             f = frames[i % len(frames)]
-            m = rte_pktmbuf_alloc(_pool)
+            m = rte_pktmbuf_alloc(packet_pool())
             if m == NULL:
                 break
             memcpy(rte_pktmbuf_append(m, len(f)), <const char *>f, len(f))
@@ -400,226 +256,6 @@ cdef class Ring:
         return out if keep else n
 
 
-# ------------------------------------------------------------------ NF API
-
-cdef class NativeNF:
-    """Base of NFs written in Cython (see nfs/basic.pyx)."""
-    pass
-
-
-cdef class Batch:
-    """The packets an NF written in Python sees in one call.  Valid only
-    during that call; every packet's verdict starts as NEXT."""
-    cdef rte_mbuf **pkts
-    cdef unsigned n
-
-    def __len__(self):
-        return self.n
-
-    def data(self, unsigned i):
-        """The frame's bytes, writable, without a copy."""
-        cdef rte_mbuf *m = self.pkts[i]
-        return PyMemoryView_FromMemory(<char *>onvm_mtod(m), m.data_len,
-                                       PyBUF_WRITE)
-
-    def key(self, unsigned i):
-        """(proto, src, dst, sport, dport), addresses as ints, host order."""
-        cdef onvm_meta *meta = onvm_meta_of(self.pkts[i])
-        return (meta.key.proto, _ntoh32(meta.key.src), _ntoh32(meta.key.dst),
-                _ntoh16(meta.key.sport), _ntoh16(meta.key.dport))
-
-    def proto(self, unsigned i):
-        return onvm_meta_of(self.pkts[i]).key.proto
-
-    def flow_id(self, unsigned i):
-        return onvm_meta_of(self.pkts[i]).flow_id
-
-    def spi_si(self, unsigned i):
-        cdef onvm_meta *meta = onvm_meta_of(self.pkts[i])
-        return meta.spi, meta.si
-
-    def drop(self, unsigned i):
-        onvm_meta_of(self.pkts[i]).action = ONVM_ACTION_DROP
-
-    def next(self, unsigned i):
-        onvm_meta_of(self.pkts[i]).action = ONVM_ACTION_NEXT
-
-    def out(self, unsigned i, uint16_t port):
-        cdef onvm_meta *meta = onvm_meta_of(self.pkts[i])
-        meta.action = ONVM_ACTION_OUT
-        meta.destination = port
-
-    def to_nf(self, unsigned i, uint16_t instance):
-        cdef onvm_meta *meta = onvm_meta_of(self.pkts[i])
-        meta.action = ONVM_ACTION_TONF
-        meta.destination = instance
-
-
-cdef inline uint32_t _ntoh32(uint32_t v) noexcept nogil:
-    return ((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >> 8) & 0xff00) | (v >> 24)
-
-cdef inline uint16_t _ntoh16(uint16_t v) noexcept nogil:
-    return <uint16_t>(((v & 0xff) << 8) | (v >> 8))
-
-
-cdef void _python_nf_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
-    with gil:
-        nf = <object>ctx
-        batch = nf._onvm_batch
-        (<Batch>batch).pkts = pkts
-        (<Batch>batch).n = n
-        try:
-            nf.handle(batch)
-        except BaseException:
-            # A broken NF must not take the host down: its packets are
-            # dropped and counted, the exception is logged once per batch.
-            log.exception("NF %s raised; dropping its batch of %d", nf, n)
-            for i in range(n):
-                onvm_meta_of(pkts[i]).action = ONVM_ACTION_DROP
-        (<Batch>batch).n = 0
-
-
-cdef void run_nf(object nf, rte_mbuf **pkts, unsigned n):
-    """Call an NF object (native or Python) on a batch."""
-    cdef NativeNF native
-    if isinstance(nf, NativeNF):
-        native = <NativeNF>nf
-        with nogil:
-            native.batch_fn(native.batch_ctx, pkts, n)
-    else:
-        _python_nf_batch(<void *>nf, pkts, n)
-
-
-cdef bind_nf(object nf, nf_batch_fn *fn, void **ctx):
-    cdef NativeNF native
-    if isinstance(nf, NativeNF):
-        native = <NativeNF>nf
-        if native.batch_fn == NULL:
-            raise FastPathError(f"{nf!r} set no batch function")
-        fn[0] = native.batch_fn
-        ctx[0] = native.batch_ctx
-    else:
-        if not callable(getattr(nf, "handle", None)):
-            raise FastPathError(f"{nf!r} has no handle(batch) method")
-        nf._onvm_batch = Batch()
-        fn[0] = _python_nf_batch
-        ctx[0] = <void *>nf
-
-
-# -------------------------------------------------------------------- ACL
-
-_acl_seq = 0
-
-cdef class Acl:
-    """rte_acl over struct onvm_flow_key.  Rules are tuples
-    (proto or None, src network or None, dst network or None,
-     (sport_lo, sport_hi), (dport_lo, dport_hi)); the first matching rule
-    wins, as in a rule file; classify gives rule index + 1, 0 for none."""
-
-    def __cinit__(self, rules):
-        global _acl_seq
-        cdef rte_acl_param param
-        cdef rte_acl_config cfg
-        cdef onvm_acl_rule *r
-        cdef int size = RTE_ACL_RULE_SZ(5)
-        cdef char *buf
-        cdef int idx
-        rules = list(rules)
-        self.nrules = len(rules)
-        self.ctx = NULL
-        if not rules:
-            return
-        _acl_seq += 1
-        # DPDK keeps ACL contexts in a list shared by every process of the
-        # host: the name must be unique across the agent and NF processes.
-        name = f"acl_{os.getpid()}_{_acl_seq}".encode()
-        memset(&param, 0, sizeof(param))
-        param.name = name
-        param.socket_id = rte_socket_id()
-        param.rule_size = size
-        param.max_rule_num = len(rules)
-        self.ctx = rte_acl_create(&param)
-        if self.ctx == NULL:
-            raise _dpdk_error("rte_acl_create")
-        buf = <char *>calloc(len(rules), size)
-        try:
-            for idx in range(self.nrules):
-                r = <onvm_acl_rule *>(buf + idx * size)
-                _acl_fill(r, rules[idx], idx, self.nrules)
-            if rte_acl_add_rules(self.ctx, buf, len(rules)) != 0:
-                raise _dpdk_error("rte_acl_add_rules")
-        finally:
-            free(buf)
-        memset(&cfg, 0, sizeof(cfg))
-        cfg.num_categories = 1
-        cfg.num_fields = 5
-        _acl_defs(&cfg)
-        if rte_acl_build(self.ctx, &cfg) != 0:
-            raise _dpdk_error("rte_acl_build")
-
-    def __dealloc__(self):
-        if self.ctx != NULL:
-            rte_acl_free(self.ctx)
-
-    cdef void classify(self, const uint8_t **data, uint32_t *results,
-                       unsigned n) noexcept nogil:
-        if self.ctx == NULL:
-            memset(results, 0, n * sizeof(uint32_t))
-        else:
-            rte_acl_classify(self.ctx, data, results, n, 1)
-
-    def match(self, proto, src, dst, sport, dport):
-        """Which rule (index) a 5-tuple hits, or None: for tests and tools."""
-        cdef onvm_flow_key key
-        cdef const uint8_t *p = <const uint8_t *>&key
-        cdef uint32_t res = 0
-        memset(&key, 0, sizeof(key))
-        key.proto = proto
-        key.family = 4
-        key.src = _ntoh32(int(ipaddress.IPv4Address(src)))
-        key.dst = _ntoh32(int(ipaddress.IPv4Address(dst)))
-        key.sport = _ntoh16(sport)
-        key.dport = _ntoh16(dport)
-        self.classify(&p, &res, 1)
-        return None if res == 0 else res - 1
-
-
-cdef void _acl_defs(rte_acl_config *cfg) except *:
-    # struct onvm_flow_key as rte_acl fields: (type, size, input, offset).
-    # The first field must be one byte; the two ports share a 4-byte input.
-    fields = ((RTE_ACL_FIELD_TYPE_BITMASK, 1, 0, 0),   # proto
-              (RTE_ACL_FIELD_TYPE_MASK, 4, 1, 4),      # src
-              (RTE_ACL_FIELD_TYPE_MASK, 4, 2, 8),      # dst
-              (RTE_ACL_FIELD_TYPE_RANGE, 2, 3, 12),    # sport
-              (RTE_ACL_FIELD_TYPE_RANGE, 2, 3, 14))    # dport
-    for i, (kind, size, input_index, offset) in enumerate(fields):
-        cfg.defs[i].type = kind
-        cfg.defs[i].size = size
-        cfg.defs[i].field_index = i
-        cfg.defs[i].input_index = input_index
-        cfg.defs[i].offset = offset
-
-
-cdef void _acl_fill(onvm_acl_rule *r, rule, int index, int total) except *:
-    proto, src, dst, sports, dports = rule
-    r.data.category_mask = 1
-    # rte_acl picks the highest priority: earlier rules must win.
-    r.data.priority = total - index
-    r.data.userdata = index + 1
-    if proto is None:
-        onvm_acl_field_u8(r, 0, 0, 0)
-    else:
-        onvm_acl_field_u8(r, 0, proto, 0xff)
-    for field, net in ((1, src), (2, dst)):
-        if net is None:
-            onvm_acl_field_u32(r, field, 0, 0)
-        else:
-            net = ipaddress.IPv4Network(net, strict=False)
-            onvm_acl_field_u32(r, field, int(net.network_address), net.prefixlen)
-    onvm_acl_field_u16(r, 3, sports[0], sports[1])
-    onvm_acl_field_u16(r, 4, dports[0], dports[1])
-
-
 def match_to_acl_rule(match):
     """An OpenFlow-style chain match (see contracts.plan) as an Acl rule."""
     proto = match.get("ip_proto")
@@ -636,7 +272,6 @@ def match_to_acl_rule(match):
 
 # ----------------------------------------------------------------- Manager
 
-_table_seq = 0
 
 
 @cython.final
@@ -664,7 +299,7 @@ cdef class Manager:
     cdef public unsigned idle_us            # sleep this long when idle (0: poll)
 
     def __cinit__(self, host="host", ports=None):
-        if _pool == NULL:
+        if packet_pool() == NULL:
             raise FastPathError("call eal_init before creating a Manager")
         self.host = host
         self.cur = NULL
@@ -688,7 +323,7 @@ cdef class Manager:
             if step == 0:
                 err = rte_eth_dev_configure(port_id, 1, 1, &conf)
             elif step == 1:
-                err = rte_eth_rx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL, _pool)
+                err = rte_eth_rx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL, packet_pool())
             elif step == 2:
                 err = rte_eth_tx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL)
             else:
@@ -1038,9 +673,9 @@ cdef class Manager:
         memcpy(d + 6, t.mac, 6)
         d[12] = 0x88
         d[13] = 0x47
-        put_be32(d + 14, (peer.label << 12) | 64)
-        put_be32(d + 18, (meta.spi << 12) | 64)
-        put_be32(d + 22, (<uint32_t>meta.si << 12) | 0x100 | 64)
+        wr32(d + 14, (peer.label << 12) | 64)
+        wr32(d + 18, (meta.spi << 12) | 64)
+        wr32(d + 22, (<uint32_t>meta.si << 12) | 0x100 | 64)
         self._queue_tx(m, t.uplink)
 
     cdef void _to_end(self, tables_t *t, rte_mbuf *m, uint16_t port, uint8_t *dst_mac) noexcept nogil:
@@ -1134,7 +769,7 @@ cdef class Manager:
 
     def ring_names(self, iid):
         """Names of the rings of a process-mode instance."""
-        return _ring_names(self.host, iid)
+        return ring_names(self.host, iid)
 
 
 def port_name(uint16_t port):
@@ -1142,11 +777,6 @@ def port_name(uint16_t port):
     if rte_eth_dev_get_name_by_port(port, name) != 0:
         return f"port{port}"
     return name.decode()
-
-
-def _ring_names(host, iid):
-    base = f"onvm_{host}_{iid}"[:24]
-    return base + "_in", base + "_out"
 
 
 # ------------------------------------------------------- parse, classify
@@ -1164,13 +794,13 @@ cdef int _parse(rte_mbuf *m, tables_t *t, uint16_t port) noexcept nogil:
     meta.flow_id = -1
     if length < 14:
         return R_TRUNCATED
-    etype = be16(d + 12)
+    etype = rd16(d + 12)
     if etype == ETH_MPLS or etype == ETH_MPLS_MC:
         if length < 14 + 12 + 1:
             return R_TRUNCATED
-        l0 = be32(d + 14)
-        l1 = be32(d + 18)
-        l2 = be32(d + 22)
+        l0 = rd32(d + 14)
+        l1 = rd32(d + 18)
+        l2 = rd32(d + 22)
         if (l0 & 0x100) or (l1 & 0x100) or not (l2 & 0x100):
             return R_BAD_LABELS
         if (l0 & 0xff) == 0 or (l1 & 0xff) == 0 or (l2 & 0xff) == 0:
@@ -1198,7 +828,7 @@ cdef int _parse(rte_mbuf *m, tables_t *t, uint16_t port) noexcept nogil:
     elif etype == ETH_VLAN:
         if length < 18:
             return R_TRUNCATED
-        etype = be16(d + 16)
+        etype = rd16(d + 16)
         off = 18
     meta.l3_off = off
     if etype == ETH_IPV4:
@@ -1212,9 +842,11 @@ cdef int _parse(rte_mbuf *m, tables_t *t, uint16_t port) noexcept nogil:
         memcpy(&meta.key.src, d + off + 12, 4)
         memcpy(&meta.key.dst, d + off + 16, 4)
         l4 = off + ihl
+        if (rd16(d + off + 6) & 0x1fff) == 0:
+            meta.l4_off = l4        # not for later fragments: no L4 header
         # Ports only for first fragments of TCP, UDP, SCTP.
         if (meta.key.proto == 6 or meta.key.proto == 17 or meta.key.proto == 132) \
-                and (be16(d + off + 6) & 0x1fff) == 0:
+                and meta.l4_off:
             if length < l4 + 4:
                 return R_TRUNCATED
             memcpy(&meta.key.sport, d + l4, 2)
@@ -1227,6 +859,7 @@ cdef int _parse(rte_mbuf *m, tables_t *t, uint16_t port) noexcept nogil:
         meta.key.src = rte_hash_crc(d + off + 8, 16, 0)
         meta.key.dst = rte_hash_crc(d + off + 24, 16, 0)
         l4 = off + 40
+        meta.l4_off = l4
         if meta.key.proto == 6 or meta.key.proto == 17 or meta.key.proto == 132:
             if length < l4 + 4:
                 return R_TRUNCATED
@@ -1289,7 +922,7 @@ cdef tables_t *_build_tables(Manager mgr, dict plan, dict instances) except NULL
             inst.stats = <inst_stats_t *><intptr_t>stp
             if mode == "process":
                 inst.mode = MODE_PROCESS
-                to_name, from_name = _ring_names(mgr.host, iid)
+                to_name, from_name = ring_names(mgr.host, iid)
                 inst.to_nf = _ring(to_name)
                 inst.from_nf = _ring(from_name)
             else:
@@ -1307,7 +940,7 @@ cdef tables_t *_build_tables(Manager mgr, dict plan, dict instances) except NULL
         t.peers = <peer_t *>calloc(max(1, npeers), sizeof(peer_t))
         t.hop_index = new_hash("hops", max(64, 2 * len(hops)), sizeof(uint64_t))   # hop_key(spi, si)
         if t.hop_index == NULL or t.hops == NULL or t.remote == NULL or t.peers == NULL:
-            raise _dpdk_error("plan tables")
+            raise dpdk_error("plan tables")
         index = {(hp["spi"], hp["si"]): i for i, hp in enumerate(hops)}
         peer_i = 0
         remote_i = 0
@@ -1367,7 +1000,7 @@ cdef rte_ring *_ring(name) except NULL:
         r = rte_ring_create(name.encode(), 4096, rte_socket_id(),
                             RING_F_SP_ENQ | RING_F_SC_DEQ)
     if r == NULL:
-        raise _dpdk_error(f"ring {name}")
+        raise dpdk_error(f"ring {name}")
     return r
 
 
@@ -1403,61 +1036,3 @@ def consistent_slots(peers, slots=SLOTS):
                 best, best_score = j, score
         out.append(best)
     return out
-
-
-# ------------------------------------------------------------ NF processes
-
-cdef volatile int _serve_stop = 0
-
-
-def stop_serving():
-    global _serve_stop
-    _serve_stop = 1
-
-
-def serve_nf(nf, host, uint16_t iid, double seconds=0.0):
-    """The loop of an NF running as its own DPDK secondary process: take
-    bursts from the manager's ring, run the NF, give them back.  Never
-    drops: when the way back is full it waits.  Returns packets handled."""
-    global _serve_stop
-    cdef nf_batch_fn fn
-    cdef void *ctx
-    cdef rte_ring *rin
-    cdef rte_ring *rout
-    cdef rte_mbuf *pkts[BURST]
-    cdef unsigned n, sent
-    cdef uint64_t handled = 0
-    cdef uint64_t hz = rte_get_tsc_hz()
-    cdef uint64_t until = rte_get_tsc_cycles() + <uint64_t>(seconds * hz) if seconds > 0 else 0
-    in_name, out_name = _ring_names(host, iid)
-    rin = rte_ring_lookup(in_name.encode())
-    rout = rte_ring_lookup(out_name.encode())
-    if rin == NULL or rout == NULL:
-        raise FastPathError(
-            f"rings {in_name}/{out_name} not found: is the agent of host {host} "
-            f"running instance {iid} in process mode, with the same --file-prefix?")
-    bind_nf(nf, &fn, &ctx)
-    _serve_stop = 0
-    cdef unsigned polls = 0
-    with nogil:
-        while not _serve_stop:
-            polls += 1
-            if (polls & 0xfff) == 0:
-                with gil:
-                    PyErr_CheckSignals()    # SIGTERM's handler sets _serve_stop
-            n = rte_ring_dequeue_burst(rin, <void **>pkts, BURST, NULL)
-            if n == 0:
-                if until and rte_get_tsc_cycles() >= until:
-                    break
-                # NF processes may share a core (2-core hosts): give it up
-                # while idle instead of spinning through the time slice.
-                sched_yield()
-                continue
-            fn(ctx, pkts, n)
-            sent = 0
-            while sent < n and not _serve_stop:
-                sent += rte_ring_enqueue_burst(rout, <void **>&pkts[sent], n - sent, NULL)
-            if sent < n:
-                rte_pktmbuf_free_bulk(&pkts[sent], n - sent)
-            handled += n
-    return handled

@@ -4,8 +4,8 @@
 batch functions run in the manager's loop without the GIL."""
 from libc.stdint cimport uint64_t, int32_t
 from libc.stdlib cimport calloc, free
-from dpdk.rte_mbuf cimport rte_mbuf, onvm_meta_of, ONVM_ACTION_NEXT, ONVM_FLOW_ENTRIES
-from host_agent.fastpath cimport NativeNF
+from nflib.nf cimport (rte_mbuf, onvm_meta_of, ONVM_ACTION_NEXT,
+    ONVM_FLOW_ENTRIES, NativeNF)
 
 
 
@@ -19,8 +19,8 @@ cdef class Forward(NativeNF):
     """Passes every packet to the next NF of its chain."""
 
     def __init__(self, config=None):
-        self.batch_fn = forward_batch
-        self.batch_ctx = <void *>self
+        self.handlers.batch = forward_batch
+        self.handlers.ctx = <void *>self
 
     def counters(self):
         return {}
@@ -59,8 +59,8 @@ cdef class Monitor(NativeNF):
         self.mon.flow_bytes = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
         if self.mon.flow_packets == NULL or self.mon.flow_bytes == NULL:
             raise MemoryError()
-        self.batch_fn = monitor_batch
-        self.batch_ctx = <void *>&self.mon
+        self.handlers.batch = monitor_batch
+        self.handlers.ctx = <void *>&self.mon
 
     def __dealloc__(self):
         free(self.mon.flow_packets)

@@ -1,8 +1,6 @@
 # The firewall's rule table, shared by `firewall` and `firewall-stateful`.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from dpdk.rte_acl cimport rte_acl_ctx
-from dpdk.rte_mbuf cimport rte_mbuf
-from host_agent.fastpath cimport NativeNF, Acl
+from nflib.nf cimport (rte_acl_ctx, rte_mbuf, NativeNF, Acl)
 
 
 cdef struct ruleset_t:

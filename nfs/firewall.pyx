@@ -8,9 +8,8 @@ counters) is shared with `firewall-stateful` (nfs/stateful.pyx)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from dpdk.rte_mbuf cimport (rte_mbuf, onvm_meta, onvm_meta_of,
-    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES)
-from dpdk.rte_acl cimport rte_acl_classify
+from nflib.nf cimport (rte_mbuf, onvm_meta, onvm_meta_of, ONVM_ACTION_NEXT,
+    ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify)
 
 from nfs.fwrules import load_rules
 
@@ -138,8 +137,8 @@ cdef class Firewall(NativeNF):
     def __init__(self, config=None):
         self.ruleset = RuleSet(*load_rules(dict(config or {})))
         self.fw.rs = &self.ruleset.rs
-        self.batch_fn = fw_batch
-        self.batch_ctx = <void *>&self.fw
+        self.handlers.batch = fw_batch
+        self.handlers.ctx = <void *>&self.fw
 
     @property
     def rules(self):

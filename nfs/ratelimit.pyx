@@ -21,11 +21,9 @@ seconds anyway)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from dpdk.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
-    ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
-from dpdk.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
-from host_agent.fastpath cimport NativeNF
-from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
+from nflib.nf cimport (rte_mbuf, onvm_meta_of, onvm_meta, ONVM_ACTION_NEXT,
+    ONVM_ACTION_DROP, rte_get_tsc_cycles, rte_get_tsc_hz, NativeNF, ftab_t,
+    ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live)
 
 from nfs import nfconfig
 
@@ -160,8 +158,8 @@ cdef class RateLimit(NativeNF):
         self.rl.src = <bucket_t *>calloc(v["max_sources"] + 1, sizeof(bucket_t))
         if self.rl.src == NULL:
             raise MemoryError()
-        self.batch_fn = rl_batch
-        self.batch_ctx = <void *>&self.rl
+        self.handlers.batch = rl_batch
+        self.handlers.ctx = <void *>&self.rl
 
     def __dealloc__(self):
         ftab_free(self.rl.sources)

@@ -19,14 +19,11 @@ again going out."""
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from dpdk.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
-    onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
-from dpdk.rte_acl cimport rte_acl_ctx, rte_acl_classify
-from dpdk.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
-from host_agent.fastpath cimport NativeNF
+from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
+    onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_acl_ctx,
+    rte_acl_classify, rte_get_tsc_cycles, rte_get_tsc_hz, NativeNF, ftab_t,
+    ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live, proto_slot)
 from nfs.firewall cimport RuleSet, ruleset_t, ruleset_decide
-from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
-from nfs.nfutil cimport l4_offset, proto_slot
 
 from nfs import nfconfig
 from nfs.fwrules import load_rules
@@ -47,7 +44,7 @@ cdef uint64_t expiry(sfw_t *fw, rte_mbuf *m, onvm_meta *meta, uint64_t now) noex
     cdef int l4
     if meta.key.proto == 6:
         d = onvm_mtod(m)
-        l4 = l4_offset(d, m.data_len, meta.l3_off)
+        l4 = pkt_l4(meta)
         if l4 >= 0 and m.data_len >= <uint32_t>l4 + 14 and (d[l4 + 13] & 0x05):
             return now + fw.timeout[4]
     return now + fw.timeout[proto_slot(meta.key.proto, 3)]
@@ -131,8 +128,8 @@ cdef class StatefulFirewall(NativeNF):
         for i, k in enumerate(TIMEOUT_KEYS):
             self.fw.timeout[i] = <uint64_t>(v["timeouts"][k] * hz)
         self.fw.conns = ftab_new("sfw", v["max_connections"], sizeof(onvm_flow_key))
-        self.batch_fn = sfw_batch
-        self.batch_ctx = <void *>&self.fw
+        self.handlers.batch = sfw_batch
+        self.handlers.ctx = <void *>&self.fw
 
     def __dealloc__(self):
         ftab_free(self.fw.conns)

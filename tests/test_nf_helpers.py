@@ -48,7 +48,7 @@ def checksums_ok(frame):
 @contextlib.contextmanager
 def harness(nfs):
     """A Harness over `nfs`; closed, and the pool checked, even on failure."""
-    free_before = fp.pool_counts()[0] if fp._eal_args else None
+    free_before = fp.pool_counts()[0] if fp.eal_running() else None
     h = Harness(nfs)
     try:
         yield h

@@ -1,26 +1,24 @@
 # cython: language_level=3
 """Built-in NFs that need no rules: `forward` (passes every packet on) and
-`monitor` (per-flow packet and byte counters), written in Cython: their
-batch functions run in the manager's loop without the GIL."""
-from libc.stdint cimport uint64_t, int32_t
+`monitor` (per-flow packet and byte counters), written in Cython against
+nflib/nf.pxd: each gives a per-packet handler, which the library calls
+(in the manager's loop, or in the NF's own process) without the GIL."""
+from libc.stdint cimport uint8_t, uint64_t, int32_t
 from libc.stdlib cimport calloc, free
-from nflib.nf cimport (rte_mbuf, onvm_meta_of, ONVM_ACTION_NEXT,
-    ONVM_FLOW_ENTRIES, NativeNF)
+from nflib.nf cimport (rte_mbuf, onvm_meta, ONVM_ACTION_NEXT, ONVM_FLOW_ENTRIES,
+    NativeNF)
 
 
 
-cdef void forward_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
-    cdef unsigned i
-    for i in range(n):
-        onvm_meta_of(pkts[i]).action = ONVM_ACTION_NEXT
+cdef uint8_t forward_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
+    return ONVM_ACTION_NEXT
 
 
 cdef class Forward(NativeNF):
     """Passes every packet to the next NF of its chain."""
 
     def __init__(self, config=None):
-        self.handlers.batch = forward_batch
-        self.handlers.ctx = <void *>self
+        self.handlers.packet = forward_packet
 
     def counters(self):
         return {}
@@ -34,20 +32,17 @@ cdef struct monitor_t:
     uint64_t *flow_bytes
 
 
-cdef void monitor_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+cdef uint8_t monitor_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     cdef monitor_t *mon = <monitor_t *>ctx
-    cdef unsigned i
-    cdef int32_t fid
-    for i in range(n):
-        fid = onvm_meta_of(pkts[i]).flow_id
-        mon.packets += 1
-        mon.bytes += pkts[i].pkt_len
-        if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
-            mon.flow_packets[fid] += 1
-            mon.flow_bytes[fid] += pkts[i].pkt_len
-        else:
-            mon.untracked += 1
-        onvm_meta_of(pkts[i]).action = ONVM_ACTION_NEXT
+    cdef int32_t fid = meta.flow_id
+    mon.packets += 1
+    mon.bytes += m.pkt_len
+    if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
+        mon.flow_packets[fid] += 1
+        mon.flow_bytes[fid] += m.pkt_len
+    else:
+        mon.untracked += 1
+    return ONVM_ACTION_NEXT
 
 
 cdef class Monitor(NativeNF):
@@ -59,7 +54,7 @@ cdef class Monitor(NativeNF):
         self.mon.flow_bytes = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
         if self.mon.flow_packets == NULL or self.mon.flow_bytes == NULL:
             raise MemoryError()
-        self.handlers.batch = monitor_batch
+        self.handlers.packet = monitor_packet
         self.handlers.ctx = <void *>&self.mon
 
     def __dealloc__(self):

@@ -47,6 +47,7 @@ cdef struct rl_t:
     uint32_t nchains
     uint64_t untracked
     uint64_t hz
+    uint64_t now           # TSC at the start of the batch
 
 
 cdef inline bint has_token(bucket_t *b, uint64_t cost, uint64_t cap, uint64_t now) noexcept nogil:
@@ -56,54 +57,55 @@ cdef inline bint has_token(bucket_t *b, uint64_t cost, uint64_t cap, uint64_t no
     return b.tokens >= cost
 
 
-cdef void rl_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+cdef void rl_before(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    (<rl_t *>ctx).now = rte_get_tsc_cycles()
+
+
+cdef uint8_t rl_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     cdef rl_t *rl = <rl_t *>ctx
-    cdef uint64_t now = rte_get_tsc_cycles()
-    cdef unsigned i, c
-    cdef onvm_meta *meta
+    cdef uint64_t now = rl.now
+    cdef unsigned c
     cdef int32_t pos
     cdef bucket_t *sb
     cdef bucket_t *cb
     cdef bint ok
-    for i in range(n):
-        meta = onvm_meta_of(pkts[i])
-        cb = NULL
-        for c in range(rl.nchains):
-            if rl.chain_spi[c] == meta.spi:
-                cb = &rl.chain[c]
-                break
-        pos = ftab_find(rl.sources, &meta.key.src, now)
-        if pos < 0:
-            # New (or forgotten, hence refilled) source: a full bucket.
-            pos = ftab_insert(rl.sources, &meta.key.src, now, now)
-            if pos >= 0:
-                rl.src[pos].tokens = rl.proto.cap
-                rl.src[pos].last = now
+    cb = NULL
+    for c in range(rl.nchains):
+        if rl.chain_spi[c] == meta.spi:
+            cb = &rl.chain[c]
+            break
+    pos = ftab_find(rl.sources, &meta.key.src, now)
+    if pos < 0:
+        # New (or forgotten, hence refilled) source: a full bucket.
+        pos = ftab_insert(rl.sources, &meta.key.src, now, now)
         if pos >= 0:
-            sb = &rl.src[pos]
-            ok = has_token(sb, rl.proto.cost, rl.proto.cap, now)
-        else:
-            rl.untracked += 1      # table full: only the chain limit applies
-            sb = NULL
-            ok = True
-        if cb != NULL and not has_token(cb, cb.cost, cb.cap, now):
-            ok = False
-        if ok:
-            if sb != NULL:
-                sb.tokens -= rl.proto.cost
-                # Forget the source once its bucket would be full again
-                # (plus a second, so busy sources are not re-added each packet).
-                rl.sources.expires[pos] = now + rl.proto.cap - sb.tokens + rl.hz
-            if cb != NULL:
-                cb.tokens -= cb.cost
-                cb.passed += 1
-            rl.proto.passed += 1
-            meta.action = ONVM_ACTION_NEXT
-        else:
-            if cb != NULL:
-                cb.dropped += 1
-            rl.proto.dropped += 1
-            meta.action = ONVM_ACTION_DROP
+            rl.src[pos].tokens = rl.proto.cap
+            rl.src[pos].last = now
+    if pos >= 0:
+        sb = &rl.src[pos]
+        ok = has_token(sb, rl.proto.cost, rl.proto.cap, now)
+    else:
+        rl.untracked += 1      # table full: only the chain limit applies
+        sb = NULL
+        ok = True
+    if cb != NULL and not has_token(cb, cb.cost, cb.cap, now):
+        ok = False
+    if ok:
+        if sb != NULL:
+            sb.tokens -= rl.proto.cost
+            # Forget the source once its bucket would be full again
+            # (plus a second, so busy sources are not re-added each packet).
+            rl.sources.expires[pos] = now + rl.proto.cap - sb.tokens + rl.hz
+        if cb != NULL:
+            cb.tokens -= cb.cost
+            cb.passed += 1
+        rl.proto.passed += 1
+        return ONVM_ACTION_NEXT
+    else:
+        if cb != NULL:
+            cb.dropped += 1
+        rl.proto.dropped += 1
+        return ONVM_ACTION_DROP
 
 
 def _limit(chk, values, path):
@@ -158,7 +160,8 @@ cdef class RateLimit(NativeNF):
         self.rl.src = <bucket_t *>calloc(v["max_sources"] + 1, sizeof(bucket_t))
         if self.rl.src == NULL:
             raise MemoryError()
-        self.handlers.batch = rl_batch
+        self.handlers.before = rl_before
+        self.handlers.packet = rl_packet
         self.handlers.ctx = <void *>&self.rl
 
     def __dealloc__(self):

@@ -23,7 +23,7 @@ from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
     onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_acl_ctx,
     rte_acl_classify, rte_get_tsc_cycles, rte_get_tsc_hz, NativeNF, ftab_t,
     ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live, proto_slot)
-from nfs.firewall cimport RuleSet, ruleset_t, ruleset_decide
+from nfs.firewall cimport RuleSet, ruleset_t, ruleset_classify, ruleset_allow
 
 from nfs import nfconfig
 from nfs.fwrules import load_rules
@@ -37,6 +37,7 @@ cdef struct sfw_t:
     ftab_t *conns
     uint64_t timeout[5]    # tcp, udp, icmp, other, closing
     uint64_t replies, opened, passed, dropped, untracked
+    uint64_t now           # TSC at the start of the batch
 
 
 cdef uint64_t expiry(sfw_t *fw, rte_mbuf *m, onvm_meta *meta, uint64_t now) noexcept nogil:
@@ -80,22 +81,19 @@ cdef bint verdict(sfw_t *fw, rte_mbuf *m, bint allow, uint64_t now) noexcept nog
     return True
 
 
-cdef void sfw_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+cdef void sfw_before(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
     cdef sfw_t *fw = <sfw_t *>ctx
-    cdef uint8_t allow[256]
-    cdef unsigned i, done = 0, chunk
-    cdef uint64_t now = rte_get_tsc_cycles()
-    while done < n:
-        chunk = n - done if n - done < 256 else 256
-        ruleset_decide(fw.rs, pkts + done, chunk, allow)
-        for i in range(chunk):
-            if verdict(fw, pkts[done + i], allow[i], now):
-                fw.passed += 1
-                onvm_meta_of(pkts[done + i]).action = ONVM_ACTION_NEXT
-            else:
-                fw.dropped += 1
-                onvm_meta_of(pkts[done + i]).action = ONVM_ACTION_DROP
-        done += chunk
+    fw.now = rte_get_tsc_cycles()
+    ruleset_classify(fw.rs, pkts, n)
+
+
+cdef uint8_t sfw_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
+    cdef sfw_t *fw = <sfw_t *>ctx
+    if verdict(fw, m, ruleset_allow(fw.rs, meta), fw.now):
+        fw.passed += 1
+        return ONVM_ACTION_NEXT
+    fw.dropped += 1
+    return ONVM_ACTION_DROP
 
 
 def parse_config(config):
@@ -128,7 +126,8 @@ cdef class StatefulFirewall(NativeNF):
         for i, k in enumerate(TIMEOUT_KEYS):
             self.fw.timeout[i] = <uint64_t>(v["timeouts"][k] * hz)
         self.fw.conns = ftab_new("sfw", v["max_connections"], sizeof(onvm_flow_key))
-        self.handlers.batch = sfw_batch
+        self.handlers.before = sfw_before
+        self.handlers.packet = sfw_packet
         self.handlers.ctx = <void *>&self.fw
 
     def __dealloc__(self):

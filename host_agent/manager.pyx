@@ -1,60 +1,53 @@
 # cython: language_level=3
-"""The host's fast path: DPDK ports, a packet pool, the manager loop that
-hands packets to local NF instances without copying, and the tables a plan
-compiles into.
+"""The host's manager loop: polls the ports, hands packets to local NF
+instances without copying, and acts on their verdicts.
 
 What it does per burst of 32 (no Python on this path, the GIL released):
-read the frame, strip the SFC label stack of DESIGN.md (transport, SPI, SI)
-or classify an untagged packet through the flow table (rte_hash on the
-5-tuple, backed by an rte_acl classifier), then follow the chain's hops: a
-local instance (inline: its batch function is called in this loop; process:
-its rte_ring), a remote host (labels pushed, one host per flow by weighted
-consistent hashing), or the end of the chain (sent out of the egress port).
+parse the frame (host_agent/parser.pxd: strip the SFC label stack of
+DESIGN.md, or classify an untagged packet through the flow table, rte_hash
+on the 5-tuple backed by an rte_acl classifier), then follow the chain's
+hops: a local instance (inline: the NF library's handler is called in this
+loop; process: its rte_ring), a remote host (labels pushed, one host per
+flow by weighted consistent hashing), or the end of the chain (sent out of
+the egress port).
 
-What it is not: the plan's checker (`contracts.plan`), the compiler from a
-plan to tables (`Manager.apply_plan` takes the checked dict), or the agent
-that talks to the store (`host_agent.agent`).
+What it is not: the plan's checker (contracts.plan), the compiler from a
+plan to tables (host_agent.tables, loaded by host_agent.plantables), the
+NF-process loop (nflib.nf.serve_nf), ports in memory (host_agent.ports),
+or the agent that talks to the store (host_agent.agent).
 """
 cimport cython
-from cpython.mem cimport PyMem_Malloc, PyMem_Free
-from cpython.memoryview cimport PyMemoryView_FromMemory
-from cpython.buffer cimport PyBUF_WRITE
-from cpython.ref cimport PyObject
-from cpython.exc cimport PyErr_CheckSignals
-from libc.stdint cimport (uint8_t, uint16_t, uint32_t, int16_t, int32_t,
-                          uint64_t, intptr_t)
-from libc.string cimport memcpy, memmove, memset
-from libc.stdlib cimport malloc, calloc, free
-
-
-cdef extern from "sched.h" nogil:
-    int sched_yield()
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
+from libc.string cimport memcpy, memset
+from libc.stdlib cimport calloc, free
 
 cdef extern from "unistd.h" nogil:
     int usleep(unsigned usec)
 
-from dpdk.rte_eal cimport *
-from dpdk.rte_mbuf cimport *
-from dpdk.rte_ring cimport *
+from dpdk.rte_eal cimport rte_get_tsc_hz, rte_get_tsc_cycles, rte_socket_id, rte_strerror
+from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_free, rte_pktmbuf_free_bulk,
+    rte_pktmbuf_prepend)
+from dpdk.rte_ring cimport rte_ring_enqueue_burst, rte_ring_dequeue_burst, rte_ring_count
 from dpdk.rte_ethdev cimport *
-from dpdk.rte_hash cimport *
-from dpdk.rte_acl cimport *
+from dpdk.rte_hash cimport (rte_hash, rte_hash_free, rte_hash_count, rte_hash_add_key,
+    rte_hash_lookup_bulk, rte_hash_lookup_data)
 from nflib.eal cimport packet_pool, new_hash
-from nflib.nf cimport (NativeNF, Acl, nf_batch_fn, bind_nf, rd16, rd32, wr32,
-                       bswap16, bswap32)
+from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
+    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, ONVM_ACTION_OUT, wr32)
+from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
+    hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL, HOP_REMOTE,
+    MODE_PROCESS)
+from host_agent.parser cimport *
 
-import ipaddress
 import logging
-import os
 import threading
 import time
 
-from contracts.wire import SI_FIRST
-from nflib.eal import (FastPathError, dpdk_error, eal_init, eal_cleanup,  # noqa: F401
-                       eal_running, default_eal_args, hugepages_available,
-                       remove_runtime_files, pool_counts)
-from nflib.nf import (DROP, NEXT, TONF, OUT, ring_names, serve_nf,  # noqa: F401
-                      stop_serving)
+from contracts import wire
+from nflib.eal import FastPathError
+from nflib.nf import ring_names
+from host_agent.ports import port_name
+from host_agent.tables import compile_plan
 
 log = logging.getLogger("onvm.fastpath")
 
@@ -63,19 +56,18 @@ cdef extern from "shim.h" nogil:
     void onvm_store_ptr(void **p, void *v)
     uint64_t onvm_load_u64(uint64_t *p)
     void onvm_store_u64(uint64_t *p, uint64_t v)
-    int ONVM_META_SIZE "sizeof(struct onvm_meta)"
     int ONVM_KEY_SIZE "sizeof(struct onvm_flow_key)"
 
 DEF BURST = 32
 DEF MAX_PORTS = 16
-DEF MAX_INSTANCES = 64
-DEF SLOTS = 256            # consistent-hash slots per remote hop
 DEF MAX_NF_HOPS = 64       # NFs one packet may visit on this host
-DEF ETH_MPLS = 0x8847
-DEF ETH_MPLS_MC = 0x8848
-DEF ETH_IPV4 = 0x0800
-DEF ETH_IPV6 = 0x86DD
-DEF ETH_VLAN = 0x8100
+
+# The parser's EtherTypes are the wire format's (contracts.wire).
+for _name, _value in (("ETH_MPLS", ETH_MPLS), ("ETH_MPLS_MC", ETH_MPLS_MC),
+                      ("ETH_IPV4", ETH_IPV4), ("ETH_IPV6", ETH_IPV6)):
+    if getattr(wire, _name) != _value:
+        raise ImportError(f"contracts.wire.{_name} is {getattr(wire, _name):#x}, "
+                          f"the parser's is {_value:#x}: rebuild")
 
 # Why a packet was dropped: every drop is counted under one of these.
 DROP_REASONS = (
@@ -93,185 +85,12 @@ DROP_REASONS = (
     "bad_port",         # verdict OUT to a port that does not exist
     "no_plan",          # no plan applied yet
 )
-cdef enum:
-    R_TRUNCATED, R_NOT_IP, R_BAD_LABELS, R_TTL, R_WRONG_NODE, R_UNKNOWN_HOP,
-    R_NO_CHAIN, R_NF_DROP, R_RING_FULL, R_TX_FULL, R_LOOP, R_BAD_PORT,
-    R_NO_PLAN, N_REASONS
-
-cdef enum:
-    HOP_LOCAL = 1
-    HOP_REMOTE = 2
-    HOP_END = 3
-
-cdef enum:
-    MODE_INLINE = 1
-    MODE_PROCESS = 2
-
-
-cdef struct hop_t:
-    uint32_t spi
-    uint8_t si
-    uint8_t kind
-    uint16_t slot          # instance slot (HOP_LOCAL)
-    int32_t next           # hop index of (spi, si - 1), -1 if none
-    uint32_t remote_off    # first of SLOTS entries in tables.remote (HOP_REMOTE)
-    uint16_t port          # HOP_END
-    uint8_t dst_mac[6]     # HOP_END
-
-
-cdef struct peer_t:
-    uint32_t label
-    uint8_t mac[6]
-
-
-cdef struct inst_stats_t:
-    uint64_t rx
-    uint64_t tx
-    uint64_t drops
-    uint64_t ring_full
-
-
-cdef struct inst_t:
-    uint16_t id
-    uint8_t mode
-    nf_batch_fn fn
-    void *ctx
-    rte_ring *to_nf
-    rte_ring *from_nf
-    inst_stats_t *stats
-
-
-cdef struct tables_t:
-    uint64_t generation
-    uint32_t node_label
-    uint8_t mac[6]
-    uint16_t uplink
-    rte_hash *hop_index        # (spi << 8 | si) -> hop index
-    hop_t *hops
-    uint32_t nhops
-    uint16_t *remote           # peer index per slot
-    peer_t *peers
-    int32_t *flow_hop          # per flow-table position: first hop, -1 none, -2 unknown
-    rte_acl_ctx *classifier    # userdata = hop index + 1
-    int32_t *class_hop         # classifier rule -> hop index
-    inst_t instances[MAX_INSTANCES]
-    uint16_t ninstances
-    int16_t slot_of_id[65536]  # instance id -> slot, -1 if not here
 
 
 cdef struct port_stats_t:
     uint64_t rx
     uint64_t tx
     uint64_t tx_full
-
-
-cdef inline uint64_t hop_key(uint32_t spi, uint8_t si) noexcept nogil:
-    return (<uint64_t>spi << 8) | si
-
-
-
-def probe_port(devargs):
-    """Add a vdev port at run time (e.g. "net_pcap9,tx_pcap=/tmp/x.pcap");
-    returns its port id."""
-    cdef uint16_t port_id
-    if rte_dev_probe(devargs.encode()) < 0:
-        raise dpdk_error(f"rte_dev_probe({devargs})")
-    name = devargs.split(",")[0]
-    if rte_eth_dev_get_port_by_name(name.encode(), &port_id) != 0:
-        raise FastPathError(f"port {name} not found after probe")
-    return port_id
-
-
-def ring_port(name, count=8192):
-    """A port in memory: rx and tx on the same rte_ring, so what is sent
-    comes back.  For benchmarks; returns (port id, Ring)."""
-    cdef rte_ring *r = rte_ring_create(name.encode(), count, rte_socket_id(),
-                                       RING_F_SP_ENQ | RING_F_SC_DEQ)
-    if r == NULL:
-        raise dpdk_error(f"rte_ring_create({name})")
-    port = rte_eth_from_rings(("net_" + name).encode(), &r, 1, &r, 1,
-                              rte_socket_id())
-    if port < 0:
-        raise dpdk_error(f"rte_eth_from_rings({name})")
-    ring = Ring()
-    ring.r = r
-    return port, ring
-
-
-def ring_pair_port(name, count=8192):
-    """A port in memory with separate rx and tx rings: what a test puts in
-    `rx` arrives on the port, what the port sends lands in `tx`.
-    Returns (port id, rx Ring, tx Ring)."""
-    cdef rte_ring *rx = rte_ring_create((name + "_rx").encode(), count,
-                                        rte_socket_id(), RING_F_SP_ENQ | RING_F_SC_DEQ)
-    cdef rte_ring *tx = rte_ring_create((name + "_tx").encode(), count,
-                                        rte_socket_id(), RING_F_SP_ENQ | RING_F_SC_DEQ)
-    if rx == NULL or tx == NULL:
-        raise dpdk_error(f"rte_ring_create({name})")
-    port = rte_eth_from_rings(("net_" + name).encode(), &rx, 1, &tx, 1,
-                              rte_socket_id())
-    if port < 0:
-        raise dpdk_error(f"rte_eth_from_rings({name})")
-    rxr, txr = Ring(), Ring()
-    rxr.r = rx
-    txr.r = tx
-    return port, rxr, txr
-
-
-cdef class Ring:
-    """A handle on an rte_ring, for tests and benchmarks."""
-    cdef rte_ring *r
-
-    def __len__(self):
-        return rte_ring_count(self.r)
-
-    def fill(self, frames, unsigned count):
-        """Put `count` packets in the ring, cycling through `frames` (bytes)."""
-        cdef rte_mbuf *m
-        cdef unsigned i, done = 0
-        cdef bytes f
-        frames = list(frames)
-        for i in range(count):
-            f = frames[i % len(frames)]
-            m = rte_pktmbuf_alloc(packet_pool())
-            if m == NULL:
-                break
-            memcpy(rte_pktmbuf_append(m, len(f)), <const char *>f, len(f))
-            if rte_ring_enqueue_burst(self.r, <void **>&m, 1, NULL) != 1:
-                rte_pktmbuf_free(m)
-                break
-            done += 1
-        return done
-
-    def drain(self, keep=False):
-        """Take every packet out; returns their bytes if keep, else the count."""
-        cdef rte_mbuf *m
-        out = []
-        n = 0
-        while rte_ring_dequeue_burst(self.r, <void **>&m, 1, NULL) == 1:
-            if keep:
-                out.append((<char *>onvm_mtod(m))[:m.data_len])
-            rte_pktmbuf_free(m)
-            n += 1
-        return out if keep else n
-
-
-def match_to_acl_rule(match):
-    """An OpenFlow-style chain match (see contracts.plan) as an Acl rule."""
-    proto = match.get("ip_proto")
-    sport = match.get("tcp_src", match.get("udp_src"))
-    dport = match.get("tcp_dst", match.get("udp_dst"))
-    if proto is None and ("tcp_src" in match or "tcp_dst" in match):
-        proto = 6
-    if proto is None and ("udp_src" in match or "udp_dst" in match):
-        proto = 17
-    return (proto, match.get("ipv4_src"), match.get("ipv4_dst"),
-            (sport, sport) if sport is not None else (0, 65535),
-            (dport, dport) if dport is not None else (0, 65535))
-
-
-# ----------------------------------------------------------------- Manager
-
 
 
 @cython.final
@@ -345,9 +164,9 @@ cdef class Manager:
         old = <tables_t *>self.cur
         self.cur = NULL
         if old != NULL:
-            _free_tables(old)
+            free_tables(old)
         for t in self._retired:
-            _free_tables(<tables_t *><intptr_t>t)
+            free_tables(<tables_t *><intptr_t>t)
         self._retired = []
         if self.flows != NULL:
             rte_hash_free(self.flows)
@@ -361,18 +180,22 @@ cdef class Manager:
 
     def apply_plan(self, plan, nf_factory):
         """Compile a checked plan (contracts.plan.check_plan) into new
-        tables and swap them in atomically.  `nf_factory(instance_dict)`
+        tables (host_agent.tables, then the loader) and swap them in
+        atomically.  `nf_factory(instance_dict)`
         makes the NF object of a new instance; instances whose id, type and
         config are unchanged keep their object (and its state).  If anything
         fails, the running tables stay as they were."""
+        compiled = compile_plan(plan)
         with self._lock:
             new_instances = self._instances_for(plan, nf_factory)
-            t = _build_tables(self, plan, new_instances)
+            t = load_tables(compiled, {iid: (entry[2], entry[3])
+                                       for iid, entry in new_instances.items()},
+                            self.host)
             old = onvm_load_ptr(&self.cur)
             onvm_store_ptr(&self.cur, <void *>t)
             self._wait_quiescent()
             if old != NULL:
-                _free_tables(<tables_t *>old)
+                free_tables(<tables_t *>old)
             for iid in set(self._instances) - set(new_instances):
                 log.info("%s: instance %d (%s) removed", self.host, iid,
                          self._instances[iid][0])
@@ -508,7 +331,7 @@ cdef class Manager:
         cdef int reason
         cdef uint64_t key
         for i in range(n):
-            reason = _parse(pkts[i], t, self.ports[port_idx])
+            reason = parse_packet(pkts[i], t, self.ports[port_idx])
             if reason >= 0:
                 self.drops[reason] += 1
                 rte_pktmbuf_free(pkts[i])
@@ -537,7 +360,7 @@ cdef class Manager:
                     continue
                 meta.hop = <uint16_t><intptr_t>hopv
             else:
-                hop = _classify(t, meta)
+                hop = classify(t, meta)
                 if hop < 0:
                     self.drops[R_NO_CHAIN] += 1
                     rte_pktmbuf_free(ok[i])
@@ -770,269 +593,3 @@ cdef class Manager:
     def ring_names(self, iid):
         """Names of the rings of a process-mode instance."""
         return ring_names(self.host, iid)
-
-
-def port_name(uint16_t port):
-    cdef char name[64]
-    if rte_eth_dev_get_name_by_port(port, name) != 0:
-        return f"port{port}"
-    return name.decode()
-
-
-# ------------------------------------------------------- parse, classify
-
-cdef int _parse(rte_mbuf *m, tables_t *t, uint16_t port) noexcept nogil:
-    """Fill the packet's metadata; returns a drop reason, or -1 if it goes on."""
-    cdef uint8_t *d = onvm_mtod(m)
-    cdef uint32_t length = m.data_len
-    cdef onvm_meta *meta = onvm_meta_of(m)
-    cdef uint16_t etype
-    cdef uint32_t l0, l1, l2, off = 14, ihl, l4
-    cdef uint8_t ver
-    memset(meta, 0, sizeof(onvm_meta))
-    meta.in_port = port
-    meta.flow_id = -1
-    if length < 14:
-        return R_TRUNCATED
-    etype = rd16(d + 12)
-    if etype == ETH_MPLS or etype == ETH_MPLS_MC:
-        if length < 14 + 12 + 1:
-            return R_TRUNCATED
-        l0 = rd32(d + 14)
-        l1 = rd32(d + 18)
-        l2 = rd32(d + 22)
-        if (l0 & 0x100) or (l1 & 0x100) or not (l2 & 0x100):
-            return R_BAD_LABELS
-        if (l0 & 0xff) == 0 or (l1 & 0xff) == 0 or (l2 & 0xff) == 0:
-            return R_TTL
-        if (l0 >> 12) != t.node_label:
-            return R_WRONG_NODE
-        meta.spi = l1 >> 12
-        meta.si = l2 >> 12
-        if meta.si == 0:
-            return R_BAD_LABELS
-        ver = d[26] >> 4
-        if ver == 4:
-            etype = ETH_IPV4
-        elif ver == 6:
-            etype = ETH_IPV6
-        else:
-            return R_NOT_IP
-        # Pop the stack: move the MAC addresses up over it.
-        memmove(d + 12, d, 12)
-        rte_pktmbuf_adj(m, 12)
-        d = d + 12
-        length -= 12
-        d[12] = etype >> 8
-        d[13] = etype & 0xff
-    elif etype == ETH_VLAN:
-        if length < 18:
-            return R_TRUNCATED
-        etype = rd16(d + 16)
-        off = 18
-    meta.l3_off = off
-    if etype == ETH_IPV4:
-        if length < off + 20 or (d[off] >> 4) != 4:
-            return R_TRUNCATED if length < off + 20 else R_NOT_IP
-        ihl = (d[off] & 0x0f) * 4
-        if ihl < 20 or length < off + ihl:
-            return R_TRUNCATED
-        meta.key.family = 4
-        meta.key.proto = d[off + 9]
-        memcpy(&meta.key.src, d + off + 12, 4)
-        memcpy(&meta.key.dst, d + off + 16, 4)
-        l4 = off + ihl
-        if (rd16(d + off + 6) & 0x1fff) == 0:
-            meta.l4_off = l4        # not for later fragments: no L4 header
-        # Ports only for first fragments of TCP, UDP, SCTP.
-        if (meta.key.proto == 6 or meta.key.proto == 17 or meta.key.proto == 132) \
-                and meta.l4_off:
-            if length < l4 + 4:
-                return R_TRUNCATED
-            memcpy(&meta.key.sport, d + l4, 2)
-            memcpy(&meta.key.dport, d + l4 + 2, 2)
-    elif etype == ETH_IPV6:
-        if length < off + 40:
-            return R_TRUNCATED
-        meta.key.family = 6
-        meta.key.proto = d[off + 6]
-        meta.key.src = rte_hash_crc(d + off + 8, 16, 0)
-        meta.key.dst = rte_hash_crc(d + off + 24, 16, 0)
-        l4 = off + 40
-        meta.l4_off = l4
-        if meta.key.proto == 6 or meta.key.proto == 17 or meta.key.proto == 132:
-            if length < l4 + 4:
-                return R_TRUNCATED
-            memcpy(&meta.key.sport, d + l4, 2)
-            memcpy(&meta.key.dport, d + l4 + 2, 2)
-    else:
-        return R_NOT_IP
-    meta.flow_hash = rte_hash_crc(&meta.key, sizeof(onvm_flow_key), 0)
-    return -1
-
-
-cdef int32_t _classify(tables_t *t, onvm_meta *meta) noexcept nogil:
-    """First hop of an untagged packet: the flow table's cached answer, or
-    the classifier's (then cached)."""
-    cdef int32_t hop
-    cdef uint32_t res = 0
-    cdef const uint8_t *key = <const uint8_t *>&meta.key
-    if meta.flow_id >= 0:
-        hop = t.flow_hop[meta.flow_id]
-        if hop != -2:
-            return hop
-    hop = -1
-    if t.classifier != NULL and meta.key.family == 4:
-        rte_acl_classify(t.classifier, &key, &res, 1, 1)
-        if res:
-            hop = t.class_hop[res - 1]
-    if meta.flow_id >= 0:
-        t.flow_hop[meta.flow_id] = hop
-    return hop
-
-
-# ------------------------------------------------------- plan -> tables
-
-cdef tables_t *_build_tables(Manager mgr, dict plan, dict instances) except NULL:
-    """Compile a checked plan into a fresh tables_t.  Nothing the loop uses
-    is touched until the caller swaps the pointer."""
-    cdef tables_t *t = <tables_t *>calloc(1, sizeof(tables_t))
-    cdef uint32_t key
-    cdef hop_t *h
-    cdef inst_t *inst
-    cdef Acl acl
-    if t == NULL:
-        raise MemoryError()
-    try:
-        t.generation = plan["generation"]
-        t.node_label = plan["node_label"]
-        for i, b in enumerate(bytes.fromhex(plan["mac"].replace(":", ""))):
-            t.mac[i] = b
-        t.uplink = plan.get("uplink", 0)
-        for i in range(65536):
-            t.slot_of_id[i] = -1
-        # Instances: slot = position in the plan.
-        if len(plan["instances"]) > MAX_INSTANCES:
-            raise FastPathError(f"a host runs at most {MAX_INSTANCES} instances")
-        for slot, spec in enumerate(plan["instances"]):
-            iid = spec["id"]
-            nf, config, obj, stp, mode = instances[iid]
-            inst = &t.instances[slot]
-            inst.id = iid
-            inst.stats = <inst_stats_t *><intptr_t>stp
-            if mode == "process":
-                inst.mode = MODE_PROCESS
-                to_name, from_name = ring_names(mgr.host, iid)
-                inst.to_nf = _ring(to_name)
-                inst.from_nf = _ring(from_name)
-            else:
-                inst.mode = MODE_INLINE
-                bind_nf(obj, &inst.fn, &inst.ctx)
-            t.slot_of_id[iid] = slot
-        t.ninstances = len(plan["instances"])
-        # Hops.
-        hops = plan["hops"]
-        t.nhops = len(hops)
-        t.hops = <hop_t *>calloc(max(1, len(hops)), sizeof(hop_t))
-        remotes = [hp for hp in hops if "remote" in hp]
-        t.remote = <uint16_t *>calloc(max(1, len(remotes) * SLOTS), sizeof(uint16_t))
-        npeers = sum(len(hp["remote"]) for hp in remotes)
-        t.peers = <peer_t *>calloc(max(1, npeers), sizeof(peer_t))
-        t.hop_index = new_hash("hops", max(64, 2 * len(hops)), sizeof(uint64_t))   # hop_key(spi, si)
-        if t.hop_index == NULL or t.hops == NULL or t.remote == NULL or t.peers == NULL:
-            raise dpdk_error("plan tables")
-        index = {(hp["spi"], hp["si"]): i for i, hp in enumerate(hops)}
-        peer_i = 0
-        remote_i = 0
-        for i, hp in enumerate(hops):
-            h = &t.hops[i]
-            h.spi = hp["spi"]
-            h.si = hp["si"]
-            h.next = index.get((hp["spi"], hp["si"] - 1), -1)
-            if "local" in hp:
-                h.kind = HOP_LOCAL
-                h.slot = t.slot_of_id[hp["local"]]
-            elif "remote" in hp:
-                h.kind = HOP_REMOTE
-                h.remote_off = remote_i * SLOTS
-                for j, peer in enumerate(hp["remote"]):
-                    t.peers[peer_i + j].label = peer["label"]
-                    for k, b in enumerate(bytes.fromhex(peer["mac"].replace(":", ""))):
-                        t.peers[peer_i + j].mac[k] = b
-                for slot, j in enumerate(consistent_slots(hp["remote"], SLOTS)):
-                    t.remote[h.remote_off + slot] = peer_i + j
-                peer_i += len(hp["remote"])
-                remote_i += 1
-            else:
-                h.kind = HOP_END
-                h.port = hp["end"].get("port", 0)
-                for k, b in enumerate(bytes.fromhex(hp["end"]["dst_mac"].replace(":", ""))):
-                    h.dst_mac[k] = b
-            _hop_add(t.hop_index, h.spi, h.si, i)
-        # Classifiers for untagged packets: first matching wins.
-        classifiers = plan.get("classifiers", [])
-        t.flow_hop = <int32_t *>malloc(ONVM_FLOW_ENTRIES * sizeof(int32_t))
-        t.class_hop = <int32_t *>calloc(max(1, len(classifiers)), sizeof(int32_t))
-        for i in range(ONVM_FLOW_ENTRIES):
-            t.flow_hop[i] = -2
-        if classifiers:
-            for i, cls in enumerate(classifiers):
-                t.class_hop[i] = index.get((cls["spi"], SI_FIRST), -1)
-            acl = Acl([match_to_acl_rule(c["match"]) for c in classifiers])
-            t.classifier = acl.ctx
-            acl.ctx = NULL      # the tables own it now
-        return t
-    except BaseException:
-        _free_tables(t)
-        raise
-
-
-cdef int _hop_add(rte_hash *hi, uint32_t spi, uint8_t si, int idx) except -1:
-    cdef uint64_t key = hop_key(spi, si)
-    if rte_hash_add_key_data(hi, &key, <void *><intptr_t>idx) < 0:
-        raise FastPathError(f"hop table full at SPI {spi} SI {si}")
-    return 0
-
-
-cdef rte_ring *_ring(name) except NULL:
-    cdef rte_ring *r = rte_ring_lookup(name.encode())
-    if r == NULL:
-        r = rte_ring_create(name.encode(), 4096, rte_socket_id(),
-                            RING_F_SP_ENQ | RING_F_SC_DEQ)
-    if r == NULL:
-        raise dpdk_error(f"ring {name}")
-    return r
-
-
-cdef void _free_tables(tables_t *t) noexcept:
-    if t == NULL:
-        return
-    if t.hop_index != NULL:
-        rte_hash_free(t.hop_index)
-    if t.classifier != NULL:
-        rte_acl_free(t.classifier)
-    free(t.hops)
-    free(t.remote)
-    free(t.peers)
-    free(t.flow_hop)
-    free(t.class_hop)
-    free(t)
-
-
-def consistent_slots(peers, slots=SLOTS):
-    """Which peer serves each of `slots` hash slots: weighted rendezvous
-    hashing, so a flow keeps its host when others join or leave or change
-    weight (only slots whose winner changed move)."""
-    import math
-    import zlib
-    out = []
-    for s in range(slots):
-        best, best_score = 0, None
-        for j, peer in enumerate(peers):
-            h = zlib.crc32(f"{peer['label']}/{s}".encode()) & 0xffffffff
-            u = (h + 0.5) / 4294967296.0
-            score = -peer.get("weight", 1.0) / math.log(u)
-            if best_score is None or score > best_score:
-                best, best_score = j, score
-        out.append(best)
-    return out

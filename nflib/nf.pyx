@@ -293,13 +293,6 @@ cdef class Acl:
         self.classify(&p, &res, 1)
         return None if res == 0 else res - 1
 
-    def take(self):
-        """Hand the rte_acl context to the caller (the plan tables), who
-        frees it; this Acl no longer classifies."""
-        cdef rte_acl_ctx *ctx = self.ctx
-        self.ctx = NULL
-        return <size_t>ctx
-
 
 cdef void _acl_defs(rte_acl_config *cfg) except *:
     # struct onvm_flow_key as rte_acl fields: (type, size, input, offset).

@@ -6,7 +6,7 @@ from scapy.all import ICMP, IP, TCP, UDP, Ether, raw
 
 from host_agent import fastpath as fp
 from host_agent.harness import Harness, chain_plan
-from nfs.api import make_nf
+from nflib.api import make_nf
 
 CLIENT_MAC = "02:00:00:00:0a:01"
 HOST_MAC = "02:00:00:00:00:01"
@@ -46,10 +46,10 @@ def checksums_ok(frame):
 
 
 @contextlib.contextmanager
-def harness(nfs):
+def harness(nfs, nf_factory=make_nf):
     """A Harness over `nfs`; closed, and the pool checked, even on failure."""
     free_before = fp.pool_counts()[0] if fp.eal_running() else None
-    h = Harness(nfs)
+    h = Harness(nfs, nf_factory=nf_factory)
     try:
         yield h
     finally:

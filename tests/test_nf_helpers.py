@@ -1,6 +1,7 @@
 """Helpers the NF suite's tests share (no tests here): scapy frames and a
 Harness that always closes and checks the packet pool balances."""
 import contextlib
+import time
 
 from scapy.all import ICMP, IP, TCP, UDP, Ether, raw
 
@@ -43,6 +44,15 @@ def checksums_ok(frame):
             layers.append((ip[layer].chksum, lambda p, l=layer: p[l].chksum))
     fresh = IP(raw(fresh))
     return all(old == get(fresh) for old, get in layers)
+
+
+def wait_for(condition, what, seconds=30.0):
+    """Poll `condition()` until true; fail naming `what` after `seconds`
+    (generous: a loaded machine is slow, never wrong)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not after {seconds} s"
+        time.sleep(0.01)
 
 
 @contextlib.contextmanager

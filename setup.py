@@ -34,12 +34,25 @@ def dpdk_extension(name, sources):
     )
 
 
+def remove_stale_builds(package):
+    """An in-place build of a module whose .pyx is gone (host_agent/fastpath
+    became fastpath.py) would shadow its replacement: remove it."""
+    for name in os.listdir(package):
+        module, dot, rest = name.partition(".")
+        if dot and (rest.endswith(".so") or rest == "c") and \
+                not os.path.exists(os.path.join(package, module + ".pyx")):
+            print(f"onvm-cluster: removing {package}/{name}, left from a module "
+                  "that is no longer Cython")
+            os.unlink(os.path.join(package, name))
+
+
 def extensions():
     from Cython.Build import cythonize
     exts = []
     # Every .pyx of these packages is one extension module (nflib first:
     # the others cimport it).
     for package in ("nflib", "host_agent", "nfs"):
+        remove_stale_builds(package)
         for pyx in sorted(os.listdir(package)):
             if pyx.endswith(".pyx"):
                 exts.append(dpdk_extension(f"{package}.{pyx[:-4]}",

@@ -45,11 +45,24 @@ cdef struct nf_handlers_t:
 cdef class NativeNF:
     """Base of NFs written in Cython: a subclass fills `handlers` in its
     constructor; the library runs them (inline in the manager's loop, or
-    in the NF's own process) without the GIL."""
+    in the NF's own process) without the GIL.  With `packet`, the library
+    calls the handler through a pointer per packet; an NF on the hot path
+    sets `batch` to a two-line function that calls each_packet (below) with
+    its handler, which the C compiler then inlines (see nfs/basic.pyx)."""
     cdef nf_handlers_t handlers
 
 
 cdef int bind_nf(object nf, nf_batch_fn *fn, void **ctx) except -1
+
+
+cdef inline void each_packet(nf_packet_fn packet, void *ctx, rte_mbuf **pkts,
+                             unsigned n) noexcept nogil:
+    """The library's loop over a batch: `packet`'s verdict for each."""
+    cdef onvm_meta *meta
+    cdef unsigned i
+    for i in range(n):
+        meta = onvm_meta_of(pkts[i])
+        meta.action = packet(ctx, pkts[i], meta)
 cdef void run_packets(void *handlers, rte_mbuf **pkts, unsigned n) noexcept nogil
 
 

@@ -48,13 +48,9 @@ cdef class NativeNF:
 cdef void run_packets(void *handlers, rte_mbuf **pkts, unsigned n) noexcept nogil:
     """The library's loop for an NF that handles one packet at a time."""
     cdef nf_handlers_t *h = <nf_handlers_t *>handlers
-    cdef onvm_meta *meta
-    cdef unsigned i
     if h.before != NULL:
         h.before(h.ctx, pkts, n)
-    for i in range(n):
-        meta = onvm_meta_of(pkts[i])
-        meta.action = h.packet(h.ctx, pkts[i], meta)
+    each_packet(h.packet, h.ctx, pkts, n)
 
 
 cdef int bind_nf(object nf, nf_batch_fn *fn, void **ctx) except -1:

@@ -1,12 +1,12 @@
 # cython: language_level=3
 """Built-in NFs that need no rules: `forward` (passes every packet on) and
 `monitor` (per-flow packet and byte counters), written in Cython against
-nflib/nf.pxd: each gives a per-packet handler, which the library calls
-(in the manager's loop, or in the NF's own process) without the GIL."""
+nflib/nf.pxd: each gives a per-packet handler, run over the batch by the
+library's loop (nflib.nf.each_packet, inlined here) without the GIL."""
 from libc.stdint cimport uint8_t, uint64_t, int32_t
 from libc.stdlib cimport calloc, free
-from nflib.nf cimport (rte_mbuf, onvm_meta, ONVM_ACTION_NEXT, ONVM_FLOW_ENTRIES,
-    NativeNF)
+from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, ONVM_ACTION_NEXT,
+    ONVM_FLOW_ENTRIES, NativeNF)
 
 
 
@@ -14,11 +14,15 @@ cdef uint8_t forward_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept no
     return ONVM_ACTION_NEXT
 
 
+cdef void forward_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    each_packet(forward_packet, ctx, pkts, n)
+
+
 cdef class Forward(NativeNF):
     """Passes every packet to the next NF of its chain."""
 
     def __init__(self, config=None):
-        self.handlers.packet = forward_packet
+        self.handlers.batch = forward_batch
 
     def counters(self):
         return {}
@@ -45,6 +49,10 @@ cdef uint8_t monitor_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept no
     return ONVM_ACTION_NEXT
 
 
+cdef void monitor_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    each_packet(monitor_packet, ctx, pkts, n)
+
+
 cdef class Monitor(NativeNF):
     """Counts packets and bytes per flow (by the host's flow-table id)."""
     cdef monitor_t mon
@@ -54,7 +62,7 @@ cdef class Monitor(NativeNF):
         self.mon.flow_bytes = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
         if self.mon.flow_packets == NULL or self.mon.flow_bytes == NULL:
             raise MemoryError()
-        self.handlers.packet = monitor_packet
+        self.handlers.batch = monitor_batch
         self.handlers.ctx = <void *>&self.mon
 
     def __dealloc__(self):

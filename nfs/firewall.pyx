@@ -8,8 +8,8 @@ counters) is shared with `firewall-stateful` (nfs/stateful.pyx)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from nflib.nf cimport (rte_mbuf, onvm_meta, onvm_meta_of, ONVM_ACTION_NEXT,
-    ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify)
+from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, onvm_meta_of,
+    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify)
 
 from nfs.fwrules import load_rules
 
@@ -115,10 +115,6 @@ cdef class RuleSet:
                           for i, r in enumerate(self.rules)]}
 
 
-cdef void fw_before(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
-    ruleset_classify((<fw_t *>ctx).rs, pkts, n)
-
-
 cdef uint8_t fw_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     cdef fw_t *fw = <fw_t *>ctx
     if ruleset_allow(fw.rs, meta):
@@ -128,14 +124,18 @@ cdef uint8_t fw_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     return ONVM_ACTION_DROP
 
 
+cdef void fw_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    ruleset_classify((<fw_t *>ctx).rs, pkts, n)
+    each_packet(fw_packet, ctx, pkts, n)
+
+
 cdef class Firewall(NativeNF):
     """Config: {"rules": PATH} or {"rules_text": TEXT}."""
 
     def __init__(self, config=None):
         self.ruleset = RuleSet(*load_rules(dict(config or {})))
         self.fw.rs = &self.ruleset.rs
-        self.handlers.before = fw_before
-        self.handlers.packet = fw_packet
+        self.handlers.batch = fw_batch
         self.handlers.ctx = <void *>&self.fw
 
     @property

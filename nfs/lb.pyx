@@ -29,10 +29,10 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from nflib.nf cimport (onvm_load_ptr, onvm_store_ptr, pkt_l4, rte_mbuf,
-    onvm_meta_of, onvm_meta, onvm_mtod,
-    onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_ACTION_OUT,
-    rte_get_tsc_cycles, rte_get_tsc_hz, rte_hash_iterate, NativeNF, ftab_t,
-    ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live, set_ip)
+    onvm_meta_of, onvm_meta, onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT,
+    ONVM_ACTION_DROP, ONVM_ACTION_OUT, rte_get_tsc_cycles, rte_get_tsc_hz,
+    rte_hash_iterate, NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
+    ftab_live, set_ip)
 
 import ipaddress
 import logging

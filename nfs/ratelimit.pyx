@@ -21,9 +21,9 @@ seconds anyway)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from nflib.nf cimport (rte_mbuf, onvm_meta_of, onvm_meta, ONVM_ACTION_NEXT,
-    ONVM_ACTION_DROP, rte_get_tsc_cycles, rte_get_tsc_hz, NativeNF, ftab_t,
-    ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live)
+from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta_of, onvm_meta,
+    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_get_tsc_cycles, rte_get_tsc_hz,
+    NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live)
 
 from nfs import nfconfig
 
@@ -57,8 +57,9 @@ cdef inline bint has_token(bucket_t *b, uint64_t cost, uint64_t cap, uint64_t no
     return b.tokens >= cost
 
 
-cdef void rl_before(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+cdef void rl_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
     (<rl_t *>ctx).now = rte_get_tsc_cycles()
+    each_packet(rl_packet, ctx, pkts, n)
 
 
 cdef uint8_t rl_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
@@ -160,8 +161,7 @@ cdef class RateLimit(NativeNF):
         self.rl.src = <bucket_t *>calloc(v["max_sources"] + 1, sizeof(bucket_t))
         if self.rl.src == NULL:
             raise MemoryError()
-        self.handlers.before = rl_before
-        self.handlers.packet = rl_packet
+        self.handlers.batch = rl_batch
         self.handlers.ctx = <void *>&self.rl
 
     def __dealloc__(self):

@@ -19,8 +19,8 @@ again going out."""
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
-    onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_acl_ctx,
+from nflib.nf cimport (each_packet, pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta,
+    onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_acl_ctx,
     rte_acl_classify, rte_get_tsc_cycles, rte_get_tsc_hz, NativeNF, ftab_t,
     ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live, proto_slot)
 from nfs.firewall cimport RuleSet, ruleset_t, ruleset_classify, ruleset_allow
@@ -81,12 +81,6 @@ cdef bint verdict(sfw_t *fw, rte_mbuf *m, bint allow, uint64_t now) noexcept nog
     return True
 
 
-cdef void sfw_before(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
-    cdef sfw_t *fw = <sfw_t *>ctx
-    fw.now = rte_get_tsc_cycles()
-    ruleset_classify(fw.rs, pkts, n)
-
-
 cdef uint8_t sfw_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     cdef sfw_t *fw = <sfw_t *>ctx
     if verdict(fw, m, ruleset_allow(fw.rs, meta), fw.now):
@@ -94,6 +88,13 @@ cdef uint8_t sfw_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
         return ONVM_ACTION_NEXT
     fw.dropped += 1
     return ONVM_ACTION_DROP
+
+
+cdef void sfw_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    cdef sfw_t *fw = <sfw_t *>ctx
+    fw.now = rte_get_tsc_cycles()
+    ruleset_classify(fw.rs, pkts, n)
+    each_packet(sfw_packet, ctx, pkts, n)
 
 
 def parse_config(config):
@@ -126,8 +127,7 @@ cdef class StatefulFirewall(NativeNF):
         for i, k in enumerate(TIMEOUT_KEYS):
             self.fw.timeout[i] = <uint64_t>(v["timeouts"][k] * hz)
         self.fw.conns = ftab_new("sfw", v["max_connections"], sizeof(onvm_flow_key))
-        self.handlers.before = sfw_before
-        self.handlers.packet = sfw_packet
+        self.handlers.batch = sfw_batch
         self.handlers.ctx = <void *>&self.fw
 
     def __dealloc__(self):

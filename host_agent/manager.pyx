@@ -33,7 +33,7 @@ from dpdk.rte_hash cimport (rte_hash, rte_hash_free, rte_hash_count, rte_hash_ad
     rte_hash_lookup_bulk, rte_hash_lookup_data)
 from nflib.eal cimport packet_pool, new_hash
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
-    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, ONVM_ACTION_OUT, wr32)
+    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32)
 from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
     hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL, HOP_REMOTE,
     MODE_PROCESS)

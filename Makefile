@@ -71,4 +71,4 @@ bench: deps
 	$(VENV)/bin/onvm bench placement
 
 clean:
-	rm -rf build *.egg-info host_agent/*.c host_agent/*.so nfs/*.c nfs/*.so
+	rm -rf build *.egg-info host_agent/*.c host_agent/*.so nflib/*.c nflib/*.so nfs/*.c nfs/*.so

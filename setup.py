@@ -27,22 +27,37 @@ def dpdk_extension(name, sources):
     libs = pkg_config("--libs")
     return Extension(
         name, sources,
-        include_dirs=["host_agent"],
+        include_dirs=["dpdk"],
         extra_compile_args=cflags + ["-O3", "-Wno-deprecated-declarations",
                                      "-Wno-unused-function"],
         extra_link_args=libs + ["-lrte_net_ring"],
     )
 
 
+def remove_stale_builds(package):
+    """An in-place build of a module whose .pyx is gone (host_agent/fastpath
+    became fastpath.py) would shadow its replacement: remove it."""
+    for name in os.listdir(package):
+        module, dot, rest = name.partition(".")
+        if dot and (rest.endswith(".so") or rest == "c") and \
+                not os.path.exists(os.path.join(package, module + ".pyx")):
+            print(f"onvm-cluster: removing {package}/{name}, left from a module "
+                  "that is no longer Cython")
+            os.unlink(os.path.join(package, name))
+
+
 def extensions():
     from Cython.Build import cythonize
-    exts = [
-        dpdk_extension("host_agent.fastpath", ["host_agent/fastpath.pyx"]),
-    ]
-    for pyx in sorted(os.listdir("nfs")):
-        if pyx.endswith(".pyx"):
-            exts.append(dpdk_extension("nfs." + pyx[:-4], ["nfs/" + pyx]))
-    return cythonize(exts, language_level=3, include_path=["host_agent", "."],
+    exts = []
+    # Every .pyx of these packages is one extension module (nflib first:
+    # the others cimport it).
+    for package in ("nflib", "host_agent", "nfs"):
+        remove_stale_builds(package)
+        for pyx in sorted(os.listdir(package)):
+            if pyx.endswith(".pyx"):
+                exts.append(dpdk_extension(f"{package}.{pyx[:-4]}",
+                                           [f"{package}/{pyx}"]))
+    return cythonize(exts, language_level=3, include_path=["."],
                      compiler_directives={"boundscheck": False,
                                           "wraparound": False,
                                           "cdivision": True})

@@ -35,7 +35,7 @@ from contracts.model import (FIRST_NODE_LABEL, FIRST_SPI, MAX_LABEL, Chain,
                               Edge, Host, Link, NFType, Switch, Topology)
 from contracts.validate import ValidationError, already_used, check_mac, key_path
 from controller.chains import Other, Scope, check_clashes, check_fields
-from nfs.api import NFConfigError
+from nflib.api import NFConfigError
 from nfs.configs import NotCheckable, check_config, instance_config
 
 MAX_DPID = (1 << 64) - 1

@@ -37,7 +37,7 @@ import time
 from host_agent import fastpath as fp
 import contracts
 from contracts.plan import PlanError, check_plan, load_plan
-from nfs.api import make_nf
+from nflib.api import make_nf
 
 log = logging.getLogger("onvm.agent")
 

@@ -14,7 +14,7 @@ import time
 
 from host_agent import fastpath as fp
 from host_agent.harness import chain_plan
-from nfs.api import make_nf, nf_types
+from nflib.api import make_nf, nf_types
 
 # Rules of a realistic edge firewall; the generated traffic matches the
 # allow rule near the end, so each packet is checked against all of them.

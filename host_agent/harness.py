@@ -12,7 +12,7 @@ import os
 from host_agent import fastpath as fp
 from contracts.plan import check_plan
 from contracts.wire import SI_FIRST
-from nfs.api import make_nf
+from nflib.api import make_nf
 
 _seq = itertools.count(1)
 SPI = 16
@@ -23,7 +23,7 @@ NODE_LABEL = 16
 
 def ensure_eal(hugepages=False):
     """Start the EAL for this process if nothing did yet."""
-    if fp._eal_args is None:
+    if not fp.eal_running():
         args = fp.default_eal_args(f"t{os.getpid()}", hugepages=hugepages)
         fp.eal_init(args)
         # DPDK stays up until the process ends; then remove its files.

@@ -8,7 +8,7 @@ import signal
 import sys
 
 from host_agent import fastpath as fp
-from nfs.api import NFConfigError, make_nf
+from nflib.api import NFConfigError, make_nf
 
 log = logging.getLogger("onvm.nf")
 

@@ -1,26 +1,28 @@
 # cython: language_level=3
 """Built-in NFs that need no rules: `forward` (passes every packet on) and
-`monitor` (per-flow packet and byte counters), written in Cython: their
-batch functions run in the manager's loop without the GIL."""
-from libc.stdint cimport uint64_t, int32_t
+`monitor` (per-flow packet and byte counters), written in Cython against
+nflib/nf.pxd: each gives a per-packet handler, run over the batch by the
+library's loop (nflib.nf.each_packet, inlined here) without the GIL."""
+from libc.stdint cimport uint8_t, uint64_t, int32_t
 from libc.stdlib cimport calloc, free
-from host_agent.includes.rte_mbuf cimport rte_mbuf, onvm_meta_of, ONVM_ACTION_NEXT, ONVM_FLOW_ENTRIES
-from host_agent.fastpath cimport NativeNF
+from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, ONVM_ACTION_NEXT,
+    ONVM_FLOW_ENTRIES, NativeNF)
 
+
+
+cdef uint8_t forward_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
+    return ONVM_ACTION_NEXT
 
 
 cdef void forward_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
-    cdef unsigned i
-    for i in range(n):
-        onvm_meta_of(pkts[i]).action = ONVM_ACTION_NEXT
+    each_packet(forward_packet, ctx, pkts, n)
 
 
 cdef class Forward(NativeNF):
     """Passes every packet to the next NF of its chain."""
 
     def __init__(self, config=None):
-        self.batch_fn = forward_batch
-        self.batch_ctx = <void *>self
+        self.handlers.batch = forward_batch
 
     def counters(self):
         return {}
@@ -34,20 +36,21 @@ cdef struct monitor_t:
     uint64_t *flow_bytes
 
 
-cdef void monitor_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+cdef uint8_t monitor_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     cdef monitor_t *mon = <monitor_t *>ctx
-    cdef unsigned i
-    cdef int32_t fid
-    for i in range(n):
-        fid = onvm_meta_of(pkts[i]).flow_id
-        mon.packets += 1
-        mon.bytes += pkts[i].pkt_len
-        if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
-            mon.flow_packets[fid] += 1
-            mon.flow_bytes[fid] += pkts[i].pkt_len
-        else:
-            mon.untracked += 1
-        onvm_meta_of(pkts[i]).action = ONVM_ACTION_NEXT
+    cdef int32_t fid = meta.flow_id
+    mon.packets += 1
+    mon.bytes += m.pkt_len
+    if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
+        mon.flow_packets[fid] += 1
+        mon.flow_bytes[fid] += m.pkt_len
+    else:
+        mon.untracked += 1
+    return ONVM_ACTION_NEXT
+
+
+cdef void monitor_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    each_packet(monitor_packet, ctx, pkts, n)
 
 
 cdef class Monitor(NativeNF):
@@ -59,8 +62,8 @@ cdef class Monitor(NativeNF):
         self.mon.flow_bytes = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
         if self.mon.flow_packets == NULL or self.mon.flow_bytes == NULL:
             raise MemoryError()
-        self.batch_fn = monitor_batch
-        self.batch_ctx = <void *>&self.mon
+        self.handlers.batch = monitor_batch
+        self.handlers.ctx = <void *>&self.mon
 
     def __dealloc__(self):
         free(self.mon.flow_packets)

@@ -1,6 +1,6 @@
 """Plain-Python versions of the built-in NFs: the example of an NF written
 in Python, and what `onvm bench fastpath --python` measures."""
-from nfs.api import PythonNF
+from nflib.api import PythonNF
 
 
 class PyForward(PythonNF):

@@ -22,7 +22,7 @@ import ipaddress
 import os
 
 from nfs import nfconfig
-from nfs.api import NFConfigError, nf_types
+from nflib.api import NFConfigError, nf_types
 from nfs.fwrules import load_rules as firewall_rules
 from nfs.idsrules import load_rules as ids_rules
 

@@ -26,13 +26,10 @@ sources do not move with the instance."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
-    onvm_mtod, ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
-from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
-from host_agent.includes.rte_hash cimport rte_hash_crc, rte_hash_iterate
-from host_agent.fastpath cimport NativeNF
-from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert
-from nfs.nfutil cimport l4_offset
+from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
+    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_get_tsc_cycles, rte_get_tsc_hz,
+    rte_hash_crc, rte_hash_iterate, NativeNF, ftab_t, ftab_new, ftab_free,
+    ftab_find, ftab_insert)
 
 import ipaddress
 import logging
@@ -99,7 +96,7 @@ cdef void ddos_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
             reason = 1
         if meta.key.proto == 6 and meta.key.family == 4:
             d = onvm_mtod(pkts[i])
-            l4 = l4_offset(d, pkts[i].data_len, meta.l3_off)
+            l4 = pkt_l4(meta)
             if l4 >= 0 and pkts[i].data_len >= <uint32_t>l4 + 14 and (d[l4 + 13] & 0x12) == 0x02:
                 if cm_add(t.syn, t.depth, t.width, src) > t.syn_threshold:
                     reason = 0
@@ -139,8 +136,8 @@ cdef class DDoSFilter(NativeNF):
         self.t.reason = <uint8_t *>calloc(v["max_blocked"] + 1, 1)
         if not (self.t.syn and self.t.pkt and self.t.reason):
             raise MemoryError()
-        self.batch_fn = ddos_batch
-        self.batch_ctx = <void *>&self.t
+        self.handlers.batch = ddos_batch
+        self.handlers.ctx = <void *>&self.t
 
     def __dealloc__(self):
         free(self.t.syn); free(self.t.pkt); free(self.t.reason)

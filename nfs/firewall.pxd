@@ -1,8 +1,6 @@
 # The firewall's rule table, shared by `firewall` and `firewall-stateful`.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from host_agent.includes.rte_acl cimport rte_acl_ctx
-from host_agent.includes.rte_mbuf cimport rte_mbuf
-from host_agent.fastpath cimport NativeNF, Acl
+from nflib.nf cimport rte_acl_ctx, rte_mbuf, onvm_meta, NativeNF, Acl
 
 
 cdef struct ruleset_t:
@@ -16,8 +14,8 @@ cdef struct ruleset_t:
     uint64_t not_ipv4       # IPv6 packets: the default action, counted
 
 
-cdef void ruleset_decide(ruleset_t *rs, rte_mbuf **pkts, unsigned n,
-                         uint8_t *allow) noexcept nogil
+cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept nogil
+cdef uint8_t ruleset_allow(ruleset_t *rs, onvm_meta *meta) noexcept nogil
 
 
 cdef class RuleSet:

@@ -8,27 +8,25 @@ counters) is shared with `firewall-stateful` (nfs/stateful.pyx)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta, onvm_meta_of,
-    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES)
-from host_agent.includes.rte_acl cimport rte_acl_classify
+from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, onvm_meta_of,
+    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify)
 
 from nfs.configs import parse_firewall_rules
 
 DEF BURST_MAX = 64
 
 
-cdef void ruleset_decide(ruleset_t *rs, rte_mbuf **pkts, unsigned n,
-                         uint8_t *allow) noexcept nogil:
-    """allow[i] = the first matching rule's action (or the default).
+cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    """Find the rule of each packet whose flow has none yet.
 
     The rules are a pure function of the 5-tuple, so rte_acl's answer is
     kept per flow (the host's flow table ids are stable: entries are never
-    reused): only a flow's first packet is classified."""
+    reused): only a flow's first packet is classified.  Runs once per batch,
+    before ruleset_allow runs per packet."""
     cdef const uint8_t *data[BURST_MAX]
     cdef uint32_t res[BURST_MAX]
     cdef unsigned idx[BURST_MAX]
-    cdef unsigned i, k, nmiss = 0
-    cdef uint32_t r
+    cdef unsigned i, nmiss = 0
     cdef int32_t fid
     cdef onvm_meta *meta
     for i in range(n):
@@ -44,27 +42,29 @@ cdef void ruleset_decide(ruleset_t *rs, rte_mbuf **pkts, unsigned n,
             nmiss = 0
     if nmiss:
         _classify_misses(rs, pkts, data, res, idx, nmiss)
-    for i in range(n):
-        meta = onvm_meta_of(pkts[i])
-        fid = meta.flow_id
-        if meta.key.family != 4:
-            rs.not_ipv4 += 1
-            allow[i] = rs.default_allow
-            continue
-        r = rs.flow_rule[fid] if fid >= 0 else meta.destination
-        if r:
-            rs.hits[r - 1] += 1
-            allow[i] = rs.allow[r - 1]
-        else:
-            rs.default_hits += 1
-            allow[i] = rs.default_allow
+
+
+cdef uint8_t ruleset_allow(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
+    """The first matching rule's action (or the default), counted; the
+    packet's batch went through ruleset_classify."""
+    cdef int32_t fid = meta.flow_id
+    cdef uint32_t r
+    if meta.key.family != 4:
+        rs.not_ipv4 += 1
+        return rs.default_allow
+    r = rs.flow_rule[fid] if fid >= 0 else meta.destination
+    if r:
+        rs.hits[r - 1] += 1
+        return rs.allow[r - 1]
+    rs.default_hits += 1
+    return rs.default_allow
 
 
 cdef void _classify_misses(ruleset_t *rs, rte_mbuf **pkts, const uint8_t **data,
                            uint32_t *res, unsigned *idx, unsigned n) noexcept nogil:
     """rte_acl over packets of flows not seen yet; the answer is cached per
     flow, or (flows the flow table could not hold) kept in the packet's
-    `destination` until ruleset_decide reads it."""
+    `destination` until ruleset_allow reads it."""
     cdef unsigned k
     cdef int32_t fid
     cdef onvm_meta *meta
@@ -115,21 +115,18 @@ cdef class RuleSet:
                           for i, r in enumerate(self.rules)]}
 
 
-cdef void fw_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+cdef uint8_t fw_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     cdef fw_t *fw = <fw_t *>ctx
-    cdef uint8_t allow[256]
-    cdef unsigned i, done = 0, chunk
-    while done < n:
-        chunk = n - done if n - done < 256 else 256
-        ruleset_decide(fw.rs, pkts + done, chunk, allow)
-        for i in range(chunk):
-            if allow[i]:
-                fw.passed += 1
-                onvm_meta_of(pkts[done + i]).action = ONVM_ACTION_NEXT
-            else:
-                fw.dropped += 1
-                onvm_meta_of(pkts[done + i]).action = ONVM_ACTION_DROP
-        done += chunk
+    if ruleset_allow(fw.rs, meta):
+        fw.passed += 1
+        return ONVM_ACTION_NEXT
+    fw.dropped += 1
+    return ONVM_ACTION_DROP
+
+
+cdef void fw_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    ruleset_classify((<fw_t *>ctx).rs, pkts, n)
+    each_packet(fw_packet, ctx, pkts, n)
 
 
 cdef class Firewall(NativeNF):
@@ -138,8 +135,8 @@ cdef class Firewall(NativeNF):
     def __init__(self, config=None):
         self.ruleset = RuleSet(*parse_firewall_rules(config))
         self.fw.rs = &self.ruleset.rs
-        self.batch_fn = fw_batch
-        self.batch_ctx = <void *>&self.fw
+        self.handlers.batch = fw_batch
+        self.handlers.ctx = <void *>&self.fw
 
     @property
     def rules(self):

@@ -17,7 +17,7 @@ packets no rule matches; it is deny when absent.  Errors are
 import dataclasses
 import ipaddress
 
-from nfs.api import rule_text
+from nflib.api import rule_text
 from nfs.nfconfig import collector
 
 PROTOS = {"any": None, "icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}

@@ -31,18 +31,16 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, memmove
 from libc.stdio cimport FILE, fopen, fclose, fprintf, fflush
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
-    onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
-from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
-from host_agent.fastpath cimport NativeNF
-from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_delete, ftab_live
-from nfs.nfutil cimport rd16, rd32, l4_offset
+from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
+    onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_get_tsc_cycles,
+    rte_get_tsc_hz, NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
+    ftab_delete, ftab_live, rd16, rd32)
 from nfs.hyperscan cimport *
 
 import json
 import logging
 
-from nfs.api import NFConfigError
+from nflib.api import NFConfigError
 from nfs.configs import parse_ids
 
 log = logging.getLogger("onvm.nf.ids")
@@ -172,7 +170,7 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
     cdef onvm_meta *meta = onvm_meta_of(m)
     cdef uint8_t *d = onvm_mtod(m)
     cdef uint32_t length = m.data_len
-    cdef int l4 = l4_offset(d, length, meta.l3_off)
+    cdef int l4 = pkt_l4(meta) if meta.key.family == 4 else -1
     cdef uint32_t off, plen, seq = 0, keep
     cdef uint8_t proto = meta.key.proto, tcpflags = 0
     cdef int32_t pos = -1
@@ -297,8 +295,8 @@ cdef class IDS(NativeNF):
             self.s.alerts = fopen(v["alerts"].encode(), b"a")
             if self.s.alerts == NULL:
                 raise NFConfigError(f"<ids config>: alerts: cannot open {v['alerts']!r} for appending")
-        self.batch_fn = ids_batch
-        self.batch_ctx = <void *>&self.s
+        self.handlers.batch = ids_batch
+        self.handlers.ctx = <void *>&self.s
         log.info("ids: %d rules, %d patterns, TCP tail %d bytes (Hyperscan %s)",
                  len(rules), self.s.npats, self.s.tail_w, hs_version().decode())
 

@@ -19,7 +19,7 @@ import ipaddress
 import re
 
 from contracts.validate import already_used
-from nfs.api import rule_text
+from nflib.api import rule_text
 from nfs.nfconfig import collector
 
 PROTOS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17}

@@ -28,13 +28,11 @@ import_state()."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
-    onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_ACTION_OUT)
-from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
-from host_agent.includes.rte_hash cimport rte_hash_iterate
-from host_agent.fastpath cimport NativeNF
-from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
-from nfs.nfutil cimport l4_offset, set_ip
+from nflib.nf cimport (onvm_load_ptr, onvm_store_ptr, pkt_l4, rte_mbuf,
+    onvm_meta_of, onvm_meta, onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT,
+    ONVM_ACTION_DROP, ONVM_ACTION_OUT, rte_get_tsc_cycles, rte_get_tsc_hz,
+    rte_hash_iterate, NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
+    ftab_live, set_ip)
 
 import ipaddress
 import logging
@@ -42,13 +40,9 @@ import zlib
 
 from nfs import nfconfig
 from nfs.configs import parse_lb as parse_config  # noqa: F401  (checked without DPDK too)
-from nfs.api import NFConfigError
+from nflib.api import NFConfigError
 
 log = logging.getLogger("onvm.nf.lb")
-
-cdef extern from "shim.h" nogil:
-    void *onvm_load_ptr(void **p)
-    void onvm_store_ptr(void **p, void *v)
 
 DEF MAX_BACKENDS = 256
 
@@ -120,7 +114,7 @@ cdef void lb_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
         lb.balanced += 1
         d = onvm_mtod(pkts[i])
         memcpy(d, be.mac, 6)
-        set_ip(d, meta.l3_off, l4_offset(d, pkts[i].data_len, meta.l3_off),
+        set_ip(d, meta.l3_off, pkt_l4(meta),
                pkts[i].data_len, 16, be.ip)
         if lb.out:
             meta.action = ONVM_ACTION_OUT
@@ -192,8 +186,8 @@ cdef class LoadBalancer(NativeNF):
         for name, ip, mac in backends:
             self._place(name, ip, mac)
         self._rebuild()
-        self.batch_fn = lb_batch
-        self.batch_ctx = <void *>&self.lb
+        self.handlers.batch = lb_batch
+        self.handlers.ctx = <void *>&self.lb
 
     def __dealloc__(self):
         self._free_retired()

@@ -24,18 +24,16 @@ mapping table moves with the instance: export_state() / import_state()."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
-    onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
-from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
-from host_agent.fastpath cimport NativeNF
-from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert
-from nfs.nfutil cimport rd16, rd32, l4_offset, set_ip, set_port, csum_fix16, wr16, proto_slot
+from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
+    onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_get_tsc_cycles,
+    rte_get_tsc_hz, NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
+    rd16, rd32, set_ip, set_port, csum_fix16, wr16, proto_slot)
 
 import ipaddress
 import logging
 
 from nfs.configs import NAT_PROTO_NAMES as PROTO_NAMES, parse_nat as parse_config
-from nfs.api import NFConfigError
+from nflib.api import NFConfigError
 
 log = logging.getLogger("onvm.nf.nat")
 
@@ -185,7 +183,7 @@ cdef void nat_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
         else:
             t.passed += 1
             continue
-        l4 = l4_offset(d, length, l3)
+        l4 = pkt_l4(meta)
         if pi < 0 or l4 < 0 or length < <uint32_t>l4 + 8:
             # No port to map by: a non-first fragment or another protocol.
             t.fragments += 1
@@ -223,8 +221,8 @@ cdef class NAT(NativeNF):
         self.t.fwd_port = <uint16_t *>calloc(v["max_mappings"] + 1, sizeof(uint16_t))
         if self.t.fwd_port == NULL:
             raise MemoryError()
-        self.batch_fn = nat_batch
-        self.batch_ctx = <void *>&self.t
+        self.handlers.batch = nat_batch
+        self.handlers.ctx = <void *>&self.t
 
     def __dealloc__(self):
         for pi in range(3):

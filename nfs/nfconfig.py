@@ -12,7 +12,7 @@ import ipaddress
 import yaml
 
 from contracts.validate import Errors, check_mac
-from nfs.api import NFConfigError
+from nflib.api import NFConfigError
 
 
 class _Where:

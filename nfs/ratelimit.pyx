@@ -21,11 +21,9 @@ seconds anyway)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
-    ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
-from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
-from host_agent.fastpath cimport NativeNF
-from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
+from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta_of, onvm_meta,
+    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_get_tsc_cycles, rte_get_tsc_hz,
+    NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live)
 
 from nfs.configs import parse_ratelimit as parse_config
 
@@ -49,6 +47,7 @@ cdef struct rl_t:
     uint32_t nchains
     uint64_t untracked
     uint64_t hz
+    uint64_t now           # TSC at the start of the batch
 
 
 cdef inline bint has_token(bucket_t *b, uint64_t cost, uint64_t cap, uint64_t now) noexcept nogil:
@@ -59,53 +58,55 @@ cdef inline bint has_token(bucket_t *b, uint64_t cost, uint64_t cap, uint64_t no
 
 
 cdef void rl_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    (<rl_t *>ctx).now = rte_get_tsc_cycles()
+    each_packet(rl_packet, ctx, pkts, n)
+
+
+cdef uint8_t rl_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     cdef rl_t *rl = <rl_t *>ctx
-    cdef uint64_t now = rte_get_tsc_cycles()
-    cdef unsigned i, c
-    cdef onvm_meta *meta
+    cdef uint64_t now = rl.now
+    cdef unsigned c
     cdef int32_t pos
     cdef bucket_t *sb
     cdef bucket_t *cb
     cdef bint ok
-    for i in range(n):
-        meta = onvm_meta_of(pkts[i])
-        cb = NULL
-        for c in range(rl.nchains):
-            if rl.chain_spi[c] == meta.spi:
-                cb = &rl.chain[c]
-                break
-        pos = ftab_find(rl.sources, &meta.key.src, now)
-        if pos < 0:
-            # New (or forgotten, hence refilled) source: a full bucket.
-            pos = ftab_insert(rl.sources, &meta.key.src, now, now)
-            if pos >= 0:
-                rl.src[pos].tokens = rl.proto.cap
-                rl.src[pos].last = now
+    cb = NULL
+    for c in range(rl.nchains):
+        if rl.chain_spi[c] == meta.spi:
+            cb = &rl.chain[c]
+            break
+    pos = ftab_find(rl.sources, &meta.key.src, now)
+    if pos < 0:
+        # New (or forgotten, hence refilled) source: a full bucket.
+        pos = ftab_insert(rl.sources, &meta.key.src, now, now)
         if pos >= 0:
-            sb = &rl.src[pos]
-            ok = has_token(sb, rl.proto.cost, rl.proto.cap, now)
-        else:
-            rl.untracked += 1      # table full: only the chain limit applies
-            sb = NULL
-            ok = True
-        if cb != NULL and not has_token(cb, cb.cost, cb.cap, now):
-            ok = False
-        if ok:
-            if sb != NULL:
-                sb.tokens -= rl.proto.cost
-                # Forget the source once its bucket would be full again
-                # (plus a second, so busy sources are not re-added each packet).
-                rl.sources.expires[pos] = now + rl.proto.cap - sb.tokens + rl.hz
-            if cb != NULL:
-                cb.tokens -= cb.cost
-                cb.passed += 1
-            rl.proto.passed += 1
-            meta.action = ONVM_ACTION_NEXT
-        else:
-            if cb != NULL:
-                cb.dropped += 1
-            rl.proto.dropped += 1
-            meta.action = ONVM_ACTION_DROP
+            rl.src[pos].tokens = rl.proto.cap
+            rl.src[pos].last = now
+    if pos >= 0:
+        sb = &rl.src[pos]
+        ok = has_token(sb, rl.proto.cost, rl.proto.cap, now)
+    else:
+        rl.untracked += 1      # table full: only the chain limit applies
+        sb = NULL
+        ok = True
+    if cb != NULL and not has_token(cb, cb.cost, cb.cap, now):
+        ok = False
+    if ok:
+        if sb != NULL:
+            sb.tokens -= rl.proto.cost
+            # Forget the source once its bucket would be full again
+            # (plus a second, so busy sources are not re-added each packet).
+            rl.sources.expires[pos] = now + rl.proto.cap - sb.tokens + rl.hz
+        if cb != NULL:
+            cb.tokens -= cb.cost
+            cb.passed += 1
+        rl.proto.passed += 1
+        return ONVM_ACTION_NEXT
+    else:
+        if cb != NULL:
+            cb.dropped += 1
+        rl.proto.dropped += 1
+        return ONVM_ACTION_DROP
 
 
 cdef void _set(bucket_t *b, double rate, uint64_t burst, uint64_t hz, uint64_t now):
@@ -135,8 +136,8 @@ cdef class RateLimit(NativeNF):
         self.rl.src = <bucket_t *>calloc(v["max_sources"] + 1, sizeof(bucket_t))
         if self.rl.src == NULL:
             raise MemoryError()
-        self.batch_fn = rl_batch
-        self.batch_ctx = <void *>&self.rl
+        self.handlers.batch = rl_batch
+        self.handlers.ctx = <void *>&self.rl
 
     def __dealloc__(self):
         ftab_free(self.rl.sources)

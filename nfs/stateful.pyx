@@ -19,14 +19,11 @@ again going out."""
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from host_agent.includes.rte_mbuf cimport (rte_mbuf, onvm_meta_of, onvm_meta,
-    onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP)
-from host_agent.includes.rte_acl cimport rte_acl_ctx, rte_acl_classify
-from host_agent.includes.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
-from host_agent.fastpath cimport NativeNF
-from nfs.firewall cimport RuleSet, ruleset_t, ruleset_decide
-from nfs.flowtab cimport ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live
-from nfs.nfutil cimport l4_offset, proto_slot
+from nflib.nf cimport (each_packet, pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta,
+    onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_acl_ctx,
+    rte_acl_classify, rte_get_tsc_cycles, rte_get_tsc_hz, NativeNF, ftab_t,
+    ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live, proto_slot)
+from nfs.firewall cimport RuleSet, ruleset_t, ruleset_classify, ruleset_allow
 
 from nfs.configs import STATEFUL_TIMEOUT_KEYS as TIMEOUT_KEYS, parse_stateful as parse_config
 
@@ -38,6 +35,7 @@ cdef struct sfw_t:
     ftab_t *conns
     uint64_t timeout[5]    # tcp, udp, icmp, other, closing
     uint64_t replies, opened, passed, dropped, untracked
+    uint64_t now           # TSC at the start of the batch
 
 
 cdef uint64_t expiry(sfw_t *fw, rte_mbuf *m, onvm_meta *meta, uint64_t now) noexcept nogil:
@@ -45,7 +43,7 @@ cdef uint64_t expiry(sfw_t *fw, rte_mbuf *m, onvm_meta *meta, uint64_t now) noex
     cdef int l4
     if meta.key.proto == 6:
         d = onvm_mtod(m)
-        l4 = l4_offset(d, m.data_len, meta.l3_off)
+        l4 = pkt_l4(meta)
         if l4 >= 0 and m.data_len >= <uint32_t>l4 + 14 and (d[l4 + 13] & 0x05):
             return now + fw.timeout[4]
     return now + fw.timeout[proto_slot(meta.key.proto, 3)]
@@ -81,22 +79,20 @@ cdef bint verdict(sfw_t *fw, rte_mbuf *m, bint allow, uint64_t now) noexcept nog
     return True
 
 
+cdef uint8_t sfw_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
+    cdef sfw_t *fw = <sfw_t *>ctx
+    if verdict(fw, m, ruleset_allow(fw.rs, meta), fw.now):
+        fw.passed += 1
+        return ONVM_ACTION_NEXT
+    fw.dropped += 1
+    return ONVM_ACTION_DROP
+
+
 cdef void sfw_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
     cdef sfw_t *fw = <sfw_t *>ctx
-    cdef uint8_t allow[256]
-    cdef unsigned i, done = 0, chunk
-    cdef uint64_t now = rte_get_tsc_cycles()
-    while done < n:
-        chunk = n - done if n - done < 256 else 256
-        ruleset_decide(fw.rs, pkts + done, chunk, allow)
-        for i in range(chunk):
-            if verdict(fw, pkts[done + i], allow[i], now):
-                fw.passed += 1
-                onvm_meta_of(pkts[done + i]).action = ONVM_ACTION_NEXT
-            else:
-                fw.dropped += 1
-                onvm_meta_of(pkts[done + i]).action = ONVM_ACTION_DROP
-        done += chunk
+    fw.now = rte_get_tsc_cycles()
+    ruleset_classify(fw.rs, pkts, n)
+    each_packet(sfw_packet, ctx, pkts, n)
 
 
 cdef class StatefulFirewall(NativeNF):
@@ -114,8 +110,8 @@ cdef class StatefulFirewall(NativeNF):
         for i, k in enumerate(TIMEOUT_KEYS):
             self.fw.timeout[i] = <uint64_t>(v["timeouts"][k] * hz)
         self.fw.conns = ftab_new("sfw", v["max_connections"], sizeof(onvm_flow_key))
-        self.batch_fn = sfw_batch
-        self.batch_ctx = <void *>&self.fw
+        self.handlers.batch = sfw_batch
+        self.handlers.ctx = <void *>&self.fw
 
     def __dealloc__(self):
         ftab_free(self.fw.conns)

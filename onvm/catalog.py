@@ -21,7 +21,7 @@ from onvm.errors import EmulationError
 REFUSED = 3                 # the probe's exit code when the NF refuses its config
 PROBE = f"""
 import json, sys
-from nfs.api import NFConfigError, make_nf
+from nflib.api import NFConfigError, make_nf
 try:
     make_nf({{"nf": sys.argv[1], "config": json.loads(sys.argv[2])}})
 except NFConfigError as err:

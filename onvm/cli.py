@@ -89,7 +89,7 @@ def build_parser():
     nr.add_argument("--file-prefix", default=None)
     nr.set_defaults(run=_handler("host_agent.nfproc:cli_nf_run"))
     nl = nsub.add_parser("list", help="NF types found through entry points")
-    nl.set_defaults(run=_handler("nfs.api:cli_list"))
+    nl.set_defaults(run=_handler("nflib.api:cli_list"))
 
     e = sub.add_parser("emulate", help="a whole data center on this machine")
     e.add_argument("file")

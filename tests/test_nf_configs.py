@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from nfs import configs
-from nfs.api import NFConfigError
+from nflib.api import NFConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULES = os.path.join(REPO, "topologies", "rules")
@@ -18,8 +18,8 @@ RULES = os.path.join(REPO, "topologies", "rules")
 
 def test_checking_needs_no_dpdk():
     code = ("import sys, nfs.configs, controller.topology\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('host_agent', 'nfs.')) "
-            "and m not in ('nfs.api', 'nfs.configs', 'nfs.nfconfig', 'nfs.fwrules', "
+            "print(sorted(m for m in sys.modules if m.startswith(('host_agent', 'nfs.', 'nflib.', 'dpdk')) "
+            "and m not in ('nflib.api', 'nfs.api', 'nfs.configs', 'nfs.nfconfig', 'nfs.fwrules', "
             "'nfs.idsrules')))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=60)

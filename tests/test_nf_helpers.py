@@ -1,12 +1,13 @@
 """Helpers the NF suite's tests share (no tests here): scapy frames and a
 Harness that always closes and checks the packet pool balances."""
 import contextlib
+import time
 
 from scapy.all import ICMP, IP, TCP, UDP, Ether, raw
 
 from host_agent import fastpath as fp
 from host_agent.harness import Harness, chain_plan
-from nfs.api import make_nf
+from nflib.api import make_nf
 
 CLIENT_MAC = "02:00:00:00:0a:01"
 HOST_MAC = "02:00:00:00:00:01"
@@ -45,11 +46,20 @@ def checksums_ok(frame):
     return all(old == get(fresh) for old, get in layers)
 
 
+def wait_for(condition, what, seconds=30.0):
+    """Poll `condition()` until true; fail naming `what` after `seconds`
+    (generous: a loaded machine is slow, never wrong)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not after {seconds} s"
+        time.sleep(0.01)
+
+
 @contextlib.contextmanager
-def harness(nfs):
+def harness(nfs, nf_factory=make_nf):
     """A Harness over `nfs`; closed, and the pool checked, even on failure."""
-    free_before = fp.pool_counts()[0] if fp._eal_args else None
-    h = Harness(nfs)
+    free_before = fp.pool_counts()[0] if fp.eal_running() else None
+    h = Harness(nfs, nf_factory=nf_factory)
     try:
         yield h
     finally:

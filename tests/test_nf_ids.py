@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from nfs.api import NFConfigError
+from nflib.api import NFConfigError
 from nfs.idsrules import parse_rules
 from test_nf_helpers import harness, tcp, udp
 
@@ -90,6 +90,10 @@ def test_out_of_order_segments_are_not_joined(ids):
     h.send([tcp("192.0.2.10", SRV, 5002, 443, "PA", b"TOP-SEC", seq=1),
             tcp("192.0.2.10", SRV, 5002, 443, "PA", b"RET-DOCUMENT", seq=500)])
     assert rule_hits(h)[1004] == 0
+    # The same flow's segment that does follow on is joined: the IDS fires.
+    h.send([tcp("192.0.2.10", SRV, 5002, 443, "PA", b"TOP-SEC", seq=512),
+            tcp("192.0.2.10", SRV, 5002, 443, "PA", b"RET-DOCUMENT", seq=519)])
+    assert rule_hits(h)[1004] == 1
 
 
 def test_other_flows_are_not_joined(ids):
@@ -97,6 +101,9 @@ def test_other_flows_are_not_joined(ids):
     h.send([tcp("192.0.2.11", SRV, 5003, 443, "PA", b"TOP-SEC", seq=1),
             tcp("192.0.2.12", SRV, 5003, 443, "PA", b"RET-DOCUMENT", seq=8)])
     assert rule_hits(h)[1004] == 0
+    # The same segment on the flow it follows is joined: the IDS fires.
+    h.send([tcp("192.0.2.11", SRV, 5003, 443, "PA", b"RET-DOCUMENT", seq=8)])
+    assert rule_hits(h)[1004] == 1
 
 
 @pytest.mark.parametrize("line, message", [

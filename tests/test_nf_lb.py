@@ -4,7 +4,7 @@ the pool changes, only a removed backend's flows move, state moves."""
 import pytest
 from scapy.all import IP, Ether
 
-from nfs.api import NFConfigError
+from nflib.api import NFConfigError
 from nfs.lb import LoadBalancer, parse_config
 from test_nf_helpers import checksums_ok, harness, replan, tcp, udp
 

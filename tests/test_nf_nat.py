@@ -4,9 +4,9 @@ ICMP echo by identifier, unknown inbound dropped, state moves."""
 import pytest
 from scapy.all import ICMP, IP, TCP, UDP, Ether
 
-from nfs.api import NFConfigError
+from nflib.api import NFConfigError
 from nfs.nat import NAT
-from test_nf_helpers import checksums_ok, harness, ping, tcp, udp
+from test_nf_helpers import checksums_ok, harness, ping, tcp, udp, wait_for
 
 EXT = "198.51.100.1"
 CONFIG = {"external_ip": EXT, "internal": "10.0.0.0/8", "port_range": [40000, 40009]}
@@ -62,10 +62,9 @@ def test_unknown_inbound_dropped_other_traffic_passes():
 
 
 def test_mappings_expire():
-    import time
     with harness([("nat", dict(CONFIG, timeouts={"udp": 0.2}))]) as h:
         p = ip_of(h.send([udp("10.0.0.5", "203.0.113.1", 1000, 53)])[0])[UDP].sport
-        time.sleep(0.3)
+        wait_for(lambda: h.nf(1).counters()["udp"]["mappings"] == 0, "the mapping expiring")
         assert h.send([udp("203.0.113.1", EXT, 53, p)]) == []
         assert h.nf(1).counters()["udp"]["mappings"] == 0
 

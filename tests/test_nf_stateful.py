@@ -1,13 +1,12 @@
 """The stateful firewall through the real fast path: replies of allowed
 connections pass without a rule; unsolicited packets the rules deny drop."""
-import time
 
 import pytest
 from scapy.all import IP, Ether
 
-from nfs.api import NFConfigError
+from nflib.api import NFConfigError
 from nfs.stateful import StatefulFirewall, make_firewall
-from test_nf_helpers import harness, ping, tcp, udp
+from test_nf_helpers import harness, ping, tcp, udp, wait_for
 
 RULES = """\
 allow tcp 10.0.0.0/8 any any 80
@@ -35,14 +34,24 @@ def test_replies_pass_unsolicited_drop():
         assert c["default"] == 5
 
 
-def test_fin_shortens_and_idle_connection_expires():
-    config = {"rules_text": RULES, "timeouts": {"tcp": 0.2, "closing": 0.05}}
+def test_idle_connection_expires():
+    config = {"rules_text": RULES, "timeouts": {"tcp": 0.2}}
     with harness([("firewall-stateful", config)]) as h:
         h.send([tcp("10.0.0.5", "203.0.113.9", 4000, 80, "S")])
-        time.sleep(0.3)
+        assert h.nf(1).counters()["connections"] == 1
+        wait_for(lambda: h.nf(1).counters()["connections"] == 0, "the idle connection expiring")
         assert h.send([tcp("203.0.113.9", "10.0.0.5", 80, 4000, "SA")]) == []
+
+
+def test_fin_shortens_a_connection():
+    # Without the FIN the connection would live a minute, past wait_for's
+    # deadline: it ends because the FIN shortened it to `closing`.
+    config = {"rules_text": RULES, "timeouts": {"tcp": 60, "closing": 0.05}}
+    with harness([("firewall-stateful", config)]) as h:
+        h.send([tcp("10.0.0.5", "203.0.113.9", 4002, 80, "S")])
+        assert len(h.send([tcp("203.0.113.9", "10.0.0.5", 80, 4002, "SA")])) == 1
         h.send([tcp("10.0.0.5", "203.0.113.9", 4002, 80, "FA")])
-        time.sleep(0.1)
+        wait_for(lambda: h.nf(1).counters()["connections"] == 0, "the closing connection ending")
         assert h.send([tcp("203.0.113.9", "10.0.0.5", 80, 4002, "A")]) == []
 
 

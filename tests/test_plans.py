@@ -223,7 +223,7 @@ def start_every_nf(topo):
     """What an agent does with a plan: make every instance's NF from the
     plan's config.  An NF that refuses makes the agent refuse the plan."""
     from host_agent.harness import ensure_eal
-    from nfs.api import make_nf
+    from nflib.api import make_nf
     ensure_eal()
     out = plans.host_plans(topo, placement.place(topo), 1)
     made = set()

@@ -2,7 +2,7 @@
 # onvm_flow_key) to a position, with an expiry time per position.  Each NF
 # keeps its own per-flow values in arrays indexed by that position.
 from libc.stdint cimport uint32_t, int32_t, uint64_t
-from host_agent.includes.rte_hash cimport rte_hash
+from dpdk.rte_hash cimport rte_hash
 
 cdef struct ftab_t:
     rte_hash *h

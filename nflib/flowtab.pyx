@@ -12,16 +12,13 @@ flow is and how long it lives."""
 from libc.stdint cimport uint32_t, int32_t, uint64_t, intptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from host_agent.includes.rte_hash cimport *
-from host_agent.includes.rte_eal cimport rte_get_tsc_hz
-from host_agent.fastpath cimport new_hash
+from dpdk.rte_hash cimport *
+from dpdk.rte_eal cimport rte_get_tsc_hz
+from nflib.eal cimport new_hash
+
+from nflib.eal import eal_running
 
 
-
-
-def _eal_running():
-    from host_agent import fastpath
-    return fastpath._eal_args is not None
 
 
 cdef ftab_t *ftab_new(str what, uint32_t entries, uint32_t key_len) except NULL:
@@ -48,7 +45,7 @@ cdef void ftab_free(ftab_t *t) noexcept:
         return
     # After rte_eal_cleanup (e.g. `onvm bench` ending while the manager
     # still holds its NFs) DPDK's memory is gone and with it the table.
-    if t.h != NULL and _eal_running():
+    if t.h != NULL and eal_running():
         rte_hash_free(t.h)
     free(t.expires)
     free(t)

@@ -1,7 +1,7 @@
 # Ports (rte_ethdev.h, rte_eth_ring.h).
 from libc.stdint cimport uint16_t, uint64_t, uint8_t
-from host_agent.includes.rte_mbuf cimport rte_mbuf, rte_mempool
-from host_agent.includes.rte_ring cimport rte_ring
+from dpdk.rte_mbuf cimport rte_mbuf, rte_mempool
+from dpdk.rte_ring cimport rte_ring
 
 cdef extern from "rte_ethdev.h" nogil:
     struct rte_ether_addr:

@@ -43,6 +43,8 @@ struct onvm_meta {
     uint16_t l3_off;       /* offset of the IP header in the frame */
     uint16_t in_port;
     uint16_t nf_hops;      /* NFs visited on this host (loop guard) */
+    uint16_t l4_off;       /* offset of the TCP/UDP/ICMP header, 0 if none
+                            * (a non-first IPv4 fragment) */
 };
 
 static inline struct onvm_meta *onvm_meta_of(struct rte_mbuf *m) {

@@ -1,0 +1,595 @@
+# cython: language_level=3
+"""The host's manager loop: polls the ports, hands packets to local NF
+instances without copying, and acts on their verdicts.
+
+What it does per burst of 32 (no Python on this path, the GIL released):
+parse the frame (host_agent/parser.pxd: strip the SFC label stack of
+DESIGN.md, or classify an untagged packet through the flow table, rte_hash
+on the 5-tuple backed by an rte_acl classifier), then follow the chain's
+hops: a local instance (inline: the NF library's handler is called in this
+loop; process: its rte_ring), a remote host (labels pushed, one host per
+flow by weighted consistent hashing), or the end of the chain (sent out of
+the egress port).
+
+What it is not: the plan's checker (contracts.plan), the compiler from a
+plan to tables (host_agent.tables, loaded by host_agent.plantables), the
+NF-process loop (nflib.nf.serve_nf), ports in memory (host_agent.ports),
+or the agent that talks to the store (host_agent.agent).
+"""
+cimport cython
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
+from libc.string cimport memcpy, memset
+from libc.stdlib cimport calloc, free
+
+cdef extern from "unistd.h" nogil:
+    int usleep(unsigned usec)
+
+from dpdk.rte_eal cimport rte_get_tsc_hz, rte_get_tsc_cycles, rte_socket_id, rte_strerror
+from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_free, rte_pktmbuf_free_bulk,
+    rte_pktmbuf_prepend)
+from dpdk.rte_ring cimport rte_ring_enqueue_burst, rte_ring_dequeue_burst, rte_ring_count
+from dpdk.rte_ethdev cimport *
+from dpdk.rte_hash cimport (rte_hash, rte_hash_free, rte_hash_count, rte_hash_add_key,
+    rte_hash_lookup_bulk, rte_hash_lookup_data)
+from nflib.eal cimport packet_pool, new_hash
+from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
+    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32)
+from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
+    hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL, HOP_REMOTE,
+    MODE_PROCESS)
+from host_agent.parser cimport *
+
+import logging
+import threading
+import time
+
+from contracts import wire
+from nflib.eal import FastPathError
+from nflib.nf import ring_names
+from host_agent.ports import port_name
+from host_agent.tables import compile_plan
+
+log = logging.getLogger("onvm.fastpath")
+
+cdef extern from "shim.h" nogil:
+    void *onvm_load_ptr(void **p)
+    void onvm_store_ptr(void **p, void *v)
+    uint64_t onvm_load_u64(uint64_t *p)
+    void onvm_store_u64(uint64_t *p, uint64_t v)
+    int ONVM_KEY_SIZE "sizeof(struct onvm_flow_key)"
+
+DEF BURST = 32
+DEF MAX_PORTS = 16
+DEF MAX_NF_HOPS = 64       # NFs one packet may visit on this host
+
+# The parser's EtherTypes are the wire format's (contracts.wire).
+for _name, _value in (("ETH_MPLS", ETH_MPLS), ("ETH_MPLS_MC", ETH_MPLS_MC),
+                      ("ETH_IPV4", ETH_IPV4), ("ETH_IPV6", ETH_IPV6)):
+    if getattr(wire, _name) != _value:
+        raise ImportError(f"contracts.wire.{_name} is {getattr(wire, _name):#x}, "
+                          f"the parser's is {_value:#x}: rebuild")
+
+# Why a packet was dropped: every drop is counted under one of these.
+DROP_REASONS = (
+    "truncated",        # frame shorter than its headers say
+    "not_ip",           # neither IPv4 nor IPv6 (after any label stack)
+    "bad_label_stack",  # not exactly transport/SPI/SI with S only on SI
+    "ttl_zero",         # a label with TTL 0
+    "wrong_node",       # transport label is not this host's node label
+    "unknown_hop",      # no hop for (SPI, SI) in the plan
+    "no_chain",         # untagged packet no classifier matched
+    "nf_drop",          # an NF's verdict
+    "ring_full",        # an NF process's ring was full
+    "tx_full",          # a port did not take the packet
+    "loop",             # visited more than 64 NFs on this host
+    "bad_port",         # verdict OUT to a port that does not exist
+    "no_plan",          # no plan applied yet
+)
+
+
+cdef struct port_stats_t:
+    uint64_t rx
+    uint64_t tx
+    uint64_t tx_full
+
+
+@cython.final
+cdef class Manager:
+    """One host's fast path: ports, flow table, the tables of the plan it
+    runs, and the loop.  Create after eal_init; call apply_plan, then run
+    (from a thread: it releases the GIL)."""
+    cdef void *cur                          # tables_t *, swapped atomically
+    cdef uint64_t epoch                     # bumped once per loop iteration
+    cdef uint64_t stop_flag
+    cdef rte_hash *flows
+    cdef uint16_t nports
+    cdef uint16_t ports[MAX_PORTS]
+    cdef port_stats_t port_stats[MAX_PORTS]
+    cdef rte_mbuf *tx[MAX_PORTS][BURST * 2]   # used by the loop only
+    cdef uint16_t ntx[MAX_PORTS]
+    cdef uint64_t drops[N_REASONS]
+    cdef uint64_t processed
+    cdef uint64_t flow_table_full
+    cdef public bint running
+    cdef object _instances                  # id -> (nf type, config, nf object, stats ptr)
+    cdef object _retired
+    cdef object _lock
+    cdef readonly object host
+    cdef public unsigned idle_us            # sleep this long when idle (0: poll)
+
+    def __cinit__(self, host="host", ports=None):
+        if packet_pool() == NULL:
+            raise FastPathError("call eal_init before creating a Manager")
+        self.host = host
+        self.cur = NULL
+        self._instances = {}
+        self._retired = []
+        self._lock = threading.Lock()
+        self.flows = new_hash("flows", ONVM_FLOW_ENTRIES, ONVM_KEY_SIZE)
+        if ports is None:
+            ports = [p for p in range(RTE_MAX_ETHPORTS) if rte_eth_dev_is_valid_port(p)]
+        for p in ports:
+            self.add_port(p)
+
+    def add_port(self, uint16_t port_id):
+        """Configure and start a port (one rx and one tx queue)."""
+        cdef rte_eth_conf conf
+        if self.nports >= MAX_PORTS:
+            raise FastPathError(f"at most {MAX_PORTS} ports")
+        cdef int err
+        memset(&conf, 0, sizeof(conf))
+        for step in range(4):
+            if step == 0:
+                err = rte_eth_dev_configure(port_id, 1, 1, &conf)
+            elif step == 1:
+                err = rte_eth_rx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL, packet_pool())
+            elif step == 2:
+                err = rte_eth_tx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL)
+            else:
+                err = rte_eth_dev_start(port_id)
+            if err < 0:
+                what = ("configure", "rx queue setup", "tx queue setup", "start")[step]
+                raise FastPathError(f"port {port_id} ({port_name(port_id)}): {what} failed: {rte_strerror(-err).decode()}")
+        rte_eth_promiscuous_enable(port_id)
+        self.ports[self.nports] = port_id
+        self.nports += 1
+
+    def close(self):
+        """Stop the ports (flushes pcap files) and free every table."""
+        self.stop()
+        for i in range(self.nports):
+            rte_eth_dev_stop(self.ports[i])
+            rte_eth_dev_close(self.ports[i])
+        self.nports = 0
+        old = <tables_t *>self.cur
+        self.cur = NULL
+        if old != NULL:
+            free_tables(old)
+        for t in self._retired:
+            free_tables(<tables_t *><intptr_t>t)
+        self._retired = []
+        if self.flows != NULL:
+            rte_hash_free(self.flows)
+            self.flows = NULL
+        # NF objects own DPDK memory (ACL contexts, hashes): free them now,
+        # while the EAL is still up, not whenever Python collects them.
+        for iid, entry in self._instances.items():
+            free(<void *><intptr_t>entry[3])
+        self._instances = {}
+    # ------------------------------------------------------------- plans
+
+    def apply_plan(self, plan, nf_factory):
+        """Compile a checked plan (contracts.plan.check_plan) into new
+        tables (host_agent.tables, then the loader) and swap them in
+        atomically.  `nf_factory(instance_dict)`
+        makes the NF object of a new instance; instances whose id, type and
+        config are unchanged keep their object (and its state).  If anything
+        fails, the running tables stay as they were."""
+        compiled = compile_plan(plan)
+        with self._lock:
+            new_instances = self._instances_for(plan, nf_factory)
+            t = load_tables(compiled, {iid: (entry[2], entry[3])
+                                       for iid, entry in new_instances.items()},
+                            self.host)
+            old = onvm_load_ptr(&self.cur)
+            onvm_store_ptr(&self.cur, <void *>t)
+            self._wait_quiescent()
+            if old != NULL:
+                free_tables(<tables_t *>old)
+            for iid in set(self._instances) - set(new_instances):
+                log.info("%s: instance %d (%s) removed", self.host, iid,
+                         self._instances[iid][0])
+                free(<void *><intptr_t>self._instances[iid][3])
+            self._instances = new_instances
+            log.info("%s: plan generation %d applied: %d instances, %d hops",
+                     self.host, plan["generation"], len(new_instances), len(plan["hops"]))
+
+    def _instances_for(self, plan, nf_factory):
+        out = {}
+        cdef inst_stats_t *st
+        for inst in plan["instances"]:
+            iid = inst["id"]
+            config = inst.get("config")
+            mode = inst.get("mode", "inline")
+            old = self._instances.get(iid)
+            if old is not None and old[0] == inst["nf"] and old[1] == config and old[4] == mode:
+                out[iid] = old
+                continue
+            # A process-mode instance's NF lives in its own process.
+            nf = nf_factory(inst) if mode == "inline" else None
+            st = <inst_stats_t *>calloc(1, sizeof(inst_stats_t))
+            out[iid] = (inst["nf"], config, nf, <intptr_t>st, mode)
+            log.info("%s: instance %d runs %s (%s)", self.host, iid, inst["nf"], mode)
+        return out
+
+    def _wait_quiescent(self):
+        """Return once the loop has finished any burst it began on the old
+        tables (it bumps `epoch` after each)."""
+        if not self.running:
+            return
+        cdef uint64_t start = onvm_load_u64(&self.epoch)
+        deadline = time.monotonic() + 5
+        while onvm_load_u64(&self.epoch) == start and self.running:
+            if time.monotonic() > deadline:
+                raise FastPathError("fast path loop did not advance in 5 s")
+            time.sleep(0.0001)
+
+    @property
+    def generation(self):
+        cdef tables_t *t = <tables_t *>self.cur
+        return None if t == NULL else t.generation
+
+    # --------------------------------------------------------------- run
+
+    def stop(self):
+        onvm_store_u64(&self.stop_flag, 1)
+
+    def run(self, uint64_t max_packets=0, double seconds=0.0, double idle_seconds=0.0):
+        """Run the loop until stop(), `max_packets` processed, `seconds`
+        passed, or nothing arrived for `idle_seconds`.  Returns packets
+        processed.  Releases the GIL."""
+        cdef uint64_t hz = rte_get_tsc_hz()
+        cdef uint64_t now, start = rte_get_tsc_cycles(), last_rx = start
+        cdef uint64_t until = start + <uint64_t>(seconds * hz) if seconds > 0 else 0
+        cdef uint64_t idle = <uint64_t>(idle_seconds * hz)
+        cdef uint64_t limit = self.processed + max_packets if max_packets else 0
+        cdef unsigned got, idle_loops = 0
+        cdef unsigned idle_us = self.idle_us
+        onvm_store_u64(&self.stop_flag, 0)
+        self.running = True
+        try:
+            with nogil:
+                while onvm_load_u64(&self.stop_flag) == 0:
+                    got = self._iteration()
+                    onvm_store_u64(&self.epoch, self.epoch + 1)
+                    if idle_us:
+                        # Polling is DPDK's way at line rate; a host that
+                        # shares its cores (emulation) sleeps when idle.
+                        idle_loops = 0 if got else idle_loops + 1
+                        if idle_loops > 64:
+                            usleep(idle_us)
+                    if limit and self.processed >= limit:
+                        break
+                    if until or idle:
+                        now = rte_get_tsc_cycles()
+                        if got:
+                            last_rx = now
+                        if until and now >= until:
+                            break
+                        if idle and now - last_rx >= idle:
+                            break
+        finally:
+            self.running = False
+        return self.processed
+
+    cdef unsigned _iteration(self) noexcept nogil:
+        cdef tables_t *t = <tables_t *>onvm_load_ptr(&self.cur)
+        cdef rte_mbuf *pkts[BURST]
+        cdef unsigned i, n, total = 0
+        cdef uint16_t p
+        for i in range(self.nports):
+            p = self.ports[i]
+            n = rte_eth_rx_burst(p, 0, pkts, BURST)
+            if n == 0:
+                continue
+            total += n
+            self.port_stats[i].rx += n
+            if t == NULL:
+                self.drops[R_NO_PLAN] += n
+                rte_pktmbuf_free_bulk(pkts, n)
+                continue
+            self._ingest(t, pkts, n, i)
+            self._flush()
+        if t != NULL:
+            total += self._poll_nf_processes(t)
+        self._flush()
+        return total
+
+    cdef void _flush(self) noexcept nogil:
+        cdef unsigned i
+        cdef uint16_t sent
+        for i in range(self.nports):
+            if self.ntx[i] == 0:
+                continue
+            sent = rte_eth_tx_burst(self.ports[i], 0, self.tx[i], self.ntx[i])
+            self.port_stats[i].tx += sent
+            if sent < self.ntx[i]:
+                self.port_stats[i].tx_full += self.ntx[i] - sent
+                self.drops[R_TX_FULL] += self.ntx[i] - sent
+                rte_pktmbuf_free_bulk(&self.tx[i][sent], self.ntx[i] - sent)
+            self.ntx[i] = 0
+
+    cdef void _ingest(self, tables_t *t, rte_mbuf **pkts, unsigned n, unsigned port_idx) noexcept nogil:
+        """Parse a received burst, find each packet's first hop, run it."""
+        cdef rte_mbuf *ok[BURST]
+        cdef const void *keys[BURST]
+        cdef int32_t pos[BURST]
+        cdef unsigned i, nok = 0
+        cdef onvm_meta *meta
+        cdef void *hopv
+        cdef int32_t hop
+        cdef int reason
+        cdef uint64_t key
+        for i in range(n):
+            reason = parse_packet(pkts[i], t, self.ports[port_idx])
+            if reason >= 0:
+                self.drops[reason] += 1
+                rte_pktmbuf_free(pkts[i])
+            else:
+                meta = onvm_meta_of(pkts[i])
+                keys[nok] = &meta.key
+                ok[nok] = pkts[i]
+                nok += 1
+        if nok == 0:
+            return
+        rte_hash_lookup_bulk(self.flows, keys, nok, pos)
+        for i in range(nok):
+            meta = onvm_meta_of(ok[i])
+            if pos[i] < 0:
+                pos[i] = rte_hash_add_key(self.flows, keys[i])
+                if pos[i] < 0:
+                    self.flow_table_full += 1
+            meta.flow_id = pos[i]
+            if meta.si:
+                # Tagged: the hop named by (SPI, SI).
+                key = hop_key(meta.spi, meta.si)
+                if rte_hash_lookup_data(t.hop_index, &key, &hopv) < 0:
+                    self.drops[R_UNKNOWN_HOP] += 1
+                    rte_pktmbuf_free(ok[i])
+                    ok[i] = NULL
+                    continue
+                meta.hop = <uint16_t><intptr_t>hopv
+            else:
+                hop = classify(t, meta)
+                if hop < 0:
+                    self.drops[R_NO_CHAIN] += 1
+                    rte_pktmbuf_free(ok[i])
+                    ok[i] = NULL
+                    continue
+                meta.hop = <uint16_t>hop
+                meta.spi = t.hops[hop].spi
+                meta.si = t.hops[hop].si
+        self._advance(t, ok, nok)
+
+    cdef void _advance(self, tables_t *t, rte_mbuf **pkts, unsigned n) noexcept nogil:
+        """Carry packets along their hops until each leaves this host, is
+        dropped or waits in an NF process's ring.  Run to completion:
+        each round gathers the packets bound for each local instance and
+        calls its batch function once."""
+        cdef rte_mbuf *batch[MAX_INSTANCES][BURST]
+        cdef uint16_t nb[MAX_INSTANCES]
+        cdef rte_mbuf *m
+        cdef onvm_meta *meta
+        cdef hop_t *h
+        cdef inst_t *inst
+        cdef unsigned i, j, pending = n, s, sent
+        cdef uint16_t slot
+        memset(nb, 0, sizeof(nb))
+        while pending:
+            pending = 0
+            # Route every packet to its next stop.
+            for i in range(n):
+                m = pkts[i]
+                if m == NULL:
+                    continue
+                pkts[i] = NULL
+                meta = onvm_meta_of(m)
+                h = &t.hops[meta.hop]
+                if meta.action == ONVM_ACTION_TONF:
+                    slot = <uint16_t>t.slot_of_id[meta.destination]
+                    meta.action = ONVM_ACTION_NEXT
+                elif h.kind == HOP_LOCAL:
+                    slot = h.slot
+                elif h.kind == HOP_REMOTE:
+                    self._to_remote(t, m, meta, h)
+                    continue
+                else:
+                    self._to_end(t, m, h.port, h.dst_mac)
+                    continue
+                meta.nf_hops += 1
+                if meta.nf_hops > MAX_NF_HOPS:
+                    self.drops[R_LOOP] += 1
+                    rte_pktmbuf_free(m)
+                    continue
+                inst = &t.instances[slot]
+                if inst.mode == MODE_PROCESS:
+                    inst.stats.rx += 1
+                    if rte_ring_enqueue_burst(inst.to_nf, <void **>&m, 1, NULL) == 0:
+                        inst.stats.ring_full += 1
+                        self.drops[R_RING_FULL] += 1
+                        rte_pktmbuf_free(m)
+                    continue
+                meta.action = ONVM_ACTION_NEXT
+                batch[slot][nb[slot]] = m
+                nb[slot] += 1
+            # Run each inline instance once on what it got.  The common
+            # verdict, NEXT, is handled here; the rest in _verdict.
+            n = 0
+            for s in range(t.ninstances):
+                if nb[s] == 0:
+                    continue
+                inst = &t.instances[s]
+                inst.stats.rx += nb[s]
+                inst.fn(inst.ctx, batch[s], nb[s])
+                for j in range(nb[s]):
+                    m = batch[s][j]
+                    meta = onvm_meta_of(m)
+                    if meta.action == ONVM_ACTION_NEXT and t.hops[meta.hop].next >= 0:
+                        inst.stats.tx += 1
+                        meta.hop = <uint16_t>t.hops[meta.hop].next
+                        meta.si -= 1
+                        pkts[n] = m
+                        n += 1
+                    elif self._verdict(t, m, inst):
+                        pkts[n] = m
+                        n += 1
+                nb[s] = 0
+            pending = n
+
+    cdef bint _verdict(self, tables_t *t, rte_mbuf *m, inst_t *inst) noexcept nogil:
+        """Act on an NF's verdict; True if the packet goes on in this host."""
+        cdef onvm_meta *meta = onvm_meta_of(m)
+        cdef int32_t nxt
+        cdef unsigned i
+        if meta.action == ONVM_ACTION_DROP:
+            inst.stats.drops += 1
+            self.drops[R_NF_DROP] += 1
+            rte_pktmbuf_free(m)
+            return False
+        inst.stats.tx += 1
+        if meta.action == ONVM_ACTION_NEXT:
+            nxt = t.hops[meta.hop].next
+            if nxt < 0:
+                self.drops[R_UNKNOWN_HOP] += 1
+                rte_pktmbuf_free(m)
+                return False
+            meta.hop = <uint16_t>nxt
+            meta.si -= 1
+            return True
+        if meta.action == ONVM_ACTION_TONF:
+            if meta.destination >= 65536 or t.slot_of_id[meta.destination] < 0:
+                self.drops[R_UNKNOWN_HOP] += 1
+                rte_pktmbuf_free(m)
+                return False
+            return True
+        # OUT: unchanged, out of a port.
+        for i in range(self.nports):
+            if self.ports[i] == meta.destination:
+                self.tx[i][self.ntx[i]] = m
+                self.ntx[i] += 1
+                self.processed += 1
+                return False
+        self.drops[R_BAD_PORT] += 1
+        rte_pktmbuf_free(m)
+        return False
+
+    cdef void _to_remote(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
+        """Push transport, SPI and SI labels (DESIGN's wire format) and send
+        to the host this flow's consistent hash picks."""
+        cdef peer_t *peer = &t.peers[t.remote[h.remote_off + (meta.flow_hash & (SLOTS - 1))]]
+        cdef uint8_t *d = <uint8_t *>rte_pktmbuf_prepend(m, 12)
+        if d == NULL:
+            self.drops[R_TX_FULL] += 1
+            rte_pktmbuf_free(m)
+            return
+        memcpy(d, peer.mac, 6)
+        memcpy(d + 6, t.mac, 6)
+        d[12] = 0x88
+        d[13] = 0x47
+        wr32(d + 14, (peer.label << 12) | 64)
+        wr32(d + 18, (meta.spi << 12) | 64)
+        wr32(d + 22, (<uint32_t>meta.si << 12) | 0x100 | 64)
+        self._queue_tx(m, t.uplink)
+
+    cdef void _to_end(self, tables_t *t, rte_mbuf *m, uint16_t port, uint8_t *dst_mac) noexcept nogil:
+        cdef uint8_t *d = onvm_mtod(m)
+        memcpy(d, dst_mac, 6)
+        memcpy(d + 6, t.mac, 6)
+        self._queue_tx(m, port)
+
+    cdef void _queue_tx(self, rte_mbuf *m, uint16_t port) noexcept nogil:
+        cdef unsigned i
+        for i in range(self.nports):
+            if self.ports[i] == port:
+                if self.ntx[i] == BURST * 2:
+                    self._flush()
+                self.tx[i][self.ntx[i]] = m
+                self.ntx[i] += 1
+                self.processed += 1
+                return
+        self.drops[R_BAD_PORT] += 1
+        rte_pktmbuf_free(m)
+
+    cdef unsigned _poll_nf_processes(self, tables_t *t) noexcept nogil:
+        """Take back what NF processes finished and carry it on."""
+        cdef rte_mbuf *pkts[BURST]
+        cdef rte_mbuf *go[BURST]
+        cdef unsigned s, i, n, ngo, total = 0
+        cdef inst_t *inst
+        cdef void *hopv
+        cdef onvm_meta *meta
+        cdef uint64_t key
+        for s in range(t.ninstances):
+            inst = &t.instances[s]
+            if inst.mode != MODE_PROCESS:
+                continue
+            n = rte_ring_dequeue_burst(inst.from_nf, <void **>pkts, BURST, NULL)
+            total += n
+            ngo = 0
+            for i in range(n):
+                meta = onvm_meta_of(pkts[i])
+                # The packet may have left on older tables: find its hop again.
+                key = hop_key(meta.spi, meta.si)
+                if rte_hash_lookup_data(t.hop_index, &key, &hopv) < 0:
+                    self.drops[R_UNKNOWN_HOP] += 1
+                    rte_pktmbuf_free(pkts[i])
+                    continue
+                meta.hop = <uint16_t><intptr_t>hopv
+                if self._verdict(t, pkts[i], inst):
+                    go[ngo] = pkts[i]
+                    ngo += 1
+            if ngo:
+                self._advance(t, go, ngo)
+        return total
+
+    # ------------------------------------------------------------- stats
+
+    def stats(self):
+        """Counters: per port, per instance, drops by reason."""
+        cdef tables_t *t = <tables_t *>self.cur
+        cdef inst_stats_t *st
+        cdef rte_eth_stats es
+        ports = {}
+        for i in range(self.nports):
+            rte_eth_stats_get(self.ports[i], &es)
+            ports[port_name(self.ports[i])] = {
+                "port": self.ports[i], "rx": self.port_stats[i].rx,
+                "tx": self.port_stats[i].tx, "tx_full": self.port_stats[i].tx_full,
+                "missed": es.imissed, "errors": es.ierrors + es.oerrors,
+            }
+        instances = {}
+        for iid, (nf, config, obj, stp, mode) in self._instances.items():
+            st = <inst_stats_t *><intptr_t>stp
+            entry = {"nf": nf, "mode": mode, "rx": st.rx, "tx": st.tx,
+                     "drops": st.drops, "ring_full": st.ring_full, "queue": 0}
+            if t != NULL and t.slot_of_id[iid] >= 0 and t.instances[t.slot_of_id[iid]].to_nf != NULL:
+                entry["queue"] = rte_ring_count(t.instances[t.slot_of_id[iid]].to_nf)
+            if obj is not None and hasattr(obj, "counters"):
+                entry["counters"] = obj.counters()
+            instances[iid] = entry
+        return {
+            "generation": self.generation,
+            "processed": self.processed,
+            "ports": ports,
+            "instances": instances,
+            "drops": {DROP_REASONS[i]: self.drops[i] for i in range(N_REASONS)},
+            "flows": rte_hash_count(self.flows),
+            "flow_table_full": self.flow_table_full,
+        }
+
+    def nf_object(self, iid):
+        return self._instances[iid][2]
+
+    def ring_names(self, iid):
+        """Names of the rings of a process-mode instance."""
+        return ring_names(self.host, iid)

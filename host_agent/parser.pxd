@@ -1,0 +1,134 @@
+# The fast path's parser, inline in the manager's loop: fills a received
+# packet's metadata (5-tuple, flow hash, l3_off and l4_off for the NFs,
+# SPI/SI of a tagged packet whose label stack it pops) and finds an
+# untagged packet's first hop.  A drop is returned as one of the reasons
+# below; host_agent/manager.pyx names them (DROP_REASONS, same order).
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
+from libc.string cimport memcpy, memmove, memset
+from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_adj
+from dpdk.rte_hash cimport rte_hash_crc
+from dpdk.rte_acl cimport rte_acl_classify
+from nflib.nf cimport onvm_meta, onvm_flow_key, onvm_meta_of, onvm_mtod, rd16, rd32
+from host_agent.plantables cimport tables_t
+
+cdef enum:
+    ETH_MPLS = 0x8847
+    ETH_MPLS_MC = 0x8848
+    ETH_IPV4 = 0x0800
+    ETH_IPV6 = 0x86DD
+    ETH_VLAN = 0x8100
+
+cdef enum:
+    R_TRUNCATED, R_NOT_IP, R_BAD_LABELS, R_TTL, R_WRONG_NODE, R_UNKNOWN_HOP,
+    R_NO_CHAIN, R_NF_DROP, R_RING_FULL, R_TX_FULL, R_LOOP, R_BAD_PORT,
+    R_NO_PLAN, N_REASONS
+
+
+cdef inline int parse_packet(rte_mbuf *m, tables_t *t, uint16_t port) noexcept nogil:
+    """Fill the packet's metadata; returns a drop reason, or -1 if it goes on."""
+    cdef uint8_t *d = onvm_mtod(m)
+    cdef uint32_t length = m.data_len
+    cdef onvm_meta *meta = onvm_meta_of(m)
+    cdef uint16_t etype
+    cdef uint32_t l0, l1, l2, off = 14, ihl, l4
+    cdef uint8_t ver
+    memset(meta, 0, sizeof(onvm_meta))
+    meta.in_port = port
+    meta.flow_id = -1
+    if length < 14:
+        return R_TRUNCATED
+    etype = rd16(d + 12)
+    if etype == ETH_MPLS or etype == ETH_MPLS_MC:
+        if length < 14 + 12 + 1:
+            return R_TRUNCATED
+        l0 = rd32(d + 14)
+        l1 = rd32(d + 18)
+        l2 = rd32(d + 22)
+        if (l0 & 0x100) or (l1 & 0x100) or not (l2 & 0x100):
+            return R_BAD_LABELS
+        if (l0 & 0xff) == 0 or (l1 & 0xff) == 0 or (l2 & 0xff) == 0:
+            return R_TTL
+        if (l0 >> 12) != t.node_label:
+            return R_WRONG_NODE
+        meta.spi = l1 >> 12
+        meta.si = l2 >> 12
+        if meta.si == 0:
+            return R_BAD_LABELS
+        ver = d[26] >> 4
+        if ver == 4:
+            etype = ETH_IPV4
+        elif ver == 6:
+            etype = ETH_IPV6
+        else:
+            return R_NOT_IP
+        # Pop the stack: move the MAC addresses up over it.
+        memmove(d + 12, d, 12)
+        rte_pktmbuf_adj(m, 12)
+        d = d + 12
+        length -= 12
+        d[12] = etype >> 8
+        d[13] = etype & 0xff
+    elif etype == ETH_VLAN:
+        if length < 18:
+            return R_TRUNCATED
+        etype = rd16(d + 16)
+        off = 18
+    meta.l3_off = off
+    if etype == ETH_IPV4:
+        if length < off + 20 or (d[off] >> 4) != 4:
+            return R_TRUNCATED if length < off + 20 else R_NOT_IP
+        ihl = (d[off] & 0x0f) * 4
+        if ihl < 20 or length < off + ihl:
+            return R_TRUNCATED
+        meta.key.family = 4
+        meta.key.proto = d[off + 9]
+        memcpy(&meta.key.src, d + off + 12, 4)
+        memcpy(&meta.key.dst, d + off + 16, 4)
+        l4 = off + ihl
+        if (rd16(d + off + 6) & 0x1fff) == 0:
+            meta.l4_off = l4        # not for later fragments: no L4 header
+        # Ports only for first fragments of TCP, UDP, SCTP.
+        if (meta.key.proto == 6 or meta.key.proto == 17 or meta.key.proto == 132) \
+                and meta.l4_off:
+            if length < l4 + 4:
+                return R_TRUNCATED
+            memcpy(&meta.key.sport, d + l4, 2)
+            memcpy(&meta.key.dport, d + l4 + 2, 2)
+    elif etype == ETH_IPV6:
+        if length < off + 40:
+            return R_TRUNCATED
+        meta.key.family = 6
+        meta.key.proto = d[off + 6]
+        meta.key.src = rte_hash_crc(d + off + 8, 16, 0)
+        meta.key.dst = rte_hash_crc(d + off + 24, 16, 0)
+        l4 = off + 40
+        meta.l4_off = l4
+        if meta.key.proto == 6 or meta.key.proto == 17 or meta.key.proto == 132:
+            if length < l4 + 4:
+                return R_TRUNCATED
+            memcpy(&meta.key.sport, d + l4, 2)
+            memcpy(&meta.key.dport, d + l4 + 2, 2)
+    else:
+        return R_NOT_IP
+    meta.flow_hash = rte_hash_crc(&meta.key, sizeof(onvm_flow_key), 0)
+    return -1
+
+
+cdef inline int32_t classify(tables_t *t, onvm_meta *meta) noexcept nogil:
+    """First hop of an untagged packet: the flow table's cached answer, or
+    the classifier's (then cached)."""
+    cdef int32_t hop
+    cdef uint32_t res = 0
+    cdef const uint8_t *key = <const uint8_t *>&meta.key
+    if meta.flow_id >= 0:
+        hop = t.flow_hop[meta.flow_id]
+        if hop != -2:
+            return hop
+    hop = -1
+    if t.classifier != NULL and meta.key.family == 4:
+        rte_acl_classify(t.classifier, &key, &res, 1, 1)
+        if res:
+            hop = t.class_hop[res - 1]
+    if meta.flow_id >= 0:
+        t.flow_hop[meta.flow_id] = hop
+    return hop

@@ -1,0 +1,81 @@
+# The fast path's tables of one plan, in C: what the manager's loop reads
+# (host_agent/manager.pyx) and the loader fills from the plan compiler's
+# arrays (host_agent/tables.py).  The constants must equal tables.py's:
+# plantables.pyx checks them when it is imported.
+from libc.stdint cimport uint8_t, uint16_t, int16_t, uint32_t, int32_t, uint64_t
+from dpdk.rte_hash cimport rte_hash
+from dpdk.rte_acl cimport rte_acl_ctx
+from dpdk.rte_ring cimport rte_ring
+from nflib.nf cimport nf_batch_fn
+
+cdef enum:
+    SLOTS = 256            # consistent-hash slots per remote hop
+    MAX_INSTANCES = 64
+
+cdef enum:
+    HOP_LOCAL = 1
+    HOP_REMOTE = 2
+    HOP_END = 3
+
+cdef enum:
+    MODE_INLINE = 1
+    MODE_PROCESS = 2
+
+
+cdef struct hop_t:
+    uint32_t spi
+    uint8_t si
+    uint8_t kind
+    uint16_t slot          # instance slot (HOP_LOCAL)
+    int32_t next           # hop index of (spi, si - 1), -1 if none
+    uint32_t remote_off    # first of SLOTS entries in tables.remote (HOP_REMOTE)
+    uint16_t port          # HOP_END
+    uint8_t dst_mac[6]     # HOP_END
+
+
+cdef struct peer_t:
+    uint32_t label
+    uint8_t mac[6]
+
+
+cdef struct inst_stats_t:
+    uint64_t rx
+    uint64_t tx
+    uint64_t drops
+    uint64_t ring_full
+
+
+cdef struct inst_t:
+    uint16_t id
+    uint8_t mode
+    nf_batch_fn fn
+    void *ctx
+    rte_ring *to_nf
+    rte_ring *from_nf
+    inst_stats_t *stats
+
+
+cdef struct tables_t:
+    uint64_t generation
+    uint32_t node_label
+    uint8_t mac[6]
+    uint16_t uplink
+    rte_hash *hop_index        # (spi << 8 | si) -> hop index
+    hop_t *hops
+    uint32_t nhops
+    uint16_t *remote           # peer index per slot
+    peer_t *peers
+    int32_t *flow_hop          # per flow-table position: first hop, -1 none, -2 unknown
+    rte_acl_ctx *classifier    # userdata = hop index + 1
+    int32_t *class_hop         # classifier rule -> hop index
+    inst_t instances[MAX_INSTANCES]
+    uint16_t ninstances
+    int16_t slot_of_id[65536]  # instance id -> slot, -1 if not here
+
+
+cdef inline uint64_t hop_key(uint32_t spi, uint8_t si) noexcept nogil:
+    return (<uint64_t>spi << 8) | si
+
+
+cdef tables_t *load_tables(object compiled, dict instances, str host) except NULL
+cdef void free_tables(tables_t *t) noexcept

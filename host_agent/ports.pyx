@@ -1,0 +1,110 @@
+# cython: language_level=3
+"""The host's ports: DPDK vdevs probed at run time, ports in memory backed
+by rte_rings (for tests, benchmarks and the demo), and a handle on a ring
+to put packets in and take them out.
+
+Not here: configuring and polling ports (host_agent.manager), EAL and the
+packet pool (nflib.eal).
+"""
+from libc.string cimport memcpy
+from dpdk.rte_eal cimport rte_socket_id, rte_dev_probe
+from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_alloc, rte_pktmbuf_append,
+    rte_pktmbuf_free, onvm_mtod)
+from dpdk.rte_ring cimport *
+from dpdk.rte_ethdev cimport *
+from nflib.eal cimport packet_pool
+
+from nflib.eal import FastPathError, dpdk_error
+
+
+def probe_port(devargs):
+    """Add a vdev port at run time (e.g. "net_pcap9,tx_pcap=/tmp/x.pcap");
+    returns its port id."""
+    cdef uint16_t port_id
+    if rte_dev_probe(devargs.encode()) < 0:
+        raise dpdk_error(f"rte_dev_probe({devargs})")
+    name = devargs.split(",")[0]
+    if rte_eth_dev_get_port_by_name(name.encode(), &port_id) != 0:
+        raise FastPathError(f"port {name} not found after probe")
+    return port_id
+
+
+def ring_port(name, count=8192):
+    """A port in memory: rx and tx on the same rte_ring, so what is sent
+    comes back.  For benchmarks; returns (port id, Ring)."""
+    cdef rte_ring *r = rte_ring_create(name.encode(), count, rte_socket_id(),
+                                       RING_F_SP_ENQ | RING_F_SC_DEQ)
+    if r == NULL:
+        raise dpdk_error(f"rte_ring_create({name})")
+    port = rte_eth_from_rings(("net_" + name).encode(), &r, 1, &r, 1,
+                              rte_socket_id())
+    if port < 0:
+        raise dpdk_error(f"rte_eth_from_rings({name})")
+    ring = Ring()
+    ring.r = r
+    return port, ring
+
+
+def ring_pair_port(name, count=8192):
+    """A port in memory with separate rx and tx rings: what a test puts in
+    `rx` arrives on the port, what the port sends lands in `tx`.
+    Returns (port id, rx Ring, tx Ring)."""
+    cdef rte_ring *rx = rte_ring_create((name + "_rx").encode(), count,
+                                        rte_socket_id(), RING_F_SP_ENQ | RING_F_SC_DEQ)
+    cdef rte_ring *tx = rte_ring_create((name + "_tx").encode(), count,
+                                        rte_socket_id(), RING_F_SP_ENQ | RING_F_SC_DEQ)
+    if rx == NULL or tx == NULL:
+        raise dpdk_error(f"rte_ring_create({name})")
+    port = rte_eth_from_rings(("net_" + name).encode(), &rx, 1, &tx, 1,
+                              rte_socket_id())
+    if port < 0:
+        raise dpdk_error(f"rte_eth_from_rings({name})")
+    rxr, txr = Ring(), Ring()
+    rxr.r = rx
+    txr.r = tx
+    return port, rxr, txr
+
+
+cdef class Ring:
+    """A handle on an rte_ring, for tests and benchmarks."""
+    cdef rte_ring *r
+
+    def __len__(self):
+        return rte_ring_count(self.r)
+
+    def fill(self, frames, unsigned count):
+        """Put `count` packets in the ring, cycling through `frames` (bytes)."""
+        cdef rte_mbuf *m
+        cdef unsigned i, done = 0
+        cdef bytes f
+        frames = list(frames)
+        for i in range(count):
+            f = frames[i % len(frames)]
+            m = rte_pktmbuf_alloc(packet_pool())
+            if m == NULL:
+                break
+            memcpy(rte_pktmbuf_append(m, len(f)), <const char *>f, len(f))
+            if rte_ring_enqueue_burst(self.r, <void **>&m, 1, NULL) != 1:
+                rte_pktmbuf_free(m)
+                break
+            done += 1
+        return done
+
+    def drain(self, keep=False):
+        """Take every packet out; returns their bytes if keep, else the count."""
+        cdef rte_mbuf *m
+        out = []
+        n = 0
+        while rte_ring_dequeue_burst(self.r, <void **>&m, 1, NULL) == 1:
+            if keep:
+                out.append((<char *>onvm_mtod(m))[:m.data_len])
+            rte_pktmbuf_free(m)
+            n += 1
+        return out if keep else n
+
+
+def port_name(uint16_t port):
+    cdef char name[64]
+    if rte_eth_dev_get_name_by_port(port, name) != 0:
+        return f"port{port}"
+    return name.decode()

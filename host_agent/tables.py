@@ -1,0 +1,138 @@
+"""The plan compiler: a checked plan (contracts.plan.check_plan) as the flat
+arrays the fast path's tables are made of.  Plain Python, no DPDK, so what
+a plan compiles to is tested without an EAL (tests/test_tables.py).
+
+The fast path's loader (host_agent/plantables.pyx) copies these arrays
+into its C tables as they are: hop i of the arrays is hop i of the loop,
+instance slot s is position s of the plan's instances.
+
+* hops: per hop its SPI, SI, kind (LOCAL, REMOTE, END), the instance slot
+  (LOCAL), the index of the hop after it ((SPI, SI - 1), -1 if none), the
+  first of its SLOTS consistent-hash slots in `remote` (REMOTE), the port
+  and next MAC (END);
+* remote: per slot the index of the peer that serves it; peers: label, MAC;
+* classifiers: rte_acl rules (nflib.nf.Acl's tuples), the first matching
+  wins, and per rule the hop where its chain starts (-1 if not here).
+
+Not here: checking the plan (contracts.plan), making NF objects
+(host_agent.manager), anything the loop does.
+"""
+import dataclasses
+import math
+import zlib
+from array import array
+
+from contracts.plan import PlanError
+from contracts.wire import SI_FIRST
+
+SLOTS = 256              # consistent-hash slots per remote hop
+MAX_INSTANCES = 64       # instances one host runs
+HOP_LOCAL, HOP_REMOTE, HOP_END = 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanTables:
+    generation: int
+    node_label: int
+    mac: bytes
+    uplink: int
+    instances: tuple          # ((instance id, mode), ...) by slot
+    hop_spi: array            # "I"
+    hop_si: array             # "B"
+    hop_kind: array           # "B"
+    hop_slot: array           # "H"
+    hop_next: array           # "i"
+    hop_remote_off: array     # "I"
+    hop_port: array           # "H"
+    hop_dst_mac: bytes        # 6 per hop
+    remote: array             # "H": peer index per slot
+    peer_label: array         # "I"
+    peer_mac: bytes           # 6 per peer
+    acl_rules: tuple          # Acl rule tuples, one per classifier
+    class_hop: array          # "i": hop index per classifier rule
+
+    def hop_of(self, spi, si):
+        """Index of the hop (spi, si), or None: for tests and tools."""
+        for i in range(len(self.hop_spi)):
+            if self.hop_spi[i] == spi and self.hop_si[i] == si:
+                return i
+        return None
+
+
+def mac_bytes(text):
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def compile_plan(plan):
+    """PlanTables of a checked plan; PlanError if this host cannot run it."""
+    specs = plan["instances"]
+    if len(specs) > MAX_INSTANCES:
+        raise PlanError(f"instances: a host runs at most {MAX_INSTANCES} instances, "
+                        f"this plan has {len(specs)}")
+    slot_of = {spec["id"]: slot for slot, spec in enumerate(specs)}
+    hops = plan["hops"]
+    index = {(hp["spi"], hp["si"]): i for i, hp in enumerate(hops)}
+    cols = {name: array(code) for name, code in (
+        ("hop_spi", "I"), ("hop_si", "B"), ("hop_kind", "B"), ("hop_slot", "H"),
+        ("hop_next", "i"), ("hop_remote_off", "I"), ("hop_port", "H"),
+        ("remote", "H"), ("peer_label", "I"))}
+    dst_macs, peer_macs = bytearray(), bytearray()
+    for hp in hops:
+        kind, slot, remote_off, port, dst_mac = HOP_END, 0, 0, 0, bytes(6)
+        if "local" in hp:
+            kind, slot = HOP_LOCAL, slot_of[hp["local"]]
+        elif "remote" in hp:
+            kind, remote_off = HOP_REMOTE, len(cols["remote"])
+            first = len(cols["peer_label"])
+            for peer in hp["remote"]:
+                cols["peer_label"].append(peer["label"])
+                peer_macs += mac_bytes(peer["mac"])
+            cols["remote"].extend(first + j for j in consistent_slots(hp["remote"]))
+        else:
+            port, dst_mac = hp["end"].get("port", 0), mac_bytes(hp["end"]["dst_mac"])
+        for name, value in (("hop_spi", hp["spi"]), ("hop_si", hp["si"]),
+                            ("hop_kind", kind), ("hop_slot", slot),
+                            ("hop_next", index.get((hp["spi"], hp["si"] - 1), -1)),
+                            ("hop_remote_off", remote_off), ("hop_port", port)):
+            cols[name].append(value)
+        dst_macs += dst_mac
+    classifiers = plan.get("classifiers", [])
+    return PlanTables(
+        generation=plan["generation"], node_label=plan["node_label"],
+        mac=mac_bytes(plan["mac"]), uplink=plan.get("uplink", 0),
+        instances=tuple((spec["id"], spec.get("mode", "inline")) for spec in specs),
+        hop_dst_mac=bytes(dst_macs), peer_mac=bytes(peer_macs),
+        acl_rules=tuple(match_to_acl_rule(c["match"]) for c in classifiers),
+        class_hop=array("i", (index.get((c["spi"], SI_FIRST), -1) for c in classifiers)),
+        **cols)
+
+
+def consistent_slots(peers, slots=SLOTS):
+    """Which peer serves each of `slots` hash slots: weighted rendezvous
+    hashing, so a flow keeps its host when others join or leave or change
+    weight (only slots whose winner changed move)."""
+    out = []
+    for s in range(slots):
+        best, best_score = 0, None
+        for j, peer in enumerate(peers):
+            h = zlib.crc32(f"{peer['label']}/{s}".encode()) & 0xffffffff
+            u = (h + 0.5) / 4294967296.0
+            score = -peer.get("weight", 1.0) / math.log(u)
+            if best_score is None or score > best_score:
+                best, best_score = j, score
+        out.append(best)
+    return out
+
+
+def match_to_acl_rule(match):
+    """An OpenFlow-style chain match (see contracts.plan) as an Acl rule."""
+    proto = match.get("ip_proto")
+    sport = match.get("tcp_src", match.get("udp_src"))
+    dport = match.get("tcp_dst", match.get("udp_dst"))
+    if proto is None and ("tcp_src" in match or "tcp_dst" in match):
+        proto = 6
+    if proto is None and ("udp_src" in match or "udp_dst" in match):
+        proto = 17
+    return (proto, match.get("ipv4_src"), match.get("ipv4_dst"),
+            (sport, sport) if sport is not None else (0, 65535),
+            (dport, dport) if dport is not None else (0, 65535))

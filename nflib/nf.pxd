@@ -1,0 +1,180 @@
+# The NF library's interface: what an NF written in Cython cimports, and
+# nothing else (docs/nfs.md, "Writing an NF").  OpenNetVM's onvm_nflib.h is
+# to its NFs what this file is to ours.
+#
+# A packet is an rte_mbuf whose metadata (onvm_meta_of(m)) the fast path's
+# parser filled in: the 5-tuple `key` (network order), `flow_id` (the host's
+# flow table position, -1 if none), `l3_off` and `l4_off` (offsets of the IP
+# and TCP/UDP/ICMP headers in the frame; l4_off is 0 when there is none).
+# An NF gives each packet a verdict: ONVM_ACTION_NEXT (the default),
+# _DROP, _OUT (out of port meta.destination) or _TONF (to the local
+# instance meta.destination).
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
+from dpdk.rte_mbuf cimport (rte_mbuf, onvm_meta, onvm_flow_key, onvm_meta_of,
+    onvm_mtod, ONVM_FLOW_ENTRIES, ONVM_ACTION_DROP, ONVM_ACTION_NEXT,
+    ONVM_ACTION_TONF, ONVM_ACTION_OUT)
+from dpdk.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
+from dpdk.rte_hash cimport rte_hash, rte_hash_crc, rte_hash_iterate
+from dpdk.rte_acl cimport rte_acl_ctx, rte_acl_classify
+from nflib.eal cimport new_hash
+from nflib.flowtab cimport (ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
+    ftab_delete, ftab_sweep, ftab_live)
+
+cdef extern from "shim.h" nogil:
+    # Atomic pointer loads and stores, for tables the control thread swaps
+    # while the loop reads them.
+    void *onvm_load_ptr(void **p)
+    void onvm_store_ptr(void **p, void *v)
+
+
+# ------------------------------------------------------------- handlers
+
+# The whole batch: write each packet's verdict (onvm_meta_of(m).action).
+ctypedef void (*nf_batch_fn)(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil
+# One packet: return its verdict (set meta.destination for OUT and TONF).
+ctypedef uint8_t (*nf_packet_fn)(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil
+
+
+cdef struct nf_handlers_t:
+    nf_batch_fn batch       # either this,
+    nf_packet_fn packet     # or this, which the library calls per packet,
+    nf_batch_fn before      # after this (optional) once per batch
+    void *ctx               # the first argument of each
+
+
+cdef class NativeNF:
+    """Base of NFs written in Cython: a subclass fills `handlers` in its
+    constructor; the library runs them (inline in the manager's loop, or
+    in the NF's own process) without the GIL.  With `packet`, the library
+    calls the handler through a pointer per packet; an NF on the hot path
+    sets `batch` to a two-line function that calls each_packet (below) with
+    its handler, which the C compiler then inlines (see nfs/basic.pyx)."""
+    cdef nf_handlers_t handlers
+
+
+cdef int bind_nf(object nf, nf_batch_fn *fn, void **ctx) except -1
+
+
+cdef inline void each_packet(nf_packet_fn packet, void *ctx, rte_mbuf **pkts,
+                             unsigned n) noexcept nogil:
+    """The library's loop over a batch: `packet`'s verdict for each."""
+    cdef onvm_meta *meta
+    cdef unsigned i
+    for i in range(n):
+        meta = onvm_meta_of(pkts[i])
+        meta.action = packet(ctx, pkts[i], meta)
+cdef void run_packets(void *handlers, rte_mbuf **pkts, unsigned n) noexcept nogil
+
+
+cdef class Acl:
+    """An rte_acl context over struct onvm_flow_key; result = rule index + 1."""
+    cdef rte_acl_ctx *ctx
+    cdef readonly int nrules
+    cdef void classify(self, const uint8_t **data, uint32_t *results,
+                       unsigned n) noexcept nogil
+
+
+# ----------------------------------------------------------- bytes, L4
+
+cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
+    return (<uint16_t>p[0] << 8) | p[1]
+
+cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+cdef inline void wr16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xff
+
+cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v >> 24
+    p[1] = (v >> 16) & 0xff
+    p[2] = (v >> 8) & 0xff
+    p[3] = v & 0xff
+
+cdef inline uint16_t bswap16(uint16_t v) noexcept nogil:
+    """Network <-> host order of a 16-bit field read as a native integer
+    (the ports of onvm_flow_key)."""
+    return <uint16_t>(((v & 0xff) << 8) | (v >> 8))
+
+cdef inline uint32_t bswap32(uint32_t v) noexcept nogil:
+    return ((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >> 8) & 0xff00) | (v >> 24)
+
+
+cdef inline int pkt_l4(const onvm_meta *meta) noexcept nogil:
+    """Offset of the L4 header, or -1 for a packet without one (a non-first
+    IPv4 fragment)."""
+    return meta.l4_off if meta.l4_off else -1
+
+
+cdef inline uint16_t csum_step(uint16_t csum, uint16_t old, uint16_t new) noexcept nogil:
+    """HC' = ~(~HC + ~m + m') (RFC 1624, eqn. 3), on host-order words."""
+    cdef uint32_t s = (<uint32_t>(~csum & 0xffff)) + (~old & 0xffff) + new
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    return <uint16_t>(~s & 0xffff)
+
+
+cdef inline void csum_fix16(uint8_t *csum_p, uint16_t old, uint16_t new, bint udp) noexcept nogil:
+    """Update the checksum at csum_p for a 16-bit field changed old -> new.
+    UDP: a zero checksum means "none" and stays zero; a result of zero is
+    sent as 0xffff."""
+    cdef uint16_t c = rd16(csum_p)
+    if udp and c == 0:
+        return
+    c = csum_step(c, old, new)
+    if udp and c == 0:
+        c = 0xffff
+    wr16(csum_p, c)
+
+
+cdef inline void csum_fix32(uint8_t *csum_p, uint32_t old, uint32_t new, bint udp) noexcept nogil:
+    cdef uint16_t c = rd16(csum_p)
+    if udp and c == 0:
+        return
+    c = csum_step(c, old >> 16, new >> 16)
+    c = csum_step(c, old & 0xffff, new & 0xffff)
+    if udp and c == 0:
+        c = 0xffff
+    wr16(csum_p, c)
+
+
+cdef inline void set_ip(uint8_t *d, int l3, int l4, uint32_t length, int addr_off,
+                        uint32_t new) noexcept nogil:
+    """Rewrite the IPv4 source (addr_off 12) or destination (16) address,
+    fixing the IP checksum and the TCP/UDP checksum over the pseudo-header
+    (l4 < 0: no L4 header)."""
+    cdef uint8_t proto = d[l3 + 9]
+    cdef uint32_t old = rd32(d + l3 + addr_off)
+    wr32(d + l3 + addr_off, new)
+    csum_fix32(d + l3 + 10, old, new, False)
+    if l4 < 0:
+        return
+    if proto == 6 and length >= <uint32_t>l4 + 18:
+        csum_fix32(d + l4 + 16, old, new, False)
+    elif proto == 17 and length >= <uint32_t>l4 + 8:
+        csum_fix32(d + l4 + 6, old, new, True)
+
+
+cdef inline void set_port(uint8_t *d, int l3, int l4, uint32_t length, int port_off,
+                          uint16_t new) noexcept nogil:
+    """Rewrite the TCP/UDP source (port_off 0) or destination (2) port."""
+    cdef uint8_t proto = d[l3 + 9]
+    cdef uint16_t old = rd16(d + l4 + port_off)
+    wr16(d + l4 + port_off, new)
+    if proto == 6 and length >= <uint32_t>l4 + 18:
+        csum_fix16(d + l4 + 16, old, new, False)
+    elif proto == 17 and length >= <uint32_t>l4 + 8:
+        csum_fix16(d + l4 + 6, old, new, True)
+
+
+cdef inline int proto_slot(uint8_t proto, int other) noexcept nogil:
+    """0 for TCP, 1 for UDP, 2 for ICMP, `other` for the rest: the index of
+    per-protocol tables (port pools, timeouts)."""
+    if proto == 6:
+        return 0
+    if proto == 17:
+        return 1
+    if proto == 1:
+        return 2
+    return other

@@ -250,7 +250,8 @@ def scrape(url, proc):
             return resp.read().decode()
     except OSError:
         if proc.poll() is not None:
-            raise services.GaveUp(f"the agent exited with {proc.returncode}")
+            raise services.GaveUp(f"the agent exited with {proc.returncode}: "
+                                  f"{proc.stderr.read()[-2000:]}")
         return None
 
 

@@ -1,0 +1,283 @@
+"""The production deployment files of `deploy/` (docs/deploy.md) do what
+the docs say: the systemd units pass `systemd-analyze verify`, the env
+examples set every variable the units read, the three example etcd members
+form a cluster that grants the 1 s leases agents and controllers hold, and
+every metric the Grafana dashboard queries is one a live agent serves.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from scapy.all import IP, TCP, UDP, Ether, wrpcap
+
+from onvm import services
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEPLOY = os.path.join(REPO, "deploy")
+SYSTEMD = os.path.join(DEPLOY, "systemd")
+DASHBOARD = os.path.join(DEPLOY, "grafana", "onvm-cluster.json")
+INSTALLED_ONVM = "/opt/onvm-cluster/.venv/bin/onvm"
+ETCD_MEMBERS = ("m1", "m2", "m3")
+
+
+def read_env_file(path):
+    """KEY=VALUE lines as systemd's EnvironmentFile= and etcd read them."""
+    values = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                values[key] = value
+    return values
+
+
+# ------------------------------------------------------------ systemd units
+
+def unit_files():
+    return sorted(os.path.join(SYSTEMD, n) for n in os.listdir(SYSTEMD)
+                  if n.endswith((".service", ".socket")))
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    onvm = os.path.join(os.path.dirname(sys.executable), "onvm")
+    if not os.path.exists(onvm):
+        pytest.skip(f"{onvm} is missing: `make build` installs the onvm command")
+    units = []
+    for path in unit_files():
+        with open(path) as f:
+            text = f.read()
+        copy = tmp_path / os.path.basename(path)
+        copy.write_text(text.replace(INSTALLED_ONVM, onvm))
+        units.append(str(copy))
+    assert {os.path.basename(u) for u in units} >= {
+        "onvm-agent.service", "onvm-controller.service"}
+    proc = subprocess.run([analyze, "verify", *units], capture_output=True, text=True,
+                          timeout=60)
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines()
+            if str(tmp_path) in line or any(os.path.basename(u) in line for u in units)]
+    assert proc.returncode == 0 and not ours, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("unit, example", [
+    ("onvm-agent.service", "agent.env.example"),
+    ("onvm-controller.service", "controller.env.example")])
+def test_env_examples_set_every_variable_their_unit_reads(unit, example):
+    with open(os.path.join(SYSTEMD, unit)) as f:
+        text = f.read()
+    exec_start = re.search(r"^ExecStart=(.*)$", text, re.M).group(1)
+    used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", exec_start))
+    assert {"ONVM_STORE"} <= used
+    assert used == set(read_env_file(os.path.join(DEPLOY, example)))
+
+
+# ---------------------------------------------------------------- etcd
+
+def member_env(i, name, clients, peers, data_dir):
+    """deploy/etcd/NAME.etcd.env with its management addresses moved to
+    this machine's loopback and free ports."""
+    env = {}
+    for key, value in read_env_file(os.path.join(DEPLOY, "etcd", f"{name}.etcd.env")).items():
+        value = value.replace(",http://127.0.0.1:2379", "")   # each member its own port
+        for j, _ in enumerate(ETCD_MEMBERS):
+            value = (value.replace(f"192.0.2.1{j + 1}:2379", f"127.0.0.1:{clients[j]}")
+                     .replace(f"192.0.2.1{j + 1}:2380", f"127.0.0.1:{peers[j]}"))
+        assert "192.0.2." not in value, f"{name}: {key}={value}: an address the test does not map"
+        env[key] = value
+    env["ETCD_DATA_DIR"] = data_dir
+    return env
+
+
+def etcd_call(url, path, body):
+    request = urllib.request.Request(url + path, json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.load(resp)
+
+
+def etcd_healthy(url):
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=1) as resp:
+            return json.load(resp).get("health") == "true"
+    except OSError:
+        return False
+
+
+def test_example_etcd_members_form_a_cluster_that_keeps_1s_leases(tmp_path):
+    if not os.path.exists(services.ETCD_BIN):
+        pytest.skip(f"{services.ETCD_BIN} is not installed (apt-get install etcd-server)")
+    clients = [services.free_port() for _ in ETCD_MEMBERS]
+    peers = [services.free_port() for _ in ETCD_MEMBERS]
+    procs, logs = [], []
+    try:
+        for i, name in enumerate(ETCD_MEMBERS):
+            env = member_env(i, name, clients, peers, str(tmp_path / name))
+            logs.append(tmp_path / f"{name}.log")
+            with open(logs[-1], "wb") as log:
+                procs.append(subprocess.Popen(
+                    [services.ETCD_BIN], env={"PATH": os.environ["PATH"], **env},
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        urls = [f"http://127.0.0.1:{port}" for port in clients]
+        for url in urls:
+            services.wait_for(lambda: etcd_healthy(url), 30, f"example etcd member at {url}")
+        members = etcd_call(urls[0], "/v3/cluster/member/list", {})["members"]
+        assert sorted(m["name"] for m in members) == list(ETCD_MEMBERS)
+        # etcd raises a lease's TTL to its minimum: 1 here, 2 with its defaults
+        granted = etcd_call(urls[1], "/v3/lease/grant", {"TTL": 1})
+        assert int(granted["TTL"]) == 1
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    text = "".join(path.read_text(errors="replace") for path in logs)
+    for line in text.splitlines():
+        assert "unrecognized environment variable" not in line, line
+    assert '"auto-compaction-mode":"periodic"' in text
+    assert '"auto-compaction-retention":"1h0m0s"' in text
+    assert '"quota-size-bytes":8589934592' in text
+
+
+# ------------------------------------------------------------ the dashboard
+
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right",
+                   "bool", "offset", "and", "or", "unless", "inf", "nan"}
+
+
+def promql_metric_names(expr):
+    """The metric names a PromQL expression reads: what is left once label
+    matchers, ranges, grouping clauses, numbers, functions and keywords go."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)                 # strings
+    expr = re.sub(r"\{[^}]*\}", " ", expr)                           # matchers
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)                          # ranges
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)",
+                  " ", expr)
+    expr = re.sub(r"(?<![\w:])(\d+(ms|[smhdwy]))+(?![\w:])", " ", expr)  # durations
+    expr = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][+-]?\d+)?", " ", expr)   # numbers
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][\w:]*", expr):
+        rest = expr[match.end():].lstrip()
+        if rest.startswith("(") or match.group().lower() in PROMQL_KEYWORDS:
+            continue            # a function or aggregation, or a keyword
+        names.add(match.group())
+    return names
+
+
+def dashboard_queries(dashboard):
+    """Every PromQL of the dashboard: panel targets and query variables."""
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]["query"]
+            exprs.append(re.fullmatch(r"label_values\((.*),\s*\w+\)", query).group(1))
+    return exprs
+
+
+def test_promql_metric_names():
+    assert promql_metric_names(
+        'sum by (host, reason) (rate(onvm_drops_total{host=~"$host",reason!="x"}[1m])) / 1e6'
+    ) == {"onvm_drops_total"}
+    assert promql_metric_names(
+        'count(a_b{x="sum(y)"}) > 0 and on (host) max without (nf) (c:d_total)') == {
+            "a_b", "c:d_total"}
+    assert promql_metric_names("onvm_flows offset 5m") == {"onvm_flows"}
+
+
+def load_dashboard():
+    with open(DASHBOARD) as f:
+        return json.load(f)
+
+
+def test_dashboard_has_grafana_shape():
+    d = load_dashboard()
+    assert isinstance(d["schemaVersion"], int) and d["schemaVersion"] >= 36
+    assert d["uid"] and d["title"] and d["id"] is None
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["host"]["type"] == "query" and variables["host"]["multi"]
+    source = {"type": "prometheus", "uid": "${datasource}"}
+    assert variables["host"]["datasource"] == source
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids))
+    graphs = [p for p in d["panels"] if p["type"] != "row"]
+    assert len(graphs) >= 10
+    for p in d["panels"]:
+        pos = p["gridPos"]
+        assert pos["w"] > 0 and pos["h"] > 0 and pos["x"] + pos["w"] <= 24, p["title"]
+    for p in graphs:
+        assert p["type"] in ("timeseries", "stat"), p["title"]
+        assert p["datasource"] == source, p["title"]
+        assert p["targets"], p["title"]
+        assert len({t["refId"] for t in p["targets"]}) == len(p["targets"]), p["title"]
+        for t in p["targets"]:
+            assert t["datasource"] == source, p["title"]
+            assert 'host=~"$host"' in t["expr"], (p["title"], t["expr"])
+    titles = " ".join(p["title"] for p in graphs).lower()
+    for topic in ("mpps", "drops by reason", "ring occupancy", "instances per"):
+        assert topic in titles
+
+
+def agent_plan():
+    """h1 runs a firewall and a monitor on SPI 16, out of port 1."""
+    return {
+        "host": "h1", "generation": 1, "node_label": 16, "mac": "02:00:00:00:00:01",
+        "instances": [{"id": 1, "nf": "firewall",
+                       "config": {"rules_text": "deny tcp any any any 22\ndefault allow"}},
+                      {"id": 2, "nf": "monitor"}],
+        "classifiers": [{"spi": 16, "match": {"ipv4_dst": "10.0.1.0/24"}}],
+        "hops": [{"spi": 16, "si": 255, "local": 1}, {"spi": 16, "si": 254, "local": 2},
+                 {"spi": 16, "si": 253, "end": {"port": 1, "dst_mac": "02:00:00:00:00:04"}}],
+        "uplink": 1,
+    }
+
+
+def scrape(url, proc):
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.read().decode()
+    except OSError:
+        if proc.poll() is not None:
+            raise services.GaveUp(f"the agent exited with {proc.returncode}: "
+                                  f"{proc.stderr.read()[-2000:]}")
+        return None
+
+
+def test_every_dashboard_metric_is_served_by_a_live_agent(tmp_path):
+    wanted = set()
+    for expr in dashboard_queries(load_dashboard()):
+        wanted |= promql_metric_names(expr)
+    assert wanted and all(name.startswith("onvm_") for name in wanted), wanted
+    frames = ([Ether() / IP(dst="10.0.1.1") / UDP()] * 5
+              + [Ether() / IP(dst="10.0.1.1") / TCP(dport=22)] * 5)
+    wrpcap(str(tmp_path / "in.pcap"), frames)
+    (tmp_path / "plan.json").write_text(json.dumps(agent_plan()))
+    port = services.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onvm.cli", "agent", "--host", "h1", "--plan",
+         str(tmp_path / "plan.json"), "--seconds", "60", "--metrics-port", str(port),
+         "--", "--vdev", f"net_pcap0,rx_pcap={tmp_path}/in.pcap", "--vdev", "net_null0",
+         "--no-huge", "-m", "128", "--file-prefix", f"onvmdeploy{os.getpid()}"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        body = services.wait_for(lambda: scrape(f"http://127.0.0.1:{port}/metrics", proc),
+                                 30, "the agent's /metrics")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    served = {line.split("{")[0].split(" ")[0] for line in body.splitlines()
+              if line and not line.startswith("#")}
+    assert wanted <= served, f"dashboard queries {sorted(wanted - served)}; agent serves {sorted(served)}"

@@ -36,9 +36,10 @@ import time
 from typing import Dict, List, NamedTuple, Optional
 
 from contracts.model import Chain
-from contracts.store import CHAINS, HOSTS, STATS, NotLeader
+from contracts.store import CHAINS, HOSTS, STATS, NotLeader, StoreError
 from controller import flows
 from controller.livegraph import LiveFabric, describe
+from controller.liveness import Liveness
 from controller.moves import Moves
 from controller.placement import place, place_what_fits
 from controller.plans import host_load, host_plans, ingress_groups
@@ -47,6 +48,9 @@ from controller.view import ClusterView, chain_to_json
 log = logging.getLogger("onvm.core")
 
 STATS_REPLAN_SECONDS = 1.0
+# A vanished host key is believed after this long, so that keys vanishing
+# together (a store outage) are judged together (controller.liveness).
+SETTLE_SECONDS = 1.0
 DIRTY_KINDS = ((HOSTS, "hosts"), (CHAINS, "chains"), (STATS, "stats"))
 
 
@@ -93,10 +97,12 @@ class Decisions:
 class ClusterCore(ClusterView):
     """The cluster's state machine; see the module docstring."""
 
-    def __init__(self, topology, store, leader=None, lldp=False):
+    def __init__(self, topology, store, leader=None, lldp=False, liveness=None):
         """`leader`: the Election whose leadership guards plan writes (None:
         unguarded, for tests); `lldp`: switches also punt LLDP to the
-        controller (ryu.topology observes links)."""
+        controller (ryu.topology observes links); `liveness`: the policy
+        that decides which hosts are lost (controller.liveness.Liveness
+        with its defaults when None)."""
         self.topo = topology
         self.store = store
         self.leader = leader
@@ -108,6 +114,8 @@ class ClusterCore(ClusterView):
         self.asked = topology.with_chains([])  # every chain users asked for
         self.solve_ms = 0.0             # how long the last placement took
         self.alive = set()
+        self.liveness = liveness if liveness is not None else Liveness(settle_s=SETTLE_SECONDS)
+        self.held = {}                  # host -> why its vanished key is not believed
         self.unplaced = {}              # chain name -> why it could not be placed
         self.stats_warned = set()       # (host, problem) of stats already logged
         self.dirty = {"hosts", "chains"}
@@ -139,6 +147,7 @@ class ClusterCore(ClusterView):
             log.info("I lead now%s: writing plans and programming %d connected "
                      "switches", f" ({self.leader.name})" if self.leader else "",
                      len(self.connected))
+            self.liveness.leadership_gained(now)
             self._seed_chains()
             self.dirty |= {"hosts", "chains"}
             self.programmed.clear()
@@ -149,14 +158,21 @@ class ClusterCore(ClusterView):
         due_stats = "stats" in self.dirty and (
             self.last_stats_replan is None
             or now - self.last_stats_replan >= STATS_REPLAN_SECONDS)
+        if self.held and self._judged_alive(self.liveness.decide(now)) != self.alive:
+            self.dirty.add("hosts")     # a held host's time ran out, or it is back
         if self.dirty & {"hosts", "chains", "moves"} or due_stats:
             pending = set(self.dirty)
             self.dirty.clear()
             try:
                 self._replace(sorted(pending), out)
+            except StoreError:
+                self.liveness.store_unreachable(now)
+                self.dirty |= pending
+                raise
             except Exception:
                 self.dirty |= pending
                 raise
+            self.liveness.store_reachable(now)
             self.last_stats_replan = now
         if self.leading:
             out.sync = self._to_sync()
@@ -175,16 +191,32 @@ class ClusterCore(ClusterView):
         log.info("store had no chains: put the %d chains of %s",
                  len(self.topo.chains), self.topo.source)
 
+    def _judged_alive(self, decision):
+        """The hosts that serve by `decision` (controller.liveness): known,
+        reached by a switch; its notes go to the log."""
+        for note in decision.notes:
+            log.warning("%s", note)
+        self.held = dict(decision.held)
+        known = {h.name for h in self.topo.hosts}
+        return (set(decision.alive) & known) - set(self.fabric_cut)
+
     def _refresh_alive(self):
+        """Who serves now, by controller.liveness's rules: a host whose key
+        vanished is not believed lost while the store or this controller
+        was not healthy, or when too many vanish at once; a host no switch
+        reaches is lost at once (a server that fails takes its link down
+        long before its lease ends)."""
         registered = set(self.store.hosts())
         known = {h.name for h in self.topo.hosts}
         for name in sorted(registered - known):
             log.warning("agent %s registered in %s but %s has no such host: "
                         "ignored", name, HOSTS, self.topo.source)
-        # A host no switch reaches serves nothing, lease or not: a server
-        # that fails takes its link down at once, long before its lease ends.
         cut = set(self.fabric_cut) & known
-        alive = (registered & known) - cut
+        self.liveness.keys_now(registered & known, self.now)
+        for name in known:
+            self.liveness.port(name, up=name not in cut, now=self.now)
+        decision = self.liveness.decide(self.now)
+        alive = self._judged_alive(decision)
         for name in sorted(alive - self.alive):
             log.info("host %s is alive (agent registered, reachable)", name)
         for name in sorted(self.alive - alive):
@@ -192,8 +224,8 @@ class ClusterCore(ClusterView):
                 log.warning("host %s lost: no switch reaches it (its link is down)",
                             name)
             else:
-                log.warning("host %s lost (its %s key expired or was deleted)",
-                            name, HOSTS + name)
+                log.warning("host %s lost: %s", name, decision.lost.get(
+                    name, f"its {HOSTS + name} key expired or was deleted"))
         lost = self.alive - alive
         self.alive = alive
         return lost

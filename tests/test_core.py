@@ -5,10 +5,11 @@ connecting and their rule diffs, fabric events, and the rules it decides
 checked by pushing a chain's packets through them (controller.ofsim)."""
 import dataclasses
 import logging
+import re
 
 import pytest
 
-from contracts.store import Election, open_store
+from contracts.store import Election, StoreError, open_store
 from controller import flows, topogen
 from controller.core import STATS_REPLAN_SECONDS, ClusterCore
 from controller.ofsim import FabricSim, rule_kinds
@@ -45,8 +46,14 @@ class Loop:
             self.core.store_changed("/onvm/hosts/" + name)
 
     def lose(self, name):
+        """Its key goes; the next step believes it (controller.liveness):
+        one step sees the key gone and holds the host, then the clock moves
+        past the leadership grace and the settle time."""
         self.leases.pop(name).stop(revoke=True)
         self.core.store_changed("/onvm/hosts/" + name)
+        self.step()
+        assert name in self.core.held
+        self.now += self.core.liveness.grace_s + self.core.liveness.settle_s
 
     def first_nf_hosts(self, chain):
         return {h for (h, _), _ in self.core.current.hops[chain][0]}
@@ -103,7 +110,8 @@ def test_a_lost_host_is_re_placed_and_its_plan_deleted(loop, caplog):
     assert decisions.deleted == [victim] and victim not in loop.store.plans()
     assert loop.first_nf_hosts("web1") == {survivor}
     assert decisions.written[survivor] == before[survivor]["generation"] + 1
-    assert f"host {victim} lost (its /onvm/hosts/{victim} key expired" in caplog.text
+    assert (f"host {victim} lost: its key expired or was deleted while the store "
+            "and this controller were healthy") in caplog.text
     assert f"on {survivor}: {victim} lost;" in caplog.text
 
 
@@ -287,3 +295,49 @@ def test_chains_not_placed_are_dropped_at_their_ingress_never_forwarded(loop, to
     assert fabric.switches[ingress.switch].process(web_packet(chain), ingress.port,
                                                    trace) == []
     assert trace == [(ingress.switch, 0, "chain_drop")]
+
+
+def test_all_keys_vanishing_at_once_evicts_nobody(loop, caplog):
+    """A store hiccup that ends every lease (issue 10): the hosts' keys all
+    go within a second, with no data-plane evidence; nobody is evicted, no
+    plan is deleted, and the log says why."""
+    loop.register("h1", "h2", "h3", "h4")
+    loop.step()
+    loop.now += loop.core.liveness.grace_s + 1        # past the leadership grace
+    plans = loop.store.plans()
+    with caplog.at_level(logging.INFO):
+        for name in ("h1", "h2", "h3", "h4"):
+            loop.leases.pop(name).stop(revoke=True)
+            loop.core.store_changed("/onvm/hosts/" + name)
+        for _ in range(40):                            # 10 s of steps
+            decisions = loop.step()
+            assert not decisions.deleted
+    assert loop.core.alive == {"h1", "h2", "h3", "h4"}
+    assert loop.store.plans() == plans
+    assert "nothing is evicted" in caplog.text
+    assert not re.search(r"host h\d lost:", caplog.text)
+    loop.register("h1", "h2", "h3", "h4")             # they register again
+    loop.step()
+    assert loop.core.held == {}
+
+
+def test_keys_that_vanish_during_a_store_outage_are_held(loop, monkeypatch):
+    loop.register("h1", "h3")
+    loop.step()
+    loop.now += loop.core.liveness.grace_s + 1
+    loop.step()
+    real = loop.store.hosts
+
+    def down():
+        raise StoreError("memory://: etcd does not answer (test)")
+    monkeypatch.setattr(loop.store, "hosts", down)
+    loop.core.store_changed("/onvm/hosts/h1")
+    with pytest.raises(StoreError):
+        loop.step()
+    loop.leases.pop("h1").stop(revoke=True)          # its lease ended meanwhile
+    monkeypatch.setattr(loop.store, "hosts", real)
+    loop.step()                                      # the store answers again
+    assert "h1" in loop.core.held and "h1" in loop.core.alive
+    loop.now += loop.core.liveness.grace_s + loop.core.liveness.settle_s
+    decisions = loop.step()                          # grace over, one host gone: lost
+    assert decisions.deleted == ["h1"] and loop.core.alive == {"h3"}

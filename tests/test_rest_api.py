@@ -40,8 +40,13 @@ class Cluster:
         self.core.store_changed("/onvm/hosts/")
 
     def lose(self, host):
+        """Its key goes, and the clock moves past the liveness policy's
+        grace and settle times (controller.liveness), so the next step
+        believes it."""
         self.leases.pop(host).stop(revoke=True)
         self.core.store_changed("/onvm/hosts/" + host)
+        self.step()
+        self.now += self.core.liveness.grace_s + self.core.liveness.settle_s
 
 
 def _cluster(topo, store, hosts=("h1", "h2")):

@@ -13,6 +13,8 @@ Everything above imports from here and nothing here imports from above:
 
 Modules: `model` (the data center as frozen values), `wire` (constants of
 the label stack, DESIGN.md "Wire format"), `plan` (a host's plan and its
-checks), `store` (the keys of DESIGN.md in etcd, and their client).
+checks), `store` (the keys of DESIGN.md in etcd, and their client, with
+`store_api`, `store_etcd` and `store_memory` behind it), `validate` (the
+one validation style: every error collected with its place).
 """
 __version__ = "0.1.0"

@@ -36,8 +36,8 @@ instance's state (`export_state()`) and publish it with its stats;
 `"state": {...}` (or null) is a snapshot the new instance takes
 (`import_state()`) before it gets its first packet.
 
-This module does not forward anything: `Manager.apply_plan` in
-host_agent/fastpath.pyx compiles a checked plan into the fast path's tables.
+This module does not forward anything: `host_agent/tables.py` compiles a
+checked plan into flat tables, which `Manager.apply_plan` loads.
 """
 from __future__ import annotations
 

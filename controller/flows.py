@@ -1,9 +1,10 @@
 """The OpenFlow 1.3 rules every switch of the fabric should hold, as plain
 data, and the difference between those and what a switch holds now.
 
-This module decides; it never talks to a switch and never imports Ryu (the
-app in `controller.apps.chain_manager` turns these specs into Ryu messages,
-`controller.ofsim` pushes packets through them in tests).
+This module decides; it never talks to a switch and never imports Ryu
+(`controller.ofmsgs` turns these specs into Ryu messages for the app in
+`controller.apps.chain_manager`; `controller.ofsim` pushes packets through
+them in tests).
 
 Table layout (the same on every switch):
 

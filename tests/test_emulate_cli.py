@@ -206,8 +206,12 @@ def test_emulate_json_survives_a_store_that_stops_answering():
     assert any("the store answers again" in e for e in summary["events"])
 
 
-def test_runnable_topology_leaves_out_chains_whose_nf_refuses_its_config(tmp_path):
-    from controller.topology import load_topology
+def test_a_catalog_config_the_nf_refuses_stops_the_run_before_anything_starts(tmp_path):
+    """onvm topo validate checks every catalog config the way agents will
+    (nfs.configs), so the demo and the failover bench refuse such a
+    topology at once, naming the catalog line and the rule line, instead
+    of starting agents that would refuse their plans."""
+    from controller.topology import TopologyError
     from onvm.catalog import runnable_topology
     (tmp_path / "rules").mkdir()
     with open(os.path.join(REPO, "topologies", "rules", "minimal-fw.rules")) as f:
@@ -222,15 +226,11 @@ def test_runnable_topology_leaves_out_chains_whose_nf_refuses_its_config(tmp_pat
              "     match: {ipv4_dst: 10.0.0.1/32, ip_proto: 6, tcp_dst: 25}}\n")
     path = tmp_path / "two.yaml"
     path.write_text(text)
-    said = []
-    out = runnable_topology(str(path), said.append)
-    try:
-        assert [c.name for c in load_topology(out).chains] == ["web"]
-    finally:
-        os.unlink(out)
-    assert len(said) == 1 and said[0].startswith(
-        f"chain mail left out: NF ids refuses the catalog's config in {path}: "), said
-    assert "bad.rules" in said[0]
+    line = text.splitlines().index("  ids: {cores: 1, mpps: 1, config: rules/bad.rules}") + 1
+    with pytest.raises(TopologyError) as err:
+        runnable_topology(str(path), lambda said: None)
+    assert str(err.value).startswith(
+        f"{path}:{line}: nfs.ids.config: {tmp_path}/rules/bad.rules:1: expected ")
 
 
 class _Store:

@@ -128,6 +128,7 @@ class ClusterCore(ClusterView):
         self._desired_cache = None
         self.desired = self._desired()
         self.names = {sw.dpid: sw.name for sw in topology.switches}
+        self.known = frozenset(h.name for h in topology.hosts)
 
     # ------------------------------------------------------------ inputs
     def store_changed(self, key):
@@ -197,8 +198,7 @@ class ClusterCore(ClusterView):
         for note in decision.notes:
             log.warning("%s", note)
         self.held = dict(decision.held)
-        known = {h.name for h in self.topo.hosts}
-        return (set(decision.alive) & known) - set(self.fabric_cut)
+        return (set(decision.alive) & self.known) - set(self.fabric_cut)
 
     def _refresh_alive(self):
         """Who serves now, by controller.liveness's rules: a host whose key
@@ -207,13 +207,12 @@ class ClusterCore(ClusterView):
         reaches is lost at once (a server that fails takes its link down
         long before its lease ends)."""
         registered = set(self.store.hosts())
-        known = {h.name for h in self.topo.hosts}
-        for name in sorted(registered - known):
+        for name in sorted(registered - self.known):
             log.warning("agent %s registered in %s but %s has no such host: "
                         "ignored", name, HOSTS, self.topo.source)
-        cut = set(self.fabric_cut) & known
-        self.liveness.keys_now(registered & known, self.now)
-        for name in known:
+        cut = set(self.fabric_cut) & self.known
+        self.liveness.keys_now(registered & self.known, self.now)
+        for name in self.known:
             self.liveness.port(name, up=name not in cut, now=self.now)
         decision = self.liveness.decide(self.now)
         alive = self._judged_alive(decision)
@@ -404,15 +403,14 @@ class ClusterCore(ClusterView):
         impact = describe(before, self.desired)
         for change in routing:
             log.warning("%s: %s; %s", change.text, change.effect, impact)
-        hosts = {h.name for h in self.topo.hosts}
         for name in self.fabric_cut:
             if name not in cut_before:
                 log.warning("%s unreachable: no switch reaches it now%s",
                             self._place_name(name),
-                            "; re-placing what it ran" if name in hosts else "")
+                            "; re-placing what it ran" if name in self.known else "")
         for name in sorted(cut_before - set(self.fabric_cut)):
             log.info("%s reachable again", self._place_name(name))
-        if (cut_before ^ set(self.fabric_cut)) & hosts:
+        if (cut_before ^ set(self.fabric_cut)) & self.known:
             self.dirty.add("hosts")
         parts = self.fabric.parts()
         if len(parts) > 1:

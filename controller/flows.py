@@ -460,13 +460,18 @@ def _misses():
             flow(TABLE_SEND, 0, "miss", {})]
 
 
+def assemble(drops, classifiers, transport, plain, groups) -> SwitchRules:
+    """One switch's rules from its parts, in the one order every compile
+    (this module's and controller.rulebook's) gives them."""
+    return SwitchRules(list(drops) + list(classifiers) + list(transport)
+                       + list(plain) + fixed_rules(), list(groups))
+
+
 def rules_for_switch(topo, routes, switch, ingress_groups) -> SwitchRules:
     """The rules of one switch; `routes` is routes(topo, graph)."""
     transport, groups, how = transport_rules(topo, routes, switch)
-    classifiers = _classifiers(topo, switch, ingress_groups, how)
-    flows = (edge_drops(topo, switch) + classifiers + transport
-             + plain_rules(topo, routes, switch) + fixed_rules())
-    return SwitchRules(flows, groups)
+    return assemble(edge_drops(topo, switch), _classifiers(topo, switch, ingress_groups, how),
+                    transport, plain_rules(topo, routes, switch), groups)
 
 
 def switch_rules(topo, graph, ingress_groups) -> Dict[int, SwitchRules]:

@@ -99,9 +99,8 @@ class RuleBook:
             if held is not None and held[0] == key:
                 out[sw.dpid] = held[1]
                 continue
-            rules = flows.SwitchRules(
-                part.drops + [f for c in chain_parts for f in c.flows] + part.transport
-                + part.plain + flows.fixed_rules(), list(part.groups))
+            rules = flows.assemble(part.drops, [f for c in chain_parts for f in c.flows],
+                                   part.transport, part.plain, part.groups)
             # the parts stay referenced while their ids are in the key
             self._assembled[sw.dpid] = (key, rules, part, chain_parts)
             out[sw.dpid] = rules

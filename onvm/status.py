@@ -23,6 +23,7 @@ import time
 from typing import Dict
 
 from contracts.store import LEADER
+from contracts.wire import SI_FIRST
 
 
 def _number(value, default=0):
@@ -70,7 +71,7 @@ def cluster_status(store) -> dict:
             for hop in (plan or {}).get("hops", []):
                 if hop.get("spi") != spi or "local" not in hop:
                     continue
-                j = 255 - hop.get("si", 0)
+                j = SI_FIRST - hop.get("si", 0)
                 if not 0 <= j < len(nfs):
                     continue
                 inst = host_stats.get(str(hop["local"])) or {}

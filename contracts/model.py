@@ -50,6 +50,17 @@ class Edge:
 
 
 @dataclasses.dataclass(frozen=True)
+class Server:
+    """An application server: a plain machine that runs no agent, outside
+    the trust boundary like an edge (it may only answer)."""
+    name: str
+    switch: str
+    port: int
+    mac: str
+    ip: str            # with prefix length, as in the file
+
+
+@dataclasses.dataclass(frozen=True)
 class NFType:
     """Catalog entry: what one instance of this NF type needs and serves."""
     name: str
@@ -62,11 +73,13 @@ class NFType:
 class Chain:
     name: str
     ingress: str                   # an edge name
-    egress: str                    # a host or an edge name
+    egress: str                    # a host, an edge or a server name (a pool's first)
     match: Mapping[str, object]    # OpenFlow-style match fields
     nfs: Tuple[str, ...]
     mpps: float
     spi: int                       # service path id, FIRST_SPI.. in file order
+    symmetric: bool = False        # replies come back through the same instances
+    pool: Tuple[str, ...] = ()     # the servers of a pool egress (egress is the first)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +95,7 @@ class Topology:
     # What its check could not vouch for (an NF config nobody here can
     # check), as `FILE:LINE: warning: ...`; not part of the topology's value.
     warnings: Tuple[str, ...] = dataclasses.field(default=(), compare=False)
+    servers: Tuple[Server, ...] = ()   # application servers (no agent)
 
     @functools.cached_property
     def _index(self):
@@ -89,7 +103,8 @@ class Topology:
         per (frozen) topology; `with_chains`/`without_hosts` give new ones."""
         index = {}
         for kind, values in (("host", self.hosts), ("switch", self.switches),
-                             ("edge", self.edges), ("chain", self.chains)):
+                             ("edge", self.edges), ("chain", self.chains),
+                             ("server", self.servers)):
             by_name = index[kind] = {}
             for value in values:            # the first of a name wins, as in the file
                 by_name.setdefault(value.name, value)
@@ -103,6 +118,9 @@ class Topology:
 
     def edge(self, name: str) -> Edge:
         return self._index["edge"][name]
+
+    def server(self, name: str) -> Server:
+        return self._index["server"][name]
 
     def chain(self, name: str) -> Chain:
         return self._index["chain"][name]

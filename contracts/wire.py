@@ -18,3 +18,13 @@ MPLS_TTL = 64            # TTL of every label the fabric pushes
 FIRST_NODE_LABEL = 16
 FIRST_SPI = 16
 MAX_LABEL = (1 << 20) - 1
+
+# A symmetric chain's replies travel their own service path, whose SPI is the
+# chain's with this bit set; chains' own SPIs stay below it.
+REVERSE_SPI_BIT = 1 << 19
+MAX_CHAIN_SPI = REVERSE_SPI_BIT - 1
+
+
+def reverse_spi(spi):
+    """The SPI of the reply path of the chain whose SPI is `spi`."""
+    return spi | REVERSE_SPI_BIT

@@ -92,7 +92,7 @@ class _Stop:
         signal.signal(signal.SIGINT, handler)
 
 
-def _read_rate(path, default):
+def read_rate(path, default):
     try:
         with open(path) as f:
             return float(f.read().strip())
@@ -138,7 +138,7 @@ def send(iface, frames_path, status_path, rate_path, spi, pps):
     while not _Stop.flag:
         now = time.time()
         if now - last_rate >= 0.5:
-            new = _read_rate(rate_path, pps)
+            new = read_rate(rate_path, pps)
             if new != pps:
                 pps, due_from, due_count = new, now, 0
             if _mtime(frames_path) != version:

@@ -1,0 +1,122 @@
+"""onvm.web on loopback: the HTTP server and the TCP client the emulation
+runs in its namespaces, as real processes and sockets."""
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from onvm import procs, web
+from onvm.services import free_port, wait_for
+from onvm.traffic import read_status
+
+
+def test_body_is_deterministic_names_the_server_and_has_the_length_asked():
+    assert web.body("web1", 5000) == web.body("web1", 5000)
+    assert len(web.body("web1", 5000)) == 5000 and len(web.body("web1", 0)) == 0
+    assert web.body("web1", 100).startswith(b"web1 serves byte 0\n")
+    assert web.body("web1", 100) != web.body("web2", 100)
+
+
+def test_check_accepts_only_the_full_correct_body():
+    good = (b"HTTP/1.0 200 OK\r\nX-Onvm-Server: web1\r\nX-Onvm-Client: 1.2.3.4:5\r\n\r\n"
+            + web.body("web1", 300))
+    assert web.check("/300", good) == ("web1", "1.2.3.4")
+    with pytest.raises(ValueError, match="body of 299 bytes, not 300"):
+        web.check("/300", good[:-1])
+    with pytest.raises(ValueError, match="wrong body bytes"):
+        web.check("/300", good[:-1] + b"?")
+    with pytest.raises(ValueError, match="HTTP 404"):
+        web.check("/300", b"HTTP/1.0 404 Not Found\r\n\r\n")
+    with pytest.raises(ValueError, match="no end of headers"):
+        web.check("/300", b"HTTP/1.0 200 OK\r\n")
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    status = str(tmp_path / "server.json")
+    stop = threading.Event()
+    t = threading.Thread(target=web.serve, args=("web1", [port], status, "127.0.0.1", stop))
+    t.start()
+    wait_for(lambda: socket.create_connection(("127.0.0.1", port)).close() or True, 10,
+             "the server to listen")
+    yield port, status
+    stop.set()
+    t.join(10)
+
+
+def test_client_gets_full_bodies_counts_servers_and_what_they_saw(server, tmp_path):
+    port, server_status = server
+    status = web.get("127.0.0.1", port, "/70000", str(tmp_path / "client.json"),
+                     rate=200, count=30)
+    assert status["ok"] == 30 and status["failed"] == 0, status
+    assert status["servers"] == {"web1": 30}
+    assert status["seen_as"] == {"127.0.0.1": 30}
+    wait_for(lambda: (read_status(server_status) or {}).get("served") == 30, 5,
+             "the server's count of 30")
+    assert read_status(server_status)["clients"] == {"127.0.0.1": 30}
+
+
+def test_server_answers_id_as_root(server, tmp_path):
+    port, _ = server
+    status = web.get("127.0.0.1", port, web.ID_PATH, str(tmp_path / "c.json"), rate=50,
+                     count=1)
+    assert status["ok"] == 1
+    raw = web.fetch("127.0.0.1", port, web.ID_PATH)
+    assert raw.endswith(b"uid=0(root) gid=0(root) groups=0(root)\n")
+
+
+def test_client_counts_refused_connections_as_failed(tmp_path):
+    status = web.get("127.0.0.1", free_port(), "/10", str(tmp_path / "c.json"), rate=100,
+                     count=5, timeout=2)
+    assert status["ok"] == 0 and status["failed"] == 5
+    assert "ConnectionRefusedError" in status["errors"][0]
+
+
+def test_server_that_sends_a_short_body_fails_the_check(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def liar():
+        for _ in range(3):
+            conn, _ = listener.accept()
+            conn.recv(1000)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nX-Onvm-Server: web1\r\n\r\n"
+                         + web.body("web1", 99))
+            conn.close()
+    threading.Thread(target=liar, daemon=True).start()
+    status = web.get("127.0.0.1", listener.getsockname()[1], "/100",
+                     str(tmp_path / "c.json"), rate=50, count=3)
+    listener.close()
+    assert status["ok"] == 0 and status["failed"] == 3
+    assert "body of 99 bytes, not 100" in status["errors"][0]
+
+
+def test_processes_run_report_and_stop_on_sigterm(tmp_path):
+    port = free_port()
+    sstat, cstat, rate = (str(tmp_path / n) for n in ("s.json", "c.json", "rate"))
+    env = procs.child_env()
+    srv = subprocess.Popen([sys.executable, "-m", "onvm.web", "serve", "--name", "web9",
+                            "--port", str(port), "--status", sstat], cwd=procs.REPO, env=env)
+    cli = None
+    try:
+        wait_for(lambda: read_status(sstat), 15, "the server's first status")
+        with open(rate, "w") as f:
+            f.write("20")
+        cli = subprocess.Popen([sys.executable, "-m", "onvm.web", "get", "--dst", "127.0.0.1",
+                                "--port", str(port), "--path", "/3000", "--rate", "0",
+                                "--rate-file", rate, "--status", cstat],
+                               cwd=procs.REPO, env=env)
+        wait_for(lambda: (read_status(cstat) or {}).get("ok", 0) >= 5, 20,
+                 "5 connections through the client process")
+        procs.stop(cli, "the client")
+        final = read_status(cstat)
+        assert final["done"] and final["failed"] == 0 and final["servers"]["web9"] == final["ok"]
+    finally:
+        procs.stop(cli, "the client")
+        procs.stop(srv, "the server")
+    assert read_status(sstat)["done"]

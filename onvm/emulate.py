@@ -5,12 +5,16 @@ One emulation starts, in the caller's (private, see onvm.netns) network
 namespace: a local etcd, a private Open vSwitch (userspace datapath),
 Mininet built from the topology file (switches with the file's dpids and
 port numbers, one Mininet host per DPDK host with the file's MAC and IP,
-one Mininet host per edge as the outside world), the controller (ryu-manager
+one Mininet host per edge as the outside world, one per application server
+with the file's MAC and IP, set up as onvm.webplan says), the controller (ryu-manager
 with the onvm apps on free ports), one agent inside each host's namespace
 (DPDK `net_af_packet` on the host's interface; it sleeps `idle_us` when no
 packet comes, since the hosts share the machine's cores), and a paced sender
 at each chain's ingress edge with a counting sink at each egress
-(`onvm.traffic`).  Tests change what a sender sends while it runs:
+(`onvm.traffic`), except for chains that carry TCP to a server or a
+pool: those get real TCP instead, an HTTP server on each server and a
+client at the ingress edge opening connections at a set rate (`onvm.web`,
+`http()` for a client of a test's own).  Tests change what a sender sends while it runs:
 `set_flows` (which flows, with what payload) and `set_pps` / `raise_rate`
 (how fast).  `status()` is one snapshot, per chain and per host.
 
@@ -40,7 +44,7 @@ from contracts.store import LEADER, open_store
 from contracts.wire import SI_FIRST
 from controller.plans import edge_mac
 from controller.topology import load_topology
-from onvm import procs, services
+from onvm import procs, services, webplan
 from onvm.errors import EmulationError
 from onvm.frames import chain_frames, default_flows
 from onvm.netns import StoreForwarder
@@ -53,6 +57,13 @@ __all__ = ["Emulation", "EmulationError", "run_prefix", "default_flows"]
 PPS_PER_MPPS = 100          # emulated packets a second per Mpps a chain asks for
 IDLE_US = 200               # agents sleep this long when idle: hosts share two cores
 STATS_FRESH_S = 3.0         # an agent's stats older than this show no instances
+
+
+def write_atomic(path, text):
+    """Replace a file's content at once (readers see the old or the new)."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def run_prefix():
@@ -89,6 +100,9 @@ class Emulation:
         self.agents = {}            # host name -> Popen
         self.senders = {}           # chain name -> Popen
         self.sinks = {}             # place name -> Popen
+        self.web_servers = {}       # server name -> Popen (onvm.web serve)
+        self.clients = {}           # chain name -> Popen (onvm.web get)
+        self.client_plans = {c.chain: c for c in webplan.clients(self.topo)}
         self.nodes = {}             # topology name -> Mininet node
         self.intf = {}              # topology name -> interface name in its node
         self.killed = set()         # hosts failed on purpose (fail_host, kill_agent, ...)
@@ -197,6 +211,9 @@ class Emulation:
         for i, e in enumerate(self.topo.edges):
             node = net.addHost(self._node_name("e", i), ip=None, mac=edge_mac(e.name))
             self._attach(node, e.name, switches[e.switch], e.port)
+        for i, s in enumerate(self.topo.servers):
+            node = net.addHost(self._node_name("v", i), ip=s.ip, mac=s.mac)
+            self._attach(node, s.name, switches[s.switch], s.port)
         for link in self.topo.links:
             (a, ia), (b, ib) = switches[link.a], switches[link.b]
             net.addLink(a, b, port1=link.a_port, port2=link.b_port,
@@ -209,8 +226,21 @@ class Emulation:
             node.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
                      "net.ipv6.conf.default.disable_ipv6=1")
             node.cmd(f"ip link set {self.intf[name]} up")
+        for s in self.topo.servers:
+            self._node_cmds(s.name, webplan.server_setup(self.intf[s.name]))
+        for e in self.topo.edges:
+            self._node_cmds(e.name, webplan.edge_setup(
+                self.intf[e.name], [c for c in self.client_plans.values() if c.edge == e.name]))
         return (f"{len(self.topo.switches)} switches, {len(self.topo.hosts)} hosts, "
-                f"{len(self.topo.edges)} edges, {len(self.topo.links)} links")
+                f"{len(self.topo.edges)} edges, {len(self.topo.servers)} servers, "
+                f"{len(self.topo.links)} links")
+
+    def _node_cmds(self, name, cmds):
+        """Run shell commands in a node's namespace; EmulationError on the first that fails."""
+        for cmd in cmds:
+            out = self.nodes[name].cmd(cmd + " 2>&1; echo rc=$?").strip()
+            if not out.endswith("rc=0"):
+                raise EmulationError(f"in the namespace of {name}: `{cmd}` failed: {out}")
 
     def _attach(self, node, name, switch, port):
         sw, index = switch
@@ -279,10 +309,72 @@ class Emulation:
         self.say(f"plans applied on {len(self.store.plans())} hosts")
 
     def _start_traffic(self):
+        for name, ports in webplan.server_ports(self.topo).items():
+            cmd = [sys.executable, "-m", "onvm.web", "serve", "--name", name,
+                   "--status", self.file(f"web-{name}.json")]
+            for port in ports:
+                cmd += ["--port", str(port)]
+            self.web_servers[name] = self._spawn(self.nodes[name].popen, cmd, f"web-{name}.log")
         for chain in self.topo.chains:
+            if chain.name in self.client_plans:
+                continue            # its traffic is real TCP, started below
             self._start_sink(chain.egress)
             self._start_sender(chain)
-        return f"{len(self.senders)} senders, {len(self.sinks)} sinks"
+        if self.web_servers:
+            wait_for(lambda: self._check_alive() or all(
+                read_status(self.file(f"web-{n}.json")) for n in self.web_servers),
+                30, "the HTTP servers to listen")
+        for plan in self.client_plans.values():
+            self._start_client(plan)
+        return (f"{len(self.senders)} senders, {len(self.sinks)} sinks, "
+                f"{len(self.web_servers)} HTTP servers, {len(self.clients)} TCP clients")
+
+    def _start_client(self, plan):
+        self.set_connection_rate(plan.chain, plan.rate)
+        cmd = [sys.executable, "-m", "onvm.web", "get", "--dst", plan.dst,
+               "--port", str(plan.port), "--src", plan.src, "--rate", "0",
+               "--rate-file", self.file(f"tcprate-{plan.chain}"),
+               "--status", self.file(f"tcp-{plan.chain}.json")]
+        self.clients[plan.chain] = self._spawn(self.nodes[plan.edge].popen, cmd,
+                                               f"tcp-{plan.chain}.log")
+
+    def set_connection_rate(self, chain, per_s):
+        """The TCP connections a second chain's client opens (0 pauses it)."""
+        write_atomic(self.file(f"tcprate-{chain}"), str(per_s))
+
+    def pause_traffic(self):
+        """Pause every sender and TCP client (for exact final counts)."""
+        for chain in self.topo.chains:
+            self.set_pps(chain.name, 0)
+        for chain in self.clients:
+            self.set_connection_rate(chain, 0)
+
+    def http(self, chain, count, rate=20.0, path="/2000", timeout=60.0):
+        """Run a TCP client of `chain` (as its own, from its ingress edge, with
+        the same source address) for `count` connections to the chain's
+        destination, one GET of `path` each; returns its final status
+        ({"ok", "failed", "servers", "seen_as", "errors", ...})."""
+        plan = self.client_plans[chain]
+        status = self.file(f"http-{chain}-{time.monotonic_ns()}.json")
+        cmd = [sys.executable, "-m", "onvm.web", "get", "--dst", plan.dst,
+               "--port", str(plan.port), "--src", plan.src, "--rate", str(rate),
+               "--count", str(count), "--path", path, "--status", status]
+        proc = self._spawn(self.nodes[plan.edge].popen, cmd, f"http-{chain}.log")
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            procs.stop(proc, f"the HTTP client of {chain}")
+        return read_status(status) or {}
+
+    def web_server(self, name):
+        """What HTTP server `name` reports: {"served", "clients": {ip: n}, ...}."""
+        return read_status(self.file(f"web-{name}.json")) or {}
+
+    def tcp(self, chain):
+        """What chain's TCP client reports, or None without one."""
+        if chain not in self.clients:
+            return None
+        return read_status(self.file(f"tcp-{chain}.json")) or {"ok": 0, "failed": 0}
 
     def _start_sink(self, place):
         if place in self.sinks:
@@ -308,15 +400,10 @@ class Emulation:
         chain_frames) from now on; it picks them up within half a second and
         counts per flow afresh (`sent(name)["per_frame"]`, in this order)."""
         chain = self.topo_chain(name)
-        try:
-            dst_mac = self.topo.host(chain.egress).mac
-        except KeyError:
-            dst_mac = edge_mac(chain.egress)
+        places = {p.name: p.mac for p in self.topo.hosts + self.topo.servers}
+        dst_mac = places.get(chain.egress) or edge_mac(chain.egress)
         frames = chain_frames(chain, edge_mac(chain.ingress), dst_mac, flows)
-        path = self.file(f"frames-{name}.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump([fr.hex() for fr in frames], f)
-        os.replace(path + ".tmp", path)
+        write_atomic(self.file(f"frames-{name}.json"), json.dumps([fr.hex() for fr in frames]))
 
     def pps(self, mpps):
         return max(10.0, round(mpps * self.pps_per_mpps, 1))
@@ -327,10 +414,7 @@ class Emulation:
     def set_pps(self, chain, pps):
         """The sender's rate in packets a second (0 pauses it), read within
         half a second."""
-        path = self.file(f"rate-{chain}")
-        with open(path + ".tmp", "w") as f:
-            f.write(str(pps))
-        os.replace(path + ".tmp", path)
+        write_atomic(self.file(f"rate-{chain}"), str(pps))
 
     # -- watching ----------------------------------------------------------
     def _check_alive(self):
@@ -344,12 +428,15 @@ class Emulation:
         is told once): the controller's or an agent's exit is an event of the
         run (fail-static: traffic may well go on), a sender's or a sink's
         ends it (nothing is measured any more): EmulationError."""
-        for what, children in (("sender", self.senders), ("sink", self.sinks)):
+        for what, children, log in (("traffic sender", self.senders, "send"),
+                                    ("traffic sink", self.sinks, "sink"),
+                                    ("HTTP server", self.web_servers, "web"),
+                                    ("TCP client", self.clients, "tcp")):
             for name, proc in children.items():
                 if proc.poll() is not None:
-                    raise EmulationError(f"the traffic {what} for {name} exited with "
+                    raise EmulationError(f"the {what} for {name} exited with "
                                          f"{proc.returncode}; its log: "
-                                         f"{self.file(f'{what[:4]}-{name}.log')}")
+                                         f"{self.file(f'{log}-{name}.log')}")
         found = []
         parts = [("the controller", self.controller, "controller.log")] + [
             (f"the agent of {name}", proc, f"agent-{name}.log")
@@ -411,6 +498,12 @@ class Emulation:
                 "lost": max(0, s.get("sent", 0) - r.get("received", 0)),
                 "latency_ms": r.get("latency_ms"), "gaps": r.get("gaps", []),
                 "nfs": placement[chain.name]}
+            tcp = self.tcp(chain.name)
+            if tcp is not None:
+                chains[chain.name]["tcp"] = {
+                    k: tcp.get(k, {} if k in ("servers", "seen_as") else 0)
+                    for k in ("ok", "failed", "started", "servers", "seen_as")}
+                chains[chain.name]["tcp"]["errors"] = tcp.get("errors", [])[-3:]
         hosts = {}
         for h in self.topo.hosts:
             st = stats.get(h.name) or {}
@@ -482,7 +575,8 @@ class Emulation:
             if self._stopped:
                 return
             self._stopped = True
-        for kind, children in (("sender", self.senders), ("sink", self.sinks),
+        for kind, children in (("TCP client", self.clients), ("HTTP server", self.web_servers),
+                               ("sender", self.senders), ("sink", self.sinks),
                                ("agent", self.agents)):
             for name, proc in children.items():
                 procs.stop(proc, f"the {kind} of {name}")

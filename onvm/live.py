@@ -129,11 +129,12 @@ def final_status(emu, out, timeout=SETTLE_S):
     """The final counts, exact: pause every sender, then wait until what is
     in flight has arrived and the counts stop moving (or `timeout`)."""
     out("pausing traffic for the final counts...")
-    for chain in emu.topo.chains:
-        emu.set_pps(chain.name, 0)
+    emu.pause_traffic()
 
     def counts(status):
-        return {n: (c["sent"], c["received"]) for n, c in status["chains"].items()}
+        return {n: (c["sent"], c["received"], c.get("tcp", {}).get("ok"),
+                    c.get("tcp", {}).get("failed"), c.get("tcp", {}).get("started"))
+                for n, c in status["chains"].items()}
     deadline = time.time() + timeout
     last = emu.status()
     while time.time() < deadline:
@@ -168,6 +169,8 @@ def render(status, since):
         nfs = " -> ".join(f"{nf}@{','.join(hosts) or '?'}" for nf, hosts in c["nfs"])
         lines.append(f"{name:<10} {c.get('in_pps', 0):>8.0f} {c.get('out_pps', 0):>8.0f} "
                      f"{c['sent']:>8} {c['received']:>8} {c['lost']:>6}  {nfs}")
+        if "tcp" in c:
+            lines.append(f"{'':<10} {tcp_text(c['tcp'])}")
     lines.append(f"{'host':<6} {'state':<8} {'gen':>4}  instances (pps)")
     for name, h in status["hosts"].items():
         insts = ", ".join(f"{v['nf']}#{i} {v['pps']:.0f}" for i, v in h["instances"].items())
@@ -175,6 +178,16 @@ def render(status, since):
         lines.append(f"{name:<6} {host_state(h):<8} {h['generation'] or '-':>4}  "
                      f"{insts or '-'}{drops}")
     return "\n".join(lines)
+
+
+def tcp_text(tcp):
+    """One line on a chain's real TCP connections."""
+    servers = ", ".join(f"{k} {v}" for k, v in sorted(tcp["servers"].items()))
+    seen = ", ".join(sorted(tcp["seen_as"]))
+    error = f"; last error: {tcp['errors'][-1]}" if tcp.get("errors") else ""
+    return (f"tcp connections ok {tcp['ok']}, failed {tcp['failed']}"
+            f"{' (servers: ' + servers + ')' if servers else ''}"
+            f"{'; servers saw ' + seen if seen else ''}{error}")
 
 
 def add_rates(status, previous):
@@ -213,6 +226,8 @@ def summary_text(run):
         lines.append(f"chain {name}: sent {c['sent']}, received {c['received']}, "
                      f"lost {c['lost']} ({lost_pct:.1f} %){lost_egress(run, name)}, "
                      f"latency {latency} ms; {where}")
+        if "tcp" in c:
+            lines.append(f"chain {name}: {tcp_text(c['tcp'])}")
     for text in run.events:
         lines.append(f"event: {text}")
     if not status["store"]["reachable"]:
@@ -231,6 +246,10 @@ def summary_object(run):
             "nfs": [{"nf": nf, "hosts": hosts} for nf, hosts in c["nfs"]],
             "instances_timeline": run.timeline.get(name, []),
             "latency_ms": c["latency_ms"]}
+        if "tcp" in c:
+            chains[name]["tcp"] = {"ok": c["tcp"]["ok"], "failed": c["tcp"]["failed"],
+                                   "servers": c["tcp"]["servers"],
+                                   "seen_as": c["tcp"]["seen_as"]}
     hosts = {name: {"state": host_state(h), "generation": h["generation"]}
              for name, h in status["hosts"].items()}
     return {"chains": chains, "hosts": hosts, "events": list(run.events),

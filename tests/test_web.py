@@ -120,3 +120,47 @@ def test_processes_run_report_and_stop_on_sigterm(tmp_path):
         procs.stop(cli, "the client")
         procs.stop(srv, "the server")
     assert read_status(sstat)["done"]
+
+
+# ------------------------------------------------------------ webplan (pure)
+
+def plan_topology():
+    from contracts.model import Chain, Edge, Server, Switch, Topology
+    servers = (Server("web1", "leaf1", 5, "02:00:00:00:01:10", "10.0.1.10/24"),
+               Server("web2", "leaf1", 6, "02:00:00:00:01:11", "10.0.1.11/24"),
+               Server("db", "leaf1", 7, "02:00:00:00:01:12", "10.0.1.12/24"))
+    chains = (
+        Chain("web", "internet", "web1", {"ipv4_dst": "10.0.9.9/32", "ip_proto": 6,
+                                          "tcp_dst": 8080}, ("nat", "lb"), 1.0, 16,
+              symmetric=True, pool=("web1", "web2")),
+        Chain("sql", "wan", "db", {"ipv4_dst": "10.0.1.0/24", "ip_proto": 6,
+                                   "ipv4_src": "203.0.113.0/24"}, ("nat",), 1.0, 17,
+              symmetric=True),
+        Chain("dns", "wan", "db", {"ipv4_dst": "10.0.1.12/32", "ip_proto": 17}, ("nat",),
+              1.0, 18),
+        Chain("old", "wan", "internet", {"ip_proto": 6}, ("monitor",), 1.0, 19))
+    return Topology("t", (Switch("leaf1", 1),), (), (),
+                    (Edge("internet", "leaf1", 1), Edge("wan", "leaf1", 2)), {}, chains,
+                    servers=servers)
+
+
+def test_webplan_clients_only_for_tcp_to_servers_toward_vip_or_server():
+    from onvm import webplan
+    topo = plan_topology()
+    clients = {c.chain: c for c in webplan.clients(topo)}
+    assert sorted(clients) == ["sql", "web"]     # dns is UDP, old ends at an edge
+    web, sql = clients["web"], clients["sql"]
+    assert (web.edge, web.dst, web.port, web.dst_mac) == ("internet", "10.0.9.9", 8080,
+                                                           "02:00:00:00:01:10")
+    assert (sql.edge, sql.dst, sql.port) == ("wan", "10.0.1.12", 80)
+    assert web.src == "192.0.2.100" and sql.src.startswith("203.0.113.")
+    assert webplan.server_ports(topo) == {"web1": [8080], "web2": [8080], "db": [80]}
+
+
+def test_webplan_namespace_setup_needs_no_arp():
+    from onvm import webplan
+    cmds = webplan.server_setup("v0")
+    assert "ethtool -K v0 tx off" in cmds and "ip link set v0 mtu 1400" in cmds
+    assert any("nud permanent" in c and webplan.GATEWAY_IP in c for c in cmds)
+    edge = webplan.edge_setup("e0", webplan.clients(plan_topology())[:1])
+    assert "ip neigh replace 10.0.9.9 lladdr 02:00:00:00:01:10 dev e0 nud permanent" in edge

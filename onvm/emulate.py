@@ -366,6 +366,18 @@ class Emulation:
             procs.stop(proc, f"the HTTP client of {chain}")
         return read_status(status) or {}
 
+    def inject(self, place, frames, times=1):
+        """Send these frames (bytes), each `times` times, from the interface
+        of `place` (an edge or a server) as raw Ethernet."""
+        hexes = [bytes(f).hex() for f in frames]
+        out = self.nodes[place].cmd(
+            f"{sys.executable} -c \"import socket; s=socket.socket(socket.AF_PACKET, "
+            f"socket.SOCK_RAW); s.bind(('{self.intf[place]}', 0)); "
+            f"[s.send(bytes.fromhex(h)) for _ in range({int(times)}) for h in {hexes!r}]"
+            f"\" 2>&1; echo rc=$?").strip()
+        if not out.endswith("rc=0"):
+            raise EmulationError(f"sending frames from {place} failed: {out}")
+
     def web_server(self, name):
         """What HTTP server `name` reports: {"served", "clients": {ip: n}, ...}."""
         return read_status(self.file(f"web-{name}.json")) or {}

@@ -141,6 +141,21 @@ def test_summary_object_has_the_keys_of_design():
     assert json.loads(json.dumps(summary)) == summary
 
 
+def test_tcp_counts_show_in_the_view_the_summary_and_the_json():
+    status = _status(1010.0)
+    status["chains"]["web"]["tcp"] = {
+        "ok": 97, "failed": 3, "started": 100, "servers": {"web1": 50, "web2": 47},
+        "seen_as": {"10.0.9.1": 97}, "errors": ["ConnectionResetError: reset"]}
+    line = ("tcp connections ok 97, failed 3 (servers: web1 50, web2 47); servers saw "
+            "10.0.9.1; last error: ConnectionResetError: reset")
+    assert line in live.render(status, 1000.0)
+    run = live.Run(_Emu(), final=status)
+    assert f"chain web: {line}" in live.summary_text(run)
+    tcp = live.summary_object(run)["chains"]["web"]["tcp"]
+    assert (tcp["ok"], tcp["failed"]) == (97, 3)
+    assert "tcp" not in live.summary_object(live.Run(_Emu(), final=_status(1010.0)))["chains"]["web"]
+
+
 # ------------------------------------------------------ a real run
 
 def _children(pid):

@@ -1,0 +1,183 @@
+"""Issue 9 end to end: both directions of a symmetric chain, through real
+etcd, OVS (userspace datapath, Mininet), ryu-manager and one DPDK agent
+per host, with real TCP from a client at the ingress edge to two HTTP
+servers (onvm.web), as `onvm emulate topologies/symmetric.yaml` runs it.
+
+The shipped topologies/symmetric.yaml: chain web = firewall-stateful, ids,
+nat, lb in front of the pool web1, web2; each NF serves less than the
+chain's rate, so there are two instances of each, on different hosts.
+One emulation is shared by the tests, which run in file order: (1) 100
+HTTP requests all succeed, the servers see the NAT's address, and each
+NF instance that saw requests also saw their replies; (2) the IDS alerts
+on a server's reply carrying `uid=0(root)`; (3) an unsolicited SYN-ACK
+from the internet is dropped by the stateful firewall; a server cannot
+forge a label stack.  (Two NAT instances never share a port: the NF
+tests, tests/test_nf_nat.py.)
+"""
+import os
+
+import pytest
+
+from onvm import procs
+from onvm.emulate import Emulation
+from onvm.services import wait_for
+
+pytestmark = [pytest.mark.ovs, pytest.mark.etcd, pytest.mark.netns,
+              pytest.mark.timeout(400)]
+
+TOPOLOGY = os.path.join(procs.REPO, "topologies", "symmetric.yaml")
+CHAIN = "web"
+NAT_ADDRESS = "10.0.9.1"        # topologies/rules/symmetric-nat.yaml
+STATEFUL = ("firewall-stateful", "ids", "nat", "lb")
+
+
+def need_root_and_tools():
+    if os.geteuid() != 0:
+        pytest.skip("the emulation needs root (namespaces, OVS, Mininet)")
+    for tool in ("/usr/bin/etcd", "/usr/sbin/ovs-vswitchd", "/usr/bin/mnexec",
+                 "/usr/sbin/ethtool"):
+        if not os.path.exists(tool):
+            pytest.skip(f"{tool} is not installed")
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory, run_prefix):
+    need_root_and_tools()
+    workdir = tmp_path_factory.mktemp("symmetric")
+    emulation = Emulation(TOPOLOGY, prefix=run_prefix, workdir=str(workdir))
+    try:
+        emulation.start()
+        # the emulation's own client opens a few connections a second
+        wait_for(lambda: emulation.tcp(CHAIN)["ok"] >= 3, 120,
+                 "the first HTTP connections through chain web")
+        yield emulation
+    finally:
+        emulation.stop()
+        emulation.remove_files()
+
+
+def instances(emu, nf):
+    """{(host, instance id): the agent's last stats of it} of every
+    instance of NF type `nf`."""
+    out = {}
+    for host, stats in emu.store.stats().items():
+        for iid, inst in (stats or {}).get("instances", {}).items():
+            if inst.get("nf") == nf:
+                out[(host, iid)] = inst
+    return out
+
+
+def counter(emu, nf, name):
+    """{(host, iid): counters[name]} of the instances of `nf`."""
+    return {k: v.get("counters", {}).get(name, 0) for k, v in instances(emu, nf).items()}
+
+
+def drops(emu):
+    """The agents' drop reasons summed over hosts."""
+    total = {}
+    for stats in emu.store.stats().values():
+        for reason, n in ((stats or {}).get("drops") or {}).items():
+            total[reason] = total.get(reason, 0) + n
+    return total
+
+
+def published_after(emu, t):
+    """True once every agent published stats later than `t`."""
+    stats = emu.store.stats()
+    return all((stats.get(h.name) or {}).get("time", 0) > t for h in emu.topo.hosts)
+
+
+def test_placement_has_two_instances_of_each_nf_on_different_hosts(emu):
+    nfs = dict(emu.placement()[CHAIN])
+    assert sorted(nfs) == sorted(STATEFUL)
+    for nf, hosts in nfs.items():
+        assert len(set(hosts)) == 2, f"{nf} runs on {hosts}"
+
+
+def snapshot(emu):
+    """Counters of every stateful NF instance and the agents' drops, as
+    published after now."""
+    import time
+    t = time.time()
+    wait_for(lambda: published_after(emu, t + 0.1), 15, "fresh stats of every agent")
+    return {nf: instances(emu, nf) for nf in STATEFUL}, drops(emu)
+
+
+def delta(after, before, nf, *path):
+    """{(host, iid): counter difference} of NF type `nf` along `path` in its counters."""
+    def get(inst):
+        v = inst.get("counters", {})
+        for key in path:
+            v = v.get(key, 0) if isinstance(v, dict) else 0
+        return v
+    return {k: get(v) - get(before[nf].get(k, {})) for k, v in after[nf].items()}
+
+
+def test_100_http_requests_succeed_and_replies_use_the_request_instances(emu):
+    """Issue 9, test 1."""
+    emu.set_connection_rate(CHAIN, 0)       # only this test's client, for exact counts
+    (before, drops_before) = snapshot(emu)
+    result = emu.http(CHAIN, 100, rate=10, path="/3000")
+    assert (result.get("ok"), result.get("failed")) == (100, 0), result
+    # the pool: both servers answered; each saw only the NAT's address
+    assert set(result["servers"]) == {"web1", "web2"}, result["servers"]
+    assert result["seen_as"] == {NAT_ADDRESS: 100}
+    for name in ("web1", "web2"):
+        assert set(emu.web_server(name)["clients"]) == {NAT_ADDRESS}
+    after, drops_after = snapshot(emu)
+    # every instance that handled requests handled their replies, and no
+    # reply reached an instance without its flow's state
+    for nf, fwd, rev, wrong in (
+            ("firewall-stateful", ("opened",), ("replies",), ("invalid",)),
+            ("nat", ("tcp", "out"), ("tcp", "in"), ("tcp", "no_mapping")),
+            ("lb", ("balanced",), ("replies",), ("replies_untracked",))):
+        f, r, w = (delta(after, before, nf, *p) for p in (fwd, rev, wrong))
+        assert {k for k, n in f.items() if n} == {k for k, n in r.items() if n}, (nf, f, r)
+        assert sum(f.values()) > 0 and sum(r.values()) > 0, (nf, f, r)
+        assert not any(w.values()), (nf, w)
+    assert sum(delta(after, before, "firewall-stateful", "opened").values()) == 100
+    lost = {k: drops_after.get(k, 0) - drops_before.get(k, 0)
+            for k in ("no_pin", "pin_lost", "no_server")}
+    assert not any(lost.values()), lost
+    emu.set_connection_rate(CHAIN, 4)
+
+
+def test_ids_alerts_on_a_server_reply_carrying_root_id(emu):
+    """Issue 9, test 2: the reply `uid=0(root)` is scanned on its way back."""
+    (before, _) = snapshot(emu)
+    result = emu.http(CHAIN, 3, rate=5, path="/id")
+    assert result.get("ok") == 3, result
+    after, _ = snapshot(emu)
+
+    def hits(snap):
+        return sum(r["hits"] for inst in snap["ids"].values()
+                   for r in inst.get("counters", {}).get("rules", [])
+                   if r["sid"] == 2100498)
+    assert hits(after) - hits(before) >= 3
+    assert sum(delta(after, before, "ids", "alerts").values()) >= 3
+
+
+def test_unsolicited_syn_ack_from_the_internet_is_dropped_by_the_stateful_firewall(emu):
+    """Issue 9, test 3."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from controller.plans import edge_mac
+    plan = emu.client_plans[CHAIN]
+    frames = [Ether(src=edge_mac(plan.edge), dst=plan.dst_mac)
+              / IP(src=plan.src, dst=plan.dst) / TCP(sport=40000 + i, dport=plan.port,
+                                                      flags="SA", seq=1000, ack=2000)
+              for i in range(20)]
+    emu.set_connection_rate(CHAIN, 0)        # nothing else opens connections meanwhile
+    (before, _) = snapshot(emu)
+    emu.inject(plan.edge, [bytes(f) for f in frames])
+
+    def invalid():
+        snap = {"firewall-stateful": instances(emu, "firewall-stateful")}
+        return sum(delta(snap, before, "firewall-stateful", "invalid").values())
+    wait_for(lambda: invalid() >= 20, 15, "20 SYN-ACKs counted invalid by the firewall")
+    after, _ = snapshot(emu)
+    emu.set_connection_rate(CHAIN, 4)
+    assert invalid() == 20
+    # none went on to the NFs behind the firewall
+    assert sum(delta(after, before, "nat", "tcp", "allocated").values()) == 0
+    assert sum(delta(after, before, "lb", "balanced").values()) == 0

@@ -24,15 +24,20 @@ import math
 import re
 from typing import Callable, FrozenSet, Iterable, Optional, Tuple
 
-from contracts.model import FIRST_SPI, MAX_LABEL, Chain
+from contracts.model import FIRST_SPI, Chain
+from contracts.wire import MAX_CHAIN_SPI
 from contracts.plan import match_problems
 from contracts.validate import Errors, ValidationError, already_used, key_path
 
 MAX_BODY = 1 << 20
 MAX_NFS = 255                  # SIs 255 .. 1: one per NF
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
-CHAIN_FIELDS = ("name", "ingress", "egress", "match", "nfs", "mpps", "spi")
-REQUIRED_FIELDS = CHAIN_FIELDS[:-1]
+CHAIN_FIELDS = ("name", "ingress", "egress", "match", "nfs", "mpps", "spi", "symmetric")
+REQUIRED_FIELDS = CHAIN_FIELDS[:6]
+# NF types that keep per-flow state: a chain through one of them toward a
+# server is symmetric unless it says otherwise (its replies need the state).
+STATEFUL_NFS = frozenset(("firewall-stateful", "nat", "lb", "ids"))
+POOL_NF = "lb"                 # what spreads a pool's flows over its servers
 
 Report = Callable[[Tuple, str], None]
 
@@ -49,18 +54,28 @@ class RequestError(ValidationError):
 
 @dataclasses.dataclass(frozen=True)
 class Scope:
-    """What a chain may refer to: the topology's edges, the places a chain
-    may end (hosts and edges) and the NF types of its catalog."""
+    """What a chain may refer to: the topology's edges, hosts and servers
+    (a chain ends at any of them; a pool holds servers only) and the NF
+    types of its catalog."""
     topology: str
     edges: FrozenSet[str]
-    ends: FrozenSet[str]
+    hosts: FrozenSet[str]
+    servers: FrozenSet[str]
     nf_types: FrozenSet[str]
 
     @classmethod
     def of(cls, topo):
-        edges = frozenset(e.name for e in topo.edges)
-        return cls(topo.name, edges, edges | {h.name for h in topo.hosts},
-                   frozenset(topo.nfs))
+        return cls(topo.name, frozenset(e.name for e in topo.edges),
+                   frozenset(h.name for h in topo.hosts),
+                   frozenset(s.name for s in topo.servers), frozenset(topo.nfs))
+
+    def noun(self, name):
+        """What `name` is here: "edge", "host", "server" or None."""
+        for noun, names in (("edge", self.edges), ("host", self.hosts),
+                            ("server", self.servers)):
+            if name in names:
+                return noun
+        return None
 
 
 def _is_number(value):
@@ -86,12 +101,13 @@ def check_fields(body, scope: Scope, report: Report):
         bad(("ingress",), f"{body['ingress']!r} is not an edge of topology "
                           f"{scope.topology}; traffic enters the fabric only at "
                           f"edges: {', '.join(sorted(scope.edges)) or 'none'}")
-    if "egress" in body and not (isinstance(body["egress"], str)
-                                 and body["egress"] in scope.ends):
-        bad(("egress",), f"{body['egress']!r} is neither a host nor an edge of "
-                         f"topology {scope.topology}")
-    if "nfs" in body:
-        ok &= _check_nfs(body["nfs"], scope, report)
+    egress_ok = "egress" in body and _check_egress(body["egress"], scope, report)
+    nfs_ok = "nfs" in body and _check_nfs(body["nfs"], scope, report)
+    ok &= egress_ok == ("egress" in body) and nfs_ok == ("nfs" in body)
+    if body.get("symmetric") is not None and not isinstance(body["symmetric"], bool):
+        bad(("symmetric",), f"must be true or false, not {body['symmetric']!r}")
+    elif egress_ok and nfs_ok:
+        ok &= _check_pool_and_symmetry(body, scope, report)
     if "mpps" in body and not (_is_number(body["mpps"]) and body["mpps"] > 0):
         bad(("mpps",), f"must be a number > 0, not {body['mpps']!r}")
     if "match" in body:
@@ -100,6 +116,74 @@ def check_fields(body, scope: Scope, report: Report):
     if body.get("spi") is not None:
         ok &= check_spi_range(body["spi"], report)
     return ok
+
+
+def _check_egress(egress, scope, report):
+    """A host, an edge or a server; or a list of servers (a pool)."""
+    if isinstance(egress, str):
+        if scope.noun(egress) is None:
+            report(("egress",), f"{egress!r} is not a host, a server or an edge of "
+                                f"topology {scope.topology}")
+            return False
+        return True
+    if not (isinstance(egress, list) and egress):
+        report(("egress",), f"must be a host, a server or an edge, or a list of "
+                            f"servers (a pool), not {egress!r}")
+        return False
+    ok, seen = True, set()
+    for i, name in enumerate(egress):
+        if not (isinstance(name, str) and name in scope.servers):
+            noun = scope.noun(name) if isinstance(name, str) else None
+            what = f"{noun} {name}" if noun else repr(name)
+            report(("egress", i), f"{what} is not a server of topology "
+                                  f"{scope.topology}; a pool holds servers only")
+            ok = False
+        elif name in seen:
+            report(("egress", i), f"server {name} is in the pool twice")
+            ok = False
+        seen.add(name)
+    return ok
+
+
+def is_pool(egress):
+    return isinstance(egress, list)
+
+
+def default_symmetric(nfs, egress_is_server):
+    """A chain's `symmetric` when it does not say: True when one of its NFs
+    keeps per-flow state and it ends at a server or a pool (that answers)."""
+    return bool(egress_is_server) and any(nf in STATEFUL_NFS for nf in nfs)
+
+
+def _check_pool_and_symmetry(body, scope, report):
+    """A pool needs an lb; `symmetric` (a boolean by now) is true only
+    toward servers (an edge or a host sends no replies back through it)."""
+    ok = True
+    egress = body["egress"]
+    if is_pool(egress) and POOL_NF not in body["nfs"]:
+        report(("egress",), f"a pool of servers needs an {POOL_NF} in the chain's "
+                            f"nfs to spread flows over its servers")
+        ok = False
+    noun = "pool" if is_pool(egress) else scope.noun(egress)
+    if body.get("symmetric") and noun not in ("pool", "server"):
+        report((), f"symmetric needs a server or a pool of servers as egress; "
+                   f"{noun} {egress} has no way back")
+        ok = False
+    return ok
+
+
+def make_chain(body, spi, scope) -> Chain:
+    """The Chain of a checked body (file or REST): a pool's first server is
+    its `egress`, and `symmetric` takes its default when not given."""
+    egress = body["egress"]
+    pool = tuple(egress) if is_pool(egress) else ()
+    symmetric = body.get("symmetric")
+    if symmetric is None:
+        symmetric = default_symmetric(body["nfs"], bool(pool) or
+                                      scope.noun(egress) == "server")
+    return Chain(body["name"], body["ingress"], pool[0] if pool else egress,
+                 dict(body["match"]), tuple(body["nfs"]), float(body["mpps"]), spi,
+                 symmetric=symmetric, pool=pool)
 
 
 def _check_nfs(nfs, scope, report):
@@ -116,9 +200,10 @@ def _check_nfs(nfs, scope, report):
 
 
 def check_spi_range(spi, report):
-    if isinstance(spi, int) and not isinstance(spi, bool) and FIRST_SPI <= spi <= MAX_LABEL:
+    if isinstance(spi, int) and not isinstance(spi, bool) and FIRST_SPI <= spi <= MAX_CHAIN_SPI:
         return True
-    report(("spi",), f"must be an integer {FIRST_SPI}..{MAX_LABEL}, not {spi!r}")
+    report(("spi",), f"must be an integer {FIRST_SPI}..{MAX_CHAIN_SPI} (a symmetric "
+                     f"chain's replies use SPI + 2^19), not {spi!r}")
     return False
 
 
@@ -192,7 +277,7 @@ def free_spi(used):
     spi = FIRST_SPI
     while spi in used:
         spi += 1
-    if spi > MAX_LABEL:
+    if spi > MAX_CHAIN_SPI:
         raise RequestError(409, "no free SPI left")
     return spi
 
@@ -223,5 +308,4 @@ def chain_from_json(body, topo, others, where="chain", spi=None) -> Chain:
     check_clashes(body["name"], body["ingress"], body["match"], spi,
                   [Other.of(c) for c in others], report)
     errors.raise_if_any()
-    return Chain(body["name"], body["ingress"], body["egress"], dict(body["match"]),
-                 tuple(body["nfs"]), float(body["mpps"]), spi)
+    return make_chain(body, spi, Scope.of(topo))

@@ -31,10 +31,12 @@ from typing import Any, Dict, List, Tuple
 import networkx as nx
 import yaml
 
-from contracts.model import (FIRST_NODE_LABEL, FIRST_SPI, MAX_LABEL, Chain,
-                              Edge, Host, Link, NFType, Switch, Topology)
+from contracts.model import (FIRST_NODE_LABEL, FIRST_SPI, MAX_LABEL, Edge,
+                              Host, Link, NFType, Server, Switch, Topology)
 from contracts.validate import ValidationError, already_used, check_mac, key_path
-from controller.chains import Other, Scope, check_clashes, check_fields
+from controller import natslices
+from controller.chains import (Other, Scope, check_clashes, check_fields,
+                               default_symmetric, make_chain)
 from nflib.api import NFConfigError
 from nfs.configs import NotCheckable, check_config, instance_config
 
@@ -133,6 +135,7 @@ _TOP = {
     "hosts": Field("list"),
     "links": Field("list", ()),
     "edges": Field("list", ()),
+    "servers": Field("list", ()),
     "nfs": Field("mapping", None),
     "chains": Field("list", ()),
 }
@@ -148,16 +151,19 @@ _LINK = {
     "gbps": Field("number", 10.0),
 }
 _EDGE = {"name": Field("str"), "switch": Field("str"), "port": Field("int")}
+_SERVER = {"name": Field("str"), "switch": Field("str"), "port": Field("int"),
+           "mac": Field("str"), "ip": Field("str")}
 _NF = {"cores": Field("int"), "mpps": Field("number"), "config": Field("str", None)}
 _CHAIN = {
-    "name": Field("str"), "ingress": Field("str"), "egress": Field("str"),
+    "name": Field("str"), "ingress": Field("str"), "egress": Field("names"),
     "match": Field("mapping"), "nfs": Field("strlist"), "mpps": Field("number"),
-    "spi": Field("int", None),
+    "spi": Field("int", None), "symmetric": Field("bool", None),
 }
 
 _KIND_WORDS = {
     "str": "a string", "int": "an integer", "number": "a number",
     "mapping": "a mapping", "strlist": "a list of names", "list": "a list",
+    "names": "a name or a list of names", "bool": "true or false",
 }
 
 
@@ -176,6 +182,10 @@ def _is_kind(value, kind):
     if kind == "strlist":
         return (isinstance(value, list) and value
                 and all(isinstance(v, str) and v for v in value))
+    if kind == "names":
+        return _is_kind(value, "str") or _is_kind(value, "strlist")
+    if kind == "bool":
+        return isinstance(value, bool)
     raise AssertionError(kind)
 
 
@@ -402,13 +412,21 @@ def _check_label(ck, seen, value, line, what, key, noun):
     return True
 
 
-def _parse_hosts(ck, raw, names, switch_names, ports):
-    hosts, macs, ips, labels = [], {}, {}, {}
+def _check_machine(ck, item, f, line, what, places):
+    """A host's or server's switch port, MAC and IP, none used before by a
+    host, a server, an edge or a link (`places`: (switch names, ports,
+    macs, ips), shared by all of them)."""
+    switch_names, ports, macs, ips = places
+    ok = _attach(ck, item, f, line, what, switch_names, ports)
+    ok &= _check_mac(ck, item, f, line, what, macs)
+    return ok & _check_ip(ck, item, f, line, what, ips)
+
+
+def _parse_hosts(ck, raw, names, places):
+    hosts, labels = [], {}
     for i, line, item, what, f in ck.items(raw, "hosts", _HOST, "host"):
         ok = names.declare(f, "host", line)
-        ok &= _attach(ck, item, f, line, what, switch_names, ports)
-        ok &= _check_mac(ck, item, f, line, what, macs)
-        ok &= _check_ip(ck, item, f, line, what, ips)
+        ok &= _check_machine(ck, item, f, line, what, places)
         ok &= ck.positive(item, f, "cores", line, what)
         label = f.get("label")
         if label is None and "label" not in item:
@@ -420,6 +438,16 @@ def _parse_hosts(ck, raw, names, switch_names, ports):
             hosts.append(Host(f["name"], f["switch"], f["port"], f["mac"],
                               f["ip"], f["cores"], label))
     return hosts
+
+
+def _parse_servers(ck, raw, names, places):
+    servers = []
+    for _, line, item, what, f in ck.items(raw, "servers", _SERVER, "server"):
+        ok = names.declare(f, "server", line)
+        ok &= _check_machine(ck, item, f, line, what, places)
+        if ok and f.complete:
+            servers.append(Server(f["name"], f["switch"], f["port"], f["mac"], f["ip"]))
+    return servers
 
 
 def _parse_links(ck, raw, switch_names, ports):
@@ -508,10 +536,11 @@ def _check_config(ck, entry, f, line, what, base_dir):
 def _check_nf_config(ck, name, config, line):
     """The NF's config as an agent will hand it to the NF (nfs.configs:
     the very parser the NF's constructor calls): what it refuses, validate
-    refuses, each problem after `nfs.NAME.config:`."""
+    refuses, each problem after `nfs.NAME.config:`.  Returns (ok, the
+    parsed config or None)."""
     where = f"nfs.{name}.config"
     try:
-        check_config(name, instance_config(config))
+        return True, check_config(name, instance_config(config))
     except NotCheckable as why:
         ck.warn(line, f"{where}: not checked: {why}")
     except (NFConfigError, ValueError) as err:
@@ -519,12 +548,13 @@ def _check_nf_config(ck, name, config, line):
             where += f": missing, and {name} cannot start without one"
         for problem in str(err).splitlines():
             ck.error(line, f"{where}: {problem}")
-        return False
-    return True
+        return False, None
+    return True, None
 
 
 def _parse_catalog(ck, raw, line, base_dir):
-    catalog = {}
+    """({name: NFType}, {name: (parsed config, line)}) of the catalog."""
+    catalog, parsed = {}, {}
     for name, entry in (raw or {}).items():
         eline = _line_of(raw, name, line)
         what = f"nf {name}"
@@ -538,11 +568,12 @@ def _parse_catalog(ck, raw, line, base_dir):
         ok &= ck.positive(entry, f, "mpps", eline, what)
         found, config = _check_config(ck, entry, f, eline, what, base_dir)
         if found:
-            found = _check_nf_config(ck, name, config,
-                                     _line_of(entry, "config", eline))
+            found, values = _check_nf_config(ck, name, config,
+                                             _line_of(entry, "config", eline))
+            parsed[name] = (values, eline)
         if ok and found and f.complete:
             catalog[name] = NFType(name, f["cores"], float(f["mpps"]), config)
-    return catalog
+    return catalog, parsed
 
 
 def _path_line(item, path, line):
@@ -584,10 +615,31 @@ def _parse_chains(ck, raw, scope):
         if not check_clashes(f["name"], f["ingress"], f["match"], spi, others, report):
             continue
         others.append(Other(f["name"], f["ingress"], dict(f["match"]), spi, line))
-        chains.append(Chain(f["name"], f["ingress"], f["egress"],
-                            dict(f["match"]), tuple(f["nfs"]), float(f["mpps"]),
-                            spi))
+        chains.append(make_chain(f, spi, scope))
     return chains
+
+
+def _nf_rates(chains):
+    """{NF type: the summed Mpps of every chain visit}."""
+    rate: Dict[str, float] = {}
+    for chain in chains:
+        for nf in chain.nfs:
+            rate[nf] = rate.get(nf, 0.0) + chain.mpps
+    return rate
+
+
+def _check_nat_slices(ck, chains, catalog, parsed):
+    """The nat port range, cut into `slices` (its config's, default
+    natslices.DEFAULT_SLICES), must give each slice enough ports and have
+    a slice for every instance the chains through nat need."""
+    values, line = parsed.get(natslices.NAT, (None, 0))
+    if natslices.NAT not in catalog or not isinstance(values, dict):
+        return
+    slices = values.get("slices") or natslices.DEFAULT_SLICES
+    needed = natslices.instances_needed(_nf_rates(chains).get(natslices.NAT, 0.0),
+                                        catalog[natslices.NAT].mpps)
+    for problem in natslices.range_problems(values["port_range"], slices, needed):
+        ck.error(line, f"nf {natslices.NAT}: {problem}")
 
 
 def _check_capacity(ck, chains, hosts, catalog, line):
@@ -596,10 +648,7 @@ def _check_capacity(ck, chains, hosts, catalog, line):
     those take, against the cores of all hosts."""
     if not chains or not hosts:
         return
-    rate: Dict[str, float] = {}
-    for chain in chains:
-        for nf in chain.nfs:
-            rate[nf] = rate.get(nf, 0.0) + chain.mpps
+    rate = _nf_rates(chains)
     total_cores = sum(h.cores for h in hosts)
     biggest_host = max(h.cores for h in hosts)
     parts, needed = [], 0
@@ -609,8 +658,7 @@ def _check_capacity(ck, chains, hosts, catalog, line):
             ck.error(line, f"nf {nf} needs {t.cores} cores per instance but the "
                            f"largest host has {biggest_host}")
             continue
-        # The epsilon keeps 3 x 0.1 Mpps from needing a second instance.
-        instances = math.ceil(rate[nf] / t.mpps - 1e-9)
+        instances = natslices.instances_needed(rate[nf], t.mpps)
         needed += instances * t.cores
         parts.append(f"{nf}: {instances} x {t.cores} cores for "
                      f"{rate[nf]:g} Mpps at {t.mpps:g} Mpps each")
@@ -620,10 +668,11 @@ def _check_capacity(ck, chains, hosts, catalog, line):
                        f"the {len(hosts)} hosts have {total_cores} cores in all")
 
 
-def _check_connected(ck, switches, hosts, links, edges, names):
-    """Every host and edge must reach every other through the fabric."""
+def _check_connected(ck, switches, hosts, links, edges, servers, names):
+    """Every host, edge and server must reach every other through the fabric."""
     ends = [(h.name, h.switch, "host") for h in hosts] + \
-           [(e.name, e.switch, "edge") for e in edges]
+           [(e.name, e.switch, "edge") for e in edges] + \
+           [(s.name, s.switch, "server") for s in servers]
     if not ends:
         return
     g = nx.Graph()
@@ -674,27 +723,30 @@ def parse_topology(text, source="<memory>") -> Topology:
     names, ports = _Names(ck), _Ports(ck)
     switches = _parse_switches(ck, top.get("switches", ()), names)
     switch_names = names.of("switch")
-    hosts = _parse_hosts(ck, top.get("hosts", ()), names, switch_names, ports)
+    places = (switch_names, ports, {}, {})     # MACs and IPs: hosts' and servers'
+    hosts = _parse_hosts(ck, top.get("hosts", ()), names, places)
+    servers = _parse_servers(ck, top.get("servers", ()), names, places)
     links = _parse_links(ck, top.get("links", ()), switch_names, ports)
     edges = _parse_edges(ck, top.get("edges", ()), names, switch_names, ports)
-    catalog = _parse_catalog(ck, top.get("nfs"), _line_of(data, "nfs", 1),
-                             base_dir)
+    catalog, parsed = _parse_catalog(ck, top.get("nfs"), _line_of(data, "nfs", 1),
+                                     base_dir)
     # A catalog entry with a bad field is reported there, not again per chain.
-    edge_names = frozenset(names.of("edge"))
-    scope = Scope(top.get("name", "?"), edge_names, edge_names | names.of("host"),
+    scope = Scope(top.get("name", "?"), frozenset(names.of("edge")),
+                  frozenset(names.of("host")), frozenset(names.of("server")),
                   frozenset(top.get("nfs") or ()))
     chains = _parse_chains(ck, top.get("chains", ()), scope)
     if "hosts" in top and not top["hosts"]:
         ck.error(_line_of(data, "hosts", 1), "topology: needs at least one host")
     if not ck.errors:
         # Whole-fabric checks only make sense once every entity is sound.
-        _check_connected(ck, switches, hosts, links, edges, names)
+        _check_connected(ck, switches, hosts, links, edges, servers, names)
         _check_capacity(ck, chains, hosts, catalog,
                         _line_of(data, "chains", 1))
+        _check_nat_slices(ck, chains, catalog, parsed)
     _raise_if_errors(ck)
     return Topology(top["name"], tuple(switches), tuple(hosts), tuple(links),
                     tuple(edges), catalog, tuple(chains), source,
-                    warnings=tuple(ck.warnings))
+                    warnings=tuple(ck.warnings), servers=tuple(servers))
 
 
 def _raise_if_errors(ck):
@@ -753,13 +805,23 @@ def _section(key, lines, empty="[]"):
     return [f"{key}:" + ("" if lines else f" {empty}")] + lines
 
 
-def _dump_chain(chain, position):
+def _names(names):
+    return "[" + ", ".join(_scalar(n) for n in names) + "]"
+
+
+def _dump_chain(chain, position, server_names):
     match = _flow([(_scalar(k), _scalar(v)) for k, v in chain.match.items()])
-    nfs = "[" + ", ".join(_scalar(n) for n in chain.nfs) + "]"
-    extra = [("match", match), ("nfs", nfs), ("mpps", _scalar(chain.mpps))]
+    egress = _names(chain.pool) if chain.pool else _scalar(chain.egress)
+    pairs = [(k, _scalar(getattr(chain, k))) for k in ("name", "ingress")]
+    pairs += [("egress", egress), ("match", match), ("nfs", _names(chain.nfs)),
+              ("mpps", _scalar(chain.mpps))]
     if chain.spi != FIRST_SPI + position:
-        extra.append(("spi", _scalar(chain.spi)))
-    return _item(chain, ("name", "ingress", "egress"), extra)
+        pairs.append(("spi", _scalar(chain.spi)))
+    default = default_symmetric(chain.nfs, bool(chain.pool) or
+                                chain.egress in server_names)
+    if chain.symmetric != default:
+        pairs.append(("symmetric", "true" if chain.symmetric else "false"))
+    return "  - " + _flow(pairs)
 
 
 def _dump_nf(nf):
@@ -795,8 +857,12 @@ def dump_topology(topo: Topology) -> str:
                               for l in topo.links])
     out += _section("edges", [_item(e, ("name", "switch", "port"))
                               for e in topo.edges])
+    if topo.servers:
+        out += _section("servers", [_item(s, ("name", "switch", "port", "mac", "ip"))
+                                    for s in topo.servers])
     out += _section("nfs", [_dump_nf(t) for t in topo.nfs.values()], "{}")
-    out += _section("chains", [_dump_chain(c, i)
+    servers = {s.name for s in topo.servers}
+    out += _section("chains", [_dump_chain(c, i, servers)
                                for i, c in enumerate(topo.chains)])
     return "\n".join(out) + "\n"
 
@@ -808,9 +874,11 @@ def summary(topo: Topology) -> str:
               (len(topo.hosts), "host", "hosts"),
               (len(topo.links), "link", "links"),
               (len(topo.edges), "edge", "edges"),
+              (len(topo.servers), "server", "servers"),
               (len(topo.chains), "chain", "chains")]
     return f"{topo.source}: ok: " + ", ".join(
-        f"{n} {one if n == 1 else many}" for n, one, many in counts)
+        f"{n} {one if n == 1 else many}" for n, one, many in counts
+        if n or one != "server")     # files without servers read as before
 
 
 def cli_validate(args) -> int:

@@ -29,7 +29,7 @@ def test_a_good_body_becomes_a_chain_with_the_lowest_free_spi():
 def test_a_body_with_two_errors_reports_both():
     body = dict(BODY, egress="nowhere", match={"ipv4_dst": "10.0.0.9/32", "tcp_dst": 70000})
     assert refused(body) == (400, [
-        "chain.egress: 'nowhere' is neither a host nor an edge of topology minimal",
+        "chain.egress: 'nowhere' is not a host, a server or an edge of topology minimal",
         "chain.match.tcp_dst: must be 0..65535"])
 
 
@@ -37,7 +37,7 @@ def test_every_field_error_and_the_keys_are_reported_together():
     body = dict(BODY, colour="red", name="a b", nfs=["dpi"], mpps=0)
     del body["ingress"]
     assert refused(body) == (400, [
-        "chain: unknown field(s) colour; known: name, ingress, egress, match, nfs, mpps, spi",
+        "chain: unknown field(s) colour; known: name, ingress, egress, match, nfs, mpps, spi, symmetric",
         "chain: missing field(s) ingress",
         "chain.name: must be 1..64 letters, digits, '_', '.', '-', not 'a b'",
         "chain.nfs[0]: NF type 'dpi' is not in the catalog (nfs: firewall, monitor)",
@@ -60,7 +60,7 @@ SAME = [
      "'h1' is not an edge of topology t; traffic enters the fabric only at edges: internet"),
     ({"mpps": -1}, 12, "mpps", "must be a number > 0, not -1"),
     ({"match": {"udp_dst": 99999}}, 11, "match.udp_dst", "must be 0..65535"),
-    ({"spi": 7}, 12, "spi", "must be an integer 16..1048575, not 7"),
+    ({"spi": 7}, 12, "spi", "must be an integer 16..524287 (a symmetric chain's replies use SPI + 2^19), not 7"),
 ]
 
 TOPOLOGY = """\

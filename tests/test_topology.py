@@ -38,13 +38,24 @@ chains:
 """
 
 
-def edited(changes):
-    """BASE with whole lines replaced: {line number: new text}; the new
+def edit(base, changes):
+    """`base` with whole lines replaced: {line number: new text}; the new
     text may hold several lines, which shifts what follows."""
-    lines = BASE.splitlines()
+    lines = base.splitlines()
     for number, text in sorted(changes.items(), reverse=True):
         lines[number - 1:number] = text.splitlines()
     return "\n".join(lines) + "\n"
+
+
+def edited(changes):
+    return edit(BASE, changes)
+
+
+def flow_item(defaults, fields):
+    """A list item in flow style: `defaults` with `fields` changed (None
+    leaves a key out)."""
+    f = dict(defaults, **fields)
+    return "  - {" + ", ".join(f"{k}: {v}" for k, v in f.items() if v is not None) + "}"
 
 
 def errors_of(text, source="t.yaml"):
@@ -56,19 +67,16 @@ def errors_of(text, source="t.yaml"):
 
 def host2(**fields):
     """Line 7 (host h2) with some fields changed."""
-    f = {"name": "h2", "switch": "s2", "port": "1", "mac": '"02:00:00:00:00:02"',
-         "ip": "10.0.0.2/24", "cores": "4"}
-    f.update(fields)
-    return "  - {" + ", ".join(f"{k}: {v}" for k, v in f.items() if v is not None) + "}"
+    return flow_item({"name": "h2", "switch": "s2", "port": "1",
+                      "mac": '"02:00:00:00:00:02"', "ip": "10.0.0.2/24", "cores": "4"},
+                     fields)
 
 
 def chain(**fields):
     """Line 16 (chain web) with some fields changed."""
-    f = {"name": "web", "ingress": "internet", "egress": "h2",
-         "match": "{ipv4_dst: 10.0.0.2/32}", "nfs": "[firewall, monitor]",
-         "mpps": "1.5"}
-    f.update(fields)
-    return "  - {" + ", ".join(f"{k}: {v}" for k, v in f.items() if v is not None) + "}"
+    return flow_item({"name": "web", "ingress": "internet", "egress": "h2",
+                      "match": "{ipv4_dst: 10.0.0.2/32}", "nfs": "[firewall, monitor]",
+                      "mpps": "1.5"}, fields)
 
 
 # (case id, line changes, the exact errors)
@@ -79,7 +87,7 @@ CASES = [
      ["t.yaml:4: switch s2: unknown key 'colour'; known keys: name, dpid"]),
     ("unknown-top-key", {1: "name: t\nowner: ops"},
      ["t.yaml:2: topology: unknown key 'owner'; known keys: name, switches, "
-      "hosts, links, edges, nfs, chains"]),
+      "hosts, links, edges, servers, nfs, chains"]),
     ("wrong-type", {7: host2(port="one")},
      ["t.yaml:7: host h2: port must be an integer, not 'one'"]),
     ("bool-is-not-int", {7: host2(cores="yes")},
@@ -151,8 +159,8 @@ CASES = [
      ["t.yaml:16: chain web: ingress: 'h1' is not an edge of topology t; traffic "
       "enters the fabric only at edges: internet"]),
     ("egress-unknown", {16: chain(egress="nowhere")},
-     ["t.yaml:16: chain web: egress: 'nowhere' is neither a host nor an edge of "
-      "topology t"]),
+     ["t.yaml:16: chain web: egress: 'nowhere' is not a host, a server or an edge "
+      "of topology t"]),
     ("nf-not-in-catalog", {16: chain(nfs="[firewall, nat]")},
      ["t.yaml:16: chain web: nfs[1]: NF type 'nat' is not in the catalog (nfs: "
       "firewall, monitor)"]),
@@ -167,7 +175,11 @@ CASES = [
     ("chain-mpps-zero", {16: chain(mpps="0")},
      ["t.yaml:16: chain web: mpps: must be a number > 0, not 0"]),
     ("spi-reserved", {16: chain(spi="3")},
-     ["t.yaml:16: chain web: spi: must be an integer 16..1048575, not 3"]),
+     ["t.yaml:16: chain web: spi: must be an integer 16..524287 (a symmetric "
+      "chain's replies use SPI + 2^19), not 3"]),
+    ("spi-in-the-reverse-half", {16: chain(spi=str(1 << 19))},
+     ["t.yaml:16: chain web: spi: must be an integer 16..524287 (a symmetric "
+      "chain's replies use SPI + 2^19), not 524288"]),
     ("duplicate-spi", {16: chain() + "\n" + chain(
         name="mail", match="{ipv4_dst: 10.0.0.1/32}", spi="16")},
      ["t.yaml:17: chain mail: spi: SPI 16 is already used by chain web (line 16)"]),
@@ -490,3 +502,138 @@ def test_an_nf_type_nobody_here_can_check_is_a_warning(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stderr == topo.warnings[0] + "\n"
     assert run.stdout.startswith(f"{path}: ok: ")
+
+
+# --- servers, pools, symmetric chains, NAT slices (issue 9) -----------------
+
+# Line numbers: 6-7 hosts, 11 the edge, 13-14 servers, 16-18 the catalog,
+# 20 the chain.
+SERVED = "".join(BASE.splitlines(True)[:11]) + """\
+servers:
+  - {name: web1, switch: s2, port: 5, mac: "02:00:00:00:01:10", ip: 10.0.1.10/24}
+  - {name: web2, switch: s2, port: 6, mac: "02:00:00:00:01:11", ip: 10.0.1.11/24}
+nfs:
+  nat: {cores: 1, mpps: 1, config: nat.yaml}
+  lb: {cores: 1, mpps: 1, config: generic-lb.yaml}
+  monitor: {cores: 1, mpps: 14}
+chains:
+  - {name: web, ingress: internet, egress: [web1, web2], match: {ipv4_dst: 10.0.1.100/32}, nfs: [nat, lb], mpps: 1}
+"""
+
+
+def served(changes):
+    return edit(SERVED, changes)
+
+
+def web1(**fields):
+    """Line 13 (server web1) with some fields changed."""
+    return flow_item({"name": "web1", "switch": "s2", "port": "5",
+                      "mac": '"02:00:00:00:01:10"', "ip": "10.0.1.10/24"}, fields)
+
+
+def web(**fields):
+    """Line 20 (chain web) with some fields changed."""
+    return flow_item({"name": "web", "ingress": "internet", "egress": "[web1, web2]",
+                      "match": "{ipv4_dst: 10.0.1.100/32}", "nfs": "[nat, lb]",
+                      "mpps": "1"}, fields)
+
+
+SERVER_CASES = [
+    ("server-mac-of-a-host", {13: web1(mac='"02:00:00:00:00:02"')},
+     ["t.yaml:13: server web1: mac 02:00:00:00:00:02 is already used by host h2 (line 7)"]),
+    ("server-ip-of-a-host", {13: web1(ip="10.0.0.1/16")},
+     ["t.yaml:13: server web1: address 10.0.0.1 is already used by host h1 (line 6)"]),
+    ("server-mac-of-a-server", {14: "  - {name: web2, switch: s2, port: 6, mac: "
+                                    '"02:00:00:00:01:10", ip: 10.0.1.11/24}'},
+     ["t.yaml:14: server web2: mac 02:00:00:00:01:10 is already used by server web1 "
+      "(line 13)"]),
+    ("server-on-a-host-port", {13: web1(port="1")},
+     ["t.yaml:13: server web1: port s2:1 is already used by host h2 (line 7)"]),
+    ("edge-on-a-server-port", {11: "  - {name: internet, switch: s2, port: 5}"},
+     ["t.yaml:11: edge internet: port s2:5 is already used by server web1 (line 13)"]),
+    ("server-named-like-a-host", {13: web1(name="h1"), 20: web(egress="web2")},
+     ["t.yaml:13: server h1: name h1 is already used by host h1 (line 6)"]),
+    ("server-on-missing-switch", {13: web1(switch="s9"), 20: web(egress="web2")},
+     ["t.yaml:13: server web1: switch 's9' is not a switch of this topology"]),
+    ("server-missing-mac", {13: web1(mac=None), 20: web(egress="web2")},
+     ["t.yaml:13: server web1: missing key 'mac'"]),
+    ("symmetric-toward-an-edge", {20: web(egress="internet", symmetric="true")},
+     ["t.yaml:20: chain web: symmetric needs a server or a pool of servers as "
+      "egress; edge internet has no way back"]),
+    ("symmetric-toward-a-host", {20: web(egress="h2", symmetric="true")},
+     ["t.yaml:20: chain web: symmetric needs a server or a pool of servers as "
+      "egress; host h2 has no way back"]),
+    ("symmetric-not-a-boolean", {20: web(symmetric="3")},
+     ["t.yaml:20: chain web: symmetric must be true or false, not 3"]),
+    ("pool-without-lb", {20: web(nfs="[nat, monitor]")},
+     ["t.yaml:20: chain web: egress: a pool of servers needs an lb in the chain's "
+      "nfs to spread flows over its servers"]),
+    ("pool-with-a-host", {20: web(egress="[web1, h2]")},
+     ["t.yaml:20: chain web: egress[1]: host h2 is not a server of topology t; a "
+      "pool holds servers only"]),
+    ("pool-with-a-server-twice", {20: web(egress="[web1, web1]")},
+     ["t.yaml:20: chain web: egress[1]: server web1 is in the pool twice"]),
+    ("egress-not-a-name", {20: web(egress="3")},
+     ["t.yaml:20: chain web: egress must be a name or a list of names, not 3"]),
+    ("nat-needs-more-instances-than-slices",
+     {6: "  - {name: h1, switch: s1, port: 1, mac: \"02:00:00:00:00:01\", ip: 10.0.0.1/24, cores: 40}",
+      20: web(mpps="17")},
+     ["t.yaml:16: nf nat: the chains through nat need at least 17 instances but "
+      "port_range is cut into only 16 slices, one per instance (raise slices)"]),
+]
+
+
+@pytest.mark.parametrize("changes,expected", [c[1:] for c in SERVER_CASES],
+                         ids=[c[0] for c in SERVER_CASES])
+def test_server_error_case(changes, expected):
+    assert errors_of(served(changes)) == expected
+
+
+def test_servers_pools_and_symmetric_defaults():
+    text = served({20: web() + "\n" + web(name="one", egress="web1", nfs="[nat]",
+                                          match="{ipv4_dst: 10.0.1.10/32}") + "\n"
+                   + web(name="plain", egress="web2", nfs="[monitor]",
+                         match="{ipv4_dst: 10.0.1.11/32}") + "\n"
+                   + web(name="out", egress="internet", nfs="[nat]",
+                         match="{ipv4_dst: 10.0.0.1/32}") + "\n"
+                   + web(name="asked", egress="web1", nfs="[nat]", symmetric="false",
+                         match="{ipv4_dst: 10.0.1.12/32}")})
+    topo = parse_topology(text, "t.yaml")
+    assert topo.server("web2").ip == "10.0.1.11/24" and topo.server("web1").port == 5
+    pool = topo.chain("web")
+    assert (pool.egress, pool.pool, pool.symmetric) == ("web1", ("web1", "web2"), True)
+    assert (topo.chain("one").pool, topo.chain("one").symmetric) == ((), True)
+    assert topo.chain("plain").symmetric is False      # no stateful NF
+    assert topo.chain("out").symmetric is False        # an edge answers nothing back
+    assert topo.chain("asked").symmetric is False      # said so
+    assert parse_topology(dump_topology(topo), "t.yaml") == topo
+    assert "symmetric: false" in dump_topology(topo)
+    assert "egress: [web1, web2]" in dump_topology(topo)
+
+
+def test_servers_must_be_reachable():
+    text = served({4: "  - {name: s2, dpid: 0x102}\n  - {name: s3, dpid: 0x103}",
+                   13: web1(switch="s3")})
+    assert errors_of(text) == [
+        "t.yaml:14: server web1 cannot reach host h1: no path of links from "
+        "switch s3; the fabric must be connected"]
+
+
+def test_nat_port_range_too_small_for_its_slices(tmp_path):
+    (tmp_path / "nat.yaml").write_text(
+        "external_ip: 198.51.100.1\ninternal: 10.0.0.0/8\nport_range: [1024, 2000]\n")
+    path = tmp_path / "t.yaml"
+    path.write_text(SERVED)
+    assert errors_of(SERVED, str(path)) == [
+        f"{path}:16: nf nat: port_range [1024, 2000] cut into 16 slices gives each "
+        f"nat instance 61 ports; a slice needs at least 64 (widen port_range or "
+        f"lower slices)"]
+
+
+def test_cli_validate_counts_servers(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(SERVED)
+    done = _onvm("topo", "validate", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"{path}: ok: 2 switches, 2 hosts, 1 link, 1 edge, "
+                           f"2 servers, 1 chain\n")

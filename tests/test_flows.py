@@ -382,19 +382,6 @@ def test_cookies_say_onvm_and_kind_and_differ_by_content(topo, rules):
         assert len({f.cookie for f in fl}) == len(fl)
 
 
-def test_diff_leaves_learned_pins_but_not_impostors(topo, rules):
-    desired = rules[topo.switch("spine1").dpid].flows
-    actual = [_as_actual(s) for s in desired]
-    match = flows.canonical_match({"reg1": 16, "eth_type": 0x0800, "ipv4_src": "192.0.2.1",
-                                   "ipv4_dst": "10.0.1.9", "ip_proto": 6,
-                                   "tcp_src": 1234, "tcp_dst": 80})
-    pin = ActualFlow(flows.TABLE_PINS, flows.PRIO_PIN, flows.pin_cookie(), match)
-    foreign = ActualFlow(flows.TABLE_PINS, flows.PRIO_PIN, 0, match)
-    elsewhere = ActualFlow(flows.TABLE_STEER, flows.PRIO_PIN, flows.pin_cookie(), match)
-    assert flows.cookie_kind(pin.cookie) == "pin"
-    assert diff(desired, actual + [pin, foreign, elsewhere]) == ([], [foreign, elsewhere])
-
-
 def test_diff_groups():
     g = lambda gid: flows.GroupSpec(gid, "select", (flows.Bucket(1, (("output", 1),)),))
     result = diff_groups([g(16), g(17)], [17, 99])
@@ -689,15 +676,27 @@ def test_to_server_rules_only_on_the_servers_switch(served):
         assert kinds.count("l2") == len(topo.hosts) + len(topo.edges) + len(topo.servers)
 
 
-def test_diff_leaves_learned_reply_rules_but_not_impostors(served):
+LEARNED_MATCHES = {
+    "pin": {"reg1": 16, "eth_type": 0x0800, "ipv4_src": "192.0.2.1", "ipv4_dst": "10.0.1.9",
+            "ip_proto": 6, "tcp_src": 1234, "tcp_dst": 80},
+    "reply_pin": {"in_port": 5, "eth_type": 0x0800, "ipv4_src": "10.0.1.10",
+                  "ipv4_dst": "192.0.2.7", "ip_proto": 6, "tcp_src": 80, "tcp_dst": 1234}}
+
+
+@pytest.mark.parametrize("kind,table,other_table", [
+    ("pin", flows.TABLE_PINS, flows.TABLE_STEER),
+    ("reply_pin", flows.TABLE_REPLY, flows.TABLE_PINS)])
+def test_diff_leaves_learned_rules_but_not_impostors(served, kind, table, other_table):
+    """What the switch learned (pins, reply rules) stays; the same match
+    with a foreign cookie, or the learned cookie in another table, goes."""
     topo, _ = served
     desired = switch_rules(topo, build_graph(topo), INGRESS)[topo.switch("leaf2").dpid].flows
     actual = [_as_actual(s) for s in desired]
-    match = flows.canonical_match({"in_port": 5, "eth_type": 0x0800, "ipv4_src": "10.0.1.10",
-                                   "ipv4_dst": "192.0.2.7", "ip_proto": 6,
-                                   "tcp_src": 80, "tcp_dst": 1234})
-    reply = ActualFlow(flows.TABLE_REPLY, flows.PRIO_REPLY, flows.reply_cookie(), match)
-    foreign = ActualFlow(flows.TABLE_REPLY, flows.PRIO_REPLY, 0, match)
-    elsewhere = ActualFlow(flows.TABLE_PINS, flows.PRIO_REPLY, flows.reply_cookie(), match)
-    assert flows.cookie_kind(reply.cookie) == "reply_pin"
-    assert diff(desired, actual + [reply, foreign, elsewhere]) == ([], [foreign, elsewhere])
+    match = flows.canonical_match(LEARNED_MATCHES[kind])
+    cookie = flows.learned_cookie(kind)
+    learned = ActualFlow(table, 100, cookie, match)
+    foreign = ActualFlow(table, 100, 0, match)
+    elsewhere = ActualFlow(other_table, 100, cookie, match)
+    assert flows.cookie_kind(learned.cookie) == kind
+    assert cookie == {"pin": flows.pin_cookie(), "reply_pin": flows.reply_cookie()}[kind]
+    assert diff(desired, actual + [learned, foreign, elsewhere]) == ([], [foreign, elsewhere])

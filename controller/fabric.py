@@ -1,16 +1,16 @@
-"""The fabric as a graph: switches, hosts and edges as nodes, cables as
-graph edges, and the distances and equal-cost next hops the controller
-derives from it.
+"""The fabric as a graph: switches, hosts, edges and servers as nodes,
+cables as graph edges, and the distances and equal-cost next hops the
+controller derives from it.
 
 Node names are the topology's names.  Every node has `kind` ("switch",
-"host" or "edge"); switches also carry `dpid`, hosts and edges carry
-`switch` (the one switch they hang off).  A host's or edge's cable to its
-switch carries `ports={switch: port}`; a link between switches carries
+"host", "edge" or "server"); switches also carry `dpid`, the others
+(leaves) carry `switch` (the one switch they hang off).  A leaf's cable to
+its switch carries `ports={switch: port}`; a link between switches carries
 `ports={a: a_port, b: b_port}` and `gbps` (a second cable between the same
 two switches goes to `parallel`, a list of further `ports` dicts).
 
-Distances are DESIGN.md's d(a, b): links on a shortest path, a host's or
-edge's own cable counted, 0 for the same place.  Hosts and edges are leaves,
+Distances are DESIGN.md's d(a, b): links on a shortest path, a leaf's own
+cable counted, 0 for the same place.  Hosts, edges and servers are leaves,
 so d is the switch-to-switch distance plus one per host/edge end, which is
 what makes `hop_distances` and `DistanceTable` cheap on a k=16 fat-tree.
 "No path" is data: such pairs are simply absent / `math.inf`.
@@ -29,7 +29,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import shortest_path
 
-LEAF_KINDS = ("host", "edge")
+LEAF_KINDS = ("host", "edge", "server")
 
 
 def build_graph(topo):
@@ -44,9 +44,10 @@ def build_graph(topo):
     for host in topo.hosts:
         g.add_node(host.name, kind="host", switch=host.switch)
         g.add_edge(host.name, host.switch, ports={host.switch: host.port})
-    for edge in topo.edges:
-        g.add_node(edge.name, kind="edge", switch=edge.switch)
-        g.add_edge(edge.name, edge.switch, ports={edge.switch: edge.port})
+    for kind, leaves in (("edge", topo.edges), ("server", topo.servers)):
+        for leaf in leaves:
+            g.add_node(leaf.name, kind=kind, switch=leaf.switch)
+            g.add_edge(leaf.name, leaf.switch, ports={leaf.switch: leaf.port})
     for link in topo.links:
         ports = {link.a: link.a_port, link.b: link.b_port}
         if g.has_edge(link.a, link.b):
@@ -59,7 +60,7 @@ def build_graph(topo):
 
 
 def switch_of(graph, place):
-    """The switch a host or edge hangs off; a switch is its own switch."""
+    """The switch a leaf (host, edge, server) hangs off; a switch is its own."""
     data = graph.nodes[place]
     if data["kind"] == "switch":
         return place
@@ -67,14 +68,14 @@ def switch_of(graph, place):
 
 
 def _end(graph, place):
-    """Links between a place and its switch: 1 for hosts and edges."""
+    """Links between a place and its switch: 1 for leaves."""
     return 1 if graph.nodes[place]["kind"] in LEAF_KINDS else 0
 
 
 def graph_without(graph, node_or_link):
     """A copy of `graph` without a node (a name) or a link ((a, b) pair).
 
-    Removing a switch also removes the hosts and edges that hung off it
+    Removing a switch also removes the hosts, edges and servers that hung off it
     only through it: they are cut off, and a cut-off host is a lost host.
     """
     g = graph.copy()
@@ -174,7 +175,7 @@ def _ports_toward(graph, switch, neighbor):
 
 
 def ecmp_table(graph, target):
-    """{switch: tuple of out ports} toward `target` (host or edge) from
+    """{switch: tuple of out ports} toward `target` (host, edge or server) from
     every switch that can reach it, over all shortest paths.
 
     One breadth-first search for all switches: use this, not `ecmp_ports`

@@ -9,8 +9,8 @@ them in tests).
 Table layout (the same on every switch):
 
   table 0, ADMIT      what may enter the fabric, and chain classifiers
-    9000  in_port=<edge port>, eth_type=0x8847        -> drop   (edge_drop)
-    9000  in_port=<edge port>, eth_type=0x8848        -> drop   (edge_drop)
+    9000  in_port=<edge or server port>, eth_type=0x8847 -> drop (edge_drop)
+    9000  in_port=<edge or server port>, eth_type=0x8848 -> drop (edge_drop)
           Nobody outside the fabric may choose where a packet starts in a
           chain; the flow's counters count the forged frames.  Host ports
           are not filtered: agents legitimately send MPLS.
@@ -23,6 +23,10 @@ Table layout (the same on every switch):
           is placed (or none is reachable): fail-closed, the chain's
           traffic never falls through to plain forwarding around its NFs,
           and the rule's counters count what was dropped.
+    4000  in_port=<server port>, eth_type=0x0800 -> goto table 8
+                                                        (server_in)
+          A server only ever answers: its IPv4 passes only as the reply
+          of a packet it was sent (table 8).  Its ARP goes on below.
     0     -> goto table 1                               (next)
 
   table 1, TRANSPORT  forward on the outermost (transport) label only
@@ -39,9 +43,14 @@ Table layout (the same on every switch):
           the address answers, and the reply comes back by eth_dst.
           Requests for addresses no host owns are dropped (no flooding, so
           no loops in a fabric full of cycles).
-    2000  eth_dst=<host MAC or edge MAC> -> output toward it    (l2)
+    2052  eth_dst=<server MAC>, tcp -> learn a REPLY rule, output:<server
+          port>                                         (to_server)
+    2051  the same for udp; 2050 for any other IPv4     (to_server)
+          Only on the server's own switch.
+    2000  eth_dst=<host, edge or server MAC> -> output toward it  (l2)
           Along the first of the sorted ECMP ports: each hop gets strictly
           closer, so there is no loop, and the choice is deterministic.
+          ARP (2100) and l2 rules exist for servers as for hosts.
     0     -> drop (counted)                             (miss)
 
   Tables 3 to 7 steer a chain's flows at its ingress edge switch: they
@@ -76,6 +85,21 @@ Table layout (the same on every switch):
           group)                                        (send)
     0     -> drop                                       (miss)
 
+  table 8, REPLY      one learned rule per flow a server was sent
+    100   in_port=<server port>, eth_type=0x0800, ip_proto,
+          ipv4_src=<forward ipv4_dst>, ipv4_dst=<forward ipv4_src>
+          [, tcp/udp src=<forward dst port>, dst=<forward src port>]
+          -> eth_dst := <forward eth_src>, output:<forward in_port>
+                                                        (reply_pin)
+          Written by the switch itself (learn in a to_server rule), idle
+          timeout REPLY_IDLE_SECONDS, cookie kind "reply_pin": diff()
+          leaves them alone.  The reply goes back untagged to the host
+          that sent the forward packet (the chain's end), whose agent
+          carries it through the chain's reverse path; switches never
+          classify replies.
+    0     -> drop (counted: a server's packet that answers nothing)
+                                                        (miss)
+
   Why not an OpenFlow select group: its hash would have to see the IP
   header, so the labels must be pushed inside the buckets, and OVS treats
   a bucket's actions as an action set (one push_mpls at most, no
@@ -83,10 +107,11 @@ Table layout (the same on every switch):
   label is pushed; learn keeps a running flow on its host when the slots
   change (scale-out), which a hash alone cannot.
 
-  Tables 1 and 2 grow with hosts only.  Tables 4, 5 and 7 hold rules per
-  chain only on that chain's ingress switch (as the classifier does); table
-  3 holds one rule per running flow, only on ingress switches, and each
-  goes after PIN_IDLE_SECONDS without packets.
+  Tables 1 and 2 grow with hosts and servers only.  Tables 4, 5 and 7
+  hold rules per chain only on that chain's ingress switch (as the
+  classifier does); table 3 holds one rule per running flow, only on
+  ingress switches, and each goes after PIN_IDLE_SECONDS without packets;
+  table 8 one per flow to a server, only on that server's switch.
 
 Groups: transport group id = the host's node label (16 .. 2^20-1), select
 over the ECMP ports (plain output actions, so the action-set semantics of
@@ -96,8 +121,8 @@ Cookies: bits 63..48 = APP_ID (every onvm rule), 47..40 = the rule's kind,
 39..0 = a hash of the rule's content.  A switch's flow is kept on resync
 only if one desired rule has the same table, priority, match and cookie;
 everything else is deleted or replaced, so no stale rule survives; the
-one exception is a learned pin (kind "pin", table PINS), which the switch
-made and its idle timeout removes.
+exceptions are the rules the switch learned (kind "pin" in table PINS,
+"reply_pin" in table REPLY), which its idle timeouts remove.
 """
 from __future__ import annotations
 
@@ -114,19 +139,24 @@ from controller.plans import edge_mac
 
 TABLE_ADMIT, TABLE_TRANSPORT, TABLE_PLAIN = 0, 1, 2
 TABLE_PINS, TABLE_STEER, TABLE_PICK, TABLE_LEARN, TABLE_SEND = 3, 4, 5, 6, 7
+TABLE_REPLY = 8
 REG_HOST, REG_SPI, REG_SLOT = "reg0", "reg1", "reg2"
 
 APP_ID = 0x6F6E                     # "on"
 KINDS = {"edge_drop": 1, "classifier": 2, "transport": 3, "arp": 4,
          "l2": 5, "miss": 6, "next": 7, "steer": 8, "pick": 9, "learn": 10,
-         "send": 11, "pin": 12, "chain_drop": 13}
+         "send": 11, "pin": 12, "chain_drop": 13, "server_in": 14, "to_server": 15,
+         "reply_pin": 16}
 KIND_NAMES = {code: name for name, code in KINDS.items()}
 
 PRIO_EDGE_DROP, PRIO_CLASSIFIER, PRIO_TRANSPORT = 9000, 5000, 3000
 PRIO_ARP, PRIO_L2 = 2100, 2000
+PRIO_SERVER_IN, PRIO_TO_SERVER, PRIO_REPLY = 4000, 2050, 100
 PRIO_PIN, PRIO_STEER_PINNED, PRIO_STEER_NEW, PRIO_PICK, PRIO_SEND = 100, 200, 100, 100, 100
 PIN_IDLE_SECONDS = 20   # a flow silent this long may move on its next packet
 SLOTS = 16              # multipath slots per chain: weight resolution 1/16
+REPLY_IDLE_SECONDS = 300    # a server's learned way back outlives a quiet connection
+L4_PROTOS = {"tcp": 6, "udp": 17}
 
 
 # OpenFlow 1.3 prerequisites (spec 7.2.3.8): a field is only matchable when
@@ -158,9 +188,12 @@ class FlowSpec:
     ("set_mpls_ttl", 64), ("group", 17), ("resubmit", table),
     ("multipath", n_slots, dst_register) (Nicira: symmetric L3/L4 hash
     with UDP ports, HRW, basis 0) and ("learn", table, idle_timeout,
-    priority, cookie, l4) with l4 "tcp", "udp" or "ip" (the PINS rule of
-    the module docstring); `goto` a table id or None.  No actions and no
-    goto means drop."""
+    priority, cookie, matches, loads, outputs) (Nicira learn, spelled out:
+    `matches` are (field, source) pairs, the source a field of the packet
+    to copy or a constant; `loads` are (field, source field) pairs the
+    learned rule sets; `outputs` are fields naming the port the learned
+    rule outputs to; see learn_action); `goto` a table id or None.  No
+    actions and no goto means drop."""
     table: int
     priority: int
     kind: str
@@ -233,9 +266,23 @@ def cookie_kind(cookie: int) -> Optional[str]:
     return KIND_NAMES.get((cookie >> 40) & 0xFF) if is_onvm_cookie(cookie) else None
 
 
+def learned_cookie(kind) -> int:
+    """The cookie the switch gives the rules of `kind` it learns."""
+    return (APP_ID << 48) | (KINDS[kind] << 40)
+
+
 def pin_cookie() -> int:
     """The cookie the switch gives the pins it learns."""
-    return (APP_ID << 48) | (KINDS["pin"] << 40)
+    return learned_cookie("pin")
+
+
+def reply_cookie() -> int:
+    """The cookie the switch gives the reply rules it learns."""
+    return learned_cookie("reply_pin")
+
+
+# what the switches write themselves: table -> cookie; diff() leaves them alone
+LEARNED = {TABLE_PINS: pin_cookie(), TABLE_REPLY: reply_cookie()}
 
 
 # ------------------------------------------------------------- the matches
@@ -289,9 +336,11 @@ def _host_ip(host):
 
 
 def routes(topo, graph):
-    """{target: {switch: sorted ECMP ports}} for every host and edge, from
-    one search per switch for the whole fabric (fabric.ecmp_tables)."""
-    return ecmp_tables(graph, [h.name for h in topo.hosts] + [e.name for e in topo.edges])
+    """{target: {switch: sorted ECMP ports}} for every host, edge and
+    server, from one search per switch for the whole fabric
+    (fabric.ecmp_tables)."""
+    return ecmp_tables(graph, [h.name for h in topo.hosts] + [e.name for e in topo.edges]
+                       + [s.name for s in topo.servers])
 
 
 def _ports_toward(routes, switch, target):
@@ -414,26 +463,95 @@ def _classifiers(topo, switch, ingress_groups, how):
     return flows
 
 
+@functools.lru_cache(maxsize=1)
+def _fixed():
+    return tuple(_learning() + _misses())
+
+
 def fixed_rules():
     """The rules every switch has whatever the fabric and the chains: the
     learn rules that pin a new flow to the host picked for it, and each
     table's miss."""
-    return _learning() + _misses()
+    return list(_fixed())
+
+
+def learn_action(table, idle_timeout, priority, kind, matches, loads=(), outputs=()):
+    """A ("learn", ...) action (see FlowSpec) writing rules of `kind` into
+    `table`.  Constants come before the fields that need them: OVS checks
+    the learned match's prerequisites as it builds it."""
+    return ("learn", table, idle_timeout, priority, learned_cookie(kind),
+            tuple(matches), tuple(loads), tuple(outputs))
+
+
+def _l4_matches(l4, reverse):
+    """The learned match's protocol and ports for l4 "tcp", "udp" or "ip",
+    copied from the packet as they are or, with `reverse`, swapped."""
+    if l4 == "ip":
+        return (("ip_proto", "ip_proto"),)
+    src, dst = f"{l4}_src", f"{l4}_dst"
+    return (("ip_proto", L4_PROTOS[l4]),
+            (src, dst if reverse else src), (dst, src if reverse else dst))
+
+
+@functools.lru_cache(maxsize=None)
+def pin_learn(l4):
+    """The PINS rule of the module docstring, learned from a new flow."""
+    matches = ((REG_SPI, REG_SPI), ("eth_type", ETH_IPV4),
+               ("ipv4_src", "ipv4_src"), ("ipv4_dst", "ipv4_dst")) + _l4_matches(l4, False)
+    return learn_action(TABLE_PINS, PIN_IDLE_SECONDS, PRIO_PIN, "pin", matches,
+                        loads=((REG_HOST, REG_HOST),))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def reply_learn(server_port, l4):
+    """The TABLE_REPLY rule of the module docstring, learned from a packet
+    going to the server at `server_port`: its reply, from that port, goes
+    back untagged to the sender's MAC out of the port it came in by."""
+    matches = (("in_port", server_port), ("eth_type", ETH_IPV4),
+               ("ipv4_src", "ipv4_dst"), ("ipv4_dst", "ipv4_src")) + _l4_matches(l4, True)
+    return learn_action(TABLE_REPLY, REPLY_IDLE_SECONDS, PRIO_REPLY, "reply_pin", matches,
+                        loads=(("eth_dst", "eth_src"),), outputs=("in_port",))
+
+
+def _by_l4(l4):
+    """The match and priority offset of a rule for l4 "tcp", "udp" or "ip"
+    (the more specific, the higher)."""
+    if l4 == "ip":
+        return {"eth_type": ETH_IPV4}, 0
+    return {"eth_type": ETH_IPV4, "ip_proto": L4_PROTOS[l4]}, 1 + (l4 == "tcp")
 
 
 def _learning():
     """The rules that pin a new flow to the host picked for it."""
-    learn = lambda l4: ("learn", TABLE_PINS, PIN_IDLE_SECONDS, PRIO_PIN, pin_cookie(), l4)
-    return [flow(TABLE_LEARN, 2, "learn", {"eth_type": ETH_IPV4, "ip_proto": 6}, [learn("tcp")]),
-            flow(TABLE_LEARN, 2, "learn", {"eth_type": ETH_IPV4, "ip_proto": 17}, [learn("udp")]),
-            flow(TABLE_LEARN, 1, "learn", {"eth_type": ETH_IPV4}, [learn("ip")])]
+    return [flow(TABLE_LEARN, 1 + (l4 != "ip"), "learn", _by_l4(l4)[0], [pin_learn(l4)])
+            for l4 in ("tcp", "udp", "ip")]
+
+
+def untrusted_ports(edges, servers, switch):
+    """(port, is a server) for the ports of `edges` and `servers` on
+    `switch`: outside the trust boundary."""
+    return ([(e.port, False) for e in edges if e.switch == switch]
+            + [(s.port, True) for s in servers if s.switch == switch])
+
+
+def guard_rules(edges, servers, switch):
+    """ADMIT rules for the ports outside the fabric on `switch`: MPLS from
+    an edge or a server is dropped (edge_drop), and a server's IPv4 goes
+    to TABLE_REPLY (server_in), where only a learned reply passes."""
+    out = []
+    for port, is_server in untrusted_ports(edges, servers, switch):
+        out += [flow(TABLE_ADMIT, PRIO_EDGE_DROP, "edge_drop",
+                     {"in_port": port, "eth_type": eth_type})
+                for eth_type in (ETH_MPLS, ETH_MPLS_MC)]
+        if is_server:
+            out.append(flow(TABLE_ADMIT, PRIO_SERVER_IN, "server_in",
+                            {"in_port": port, "eth_type": ETH_IPV4}, goto=TABLE_REPLY))
+    return out
 
 
 def edge_drops(topo, switch):
-    return [flow(TABLE_ADMIT, PRIO_EDGE_DROP, "edge_drop",
-                 {"in_port": edge.port, "eth_type": eth_type})
-            for edge in topo.edges if edge.switch == switch
-            for eth_type in (ETH_MPLS, ETH_MPLS_MC)]
+    """The guard rules of every edge and server port of `switch`."""
+    return guard_rules(topo.edges, topo.servers, switch)
 
 
 def plain_rules(topo, routes, switch):
@@ -447,7 +565,26 @@ def plain_rules(topo, routes, switch):
         port = _ports_toward(routes, switch, edge.name)[0]
         flows.append(flow(TABLE_PLAIN, PRIO_L2, "l2", {"eth_dst": edge_mac(edge.name)},
                           [("output", port)]))
+    for server in topo.servers:
+        flows += _server_rules(server, _ports_toward(routes, switch, server.name)[0],
+                               server.switch == switch)
     return flows
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _server_rules(server, port, own_switch):
+    """ARP and L2 toward a server out of `port`; on its own switch also the
+    to_server rules that learn each packet's way back."""
+    out = [flow(TABLE_PLAIN, PRIO_ARP, "arp", {"eth_type": ETH_ARP, "arp_tpa": _host_ip(server)},
+                [("output", port)]),
+           flow(TABLE_PLAIN, PRIO_L2, "l2", {"eth_dst": server.mac}, [("output", port)])]
+    if own_switch:
+        for l4 in ("ip", "udp", "tcp"):
+            match, offset = _by_l4(l4)
+            out.append(flow(TABLE_PLAIN, PRIO_TO_SERVER + offset, "to_server",
+                            dict(match, eth_dst=server.mac),
+                            [reply_learn(server.port, l4), ("output", port)]))
+    return tuple(out)
 
 
 def _misses():
@@ -457,7 +594,7 @@ def _misses():
             flow(TABLE_TRANSPORT, 0, "next", {}, goto=TABLE_PLAIN),
             flow(TABLE_PLAIN, 0, "miss", {}),
             flow(TABLE_PINS, 0, "miss", {}), flow(TABLE_STEER, 0, "miss", {}),
-            flow(TABLE_SEND, 0, "miss", {})]
+            flow(TABLE_SEND, 0, "miss", {}), flow(TABLE_REPLY, 0, "miss", {})]
 
 
 def assemble(drops, classifiers, transport, plain, groups) -> SwitchRules:
@@ -495,13 +632,14 @@ def diff(desired: Iterable[FlowSpec], actual: Iterable[ActualFlow]) -> FlowDiff:
     hashes the actions, so changed actions show).  A flow whose key is
     desired with another cookie is overwritten by the add (OFPFC_ADD on an
     identical match replaces it), so it is not deleted first; every other
-    flow, onvm's or not, is deleted, but for the pins the switch learned
-    (they carry running flows and go by their idle timeout)."""
+    flow, onvm's or not, is deleted, but for the pins and reply rules the
+    switch learned (LEARNED: they carry running flows and go by their idle
+    timeout)."""
     desired = list(desired)
     wanted = {spec.key: spec for spec in desired}
     kept, deletes = set(), []
     for entry in actual:
-        if entry.table == TABLE_PINS and entry.cookie == pin_cookie():
+        if LEARNED.get(entry.table) == entry.cookie:
             continue
         spec = wanted.get(entry.key)
         if spec is None:

@@ -8,14 +8,14 @@ the live graph.  What is live:
 
   - a link between switches is down when its port is down or deleted on
     either end, or when LLDP reported it deleted (until LLDP sees it again);
-  - a host's or edge's cable is down when its switch port is;
+  - a host's, edge's or server's cable is down when its switch port is;
   - a switch that left is gone with its cables until it reconnects (a
     switch never seen is not "gone": at start-up the file is trusted);
   - links LLDP finds that the file does not have are noted, never routed
     over: the file is the intended fabric, a surprise cable is a mistake.
 
-When the fabric splits, each part gets rules for the hosts and edges it can
-reach; a host or edge cut off from every switch gets none (its transport
+When the fabric splits, each part gets rules for the hosts, edges and
+servers it can reach; one cut off from every switch gets none (its transport
 label then meets the table's miss rule and is dropped, counted).  This
 module only decides: it neither talks to switches nor places chains (a cut
 off host keeps its NFs; host liveness is the agents' leases).
@@ -74,6 +74,8 @@ class LiveFabric:
             self.role[(host.switch, host.port)] = ("host", host.name)
         for edge in topo.edges:
             self.role[(edge.switch, edge.port)] = ("edge", edge.name)
+        for server in topo.servers:
+            self.role[(server.switch, server.port)] = ("server", server.name)
         self._graph = None
         self.book = RuleBook()      # recompiles only the parts a change touches
 
@@ -185,7 +187,7 @@ class LiveFabric:
         return self._graph
 
     def parts(self) -> List[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
-        """The fabric's connected parts as (switches, hosts and edges), the
+        """The fabric's connected parts as (switches, hosts, edges and servers), the
         switches that left excluded, in file order; places cut off from
         every switch are in no part."""
         g = self.graph()
@@ -201,7 +203,7 @@ class LiveFabric:
         return sorted(out, key=lambda part: order[part[0][0]])
 
     def unreachable(self) -> List[str]:
-        """Hosts and edges no switch reaches, in file order."""
+        """Hosts, edges and servers no switch reaches, in file order."""
         reached = {p for _, places in self.parts() for p in places}
         return [n for n, d in self.graph().nodes(data=True)
                 if d["kind"] != "switch" and n not in reached]
@@ -214,7 +216,8 @@ class LiveFabric:
         left get none.  Compiled by controller.rulebook, so a host's loss
         recomputes only its chains' rules.  The MPLS drops on an edge port
         stay while the edge's cable is down, so a port coming back is never
-        open.  With `lldp` (ryu.topology observing links) every switch also
+        open; so do a server port's (and its server_in rule: what it sends
+        meets only the learned replies).  With `lldp` (ryu.topology observing links) every switch also
         sends LLDP to the controller (see LldpPunt)."""
         out = {}
         for switches, places in self.parts():
@@ -254,6 +257,7 @@ def _restrict(topo, switches, places):
     return dataclasses.replace(
         topo, switches=tuple(s for s in topo.switches if s.name in switches),
         hosts=tuple(h for h in topo.hosts if h.name in places), edges=edges,
+        servers=tuple(s for s in topo.servers if s.name in places),
         chains=tuple(c for c in topo.chains if c.ingress in names))
 
 
@@ -271,12 +275,12 @@ def _reachable_groups(ingress_groups, places):
 
 
 def _with_edge_drops(topo, part, rules, dpid):
+    """The guard rules (controller.flows.guard_rules) of the edges and
+    servers of this switch that the part lost."""
     switch = next(s.name for s in topo.switches if s.dpid == dpid)
-    kept = {e.name for e in part.edges}
-    drops = [flows.flow(flows.TABLE_ADMIT, flows.PRIO_EDGE_DROP, "edge_drop",
-                        {"in_port": e.port, "eth_type": eth_type})
-             for e in topo.edges if e.switch == switch and e.name not in kept
-             for eth_type in (flows.ETH_MPLS, flows.ETH_MPLS_MC)]
+    kept = {p.name for p in part.edges + part.servers}
+    drops = flows.guard_rules([e for e in topo.edges if e.name not in kept],
+                              [s for s in topo.servers if s.name not in kept], switch)
     return flows.SwitchRules(drops + list(rules.flows), rules.groups)
 
 

@@ -22,23 +22,32 @@ from controller import flows
 NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3
 
 
-def _learn_action(parser, table, idle_timeout, priority, cookie, l4):
-    """NXActionLearn for the PINS rule of controller.flows' docstring.
-    Constants come before the fields that need them (OVS checks the
-    learned match's prerequisites as it builds it)."""
-    copy = lambda field, bits: parser.NXFlowSpecMatch(
-        src=(field, 0), dst=(field, 0), n_bits=bits)
-    specs = [copy("reg1", 32),
-             parser.NXFlowSpecMatch(src=flows.ETH_IPV4, dst=("eth_type_nxm", 0), n_bits=16),
-             copy("ipv4_src_nxm", 32), copy("ipv4_dst_nxm", 32)]
-    if l4 in ("tcp", "udp"):
-        specs += [parser.NXFlowSpecMatch(src={"tcp": 6, "udp": 17}[l4],
-                                         dst=("ip_proto_nxm", 0), n_bits=8),
-                  copy(f"{l4}_src_nxm", 16), copy(f"{l4}_dst_nxm", 16)]
-    else:
-        specs.append(copy("ip_proto_nxm", 8))
-    specs.append(parser.NXFlowSpecLoad(src=(flows.REG_HOST, 0), dst=(flows.REG_HOST, 0),
-                                       n_bits=32))
+# Bits of the fields learn actions copy, match or load (controller.flows'
+# learn_action); Ryu names the Nicira field "<name>_nxm", registers as is.
+LEARN_BITS = {"reg0": 32, "reg1": 32, "reg2": 32, "in_port": 16, "eth_type": 16,
+              "eth_src": 48, "eth_dst": 48, "ip_proto": 8, "ipv4_src": 32, "ipv4_dst": 32,
+              "tcp_src": 16, "tcp_dst": 16, "udp_src": 16, "udp_dst": 16}
+
+
+def _nxm(field):
+    return (field if field.startswith("reg") else f"{field}_nxm", 0)
+
+
+def _learn_action(parser, table, idle_timeout, priority, cookie, matches, loads, outputs):
+    """NXActionLearn for a ("learn", ...) action of controller.flows: each
+    match copies a packet field (or sets a constant) into the learned
+    match, each load sets a field from the packet's, each output sends to
+    the port a packet field names (NXM_OF_IN_PORT: the packet's in_port)."""
+    specs = []
+    for field, src in matches:
+        specs.append(parser.NXFlowSpecMatch(
+            src=_nxm(src) if isinstance(src, str) else src, dst=_nxm(field),
+            n_bits=LEARN_BITS[field]))
+    for field, src in loads:
+        specs.append(parser.NXFlowSpecLoad(src=_nxm(src), dst=_nxm(field),
+                                           n_bits=LEARN_BITS[field]))
+    for src in outputs:
+        specs.append(parser.NXFlowSpecOutput(src=_nxm(src), n_bits=LEARN_BITS[src]))
     return parser.NXActionLearn(table_id=table, specs=specs, idle_timeout=idle_timeout,
                                 priority=priority, cookie=cookie)
 

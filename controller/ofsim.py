@@ -5,15 +5,16 @@ the topology's links, and says where it comes out and with which labels.
 It models only what our rules use (priority matching with masks, goto,
 apply-actions: push_mpls, set_field, set_mpls_ttl, output, group with
 select buckets chosen by a hash the caller passes, and the Nicira actions
-resubmit, multipath (rendezvous hashing of the 5-tuple) and learn, in
-controller.flows' short form or as ("nx_learn", ...) with the flow specs
-spelled out, as a decoded NXActionLearn carries them).  Besides whole
+resubmit, multipath (rendezvous hashing of the 5-tuple) and learn, with
+its matches, loads and outputs spelled out as controller.flows writes them
+and as a decoded NXActionLearn carries them).  Besides whole
 SwitchRules, a switch takes single flow and group changes (`add_flow`,
 `delete_flow_strict`, `set_group`, `delete_group`), so tests can replay
 the OpenFlow messages the controller sends (tests/test_ofmsgs.py).
 Registers (reg0, reg1, ...) start at 0 on every switch and never leave it.
-Learned rules stay in the switch until `SwitchSim.expire_pins()` (the
-walker has no clock).  It is not a switch: integration tests with real
+Learned rules (pins, and the reply rules of a server's switch) stay in
+the switch until `SwitchSim.expire_pins()` (the walker has no clock).
+It is not a switch: integration tests with real
 OVS confirm what it predicts.
 
 Packets injected with in_port=INJECTED come from the switch itself (like a
@@ -33,8 +34,8 @@ import ipaddress
 import zlib
 from typing import Callable, Dict, List, Optional, Tuple
 
-from controller.flows import (ETH_IPV4, ETH_MPLS, FlowSpec, GroupSpec, SwitchRules,
-                              canonical_match)
+from controller.flows import (ETH_MPLS, FlowSpec, GroupSpec, SwitchRules,
+                              canonical_match, cookie_kind)
 
 MAX_HOPS = 32
 MAX_RESUBMITS = 64          # OVS gives up on deeper recursion too
@@ -50,8 +51,9 @@ class SimError(RuntimeError):
 
 @dataclasses.dataclass
 class Exit:
-    """Where a packet left the fabric: kind "host" or "edge", its name, the
-    packet as it left, and the (switch, table, rule kind) it went through."""
+    """Where a packet left the fabric: kind "host", "edge" or "server", its
+    name, the packet as it left, and the (switch, table, rule kind) it went
+    through."""
     kind: str
     name: str
     packet: dict
@@ -230,37 +232,26 @@ class SwitchSim:
                 packet[action[2]] = hrw_slot(packet, action[1])
             elif op == "learn":
                 self._learn(packet, *action[1:])
-            elif op == "nx_learn":
-                self._nx_learn(packet, *action[1:])
             else:
                 raise SimError(f"switch {self.name}: unknown action {action!r}")
 
-    def _learn(self, packet, table, idle_timeout, priority, cookie, l4):
-        """The PINS rule of controller.flows: SPI and the flow's addresses,
-        protocol and ports -> reg0 as it is now."""
-        match = {"reg1": packet.get("reg1", 0), "eth_type": ETH_IPV4,
-                 "ipv4_src": packet["ipv4_src"], "ipv4_dst": packet["ipv4_dst"],
-                 "ip_proto": packet["ip_proto"]}
-        if l4 in ("tcp", "udp"):
-            match.update({f"{l4}_src": packet[f"{l4}_src"], f"{l4}_dst": packet[f"{l4}_dst"]})
-        spec = FlowSpec(table, priority, "pin", canonical_match(match, "learn"),
-                        (("set_field", "reg0", packet.get("reg0", 0)),))
-        self.learned[spec.key] = spec    # same match: the newer one replaces it
-
-    def _nx_learn(self, packet, table, idle_timeout, priority, cookie, matches, loads):
-        """A learn action spelled out: `matches` are (field, source) with the
-        source a field to copy from the packet or a constant; `loads` are
-        (field, source field) pairs set by the learned rule.  Fields are
-        named as in matches (Ryu's "_nxm" suffix dropped)."""
+    def _learn(self, packet, table, idle_timeout, priority, cookie, matches, loads, outputs):
+        """controller.flows' learn action: `matches` are (field, source)
+        with the source a field to copy from the packet or a constant;
+        `loads` are (field, source field) pairs set by the learned rule,
+        `outputs` source fields naming its output port.  Fields are named
+        as in matches (Ryu's "_nxm" suffix dropped)."""
         def value(src):
             return _read(packet, src) if isinstance(src, str) else src
         match = {field: value(src) for field, src in matches}
         if any(v is None for v in match.values()):
             raise SimError(f"switch {self.name}: learn copies a field the packet "
                            f"lacks: {match}")
-        actions = tuple(("set_field", field, value(src)) for field, src in loads)
-        spec = FlowSpec(table, priority, "pin", canonical_match(match, "learn"), actions)
-        self.learned[spec.key] = spec
+        actions = (tuple(("set_field", field, value(src)) for field, src in loads)
+                   + tuple(("output", value(src)) for src in outputs))
+        spec = FlowSpec(table, priority, cookie_kind(cookie) or "learned",
+                        canonical_match(match, "learn"), actions)
+        self.learned[spec.key] = spec    # same match: the newer one replaces it
 
     def _group(self, packet, group_id, out):
         group = self.groups.get(group_id)
@@ -277,7 +268,7 @@ class SwitchSim:
 
 def port_map(topo):
     """(switch, port) -> ("switch", peer, peer_port) | ("host", name, None)
-    | ("edge", name, None)."""
+    | ("edge", name, None) | ("server", name, None)."""
     ports = {}
     for link in topo.links:
         ports[(link.a, link.a_port)] = ("switch", link.b, link.b_port)
@@ -286,6 +277,8 @@ def port_map(topo):
         ports[(host.switch, host.port)] = ("host", host.name, None)
     for edge in topo.edges:
         ports[(edge.switch, edge.port)] = ("edge", edge.name, None)
+    for server in topo.servers:
+        ports[(server.switch, server.port)] = ("server", server.name, None)
     return ports
 
 
@@ -329,6 +322,10 @@ class FabricSim:
     def from_edge(self, edge_name, packet) -> List[Exit]:
         edge = self.topo.edge(edge_name)
         return self.send(edge.switch, edge.port, packet)
+
+    def from_server(self, server_name, packet) -> List[Exit]:
+        server = self.topo.server(server_name)
+        return self.send(server.switch, server.port, packet)
 
 
 def rule_kinds(trace) -> List[str]:

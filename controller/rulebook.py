@@ -7,9 +7,9 @@ each chain's first NF.  `RuleBook.compile` returns exactly the same rules
 (the tests compare them rule for rule after every kind of change) but keeps
 what it computed and recomputes only
 
-  - the fabric's part (transport rules and ECMP groups, plain L2/ARP, edge
-    MPLS drops) when the fabric changed: another graph object, other hosts,
-    edges or switches; the part is kept per fabric state, so the parts of a
+  - the fabric's part (transport rules and ECMP groups, plain L2/ARP and
+    the servers' to_server rules, edge and server guards) when the fabric
+    changed: another graph object, other hosts, edges, servers or switches; the part is kept per fabric state, so the parts of a
     split fabric (controller.livegraph compiles each part on its own) do
     not push each other out;
   - a chain's part (its classifier or chain_drop rule, steering, picks and
@@ -24,7 +24,7 @@ are recomputed.  Not here: placement (controller.placement), talking to
 switches (controller.apps), the live view of the fabric (controller.livegraph).
 
 The fabric is recognised by the graph object's identity plus the hosts,
-edges and switches: callers (LiveFabric) build a new graph when the fabric
+edges, servers and switches: callers (LiveFabric) build a new graph when the fabric
 changes and never change a graph in place.  The book keeps a reference to
 each graph it knows, so an identity is never reused while it is cached.
 """
@@ -45,6 +45,7 @@ class _Fabric:
     graph: object
     hosts: tuple
     edges: tuple
+    servers: tuple
     switches: tuple
     routes: dict
     per_switch: dict = dataclasses.field(default_factory=dict)   # name -> _SwitchFabric
@@ -52,7 +53,7 @@ class _Fabric:
 
 @dataclasses.dataclass(frozen=True)
 class _SwitchFabric:
-    drops: list          # edge MPLS drops
+    drops: list          # edge and server guards (flows.guard_rules)
     transport: list
     groups: list
     how: dict            # host -> action toward it from this switch
@@ -110,13 +111,15 @@ class RuleBook:
 
     # ------------------------------------------------------------- parts
     def _fabric(self, topo, graph) -> _Fabric:
-        key = (id(graph), hash(topo.hosts), hash(topo.edges), hash(topo.switches))
+        key = (id(graph), hash(topo.hosts), hash(topo.edges), hash(topo.servers),
+               hash(topo.switches))
         fabric = self._fabrics.get(key)
         if (fabric is not None and fabric.graph is graph and fabric.hosts == topo.hosts
-                and fabric.edges == topo.edges and fabric.switches == topo.switches):
+                and fabric.edges == topo.edges and fabric.servers == topo.servers
+                and fabric.switches == topo.switches):
             self._fabrics.move_to_end(key)
             return fabric
-        fabric = _Fabric(graph, topo.hosts, topo.edges, topo.switches,
+        fabric = _Fabric(graph, topo.hosts, topo.edges, topo.servers, topo.switches,
                          flows.routes(topo, graph))
         self.counts["fabrics"] += 1
         self._fabrics[key] = fabric

@@ -15,6 +15,8 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -23,14 +25,16 @@ import urllib.request
 from collections import Counter
 
 import pytest
+from ryu.ofproto import ofproto_parser
 
-from controller import flows
+from controller import flows, ofmsgs
 from controller.fabric import build_graph
 from controller.livegraph import lldp_punt
 from controller.ofsim import FabricSim
 from contracts.store import LEADER, open_store
 from controller.topogen import leaf_spine
-from controller.topology import dump_topology, load_topology
+from controller.topology import dump_topology, load_topology, parse_topology
+from contracts.model import Server
 from onvm.services import free_port, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -540,3 +544,188 @@ def test_standby_takes_over_when_the_leader_is_killed(
     wait_fabric(ovs, bridges, topo, unplaced_rules(topo), standby,
                 "the new leader reprograms the switches")
     assert "I lead now" in standby.log()
+
+
+# ------------------------------------------------- a server's way back in OVS
+
+SERVED = """
+name: served
+switches:
+  - {name: s1, dpid: 0x401}
+  - {name: s2, dpid: 0x402}
+hosts:
+  - {name: h1, switch: s1, port: 1, mac: "02:00:00:00:00:01", ip: 10.0.0.1/24, cores: 2}
+  - {name: h3, switch: s2, port: 1, mac: "02:00:00:00:00:03", ip: 10.0.0.3/24, cores: 2}
+links:
+  - {a: s1, a_port: 10, b: s2, b_port: 10, gbps: 10}
+edges:
+  - {name: internet, switch: s1, port: 3}
+nfs: {}
+chains: []
+"""
+WEB1 = Server("web1", "s2", 5, "02:00:00:00:01:10", "10.0.1.10/24")
+OFPT_ERROR, OFPT_BARRIER_REPLY = 1, 21
+
+
+def send_over_openflow(ovs, bridge, msgs):
+    """Send Ryu messages to `bridge` as the chain manager does, over the
+    bridge's own OpenFlow 1.3 management socket (hello, the messages, a
+    barrier); an OpenFlow error from OVS fails with its text."""
+    datapath = ofmsgs.offline_datapath()
+    parser = datapath.ofproto_parser
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(os.path.join(ovs.dir, bridge + ".mgmt"))
+    buffered = b""
+
+    def receive():
+        nonlocal buffered
+        while len(buffered) < 8 or len(buffered) < struct.unpack_from("!H", buffered, 2)[0]:
+            chunk = sock.recv(65536)
+            assert chunk, "OVS closed the OpenFlow connection"
+            buffered += chunk
+        length = struct.unpack_from("!H", buffered, 2)[0]
+        msg, buffered = buffered[:length], buffered[length:]
+        return msg
+
+    def send(msg, xid):
+        msg.set_xid(xid)
+        msg.serialize()
+        sock.sendall(bytes(msg.buf))
+
+    try:
+        send(parser.OFPHello(datapath), 1)
+        assert receive()[1] == 0, "no OpenFlow hello from OVS"
+        for xid, msg in enumerate(msgs, start=2):
+            send(msg, xid)
+        send(parser.OFPBarrierRequest(datapath), 0xFFFF)
+        while True:
+            reply = receive()
+            if reply[1] == OFPT_ERROR:
+                version, kind, length, xid = struct.unpack_from("!BBHI", reply)
+                error = ofproto_parser.msg(datapath, version, kind, length, xid, reply)
+                raise AssertionError(f"OVS refused message {xid} of {bridge}: {error}")
+            if reply[1] == OFPT_BARRIER_REPLY:
+                return
+    finally:
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def served_fabric(ovs):
+    """Two netdev bridges holding flows.switch_rules of SERVED with server
+    web1 on s2, sent as the Ryu messages of controller.ofmsgs; every place
+    is an internal port, so real frames can be sent from it."""
+    topo = dataclasses.replace(parse_topology(SERVED, "test_chain_manager_ovs.py:SERVED"),
+                               servers=(WEB1,))
+    rules = flows.switch_rules(topo, build_graph(topo), {})
+    names = {}
+    for sw in topo.switches:
+        names[sw.name] = ovs.add_bridge(f"{ovs.prefix}{sw.name}", dpid=sw.dpid)
+    a, b = f"{ovs.prefix}sva", f"{ovs.prefix}svb"
+    ovs.vsctl("add-port", names["s1"], a, "--", "set", "Interface", a, "type=patch",
+              f"options:peer={b}", "ofport_request=10",
+              "--", "add-port", names["s2"], b, "--", "set", "Interface", b, "type=patch",
+              f"options:peer={a}", "ofport_request=10")
+    for place in topo.hosts + topo.edges + topo.servers:
+        port = f"{ovs.prefix}{place.switch}p{place.port}"
+        ovs.vsctl("add-port", names[place.switch], port, "--", "set", "Interface", port,
+                  "type=internal", f"ofport_request={place.port}")
+    datapath = ofmsgs.offline_datapath()
+    for sw in topo.switches:
+        ovs.ofctl("del-flows", names[sw.name])
+        want = rules[sw.dpid]
+        send_over_openflow(ovs, names[sw.name], ofmsgs.to_messages(
+            datapath, flows.diff(want.flows, []), flows.diff_groups(want.groups, [])))
+        held = dumped(ovs, names[sw.name])
+        assert held == wanted(want), f"{sw.name}: OVS holds\n{held}"
+    yield topo, rules, names
+    for bridge in names.values():
+        ovs.vsctl("--if-exists", "del-br", bridge)
+
+
+def served_packet(src_mac, dst_mac, src, dst, sport, dport):
+    return {"eth_src": src_mac, "eth_dst": dst_mac, "eth_type": 0x0800, "ipv4_src": src,
+            "ipv4_dst": dst, "ip_ttl": 64, "ip_proto": 6, "tcp_src": sport, "tcp_dst": dport}
+
+
+def trace_flow(in_port, p):
+    return (f"in_port={in_port},tcp,dl_src={p['eth_src']},dl_dst={p['eth_dst']},"
+            f"nw_src={p['ipv4_src']},nw_dst={p['ipv4_dst']},nw_ttl={p['ip_ttl']},"
+            f"tp_src={p['tcp_src']},tp_dst={p['tcp_dst']}")
+
+
+def counted(ovs, bridge, cookie):
+    """n_packets of the flows of `bridge` with `cookie`."""
+    text = ovs.ofctl("dump-flows", bridge, f"cookie={cookie:#x}/-1")
+    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", text))
+
+
+def test_a_servers_reply_finds_its_way_back_in_ovs_as_in_ofsim(ovs, served_fabric):
+    """Real OVS, rules sent as ofmsgs' messages: a packet from h1 to web1
+    runs to_server, whose learn writes the reply rule into table 8; the
+    server's reversed packet runs server_in and that rule, and leaves at
+    h1 with eth_dst = h1's MAC; a server packet that answers nothing meets
+    table 8's miss, and an MPLS frame from the server port the edge_drop
+    rule (their counters count real frames).  ofsim says the same."""
+    from scapy.contrib.mpls import MPLS
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    topo, rules, names = served_fabric
+    bridges = {sw: bridge for sw, bridge in names.items()}
+    sim = FabricSim(topo, rules)
+    h1, web1_ip = topo.host("h1"), WEB1.ip.split("/")[0]
+    forward = served_packet(h1.mac, WEB1.mac, "192.0.2.7", web1_ip, 40000, 80)
+    exit_, = sim.from_host("h1", forward)
+    path, _, (switch, port), text = ovs_trace(ovs, bridges, names["s1"],
+                                              trace_flow(h1.port, forward), generate=True)
+    assert path == exit_.trace and exit_.name == "web1", f"ovs {path}\nofsim {exit_.trace}"
+    assert (switch, port) == ("s2", WEB1.port), text
+    learned = ovs.ofctl("dump-flows", names["s2"], f"table={flows.TABLE_REPLY}")
+    rule = next(line for line in learned.splitlines()
+                if f"cookie={flows.reply_cookie():#x}" in line)
+    for part in (f"priority={flows.PRIO_REPLY}", f"idle_timeout={flows.REPLY_IDLE_SECONDS}",
+                 f"in_port={WEB1.port}", f"nw_src={web1_ip}", "nw_dst=192.0.2.7",
+                 "tp_src=80", "tp_dst=40000", "output:10",
+                 f"load:{int(h1.mac.replace(':', ''), 16):#x}->NXM_OF_ETH_DST[]"):
+        assert part in rule, rule
+    assert len(sim.switches["s2"].learned) == 1
+
+    reply = served_packet(WEB1.mac, "02:00:00:00:0e:ee", web1_ip, "192.0.2.7", 80, 40000)
+    back, = sim.from_server("web1", reply)
+    path, _, (switch, port), text = ovs_trace(ovs, bridges, names["s2"],
+                                              trace_flow(WEB1.port, reply))
+    assert path == back.trace, f"ovs {path}\nofsim {back.trace}\n{text}"
+    assert (back.kind, back.name) == ("host", "h1") and (switch, port) == ("s1", h1.port)
+    assert back.packet["eth_dst"] == h1.mac and f"set(eth(dst={h1.mac}))" in text, text
+    assert [k for _, _, k in path][:2] == ["server_in", "reply_pin"]
+
+    # real frames from the server's port
+    def from_server(frame, times=1):
+        for _ in range(times):
+            ovs.ofctl("packet-out", names["s2"],
+                      f"in_port={WEB1.port} packet={bytes(frame).hex()} actions=table")
+    answer = Ether(src=WEB1.mac, dst="02:00:00:00:0e:ee") / IP(src=web1_ip, dst="192.0.2.7") \
+        / TCP(sport=80, dport=40000)
+    from_server(answer)
+    assert counted(ovs, names["s2"], flows.reply_cookie()) == 1
+    miss = next(f for f in rules[topo.switch("s2").dpid].flows
+                if f.table == flows.TABLE_REPLY and f.kind == "miss")
+    before = counted(ovs, names["s2"], miss.cookie)
+    unsolicited = Ether(src=WEB1.mac, dst=h1.mac) / IP(src=web1_ip, dst="192.0.2.7") \
+        / TCP(sport=80, dport=40001)
+    from_server(unsolicited, 3)
+    assert counted(ovs, names["s2"], miss.cookie) == before + 3
+    assert sim.from_server("web1", dict(reply, tcp_dst=40001, eth_dst=h1.mac)) == []
+    _, _, (_, port), text = ovs_trace(ovs, bridges, names["s2"], trace_flow(
+        WEB1.port, dict(reply, tcp_dst=40001, eth_dst=h1.mac)))
+    assert "Datapath actions: drop" in text, text
+    drops = [f for f in rules[topo.switch("s2").dpid].flows if f.kind == "edge_drop"
+             and dict(f.match)["in_port"] == WEB1.port]
+    assert len(drops) == 2
+    forged = Ether(src=WEB1.mac, dst=topo.host("h3").mac) / MPLS(label=h1.label, s=0) \
+        / MPLS(label=16, s=0) / MPLS(label=255, s=1) / IP(src=web1_ip, dst="10.0.0.3") \
+        / TCP(sport=80, dport=40000)
+    before = sum(counted(ovs, names["s2"], d.cookie) for d in drops)
+    from_server(forged, 2)
+    assert sum(counted(ovs, names["s2"], d.cookie) for d in drops) == before + 2

@@ -1,17 +1,33 @@
 """controller.fabric: the graph, distances and ECMP ports, checked against
 networkx on every small graph of the atlas (as Faucet's stack tests do)."""
+import dataclasses
 import itertools
 
 import networkx as nx
 import pytest
 
 from controller import fabric, topogen
-from contracts.model import Edge, Host, Link, Switch, Topology
+from contracts.model import Edge, Host, Link, Server, Switch, Topology
+
+
+def with_servers(topo, count):
+    """`topo` with `count` application servers, one on each of the first
+    switches that have hosts, on the port after the highest one used."""
+    used = {}
+    for sw, port in ([(h.switch, h.port) for h in topo.hosts]
+                     + [(e.switch, e.port) for e in topo.edges]
+                     + [(l.a, l.a_port) for l in topo.links]
+                     + [(l.b, l.b_port) for l in topo.links]):
+        used[sw] = max(used.get(sw, 0), port)
+    switches = list(dict.fromkeys(h.switch for h in topo.hosts))[:count]
+    servers = tuple(Server(f"web{i + 1}", sw, used[sw] + 1, f"02:00:00:00:0f:{i + 1:02x}",
+                           f"10.200.0.{i + 1}/16") for i, sw in enumerate(switches))
+    return dataclasses.replace(topo, servers=topo.servers + servers)
 
 
 def topo_from_graph(g):
     """Switches = g's nodes (links in g's edge order), one host per switch,
-    one edge on the first switch."""
+    one edge on the first switch, one server on the last."""
     nodes = sorted(g.nodes())
     switches = tuple(Switch(f"s{n}", n + 1) for n in nodes)
     ports = {n: itertools.count(10) for n in nodes}
@@ -20,7 +36,9 @@ def topo_from_graph(g):
     hosts = tuple(Host(f"h{n}", f"s{n}", 1, f"02:00:00:00:00:{n + 1:02x}",
                        f"10.0.0.{n + 1}/24", 4, 16 + n) for n in nodes)
     edges = (Edge("internet", f"s{nodes[0]}", 2),) if nodes else ()
-    return Topology("atlas", switches, hosts, links, edges, {}, ())
+    servers = ((Server("web", f"s{nodes[-1]}", 3, "02:00:00:00:01:00", "10.0.1.1/24"),)
+               if nodes else ())
+    return Topology("atlas", switches, hosts, links, edges, {}, (), servers=servers)
 
 
 def atlas(max_nodes=6):
@@ -32,6 +50,8 @@ def test_graph_has_kinds_ports_and_gbps():
     assert g.nodes["s0"] == {"kind": "switch", "dpid": 1}
     assert g.nodes["h1"] == {"kind": "host", "switch": "s1"}
     assert g.nodes["internet"]["kind"] == "edge"
+    assert g.nodes["web"] == {"kind": "server", "switch": "s1"}
+    assert g.edges["web", "s1"]["ports"] == {"s1": 3}
     assert g.edges["h1", "s1"]["ports"] == {"s1": 1}
     assert g.edges["s0", "s1"] == {"ports": {"s0": 10, "s1": 10}, "gbps": 10.0}
     assert fabric.switch_of(g, "h1") == "s1" and fabric.switch_of(g, "s0") == "s0"
@@ -46,8 +66,7 @@ def test_graph_is_deterministic():
 
 def test_parallel_links_are_kept_for_ecmp():
     topo = topo_from_graph(nx.path_graph(2))
-    topo = Topology(topo.name, topo.switches, topo.hosts,
-                    topo.links + (Link("s0", 20, "s1", 20, 10.0),), topo.edges, {}, ())
+    topo = dataclasses.replace(topo, links=topo.links + (Link("s0", 20, "s1", 20, 10.0),))
     g = fabric.build_graph(topo)
     assert fabric.ecmp_ports(g, "s0", "h1") == (10, 20)
 
@@ -57,7 +76,7 @@ def test_hop_distances_match_networkx_on_every_small_graph():
     for small in atlas():
         topo = topo_from_graph(small)
         g = fabric.build_graph(topo)
-        places = [h.name for h in topo.hosts] + ["internet"]
+        places = [h.name for h in topo.hosts] + ["internet", "web"]
         got = fabric.hop_distances(g, places)
         for a in places:
             lengths = nx.single_source_shortest_path_length(g, a)
@@ -138,9 +157,10 @@ def _ecmp_cases():
         for link in list(g.edges())[:2]:
             if all(g.nodes[n]["kind"] == "switch" for n in link):
                 yield fabric.graph_without(g, link)
-    yield fabric.build_graph(topogen.fat_tree(4))
-    yield fabric.build_graph(topogen.leaf_spine(2, 4, 2))
-    yield fabric.graph_without(fabric.build_graph(topogen.fat_tree(4)), "pod1-agg1")
+    yield fabric.build_graph(with_servers(topogen.fat_tree(4), 3))
+    yield fabric.build_graph(with_servers(topogen.leaf_spine(2, 4, 2), 2))
+    yield fabric.graph_without(fabric.build_graph(with_servers(topogen.fat_tree(4), 3)),
+                               "pod1-agg1")
 
 
 def test_ecmp_tables_equal_ecmp_table_for_every_target():

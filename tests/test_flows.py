@@ -2,6 +2,7 @@
 compiled tables with controller.ofsim: chains, how their flows spread over
 the first NF's hosts and stay pinned across a scale-out, transport, edge
 filtering, plain reachability, table sizes, and the resync diff."""
+import dataclasses
 import itertools
 
 import pytest
@@ -12,6 +13,7 @@ from controller.flows import ActualFlow, FlowError, diff, diff_groups, switch_ru
 from controller.ofsim import INJECTED, FabricSim, rule_kinds, hrw_slot
 from controller.plans import edge_mac
 from controller.topology import parse_topology
+from contracts.model import Server
 
 LEAF_SPINE = """
 name: test-leaf-spine
@@ -380,19 +382,6 @@ def test_cookies_say_onvm_and_kind_and_differ_by_content(topo, rules):
         assert len({f.cookie for f in fl}) == len(fl)
 
 
-def test_diff_leaves_learned_pins_but_not_impostors(topo, rules):
-    desired = rules[topo.switch("spine1").dpid].flows
-    actual = [_as_actual(s) for s in desired]
-    match = flows.canonical_match({"reg1": 16, "eth_type": 0x0800, "ipv4_src": "192.0.2.1",
-                                   "ipv4_dst": "10.0.1.9", "ip_proto": 6,
-                                   "tcp_src": 1234, "tcp_dst": 80})
-    pin = ActualFlow(flows.TABLE_PINS, flows.PRIO_PIN, flows.pin_cookie(), match)
-    foreign = ActualFlow(flows.TABLE_PINS, flows.PRIO_PIN, 0, match)
-    elsewhere = ActualFlow(flows.TABLE_STEER, flows.PRIO_PIN, flows.pin_cookie(), match)
-    assert flows.cookie_kind(pin.cookie) == "pin"
-    assert diff(desired, actual + [pin, foreign, elsewhere]) == ([], [foreign, elsewhere])
-
-
 def test_diff_groups():
     g = lambda gid: flows.GroupSpec(gid, "select", (flows.Bucket(1, (("output", 1),)),))
     result = diff_groups([g(16), g(17)], [17, 99])
@@ -559,3 +548,155 @@ def test_ovs_drops_a_chain_packet_with_no_placed_nf_instead_of_forwarding_it(
         ovs.ofctl("packet-out", bridge, f"in_port=3 packet={frame.hex()} actions=table")
     counted = ovs.ofctl("dump-flows", bridge, f"cookie={drop.cookie:#x}/-1")
     assert "n_packets=3," in counted, counted
+
+
+# ------------------------------------------------------------------ servers
+
+WEB1 = Server("web1", "leaf2", 5, "02:00:00:00:01:10", "10.0.1.10/24")
+WEB2 = Server("web2", "leaf3", 5, "02:00:00:00:01:11", "10.0.1.11/24")
+
+
+@pytest.fixture(scope="module")
+def served(topo):
+    """The test fabric with two servers, and its switches as ofsim."""
+    topo = dataclasses.replace(topo, servers=(WEB1, WEB2))
+    return topo, FabricSim(topo, switch_rules(topo, build_graph(topo), INGRESS))
+
+
+def _forward(src_host, server, l4="tcp", sport=40000, dport=80, src="192.0.2.7"):
+    """What a chain's end sends a server: untagged, from its host's MAC."""
+    packet = {"eth_src": src_host.mac, "eth_dst": server.mac, "eth_type": 0x0800,
+              "ipv4_src": src, "ipv4_dst": server.ip.split("/")[0], "ip_ttl": 30,
+              "ip_proto": {"tcp": 6, "udp": 17, "ip": 1}[l4]}
+    if l4 != "ip":
+        packet.update({f"{l4}_src": sport, f"{l4}_dst": dport})
+    return packet
+
+
+def _reply(forward):
+    """The server's answer to `forward`: addresses and ports swapped."""
+    back = dict(forward, eth_src=forward["eth_dst"], eth_dst="02:00:00:00:01:ff",
+                ipv4_src=forward["ipv4_dst"], ipv4_dst=forward["ipv4_src"])
+    for l4 in ("tcp", "udp"):
+        if f"{l4}_src" in forward:
+            back[f"{l4}_src"], back[f"{l4}_dst"] = forward[f"{l4}_dst"], forward[f"{l4}_src"]
+    return back
+
+
+def _learned(fabric, switch, kind="reply_pin"):
+    return [s for s in fabric.switches[switch].learned.values() if s.kind == kind]
+
+
+@pytest.mark.parametrize("l4", ["tcp", "udp", "ip"])
+@pytest.mark.parametrize("sender", ["h1", "h4", "h5"])
+def test_a_servers_reply_goes_back_untagged_to_the_host_that_sent_the_flow(
+        served, l4, sender):
+    """h1 and h5 are behind spines, h4 shares web1's switch: the forward
+    packet reaches web1 and writes a reply rule; the reversed packet from
+    web1 leaves at the sender with eth_dst = its MAC, untagged."""
+    topo, fabric = served
+    fabric.switches["leaf2"].expire_pins()
+    host = topo.host(sender)
+    forward = _forward(host, WEB1, l4)
+    exits = fabric.from_host(sender, forward)
+    assert [(e.kind, e.name) for e in exits] == [("server", "web1")]
+    assert exits[0].packet["eth_dst"] == WEB1.mac and "mpls" not in exits[0].packet
+    assert rule_kinds(exits[0].trace)[-1] == "to_server"
+    learned = _learned(fabric, "leaf2")
+    assert len(learned) == 1 and learned[0].table == flows.TABLE_REPLY
+    assert learned[0].actions[0] == ("set_field", "eth_dst", host.mac)
+    back = fabric.from_server("web1", _reply(forward))
+    assert [(e.kind, e.name) for e in back] == [("host", sender)]
+    assert back[0].packet["eth_dst"] == host.mac and "mpls" not in back[0].packet
+    assert rule_kinds(back[0].trace)[:2] == ["server_in", "reply_pin"]
+    # only the reply of that very flow passes: another port or protocol is dropped
+    other = _reply(_forward(host, WEB1, "udp" if l4 == "tcp" else "tcp", sport=40001))
+    assert fabric.from_server("web1", other) == []
+
+
+def test_the_reply_follows_the_host_that_sent_the_flow_last(served):
+    topo, fabric = served
+    fabric.switches["leaf3"].expire_pins()
+    for sender in ("h1", "h3"):
+        forward = _forward(topo.host(sender), WEB2, sport=50000)
+        fabric.from_host(sender, forward)
+        back = fabric.from_server("web2", _reply(forward))
+        assert [(e.kind, e.name) for e in back] == [("host", sender)]
+    assert len(_learned(fabric, "leaf3")) == 1
+
+
+def test_a_server_packet_that_answers_nothing_is_dropped_and_counted(served):
+    topo, fabric = served
+    fabric.switches["leaf2"].expire_pins()
+    unsolicited = _reply(_forward(topo.host("h1"), WEB1, sport=41000))
+    unsolicited["eth_dst"] = topo.host("h1").mac      # L2 would deliver it
+    trace = []
+    assert fabric.switches["leaf2"].process(unsolicited, WEB1.port, trace) == []
+    assert trace == [("leaf2", flows.TABLE_ADMIT, "server_in"),
+                     ("leaf2", flows.TABLE_REPLY, "miss")]
+
+
+@pytest.mark.parametrize("ethertype", [0x8847, 0x8848])
+def test_forged_mpls_from_a_server_is_dropped(served, ethertype):
+    topo, fabric = served
+    for host in topo.hosts:     # a label stack for any host and chain
+        trace = []
+        packet = labelled(host.label, ethertype=ethertype, eth_dst=host.mac)
+        assert fabric.switches["leaf2"].process(packet, WEB1.port, trace) == []
+        assert rule_kinds(trace) == ["edge_drop"]
+
+
+def test_arp_and_l2_reach_every_server_from_every_place(served):
+    topo, fabric = served
+    places = ([("host", h.name) for h in topo.hosts] + [("edge", e.name) for e in topo.edges])
+    for kind, name in places:
+        for server in topo.servers:
+            ip = server.ip.split("/")[0]
+            send = fabric.from_host if kind == "host" else fabric.from_edge
+            arp = {"eth_src": "02:aa:00:00:00:01", "eth_dst": "ff:ff:ff:ff:ff:ff",
+                   "eth_type": 0x0806, "arp_tpa": ip}
+            l2 = {"eth_src": "02:aa:00:00:00:01", "eth_dst": server.mac, "eth_type": 0x86dd}
+            for packet in (arp, l2):
+                assert [(e.kind, e.name) for e in send(name, packet)] == \
+                    [("server", server.name)], (name, packet)
+    # a server's ARP goes to the owner of the target address
+    arp = {"eth_src": WEB1.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
+           "arp_tpa": topo.host("h6").ip.split("/")[0]}
+    assert [(e.kind, e.name) for e in fabric.from_server("web1", arp)] == [("host", "h6")]
+
+
+def test_to_server_rules_only_on_the_servers_switch(served):
+    topo, _ = served
+    rules = switch_rules(topo, build_graph(topo), INGRESS)
+    for sw in topo.switches:
+        kinds = [f.kind for f in rules[sw.dpid].flows]
+        own = [s for s in topo.servers if s.switch == sw.name]
+        assert kinds.count("to_server") == 3 * len(own), sw.name
+        assert kinds.count("server_in") == len(own), sw.name
+        assert kinds.count("l2") == len(topo.hosts) + len(topo.edges) + len(topo.servers)
+
+
+LEARNED_MATCHES = {
+    "pin": {"reg1": 16, "eth_type": 0x0800, "ipv4_src": "192.0.2.1", "ipv4_dst": "10.0.1.9",
+            "ip_proto": 6, "tcp_src": 1234, "tcp_dst": 80},
+    "reply_pin": {"in_port": 5, "eth_type": 0x0800, "ipv4_src": "10.0.1.10",
+                  "ipv4_dst": "192.0.2.7", "ip_proto": 6, "tcp_src": 80, "tcp_dst": 1234}}
+
+
+@pytest.mark.parametrize("kind,table,other_table", [
+    ("pin", flows.TABLE_PINS, flows.TABLE_STEER),
+    ("reply_pin", flows.TABLE_REPLY, flows.TABLE_PINS)])
+def test_diff_leaves_learned_rules_but_not_impostors(served, kind, table, other_table):
+    """What the switch learned (pins, reply rules) stays; the same match
+    with a foreign cookie, or the learned cookie in another table, goes."""
+    topo, _ = served
+    desired = switch_rules(topo, build_graph(topo), INGRESS)[topo.switch("leaf2").dpid].flows
+    actual = [_as_actual(s) for s in desired]
+    match = flows.canonical_match(LEARNED_MATCHES[kind])
+    cookie = flows.learned_cookie(kind)
+    learned = ActualFlow(table, 100, cookie, match)
+    foreign = ActualFlow(table, 100, 0, match)
+    elsewhere = ActualFlow(other_table, 100, cookie, match)
+    assert flows.cookie_kind(learned.cookie) == kind
+    assert cookie == {"pin": flows.pin_cookie(), "reply_pin": flows.reply_cookie()}[kind]
+    assert diff(desired, actual + [learned, foreign, elsewhere]) == ([], [foreign, elsewhere])

@@ -9,11 +9,12 @@ from controller import flows, topogen
 from controller.fabric import build_graph
 from controller.livegraph import LiveFabric, describe, lldp_punt, rule_changes
 from controller.ofsim import FabricSim
+from test_fabric import with_servers
 
 
 @pytest.fixture
 def topo():
-    return topogen.leaf_spine(2, 2, 2, chains=2)
+    return with_servers(topogen.leaf_spine(2, 2, 2, chains=2), 1)
 
 
 def link_between(topo, a, b):
@@ -88,10 +89,11 @@ def test_a_spine_link_down_is_routed_around_and_back(topo):
     assert kinds["transport"] > 0 and len(touched) >= 2
     # by hand: leaf1 and leaf2 reach the other leaf's two hosts over spine2
     # alone (2 transport rules each, their 2 ECMP groups go), spine1 reaches
-    # leaf1's hosts through leaf2 (2); ARP and L2 follow, and spine2's L2
-    # toward the internet edge on spine1 moves to leaf2.
+    # leaf1's hosts through leaf2 (2); ARP and L2 follow, for leaf1's
+    # server web1 too (on spine1 and leaf2), and spine2's L2 toward the
+    # internet edge on spine1 moves to leaf2.
     assert describe(before, rules) == ("6 transport rules and 4 ECMP groups "
-                                       "(and 6 arp, 9 l2) change on 4 switches")
+                                       "(and 8 arp, 11 l2) change on 4 switches")
     assert describe(rules, rules) == "no rule changes"
     up = live.port_status(link.a, link.a_port, True, "link up")
     assert up[0].effect == "routing over it again"
@@ -116,7 +118,8 @@ def test_a_cut_off_leaf_forms_its_own_part(topo):
     parts = live.parts()
     assert len(parts) == 2
     leaf_part = next(p for p in parts if "leaf1" in p[0])
-    assert leaf_part == (("leaf1",), tuple(h.name for h in topo.hosts if h.switch == "leaf1"))
+    assert leaf_part == (("leaf1",), tuple(h.name for h in topo.hosts if h.switch == "leaf1")
+                         + tuple(s.name for s in topo.servers if s.switch == "leaf1"))
     rules = live.rules(topo, {})
     assert_parts_reach_their_hosts(topo, live, rules)
     assert live.unreachable() == []
@@ -160,6 +163,26 @@ def test_an_edge_port_down_keeps_its_mpls_drops(topo):
     rules = live.rules(topo, {})[dpid]
     assert sorted(f.key for f in rules.flows if f.kind == "edge_drop") == drops
     assert not [f for f in rules.flows if dict(f.match).get("eth_dst") == edge.name]
+
+
+def test_a_server_port_down_keeps_its_guards_and_loses_its_rules(topo):
+    """A server cut off keeps its MPLS drops and its server_in rule (so a
+    port coming back is never open), and loses ARP, L2 and to_server."""
+    live = LiveFabric(topo)
+    server = topo.servers[0]
+    dpid = topo.switch(server.switch).dpid
+    guards = lambda rules: sorted(f.key for f in rules.flows
+                                  if f.kind in ("edge_drop", "server_in"))
+    before = file_rules(topo)[dpid]
+    assert len([f for f in before.flows if f.kind == "server_in"]) == 1
+    live.port_status(server.switch, server.port, False, "link down")
+    assert server.name in live.unreachable()
+    rules = live.rules(topo, {})[dpid]
+    assert guards(rules) == guards(before)
+    assert not [f for f in rules.flows if f.kind == "to_server"
+                or dict(f.match).get("eth_dst") == server.mac]
+    live.port_status(server.switch, server.port, True, "link up")
+    assert live.rules(topo, {})[dpid] == before
 
 
 def test_a_switch_that_left_gets_no_rules_and_comes_back(topo):
@@ -212,11 +235,11 @@ def test_random_event_sequences_route_around_and_undo_to_the_file(seed):
     every switch reaches exactly the hosts of its part, and undoing every
     event gives back the file's rules."""
     rng = random.Random(seed)
-    topo = topogen.leaf_spine(3, 4, 2)
+    topo = with_servers(topogen.leaf_spine(3, 4, 2), 2)
     live = LiveFabric(topo)
     original = live.rules(topo, {})
     ports = [(l.a, l.a_port) for l in topo.links] + [(l.b, l.b_port) for l in topo.links]
-    ports += [(h.switch, h.port) for h in topo.hosts]
+    ports += [(h.switch, h.port) for h in topo.hosts] + [(s.switch, s.port) for s in topo.servers]
     switches = [s.name for s in topo.switches]
     for _ in range(12):
         if rng.random() < 0.75:
@@ -256,10 +279,11 @@ def test_rules_kept_by_parts_equal_a_fresh_compile_after_any_events(seed):
     changes, its rules are those a fresh LiveFabric in the same state
     computes from nothing."""
     rng = random.Random(seed)
-    topo = topogen.leaf_spine(3, 4, 2, chains=3)
+    topo = with_servers(topogen.leaf_spine(3, 4, 2, chains=3), 2)
     hosts = [h.name for h in topo.hosts]
     live = LiveFabric(topo)
     ports = [(l.a, l.a_port) for l in topo.links] + [(h.switch, h.port) for h in topo.hosts]
+    ports += [(s.switch, s.port) for s in topo.servers]
     for _ in range(10):
         if rng.random() < 0.6:
             sw, port = rng.choice(ports)

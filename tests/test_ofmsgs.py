@@ -13,13 +13,14 @@ from ryu.ofproto import ofproto_parser
 from controller import flows, ofmsgs, topogen
 from controller.fabric import build_graph
 from controller.ofsim import FabricSim, rule_kinds
+from test_fabric import with_servers
 
 INGRESS = {"web1": [("h1", 1.0), ("h3", 3.0)], "tls2": [("h2", 1.0)]}
 
 
 @pytest.fixture(scope="module")
 def topo():
-    return topogen.leaf_spine(2, 2, 2, chains=2)
+    return with_servers(topogen.leaf_spine(2, 2, 2, chains=2), 2)
 
 
 def rules_for(topo, ingress):
@@ -33,17 +34,20 @@ def _field(name):
 
 
 def _learn(action):
-    matches, loads = [], []
+    """A decoded NXActionLearn in controller.flows' ("learn", ...) form."""
+    matches, loads, outputs = [], [], []
     for spec in action.specs:
         src = spec.src if not isinstance(spec.src, tuple) else _field(spec.src[0])
         if type(spec).__name__ == "NXFlowSpecMatch":
             matches.append((_field(spec.dst[0]), src))
         elif type(spec).__name__ == "NXFlowSpecLoad":
             loads.append((_field(spec.dst[0]), src))
+        elif type(spec).__name__ == "NXFlowSpecOutput":
+            outputs.append(src)
         else:
             raise AssertionError(f"learn spec not modelled: {spec!r}")
-    return ("nx_learn", action.table_id, action.idle_timeout, action.priority,
-            action.cookie, tuple(matches), tuple(loads))
+    return ("learn", action.table_id, action.idle_timeout, action.priority,
+            action.cookie, tuple(matches), tuple(loads), tuple(outputs))
 
 
 DECODE = {
@@ -188,10 +192,7 @@ def test_every_message_carries_exactly_its_rule(topo):
         for spec in want.flows:
             msg, decoded = got[spec.key]
             assert msg.cookie == spec.cookie
-            if spec.kind == "learn":        # spelled out: see the pin tests below
-                assert decoded.actions[0][:5] == ("nx_learn",) + spec.actions[0][1:5]
-            else:
-                assert decoded == spec, sw.name
+            assert decoded == spec, sw.name
         groups = [decode_group(m) for m in msgs if type(m).__name__ == "OFPGroupMod"]
         assert sorted(groups, key=lambda g: g.group_id) == \
             sorted(want.groups, key=lambda g: g.group_id)
@@ -288,3 +289,47 @@ def test_a_lost_host_is_deleted_by_delete_strict_messages(topo):
     for _ in range(20):
         packet = tcp_packet(rng.randrange(1024, 65535), src=f"198.51.100.{rng.randrange(250)}")
         assert outcome(switches.fabric, "internet", packet)[0][1] == "h3"
+
+
+def server_exchange(fabric, topo, sender, server, sport, l4="tcp"):
+    """A chain end's packet from `sender` to `server`, then the server's
+    reversed answer: (where each came out, with eth_dst, labels and the
+    rule kinds it took)."""
+    host = topo.host(sender)
+    forward = {"eth_src": host.mac, "eth_dst": server.mac, "eth_type": 0x0800,
+               "ipv4_src": "192.0.2.9", "ipv4_dst": server.ip.split("/")[0],
+               "ip_ttl": 30, "ip_proto": {"tcp": 6, "udp": 17}[l4],
+               f"{l4}_src": sport, f"{l4}_dst": 80}
+    reply = dict(forward, eth_src=server.mac, eth_dst="02:00:00:00:0e:ee",
+                 ipv4_src=forward["ipv4_dst"], ipv4_dst=forward["ipv4_src"],
+                 **{f"{l4}_src": 80, f"{l4}_dst": sport})
+    seen = lambda exits: [(e.kind, e.name, e.packet["eth_dst"], e.labels,
+                           rule_kinds(e.trace)) for e in exits]
+    return (seen(fabric.from_host(sender, forward)),
+            seen(fabric.from_server(server.name, reply)))
+
+
+def test_a_servers_reply_through_the_messages_learn_action(topo):
+    """The to_server rules' NXActionLearn, serialized and parsed back,
+    writes the reply rule the rules describe; the server's answer goes
+    back untagged to the sender; an answer to nothing is dropped."""
+    rules = rules_for(topo, INGRESS)
+    by_rules = FabricSim(topo, rules)
+    switches = FakeSwitches(topo)
+    switches.sync(rules)
+    web1 = topo.servers[0]
+    for i, (sender, l4) in enumerate([("h1", "tcp"), ("h3", "udp"), ("h4", "tcp")]):
+        got = server_exchange(switches.fabric, topo, sender, web1, 3000 + i, l4)
+        assert got == server_exchange(by_rules, topo, sender, web1, 3000 + i, l4)
+        forward, reply = got
+        assert [f[:4] for f in forward] == [("server", web1.name, web1.mac, [])]
+        assert [r[:4] for r in reply] == [("host", sender, topo.host(sender).mac, [])]
+        assert reply[0][4][:2] == ["server_in", "reply_pin"]
+    learned = switches.fabric.switches[web1.switch].learned
+    assert len(learned) == 3 and learned == by_rules.switches[web1.switch].learned
+    # a second sync leaves the learned reply rules alone
+    switches.sync(rules)
+    assert switches.fabric.switches[web1.switch].learned == learned
+    nothing = dict(tcp_packet(80, src=web1.ip.split("/")[0], dst="192.0.2.9", dport=9999),
+                   eth_dst=topo.host("h1").mac)
+    assert switches.fabric.from_server(web1.name, nothing) == []

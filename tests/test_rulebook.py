@@ -9,7 +9,7 @@ import pytest
 from controller import fabric, flows, placement, plans, topogen
 from controller.livegraph import LiveFabric
 from controller.rulebook import RuleBook
-from test_fabric import topo_from_graph
+from test_fabric import topo_from_graph, with_servers
 
 
 def full(topo, graph, groups):
@@ -64,8 +64,8 @@ def busiest_host(placed):
 @pytest.fixture(params=["fat-tree-4", "leaf-spine"])
 def cluster(request):
     if request.param == "fat-tree-4":
-        return Cluster(topogen.fat_tree(4, chains=24))
-    return Cluster(topogen.leaf_spine(2, 4, 2, chains=6))
+        return Cluster(with_servers(topogen.fat_tree(4, chains=24), 3))
+    return Cluster(with_servers(topogen.leaf_spine(2, 4, 2, chains=6), 2))
 
 
 def test_nothing_changed_recomputes_nothing(cluster):

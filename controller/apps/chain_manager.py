@@ -54,9 +54,10 @@ class ChainManager(app_manager.RyuApp):
         self.sync_locks = {}
         self.watches = [self.store.watch(prefix, self._on_store_change)
                         for prefix in (HOSTS, CHAINS, STATS)]
-        self.logger.info("topology %s: %d switches, %d hosts, %d edges; store %s; "
-                         "I am %s", topology.source, len(topology.switches),
-                         len(topology.hosts), len(topology.edges), self.store.url, name)
+        self.logger.info("topology %s: %d switches, %d hosts, %d edges, %d servers; "
+                         "store %s; I am %s", topology.source, len(topology.switches),
+                         len(topology.hosts), len(topology.edges), len(topology.servers),
+                         self.store.url, name)
         self.threads.append(hub.spawn(self._loop))
 
     def cluster_view(self):

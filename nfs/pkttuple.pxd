@@ -40,6 +40,8 @@ cdef inline void reverse_key(const onvm_flow_key *k, onvm_flow_key *r) noexcept 
 # NFs' export_state / import_state.
 cdef object key_to_list(const onvm_flow_key *k)
 cdef int key_from_list(object key, onvm_flow_key *k) except -1
-# [(position, key as key_to_list, seconds left)] of the live entries of a
-# flow table keyed by onvm_flow_key (read while the NF does not run).
+# [(position, key address, seconds left)] of the live entries of a flow
+# table (read while the NF does not run; the key's memory is the table's).
+cdef list live_entries(ftab_t *t)
+# The same with the key as key_to_list, for tables keyed by onvm_flow_key.
 cdef list live_flows(ftab_t *t)

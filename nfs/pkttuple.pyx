@@ -4,7 +4,7 @@
 
 Not here: the flow tables themselves (nflib/flowtab.pyx)."""
 from libc.string cimport memcpy, memset
-from libc.stdint cimport int32_t, uint64_t
+from libc.stdint cimport int32_t, uint64_t, intptr_t
 from nflib.nf cimport rte_hash_iterate, rte_get_tsc_cycles, rte_get_tsc_hz
 
 import ipaddress
@@ -45,7 +45,7 @@ cdef int key_from_list(object key, onvm_flow_key *k) except -1:
     return 0
 
 
-cdef list live_flows(ftab_t *t):
+cdef list live_entries(ftab_t *t):
     cdef const void *key
     cdef void *data
     cdef uint32_t nxt = 0
@@ -57,5 +57,10 @@ cdef list live_flows(ftab_t *t):
         if pos < 0:
             break
         if t.expires[pos] > now:
-            out.append((pos, key_to_list(<const onvm_flow_key *>key), (t.expires[pos] - now) / hz))
+            out.append((pos, <intptr_t>key, (t.expires[pos] - now) / hz))
     return out
+
+
+cdef list live_flows(ftab_t *t):
+    return [(pos, key_to_list(<const onvm_flow_key *><intptr_t>key), ttl)
+            for pos, key, ttl in live_entries(t)]

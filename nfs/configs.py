@@ -132,6 +132,16 @@ def _port(value):
     return value
 
 
+LB_MODES = ("proxy",)
+
+
+def _lb_mode(value):
+    if value not in LB_MODES:
+        raise ValueError(f"must be {' or '.join(repr(m) for m in LB_MODES)} (replies return "
+                         f"through the lb; direct server return is not offered), got {value!r}")
+    return value
+
+
 def _check_backend(chk, i, b):
     spec = {"name": (nfconfig.REQUIRED, str), "ip": (nfconfig.REQUIRED, nfconfig.ipv4),
             "mac": (nfconfig.REQUIRED, nfconfig.mac)}
@@ -142,7 +152,7 @@ def parse_lb(config):
     """Checked lb config: (values, [(name, ip, mac bytes)])."""
     chk = nfconfig.Checker("lb", config)
     v = chk.take({
-        "vip": (None, nfconfig.ipv4), "backends": ([], list),
+        "mode": ("proxy", _lb_mode), "vip": (None, nfconfig.ipv4), "backends": ([], list),
         "table_size": (65537, _table_size), "out_port": (None, _port),
         "flow_timeout": (300, nfconfig.positive), "max_flows": (65536, nfconfig.positive_int),
     })
@@ -170,12 +180,33 @@ def _port_range(value):
     return value
 
 
+def _slice(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a slice number, an integer >= 0, got {value!r}")
+    return value
+
+
+def nat_slice(port_range, slices, n):
+    """[lo, hi] of slice n (0-based) when `port_range` is cut into `slices`
+    equal, disjoint slices (the last ports of an uneven cut stay unused)."""
+    lo, hi = port_range
+    size = (hi - lo + 1) // slices
+    return [lo + n * size, lo + (n + 1) * size - 1]
+
+
 def parse_nat(config):
+    """Checked nat config.  `port_range` is the ports this instance hands
+    out: in a cluster, the instance's slice of the catalog's range
+    (nat_slice), `slice` its number (for logs and counters) and `slices`
+    how many the catalog's range is cut into (the controller's business;
+    checked here only against `slice`)."""
     chk = nfconfig.Checker("nat", config)
     v = chk.take({
         "external_ip": (nfconfig.REQUIRED, nfconfig.ipv4),
         "internal": (nfconfig.REQUIRED, nfconfig.ipv4_net),
         "port_range": ([1024, 65535], _port_range),
+        "slice": (None, _slice),
+        "slices": (None, nfconfig.positive_int),
         "timeouts": ({}, dict),
         "max_mappings": (65536, nfconfig.positive_int),
     })
@@ -185,6 +216,9 @@ def parse_nat(config):
     if v["external_ip"] and v["internal"] and \
             ipaddress.IPv4Address(v["external_ip"]) in ipaddress.IPv4Network(v["internal"]):
         chk.error(["external_ip"], f"{v['external_ip']} is inside the internal network {v['internal']}")
+    if v["slice"] is not None and v["slices"] is not None and v["slice"] >= v["slices"]:
+        chk.error(["slice"], f"slice {v['slice']} does not exist: the range has {v['slices']} "
+                             f"slices, numbered from 0")
     chk.done()
     v["timeouts"] = timeouts
     return v

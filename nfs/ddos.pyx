@@ -23,13 +23,14 @@ Config (inline or a YAML `file`):
 Spoofed-source floods spread over many addresses stay under a per-source
 threshold: that needs SYN cookies at the server, not this NF.  Blocked
 sources do not move with the instance."""
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
     ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_get_tsc_cycles, rte_get_tsc_hz,
-    rte_hash_crc, rte_hash_iterate, NativeNF, ftab_t, ftab_new, ftab_free,
+    rte_hash_crc, NativeNF, ftab_t, ftab_new, ftab_free,
     ftab_find, ftab_insert)
+from nfs.pkttuple cimport live_entries
 
 import ipaddress
 import logging
@@ -145,21 +146,11 @@ cdef class DDoSFilter(NativeNF):
 
     def blocked(self):
         """[{"src", "reason", "seconds_left"}] of the sources blocked now."""
-        cdef const void *key
-        cdef void *data
-        cdef uint32_t nxt = 0
-        cdef int32_t pos
-        cdef uint64_t now = rte_get_tsc_cycles(), hz = rte_get_tsc_hz()
         out = []
-        while True:
-            pos = rte_hash_iterate(self.t.blocked.h, &key, &data, &nxt)
-            if pos < 0:
-                break
-            if self.t.blocked.expires[pos] > now:
-                src = (<const uint32_t *>key)[0]
-                out.append({"src": str(ipaddress.IPv4Address(src.to_bytes(4, "little"))),
-                            "reason": REASONS[self.t.reason[pos]],
-                            "seconds_left": round((self.t.blocked.expires[pos] - now) / hz, 3)})
+        for pos, key, ttl in live_entries(self.t.blocked):
+            src = (<const uint32_t *><intptr_t>key)[0]
+            out.append({"src": str(ipaddress.IPv4Address(src.to_bytes(4, "little"))),
+                        "reason": REASONS[self.t.reason[pos]], "seconds_left": round(ttl, 3)})
         return sorted(out, key=lambda b: b["src"])
 
     def counters(self):

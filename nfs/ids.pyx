@@ -12,8 +12,15 @@ scan each rule with a marked pattern is checked: all its patterns found,
 at least one of them ending in this packet's payload, its header (proto,
 addresses, ports, direction) matching.
 
+Both directions of a flow are scanned, each on its own: a reply from the
+server side (e.g. `uid=0(root)` in a shell's answer, the classic
+ATTACK_RESPONSE signatures) alerts and drops like a request.  Flows are
+keyed by the packet's bytes as they reach the IDS (an NF before it on the
+same host may have rewritten them).
+
 TCP reassembly, enough for signatures split across segments: per flow
-direction the IDS keeps the last W bytes of payload, W = the longest
+direction (its own 5-tuple, so the two directions never share a tail) the
+IDS keeps the last W bytes of payload, W = the longest
 pattern's width - 1 (Hyperscan's expression info; 128 for unbounded
 pcres), and the next expected sequence number.  An in-order segment is
 scanned as one vector [tail, payload], so a pattern that began in the
@@ -35,6 +42,7 @@ from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
     onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_get_tsc_cycles,
     rte_get_tsc_hz, NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
     ftab_delete, ftab_live, rd16, rd32)
+from nfs.pkttuple cimport packet_key
 from nfs.hyperscan cimport *
 
 import json
@@ -180,8 +188,10 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
     cdef unsigned int lens[2]
     cdef unsigned int nbuf = 0
     cdef hs_error_t err
+    cdef onvm_flow_key k
     if l4 < 0:
         return False
+    packet_key(m, meta, &k)
     if proto == 6:
         if length < <uint32_t>l4 + 20:
             return False
@@ -194,9 +204,9 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
         off = l4
     plen = length - off if length > off else 0
     if proto == 6 and s.tail_w:
-        pos = ftab_find(s.flows, &meta.key, now)
+        pos = ftab_find(s.flows, &k, now)
         if pos < 0 and plen:
-            pos = ftab_insert(s.flows, &meta.key, now + s.timeout, now)
+            pos = ftab_insert(s.flows, &k, now + s.timeout, now)
             if pos < 0:
                 s.untracked += 1
             else:
@@ -221,7 +231,7 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
             s.hs_errors += 1
     if f != NULL:
         if tcpflags & 0x05:            # FIN or RST: the direction is over
-            ftab_delete(s.flows, &meta.key)
+            ftab_delete(s.flows, &k)
         elif plen:
             # Keep the last tail_w bytes of [old tail (if in order), payload].
             if plen >= s.tail_w:
@@ -239,8 +249,8 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
             f.next_seq = seq + plen
     if s.nhits == 0:
         return False
-    return judge(s, proto, rd32(<uint8_t *>&meta.key.src), rd32(<uint8_t *>&meta.key.dst),
-                 rd16(<uint8_t *>&meta.key.sport), rd16(<uint8_t *>&meta.key.dport))
+    return judge(s, proto, rd32(<uint8_t *>&k.src), rd32(<uint8_t *>&k.dst),
+                 rd16(<uint8_t *>&k.sport), rd16(<uint8_t *>&k.dport))
 
 
 cdef void ids_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:

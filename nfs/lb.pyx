@@ -9,8 +9,21 @@ flows of a removed backend move (and Maglev moves few others' *new* flows).
 Each packet's destination MAC and IPv4 address are rewritten to the
 backend's, with the IPv4 and TCP/UDP checksums fixed incrementally.
 
+Proxy mode (the only mode): replies come back through the LB.  For each
+balanced flow it keeps a reverse entry, keyed by the reply's 5-tuple
+(backend address and port -> the client), so a reply from the backend gets
+its IPv4 source rewritten back to the address the client spoke to (the
+VIP) and its source port back to the service port if they differ
+(checksums fixed incrementally; the source MAC is left alone), and passes
+(verdict NEXT).  The reverse entry ages with the forward one: a packet of
+either direction keeps both alive.  Flows are keyed by the packet's bytes
+as they reach the LB, not by what the host parsed (an NF before it on
+the same host may have rewritten them).
+
 Config (inline or a YAML `file`, see nfs/nfconfig.py):
 
+    mode: proxy               # the default and the only mode (replies
+                              # return through the LB; no DSR)
     vip: 10.0.1.10            # optional: only packets to it are balanced
     backends:                 # the pool at start; add/remove at run time
       - {name: web1, ip: 10.0.2.1, mac: "02:00:00:00:02:01"}
@@ -21,18 +34,17 @@ Config (inline or a YAML `file`, see nfs/nfconfig.py):
     flow_timeout: 300         # seconds an idle flow keeps its backend
     max_flows: 65536
 
-Replies from backends are not rewritten back to the VIP (no reverse NAT):
-put `nat` after it or run backends with the VIP on a loopback (DSR).
 The flow -> backend map moves with the instance: export_state() and
-import_state()."""
+import_state(); import installs both directions of each flow."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from nflib.nf cimport (onvm_load_ptr, onvm_store_ptr, pkt_l4, rte_mbuf,
     onvm_meta_of, onvm_meta, onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT,
     ONVM_ACTION_DROP, ONVM_ACTION_OUT, rte_get_tsc_cycles, rte_get_tsc_hz,
-    rte_hash_iterate, NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
-    ftab_live, set_ip)
+    NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
+    ftab_live, set_ip, set_port, rd16, rd32, wr32)
+from nfs.pkttuple cimport packet_key, reverse_key, key_from_list, live_flows
 
 import ipaddress
 import logging
@@ -62,12 +74,59 @@ cdef struct lb_t:
     ftab_t *flows
     uint16_t *flow_slot    # per flow position
     uint32_t *flow_uid
+    ftab_t *replies        # reply 5-tuple (backend -> client) -> position
+    uint32_t *reply_addr   # per reply position: the address the client spoke to
+    uint16_t *reply_port   #   and its port (both network order)
     uint32_t vip           # network order
     uint8_t has_vip
     uint8_t out
     uint16_t out_port
     uint64_t timeout
     uint64_t balanced, not_vip, not_ipv4, no_backend, moved, untracked
+    uint64_t replies_rewritten, replies_untracked
+
+
+cdef inline void remember_reply(lb_t *lb, const onvm_flow_key *k, uint32_t backend_ip,
+                                uint64_t expires, uint64_t now) noexcept nogil:
+    """The reverse entry of forward key k, whose flow goes to the backend at
+    `backend_ip` (host order): the reply (backend -> client) will get k's
+    destination back."""
+    cdef onvm_flow_key rev
+    cdef int32_t pos
+    reverse_key(k, &rev)
+    wr32(<uint8_t *>&rev.src, backend_ip)
+    pos = ftab_insert(lb.replies, &rev, expires, now)
+    if pos < 0:
+        lb.replies_untracked += 1
+        return
+    lb.reply_addr[pos] = k.dst
+    lb.reply_port[pos] = k.dport
+
+
+cdef inline bint rewrite_reply(lb_t *lb, rte_mbuf *m, onvm_meta *meta, onvm_flow_key *k,
+                               uint64_t now) noexcept nogil:
+    """If k is the reply of a balanced flow: its source back to the VIP and
+    service port, both directions refreshed; True."""
+    cdef int32_t pos = ftab_find(lb.replies, k, now), fpos
+    cdef uint8_t *d
+    cdef int l4
+    cdef onvm_flow_key fwd
+    if pos < 0:
+        return False
+    d = onvm_mtod(m)
+    l4 = pkt_l4(meta)
+    set_ip(d, meta.l3_off, l4, m.data_len, 12, rd32(<uint8_t *>&lb.reply_addr[pos]))
+    if l4 >= 0 and k.sport != lb.reply_port[pos]:
+        set_port(d, meta.l3_off, l4, m.data_len, 0, rd16(<uint8_t *>&lb.reply_port[pos]))
+    lb.replies.expires[pos] = now + lb.timeout
+    k.src = lb.reply_addr[pos]
+    k.sport = lb.reply_port[pos]
+    reverse_key(k, &fwd)
+    fpos = ftab_find(lb.flows, &fwd, now)
+    if fpos >= 0:
+        lb.flows.expires[fpos] = now + lb.timeout
+    lb.replies_rewritten += 1
+    return True
 
 
 cdef void lb_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
@@ -80,16 +139,20 @@ cdef void lb_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
     cdef uint16_t slot
     cdef backend_t *be
     cdef uint8_t *d
+    cdef onvm_flow_key k
     for i in range(n):
         meta = onvm_meta_of(pkts[i])
         meta.action = ONVM_ACTION_NEXT
         if meta.key.family != 4:
             lb.not_ipv4 += 1
             continue
-        if lb.has_vip and meta.key.dst != lb.vip:
+        packet_key(pkts[i], meta, &k)
+        if rewrite_reply(lb, pkts[i], meta, &k, now):
+            continue
+        if lb.has_vip and k.dst != lb.vip:
             lb.not_vip += 1
             continue
-        pos = ftab_find(lb.flows, &meta.key, now)
+        pos = ftab_find(lb.flows, &k, now)
         if pos >= 0 and lb.be[lb.flow_slot[pos]].uid == lb.flow_uid[pos]:
             slot = lb.flow_slot[pos]
             lb.flows.expires[pos] = now + lb.timeout
@@ -102,7 +165,7 @@ cdef void lb_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
             if pos >= 0:
                 lb.moved += 1     # its backend was removed
             else:
-                pos = ftab_insert(lb.flows, &meta.key, now + lb.timeout, now)
+                pos = ftab_insert(lb.flows, &k, now + lb.timeout, now)
             if pos >= 0:
                 lb.flow_slot[pos] = slot
                 lb.flow_uid[pos] = lb.be[slot].uid
@@ -116,6 +179,7 @@ cdef void lb_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
         memcpy(d, be.mac, 6)
         set_ip(d, meta.l3_off, pkt_l4(meta),
                pkts[i].data_len, 16, be.ip)
+        remember_reply(lb, &k, be.ip, now + lb.timeout, now)
         if lb.out:
             meta.action = ONVM_ACTION_OUT
             meta.destination = lb.out_port
@@ -165,6 +229,7 @@ cdef class LoadBalancer(NativeNF):
     def __cinit__(self, config=None):
         self.lb.table = NULL
         self.lb.flows = NULL
+        self.lb.replies = NULL
 
     def __init__(self, config=None):
         v, backends = parse_config(config)
@@ -179,7 +244,11 @@ cdef class LoadBalancer(NativeNF):
         self.lb.flows = ftab_new("lb", v["max_flows"], sizeof(onvm_flow_key))
         self.lb.flow_slot = <uint16_t *>calloc(v["max_flows"] + 1, sizeof(uint16_t))
         self.lb.flow_uid = <uint32_t *>calloc(v["max_flows"] + 1, sizeof(uint32_t))
-        if self.lb.flow_slot == NULL or self.lb.flow_uid == NULL:
+        self.lb.replies = ftab_new("lb-replies", v["max_flows"], sizeof(onvm_flow_key))
+        self.lb.reply_addr = <uint32_t *>calloc(v["max_flows"] + 1, sizeof(uint32_t))
+        self.lb.reply_port = <uint16_t *>calloc(v["max_flows"] + 1, sizeof(uint16_t))
+        if (self.lb.flow_slot == NULL or self.lb.flow_uid == NULL
+                or self.lb.reply_addr == NULL or self.lb.reply_port == NULL):
             raise MemoryError()
         self.slot_of, self.names, self.retired = {}, [None] * MAX_BACKENDS, []
         self.next_uid = 1
@@ -195,6 +264,9 @@ cdef class LoadBalancer(NativeNF):
         ftab_free(self.lb.flows)
         free(self.lb.flow_slot)
         free(self.lb.flow_uid)
+        ftab_free(self.lb.replies)
+        free(self.lb.reply_addr)
+        free(self.lb.reply_port)
 
     def _place(self, name, ip, mac):
         cdef backend_t *be
@@ -256,31 +328,20 @@ cdef class LoadBalancer(NativeNF):
             "not_ipv4": self.lb.not_ipv4, "no_backend": self.lb.no_backend,
             "moved": self.lb.moved, "untracked": self.lb.untracked,
             "flows": ftab_live(self.lb.flows, now), "flow_table_full": self.lb.flows.full,
+            "replies": self.lb.replies_rewritten, "reply_flows": ftab_live(self.lb.replies, now),
+            "replies_untracked": self.lb.replies_untracked,
             "backends": [{"name": name, "ip": str(ipaddress.IPv4Address(self.lb.be[slot].ip)),
                           "packets": self.lb.be[slot].packets, "flows": self.lb.be[slot].flows}
                          for name, slot in sorted(self.slot_of.items())],
         }
 
     def export_state(self):
-        """The flow -> backend map, JSON-able: for moving this instance.
-        Call while the instance does not run (it is read without locks)."""
-        cdef const void *key
-        cdef void *data
-        cdef uint32_t nxt = 0
-        cdef int32_t pos
-        cdef uint64_t now = rte_get_tsc_cycles(), hz = rte_get_tsc_hz()
-        cdef const onvm_flow_key *k
-        flows = []
-        while True:
-            pos = rte_hash_iterate(self.lb.flows.h, &key, &data, &nxt)
-            if pos < 0:
-                break
-            slot = self.lb.flow_slot[pos]
-            if self.lb.flows.expires[pos] <= now or self.lb.be[slot].uid != self.lb.flow_uid[pos]:
-                continue
-            k = <const onvm_flow_key *>key
-            flows.append({"key": _key_out(k), "backend": self.names[slot],
-                          "ttl": (self.lb.flows.expires[pos] - now) / hz})
+        """The flow -> backend map, JSON-able: for moving this instance
+        (import_state derives each flow's reply entry from it).  Call while
+        the instance does not run (it is read without locks)."""
+        flows = [{"key": key, "backend": self.names[self.lb.flow_slot[pos]], "ttl": ttl}
+                 for pos, key, ttl in live_flows(self.lb.flows)
+                 if self.lb.be[self.lb.flow_slot[pos]].uid == self.lb.flow_uid[pos]]
         return {"nf": "lb", "version": 1, "flows": flows}
 
     def import_state(self, state):
@@ -297,35 +358,13 @@ cdef class LoadBalancer(NativeNF):
             slot = self.slot_of.get(f["backend"])
             if slot is None:
                 continue
-            _key_in(f["key"], &k)
+            key_from_list(f["key"], &k)
             pos = ftab_insert(self.lb.flows, &k, now + <uint64_t>(f["ttl"] * hz), now)
             if pos < 0:
                 break
             self.lb.flow_slot[pos] = slot
             self.lb.flow_uid[pos] = self.lb.be[slot].uid
+            remember_reply(&self.lb, &k, self.lb.be[slot].ip, self.lb.flows.expires[pos], now)
             taken += 1
         log.info("lb: imported %d of %d flows", taken, len(state.get("flows", [])))
         return taken
-
-
-def _key_out_py(proto, family, src, dst, sport, dport):
-    return [proto, str(ipaddress.IPv4Address(src.to_bytes(4, "little"))),
-            str(ipaddress.IPv4Address(dst.to_bytes(4, "little"))),
-            int.from_bytes(sport.to_bytes(2, "little"), "big"),
-            int.from_bytes(dport.to_bytes(2, "little"), "big")]
-
-
-cdef object _key_out(const onvm_flow_key *k):
-    """A flow key (network order) as [proto, src, dst, sport, dport]."""
-    return _key_out_py(k.proto, k.family, k.src, k.dst, k.sport, k.dport)
-
-
-cdef void _key_in(object key, onvm_flow_key *k) except *:
-    proto, src, dst, sport, dport = key
-    memset(k, 0, sizeof(onvm_flow_key))
-    k.proto = proto
-    k.family = 4
-    k.src = int.from_bytes(ipaddress.IPv4Address(src).packed, "little")
-    k.dst = int.from_bytes(ipaddress.IPv4Address(dst).packed, "little")
-    k.sport = int.from_bytes(int(sport).to_bytes(2, "big"), "little")
-    k.dport = int.from_bytes(int(dport).to_bytes(2, "big"), "little")

@@ -14,9 +14,19 @@ Config (inline or a YAML `file`):
 
     external_ip: 198.51.100.1
     internal: 10.0.0.0/8
-    port_range: [1024, 65535]
+    port_range: [1024, 65535]   # the external ports this instance hands out
+    slice: 3                    # optional: which slice of the cluster's range
+                                # port_range is (each instance owns one)
+    slices: 16                  # optional: into how many the catalog's
+                                # range is cut (the controller's key)
     timeouts: {tcp: 7440, udp: 300, icmp: 60}   # seconds idle
     max_mappings: 65536
+
+In a cluster every nat instance shares the external address and owns a
+disjoint slice of the port range (the controller writes the slice as
+its `port_range`), so no two instances hand out the same external port
+and a reply's destination port names the instance that holds its
+mapping.
 
 Not handled: ICMP errors carrying an embedded header (dropped inbound,
 counted as no_mapping), non-first fragments (dropped, counted).  The
@@ -223,6 +233,9 @@ cdef class NAT(NativeNF):
             raise MemoryError()
         self.handlers.batch = nat_batch
         self.handlers.ctx = <void *>&self.t
+        if v["slice"] is not None:
+            log.info("nat: external %s, slice %d: ports %d-%d", v["external_ip"], v["slice"],
+                     self.t.lo, self.t.hi)
 
     def __dealloc__(self):
         for pi in range(3):
@@ -248,7 +261,8 @@ cdef class NAT(NativeNF):
     def counters(self):
         live = self._live()
         pool = self.t.hi - self.t.lo + 1
-        out = {"passed": self.t.passed, "fragments_dropped": self.t.fragments}
+        out = {"passed": self.t.passed, "fragments_dropped": self.t.fragments,
+               "port_range": [self.t.lo, self.t.hi], "slice": self.config["slice"]}
         for pi, name in enumerate(PROTO_NAMES):
             st = self.t.st[pi]
             used = sum(1 for m in live if m[0] == pi)

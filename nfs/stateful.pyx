@@ -3,19 +3,24 @@
 first match wins) plus connection tracking, so replies of allowed
 connections pass without a rule of their own.
 
-A packet a rule allows opens (or refreshes) its connection: its 5-tuple
-goes in the connection table.  A packet no rule allows still passes if its
-reversed 5-tuple is there: a reply.  Connections expire when idle
-(`timeouts`, seconds per protocol); a TCP FIN or RST shortens the rest of
-a connection to `closing` seconds.
+A packet of a known connection passes (and refreshes it); so does one
+whose reversed 5-tuple is a known connection: a reply, whatever the rules
+say.  Any other packet a rule allows opens its connection (its 5-tuple
+goes in the connection table), except TCP: only a SYN without ACK opens a
+TCP connection; any other TCP packet without a connection (an unsolicited
+SYN-ACK, a stray ACK or RST) is dropped even if a rule allows it, counted
+`invalid`.  Connections expire when idle (`timeouts`, seconds per
+protocol); a TCP FIN or RST shortens the rest of a connection to
+`closing` seconds.  Connections are keyed by the packet's bytes as they
+reach the firewall (an NF before it on the same host may have rewritten
+them since the host parsed the packet).
 
 Config: the firewall's ({"rules": PATH} or {"rules_text": TEXT}), plus
 `timeouts: {tcp: 300, udp: 60, icmp: 30, other: 60, closing: 10}` and
 `max_connections: 65536`.  `stateful: true` is accepted so the same config
 can be given to `firewall`.  `make_firewall(config)` picks this class or
-the stateless one by that key.  Connections do not move with the
-instance: after a move, replies need a rule until their flow is seen
-again going out."""
+the stateless one by that key.  Connections move with the instance:
+export_state() and import_state()."""
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
@@ -23,9 +28,15 @@ from nflib.nf cimport (each_packet, pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta,
     onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_acl_ctx,
     rte_acl_classify, rte_get_tsc_cycles, rte_get_tsc_hz, NativeNF, ftab_t,
     ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live, proto_slot)
+from nfs.pkttuple cimport packet_key, reverse_key, key_from_list, live_flows
 from nfs.firewall cimport RuleSet, ruleset_t, ruleset_classify, ruleset_allow
 
+import logging
+
+from nflib.api import NFConfigError
 from nfs.configs import STATEFUL_TIMEOUT_KEYS as TIMEOUT_KEYS, parse_stateful as parse_config
+
+log = logging.getLogger("onvm.nf.firewall")
 
 DEF BURST_MAX = 64
 
@@ -34,48 +45,56 @@ cdef struct sfw_t:
     ruleset_t *rs
     ftab_t *conns
     uint64_t timeout[5]    # tcp, udp, icmp, other, closing
-    uint64_t replies, opened, passed, dropped, untracked
+    uint64_t replies, opened, passed, dropped, untracked, invalid
     uint64_t now           # TSC at the start of the batch
 
 
-cdef uint64_t expiry(sfw_t *fw, rte_mbuf *m, onvm_meta *meta, uint64_t now) noexcept nogil:
-    cdef uint8_t *d
-    cdef int l4
-    if meta.key.proto == 6:
-        d = onvm_mtod(m)
-        l4 = pkt_l4(meta)
-        if l4 >= 0 and m.data_len >= <uint32_t>l4 + 14 and (d[l4 + 13] & 0x05):
-            return now + fw.timeout[4]
-    return now + fw.timeout[proto_slot(meta.key.proto, 3)]
+cdef inline uint8_t tcp_flags(rte_mbuf *m, onvm_meta *meta) noexcept nogil:
+    """The TCP flags byte of a TCP packet (0 if the header is cut short)."""
+    cdef int l4 = pkt_l4(meta)
+    if l4 >= 0 and m.data_len >= <uint32_t>l4 + 14:
+        return onvm_mtod(m)[l4 + 13]
+    return 0
+
+
+cdef uint64_t expiry(sfw_t *fw, uint8_t proto, uint8_t flags, uint64_t now) noexcept nogil:
+    if proto == 6 and (flags & 0x05):          # FIN or RST
+        return now + fw.timeout[4]
+    return now + fw.timeout[proto_slot(proto, 3)]
 
 
 cdef bint verdict(sfw_t *fw, rte_mbuf *m, bint allow, uint64_t now) noexcept nogil:
-    """The rules' decision, then the connection table's: allowed packets
-    open or refresh their connection, denied ones pass only as replies."""
+    """The connection table's decision, then the rules': packets of a known
+    connection (either way) pass, allowed ones open a connection (TCP: a
+    SYN without ACK only)."""
     cdef onvm_meta *meta = onvm_meta_of(m)
-    cdef onvm_flow_key rev
+    cdef onvm_flow_key k, rev
     cdef int32_t pos
+    cdef uint8_t flags = 0
     if meta.key.family != 4:
         return allow
-    if allow:
-        pos = ftab_find(fw.conns, &meta.key, now)
-        if pos >= 0:
-            fw.conns.expires[pos] = expiry(fw, m, meta, now)
-        elif ftab_insert(fw.conns, &meta.key, expiry(fw, m, meta, now), now) >= 0:
-            fw.opened += 1
-        else:
-            fw.untracked += 1
+    packet_key(m, meta, &k)
+    if k.proto == 6:
+        flags = tcp_flags(m, meta)
+    pos = ftab_find(fw.conns, &k, now)
+    if pos >= 0:
+        fw.conns.expires[pos] = expiry(fw, k.proto, flags, now)
         return True
-    rev = meta.key
-    rev.src = meta.key.dst
-    rev.dst = meta.key.src
-    rev.sport = meta.key.dport
-    rev.dport = meta.key.sport
+    reverse_key(&k, &rev)
     pos = ftab_find(fw.conns, &rev, now)
-    if pos < 0:
+    if pos >= 0:
+        fw.replies += 1
+        fw.conns.expires[pos] = expiry(fw, k.proto, flags, now)
+        return True
+    if not allow:
         return False
-    fw.replies += 1
-    fw.conns.expires[pos] = expiry(fw, m, meta, now)
+    if k.proto == 6 and (flags & 0x12) != 0x02:   # not SYN without ACK
+        fw.invalid += 1
+        return False
+    if ftab_insert(fw.conns, &k, expiry(fw, k.proto, flags, now), now) >= 0:
+        fw.opened += 1
+    else:
+        fw.untracked += 1
     return True
 
 
@@ -123,11 +142,35 @@ cdef class StatefulFirewall(NativeNF):
     def counters(self):
         return {
             "passed": self.fw.passed, "dropped": self.fw.dropped,
-            "replies": self.fw.replies,
+            "replies": self.fw.replies, "invalid": self.fw.invalid,
             "opened": self.fw.opened, "untracked": self.fw.untracked,
             "connections": ftab_live(self.fw.conns, rte_get_tsc_cycles()),
             **self.ruleset.counters(),
         }
+
+    def export_state(self):
+        """The live connections, JSON-able, for moving this instance (call
+        while it does not run)."""
+        conns = [{"key": key, "ttl": ttl} for _, key, ttl in live_flows(self.fw.conns)]
+        return {"nf": "firewall-stateful", "version": 1, "connections": conns}
+
+    def import_state(self, state):
+        """Take over connections another instance exported; returns how
+        many.  Call before the instance runs."""
+        cdef onvm_flow_key k
+        cdef uint64_t now = rte_get_tsc_cycles(), hz = rte_get_tsc_hz()
+        if not isinstance(state, dict) or state.get("nf") != "firewall-stateful":
+            raise NFConfigError("firewall-stateful: import_state takes what "
+                                "firewall-stateful's export_state returned")
+        n = 0
+        for c in state.get("connections", []):
+            key_from_list(c["key"], &k)
+            if ftab_insert(self.fw.conns, &k, now + <uint64_t>(c["ttl"] * hz), now) < 0:
+                break
+            n += 1
+        log.info("firewall-stateful: imported %d of %d connections", n,
+                 len(state.get("connections", [])))
+        return n
 
 
 def make_firewall(config=None):

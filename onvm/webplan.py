@@ -8,7 +8,8 @@ its ingress edge, with its own source address (inside the classifier's
 source network when it has one), toward the chain's destination: its
 `ipv4_dst` when that is one address (a VIP, or a server's), else the
 egress server's address.  Servers reach everything through a gateway
-address whose neighbor entry is static; edges have a static neighbor for
+address whose neighbor entry is static (their subnet's route is removed,
+so the gateway serves it too); edges have a static neighbor for
 each destination of their clients: nobody in the emulation ever needs ARP.
 
 Not here: the processes (web.py), starting them (emulate.py).
@@ -94,6 +95,9 @@ def server_setup(intf):
     return [f"ip link set {intf} mtu {MTU}",
             f"ethtool -K {intf} tx off",
             f"ip neigh replace {GATEWAY_IP} lladdr {GATEWAY_MAC} dev {intf} nud permanent",
+            # everything via the gateway, its own subnet too (a NAT's address
+            # may lie in it): no neighbor is ever resolved by ARP
+            f"ip route flush dev {intf}",
             f"ip route replace default via {GATEWAY_IP} dev {intf} onlink"]
 
 

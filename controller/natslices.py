@@ -34,6 +34,12 @@ class SlicesExhausted(ValueError):
     get here."""
 
 
+def settings(parsed):
+    """(port_range, slices) of a checked nat config (nfs.configs.check_config's
+    values): how the cluster's range is cut."""
+    return parsed["port_range"], parsed.get("slices") or DEFAULT_SLICES
+
+
 def slice_size(port_range, slices):
     lo, hi = port_range
     return (hi - lo + 1) // slices

@@ -192,9 +192,23 @@ def _transport_lp(rest, room, dist):
             for i in range(n) for k in range(m) if res.x[i * m + k] > 1e-12}
 
 
+def places_of(topo):
+    """Every place a distance is asked for: hosts, edges and servers."""
+    return ([h.name for h in topo.hosts] + [e.name for e in topo.edges]
+            + [s.name for s in topo.servers])
+
+
+def egress_places(chain):
+    """{place: share} where a chain's traffic leaves: its egress, or its
+    pool's servers evenly (the lb spreads new flows over them)."""
+    if chain.pool:
+        return {name: 1.0 / len(chain.pool) for name in chain.pool}
+    return {chain.egress: 1.0}
+
+
 def chain_cost(chain, dists, dist):
     """r * traffic hops of one chain given its per-hop {host: share} list."""
-    places = [{chain.ingress: 1.0}] + list(dists) + [{chain.egress: 1.0}]
+    places = [{chain.ingress: 1.0}] + list(dists) + [egress_places(chain)]
     total = 0.0
     for a, b in zip(places, places[1:]):
         total += transport(a, b, dist)[0]
@@ -203,9 +217,7 @@ def chain_cost(chain, dists, dist):
 
 def _distance_fn(topo, graph=None):
     graph = graph if graph is not None else fabric.build_graph(topo)
-    places = [h.name for h in topo.hosts] + [e.name for e in topo.edges]
-    table = fabric.DistanceTable(graph, places)
-    return table.d
+    return fabric.DistanceTable(graph, places_of(topo)).d
 
 
 def cost(topo, placement):
@@ -218,7 +230,7 @@ def cost(topo, placement):
 # --- the solver -------------------------------------------------------------
 
 def _same_route(a, b):
-    return (a.ingress, a.egress, tuple(a.nfs)) == (b.ingress, b.egress, tuple(b.nfs))
+    return (a.ingress, egress_places(a), tuple(a.nfs)) == (b.ingress, egress_places(b), tuple(b.nfs))
 
 
 class _Solver:
@@ -229,8 +241,7 @@ class _Solver:
         self.topo = topo
         self.graph = fabric.build_graph(topo)
         self.excluded = set(exclude_hosts)
-        places = [h.name for h in topo.hosts] + [e.name for e in topo.edges]
-        self.table = fabric.DistanceTable(self.graph, places)
+        self.table = fabric.DistanceTable(self.graph, places_of(topo))
         rows = self.table.row
         order = sorted(range(len(topo.hosts)),
                        key=lambda i: (rows[topo.hosts[i].switch], i))
@@ -380,7 +391,7 @@ class _Solver:
         if j < 0:
             return {chain.ingress: 1.0}
         if j >= len(chain.nfs):
-            return {chain.egress: 1.0}
+            return egress_places(chain)
         out: Dict[str, float] = {}
         for (host, _), q in self.assign[chain.name][j].items():
             out[host] = out.get(host, 0.0) + q
@@ -611,7 +622,7 @@ class _Solver:
     def _ideal(self, chain):
         """d(ingress, h) + d(h, egress) for every host: a chain's cost per
         Mpps if all its NFs ran on h."""
-        return self._place_vec(chain.ingress) + self._place_vec(chain.egress)
+        return self._place_vec(chain.ingress) + self._dist_vec(egress_places(chain))
 
     def _try_group(self, group):
         """Ruin and recreate: take `group` off, place it again in its order;
@@ -700,7 +711,7 @@ def place(topo, previous=None, exclude_hosts=(), say=True):
     solver = _Solver(topo, exclude_hosts)
     chains = list(topo.chains)
     for chain in chains:
-        for place_ in (chain.ingress, chain.egress):
+        for place_ in (chain.ingress, *egress_places(chain)):
             if place_ not in solver.table.row and place_ not in solver.table.switch:
                 raise PlacementError(f"chain {chain.name!r}: {place_!r} is not in "
                                      f"topology {topo.name!r}")

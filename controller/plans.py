@@ -9,7 +9,26 @@ For chain c with NFs t_1..t_k, NF number j (1-based) runs at SI 256 - j
     no re-tagging, and a plan's hop cannot be both local and remote);
     else `remote`, the hosts running hop j+1 with weights;
   * after the last hop, (SPI, 255 - k) -> `end`: labels popped, out of the
-    uplink (port 0) to the egress's MAC.
+    uplink (port 0) to the egress's MAC (a pool's: `servers`, the agent
+    picks the MAC by the packet's destination address).
+
+Symmetric chains (docs: /work/notes/issue9.md, "Plans").  Chain S's
+replies travel SPI R = reverse_spi(S) through the same hosts in reverse:
+reverse NF j is forward NF k-1-j, on the same instances, at SI 255 - j;
+its end (R, 255 - k) goes to the ingress edge.  The agents learn which
+instance a reply belongs to from its forward packets (pins), so:
+  * the forward `end` says `"reply": R` (the reply enters at (R, 255) here);
+  * a forward local hop of NF i >= 1 says `"reverse": {"spi": R, "si":
+    255 - k + i}`: where to pin "the reply goes back to the host this
+    packet came from";
+  * every reverse hop (R, si) of the 2nd..k-th reverse NF lists in
+    `"pinned"` the other hosts running that NF (the hosts a pin may name).
+
+NF configs.  `nat` instances get their own slice of the catalog's port
+range (controller.natslices; the caller keeps the assignment stable), and
+`lb` instances serving a chain with a pool get the pool's servers as
+`backends` and the chain's single destination address as `vip`.  Both
+are written inline: the catalog file's keys plus these.
 
 Remote weights.  From host X, the base weight of next-hop host Y is the
 flow X -> Y of `controller.placement.transport` divided by X's share: the
@@ -36,15 +55,18 @@ This module writes no store keys and sends no OpenFlow: it returns dicts.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import ipaddress
 import logging
 import math
 
-from controller import fabric
-from controller.placement import transport
+from controller import fabric, natslices
+from controller.placement import places_of, transport
 from contracts.plan import check_plan
-from contracts.wire import SI_FIRST
-from nfs.configs import instance_config
+from contracts.wire import SI_FIRST, reverse_spi
+from nfs import nfconfig
+from nfs.configs import check_config, instance_config
 
 UPLINK = 0
 LOAD_DAMPING = 0.9
@@ -60,19 +82,108 @@ def edge_mac(edge_name):
 
 
 def egress_mac(topo, name):
-    """MAC to deliver chain-end traffic to: the host's, or the edge's."""
-    try:
-        return topo.host(name).mac
-    except KeyError:
-        edge = topo.edge(name)
-        return getattr(edge, "mac", None) or edge_mac(edge.name)
+    """MAC to deliver chain-end traffic to: the host's, the server's, or
+    the edge's."""
+    for lookup in (topo.host, topo.server):
+        try:
+            return lookup(name).mac
+        except KeyError:
+            pass
+    return edge_mac(topo.edge(name).name)
+
+
+def _end(topo, chain):
+    """The forward `end` entry of a chain: to its egress; a pool's lists
+    its servers (ip, mac) for the agent to pick by destination address."""
+    end = {"port": UPLINK, "dst_mac": egress_mac(topo, chain.egress)}
+    if chain.pool:
+        end["servers"] = [{"ip": _address(topo.server(name).ip),
+                           "mac": topo.server(name).mac} for name in chain.pool]
+    if chain.symmetric:
+        end["reply"] = reverse_spi(chain.spi)
+    return end
+
+
+def _address(interface):
+    """"10.0.1.10/24" -> "10.0.1.10"."""
+    return str(ipaddress.ip_interface(interface).ip)
+
+
+@functools.lru_cache(maxsize=64)
+def _catalog_config(nf, path):
+    """(keys as written in the catalog's config file, the same checked with
+    defaults applied) of an NF type; files are read once."""
+    config = instance_config(path)
+    return nfconfig.read(nf, config)[0], check_config(nf, config)
+
+
+def _single_address(match):
+    """The one IPv4 address a match's ipv4_dst names, or None."""
+    dst = (match or {}).get("ipv4_dst")
+    if dst is None:
+        return None
+    net = ipaddress.ip_network(dst, strict=False)
+    return str(net.network_address) if net.num_addresses == 1 else None
+
+
+def _lb_config(topo, written, parsed, chains):
+    """An lb serving pool `chains`: backends of their pools (unless the
+    catalog names backends) and the VIP their single destination address
+    names (dropped when they name several: the lb then balances every new
+    flow)."""
+    _values, backends = parsed
+    out = dict(written)
+    servers = [name for chain in chains for name in chain.pool]
+    if not backends:
+        out["backends"] = [{"name": name, "ip": _address(topo.server(name).ip),
+                            "mac": topo.server(name).mac}
+                           for name in dict.fromkeys(servers)]
+    vips = {_single_address(chain.match) for chain in chains}
+    if len(vips) == 1 and None not in vips:
+        out["vip"] = vips.pop()
+    else:
+        out.pop("vip", None)
+        LOG.warning("lb serving chains %s: they name %s destination addresses, "
+                    "so it balances every new flow (no vip)",
+                    ", ".join(c.name for c in chains),
+                    "no single" if vips == {None} else "several")
+    return out
 
 
 def _config(nf_type):
-    """The plan instance's "config" for a catalog entry: what the NF's
-    constructor takes (nfs.configs.instance_config, which `onvm topo
+    """The catalog entry's config as a plan instance carries it: what the
+    NF's constructor takes (nfs.configs.instance_config, which `onvm topo
     validate` checks the same way).  Paths stay paths: the agent opens them."""
     return instance_config(nf_type.config)
+
+
+def _instance_config(topo, inst, slices):
+    """The plan instance's "config": the catalog's (`_config`), but nat and
+    lb instances get the file's keys inline with their own additions (see
+    the module docstring)."""
+    nf_type = topo.nfs[inst.nf]
+    pools = [topo.chain(name) for name in sorted({c for c, _ in inst.users})
+             if topo.chain(name).pool]
+    if inst.nf == natslices.NAT and inst.key in slices:
+        written, parsed = _catalog_config(inst.nf, nf_type.config)
+        port_range, count = natslices.settings(parsed)
+        return dict(written, port_range=natslices.slice_range(port_range, count,
+                                                              slices[inst.key]),
+                    slice=slices[inst.key], slices=count)
+    if inst.nf == "lb" and pools:
+        return _lb_config(topo, *_catalog_config(inst.nf, nf_type.config), pools)
+    return _config(nf_type)
+
+
+def nat_slices(topo, placement, previous=None, moves=None):
+    """{(host, id): slice} for the nat instances of `placement`, keeping
+    `previous` (natslices.assign); {} when the catalog has no nat."""
+    nat = topo.nfs.get(natslices.NAT)
+    if nat is None or placement is None:
+        return {}
+    count = natslices.settings(_catalog_config(nat.name, nat.config)[1])[1]
+    keys = [k for k, inst in placement.instances.items() if inst.nf == natslices.NAT]
+    return natslices.assign(previous, keys, moves, count)
 
 
 def _reported_mpps(stats):
@@ -134,49 +245,87 @@ def _weights(row, share, load):
     return {h: round(w / total, 6) or 1e-6 for h, w in raw.items()}
 
 
-def _chain_hops(topo, placement, chain, dist, load):
-    """{host: [hop entries]} for one chain."""
+def _path_hops(topo, spi, on, shares, end, dist, load):
+    """{host: {si: hop entry}} of one service path: `on` and `shares` are
+    per NF in path order ({host: instance id}, {host: share}), `end` the
+    entry after the last NF."""
     out = {}
-    on = _hop_instances(placement, chain)
-    k = len(chain.nfs)
+    k = len(on)
     for j in range(k):
         si = SI_FIRST - j
         for host, ident in on[j].items():
-            out.setdefault(host, []).append({"spi": chain.spi, "si": si, "local": ident})
+            out.setdefault(host, {})[si] = {"spi": spi, "si": si, "local": ident}
         if j == k - 1:
-            end = {"port": UPLINK, "dst_mac": egress_mac(topo, chain.egress)}
             for host in on[j]:
-                out[host].append({"spi": chain.spi, "si": si - 1, "end": dict(end)})
+                out[host][si - 1] = {"spi": spi, "si": si - 1, "end": dict(end)}
             continue
-        here, there = placement.shares(chain.name, j), placement.shares(chain.name, j + 1)
-        flows = transport(here, there, dist)[1]
+        flows = transport(shares[j], shares[j + 1], dist)[1]
         for host in on[j]:
             if host in on[j + 1]:
                 continue
             row = {b: f for (a, b), f in flows.items() if a == host and f > 0}
-            peers = []
-            for peer, weight in sorted(_weights(row, here[host], load).items()):
-                h = topo.host(peer)
-                peers.append({"host": peer, "label": h.label, "mac": h.mac,
-                              "weight": weight})
-            out[host].append({"spi": chain.spi, "si": si - 1, "remote": peers})
+            out[host][si - 1] = {"spi": spi, "si": si - 1,
+                                 "remote": _peers(topo, _weights(row, shares[j][host], load))}
     return out
 
 
-def host_plans(topo, placement, generation, load=None):
+def _peers(topo, weights):
+    return [dict(_host_ref(topo, peer), weight=weight)
+            for peer, weight in sorted(weights.items())]
+
+
+def _host_ref(topo, name):
+    h = topo.host(name)
+    return {"host": name, "label": h.label, "mac": h.mac}
+
+
+def _chain_hops(topo, placement, chain, dist, load):
+    """{host: [hop entries]} for one chain, its reverse path too when it is
+    symmetric (see the module docstring)."""
+    on = _hop_instances(placement, chain)
+    k = len(chain.nfs)
+    shares = [placement.shares(chain.name, j) for j in range(k)]
+    forward = _path_hops(topo, chain.spi, on, shares, _end(topo, chain), dist, load)
+    paths = [forward]
+    if chain.symmetric:
+        rspi = reverse_spi(chain.spi)
+        back = {"port": UPLINK, "dst_mac": edge_mac(chain.ingress)}
+        reverse = _path_hops(topo, rspi, on[::-1], shares[::-1], back, dist, load)
+        for i in range(1, k):               # forward NF i: pin its sender
+            for host in on[i]:
+                forward[host][SI_FIRST - i]["reverse"] = {"spi": rspi,
+                                                          "si": SI_FIRST - k + i}
+        for j in range(1, k):               # reverse NF j = forward NF k-1-j
+            for host, hops in reverse.items():
+                if SI_FIRST - j in hops:
+                    hops[SI_FIRST - j]["pinned"] = [
+                        _host_ref(topo, other) for other in sorted(on[k - 1 - j])
+                        if other != host]
+        paths.append(reverse)
+    out = {}
+    for path in paths:
+        for host, hops in path.items():
+            out.setdefault(host, []).extend(hops.values())
+    return out
+
+
+def host_plans(topo, placement, generation, load=None, slices=None):
     """{host name: plan dict} for every host of `topo`, each passing
     contracts.plan.check_plan.  `load`: optional {host: utilisation 0..1}
-    from reported stats, used to lower busy hosts' remote weights."""
+    from reported stats, used to lower busy hosts' remote weights.
+    `slices`: {(host, id): NAT slice} to keep (the caller's, from
+    `nat_slices`); None assigns them afresh."""
     graph = fabric.build_graph(topo)
-    table = fabric.DistanceTable(graph, [h.name for h in topo.hosts] +
-                                 [e.name for e in topo.edges])
+    table = fabric.DistanceTable(graph, places_of(topo))
+    if slices is None:
+        slices = nat_slices(topo, placement)
     plans = {h.name: {"host": h.name, "generation": generation, "node_label": h.label,
                       "mac": h.mac, "instances": [], "classifiers": [], "hops": [],
                       "uplink": UPLINK} for h in topo.hosts}
     for inst in placement.instances.values():
         plans[inst.host]["instances"].append(
             {"id": inst.id, "nf": inst.nf, "mode": "inline",
-             "config": _config(topo.nfs[inst.nf])})
+             "config": _instance_config(topo, inst, slices)})
     for chain in topo.chains:
         for host, hops in _chain_hops(topo, placement, chain, table.d, load).items():
             plans[host]["hops"].extend(hops)

@@ -635,10 +635,10 @@ def _check_nat_slices(ck, chains, catalog, parsed):
     values, line = parsed.get(natslices.NAT, (None, 0))
     if natslices.NAT not in catalog or not isinstance(values, dict):
         return
-    slices = values.get("slices") or natslices.DEFAULT_SLICES
+    port_range, slices = natslices.settings(values)
     needed = natslices.instances_needed(_nf_rates(chains).get(natslices.NAT, 0.0),
                                         catalog[natslices.NAT].mpps)
-    for problem in natslices.range_problems(values["port_range"], slices, needed):
+    for problem in natslices.range_problems(port_range, slices, needed):
         ck.error(line, f"nf {natslices.NAT}: {problem}")
 
 

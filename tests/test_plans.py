@@ -1,6 +1,7 @@
 """controller.plans: every plan passes contracts.plan.check_plan, and a
 walker that follows the hops host to host visits each chain's NFs in order
 and carries exactly the placement's shares."""
+import dataclasses
 import glob
 import json
 import os
@@ -65,7 +66,7 @@ def check_all(topo, plan, generation=3):
             visits, ends, mass = walk(topo, out, chain, start)
             for seen in visits:
                 assert [t for t, _ in seen] == list(chain.nfs), chain.name
-            assert all(e == {"port": 0, "dst_mac": want_mac} for e in ends)
+            assert all((e["port"], e["dst_mac"]) == (0, want_mac) for e in ends)
             for key, m in mass.items():
                 spread[key] = spread.get(key, 0.0) + weight * m
         # The weights carry exactly the placement's share to every host.
@@ -312,3 +313,115 @@ def test_a_plan_file_names_the_file_before_each_key_path(tmp_path):
     with pytest.raises(PlanError) as err:
         load_plan(path)
     assert err.value.errors == [f"{path}:3: Expecting value"]
+
+
+# --- symmetric chains, pools, NAT slices (issue 9) ---------------------------
+
+SERVED = """\
+name: served
+switches:
+  - {name: spine, dpid: 1}
+  - {name: leaf1, dpid: 2}
+  - {name: leaf2, dpid: 3}
+hosts:
+  - {name: h1, switch: leaf1, port: 1, mac: "02:00:00:00:00:01", ip: 10.0.0.1/24, cores: 2}
+  - {name: h2, switch: leaf1, port: 2, mac: "02:00:00:00:00:02", ip: 10.0.0.2/24, cores: 2}
+  - {name: h3, switch: leaf2, port: 1, mac: "02:00:00:00:00:03", ip: 10.0.0.3/24, cores: 2}
+  - {name: h4, switch: leaf2, port: 2, mac: "02:00:00:00:00:04", ip: 10.0.0.4/24, cores: 2}
+links:
+  - {a: leaf1, a_port: 9, b: spine, b_port: 1}
+  - {a: leaf2, a_port: 9, b: spine, b_port: 2}
+edges:
+  - {name: internet, switch: spine, port: 10}
+servers:
+  - {name: web1, switch: leaf2, port: 5, mac: "02:00:00:00:01:10", ip: 10.0.1.10/24}
+  - {name: web2, switch: leaf2, port: 6, mac: "02:00:00:00:01:11", ip: 10.0.1.11/24}
+nfs:
+  nat: {cores: 1, mpps: 1, config: nat.yaml}
+  monitor: {cores: 1, mpps: 1}
+  lb: {cores: 1, mpps: 2, config: generic-lb.yaml}
+chains:
+  - {name: web, ingress: internet, egress: [web1, web2], match: {ipv4_dst: 10.0.1.100/32}, nfs: [nat, monitor, lb], mpps: 1.5}
+  - {name: plain, ingress: internet, egress: internet, match: {ipv4_dst: 10.0.0.9/32}, nfs: [monitor], mpps: 0.2}
+"""
+
+
+def served_topo():
+    from controller.topology import parse_topology
+    return parse_topology(SERVED, "served.yaml")
+
+
+def hops_of(out):
+    return {name: {(h["spi"], h["si"]): h for h in p["hops"]} for name, p in out.items()}
+
+
+def test_a_symmetric_chain_gets_a_reverse_path_through_the_same_hosts():
+    topo = served_topo()
+    web = topo.chain("web")
+    assert web.symmetric and not topo.chain("plain").symmetric
+    placed = placement.place(topo)
+    assert len(placed.hops["web"][0]) == 2 and len(placed.hops["web"][1]) == 2, \
+        "nat and monitor each need two instances: the pins have work to do"
+    out = check_all(topo, placed)
+    rspi, k = web.spi | (1 << 19), 3
+    # The reply path: reverse NF order, ends at the ingress edge.
+    back = dataclasses.replace(web, spi=rspi)
+    on = [placed.shares("web", j) for j in range(k)]
+    for start in on[k - 1]:
+        visits, ends, _ = walk(topo, out, back, start)
+        assert all([t for t, _ in seen] == ["lb", "monitor", "nat"] for seen in visits)
+        assert all(e == {"port": 0, "dst_mac": plans.edge_mac("internet")} for e in ends)
+    hops = hops_of(out)
+    for host, by_key in hops.items():
+        for (spi, si), hop in by_key.items():
+            if spi == web.spi and "end" in hop:
+                assert hop["end"]["reply"] == rspi
+                assert hop["end"]["servers"] == [
+                    {"ip": "10.0.1.10", "mac": "02:00:00:00:01:10"},
+                    {"ip": "10.0.1.11", "mac": "02:00:00:00:01:11"}]
+            if spi == web.spi and "local" in hop:
+                i = 255 - si
+                if i == 0:
+                    assert "reverse" not in hop
+                else:       # pin where the reply goes after this NF
+                    assert hop["reverse"] == {"spi": rspi, "si": 255 - k + i}
+                    assert (rspi, 255 - k + i) in by_key, host
+            if spi == rspi and 256 - k <= si <= 254:
+                forward_nf = k - 1 - (255 - si)
+                assert hop["pinned"] == [
+                    {"host": h, "label": topo.host(h).label, "mac": topo.host(h).mac}
+                    for h in sorted(on[forward_nf]) if h != host], (host, si)
+            elif spi == rspi:
+                assert "pinned" not in hop
+            if spi == topo.chain("plain").spi:
+                assert "reverse" not in hop and "reply" not in hop.get("end", {})
+    assert not any(spi == topo.chain("plain").spi | (1 << 19)
+                   for by_key in hops.values() for spi, _ in by_key)
+
+
+def test_nat_instances_own_disjoint_slices_and_lb_gets_the_pool():
+    topo = served_topo()
+    placed = placement.place(topo)
+    out = plans.host_plans(topo, placed, 1)
+    nats = {(h, i["id"]): i["config"] for h, p in out.items() for i in p["instances"]
+            if i["nf"] == "nat"}
+    assert sorted(c["slice"] for c in nats.values()) == [0, 1]
+    for config in nats.values():
+        n = config["slice"]
+        assert config["slices"] == 16
+        assert config["port_range"] == [1024 + n * 4032, 1024 + (n + 1) * 4032 - 1]
+        assert config["external_ip"] == "198.51.100.1" and "file" not in config
+    lbs = [i["config"] for p in out.values() for i in p["instances"] if i["nf"] == "lb"]
+    assert lbs and all(c["vip"] == "10.0.1.100" and c["backends"] == [
+        {"name": "web1", "ip": "10.0.1.10", "mac": "02:00:00:00:01:10"},
+        {"name": "web2", "ip": "10.0.1.11", "mac": "02:00:00:00:01:11"}] for c in lbs)
+    # The caller's slices are kept, whatever they are.
+    keep = {key: 7 + n for n, key in enumerate(sorted(nats))}
+    again = plans.host_plans(topo, placed, 2, slices=keep)
+    assert {(h, i["id"]): i["config"]["slice"] for h, p in again.items()
+            for i in p["instances"] if i["nf"] == "nat"} == keep
+    assert plans.nat_slices(topo, placed, previous=keep) == keep
+
+
+def test_every_nf_of_a_served_topology_starts_from_its_plan():
+    start_every_nf(served_topo())

@@ -431,7 +431,7 @@ def test_cli_validate_ok():
     run = _onvm("topo", "validate", "topologies/leaf-spine.yaml")
     assert run.returncode == 0, run.stderr
     assert run.stdout == ("topologies/leaf-spine.yaml: ok: 6 switches, 8 hosts, "
-                          "8 links, 2 edges, 4 chains\n")
+                          "8 links, 2 edges, 2 servers, 4 chains\n")
 
 
 def test_cli_validate_errors_exit_1(tmp_path):

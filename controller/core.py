@@ -61,10 +61,13 @@ def chains_from_store(bodies) -> Dict[str, Chain]:
     chains = {}
     for name, body in bodies.items():
         try:
-            chains[name] = Chain(body["name"], body["ingress"], body["egress"],
+            egress = body["egress"]
+            pool = tuple(egress) if isinstance(egress, list) else ()
+            chains[name] = Chain(body["name"], body["ingress"], pool[0] if pool else egress,
                                  dict(body["match"]), tuple(body["nfs"]),
-                                 float(body["mpps"]), int(body["spi"]))
-        except (KeyError, TypeError, ValueError) as err:
+                                 float(body["mpps"]), int(body["spi"]),
+                                 symmetric=bool(body.get("symmetric", False)), pool=pool)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
             log.warning("stored chain %s%s is malformed (%s: %s) and ignored",
                         CHAINS, name, type(err).__name__, err)
     return dict(sorted(chains.items(), key=lambda kv: kv[1].spi))

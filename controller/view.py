@@ -16,10 +16,12 @@ from contracts.model import Chain
 
 
 def chain_to_json(chain: Chain) -> dict:
-    """A chain as it is stored in /onvm/chains/ and shown by the API."""
-    return {"name": chain.name, "ingress": chain.ingress, "egress": chain.egress,
+    """A chain as it is stored in /onvm/chains/ and shown by the API: a
+    pool's egress is the list of its servers, as a body gives it."""
+    return {"name": chain.name, "ingress": chain.ingress,
+            "egress": list(chain.pool) if chain.pool else chain.egress,
             "match": dict(chain.match), "nfs": list(chain.nfs),
-            "mpps": chain.mpps, "spi": chain.spi}
+            "mpps": chain.mpps, "spi": chain.spi, "symmetric": chain.symmetric}
 
 
 class ClusterView(abc.ABC):

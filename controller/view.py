@@ -13,15 +13,20 @@ import abc
 from typing import Dict, Optional
 
 from contracts.model import Chain
+from controller.chains import STATEFUL_NFS
 
 
 def chain_to_json(chain: Chain) -> dict:
     """A chain as it is stored in /onvm/chains/ and shown by the API: a
-    pool's egress is the list of its servers, as a body gives it."""
-    return {"name": chain.name, "ingress": chain.ingress,
-            "egress": list(chain.pool) if chain.pool else chain.egress,
-            "match": dict(chain.match), "nfs": list(chain.nfs),
-            "mpps": chain.mpps, "spi": chain.spi, "symmetric": chain.symmetric}
+    pool as the list of its servers; `symmetric` where it is not the
+    default of a chain without stateful NFs (so it reads back the same)."""
+    out = {"name": chain.name, "ingress": chain.ingress,
+           "egress": list(chain.pool) if chain.pool else chain.egress,
+           "match": dict(chain.match), "nfs": list(chain.nfs),
+           "mpps": chain.mpps, "spi": chain.spi}
+    if chain.symmetric or STATEFUL_NFS & set(chain.nfs):
+        out["symmetric"] = chain.symmetric
+    return out
 
 
 class ClusterView(abc.ABC):

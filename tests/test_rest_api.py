@@ -141,7 +141,7 @@ def test_create_get_change_delete_chain(any_store):
     call = _client(manager)
     status, body = call("POST", "/chains", NEW)
     assert status == 201
-    assert body == dict(NEW, mpps=0.5, spi=17, symmetric=False)   # web has 16
+    assert body == dict(NEW, mpps=0.5, spi=17)      # web has 16
     assert manager.store.get("/onvm/chains/mail") == body
     assert call("GET", "/chains/mail") == (200, body)
     assert set(call("GET", "/chains")[1]) == {"web", "mail"}

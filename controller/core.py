@@ -272,7 +272,11 @@ class ClusterCore(ClusterView):
 
     def _assign_slices(self):
         """Each nat instance keeps its port slice; a moved one's passes to
-        its successor; new ones take the lowest free (controller.natslices)."""
+        its successor; new ones take the lowest free (controller.natslices).
+        With nothing placed they stay as they are (a new leader's, read
+        back from the plans, wait for its first placement)."""
+        if self.current is None:
+            return
         before = self.nat_slices
         self.nat_slices = nat_slices(self.placed, self.current, before,
                                      self.mover.handed)

@@ -37,12 +37,13 @@ from typing import Dict, List, NamedTuple, Optional
 
 from contracts.model import Chain
 from contracts.store import CHAINS, HOSTS, STATS, NotLeader, StoreError
-from controller import flows
+from controller import flows, natslices
+from controller.chains import Scope, make_chain
 from controller.livegraph import LiveFabric, describe
 from controller.liveness import Liveness
 from controller.moves import Moves
-from controller.placement import place, place_what_fits
-from controller.plans import host_load, host_plans, ingress_groups
+from controller.placement import PlacementError, place, place_what_fits
+from controller.plans import host_load, host_plans, ingress_groups, nat_slices
 from controller.view import ClusterView, chain_to_json
 
 log = logging.getLogger("onvm.core")
@@ -54,23 +55,23 @@ SETTLE_SECONDS = 1.0
 DIRTY_KINDS = ((HOSTS, "hosts"), (CHAINS, "chains"), (STATS, "stats"))
 
 
-def chains_from_store(bodies) -> Dict[str, Chain]:
-    """{name: Chain} of stored chain bodies, in SPI order.  Stored chains
-    were checked when written; one that is not even well-formed is logged
-    and left out (nothing could place it)."""
+def chains_from_store(bodies, scope) -> Dict[str, Chain]:
+    """{name: Chain} of stored chain bodies, in SPI order (`scope`: the
+    topology's, for a body stored without "symmetric": its default).
+    Stored chains were checked when written; one that is not even
+    well-formed is logged and left out (nothing could place it)."""
     chains = {}
     for name, body in bodies.items():
         try:
-            egress = body["egress"]
-            pool = tuple(egress) if isinstance(egress, list) else ()
-            chains[name] = Chain(body["name"], body["ingress"], pool[0] if pool else egress,
-                                 dict(body["match"]), tuple(body["nfs"]),
-                                 float(body["mpps"]), int(body["spi"]),
-                                 symmetric=bool(body.get("symmetric", False)), pool=pool)
+            chains[name] = make_chain(body, int(body["spi"]), scope)
         except (KeyError, TypeError, ValueError, IndexError) as err:
             log.warning("stored chain %s%s is malformed (%s: %s) and ignored",
                         CHAINS, name, type(err).__name__, err)
     return dict(sorted(chains.items(), key=lambda kv: kv[1].spi))
+
+
+def _slices_text(slices):
+    return ", ".join(f"{h}#{i}: {n}" for (h, i), n in sorted(slices.items()))
 
 
 def same_plan(stored, plan):
@@ -132,6 +133,8 @@ class ClusterCore(ClusterView):
         self.desired = self._desired()
         self.names = {sw.dpid: sw.name for sw in topology.switches}
         self.known = frozenset(h.name for h in topology.hosts)
+        self.scope = Scope.of(topology)
+        self.nat_slices = {}            # (host, id) -> NAT port slice, kept (natslices)
 
     # ------------------------------------------------------------ inputs
     def store_changed(self, key):
@@ -153,6 +156,10 @@ class ClusterCore(ClusterView):
                      len(self.connected))
             self.liveness.leadership_gained(now)
             self._seed_chains()
+            self.nat_slices = natslices.from_plans(self.store.plans())
+            if self.nat_slices:
+                log.info("NAT port slices read back from the stored plans: %s",
+                         _slices_text(self.nat_slices))
             self.dirty |= {"hosts", "chains"}
             self.programmed.clear()
         elif self.leading and not leading:
@@ -255,8 +262,32 @@ class ClusterCore(ClusterView):
             placement = self.mover.land(self.placed, placement)
         self.current = placement
         self._log_instances(before, placement, lost, reasons)
+        try:
+            self._assign_slices()
+        except natslices.SlicesExhausted as err:
+            log.error("plans not written: %s", err)
+            return
         if self.leading:
             self._write_plans(out)
+
+    def _assign_slices(self):
+        """Each nat instance keeps its port slice; a moved one's passes to
+        its successor; new ones take the lowest free (controller.natslices).
+        With nothing placed they stay as they are (a new leader's, read
+        back from the plans, wait for its first placement)."""
+        if self.current is None:
+            return
+        before = self.nat_slices
+        self.nat_slices = nat_slices(self.placed, self.current, before,
+                                     self.mover.handed)
+        for old, new in sorted(self.mover.handed.items()):
+            if old in before:
+                log.info("nat#%d moved from %s to %s#%d keeps port slice %d", old[1],
+                         old[0], new[0], new[1], self.nat_slices.get(new, -1))
+        fresh = {k: n for k, n in self.nat_slices.items() if before.get(k) != n
+                 and k not in self.mover.handed.values()}
+        if fresh:
+            log.info("NAT port slices given: %s", _slices_text(fresh))
 
     def _log_instances(self, before, after, lost, reasons):
         old = before.instances if before else {}
@@ -279,8 +310,8 @@ class ClusterCore(ClusterView):
                          self.stats_warned) if self.current else {}
         stored = self.store.plans()
         generation = 1 + max([p.get("generation", 0) for p in stored.values()] or [0])
-        plans = self.mover.mark(host_plans(self.placed, self.current, generation, load)
-                                 if self.current else {})
+        plans = self.mover.mark(host_plans(self.placed, self.current, generation, load,
+                                           self.nat_slices) if self.current else {})
         try:
             for host in sorted(self.alive):
                 plan = plans.get(host) or self._idle_plan(host, generation)
@@ -449,7 +480,7 @@ class ClusterCore(ClusterView):
         return out
 
     def chains(self):
-        return chains_from_store(self.store.chains())
+        return chains_from_store(self.store.chains(), self.scope)
 
     def chain(self, name):
         return self.store.get_chain(name)
@@ -457,8 +488,13 @@ class ClusterCore(ClusterView):
     def check_chains(self, chains):
         """The placement `chains` (model.Chain) would get now, on the hosts
         alive now; raises PlacementError; changes nothing."""
-        return place(self.topo.with_chains(list(chains)), previous=self.current,
-                     exclude_hosts=self._dead(), say=False)
+        topo = self.topo.with_chains(list(chains))
+        placed = place(topo, previous=self.current, exclude_hosts=self._dead(), say=False)
+        try:
+            nat_slices(topo, placed, self.nat_slices)
+        except natslices.SlicesExhausted as err:
+            raise PlacementError(str(err)) from None
+        return placed
 
     def put_chain(self, chain):
         others = [c for n, c in self.chains().items() if n != chain.name]

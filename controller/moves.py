@@ -97,6 +97,7 @@ class Moves:
         self.timeout = timeout
         self.pending = {}       # (host, instance id) -> Move
         self.landing = {}       # (to, new id) -> [state, generation of B's plan carrying it]
+        self.handed = {}        # (A, old id) -> (B, new id) of the last `land`
 
     def request(self, topo, placement, alive, host, instance_id, to):
         """Check and remember a move; returns its description.  Nothing is
@@ -151,7 +152,9 @@ class Moves:
     # -- the switch ------------------------------------------------------------
     def land(self, topo, placement):
         """The placement with every move whose snapshot is in moved to its
-        new host (or `placement` itself when none is ready)."""
+        new host (or `placement` itself when none is ready); `handed` says
+        which instance became which (what the old one owned passes on)."""
+        self.handed = {}
         for key in sorted(self.pending):
             move = self.pending[key]
             state = self._snapshot(move)
@@ -166,6 +169,7 @@ class Moves:
                 continue
             new_key, = set(moved.instances) - set(placement.instances)
             self.landing[new_key] = [state, None]
+            self.handed[key] = new_key
             placement = moved
         return placement
 

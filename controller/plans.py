@@ -143,11 +143,16 @@ def _lb_config(topo, written, parsed, chains):
         out["vip"] = vips.pop()
     else:
         out.pop("vip", None)
-        LOG.warning("lb serving chains %s: they name %s destination addresses, "
-                    "so it balances every new flow (no vip)",
-                    ", ".join(c.name for c in chains),
-                    "no single" if vips == {None} else "several")
+        names = ", ".join(c.name for c in chains)
+        if names not in _WARNED_VIPS:     # plans are made again and again
+            _WARNED_VIPS.add(names)
+            LOG.warning("lb serving chains %s: they name %s destination addresses, "
+                        "so it balances every new flow (no vip)", names,
+                        "no single" if vips == {None} else "several")
     return out
+
+
+_WARNED_VIPS = set()
 
 
 def _config(nf_type):

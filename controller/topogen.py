@@ -19,13 +19,13 @@ Numbering, so that a person can read a dump:
 from __future__ import annotations
 
 import ipaddress
-import math
 import random
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from contracts.model import (FIRST_NODE_LABEL, FIRST_SPI, Chain, Edge, Host,
                               Link, NFType, Switch, Topology)
+from controller import natslices
 from controller.topology import dump_topology, library_config
 
 # The config each NF type needs to start, by its name in the shipped rule
@@ -45,6 +45,9 @@ GENERIC_CONFIGS: Dict[str, str] = {
     "ratelimit": "ratelimit.yaml",
     "ddos": "ddos.yaml",
 }
+# nat.yaml cuts its port range into natslices.DEFAULT_SLICES slices, one per
+# nat instance; chains that need more nat instances get this one instead.
+MANY_NATS = ("generic-nat.yaml", 512)
 
 # Per instance: cores taken and Mpps served, 64-byte packets, order of
 # magnitude of published DPDK NFs (an IDS with pattern matching is the slow
@@ -156,8 +159,24 @@ def leaf_spine(spines: int, leaves: int, hosts_per_leaf: int,
 def _finish(name, switches, hosts, links, edges, n_chains) -> Topology:
     chains = _chains(hosts, edges, n_chains or 0)
     return Topology(name, tuple(switches), tuple(hosts), tuple(links),
-                    tuple(edges), dict(CATALOG), tuple(chains),
+                    tuple(edges), _catalog(chains), tuple(chains),
                     source=f"<generated {name}>")
+
+
+def _catalog(chains):
+    """CATALOG, with a nat config of enough port slices for the nat
+    instances `chains` need (`onvm topo validate` checks that)."""
+    catalog = dict(CATALOG)
+    nat = catalog[natslices.NAT]
+    need = natslices.instances_needed(
+        sum(c.mpps for c in chains for nf in c.nfs if nf == nat.name), nat.mpps)
+    if need > natslices.DEFAULT_SLICES:
+        config, slices = MANY_NATS
+        if need > slices:
+            raise ValueError(f"the chains need {need} nat instances; {config} has "
+                             f"port slices for {slices}: ask for fewer chains")
+        catalog[nat.name] = NFType(nat.name, nat.cores, nat.mpps, library_config(config))
+    return catalog
 
 
 def _chains(hosts: Sequence[Host], edges: Sequence[Edge], n: int) -> List[Chain]:
@@ -203,7 +222,7 @@ def _cores_needed(shapes, rates) -> int:
     for shape, rate in zip(shapes, rates):
         for nf in shape[4]:
             per_type[nf] = per_type.get(nf, 0.0) + rate
-    return sum(math.ceil(r / CATALOG[nf].mpps - 1e-9) * CATALOG[nf].cores
+    return sum(natslices.instances_needed(r, CATALOG[nf].mpps) * CATALOG[nf].cores
                for nf, r in per_type.items())
 
 

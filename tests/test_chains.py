@@ -96,3 +96,31 @@ def test_topology_and_rest_say_the_same_after_the_place(change, line, key, messa
     with pytest.raises(RequestError) as err:
         chain_from_json(body, topo, [])
     assert err.value.errors == [f"chain.{key}: {message}"]
+
+
+SERVED = load_topology(os.path.join(REPO, "tests", "served.yaml"))
+POOL = {"name": "shop", "ingress": "internet", "egress": ["web1", "web2"],
+        "match": {"ipv4_dst": "10.0.1.101/32"}, "nfs": ["nat", "lb"], "mpps": 0.5}
+
+
+def test_a_pool_body_becomes_a_symmetric_chain_ending_at_its_first_server():
+    chain = chain_from_json(POOL, SERVED, SERVED.chains)
+    assert (chain.egress, chain.pool, chain.symmetric, chain.spi) == (
+        "web1", ("web1", "web2"), True, 18)
+    one = chain_from_json(dict(POOL, egress="web2", nfs=["monitor"]), SERVED, [])
+    assert (one.egress, one.pool, one.symmetric) == ("web2", (), False)
+    told = chain_from_json(dict(POOL, symmetric=False), SERVED, [])
+    assert told.symmetric is False
+
+
+def test_stored_bodies_read_back_the_same_chain():
+    from controller.chains import Scope
+    from controller.core import chains_from_store
+    from controller.view import chain_to_json
+    chains = [chain_from_json(POOL, SERVED, SERVED.chains), *SERVED.chains]
+    stored = {c.name: chain_to_json(c) for c in chains}
+    assert list(chains_from_store(stored, Scope.of(SERVED)).values()) == sorted(
+        chains, key=lambda c: c.spi)
+    old = dict(stored["shop"])
+    del old["symmetric"]        # a body stored before chains had it: the default
+    assert chains_from_store({"shop": old}, Scope.of(SERVED))["shop"].symmetric is True

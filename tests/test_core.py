@@ -341,3 +341,86 @@ def test_keys_that_vanish_during_a_store_outage_are_held(loop, monkeypatch):
     loop.now += loop.core.liveness.grace_s + loop.core.liveness.settle_s
     decisions = loop.step()                          # grace over, one host gone: lost
     assert decisions.deleted == ["h1"] and loop.core.alive == {"h3"}
+
+
+# --- NAT port slices kept by the core (issue 9) ------------------------------
+
+NAT_TOPO = """\
+name: natted
+switches:
+  - {name: s1, dpid: 0x1}
+hosts:
+  - {name: h1, switch: s1, port: 1, mac: "02:00:00:00:00:01", ip: 10.0.0.1/24, cores: 2}
+  - {name: h2, switch: s1, port: 2, mac: "02:00:00:00:00:02", ip: 10.0.0.2/24, cores: 2}
+  - {name: h3, switch: s1, port: 3, mac: "02:00:00:00:00:03", ip: 10.0.0.3/24, cores: 2}
+edges:
+  - {name: inside, switch: s1, port: 10}
+  - {name: internet, switch: s1, port: 11}
+nfs:
+  nat: {cores: 1, mpps: 1, config: nat.yaml}
+chains:
+  - {name: out, ingress: inside, egress: internet, match: {ipv4_src: 10.9.0.0/16}, nfs: [nat], mpps: 1.5}
+"""
+
+
+@pytest.fixture
+def nat_loop():
+    from controller.topology import parse_topology
+    loop = Loop(parse_topology(NAT_TOPO, "natted.yaml"))
+    loop.register("h1", "h2", "h3")
+    loop.step()
+    return loop
+
+
+def stored_slices(store):
+    return {(h, i["id"]): i["config"]["slice"] for h, p in store.plans().items()
+            for i in p["instances"] if i["nf"] == "nat"}
+
+
+def test_nat_instances_keep_their_slices_and_a_new_one_takes_the_lowest_free(nat_loop):
+    first = stored_slices(nat_loop.store)
+    assert sorted(first.values()) == [0, 1]
+    (gone, _), = [k for k, n in first.items() if n == 0]
+    nat_loop.lose(gone)
+    nat_loop.step()
+    after = stored_slices(nat_loop.store)
+    kept = {k: n for k, n in first.items() if k[0] != gone}
+    assert kept.items() <= after.items(), "a living instance keeps its slice"
+    assert sorted(after.values()) == [0, 1], "the new instance takes the freed slice 0"
+
+
+def test_a_moved_nat_instance_hands_its_slice_on(nat_loop, caplog):
+    first = stored_slices(nat_loop.store)
+    (host, iid), = [k for k, n in first.items() if n == 1]
+    to = next(h for h in ("h1", "h2", "h3") if h not in {k[0] for k in first})
+    nat_loop.core.request_move(host, iid, to)
+    nat_loop.step()
+    plan = nat_loop.store.get_plan(host)
+    nat_loop.store.put_stats(host, {"instances": {str(iid): {
+        "state": {"mappings": []}, "state_generation": plan["generation"]}}})
+    nat_loop.core.store_changed("/onvm/stats/" + host)
+    with caplog.at_level(logging.INFO, logger="onvm.core"):
+        nat_loop.step(dt=STATS_REPLAN_SECONDS)
+    after = stored_slices(nat_loop.store)
+    assert (host, iid) not in after
+    (new_key, n), = [(k, n) for k, n in after.items() if k[0] == to]
+    assert n == 1 and new_key != (host, iid)
+    assert f"nat#{iid} moved from {host} to {to}#{new_key[1]} keeps port slice 1" in caplog.text
+
+
+def test_a_new_leader_reads_the_slices_back_from_the_stored_plans(nat_loop, caplog):
+    stored = nat_loop.store.plans()
+    swapped = {}
+    for host, plan in stored.items():       # a history that gave them the other way
+        for inst in plan["instances"]:
+            if inst["nf"] == "nat":
+                inst["config"]["slice"] = 1 - inst["config"]["slice"]
+                swapped[(host, inst["id"])] = inst["config"]["slice"]
+        nat_loop.store.put_plan(host, plan)
+    successor = Loop(nat_loop.topo, nat_loop.store)
+    successor.register("h1", "h2", "h3")
+    with caplog.at_level(logging.INFO, logger="onvm.core"):
+        successor.step()
+    assert successor.core.nat_slices == swapped
+    assert stored_slices(successor.store) == swapped
+    assert "NAT port slices read back from the stored plans" in caplog.text

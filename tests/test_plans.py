@@ -317,38 +317,11 @@ def test_a_plan_file_names_the_file_before_each_key_path(tmp_path):
 
 # --- symmetric chains, pools, NAT slices (issue 9) ---------------------------
 
-SERVED = """\
-name: served
-switches:
-  - {name: spine, dpid: 1}
-  - {name: leaf1, dpid: 2}
-  - {name: leaf2, dpid: 3}
-hosts:
-  - {name: h1, switch: leaf1, port: 1, mac: "02:00:00:00:00:01", ip: 10.0.0.1/24, cores: 2}
-  - {name: h2, switch: leaf1, port: 2, mac: "02:00:00:00:00:02", ip: 10.0.0.2/24, cores: 2}
-  - {name: h3, switch: leaf2, port: 1, mac: "02:00:00:00:00:03", ip: 10.0.0.3/24, cores: 2}
-  - {name: h4, switch: leaf2, port: 2, mac: "02:00:00:00:00:04", ip: 10.0.0.4/24, cores: 2}
-links:
-  - {a: leaf1, a_port: 9, b: spine, b_port: 1}
-  - {a: leaf2, a_port: 9, b: spine, b_port: 2}
-edges:
-  - {name: internet, switch: spine, port: 10}
-servers:
-  - {name: web1, switch: leaf2, port: 5, mac: "02:00:00:00:01:10", ip: 10.0.1.10/24}
-  - {name: web2, switch: leaf2, port: 6, mac: "02:00:00:00:01:11", ip: 10.0.1.11/24}
-nfs:
-  nat: {cores: 1, mpps: 1, config: nat.yaml}
-  monitor: {cores: 1, mpps: 1}
-  lb: {cores: 1, mpps: 2, config: generic-lb.yaml}
-chains:
-  - {name: web, ingress: internet, egress: [web1, web2], match: {ipv4_dst: 10.0.1.100/32}, nfs: [nat, monitor, lb], mpps: 1.5}
-  - {name: plain, ingress: internet, egress: internet, match: {ipv4_dst: 10.0.0.9/32}, nfs: [monitor], mpps: 0.2}
-"""
+SERVED = os.path.join(REPO, "tests", "served.yaml")
 
 
 def served_topo():
-    from controller.topology import parse_topology
-    return parse_topology(SERVED, "served.yaml")
+    return load_topology(SERVED)
 
 
 def hops_of(out):
@@ -425,3 +398,16 @@ def test_nat_instances_own_disjoint_slices_and_lb_gets_the_pool():
 
 def test_every_nf_of_a_served_topology_starts_from_its_plan():
     start_every_nf(served_topo())
+
+
+def test_an_lb_of_pools_with_several_addresses_balances_without_a_vip(caplog):
+    topo = served_topo()
+    web = topo.chain("web")
+    other = dataclasses.replace(web, name="shop", spi=18, match={"ipv4_dst": "10.0.1.101/32"},
+                                nfs=("lb",), mpps=0.1)
+    topo = topo.with_chains([web, other])
+    out = plans.host_plans(topo, placement.place(topo), 1)
+    both = [i["config"] for p in out.values() for i in p["instances"] if i["nf"] == "lb"]
+    assert both and all("vip" not in c and len(c["backends"]) == 2 for c in both)
+    assert "lb serving chains shop, web: they name several destination addresses" \
+        in caplog.text

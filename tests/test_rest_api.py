@@ -211,6 +211,58 @@ def test_bad_json_and_unknown_chains(call, manager):
     assert status == 409 and error.startswith("chain web: cannot be placed: ")
 
 
+SERVED = os.path.join(ROOT, "tests", "served.yaml")
+SHOP = {"name": "shop", "ingress": "internet", "egress": ["web1", "web2"],
+        "match": {"ipv4_dst": "10.0.1.101/32", "ip_proto": 6, "tcp_dst": 80},
+        "nfs": ["nat", "lb"], "mpps": 0.5}
+
+
+@pytest.fixture
+def served():
+    cluster = _cluster(load_topology(SERVED), open_store("memory://"),
+                       hosts=("h1", "h2", "h3", "h4"))
+    return cluster, _client(cluster)
+
+
+def test_a_pool_chain_is_symmetric_by_default_and_gets_its_reverse_path(served):
+    manager, call = served
+    status, body = call("POST", "/chains", SHOP)
+    assert status == 201 and body == dict(SHOP, spi=18, symmetric=True)
+    assert manager.store.get_chain("shop") == body
+    chain = manager.core.chains()["shop"]
+    assert (chain.egress, chain.pool, chain.symmetric) == ("web1", ("web1", "web2"), True)
+    hops = [h for p in manager.store.plans().values() for h in p["hops"]]
+    assert any(h["spi"] == 18 | (1 << 19) for h in hops)
+    assert any(h.get("end", {}).get("reply") == 18 | (1 << 19) for h in hops)
+    status, body = call("PUT", "/chains/shop", dict(SHOP, symmetric=False))
+    assert status == 200 and body["symmetric"] is False
+    assert not any(h["spi"] == 18 | (1 << 19) for p in manager.store.plans().values()
+                   for h in p["hops"])
+
+
+@pytest.mark.parametrize("body, message", [
+    (dict(SHOP, egress="internet", symmetric=True),
+     "chain: symmetric needs a server or a pool of servers as egress; edge internet "
+     "has no way back"),
+    (dict(SHOP, egress="h2", symmetric=True),
+     "chain: symmetric needs a server or a pool of servers as egress; host h2 has no "
+     "way back"),
+    (dict(SHOP, symmetric="yes"), "chain.symmetric: must be true or false, not 'yes'"),
+    (dict(SHOP, nfs=["nat", "monitor"]),
+     "chain.egress: a pool of servers needs an lb in the chain's nfs"),
+    (dict(SHOP, egress=["web1", "h1"]),
+     "chain.egress[1]: host h1 is not a server of topology served; a pool holds "
+     "servers only"),
+    (dict(SHOP, egress=[]), "chain.egress: must be a host, a server or an edge, or a "
+                            "list of servers (a pool), not []"),
+    (dict(SHOP, spi=1 << 19), "chain.spi: must be an integer 16..524287"),
+])
+def test_a_wrong_symmetric_or_pool_chain_is_refused(served, body, message):
+    manager, call = served
+    status, error = _refused(call, manager, "POST", "/chains", body)
+    assert (status, error[:len(message)]) == (400, message), error
+
+
 def test_change_keeps_spi_and_is_checked_with_all_chains(call, manager):
     # minimal: two hosts of 4 cores; a monitor serves 14 Mpps, a firewall 8
     assert call("POST", "/chains", dict(NEW, nfs=["monitor"] * 3, mpps=14.0))[0] == 201

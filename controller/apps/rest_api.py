@@ -14,7 +14,10 @@
     GET    /onvm/v1/moves           the moves in progress
 
 A chain body is {"name", "ingress", "egress", "match", "nfs", "mpps"} and an
-optional "spi" (else the lowest free one).  A wrong request gets 400
+optional "spi" (else the lowest free one) and "symmetric" (else true when
+an NF keeps flow state and the egress is a server or a pool).  "egress" is
+a host, an edge or a server, or a list of servers (a pool, which needs an
+lb); controller.chains checks a body exactly as a topology file's chain.  A wrong request gets 400
 (malformed), 404 (unknown chain) or 409 (conflicts with the chains there, or
 cannot be placed) with {"error": "..."} and changes nothing: the cluster's
 `put_chain` checks that every chain can still be placed before it stores.

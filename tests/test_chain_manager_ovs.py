@@ -570,7 +570,9 @@ OFPT_ERROR, OFPT_BARRIER_REPLY = 1, 21
 def send_over_openflow(ovs, bridge, msgs):
     """Send Ryu messages to `bridge` as the chain manager does, over the
     bridge's own OpenFlow 1.3 management socket (hello, the messages, a
-    barrier); an OpenFlow error from OVS fails with its text."""
+    barrier); returns what OVS answered before the barrier, parsed by Ryu
+    (flow-stats replies, ...).  An OpenFlow error from OVS fails with its
+    text."""
     datapath = ofmsgs.offline_datapath()
     parser = datapath.ofproto_parser
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -599,14 +601,15 @@ def send_over_openflow(ovs, bridge, msgs):
         for xid, msg in enumerate(msgs, start=2):
             send(msg, xid)
         send(parser.OFPBarrierRequest(datapath), 0xFFFF)
+        answers = []
         while True:
             reply = receive()
-            if reply[1] == OFPT_ERROR:
-                version, kind, length, xid = struct.unpack_from("!BBHI", reply)
-                error = ofproto_parser.msg(datapath, version, kind, length, xid, reply)
-                raise AssertionError(f"OVS refused message {xid} of {bridge}: {error}")
-            if reply[1] == OFPT_BARRIER_REPLY:
-                return
+            version, kind, length, xid = struct.unpack_from("!BBHI", reply)
+            if kind == OFPT_BARRIER_REPLY:
+                return answers
+            answers.append(ofproto_parser.msg(datapath, version, kind, length, xid, reply))
+            if kind == OFPT_ERROR:
+                raise AssertionError(f"OVS refused message {xid} of {bridge}: {answers[-1]}")
     finally:
         sock.close()
 
@@ -690,6 +693,15 @@ def test_a_servers_reply_finds_its_way_back_in_ovs_as_in_ofsim(ovs, served_fabri
                  f"load:{int(h1.mac.replace(':', ''), 16):#x}->NXM_OF_ETH_DST[]"):
         assert part in rule, rule
     assert len(sim.switches["s2"].learned) == 1
+    # the chain manager's resync (flow stats -> ofmsgs.actual_flows ->
+    # flows.diff) leaves the learned reply rule alone and finds nothing to do
+    datapath = ofmsgs.offline_datapath()
+    stats = send_over_openflow(ovs, names["s2"], [datapath.ofproto_parser.OFPFlowStatsRequest(
+        datapath, table_id=datapath.ofproto.OFPTT_ALL)])
+    actual = ofmsgs.actual_flows(stats)
+    assert sorted(flows.cookie_kind(a.cookie) for a in actual
+                  if a.table == flows.TABLE_REPLY) == ["miss", "reply_pin"]
+    assert flows.diff(rules[topo.switch("s2").dpid].flows, actual) == ([], [])
 
     reply = served_packet(WEB1.mac, "02:00:00:00:0e:ee", web1_ip, "192.0.2.7", 80, 40000)
     back, = sim.from_server("web1", reply)

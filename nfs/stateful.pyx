@@ -11,7 +11,9 @@ TCP connection; any other TCP packet without a connection (an unsolicited
 SYN-ACK, a stray ACK or RST) is dropped even if a rule allows it, counted
 `invalid`.  Connections expire when idle (`timeouts`, seconds per
 protocol); a TCP FIN or RST shortens the rest of a connection to
-`closing` seconds.  Connections are keyed by the packet's bytes as they
+`closing` seconds.  With the table full, an allowed packet passes
+untracked (counted), and the rest of a TCP connection so opened is dropped
+as invalid: fail closed.  Connections are keyed by the packet's bytes as they
 reach the firewall (an NF before it on the same host may have rewritten
 them since the host parsed the packet).
 

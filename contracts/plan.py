@@ -230,16 +230,23 @@ def _check_remote(errors, remote, where):
     _check_peers(errors, remote, where, empty_ok=False, weights=True)
 
 
+def _objects(errors, items, where, empty_ok, fields):
+    """(key path, item) of each object of the list `items`; a list that is
+    not one, empty (unless `empty_ok`) or items that are no object are
+    reported."""
+    if not errors.check(isinstance(items, list) and (empty_ok or items), where,
+                        ("must be a list" if empty_ok else "must be a non-empty list")
+                        + f" of objects {fields}"):
+        return
+    for j, item in enumerate(items):
+        if errors.check(isinstance(item, dict), f"{where}[{j}]", f"must be an object {fields}"):
+            yield f"{where}[{j}]", item
+
+
 def _check_peers(errors, peers, where, empty_ok, weights):
     """A list of hosts ({"host", "label", "mac"[, "weight"]}), labels unique."""
-    if not errors.check(isinstance(peers, list) and (empty_ok or peers), where,
-                        "must be a list" if empty_ok else "must be a non-empty list"):
-        return
     labels = set()
-    for j, peer in enumerate(peers):
-        pw = f"{where}[{j}]"
-        if not errors.check(isinstance(peer, dict), pw, "must be an object"):
-            continue
+    for pw, peer in _objects(errors, peers, where, empty_ok, "{host, label, mac}"):
         if _label(errors, peer.get("label"), f"{pw}.label"):
             errors.check(peer["label"] not in labels, f"{pw}.label",
                          f"duplicate label {peer['label']}")
@@ -274,14 +281,8 @@ def _check_end(errors, end, where):
 
 
 def _check_servers(errors, servers, where):
-    if not errors.check(isinstance(servers, list) and servers, where,
-                        "must be a non-empty list of {ip, mac}"):
-        return
     ips = set()
-    for j, server in enumerate(servers):
-        sw = f"{where}[{j}]"
-        if not errors.check(isinstance(server, dict), sw, "must be an object {ip, mac}"):
-            continue
+    for sw, server in _objects(errors, servers, where, False, "{ip, mac}"):
         ip = server.get("ip")
         try:
             ipaddress.IPv4Address(ip)

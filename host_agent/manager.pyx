@@ -377,7 +377,7 @@ cdef class Manager:
         cdef rte_mbuf *pkts[BURST]
         cdef unsigned i, n, total = 0
         cdef uint16_t p
-        self.now = rte_get_tsc_cycles()
+        self.now = rte_get_tsc_cycles() | 1      # never 0: 0 marks a free pin position
         for i in range(self.nports):
             p = self.ports[i]
             n = rte_eth_rx_burst(p, 0, pkts, BURST)
@@ -668,7 +668,7 @@ cdef class Manager:
         cdef int32_t pos = rte_hash_lookup(self.pins, k)
         if pos < 0 or <uint32_t>pos >= self.pin_entries:
             return -1
-        self.pin_seen[pos] = self.now | 1
+        self.pin_seen[pos] = self.now
         return pos
 
     cdef void _pin_set(self, pin_key_t *k, uint32_t value) noexcept nogil:
@@ -683,7 +683,7 @@ cdef class Manager:
             self.pin_inserts += 1
             self.pin_live += 1
         self.pin_data[pos] = value
-        self.pin_seen[pos] = self.now | 1       # never 0: 0 marks a free position
+        self.pin_seen[pos] = self.now
 
     cdef void _sweep_pins(self) noexcept nogil:
         """Delete the pins idle longer than pin_idle_seconds among the next

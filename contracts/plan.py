@@ -21,10 +21,22 @@ A plan is JSON:
     }
 
 `hops` maps (SPI, SI) to where the packet goes for that hop: a local NF
-instance, one of several remote hosts (chosen per flow by weighted consistent
-hashing), or the end of the chain (labels popped, sent out of `port` to
-`dst_mac`).  An NF that passes a packet on lowers its SI by one; the next hop
-is looked up again.  `classifiers` put untagged packets that arrive at this
+instance, one of several remote hosts (chosen per new flow by weighted
+consistent hashing, then pinned for the flow's life), or the end of the chain
+(labels popped, sent out of `port` to `dst_mac`).  An NF that passes a packet
+on lowers its SI by one; the next hop is looked up again.
+
+Symmetric chains (docs: /work/notes/issue9.md, "Plans") add optional keys:
+
+* `"pinned": [{"host", "label", "mac"}, ...]` on a reverse hop: the hosts
+  a flow's forward packets may have come from; the agent's pin for the flow
+  picks one (no pin: local or end as the hop says; remote: dropped).
+* `"reverse": {"spi": R, "si": SI_R}` on a forward hop: a packet that
+  arrives tagged from a host of hop (R, SI_R)'s `pinned` list pins the
+  flow's reply at (R, SI_R) to that host.  The plan must have hop (R, SI_R).
+* `end.reply: R`: replies of what this end sends enter (R, 255) here.
+* `end.servers: [{"ip", "mac"}, ...]`: a pool; the destination MAC is the
+  one of the packet's IPv4 destination.  `classifiers` put untagged packets that arrive at this
 host into a chain at SI 255.  `uplink` is the port towards the fabric.
 
 Instance `mode` is "inline" (run to completion in the manager's loop) or
@@ -183,6 +195,9 @@ def _check_instances(errors, plan):
 
 def _check_hops(errors, plan, ids):
     seen = set()
+    hop_keys = {(h["spi"], h["si"]) for h in plan["hops"]
+                if isinstance(h, dict) and _is_int(h.get("spi")) and _is_int(h.get("si"))
+                } if isinstance(plan["hops"], list) else set()
     for i, hop in _items(errors, plan, "hops", "plan", required=True):
         where = f"plan.hops[{i}]"
         ok = _label(errors, hop.get("spi"), f"{where}.spi")
@@ -204,21 +219,54 @@ def _check_hops(errors, plan, ids):
             _check_remote(errors, hop["remote"], f"{where}.remote")
         else:
             _check_end(errors, hop["end"], f"{where}.end")
+        if "pinned" in hop:
+            _check_peers(errors, hop["pinned"], f"{where}.pinned", empty_ok=True,
+                         weights=False)
+        if "reverse" in hop:
+            _check_reverse(errors, hop["reverse"], f"{where}.reverse", hop_keys)
 
 
 def _check_remote(errors, remote, where):
-    if not errors.check(isinstance(remote, list) and remote, where,
-                        "must be a non-empty list"):
+    _check_peers(errors, remote, where, empty_ok=False, weights=True)
+
+
+def _objects(errors, items, where, empty_ok, fields):
+    """(key path, item) of each object of the list `items`; a list that is
+    not one, empty (unless `empty_ok`) or items that are no object are
+    reported."""
+    if not errors.check(isinstance(items, list) and (empty_ok or items), where,
+                        ("must be a list" if empty_ok else "must be a non-empty list")
+                        + f" of objects {fields}"):
         return
-    for j, peer in enumerate(remote):
-        pw = f"{where}[{j}]"
-        if not errors.check(isinstance(peer, dict), pw, "must be an object"):
-            continue
-        _label(errors, peer.get("label"), f"{pw}.label")
+    for j, item in enumerate(items):
+        if errors.check(isinstance(item, dict), f"{where}[{j}]", f"must be an object {fields}"):
+            yield f"{where}[{j}]", item
+
+
+def _check_peers(errors, peers, where, empty_ok, weights):
+    """A list of hosts ({"host", "label", "mac"[, "weight"]}), labels unique."""
+    labels = set()
+    for pw, peer in _objects(errors, peers, where, empty_ok, "{host, label, mac}"):
+        if _label(errors, peer.get("label"), f"{pw}.label"):
+            errors.check(peer["label"] not in labels, f"{pw}.label",
+                         f"duplicate label {peer['label']}")
+            labels.add(peer["label"])
         _mac(errors, peer.get("mac"), f"{pw}.mac")
-        w = peer.get("weight", 1.0)
-        errors.check(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0,
-                     f"{pw}.weight", "must be a positive number")
+        if weights:
+            w = peer.get("weight", 1.0)
+            errors.check(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0,
+                         f"{pw}.weight", "must be a positive number")
+
+
+def _check_reverse(errors, rev, where, hop_keys):
+    if not errors.check(isinstance(rev, dict), where, "must be an object {spi, si}"):
+        return
+    ok = _label(errors, rev.get("spi"), f"{where}.spi")
+    ok &= errors.check(_is_int(rev.get("si")) and 1 <= rev["si"] <= 255,
+                       f"{where}.si", f"must be an integer 1..255, not {rev.get('si')!r}")
+    if ok:
+        errors.check((rev["spi"], rev["si"]) in hop_keys, where,
+                     f"names hop SPI {rev['spi']} SI {rev['si']}, which the plan does not have")
 
 
 def _check_end(errors, end, where):
@@ -226,6 +274,24 @@ def _check_end(errors, end, where):
         return
     errors.check(_is_int(end.get("port", 0)), f"{where}.port", "must be a port number")
     _mac(errors, end.get("dst_mac"), f"{where}.dst_mac")
+    if "reply" in end:
+        _label(errors, end["reply"], f"{where}.reply")
+    if "servers" in end:
+        _check_servers(errors, end["servers"], f"{where}.servers")
+
+
+def _check_servers(errors, servers, where):
+    ips = set()
+    for sw, server in _objects(errors, servers, where, False, "{ip, mac}"):
+        ip = server.get("ip")
+        try:
+            ipaddress.IPv4Address(ip)
+        except (ValueError, TypeError):
+            errors.add(f"{sw}.ip", f"must be an IPv4 address, not {ip!r}")
+        else:
+            errors.check(ip not in ips, f"{sw}.ip", f"duplicate server address {ip}")
+            ips.add(ip)
+        _mac(errors, server.get("mac"), f"{sw}.mac")
 
 
 def load_plan(path):

@@ -11,6 +11,14 @@ loop; process: its rte_ring), a remote host (labels pushed, one host per
 flow by weighted consistent hashing), or the end of the chain (sent out of
 the egress port).
 
+The pin table (one rte_hash per host, key pin_key_t) keeps what a flow
+must keep while it lives: the host a forward remote hop picked for it, the
+host its reply goes back to on a reverse hop ("reverse" learns, "pinned"
+looks up), and, for an end with "reply", the reverse SPI its untagged
+replies enter.  Keys are read from the packet's bytes when they are used
+(NFs rewrite headers).  Entries idle longer than `pin_idle_seconds` are
+deleted by a sweep of a few positions per loop iteration.
+
 What it is not: the plan's checker (contracts.plan), the compiler from a
 plan to tables (host_agent.tables, loaded by host_agent.plantables), the
 NF-process loop (nflib.nf.serve_nf), ports in memory (host_agent.ports),
@@ -30,13 +38,14 @@ from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_free, rte_pktmbuf_free_bulk,
 from dpdk.rte_ring cimport rte_ring_enqueue_burst, rte_ring_dequeue_burst, rte_ring_count
 from dpdk.rte_ethdev cimport *
 from dpdk.rte_hash cimport (rte_hash, rte_hash_free, rte_hash_count, rte_hash_add_key,
-    rte_hash_lookup_bulk, rte_hash_lookup_data)
+    rte_hash_lookup_bulk, rte_hash_lookup_data, rte_hash_lookup, rte_hash_del_key)
 from nflib.eal cimport packet_pool, new_hash
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
-    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32)
+    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32, rd32)
+from libc.string cimport memcmp
 from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
     hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL, HOP_REMOTE,
-    MODE_PROCESS)
+    MODE_PROCESS, FLAG_PINNED)
 from host_agent.parser cimport *
 
 import logging
@@ -58,13 +67,21 @@ cdef extern from "shim.h" nogil:
     void onvm_store_u64(uint64_t *p, uint64_t v)
     int ONVM_KEY_SIZE "sizeof(struct onvm_flow_key)"
 
+cdef extern from "rte_hash.h" nogil:
+    int rte_hash_get_key_with_position(const rte_hash *h, const int32_t position, void **key)
+
 DEF BURST = 32
+DEF PIN_SWEEP_STEP = 16    # pin table positions the sweep checks per loop iteration
+PIN_IDLE_SECONDS = 300     # a pin unused this long is deleted
+PIN_ENTRIES = 1 << 18      # the pin table's size
 DEF MAX_PORTS = 16
 DEF MAX_NF_HOPS = 64       # NFs one packet may visit on this host
+DEF SI_FIRST = 255         # contracts.wire.SI_FIRST: where a chain (and a reply path) starts
 
 # The parser's EtherTypes are the wire format's (contracts.wire).
 for _name, _value in (("ETH_MPLS", ETH_MPLS), ("ETH_MPLS_MC", ETH_MPLS_MC),
-                      ("ETH_IPV4", ETH_IPV4), ("ETH_IPV6", ETH_IPV6)):
+                      ("ETH_IPV4", ETH_IPV4), ("ETH_IPV6", ETH_IPV6),
+                      ("SI_FIRST", SI_FIRST)):
     if getattr(wire, _name) != _value:
         raise ImportError(f"contracts.wire.{_name} is {getattr(wire, _name):#x}, "
                           f"the parser's is {_value:#x}: rebuild")
@@ -84,13 +101,60 @@ DROP_REASONS = (
     "loop",             # visited more than 64 NFs on this host
     "bad_port",         # verdict OUT to a port that does not exist
     "no_plan",          # no plan applied yet
+    "no_pin",           # reverse hop to remote instances, the flow has no pin
+    "pin_lost",         # the flow's pinned host is no longer in the hop's list
+    "no_server",        # pool end: no server has the packet's IPv4 destination
 )
+
+
+# A pin's key: (SPI, SI) of the hop, or (0, 0) for an end's reply pin, and
+# the flow's IPv4 5-tuple in network byte order (ports 0 but for TCP, UDP).
+cdef struct pin_key_t:
+    uint32_t spi
+    uint8_t si
+    uint8_t proto
+    uint16_t pad
+    uint32_t src_ip
+    uint32_t dst_ip
+    uint16_t src_port
+    uint16_t dst_port
+
+
+cdef inline bint pin_key_of(rte_mbuf *m, onvm_meta *meta, uint32_t spi, uint8_t si,
+                            bint reverse, pin_key_t *k) noexcept nogil:
+    """The pin key of the packet as its bytes are now (`reverse`: of its
+    reply); False if it has none (not IPv4)."""
+    cdef uint8_t *d = onvm_mtod(m)
+    cdef uint8_t *ip = d + meta.l3_off
+    cdef uint8_t *l4
+    if meta.key.family != 4 or m.data_len < meta.l3_off + 20 or (ip[0] >> 4) != 4:
+        return False
+    memset(k, 0, sizeof(pin_key_t))
+    k.spi = spi
+    k.si = si
+    k.proto = ip[9]
+    memcpy(&k.src_ip, ip + (16 if reverse else 12), 4)
+    memcpy(&k.dst_ip, ip + (12 if reverse else 16), 4)
+    if meta.l4_off and (k.proto == 6 or k.proto == 17) and m.data_len >= meta.l4_off + 4:
+        l4 = d + meta.l4_off
+        memcpy(&k.src_port, l4 + (2 if reverse else 0), 2)
+        memcpy(&k.dst_port, l4 + (0 if reverse else 2), 2)
+    return True
 
 
 cdef struct port_stats_t:
     uint64_t rx
     uint64_t tx
     uint64_t tx_full
+
+
+cdef inline peer_t *find_peer(tables_t *t, uint32_t off, uint16_t n, uint32_t label) noexcept nogil:
+    """The peer with `label` among t.peers[off:off + n], NULL if none."""
+    cdef uint16_t j
+    for j in range(n):
+        if t.peers[off + j].label == label:
+            return &t.peers[off + j]
+    return NULL
 
 
 @cython.final
@@ -102,6 +166,15 @@ cdef class Manager:
     cdef uint64_t epoch                     # bumped once per loop iteration
     cdef uint64_t stop_flag
     cdef rte_hash *flows
+    cdef rte_hash *pins                     # pin_key_t -> position
+    cdef uint32_t pin_entries
+    cdef uint32_t *pin_data                 # per position: label, or R of a reply pin
+    cdef uint64_t *pin_seen                 # per position: TSC of last use, 0 if free
+    cdef uint32_t pin_cursor                # the sweep's next position
+    cdef uint64_t pin_idle_cycles
+    cdef uint64_t pin_live, pin_inserts, pin_expired, pin_full
+    cdef uint64_t now                       # TSC at the start of this iteration
+    cdef public double pin_idle_seconds     # pins idle this long are swept
     cdef uint16_t nports
     cdef uint16_t ports[MAX_PORTS]
     cdef port_stats_t port_stats[MAX_PORTS]
@@ -117,7 +190,7 @@ cdef class Manager:
     cdef readonly object host
     cdef public unsigned idle_us            # sleep this long when idle (0: poll)
 
-    def __cinit__(self, host="host", ports=None):
+    def __cinit__(self, host="host", ports=None, pin_entries=PIN_ENTRIES):
         if packet_pool() == NULL:
             raise FastPathError("call eal_init before creating a Manager")
         self.host = host
@@ -126,10 +199,21 @@ cdef class Manager:
         self._retired = []
         self._lock = threading.Lock()
         self.flows = new_hash("flows", ONVM_FLOW_ENTRIES, ONVM_KEY_SIZE)
+        self.pin_idle_seconds = PIN_IDLE_SECONDS
+        self.pin_entries = pin_entries
+        self.pins = new_hash("pins", pin_entries, sizeof(pin_key_t))
+        self.pin_data = <uint32_t *>calloc(pin_entries, sizeof(uint32_t))
+        self.pin_seen = <uint64_t *>calloc(pin_entries, sizeof(uint64_t))
+        if self.pin_data == NULL or self.pin_seen == NULL:
+            raise MemoryError()
         if ports is None:
             ports = [p for p in range(RTE_MAX_ETHPORTS) if rte_eth_dev_is_valid_port(p)]
         for p in ports:
             self.add_port(p)
+
+    def __dealloc__(self):
+        free(self.pin_data)
+        free(self.pin_seen)
 
     def add_port(self, uint16_t port_id):
         """Configure and start a port (one rx and one tx queue)."""
@@ -171,6 +255,9 @@ cdef class Manager:
         if self.flows != NULL:
             rte_hash_free(self.flows)
             self.flows = NULL
+        if self.pins != NULL:
+            rte_hash_free(self.pins)
+            self.pins = NULL
         # NF objects own DPDK memory (ACL contexts, hashes): free them now,
         # while the EAL is still up, not whenever Python collects them.
         for iid, entry in self._instances.items():
@@ -255,12 +342,15 @@ cdef class Manager:
         cdef uint64_t limit = self.processed + max_packets if max_packets else 0
         cdef unsigned got, idle_loops = 0
         cdef unsigned idle_us = self.idle_us
+        self.pin_idle_cycles = <uint64_t>(max(0.0, self.pin_idle_seconds) * hz)
         onvm_store_u64(&self.stop_flag, 0)
         self.running = True
         try:
             with nogil:
                 while onvm_load_u64(&self.stop_flag) == 0:
                     got = self._iteration()
+                    if self.pin_live:
+                        self._sweep_pins()
                     onvm_store_u64(&self.epoch, self.epoch + 1)
                     if idle_us:
                         # Polling is DPDK's way at line rate; a host that
@@ -287,6 +377,7 @@ cdef class Manager:
         cdef rte_mbuf *pkts[BURST]
         cdef unsigned i, n, total = 0
         cdef uint16_t p
+        self.now = rte_get_tsc_cycles() | 1      # never 0: 0 marks a free pin position
         for i in range(self.nports):
             p = self.ports[i]
             n = rte_eth_rx_burst(p, 0, pkts, BURST)
@@ -359,8 +450,19 @@ cdef class Manager:
                     ok[i] = NULL
                     continue
                 meta.hop = <uint16_t><intptr_t>hopv
+                if t.hops[meta.hop].rev >= 0:
+                    self._learn_reverse(t, ok[i], meta, &t.hops[t.hops[meta.hop].rev])
             else:
-                hop = classify(t, meta)
+                hop = -1
+                if t.has_reply and self.pin_live:
+                    hop = self._reply_hop(t, ok[i], meta)
+                    if hop == -2:
+                        self.drops[R_UNKNOWN_HOP] += 1
+                        rte_pktmbuf_free(ok[i])
+                        ok[i] = NULL
+                        continue
+                if hop < 0:
+                    hop = classify(t, meta)
                 if hop < 0:
                     self.drops[R_NO_CHAIN] += 1
                     rte_pktmbuf_free(ok[i])
@@ -398,13 +500,15 @@ cdef class Manager:
                 if meta.action == ONVM_ACTION_TONF:
                     slot = <uint16_t>t.slot_of_id[meta.destination]
                     meta.action = ONVM_ACTION_NEXT
+                elif h.flags & FLAG_PINNED and self._pinned(t, m, meta, h):
+                    continue
                 elif h.kind == HOP_LOCAL:
                     slot = h.slot
                 elif h.kind == HOP_REMOTE:
                     self._to_remote(t, m, meta, h)
                     continue
                 else:
-                    self._to_end(t, m, h.port, h.dst_mac)
+                    self._to_end(t, m, meta, h)
                     continue
                 meta.nf_hops += 1
                 if meta.nf_hops > MAX_NF_HOPS:
@@ -484,9 +588,125 @@ cdef class Manager:
         return False
 
     cdef void _to_remote(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
-        """Push transport, SPI and SI labels (DESIGN's wire format) and send
-        to the host this flow's consistent hash picks."""
+        """Send to the host this flow is pinned to while that host is still
+        in the hop's list; else to the one its consistent hash picks now
+        (weighted), and pin that."""
         cdef peer_t *peer = &t.peers[t.remote[h.remote_off + (meta.flow_hash & (SLOTS - 1))]]
+        cdef peer_t *pinned
+        cdef pin_key_t k
+        cdef int32_t pos
+        if pin_key_of(m, meta, h.spi, h.si, False, &k):
+            pos = self._pin_find(&k)
+            if pos < 0:
+                self._pin_set(&k, peer.label)
+            elif self.pin_data[pos] != peer.label:
+                pinned = find_peer(t, h.peer_off, h.npeers, self.pin_data[pos])
+                if pinned != NULL:
+                    peer = pinned
+                else:
+                    self.pin_data[pos] = peer.label     # its host left: re-pick
+        self._push_labels(t, m, meta, peer)
+
+    cdef bint _pinned(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
+        """A reverse hop: the flow's pin sends it back to the host its
+        forward packets came from.  True if this decided (sent or dropped);
+        False if the hop goes on as it says (no pin, local or end)."""
+        cdef pin_key_t k
+        cdef int32_t pos = -1
+        cdef peer_t *peer
+        if pin_key_of(m, meta, h.spi, h.si, False, &k):
+            pos = self._pin_find(&k)
+        if pos >= 0:
+            peer = find_peer(t, h.pinned_off, h.npinned, self.pin_data[pos])
+            if peer != NULL:
+                self._push_labels(t, m, meta, peer)
+            else:
+                self.drops[R_PIN_LOST] += 1
+                rte_pktmbuf_free(m)
+            return True
+        if h.kind == HOP_REMOTE:
+            # Which remote instance holds the flow's state is unknown.
+            self.drops[R_NO_PIN] += 1
+            rte_pktmbuf_free(m)
+            return True
+        return False
+
+    cdef void _learn_reverse(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *rh) noexcept nogil:
+        """A tagged packet arrived at a hop with "reverse": if it came from
+        a host of the reverse hop `rh`'s pinned list, pin its reply there."""
+        cdef uint8_t *src = onvm_mtod(m) + 6
+        cdef pin_key_t k
+        cdef uint16_t j
+        cdef peer_t *peer
+        for j in range(rh.npinned):
+            peer = &t.peers[rh.pinned_off + j]
+            if memcmp(peer.mac, src, 6) == 0:
+                if pin_key_of(m, meta, rh.spi, rh.si, True, &k):
+                    self._pin_set(&k, peer.label)
+                return
+
+    cdef int32_t _reply_hop(self, tables_t *t, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
+        """An untagged packet that is the reply of a flow an end here sent:
+        its hop (R, 255), and meta set for it; -1 if it is none, -2 if
+        the plan has no hop (R, 255)."""
+        cdef pin_key_t k
+        cdef int32_t pos
+        cdef uint64_t key
+        cdef void *hopv
+        if not pin_key_of(m, meta, 0, 0, False, &k):
+            return -1
+        pos = self._pin_find(&k)
+        if pos < 0:
+            return -1
+        key = hop_key(self.pin_data[pos], SI_FIRST)
+        if rte_hash_lookup_data(t.hop_index, &key, &hopv) < 0:
+            return -2
+        return <int32_t><intptr_t>hopv
+
+    cdef int32_t _pin_find(self, pin_key_t *k) noexcept nogil:
+        """Position of the pin, marked used now; -1 if none."""
+        cdef int32_t pos = rte_hash_lookup(self.pins, k)
+        if pos < 0 or <uint32_t>pos >= self.pin_entries:
+            return -1
+        self.pin_seen[pos] = self.now
+        return pos
+
+    cdef void _pin_set(self, pin_key_t *k, uint32_t value) noexcept nogil:
+        """Pin (or re-pin) `k` to `value`; counted `full` if there is no room."""
+        cdef int32_t pos = rte_hash_add_key(self.pins, k)
+        if pos < 0 or <uint32_t>pos >= self.pin_entries:
+            if pos >= 0:
+                rte_hash_del_key(self.pins, k)
+            self.pin_full += 1
+            return
+        if self.pin_seen[pos] == 0:
+            self.pin_inserts += 1
+            self.pin_live += 1
+        self.pin_data[pos] = value
+        self.pin_seen[pos] = self.now
+
+    cdef void _sweep_pins(self) noexcept nogil:
+        """Delete the pins idle longer than pin_idle_seconds among the next
+        PIN_SWEEP_STEP positions."""
+        cdef unsigned i
+        cdef uint32_t pos
+        cdef uint64_t seen
+        cdef void *key
+        for i in range(PIN_SWEEP_STEP):
+            pos = self.pin_cursor
+            self.pin_cursor = pos + 1 if pos + 1 < self.pin_entries else 0
+            seen = self.pin_seen[pos]
+            if seen == 0 or self.now - seen <= self.pin_idle_cycles:
+                continue
+            if rte_hash_get_key_with_position(self.pins, pos, &key) == 0:
+                rte_hash_del_key(self.pins, key)
+            self.pin_seen[pos] = 0
+            self.pin_live -= 1
+            self.pin_expired += 1
+
+    cdef void _push_labels(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, peer_t *peer) noexcept nogil:
+        """Push transport, SPI and SI labels (DESIGN's wire format) and send
+        to `peer`."""
         cdef uint8_t *d = <uint8_t *>rte_pktmbuf_prepend(m, 12)
         if d == NULL:
             self.drops[R_TX_FULL] += 1
@@ -501,11 +721,31 @@ cdef class Manager:
         wr32(d + 22, (<uint32_t>meta.si << 12) | 0x100 | 64)
         self._queue_tx(m, t.uplink)
 
-    cdef void _to_end(self, tables_t *t, rte_mbuf *m, uint16_t port, uint8_t *dst_mac) noexcept nogil:
+    cdef void _to_end(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
+        """Out of the end's port: to its MAC, or for a pool to the server
+        whose address is the packet's destination; an end with "reply"
+        pins the reply of what it sends."""
         cdef uint8_t *d = onvm_mtod(m)
+        cdef uint8_t *dst_mac = h.dst_mac
+        cdef uint32_t ip, j
+        cdef pin_key_t k
+        if h.nservers:
+            dst_mac = NULL
+            if meta.key.family == 4 and m.data_len >= meta.l3_off + 20:
+                ip = rd32(d + meta.l3_off + 16)
+                for j in range(h.server_off, h.server_off + h.nservers):
+                    if t.server_ip[j] == ip:
+                        dst_mac = &t.server_mac[6 * j]
+                        break
+            if dst_mac == NULL:
+                self.drops[R_NO_SERVER] += 1
+                rte_pktmbuf_free(m)
+                return
+        if h.reply and pin_key_of(m, meta, 0, 0, True, &k):
+            self._pin_set(&k, h.reply)
         memcpy(d, dst_mac, 6)
         memcpy(d + 6, t.mac, 6)
-        self._queue_tx(m, port)
+        self._queue_tx(m, h.port)
 
     cdef void _queue_tx(self, rte_mbuf *m, uint16_t port) noexcept nogil:
         cdef unsigned i
@@ -585,6 +825,8 @@ cdef class Manager:
             "drops": {DROP_REASONS[i]: self.drops[i] for i in range(N_REASONS)},
             "flows": rte_hash_count(self.flows),
             "flow_table_full": self.flow_table_full,
+            "pins": {"entries": rte_hash_count(self.pins), "inserts": self.pin_inserts,
+                     "expired": self.pin_expired, "full": self.pin_full},
         }
 
     def nf_object(self, iid):

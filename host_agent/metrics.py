@@ -39,6 +39,15 @@ class AgentCollector:
         flows = GaugeMetricFamily("onvm_flows", "Entries in the flow table", labels=["host"])
         flows.add_metric([host], stats["flows"])
         yield flows
+        pins = stats["pins"]
+        entries = GaugeMetricFamily("onvm_pins", "Entries in the pin table", labels=["host"])
+        entries.add_metric([host], pins["entries"])
+        yield entries
+        events = CounterMetricFamily("onvm_pin_events", "Pins made, expired, refused (table full)",
+                                     labels=["host", "event"])
+        for event in ("inserts", "expired", "full"):
+            events.add_metric([host, event], pins[event])
+        yield events
 
 
 def serve_metrics(agent, port, addr="127.0.0.1"):

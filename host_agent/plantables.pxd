@@ -18,6 +18,9 @@ cdef enum:
     HOP_END = 3
 
 cdef enum:
+    FLAG_PINNED = 1        # the hop has a "pinned" list: pin lookup first
+
+cdef enum:
     MODE_INLINE = 1
     MODE_PROCESS = 2
 
@@ -31,6 +34,15 @@ cdef struct hop_t:
     uint32_t remote_off    # first of SLOTS entries in tables.remote (HOP_REMOTE)
     uint16_t port          # HOP_END
     uint8_t dst_mac[6]     # HOP_END
+    uint8_t flags          # FLAG_PINNED
+    int32_t rev            # hop index of "reverse" (R, SI_R), -1 if none
+    uint32_t reply         # HOP_END: end.reply (R), 0 if none
+    uint32_t peer_off      # HOP_REMOTE: its peers in tables.peers
+    uint16_t npeers
+    uint16_t npinned       # FLAG_PINNED: the "pinned" hosts in tables.peers
+    uint32_t pinned_off
+    uint32_t server_off    # HOP_END: end.servers in server_ip / server_mac
+    uint16_t nservers
 
 
 cdef struct peer_t:
@@ -65,6 +77,9 @@ cdef struct tables_t:
     uint32_t nhops
     uint16_t *remote           # peer index per slot
     peer_t *peers
+    uint32_t *server_ip        # IPv4, host byte order
+    uint8_t *server_mac        # 6 per server
+    bint has_reply             # some end has "reply": untagged packets look up pins
     int32_t *flow_hop          # per flow-table position: first hop, -1 none, -2 unknown
     rte_acl_ctx *classifier    # userdata = hop index + 1
     int32_t *class_hop         # classifier rule -> hop index

@@ -23,7 +23,7 @@ from host_agent import tables as _compiler
 # One set of numbers for the compiler and the loop.
 for _name, _value in (("SLOTS", SLOTS), ("MAX_INSTANCES", MAX_INSTANCES),
                       ("HOP_LOCAL", HOP_LOCAL), ("HOP_REMOTE", HOP_REMOTE),
-                      ("HOP_END", HOP_END)):
+                      ("HOP_END", HOP_END), ("FLAG_PINNED", FLAG_PINNED)):
     if getattr(_compiler, _name) != _value:
         raise ImportError(f"host_agent.tables.{_name} is {getattr(_compiler, _name)}, "
                           f"the loop's (plantables.pxd) is {_value}: rebuild")
@@ -92,13 +92,27 @@ cdef int _load_hops(tables_t *t, object c) except -1:
     cdef const unsigned short[:] remote = c.remote
     cdef const unsigned int[:] peer_label = c.peer_label
     cdef const uint8_t[:] peer_mac = c.peer_mac
+    cdef const unsigned int[:] peer_off = c.hop_peer_off
+    cdef const unsigned short[:] npeers = c.hop_npeers
+    cdef const unsigned int[:] pinned_off = c.hop_pinned_off
+    cdef const unsigned short[:] npinned = c.hop_npinned
+    cdef const unsigned char[:] flags = c.hop_flags
+    cdef const int[:] rev = c.hop_rev
+    cdef const unsigned int[:] reply = c.hop_reply
+    cdef const unsigned int[:] server_off = c.hop_server_off
+    cdef const unsigned short[:] nservers = c.hop_nservers
+    cdef const unsigned int[:] server_ip = c.server_ip
+    cdef const uint8_t[:] server_mac = c.server_mac
     cdef Py_ssize_t n = spi.shape[0], i, k
     cdef hop_t *h
     t.nhops = n
     t.hops = <hop_t *>calloc(max(1, n), sizeof(hop_t))
     t.remote = <uint16_t *>calloc(max(1, remote.shape[0]), sizeof(uint16_t))
     t.peers = <peer_t *>calloc(max(1, peer_label.shape[0]), sizeof(peer_t))
-    if t.hops == NULL or t.remote == NULL or t.peers == NULL:
+    t.server_ip = <uint32_t *>calloc(max(1, server_ip.shape[0]), sizeof(uint32_t))
+    t.server_mac = <uint8_t *>calloc(max(1, server_mac.shape[0]), 1)
+    if t.hops == NULL or t.remote == NULL or t.peers == NULL or t.server_ip == NULL \
+            or t.server_mac == NULL:
         raise MemoryError()
     t.hop_index = new_hash("hops", max(64, 2 * n), sizeof(uint64_t))   # hop_key(spi, si)
     for i in range(n):
@@ -112,6 +126,17 @@ cdef int _load_hops(tables_t *t, object c) except -1:
         h.port = port[i]
         for k in range(6):
             h.dst_mac[k] = dst_mac[6 * i + k]
+        h.flags = flags[i]
+        h.rev = rev[i]
+        h.reply = reply[i]
+        h.peer_off = peer_off[i]
+        h.npeers = npeers[i]
+        h.pinned_off = pinned_off[i]
+        h.npinned = npinned[i]
+        h.server_off = server_off[i]
+        h.nservers = nservers[i]
+        if h.reply:
+            t.has_reply = True
         _hop_add(t, h.spi, h.si, i)
     for i in range(remote.shape[0]):
         t.remote[i] = remote[i]
@@ -119,6 +144,10 @@ cdef int _load_hops(tables_t *t, object c) except -1:
         t.peers[i].label = peer_label[i]
         for k in range(6):
             t.peers[i].mac[k] = peer_mac[6 * i + k]
+    for i in range(server_ip.shape[0]):
+        t.server_ip[i] = server_ip[i]
+    for i in range(server_mac.shape[0]):
+        t.server_mac[i] = server_mac[i]
     return 0
 
 
@@ -168,6 +197,8 @@ cdef void free_tables(tables_t *t) noexcept:
     free(t.hops)
     free(t.remote)
     free(t.peers)
+    free(t.server_ip)
+    free(t.server_mac)
     free(t.flow_hop)
     free(t.class_hop)
     free(t)

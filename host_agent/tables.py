@@ -10,7 +10,13 @@ instance slot s is position s of the plan's instances.
   (LOCAL), the index of the hop after it ((SPI, SI - 1), -1 if none), the
   first of its SLOTS consistent-hash slots in `remote` (REMOTE), the port
   and next MAC (END);
-* remote: per slot the index of the peer that serves it; peers: label, MAC;
+* remote: per slot the index of the peer that serves it; peers: label, MAC
+  (a remote hop's peers, then a `pinned` list's, each a run of the peer
+  arrays: hop_peer_off/hop_npeers, hop_pinned_off/hop_npinned);
+* symmetric chains: hop_flags (FLAG_PINNED: look the flow's pin up first),
+  hop_rev (the index of the hop a `reverse` key names, -1 if none),
+  hop_reply (`end.reply`'s SPI, 0 if none), and an end's `servers` as a run
+  of server_ip (host byte order) / server_mac (hop_server_off/_nservers);
 * classifiers: rte_acl rules (nflib.nf.Acl's tuples), the first matching
   wins, and per rule the hop where its chain starts (-1 if not here).
 
@@ -18,6 +24,7 @@ Not here: checking the plan (contracts.plan), making NF objects
 (host_agent.manager), anything the loop does.
 """
 import dataclasses
+import ipaddress
 import math
 import zlib
 from array import array
@@ -28,6 +35,7 @@ from contracts.wire import SI_FIRST
 SLOTS = 256              # consistent-hash slots per remote hop
 MAX_INSTANCES = 64       # instances one host runs
 HOP_LOCAL, HOP_REMOTE, HOP_END = 1, 2, 3
+FLAG_PINNED = 1          # the hop has a "pinned" list: pin lookup first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +53,20 @@ class PlanTables:
     hop_remote_off: array     # "I"
     hop_port: array           # "H"
     hop_dst_mac: bytes        # 6 per hop
+    hop_peer_off: array       # "I": first peer of a remote hop
+    hop_npeers: array         # "H"
+    hop_pinned_off: array     # "I": first peer of a "pinned" list
+    hop_npinned: array        # "H"
+    hop_flags: array          # "B": FLAG_PINNED
+    hop_rev: array            # "i": hop index named by "reverse", -1 if none
+    hop_reply: array          # "I": end.reply (a reverse SPI), 0 if none
+    hop_server_off: array     # "I": first server of end.servers
+    hop_nservers: array       # "H"
     remote: array             # "H": peer index per slot
     peer_label: array         # "I"
     peer_mac: bytes           # 6 per peer
+    server_ip: array          # "I": IPv4 address, host byte order
+    server_mac: bytes         # 6 per server
     acl_rules: tuple          # Acl rule tuples, one per classifier
     class_hop: array          # "i": hop index per classifier rule
 
@@ -75,25 +94,50 @@ def compile_plan(plan):
     cols = {name: array(code) for name, code in (
         ("hop_spi", "I"), ("hop_si", "B"), ("hop_kind", "B"), ("hop_slot", "H"),
         ("hop_next", "i"), ("hop_remote_off", "I"), ("hop_port", "H"),
-        ("remote", "H"), ("peer_label", "I"))}
-    dst_macs, peer_macs = bytearray(), bytearray()
+        ("hop_peer_off", "I"), ("hop_npeers", "H"), ("hop_pinned_off", "I"),
+        ("hop_npinned", "H"), ("hop_flags", "B"), ("hop_rev", "i"), ("hop_reply", "I"),
+        ("hop_server_off", "I"), ("hop_nservers", "H"),
+        ("remote", "H"), ("peer_label", "I"), ("server_ip", "I"))}
+    dst_macs, peer_macs, server_macs = bytearray(), bytearray(), bytearray()
+
+    def add_peers(peers):
+        first = len(cols["peer_label"])
+        for peer in peers:
+            cols["peer_label"].append(peer["label"])
+            peer_macs.extend(mac_bytes(peer["mac"]))
+        return first
+
     for hp in hops:
         kind, slot, remote_off, port, dst_mac = HOP_END, 0, 0, 0, bytes(6)
+        peer_off, npeers, reply, server_off, nservers = 0, 0, 0, 0, 0
         if "local" in hp:
             kind, slot = HOP_LOCAL, slot_of[hp["local"]]
         elif "remote" in hp:
             kind, remote_off = HOP_REMOTE, len(cols["remote"])
-            first = len(cols["peer_label"])
-            for peer in hp["remote"]:
-                cols["peer_label"].append(peer["label"])
-                peer_macs += mac_bytes(peer["mac"])
-            cols["remote"].extend(first + j for j in consistent_slots(hp["remote"]))
+            peer_off, npeers = add_peers(hp["remote"]), len(hp["remote"])
+            cols["remote"].extend(peer_off + j for j in consistent_slots(hp["remote"]))
         else:
-            port, dst_mac = hp["end"].get("port", 0), mac_bytes(hp["end"]["dst_mac"])
+            end = hp["end"]
+            port, dst_mac = end.get("port", 0), mac_bytes(end["dst_mac"])
+            reply = end.get("reply", 0)
+            server_off, nservers = len(cols["server_ip"]), len(end.get("servers", ()))
+            for server in end.get("servers", ()):
+                cols["server_ip"].append(int(ipaddress.IPv4Address(server["ip"])))
+                server_macs.extend(mac_bytes(server["mac"]))
+        pinned = hp.get("pinned")
+        pinned_off = add_peers(pinned) if pinned is not None else 0
+        rev = hp.get("reverse")
         for name, value in (("hop_spi", hp["spi"]), ("hop_si", hp["si"]),
                             ("hop_kind", kind), ("hop_slot", slot),
                             ("hop_next", index.get((hp["spi"], hp["si"] - 1), -1)),
-                            ("hop_remote_off", remote_off), ("hop_port", port)):
+                            ("hop_remote_off", remote_off), ("hop_port", port),
+                            ("hop_peer_off", peer_off), ("hop_npeers", npeers),
+                            ("hop_pinned_off", pinned_off),
+                            ("hop_npinned", len(pinned) if pinned is not None else 0),
+                            ("hop_flags", FLAG_PINNED if pinned is not None else 0),
+                            ("hop_rev", index.get((rev["spi"], rev["si"]), -1) if rev else -1),
+                            ("hop_reply", reply), ("hop_server_off", server_off),
+                            ("hop_nservers", nservers)):
             cols[name].append(value)
         dst_macs += dst_mac
     classifiers = plan.get("classifiers", [])
@@ -102,6 +146,7 @@ def compile_plan(plan):
         mac=mac_bytes(plan["mac"]), uplink=plan.get("uplink", 0),
         instances=tuple((spec["id"], spec.get("mode", "inline")) for spec in specs),
         hop_dst_mac=bytes(dst_macs), peer_mac=bytes(peer_macs),
+        server_mac=bytes(server_macs),
         acl_rules=tuple(match_to_acl_rule(c["match"]) for c in classifiers),
         class_hop=array("i", (index.get((c["spi"], SI_FIRST), -1) for c in classifiers)),
         **cols)

@@ -81,6 +81,38 @@ def test_cli_says_the_emulation_needs_root():
         1, "onvm emulate: needs root (network namespaces, OVS, Mininet)\n"), res
 
 
+
+SYMMETRIC = os.path.join(REPO, "topologies", "symmetric.yaml")
+
+
+@pytest.mark.parametrize("old, new, at, message", [
+    ("    egress: [web1, web2]      # a pool: the lb picks the server",
+     "    egress: internet", "  - name: web",
+     "chain web: symmetric needs a server or a pool of servers as egress; "
+     "edge internet has no way back"),
+    ('mac: "02:00:00:00:01:11", ip: 10.0.3.11/16}',
+     'mac: "02:00:00:00:00:04", ip: 10.0.3.11/16}', "name: web2",
+     "server web2: mac 02:00:00:00:00:04 is already used by host h4 (line 24)"),
+])
+def test_emulate_refuses_a_bad_symmetric_topology_before_starting_anything(
+        tmp_path, old, new, at, message):
+    """Bad input in a topology with servers stops `onvm emulate` at once
+    with FILE:LINE (nothing is started)."""
+    with open(SYMMETRIC) as f:
+        text = f.read()
+    assert old in text
+    text = text.replace(old, new)
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    (tmp_path / "rules").symlink_to(os.path.join(REPO, "topologies", "rules"))
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if at in l)
+    res = subprocess.run(ONVM + ["emulate", str(path), "--seconds", "1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert (res.returncode, res.stdout) == (1, ""), res
+    assert f"onvm emulate: {path}:{line}: {message}" in res.stderr.splitlines(), res.stderr
+    assert "starting etcd" not in res.stderr
+
+
 # ------------------------------------------------------ view and summary
 
 def _status(t, store=None, killed=False, alive=True, hosts=("h1",), sent=10, received=8):

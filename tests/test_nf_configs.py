@@ -42,7 +42,7 @@ def test_the_nfs_parse_their_config_with_these_parsers():
 def test_every_shipped_config_passes_for_its_nf_type(path):
     name = os.path.basename(path)
     nf = ("firewall" if "-fw." in name else "ids" if "-ids." in name
-          else "lb" if "-lb." in name else name.split(".")[0])
+          else "lb" if "-lb." in name else "nat" if "-nat." in name else name.split(".")[0])
     assert configs.check_config(nf, configs.instance_config(path))
 
 

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.ovs, pytest.mark.etcd, pytest.mark.netns,
 
 TOPOLOGY = os.path.join(procs.REPO, "topologies", "symmetric.yaml")
 CHAIN = "web"
-NAT_ADDRESS = "10.0.9.1"        # topologies/rules/nat.symmetric.yaml
+NAT_ADDRESS = "10.0.9.1"        # topologies/rules/symmetric-nat.yaml
 STATEFUL = ("firewall-stateful", "ids", "nat", "lb")
 
 

@@ -9,6 +9,11 @@ caller puts its own place in front of the same message text:
     t.yaml:16: chain web: ingress: 'h1' is not an edge of topology t; ...
     chain.ingress: 'h1' is not an edge of topology t; ...
 
+Also what a chain's egress may be (a host, an edge, a server, or a list of
+servers: a pool, which needs an lb), when it is symmetric (said, or by
+default: a stateful NF toward a server or pool; never toward an edge or a
+host) and `make_chain`, the one way a checked body becomes a Chain.
+
 Also here, because a REST body is a chain: reading a JSON body, the keys
 a body may and must have, and the error a refused request carries
 (`RequestError`: HTTP status and every error).

@@ -47,7 +47,7 @@ GENERIC_CONFIGS: Dict[str, str] = {
 }
 # nat.yaml cuts its port range into natslices.DEFAULT_SLICES slices, one per
 # nat instance; chains that need more nat instances get this one instead.
-MANY_NATS = ("generic-nat.yaml", 512)
+MANY_NATS = ("nat.many.yaml", 512)
 
 # Per instance: cores taken and Mpps served, 64-byte packets, order of
 # magnitude of published DPDK NFs (an IDS with pattern matching is the slow

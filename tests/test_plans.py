@@ -403,11 +403,11 @@ def test_every_nf_of_a_served_topology_starts_from_its_plan():
 def test_an_lb_of_pools_with_several_addresses_balances_without_a_vip(caplog):
     topo = served_topo()
     web = topo.chain("web")
-    other = dataclasses.replace(web, name="shop", spi=18, match={"ipv4_dst": "10.0.1.101/32"},
+    other = dataclasses.replace(web, name="cart", spi=18, match={"ipv4_dst": "10.0.1.101/32"},
                                 nfs=("lb",), mpps=0.1)
     topo = topo.with_chains([web, other])
     out = plans.host_plans(topo, placement.place(topo), 1)
     both = [i["config"] for p in out.values() for i in p["instances"] if i["nf"] == "lb"]
     assert both and all("vip" not in c and len(c["backends"]) == 2 for c in both)
-    assert "lb serving chains shop, web: they name several destination addresses" \
+    assert "lb serving chains cart, web: they name several destination addresses" \
         in caplog.text

@@ -109,7 +109,7 @@ def test_fat_tree_k16_with_2000_chains_is_valid():
     again = parse_topology(text, topo.source)
     assert len(again.chains) == 2000
     # 100 nat instances: more than nat.yaml's 16 port slices
-    assert again.nfs["nat"].config.endswith("/generic-nat.yaml")
+    assert again.nfs["nat"].config.endswith("/nat.many.yaml")
     assert fat_tree(4, chains=24).nfs["nat"].config.endswith("/nat.yaml")
 
 

@@ -26,7 +26,8 @@ consistent hashing, then pinned for the flow's life), or the end of the chain
 (labels popped, sent out of `port` to `dst_mac`).  An NF that passes a packet
 on lowers its SI by one; the next hop is looked up again.
 
-Symmetric chains (docs: /work/notes/issue9.md, "Plans") add optional keys:
+Symmetric chains (a reverse path, SPI `contracts.wire.reverse_spi(S)`, whose
+replies must visit the instances their forward flow used) add optional keys:
 
 * `"pinned": [{"host", "label", "mac"}, ...]` on a reverse hop: the hosts
   a flow's forward packets may have come from; the agent's pin for the flow

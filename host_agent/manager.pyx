@@ -199,6 +199,8 @@ cdef class Manager:
         self._retired = []
         self._lock = threading.Lock()
         self.flows = new_hash("flows", ONVM_FLOW_ENTRIES, ONVM_KEY_SIZE)
+        if not 8 <= pin_entries < (1 << 31):
+            raise ValueError(f"pin_entries must be 8 .. 2**31 - 1, not {pin_entries}")
         self.pin_idle_seconds = PIN_IDLE_SECONDS
         self.pin_entries = pin_entries
         self.pins = new_hash("pins", pin_entries, sizeof(pin_key_t))

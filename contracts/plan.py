@@ -24,9 +24,12 @@ A plan is JSON:
 instance, one of several remote hosts (chosen per new flow by weighted
 consistent hashing, then pinned for the flow's life), or the end of the chain
 (labels popped, sent out of `port` to `dst_mac`).  An NF that passes a packet
-on lowers its SI by one; the next hop is looked up again.
+on lowers its SI by one; the next hop is looked up again.  `classifiers` put
+untagged packets that arrive at this host into a chain at SI 255.  `uplink`
+is the port towards the fabric.
 
-Symmetric chains (docs: /work/notes/issue9.md, "Plans") add optional keys:
+Symmetric chains (a reverse path, SPI `contracts.wire.reverse_spi(S)`, whose
+replies must visit the instances their forward flow used) add optional keys:
 
 * `"pinned": [{"host", "label", "mac"}, ...]` on a reverse hop: the hosts
   a flow's forward packets may have come from; the agent's pin for the flow
@@ -36,8 +39,7 @@ Symmetric chains (docs: /work/notes/issue9.md, "Plans") add optional keys:
   flow's reply at (R, SI_R) to that host.  The plan must have hop (R, SI_R).
 * `end.reply: R`: replies of what this end sends enter (R, 255) here.
 * `end.servers: [{"ip", "mac"}, ...]`: a pool; the destination MAC is the
-  one of the packet's IPv4 destination.  `classifiers` put untagged packets that arrive at this
-host into a chain at SI 255.  `uplink` is the port towards the fabric.
+  one of the packet's IPv4 destination.
 
 Instance `mode` is "inline" (run to completion in the manager's loop) or
 "process" (its own DPDK secondary process, `onvm nf run`).

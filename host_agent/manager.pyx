@@ -199,6 +199,8 @@ cdef class Manager:
         self._retired = []
         self._lock = threading.Lock()
         self.flows = new_hash("flows", ONVM_FLOW_ENTRIES, ONVM_KEY_SIZE)
+        if not 8 <= pin_entries < (1 << 31):
+            raise ValueError(f"pin_entries must be 8 .. 2**31 - 1, not {pin_entries}")
         self.pin_idle_seconds = PIN_IDLE_SECONDS
         self.pin_entries = pin_entries
         self.pins = new_hash("pins", pin_entries, sizeof(pin_key_t))
@@ -484,7 +486,8 @@ cdef class Manager:
         cdef onvm_meta *meta
         cdef hop_t *h
         cdef inst_t *inst
-        cdef unsigned i, j, pending = n, s, sent
+        cdef rte_mbuf *remote[BURST]
+        cdef unsigned i, j, pending = n, s, sent, nremote = 0
         cdef uint16_t slot
         memset(nb, 0, sizeof(nb))
         while pending:
@@ -505,7 +508,8 @@ cdef class Manager:
                 elif h.kind == HOP_LOCAL:
                     slot = h.slot
                 elif h.kind == HOP_REMOTE:
-                    self._to_remote(t, m, meta, h)
+                    remote[nremote] = m
+                    nremote += 1
                     continue
                 else:
                     self._to_end(t, m, meta, h)
@@ -526,6 +530,9 @@ cdef class Manager:
                 meta.action = ONVM_ACTION_NEXT
                 batch[slot][nb[slot]] = m
                 nb[slot] += 1
+            if nremote:
+                self._to_remote(t, remote, nremote)
+                nremote = 0
             # Run each inline instance once on what it got.  The common
             # verdict, NEXT, is handled here; the rest in _verdict.
             n = 0
@@ -587,25 +594,45 @@ cdef class Manager:
         rte_pktmbuf_free(m)
         return False
 
-    cdef void _to_remote(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
-        """Send to the host this flow is pinned to while that host is still
-        in the hop's list; else to the one its consistent hash picks now
-        (weighted), and pin that."""
-        cdef peer_t *peer = &t.peers[t.remote[h.remote_off + (meta.flow_hash & (SLOTS - 1))]]
+    cdef void _to_remote(self, tables_t *t, rte_mbuf **pkts, unsigned n) noexcept nogil:
+        """Send each packet (all at remote hops) to the host its flow is
+        pinned to while that host is still in the hop's list; else to the
+        one its consistent hash picks now (weighted), and pin that.  One
+        bulk lookup for the burst: rte_hash pipelines it."""
+        cdef pin_key_t keys[BURST]
+        cdef const void *kp[BURST]
+        cdef int32_t pos[BURST]
+        cdef bint keyed[BURST]
+        cdef unsigned i
+        cdef onvm_meta *meta
+        cdef hop_t *h
+        cdef peer_t *peer
         cdef peer_t *pinned
-        cdef pin_key_t k
-        cdef int32_t pos
-        if pin_key_of(m, meta, h.spi, h.si, False, &k):
-            pos = self._pin_find(&k)
-            if pos < 0:
-                self._pin_set(&k, peer.label)
-            elif self.pin_data[pos] != peer.label:
-                pinned = find_peer(t, h.peer_off, h.npeers, self.pin_data[pos])
-                if pinned != NULL:
-                    peer = pinned
-                else:
-                    self.pin_data[pos] = peer.label     # its host left: re-pick
-        self._push_labels(t, m, meta, peer)
+        for i in range(n):
+            meta = onvm_meta_of(pkts[i])
+            h = &t.hops[meta.hop]
+            keyed[i] = pin_key_of(pkts[i], meta, h.spi, h.si, False, &keys[i])
+            if not keyed[i]:
+                memset(&keys[i], 0, sizeof(pin_key_t))    # looked up, never used
+            kp[i] = &keys[i]
+        rte_hash_lookup_bulk(self.pins, kp, n, pos)
+        for i in range(n):
+            meta = onvm_meta_of(pkts[i])
+            h = &t.hops[meta.hop]
+            peer = &t.peers[t.remote[h.remote_off + (meta.flow_hash & (SLOTS - 1))]]
+            if not keyed[i]:
+                pass
+            elif pos[i] < 0 or <uint32_t>pos[i] >= self.pin_entries:
+                self._pin_set(&keys[i], peer.label)
+            else:
+                self.pin_seen[pos[i]] = self.now
+                if self.pin_data[pos[i]] != peer.label:
+                    pinned = find_peer(t, h.peer_off, h.npeers, self.pin_data[pos[i]])
+                    if pinned != NULL:
+                        peer = pinned
+                    else:
+                        self.pin_data[pos[i]] = peer.label     # its host left: re-pick
+            self._push_labels(t, pkts[i], meta, peer)
 
     cdef bint _pinned(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
         """A reverse hop: the flow's pin sends it back to the host its

@@ -319,8 +319,10 @@ def test_agent_prometheus_endpoint(tmp_path):
         stderr=subprocess.PIPE, text=True)
     try:
         body = None
+        pinned = 'onvm_pin_events_total{event="inserts",host="h1"} 1.0'
         deadline = time.time() + 20
-        while time.time() < deadline and body is None:
+        # until the five packets went through (the endpoint may be up before)
+        while time.time() < deadline and (body is None or pinned not in body):
             try:
                 body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
             except OSError:
@@ -329,6 +331,9 @@ def test_agent_prometheus_endpoint(tmp_path):
         assert 'onvm_plan_generation{host="h1"} 1.0' in body
         assert 'onvm_instance_packets_total{direction="rx",host="h1",instance="1",nf="firewall"}' in body
         assert 'onvm_drops_total{host="h1",reason="no_chain"}' in body
+        # five packets of one flow over the remote hop: one pin
+        assert pinned in body
+        assert 'onvm_pins{host="h1"} 1.0' in body
     finally:
         proc.terminate()
         proc.communicate(timeout=20)

@@ -99,3 +99,28 @@ def test_no_classifiers_no_remote():
     assert t.acl_rules == () and len(t.class_hop) == 0
     assert len(t.remote) == 0 and len(t.peer_label) == 0 and t.peer_mac == b""
     assert list(t.hop_next) == [-1, -1, -1]
+
+
+def test_symmetric_keys_as_columns():
+    p = plan()
+    p["hops"] += [
+        {"spi": 20, "si": 252, "local": 10, "reverse": {"spi": 90, "si": 254}},
+        {"spi": 20, "si": 251, "end": {"port": 1, "dst_mac": "02:00:00:00:00:aa", "reply": 90,
+                                       "servers": [{"ip": "10.0.1.10", "mac": "02:00:00:00:01:10"},
+                                                   {"ip": "10.0.1.11", "mac": "02:00:00:00:01:11"}]}},
+        {"spi": 90, "si": 254, "remote": [peer(17)], "pinned": [peer(18), peer(19)]},
+        {"spi": 90, "si": 253, "local": 10, "pinned": []},
+    ]
+    t = compile_plan(check_plan(p))
+    # The remote hop's peers, then the pinned lists', each a run of the peer arrays.
+    assert list(t.peer_label) == [17, 18, 17, 18, 19]
+    assert (t.hop_peer_off[1], t.hop_npeers[1]) == (0, 2)
+    assert (t.hop_peer_off[6], t.hop_npeers[6]) == (2, 1)
+    assert (t.hop_pinned_off[6], t.hop_npinned[6]) == (3, 2)
+    assert list(t.hop_flags) == [0, 0, 0, 0, 0, 0, tables.FLAG_PINNED, tables.FLAG_PINNED]
+    assert t.hop_npinned[7] == 0, "an empty pinned list still means: look the pin up"
+    assert list(t.hop_rev) == [-1, -1, -1, -1, 6, -1, -1, -1]
+    assert list(t.hop_reply) == [0, 0, 0, 0, 0, 90, 0, 0]
+    assert (t.hop_server_off[5], t.hop_nservers[5]) == (0, 2)
+    assert list(t.server_ip) == [0x0a00010a, 0x0a00010b]
+    assert t.server_mac == bytes.fromhex("020000000110" "020000000111")

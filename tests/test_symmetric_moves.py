@@ -1,0 +1,82 @@
+"""Issue 9, test 5 (the planned-move half): moving the nat and the lb of a
+symmetric chain while real HTTP connections open and close through it
+loses none of them; the nat keeps its port slice on its new host.
+
+topologies/symmetric.yaml with one more host (h5, on leaf2), so one host
+is spare and an instance can move there; everything real (etcd, OVS,
+ryu-manager, agents, HTTP), as in tests/test_symmetric.py, whose
+emulation ends before this one starts (one per namespace).
+"""
+import os
+
+import pytest
+
+from onvm import procs
+from onvm.emulate import Emulation
+from onvm.services import wait_for
+from test_symmetric import CHAIN, instances, need_root_and_tools
+
+pytestmark = [pytest.mark.ovs, pytest.mark.etcd, pytest.mark.netns,
+              pytest.mark.timeout(400)]
+
+H4 = '  - {name: h4, switch: leaf2, port: 2, mac: "02:00:00:00:00:04", ip: 10.0.2.2/16, cores: 2}'
+H5 = '  - {name: h5, switch: leaf2, port: 5, mac: "02:00:00:00:00:05", ip: 10.0.2.3/16, cores: 2}'
+RATE = 8.0                      # connections a second during the moves
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory, run_prefix):
+    need_root_and_tools()
+    workdir = tmp_path_factory.mktemp("symmetric-moves")
+    with open(os.path.join(procs.REPO, "topologies", "symmetric.yaml")) as f:
+        text = f.read()
+    assert H4 in text
+    topo = workdir / "symmetric-spare.yaml"
+    topo.write_text(text.replace(H4, H4 + "\n" + H5))
+    (workdir / "rules").symlink_to(os.path.join(procs.REPO, "topologies", "rules"))
+    emulation = Emulation(str(topo), prefix=run_prefix, workdir=str(workdir))
+    try:
+        emulation.start()
+        wait_for(lambda: emulation.tcp(CHAIN)["ok"] >= 3, 120,
+                 "the first HTTP connections through chain web")
+        yield emulation
+    finally:
+        emulation.stop()
+        emulation.remove_files()
+
+
+def move_under_load(emu, nf):
+    """Move the first instance of `nf` to a host with a free core while the client
+    opens RATE connections a second; returns (from host, to host, the
+    instance's config before, the moved instance's counters after)."""
+    plans = emu.store.plans()
+    host, inst = next((h, i) for h, p in sorted(plans.items())
+                      for i in p["instances"] if i["nf"] == nf)
+    spare = next(h.name for h in emu.topo.hosts
+                 if h.name not in dict(emu.placement(plans)[CHAIN])[nf]
+                 and h.cores - sum(emu.topo.nfs[i["nf"]].cores for i in
+                                   plans.get(h.name, {}).get("instances", [])) >= 1)
+    before = emu.tcp(CHAIN)["ok"]
+    emu.rest("POST", "/moves", {"host": host, "instance": inst["id"], "to": spare})
+    wait_for(lambda: spare in dict(emu.placement()[CHAIN])[nf]
+             and host not in dict(emu.placement()[CHAIN])[nf], 60,
+             f"{nf} moved from {host} to {spare}")
+    # the moved instance carries new connections too
+    wait_for(lambda: emu.tcp(CHAIN)["ok"] >= before + 5 * RATE, 60,
+             "connections going on after the move")
+    moved = next(v for (h, _), v in instances(emu, nf).items() if h == spare)
+    return host, spare, inst["config"], moved
+
+
+def test_moving_nat_and_lb_during_http_load_loses_no_connection(emu):
+    emu.set_connection_rate(CHAIN, RATE)
+    _, _, config, moved = move_under_load(emu, "nat")
+    # the nat keeps its slice of the port range on its new host
+    assert moved["counters"]["port_range"] == config["port_range"]
+    assert moved["counters"]["slice"] == config["slice"]
+    move_under_load(emu, "lb")
+    emu.set_connection_rate(CHAIN, 0)
+    wait_for(lambda: (lambda t: t["ok"] + t["failed"] == t["started"])(emu.tcp(CHAIN)), 30,
+             "the last connections to finish")
+    tcp = emu.tcp(CHAIN)
+    assert tcp["failed"] == 0 and tcp["ok"] > 10 * RATE, tcp

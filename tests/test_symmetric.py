@@ -14,6 +14,7 @@ from the internet is dropped by the stateful firewall; a server cannot
 forge a label stack.  (Two NAT instances never share a port: the NF
 tests, tests/test_nf_nat.py.)
 """
+import contextlib
 import os
 
 import pytest
@@ -40,11 +41,12 @@ def need_root_and_tools():
             pytest.skip(f"{tool} is not installed")
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory, run_prefix):
+@contextlib.contextmanager
+def running(topo_path, prefix, workdir):
+    """A started Emulation of `topo_path` whose client has made its first
+    HTTP connections through chain web; stopped and removed after."""
     need_root_and_tools()
-    workdir = tmp_path_factory.mktemp("symmetric")
-    emulation = Emulation(TOPOLOGY, prefix=run_prefix, workdir=str(workdir))
+    emulation = Emulation(str(topo_path), prefix=prefix, workdir=str(workdir))
     try:
         emulation.start()
         # the emulation's own client opens a few connections a second
@@ -54,6 +56,12 @@ def emu(tmp_path_factory, run_prefix):
     finally:
         emulation.stop()
         emulation.remove_files()
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory, run_prefix):
+    with running(TOPOLOGY, run_prefix, tmp_path_factory.mktemp("symmetric")) as emulation:
+        yield emulation
 
 
 def instances(emu, nf):

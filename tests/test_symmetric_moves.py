@@ -12,9 +12,8 @@ import os
 import pytest
 
 from onvm import procs
-from onvm.emulate import Emulation
 from onvm.services import wait_for
-from test_symmetric import CHAIN, instances, need_root_and_tools
+from test_symmetric import CHAIN, instances, running
 
 pytestmark = [pytest.mark.ovs, pytest.mark.etcd, pytest.mark.netns,
               pytest.mark.timeout(400)]
@@ -26,7 +25,6 @@ RATE = 8.0                      # connections a second during the moves
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory, run_prefix):
-    need_root_and_tools()
     workdir = tmp_path_factory.mktemp("symmetric-moves")
     with open(os.path.join(procs.REPO, "topologies", "symmetric.yaml")) as f:
         text = f.read()
@@ -34,15 +32,8 @@ def emu(tmp_path_factory, run_prefix):
     topo = workdir / "symmetric-spare.yaml"
     topo.write_text(text.replace(H4, H4 + "\n" + H5))
     (workdir / "rules").symlink_to(os.path.join(procs.REPO, "topologies", "rules"))
-    emulation = Emulation(str(topo), prefix=run_prefix, workdir=str(workdir))
-    try:
-        emulation.start()
-        wait_for(lambda: emulation.tcp(CHAIN)["ok"] >= 3, 120,
-                 "the first HTTP connections through chain web")
+    with running(topo, run_prefix, workdir) as emulation:
         yield emulation
-    finally:
-        emulation.stop()
-        emulation.remove_files()
 
 
 def move_under_load(emu, nf):

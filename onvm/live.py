@@ -223,6 +223,9 @@ def summary_text(run):
         lost_pct = 100.0 * c["lost"] / c["sent"] if c["sent"] else 0.0
         where = " -> ".join(f"{nf}@{','.join(h) or '?'}" for nf, h in c["nfs"])
         latency = c["latency_ms"] if c["latency_ms"] is not None else "-"
+        if "tcp" in c and not c["sent"]:        # real TCP only, no packet sender
+            lines.append(f"chain {name}: {tcp_text(c['tcp'])}; {where}")
+            continue
         lines.append(f"chain {name}: sent {c['sent']}, received {c['received']}, "
                      f"lost {c['lost']} ({lost_pct:.1f} %){lost_egress(run, name)}, "
                      f"latency {latency} ms; {where}")

@@ -186,6 +186,10 @@ def test_tcp_counts_show_in_the_view_the_summary_and_the_json():
     tcp = live.summary_object(run)["chains"]["web"]["tcp"]
     assert (tcp["ok"], tcp["failed"]) == (97, 3)
     assert "tcp" not in live.summary_object(live.Run(_Emu(), final=_status(1010.0)))["chains"]["web"]
+    tcp_only = _status(1010.0, sent=0, received=0)
+    tcp_only["chains"]["web"]["tcp"] = status["chains"]["web"]["tcp"]
+    assert f"chain web: {line}; firewall@h1 -> monitor@h2" in \
+        live.summary_text(live.Run(_Emu(), final=tcp_only)).splitlines()
 
 
 # ------------------------------------------------------ a real run

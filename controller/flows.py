@@ -26,7 +26,13 @@ Table layout (the same on every switch):
     4000  in_port=<server port>, eth_type=0x0800 -> goto table 8
                                                         (server_in)
           A server only ever answers: its IPv4 passes only as the reply
-          of a packet it was sent (table 8).  Its ARP goes on below.
+          of a packet it was sent (table 8).
+    3999  in_port=<server port>, eth_type=0x0806 -> goto table 1
+                                                        (server_in)
+    3998  in_port=<server port> -> drop                 (server_drop)
+          Its ARP goes on; anything else it sends (IPv6, other
+          EtherTypes) is dropped and counted: fail closed, a server's
+          traffic never reaches an edge around a chain's NFs.
     0     -> goto table 1                               (next)
 
   table 1, TRANSPORT  forward on the outermost (transport) label only
@@ -146,7 +152,7 @@ APP_ID = 0x6F6E                     # "on"
 KINDS = {"edge_drop": 1, "classifier": 2, "transport": 3, "arp": 4,
          "l2": 5, "miss": 6, "next": 7, "steer": 8, "pick": 9, "learn": 10,
          "send": 11, "pin": 12, "chain_drop": 13, "server_in": 14, "to_server": 15,
-         "reply_pin": 16}
+         "reply_pin": 16, "server_drop": 17}
 KIND_NAMES = {code: name for name, code in KINDS.items()}
 
 PRIO_EDGE_DROP, PRIO_CLASSIFIER, PRIO_TRANSPORT = 9000, 5000, 3000
@@ -537,15 +543,19 @@ def untrusted_ports(edges, servers, switch):
 def guard_rules(edges, servers, switch):
     """ADMIT rules for the ports outside the fabric on `switch`: MPLS from
     an edge or a server is dropped (edge_drop), and a server's IPv4 goes
-    to TABLE_REPLY (server_in), where only a learned reply passes."""
+    to TABLE_REPLY (server_in), where only a learned reply passes; its ARP
+    goes on, anything else it sends is dropped (server_drop)."""
     out = []
     for port, is_server in untrusted_ports(edges, servers, switch):
         out += [flow(TABLE_ADMIT, PRIO_EDGE_DROP, "edge_drop",
                      {"in_port": port, "eth_type": eth_type})
                 for eth_type in (ETH_MPLS, ETH_MPLS_MC)]
         if is_server:
-            out.append(flow(TABLE_ADMIT, PRIO_SERVER_IN, "server_in",
-                            {"in_port": port, "eth_type": ETH_IPV4}, goto=TABLE_REPLY))
+            out += [flow(TABLE_ADMIT, PRIO_SERVER_IN, "server_in",
+                         {"in_port": port, "eth_type": ETH_IPV4}, goto=TABLE_REPLY),
+                    flow(TABLE_ADMIT, PRIO_SERVER_IN - 1, "server_in",
+                         {"in_port": port, "eth_type": ETH_ARP}, goto=TABLE_TRANSPORT),
+                    flow(TABLE_ADMIT, PRIO_SERVER_IN - 2, "server_drop", {"in_port": port})]
     return out
 
 

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import math
 
+# One cut of a range into slices, the NF's and the controller's.
+from nfs.configs import nat_slice as slice_range  # noqa: F401  (re-exported)
+
 NAT = "nat"                 # the NF type whose instances own slices
 DEFAULT_SLICES = 16
 MIN_SLICE_PORTS = 64
@@ -43,13 +46,6 @@ def settings(parsed):
 def slice_size(port_range, slices):
     lo, hi = port_range
     return (hi - lo + 1) // slices
-
-
-def slice_range(port_range, slices, n):
-    """[lo, hi] of slice n (0-based) of `port_range` cut into `slices`."""
-    lo = port_range[0]
-    size = slice_size(port_range, slices)
-    return [lo + n * size, lo + (n + 1) * size - 1]
 
 
 def instances_needed(mpps, nf_mpps):

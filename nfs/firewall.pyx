@@ -9,7 +9,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, onvm_meta_of,
-    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify)
+    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify,
+    onvm_flow_key)
+from nfs.pkttuple cimport packet_key
 
 from nfs.configs import parse_firewall_rules
 
@@ -22,7 +24,11 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
     The rules are a pure function of the 5-tuple, so rte_acl's answer is
     kept per flow (the host's flow table ids are stable: entries are never
     reused): only a flow's first packet is classified.  Runs once per batch,
-    before ruleset_allow runs per packet."""
+    before ruleset_allow runs per packet.  The rules see the 5-tuple the
+    packet's bytes carry now (nfs.pkttuple), not the one parsed on arrival:
+    a nat or lb before the firewall on the same host may have rewritten it
+    (a reply's source is the VIP again once lb has put it back)."""
+    cdef onvm_flow_key keys[BURST_MAX]
     cdef const uint8_t *data[BURST_MAX]
     cdef uint32_t res[BURST_MAX]
     cdef unsigned idx[BURST_MAX]
@@ -34,7 +40,8 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
         fid = meta.flow_id
         if meta.key.family != 4 or (fid >= 0 and rs.flow_known[fid]):
             continue
-        data[nmiss] = <const uint8_t *>&meta.key
+        packet_key(pkts[i], meta, &keys[nmiss])
+        data[nmiss] = <const uint8_t *>&keys[nmiss]
         idx[nmiss] = i
         nmiss += 1
         if nmiss == BURST_MAX:

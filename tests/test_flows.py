@@ -646,6 +646,21 @@ def test_forged_mpls_from_a_server_is_dropped(served, ethertype):
         assert rule_kinds(trace) == ["edge_drop"]
 
 
+@pytest.mark.parametrize("packet", [
+    {"eth_type": 0x86dd},                                   # IPv6: no chain carries it yet
+    {"eth_type": 0x88cc},                                   # LLDP, or any other EtherType
+])
+def test_a_server_sends_nothing_but_replies_and_arp(served, packet):
+    """Fail closed: whatever a server sends that is neither the reply of a
+    learned flow nor ARP is dropped at its switch and counted, even toward
+    an address plain L2 would reach (an edge's)."""
+    topo, fabric = served
+    packet = dict(packet, eth_src=WEB1.mac, eth_dst=edge_mac(topo.edges[0].name))
+    trace = []
+    assert fabric.switches["leaf2"].process(packet, WEB1.port, trace) == []
+    assert rule_kinds(trace) == ["server_drop"]
+
+
 def test_arp_and_l2_reach_every_server_from_every_place(served):
     topo, fabric = served
     places = ([("host", h.name) for h in topo.hosts] + [("edge", e.name) for e in topo.edges])
@@ -672,7 +687,8 @@ def test_to_server_rules_only_on_the_servers_switch(served):
         kinds = [f.kind for f in rules[sw.dpid].flows]
         own = [s for s in topo.servers if s.switch == sw.name]
         assert kinds.count("to_server") == 3 * len(own), sw.name
-        assert kinds.count("server_in") == len(own), sw.name
+        assert kinds.count("server_in") == 2 * len(own), sw.name     # IPv4, ARP
+        assert kinds.count("server_drop") == len(own), sw.name
         assert kinds.count("l2") == len(topo.hosts) + len(topo.edges) + len(topo.servers)
 
 

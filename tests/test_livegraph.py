@@ -166,15 +166,16 @@ def test_an_edge_port_down_keeps_its_mpls_drops(topo):
 
 
 def test_a_server_port_down_keeps_its_guards_and_loses_its_rules(topo):
-    """A server cut off keeps its MPLS drops and its server_in rule (so a
+    """A server cut off keeps its MPLS drops and its server_in/drop rules (so a
     port coming back is never open), and loses ARP, L2 and to_server."""
     live = LiveFabric(topo)
     server = topo.servers[0]
     dpid = topo.switch(server.switch).dpid
     guards = lambda rules: sorted(f.key for f in rules.flows
-                                  if f.kind in ("edge_drop", "server_in"))
+                                  if f.kind in ("edge_drop", "server_in", "server_drop"))
     before = file_rules(topo)[dpid]
-    assert len([f for f in before.flows if f.kind == "server_in"]) == 1
+    assert len([f for f in before.flows if f.kind == "server_in"]) == 2     # IPv4, ARP
+    assert len([f for f in before.flows if f.kind == "server_drop"]) == 1
     live.port_status(server.switch, server.port, False, "link down")
     assert server.name in live.unreachable()
     rules = live.rules(topo, {})[dpid]

@@ -72,3 +72,34 @@ def test_connections_go_both_ways_through_the_same_instances():
         # A SYN-ACK no client asked for: nat knows no such port.
         assert h.send([raw(Ether(dst=HOST_MAC) / IP(src="10.0.2.1", dst=EXT)
                            / TCP(sport=80, dport=39999, flags="SA"))]) == []
+
+
+def test_a_stateless_firewall_judges_the_tuple_the_packet_carries_now():
+    """lb then firewall on one host: the firewall's rules see the VIP that lb
+    put back as the reply's source, not the backend address the packet
+    arrived with (its rules name only the VIP)."""
+    rules = (f"allow tcp any {VIP}/32 any 80\nallow tcp {VIP}/32 any 80 any\n"
+             "default deny\n")
+    instances = [{"id": 1, "nf": "firewall", "config": {"rules_text": rules}, "mode": "inline"},
+                 {"id": 2, "nf": "lb", "config": NFS[3][1], "mode": "inline"}]
+    with harness([("forward", None)]) as h:
+        end = {"port": h.out_port, "dst_mac": OUT_MAC}
+        plan = check_plan({
+            "host": "harness", "generation": 2, "node_label": NODE_LABEL, "mac": HOST_MAC,
+            "instances": instances, "uplink": h.out_port,
+            "hops": [{"spi": FWD, "si": SI_FIRST, "local": 1},
+                     {"spi": FWD, "si": SI_FIRST - 1, "local": 2},
+                     {"spi": FWD, "si": SI_FIRST - 2, "end": end},
+                     {"spi": REV, "si": SI_FIRST, "local": 2},
+                     {"spi": REV, "si": SI_FIRST - 1, "local": 1},
+                     {"spi": REV, "si": SI_FIRST - 2, "end": end}],
+            "classifiers": [{"spi": FWD, "match": {"ipv4_dst": f"{VIP}/32"}},
+                            {"spi": REV, "match": {"ipv4_src": "10.0.2.0/24"}}]})
+        h.manager.apply_plan(plan, make_nf)
+        syns = h.send([tcp("172.16.0.9", VIP, 41000 + i, 80, "S", seq=7) for i in range(8)])
+        assert len(syns) == 8
+        replies = h.send([answer(f, "SA", seq=900, ack=8) for f in syns])
+        assert len(replies) == 8
+        assert {Ether(f)[IP].src for f in replies} == {VIP}
+        fw = h.nf(1).counters()
+        assert fw["dropped"] == 0 and fw["passed"] == 16

@@ -1,9 +1,11 @@
-"""Issue 9, test 5 (the planned-move half): moving the nat and the lb of a
-symmetric chain while real HTTP connections open and close through it
-loses none of them; the nat keeps its port slice on its new host.
+"""Issue 9, test 5: moving the nat and the lb of a symmetric chain, and
+scaling its nat out, while real HTTP connections open and close through it
+loses none of them; the nat keeps its port slice on its new host, and the
+new nat instance takes a slice of its own.
 
 topologies/symmetric.yaml with one more host (h5, on leaf2), so one host
-is spare and an instance can move there; everything real (etcd, OVS,
+is spare and an instance can move there, and a nat that serves 1.2 Mpps
+(two instances carry the chain's 2 Mpps, three carry 2.6); everything real (etcd, OVS,
 ryu-manager, agents, HTTP), as in tests/test_symmetric.py, whose
 emulation ends before this one starts (one per namespace).
 """
@@ -20,6 +22,8 @@ pytestmark = [pytest.mark.ovs, pytest.mark.etcd, pytest.mark.netns,
 
 H4 = '  - {name: h4, switch: leaf2, port: 2, mac: "02:00:00:00:00:04", ip: 10.0.2.2/16, cores: 2}'
 H5 = '  - {name: h5, switch: leaf2, port: 5, mac: "02:00:00:00:00:05", ip: 10.0.2.3/16, cores: 2}'
+NAT = "nat: {cores: 1, mpps: 1.5,"
+NAT_SLOWER = "nat: {cores: 1, mpps: 1.2,"
 RATE = 8.0                      # connections a second during the moves
 
 
@@ -30,7 +34,8 @@ def emu(tmp_path_factory, run_prefix):
         text = f.read()
     assert H4 in text
     topo = workdir / "symmetric-spare.yaml"
-    topo.write_text(text.replace(H4, H4 + "\n" + H5))
+    assert NAT in text
+    topo.write_text(text.replace(H4, H4 + "\n" + H5).replace(NAT, NAT_SLOWER))
     (workdir / "rules").symlink_to(os.path.join(procs.REPO, "topologies", "rules"))
     with running(topo, run_prefix, workdir) as emulation:
         yield emulation
@@ -71,3 +76,25 @@ def test_moving_nat_and_lb_during_http_load_loses_no_connection(emu):
              "the last connections to finish")
     tcp = emu.tcp(CHAIN)
     assert tcp["failed"] == 0 and tcp["ok"] > 10 * RATE, tcp
+
+
+def test_scaling_the_nat_out_during_http_load_loses_no_connection(emu):
+    """The chain asks for more than two nat instances carry: a third starts
+    on a host with a free core and takes a free slice; the running
+    connections keep their instances (pins), new ones reach the third too."""
+    emu.set_connection_rate(CHAIN, RATE)
+    nats = lambda: dict(emu.placement()[CHAIN])["nat"]
+    assert len(nats()) == 2
+    emu.rest("PUT", f"/chains/{CHAIN}", dict(emu.rest("GET", f"/chains/{CHAIN}"), mpps=2.6))
+    wait_for(lambda: len(nats()) == 3, 60, "a third nat instance")
+    wait_for(lambda: len(instances(emu, "nat")) == 3
+             and all(v.get("rx", 0) > 0 for v in instances(emu, "nat").values()), 90,
+             "the third nat instance carrying connections")
+    ranges = sorted(tuple(v["counters"]["port_range"]) for v in instances(emu, "nat").values())
+    assert len(set(ranges)) == 3
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:])), ranges    # disjoint slices
+    emu.set_connection_rate(CHAIN, 0)
+    wait_for(lambda: (lambda t: t["ok"] + t["failed"] == t["started"])(emu.tcp(CHAIN)), 30,
+             "the last connections to finish")
+    tcp = emu.tcp(CHAIN)
+    assert tcp["failed"] == 0, tcp

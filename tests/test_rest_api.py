@@ -293,6 +293,15 @@ def test_post_creates_a_retired_chain_again_with_its_spi(call, manager):
         ["monitor"]
 
 
+def test_a_malformed_stored_chain_is_not_retired_but_can_be_deleted(call, manager):
+    manager.store.put_chain({"name": "bad", "spi": 30})
+    assert _refused(call, manager, "DELETE", "/chains/bad") == (
+        409, "chain bad is malformed in the store, so nothing steers or drops its "
+             "traffic; delete it with DELETE /onvm/v1/chains/bad?traffic=forward")
+    assert call("DELETE", "/chains/bad?traffic=forward")[0] == 200
+    assert manager.store.get_chain("bad") is None
+
+
 def test_deleting_with_forward_at_once_skips_retiring(call, manager):
     assert call("POST", "/chains", NEW)[0] == 201
     assert call("DELETE", "/chains/mail?traffic=forward")[1]["traffic"] == "forwarded"

@@ -59,7 +59,7 @@ import logging
 
 from controller.chains import (CHAIN_FIELDS, MAX_BODY, NAME_RE,  # noqa: F401  (the chain validator)
                                REQUIRED_FIELDS, RequestError, chain_from_json,
-                               free_spi, parse_json_body)
+                               free_spi, is_retired, parse_json_body)
 from controller.chains import check_keys as _check_keys
 from controller.moves import MoveError
 from controller.placement import PlacementError
@@ -156,6 +156,9 @@ def delete_chain(view: ClusterView, name, query=None):
         LOG.warning("REST: %s (released on request, traffic=forward)", detail)
         return 200, {"deleted": name, "retired": False, "traffic": "forwarded",
                      "detail": detail}
+    _bad(is_retired(body) or name in view.chains(),
+         f"chain {name} is malformed in the store, so nothing steers or drops its "
+         f"traffic; delete it with {_release_hint(name)}", 409)
     fresh = _placed_or_409(name, view.retire_chain, name)
     ingress = body.get("ingress") if isinstance(body, dict) else None
     detail = (f"chain {name} {'retired' if fresh else 'was retired already'}: placed "

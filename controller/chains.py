@@ -18,6 +18,12 @@ Also here, because a REST body is a chain: reading a JSON body, the keys
 a body may and must have, and the error a refused request carries
 (`RequestError`: HTTP status and every error).
 
+A retired chain (one deleted without releasing its traffic) stays stored
+under its key `/onvm/chains/<name>` with `"retired": true` (`RETIRED`,
+`is_retired`); the store's field, never a body's (a body that says it is
+refused as an unknown field).  It keeps its SPI and its (ingress, match):
+`check_clashes` refuses another chain with either, saying it is retired.
+
 Not here: placing chains (controller.placement), storing them
 (contracts.store), the HTTP routes (controller.apps.rest_api).
 """
@@ -43,6 +49,9 @@ REQUIRED_FIELDS = CHAIN_FIELDS[:6]
 # server is symmetric unless it says otherwise (its replies need the state).
 STATEFUL_NFS = frozenset(("firewall-stateful", "nat", "lb", "ids"))
 POOL_NF = "lb"                 # what spreads a pool's flows over its servers
+# The stored chain's field that marks it retired: deleted, placed nowhere,
+# its match still dropped and counted at its ingress (controller.core).
+RETIRED = "retired"
 
 Report = Callable[[Tuple, str], None]
 
@@ -81,6 +90,11 @@ class Scope:
             if name in names:
                 return noun
         return None
+
+
+def is_retired(body) -> bool:
+    """Whether a stored chain body is a retired chain's."""
+    return isinstance(body, dict) and body.get(RETIRED) is True
 
 
 def _is_number(value):
@@ -221,10 +235,18 @@ class Other:
     match: dict
     spi: int
     line: Optional[int] = None
+    retired: bool = False
 
     @classmethod
-    def of(cls, chain: Chain, line=None):
-        return cls(chain.name, chain.ingress, dict(chain.match), chain.spi, line)
+    def of(cls, chain: Chain, line=None, retired=False):
+        return cls(chain.name, chain.ingress, dict(chain.match), chain.spi, line, retired)
+
+    def said(self):
+        """'chain NAME', and how to free what a retired one holds."""
+        if not self.retired:
+            return f"chain {self.name}"
+        return (f"chain {self.name} (retired: its traffic is dropped until released "
+                f"with DELETE /onvm/v1/chains/{self.name}?traffic=forward)")
 
 
 def check_clashes(name, ingress, match, spi, others: Iterable[Other], report: Report):
@@ -235,12 +257,12 @@ def check_clashes(name, ingress, match, spi, others: Iterable[Other], report: Re
         if other.name == name:
             continue
         if other.spi == spi:
-            report(("spi",), already_used(f"SPI {spi}", f"chain {other.name}", other.line))
+            report(("spi",), already_used(f"SPI {spi}", other.said(), other.line))
             ok = False
         # The ingress switch tells chains apart only by (ingress, match).
         if other.ingress == ingress and other.match == dict(match):
             at = f" (line {other.line})" if other.line else ""
-            report(("match",), f"same ingress and match as chain {other.name}{at}; "
+            report(("match",), f"same ingress and match as {other.said()}{at}; "
                                f"the edge switch could not tell them apart")
             ok = False
     return ok
@@ -287,15 +309,17 @@ def free_spi(used):
     return spi
 
 
-def chain_from_json(body, topo, others, where="chain", spi=None) -> Chain:
+def chain_from_json(body, topo, others, where="chain", spi=None, retired=()) -> Chain:
     """Check a chain body against topology `topo` and the `others` chains
-    (model.Chain, not including this one) and build it.
+    (model.Chain, not including this one) and build it; the `retired`
+    chains (model.Chain) hold their SPI and match as the others do.
 
     400 for a malformed body, 409 for a clash with another chain; every
     error of the body is in the one RequestError.  `spi` is the SPI to
     keep when the body names none (a changed chain keeps its SPI);
     without either, the lowest free one is taken."""
     others = list(others)
+    held = [Other.of(c) for c in others] + [Other.of(c, retired=True) for c in retired]
     errors = Errors(lambda errs: RequestError(400, errs))
 
     def report(path, message):
@@ -305,12 +329,12 @@ def chain_from_json(body, topo, others, where="chain", spi=None) -> Chain:
     if isinstance(body, dict):
         check_fields(body, Scope.of(topo), report)
     errors.raise_if_any()
+    used = {o.spi for o in held if o.name != body["name"]}
     if body.get("spi") is not None:
         spi = body["spi"]
-    elif spi is None or spi in {c.spi for c in others}:
-        spi = free_spi({c.spi for c in others})
+    elif spi is None or spi in used:
+        spi = free_spi(used)
     errors.error_type = lambda errs: RequestError(409, errs)
-    check_clashes(body["name"], body["ingress"], body["match"], spi,
-                  [Other.of(c) for c in others], report)
+    check_clashes(body["name"], body["ingress"], body["match"], spi, held, report)
     errors.raise_if_any()
     return make_chain(body, spi, Scope.of(topo))

@@ -23,6 +23,12 @@ with a `memory://` backend, so the core stays testable without a server.
 
 It implements `controller.view.ClusterView`, the interface of the REST API.
 
+Retired chains (deleted with their traffic held, controller.view): stored
+under `/onvm/chains/<name>` with `"retired": true`, read back from the
+store at every re-placement like any chain (so a restarted or newly
+leading controller holds them too), never placed, but in `asked`: with no
+placed NF, controller.flows gives each its chain_drop rule at its ingress.
+
 Not here: Ryu events and OpenFlow messages (`controller.apps.chain_manager`,
 `controller.ofmsgs`), placement (`controller.placement`), plans
 (`controller.plans`), rules (`controller.flows`, `controller.livegraph`),
@@ -38,7 +44,7 @@ from typing import Dict, List, NamedTuple, Optional
 from contracts.model import Chain
 from contracts.store import CHAINS, HOSTS, STATS, NotLeader, StoreError
 from controller import flows, natslices
-from controller.chains import Scope, make_chain
+from controller.chains import Scope, is_retired, make_chain
 from controller.livegraph import LiveFabric, describe
 from controller.liveness import Liveness
 from controller.moves import Moves
@@ -55,13 +61,16 @@ SETTLE_SECONDS = 1.0
 DIRTY_KINDS = ((HOSTS, "hosts"), (CHAINS, "chains"), (STATS, "stats"))
 
 
-def chains_from_store(bodies, scope) -> Dict[str, Chain]:
+def chains_from_store(bodies, scope, retired=False) -> Dict[str, Chain]:
     """{name: Chain} of stored chain bodies, in SPI order (`scope`: the
-    topology's, for a body stored without "symmetric": its default).
-    Stored chains were checked when written; one that is not even
-    well-formed is logged and left out (nothing could place it)."""
+    topology's, for a body stored without "symmetric": its default): the
+    retired ones with `retired`, else the others.  Stored chains were
+    checked when written; one that is not even well-formed is logged and
+    left out (nothing could place it)."""
     chains = {}
     for name, body in bodies.items():
+        if is_retired(body) != retired:
+            continue
         try:
             chains[name] = make_chain(body, int(body["spi"]), scope)
         except (KeyError, TypeError, ValueError, IndexError) as err:
@@ -242,12 +251,16 @@ class ClusterCore(ClusterView):
     def _replace(self, reasons, out):
         out.replaced = list(reasons)
         lost = self._refresh_alive()
-        wanted = list(self.chains().values())
+        bodies = self.store.chains()
+        wanted = list(chains_from_store(bodies, self.scope).values())
+        retired = list(chains_from_store(bodies, self.scope, retired=True).values())
         # Rules cover every chain asked for: one not placed (no host alive,
-        # or no room) gets controller.flows' chain_drop at its ingress, so
-        # its traffic is dropped, never forwarded around its NFs.
+        # or no room, or retired) gets controller.flows' chain_drop at its
+        # ingress, so its traffic is dropped, never forwarded around its NFs.
         edges = {e.name for e in self.topo.edges}
-        self.asked = self.topo.with_chains([c for c in wanted if c.ingress in edges])
+        self.asked = self.topo.with_chains(
+            sorted((c for c in wanted + retired if c.ingress in edges),
+                   key=lambda c: c.spi))
         chains = wanted if self.alive else []
         before = self.current
         # Every host or chain change re-places all wanted chains, so a chain
@@ -482,6 +495,9 @@ class ClusterCore(ClusterView):
     def chains(self):
         return chains_from_store(self.store.chains(), self.scope)
 
+    def retired_chains(self):
+        return chains_from_store(self.store.chains(), self.scope, retired=True)
+
     def chain(self, name):
         return self.store.get_chain(name)
 
@@ -502,10 +518,29 @@ class ClusterCore(ClusterView):
         self.store.put_chain(chain_to_json(chain))
         self.dirty.add("chains")
 
+    def retire_chain(self, name):
+        chains = self.chains()
+        if name not in chains:
+            return False
+        self.check_chains(c for n, c in chains.items() if n != name)
+        chain = chains[name]
+        self.store.put_chain(chain_to_json(chain, retired=True))
+        self.dirty.add("chains")
+        log.warning("chain %s retired: placed nowhere from now on; its traffic "
+                    "(ingress %s, match %s) is dropped and counted at its ingress "
+                    "(chain_drop) until an operator releases it; SPI %d stays "
+                    "reserved", name, chain.ingress, dict(chain.match), chain.spi)
+        return True
+
     def delete_chain(self, name):
+        was = self.store.get_chain(name)
         self.check_chains(c for n, c in self.chains().items() if n != name)
         gone = self.store.delete_chain(name)
         self.dirty.add("chains")
+        if gone:
+            log.warning("chain %s deleted%s: its traffic takes plain forwarding to "
+                        "its destination, through none of its NFs", name,
+                        " (it was retired)" if is_retired(was) else "")
         return gone
 
     def placement(self):

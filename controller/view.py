@@ -4,6 +4,14 @@ interface, and a chain's stored form.  `controller.core.ClusterCore` implements 
 the real core with a `memory://` store, and the core can change inside
 without the API noticing.
 
+A chain deleted with its traffic held is *retired*: its record stays
+under `/onvm/chains/<name>` with `"retired": true` (controller.chains.RETIRED),
+it is placed nowhere and uses no cores, its SPI and (ingress, match) stay
+reserved, and its ingress switch drops and counts its match (the
+chain_drop rule of controller.flows) until an operator releases it
+(`delete_chain`).  Being in the store, that survives a controller restart
+and a change of leader.
+
 Not here: the implementation (`controller.core`), HTTP (`rest_api`),
 checking a chain body (the chain validator `rest_api` calls).
 """
@@ -13,19 +21,22 @@ import abc
 from typing import Dict, Optional
 
 from contracts.model import Chain
-from controller.chains import STATEFUL_NFS
+from controller.chains import RETIRED, STATEFUL_NFS
 
 
-def chain_to_json(chain: Chain) -> dict:
+def chain_to_json(chain: Chain, retired=False) -> dict:
     """A chain as it is stored in /onvm/chains/ and shown by the API: a
     pool as the list of its servers; `symmetric` where it is not the
-    default of a chain without stateful NFs (so it reads back the same)."""
+    default of a chain without stateful NFs (so it reads back the same);
+    `"retired": true` for a retired chain (module docstring)."""
     out = {"name": chain.name, "ingress": chain.ingress,
            "egress": list(chain.pool) if chain.pool else chain.egress,
            "match": dict(chain.match), "nfs": list(chain.nfs),
            "mpps": chain.mpps, "spi": chain.spi}
     if chain.symmetric or STATEFUL_NFS & set(chain.nfs):
         out["symmetric"] = chain.symmetric
+    if retired:
+        out[RETIRED] = True
     return out
 
 
@@ -45,7 +56,12 @@ class ClusterView(abc.ABC):
 
     @abc.abstractmethod
     def chains(self) -> Dict[str, Chain]:
-        """{name: Chain} of the stored, well-formed chains, in SPI order."""
+        """{name: Chain} of the stored, well-formed chains that are not
+        retired, in SPI order: the chains to place."""
+
+    @abc.abstractmethod
+    def retired_chains(self) -> Dict[str, Chain]:
+        """{name: Chain} of the retired chains, in SPI order."""
 
     @abc.abstractmethod
     def chain(self, name) -> Optional[dict]:
@@ -57,8 +73,16 @@ class ClusterView(abc.ABC):
         raises controller.placement.PlacementError, storing nothing."""
 
     @abc.abstractmethod
+    def retire_chain(self, name) -> bool:
+        """Retire a chain (module docstring): placed nowhere from now on,
+        its traffic dropped and counted at its ingress.  False when it was
+        retired already; raises PlacementError, changing nothing, when the
+        chains left could not be placed."""
+
+    @abc.abstractmethod
     def delete_chain(self, name) -> bool:
-        """Delete a stored chain; False when there was none."""
+        """Delete a stored chain, retired or not: its record goes, and its
+        traffic takes plain forwarding (no NFs).  False when there was none."""
 
     @abc.abstractmethod
     def placement(self) -> Optional[dict]:

@@ -11,7 +11,9 @@ last published stats.  It works the same on a real cluster and on a running
             NF instances, cores, Mpps in, packets dropped by reason
     chains  SPI, declared Mpps, measured Mpps (what its first NF's
             instances take in), its NFs and where each instance runs with
-            its rate and drops
+            its rate and drops; a retired chain (deleted with its traffic
+            held, `"retired": true` in its /onvm/chains/ record) as RETIRED:
+            placed nowhere, its traffic dropped at its ingress
 
 Not here: changing anything (the REST API does), the switches' view
 (`ovs-ofctl dump-flows`), the emulation's own traffic counts.
@@ -24,6 +26,7 @@ from typing import Dict
 
 from contracts.store import LEADER
 from contracts.wire import SI_FIRST
+from controller.chains import is_retired
 
 
 def _number(value, default=0):
@@ -84,7 +87,7 @@ def cluster_status(store) -> dict:
             "spi": spi, "ingress": chain.get("ingress"), "egress": chain.get("egress"),
             "mpps_declared": chain.get("mpps"),
             "mpps_measured": round(sum(_number(i["mpps"]) for i in first), 4),
-            "nfs": nfs}
+            "nfs": nfs, "retired": is_retired(chain)}
     return {"leader": leader.get("name") if isinstance(leader, dict) else None,
             "hosts": hosts, "chains": out_chains}
 
@@ -110,6 +113,8 @@ def render(status) -> str:
         where = " -> ".join(
             f"{nf['nf']}@{','.join(i['host'] for i in nf['instances']) or 'UNPLACED'}"
             for nf in c["nfs"])
+        if c.get("retired"):
+            where = f"RETIRED: placed nowhere, its traffic dropped at {c['ingress']}"
         lines.append(f"{name:<12} {c['spi'] if c['spi'] is not None else '-':>5} "
                      f"{_number(c['mpps_declared']):>9.3f} {c['mpps_measured']:>9.3f}  {where}")
     return "\n".join(lines)

@@ -9,7 +9,9 @@ that a chain's packet runs its classifier, pick, learn and pin rules in OVS
 switch loses stale rules, that a real restart of ovs-vswitchd (alone, or
 with ovsdb-server) is followed by a resync with no stale rule, that a
 spine-leaf link going away is routed around (and back when it returns),
-and that a standby controller takes over when the leader is killed."""
+that a chain deleted through the REST API is retired (its packets dropped
+and counted by its chain_drop rule) until it is released, and that a
+standby controller takes over when the leader is killed."""
 import dataclasses
 import json
 import os
@@ -524,6 +526,86 @@ def test_lldp_keeps_every_file_link_alive(leader, ovs, bridges, topo):
     time.sleep(Switches.LINK_TIMEOUT + Switches.TIMEOUT_CHECK_PERIOD + 1)
     assert "lost by LLDP" not in leader.log()[log_start:], leader.log()[log_start:]
     assert fabric_matches(ovs, bridges, topo, rules), explain(ovs, bridges, topo, rules)
+
+
+def rest(controller, method, path, body=None):
+    """(status, JSON reply) of a request to `controller`'s REST API."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{controller.ws_port}/onvm/v1{path}", method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def ingress_rules(ovs, bridge, tcp_dst):
+    """[(rule kind, n_packets)] of table 0's rules of `bridge` for `tcp_dst`."""
+    out = []
+    for line in ovs.ofctl("dump-flows", bridge, "table=0").splitlines():
+        if f"tp_dst={tcp_dst}" in line:
+            cookie = int(re.search(r"cookie=(0x[0-9a-f]+)", line).group(1), 16)
+            out.append((flows.cookie_kind(cookie),
+                        int(re.search(r"n_packets=(\d+)", line).group(1))))
+    return out
+
+
+def test_a_deleted_chain_is_dropped_and_counted_until_released(
+        leader, ovs, bridges, topo, store):
+    """DELETE retires the chain: the switch holds its chain_drop rule in
+    place of its classifier, and real frames of the chain sent into the
+    ingress switch are dropped and counted there; DELETE ?traffic=forward
+    releases it: the rule goes and the frames take plain forwarding."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    web = topo.chains[0]
+    body = {"name": "retiree", "ingress": web.ingress, "egress": web.egress,
+            "match": {"ipv4_dst": "10.0.9.9/32", "ip_proto": 6, "tcp_dst": 8025},
+            "nfs": [web.nfs[0]], "mpps": 0.5}
+    ingress = topo.edge(web.ingress)
+    bridge = bridges[ingress.switch]
+    leases = [register(store, topo, h.name) for h in (topo.hosts[0], topo.hosts[2])]
+    try:
+        wait_for(lambda: leader.alive() and placement_groups(leader), 20, "a placement")
+        status, created = rest(leader, "POST", "/chains", body)
+        assert status == 201, created
+        wait_for(lambda: leader.alive() and [k for k, _ in ingress_rules(
+            ovs, bridge, 8025)] == ["classifier"], 20, "the new chain's classifier")
+        status, reply = rest(leader, "DELETE", "/chains/retiree")
+        assert status == 200 and (reply["retired"], reply["traffic"]) == (True, "dropped")
+        assert store.get_chain("retiree") == dict(created, retired=True)
+        wait_for(lambda: leader.alive() and [k for k, _ in ingress_rules(
+            ovs, bridge, 8025)] == ["chain_drop"], 20, "the retired chain's chain_drop")
+        frame = Ether(src="02:aa:00:00:00:01", dst=topo.host(web.egress).mac) \
+            / IP(src="192.0.2.7", dst="10.0.9.9") / TCP(sport=40000, dport=8025)
+        for _ in range(3):
+            ovs.ofctl("packet-out", bridge,
+                      f"in_port={ingress.port} packet={bytes(frame).hex()} actions=table")
+        assert ingress_rules(ovs, bridge, 8025) == [("chain_drop", 3)]
+        flow = (f"in_port={ingress.port},tcp,dl_src=02:aa:00:00:00:01,"
+                f"dl_dst={topo.host(web.egress).mac},nw_src=192.0.2.7,nw_dst=10.0.9.9,"
+                f"tp_src=40000,tp_dst=8025")
+        path, _, (_, port), text = ovs_trace(ovs, bridges, bridge, flow)
+        assert (path, port) == ([(ingress.switch, 0, "chain_drop")], None), text
+        assert "chain retiree retired" in leader.log()
+
+        status, reply = rest(leader, "DELETE", "/chains/retiree?traffic=forward")
+        assert status == 200 and reply["traffic"] == "forwarded", reply
+        assert store.get_chain("retiree") is None
+        wait_for(lambda: leader.alive() and ingress_rules(ovs, bridge, 8025) == [], 20,
+                 "the released chain's chain_drop gone")
+        path, _, (switch, port), text = ovs_trace(ovs, bridges, bridge, flow)
+        host = topo.host(web.egress)
+        assert path[0] == (ingress.switch, 0, "next"), text
+        assert (switch, port) == (host.switch, host.port), text
+    finally:
+        for lease in leases:
+            lease.stop(revoke=True)
+        store.delete_chain("retiree")
+    wait_fabric(ovs, bridges, topo, unplaced_rules(topo), leader,
+                "back to the file's chains, unplaced")
 
 
 def test_standby_takes_over_when_the_leader_is_killed(

@@ -53,6 +53,24 @@ def test_clashes_are_409_and_both_are_reported():
         "could not tell them apart"])
 
 
+def test_a_retired_chain_holds_its_spi_and_match():
+    web = MINIMAL.chain("web")
+    hint = ("chain web (retired: its traffic is dropped until released with DELETE "
+            "/onvm/v1/chains/web?traffic=forward)")
+    body = dict(BODY, spi=web.spi, match=dict(web.match))
+    with pytest.raises(RequestError) as err:
+        chain_from_json(body, MINIMAL, [], retired=[web])
+    assert (err.value.status, err.value.errors) == (409, [
+        f"chain.spi: SPI {web.spi} is already used by {hint}",
+        f"chain.match: same ingress and match as {hint}; the edge switch could "
+        "not tell them apart"])
+    assert chain_from_json(BODY, MINIMAL, [], retired=[web]).spi == web.spi + 1
+    # the retired chain's own name: created again, keeping what it held
+    again = chain_from_json(dict(BODY, name="web", match=dict(web.match)), MINIMAL, [],
+                            spi=web.spi, retired=[web])
+    assert again.spi == web.spi
+
+
 # Each case: (chain body change, line of the key in TOPOLOGY, key path,
 # the message after the place in both).
 SAME = [

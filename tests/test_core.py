@@ -297,6 +297,58 @@ def test_chains_not_placed_are_dropped_at_their_ingress_never_forwarded(loop, to
     assert trace == [(ingress.switch, 0, "chain_drop")]
 
 
+def ingress_trace(fabric, topo, chain):
+    """The rules a chain's packet runs on its ingress switch (ofsim)."""
+    ingress, trace = topo.edge(chain.ingress), []
+    fabric.switches[ingress.switch].process(web_packet(chain), ingress.port, trace)
+    return [kind for sw, _, kind in trace if sw == ingress.switch]
+
+
+def test_a_retired_chain_is_dropped_at_its_ingress_until_deleted(loop, topo, caplog):
+    """A chain deleted with its traffic held (retired): its record stays in
+    the store marked retired, it is placed nowhere and uses no cores, its
+    match is dropped at its ingress, also by a controller that starts (or
+    takes over) afterwards; deleting it for good lets its traffic go."""
+    caplog.set_level(logging.INFO, logger="onvm.core")
+    chain = topo.chain("web1")
+    loop.register("h1")
+    loop.step()
+    fabric = FabricSim(topo, loop.core.desired)
+    assert ingress_trace(fabric, topo, chain)[0] == "classifier"
+    cores = loop.core.current.cores_used()["h1"]
+    assert loop.core.retire_chain("web1") is True
+    assert loop.store.get_chain("web1") == dict(chain_to_json(chain), retired=True)
+    loop.step()
+    assert set(loop.core.chains()) == {"tls2"} and set(loop.core.retired_chains()) == {"web1"}
+    assert "web1" not in loop.core.placement()["chains"]
+    assert loop.core.current.cores_used()["h1"] < cores
+    assert not any(h.get("spi") == chain.spi for p in loop.store.plans().values()
+                   for h in p["hops"])
+    fabric.reprogram(loop.core.desired)
+    assert fabric.from_edge(chain.ingress, web_packet(chain)) == []
+    assert ingress_trace(fabric, topo, chain) == ["chain_drop"]
+    assert "chain web1 retired: placed nowhere from now on; its traffic (ingress " \
+        in caplog.text
+    assert loop.core.retire_chain("web1") is False      # already: nothing changes
+    assert loop.store.get_chain("web1")["retired"] is True
+
+    standby = Loop(topo, store=loop.store)              # restart, or a new leader
+    standby.step()
+    assert FabricSim(topo, standby.core.desired).from_edge(
+        chain.ingress, web_packet(chain)) == []
+    assert ingress_trace(FabricSim(topo, standby.core.desired), topo, chain) == \
+        ["chain_drop"]
+
+    assert loop.core.delete_chain("web1") is True
+    loop.step()
+    assert loop.store.get_chain("web1") is None
+    fabric.reprogram(loop.core.desired)
+    assert ingress_trace(fabric, topo, chain)[0] == "next"  # plain forwarding
+    assert "chain_drop" not in ingress_trace(fabric, topo, chain)
+    assert "chain web1 deleted (it was retired): its traffic takes plain " \
+        "forwarding" in caplog.text
+
+
 def test_all_keys_vanishing_at_once_evicts_nobody(loop, caplog):
     """A store hiccup that ends every lease (issue 10): the hosts' keys all
     go within a second, with no data-plane evidence; nobody is evicted, no

@@ -156,10 +156,15 @@ def test_create_get_change_delete_chain(any_store):
     mail = call("GET", "/placement")[1]["chains"]["mail"]
     assert [hop["nf"] for hop in mail] == ["monitor"]
 
-    assert call("DELETE", "/chains/mail") == (200, {"deleted": "mail"})
+    status, reply = call("DELETE", "/chains/mail")
+    assert status == 200 and (reply["retired"], reply["traffic"]) == (True, "dropped")
+    assert manager.store.get_chain("mail") == dict(changed, retired=True)
+    assert call("GET", "/chains/mail") == (200, dict(changed, retired=True))
+    assert set(call("GET", "/placement")[1]["chains"]) == {"web"}
+    status, reply = call("DELETE", "/chains/mail?traffic=forward")
+    assert status == 200 and (reply["retired"], reply["traffic"]) == (False, "forwarded")
     assert manager.store.get_chain("mail") is None
     assert call("GET", "/chains/mail") == (404, {"error": "no chain mail"})
-    assert set(call("GET", "/placement")[1]["chains"]) == {"web"}
 
 
 def _refused(call, manager, method, path, body=None, raw=None):
@@ -209,6 +214,99 @@ def test_bad_json_and_unknown_chains(call, manager):
     status, error = _refused(call, manager, "PUT", "/chains/web",
                              dict(NEW, name="web", mpps=100.0))
     assert status == 409 and error.startswith("chain web: cannot be placed: ")
+
+
+def _at_ingress(core, tcp_dst):
+    """Kinds of the ingress rules (classifier or chain_drop) for `tcp_dst`
+    that the core wants on the switches now."""
+    return sorted(f.kind for rules in core.desired.values() for f in rules.flows
+                  if f.kind in ("classifier", "chain_drop")
+                  and dict(f.match).get("tcp_dst") == tcp_dst)
+
+
+def test_delete_retires_the_chain_its_traffic_dropped_until_released(call, manager):
+    """DELETE fails closed: the chain is placed nowhere, its record stays
+    (retired), its match is dropped at its ingress; its SPI and match stay
+    reserved; only ?traffic=forward lets the traffic go, and says so."""
+    status, mail = call("POST", "/chains", NEW)
+    assert status == 201 and _at_ingress(manager.core, 25) == ["classifier"]
+    cores = sum(h["cores_used"] for h in call("GET", "/placement")[1]["hosts"].values())
+    status, reply = call("DELETE", "/chains/mail")
+    assert status == 200, reply
+    assert reply == {"deleted": "mail", "retired": True, "traffic": "dropped",
+                     "detail": "chain mail retired: placed nowhere; its traffic is "
+                               "dropped and counted at ingress internet until "
+                               "released with DELETE /onvm/v1/chains/mail?traffic=forward"}
+    assert manager.store.get("/onvm/chains/mail") == dict(mail, retired=True)
+    assert _at_ingress(manager.core, 25) == ["chain_drop"]
+    placed = call("GET", "/placement")[1]
+    assert set(placed["chains"]) == {"web"}
+    assert sum(h["cores_used"] for h in placed["hosts"].values()) < cores
+    assert call("GET", "/chains")[1]["mail"] == dict(mail, retired=True)
+    assert set(manager.core.chains()) == {"web"}
+    assert set(manager.core.retired_chains()) == {"mail"}
+    # a second plain DELETE (a retry) changes nothing
+    status, reply = call("DELETE", "/chains/mail?traffic=drop")
+    assert (status, reply["retired"]) == (200, True)
+    assert reply["detail"].startswith("chain mail was retired already")
+    assert _at_ingress(manager.core, 25) == ["chain_drop"]
+    # its match and SPI stay reserved; PUT is refused
+    hint = "(retired: its traffic is dropped until released with DELETE " \
+           "/onvm/v1/chains/mail?traffic=forward)"
+    other = dict(NEW, name="smtp")
+    assert _refused(call, manager, "POST", "/chains", other) == (
+        409, f"chain.match: same ingress and match as chain mail {hint}; the edge "
+             "switch could not tell them apart")
+    assert _refused(call, manager, "POST", "/chains", dict(
+        other, match={"ipv4_dst": "10.0.0.1/32", "ip_proto": 6, "tcp_dst": 26},
+        spi=17)) == (409, f"chain.spi: SPI 17 is already used by chain mail {hint}")
+    assert _refused(call, manager, "PUT", "/chains/mail", NEW) == (
+        409, "chain mail is retired (its traffic is dropped); create it again with "
+             "POST /onvm/v1/chains, or release its traffic with DELETE "
+             "/onvm/v1/chains/mail?traffic=forward")
+    assert _refused(call, manager, "DELETE", "/chains/mail?traffic=open")[0] == 400
+    assert _refused(call, manager, "DELETE", "/chains/mail?force=1") == (
+        400, "unknown query parameter(s) force; known: traffic")
+    # a new controller (restart, failover) reads it back from the store
+    again = ClusterCore(manager.core.topo, manager.store)
+    again.step(manager.now, leading=True)
+    assert _at_ingress(again, 25) == ["chain_drop"]
+    # released: the record goes, and nothing holds the match any more
+    status, reply = call("DELETE", "/chains/mail?traffic=forward")
+    assert status == 200, reply
+    assert reply == {"deleted": "mail", "retired": False, "traffic": "forwarded",
+                     "detail": "chain mail deleted: its traffic now takes plain "
+                               "forwarding to its destination, through none of its NFs"}
+    assert manager.store.get_chain("mail") is None
+    assert _at_ingress(manager.core, 25) == []
+    assert call("POST", "/chains", other)[0] == 201
+
+
+def test_post_creates_a_retired_chain_again_with_its_spi(call, manager):
+    assert call("POST", "/chains", NEW)[1]["spi"] == 17
+    assert call("DELETE", "/chains/mail")[1]["retired"] is True
+    status, body = call("POST", "/chains", dict(NEW, nfs=["monitor"]))
+    assert (status, body["spi"], body["nfs"]) == (201, 17, ["monitor"])
+    assert "retired" not in manager.store.get_chain("mail")
+    assert _at_ingress(manager.core, 25) == ["classifier"]
+    assert [hop["nf"] for hop in call("GET", "/placement")[1]["chains"]["mail"]] == \
+        ["monitor"]
+
+
+def test_a_malformed_stored_chain_is_not_retired_but_can_be_deleted(call, manager):
+    manager.store.put_chain({"name": "bad", "spi": 30})
+    assert _refused(call, manager, "DELETE", "/chains/bad") == (
+        409, "chain bad is malformed in the store, so nothing steers or drops its "
+             "traffic; delete it with DELETE /onvm/v1/chains/bad?traffic=forward")
+    assert call("DELETE", "/chains/bad?traffic=forward")[0] == 200
+    assert manager.store.get_chain("bad") is None
+
+
+def test_deleting_with_forward_at_once_skips_retiring(call, manager):
+    assert call("POST", "/chains", NEW)[0] == 201
+    assert call("DELETE", "/chains/mail?traffic=forward")[1]["traffic"] == "forwarded"
+    assert manager.store.get_chain("mail") is None
+    assert _at_ingress(manager.core, 25) == []
 
 
 SERVED = os.path.join(ROOT, "tests", "served.yaml")
@@ -270,7 +368,7 @@ def test_change_keeps_spi_and_is_checked_with_all_chains(call, manager):
            "match": {"ipv4_dst": "10.0.0.2/32", "ip_proto": 6, "tcp_dst": 80}}
     status, error = _refused(call, manager, "PUT", "/chains/web", web)
     assert (status, error[:29]) == (409, "chain web: cannot be placed: "), error
-    assert call("DELETE", "/chains/mail") == (200, {"deleted": "mail"})
+    assert call("DELETE", "/chains/mail")[1]["retired"] is True   # frees its cores
     status, body = call("PUT", "/chains/web", web)      # alone, its 6 cores fit
     assert status == 200 and body["spi"] == 16 and body["name"] == "web"
     placed = call("GET", "/placement")[1]

@@ -73,6 +73,16 @@ def test_unplaced_nf_is_shown_as_such():
     assert "firewall@UNPLACED" in render(cluster_status(store))
 
 
+def test_a_retired_chain_is_shown_as_such():
+    store = open_store("memory://")
+    store.put_chain({"name": "dns", "spi": 17, "ingress": "internet", "nfs": ["firewall"],
+                     "mpps": 1.0, "retired": True})
+    got = cluster_status(store)
+    assert got["chains"]["dns"]["retired"] is True
+    assert "dns             17     1.000     0.000  RETIRED: placed nowhere, its " \
+        "traffic dropped at internet" in render(got)
+
+
 def test_cli_json_and_unreachable_store(etcd):
     store = open_store(etcd.url)
     try:

@@ -3,10 +3,16 @@
     GET    /onvm/v1/topology        the topology the controller runs with
     GET    /onvm/v1/hosts           per host: topology entry, alive, plan/applied
     GET    /onvm/v1/chains          {name: chain} as stored in /onvm/chains/
-    POST   /onvm/v1/chains          create a chain (201), 409 if the name exists
+                                    (retired ones with "retired": true)
+    POST   /onvm/v1/chains          create a chain (201), 409 if the name exists;
+                                    a retired chain's name: create it again
     GET    /onvm/v1/chains/<name>   one chain, 404 if unknown
-    PUT    /onvm/v1/chains/<name>   change a chain (404 if unknown)
-    DELETE /onvm/v1/chains/<name>   delete a chain (404 if unknown)
+    PUT    /onvm/v1/chains/<name>   change a chain (404 if unknown, 409 if retired)
+    DELETE /onvm/v1/chains/<name>   retire a chain: its traffic is dropped
+                                    (404 if unknown)
+    DELETE /onvm/v1/chains/<name>?traffic=forward
+                                    delete it for good, retired or not: its
+                                    traffic is forwarded without NFs
     GET    /onvm/v1/placement       the current placement (`onvm place --json`)
     GET    /onvm/v1/stats           {host: stats} as the agents report them
     POST   /onvm/v1/moves           move an NF instance to another host with
@@ -21,6 +27,18 @@ lb); controller.chains checks a body exactly as a topology file's chain.  A wron
 (malformed), 404 (unknown chain) or 409 (conflicts with the chains there, or
 cannot be placed) with {"error": "..."} and changes nothing: the cluster's
 `put_chain` checks that every chain can still be placed before it stores.
+
+Deleting a chain fails closed.  A plain DELETE (or `?traffic=drop`)
+*retires* the chain (controller.view): it is placed nowhere and frees its
+cores, but its record stays in the store with "retired": true, its SPI and
+its match stay reserved, and its ingress switch drops and counts its
+traffic.  Only `?traffic=forward`, said explicitly, removes the record and
+lets the traffic take plain forwarding, through none of its NFs.  A second
+plain DELETE of a retired chain changes nothing (a retried request never
+opens the traffic).  Both answer 200 with {"deleted", "retired",
+"traffic": "dropped" | "forwarded", "detail"}.  While retired, a new chain
+with its SPI or its ingress and match is refused (409, saying so); POST
+with the retired chain's name creates it again, keeping its SPI.
 
 A move body is {"host": A, "instance": ID, "to": B}.  The cluster's
 `request_move(host, instance, to)` checks it (controller.moves.check_move:
@@ -41,7 +59,7 @@ import logging
 
 from controller.chains import (CHAIN_FIELDS, MAX_BODY, NAME_RE,  # noqa: F401  (the chain validator)
                                REQUIRED_FIELDS, RequestError, chain_from_json,
-                               free_spi, parse_json_body)
+                               free_spi, is_retired, parse_json_body)
 from controller.chains import check_keys as _check_keys
 from controller.moves import MoveError
 from controller.placement import PlacementError
@@ -52,6 +70,7 @@ LOG = logging.getLogger(__name__)
 BASE = "/onvm/v1"
 CHAIN_MANAGER = "chain_manager"   # the Ryu app that holds the cluster core
 MOVE_FIELDS = ("host", "instance", "to")
+TRAFFIC = ("drop", "forward")     # DELETE ...?traffic=: what its traffic does
 
 
 def _bad(cond, message, status=400):
@@ -76,32 +95,78 @@ def _store(view: ClusterView, chain, verb):
     return chain_to_json(chain)
 
 
+def _release_hint(name):
+    return f"DELETE {BASE}/chains/{name}?traffic=forward"
+
+
 def create_chain(view: ClusterView, body):
-    chains = view.chains()
+    """A new chain, or a retired chain's name again: created anew, keeping
+    its SPI unless the body names one."""
+    chains, retired = view.chains(), view.retired_chains()
     name = body.get("name") if isinstance(body, dict) else None
     _bad(name not in chains, f"chain {name} exists; change it with PUT "
                              f"{BASE}/chains/{name}", 409)
-    chain = chain_from_json(body, view.topology(), chains.values())
-    return 201, _store(view, chain, "created")
+    old = retired.pop(name, None)
+    chain = chain_from_json(body, view.topology(), chains.values(),
+                            spi=old.spi if old else None, retired=retired.values())
+    return 201, _store(view, chain, "created again (it was retired; its traffic "
+                                    "is steered through its NFs again)"
+                       if old else "created")
 
 
 def change_chain(view: ClusterView, name, body):
-    chains = view.chains()
+    chains, retired = view.chains(), view.retired_chains()
+    _bad(name not in retired, f"chain {name} is retired (its traffic is dropped); "
+                              f"create it again with POST {BASE}/chains, or release "
+                              f"its traffic with {_release_hint(name)}", 409)
     _bad(name in chains, f"no chain {name}", 404)
     if isinstance(body, dict):
         _bad(body.setdefault("name", name) == name,
              f"chain.name: {body.get('name')!r} differs from the URL's {name!r}; "
              "a chain cannot be renamed")
     old = chains.pop(name)
-    chain = chain_from_json(body, view.topology(), chains.values(), spi=old.spi)
+    chain = chain_from_json(body, view.topology(), chains.values(), spi=old.spi,
+                            retired=retired.values())
     return 200, _store(view, chain, "changed")
 
 
-def delete_chain(view: ClusterView, name):
-    _bad(view.chain(name) is not None, f"no chain {name}", 404)
-    _placed_or_409(name, view.delete_chain, name)
-    LOG.info("REST: deleted chain %s", name)
-    return 200, {"deleted": name}
+def _traffic(query):
+    """DELETE's one query parameter, `traffic`: "drop" (the default) or
+    "forward"."""
+    query = dict(query or {})
+    traffic = query.pop("traffic", "drop")
+    _bad(not query, f"unknown query parameter(s) {', '.join(sorted(query))}; "
+                    f"known: traffic")
+    _bad(traffic in TRAFFIC, f"traffic: must be drop (the default: retire the chain, "
+                             f"its traffic dropped at its ingress) or forward (delete "
+                             f"it, its traffic forwarded without NFs), not {traffic!r}")
+    return traffic
+
+
+def delete_chain(view: ClusterView, name, query=None):
+    """Retire a chain (its traffic dropped), or with ?traffic=forward delete
+    it for good (its traffic forwarded without NFs); see the docstring."""
+    traffic = _traffic(query)
+    body = view.chain(name)
+    _bad(body is not None, f"no chain {name}", 404)
+    if traffic == "forward":
+        _placed_or_409(name, view.delete_chain, name)
+        detail = (f"chain {name} deleted: its traffic now takes plain forwarding to "
+                  f"its destination, through none of its NFs")
+        LOG.warning("REST: %s (released on request, traffic=forward)", detail)
+        return 200, {"deleted": name, "retired": False, "traffic": "forwarded",
+                     "detail": detail}
+    _bad(is_retired(body) or name in view.chains(),
+         f"chain {name} is malformed in the store, so nothing steers or drops its "
+         f"traffic; delete it with {_release_hint(name)}", 409)
+    fresh = _placed_or_409(name, view.retire_chain, name)
+    ingress = body.get("ingress") if isinstance(body, dict) else None
+    detail = (f"chain {name} {'retired' if fresh else 'was retired already'}: placed "
+              f"nowhere; its traffic is dropped and counted at ingress {ingress} "
+              f"until released with {_release_hint(name)}")
+    LOG.warning("REST: %s", detail)
+    return 200, {"deleted": name, "retired": True, "traffic": "dropped",
+                 "detail": detail}
 
 
 def get_chain(view: ClusterView, name):
@@ -133,7 +198,10 @@ def get_stats(view: ClusterView):
 
 
 def get_chains(view: ClusterView):
-    return 200, {name: chain_to_json(c) for name, c in view.chains().items()}
+    out = {name: chain_to_json(c, retired=True)
+           for name, c in view.retired_chains().items()}
+    out.update((name, chain_to_json(c)) for name, c in view.chains().items())
+    return 200, out
 
 
 def create_move(view: ClusterView, body):
@@ -224,7 +292,7 @@ class OnvmController(ControllerBase):
 
     @route("onvm", BASE + "/chains/{name}", methods=["DELETE"])
     def remove_chain(self, req, name, **_):
-        return self._call(req, delete_chain, name)
+        return self._call(req, delete_chain, name, dict(req.GET))
 
     @route("onvm", BASE + "/placement", methods=["GET"])
     def placement(self, req, **_):

@@ -64,11 +64,6 @@ def move_under_load(emu, nf):
     return host, spare, inst["config"], moved
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known race, issue 9 left open for it: a connection that straddles the switch "
-    "from the old instance to the new one (opened after the old instance's snapshot) "
-    "is not carried (controller/moves.py), about 1 in 150 at 8 connections/s; the "
-    "fix is to drain the old instance (its pinned flows stay, new ones go to the new)"))
 def test_moving_nat_and_lb_during_http_load_loses_no_connection(emu):
     emu.set_connection_rate(CHAIN, RATE)
     _, _, config, moved = move_under_load(emu, "nat")
@@ -80,7 +75,14 @@ def test_moving_nat_and_lb_during_http_load_loses_no_connection(emu):
     wait_for(lambda: (lambda t: t["ok"] + t["failed"] == t["started"])(emu.tcp(CHAIN)), 30,
              "the last connections to finish")
     tcp = emu.tcp(CHAIN)
-    assert tcp["failed"] == 0 and tcp["ok"] > 10 * RATE, tcp
+    assert tcp["ok"] > 10 * RATE, tcp
+    if tcp["failed"]:
+        # Known race, issue 9 left open for it: a connection that straddles the
+        # switch from the old instance to the new one (opened after the old
+        # instance's snapshot) is not carried (controller/moves.py), about 1 in
+        # 150 at 8 connections/s.  The fix: drain the old instance (its pinned
+        # flows stay on it, new ones go to the new one).
+        pytest.xfail(f"{tcp['failed']} connection(s) lost across a planned move: {tcp}")
 
 
 def test_scaling_the_nat_out_during_http_load_loses_no_connection(emu):

@@ -173,32 +173,6 @@ class EtcdCluster:
         with urllib.request.urlopen(self.member_url(i) + "/health", timeout=1) as resp:
             return json.load(resp).get("health") == "true"
 
-    def status(self, i):
-        """The member's /v3/maintenance/status (what `etcdctl endpoint
-        status` shows): "leader" and header "member_id", "dbSize", ..."""
-        req = urllib.request.Request(self.member_url(i) + "/v3/maintenance/status",
-                                     data=b"{}", method="POST")
-        with urllib.request.urlopen(req, timeout=2) as resp:
-            return json.load(resp)
-
-    def leader(self):
-        """Index of the member that leads the cluster now, as a running
-        member reports it; None when none answers or none leads."""
-        for i, proc in enumerate(self.procs):
-            if proc is None or proc.poll() is not None:
-                continue
-            try:
-                leader_id = self.status(i)["leader"]
-                ids = [self.status(j)["header"]["member_id"] if self.procs[j].poll() is None
-                       else None for j in range(len(self.names))]
-            except (OSError, ValueError, KeyError):
-                continue
-            return ids.index(leader_id) if leader_id in ids else None
-        return None
-
-    def pids(self):
-        return [p.pid if p is not None and p.poll() is None else None for p in self.procs]
-
     def kill(self, i):
         """The member dies at once (SIGKILL); the others keep a quorum."""
         procs.kill(self.procs[i])

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from contracts.store_api import (APPLIED, CHAINS, HOSTS, LEADER, PLAN, PREFIX,  # noqa: F401
                                  REQUEST_TIMEOUT, STATS, Election, Lease, NotLeader,
-                                 Store, StoreError, Watch, WatchCompacted)
+                                 Store, StoreError, StoreFull, Watch,
+                                 WatchCompacted)
 from contracts.store_memory import MemoryStore
 
 

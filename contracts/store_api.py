@@ -26,7 +26,10 @@ granted again, and its keys put again with the same values, by the thread
 that keeps it alive, as soon as the store answers (`on_regrant` tells the
 owner).  A leader's lease is never granted again behind its back: it must
 campaign.  Garbage from the store (not JSON, JSON of the wrong shape) is a
-StoreError, counted in `Store.garbage` and logged once per store.
+StoreError, counted in `Store.garbage` and logged once per store.  A
+write refused because the store is full (etcd's NOSPACE alarm) is a
+StoreFull that names the alarm and the fix, logged once per store until
+a write passes again; forwarding and leases are not touched by it.
 
 Not here: the HTTP of etcd (`contracts.store_etcd`), the in-process backend
 (`contracts.store_memory`), what a plan or a chain means (`contracts.plan`,
@@ -63,6 +66,24 @@ class NotLeader(StoreError):
     """A guarded write was refused: this controller does not hold /onvm/leader."""
 
 
+class StoreFull(StoreError):
+    """etcd refuses writes: its database reached its quota and it raised a
+    NOSPACE alarm ("etcdserver: mvcc: database space exceeded").  Reads,
+    watches and keep-alives of existing leases still work; puts, new
+    leases and transactions do not until an operator compacts,
+    defragments and disarms the alarm (the message says how)."""
+
+
+def store_full_error(url, what):
+    """The StoreFull for `what` refused by the store at `url`."""
+    return StoreFull(
+        f"{url}: {what} refused: etcd's NOSPACE alarm is raised (database space "
+        "exceeded: --quota-backend-bytes reached); no write succeeds until an "
+        "operator frees space: `etcdctl compact REVISION` (the revision `etcdctl "
+        "endpoint status -w json` shows), `etcdctl defrag --cluster`, then "
+        "`etcdctl alarm disarm` (docs/deploy.md, etcd)")
+
+
 class WatchCompacted(StoreError):
     """The watch cannot resume: etcd compacted the revisions it needs."""
 
@@ -94,6 +115,26 @@ class Store:
 
     url = "?"
     garbage = 0             # answers that were not what the store sends
+    full = False            # writes are refused (NOSPACE) since the last one that passed
+    full_refusals = 0       # writes refused so
+
+    def full_error(self, what):
+        """Count a write the full store refused; log it once (until a write
+        passes again); return the StoreFull to raise."""
+        err = store_full_error(self.url, what)
+        self.full_refusals += 1
+        if not self.full:
+            LOG.error("%s (logged once; refused writes are counted in "
+                      "Store.full_refusals)", err)
+            self.full = True
+        return err
+
+    def written(self):
+        """A write passed: a NOSPACE alarm, if any was seen, is gone."""
+        if self.full:
+            LOG.warning("%s: the store takes writes again (NOSPACE alarm disarmed) "
+                        "after %d refused", self.url, self.full_refusals)
+            self.full = False
 
     def garbage_error(self, what, detail):
         """Count an answer that makes no sense, log the first one, and

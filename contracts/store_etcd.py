@@ -11,6 +11,9 @@ dies, hangs (no byte for WATCH_IDLE_S) or closes the stream, the Watch
 opens it again on a member that answers, from the revision after the last
 event it saw: members share revisions, so nothing is lost or repeated.
 
+A full store (etcd's NOSPACE alarm) is a StoreFull that says what the
+operator must do; no other member is asked.
+
 Garbage (an answer that is not JSON, or JSON without the fields etcd
 always sends) is a StoreError counted in `garbage`, never an exception of
 another kind.
@@ -38,6 +41,10 @@ LOG = logging.getLogger("contracts.store")
 WATCH_IDLE_S = 3.0
 # HTTP answers that say "this member cannot serve now": ask another.
 UNAVAILABLE = {408, 500, 502, 503, 504}
+# What etcd answers (HTTP 429, gRPC code 8) to a write while its NOSPACE
+# alarm is raised: the whole cluster refuses, asking another member is useless.
+NOSPACE = "database space exceeded"
+WRITES = {"/kv/put", "/kv/txn", "/lease/grant"}
 
 
 def _b64(text):
@@ -140,6 +147,11 @@ class EtcdStore(Store):
                 errors.append((index, err))
                 continue
             self._answered(index)
+            if resp.status_code != 200 and NOSPACE in resp.text[:300]:
+                resp.close()
+                raise self.full_error(what)
+            if self.full and path in WRITES and resp.status_code == 200:
+                self.written()
             if resp.status_code != 200:
                 raise StoreError(f"{self.url}: {what} failed: HTTP {resp.status_code}: "
                                  f"{resp.text[:200]}")

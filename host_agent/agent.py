@@ -37,6 +37,7 @@ import time
 from host_agent import fastpath as fp
 import contracts
 from contracts.plan import PlanError, check_plan, load_plan
+from contracts.store import StoreFull
 from nflib.api import make_nf
 
 log = logging.getLogger("onvm.agent")
@@ -264,6 +265,8 @@ class Agent:
             self.latest = stats
         try:
             self.store.put_stats(self.host, stats)
+        except StoreFull:           # logged once by the store client
+            pass
         except Exception as err:   # the store may be down; forwarding goes on
             log.warning("%s: stats not published: %s", self.host, err)
 

@@ -99,6 +99,13 @@ def build_parser():
     e.add_argument("--restart-controller", default=None, metavar="SECONDS")
     e.add_argument("--raise-rate", action="append", default=[],
                    metavar="CHAIN=MPPS@SECONDS")
+    e.add_argument("--etcd-members", type=int, default=1, metavar="N",
+                   help="run etcd as a cluster of N members on their own ports "
+                        "(3 survives one member's loss); controller and agents get "
+                        "every member's URL")
+    e.add_argument("--etcd-quota-bytes", type=int, default=None, metavar="BYTES",
+                   help="etcd's --quota-backend-bytes (default 256 MiB); past it "
+                        "etcd refuses writes with a NOSPACE alarm")
     e.add_argument("--json", action="store_true",
                    help="the live view on stderr; the last line of stdout is the "
                         "summary as JSON")

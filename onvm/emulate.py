@@ -2,7 +2,8 @@
 changes what it does while it runs, tells what it sees, and stops it.
 
 One emulation starts, in the caller's (private, see onvm.netns) network
-namespace: a local etcd, a private Open vSwitch (userspace datapath),
+namespace: a local etcd (or a cluster of `etcd_members` on their own
+ports, every part given all of their URLs), a private Open vSwitch (userspace datapath),
 Mininet built from the topology file (switches with the file's dpids and
 port numbers, one Mininet host per DPDK host with the file's MAC and IP,
 one Mininet host per edge as the outside world, one per application server
@@ -85,7 +86,8 @@ class Emulation:
     wanted, then `stop()` (always: it is safe after a partial start)."""
 
     def __init__(self, topo_path, prefix=None, workdir=None, pps_per_mpps=PPS_PER_MPPS,
-                 say=None, agent_nice=10, idle_us=IDLE_US):
+                 say=None, agent_nice=10, idle_us=IDLE_US, etcd_members=1,
+                 etcd_quota_bytes=services.ETCD_QUOTA_BYTES):
         self.topo_path = os.path.abspath(topo_path)
         self.topo = load_topology(self.topo_path)
         self.prefix = prefix or run_prefix()
@@ -94,7 +96,10 @@ class Emulation:
         self.say = say or (lambda *a, **k: None)
         self.agent_nice = agent_nice
         self.idle_us = idle_us
-        self.etcd = self.ovs = self.net = self.store = self.forwarder = None
+        self.etcd_members = etcd_members
+        self.etcd_quota_bytes = etcd_quota_bytes
+        self.etcd = self.ovs = self.net = self.store = None
+        self.forwarders = []        # one StoreForwarder per etcd member
         self.controller = None
         self.of_port = self.ws_port = None
         self.agents = {}            # host name -> Popen
@@ -144,7 +149,8 @@ class Emulation:
         self.say(f"ok ({detail + ', ' if detail else ''}{time.monotonic() - t0:.1f} s)")
 
     def _start_etcd(self):
-        self.etcd = services.EtcdServer(workdir=self.dir)
+        self.etcd = services.EtcdCluster(self.etcd_members, workdir=self.dir,
+                                         quota_bytes=self.etcd_quota_bytes)
         self.store = open_store(self.etcd.url)
         return self.etcd.url
 
@@ -269,9 +275,10 @@ class Emulation:
                          len(self.topo.switches), "switches connected", timeout)
 
     def _start_agents(self):
-        self.forwarder = StoreForwarder(self.etcd.client_port)
-        for h in self.topo.hosts:
-            self.forwarder.add(self.nodes[h.name].pid)
+        self.forwarders = [StoreForwarder(port) for port in self.etcd.client_ports]
+        for forwarder in self.forwarders:
+            for h in self.topo.hosts:
+                forwarder.add(self.nodes[h.name].pid)
         for name in (h.name for h in self.topo.hosts):
             self.start_agent(name)
         return f"{len(self.agents)} agents"
@@ -600,8 +607,8 @@ class Emulation:
         procs.stop(self.controller, "the controller")
         if self.watch is not None:
             self.watch.stop()
-        if self.forwarder is not None:
-            self.forwarder.stop()
+        for forwarder in self.forwarders:
+            forwarder.stop()
         if self.store is not None:
             self.store.close()
         if self.ovs is not None:

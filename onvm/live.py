@@ -22,6 +22,7 @@ import sys
 import time
 
 from onvm import netns
+from onvm.errors import UsageError
 from onvm.emulate import Emulation
 from onvm.schedule import act, schedule
 
@@ -265,10 +266,14 @@ def cli_emulate(args):
     from controller.topology import load_topology
     topo = load_topology(args.file)
     events = schedule(args, topo)
+    if args.etcd_members < 1:
+        raise UsageError(f"--etcd-members {args.etcd_members}: give 1 or more (3 "
+                         "survives one member's loss)")
     netns.enter_private_netns()
     # With --json, stdout carries the summary object alone: the view goes to stderr.
     view = (lambda *a, **k: say(*a, **k, file=sys.stderr)) if args.json else say
-    emu = Emulation(args.file, say=view)
+    quota = {} if args.etcd_quota_bytes is None else {"etcd_quota_bytes": args.etcd_quota_bytes}
+    emu = Emulation(args.file, say=view, etcd_members=args.etcd_members, **quota)
     stop_on_signals(emu)
     run = watch(emu, args.seconds, events, out=view)
     if run.final is not None:

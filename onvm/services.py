@@ -1,5 +1,6 @@
 """Real services that tests and `onvm emulate` start, and always stop: a
-private etcd and a private Open vSwitch (ovsdb-server + ovs-vswitchd).
+private etcd (one member, or a cluster of several on their own ports) and
+a private Open vSwitch (ovsdb-server + ovs-vswitchd).
 
 Each service lives in its own temporary directory with its own ports or
 sockets, so several can run beside each other and beside a system OVS or etcd,
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -76,62 +78,150 @@ def netdev_datapath_busy():
     return os.path.exists("/sys/class/net/ovs-netdev")
 
 
-class EtcdServer:
-    """A single-member etcd on free 127.0.0.1 ports with a temporary data dir.
+# How every etcd this project starts keeps its store from filling up
+# (docs/deploy.md, "etcd"): history older than ETCD_RETENTION is compacted
+# away, and the database may not grow past ETCD_QUOTA_BYTES (then etcd
+# raises a NOSPACE alarm, which contracts.store reports as StoreFull).
+ETCD_RETENTION = "5m"
+ETCD_QUOTA_BYTES = 256 * 1024 * 1024
 
-    `url` is the client URL ("http://127.0.0.1:PORT").  Use as a context
-    manager, or call `stop()`."""
 
-    def __init__(self, workdir=None, binary=ETCD_BIN, timeout=15.0):
+def etcd_command(name, data_dir, client_url, peer_url, initial_cluster, token,
+                 quota_bytes=ETCD_QUOTA_BYTES, retention=ETCD_RETENTION, binary=ETCD_BIN):
+    """argv of one etcd member on loopback URLs, with this project's timings,
+    compaction and quota."""
+    return [binary, "--name", name, "--data-dir", data_dir,
+            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", initial_cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", token,
+            # etcd's shortest lease is 1.5 election timeouts: with 0.5 s,
+            # 1 s leases (DESIGN's host TTL) are not stretched to 2 s.
+            "--heartbeat-interval", "50", "--election-timeout", "500",
+            "--auto-compaction-mode", "periodic", "--auto-compaction-retention", retention,
+            "--quota-backend-bytes", str(int(quota_bytes)),
+            "--log-level", "warn", "--logger", "zap"]
+
+
+class EtcdCluster:
+    """`size` etcd members on free 127.0.0.1 ports, each with its own data
+    dir and log in one temporary directory, one `--initial-cluster`.
+
+    `url` lists every member's client URL, comma-separated, in member order
+    (the store client talks to the first one first).  Members can be killed
+    (SIGKILL), paused (SIGSTOP), resumed and started again on their data.
+    Use as a context manager, or call `stop()`."""
+
+    def __init__(self, size=3, workdir=None, quota_bytes=ETCD_QUOTA_BYTES,
+                 binary=ETCD_BIN, timeout=20.0):
         if not os.path.exists(binary):
             raise FileNotFoundError(
                 f"etcd not found at {binary}; install it with "
                 "`apt-get install etcd-server`")
         self.dir = tempfile.mkdtemp(prefix="onvm-etcd-", dir=workdir)
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
-        self.log_path = os.path.join(self.dir, "etcd.log")
-        self.proc = None
+        self.client_ports = [free_port() for _ in range(size)]
+        self.peer_ports = [free_port() for _ in range(size)]
+        self.names = [f"m{i}" for i in range(size)]
+        self.procs = [None] * size
+        self.quota_bytes = quota_bytes
         self._binary, self._timeout = binary, timeout
+        self._initial = ",".join(f"{n}=http://127.0.0.1:{p}"
+                                 for n, p in zip(self.names, self.peer_ports))
         try:
-            self._start(binary, timeout)
+            for i in range(size):
+                self._spawn(i)
+            for i in range(size):
+                self._wait_healthy(i)
         except BaseException:
             self.stop()
             raise
+        LOG.info("etcd up at %s (pids %s, data in %s)", self.url,
+                 [p.pid for p in self.procs], self.dir)
 
-    def _start(self, binary, timeout):
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        name = f"onvm{self.client_port}"
-        cmd = [binary, "--name", name,
-               "--data-dir", os.path.join(self.dir, "data"),
-               "--listen-client-urls", self.url,
-               "--advertise-client-urls", self.url,
-               "--listen-peer-urls", peer,
-               "--initial-advertise-peer-urls", peer,
-               "--initial-cluster", f"{name}={peer}",
-               "--initial-cluster-state", "new",
-               # etcd's shortest lease is 1.5 election timeouts: with 0.5 s,
-               # 1 s leases (DESIGN's host TTL) are not stretched to 2 s.
-               "--heartbeat-interval", "50", "--election-timeout", "500",
-               "--log-level", "warn", "--logger", "zap"]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+    def member_url(self, i):
+        return f"http://127.0.0.1:{self.client_ports[i]}"
+
+    @property
+    def url(self):
+        return ",".join(self.member_url(i) for i in range(len(self.names)))
+
+    def log_of(self, i):
+        return os.path.join(self.dir, f"{self.names[i]}.log")
+
+    def _spawn(self, i):
+        cmd = etcd_command(self.names[i], os.path.join(self.dir, self.names[i]),
+                           self.member_url(i), f"http://127.0.0.1:{self.peer_ports[i]}",
+                           self._initial, os.path.basename(self.dir),
+                           quota_bytes=self.quota_bytes, binary=self._binary)
+        with open(self.log_of(i), "ab") as log:
+            self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)
+
+    def _wait_healthy(self, i):
         try:
-            wait_for(self._healthy, timeout, f"etcd at {self.url}")
+            wait_for(lambda: self.healthy(i), self._timeout,
+                     f"etcd member {self.names[i]} at {self.member_url(i)}")
         except (TimeoutError, GaveUp) as err:
             raise RuntimeError(
-                f"{err}; exit code {self.proc.poll()}; "
-                f"tail of {self.log_path}:\n{procs.tail(self.log_path)}") from None
-        LOG.info("etcd up at %s (pid %d, data in %s)",
-                 self.url, self.proc.pid, self.dir)
+                f"{err}; exit code {self.procs[i].poll()}; "
+                f"tail of {self.log_of(i)}:\n{procs.tail(self.log_of(i))}") from None
 
-    def _healthy(self):
-        if self.proc.poll() is not None:
-            raise GaveUp(f"etcd exited with code {self.proc.returncode}")
-        with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
+    def healthy(self, i):
+        if self.procs[i].poll() is not None:
+            raise GaveUp(f"etcd member {self.names[i]} exited with code "
+                         f"{self.procs[i].returncode}")
+        with urllib.request.urlopen(self.member_url(i) + "/health", timeout=1) as resp:
             return json.load(resp).get("health") == "true"
+
+    def kill(self, i):
+        """The member dies at once (SIGKILL); the others keep a quorum."""
+        procs.kill(self.procs[i])
+
+    def pause(self, i):
+        self.procs[i].send_signal(signal.SIGSTOP)
+
+    def resume(self, i):
+        self.procs[i].send_signal(signal.SIGCONT)
+
+    def start(self, i):
+        """Start a killed member again on its ports and data."""
+        self._spawn(i)
+        self._wait_healthy(i)
+
+    def stop(self):
+        for i, proc in enumerate(self.procs):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)    # a paused member must die too
+            procs.stop(proc, f"etcd member {self.names[i]}")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class EtcdServer(EtcdCluster):
+    """A single-member etcd (what tests and `onvm emulate` use unless they
+    ask for a cluster): `url` is its client URL, `proc` its process."""
+
+    def __init__(self, workdir=None, binary=ETCD_BIN, timeout=15.0,
+                 quota_bytes=ETCD_QUOTA_BYTES):
+        super().__init__(1, workdir=workdir, quota_bytes=quota_bytes, binary=binary,
+                         timeout=timeout)
+
+    @property
+    def proc(self):
+        return self.procs[0]
+
+    @property
+    def client_port(self):
+        return self.client_ports[0]
+
+    @property
+    def log_path(self):
+        return self.log_of(0)
 
     @property
     def pid(self):
@@ -140,19 +230,9 @@ class EtcdServer:
     def restart(self, down_s=0.0):
         """Kill etcd and start it again on the same ports and data (its keys
         stay; leases run on), after `down_s` seconds of outage."""
-        procs.kill(self.proc)
+        self.kill(0)
         time.sleep(down_s)
-        self._start(self._binary, self._timeout)
-
-    def stop(self):
-        procs.stop(self.proc, "etcd")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+        self.start(0)
 
 
 class OvsError(GaveUp):

@@ -74,10 +74,9 @@ def etcd_per_test(tmp_path_factory):
 @pytest.fixture
 def etcd_cluster(tmp_path_factory):
     """A real 3-member etcd cluster of this test alone (tests kill, pause
-    and resume its members); see tests/etcd_cluster.py."""
+    and resume its members); see onvm.services.EtcdCluster."""
     _need_binary(services.ETCD_BIN, "etcd-server")
-    from etcd_cluster import EtcdCluster     # beside this file (pytest puts tests/ on the path)
-    cluster = EtcdCluster(3, workdir=str(tmp_path_factory.getbasetemp()))
+    cluster = services.EtcdCluster(3, workdir=str(tmp_path_factory.getbasetemp()))
     try:
         yield cluster
     finally:

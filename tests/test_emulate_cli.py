@@ -71,6 +71,14 @@ def test_cli_turns_a_usage_error_into_exit_code_1_and_a_message():
     assert res.stdout == ""
 
 
+def test_cli_refuses_an_etcd_cluster_of_no_member():
+    res = subprocess.run(ONVM + ["emulate", MINIMAL, "--etcd-members", "0"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1, res
+    assert res.stderr == ("onvm emulate: --etcd-members 0: give 1 or more (3 survives "
+                          "one member's loss)\n")
+
+
 def test_cli_says_the_emulation_needs_root():
     if os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"):
         pytest.skip("needs root to drop to another user (setpriv)")

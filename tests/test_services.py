@@ -72,7 +72,7 @@ def test_etcd_that_cannot_start_reports_its_log(tmp_path):
         services.free_port = lambda host="127.0.0.1": port
         try:
             with pytest.raises(RuntimeError, match=r"exited with code .*"
-                                                   r"tail of .*etcd.log"):
+                                                   r"tail of .*m0.log"):
                 services.EtcdServer(workdir=str(tmp_path), timeout=10)
         finally:
             services.free_port = real

@@ -30,7 +30,8 @@ from ryu import cfg  # ryu-manager parses into ryu.cfg.CONF, not oslo_config.cfg
 from controller import config  # noqa: F401  (registers the [onvm] options)
 from controller.core import ClusterCore
 from controller.ofmsgs import actual_flows, to_messages
-from contracts.store import CHAINS, HOSTS, STATS, Election, StoreError, open_store
+from contracts.store import (CHAINS, HOSTS, STATS, Election, StoreError, StoreFull,
+                            open_store)
 from controller.topology import load_topology
 
 LOOP_SECONDS = 0.25
@@ -78,6 +79,8 @@ class ChainManager(app_manager.RyuApp):
                 for dpid, rules in decisions.sync.items():
                     if dpid in self.datapaths:
                         hub.spawn(self._sync, self.datapaths[dpid], rules)
+            except StoreFull:
+                pass    # the store client logged the NOSPACE alarm and its fix once
             except StoreError as err:
                 self.logger.error("store unreachable, will retry: %s", err)
             except Exception:   # a bug or bad data: say so, keep running

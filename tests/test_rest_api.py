@@ -535,3 +535,19 @@ def test_onvm_controller_refuses_bad_inputs_before_starting_ryu(topology, store,
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 1
     assert res.stderr.startswith(message), res.stderr
+
+
+def test_a_full_store_is_a_503_that_names_it_and_changes_nothing(call, manager, monkeypatch):
+    """etcd at its quota (NOSPACE) refuses the write: the API answers 503
+    with the store's own message (the alarm and the fix), not a 500, and
+    the chain is not there."""
+    from contracts.store_api import store_full_error
+
+    def full(*_):
+        raise store_full_error("http://127.0.0.1:2379", "put /onvm/chains/mail")
+    monkeypatch.setattr(manager.store, "put_chain", full)
+    status, body = call("POST", "/chains", NEW)
+    assert status == 503
+    assert "store failed" in body["error"] and "alarm" in body["error"]
+    status, _ = call("GET", "/chains/mail")
+    assert status == 404

@@ -57,6 +57,7 @@ import dataclasses
 import json
 import logging
 
+from contracts.store import StoreError
 from controller.chains import (CHAIN_FIELDS, MAX_BODY, NAME_RE,  # noqa: F401  (the chain validator)
                                REQUIRED_FIELDS, RequestError, chain_from_json,
                                free_spi, is_retired, parse_json_body)
@@ -250,6 +251,11 @@ def _serve(req, handler, *args, with_body=False):
         LOG.info("REST %s %s refused (%d): %s", req.method, req.path,
                  err.status, err.message)
         return _json_response(err.status, {"error": err.message})
+    except StoreError as err:
+        # The store of record refused or did not answer (a full store names
+        # its alarm and the fix): nothing was changed, say so, never a 500.
+        LOG.warning("REST %s %s not done, the store failed: %s", req.method, req.path, err)
+        return _json_response(503, {"error": f"the store failed, the request was not carried out: {err}"})
     return _json_response(status, body)
 
 

@@ -28,3 +28,26 @@ MAX_CHAIN_SPI = REVERSE_SPI_BIT - 1
 def reverse_spi(spi):
     """The SPI of the reply path of the chain whose SPI is `spi`."""
     return spi | REVERSE_SPI_BIT
+
+
+# Why the fast path dropped a packet: every drop is counted under exactly one
+# of these, in the order of host_agent/parser.pxd's R_* codes (the stats'
+# and Prometheus' `reason`).
+DROP_REASONS = (
+    "truncated",        # frame shorter than its headers say
+    "not_ip",           # neither IPv4 nor IPv6 (after any label stack)
+    "bad_label_stack",  # not exactly transport/SPI/SI with S only on SI
+    "ttl_zero",         # a label with TTL 0
+    "wrong_node",       # transport label is not this host's node label
+    "unknown_hop",      # no hop for (SPI, SI) in the plan
+    "no_chain",         # untagged packet no classifier matched
+    "nf_drop",          # an NF's verdict
+    "ring_full",        # an NF process's ring was full
+    "tx_full",          # a port did not take the packet
+    "loop",             # visited more than 64 NFs on this host
+    "bad_port",         # verdict OUT to a port that does not exist
+    "no_plan",          # no plan applied yet
+    "no_pin",           # reverse hop to remote instances, the flow has no pin
+    "pin_lost",         # the flow's pinned host is no longer in the hop's list
+    "no_server",        # pool end: no server has the packet's IPv4 destination
+)

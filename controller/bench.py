@@ -38,6 +38,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
+from contracts.wire import DROP_REASONS
 from controller import fabric, placement, topogen
 
 MILP_SECONDS = 60.0
@@ -200,9 +201,7 @@ def cli_bench_placement(args):
 def _host_stats(topo, placed):
     """{host: stats JSON text} as 1024 agents publish them each second
     (host_agent: ports, instances with their rates and counters, drops)."""
-    drops = {r: 0 for r in ("truncated", "not_ip", "bad_label_stack", "ttl_zero",
-                            "wrong_node", "unknown_hop", "no_chain", "nf_drop",
-                            "ring_full", "tx_full", "loop", "bad_port", "no_plan")}
+    drops = {r: 0 for r in DROP_REASONS}
     out = {}
     for host in topo.hosts:
         instances = {}

@@ -86,25 +86,12 @@ for _name, _value in (("ETH_MPLS", ETH_MPLS), ("ETH_MPLS_MC", ETH_MPLS_MC),
         raise ImportError(f"contracts.wire.{_name} is {getattr(wire, _name):#x}, "
                           f"the parser's is {_value:#x}: rebuild")
 
-# Why a packet was dropped: every drop is counted under one of these.
-DROP_REASONS = (
-    "truncated",        # frame shorter than its headers say
-    "not_ip",           # neither IPv4 nor IPv6 (after any label stack)
-    "bad_label_stack",  # not exactly transport/SPI/SI with S only on SI
-    "ttl_zero",         # a label with TTL 0
-    "wrong_node",       # transport label is not this host's node label
-    "unknown_hop",      # no hop for (SPI, SI) in the plan
-    "no_chain",         # untagged packet no classifier matched
-    "nf_drop",          # an NF's verdict
-    "ring_full",        # an NF process's ring was full
-    "tx_full",          # a port did not take the packet
-    "loop",             # visited more than 64 NFs on this host
-    "bad_port",         # verdict OUT to a port that does not exist
-    "no_plan",          # no plan applied yet
-    "no_pin",           # reverse hop to remote instances, the flow has no pin
-    "pin_lost",         # the flow's pinned host is no longer in the hop's list
-    "no_server",        # pool end: no server has the packet's IPv4 destination
-)
+# Why a packet was dropped: every drop is counted under one of
+# contracts.wire.DROP_REASONS, in the order of the parser's R_* codes.
+DROP_REASONS = wire.DROP_REASONS
+if len(DROP_REASONS) != N_REASONS:
+    raise ImportError(f"contracts.wire.DROP_REASONS has {len(DROP_REASONS)} reasons, "
+                      f"the loop counts {N_REASONS}: rebuild")
 
 
 # A pin's key: (SPI, SI) of the hop, or (0, 0) for an end's reply pin, and

@@ -2,7 +2,7 @@
 # packet's metadata (5-tuple, flow hash, l3_off and l4_off for the NFs,
 # SPI/SI of a tagged packet whose label stack it pops) and finds an
 # untagged packet's first hop.  A drop is returned as one of the reasons
-# below; host_agent/manager.pyx names them (DROP_REASONS, same order).
+# below; contracts/wire.py names them (DROP_REASONS, same order).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
 from libc.string cimport memcpy, memmove, memset
 from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_adj

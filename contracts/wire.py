@@ -51,3 +51,22 @@ DROP_REASONS = (
     "pin_lost",         # the flow's pinned host is no longer in the hop's list
     "no_server",        # pool end: no server has the packet's IPv4 destination
 )
+
+
+# Liveness probes (controller.probing): a frame of its own EtherType, from
+# IEEE 802's local-experimental range, that never leaves the fabric (edge
+# and server ports drop it).  The controller sends a request out of a
+# host's switch port; the host's fast path answers it in its loop by
+# swapping the MAC addresses and setting the kind to PROBE_ANSWER, and
+# sends it back out of the port it came in by; the switch gives the answer
+# to the controller.  Layout after the Ethernet header (big-endian):
+#   14  kind (u8): PROBE_REQUEST or PROBE_ANSWER
+#   15  reserved (u8), 0
+#   16  sequence (u32), echoed unchanged
+#   20  sender's opaque data (8 bytes), echoed unchanged
+# padded to PROBE_LEN (Ethernet's 60-byte minimum without FCS).
+ETH_PROBE = 0x88B5       # IEEE 802 Local Experimental EtherType 1
+PROBE_REQUEST = 1
+PROBE_ANSWER = 2
+PROBE_KIND_OFFSET = 14
+PROBE_LEN = 60

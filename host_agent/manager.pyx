@@ -86,6 +86,15 @@ for _name, _value in (("ETH_MPLS", ETH_MPLS), ("ETH_MPLS_MC", ETH_MPLS_MC),
         raise ImportError(f"contracts.wire.{_name} is {getattr(wire, _name):#x}, "
                           f"the parser's is {_value:#x}: rebuild")
 
+# Liveness probes (contracts.wire): answered in the loop, see _answer_probes.
+DEF ETH_PROBE = 0x88B5
+DEF PROBE_REQUEST = 1
+DEF PROBE_ANSWER = 2
+DEF PROBE_MIN_LEN = 24     # up to the sequence and 4 bytes of the sender's data
+if (wire.ETH_PROBE, wire.PROBE_REQUEST, wire.PROBE_ANSWER, wire.PROBE_KIND_OFFSET) \
+        != (ETH_PROBE, PROBE_REQUEST, PROBE_ANSWER, 14):
+    raise ImportError("contracts.wire's probe constants differ from the loop's: rebuild")
+
 # Why a packet was dropped: every drop is counted under one of
 # contracts.wire.DROP_REASONS, in the order of the parser's R_* codes.
 DROP_REASONS = wire.DROP_REASONS
@@ -170,6 +179,7 @@ cdef class Manager:
     cdef uint64_t drops[N_REASONS]
     cdef uint64_t processed
     cdef uint64_t flow_table_full
+    cdef uint64_t probes_answered, probes_ignored
     cdef public bint running
     cdef object _instances                  # id -> (nf type, config, nf object, stats ptr)
     cdef object _retired
@@ -374,6 +384,9 @@ cdef class Manager:
                 continue
             total += n
             self.port_stats[i].rx += n
+            n = self._answer_probes(pkts, n, i)
+            if n == 0:
+                continue
             if t == NULL:
                 self.drops[R_NO_PLAN] += n
                 rte_pktmbuf_free_bulk(pkts, n)
@@ -384,6 +397,37 @@ cdef class Manager:
             total += self._poll_nf_processes(t)
         self._flush()
         return total
+
+    cdef unsigned _answer_probes(self, rte_mbuf **pkts, unsigned n, unsigned port_idx) noexcept nogil:
+        """Answer liveness probes (contracts.wire.ETH_PROBE) here, with or
+        without a plan: addresses swapped, kind set to answer, back out of
+        the port they came in by.  A stalled or dead loop answers none,
+        which is what the controller's probes detect (controller.probing).
+        Costs other packets one EtherType test.  Returns how many packets
+        are left in `pkts` (compacted)."""
+        cdef unsigned i, kept = 0
+        cdef uint8_t *d
+        cdef uint8_t mac[6]
+        for i in range(n):
+            d = onvm_mtod(pkts[i])
+            if pkts[i].data_len < 14 or d[12] != (ETH_PROBE >> 8) or d[13] != (ETH_PROBE & 0xff):
+                pkts[kept] = pkts[i]
+                kept += 1
+                continue
+            if pkts[i].data_len < PROBE_MIN_LEN or d[14] != PROBE_REQUEST:
+                self.probes_ignored += 1        # an answer, or garbage: never echoed
+                rte_pktmbuf_free(pkts[i])
+                continue
+            memcpy(mac, d, 6)
+            memcpy(d, d + 6, 6)
+            memcpy(d + 6, mac, 6)
+            d[14] = PROBE_ANSWER
+            self.probes_answered += 1
+            if self.ntx[port_idx] == BURST * 2:
+                self._flush()
+            self.tx[port_idx][self.ntx[port_idx]] = pkts[i]
+            self.ntx[port_idx] += 1
+        return kept
 
     cdef void _flush(self) noexcept nogil:
         cdef unsigned i
@@ -839,6 +883,7 @@ cdef class Manager:
             "drops": {DROP_REASONS[i]: self.drops[i] for i in range(N_REASONS)},
             "flows": rte_hash_count(self.flows),
             "flow_table_full": self.flow_table_full,
+            "probes": {"answered": self.probes_answered, "ignored": self.probes_ignored},
             "pins": {"entries": rte_hash_count(self.pins), "inserts": self.pin_inserts,
                      "expired": self.pin_expired, "full": self.pin_full},
         }

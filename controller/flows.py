@@ -11,6 +11,10 @@ Table layout (the same on every switch):
   table 0, ADMIT      what may enter the fabric, and chain classifiers
     9000  in_port=<edge or server port>, eth_type=0x8847 -> drop (edge_drop)
     9000  in_port=<edge or server port>, eth_type=0x8848 -> drop (edge_drop)
+    9000  in_port=<edge or server port>, eth_type=0x88B5 -> drop (edge_drop)
+    9000  in_port=<host port>, eth_type=0x88B5 -> controller (probe)
+          Liveness probes (contracts.wire.ETH_PROBE) never cross the trust
+          boundary; a host's answers go to controller.apps.probes.
           Nobody outside the fabric may choose where a packet starts in a
           chain; the flow's counters count the forged frames.  Host ports
           are not filtered: agents legitimately send MPLS.
@@ -139,7 +143,7 @@ import ipaddress
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from contracts.wire import (ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC,  # noqa: F401
-                            MPLS_TTL, SI_FIRST)
+                            ETH_PROBE, MPLS_TTL, SI_FIRST)
 from controller.fabric import ecmp_tables
 from controller.plans import edge_mac
 
@@ -152,10 +156,12 @@ APP_ID = 0x6F6E                     # "on"
 KINDS = {"edge_drop": 1, "classifier": 2, "transport": 3, "arp": 4,
          "l2": 5, "miss": 6, "next": 7, "steer": 8, "pick": 9, "learn": 10,
          "send": 11, "pin": 12, "chain_drop": 13, "server_in": 14, "to_server": 15,
-         "reply_pin": 16, "server_drop": 17}
+         "reply_pin": 16, "server_drop": 17, "probe": 18}
 KIND_NAMES = {code: name for name, code in KINDS.items()}
 
 PRIO_EDGE_DROP, PRIO_CLASSIFIER, PRIO_TRANSPORT = 9000, 5000, 3000
+PRIO_PROBE = 9000
+OFPP_CONTROLLER = 0xFFFFFFFD        # OpenFlow 1.3's reserved port
 PRIO_ARP, PRIO_L2 = 2100, 2000
 PRIO_SERVER_IN, PRIO_TO_SERVER, PRIO_REPLY = 4000, 2050, 100
 PRIO_PIN, PRIO_STEER_PINNED, PRIO_STEER_NEW, PRIO_PICK, PRIO_SEND = 100, 200, 100, 100, 100
@@ -549,7 +555,7 @@ def guard_rules(edges, servers, switch):
     for port, is_server in untrusted_ports(edges, servers, switch):
         out += [flow(TABLE_ADMIT, PRIO_EDGE_DROP, "edge_drop",
                      {"in_port": port, "eth_type": eth_type})
-                for eth_type in (ETH_MPLS, ETH_MPLS_MC)]
+                for eth_type in (ETH_MPLS, ETH_MPLS_MC, ETH_PROBE)]
         if is_server:
             out += [flow(TABLE_ADMIT, PRIO_SERVER_IN, "server_in",
                          {"in_port": port, "eth_type": ETH_IPV4}, goto=TABLE_REPLY),
@@ -559,9 +565,19 @@ def guard_rules(edges, servers, switch):
     return out
 
 
+def probe_punts(hosts, switch):
+    """ADMIT rules giving the liveness probes' answers (EtherType
+    ETH_PROBE) that `hosts` on `switch` send to the controller
+    (controller.apps.probes); from any other port a probe is an edge_drop."""
+    return [flow(TABLE_ADMIT, PRIO_PROBE, "probe",
+                 {"in_port": h.port, "eth_type": ETH_PROBE}, [("output", OFPP_CONTROLLER)])
+            for h in hosts if h.switch == switch]
+
+
 def edge_drops(topo, switch):
-    """The guard rules of every edge and server port of `switch`."""
-    return guard_rules(topo.edges, topo.servers, switch)
+    """The guard rules of every edge and server port of `switch`, and the
+    probe punts of its host ports."""
+    return guard_rules(topo.edges, topo.servers, switch) + probe_punts(topo.hosts, switch)
 
 
 def plain_rules(topo, routes, switch):

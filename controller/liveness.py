@@ -9,7 +9,8 @@ clock; every input and `decide` take the time `now` (seconds, monotonic).
     live.keys_now({"h1", "h2"}, now)             # or: what store.hosts() lists now
     live.port("h1", up=False, now=now)           # the host's switch port
     live.store_unreachable(now); live.store_reachable(now)   # our own store outage
-    live.probe("h1", reachable=True, now=now)    # peers' probes (optional input)
+    live.probe("h1", reachable=True, now=now)    # probes of its fast path
+    live.probe("h1", False, now, why="...")      #   (controller.probing), why on a change
     d = live.decide(now)
     d.alive  -> frozenset: hosts to serve (keys present, or held)
     d.lost   -> {host: reason}: believed lost now; re-place what they ran
@@ -18,7 +19,10 @@ clock; every input and `decide` take the time `now` (seconds, monotonic).
 
 The rules (DESIGN.md, "Faults"):
   - The data plane's word is final: a host whose switch port is down, or
-    whose peers' probes fail, is lost at once, however many go at once.
+    whose fast path does not answer probes (controller.probing: the
+    controller's probes through the host's switch port), is lost at once,
+    however many go at once.  A probe verdict is fresh for
+    `probe_max_age_s`; its source repeats it while it holds.
   - A key that vanishes is believed only while the store and this
     controller are healthy: during our own store outage and for `grace_s`
     after it ends, and for `grace_s` after we gained leadership, a host
@@ -54,6 +58,7 @@ class _Host:
     gone_at: Optional[float] = None     # when its key vanished (None: present)
     port_up: Optional[bool] = None      # None: no word from the switch yet
     probe: Optional[Tuple[bool, float]] = None   # (reachable, when)
+    probe_why: str = ""                 # what the prober said at the last change
     state: str = "unknown"              # "alive", "held", "lost", "unknown"
     reason: str = ""
 
@@ -111,8 +116,13 @@ class Liveness:
     def port(self, host, up, now):
         self._host(host).port_up = bool(up)
 
-    def probe(self, host, reachable, now):
-        self._host(host).probe = (bool(reachable), now)
+    def probe(self, host, reachable, now, why=None):
+        """The probes' verdict on `host` now; `why` (the prober's words)
+        when it changed, else the last one stands."""
+        h = self._host(host)
+        h.probe = (bool(reachable), now)
+        if why is not None:
+            h.probe_why = why
 
     def store_unreachable(self, now):
         if self.outage_since is None:
@@ -161,13 +171,13 @@ class Liveness:
             return "lost", "its switch port is down"
         fresh = h.probe is not None and now - h.probe[1] <= self.probe_max_age_s
         if fresh and not h.probe[0]:
-            return "lost", "its peers' probes fail"
+            return "lost", "probes fail" + (f": {h.probe_why}" if h.probe_why else "")
         if h.key:
             return "alive", ""
         if h.state == "lost":
             return "lost", h.reason
         if fresh and h.probe[0]:
-            return "held", "its key is gone but its peers still reach it"
+            return "held", "its key is gone but its fast path answers probes"
         if self.outage_since is not None:
             return "held", "its key vanished while the store is out of reach"
         if now < self.grace_until:

@@ -4,7 +4,7 @@ ryu-manager with the onvm apps and a generated config file.
 The config file is oslo.config INI; `onvm controller` writes this one (to an
 in-memory file, so nothing is left behind), and it works as well with
 plain `ryu-manager controller.apps.chain_manager controller.apps.rest_api
---config-file F`:
+controller.apps.probes --config-file F`:
 
     [DEFAULT]
     # Ryu's own options (command-line flags of ryu-manager work too)
@@ -17,6 +17,7 @@ plain `ryu-manager controller.apps.chain_manager controller.apps.rest_api
     store = http://127.0.0.1:2379  # etcd; memory:// for a lone controller
     # name = ctl-a                 # in /onvm/leader (default host-pid)
     # leader_ttl = 1.0             # seconds
+    # probe_interval_ms = 50       # liveness probes of each host's fast path; 0: off
 
 Plain ryu-manager must find the `controller` package: run it from the
 virtual env after `make build` (which installs the package), or with
@@ -30,7 +31,8 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-APPS = ("controller.apps.chain_manager", "controller.apps.rest_api")
+APPS = ("controller.apps.chain_manager", "controller.apps.rest_api",
+        "controller.apps.probes")
 LINK_DISCOVERY_APP = "ryu.topology.switches"
 
 

@@ -85,11 +85,32 @@ def test_failed_probes_are_evidence_and_answered_probes_hold_a_host():
     live.key_gone("h1", 1.0)
     live.probe("h1", True, 1.0)
     d = live.decide(4.0)
-    assert d.held == {"h1": "its key is gone but its peers still reach it"}
+    assert d.held == {"h1": "its key is gone but its fast path answers probes"}
     d = live.decide(7.0)                    # the probe is 6 s old: no word any more
     assert d.lost == {"h1": HEALTHY}
-    live.probe("h2", False, 8.0)            # key present, peers cannot reach it
-    assert live.decide(8.0).lost["h2"] == "its peers' probes fail"
+    live.probe("h2", False, 8.0)            # key present, its fast path does not answer
+    assert live.decide(8.0).lost["h2"] == "probes fail"
+
+
+def test_a_probe_verdict_is_final_at_once_says_why_and_can_be_taken_back():
+    """An agent that crashed with its link up: its key and port are still
+    there, the probes' word loses it at once; the prober's words are in
+    the reason; its verdict repeated without words keeps them; answered
+    probes again (key still there) make it alive again."""
+    live = registered()
+    live.probe("h3", True, 1.0)
+    assert "h3" in live.decide(1.0).alive
+    live.probe("h3", False, 2.0, why="its fast path answered none of 3 probes")
+    d = live.decide(2.0)
+    assert d.lost == {"h3": "probes fail: its fast path answered none of 3 probes"}
+    assert d.notes == ["host h3 lost: probes fail: its fast path answered none of 3 probes"]
+    live.probe("h3", False, 2.05)
+    assert live.decide(2.05).lost["h3"].endswith("none of 3 probes") and \
+        live.decide(2.1).notes == []
+    live.probe("h3", True, 3.0, why="answered 3 in a row again")
+    d = live.decide(3.0)
+    assert "h3" in d.alive and d.lost == {}
+    assert d.notes == ["host h3 alive again (key present, port up)"]
 
 
 def test_keys_vanishing_in_our_own_store_outage_are_held_then_come_back():

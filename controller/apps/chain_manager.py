@@ -52,6 +52,7 @@ class ChainManager(app_manager.RyuApp):
         self.core = ClusterCore(topology, self.store, leader=self.election,
                                 lldp=getattr(cfg.CONF, "observe_links", False))
         self.datapaths = {}         # dpid -> Ryu datapath
+        self.wakeup = hub.Event()   # set: step now, not at the next tick
         self.sync_locks = {}
         self.watches = [self.store.watch(prefix, self._on_store_change)
                         for prefix in (HOSTS, CHAINS, STATS)]
@@ -87,7 +88,16 @@ class ChainManager(app_manager.RyuApp):
                 self.logger.exception("re-placing or writing plans failed; retrying "
                                       "in %g s with the same inputs", ERROR_RETRY_SECONDS)
                 pause = ERROR_RETRY_SECONDS
-            hub.sleep(pause)
+            self.wakeup.wait(pause)
+            self.wakeup.clear()
+
+    def probe_verdict(self, host, reachable, now, why=None):
+        """controller.apps.probes' word on a host's fast path, for the
+        core's liveness; `why` comes with a change, acted on at once."""
+        self.core.liveness.probe(host, reachable, now, why)
+        if why is not None:
+            self.core.dirty.add("hosts")
+            self.wakeup.set()
 
     # ---------------------------------------------------------- switches
     def _sync(self, datapath, rules):

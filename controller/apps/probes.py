@@ -1,0 +1,131 @@
+"""The Ryu app that probes each host's fast path through its switch port:
+a thin shell around `controller.probing.Prober`, which decides.  Every
+`[onvm] probe_interval_ms` (default 50; 0 = off) it sends the probes the
+prober asks for as OpenFlow packet-outs out of each host's port, and hands
+the answers the switches punt (controller.flows' "probe" rule) back to it.
+Verdicts go to the cluster's liveness through the chain manager
+(`ChainManager.probe_verdict`): a host whose fast path stops answering is
+lost at once, with "probe" in the log line that says so, and re-placed as
+for a port down; a change wakes the chain manager's loop rather than
+waiting for its next step.
+
+Run with the others: ryu-manager controller.apps.chain_manager
+controller.apps.rest_api controller.apps.probes (controller.run.APPS).
+
+Not here: when a host counts as unreachable (controller.probing), what
+that does to placement (controller.liveness, controller.core), the rules
+(controller.flows.probe_punts), the answering (host_agent/manager.pyx).
+"""
+import os
+import time
+
+from ryu import cfg
+from ryu.base import app_manager
+from ryu.controller import ofp_event
+from ryu.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from ryu.lib import hub
+from ryu.ofproto import ofproto_v1_3
+
+from contracts.wire import ETH_PROBE
+from controller import config  # noqa: F401  (registers the [onvm] options)
+from controller.probing import Prober
+from controller.topology import load_topology
+
+CHAIN_MANAGER = "chain_manager"     # the app whose core's liveness hears verdicts
+STATUS_LOG_SECONDS = 60.0
+
+cfg.CONF.register_opts([
+    cfg.IntOpt("probe_interval_ms", default=50, min=0,
+               help="liveness probes of each host's fast path every this many "
+                    "ms (a host is unreachable after 3 unanswered); 0: none"),
+], group=config.GROUP)
+
+
+class Probes(app_manager.RyuApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.name = "probes"
+        self.interval_ms = cfg.CONF.onvm.probe_interval_ms
+        self.datapaths = {}
+        self.prober = None
+        if not self.interval_ms:
+            self.logger.info("liveness probes off ([onvm] probe_interval_ms = 0): "
+                             "a crashed agent with its link up is found by its lease")
+            return
+        topology = load_topology(cfg.CONF.onvm.topology)
+        token = int.from_bytes(os.urandom(4), "big")
+        self.prober = Prober(topology, self.interval_ms / 1000.0, token)
+        self.logger.info("liveness probes every %d ms to %d hosts (unreachable after "
+                         "3 unanswered, reachable after 3 answered)", self.interval_ms,
+                         len(topology.hosts))
+        self.threads.append(hub.spawn(self._loop))
+
+    def _manager(self):
+        return app_manager.lookup_service_brick(CHAIN_MANAGER)
+
+    # ------------------------------------------------------------- the loop
+    def _loop(self):
+        """Never ends: a failing tick is logged and the next one comes."""
+        period = self.interval_ms / 1000.0
+        next_status = time.monotonic() + STATUS_LOG_SECONDS
+        while True:
+            start = time.monotonic()
+            try:
+                self._tick(start)
+                if start >= next_status:
+                    next_status = start + STATUS_LOG_SECONDS
+                    self.logger.info("probes: %s", self.prober.status()["counters"])
+            except Exception:   # a bug or bad data: say so, keep probing
+                self.logger.exception("liveness probe tick failed")
+            hub.sleep(max(0.0, period - (time.monotonic() - start)))
+
+    def _tick(self, now):
+        for probe in self.prober.tick(now, set(self.datapaths)):
+            dp = self.datapaths.get(probe.dpid)
+            if dp is None:
+                continue
+            parser, ofp = dp.ofproto_parser, dp.ofproto
+            dp.send_msg(parser.OFPPacketOut(
+                datapath=dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                actions=[parser.OFPActionOutput(probe.port)], data=probe.frame))
+        self._tell(now)
+
+    def _tell(self, now):
+        """Verdicts and notes to the log and to the cluster's liveness."""
+        for note in self.prober.notes():
+            self.logger.warning("probes: %s", note)
+        changes = self.prober.changes()
+        for host, reachable, why in changes:
+            if reachable:
+                self.logger.info("probe: host %s reachable: %s", host, why)
+            else:
+                self.logger.warning("probe: host %s unreachable: %s", host, why)
+        manager = self._manager()
+        if manager is None:
+            return
+        changed = {host: why for host, _, why in changes}
+        for host, reachable in sorted(self.prober.verdicts().items()):
+            manager.probe_verdict(host, reachable, now, changed.get(host))
+
+    # ------------------------------------------------------- Ryu handlers
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev):
+        if ev.state == MAIN_DISPATCHER:
+            self.datapaths[ev.datapath.id] = ev.datapath
+        elif ev.state == DEAD_DISPATCHER:
+            self.datapaths.pop(ev.datapath.id, None)
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
+        if self.prober is None:
+            return
+        msg = ev.msg
+        data = bytes(msg.data)
+        if len(data) < 14 or int.from_bytes(data[12:14], "big") != ETH_PROBE:
+            return                      # someone else's (LLDP, ...)
+        now = time.monotonic()
+        self.prober.answer(msg.datapath.id, msg.match["in_port"], data, now)
+        if self.prober.has_changes():
+            self._tell(now)

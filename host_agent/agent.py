@@ -299,6 +299,10 @@ def cli_agent(args):
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     plan = None
+    if args.lease_ttl is not None and not args.lease_ttl > 0:
+        print(f"onvm agent: --lease-ttl must be more than 0 seconds, not "
+              f"{args.lease_ttl:g}", file=sys.stderr)
+        return 2
     if args.plan:
         try:
             plan = load_plan(args.plan)
@@ -329,8 +333,9 @@ def cli_agent(args):
         if args.store:
             # Fail-static: the store is reached (and reached again) in the
             # background; forwarding never waits for it (host_agent.storelink).
-            from host_agent.storelink import StoreLink
-            link = StoreLink(agent, args.store, lambda: host_info(manager, args.host))
+            from host_agent.storelink import HOST_TTL, StoreLink
+            link = StoreLink(agent, args.store, lambda: host_info(manager, args.host),
+                             ttl=args.lease_ttl or HOST_TTL)
             link.start()
         agent.run(args.seconds)
     except KeyboardInterrupt:

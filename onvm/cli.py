@@ -77,6 +77,10 @@ def build_parser():
                    help="sleep this many microseconds when no packet arrives "
                         "(default 0: poll, as DPDK does at line rate; use "
                         "100-500 where hosts share cores, as in emulation)")
+    a.add_argument("--lease-ttl", type=float, default=None, metavar="SECONDS",
+                   help="the host key's lease in the store (default 1 s): with the "
+                        "controller's liveness probes on, a backstop that may be "
+                        "several seconds")
     a.set_defaults(run=_handler("host_agent.agent:cli_agent"))
 
     nf = sub.add_parser("nf", help="network functions")

@@ -158,3 +158,14 @@ def test_probes_never_cross_the_trust_boundary_and_answers_reach_the_controller(
         out = fabric.switches[host.switch].process(probe, host.port, trace)
         assert [port for port, _ in out] == [flows.OFPP_CONTROLLER]
         assert rule_kinds(trace) == ["probe"]
+
+
+def test_the_agents_lease_ttl_is_a_flag_and_a_bad_one_is_a_usage_error():
+    """With probes on, the lease is a backstop: `onvm agent --lease-ttl S`."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "onvm.cli", "agent", "--host", "h1",
+                          "--store", "http://127.0.0.1:1", "--lease-ttl", "-1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "onvm agent: --lease-ttl must be more than 0 seconds, not -1"

@@ -816,7 +816,7 @@ def test_a_servers_reply_finds_its_way_back_in_ovs_as_in_ofsim(ovs, served_fabri
     assert "Datapath actions: drop" in text, text
     drops = [f for f in rules[topo.switch("s2").dpid].flows if f.kind == "edge_drop"
              and dict(f.match)["in_port"] == WEB1.port]
-    assert len(drops) == 2
+    assert len(drops) == 3          # MPLS, MPLS multicast, liveness probes
     forged = Ether(src=WEB1.mac, dst=topo.host("h3").mac) / MPLS(label=h1.label, s=0) \
         / MPLS(label=16, s=0) / MPLS(label=255, s=1) / IP(src=web1_ip, dst="10.0.0.3") \
         / TCP(sport=80, dport=40000)

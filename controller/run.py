@@ -18,6 +18,7 @@ controller.apps.probes --config-file F`:
     # name = ctl-a                 # in /onvm/leader (default host-pid)
     # leader_ttl = 1.0             # seconds
     # probe_interval_ms = 50       # liveness probes of each host's fast path; 0: off
+    # probe_detect_mult = 3        # probes in a row that decide
 
 Plain ryu-manager must find the `controller` package: run it from the
 virtual env after `make build` (which installs the package), or with

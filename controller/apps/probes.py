@@ -2,7 +2,8 @@
 a thin shell around `controller.probing.Prober`, which decides.  Every
 `[onvm] probe_interval_ms` (default 50; 0 = off) it sends the probes the
 prober asks for as OpenFlow packet-outs out of each host's port, and hands
-the answers the switches punt (controller.flows' "probe" rule) back to it.
+the answers the switches punt (controller.flows' "probe" rule) back to it;
+`[onvm] probe_detect_mult` (default 3) probes in a row decide.
 Verdicts go to the cluster's liveness through the chain manager
 (`ChainManager.probe_verdict`): a host whose fast path stops answering is
 lost at once, with "probe" in the log line that says so, and re-placed as
@@ -37,7 +38,10 @@ STATUS_LOG_SECONDS = 60.0
 cfg.CONF.register_opts([
     cfg.IntOpt("probe_interval_ms", default=50, min=0,
                help="liveness probes of each host's fast path every this many "
-                    "ms (a host is unreachable after 3 unanswered); 0: none"),
+                    "ms; 0: none"),
+    cfg.IntOpt("probe_detect_mult", default=3, min=1,
+               help="a host is unreachable after this many probes in a row go "
+                    "unanswered, and reachable after as many answered"),
 ], group=config.GROUP)
 
 
@@ -56,10 +60,12 @@ class Probes(app_manager.RyuApp):
             return
         topology = load_topology(cfg.CONF.onvm.topology)
         token = int.from_bytes(os.urandom(4), "big")
-        self.prober = Prober(topology, self.interval_ms / 1000.0, token)
+        mult = cfg.CONF.onvm.probe_detect_mult
+        self.prober = Prober(topology, self.interval_ms / 1000.0, token,
+                             detect_mult=mult, up_mult=mult)
         self.logger.info("liveness probes every %d ms to %d hosts (unreachable after "
-                         "3 unanswered, reachable after 3 answered)", self.interval_ms,
-                         len(topology.hosts))
+                         "%d unanswered, reachable after as many answered)",
+                         self.interval_ms, len(topology.hosts), mult)
         self.threads.append(hub.spawn(self._loop))
 
     def _manager(self):

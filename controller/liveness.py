@@ -30,8 +30,8 @@ The rules (DESIGN.md, "Faults"):
     the store answers; the watch may deliver a burst of stale deletes).
   - A key that vanished is believed only once it has been gone `settle_s`,
     so that keys vanishing together are judged together (next rule).
-  - A host whose key vanished but whose peers still reach it (a fresh
-    probe, at most `probe_max_age_s` old) is held: it forwards.
+  - A host whose key vanished but whose fast path still answers probes
+    (a fresh verdict, at most `probe_max_age_s` old) is held: it forwards.
   - Large disruption (as Kubernetes' node lifecycle controller stops
     evicting when a zone is mostly unhealthy): when at least `min_hosts`
     hosts and more than `disruption_share` of the known hosts (every host

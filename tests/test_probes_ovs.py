@@ -6,7 +6,9 @@ answering the controller's probes, the controller declares the host lost
 because of the probes (its log says so, before the 1 s lease could) and
 traffic comes back on the other hosts.
 How fast is BENCHMARKS.md's ("Liveness probes"), never asserted here."""
+import os
 import re
+import signal
 import time
 
 import pytest
@@ -97,3 +99,21 @@ def test_an_agent_killed_with_its_link_up_is_lost_by_probes_and_traffic_returns(
     assert result["recover_s"] is not None and result["chains"] == [CHAIN]
     plans = emu.store.plans()
     assert victim not in plans and len(plans) == 2
+
+
+def test_a_hung_agent_is_lost_by_probes_and_back_when_it_answers_again(emu):
+    """SIGSTOP an agent (its loop hangs, its link and lease stay) until the
+    probes declare it unreachable, then SIGCONT: three answers make it
+    reachable again, and with its key still there it serves again."""
+    victim = sorted(h for h in emu.agents if h not in emu.killed)[0]
+    pid = emu.agents[victim].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: re.search(rf"host {victim} lost: probes fail", controller_log(emu)),
+                 30, f"{victim} lost by probes while its agent is stopped")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: f"probe: host {victim} reachable: its fast path answered 3 probes "
+                     f"in a row again" in controller_log(emu), 30, f"{victim} answers again")
+    wait_for(lambda: f"host {victim} alive again" in controller_log(emu), 30,
+             f"{victim} serving again")

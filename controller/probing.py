@@ -110,7 +110,7 @@ class _Session:
     mac: str
     state: str = "init"                 # "init" (no word), "up", "down"
     outstanding: Deque[Tuple[int, float]] = dataclasses.field(
-        default_factory=lambda: collections.deque(maxlen=64))   # (seq, sent at)
+        default_factory=lambda: collections.deque(maxlen=16))   # (seq, sent at)
     streak: int = 0                     # answers in a row while not up
     rtt_ms: Optional[float] = None      # of the last answer
 

@@ -83,20 +83,25 @@ def build_parser():
     c.set_defaults(run=_handler("controller.run:cli_controller"))
 
     a = sub.add_parser("agent", help="one host's agent",
-                       usage="onvm agent --host NAME (--store URL | --plan FILE) [options] [-- EAL-ARGS]")
-    a.add_argument("--host", required=True)
-    src = a.add_mutually_exclusive_group(required=True)
+                       usage="onvm agent (--config FILE | --host NAME (--store URL | "
+                             "--plan FILE)) [options] [-- EAL-ARGS]")
+    a.add_argument("--config", default=None, metavar="FILE",
+                   help="a real server's settings in YAML (host_agent/agentconfig.py): "
+                        "host, store endpoints and TLS files, NIC, cores, huge pages, "
+                        "metrics port; flags given as well win")
+    a.add_argument("--host", default=None)
+    src = a.add_mutually_exclusive_group()
     src.add_argument("--store", help="etcd URL: take plans from the controller")
     src.add_argument("--plan", help="a local plan file: run with no controller")
-    a.add_argument("--metrics-port", type=int, default=9100,
-                   help="Prometheus endpoint (0: none)")
+    a.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus endpoint (default 9100; 0: none)")
     a.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
-    a.add_argument("--idle-us", type=int, default=0,
+    a.add_argument("--idle-us", type=int, default=None,
                    help="sleep this many microseconds when no packet arrives "
                         "(default 0: poll, as DPDK does at line rate; use "
                         "100-500 where hosts share cores, as in emulation)")
-    a.set_defaults(run=_handler("host_agent.agent:cli_agent"))
+    a.set_defaults(run=_handler("host_agent.agentconfig:cli_agent"))
 
     nf = sub.add_parser("nf", help="network functions")
     nsub = nf.add_subparsers(dest="nf_command", required=True)

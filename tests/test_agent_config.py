@@ -179,3 +179,14 @@ def test_an_agent_from_a_config_file_registers_in_the_store(etcd, tmp_path):
         log.close()
         store.close()
     assert proc.returncode == 0, (tmp_path / "agent.log").read_text()
+
+
+def test_the_example_config_is_valid(sysfs, tls_files):
+    with open(os.path.join(ROOT, "deploy", "agent.yaml.example")) as f:
+        text = f.read()
+    for name, path in tls_files.items():
+        text = text.replace(f"/etc/onvm/tls/{name}", path)
+    config = parse_config(text, "agent.yaml.example", sysfs)
+    assert config.store.startswith("https://192.0.2.11:2379,")
+    assert config.eal == ["-a", PCI, "-l", "2-3", "--socket-mem", "1024"]
+    assert len(config.tls_env) == 3

@@ -34,6 +34,7 @@ import urllib.parse
 
 import requests
 
+from contracts.tlsfiles import TLSFileError, check_ca, check_pair
 from contracts.store_api import (REQUEST_TIMEOUT, SKIPPED, Store, StoreError,
                                  WatchCompacted, WatchIdle)
 
@@ -92,6 +93,14 @@ def check_tls(tls, endpoints):
     if (tls.cert is None) != (tls.key is None):
         raise StoreError("store TLS: a client certificate needs its key and the "
                          "key its certificate (ONVM_STORE_CERT and ONVM_STORE_KEY)")
+    try:
+        if tls.cert is not None:
+            check_pair(tls.cert, tls.key, "store TLS cert (ONVM_STORE_CERT)",
+                       "store TLS key (ONVM_STORE_KEY)")
+        if tls.ca is not None:
+            check_ca(tls.ca, "store TLS ca (ONVM_STORE_CA)")
+    except TLSFileError as err:
+        raise StoreError(str(err)) from None
     return {"ca_cert": tls.ca, "cert_cert": tls.cert, "cert_key": tls.key}
 
 

@@ -100,8 +100,10 @@ def check_inputs(topology, store, store_tls=None):
 
 
 def check_files(args):
-    """The TLS files of `onvm controller`'s flags: readable, in pairs;
-    ValueError naming the flag."""
+    """The TLS files of `onvm controller`'s flags: readable, in pairs,
+    certificates valid now and with their keys (contracts.tlsfiles);
+    ValueError naming the file and flag."""
+    from contracts.tlsfiles import check_ca, check_pair
     for flag in ("ofp_cert", "ofp_key", "ofp_ca", "api_cert", "api_key",
                  "store_ca", "store_cert", "store_key"):
         path = getattr(args, flag)
@@ -116,6 +118,14 @@ def check_files(args):
     if args.ofp_ca and not args.ofp_cert:
         raise ValueError("--ofp-ca checks switches' certificates: it needs "
                          "--ofp-cert and --ofp-key")
+    for cert, key in (("ofp_cert", "ofp_key"), ("api_cert", "api_key"),
+                      ("store_cert", "store_key")):
+        if getattr(args, cert):
+            check_pair(getattr(args, cert), getattr(args, key),
+                       f"--{cert.replace('_', '-')}", f"--{key.replace('_', '-')}")
+    for ca in ("ofp_ca", "store_ca"):
+        if getattr(args, ca):
+            check_ca(getattr(args, ca), f"--{ca.replace('_', '-')}")
 
 
 def security_options(args, tokens):

@@ -35,6 +35,7 @@ import re
 import yaml
 
 from contracts.store import TLS_ENV
+from contracts.tlsfiles import TLSFileError, check_ca, check_pair
 from contracts.validate import Errors, ValidationError
 
 DPDK_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio")
@@ -126,11 +127,26 @@ class _Checker:
         if (files["cert"] is None) != (files["key"] is None):
             self.fail(("store", "cert" if files["cert"] is None else "key"),
                       "a client certificate and its key go together")
+        elif all(v is None or os.access(v, os.R_OK) for v in files.values()):
+            self.certificates(files)
         if any(files.values()) and any(e.startswith("http://") for e in endpoints):
             self.fail(("store", "endpoints"), "TLS files are given: use https:// URLs")
         tls_env = {env: files[k] for env, k in zip(TLS_ENV, ("ca", "cert", "key"))
                    if files[k] is not None}
         return ",".join(e.rstrip("/") for e in endpoints), tls_env
+
+    def certificates(self, files):
+        """Certificate valid now and with its key, a CA file with a CA."""
+        try:
+            if files["cert"] is not None:
+                check_pair(files["cert"], files["key"], "certificate", "key")
+        except TLSFileError as err:
+            self.fail(("store", "key" if "not the key" in str(err) else "cert"), str(err))
+        try:
+            if files["ca"] is not None:
+                check_ca(files["ca"], "CA file")
+        except TLSFileError as err:
+            self.fail(("store", "ca"), str(err))
 
     def nic(self, raw):
         nic = self.mapping(raw, ("nic",), NIC_KEYS)

@@ -31,13 +31,13 @@ def sysfs(tmp_path):
     return str(root)
 
 
-@pytest.fixture
-def tls_files(tmp_path):
-    paths = {}
-    for name in ("ca.crt", "h1.crt", "h1.key"):
-        (tmp_path / name).write_text("PEM\n")
-        paths[name] = str(tmp_path / name)
-    return paths
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A real CA, certificate and key (onvm.certs, with openssl)."""
+    from onvm.certs import make_certs
+    t = make_certs(str(tmp_path_factory.mktemp("tls")))
+    return {"ca.crt": t.ca, "h1.crt": t.client_cert, "h1.key": t.client_key,
+            "other.key": t.server_key}
 
 
 def parse(text, sysfs="/nonexistent-sys", path="agent.yaml"):
@@ -190,3 +190,19 @@ def test_the_example_config_is_valid(sysfs, tls_files):
     assert config.store.startswith("https://192.0.2.11:2379,")
     assert config.eal == ["-a", PCI, "-l", "2-3", "--socket-mem", "1024"]
     assert len(config.tls_env) == 3
+
+
+def test_a_key_that_is_not_the_certificates_is_named(tls_files):
+    with pytest.raises(ConfigError) as err:
+        parse(f"""\
+            host: h1
+            store:
+              endpoints: https://10.0.0.11:2379
+              cert: {tls_files['h1.crt']}
+              key: {tls_files['other.key']}
+              ca: {tls_files['h1.key']}
+            """)
+    assert [e.split(": ")[:2] for e in err.value.errors] == [
+        ["agent.yaml:5", "store.key"], ["agent.yaml:6", "store.ca"]], err.value.errors
+    assert f"{tls_files['other.key']}: key: not the key of {tls_files['h1.crt']}" \
+        in err.value.errors[0]

@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -157,3 +158,49 @@ def test_emulation_with_tls_everywhere(tls_emu):
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert res.returncode == 1 and "etcd does not answer" in res.stderr, res.stderr
     assert not emu.exits()
+
+
+# --- wrong or expired certificates, refused before anything starts ---------------
+
+def test_check_pair_and_ca(creds, tmp_path):
+    from contracts.tlsfiles import TLSFileError, check_ca, check_pair
+    t = creds.tls
+    check_pair(t.server_cert, t.server_key, "--ofp-cert", "--ofp-key")
+    check_ca(t.ca, "--ofp-ca")
+    later = time.time() + (certs.CERT_DAYS + 1) * 86400
+    with pytest.raises(TLSFileError, match=f"^{t.server_cert}: --ofp-cert: the "
+                                           "certificate expired on 20"):
+        check_pair(t.server_cert, t.server_key, "--ofp-cert", "--ofp-key", now=later)
+    with pytest.raises(TLSFileError, match=f"^{t.server_cert}: --ofp-cert: the "
+                                           "certificate is valid only from 20"):
+        check_pair(t.server_cert, t.server_key, "--ofp-cert", "--ofp-key", now=1e9)
+    with pytest.raises(TLSFileError, match=f"^{t.client_key}: --ofp-key: not the key "
+                                           f"of {t.server_cert} \\(--ofp-cert\\)"):
+        check_pair(t.server_cert, t.client_key, "--ofp-cert", "--ofp-key")
+    with pytest.raises(TLSFileError, match=f"^{t.server_key}: not a PEM certificate"):
+        check_pair(t.server_key, t.server_key, "--ofp-cert", "--ofp-key")
+    with pytest.raises(TLSFileError, match=f"^{creds.token_file}: --ofp-ca: no CA "
+                                           "certificate in it"):
+        check_ca(creds.token_file, "--ofp-ca")
+    with pytest.raises(StoreError, match=f"^{t.server_key}: store TLS key "
+                                         r"\(ONVM_STORE_KEY\): not the key of"):
+        open_store("https://127.0.0.1:1", tls=StoreTLS(t.ca, t.client_cert, t.server_key))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ofp-cert", "{server_key}", "--ofp-key", "{server_key}"],
+     "onvm controller: {server_key}: not a PEM certificate"),
+    (["--api-cert", "{server_cert}", "--api-key", "{client_key}"],
+     "onvm controller: {client_key}: --api-key: not the key of {server_cert} (--api-cert)"),
+    (["--ofp-cert", "{server_cert}"], "onvm controller: --ofp-cert and --ofp-key go together"),
+    (["--store-ca", "/nonexistent.crt"],
+     "onvm controller: /nonexistent.crt: --store-ca: cannot read the file"),
+])
+def test_onvm_controller_refuses_bad_tls_files_before_starting(creds, flags, message):
+    names = creds.tls._asdict()
+    res = subprocess.run([sys.executable, "-m", "onvm.cli", "controller", "--topology",
+                          MINIMAL, "--store", "memory://",
+                          *[f.format(**names) for f in flags]],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.startswith(message.format(**names)), res.stderr

@@ -7,6 +7,7 @@ Plain-text attempts on each of the three channels are refused."""
 import json
 import os
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -204,3 +205,56 @@ def test_onvm_controller_refuses_bad_tls_files_before_starting(creds, flags, mes
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 1
     assert res.stderr.startswith(message.format(**names)), res.stderr
+
+
+def openflow_hello(port, context):
+    """The first bytes Ryu sends over TLS after our hello, or the error."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            with context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                tls.sendall(OFPT_HELLO_13)
+                return tls.recv(8)
+    except OSError as err:          # ssl.SSLError, a reset, a timeout
+        return err
+
+
+@pytest.mark.etcd
+def test_onvm_controller_with_every_tls_flag(creds, tmp_path):
+    """`onvm controller`'s flags, as docs/deploy.md gives them, against an
+    https etcd with client certificates: REST over HTTPS with the token,
+    OpenFlow with TLS only, the chain stored through the https store."""
+    from onvm.services import ETCD_BIN, EtcdCluster, free_port
+    if not os.path.exists(ETCD_BIN):
+        pytest.skip(f"{ETCD_BIN} is not installed")
+    t = creds.tls
+    ofp, wsapi = free_port(), free_port()
+    with EtcdCluster(1, workdir=str(tmp_path), tls=creds) as etcd:
+        log = open(tmp_path / "controller.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "onvm.cli", "controller", "--topology", MINIMAL,
+             "--store", etcd.url, "--ofp-tcp-listen-port", str(ofp), "--wsapi-port", str(wsapi),
+             "--api-token-file", creds.token_file, "--api-cert", t.server_cert,
+             "--api-key", t.server_key, "--ofp-cert", t.server_cert, "--ofp-key", t.server_key,
+             "--ofp-ca", t.ca, "--store-ca", t.ca, "--store-cert", t.client_cert,
+             "--store-key", t.client_key], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        try:
+            context = creds.client_context()
+
+            def chains():
+                assert proc.poll() is None, (tmp_path / "controller.log").read_text()
+                req = creds.rest_request(wsapi, "GET", "/chains")
+                with urllib.request.urlopen(req, timeout=5, context=context) as resp:
+                    return json.loads(resp.read())
+            assert "web" in wait_for(chains, 60, "the chains over HTTPS")
+            store = open_store(etcd.url, tls=creds.store_tls())
+            assert "web" in store.chains()            # the controller wrote it over https
+            store.close()
+            # OpenFlow: Ryu says hello to a switch with a certificate of the
+            # CA, and refuses a TLS client without one
+            assert openflow_hello(ofp, creds.client_context())[:1] == b"\x04"
+            answer = openflow_hello(ofp, ssl.create_default_context(cafile=t.ca))
+            assert isinstance(answer, OSError), answer
+        finally:
+            proc.terminate()
+            proc.wait(10)

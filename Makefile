@@ -10,7 +10,7 @@ PIP      := $(VENV)/bin/pip --disable-pip-version-check -q
 SITE_CMD := $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
 APT_PKGS := libdpdk-dev dpdk openvswitch-switch mininet etcd-server \
             libhyperscan-dev tcpdump iputils-ping libpcap-dev pkg-config \
-            python3-venv python3-dev iproute2 ethtool
+            python3-venv python3-dev iproute2 ethtool openssl
 HUGEPAGES ?= 512
 TOPOLOGY ?= topologies/leaf-spine.yaml
 

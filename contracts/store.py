@@ -33,11 +33,27 @@ from contracts.store_api import (APPLIED, CHAINS, HOSTS, LEADER, PLAN, PREFIX,  
                                  WatchCompacted)
 from contracts.store_memory import MemoryStore
 
+import collections
+import os
 
-def open_store(url):
-    """A store for `url`: "http://host:port" (etcd; several members
-    separated by commas) or "memory://"."""
+# TLS to etcd: the CA that signed the members' certificates and this
+# client's certificate and key (PEM files; etcd --client-cert-auth wants both).
+StoreTLS = collections.namedtuple("StoreTLS", "ca cert key")
+TLS_ENV = StoreTLS("ONVM_STORE_CA", "ONVM_STORE_CERT", "ONVM_STORE_KEY")
+
+
+def tls_from_env(env=os.environ):
+    """StoreTLS from $ONVM_STORE_CA, $ONVM_STORE_CERT, $ONVM_STORE_KEY (as
+    etcdctl's ETCDCTL_CACERT...), or None when none is set."""
+    values = StoreTLS(*(env.get(name) or None for name in TLS_ENV))
+    return values if any(values) else None
+
+
+def open_store(url, tls=None):
+    """A store for `url`: "http://host:port" or "https://host:port" (etcd;
+    several members separated by commas) or "memory://".  `tls`: a
+    StoreTLS for https (default: tls_from_env())."""
     if url.startswith("memory://"):
         return MemoryStore()
     from contracts.store_etcd import EtcdStore      # needs etcd3gw and requests
-    return EtcdStore(url)
+    return EtcdStore(url, tls=tls if tls is not None else tls_from_env())

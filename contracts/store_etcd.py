@@ -27,12 +27,14 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import socket
 import threading
 import urllib.parse
 
 import requests
 
+from contracts.tlsfiles import TLSFileError, check_ca, check_pair
 from contracts.store_api import (REQUEST_TIMEOUT, SKIPPED, Store, StoreError,
                                  WatchCompacted, WatchIdle)
 
@@ -75,6 +77,33 @@ def parse_endpoints(url):
     return parts
 
 
+def check_tls(tls, endpoints):
+    """etcd3gw.client's TLS arguments for a contracts.store.StoreTLS; a
+    StoreError naming the variable or option when a file is unreadable or
+    only one of certificate and key is given."""
+    if tls is None or not any(tls):
+        return {}
+    if not any(e.startswith("https://") for e in endpoints):
+        raise StoreError(f"{','.join(endpoints)}: TLS files given (store_ca/cert/key or "
+                         "$ONVM_STORE_CA/CERT/KEY) but the store URL is http://; use https://")
+    for field, path in zip(("ca (ONVM_STORE_CA)", "cert (ONVM_STORE_CERT)",
+                            "key (ONVM_STORE_KEY)"), tls):
+        if path is not None and not os.access(path, os.R_OK):
+            raise StoreError(f"{path}: store TLS {field}: cannot read the file")
+    if (tls.cert is None) != (tls.key is None):
+        raise StoreError("store TLS: a client certificate needs its key and the "
+                         "key its certificate (ONVM_STORE_CERT and ONVM_STORE_KEY)")
+    try:
+        if tls.cert is not None:
+            check_pair(tls.cert, tls.key, "store TLS cert (ONVM_STORE_CERT)",
+                       "store TLS key (ONVM_STORE_KEY)")
+        if tls.ca is not None:
+            check_ca(tls.ca, "store TLS ca (ONVM_STORE_CA)")
+    except TLSFileError as err:
+        raise StoreError(str(err)) from None
+    return {"ca_cert": tls.ca, "cert_cert": tls.cert, "cert_key": tls.key}
+
+
 class _Unavailable(Exception):
     """One member could not serve one call (the next member is asked)."""
 
@@ -82,16 +111,21 @@ class _Unavailable(Exception):
 class EtcdStore(Store):
     """See the module docstring."""
 
-    def __init__(self, url):
+    def __init__(self, url, tls=None):
         import etcd3gw
         self.endpoints = parse_endpoints(url)
+        tls_args = check_tls(tls, self.endpoints)
         self.url = ",".join(self.endpoints)
         self.clients = []
         for endpoint in self.endpoints:
             parsed = urllib.parse.urlsplit(endpoint)
             self.clients.append(etcd3gw.client(
                 host=parsed.hostname, port=parsed.port or 2379, protocol=parsed.scheme,
-                timeout=REQUEST_TIMEOUT, api_path="/v3/"))
+                timeout=REQUEST_TIMEOUT, api_path="/v3/", **tls_args))
+            if tls_args:
+                # requests lets $REQUESTS_CA_BUNDLE override a session's CA:
+                # with TLS files given, they alone decide (no proxy either).
+                self.clients[-1].session.trust_env = False
         self.member = 0                     # index of the member we talk to
         self.failovers = 0
         self._member_lock = threading.Lock()

@@ -25,6 +25,20 @@ OPTS = [
                help="this controller's name in /onvm/leader"),
     cfg.FloatOpt("leader_ttl", default=1.0,
                  help="seconds the leader's lease lasts without keep-alive"),
+    # Security (controller.apiauth; docs/deploy.md, "Security")
+    cfg.StrOpt("api_token_file", default=None,
+               help="file with the REST API's bearer token (mode 0600); none: "
+                    "a random one is made in state_dir/api-token"),
+    cfg.StrOpt("api_read_token_file", default=None,
+               help="file with read-only tokens (GET only), one a line"),
+    cfg.StrOpt("state_dir", default=None,
+               help="where a generated token goes (default $ONVM_STATE_DIR, "
+                    "$STATE_DIRECTORY, ~/.onvm)"),
+    cfg.StrOpt("api_cert", default=None, help="REST API over HTTPS: certificate (PEM)"),
+    cfg.StrOpt("api_key", default=None, help="REST API over HTTPS: private key (PEM)"),
+    cfg.StrOpt("store_ca", default=None, help="https etcd: CA that signed its certificate"),
+    cfg.StrOpt("store_cert", default=None, help="https etcd: client certificate"),
+    cfg.StrOpt("store_key", default=None, help="https etcd: client key"),
 ]
 
 
@@ -32,6 +46,16 @@ def register(conf=CONF):
     """Register the [onvm] options on `conf` (idempotent)."""
     conf.register_opts(OPTS, group=GROUP)
     return conf
+
+
+def store_tls(conf=CONF):
+    """The [onvm] store_ca/store_cert/store_key as a contracts.store.StoreTLS
+    (None when none is set: then open_store reads $ONVM_STORE_CA...)."""
+    from contracts.store import StoreTLS
+    group = conf[GROUP]
+    if not (group.store_ca or group.store_cert or group.store_key):
+        return None
+    return StoreTLS(group.store_ca, group.store_cert, group.store_key)
 
 
 register()

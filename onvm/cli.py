@@ -61,19 +61,43 @@ def build_parser():
     c.add_argument("--ofp-tcp-listen-port", type=int, default=6653)
     c.add_argument("--wsapi-port", type=int, default=8080)
     c.add_argument("--observe-links", action="store_true")
+    c.add_argument("--wsapi-host", default="127.0.0.1",
+                   help="REST API address (default 127.0.0.1: it changes forwarding, "
+                        "expose it only on the management network)")
+    c.add_argument("--api-token-file", default=None,
+                   help="bearer token file, mode 0600 (default: made in --state-dir)")
+    c.add_argument("--api-read-token-file", default=None,
+                   help="read-only tokens (GET only), one a line")
+    c.add_argument("--state-dir", default=None,
+                   help="where a generated token goes (default $ONVM_STATE_DIR, "
+                        "$STATE_DIRECTORY, ~/.onvm)")
+    c.add_argument("--api-cert", default=None, help="REST over HTTPS: certificate")
+    c.add_argument("--api-key", default=None, help="REST over HTTPS: key")
+    c.add_argument("--ofp-cert", default=None, help="OpenFlow over TLS: certificate")
+    c.add_argument("--ofp-key", default=None, help="OpenFlow over TLS: key")
+    c.add_argument("--ofp-ca", default=None,
+                   help="OpenFlow over TLS: CA the switches' certificates must chain to")
+    c.add_argument("--store-ca", default=None, help="https etcd: its CA")
+    c.add_argument("--store-cert", default=None, help="https etcd: client certificate")
+    c.add_argument("--store-key", default=None, help="https etcd: client key")
     c.set_defaults(run=_handler("controller.run:cli_controller"))
 
     a = sub.add_parser("agent", help="one host's agent",
-                       usage="onvm agent --host NAME (--store URL | --plan FILE) [options] [-- EAL-ARGS]")
-    a.add_argument("--host", required=True)
-    src = a.add_mutually_exclusive_group(required=True)
+                       usage="onvm agent (--config FILE | --host NAME (--store URL | "
+                             "--plan FILE)) [options] [-- EAL-ARGS]")
+    a.add_argument("--config", default=None, metavar="FILE",
+                   help="a real server's settings in YAML (host_agent/agentconfig.py): "
+                        "host, store endpoints and TLS files, NIC, cores, huge pages, "
+                        "metrics port; flags given as well win")
+    a.add_argument("--host", default=None)
+    src = a.add_mutually_exclusive_group()
     src.add_argument("--store", help="etcd URL: take plans from the controller")
     src.add_argument("--plan", help="a local plan file: run with no controller")
-    a.add_argument("--metrics-port", type=int, default=9100,
-                   help="Prometheus endpoint (0: none)")
+    a.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus endpoint (default 9100; 0: none)")
     a.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
-    a.add_argument("--idle-us", type=int, default=0,
+    a.add_argument("--idle-us", type=int, default=None,
                    help="sleep this many microseconds when no packet arrives "
                         "(default 0: poll, as DPDK does at line rate; use "
                         "100-500 where hosts share cores, as in emulation)")
@@ -81,7 +105,7 @@ def build_parser():
                    help="the host key's lease in the store (default 1 s): with the "
                         "controller's liveness probes on, a backstop that may be "
                         "several seconds")
-    a.set_defaults(run=_handler("host_agent.agent:cli_agent"))
+    a.set_defaults(run=_handler("host_agent.agentconfig:cli_agent"))
 
     nf = sub.add_parser("nf", help="network functions")
     nsub = nf.add_subparsers(dest="nf_command", required=True)
@@ -110,6 +134,9 @@ def build_parser():
     e.add_argument("--etcd-quota-bytes", type=int, default=None, metavar="BYTES",
                    help="etcd's --quota-backend-bytes (default 256 MiB); past it "
                         "etcd refuses writes with a NOSPACE alarm")
+    e.add_argument("--tls", action="store_true",
+                   help="TLS on every control channel (OpenFlow, etcd with client "
+                        "certificates, REST), with a CA and certificates made for the run")
     e.add_argument("--json", action="store_true",
                    help="the live view on stderr; the last line of stdout is the "
                         "summary as JSON")

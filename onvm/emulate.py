@@ -45,7 +45,7 @@ from contracts.store import LEADER, open_store
 from contracts.wire import SI_FIRST
 from controller.plans import edge_mac
 from controller.topology import load_topology
-from onvm import procs, services, webplan
+from onvm import certs, procs, services, webplan
 from onvm.errors import EmulationError
 from onvm.frames import chain_frames, default_flows
 from onvm.netns import StoreForwarder
@@ -87,7 +87,7 @@ class Emulation:
 
     def __init__(self, topo_path, prefix=None, workdir=None, pps_per_mpps=PPS_PER_MPPS,
                  say=None, agent_nice=10, idle_us=IDLE_US, etcd_members=1,
-                 etcd_quota_bytes=services.ETCD_QUOTA_BYTES):
+                 etcd_quota_bytes=services.ETCD_QUOTA_BYTES, tls=False):
         self.topo_path = os.path.abspath(topo_path)
         self.topo = load_topology(self.topo_path)
         self.prefix = prefix or run_prefix()
@@ -98,6 +98,8 @@ class Emulation:
         self.idle_us = idle_us
         self.etcd_members = etcd_members
         self.etcd_quota_bytes = etcd_quota_bytes
+        # The REST token always; with tls, certificates for every control channel.
+        self.credentials = certs.RunCredentials(self.dir, tls=tls)
         self.etcd = self.ovs = self.net = self.store = None
         self.forwarders = []        # one StoreForwarder per etcd member
         self.controller = None
@@ -150,13 +152,16 @@ class Emulation:
 
     def _start_etcd(self):
         self.etcd = services.EtcdCluster(self.etcd_members, workdir=self.dir,
-                                         quota_bytes=self.etcd_quota_bytes)
-        self.store = open_store(self.etcd.url)
+                                         quota_bytes=self.etcd_quota_bytes,
+                                         tls=self.credentials if self.credentials.tls else None)
+        self.store = open_store(self.etcd.url, tls=self.credentials.store_tls())
         return self.etcd.url
 
     def _start_ovs(self):
         self.ovs = services.OvsServer(self.prefix, workdir="/tmp")
         self.ovs.activate()          # Mininet's OVSSwitch shells out to ovs-vsctl
+        if self.credentials.tls:     # the switches' side of OpenFlow over TLS
+            self.ovs.vsctl("set-ssl", *self.credentials.ovs_ssl())
         return self.ovs.dir
 
     def _start_controller(self):
@@ -170,7 +175,8 @@ class Emulation:
         from controller.run import APPS, config_text
         conf = self.file("controller.conf")
         with open(conf, "w") as f:
-            f.write(config_text(self.topo_path, self.etcd.url, self.of_port, self.ws_port))
+            f.write(config_text(self.topo_path, self.etcd.url, self.of_port, self.ws_port,
+                                **self.credentials.controller_config()))
         cmd = [sys.executable, "-c",
                "import sys, onvm.emulate as e; sys.exit(e.controller_main())",
                "--config-file", conf, *APPS]
@@ -182,7 +188,8 @@ class Emulation:
         namespace) of `cmd` in the repository, output to a log of our run."""
         with open(self.file(log_name), "ab") as log:
             return popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         cwd=procs.REPO, env=procs.child_env(), **kwargs)
+                         cwd=procs.REPO, env=dict(procs.child_env(),
+                                                  **self.credentials.store_env()), **kwargs)
 
     def _wait_controller(self, timeout=30):
         def ready():
@@ -205,7 +212,8 @@ class Emulation:
                       waitConnected=False)
         self.net = net
         net.addController(f"{self.prefix}c0", controller=RemoteController,
-                          ip="127.0.0.1", port=self.of_port)
+                          ip="127.0.0.1", port=self.of_port,
+                          protocol="ssl" if self.credentials.tls else "tcp")
         switches = {}
         for i, sw in enumerate(self.topo.switches):
             switches[sw.name] = (net.addSwitch(
@@ -575,12 +583,10 @@ class Emulation:
         return result
 
     def rest(self, method, path, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.ws_port}/onvm/v1{path}",
-                                     data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = self.credentials.rest_request(self.ws_port, method, path, body)
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=10,
+                                        context=self.credentials.client_context()) as resp:
                 return json.load(resp)
         except urllib.error.HTTPError as err:
             raise EmulationError(f"{method} {path}: HTTP {err.code}: "

@@ -110,10 +110,12 @@ class EtcdCluster:
     `url` lists every member's client URL, comma-separated, in member order
     (the store client talks to the first one first).  Members can be killed
     (SIGKILL), paused (SIGSTOP), resumed and started again on their data.
-    Use as a context manager, or call `stop()`."""
+    Use as a context manager, or call `stop()`.  `tls`: an
+    onvm.certs.RunCredentials with TLS files: https for clients and peers,
+    client certificates required."""
 
     def __init__(self, size=3, workdir=None, quota_bytes=ETCD_QUOTA_BYTES,
-                 binary=ETCD_BIN, timeout=20.0):
+                 binary=ETCD_BIN, timeout=20.0, tls=None):
         if not os.path.exists(binary):
             raise FileNotFoundError(
                 f"etcd not found at {binary}; install it with "
@@ -125,7 +127,8 @@ class EtcdCluster:
         self.procs = [None] * size
         self.quota_bytes = quota_bytes
         self._binary, self._timeout = binary, timeout
-        self._initial = ",".join(f"{n}=http://127.0.0.1:{p}"
+        self.tls, self.scheme = tls, "https" if tls else "http"
+        self._initial = ",".join(f"{n}={self.scheme}://127.0.0.1:{p}"
                                  for n, p in zip(self.names, self.peer_ports))
         try:
             for i in range(size):
@@ -139,7 +142,7 @@ class EtcdCluster:
                  [p.pid for p in self.procs], self.dir)
 
     def member_url(self, i):
-        return f"http://127.0.0.1:{self.client_ports[i]}"
+        return f"{self.scheme}://127.0.0.1:{self.client_ports[i]}"
 
     @property
     def url(self):
@@ -150,9 +153,10 @@ class EtcdCluster:
 
     def _spawn(self, i):
         cmd = etcd_command(self.names[i], os.path.join(self.dir, self.names[i]),
-                           self.member_url(i), f"http://127.0.0.1:{self.peer_ports[i]}",
+                           self.member_url(i), f"{self.scheme}://127.0.0.1:{self.peer_ports[i]}",
                            self._initial, os.path.basename(self.dir),
                            quota_bytes=self.quota_bytes, binary=self._binary)
+        cmd += self.tls.etcd_args() if self.tls else []
         with open(self.log_of(i), "ab") as log:
             self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL)
@@ -170,7 +174,9 @@ class EtcdCluster:
         if self.procs[i].poll() is not None:
             raise GaveUp(f"etcd member {self.names[i]} exited with code "
                          f"{self.procs[i].returncode}")
-        with urllib.request.urlopen(self.member_url(i) + "/health", timeout=1) as resp:
+        context = self.tls.client_context() if self.tls else None
+        with urllib.request.urlopen(self.member_url(i) + "/health", timeout=1,
+                                    context=context) as resp:
             return json.load(resp).get("health") == "true"
 
     def kill(self, i):

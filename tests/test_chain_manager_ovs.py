@@ -87,6 +87,10 @@ def bridges(ovs, topo):
     return names
 
 
+API_TOKEN = "test-api-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
 class Controller:
     """One ryu-manager with the onvm apps, on its own ports; always stopped."""
 
@@ -94,11 +98,15 @@ class Controller:
         self.of_port, self.ws_port = free_port(), free_port()
         self.conf = os.path.join(workdir, f"{tag}.conf")
         self.log_path = os.path.join(workdir, f"{tag}.log")
+        token_file = os.path.join(workdir, f"{tag}.token")
+        with open(os.open(token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(API_TOKEN + "\n")
         with open(self.conf, "w") as f:
             f.write(f"[DEFAULT]\nofp_listen_host = 127.0.0.1\n"
                     f"ofp_tcp_listen_port = {self.of_port}\n"
                     f"wsapi_host = 127.0.0.1\nwsapi_port = {self.ws_port}\n"
-                    f"[onvm]\ntopology = {topo_file}\nstore = {store_url}\n")
+                    f"[onvm]\ntopology = {topo_file}\nstore = {store_url}\n"
+                    f"api_token_file = {token_file}\n")
         env = dict(os.environ, PYTHONPATH=REPO)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -304,7 +312,8 @@ def placement_groups(leader):
     GET /onvm/v1/placement (what controller.plans.ingress_groups gives)."""
     url = f"http://127.0.0.1:{leader.ws_port}/onvm/v1/placement"
     try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH),
+                                    timeout=2) as reply:
             placed = json.loads(reply.read())
     except urllib.error.HTTPError:
         return None                     # 503: no placement yet
@@ -533,7 +542,7 @@ def rest(controller, method, path, body=None):
     req = urllib.request.Request(
         f"http://127.0.0.1:{controller.ws_port}/onvm/v1{path}", method=method,
         data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"})
+        headers={"Content-Type": "application/json", **AUTH})
     try:
         with urllib.request.urlopen(req, timeout=5) as reply:
             return reply.status, json.loads(reply.read())

@@ -12,12 +12,15 @@ import pytest
 from webob import Request
 
 from contracts.store import open_store
+from controller import apiauth
 from controller.apps import rest_api
 from controller.core import ClusterCore
 from controller.topology import load_topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINIMAL = os.path.join(ROOT, "topologies", "minimal.yaml")
+TOKEN = "test-write-token-0123456789"
+TOKENS = apiauth.Tokens(TOKEN.encode())
 
 
 class Cluster:
@@ -63,11 +66,12 @@ def manager():
 
 def _client(cluster):
     app = rest_api.WSGIApplication()
-    rest_api.register(app, lambda: cluster.core)
+    rest_api.register(app, lambda: cluster.core, TOKENS)
 
     def call(method, path, body=None, raw=None):
         """One request, then one turn of the controller's loop."""
-        req = Request.blank("/onvm/v1" + path, method=method)
+        req = Request.blank("/onvm/v1" + path, method=method,
+                            headers={"Authorization": f"Bearer {TOKEN}"})
         if body is not None or raw is not None:
             req.body = raw if raw is not None else json.dumps(body).encode()
             req.content_type = "application/json"
@@ -458,8 +462,9 @@ def test_move_to_a_dead_or_full_host_is_409():
 
 def test_no_manager_is_503():
     app = rest_api.WSGIApplication()
-    rest_api.register(app, lambda: None)
-    resp = Request.blank("/onvm/v1/chains").get_response(app)
+    rest_api.register(app, lambda: None, TOKENS)
+    resp = Request.blank("/onvm/v1/chains", headers={"Authorization": f"Bearer {TOKEN}"}
+                         ).get_response(app)
     assert resp.status_int == 503
     assert json.loads(resp.body) == {"error": "the chain manager app is not running"}
 
@@ -497,7 +502,9 @@ def test_ryu_manager_serves_the_api_from_a_generated_config(tmp_path):
     from onvm.services import free_port, wait_for
     ofp, wsapi = free_port(), free_port()
     conf = tmp_path / "onvm.conf"
-    conf.write_text(run.config_text(MINIMAL, "memory://", ofp, wsapi))
+    # No token file named: ryu-manager makes one in the state dir.
+    conf.write_text(run.config_text(MINIMAL, "memory://", ofp, wsapi,
+                                    onvm={"state_dir": str(tmp_path / "state")}))
     # The REST app and Ryu's OpenFlow handler (which the chain manager pulls
     # in); the chain manager itself is another module's test.
     argv, env = run.ryu_command(str(conf), apps=("controller.apps.rest_api",
@@ -508,8 +515,13 @@ def test_ryu_manager_serves_the_api_from_a_generated_config(tmp_path):
     try:
         def get_chains():
             assert proc.poll() is None, (tmp_path / "ryu.log").read_text()
+            token_file = tmp_path / "state" / apiauth.TOKEN_NAME
+            if not token_file.exists():
+                return None
+            req = urllib.request.Request(f"http://127.0.0.1:{wsapi}/onvm/v1/chains", headers={
+                "Authorization": "Bearer " + token_file.read_text().strip()})
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{wsapi}/onvm/v1/chains", timeout=1)
+                urllib.request.urlopen(req, timeout=1)
             except urllib.error.HTTPError as err:
                 return err.code, json.loads(err.read())
         status, body = wait_for(get_chains, 20, "ryu-manager's REST API")

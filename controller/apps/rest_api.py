@@ -18,6 +18,14 @@
     POST   /onvm/v1/moves           move an NF instance to another host with
                                     its state (202; controller/moves.py)
     GET    /onvm/v1/moves           the moves in progress
+    GET    /onvm/v1/health          {"status": "ok"}: the only call without a token
+
+Credentials (controller.apiauth): every call but the health check carries
+`Authorization: Bearer TOKEN`; missing or wrong: 401 with {"error"} and
+nothing changed; a read-only token may GET, anything else is a 403.  The
+tokens come from [onvm] api_token_file / api_read_token_file (a generated
+one in state_dir when none is named).  With [onvm] api_cert and api_key the
+API is served over HTTPS by ryu-manager's own WSGI server (`serve_https`).
 
 A chain body is {"name", "ingress", "egress", "match", "nfs", "mpps"} and an
 optional "spi" (else the lowest free one) and "symmetric" (else true when
@@ -58,6 +66,7 @@ import json
 import logging
 
 from contracts.store import StoreError
+from controller.apiauth import Tokens, authorize, load_tokens
 from controller.chains import (CHAIN_FIELDS, MAX_BODY, NAME_RE,  # noqa: F401  (the chain validator)
                                REQUIRED_FIELDS, RequestError, chain_from_json,
                                free_spi, is_retired, parse_json_body)
@@ -233,13 +242,31 @@ def get_moves(view: ClusterView):
 import onvm_compat  # noqa: E402,F401  (eventlet 0.33 lacks what ryu.app.wsgi imports)
 from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route  # noqa: E402
 from ryu.base import app_manager  # noqa: E402
+from ryu import cfg  # noqa: E402  (ryu-manager parses into ryu.cfg.CONF)
+
+from controller import config  # noqa: E402,F401  (registers the [onvm] options)
 
 API_DATA = "onvm_cluster_view"
+API_TOKENS = "onvm_api_tokens"
 
 
 def _json_response(status, body):
     return Response(status=status, content_type="application/json",
                     body=json.dumps(body, sort_keys=True).encode())
+
+
+def _refused(req, tokens: Tokens):
+    """The 401/403 response for a request its token does not allow, else None."""
+    refusal = authorize(tokens, req.method, req.headers.get("Authorization"))
+    if refusal is None:
+        return None
+    status, message = refusal
+    LOG.warning("REST %s %s from %s refused (%d): %s", req.method, req.path,
+                req.remote_addr, status, message)
+    resp = _json_response(status, {"error": message})
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="onvm"'
+    return resp
 
 
 def _serve(req, handler, *args, with_body=False):
@@ -265,12 +292,20 @@ class OnvmController(ControllerBase):
     def __init__(self, req, link, data, **config):
         super().__init__(req, link, data, **config)
         self.get_view = data[API_DATA]
+        self.tokens = data[API_TOKENS]
 
     def _call(self, req, handler, *args, with_body=False):
+        refused = _refused(req, self.tokens)
+        if refused is not None:
+            return refused
         view = self.get_view()
         if view is None:
             return _json_response(503, {"error": "the chain manager app is not running"})
         return _serve(req, handler, view, *args, with_body=with_body)
+
+    @route("onvm", BASE + "/health", methods=["GET"])
+    def health(self, req, **_):
+        return _json_response(200, {"status": "ok"})
 
     @route("onvm", BASE + "/topology", methods=["GET"])
     def topology(self, req, **_):
@@ -317,10 +352,34 @@ class OnvmController(ControllerBase):
         return self._call(req, get_moves)
 
 
-def register(wsgi_app, get_view):
+def register(wsgi_app, get_view, tokens: Tokens):
     """Mount the API on a ryu WSGIApplication; `get_view()` returns the
-    ClusterView (or None while there is none)."""
-    wsgi_app.register(OnvmController, {API_DATA: get_view})
+    ClusterView (or None while there is none); `tokens` say who may call."""
+    wsgi_app.register(OnvmController, {API_DATA: get_view, API_TOKENS: tokens})
+
+
+def serve_https(certfile, keyfile):
+    """Have ryu-manager's WSGI server (made by ryu.app.wsgi.start_service
+    after the apps) listen with TLS: its listening socket is wrapped, each
+    connection's handshake runs in that connection's green thread.  The
+    certificate and key are loaded here, so a bad one fails before anything
+    listens."""
+    from eventlet.green import ssl as green_ssl
+    from ryu.app import wsgi as ryu_wsgi
+    if not (certfile and keyfile):
+        raise ValueError("REST API over HTTPS: [onvm] api_cert and api_key go "
+                         f"together (api_cert={certfile}, api_key={keyfile})")
+    context = green_ssl.SSLContext(green_ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = green_ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    start_plain = ryu_wsgi.start_service
+
+    def start_https(app_mgr):
+        server = start_plain(app_mgr)
+        if server is not None:
+            server.server = context.wrap_socket(server.server, server_side=True)
+        return server
+    ryu_wsgi.start_service = start_https
 
 
 def find_cluster_view():
@@ -336,5 +395,10 @@ class RestApi(app_manager.RyuApp):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.name = "onvm_rest_api"
-        register(kwargs["wsgi"], find_cluster_view)
-        LOG.info("REST API mounted under %s", BASE)
+        onvm = cfg.CONF.onvm
+        tokens = load_tokens(onvm.api_token_file, onvm.api_read_token_file, onvm.state_dir)
+        if onvm.api_cert or onvm.api_key:
+            serve_https(onvm.api_cert, onvm.api_key)
+        register(kwargs["wsgi"], find_cluster_view, tokens)
+        LOG.info("REST API mounted under %s (%s, bearer token required)", BASE,
+                 "HTTPS" if onvm.api_cert else "plain HTTP")

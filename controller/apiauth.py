@@ -1,0 +1,143 @@
+"""Who may call the REST API: bearer tokens kept in files, checked in
+constant time.
+
+    tokens = load_tokens(api_token_file, api_read_token_file, state_dir)
+    refusal = authorize(tokens, "DELETE", "Bearer abc...")   # None: allowed
+
+A token file holds one token on its first line (a read-token file may hold
+several, one a line, for several monitoring systems).  A file that is
+missing, empty, or readable by every user of the machine is an AuthError
+naming the file and the option, raised before anything listens.  With no
+`api_token_file`, the controller makes one: a random token
+(`secrets.token_urlsafe`) in STATE_DIR/api-token, mode 0600, kept across
+restarts so operators' scripts keep working.
+
+The write token may do everything; a read token only GET (and HEAD).
+Missing or wrong token: 401; a write with a read token: 403.  The health
+check (HEALTH_PATH) needs no token: load balancers and systemd probes
+cannot carry one.
+
+Not here: routing requests (controller.apps.rest_api), TLS (the same app,
+with the [onvm] api_cert/api_key options).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import logging
+import os
+import secrets
+import stat
+
+LOG = logging.getLogger(__name__)
+
+TOKEN_NAME = "api-token"          # the generated token's file in the state dir
+MIN_TOKEN_CHARS = 16
+READ_METHODS = ("GET", "HEAD")
+SCHEME = "Bearer"
+
+
+class AuthError(ValueError):
+    """A token file cannot be used; the message names the file and option."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+    write: bytes
+    read: tuple = ()
+    source: str = ""                # where the write token is, for messages
+
+
+def default_state_dir():
+    """$ONVM_STATE_DIR, else systemd's $STATE_DIRECTORY (StateDirectory=onvm),
+    else ~/.onvm."""
+    return (os.environ.get("ONVM_STATE_DIR") or os.environ.get("STATE_DIRECTORY")
+            or os.path.join(os.path.expanduser("~"), ".onvm"))
+
+
+def read_token_file(path, option, several=False):
+    """The token(s) of `path` (a list when `several`); AuthError when the
+    file is missing, empty, too short or readable by others."""
+    try:
+        info = os.stat(path)
+        with open(path, encoding="ascii", errors="strict") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as err:
+        raise AuthError(f"{path}: {option}: cannot read the token file: "
+                        f"{getattr(err, 'strerror', None) or err}") from None
+    if info.st_mode & (stat.S_IRWXO):
+        raise AuthError(f"{path}: {option}: the token file is readable by every user "
+                        f"(mode {stat.S_IMODE(info.st_mode):04o}); "
+                        f"run: chmod 600 {path}")
+    tokens = [t for t in lines if t and not t.startswith("#")]
+    if not tokens:
+        raise AuthError(f"{path}: {option}: the token file is empty")
+    for number, line in enumerate(lines, 1):
+        if line and not line.startswith("#") and (len(line) < MIN_TOKEN_CHARS
+                                                  or any(c.isspace() for c in line)):
+            raise AuthError(f"{path}:{number}: {option}: a token is one word of at "
+                            f"least {MIN_TOKEN_CHARS} characters")
+    if not several and len(tokens) > 1:
+        raise AuthError(f"{path}: {option}: one token expected, found {len(tokens)}")
+    return tokens if several else tokens[0]
+
+
+def make_token_file(state_dir):
+    """STATE_DIR/api-token with a new random token (0600, in a 0700 dir),
+    or the one there from an earlier start; returns its path."""
+    path = os.path.join(state_dir, TOKEN_NAME)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path                 # kept across restarts; checked by the reader
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def load_tokens(token_file=None, read_file=None, state_dir=None):
+    """Tokens from the options, making the write token's file when none is
+    named; logs where the write token is."""
+    if token_file:
+        path = token_file
+    else:
+        path = make_token_file(state_dir or default_state_dir())
+        LOG.warning("REST API: no api_token_file given; the token is in %s "
+                    "(send it as 'Authorization: Bearer TOKEN')", path)
+    write = read_token_file(path, "api_token_file")
+    read = read_token_file(read_file, "api_read_token_file",
+                           several=True) if read_file else []
+    if write in read:
+        raise AuthError(f"{read_file}: api_read_token_file: holds the write "
+                        f"token of {path}; a read token must differ")
+    LOG.info("REST API: bearer token from %s%s", path,
+             f", {len(read)} read-only token(s) from {read_file}" if read else "")
+    return Tokens(write.encode(), tuple(t.encode() for t in read), path)
+
+
+def _matches(token, candidates):
+    """Constant time in the token: every candidate is compared."""
+    found = False
+    for candidate in candidates:
+        found |= hmac.compare_digest(token, candidate)
+    return found
+
+
+def authorize(tokens: Tokens, method, header):
+    """None when a request with this Authorization `header` may be carried
+    out, else (status, message) for the refusal."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() != SCHEME.lower() or not token.strip():
+        return 401, ("missing credentials: send 'Authorization: Bearer TOKEN' "
+                     "(the token is in the controller's api_token_file)")
+    token = token.strip().encode()
+    is_write = _matches(token, (tokens.write,))
+    is_read = _matches(token, tokens.read)
+    if is_write:
+        return None
+    if is_read:
+        if method.upper() in READ_METHODS:
+            return None
+        return 403, f"a read-only token may only {' and '.join(READ_METHODS)}, not {method}"
+    return 401, "wrong token"

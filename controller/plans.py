@@ -31,8 +31,8 @@ range (controller.natslices; the caller keeps the assignment stable), and
 are written inline: the catalog file's keys plus these.
 
 Remote weights.  From host X, the base weight of next-hop host Y is the
-flow X -> Y of `controller.placement.transport` divided by X's share: the
-same local-first, cheapest transportation that `placement.cost` charges, so
+flow X -> Y of `controller.placecost.transport` divided by X's share: the
+same local-first, cheapest transportation that `placecost.cost` charges, so
 near hosts take what their share allows first and farther hosts only the
 rest (distance lowers a far host's weight wherever capacity leaves room).
 Reported load then shifts traffic away from busy hosts:
@@ -62,7 +62,7 @@ import logging
 import math
 
 from controller import fabric, natslices
-from controller.placement import places_of, transport
+from controller.placecost import places_of, transport
 from contracts.plan import check_plan
 from contracts.wire import SI_FIRST, reverse_spi
 from nfs import nfconfig

@@ -46,12 +46,33 @@ class Placement:
     instances: {(host, id): Instance}
     hops: {chain name: [[((host, id), share), ...] per NF in chain order]}
           shares of one hop sum to 1; a hop has at most one instance per host.
+    draining: {(host, id): Instance} moved away or scaled in, still
+          running for their pinned flows with share 0 (`users`: the
+          (chain, hop)s they served; controller.moves.Drains decides when
+          they go).  They hold their cores and ids; they cost nothing.
     """
 
-    def __init__(self, topo, instances, hops):
+    def __init__(self, topo, instances, hops, draining=None):
         self.topo = topo
         self.instances = instances
         self.hops = hops
+        self.draining = dict(draining or {})
+
+    def with_draining(self, draining):
+        """The same placement with `draining` ({key: Instance}) instead."""
+        return Placement(self.topo, self.instances, self.hops, draining)
+
+    def draining_at(self, chain, j):
+        """{host: id} of the instances draining from hop j of `chain` (a
+        model.Chain) on hosts where no instance of this placement serves
+        that hop (there the running one takes the hop)."""
+        serving = {host for (host, _), _ in self.hops.get(chain.name, [[]] * (j + 1))[j]}
+        out = {}
+        for (host, ident), inst in sorted(self.draining.items()):
+            if (chain.name, j) in inst.users and chain.nfs[j] == inst.nf \
+                    and host not in serving and host not in out:
+                out[host] = ident
+        return out
 
     def shares(self, chain_name, j):
         """{host: share} of hop j (0-based NF index) of a chain."""
@@ -61,9 +82,10 @@ class Placement:
         return out
 
     def cores_used(self):
-        """{host: cores} given to instances, every topology host listed."""
+        """{host: cores} given to instances (draining ones too), every
+        topology host listed."""
         used = {h.name: 0 for h in self.topo.hosts}
-        for inst in self.instances.values():
+        for inst in list(self.instances.values()) + list(self.draining.values()):
             used[inst.host] = used.get(inst.host, 0) + self.topo.nfs[inst.nf].cores
         return used
 

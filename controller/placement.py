@@ -102,6 +102,17 @@ class _Solver:
         self.remaining: Dict[str, List[float]] = {}
         self._vec_cache: Dict[str, np.ndarray] = {}
         self.chain_by_name = {c.name: c for c in topo.chains}
+        self.draining: Dict[Tuple[str, int], Instance] = {}
+
+    def reserve(self, draining):
+        """Instances draining (Placement.draining) keep their cores and ids
+        on hosts still in use; those of excluded or unknown hosts are gone."""
+        for key, inst in sorted(draining.items()):
+            h = self.hidx.get(inst.host)
+            if h is None or inst.host in self.excluded or inst.nf not in self.topo.nfs:
+                continue
+            self.draining[key] = inst
+            self.free[h] -= self.topo.nfs[inst.nf].cores
 
     # -- instances and assignments
 
@@ -115,7 +126,7 @@ class _Solver:
         host = self.hosts[h].name
         if ident is None:
             taken = {k[1] for (t, hh), keys in self.by_type_host.items() if hh == h
-                     for k in keys}
+                     for k in keys} | {i for (hh, i) in self.draining if hh == host}
             ident = next(i for i in range(1, MAX_ID + 1) if i not in taken)
         inst = Instance(host, ident, nf)
         self.instances[inst.key] = inst
@@ -529,7 +540,8 @@ class _Solver:
                 total = sum(hop.values())
                 per_hop.append([(key, q / total) for key, q in sorted(hop.items())])
             hops[chain.name] = per_hop
-        return Placement(self.topo, dict(sorted(self.instances.items())), hops)
+        return Placement(self.topo, dict(sorted(self.instances.items())), hops,
+                         self.draining)
 
 
 def place(topo, previous=None, exclude_hosts=(), say=True):
@@ -539,7 +551,8 @@ def place(topo, previous=None, exclude_hosts=(), say=True):
     With `previous` (a Placement), instances on hosts still present and not
     in `exclude_hosts` stay where they are with their ids, and unchanged
     chains keep their assignments; only lost shares and new or changed
-    chains are placed.  The outcome is logged once (`say_placed`); the
+    chains are placed; its draining instances (Placement.draining) keep
+    their cores and ids and pass on to the result.  The outcome is logged once (`say_placed`); the
     search's trial steps only at DEBUG.  `say=False` for a trial (checking
     a request): nothing is logged at INFO.
     """
@@ -551,6 +564,7 @@ def place(topo, previous=None, exclude_hosts=(), say=True):
                 raise PlacementError(f"chain {chain.name!r}: {place_!r} is not in "
                                      f"topology {topo.name!r}")
     if previous is not None:
+        solver.reserve(previous.draining)
         fresh = solver.load_previous(previous, chains)
     else:
         fresh = {c.name for c in chains}
@@ -662,7 +676,8 @@ def move_instance(topo, placement, host, instance_id, to_host, say=True):
     if clash:
         raise PlacementError(f"{to_host} already serves a hop of {old.nf}#{instance_id} "
                              f"with instance {clash[0][1]}")
-    taken = {ident for (h, ident) in placement.instances if h == to_host}
+    taken = {ident for (h, ident) in list(placement.instances) + list(placement.draining)
+             if h == to_host}
     new_id = next(i for i in range(1, MAX_ID + 1) if i not in taken)
     moved = Instance(to_host, new_id, old.nf, dict(old.users))
     instances = {k: dataclasses.replace(v, users=dict(v.users))
@@ -671,7 +686,8 @@ def move_instance(topo, placement, host, instance_id, to_host, say=True):
     hops = {chain: [sorted(((moved.key if key == old.key else key), share)
                            for key, share in hop) for hop in per_hop]
             for chain, per_hop in placement.hops.items()}
-    result = Placement(placement.topo, dict(sorted(instances.items())), hops)
+    result = Placement(placement.topo, dict(sorted(instances.items())), hops,
+                       placement.draining)
     if not say:
         return result
     used = result.cores_used()

@@ -155,11 +155,15 @@ def compile_plan(plan):
 def consistent_slots(peers, slots=SLOTS):
     """Which peer serves each of `slots` hash slots: weighted rendezvous
     hashing, so a flow keeps its host when others join or leave or change
-    weight (only slots whose winner changed move)."""
+    weight (only slots whose winner changed move).  A peer of weight 0
+    (draining) serves no slot: the fast path still sends it the flows
+    pinned to it while it is in the list."""
     out = []
     for s in range(slots):
         best, best_score = 0, None
         for j, peer in enumerate(peers):
+            if peer.get("weight", 1.0) <= 0:
+                continue        # draining: keeps its pinned flows, gets no slot
             h = zlib.crc32(f"{peer['label']}/{s}".encode()) & 0xffffffff
             u = (h + 0.5) / 4294967296.0
             score = -peer.get("weight", 1.0) / math.log(u)

@@ -25,6 +25,9 @@ OPTS = [
                help="this controller's name in /onvm/leader"),
     cfg.FloatOpt("leader_ttl", default=1.0,
                  help="seconds the leader's lease lasts without keep-alive"),
+    cfg.FloatOpt("drain_seconds", default=30.0,
+                 help="seconds an instance moved away or scaled in keeps serving the "
+                      "flows pinned to it (0: it stops at once; controller/moves.py)"),
 ]
 
 

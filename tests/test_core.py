@@ -549,3 +549,30 @@ def test_a_new_leader_reads_the_slices_back_from_the_stored_plans(nat_loop, capl
     assert successor.core.nat_slices == swapped
     assert stored_slices(successor.store) == swapped
     assert "NAT port slices read back from the stored plans" in caplog.text
+
+
+def test_a_drain_ends_early_when_the_chains_need_its_core(caplog):
+    from controller.topology import parse_topology
+    h3 = '  - {name: h3, switch: s1, port: 3, mac: "02:00:00:00:00:03", ip: 10.0.0.3/24, cores: 2}'
+    h4 = h3.replace("h3", "h4").replace("port: 3", "port: 4").replace(":03", ":04") \
+        .replace("0.3/", "0.4/")
+    loop = Loop(parse_topology(NAT_TOPO.replace(h3, h3 + "\n" + h4)
+                               .replace("cores: 2", "cores: 1"), "natted.yaml"))
+    loop.register("h1", "h2", "h3", "h4")
+    loop.step()
+    first = stored_slices(loop.store)
+    (host, iid), = [k for k, n in first.items() if n == 1]
+    to = next(h for h in ("h1", "h2", "h3", "h4") if h not in {k[0] for k in first})
+    loop.core.request_move(host, iid, to)
+    loop.step()
+    assert loop.core.current.draining.keys() == {(host, iid)}
+    # four nat instances need all four cores, the draining one's too
+    chain = loop.core.chains()["out"]
+    loop.store.put_chain(chain_to_json(dataclasses.replace(chain, mpps=3.5)))
+    loop.core.store_changed("/onvm/chains/out")
+    with caplog.at_level(logging.INFO):
+        loop.step()
+    assert set(loop.core.placement()["chains"]) == {"out"}, "the chain keeps its place"
+    assert loop.core.current.draining == {}
+    assert len(stored_slices(loop.store)) == 4
+    assert f"drain of nat#{iid} on {host} over (cut short: its cores are needed)" in caplog.text

@@ -145,7 +145,7 @@ class Moves:
         """Add to `plans` ({host: plan}, about to be written) the export
         marks of pending moves and the states of landed ones; returns them."""
         for (host, iid), move in self.pending.items():
-            if move.nf in NO_HANDOVER and self.drain_seconds > 0:
+            if self._hands_none(move):
                 continue
             inst = _instance(plans.get(host), iid)
             if inst is not None:
@@ -190,15 +190,21 @@ class Moves:
                             move.instance, move.host, move.to, err)
                 continue
             new_key, = set(moved.instances) - set(placement.instances)
-            self.landing[new_key] = [state, None]
+            if not self._hands_none(move):
+                self.landing[new_key] = [state, None]
             self.handed[key] = new_key
             placement = moved
         return placement
 
+    def _hands_none(self, move):
+        """True for a move whose old instance drains with all its flows and
+        gives its successor no snapshot (NO_HANDOVER)."""
+        return move.nf in NO_HANDOVER and self.drain_seconds > 0
+
     def _snapshot(self, move):
         """A's snapshot for `move` (None: its NF has none), or _NO_STATE
         while it is not there yet."""
-        if move.nf in NO_HANDOVER and self.drain_seconds > 0:
+        if self._hands_none(move):
             log.info("move of %s#%d from %s to %s: no snapshot (its mappings use "
                      "ports of its own slice); it drains on %s with its flows, %s "
                      "starts with a free slice", move.nf, move.instance, move.host,

@@ -55,6 +55,10 @@ scaled in stays for a while with `"draining": true` (informational: the
 agent runs it as any instance), and a remote hop toward its host lists
 that host with `"weight": 0`: flows pinned to it stay on it, no new flow
 picks it.  A remote list needs at least one peer with a positive weight.
+A local hop of a chain hop that has a draining instance may carry
+`"kept": [{"host", "label", "mac"}, ...]`: a flow the agent pinned to one
+of these hosts while the hop was remote goes on there (its state is
+there); every other flow is local.
 
 This module does not forward anything: `host_agent/tables.py` compiles a
 checked plan into flat tables, which `Manager.apply_plan` loads.
@@ -233,6 +237,11 @@ def _check_hops(errors, plan, ids):
         if "pinned" in hop:
             _check_peers(errors, hop["pinned"], f"{where}.pinned", empty_ok=True,
                          weights=False)
+        if "kept" in hop:
+            if errors.check("local" in hop, f"{where}.kept", "only a local hop keeps "
+                            "flows pinned elsewhere"):
+                _check_peers(errors, hop["kept"], f"{where}.kept", empty_ok=True,
+                             weights=False)
         if "reverse" in hop:
             _check_reverse(errors, hop["reverse"], f"{where}.reverse", hop_keys)
 

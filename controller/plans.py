@@ -30,7 +30,10 @@ the chains they served that names them, but with share 0: a remote hop
 toward their host lists it with weight 0 (flows pinned to it stay, no new
 flow picks it), the ingress gives their host weight 0, reverse `pinned`
 lists name it (replies of its flows come back to it), and their own hops
-onward forward as the hop's running instances do.  A nat that drains
+onward forward as the hop's running instances do.  While a hop drains,
+its local entries list the hop's other hosts as `kept`: a host whose hop
+turned local (the new instance landed beside the previous NF) still sends
+the flows it had pinned to another host there.  A nat that drains
 keeps its port slice.
 
 NF configs.  `nat` instances get their own slice of the catalog's port
@@ -263,16 +266,22 @@ def _weights(row, share, load):
     return {h: round(w / total, 6) or 1e-6 for h, w in raw.items()}
 
 
-def _path_hops(topo, spi, on, shares, end, dist, load):
+def _path_hops(topo, spi, on, shares, end, dist, load, keep=False):
     """{host: {si: hop entry}} of one service path: `on` and `shares` are
     per NF in path order ({host: instance id}, {host: share}), `end` the
-    entry after the last NF."""
+    entry after the last NF.  `keep` (the forward path): while an instance
+    of a hop drains, the hop's local entries list the hop's other hosts as
+    `kept`, so a flow pinned there while the hop was remote stays there."""
     out = {}
     k = len(on)
     for j in range(k):
         si = SI_FIRST - j
+        drains = keep and any(host not in shares[j] for host in on[j])
         for host, ident in on[j].items():
             out.setdefault(host, {})[si] = {"spi": spi, "si": si, "local": ident}
+            if drains and len(on[j]) > 1:
+                out[host][si]["kept"] = [_host_ref(topo, other) for other in sorted(on[j])
+                                         if other != host]
         if j == k - 1:
             for host in on[j]:
                 out[host][si - 1] = {"spi": spi, "si": si - 1, "end": dict(end)}
@@ -309,7 +318,8 @@ def _chain_hops(topo, placement, chain, dist, load):
     on = _hop_instances(placement, chain)
     k = len(chain.nfs)
     shares = [placement.shares(chain.name, j) for j in range(k)]
-    forward = _path_hops(topo, chain.spi, on, shares, _end(topo, chain), dist, load)
+    forward = _path_hops(topo, chain.spi, on, shares, _end(topo, chain), dist, load,
+                         keep=True)
     paths = [forward]
     if chain.symmetric:
         rspi = reverse_spi(chain.spi)

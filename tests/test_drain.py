@@ -17,6 +17,7 @@ from controller.topology import load_topology
 from host_agent import fastpath as fp
 from host_agent import tables
 from host_agent.harness import Harness
+from scapy.all import Ether
 from nflib.api import make_nf
 import test_fastpath_pins as pins
 
@@ -278,3 +279,71 @@ def test_the_fast_path_keeps_pinned_flows_on_a_weight_0_host_and_sends_it_no_new
     finally:
         h.close()
     assert fp.pool_counts()[1] == 0, "mbufs leaked"
+
+
+def test_a_hop_that_turned_local_keeps_sending_pinned_flows_where_they_were():
+    """The lb moved next to the nat that fed it remotely: its new local hop
+    lists the hop's other hosts as `kept`, so the flows this host had pinned
+    to them (the draining one's and the other instance's) stay there and
+    only new flows take the local instance."""
+    h = Harness(nfs=[("forward", None)])
+    try:
+        B, C = pins.B, pins.C
+        h.manager.apply_plan(pins.remote_plan(h, [pins.peer(B, 1.0), pins.peer(C, 1.0)], 2),
+                             make_nf)
+        running = [pins.request(i) for i in range(64)]
+        before = pins.picks(h, running)
+        assert set(before.values()) == {B["label"], C["label"]}
+        edge = "02:00:00:00:00:e1"
+        turned = pins.plan_of(pins.A, h, [1, 2], [
+            {"spi": pins.S, "si": 255, "local": 1},
+            {"spi": pins.S, "si": 254, "local": 2, "kept": [pins.peer(B), pins.peer(C)]},
+            {"spi": pins.S, "si": 253, "end": {"dst_mac": edge}},
+        ], 3)
+        h.manager.apply_plan(turned, make_nf)
+        assert pins.picks(h, running) == before, "pinned flows go on where they were"
+        fresh = h.send([pins.request(1000 + i) for i in range(32)])
+        assert len(fresh) == 32
+        assert all(Ether(f).type == 0x0800 and Ether(f).dst == edge for f in fresh), \
+            "new flows take the local instance (then the end)"
+        # without `kept` the turned hop would take the pinned flows too
+        turned["hops"][1].pop("kept")
+        turned["generation"] = 4
+        h.manager.apply_plan(turned, make_nf)
+        assert all(Ether(f).type == 0x0800 for f in h.send(running))
+    finally:
+        h.close()
+    assert fp.pool_counts()[1] == 0, "mbufs leaked"
+
+
+def test_kept_only_on_a_local_hop():
+    p = plan([peer(18, 1.0)])
+    p["hops"][0]["kept"] = [{"host": "h17", "label": 17, "mac": "02:00:00:00:00:11"}]
+    check_plan(p)
+    p["hops"][1]["kept"] = []
+    with pytest.raises(PlanError) as err:
+        check_plan(p)
+    assert "plan.hops[1].kept: only a local hop keeps flows pinned elsewhere" in str(err.value)
+
+
+def test_plans_give_a_hop_that_drains_kept_hosts(topo):
+    before = place(topo, say=False)
+    old = first(before, "lb")
+    nat_hosts = {h for (h, _), _ in before.hops["web"][topo.chain("web").nfs.index("nat")]}
+    lb_hosts = {h for (h, _), _ in before.hops["web"][topo.chain("web").nfs.index("lb")]}
+    used = before.cores_used()
+    to = next((h for h in sorted(nat_hosts - lb_hosts) if used[h] < topo.host(h).cores),
+              spare_host(topo, before))
+    after = move_instance(topo, before, *old, to, say=False)
+    new, = set(after.instances) - set(before.instances)
+    after = Drains().begin(before, after, 0.0, {h.name for h in topo.hosts}, {}, {old: new})
+    chain = topo.chain("web")
+    si = 255 - chain.nfs.index("lb")
+    plans = host_plans(topo, after, 7)
+    serving = {h for (h, _), _ in after.hops["web"][chain.nfs.index("lb")]} | {old[0]}
+    for host in (to, old[0]):
+        hop = next(h for h in plans[host]["hops"] if (h["spi"], h["si"]) == (chain.spi, si))
+        assert "local" in hop, hop
+        assert [p["host"] for p in hop["kept"]] == sorted(serving - {host}), hop
+    # no drain, no `kept`
+    assert not any("kept" in h for p in host_plans(topo, before, 7).values() for h in p["hops"])

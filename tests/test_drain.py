@@ -256,64 +256,60 @@ def test_consistent_slots_never_give_a_weight_0_peer_a_slot():
 
 # --- the fast path: weight 0 serves pinned flows, never new ones ------------------
 
-def test_the_fast_path_keeps_pinned_flows_on_a_weight_0_host_and_sends_it_no_new_one():
+@pytest.fixture
+def spread():
+    """A Harness as host A whose remote hop spread 64 running flows over B
+    and C (pinned): (harness, the flows' frames, {sport: label picked})."""
     h = Harness(nfs=[("forward", None)])
-    try:
-        B, C = pins.B, pins.C
-        h.manager.apply_plan(pins.remote_plan(h, [pins.peer(B, 1.0), pins.peer(C, 1.0)], 2),
-                             make_nf)
-        running = [pins.request(i) for i in range(64)]
-        before = pins.picks(h, running)
-        on_c = {sport for sport, label in before.items() if label == C["label"]}
-        assert on_c, "some flows picked C"
-        # C drains: weight 0
-        h.manager.apply_plan(pins.remote_plan(h, [pins.peer(B, 1.0), pins.peer(C, 0)], 3),
-                             make_nf)
-        assert pins.picks(h, running) == before, "pinned flows stay, on C too"
-        fresh = pins.picks(h, [pins.request(1000 + i) for i in range(128)])
-        assert set(fresh.values()) == {B["label"]}, "no new flow goes to a draining host"
-        # the drain is over: C leaves the list, its flows pick B
-        h.manager.apply_plan(pins.remote_plan(h, [pins.peer(B, 1.0)], 4), make_nf)
-        after = pins.picks(h, running)
-        assert set(after.values()) == {B["label"]}
-    finally:
-        h.close()
+    h.manager.apply_plan(pins.remote_plan(h, [pins.peer(pins.B, 1.0), pins.peer(pins.C, 1.0)],
+                                          2), make_nf)
+    running = [pins.request(i) for i in range(64)]
+    before = pins.picks(h, running)
+    assert set(before.values()) == {pins.B["label"], pins.C["label"]}
+    yield h, running, before
+    h.close()
     assert fp.pool_counts()[1] == 0, "mbufs leaked"
 
 
-def test_a_hop_that_turned_local_keeps_sending_pinned_flows_where_they_were():
+def test_the_fast_path_keeps_pinned_flows_on_a_weight_0_host_and_sends_it_no_new_one(spread):
+    h, running, before = spread
+    B, C = pins.B, pins.C
+    # C drains: weight 0
+    h.manager.apply_plan(pins.remote_plan(h, [pins.peer(B, 1.0), pins.peer(C, 0)], 3),
+                         make_nf)
+    assert pins.picks(h, running) == before, "pinned flows stay, on C too"
+    fresh = pins.picks(h, [pins.request(1000 + i) for i in range(128)])
+    assert set(fresh.values()) == {B["label"]}, "no new flow goes to a draining host"
+    # the drain is over: C leaves the list, its flows pick B
+    h.manager.apply_plan(pins.remote_plan(h, [pins.peer(B, 1.0)], 4), make_nf)
+    after = pins.picks(h, running)
+    assert set(after.values()) == {B["label"]}
+
+
+def test_a_hop_that_turned_local_keeps_sending_pinned_flows_where_they_were(spread):
     """The lb moved next to the nat that fed it remotely: its new local hop
     lists the hop's other hosts as `kept`, so the flows this host had pinned
     to them (the draining one's and the other instance's) stay there and
     only new flows take the local instance."""
-    h = Harness(nfs=[("forward", None)])
-    try:
-        B, C = pins.B, pins.C
-        h.manager.apply_plan(pins.remote_plan(h, [pins.peer(B, 1.0), pins.peer(C, 1.0)], 2),
-                             make_nf)
-        running = [pins.request(i) for i in range(64)]
-        before = pins.picks(h, running)
-        assert set(before.values()) == {B["label"], C["label"]}
-        edge = "02:00:00:00:00:e1"
-        turned = pins.plan_of(pins.A, h, [1, 2], [
-            {"spi": pins.S, "si": 255, "local": 1},
-            {"spi": pins.S, "si": 254, "local": 2, "kept": [pins.peer(B), pins.peer(C)]},
-            {"spi": pins.S, "si": 253, "end": {"dst_mac": edge}},
-        ], 3)
-        h.manager.apply_plan(turned, make_nf)
-        assert pins.picks(h, running) == before, "pinned flows go on where they were"
-        fresh = h.send([pins.request(1000 + i) for i in range(32)])
-        assert len(fresh) == 32
-        assert all(Ether(f).type == 0x0800 and Ether(f).dst == edge for f in fresh), \
-            "new flows take the local instance (then the end)"
-        # without `kept` the turned hop would take the pinned flows too
-        turned["hops"][1].pop("kept")
-        turned["generation"] = 4
-        h.manager.apply_plan(turned, make_nf)
-        assert all(Ether(f).type == 0x0800 for f in h.send(running))
-    finally:
-        h.close()
-    assert fp.pool_counts()[1] == 0, "mbufs leaked"
+    h, running, before = spread
+    B, C = pins.B, pins.C
+    edge = "02:00:00:00:00:e1"
+    turned = pins.plan_of(pins.A, h, [1, 2], [
+        {"spi": pins.S, "si": 255, "local": 1},
+        {"spi": pins.S, "si": 254, "local": 2, "kept": [pins.peer(B), pins.peer(C)]},
+        {"spi": pins.S, "si": 253, "end": {"dst_mac": edge}},
+    ], 3)
+    h.manager.apply_plan(turned, make_nf)
+    assert pins.picks(h, running) == before, "pinned flows go on where they were"
+    fresh = h.send([pins.request(1000 + i) for i in range(32)])
+    assert len(fresh) == 32
+    assert all(Ether(f).type == 0x0800 and Ether(f).dst == edge for f in fresh), \
+        "new flows take the local instance (then the end)"
+    # without `kept` the turned hop would take the pinned flows too
+    turned["hops"][1].pop("kept")
+    turned["generation"] = 4
+    h.manager.apply_plan(turned, make_nf)
+    assert all(Ether(f).type == 0x0800 for f in h.send(running))
 
 
 def test_kept_only_on_a_local_hop():

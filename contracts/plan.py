@@ -50,6 +50,16 @@ instance's state (`export_state()`) and publish it with its stats;
 `"state": {...}` (or null) is a snapshot the new instance takes
 (`import_state()`) before it gets its first packet.
 
+Draining (controller/moves.py, `Drains`): an instance moved away or
+scaled in stays for a while with `"draining": true` (informational: the
+agent runs it as any instance), and a remote hop toward its host lists
+that host with `"weight": 0`: flows pinned to it stay on it, no new flow
+picks it.  A remote list needs at least one peer with a positive weight.
+A local hop of a chain hop that has a draining instance may carry
+`"kept": [{"host", "label", "mac"}, ...]`: a flow the agent pinned to one
+of these hosts while the hop was remote goes on there (its state is
+there); every other flow is local.
+
 This module does not forward anything: `host_agent/tables.py` compiles a
 checked plan into flat tables, which `Manager.apply_plan` loads.
 """
@@ -57,6 +67,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 
 from contracts.model import FIRST_SPI, MAX_LABEL
 from contracts.validate import (MAC_RE, Errors, ValidationError,  # noqa: F401  (MAC_RE re-exported)
@@ -192,6 +203,8 @@ def _check_instances(errors, plan):
                      f"not {type(inst.get('state')).__name__}")
         errors.check(not (inst.get("export") and inst.get("state") is not None), where,
                      "cannot both export state and take imported state")
+        errors.check(isinstance(inst.get("draining", False), bool), f"{where}.draining",
+                     f"must be true or false, not {inst.get('draining')!r}")
     return ids
 
 
@@ -224,12 +237,23 @@ def _check_hops(errors, plan, ids):
         if "pinned" in hop:
             _check_peers(errors, hop["pinned"], f"{where}.pinned", empty_ok=True,
                          weights=False)
+        if "kept" in hop:
+            if errors.check("local" in hop, f"{where}.kept", "only a local hop keeps "
+                            "flows pinned elsewhere"):
+                _check_peers(errors, hop["kept"], f"{where}.kept", empty_ok=True,
+                             weights=False)
         if "reverse" in hop:
             _check_reverse(errors, hop["reverse"], f"{where}.reverse", hop_keys)
 
 
 def _check_remote(errors, remote, where):
     _check_peers(errors, remote, where, empty_ok=False, weights=True)
+    weights = [p.get("weight", 1.0) for p in remote if isinstance(p, dict)] \
+        if isinstance(remote, list) else []
+    if weights and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+        errors.check(any(w > 0 for w in weights), where,
+                     "needs a peer with a positive weight (weight 0 is a draining "
+                     "host: it keeps its pinned flows and takes no new one)")
 
 
 def _objects(errors, items, where, empty_ok, fields):
@@ -256,8 +280,9 @@ def _check_peers(errors, peers, where, empty_ok, weights):
         _mac(errors, peer.get("mac"), f"{pw}.mac")
         if weights:
             w = peer.get("weight", 1.0)
-            errors.check(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0,
-                         f"{pw}.weight", "must be a positive number")
+            errors.check(isinstance(w, (int, float)) and not isinstance(w, bool)
+                         and math.isfinite(w) and w >= 0,
+                         f"{pw}.weight", "must be a number >= 0 (0: draining)")
 
 
 def _check_reverse(errors, rev, where, hop_keys):

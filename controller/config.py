@@ -39,6 +39,9 @@ OPTS = [
     cfg.StrOpt("store_ca", default=None, help="https etcd: CA that signed its certificate"),
     cfg.StrOpt("store_cert", default=None, help="https etcd: client certificate"),
     cfg.StrOpt("store_key", default=None, help="https etcd: client key"),
+    cfg.FloatOpt("drain_seconds", default=30.0,
+                 help="seconds an instance moved away or scaled in keeps serving the "
+                      "flows pinned to it (0: it stops at once; controller/moves.py)"),
 ]
 
 

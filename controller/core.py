@@ -47,8 +47,8 @@ from controller import flows, natslices
 from controller.chains import Scope, is_retired, make_chain
 from controller.livegraph import LiveFabric, describe
 from controller.liveness import Liveness
-from controller.moves import Moves
-from controller.placement import PlacementError, place, place_what_fits
+from controller.moves import DRAIN_SECONDS, Drains, MoveError, Moves
+from controller.placement import PlacementError, move_instance, place, place_what_fits
 from controller.plans import host_load, host_plans, ingress_groups, nat_slices
 from controller.view import ClusterView, chain_to_json
 
@@ -110,12 +110,15 @@ class Decisions:
 class ClusterCore(ClusterView):
     """The cluster's state machine; see the module docstring."""
 
-    def __init__(self, topology, store, leader=None, lldp=False, liveness=None):
+    def __init__(self, topology, store, leader=None, lldp=False, liveness=None,
+                 drain_seconds=DRAIN_SECONDS):
         """`leader`: the Election whose leadership guards plan writes (None:
         unguarded, for tests); `lldp`: switches also punt LLDP to the
         controller (ryu.topology observes links); `liveness`: the policy
         that decides which hosts are lost (controller.liveness.Liveness
-        with its defaults when None)."""
+        with its defaults when None); `drain_seconds`: how long an instance
+        moved away or scaled in keeps serving its pinned flows (0: it stops
+        at once; controller.moves.Drains)."""
         self.topo = topology
         self.store = store
         self.leader = leader
@@ -132,7 +135,8 @@ class ClusterCore(ClusterView):
         self.unplaced = {}              # chain name -> why it could not be placed
         self.stats_warned = set()       # (host, problem) of stats already logged
         self.dirty = {"hosts", "chains"}
-        self.mover = Moves(store, clock=lambda: self.now)
+        self.mover = Moves(store, clock=lambda: self.now, drain_seconds=drain_seconds)
+        self.drains = Drains(drain_seconds)
         self.fabric_cut = []            # hosts and edges no switch reaches
         self.last_stats_replan = None
         self.leading = False
@@ -178,6 +182,8 @@ class ClusterCore(ClusterView):
         due_stats = "stats" in self.dirty and (
             self.last_stats_replan is None
             or now - self.last_stats_replan >= STATS_REPLAN_SECONDS)
+        if self.drains.active and now >= self.drains.next_end():
+            self.dirty.add("moves")     # a drain's time is up
         if self.held and self._judged_alive(self.liveness.decide(now)) != self.alive:
             self.dirty.add("hosts")     # a held host's time ran out, or it is back
         if self.dirty & {"hosts", "chains", "moves"} or due_stats:
@@ -262,10 +268,16 @@ class ClusterCore(ClusterView):
             sorted((c for c in wanted + retired if c.ingress in edges),
                    key=lambda c: c.spi))
         chains = wanted if self.alive else []
+        stats = self.store.stats()
+        if self.current is not None and self.drains.active:
+            ended = self.drains.due(self.now, stats)
+            if ended:
+                self.current = self.drains.end(self.current, ended, self.nat_slices)
         before = self.current
         # Every host or chain change re-places all wanted chains, so a chain
         # refused while few hosts were up is tried again as more come.
         start = time.perf_counter()
+        self._make_room(chains)
         placement, kept, self.unplaced = place_what_fits(
             self.topo, chains, previous=self.current,
             exclude_hosts=self._dead(), unplaced=self.unplaced)
@@ -273,6 +285,11 @@ class ClusterCore(ClusterView):
         self.placed = self.topo.with_chains(kept)
         if placement is not None:       # a move whose state A published lands now
             placement = self.mover.land(self.placed, placement)
+            # what it takes away drains (moved, scaled in), unless its host is lost
+            placement = self.drains.begin(before, placement, self.now, self.alive, stats,
+                                          self.mover.handed)
+        elif self.drains.active and before is not None:
+            self.drains.end(before, {k: "nothing is placed" for k in self.drains.active})
         self.current = placement
         self._log_instances(before, placement, lost, reasons)
         try:
@@ -283,6 +300,28 @@ class ClusterCore(ClusterView):
         if self.leading:
             self._write_plans(out)
 
+    def _make_room(self, chains):
+        """A drain never costs a chain its place: when `chains` fit only
+        with the cores draining instances hold, those drains end now."""
+        if self.current is None or not self.current.draining or not chains:
+            return
+        topo, dead = self.topo.with_chains(chains), self._dead()
+        try:
+            place(topo, previous=self.current, exclude_hosts=dead, say=False)
+            return
+        except PlacementError:
+            pass
+        freed = self.current.with_draining({})
+        try:
+            place(topo, previous=freed, exclude_hosts=dead, say=False)
+        except PlacementError:
+            return                  # no fit either way: the drains go on
+        log.warning("the chains fit only with the cores of the draining instances: "
+                    "ending their drains now (the flows still on them are cut)")
+        self.current = self.drains.end(
+            self.current, {k: "cut short: its cores are needed"
+                           for k in self.current.draining}, self.nat_slices)
+
     def _assign_slices(self):
         """Each nat instance keeps its port slice; a moved one's passes to
         its successor; new ones take the lowest free (controller.natslices).
@@ -291,10 +330,29 @@ class ClusterCore(ClusterView):
         if self.current is None:
             return
         before = self.nat_slices
-        self.nat_slices = nat_slices(self.placed, self.current, before,
-                                     self.mover.handed)
+        try:
+            self.nat_slices = nat_slices(self.placed, self.current, before,
+                                         self.mover.handed)
+        except natslices.SlicesExhausted as err:
+            drained = {k: "cut short: no free NAT port slice for a new instance"
+                       for k, i in self.current.draining.items() if i.nf == natslices.NAT}
+            if not drained:
+                raise
+            log.error("%s; ending the drain of %s now so that no two instances share "
+                      "a port (their open flows are cut)", err,
+                      ", ".join(f"nat#{i} on {h}" for h, i in sorted(drained)))
+            self.current = self.drains.end(self.current, drained, before)
+            self.nat_slices = nat_slices(self.placed, self.current, before,
+                                         self.mover.handed)
         for old, new in sorted(self.mover.handed.items()):
-            if old in before:
+            if old not in before:
+                continue
+            if old in self.current.draining:
+                log.info("nat#%d moved from %s to %s#%d takes port slice %d; the "
+                         "draining nat#%d keeps slice %d until it goes", old[1], old[0],
+                         new[0], new[1], self.nat_slices.get(new, -1), old[1],
+                         self.nat_slices.get(old, -1))
+            else:
                 log.info("nat#%d moved from %s to %s#%d keeps port slice %d", old[1],
                          old[0], new[0], new[1], self.nat_slices.get(new, -1))
         fresh = {k: n for k, n in self.nat_slices.items() if before.get(k) != n
@@ -314,7 +372,7 @@ class ClusterCore(ClusterView):
             log.info("placed %s#%d on %s: %s; %s now uses %d of %d cores, serves "
                      "%.2f Mpps of it", inst.nf, inst.id, inst.host, why, inst.host,
                      used.get(inst.host, 0), host.cores, inst.load)
-        for key in sorted(set(old) - set(new)):
+        for key in sorted(set(old) - set(new) - set(after.draining if after else ())):
             inst = old[key]
             log.info("removed %s#%d from %s: %s", inst.nf, inst.id, inst.host, why)
 
@@ -550,10 +608,29 @@ class ClusterCore(ClusterView):
         return self.store.stats()
 
     def request_move(self, host, instance, to):
+        self._check_move_slices(host, instance, to)
         move = self.mover.request(self.placed, self.current, self.alive,
                                    host, instance, to)
         self.dirty.add("moves")
         return move
 
+    def _check_move_slices(self, host, instance, to):
+        """A nat that will drain keeps its slice while its successor needs
+        one: refuse the move (409) when no slice is free for it."""
+        inst = self.current.instances.get((host, instance)) if self.current else None
+        if inst is None or inst.nf != natslices.NAT or self.drains.seconds <= 0:
+            return
+        try:
+            moved = move_instance(self.placed, self.current, host, instance, to, say=False)
+        except PlacementError:
+            return                  # Moves.request names what is wrong
+        trial = moved.with_draining({**moved.draining, inst.key: inst})
+        try:
+            nat_slices(self.placed, trial, self.nat_slices)
+        except natslices.SlicesExhausted as err:
+            raise MoveError(409, f"move: nat#{instance} keeps its port slice while it "
+                                 f"drains on {host}, and its successor on {to} needs "
+                                 f"one of its own: {err}") from None
+
     def moves(self):
-        return self.mover.status()
+        return dict(self.mover.status(), draining=self.drains.status(self.now))

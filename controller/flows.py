@@ -408,10 +408,12 @@ def _label_stack_push(spi, label):
 
 def slot_hosts(members, slots=SLOTS):
     """[host] of length max(slots, len(members)): each host gets slots in
-    proportion to its weight (largest remainder), at least one."""
-    n = max(slots, len(members))
-    total = sum(w for _, w in members) or 1.0
-    exact = [(h, n * w / total) for h, w in members]
+    proportion to its weight (largest remainder), at least one; a host of
+    weight 0 (draining: its pinned flows stay, controller.moves) none."""
+    exact = [(h, w) for h, w in members if w > 0]
+    n = max(slots, len(exact))
+    total = sum(w for _, w in exact) or 1.0
+    exact = [(h, n * w / total) for h, w in exact]
     count = {h: max(1, int(x)) for h, x in exact}
     by_remainder = sorted(exact, key=lambda hx: (-(hx[1] - int(hx[1])), hx[0]))
     i = 0
@@ -421,7 +423,7 @@ def slot_hosts(members, slots=SLOTS):
     while sum(count.values()) > n:      # the minimum of one overshot
         big = max(count, key=lambda h: (count[h], h))
         count[big] -= 1
-    return [h for h, _ in members for _ in range(count[h])]
+    return [h for h, _ in members for _ in range(count.get(h, 0))]
 
 
 def _steering(topo, chain, members, how):

@@ -18,8 +18,22 @@
 The state rides in B's plan until B's agent has applied a plan that carried
 it (/onvm/applied/B), then is left out again.  An NF without export_state()
 publishes "state": null and moves without state; an A that publishes no
-snapshot within `timeout` seconds gets the same (logged).  Flows that start
-between A's snapshot and the switch to B are not carried.
+snapshot within `timeout` seconds gets the same (logged).
+
+Draining (`Drains`) closes the race of flows that start between A's
+snapshot and the switch to B: the old instance is not stopped at the
+switch but drains, for `drain_seconds` or until the flow count its agent
+reports is 0: it stays in A's plan ("draining": true) and in every hop
+that named it with weight 0, so the flows pinned to it (those that opened
+after the snapshot included) finish on it, and new flows go to B.  A nat
+hands over no snapshot (a mapping's port is in A's slice, which B does not
+own): B takes a free slice and A keeps its own until it goes.  Instances
+that a re-placement takes away (scale-in, a chain re-placed) drain the
+same way; those of a lost host do not (nothing runs there).
+
+Not here: plans (controller.plans writes draining instances with weight
+0), slices (controller.natslices), the fast path (a weight-0 peer gets no
+hash slot, host_agent.tables; pins keep their host while it is listed).
 
 Plain deciding code over the store and the placement: no Ryu, no
 OpenFlow; the cluster core (controller.core) calls it (a `Moves` per
@@ -37,6 +51,10 @@ from controller.placement import PlacementError, move_instance
 log = logging.getLogger("onvm.moves")
 
 MOVE_TIMEOUT = 10.0     # seconds to wait for A's snapshot before moving without
+DRAIN_SECONDS = 30.0    # how long an instance moved away or scaled in drains at most
+MIN_DRAIN_SECONDS = 2.0  # a flow count of 0 ends a drain only after this (fresh stats)
+DRAINED_NFS = frozenset(("firewall-stateful", "ids", "lb", "nat"))  # their flows have state
+NO_HANDOVER = frozenset(("nat",))   # their snapshot cannot serve the successor's slice
 _NO_STATE = object()
 
 
@@ -91,10 +109,12 @@ def check_move(topo, placement, alive, host, instance_id, to):
 class Moves:
     """The controller's moves in progress; see the module docstring."""
 
-    def __init__(self, store, clock=time.monotonic, timeout=MOVE_TIMEOUT):
+    def __init__(self, store, clock=time.monotonic, timeout=MOVE_TIMEOUT,
+                 drain_seconds=DRAIN_SECONDS):
         self.store = store
         self.clock = clock
         self.timeout = timeout
+        self.drain_seconds = drain_seconds
         self.pending = {}       # (host, instance id) -> Move
         self.landing = {}       # (to, new id) -> [state, generation of B's plan carrying it]
         self.handed = {}        # (A, old id) -> (B, new id) of the last `land`
@@ -124,7 +144,9 @@ class Moves:
     def mark(self, plans):
         """Add to `plans` ({host: plan}, about to be written) the export
         marks of pending moves and the states of landed ones; returns them."""
-        for (host, iid) in self.pending:
+        for (host, iid), move in self.pending.items():
+            if self._hands_none(move):
+                continue
             inst = _instance(plans.get(host), iid)
             if inst is not None:
                 inst["export"] = True
@@ -168,14 +190,26 @@ class Moves:
                             move.instance, move.host, move.to, err)
                 continue
             new_key, = set(moved.instances) - set(placement.instances)
-            self.landing[new_key] = [state, None]
+            if not self._hands_none(move):
+                self.landing[new_key] = [state, None]
             self.handed[key] = new_key
             placement = moved
         return placement
 
+    def _hands_none(self, move):
+        """True for a move whose old instance drains with all its flows and
+        gives its successor no snapshot (NO_HANDOVER)."""
+        return move.nf in NO_HANDOVER and self.drain_seconds > 0
+
     def _snapshot(self, move):
         """A's snapshot for `move` (None: its NF has none), or _NO_STATE
         while it is not there yet."""
+        if self._hands_none(move):
+            log.info("move of %s#%d from %s to %s: no snapshot (its mappings use "
+                     "ports of its own slice); it drains on %s with its flows, %s "
+                     "starts with a free slice", move.nf, move.instance, move.host,
+                     move.to, move.host, move.to)
+            return None
         plan = self.store.get_plan(move.host)
         inst = _instance(plan, move.instance)
         if move.marked is None and inst is not None and inst.get("export"):
@@ -213,3 +247,130 @@ def _instance(plan, iid):
         if inst.get("id") == iid:
             return inst
     return None
+
+
+# --- draining ---------------------------------------------------------------
+
+def flow_count(inst_stats):
+    """The flows an instance's NF holds, from its agent's stats entry
+    (instances[ID]: its "counters"), or None when its NF reports none:
+    firewall-stateful "connections", lb and ids "flows", nat its mappings."""
+    counters = (inst_stats or {}).get("counters") if isinstance(inst_stats, dict) else None
+    if not isinstance(counters, dict):
+        return None
+    for name in ("connections", "flows"):
+        if isinstance(counters.get(name), int):
+            return counters[name]
+    maps = [v.get("mappings") for v in counters.values() if isinstance(v, dict)]
+    maps = [m for m in maps if isinstance(m, int)]
+    return sum(maps) if maps else None
+
+
+@dataclasses.dataclass
+class Drain:
+    inst: object            # placecost.Instance, its users as they were
+    since: float
+    until: float
+    why: str                # "move nat#2 h3->h5" / "scale-in"
+
+    def describe(self, now):
+        return {"host": self.inst.host, "instance": self.inst.id, "nf": self.inst.nf,
+                "why": self.why, "left_s": round(max(0.0, self.until - now), 1)}
+
+
+class Drains:
+    """The instances draining: which, since when, why.  Pure deciding code
+    over Placements (their `draining`) and the agents' stats; the core
+    calls `begin` after each re-placement and `due` at each step."""
+
+    def __init__(self, seconds=DRAIN_SECONDS):
+        self.seconds = seconds
+        self.active = {}        # (host, id) -> Drain
+
+    def begin(self, before, after, now, alive, stats, handed=None):
+        """`after` with the instances of `before` that it drops drained
+        (those of stateful NFs on hosts in `alive`; `handed`: {old key:
+        new key} of moves), and without drains that ended by themselves
+        (their host lost).  Logs every decision."""
+        handed = handed or {}
+        draining = dict(after.draining)
+        for key in sorted(set(self.active) - set(draining)):
+            drain = self.active.pop(key)
+            log.warning("%s#%d on %s stops draining (%s): its host is lost", drain.inst.nf,
+                        key[1], key[0], drain.why)
+        gone = sorted(set(before.instances if before else ()) - set(after.instances)
+                      - set(draining))
+        for key in gone:
+            inst = before.instances[key]
+            why = (f"move {inst.nf}#{key[1]} {key[0]}->{handed[key][0]}" if key in handed
+                   else "scale-in")
+            if inst.host not in alive:
+                continue            # lost with its host: nothing runs there
+            reason = ("draining is off" if self.seconds <= 0 else
+                      f"{inst.nf} holds no flow state" if inst.nf not in DRAINED_NFS else
+                      None if any(c in after.hops for c, _ in inst.users) else
+                      "no chain it served is placed any more")
+            if reason:
+                log.info("%s: %s#%d on %s stops now (%s)", why, inst.nf, key[1], key[0],
+                         reason)
+                continue
+            flows = flow_count(((stats.get(inst.host) or {}).get("instances") or {})
+                               .get(str(key[1])))
+            draining[key] = inst
+            self.active[key] = Drain(inst, now, now + self.seconds, why)
+            log.info("%s: draining %s#%d on %s for %g s, %s pinned flows; new flows go "
+                     "to %s", why, inst.nf, key[1], key[0], self.seconds,
+                     "?" if flows is None else flows,
+                     f"{handed[key][0]}#{handed[key][1]}" if key in handed
+                     else "the hop's other instances")
+            self._warn_local(after, inst)
+        return after.with_draining(draining)
+
+    @staticmethod
+    def _warn_local(placement, inst):
+        """A host that runs the hop before the draining one keeps handing it
+        its new flows (a plan hop is local or remote, never both)."""
+        for (chain, j) in sorted(inst.users):
+            if j == 0 or chain not in placement.hops:
+                continue
+            if any(h == inst.host for (h, _), _ in placement.hops[chain][j - 1]):
+                log.warning("chain %s: %s runs hop %d and the draining %s#%d of hop %d: "
+                            "its new flows of that hop keep going to the draining "
+                            "instance (local), so those still open when the drain ends "
+                            "are cut", chain, inst.host, j, inst.nf, inst.id, j + 1)
+
+    def due(self, now, stats):
+        """{key: why} of the drains over: their time is up, or their agent
+        reports no flow left (after MIN_DRAIN_SECONDS, so the stats are of
+        the drain)."""
+        out = {}
+        for key, drain in sorted(self.active.items()):
+            inst_stats = ((stats.get(key[0]) or {}).get("instances") or {}).get(str(key[1]))
+            flows = flow_count(inst_stats)
+            if now >= drain.until:
+                out[key] = (f"after {now - drain.since:.0f} s, "
+                            f"{'?' if flows is None else flows} flows left")
+            elif flows == 0 and now - drain.since >= MIN_DRAIN_SECONDS:
+                out[key] = f"no flow left after {now - drain.since:.1f} s"
+        return out
+
+    def end(self, placement, ended, slices=None):
+        """`placement` without the drains `ended` ({key: why}); logs each."""
+        draining = dict(placement.draining)
+        for key, why in sorted(ended.items()):
+            drain = self.active.pop(key, None)
+            inst = draining.pop(key, None)
+            if inst is None:
+                continue
+            slice_ = (slices or {}).get(key)
+            log.info("%s: drain of %s#%d on %s over (%s): removed%s",
+                     drain.why if drain else "drain", inst.nf, key[1], key[0], why,
+                     "" if slice_ is None else f", port slice {slice_} free")
+        return placement.with_draining(draining)
+
+    def next_end(self):
+        """The clock time the first drain is over at, or None."""
+        return min((d.until for d in self.active.values()), default=None)
+
+    def status(self, now):
+        return [d.describe(now) for _, d in sorted(self.active.items())]

@@ -10,7 +10,10 @@ names the instance that holds its mapping.
 The assignment {(host, instance id): slice} is pure and stable (`assign`):
   * an instance keeps its slice while it lives;
   * a moved instance hands its slice to its successor (`moves`: old key ->
-    new key, from the core's move bookkeeping);
+    new key, from the core's move bookkeeping), unless it is still among
+    `instances` (draining, controller.moves.Drains): both then run at
+    once, so the successor takes a free slice and the old one's slice is
+    free again only when its drain ends;
   * a new instance takes the lowest free slice;
   * a leader that starts recovers the assignment from the plans it reads
     back from the store (`from_plans`).
@@ -72,15 +75,18 @@ def range_problems(port_range, slices, needed):
 
 def assign(previous, instances, moves=None, slices=DEFAULT_SLICES):
     """{(host, id): slice} for the nat instances `instances` (an iterable of
-    (host, id) keys), keeping each one's slice from `previous` (the same
-    shape), a moved instance's (`moves`: {old key: new key}) passing to its
-    successor, and giving new instances the lowest free slices in sorted
+    (host, id) keys, draining ones included), keeping each one's slice from
+    `previous` (the same shape), a moved instance's (`moves`: {old key: new
+    key}) passing to its successor when the old one is not in `instances`,
+    and giving new instances the lowest free slices in sorted
     key order.  Raises SlicesExhausted when there are more instances than
     slices."""
     wanted = sorted(set(instances))
     previous = dict(previous or {})
     for old, new in (moves or {}).items():
-        if old in previous and new not in previous:
+        # A moved instance still draining keeps its slice: its successor
+        # runs beside it and takes a free one.
+        if old in previous and new not in previous and old not in wanted:
             previous[new] = previous.pop(old)
     out, taken = {}, set()
     for key in wanted:

@@ -29,8 +29,9 @@ Re-placement (`place(previous=..., exclude_hosts=...)`,
 where it is and routes only what is missing: the shares lost with a host,
 and chains that are new or changed.  An unchanged chain is never moved.
 
-Not here: reading files (`controller.topology`), per-host plans and
-weights (`controller.plans`), OpenFlow (`controller.flows`).
+Not here: the Placement model and its cost (`controller.placecost`),
+reading files (`controller.topology`), per-host plans and weights
+(`controller.plans`), OpenFlow (`controller.flows`).
 """
 from __future__ import annotations
 
@@ -43,9 +44,10 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from scipy.optimize import linprog
 
 from controller import fabric
+from controller.placecost import (  # noqa: F401  (Instance, Placement, cost, transport: re-exported)
+    Instance, Placement, chain_cost, cost, egress_places, places_of, transport)
 
 log = logging.getLogger("onvm.placement")
 
@@ -58,173 +60,6 @@ IMPROVE_WORK = 400_000  # rip-up passes run while chains * hosts * passes <= thi
 class PlacementError(ValueError):
     """The chains cannot be placed; the message names the chain, the NF and
     what is short."""
-
-
-@dataclasses.dataclass
-class Instance:
-    """One NF instance: `id` is unique on its host (a plan's instance id)."""
-    host: str
-    id: int
-    nf: str
-    users: Dict[Tuple[str, int], float] = dataclasses.field(default_factory=dict)
-
-    @property
-    def key(self):
-        return (self.host, self.id)
-
-    @property
-    def load(self):
-        """Mpps it serves, over every (chain, hop) that uses it."""
-        return sum(self.users.values())
-
-
-class Placement:
-    """The outcome of `place`.
-
-    instances: {(host, id): Instance}
-    hops: {chain name: [[((host, id), share), ...] per NF in chain order]}
-          shares of one hop sum to 1; a hop has at most one instance per host.
-    """
-
-    def __init__(self, topo, instances, hops):
-        self.topo = topo
-        self.instances = instances
-        self.hops = hops
-
-    def shares(self, chain_name, j):
-        """{host: share} of hop j (0-based NF index) of a chain."""
-        out: Dict[str, float] = {}
-        for (host, _), share in self.hops[chain_name][j]:
-            out[host] = out.get(host, 0.0) + share
-        return out
-
-    def cores_used(self):
-        """{host: cores} given to instances, every topology host listed."""
-        used = {h.name: 0 for h in self.topo.hosts}
-        for inst in self.instances.values():
-            used[inst.host] = used.get(inst.host, 0) + self.topo.nfs[inst.nf].cores
-        return used
-
-    def to_json(self, solve_ms):
-        """DESIGN.md's `onvm place --json` object."""
-        chains = {}
-        for chain in self.topo.chains:
-            chains[chain.name] = [
-                {"nf": nf, "instances": [{"host": host, "share": round(share, 6)}
-                                         for (host, _), share in self.hops[chain.name][j]]}
-                for j, nf in enumerate(chain.nfs)]
-        used = self.cores_used()
-        hosts = {h.name: {"cores_used": used[h.name], "cores": h.cores}
-                 for h in self.topo.hosts}
-        return {"chains": chains,
-                "cost": {"traffic_hops": round(cost(self.topo, self), 6)},
-                "hosts": hosts, "solve_ms": round(solve_ms, 3)}
-
-
-# --- the cost ---------------------------------------------------------------
-
-def transport(src, dst, dist):
-    """How traffic split as `src` {place: share} after one hop reaches the
-    next hop split as `dst` {place: share}, and at what cost per unit.
-
-    This is what the plans do (controller.plans): a host that runs both hops
-    keeps all its traffic local (a plan's hop is local or remote, never
-    both); everything else takes the cheapest transportation (per-unit cost
-    dist(a, b)) onto what the next hop's places can still take.  Returns
-    (cost, {(a, b): flow}); flows sum to 1.
-    """
-    tot_a, tot_b = sum(src.values()), sum(dst.values())
-    if not tot_a or not tot_b:
-        return 0.0, {}
-    src = {a: s / tot_a for a, s in src.items()}
-    room = {b: s / tot_b for b, s in dst.items()}
-    flows = {}
-    for a, s in src.items():
-        if a in room:
-            flows[(a, a)] = s
-            room[a] = max(0.0, room[a] - s)
-    rest = {a: s for a, s in src.items() if a not in dst and s > 0}
-    room = {b: r for b, r in room.items() if r > 1e-12}
-    if len(rest) == 1:
-        flows.update(_fill_nearest(*next(iter(rest.items())), room, dist))
-    elif rest:
-        flows.update(_transport_lp(rest, room, dist))
-    total = 0.0
-    for (a, b), f in flows.items():
-        if f > 0:
-            total += f * dist(a, b)
-    return total, flows
-
-
-def _fill_nearest(a, supply, room, dist):
-    """One source: fill the nearest places first (exact for one source)."""
-    flows = {}
-    for b in sorted(room, key=lambda b: (dist(a, b), b)):
-        f = min(supply, room[b])
-        if f > 1e-12:
-            flows[(a, b)] = f
-            supply -= f
-    if supply > 1e-9:  # rounding only: room always covers the supply
-        b = min(room, key=lambda b: (dist(a, b), b))
-        flows[(a, b)] = flows.get((a, b), 0.0) + supply
-    return flows
-
-
-def _transport_lp(rest, room, dist):
-    a_list, b_list = list(rest), list(room)
-    n, m = len(a_list), len(b_list)
-    c = np.array([dist(a, b) for a in a_list for b in b_list], dtype=float)
-    if np.isinf(c).any():
-        return {(a_list[0], b_list[0]): math.inf}
-    a_eq = np.zeros((n, n * m))
-    for i in range(n):
-        a_eq[i, i * m:(i + 1) * m] = 1
-    a_ub = np.zeros((m, n * m))
-    for k in range(m):
-        a_ub[k, k::m] = 1
-    # Room covers supply; the slack absorbs rounding.
-    b_ub = [room[b] + 1e-9 for b in b_list]
-    res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=[rest[a] for a in a_list],
-                  bounds=(0, None), method="highs")
-    if res.status != 0:
-        raise RuntimeError(f"transportation LP failed: {res.message}")
-    return {(a_list[i], b_list[k]): float(res.x[i * m + k])
-            for i in range(n) for k in range(m) if res.x[i * m + k] > 1e-12}
-
-
-def places_of(topo):
-    """Every place a distance is asked for: hosts, edges and servers."""
-    return ([h.name for h in topo.hosts] + [e.name for e in topo.edges]
-            + [s.name for s in topo.servers])
-
-
-def egress_places(chain):
-    """{place: share} where a chain's traffic leaves: its egress, or its
-    pool's servers evenly (the lb spreads new flows over them)."""
-    if chain.pool:
-        return {name: 1.0 / len(chain.pool) for name in chain.pool}
-    return {chain.egress: 1.0}
-
-
-def chain_cost(chain, dists, dist):
-    """r * traffic hops of one chain given its per-hop {host: share} list."""
-    places = [{chain.ingress: 1.0}] + list(dists) + [egress_places(chain)]
-    total = 0.0
-    for a, b in zip(places, places[1:]):
-        total += transport(a, b, dist)[0]
-    return chain.mpps * total
-
-
-def _distance_fn(topo, graph=None):
-    graph = graph if graph is not None else fabric.build_graph(topo)
-    return fabric.DistanceTable(graph, places_of(topo)).d
-
-
-def cost(topo, placement):
-    """DESIGN.md's placement cost of `placement`, computed from scratch."""
-    dist = _distance_fn(topo)
-    return sum(chain_cost(c, [placement.shares(c.name, j) for j in range(len(c.nfs))], dist)
-               for c in topo.chains)
 
 
 # --- the solver -------------------------------------------------------------
@@ -267,6 +102,17 @@ class _Solver:
         self.remaining: Dict[str, List[float]] = {}
         self._vec_cache: Dict[str, np.ndarray] = {}
         self.chain_by_name = {c.name: c for c in topo.chains}
+        self.draining: Dict[Tuple[str, int], Instance] = {}
+
+    def reserve(self, draining):
+        """Instances draining (Placement.draining) keep their cores and ids
+        on hosts still in use; those of excluded or unknown hosts are gone."""
+        for key, inst in sorted(draining.items()):
+            h = self.hidx.get(inst.host)
+            if h is None or inst.host in self.excluded or inst.nf not in self.topo.nfs:
+                continue
+            self.draining[key] = inst
+            self.free[h] -= self.topo.nfs[inst.nf].cores
 
     # -- instances and assignments
 
@@ -280,7 +126,7 @@ class _Solver:
         host = self.hosts[h].name
         if ident is None:
             taken = {k[1] for (t, hh), keys in self.by_type_host.items() if hh == h
-                     for k in keys}
+                     for k in keys} | {i for (hh, i) in self.draining if hh == host}
             ident = next(i for i in range(1, MAX_ID + 1) if i not in taken)
         inst = Instance(host, ident, nf)
         self.instances[inst.key] = inst
@@ -694,7 +540,8 @@ class _Solver:
                 total = sum(hop.values())
                 per_hop.append([(key, q / total) for key, q in sorted(hop.items())])
             hops[chain.name] = per_hop
-        return Placement(self.topo, dict(sorted(self.instances.items())), hops)
+        return Placement(self.topo, dict(sorted(self.instances.items())), hops,
+                         self.draining)
 
 
 def place(topo, previous=None, exclude_hosts=(), say=True):
@@ -704,7 +551,8 @@ def place(topo, previous=None, exclude_hosts=(), say=True):
     With `previous` (a Placement), instances on hosts still present and not
     in `exclude_hosts` stay where they are with their ids, and unchanged
     chains keep their assignments; only lost shares and new or changed
-    chains are placed.  The outcome is logged once (`say_placed`); the
+    chains are placed; its draining instances (Placement.draining) keep
+    their cores and ids and pass on to the result.  The outcome is logged once (`say_placed`); the
     search's trial steps only at DEBUG.  `say=False` for a trial (checking
     a request): nothing is logged at INFO.
     """
@@ -716,6 +564,7 @@ def place(topo, previous=None, exclude_hosts=(), say=True):
                 raise PlacementError(f"chain {chain.name!r}: {place_!r} is not in "
                                      f"topology {topo.name!r}")
     if previous is not None:
+        solver.reserve(previous.draining)
         fresh = solver.load_previous(previous, chains)
     else:
         fresh = {c.name for c in chains}
@@ -827,7 +676,8 @@ def move_instance(topo, placement, host, instance_id, to_host, say=True):
     if clash:
         raise PlacementError(f"{to_host} already serves a hop of {old.nf}#{instance_id} "
                              f"with instance {clash[0][1]}")
-    taken = {ident for (h, ident) in placement.instances if h == to_host}
+    taken = {ident for (h, ident) in list(placement.instances) + list(placement.draining)
+             if h == to_host}
     new_id = next(i for i in range(1, MAX_ID + 1) if i not in taken)
     moved = Instance(to_host, new_id, old.nf, dict(old.users))
     instances = {k: dataclasses.replace(v, users=dict(v.users))
@@ -836,7 +686,8 @@ def move_instance(topo, placement, host, instance_id, to_host, say=True):
     hops = {chain: [sorted(((moved.key if key == old.key else key), share)
                            for key, share in hop) for hop in per_hop]
             for chain, per_hop in placement.hops.items()}
-    result = Placement(placement.topo, dict(sorted(instances.items())), hops)
+    result = Placement(placement.topo, dict(sorted(instances.items())), hops,
+                       placement.draining)
     if not say:
         return result
     used = result.cores_used()

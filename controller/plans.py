@@ -24,6 +24,18 @@ instance a reply belongs to from its forward packets (pins), so:
   * every reverse hop (R, si) of the 2nd..k-th reverse NF lists in
     `"pinned"` the other hosts running that NF (the hosts a pin may name).
 
+Draining instances (Placement.draining, controller.moves.Drains): moved
+away or scaled in, they run on with `"draining": true` and every hop of
+the chains they served that names them, but with share 0: a remote hop
+toward their host lists it with weight 0 (flows pinned to it stay, no new
+flow picks it), the ingress gives their host weight 0, reverse `pinned`
+lists name it (replies of its flows come back to it), and their own hops
+onward forward as the hop's running instances do.  While a hop drains,
+its local entries list the hop's other hosts as `kept`: a host whose hop
+turned local (the new instance landed beside the previous NF) still sends
+the flows it had pinned to another host there.  A nat that drains
+keeps its port slice.
+
 NF configs.  `nat` instances get their own slice of the catalog's port
 range (controller.natslices; the caller keeps the assignment stable), and
 `lb` instances serving a chain with a pool get the pool's servers as
@@ -31,8 +43,8 @@ range (controller.natslices; the caller keeps the assignment stable), and
 are written inline: the catalog file's keys plus these.
 
 Remote weights.  From host X, the base weight of next-hop host Y is the
-flow X -> Y of `controller.placement.transport` divided by X's share: the
-same local-first, cheapest transportation that `placement.cost` charges, so
+flow X -> Y of `controller.placecost.transport` divided by X's share: the
+same local-first, cheapest transportation that `placecost.cost` charges, so
 near hosts take what their share allows first and farther hosts only the
 rest (distance lowers a far host's weight wherever capacity leaves room).
 Reported load then shifts traffic away from busy hosts:
@@ -62,7 +74,7 @@ import logging
 import math
 
 from controller import fabric, natslices
-from controller.placement import places_of, transport
+from controller.placecost import places_of, transport
 from contracts.plan import check_plan
 from contracts.wire import SI_FIRST, reverse_spi
 from nfs import nfconfig
@@ -167,8 +179,9 @@ def _instance_config(topo, inst, slices):
     lb instances get the file's keys inline with their own additions (see
     the module docstring)."""
     nf_type = topo.nfs[inst.nf]
-    pools = [topo.chain(name) for name in sorted({c for c, _ in inst.users})
-             if topo.chain(name).pool]
+    placed = {chain.name: chain for chain in topo.chains}
+    pools = [placed[name] for name in sorted({c for c, _ in inst.users})
+             if name in placed and placed[name].pool]
     if inst.nf == natslices.NAT and inst.key in slices:
         written, parsed = _catalog_config(inst.nf, nf_type.config)
         port_range, count = natslices.settings(parsed)
@@ -187,7 +200,8 @@ def nat_slices(topo, placement, previous=None, moves=None):
     if nat is None or placement is None:
         return {}
     count = natslices.settings(_catalog_config(nat.name, nat.config)[1])[1]
-    keys = [k for k, inst in placement.instances.items() if inst.nf == natslices.NAT]
+    keys = [k for k, inst in list(placement.instances.items()) + list(placement.draining.items())
+            if inst.nf == natslices.NAT]
     return natslices.assign(previous, keys, moves, count)
 
 
@@ -236,8 +250,10 @@ def host_load(stats_by_host, topo, placement, warned=None):
 
 
 def _hop_instances(placement, chain):
-    """Per hop: {host: instance id}; a hop has at most one instance a host."""
-    return [{host: ident for (host, ident), _ in hop} for hop in placement.hops[chain.name]]
+    """Per hop: {host: instance id}, draining instances included (share 0);
+    a hop has at most one instance a host."""
+    return [dict({host: ident for (host, ident), _ in hop}, **placement.draining_at(chain, j))
+            for j, hop in enumerate(placement.hops[chain.name])]
 
 
 def _weights(row, share, load):
@@ -250,16 +266,22 @@ def _weights(row, share, load):
     return {h: round(w / total, 6) or 1e-6 for h, w in raw.items()}
 
 
-def _path_hops(topo, spi, on, shares, end, dist, load):
+def _path_hops(topo, spi, on, shares, end, dist, load, keep=False):
     """{host: {si: hop entry}} of one service path: `on` and `shares` are
     per NF in path order ({host: instance id}, {host: share}), `end` the
-    entry after the last NF."""
+    entry after the last NF.  `keep` (the forward path): while an instance
+    of a hop drains, the hop's local entries list the hop's other hosts as
+    `kept`, so a flow pinned there while the hop was remote stays there."""
     out = {}
     k = len(on)
     for j in range(k):
         si = SI_FIRST - j
+        drains = keep and any(host not in shares[j] for host in on[j])
         for host, ident in on[j].items():
             out.setdefault(host, {})[si] = {"spi": spi, "si": si, "local": ident}
+            if drains and len(on[j]) > 1:
+                out[host][si]["kept"] = [_host_ref(topo, other) for other in sorted(on[j])
+                                         if other != host]
         if j == k - 1:
             for host in on[j]:
                 out[host][si - 1] = {"spi": spi, "si": si - 1, "end": dict(end)}
@@ -269,8 +291,14 @@ def _path_hops(topo, spi, on, shares, end, dist, load):
             if host in on[j + 1]:
                 continue
             row = {b: f for (a, b), f in flows.items() if a == host and f > 0}
-            out[host][si - 1] = {"spi": spi, "si": si - 1,
-                                 "remote": _peers(topo, _weights(row, shares[j][host], load))}
+            if host in shares[j]:
+                weights = _weights(row, shares[j][host], load)
+            else:               # draining here: what it still carries goes on as the hop's
+                weights = _weights(shares[j + 1], sum(shares[j + 1].values()), load)
+            for other in on[j + 1]:
+                if other not in shares[j + 1]:
+                    weights[other] = 0.0    # draining there: its pinned flows only
+            out[host][si - 1] = {"spi": spi, "si": si - 1, "remote": _peers(topo, weights)}
     return out
 
 
@@ -290,7 +318,8 @@ def _chain_hops(topo, placement, chain, dist, load):
     on = _hop_instances(placement, chain)
     k = len(chain.nfs)
     shares = [placement.shares(chain.name, j) for j in range(k)]
-    forward = _path_hops(topo, chain.spi, on, shares, _end(topo, chain), dist, load)
+    forward = _path_hops(topo, chain.spi, on, shares, _end(topo, chain), dist, load,
+                         keep=True)
     paths = [forward]
     if chain.symmetric:
         rspi = reverse_spi(chain.spi)
@@ -331,6 +360,10 @@ def host_plans(topo, placement, generation, load=None, slices=None):
         plans[inst.host]["instances"].append(
             {"id": inst.id, "nf": inst.nf, "mode": "inline",
              "config": _instance_config(topo, inst, slices)})
+    for inst in placement.draining.values():
+        plans[inst.host]["instances"].append(
+            {"id": inst.id, "nf": inst.nf, "mode": "inline", "draining": True,
+             "config": _instance_config(topo, inst, slices)})
     for chain in topo.chains:
         for host, hops in _chain_hops(topo, placement, chain, table.d, load).items():
             plans[host]["hops"].extend(hops)
@@ -344,11 +377,13 @@ def host_plans(topo, placement, generation, load=None, slices=None):
 def ingress_groups(topo, placement):
     """{chain name: [(host, weight)]}: the hosts running the chain's first
     NF and their shares, which the ingress edge switch picks among per flow
-    (controller/flows.py: weighted hash slots, flows pinned by learned rules)."""
+    (controller/flows.py: weighted hash slots, flows pinned by learned rules);
+    a host whose first-NF instance drains has weight 0 (pinned flows only)."""
     out = {}
     for chain in topo.chains:
         if not chain.nfs:
             continue
         shares = placement.shares(chain.name, 0)
+        shares.update({host: 0.0 for host in placement.draining_at(chain, 0)})
         out[chain.name] = [(host, round(shares[host], 6)) for host in sorted(shares)]
     return out

@@ -100,4 +100,5 @@ class ClusterView(abc.ABC):
 
     @abc.abstractmethod
     def moves(self) -> dict:
-        """{"moving": [...], "landing": [...]}: the moves in progress."""
+        """{"moving": [...], "landing": [...], "draining": [...]}: the moves
+        in progress and the instances draining (controller.moves.Drains)."""

@@ -45,7 +45,7 @@ from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
 from libc.string cimport memcmp
 from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
     hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL, HOP_REMOTE,
-    MODE_PROCESS, FLAG_PINNED)
+    MODE_PROCESS, FLAG_PINNED, FLAG_KEPT)
 from host_agent.parser cimport *
 
 import logging
@@ -536,6 +536,8 @@ cdef class Manager:
                     meta.action = ONVM_ACTION_NEXT
                 elif h.flags & FLAG_PINNED and self._pinned(t, m, meta, h):
                     continue
+                elif h.flags & FLAG_KEPT and self._kept(t, m, meta, h):
+                    continue
                 elif h.kind == HOP_LOCAL:
                     slot = h.slot
                 elif h.kind == HOP_REMOTE:
@@ -688,6 +690,23 @@ cdef class Manager:
             rte_pktmbuf_free(m)
             return True
         return False
+
+    cdef bint _kept(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
+        """A local hop with "kept" hosts: a flow this host pinned to one of
+        them while the hop was remote (an instance draining there, or one
+        that holds its state) goes on to it.  True if sent; False: local."""
+        cdef pin_key_t k
+        cdef int32_t pos = -1
+        cdef peer_t *peer
+        if pin_key_of(m, meta, h.spi, h.si, False, &k):
+            pos = self._pin_find(&k)
+        if pos < 0:
+            return False
+        peer = find_peer(t, h.peer_off, h.npeers, self.pin_data[pos])
+        if peer == NULL:
+            return False
+        self._push_labels(t, m, meta, peer)
+        return True
 
     cdef void _learn_reverse(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *rh) noexcept nogil:
         """A tagged packet arrived at a hop with "reverse": if it came from

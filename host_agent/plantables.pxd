@@ -19,6 +19,7 @@ cdef enum:
 
 cdef enum:
     FLAG_PINNED = 1        # the hop has a "pinned" list: pin lookup first
+    FLAG_KEPT = 2          # a local hop with a "kept" list: pinned flows go on there
 
 cdef enum:
     MODE_INLINE = 1
@@ -37,7 +38,7 @@ cdef struct hop_t:
     uint8_t flags          # FLAG_PINNED
     int32_t rev            # hop index of "reverse" (R, SI_R), -1 if none
     uint32_t reply         # HOP_END: end.reply (R), 0 if none
-    uint32_t peer_off      # HOP_REMOTE: its peers in tables.peers
+    uint32_t peer_off      # HOP_REMOTE: its peers; FLAG_KEPT: the "kept" hosts
     uint16_t npeers
     uint16_t npinned       # FLAG_PINNED: the "pinned" hosts in tables.peers
     uint32_t pinned_off

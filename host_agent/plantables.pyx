@@ -23,7 +23,8 @@ from host_agent import tables as _compiler
 # One set of numbers for the compiler and the loop.
 for _name, _value in (("SLOTS", SLOTS), ("MAX_INSTANCES", MAX_INSTANCES),
                       ("HOP_LOCAL", HOP_LOCAL), ("HOP_REMOTE", HOP_REMOTE),
-                      ("HOP_END", HOP_END), ("FLAG_PINNED", FLAG_PINNED)):
+                      ("HOP_END", HOP_END), ("FLAG_PINNED", FLAG_PINNED),
+                      ("FLAG_KEPT", FLAG_KEPT)):
     if getattr(_compiler, _name) != _value:
         raise ImportError(f"host_agent.tables.{_name} is {getattr(_compiler, _name)}, "
                           f"the loop's (plantables.pxd) is {_value}: rebuild")

@@ -13,6 +13,8 @@ instance slot s is position s of the plan's instances.
 * remote: per slot the index of the peer that serves it; peers: label, MAC
   (a remote hop's peers, then a `pinned` list's, each a run of the peer
   arrays: hop_peer_off/hop_npeers, hop_pinned_off/hop_npinned);
+* a local hop's `kept` hosts as its peers (FLAG_KEPT: a flow pinned to one
+  of them, picked while the hop was remote, goes on there);
 * symmetric chains: hop_flags (FLAG_PINNED: look the flow's pin up first),
   hop_rev (the index of the hop a `reverse` key names, -1 if none),
   hop_reply (`end.reply`'s SPI, 0 if none), and an end's `servers` as a run
@@ -36,6 +38,7 @@ SLOTS = 256              # consistent-hash slots per remote hop
 MAX_INSTANCES = 64       # instances one host runs
 HOP_LOCAL, HOP_REMOTE, HOP_END = 1, 2, 3
 FLAG_PINNED = 1          # the hop has a "pinned" list: pin lookup first
+FLAG_KEPT = 2            # a local hop with a "kept" list: pinned flows go on there
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +60,7 @@ class PlanTables:
     hop_npeers: array         # "H"
     hop_pinned_off: array     # "I": first peer of a "pinned" list
     hop_npinned: array        # "H"
-    hop_flags: array          # "B": FLAG_PINNED
+    hop_flags: array          # "B": FLAG_PINNED | FLAG_KEPT
     hop_rev: array            # "i": hop index named by "reverse", -1 if none
     hop_reply: array          # "I": end.reply (a reverse SPI), 0 if none
     hop_server_off: array     # "I": first server of end.servers
@@ -112,6 +115,8 @@ def compile_plan(plan):
         peer_off, npeers, reply, server_off, nservers = 0, 0, 0, 0, 0
         if "local" in hp:
             kind, slot = HOP_LOCAL, slot_of[hp["local"]]
+            if hp.get("kept"):
+                peer_off, npeers = add_peers(hp["kept"]), len(hp["kept"])
         elif "remote" in hp:
             kind, remote_off = HOP_REMOTE, len(cols["remote"])
             peer_off, npeers = add_peers(hp["remote"]), len(hp["remote"])
@@ -134,7 +139,8 @@ def compile_plan(plan):
                             ("hop_peer_off", peer_off), ("hop_npeers", npeers),
                             ("hop_pinned_off", pinned_off),
                             ("hop_npinned", len(pinned) if pinned is not None else 0),
-                            ("hop_flags", FLAG_PINNED if pinned is not None else 0),
+                            ("hop_flags", (FLAG_PINNED if pinned is not None else 0)
+                             | (FLAG_KEPT if hp.get("kept") else 0)),
                             ("hop_rev", index.get((rev["spi"], rev["si"]), -1) if rev else -1),
                             ("hop_reply", reply), ("hop_server_off", server_off),
                             ("hop_nservers", nservers)):
@@ -155,11 +161,15 @@ def compile_plan(plan):
 def consistent_slots(peers, slots=SLOTS):
     """Which peer serves each of `slots` hash slots: weighted rendezvous
     hashing, so a flow keeps its host when others join or leave or change
-    weight (only slots whose winner changed move)."""
+    weight (only slots whose winner changed move).  A peer of weight 0
+    (draining) serves no slot: the fast path still sends it the flows
+    pinned to it while it is in the list."""
     out = []
     for s in range(slots):
         best, best_score = 0, None
         for j, peer in enumerate(peers):
+            if peer.get("weight", 1.0) <= 0:
+                continue        # draining: keeps its pinned flows, gets no slot
             h = zlib.crc32(f"{peer['label']}/{s}".encode()) & 0xffffffff
             u = (h + 0.5) / 4294967296.0
             score = -peer.get("weight", 1.0) / math.log(u)

@@ -12,8 +12,10 @@ import pytest
 from contracts.store import Election, StoreError, open_store
 from controller import flows, topogen
 from controller.core import STATS_REPLAN_SECONDS, ClusterCore
+from controller.moves import DRAIN_SECONDS, MIN_DRAIN_SECONDS, MoveError
 from controller.ofsim import FabricSim, rule_kinds
 from controller.placement import place
+from controller.plans import ingress_groups
 from controller.view import chain_to_json
 
 
@@ -28,10 +30,10 @@ def topo():
 class Loop:
     """The chain manager's loop without Ryu: a core, its store, a clock."""
 
-    def __init__(self, topo, store=None, leader=None):
+    def __init__(self, topo, store=None, leader=None, **core_args):
         self.topo = topo
         self.store = store or open_store("memory://")
-        self.core = ClusterCore(topo, self.store, leader=leader)
+        self.core = ClusterCore(topo, self.store, leader=leader, **core_args)
         self.now = 100.0
         self.leases = {}
 
@@ -441,7 +443,11 @@ def test_nat_instances_keep_their_slices_and_a_new_one_takes_the_lowest_free(nat
     assert sorted(after.values()) == [0, 1], "the new instance takes the freed slice 0"
 
 
-def test_a_moved_nat_instance_hands_its_slice_on(nat_loop, caplog):
+def test_a_moved_nat_instance_hands_its_slice_on_when_it_does_not_drain(caplog):
+    from controller.topology import parse_topology
+    nat_loop = Loop(parse_topology(NAT_TOPO, "natted.yaml"), drain_seconds=0)
+    nat_loop.register("h1", "h2", "h3")
+    nat_loop.step()
     first = stored_slices(nat_loop.store)
     (host, iid), = [k for k, n in first.items() if n == 1]
     to = next(h for h in ("h1", "h2", "h3") if h not in {k[0] for k in first})
@@ -460,6 +466,73 @@ def test_a_moved_nat_instance_hands_its_slice_on(nat_loop, caplog):
     assert f"nat#{iid} moved from {host} to {to}#{new_key[1]} keeps port slice 1" in caplog.text
 
 
+def test_a_moved_nat_drains_with_its_slice_and_its_successor_takes_a_free_one(nat_loop, caplog):
+    first = stored_slices(nat_loop.store)
+    (host, iid), = [k for k, n in first.items() if n == 1]
+    to = next(h for h in ("h1", "h2", "h3") if h not in {k[0] for k in first})
+    with caplog.at_level(logging.INFO):
+        nat_loop.core.request_move(host, iid, to)
+        nat_loop.step()         # a nat hands over no snapshot: it moves at once
+    old = {i["id"]: i for i in nat_loop.store.get_plan(host)["instances"]}[iid]
+    assert old["draining"] is True and old["config"]["slice"] == 1 and "export" not in old
+    after = stored_slices(nat_loop.store)
+    (new_key, n), = [(k, n) for k, n in after.items() if k[0] == to]
+    assert after[(host, iid)] == 1 and n == 2, "both run: two slices, never one shared"
+    assert f"move nat#{iid} {host}->{to}: draining nat#{iid} on {host} for 30 s" in caplog.text
+    assert f"draining nat#{iid} keeps slice 1" in caplog.text
+    # the ingress steers new flows to the others only, pinned ones stay
+    groups = dict(ingress_groups(nat_loop.core.placed, nat_loop.core.current)["out"])
+    assert groups[host] == 0.0 and groups[to] > 0
+    assert nat_loop.core.moves()["draining"][0]["instance"] == iid
+    with caplog.at_level(logging.INFO):
+        nat_loop.step(dt=DRAIN_SECONDS)
+    after = stored_slices(nat_loop.store)
+    assert (host, iid) not in after and after[new_key] == 2
+    assert f"drain of nat#{iid} on {host} over (after 30 s, ? flows left): removed, " \
+           "port slice 1 free" in caplog.text
+    assert nat_loop.core.moves()["draining"] == []
+
+
+def test_a_drain_ends_when_its_agent_reports_no_flow_left(nat_loop, caplog):
+    first = stored_slices(nat_loop.store)
+    (host, iid), = [k for k, n in first.items() if n == 1]
+    to = next(h for h in ("h1", "h2", "h3") if h not in {k[0] for k in first})
+    nat_loop.core.request_move(host, iid, to)
+    nat_loop.step()
+    assert (host, iid) in stored_slices(nat_loop.store)
+    mappings = lambda n: {"instances": {str(iid): {"counters": {
+        "tcp": {"mappings": n}, "udp": {"mappings": 0}}}}}
+    nat_loop.store.put_stats(host, mappings(3))
+    nat_loop.core.store_changed("/onvm/stats/" + host)
+    nat_loop.step(dt=MIN_DRAIN_SECONDS)
+    assert (host, iid) in stored_slices(nat_loop.store), "3 flows left: it drains on"
+    nat_loop.store.put_stats(host, mappings(0))
+    nat_loop.core.store_changed("/onvm/stats/" + host)
+    with caplog.at_level(logging.INFO):
+        nat_loop.step(dt=STATS_REPLAN_SECONDS)
+    assert (host, iid) not in stored_slices(nat_loop.store)
+    assert f"drain of nat#{iid} on {host} over (no flow left after" in caplog.text
+
+
+def test_a_nat_move_with_no_free_slice_for_its_successor_is_refused(tmp_path):
+    from controller.topology import parse_topology
+    two = tmp_path / "nat2.yaml"
+    two.write_text("external_ip: 198.51.100.1\ninternal: 10.0.0.0/8\n"
+                   "port_range: [1024, 65535]\nslices: 2\n")
+    topo = parse_topology(NAT_TOPO.replace("config: nat.yaml", f"config: {two}"),
+                          "natted.yaml")
+    loop = Loop(topo)
+    loop.register("h1", "h2", "h3")
+    loop.step()
+    first = stored_slices(loop.store)
+    (host, iid), = [k for k, n in first.items() if n == 1]
+    to = next(h for h in ("h1", "h2", "h3") if h not in {k[0] for k in first})
+    with pytest.raises(MoveError) as err:
+        loop.core.request_move(host, iid, to)
+    assert err.value.status == 409
+    assert f"nat#{iid} keeps its port slice while it drains on {host}" in err.value.message
+
+
 def test_a_new_leader_reads_the_slices_back_from_the_stored_plans(nat_loop, caplog):
     stored = nat_loop.store.plans()
     swapped = {}
@@ -476,3 +549,30 @@ def test_a_new_leader_reads_the_slices_back_from_the_stored_plans(nat_loop, capl
     assert successor.core.nat_slices == swapped
     assert stored_slices(successor.store) == swapped
     assert "NAT port slices read back from the stored plans" in caplog.text
+
+
+def test_a_drain_ends_early_when_the_chains_need_its_core(caplog):
+    from controller.topology import parse_topology
+    h3 = '  - {name: h3, switch: s1, port: 3, mac: "02:00:00:00:00:03", ip: 10.0.0.3/24, cores: 2}'
+    h4 = h3.replace("h3", "h4").replace("port: 3", "port: 4").replace(":03", ":04") \
+        .replace("0.3/", "0.4/")
+    loop = Loop(parse_topology(NAT_TOPO.replace(h3, h3 + "\n" + h4)
+                               .replace("cores: 2", "cores: 1"), "natted.yaml"))
+    loop.register("h1", "h2", "h3", "h4")
+    loop.step()
+    first = stored_slices(loop.store)
+    (host, iid), = [k for k, n in first.items() if n == 1]
+    to = next(h for h in ("h1", "h2", "h3", "h4") if h not in {k[0] for k in first})
+    loop.core.request_move(host, iid, to)
+    loop.step()
+    assert loop.core.current.draining.keys() == {(host, iid)}
+    # four nat instances need all four cores, the draining one's too
+    chain = loop.core.chains()["out"]
+    loop.store.put_chain(chain_to_json(dataclasses.replace(chain, mpps=3.5)))
+    loop.core.store_changed("/onvm/chains/out")
+    with caplog.at_level(logging.INFO):
+        loop.step()
+    assert set(loop.core.placement()["chains"]) == {"out"}, "the chain keeps its place"
+    assert loop.core.current.draining == {}
+    assert len(stored_slices(loop.store)) == 4
+    assert f"drain of nat#{iid} on {host} over (cut short: its cores are needed)" in caplog.text

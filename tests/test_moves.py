@@ -324,7 +324,7 @@ def _sink(emu):
 @pytest.mark.ovs
 @pytest.mark.etcd
 @pytest.mark.netns
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_running_lb_moves_to_another_host_and_every_flow_keeps_its_backend(move_emu):
     import os
     from onvm.services import wait_for
@@ -348,7 +348,14 @@ def test_running_lb_moves_to_another_host_and_every_flow_keeps_its_backend(move_
         f.write(_lb_yaml(["b1", "b2", "b3", "b4"]))
     reply = emu.rest("POST", "/moves", {"host": a, "instance": iid, "to": b})
     assert reply["move"]["nf"] == "lb" and reply["move"]["to"] == b
-    wait_for(lambda: [h for h, _ in _lb_at(emu)] == [b], 20, f"the lb's hop on {b} only")
+    # b takes new flows at once; a drains: it keeps serving the running
+    # flows (pinned to it) with "draining": true until its drain is over
+    wait_for(lambda: [h for h, _ in _lb_at(emu)] == sorted([a, b]), 20,
+             f"the lb's hop on {b}, {a}'s draining")
+    draining = [i for i in emu.store.plans()[a]["instances"] if i["id"] == iid]
+    assert draining and draining[0].get("draining") is True, draining
+    wait_for(lambda: [h for h, _ in _lb_at(emu)] == [b], 30 + 20,
+             f"the lb's hop on {b} only (the drain over)")
     wait_for(lambda: all(emu.store.get_applied(h) == p["generation"]
                          for h, p in emu.store.plans().items()), 10,
              "the agents to apply the plans of the move")

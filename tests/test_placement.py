@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from controller import bench, placement, topogen
+from controller import bench, placecost, placement, topogen
 from contracts.model import Chain, Edge, Host, Link, NFType, Switch, Topology
 from controller.placement import PlacementError, cost, place
 from controller.topology import load_topology
@@ -58,7 +58,7 @@ def min_bins(sizes, capacity):
 
 def brute_force(topo):
     """Cheapest assignment of every (chain, hop) to one host, by enumeration."""
-    d = placement._distance_fn(topo)
+    d = placecost.distance_fn(topo)
     items = [(c.name, j, c.nfs[j], c.mpps) for c in topo.chains for j in range(len(c.nfs))]
     names = [h.name for h in topo.hosts]
     best = math.inf

@@ -393,7 +393,8 @@ def test_move_is_accepted_and_listed(call, manager):
     assert status == 202
     assert body["move"] == {"host": host, "instance": iid, "nf": "firewall", "to": other,
                             "export_generation": None}
-    assert call("GET", "/moves") == (200, {"moving": [body["move"]], "landing": []})
+    assert call("GET", "/moves") == (200, {"moving": [body["move"]], "landing": [],
+                                           "draining": []})
     plan = manager.store.get_plan(host)
     exported = [i["id"] for i in plan["instances"] if i.get("export")]
     assert exported == [iid], "the plan written after the request asks for the state"
@@ -406,7 +407,7 @@ def test_move_is_accepted_and_listed(call, manager):
     (new_host, new_id), = [key for key, _ in manager.core.current.hops["web"][0]]
     assert new_host == other
     assert call("GET", "/moves") == (200, {"moving": [], "landing": [
-        {"host": other, "instance": new_id}]})
+        {"host": other, "instance": new_id}], "draining": []})
     given = [i for i in manager.store.get_plan(other)["instances"] if i["id"] == new_id]
     assert given[0]["state"] == {"flows": []}
 

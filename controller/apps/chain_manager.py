@@ -50,7 +50,8 @@ class ChainManager(app_manager.RyuApp):
         self.election = Election(self.store, name, ttl=cfg.CONF.onvm.leader_ttl)
         # ryu.topology registers observe_links only when it is loaded
         self.core = ClusterCore(topology, self.store, leader=self.election,
-                                lldp=getattr(cfg.CONF, "observe_links", False))
+                                lldp=getattr(cfg.CONF, "observe_links", False),
+                                drain_seconds=cfg.CONF.onvm.drain_seconds)
         self.datapaths = {}         # dpid -> Ryu datapath
         self.wakeup = hub.Event()   # set: step now, not at the next tick
         self.sync_locks = {}

@@ -18,17 +18,35 @@ ATTACK_RESPONSE signatures) alerts and drops like a request.  Flows are
 keyed by the packet's bytes as they reach the IDS (an NF before it on the
 same host may have rewritten them).
 
-TCP reassembly, enough for signatures split across segments: per flow
-direction (its own 5-tuple, so the two directions never share a tail) the
-IDS keeps the last W bytes of payload, W = the longest
-pattern's width - 1 (Hyperscan's expression info; 128 for unbounded
-pcres), and the next expected sequence number.  An in-order segment is
-scanned as one vector [tail, payload], so a pattern that began in the
-previous segment is found; a rule whose matches all end inside the tail
-was judged with the previous segment and does not fire again.  Out-of-order segments are
-scanned alone.  Hyperscan's stream mode would be exact but costs a stream
-state per flow and a copy on every flow move; this costs W bytes.  FIN or
-RST ends a flow's state; idle flows expire after `flow_timeout`.
+TCP streams are matched in sequence order, as the receiver will read
+them (Ptacek and Newsham's insertion and evasion attacks, Snort's stream
+preprocessor).  Per flow direction (its own 5-tuple, so the two
+directions never share state) the IDS keeps the next expected sequence
+number, the last W bytes of the stream (the tail, W = the longest
+pattern's width - 1 from Hyperscan's expression info; 128 for unbounded
+pcres) and, for a flow picked up without its SYN, the first W bytes it saw
+(the head).  The policy, inline, fail closed:
+  - in order: scanned as one vector [tail, payload], so a pattern that
+    began in the previous segment is found; a rule whose matches all end
+    inside the tail was judged with the previous segment and does not fire
+    again;
+  - ahead of a gap: dropped and counted (`out_of_order`); an IPS may not
+    pass bytes it has not scanned in order, and it holds no packets, so
+    the sender's retransmission brings the segment again once the gap is
+    filled, and it is then scanned in order.  Benign reordering costs a
+    retransmission, never a missed signature;
+  - behind the expected sequence (a retransmission or an overlap): the
+    bytes it shares with the tail must be the same bytes, else it is
+    dropped and counted (`overlap_conflict`: an attacker giving the IDS
+    and the receiver different data); its new bytes, if any, go on in
+    order; bytes older than the tail are scanned alone (`stale`);
+  - a flow picked up mid-stream (its SYN not seen: after a move, or an
+    aged entry) starts at its first segment; a segment that ends exactly
+    where that one began is scanned as [segment, head], so the halves of a
+    signature sent in reverse order are still joined.
+FIN or RST ends a direction's state; idle flows expire after
+`flow_timeout`.  A full flow table leaves a flow untracked (`untracked`):
+its segments are scanned alone.
 
 Config: {"rules": PATH} or {"rules_text": TEXT}, "alerts": PATH (JSON
 lines, optional), "flow_timeout": seconds (120), "max_flows": (65536).
@@ -70,8 +88,10 @@ cdef struct rule_t:
 
 cdef struct flow_t:
     uint32_t next_seq
-    uint16_t len
-    # tail bytes follow: ids_t.tails + pos * tail_w
+    uint32_t base_seq      # where a flow picked up mid-stream began
+    uint16_t len           # tail bytes: ids_t.tails + pos * tail_w
+    uint16_t head_len      # head bytes: ids_t.heads + pos * tail_w
+    uint8_t synced         # its SYN was seen: no segment before next_seq is new
 
 
 cdef struct ids_t:
@@ -91,10 +111,12 @@ cdef struct ids_t:
     ftab_t *flows
     flow_t *fstate
     uint8_t *tails
+    uint8_t *heads
     uint32_t tail_w
     uint64_t timeout
     FILE *alerts
     uint64_t packets, scanned_bytes, alerted, dropped, reassembled, untracked, hs_errors
+    uint64_t out_of_order, overlap_conflict, retransmitted, stale, joined_head
 
 
 cdef int on_match(unsigned int id, unsigned long long frm, unsigned long long to,
@@ -173,20 +195,68 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
     return drop
 
 
+cdef inline int32_t seq_diff(uint32_t a, uint32_t b) noexcept nogil:
+    """a - b in sequence space (RFC 793's modular comparison)."""
+    return <int32_t>(a - b)
+
+
+cdef bint differs_from_tail(flow_t *f, uint8_t *tail, uint32_t seq, uint8_t *p,
+                            uint32_t n) noexcept nogil:
+    """True if bytes [seq, seq+n) of the stream, given at p, differ from
+    the same stream bytes kept in the tail (only where the two overlap)."""
+    cdef uint32_t tail_seq = f.next_seq - f.len
+    cdef int32_t lo = seq_diff(seq, tail_seq), hi = seq_diff(seq + n, tail_seq)
+    cdef int32_t i
+    if lo < 0:
+        lo = 0
+    if hi > f.len:
+        hi = f.len
+    for i in range(lo, hi):
+        if tail[i] != p[seq_diff(tail_seq + <uint32_t>i, seq)]:
+            return True
+    return False
+
+
+cdef void keep_tail(flow_t *f, uint8_t *tail, uint32_t tail_w, uint8_t *p,
+                    uint32_t n, bint joined) noexcept nogil:
+    """Append n in-order bytes to the flow's tail (a fresh tail if not joined)."""
+    cdef uint32_t keep
+    if n >= tail_w:
+        memcpy(tail, p + n - tail_w, tail_w)
+        f.len = tail_w
+        return
+    if not joined:
+        f.len = 0
+    keep = tail_w - n
+    if f.len > keep:
+        memmove(tail, tail + f.len - keep, keep)
+        f.len = keep
+    memcpy(tail + f.len, p, n)
+    f.len += n
+
+
+DEF VERDICT_SCAN = 0
+DEF VERDICT_DROP = 1
+DEF VERDICT_PASS = 2
+
+
 cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
-    """Scan one packet's payload (with its flow's tail); True to drop it."""
+    """Scan one packet's payload in its stream's order; True to drop it."""
     cdef onvm_meta *meta = onvm_meta_of(m)
     cdef uint8_t *d = onvm_mtod(m)
     cdef uint32_t length = m.data_len
     cdef int l4 = pkt_l4(meta) if meta.key.family == 4 else -1
-    cdef uint32_t off, plen, seq = 0, keep
+    cdef uint32_t off, plen, seq = 0, skip = 0
+    cdef int32_t ahead, new_bytes
     cdef uint8_t proto = meta.key.proto, tcpflags = 0
     cdef int32_t pos = -1
     cdef flow_t *f = NULL
     cdef uint8_t *tail = NULL
+    cdef uint8_t *head = NULL
     cdef const char *bufs[2]
     cdef unsigned int lens[2]
     cdef unsigned int nbuf = 0
+    cdef bint joined = False, in_order = False, behind_base = False, drop = False
     cdef hs_error_t err
     cdef onvm_flow_key k
     if l4 < 0:
@@ -203,54 +273,88 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
     else:
         off = l4
     plen = length - off if length > off else 0
+    s.skip_to = 0
     if proto == 6 and s.tail_w:
         pos = ftab_find(s.flows, &k, now)
-        if pos < 0 and plen:
+        if pos < 0 and (plen or tcpflags & 0x02):
             pos = ftab_insert(s.flows, &k, now + s.timeout, now)
             if pos < 0:
                 s.untracked += 1
             else:
-                s.fstate[pos].len = 0
+                f = &s.fstate[pos]
+                memset(f, 0, sizeof(flow_t))
+                f.next_seq = seq
+                f.base_seq = seq
         if pos >= 0:
             f = &s.fstate[pos]
             tail = s.tails + <uint64_t>pos * s.tail_w
+            head = s.heads + <uint64_t>pos * s.tail_w
             s.flows.expires[pos] = now + s.timeout
-            if f.len and f.next_seq == seq and plen:
-                bufs[0] = <const char *>tail
-                lens[0] = f.len
-                nbuf = 1
-                s.reassembled += 1
-    s.skip_to = lens[0] if nbuf else 0
-    if plen:
-        bufs[nbuf] = <const char *>(d + off)
-        lens[nbuf] = plen
+            if tcpflags & 0x02:        # SYN: the stream starts after it
+                f.len = 0
+                f.head_len = 0
+                f.synced = 1
+                f.next_seq = seq + 1
+                f.base_seq = seq + 1
+                seq += 1
+            ahead = seq_diff(seq, f.next_seq)
+            if plen == 0:
+                pass
+            elif ahead > 0:            # a gap before it: not until it is filled
+                s.out_of_order += 1
+                return True
+            elif ahead == 0:
+                in_order = True
+            else:
+                new_bytes = seq_diff(seq + plen, f.next_seq)
+                if differs_from_tail(f, tail, seq, d + off, plen):
+                    s.overlap_conflict += 1
+                    return True
+                if new_bytes > 0:      # overlaps the tail, then goes on
+                    skip = plen - <uint32_t>new_bytes
+                    in_order = True
+                elif not f.synced and seq_diff(seq + plen, f.base_seq) == 0 and f.head_len:
+                    behind_base = True
+                elif seq_diff(seq, f.next_seq - f.len) >= 0:
+                    s.retransmitted += 1   # the same bytes, already scanned
+                    plen = 0
+                else:
+                    s.stale += 1
+    if in_order and f.len:
+        bufs[0] = <const char *>tail
+        lens[0] = f.len
+        nbuf = 1
+        joined = True
+        s.skip_to = f.len
+        s.reassembled += 1
+    if plen > skip:
+        bufs[nbuf] = <const char *>(d + off + skip)
+        lens[nbuf] = plen - skip
         nbuf += 1
-        s.scanned_bytes += plen
+        if behind_base:
+            bufs[nbuf] = <const char *>head
+            lens[nbuf] = f.head_len
+            nbuf += 1
+            s.joined_head += 1
+        s.scanned_bytes += plen - skip
         err = hs_scan_vector(s.db, bufs, lens, nbuf, 0, s.scratch, on_match, <void *>s)
         if err != HS_SUCCESS:
             s.hs_errors += 1
-    if f != NULL:
+    if s.nhits:
+        drop = judge(s, proto, rd32(<uint8_t *>&k.src), rd32(<uint8_t *>&k.dst),
+                     rd16(<uint8_t *>&k.sport), rd16(<uint8_t *>&k.dport))
+    # A dropped segment leaves the stream where it was: its retransmission
+    # comes in order again and is scanned again, never passed as "seen".
+    if f != NULL and not drop:
         if tcpflags & 0x05:            # FIN or RST: the direction is over
             ftab_delete(s.flows, &k)
-        elif plen:
-            # Keep the last tail_w bytes of [old tail (if in order), payload].
-            if plen >= s.tail_w:
-                memcpy(tail, d + off + plen - s.tail_w, s.tail_w)
-                f.len = s.tail_w
-            else:
-                if nbuf == 1:
-                    f.len = 0          # out of order: start the tail afresh
-                keep = s.tail_w - plen
-                if f.len > keep:
-                    memmove(tail, tail + f.len - keep, keep)
-                    f.len = keep
-                memcpy(tail + f.len, d + off, plen)
-                f.len += plen
+        elif in_order and plen > skip:
+            if not f.synced and f.head_len == 0 and seq_diff(seq, f.base_seq) == 0:
+                f.head_len = plen if plen < s.tail_w else s.tail_w
+                memcpy(head, d + off, f.head_len)
+            keep_tail(f, tail, s.tail_w, d + off + skip, plen - skip, joined)
             f.next_seq = seq + plen
-    if s.nhits == 0:
-        return False
-    return judge(s, proto, rd32(<uint8_t *>&k.src), rd32(<uint8_t *>&k.dst),
-                 rd16(<uint8_t *>&k.sport), rd16(<uint8_t *>&k.dport))
+    return drop
 
 
 cdef void ids_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
@@ -382,7 +486,8 @@ cdef class IDS(NativeNF):
             self.s.flows = ftab_new("ids", v["max_flows"], sizeof(onvm_flow_key))
             self.s.fstate = <flow_t *>calloc(v["max_flows"] + 1, sizeof(flow_t))
             self.s.tails = <uint8_t *>calloc(v["max_flows"] + 1, self.s.tail_w)
-            if self.s.fstate == NULL or self.s.tails == NULL:
+            self.s.heads = <uint8_t *>calloc(v["max_flows"] + 1, self.s.tail_w)
+            if self.s.fstate == NULL or self.s.tails == NULL or self.s.heads == NULL:
                 raise MemoryError()
 
     def __dealloc__(self):
@@ -393,7 +498,7 @@ cdef class IDS(NativeNF):
         if self.s.alerts != NULL:
             fclose(self.s.alerts)
         ftab_free(self.s.flows)
-        free(self.s.fstate); free(self.s.tails); free(self.s.rules); free(self.s.pat_rule)
+        free(self.s.fstate); free(self.s.tails); free(self.s.heads); free(self.s.rules); free(self.s.pat_rule)
         free(self.s.seen); free(self.s.hitlist); free(self.s.checked)
 
     def counters(self):
@@ -403,6 +508,9 @@ cdef class IDS(NativeNF):
             "alerts": self.s.alerted, "dropped": self.s.dropped,
             "reassembled": self.s.reassembled, "untracked": self.s.untracked,
             "scan_errors": self.s.hs_errors,
+            "out_of_order": self.s.out_of_order, "overlap_conflict": self.s.overlap_conflict,
+            "retransmitted": self.s.retransmitted, "stale": self.s.stale,
+            "joined_head": self.s.joined_head,
             "flows": ftab_live(self.s.flows, now) if self.s.flows != NULL else 0,
             "rules": [{"sid": r.sid, "line": r.line, "action": r.action, "msg": r.msg,
                        "hits": self.s.rules[i].hits} for i, r in enumerate(self.rules)],

@@ -85,14 +85,14 @@ def test_split_drop_signature_drops_the_second_segment(ids):
     assert len(out) == 1 and rule_hits(h)[1002] == 1
 
 
-def test_out_of_order_segments_are_not_joined(ids):
+def test_segment_after_a_gap_is_dropped_until_the_gap_is_filled(ids):
     h, _ = ids
-    h.send([tcp("192.0.2.10", SRV, 5002, 443, "PA", b"TOP-SEC", seq=1),
-            tcp("192.0.2.10", SRV, 5002, 443, "PA", b"RET-DOCUMENT", seq=500)])
+    out = h.send([tcp("192.0.2.10", SRV, 5002, 443, "PA", b"TOP-SEC", seq=1),
+                  tcp("192.0.2.10", SRV, 5002, 443, "PA", b"RET-DOCUMENT", seq=500)])
+    assert len(out) == 1 and h.nf(1).counters()["out_of_order"] == 1
     assert rule_hits(h)[1004] == 0
-    # The same flow's segment that does follow on is joined: the IDS fires.
-    h.send([tcp("192.0.2.10", SRV, 5002, 443, "PA", b"TOP-SEC", seq=512),
-            tcp("192.0.2.10", SRV, 5002, 443, "PA", b"RET-DOCUMENT", seq=519)])
+    # The segment that follows on is joined with the tail: the IDS fires.
+    h.send([tcp("192.0.2.10", SRV, 5002, 443, "PA", b"RET-DOCUMENT", seq=8)])
     assert rule_hits(h)[1004] == 1
 
 

@@ -45,9 +45,16 @@ def test_drop_rule_drops_the_reply(tmp_path):
         asked, answered = request_and_reply(h)
         assert len(asked) == 1 and answered == []
         assert h.nf(1).counters()["dropped"] == 1
-        # A harmless reply of the same flow still passes.
-        ok = h.send([tcp(S, C, 23, 40000, "PA", b"uid=1000(alice)\n", seq=900 + len(REPLY))])
-        assert len(ok) == 1
+        # The stream stays where the dropped segment was: what follows it
+        # is ahead of a gap and dropped too, and the dropped segment sent
+        # again is scanned again, never passed as already seen.
+        after = h.send([tcp(S, C, 23, 40000, "PA", b"uid=1000(alice)\n", seq=900 + len(REPLY))])
+        again = h.send([tcp(S, C, 23, 40000, "PA", REPLY, seq=900)])
+        assert after == [] and again == []
+        c = h.nf(1).counters()
+        assert c["out_of_order"] == 1 and c["rules"][0]["hits"] == 2
+        # The other direction is a stream of its own: it goes on.
+        assert len(h.send([tcp(C, S, 40000, 23, "PA", b"ls\n", seq=103)])) == 1
 
 
 def test_reply_signature_split_across_two_reply_segments(tmp_path):

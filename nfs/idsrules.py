@@ -282,11 +282,12 @@ def parse_rule(line, lineno, variables=None):
         raise RuleError("expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'")
     action, proto, src, sport, direction, dst, dport, body = m.groups()
     if action not in ("alert", "drop"):
-        raise RuleError(f"action must be alert or drop, not {action!r}")
+        raise RuleError(f"action must be alert or drop, not {action!r}", "action")
     if proto not in PROTOS:
-        raise RuleError(f"protocol must be one of {', '.join(PROTOS)}, not {proto!r}")
+        raise RuleError(f"protocol must be one of {', '.join(PROTOS)}, not {proto!r}",
+                        "protocol")
     if direction not in ("->", "<>"):
-        raise RuleError(f"direction must be -> or <>, not {direction!r}")
+        raise RuleError(f"direction must be -> or <>, not {direction!r}", "direction")
     variables = DEFAULT_VARS if variables is None else variables
     if PROTOS[proto] not in (6, 17) and (sport, dport) != ("any", "any"):
         raise RuleError(f"ports need tcp or udp, not {proto}")

@@ -96,13 +96,21 @@ def parse_firewall(config):
     return parse_firewall_rules(config)
 
 
+def _ids_vars(value):
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(x, (str, int)) for k, x in value.items()):
+        raise ValueError('must be a mapping of variable names to addresses or ports, '
+                         'like {"HOME_NET": "[10.0.0.0/8]", "HTTP_PORTS": "[80,8080]"}')
+    return value
+
+
 def parse_ids(config):
     """(own keys checked, rules, rule source) of an ids config."""
     config = dict(config or {})
     chk = nfconfig.Checker("ids", {k: v for k, v in config.items()
                                    if k not in ("rules", "rules_text")})
     v = chk.take({"alerts": (None, str), "flow_timeout": (120, nfconfig.positive),
-                  "max_flows": (65536, nfconfig.positive_int)})
+                  "max_flows": (65536, nfconfig.positive_int), "vars": ({}, _ids_vars)})
     chk.done()
     rules, source = ids_rules(config)
     return v, rules, source

@@ -68,21 +68,35 @@ import logging
 
 from nflib.api import NFConfigError
 from nfs.configs import parse_ids
+from nfs.idsrules import Ruleset, Skipped, skipped_report
 
 log = logging.getLogger("onvm.nf.ids")
 
 DEF TAIL_MAX = 128
 
 
+cdef struct net_t:
+    uint32_t net, mask     # host order
+    uint8_t neg
+
+
+cdef struct portr_t:
+    uint16_t lo, hi
+    uint8_t neg
+
+
 cdef struct rule_t:
     uint8_t proto          # 0: any
     uint8_t drop
     uint8_t bidir
-    uint32_t src, smask, dst, dmask    # host order
-    uint16_t sp_lo, sp_hi, dp_lo, dp_hi
+    uint8_t established    # 1: established only, 2: not established only
+    uint8_t direction      # 1: to_server, 2: to_client
+    uint32_t sa, sn, da, dn          # its source and destination nets in ids_t.nets
+    uint32_t spa, spn, dpa, dpn      # its port ranges in ids_t.ports
     uint32_t first, count  # its patterns
     uint32_t sid
     const char *msg_json   # the msg as a JSON string, quotes included
+    const char *extra_json # , "rev": .., "classtype": .., "priority": ..
     uint64_t hits
 
 
@@ -92,10 +106,13 @@ cdef struct flow_t:
     uint16_t len           # tail bytes: ids_t.tails + pos * tail_w
     uint16_t head_len      # head bytes: ids_t.heads + pos * tail_w
     uint8_t synced         # its SYN was seen: no segment before next_seq is new
+    uint8_t role           # 1: client to server, 2: server to client (0: unknown)
 
 
 cdef struct ids_t:
     hs_database_t *db
+    net_t *nets
+    portr_t *ports
     hs_scratch_t *scratch
     rule_t *rules
     uint32_t nrules
@@ -131,19 +148,47 @@ cdef int on_match(unsigned int id, unsigned long long frm, unsigned long long to
     return 0
 
 
-cdef inline bint in_range(uint16_t v, uint16_t lo, uint16_t hi) noexcept nogil:
-    return lo <= v and v <= hi
+cdef bint nets_match(ids_t *s, uint32_t first, uint32_t n, uint32_t ip) noexcept nogil:
+    """In one of the positive nets (or there is none) and in no negated one."""
+    cdef uint32_t i
+    cdef bint has_pos = False, hit = False
+    for i in range(first, first + n):
+        if (ip & s.nets[i].mask) == s.nets[i].net:
+            if s.nets[i].neg:
+                return False
+            hit = True
+        elif not s.nets[i].neg:
+            has_pos = True
+    return hit or not has_pos
 
 
-cdef bint header_matches(rule_t *r, uint8_t proto, uint32_t src, uint32_t dst,
-                         uint16_t sport, uint16_t dport) noexcept nogil:
+cdef bint ports_match(ids_t *s, uint32_t first, uint32_t n, uint16_t port) noexcept nogil:
+    cdef uint32_t i
+    cdef bint has_pos = False, hit = False
+    for i in range(first, first + n):
+        if s.ports[i].lo <= port and port <= s.ports[i].hi:
+            if s.ports[i].neg:
+                return False
+            hit = True
+        elif not s.ports[i].neg:
+            has_pos = True
+    return hit or not has_pos
+
+
+cdef bint header_matches(ids_t *s, rule_t *r, uint8_t proto, uint32_t src, uint32_t dst,
+                         uint16_t sport, uint16_t dport, uint8_t established,
+                         uint8_t direction) noexcept nogil:
     if r.proto and r.proto != proto:
         return False
-    if (src & r.smask) == r.src and (dst & r.dmask) == r.dst \
-            and in_range(sport, r.sp_lo, r.sp_hi) and in_range(dport, r.dp_lo, r.dp_hi):
+    if r.established and r.established != (1 if established else 2):
+        return False
+    if r.direction and r.direction != direction:
+        return False
+    if nets_match(s, r.sa, r.sn, src) and nets_match(s, r.da, r.dn, dst) \
+            and ports_match(s, r.spa, r.spn, sport) and ports_match(s, r.dpa, r.dpn, dport):
         return True
-    return r.bidir and (dst & r.smask) == r.src and (src & r.dmask) == r.dst \
-        and in_range(dport, r.sp_lo, r.sp_hi) and in_range(sport, r.dp_lo, r.dp_hi)
+    return r.bidir and nets_match(s, r.sa, r.sn, dst) and nets_match(s, r.da, r.dn, src) \
+        and ports_match(s, r.spa, r.spn, dport) and ports_match(s, r.dpa, r.dpn, sport)
 
 
 cdef void write_alert(ids_t *s, rule_t *r, uint8_t proto, uint32_t src, uint32_t dst,
@@ -153,16 +198,17 @@ cdef void write_alert(ids_t *s, rule_t *r, uint8_t proto, uint32_t src, uint32_t
         return
     clock_gettime(CLOCK_REALTIME, &ts)
     fprintf(s.alerts,
-            b'{"ts": %ld.%06ld, "sid": %u, "action": "%s", "msg": %s, "proto": %u, '
+            b'{"ts": %ld.%06ld, "sid": %u, "action": "%s", "msg": %s%s, "proto": %u, '
             b'"src": "%u.%u.%u.%u", "sport": %u, "dst": "%u.%u.%u.%u", "dport": %u}\n',
             <long>ts.tv_sec, <long>(ts.tv_nsec // 1000), r.sid,
-            b"drop" if r.drop else b"alert", r.msg_json, proto,
+            b"drop" if r.drop else b"alert", r.msg_json, r.extra_json, proto,
             src >> 24, (src >> 16) & 0xff, (src >> 8) & 0xff, src & 0xff, sport,
             dst >> 24, (dst >> 16) & 0xff, (dst >> 8) & 0xff, dst & 0xff, dport)
 
 
 cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
-                uint16_t sport, uint16_t dport) noexcept nogil:
+                uint16_t sport, uint16_t dport, uint8_t established,
+                uint8_t direction) noexcept nogil:
     """After a scan: fire every rule whose patterns were all found and whose
     header matches; reset the scan state.  True if a drop rule fired."""
     cdef uint32_t i, j, ri
@@ -182,7 +228,8 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
                 break
             if s.seen[j] & 2:
                 fresh = True
-        if whole and fresh and header_matches(r, proto, src, dst, sport, dport):
+        if whole and fresh and header_matches(s, r, proto, src, dst, sport, dport,
+                                                established, direction):
             r.hits += 1
             s.alerted += 1
             write_alert(s, r, proto, src, dst, sport, dport)
@@ -257,6 +304,8 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
     cdef unsigned int lens[2]
     cdef unsigned int nbuf = 0
     cdef bint joined = False, in_order = False, behind_base = False, drop = False
+    cdef uint16_t sport, dport
+    cdef uint8_t direction
     cdef hs_error_t err
     cdef onvm_flow_key k
     if l4 < 0:
@@ -294,6 +343,7 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
                 f.len = 0
                 f.head_len = 0
                 f.synced = 1
+                f.role = 2 if tcpflags & 0x10 else 1
                 f.next_seq = seq + 1
                 f.base_seq = seq + 1
                 seq += 1
@@ -341,8 +391,13 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
         if err != HS_SUCCESS:
             s.hs_errors += 1
     if s.nhits:
+        sport = rd16(<uint8_t *>&k.sport)
+        dport = rd16(<uint8_t *>&k.dport)
+        # Direction: from the handshake when seen, else the ports' guess
+        # (the client's port is the higher, ephemeral one).
+        direction = f.role if f != NULL and f.role else (1 if sport >= dport else 2)
         drop = judge(s, proto, rd32(<uint8_t *>&k.src), rd32(<uint8_t *>&k.dst),
-                     rd16(<uint8_t *>&k.sport), rd16(<uint8_t *>&k.dport))
+                     sport, dport, not (proto == 6 and tcpflags & 0x02), direction)
     # A dropped segment leaves the stream where it was: its retransmission
     # comes in order again and is scanned again, never passed as "seen".
     if f != NULL and not drop:
@@ -374,9 +429,50 @@ cdef void ids_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
 
 
 def _mask(net):
-    if net is None:
-        return 0, 0
     return int(net.network_address), (0xffffffff << (32 - net.prefixlen)) & 0xffffffff if net.prefixlen else 0
+
+
+def _extra_json(rule):
+    """The alert's fields after msg: rev, classtype, priority (if given)."""
+    out = f', "rev": {rule.rev}'
+    if rule.classtype:
+        out += f', "classtype": {json.dumps(rule.classtype)}'
+    if rule.priority:
+        out += f', "priority": {rule.priority}'
+    return out.encode()
+
+
+cdef str _pattern_problem(p):
+    """None if Hyperscan can compile the pattern, else why not."""
+    cdef hs_compile_error_t *err = NULL
+    cdef hs_expr_info_t *info = NULL
+    expr = p.regex.encode("latin-1")
+    if hs_expression_info(expr, _hs_flags(p), &info, &err) != HS_SUCCESS:
+        msg = err.message.decode()
+        hs_free_compile_error(err)
+        return msg
+    free(info)
+    return None
+
+
+def runnable(rules, source):
+    """The rules whose patterns Hyperscan compiles; the others join
+    `rules.skipped` (keyword pcre or content).  NFConfigError if none is
+    left, naming every line at fault."""
+    keep = Ruleset(skipped=rules.skipped)
+    for rule in rules:
+        for p in rule.patterns:
+            why = _pattern_problem(p)
+            if why is not None:
+                keep.skipped.append(Skipped(rule.line, rule.sid, "pcre" if p.regex[:2] != "\\x" else "content",
+                                            f"pattern /{p.regex}/ cannot be compiled: {why}"))
+                break
+        else:
+            keep.append(rule)
+    keep.skipped.sort(key=lambda sk: sk.line)
+    if not keep:
+        raise NFConfigError("\n".join(f"{source}:{sk.line}: {sk.message}" for sk in keep.skipped))
+    return keep
 
 
 cdef unsigned int _hs_flags(p):
@@ -392,7 +488,7 @@ cdef unsigned int _hs_flags(p):
 
 cdef class IDS(NativeNF):
     cdef ids_t s
-    cdef readonly list rules
+    cdef readonly object rules
     cdef list msgs             # keeps the msg_json strings alive
     cdef readonly object alerts_path
 
@@ -401,7 +497,10 @@ cdef class IDS(NativeNF):
 
     def __init__(self, config=None):
         v, rules, source = parse_ids(config)
+        rules = runnable(rules, source)
         self.rules = rules
+        for line in skipped_report(rules, source):
+            log.warning("ids: rule skipped: %s", line)
         self._compile(rules, source)
         self._tables(rules, v)
         if v["alerts"]:
@@ -411,8 +510,9 @@ cdef class IDS(NativeNF):
                 raise NFConfigError(f"<ids config>: alerts: cannot open {v['alerts']!r} for appending")
         self.handlers.batch = ids_batch
         self.handlers.ctx = <void *>&self.s
-        log.info("ids: %d rules, %d patterns, TCP tail %d bytes (Hyperscan %s)",
-                 len(rules), self.s.npats, self.s.tail_w, hs_version().decode())
+        log.info("ids: %d rules loaded, %d skipped, %d patterns, TCP tail %d bytes (Hyperscan %s)",
+                 len(rules), len(rules.skipped), self.s.npats, self.s.tail_w,
+                 hs_version().decode())
 
     def _compile(self, rules, source):
         cdef hs_compile_error_t *err = NULL
@@ -463,16 +563,26 @@ cdef class IDS(NativeNF):
         if not (self.s.rules and self.s.pat_rule and self.s.seen and self.s.hitlist and self.s.checked):
             raise MemoryError()
         self.msgs = []
+        nets, ports = [], []
         first = 0
         for ri, rule in enumerate(rules):
             r = &self.s.rules[ri]
             r.proto = rule.proto
             r.drop = rule.action == "drop"
             r.bidir = rule.bidir
-            r.src, r.smask = _mask(rule.src)
-            r.dst, r.dmask = _mask(rule.dst)
-            r.sp_lo, r.sp_hi = rule.sport
-            r.dp_lo, r.dp_hi = rule.dport
+            r.established = rule.established
+            r.direction = rule.direction
+            r.sa, r.sn = len(nets), len(rule.src)
+            nets += rule.src
+            r.da, r.dn = len(nets), len(rule.dst)
+            nets += rule.dst
+            r.spa, r.spn = len(ports), len(rule.sport)
+            ports += rule.sport
+            r.dpa, r.dpn = len(ports), len(rule.dport)
+            ports += rule.dport
+            extra = _extra_json(rule)
+            self.msgs.append(extra)
+            r.extra_json = extra
             r.first, r.count = first, len(rule.patterns)
             r.sid = rule.sid
             msg = json.dumps(rule.msg).encode()
@@ -481,6 +591,15 @@ cdef class IDS(NativeNF):
             for j in range(first, first + len(rule.patterns)):
                 self.s.pat_rule[j] = ri
             first += len(rule.patterns)
+        self.s.nets = <net_t *>calloc(len(nets) + 1, sizeof(net_t))
+        self.s.ports = <portr_t *>calloc(len(ports) + 1, sizeof(portr_t))
+        if self.s.nets == NULL or self.s.ports == NULL:
+            raise MemoryError()
+        for i, (net, neg) in enumerate(nets):
+            self.s.nets[i].net, self.s.nets[i].mask = _mask(net)
+            self.s.nets[i].neg = neg
+        for i, (lo, hi, neg) in enumerate(ports):
+            self.s.ports[i].lo, self.s.ports[i].hi, self.s.ports[i].neg = lo, hi, neg
         self.s.timeout = <uint64_t>(v["flow_timeout"] * rte_get_tsc_hz())
         if self.s.tail_w:
             self.s.flows = ftab_new("ids", v["max_flows"], sizeof(onvm_flow_key))
@@ -498,7 +617,7 @@ cdef class IDS(NativeNF):
         if self.s.alerts != NULL:
             fclose(self.s.alerts)
         ftab_free(self.s.flows)
-        free(self.s.fstate); free(self.s.tails); free(self.s.heads); free(self.s.rules); free(self.s.pat_rule)
+        free(self.s.fstate); free(self.s.tails); free(self.s.heads); free(self.s.nets); free(self.s.ports); free(self.s.rules); free(self.s.pat_rule)
         free(self.s.seen); free(self.s.hitlist); free(self.s.checked)
 
     def counters(self):
@@ -513,5 +632,9 @@ cdef class IDS(NativeNF):
             "joined_head": self.s.joined_head,
             "flows": ftab_live(self.s.flows, now) if self.s.flows != NULL else 0,
             "rules": [{"sid": r.sid, "line": r.line, "action": r.action, "msg": r.msg,
-                       "hits": self.s.rules[i].hits} for i, r in enumerate(self.rules)],
+                       "rev": r.rev, "hits": self.s.rules[i].hits}
+                      for i, r in enumerate(self.rules)],
+            "rules_skipped": len(self.rules.skipped),
+            "skipped": [{"line": sk.line, "sid": sk.sid, "keyword": sk.keyword,
+                         "why": sk.message} for sk in self.rules.skipped],
         }

@@ -1,18 +1,30 @@
-"""The IDS's rule language: a subset of Snort/Suricata rules, read and
-checked.  One rule a line, `#` comments:
+"""The IDS's rule language: Snort/Suricata rules as Emerging Threats and
+the Snort community write them, read and checked.  One rule a line, `#`
+comments:
 
-    alert tcp any any -> 10.0.1.0/24 80 (msg:"admin probe"; content:"GET /admin"; nocase; sid:1001; rev:1;)
-    drop  tcp any any <> any any (msg:"shellcode"; content:"|90 90 90 90|"; pcre:"/bin\\/(ba)?sh/i"; sid:1002;)
+    alert tcp $EXTERNAL_NET any -> $HOME_NET $HTTP_PORTS (msg:"admin probe"; flow:established,to_server; content:"GET /admin"; nocase; classtype:web-application-attack; sid:1001; rev:1;)
+    drop  tcp any any <> [10.0.0.0/8,!10.9.0.0/16] !22 (msg:"shellcode"; content:"|90 90 90 90|"; pcre:"/bin\\/(ba)?sh/i"; sid:1002;)
 
 action `alert` or `drop`; proto `tcp`, `udp`, `icmp` or `ip`; addresses
-`any`, an IPv4 address or network; ports `any`, `N`, `N:M`, `N:` or `:M`
-(tcp and udp only); direction `->` or `<>` (either way).  Options: `msg`,
-`content` (with `|hex|` bytes; `nocase` after it), `pcre:"/RE/FLAGS"`
-(flags i, s, m), `sid` (required, unique), `rev` and `classtype` (kept).
-A rule fires when every one of its contents and pcres is found in the
-packet's payload and its header matches.  Anything else (variables like
-$HOME_NET, lists, negation, other options) is an error that names the
-line, never silently ignored.
+`any`, an IPv4 address or network, a variable, `[list]`, `!negation`
+(nested); ports `any`, `N`, `N:M`, `N:`, `:M`, variables, lists and
+negation (tcp and udp only); direction `->` or `<>`.  Variables default
+to Suricata's (`DEFAULT_VARS`) and are overridden by the NF config's
+"vars".  Options: `msg`, `content` (`|hex|` bytes; `nocase` and
+`fast_pattern` after it), `pcre:"/RE/FLAGS"` (flags i, s, m), `flow`
+(established, not_established, stateless, to_server, to_client,
+from_server, from_client), `sid` (required, unique); `rev`, `classtype`,
+`priority`, `metadata`, `reference`, `gid` are kept (rev, classtype and
+priority go into alerts).  A rule fires when every one of its contents and
+pcres is found in the payload (in stream order for TCP) and its header
+and flow match.
+
+A ruleset is never all or nothing: a rule the IDS cannot run (an unknown
+keyword, a modifier it does not check such as `depth` or `http_uri`, an
+IPv6-only address, a duplicate sid) is skipped, counted and named
+(`Skipped`: line, sid, keyword at fault, message), as Suricata's "rules
+failed to load"; only a file with no runnable rule is an error, listing
+every line at fault.
 """
 import dataclasses
 import ipaddress
@@ -23,7 +35,23 @@ from nflib.api import rule_text
 from nfs.nfconfig import collector
 
 PROTOS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17}
-KEPT_OPTIONS = ("rev", "classtype")
+KEPT_OPTIONS = ("rev", "classtype", "priority", "metadata", "reference", "gid")
+FLOW_WORDS = {"established": ("established", 1), "not_established": ("established", 2),
+              "stateless": None, "to_server": ("direction", 1), "from_client": ("direction", 1),
+              "to_client": ("direction", 2), "from_server": ("direction", 2)}
+# Suricata's suricata.yaml defaults (vars: address-groups and port-groups).
+DEFAULT_VARS = {
+    "HOME_NET": "[192.168.0.0/16,10.0.0.0/8,172.16.0.0/12]",
+    "EXTERNAL_NET": "!$HOME_NET",
+    "HTTP_SERVERS": "$HOME_NET", "SMTP_SERVERS": "$HOME_NET", "SQL_SERVERS": "$HOME_NET",
+    "DNS_SERVERS": "$HOME_NET", "TELNET_SERVERS": "$HOME_NET", "AIM_SERVERS": "$EXTERNAL_NET",
+    "DC_SERVERS": "$HOME_NET", "DNP3_SERVER": "$HOME_NET", "DNP3_CLIENT": "$HOME_NET",
+    "MODBUS_CLIENT": "$HOME_NET", "MODBUS_SERVER": "$HOME_NET", "ENIP_CLIENT": "$HOME_NET",
+    "ENIP_SERVER": "$HOME_NET",
+    "HTTP_PORTS": "80", "SHELLCODE_PORTS": "!80", "ORACLE_PORTS": "1521", "SSH_PORTS": "22",
+    "DNP3_PORTS": "20000", "MODBUS_PORTS": "502", "FILE_DATA_PORTS": "[$HTTP_PORTS,110,143]",
+    "FTP_PORTS": "21", "GENEVE_PORTS": "6081", "VXLAN_PORTS": "4789", "TEREDO_PORTS": "3544",
+}
 
 
 @dataclasses.dataclass
@@ -38,48 +66,128 @@ class Pattern:
 class Rule:
     action: str
     proto: int
-    src: object          # IPv4Network or None
-    sport: tuple
-    dst: object
-    dport: tuple
+    src: list            # [(IPv4Network, negated)]; [] is any
+    sport: list          # [(lo, hi, negated)]; [] is any
+    dst: list
+    dport: list
     bidir: bool
     sid: int = 0
     msg: str = ""
     patterns: list = dataclasses.field(default_factory=list)
     line: int = 0
     text: str = ""
+    established: int = 0     # 1: established only, 2: not established only
+    direction: int = 0       # 1: to_server, 2: to_client
+    rev: int = 0
+    classtype: str = ""
+    priority: int = 0
+    metadata: list = dataclasses.field(default_factory=list)
+    references: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Skipped:
+    """A rule the IDS cannot run, and why."""
+    line: int
+    sid: int             # 0 if unknown
+    keyword: str
+    message: str
+
+
+class Ruleset(list):
+    """The rules that run; `.skipped` those that do not ([Skipped])."""
+    def __init__(self, rules=(), skipped=()):
+        super().__init__(rules)
+        self.skipped = list(skipped)
 
 
 class RuleError(ValueError):
-    pass
+    def __init__(self, message, keyword="header"):
+        super().__init__(message)
+        self.keyword = keyword
 
 
-def _net(word, what):
-    if word == "any":
-        return None
+def _items(word, what, variables, depth=0):
+    """A Snort address or port spec -> [(atom, negated)], variables
+    expanded, lists flattened, negation carried into the atoms."""
+    word = word.strip()
+    if depth > 16:
+        raise RuleError(f"{what} {word!r}: variables nest too deep (a loop?)", "variable")
+    if word.startswith("!"):
+        return [(atom, not neg) for atom, neg in _items(word[1:], what, variables, depth + 1)]
     if word.startswith("$"):
-        raise RuleError(f"variables like {word} are not supported; write the {what} network")
-    if word.startswith(("[", "!")):
-        raise RuleError(f"address lists and negation ({word}) are not supported")
-    try:
-        return ipaddress.IPv4Network(word, strict=False)
-    except ValueError:
-        raise RuleError(f"{what} address {word!r} is not any, an IPv4 address or network") from None
+        name = word[1:]
+        if name not in variables:
+            raise RuleError(f"variable ${name} is not defined; give it under \"vars\" "
+                            f"in the ids config", "variable")
+        return _items(variables[name], what, variables, depth + 1)
+    if word.startswith("["):
+        if not word.endswith("]"):
+            raise RuleError(f"{what} list {word!r} has no closing ]")
+        out = []
+        for part in _list_parts(word[1:-1], what):
+            out += _items(part, what, variables, depth + 1)
+        return out
+    return [(word, False)]
 
 
-def _ports(word, what):
-    if word == "any":
-        return (0, 65535)
-    if word.startswith(("$", "[", "!")):
-        raise RuleError(f"{what} port {word!r}: variables, lists and negation are not supported")
-    m = re.fullmatch(r"(\d*)(:?)(\d*)", word)
-    if not m or not (m.group(1) or m.group(3)) or (m.group(3) and not m.group(2)):
-        raise RuleError(f"{what} port {word!r} is not any, N, N:M, N: or :M")
-    lo = int(m.group(1) or 0)
-    hi = int(m.group(3) or (65535 if m.group(2) else lo))
-    if not 0 <= lo <= hi <= 65535:
-        raise RuleError(f"{what} port range {word!r} must be within 0-65535, low to high")
-    return (lo, hi)
+def _list_parts(body, what):
+    parts, cur, level = [], "", 0
+    for ch in body:
+        if ch == "[":
+            level += 1
+        elif ch == "]":
+            level -= 1
+        if ch == "," and level == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    if level or not all(p.strip() for p in parts):
+        raise RuleError(f"{what} list [{body}] is not a comma-separated list")
+    return parts
+
+
+def _nets(word, what, variables):
+    """[(IPv4Network, negated)]; [] matches any address."""
+    out, v6 = [], 0
+    for atom, neg in _items(word, what, variables):
+        if atom == "any":
+            if neg:
+                raise RuleError(f"{what} address !any matches nothing")
+            continue
+        try:
+            net = ipaddress.ip_network(atom, strict=False)
+        except ValueError:
+            raise RuleError(f"{what} address {atom!r} is not any, an IPv4 address or network"
+                            ) from None
+        if net.version == 6:
+            v6 += 1
+            continue
+        out.append((net, neg))
+    if v6 and not any(not neg for _, neg in out) and \
+            all(atom != "any" for atom, _ in _items(word, what, variables)):
+        raise RuleError(f"{what} {word!r} names only IPv6 networks; this IDS matches IPv4",
+                        "ipv6")
+    return out
+
+
+def _ports(word, what, variables=None):
+    """[(lo, hi, negated)]; [] matches any port."""
+    out = []
+    for atom, neg in _items(word, what, variables or {}):
+        if atom == "any":
+            continue
+        m = re.fullmatch(r"(\d*)(:?)(\d*)", atom)
+        if not m or not (m.group(1) or m.group(3)) or (m.group(3) and not m.group(2)):
+            raise RuleError(f"{what} port {atom!r} is not any, N, N:M, N: or :M")
+        lo = int(m.group(1) or 0)
+        hi = int(m.group(3) or (65535 if m.group(2) else lo))
+        if not 0 <= lo <= hi <= 65535:
+            raise RuleError(f"{what} port range {atom!r} must be within 0-65535, low to high")
+        out.append((lo, hi, neg))
+    return out
 
 
 def _split_options(body):
@@ -168,24 +276,45 @@ def _pcre(value):
 HEADER = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*\((.*)\)\s*$")
 
 
-def parse_rule(line, lineno):
+def parse_rule(line, lineno, variables=None):
     m = HEADER.match(line)
     if not m:
         raise RuleError("expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'")
     action, proto, src, sport, direction, dst, dport, body = m.groups()
     if action not in ("alert", "drop"):
-        raise RuleError(f"action must be alert or drop, not {action!r}")
+        raise RuleError(f"action must be alert or drop, not {action!r}", "action")
     if proto not in PROTOS:
-        raise RuleError(f"protocol must be one of {', '.join(PROTOS)}, not {proto!r}")
+        raise RuleError(f"protocol must be one of {', '.join(PROTOS)}, not {proto!r}",
+                        "protocol")
     if direction not in ("->", "<>"):
-        raise RuleError(f"direction must be -> or <>, not {direction!r}")
+        raise RuleError(f"direction must be -> or <>, not {direction!r}", "direction")
+    variables = DEFAULT_VARS if variables is None else variables
     if PROTOS[proto] not in (6, 17) and (sport, dport) != ("any", "any"):
         raise RuleError(f"ports need tcp or udp, not {proto}")
-    rule = Rule(action, PROTOS[proto], _net(src, "source"), _ports(sport, "source"),
-                _net(dst, "destination"), _ports(dport, "destination"),
+    rule = Rule(action, PROTOS[proto], _nets(src, "source", variables),
+                _ports(sport, "source", variables), _nets(dst, "destination", variables),
+                _ports(dport, "destination", variables),
                 direction == "<>", line=lineno, text=line)
     _options(rule, _split_options(body))
     return rule
+
+
+def _flow(rule, value):
+    if not value:
+        raise RuleError("flow takes words, like flow:established,to_server", "flow")
+    for word in (w.strip() for w in value.split(",")):
+        if word not in FLOW_WORDS:
+            raise RuleError(f"flow:{word} is not run by this IDS; it runs "
+                            f"{', '.join(FLOW_WORDS)}", "flow")
+        if FLOW_WORDS[word]:
+            attr, val = FLOW_WORDS[word]
+            setattr(rule, attr, val)
+
+
+def _number(value, key):
+    if value is None or not value.strip().isdigit():
+        raise RuleError(f"{key} must be a number, got {value!r}", key)
+    return int(value)
 
 
 def _options(rule, pairs):
@@ -194,59 +323,105 @@ def _options(rule, pairs):
         if key == "msg":
             rule.msg = _unescape(_quoted(value, "msg"), "msg")
         elif key == "content":
+            if value is not None and value.startswith("!"):
+                raise RuleError("negated content (content:!\"...\") is not run by this IDS",
+                                "content")
             raw = content_bytes(_quoted(value, "content"))
             last_content = Pattern("".join(f"\\x{b:02x}" for b in raw))
             rule.patterns.append(last_content)
-        elif key == "nocase":
-            if value is not None:
-                raise RuleError("nocase takes no value")
+        elif key in ("nocase", "fast_pattern"):
+            if key == "nocase" and value is not None:
+                raise RuleError("nocase takes no value", key)
             if last_content is None:
-                raise RuleError("nocase must follow a content")
-            last_content.caseless = True
+                raise RuleError(f"{key} must follow a content", key)
+            if key == "nocase":
+                last_content.caseless = True
+            # fast_pattern only tells Snort which content to prefilter on;
+            # Hyperscan matches every content at once.
         elif key == "pcre":
             rule.patterns.append(_pcre(value))
             last_content = None
+        elif key == "flow":
+            _flow(rule, value)
         elif key == "sid":
             if value is None or not value.isdigit() or int(value) == 0:
-                raise RuleError(f"sid must be a positive number, got {value!r}")
+                raise RuleError(f"sid must be a positive number, got {value!r}", "sid")
             rule.sid = int(value)
+        elif key == "rev":
+            rule.rev = _number(value, "rev")
+        elif key == "priority":
+            rule.priority = _number(value, "priority")
+        elif key == "classtype":
+            rule.classtype = (value or "").strip()
+        elif key == "metadata":
+            rule.metadata.append((value or "").strip())
+        elif key == "reference":
+            rule.references.append((value or "").strip())
         elif key in KEPT_OPTIONS:
             continue
         else:
-            raise RuleError(f"option {key!r} is not supported; supported: msg, content, "
-                            f"nocase, pcre, sid, {', '.join(KEPT_OPTIONS)}")
+            raise RuleError(f"option {key!r} is not run by this IDS; it runs msg, content, "
+                            f"nocase, fast_pattern, pcre, flow, sid, {', '.join(KEPT_OPTIONS)}",
+                            key)
     if not rule.sid:
-        raise RuleError("every rule needs a sid")
+        raise RuleError("every rule needs a sid", "sid")
     if not rule.patterns:
-        raise RuleError("a rule needs at least one content or pcre")
+        raise RuleError("a rule needs at least one content or pcre", "content")
 
 
-def parse_rules(text, source="<rules>"):
-    """[Rule]; raises NFConfigError listing every error as FILE:LINE: message."""
-    rules, errors, sids = [], collector(), {}
+def _sid_of(line):
+    m = re.search(r"[(;]\s*sid\s*:\s*(\d+)\s*;", line)
+    return int(m.group(1)) if m else 0
+
+
+def variables_of(overrides=None):
+    """Suricata's default variables with the NF config's "vars" over them."""
+    out = dict(DEFAULT_VARS)
+    for name, value in (overrides or {}).items():
+        out[name.lstrip("$")] = str(value)
+    return out
+
+
+def parse_rules(text, source="<rules>", variables=None):
+    """Ruleset of the rules that run, `.skipped` naming the others; raises
+    NFConfigError (every line at fault, FILE:LINE: message) only when no
+    rule can run."""
+    variables = variables_of() if variables is None else variables
+    rules, skipped, sids = Ruleset(), [], {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         try:
-            rule = parse_rule(line, lineno)
+            rule = parse_rule(line, lineno, variables)
         except RuleError as err:
-            errors.add(f"{source}:{lineno}", str(err))
+            skipped.append(Skipped(lineno, _sid_of(line), err.keyword, str(err)))
             continue
         if rule.sid in sids:
-            errors.add(f"{source}:{lineno}", already_used(f"sid {rule.sid}", "another rule",
-                                                          sids[rule.sid]))
+            skipped.append(Skipped(lineno, rule.sid, "sid", already_used(
+                f"sid {rule.sid}", "another rule", sids[rule.sid])))
             continue
         sids[rule.sid] = lineno
         rules.append(rule)
-    if not rules and not errors:
-        errors.add(source, "no rules")
-    errors.raise_if_any()
+    rules.skipped = skipped
+    if not rules:
+        errors = collector()
+        for sk in skipped:
+            errors.add(f"{source}:{sk.line}", sk.message)
+        if not skipped:
+            errors.add(source, "no rules")
+        errors.raise_if_any()
     return rules
 
 
+def skipped_report(rules, source):
+    """One line per skipped rule, for the log: `FILE:LINE: sid N: keyword: why`."""
+    return [f"{source}:{sk.line}: sid {sk.sid or '?'}: {sk.keyword}: {sk.message}"
+            for sk in rules.skipped]
+
+
 def load_rules(config):
-    """Rules of an ids config: {"rules": PATH} or {"rules_text": TEXT};
-    returns (rules, source name)."""
+    """Rules of an ids config: {"rules": PATH} or {"rules_text": TEXT},
+    variables from its "vars"; returns (Ruleset, source name)."""
     text, source = rule_text(config, "<ids config>: needs 'rules' (a rule file) or 'rules_text'")
-    return parse_rules(text, source), source
+    return parse_rules(text, source, variables_of(config.get("vars"))), source

@@ -109,8 +109,8 @@ def test_other_flows_are_not_joined(ids):
 @pytest.mark.parametrize("line, message", [
     ('pass tcp any any -> any any (content:"x"; sid:1;)', "action must be alert or drop, not 'pass'"),
     ('alert tcpx any any -> any any (content:"x"; sid:1;)', "protocol must be one of ip, icmp, tcp, udp, not 'tcpx'"),
-    ('alert tcp $HOME_NET any -> any any (content:"x"; sid:1;)',
-     "variables like $HOME_NET are not supported; write the source network"),
+    ('alert tcp $HOME_NETS any -> any any (content:"x"; sid:1;)',
+     'variable $HOME_NETS is not defined; give it under "vars" in the ids config'),
     ('alert tcp 10.0.0.300 any -> any any (content:"x"; sid:1;)',
      "source address '10.0.0.300' is not any, an IPv4 address or network"),
     ('alert tcp any 99999 -> any any (content:"x"; sid:1;)',
@@ -130,8 +130,12 @@ def test_other_flows_are_not_joined(ids):
     ('alert tcp any any -> any any (nocase; content:"x"; sid:1;)', "nocase must follow a content"),
     ('alert tcp any any -> any any (pcre:"/x/R"; sid:1;)', "pcre flags 'R' are not supported (only i, s, m)"),
     ('alert tcp any any -> any any (pcre:"x"; sid:1;)', 'pcre takes "/REGEX/FLAGS"'),
-    ('alert tcp any any -> any any (content:"x"; flow:established; sid:1;)',
-     "option 'flow' is not supported; supported: msg, content, nocase, pcre, sid, rev, classtype"),
+    ('alert tcp any any -> any any (content:"x"; depth:4; sid:1;)',
+     "option 'depth' is not run by this IDS; it runs msg, content, nocase, fast_pattern, pcre, "
+     "flow, sid, rev, classtype, priority, metadata, reference, gid"),
+    ('alert tcp any any -> any any (content:"x"; flow:only_stream; sid:1;)',
+     "flow:only_stream is not run by this IDS; it runs established, not_established, stateless, "
+     "to_server, from_client, to_client, from_server"),
     ('alert tcp any any -> any any (content:"x"; sid:abc;)', "sid must be a positive number, got 'abc'"),
     ('alert tcp any any -> any any (content:"x";)', "every rule needs a sid"),
     ('alert tcp any any -> any any (msg:"m"; sid:1;)', "a rule needs at least one content or pcre"),
@@ -142,30 +146,45 @@ def test_rule_errors_name_file_and_line(line, message):
     assert str(err.value) == f"web.rules:2: {message}"
 
 
-def test_every_error_reported_and_duplicate_sid(tmp_path):
+def test_bad_rules_are_skipped_and_named_never_all_or_nothing(tmp_path):
     path = tmp_path / "x.rules"
     path.write_text('alert tcp any any -> any any (content:"a"; sid:7;)\n'
                     'alert tcp any any -> any any (content:"b"; sid:7;)\n'
-                    'oops\n')
+                    'oops\n'
+                    'alert tcp any any -> any any (pcre:"/(a)\\1/"; sid:9;)\n')
+    from test_nf_helpers import make_nf
+    nf = make_nf({"nf": "ids", "config": {"rules": str(path)}})
+    c = nf.counters()
+    assert [r["sid"] for r in c["rules"]] == [7] and c["rules_skipped"] == 3
+    assert [(sk["line"], sk["sid"], sk["keyword"]) for sk in c["skipped"]] == [
+        (2, 7, "sid"), (3, 0, "header"), (4, 9, "pcre")]
+    assert c["skipped"][0]["why"] == "sid 7 is already used by another rule (line 1)"
+    assert c["skipped"][2]["why"].startswith("pattern /(a)\\1/ cannot be compiled: ")
+
+
+def test_a_file_with_no_runnable_rule_is_an_error_naming_every_line(tmp_path):
+    path = tmp_path / "x.rules"
+    path.write_text('oops\n'
+                    'alert tcp any any -> any any (content:"a"; depth:3; sid:8;)\n')
     from test_nf_helpers import make_nf
     with pytest.raises(NFConfigError) as err:
         make_nf({"nf": "ids", "config": {"rules": str(path)}})
     assert str(err.value).splitlines() == [
-        f"{path}:2: sid 7 is already used by another rule (line 1)",
-        f"{path}:3: expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'"]
+        f"{path}:1: expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'",
+        f"{path}:2: option 'depth' is not run by this IDS; it runs msg, content, nocase, "
+        "fast_pattern, pcre, flow, sid, rev, classtype, priority, metadata, reference, gid"]
 
 
 def test_pcre_hyperscan_cannot_compile_names_the_line():
     from nfs.ids import IDS
     with pytest.raises(NFConfigError) as err:
-        IDS({"rules_text": 'alert tcp any any -> any any (content:"a"; sid:1;)\n'
-                           'alert tcp any any -> any any (pcre:"/(a)\\1/"; sid:2;)\n'})
-    assert str(err.value).startswith("<rules_text>:2: pattern /(a)\\1/ cannot be compiled: ")
+        IDS({"rules_text": 'alert tcp any any -> any any (pcre:"/(a)\\1/"; sid:2;)\n'})
+    assert str(err.value).startswith("<rules_text>:1: pattern /(a)\\1/ cannot be compiled: ")
 
 
 def test_missing_rule_file_and_unknown_key():
     from nfs.ids import IDS
     with pytest.raises(NFConfigError, match="^/nonexistent.rules: cannot read rule file: No such file or directory$"):
         IDS({"rules": "/nonexistent.rules"})
-    with pytest.raises(NFConfigError, match=r"^<ids config>: alert: unknown key; known: alerts, flow_timeout, max_flows$"):
+    with pytest.raises(NFConfigError, match=r"^<ids config>: alert: unknown key; known: alerts, flow_timeout, max_flows, vars$"):
         IDS({"rules_text": RULES, "alert": "/tmp/x"})

@@ -203,7 +203,7 @@ def test_generic_firewall_passes_every_generated_chain(make):
 def test_generic_ids_rules_are_web_signatures():
     idsrules = pytest.importorskip("nfs.idsrules")
     rules, _ = idsrules.load_rules({"rules": CATALOG["ids"].config})
-    web = [r for r in rules if r.proto == 6 and r.dport == (80, 80)]
+    web = [r for r in rules if r.proto == 6 and r.dport == [(80, 80, False)]]
     assert any(r.action == "drop" for r in web) and any(r.action == "alert" for r in web)
     assert all(r.patterns for r in rules)
 

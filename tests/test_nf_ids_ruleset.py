@@ -1,0 +1,100 @@
+"""A ruleset in ET Open's style through the real fast path: the rules the
+IDS can run load and fire on the packet made for each, not on a near miss;
+the rules it cannot run (HTTP sticky buffers, dsize) are skipped, each
+named with its line, sid and keyword, and the rest still run."""
+import json
+import os
+
+import pytest
+
+from test_nf_helpers import harness, tcp, udp
+
+RULES = os.path.join(os.path.dirname(__file__), "data", "et-style.rules")
+HOME, OUT = "10.0.1.5", "198.51.100.7"
+
+# sid -> (packet that fires it, near miss that must not)
+CASES = {
+    2100498: (tcp(HOME, OUT, 23, 40000, "PA", b"uid=0(root) gid=0(root)\n", seq=5),
+              tcp(HOME, OUT, 23, 40100, "PA", b"uid=0(rooty) gid=0\n", seq=5)),
+    2900001: (tcp(OUT, HOME, 40001, 22, "PA", b"SSH-2.0-libssh_0.9\r\n", seq=5),
+              tcp("10.9.9.9", HOME, 40001, 22, "PA", b"SSH-2.0-libssh_0.9\r\n", seq=5)),  # from HOME_NET
+    2900002: (tcp(HOME, OUT, 40002, 80, "PA", b"GET / HTTP/1.1\r\nuser-agent: CURL/8.0\r\n", seq=5),
+              tcp(HOME, OUT, 40002, 8080, "PA", b"GET / HTTP/1.1\r\nUser-Agent: curl/8.0\r\n", seq=5)),
+    2900003: (tcp(OUT, HOME, 40003, 80, "PA", b"GET /scripts/CMD.EXE?/c+dir HTTP/1.0\r\n", seq=5),
+              tcp(OUT, HOME, 40103, 80, "PA", b"POST /cmd.exe HTTP/1.0\r\n", seq=5)),
+    2900004: (tcp(OUT, HOME, 40004, 4444, "PA", b"\x90" * 16 + b"\xcc", seq=5),
+              tcp(OUT, HOME, 40004, 443, "PA", b"\x90" * 16 + b"\xcc", seq=5)),   # port excluded
+    2900005: (udp(HOME, "192.0.2.53", 5353, 53, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+                  b"\x03www\x04EVIL\x00\x00\x01\x00\x01"),
+              udp(HOME, "192.0.2.53", 5353, 53, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+                  b"\x03www\x05evils\x00\x00\x01\x00\x01")),
+    2900006: (tcp(OUT, HOME, 40006, 9005, "PA", b"GET /../../etc/passwd HTTP/1.0\r\n", seq=5),
+              tcp(OUT, HOME, 40006, 9011, "PA", b"GET /../../etc/passwd HTTP/1.0\r\n", seq=5)),
+}
+SKIPPED = {2900007: "protocol", 2900008: "http_uri", 2900009: "dsize"}
+
+
+@pytest.fixture
+def ids(tmp_path):
+    alerts = tmp_path / "alerts.jsonl"
+    with harness([("ids", {"rules": RULES, "alerts": str(alerts)})]) as h:
+        yield h, alerts
+
+
+def hits(h):
+    return {r["sid"]: r["hits"] for r in h.nf(1).counters()["rules"]}
+
+
+def test_ruleset_loads_what_runs_and_names_what_does_not(ids):
+    h, _ = ids
+    c = h.nf(1).counters()
+    assert sorted(hits(h)) == sorted(CASES)
+    assert {sk["sid"]: sk["keyword"] for sk in c["skipped"]} == SKIPPED
+    assert c["rules_skipped"] == len(SKIPPED)
+    assert all(sk["line"] > 0 and sk["why"] for sk in c["skipped"])
+
+
+@pytest.mark.parametrize("sid", sorted(CASES))
+def test_each_rule_fires_on_its_packet_not_on_a_near_miss(ids, sid):
+    h, alerts = ids
+    fire, miss = CASES[sid]
+    # (Each on its own TCP flow: the same sequence numbers with other bytes
+    # would be an overlap the IDS drops unscanned.)
+    h.send([miss])
+    assert hits(h)[sid] == 0, "near miss fired"
+    h.send([fire])
+    assert hits(h)[sid] == 1
+    others = {s: n for s, n in hits(h).items() if s != sid and n}
+    assert others == {}
+    (alert,) = [json.loads(line) for line in alerts.read_text().splitlines()]
+    assert alert["sid"] == sid and alert["rev"] >= 1
+
+
+def test_drop_rule_of_the_set_drops(ids):
+    h, _ = ids
+    assert h.send([CASES[2900003][0]]) == []
+
+
+def test_vars_from_the_config_override_the_defaults(tmp_path):
+    # HOME_NET moved to 203.0.113.0/24: the SSH rule now wants that network.
+    with harness([("ids", {"rules": RULES, "vars": {"HOME_NET": "[203.0.113.0/24]"}})]) as h:
+        h.send([CASES[2900001][0]])
+        assert hits(h)[2900001] == 0
+        h.send([tcp(OUT, "203.0.113.9", 40001, 22, "PA", b"SSH-2.0-libssh\r\n", seq=5)])
+        assert hits(h)[2900001] == 1
+
+
+def test_flow_direction_from_the_handshake(ids):
+    # The server (port 22) sends the banner on a connection whose SYN came
+    # from the client: to_client, so the to_server rule does not fire even
+    # though the ports would guess otherwise.
+    h, _ = ids
+    h.send([tcp(OUT, HOME, 22, 40010, "S", seq=99),                   # odd: client port 22
+            tcp(OUT, HOME, 22, 40010, "PA", b"SSH-2.0-libssh\r\n", seq=100)])
+    assert hits(h)[2900001] == 0       # dport 40010 is not 22 anyway
+    h.send([tcp(OUT, HOME, 40011, 22, "SA", seq=99),                  # a SYN-ACK: server side
+            tcp(OUT, HOME, 40011, 22, "PA", b"SSH-2.0-libssh\r\n", seq=100)])
+    assert hits(h)[2900001] == 0
+    h.send([tcp(OUT, HOME, 40012, 22, "S", seq=99),
+            tcp(OUT, HOME, 40012, 22, "PA", b"SSH-2.0-libssh\r\n", seq=100)])
+    assert hits(h)[2900001] == 1

@@ -91,6 +91,7 @@ cdef struct rule_t:
     uint8_t bidir
     uint8_t established    # 1: established only, 2: not established only
     uint8_t direction      # 1: to_server, 2: to_client
+    uint16_t dsize_lo, dsize_hi
     uint32_t sa, sn, da, dn          # its source and destination nets in ids_t.nets
     uint32_t spa, spn, dpa, dpn      # its port ranges in ids_t.ports
     uint32_t first, count  # its patterns
@@ -117,6 +118,10 @@ cdef struct ids_t:
     rule_t *rules
     uint32_t nrules
     uint32_t *pat_rule     # pattern id -> rule
+    uint32_t *pat_min_end  # pattern id -> payload offsets its match may end at
+    uint32_t *pat_max_end  #   (offset and depth; 0 and 0xFFFFFFFF: anywhere)
+    long long payload_at   # where this packet's payload starts in the scan (may be < 0)
+    uint32_t plen          # this packet's payload bytes
     uint32_t npats
     # scan state, reset after every packet
     uint8_t *seen          # per pattern: 1 found in the tail, 2 in the payload
@@ -139,6 +144,12 @@ cdef struct ids_t:
 cdef int on_match(unsigned int id, unsigned long long frm, unsigned long long to,
                   unsigned int flags, void *ctx) noexcept nogil:
     cdef ids_t *s = <ids_t *>ctx
+    cdef long long rel
+    if to > s.skip_to and (s.pat_min_end[id] or s.pat_max_end[id] != <uint32_t>0xFFFFFFFF):
+        # offset/depth: where in this packet's payload the match ends
+        rel = <long long>to - s.payload_at
+        if rel < s.pat_min_end[id] or rel > s.pat_max_end[id]:
+            return 0
     if s.seen[id] == 0:
         s.hitlist[s.nhits] = id
         s.nhits += 1
@@ -177,10 +188,12 @@ cdef bint ports_match(ids_t *s, uint32_t first, uint32_t n, uint16_t port) noexc
 
 cdef bint header_matches(ids_t *s, rule_t *r, uint8_t proto, uint32_t src, uint32_t dst,
                          uint16_t sport, uint16_t dport, uint8_t established,
-                         uint8_t direction) noexcept nogil:
+                         uint8_t direction, uint32_t plen) noexcept nogil:
     if r.proto and r.proto != proto:
         return False
     if r.established and r.established != (1 if established else 2):
+        return False
+    if plen < r.dsize_lo or plen > r.dsize_hi:
         return False
     if r.direction and r.direction != direction:
         return False
@@ -229,7 +242,7 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
             if s.seen[j] & 2:
                 fresh = True
         if whole and fresh and header_matches(s, r, proto, src, dst, sport, dport,
-                                                established, direction):
+                                                established, direction, s.plen):
             r.hits += 1
             s.alerted += 1
             write_alert(s, r, proto, src, dst, sport, dport)
@@ -377,6 +390,8 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
         joined = True
         s.skip_to = f.len
         s.reassembled += 1
+    s.payload_at = <long long>(f.len if joined else 0) - <long long>skip
+    s.plen = plen
     if plen > skip:
         bufs[nbuf] = <const char *>(d + off + skip)
         lens[nbuf] = plen - skip
@@ -557,10 +572,12 @@ cdef class IDS(NativeNF):
         self.s.nrules = n
         self.s.rules = <rule_t *>calloc(n, sizeof(rule_t))
         self.s.pat_rule = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
+        self.s.pat_min_end = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
+        self.s.pat_max_end = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
         self.s.seen = <uint8_t *>calloc(self.s.npats, 1)
         self.s.hitlist = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
         self.s.checked = <uint8_t *>calloc(n, 1)
-        if not (self.s.rules and self.s.pat_rule and self.s.seen and self.s.hitlist and self.s.checked):
+        if not (self.s.rules and self.s.pat_rule and self.s.pat_min_end and self.s.pat_max_end and self.s.seen and self.s.hitlist and self.s.checked):
             raise MemoryError()
         self.msgs = []
         nets, ports = [], []
@@ -571,6 +588,7 @@ cdef class IDS(NativeNF):
             r.drop = rule.action == "drop"
             r.bidir = rule.bidir
             r.established = rule.established
+            r.dsize_lo, r.dsize_hi = rule.dsize
             r.direction = rule.direction
             r.sa, r.sn = len(nets), len(rule.src)
             nets += rule.src
@@ -588,8 +606,9 @@ cdef class IDS(NativeNF):
             msg = json.dumps(rule.msg).encode()
             self.msgs.append(msg)
             r.msg_json = msg
-            for j in range(first, first + len(rule.patterns)):
+            for j, p in enumerate(rule.patterns, first):
                 self.s.pat_rule[j] = ri
+                self.s.pat_min_end[j], self.s.pat_max_end[j] = p.end_range() or (0, 0xFFFFFFFF)
             first += len(rule.patterns)
         self.s.nets = <net_t *>calloc(len(nets) + 1, sizeof(net_t))
         self.s.ports = <portr_t *>calloc(len(ports) + 1, sizeof(portr_t))
@@ -617,7 +636,7 @@ cdef class IDS(NativeNF):
         if self.s.alerts != NULL:
             fclose(self.s.alerts)
         ftab_free(self.s.flows)
-        free(self.s.fstate); free(self.s.tails); free(self.s.heads); free(self.s.nets); free(self.s.ports); free(self.s.rules); free(self.s.pat_rule)
+        free(self.s.fstate); free(self.s.tails); free(self.s.heads); free(self.s.nets); free(self.s.ports); free(self.s.rules); free(self.s.pat_rule); free(self.s.pat_min_end); free(self.s.pat_max_end)
         free(self.s.seen); free(self.s.hitlist); free(self.s.checked)
 
     def counters(self):

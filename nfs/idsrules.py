@@ -10,17 +10,17 @@ action `alert` or `drop`; proto `tcp`, `udp`, `icmp` or `ip`; addresses
 (nested); ports `any`, `N`, `N:M`, `N:`, `:M`, variables, lists and
 negation (tcp and udp only); direction `->` or `<>`.  Variables default
 to Suricata's (`DEFAULT_VARS`) and are overridden by the NF config's
-"vars".  Options: `msg`, `content` (`|hex|` bytes; `nocase` and
-`fast_pattern` after it), `pcre:"/RE/FLAGS"` (flags i, s, m), `flow`
+"vars".  Options: `msg`, `content` (`|hex|` bytes; `nocase`,
+`fast_pattern`, `offset` and `depth` after it), `pcre:"/RE/FLAGS"` (flags i, s, m), `flow`
 (established, not_established, stateless, to_server, to_client,
-from_server, from_client), `sid` (required, unique); `rev`, `classtype`,
+from_server, from_client), `dsize`, `sid` (required, unique); `rev`, `classtype`,
 `priority`, `metadata`, `reference`, `gid` are kept (rev, classtype and
 priority go into alerts).  A rule fires when every one of its contents and
 pcres is found in the payload (in stream order for TCP) and its header
 and flow match.
 
 A ruleset is never all or nothing: a rule the IDS cannot run (an unknown
-keyword, a modifier it does not check such as `depth` or `http_uri`, an
+keyword, a modifier it does not check such as `within` or `http_uri`, an
 IPv6-only address, a duplicate sid) is skipped, counted and named
 (`Skipped`: line, sid, keyword at fault, message), as Suricata's "rules
 failed to load"; only a file with no runnable rule is an error, listing
@@ -60,6 +60,17 @@ class Pattern:
     caseless: bool = False
     dotall: bool = False
     multiline: bool = False
+    length: int = 0     # a content's bytes (0: a pcre)
+    offset: int = 0     # content starts at or after this payload byte
+    depth: int = 0      # and ends within this many bytes of `offset` (0: anywhere)
+
+    def end_range(self):
+        """(first, last) payload offset a match of this content may end
+        at (Snort's offset and depth), or None if it may end anywhere."""
+        if not (self.offset or self.depth):
+            return None
+        last = self.offset + self.depth if self.depth else 0xFFFFFFFF
+        return self.offset + self.length, last
 
 
 @dataclasses.dataclass
@@ -76,6 +87,7 @@ class Rule:
     patterns: list = dataclasses.field(default_factory=list)
     line: int = 0
     text: str = ""
+    dsize: tuple = (0, 0xFFFF)   # payload bytes, low to high
     established: int = 0     # 1: established only, 2: not established only
     direction: int = 0       # 1: to_server, 2: to_client
     rev: int = 0
@@ -311,6 +323,22 @@ def _flow(rule, value):
             setattr(rule, attr, val)
 
 
+def _dsize(value):
+    """dsize:N, dsize:<N, dsize:>N, dsize:N<>M -> (low, high) payload bytes."""
+    text = (value or "").replace(" ", "")
+    m = re.fullmatch(r"(\d+)<>(\d+)|([<>]?)(\d+)", text)
+    if not m:
+        raise RuleError(f"dsize takes N, <N, >N or N<>M, got {value!r}", "dsize")
+    if m.group(1) is not None:
+        lo, hi = int(m.group(1)) + 1, int(m.group(2)) - 1
+    else:
+        n = int(m.group(4))
+        lo, hi = {"": (n, n), "<": (0, n - 1), ">": (n + 1, 0xFFFF)}[m.group(3)]
+    if not 0 <= lo <= hi <= 0xFFFF:
+        raise RuleError(f"dsize:{value} matches no payload size", "dsize")
+    return (lo, hi)
+
+
 def _number(value, key):
     if value is None or not value.strip().isdigit():
         raise RuleError(f"{key} must be a number, got {value!r}", key)
@@ -327,8 +355,18 @@ def _options(rule, pairs):
                 raise RuleError("negated content (content:!\"...\") is not run by this IDS",
                                 "content")
             raw = content_bytes(_quoted(value, "content"))
-            last_content = Pattern("".join(f"\\x{b:02x}" for b in raw))
+            last_content = Pattern("".join(f"\\x{b:02x}" for b in raw), length=len(raw))
             rule.patterns.append(last_content)
+        elif key in ("offset", "depth"):
+            if last_content is None:
+                raise RuleError(f"{key} must follow a content", key)
+            n = _number(value, key)
+            if key == "depth" and n < last_content.length:
+                raise RuleError(f"depth:{n} is shorter than its content ({last_content.length} "
+                                f"bytes): the rule can never match", key)
+            setattr(last_content, key, n)
+        elif key == "dsize":
+            rule.dsize = _dsize(value)
         elif key in ("nocase", "fast_pattern"):
             if key == "nocase" and value is not None:
                 raise RuleError("nocase takes no value", key)
@@ -361,8 +399,8 @@ def _options(rule, pairs):
             continue
         else:
             raise RuleError(f"option {key!r} is not run by this IDS; it runs msg, content, "
-                            f"nocase, fast_pattern, pcre, flow, sid, {', '.join(KEPT_OPTIONS)}",
-                            key)
+                            f"nocase, fast_pattern, offset, depth, pcre, flow, dsize, sid, "
+                            f"{', '.join(KEPT_OPTIONS)}", key)
     if not rule.sid:
         raise RuleError("every rule needs a sid", "sid")
     if not rule.patterns:

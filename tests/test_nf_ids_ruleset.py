@@ -1,6 +1,6 @@
 """A ruleset in ET Open's style through the real fast path: the rules the
 IDS can run load and fire on the packet made for each, not on a near miss;
-the rules it cannot run (HTTP sticky buffers, dsize) are skipped, each
+the rules it cannot run (HTTP sticky buffers, isdataat) are skipped, each
 named with its line, sid and keyword, and the rest still run."""
 import json
 import os
@@ -30,8 +30,12 @@ CASES = {
                   b"\x03www\x05evils\x00\x00\x01\x00\x01")),
     2900006: (tcp(OUT, HOME, 40006, 9005, "PA", b"GET /../../etc/passwd HTTP/1.0\r\n", seq=5),
               tcp(OUT, HOME, 40006, 9011, "PA", b"GET /../../etc/passwd HTTP/1.0\r\n", seq=5)),
+    2900010: (tcp(OUT, HOME, 40010, 80, "PA", b"PUT /up/x.php HTTP/1.1\r\n", seq=5),
+              tcp(OUT, HOME, 40110, 80, "PA", b"GET /PUT /x.php HTTP/1.1\r\n", seq=5)),  # PUT not first
+    2900011: (udp(OUT, HOME, 1069, 69, b"\x00\x01boot.img\x00octet\x00"),
+              udp(OUT, HOME, 1069, 69, b"\x00\x01" + b"a" * 40 + b"\x00octet\x00")),   # too long
 }
-SKIPPED = {2900007: "protocol", 2900008: "http_uri", 2900009: "dsize"}
+SKIPPED = {2900007: "protocol", 2900008: "http_uri", 2900009: "isdataat"}
 
 
 @pytest.fixture

@@ -68,11 +68,13 @@ import logging
 
 from nflib.api import NFConfigError
 from nfs.configs import parse_ids
-from nfs.idsrules import Ruleset, Skipped, skipped_report
+from nfs.idsrules import BUFFERS, Ruleset, Skipped, skipped_report
 
 log = logging.getLogger("onvm.nf.ids")
 
 DEF TAIL_MAX = 128
+DEF NBUF = 8           # idsrules.BUFFERS: payload, then the HTTP request's parts
+DEF URI_MAX = 4096     # a normalised URI longer than this is cut (counted)
 
 
 cdef struct net_t:
@@ -112,6 +114,10 @@ cdef struct flow_t:
 
 cdef struct ids_t:
     hs_database_t *db
+    hs_database_t *hdb[NBUF]   # per HTTP buffer (index 1..NBUF-1; NULL: no pattern)
+    uint8_t http               # any pattern in an HTTP buffer
+    uint8_t *uri               # the normalised URI of the packet's request
+    uint64_t http_requests, uri_cut
     net_t *nets
     portr_t *ports
     hs_scratch_t *scratch
@@ -255,6 +261,145 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
     return drop
 
 
+cdef inline uint8_t lower(uint8_t c) noexcept nogil:
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef inline int hexval(uint8_t c) noexcept nogil:
+    if 48 <= c <= 57:
+        return c - 48
+    c = lower(c)
+    if 97 <= c <= 102:
+        return c - 87
+    return -1
+
+
+cdef uint32_t normalise_uri(const uint8_t *u, uint32_t n, uint8_t *out,
+                            uint32_t cap) noexcept nogil:
+    """The URI as a web server reads it (as libhtp normalises for
+    Suricata's http.uri): %XX decoded, backslashes as slashes, and in the
+    path (before '?') `//` collapsed, `/./` dropped, `/../` taking back a
+    segment.  Returns its length (at most cap)."""
+    cdef uint32_t i = 0, o = 0
+    cdef bint in_path = True
+    cdef int hi, lo
+    cdef uint8_t c
+    while i < n and o < cap:
+        c = u[i]
+        if c == 37 and i + 2 < n and hexval(u[i + 1]) >= 0 \
+                and hexval(u[i + 2]) >= 0:           # %XX
+            c = <uint8_t>(hexval(u[i + 1]) * 16 + hexval(u[i + 2]))
+            i += 3
+        else:
+            i += 1
+        if in_path and c == 63:                      # '?': the query, kept as sent
+            in_path = False
+        elif in_path and c == 92:                    # '\\' read as '/'
+            c = 47
+        if in_path and c == 47 and o and out[o - 1] == 47:
+            continue                                 # '//' -> '/'
+        out[o] = c
+        o += 1
+        if in_path and o >= 2 and out[o - 1] == 47 and out[o - 2] == 46 \
+                and (o == 2 or out[o - 3] == 47):    # '/./' -> '/'
+            o -= 2
+            if o == 0:
+                out[0] = 47
+                o = 1
+        elif in_path and o >= 3 and out[o - 1] == 47 and out[o - 2] == 46 \
+                and out[o - 3] == 46 and (o == 3 or out[o - 4] == 47):   # '/../'
+            o -= 3
+            if o > 1:
+                o -= 1
+                while o > 0 and out[o - 1] != 47:
+                    o -= 1
+            if o == 0:
+                out[0] = 47
+                o = 1
+    return o
+
+
+cdef void scan_buffer(ids_t *s, int b, const uint8_t *p, uint32_t n) noexcept nogil:
+    cdef const char *bufs[1]
+    cdef unsigned int lens[1]
+    if s.hdb[b] == NULL or n == 0:
+        return
+    bufs[0] = <const char *>p
+    lens[0] = n
+    if hs_scan_vector(s.hdb[b], bufs, lens, 1, 0, s.scratch, on_match, <void *>s) != HS_SUCCESS:
+        s.hs_errors += 1
+
+
+cdef uint32_t header_value(const uint8_t *h, uint32_t n, const char *name, uint32_t nlen,
+                           const uint8_t **value) noexcept nogil:
+    """The value of header `name` (lower case, with its colon) in the header
+    block h[0:n], leading spaces skipped; its length, 0 if absent."""
+    cdef uint32_t i = 0, j, e
+    while i < n:
+        e = i
+        while e < n and h[e] != 13 and h[e] != 10:
+            e += 1
+        if e - i > nlen:
+            j = 0
+            while j < nlen and lower(h[i + j]) == <uint8_t>name[j]:
+                j += 1
+            if j == nlen:
+                j = i + nlen
+                while j < e and (h[j] == 32 or h[j] == 9):
+                    j += 1
+                value[0] = h + j
+                return e - j
+        i = e + 1
+        if i < n and h[i] == 10:
+            i += 1
+    return 0
+
+
+cdef void scan_http(ids_t *s, const uint8_t *p, uint32_t n) noexcept nogil:
+    """If the payload starts an HTTP request (`METHOD SP URI SP HTTP/`),
+    scan its parts with the databases of the HTTP buffers."""
+    cdef uint32_t m = 0, u, ue, h, he, vlen
+    cdef const uint8_t *v = NULL
+    while m < n and m < 16 and 65 <= p[m] <= 90:
+        m += 1
+    if m < 3 or m >= n or p[m] != 32:
+        return
+    u = m + 1
+    ue = u
+    while ue < n and p[ue] != 32 and p[ue] != 13 and p[ue] != 10:
+        ue += 1
+    if ue == u or ue + 6 > n or p[ue] != 32 or p[ue + 1] != 72 or p[ue + 2] != 84 \
+            or p[ue + 3] != 84 or p[ue + 4] != 80 or p[ue + 5] != 47:      # " HTTP/"
+        return
+    s.http_requests += 1
+    s.skip_to = 0
+    s.payload_at = 0
+    scan_buffer(s, 1, p, m)
+    scan_buffer(s, 3, p + u, ue - u)
+    if s.hdb[2] != NULL:
+        if ue - u > URI_MAX:
+            s.uri_cut += 1
+        scan_buffer(s, 2, s.uri, normalise_uri(p + u, ue - u, s.uri, URI_MAX))
+    h = ue
+    while h < n and p[h] != 10:
+        h += 1
+    h += 1
+    if h >= n:
+        return
+    he = h
+    while he + 3 < n and not (p[he] == 13 and p[he + 1] == 10 and p[he + 2] == 13
+                              and p[he + 3] == 10):
+        he += 1
+    he = he + 2 if he + 3 < n else n
+    scan_buffer(s, 4, p + h, he - h)
+    vlen = header_value(p + h, he - h, b"user-agent:", 11, &v)
+    scan_buffer(s, 5, v, vlen)
+    vlen = header_value(p + h, he - h, b"host:", 5, &v)
+    scan_buffer(s, 6, v, vlen)
+    vlen = header_value(p + h, he - h, b"cookie:", 7, &v)
+    scan_buffer(s, 7, v, vlen)
+
+
 cdef inline int32_t seq_diff(uint32_t a, uint32_t b) noexcept nogil:
     """a - b in sequence space (RFC 793's modular comparison)."""
     return <int32_t>(a - b)
@@ -392,7 +537,7 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
         s.reassembled += 1
     s.payload_at = <long long>(f.len if joined else 0) - <long long>skip
     s.plen = plen
-    if plen > skip:
+    if plen > skip and s.db != NULL:
         bufs[nbuf] = <const char *>(d + off + skip)
         lens[nbuf] = plen - skip
         nbuf += 1
@@ -405,6 +550,8 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
         err = hs_scan_vector(s.db, bufs, lens, nbuf, 0, s.scratch, on_match, <void *>s)
         if err != HS_SUCCESS:
             s.hs_errors += 1
+    if s.http and plen and proto == 6:
+        scan_http(s, d + off, plen)
     if s.nhits:
         sport = rd16(<uint8_t *>&k.sport)
         dport = rd16(<uint8_t *>&k.dport)
@@ -511,6 +658,7 @@ cdef class IDS(NativeNF):
         memset(&self.s, 0, sizeof(ids_t))
 
     def __init__(self, config=None):
+        assert len(BUFFERS) == NBUF, "nfs.idsrules.BUFFERS and ids.pyx's NBUF disagree"
         v, rules, source = parse_ids(config)
         rules = runnable(rules, source)
         self.rules = rules
@@ -530,41 +678,64 @@ cdef class IDS(NativeNF):
                  hs_version().decode())
 
     def _compile(self, rules, source):
-        cdef hs_compile_error_t *err = NULL
+        """One vectored Hyperscan database for the payload's patterns and
+        one per HTTP buffer that has any; pattern ids are global."""
         cdef hs_expr_info_t *info = NULL
+        cdef hs_compile_error_t *err = NULL
         pats = [(ri, p) for ri, r in enumerate(rules) for p in r.patterns]
-        n = len(pats)
+        widest = 0
+        for i, (ri, p) in enumerate(pats):
+            if p.buffer != "payload":
+                continue
+            expr = p.regex.encode("latin-1")
+            if hs_expression_info(expr, _hs_flags(p), &info, &err) != HS_SUCCESS:
+                hs_free_compile_error(err)     # runnable() let only good ones through
+                raise NFConfigError(f"{source}:{rules[ri].line}: pattern /{p.regex}/ "
+                                    f"cannot be compiled")
+            widest = max(widest, info.max_width)
+            free(info)
+        for b, name in enumerate(BUFFERS):
+            ids = [i for i, (_, p) in enumerate(pats) if p.buffer == name]
+            if ids:
+                db = self._database(rules, source, pats, ids)
+                if b == 0:
+                    self.s.db = db
+                else:
+                    self.s.hdb[b] = db
+                    self.s.http = 1
+                if hs_alloc_scratch(db, &self.s.scratch) != HS_SUCCESS:
+                    raise MemoryError("ids: Hyperscan scratch")
+        if self.s.http:
+            self.s.uri = <uint8_t *>malloc(URI_MAX)
+            if self.s.uri == NULL:
+                raise MemoryError()
+        self.s.npats = len(pats)
+        # A match is found across two segments if the tail holds all but
+        # its last byte; unbounded pcres get TAIL_MAX.
+        self.s.tail_w = min(TAIL_MAX, max(0, widest - 1)) if self.s.db != NULL else 0
+
+    cdef hs_database_t *_database(self, rules, source, pats, ids) except NULL:
+        cdef hs_compile_error_t *err = NULL
+        cdef hs_database_t *db = NULL
+        n = len(ids)
         cdef const char **exprs = <const char **>malloc(n * sizeof(char *))
         cdef unsigned int *flags = <unsigned int *>malloc(n * sizeof(unsigned int))
-        cdef unsigned int *ids = <unsigned int *>malloc(n * sizeof(unsigned int))
-        encoded = [p.regex.encode("latin-1") for _, p in pats]
-        widest = 0
+        cdef unsigned int *hsids = <unsigned int *>malloc(n * sizeof(unsigned int))
+        encoded = [pats[i][1].regex.encode("latin-1") for i in ids]
         try:
-            for i, (ri, p) in enumerate(pats):
-                exprs[i] = encoded[i]
-                flags[i] = _hs_flags(p)
-                ids[i] = i
-                if hs_expression_info(exprs[i], flags[i], &info, &err) != HS_SUCCESS:
-                    msg = err.message.decode()
-                    hs_free_compile_error(err)
-                    raise NFConfigError(f"{source}:{rules[ri].line}: pattern /{p.regex}/ "
-                                        f"cannot be compiled: {msg}")
-                widest = max(widest, info.max_width)
-                free(info)
-            if hs_compile_multi(exprs, flags, ids, n, HS_MODE_VECTORED, NULL,
-                                &self.s.db, &err) != HS_SUCCESS:
+            for k, i in enumerate(ids):
+                exprs[k] = encoded[k]
+                flags[k] = _hs_flags(pats[i][1])
+                hsids[k] = i
+            if hs_compile_multi(exprs, flags, hsids, n, HS_MODE_VECTORED, NULL,
+                                &db, &err) != HS_SUCCESS:
                 msg = err.message.decode()
-                where = rules[pats[err.expression][0]].line if err.expression >= 0 else "?"
+                where = rules[pats[ids[err.expression]][0]].line if err.expression >= 0 else "?"
                 hs_free_compile_error(err)
                 raise NFConfigError(f"{source}:{where}: Hyperscan: {msg}")
         finally:
-            free(exprs); free(flags); free(ids)
-        if hs_alloc_scratch(self.s.db, &self.s.scratch) != HS_SUCCESS:
-            raise MemoryError("ids: Hyperscan scratch")
-        self.s.npats = n
-        # A match is found across two segments if the tail holds all but
-        # its last byte; unbounded pcres get TAIL_MAX.
-        self.s.tail_w = min(TAIL_MAX, max(0, widest - 1))
+            free(exprs); free(flags); free(hsids)
+        return db
 
     def _tables(self, rules, v):
         cdef rule_t *r
@@ -633,6 +804,10 @@ cdef class IDS(NativeNF):
             hs_free_scratch(self.s.scratch)
         if self.s.db != NULL:
             hs_free_database(self.s.db)
+        for b in range(NBUF):
+            if self.s.hdb[b] != NULL:
+                hs_free_database(self.s.hdb[b])
+        free(self.s.uri)
         if self.s.alerts != NULL:
             fclose(self.s.alerts)
         ftab_free(self.s.flows)
@@ -649,6 +824,7 @@ cdef class IDS(NativeNF):
             "out_of_order": self.s.out_of_order, "overlap_conflict": self.s.overlap_conflict,
             "retransmitted": self.s.retransmitted, "stale": self.s.stale,
             "joined_head": self.s.joined_head,
+            "http_requests": self.s.http_requests, "uri_cut": self.s.uri_cut,
             "flows": ftab_live(self.s.flows, now) if self.s.flows != NULL else 0,
             "rules": [{"sid": r.sid, "line": r.line, "action": r.action, "msg": r.msg,
                        "rev": r.rev, "hits": self.s.rules[i].hits}

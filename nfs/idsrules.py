@@ -34,7 +34,22 @@ from contracts.validate import already_used
 from nflib.api import rule_text
 from nfs.nfconfig import collector
 
-PROTOS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17}
+PROTOS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17, "http": 6}
+# Where a content or pcre looks: the packet's payload, or a part of the
+# HTTP request the IDS parsed from it (nfs/ids.pyx numbers them the same).
+BUFFERS = ("payload", "method", "uri", "raw_uri", "header", "user_agent", "host", "cookie")
+# Snort 2 modifiers (after the content) and Suricata's sticky buffers
+# (before the contents) -> buffer.
+HTTP_MODIFIERS = {"http_method": "method", "http_uri": "uri", "http_raw_uri": "raw_uri",
+                  "http_header": "header", "http_raw_header": "header",
+                  "http_user_agent": "user_agent", "http_host": "host",
+                  "http_raw_host": "host", "http_cookie": "cookie"}
+STICKY_BUFFERS = {"http.method": "method", "http.uri": "uri", "http.uri.raw": "raw_uri",
+                  "http.header": "header", "http.header.raw": "header",
+                  "http.user_agent": "user_agent", "http.host": "host",
+                  "http.host.raw": "host", "http.cookie": "cookie", "pkt_data": "payload"}
+PCRE_BUFFER_FLAGS = {"U": "uri", "I": "raw_uri", "H": "header", "M": "method", "C": "cookie",
+                     "V": "user_agent", "W": "host"}
 KEPT_OPTIONS = ("rev", "classtype", "priority", "metadata", "reference", "gid")
 FLOW_WORDS = {"established": ("established", 1), "not_established": ("established", 2),
               "stateless": None, "to_server": ("direction", 1), "from_client": ("direction", 1),
@@ -63,6 +78,7 @@ class Pattern:
     length: int = 0     # a content's bytes (0: a pcre)
     offset: int = 0     # content starts at or after this payload byte
     depth: int = 0      # and ends within this many bytes of `offset` (0: anywhere)
+    buffer: str = "payload"   # one of BUFFERS
 
     def end_range(self):
         """(first, last) payload offset a match of this content may end
@@ -271,18 +287,23 @@ def content_bytes(text):
     return out
 
 
-def _pcre(value):
+def _pcre(value, buffer="payload"):
     text = _quoted(value, "pcre")
     if not text.startswith("/") or text.rfind("/") == 0:
-        raise RuleError('pcre takes "/REGEX/FLAGS"')
+        raise RuleError('pcre takes "/REGEX/FLAGS"', "pcre")
     end = text.rfind("/")
     regex, flags = text[1:end], text[end + 1:]
-    bad = set(flags) - set("ism")
+    bad = set(flags) - set("ism") - set(PCRE_BUFFER_FLAGS)
     if bad:
-        raise RuleError(f"pcre flags {''.join(sorted(bad))!r} are not supported (only i, s, m)")
+        raise RuleError(f"pcre flags {''.join(sorted(bad))!r} are not run by this IDS "
+                        f"(it runs i, s, m and {', '.join(PCRE_BUFFER_FLAGS)})", "pcre")
     if not regex:
-        raise RuleError("pcre is empty")
-    return Pattern(regex, "i" in flags, "s" in flags, "m" in flags)
+        raise RuleError("pcre is empty", "pcre")
+    buffers = {PCRE_BUFFER_FLAGS[f] for f in flags if f in PCRE_BUFFER_FLAGS}
+    if len(buffers) > 1:
+        raise RuleError(f"pcre flags {flags!r} name more than one HTTP buffer", "pcre")
+    return Pattern(regex, "i" in flags, "s" in flags, "m" in flags,
+                   buffer=buffers.pop() if buffers else buffer)
 
 
 HEADER = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*\((.*)\)\s*$")
@@ -347,6 +368,7 @@ def _number(value, key):
 
 def _options(rule, pairs):
     last_content = None
+    sticky = "payload"
     for key, value in pairs:
         if key == "msg":
             rule.msg = _unescape(_quoted(value, "msg"), "msg")
@@ -355,7 +377,8 @@ def _options(rule, pairs):
                 raise RuleError("negated content (content:!\"...\") is not run by this IDS",
                                 "content")
             raw = content_bytes(_quoted(value, "content"))
-            last_content = Pattern("".join(f"\\x{b:02x}" for b in raw), length=len(raw))
+            last_content = Pattern("".join(f"\\x{b:02x}" for b in raw), length=len(raw),
+                                   buffer=sticky)
             rule.patterns.append(last_content)
         elif key in ("offset", "depth"):
             if last_content is None:
@@ -377,8 +400,19 @@ def _options(rule, pairs):
             # fast_pattern only tells Snort which content to prefilter on;
             # Hyperscan matches every content at once.
         elif key == "pcre":
-            rule.patterns.append(_pcre(value))
+            rule.patterns.append(_pcre(value, sticky))
             last_content = None
+        elif key in STICKY_BUFFERS:
+            if value is not None:
+                raise RuleError(f"{key} takes no value", key)
+            sticky = STICKY_BUFFERS[key]
+            last_content = None
+        elif key in HTTP_MODIFIERS:
+            if value is not None:
+                raise RuleError(f"{key} takes no value", key)
+            if last_content is None:
+                raise RuleError(f"{key} must follow a content", key)
+            last_content.buffer = HTTP_MODIFIERS[key]
         elif key == "flow":
             _flow(rule, value)
         elif key == "sid":
@@ -400,7 +434,8 @@ def _options(rule, pairs):
         else:
             raise RuleError(f"option {key!r} is not run by this IDS; it runs msg, content, "
                             f"nocase, fast_pattern, offset, depth, pcre, flow, dsize, sid, "
-                            f"{', '.join(KEPT_OPTIONS)}", key)
+                            f"{', '.join(KEPT_OPTIONS)} and the HTTP request buffers "
+                            f"(http_uri, http.uri, ...: docs/nfs.md)", key)
     if not rule.sid:
         raise RuleError("every rule needs a sid", "sid")
     if not rule.patterns:

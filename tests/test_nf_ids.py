@@ -108,7 +108,7 @@ def test_other_flows_are_not_joined(ids):
 
 @pytest.mark.parametrize("line, message", [
     ('pass tcp any any -> any any (content:"x"; sid:1;)', "action must be alert or drop, not 'pass'"),
-    ('alert tcpx any any -> any any (content:"x"; sid:1;)', "protocol must be one of ip, icmp, tcp, udp, not 'tcpx'"),
+    ('alert tcpx any any -> any any (content:"x"; sid:1;)', "protocol must be one of ip, icmp, tcp, udp, http, not 'tcpx'"),
     ('alert tcp $HOME_NETS any -> any any (content:"x"; sid:1;)',
      'variable $HOME_NETS is not defined; give it under "vars" in the ids config'),
     ('alert tcp 10.0.0.300 any -> any any (content:"x"; sid:1;)',
@@ -128,11 +128,13 @@ def test_other_flows_are_not_joined(ids):
      "content |4g|: hex bytes are pairs of hex digits separated by spaces"),
     ('alert tcp any any -> any any (content:"a|41"; sid:1;)', "content has an unclosed |hex| part"),
     ('alert tcp any any -> any any (nocase; content:"x"; sid:1;)', "nocase must follow a content"),
-    ('alert tcp any any -> any any (pcre:"/x/R"; sid:1;)', "pcre flags 'R' are not supported (only i, s, m)"),
+    ('alert tcp any any -> any any (pcre:"/x/R"; sid:1;)',
+     "pcre flags 'R' are not run by this IDS (it runs i, s, m and U, I, H, M, C, V, W)"),
     ('alert tcp any any -> any any (pcre:"x"; sid:1;)', 'pcre takes "/REGEX/FLAGS"'),
     ('alert tcp any any -> any any (content:"x"; within:4; sid:1;)',
      "option 'within' is not run by this IDS; it runs msg, content, nocase, fast_pattern, "
-     "offset, depth, pcre, flow, dsize, sid, rev, classtype, priority, metadata, reference, gid"),
+     "offset, depth, pcre, flow, dsize, sid, rev, classtype, priority, metadata, reference, gid "
+     "and the HTTP request buffers (http_uri, http.uri, ...: docs/nfs.md)"),
     ('alert tcp any any -> any any (content:"abcdef"; depth:4; sid:1;)',
      "depth:4 is shorter than its content (6 bytes): the rule can never match"),
     ('alert tcp any any -> any any (content:"x"; flow:only_stream; sid:1;)',
@@ -175,7 +177,8 @@ def test_a_file_with_no_runnable_rule_is_an_error_naming_every_line(tmp_path):
         f"{path}:1: expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'",
         f"{path}:2: option 'within' is not run by this IDS; it runs msg, content, nocase, "
         "fast_pattern, offset, depth, pcre, flow, dsize, sid, rev, classtype, priority, "
-        "metadata, reference, gid"]
+        "metadata, reference, gid and the HTTP request buffers (http_uri, http.uri, ...: "
+        "docs/nfs.md)"]
 
 
 def test_pcre_hyperscan_cannot_compile_names_the_line():

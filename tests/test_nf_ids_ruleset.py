@@ -1,6 +1,7 @@
 """A ruleset in ET Open's style through the real fast path: the rules the
 IDS can run load and fire on the packet made for each, not on a near miss;
-the rules it cannot run (HTTP sticky buffers, isdataat) are skipped, each
+HTTP rules match the parsed, normalised request; the rules it cannot run
+(isdataat, flowbits, response buffers) are skipped, each
 named with its line, sid and keyword, and the rest still run."""
 import json
 import os
@@ -34,8 +35,20 @@ CASES = {
               tcp(OUT, HOME, 40110, 80, "PA", b"GET /PUT /x.php HTTP/1.1\r\n", seq=5)),  # PUT not first
     2900011: (udp(OUT, HOME, 1069, 69, b"\x00\x01boot.img\x00octet\x00"),
               udp(OUT, HOME, 1069, 69, b"\x00\x01" + b"a" * 40 + b"\x00octet\x00")),   # too long
+    # http.uri is the normalised URI: %-escapes decoded, /./ and /../ resolved
+    2900007: (tcp(OUT, HOME, 40007, 8000, "PA",
+                  b"GET /item?id=1%20UNION%20Select%20pw HTTP/1.1\r\nHost: x\r\n\r\n", seq=5),
+              tcp(OUT, HOME, 40107, 8000, "PA",
+                  b"GET /item HTTP/1.1\r\nX-Note: union select\r\n\r\n", seq=5)),   # not in the URI
+    2900008: (tcp(OUT, HOME, 40008, 80, "PA", b"GET /static/..%2fadm%69n/x HTTP/1.1\r\n\r\n", seq=5),
+              tcp(OUT, HOME, 40108, 80, "PA", b"GET /static/x HTTP/1.1\r\nReferer: /admin\r\n\r\n",
+                  seq=5)),
+    2900012: (tcp(OUT, HOME, 40012, 8080, "PA", b"POST /up/s.php HTTP/1.1\r\nHost: shop.example\r\n"
+                  b"User-Agent: CURL/8.1\r\n\r\nbody", seq=5),
+              tcp(OUT, HOME, 40112, 8080, "PA", b"POST /up/s.php HTTP/1.1\r\nHost: blog.example\r\n"
+                  b"User-Agent: curl/8.1\r\n\r\nshop.", seq=5)),      # shop. not in Host
 }
-SKIPPED = {2900007: "protocol", 2900008: "http_uri", 2900009: "isdataat"}
+SKIPPED = {2900009: "isdataat", 2900013: "flowbits", 2900014: "http.stat_code"}
 
 
 @pytest.fixture

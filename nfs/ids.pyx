@@ -75,6 +75,7 @@ log = logging.getLogger("onvm.nf.ids")
 DEF TAIL_MAX = 128
 DEF NBUF = 8           # idsrules.BUFFERS: payload, then the HTTP request's parts
 DEF URI_MAX = 4096     # a normalised URI longer than this is cut (counted)
+DEF MAXPOS = 16        # match ends kept per relative pattern and packet
 
 
 cdef struct net_t:
@@ -124,6 +125,17 @@ cdef struct ids_t:
     rule_t *rules
     uint32_t nrules
     uint32_t *pat_rule     # pattern id -> rule
+    uint8_t *pat_track     # pattern id -> keep its match ends (distance/within)
+    int32_t *pat_dist      # distance (relative patterns)
+    int32_t *pat_within    # within (0: none)
+    uint32_t *pat_len      # a content's length
+    uint8_t *pat_rel       # relative to the pattern before it
+    int32_t *pat_isdata    # isdataat:N,relative after it (-1: none)
+    uint8_t *pat_isdata_neg
+    int32_t *pos           # pattern id * MAXPOS -> match ends in this packet
+    uint8_t *npos
+    uint8_t relative_rules
+    uint64_t pos_overflow
     uint32_t *pat_min_end  # pattern id -> payload offsets its match may end at
     uint32_t *pat_max_end  #   (offset and depth; 0 and 0xFFFFFFFF: anywhere)
     long long payload_at   # where this packet's payload starts in the scan (may be < 0)
@@ -156,6 +168,12 @@ cdef int on_match(unsigned int id, unsigned long long frm, unsigned long long to
         rel = <long long>to - s.payload_at
         if rel < s.pat_min_end[id] or rel > s.pat_max_end[id]:
             return 0
+    if s.pat_track[id]:
+        if s.npos[id] < MAXPOS:
+            s.pos[id * MAXPOS + s.npos[id]] = <int32_t>(<long long>to - s.payload_at)
+            s.npos[id] += 1
+        else:
+            s.pos_overflow += 1
     if s.seen[id] == 0:
         s.hitlist[s.nhits] = id
         s.nhits += 1
@@ -225,6 +243,34 @@ cdef void write_alert(ids_t *s, rule_t *r, uint8_t proto, uint32_t src, uint32_t
             dst >> 24, (dst >> 16) & 0xff, (dst >> 8) & 0xff, dst & 0xff, dport)
 
 
+cdef bint placed(ids_t *s, uint32_t j, uint32_t last, bint have_prev,
+                 int32_t prev_end) noexcept nogil:
+    """Can patterns j.. of a rule be given match ends so that each relative
+    one starts at least `distance` after the end of the one before it and,
+    with `within`, ends within `within` bytes of that start (Snort's
+    distance and within)?  Depth-first over the ends kept per pattern."""
+    cdef uint32_t k
+    cdef int32_t end, start
+    if j > last:
+        return True
+    if not s.pat_track[j]:
+        return placed(s, j + 1, last, False, 0)
+    for k in range(s.npos[j]):
+        end = s.pos[j * MAXPOS + k]
+        if s.pat_rel[j] and have_prev:
+            start = prev_end + s.pat_dist[j]
+            if end - <int32_t>s.pat_len[j] < start:
+                continue
+            if s.pat_within[j] and end > start + s.pat_within[j]:
+                continue
+        if s.pat_isdata[j] >= 0 and \
+                (end + s.pat_isdata[j] < <int32_t>s.plen) == <bint>s.pat_isdata_neg[j]:
+            continue
+        if placed(s, j + 1, last, True, end):
+            return True
+    return False
+
+
 cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
                 uint16_t sport, uint16_t dport, uint8_t established,
                 uint8_t direction) noexcept nogil:
@@ -248,7 +294,8 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
             if s.seen[j] & 2:
                 fresh = True
         if whole and fresh and header_matches(s, r, proto, src, dst, sport, dport,
-                                                established, direction, s.plen):
+                                                established, direction, s.plen) \
+                and (not s.relative_rules or placed(s, r.first, r.first + r.count - 1, False, 0)):
             r.hits += 1
             s.alerted += 1
             write_alert(s, r, proto, src, dst, sport, dport)
@@ -256,6 +303,7 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
                 drop = True
     for i in range(s.nhits):
         s.seen[s.hitlist[i]] = 0
+        s.npos[s.hitlist[i]] = 0
         s.checked[s.pat_rule[s.hitlist[i]]] = 0
     s.nhits = 0
     return drop
@@ -745,6 +793,21 @@ cdef class IDS(NativeNF):
         self.s.pat_rule = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
         self.s.pat_min_end = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
         self.s.pat_max_end = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
+        np = self.s.npats
+        self.s.pat_track = <uint8_t *>calloc(np, 1)
+        self.s.pat_rel = <uint8_t *>calloc(np, 1)
+        self.s.npos = <uint8_t *>calloc(np, 1)
+        self.s.pat_dist = <int32_t *>calloc(np, sizeof(int32_t))
+        self.s.pat_within = <int32_t *>calloc(np, sizeof(int32_t))
+        self.s.pat_len = <uint32_t *>calloc(np, sizeof(uint32_t))
+        self.s.pos = <int32_t *>calloc(np * MAXPOS, sizeof(int32_t))
+        self.s.pat_isdata = <int32_t *>calloc(np, sizeof(int32_t))
+        self.s.pat_isdata_neg = <uint8_t *>calloc(np, 1)
+        if not (self.s.pat_isdata and self.s.pat_isdata_neg):
+            raise MemoryError()
+        if not (self.s.pat_track and self.s.pat_rel and self.s.npos and self.s.pat_dist
+                and self.s.pat_within and self.s.pat_len and self.s.pos):
+            raise MemoryError()
         self.s.seen = <uint8_t *>calloc(self.s.npats, 1)
         self.s.hitlist = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
         self.s.checked = <uint8_t *>calloc(n, 1)
@@ -780,6 +843,18 @@ cdef class IDS(NativeNF):
             for j, p in enumerate(rule.patterns, first):
                 self.s.pat_rule[j] = ri
                 self.s.pat_min_end[j], self.s.pat_max_end[j] = p.end_range() or (0, 0xFFFFFFFF)
+                self.s.pat_len[j] = p.length
+                self.s.pat_isdata[j] = p.isdataat
+                self.s.pat_isdata_neg[j] = p.isdataat_neg
+                if p.isdataat >= 0:
+                    self.s.pat_track[j] = 1
+                    self.s.relative_rules = 1
+                if p.relative:
+                    # it and the pattern before it keep their match ends
+                    self.s.pat_rel[j] = 1
+                    self.s.pat_track[j] = self.s.pat_track[j - 1] = 1
+                    self.s.pat_dist[j], self.s.pat_within[j] = p.distance, p.within
+                    self.s.relative_rules = 1
             first += len(rule.patterns)
         self.s.nets = <net_t *>calloc(len(nets) + 1, sizeof(net_t))
         self.s.ports = <portr_t *>calloc(len(ports) + 1, sizeof(portr_t))
@@ -812,6 +887,9 @@ cdef class IDS(NativeNF):
             fclose(self.s.alerts)
         ftab_free(self.s.flows)
         free(self.s.fstate); free(self.s.tails); free(self.s.heads); free(self.s.nets); free(self.s.ports); free(self.s.rules); free(self.s.pat_rule); free(self.s.pat_min_end); free(self.s.pat_max_end)
+        free(self.s.pat_track); free(self.s.pat_rel); free(self.s.npos); free(self.s.pat_dist)
+        free(self.s.pat_within); free(self.s.pat_len); free(self.s.pos)
+        free(self.s.pat_isdata); free(self.s.pat_isdata_neg)
         free(self.s.seen); free(self.s.hitlist); free(self.s.checked)
 
     def counters(self):
@@ -825,6 +903,7 @@ cdef class IDS(NativeNF):
             "retransmitted": self.s.retransmitted, "stale": self.s.stale,
             "joined_head": self.s.joined_head,
             "http_requests": self.s.http_requests, "uri_cut": self.s.uri_cut,
+            "positions_overflow": self.s.pos_overflow,
             "flows": ftab_live(self.s.flows, now) if self.s.flows != NULL else 0,
             "rules": [{"sid": r.sid, "line": r.line, "action": r.action, "msg": r.msg,
                        "rev": r.rev, "hits": self.s.rules[i].hits}

@@ -79,6 +79,11 @@ class Pattern:
     offset: int = 0     # content starts at or after this payload byte
     depth: int = 0      # and ends within this many bytes of `offset` (0: anywhere)
     buffer: str = "payload"   # one of BUFFERS
+    relative: bool = False    # distance/within: placed after the previous content
+    distance: int = 0         # starts at least this far after its end
+    within: int = 0           # and ends within this many bytes of that start (0: anywhere)
+    isdataat: int = -1        # isdataat:N,relative after it: payload byte end+N exists (-1: none)
+    isdataat_neg: bool = False   # isdataat:!N,relative: it does not
 
     def end_range(self):
         """(first, last) payload offset a match of this content may end
@@ -360,6 +365,24 @@ def _dsize(value):
     return (lo, hi)
 
 
+def _isdataat(rule, last_content, value):
+    """isdataat:[!]N[,relative]: relative to the content before it (kept on
+    that content), or absolute (a payload size bound, as dsize)."""
+    m = re.fullmatch(r"\s*(!?)\s*(\d+)\s*(,\s*relative\s*)?", value or "")
+    if not m:
+        raise RuleError(f"isdataat takes [!]N or [!]N,relative, got {value!r}", "isdataat")
+    neg, n, relative = m.group(1) == "!", int(m.group(2)), bool(m.group(3))
+    if not relative:
+        lo, hi = rule.dsize
+        rule.dsize = (lo, min(hi, n)) if neg else (max(lo, n + 1), hi)
+        if rule.dsize[0] > rule.dsize[1]:
+            raise RuleError(f"isdataat:{value} with dsize matches no payload size", "isdataat")
+        return
+    if last_content is None or last_content.buffer != "payload":
+        raise RuleError("isdataat,relative must follow a content of the payload", "isdataat")
+    last_content.isdataat, last_content.isdataat_neg = n, neg
+
+
 def _number(value, key):
     if value is None or not value.strip().isdigit():
         raise RuleError(f"{key} must be a number, got {value!r}", key)
@@ -388,6 +411,25 @@ def _options(rule, pairs):
                 raise RuleError(f"depth:{n} is shorter than its content ({last_content.length} "
                                 f"bytes): the rule can never match", key)
             setattr(last_content, key, n)
+        elif key in ("distance", "within"):
+            if last_content is None:
+                raise RuleError(f"{key} must follow a content", key)
+            previous = [p for p in rule.patterns[:-1]]
+            if not previous or previous[-1].length == 0 \
+                    or previous[-1].buffer != last_content.buffer:
+                raise RuleError(f"{key} is relative to a previous content in the same buffer; "
+                                f"this one has none (a pcre before it is not run relatively)",
+                                key)
+            text = (value or "").strip()
+            if not re.fullmatch(r"-?\d+", text):
+                raise RuleError(f"{key} must be a number, got {value!r}", key)
+            if key == "within" and int(text) < last_content.length:
+                raise RuleError(f"within:{text} is shorter than its content "
+                                f"({last_content.length} bytes): the rule can never match", key)
+            last_content.relative = True
+            setattr(last_content, key, int(text))
+        elif key == "isdataat":
+            _isdataat(rule, last_content, value)
         elif key == "dsize":
             rule.dsize = _dsize(value)
         elif key in ("nocase", "fast_pattern"):
@@ -433,7 +475,8 @@ def _options(rule, pairs):
             continue
         else:
             raise RuleError(f"option {key!r} is not run by this IDS; it runs msg, content, "
-                            f"nocase, fast_pattern, offset, depth, pcre, flow, dsize, sid, "
+                            f"nocase, fast_pattern, offset, depth, distance, within, isdataat, "
+                            f"pcre, flow, dsize, sid, "
                             f"{', '.join(KEPT_OPTIONS)} and the HTTP request buffers "
                             f"(http_uri, http.uri, ...: docs/nfs.md)", key)
     if not rule.sid:

@@ -131,10 +131,15 @@ def test_other_flows_are_not_joined(ids):
     ('alert tcp any any -> any any (pcre:"/x/R"; sid:1;)',
      "pcre flags 'R' are not run by this IDS (it runs i, s, m and U, I, H, M, C, V, W)"),
     ('alert tcp any any -> any any (pcre:"x"; sid:1;)', 'pcre takes "/REGEX/FLAGS"'),
+    ('alert tcp any any -> any any (content:"x"; byte_jump:4,0; sid:1;)',
+     "option 'byte_jump' is not run by this IDS; it runs msg, content, nocase, fast_pattern, "
+     "offset, depth, distance, within, isdataat, pcre, flow, dsize, sid, rev, classtype, "
+     "priority, "
+     "metadata, reference, gid and the HTTP request buffers (http_uri, http.uri, ...: "
+     "docs/nfs.md)"),
     ('alert tcp any any -> any any (content:"x"; within:4; sid:1;)',
-     "option 'within' is not run by this IDS; it runs msg, content, nocase, fast_pattern, "
-     "offset, depth, pcre, flow, dsize, sid, rev, classtype, priority, metadata, reference, gid "
-     "and the HTTP request buffers (http_uri, http.uri, ...: docs/nfs.md)"),
+     "within is relative to a previous content in the same buffer; this one has none "
+     "(a pcre before it is not run relatively)"),
     ('alert tcp any any -> any any (content:"abcdef"; depth:4; sid:1;)',
      "depth:4 is shorter than its content (6 bytes): the rule can never match"),
     ('alert tcp any any -> any any (content:"x"; flow:only_stream; sid:1;)',
@@ -169,16 +174,16 @@ def test_bad_rules_are_skipped_and_named_never_all_or_nothing(tmp_path):
 def test_a_file_with_no_runnable_rule_is_an_error_naming_every_line(tmp_path):
     path = tmp_path / "x.rules"
     path.write_text('oops\n'
-                    'alert tcp any any -> any any (content:"a"; within:3; sid:8;)\n')
+                    'alert tcp any any -> any any (content:"a"; byte_jump:3,0; sid:8;)\n')
     from test_nf_helpers import make_nf
     with pytest.raises(NFConfigError) as err:
         make_nf({"nf": "ids", "config": {"rules": str(path)}})
     assert str(err.value).splitlines() == [
         f"{path}:1: expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'",
-        f"{path}:2: option 'within' is not run by this IDS; it runs msg, content, nocase, "
-        "fast_pattern, offset, depth, pcre, flow, dsize, sid, rev, classtype, priority, "
-        "metadata, reference, gid and the HTTP request buffers (http_uri, http.uri, ...: "
-        "docs/nfs.md)"]
+        f"{path}:2: option 'byte_jump' is not run by this IDS; it runs msg, content, nocase, "
+        "fast_pattern, offset, depth, distance, within, isdataat, pcre, flow, dsize, sid, rev, "
+        "classtype, priority, metadata, reference, gid and the HTTP request buffers (http_uri, http.uri, "
+        "...: docs/nfs.md)"]
 
 
 def test_pcre_hyperscan_cannot_compile_names_the_line():

@@ -1,7 +1,7 @@
 """A ruleset in ET Open's style through the real fast path: the rules the
 IDS can run load and fire on the packet made for each, not on a near miss;
 HTTP rules match the parsed, normalised request; the rules it cannot run
-(isdataat, flowbits, response buffers) are skipped, each
+(byte_test, flowbits, response buffers) are skipped, each
 named with its line, sid and keyword, and the rest still run."""
 import json
 import os
@@ -47,8 +47,15 @@ CASES = {
                   b"User-Agent: CURL/8.1\r\n\r\nbody", seq=5),
               tcp(OUT, HOME, 40112, 8080, "PA", b"POST /up/s.php HTTP/1.1\r\nHost: blog.example\r\n"
                   b"User-Agent: curl/8.1\r\n\r\nshop.", seq=5)),      # shop. not in Host
+    # distance/within: UNION%20 within 60 bytes after "Cookie:", SELECT after it
+    2900015: (tcp(OUT, HOME, 40015, 80, "PA", b"GET / HTTP/1.1\r\nCookie: id=1 union%20all "
+                  b"select pw\r\n\r\n", seq=5),
+              tcp(OUT, HOME, 40115, 80, "PA", b"GET / HTTP/1.1\r\nCookie: id=1 SELECT x "
+                  b"UNION%20\r\n\r\n", seq=5)),      # SELECT before UNION
+    2900016: (tcp(OUT, HOME, 40016, 21, "PA", b"USER " + b"A" * 120 + b"\r\n", seq=5),
+              tcp(OUT, HOME, 40116, 21, "PA", b"USER anonymous\r\n", seq=5)),       # short
 }
-SKIPPED = {2900009: "isdataat", 2900013: "flowbits", 2900014: "http.stat_code"}
+SKIPPED = {2900009: "byte_test", 2900013: "flowbits", 2900014: "http.stat_code"}
 
 
 @pytest.fixture
@@ -85,6 +92,13 @@ def test_each_rule_fires_on_its_packet_not_on_a_near_miss(ids, sid):
     assert others == {}
     (alert,) = [json.loads(line) for line in alerts.read_text().splitlines()]
     assert alert["sid"] == sid and alert["rev"] >= 1
+
+
+def test_within_counts_from_the_previous_match(ids):
+    h, _ = ids
+    far = b"GET / HTTP/1.1\r\nCookie: " + b"a" * 80 + b" UNION%20 SELECT\r\n\r\n"
+    h.send([tcp(OUT, HOME, 40200, 80, "PA", far, seq=5)])
+    assert hits(h)[2900015] == 0
 
 
 def test_drop_rule_of_the_set_drops(ids):

@@ -95,6 +95,7 @@ cdef struct rule_t:
     uint8_t established    # 1: established only, 2: not established only
     uint8_t direction      # 1: to_server, 2: to_client
     uint16_t dsize_lo, dsize_hi
+    uint8_t flags_mode, flags, flags_ignored   # TCP flags (mode 0: any packet)
     uint32_t sa, sn, da, dn          # its source and destination nets in ids_t.nets
     uint32_t spa, spn, dpa, dpn      # its port ranges in ids_t.ports
     uint32_t first, count  # its patterns
@@ -140,6 +141,8 @@ cdef struct ids_t:
     uint32_t *pat_max_end  #   (offset and depth; 0 and 0xFFFFFFFF: anywhere)
     long long payload_at   # where this packet's payload starts in the scan (may be < 0)
     uint32_t plen          # this packet's payload bytes
+    int tcpflags           # this packet's TCP flags (-1: not TCP)
+    uint8_t *pat_neg       # content:!"...": the rule needs it absent
     uint32_t npats
     # scan state, reset after every packet
     uint8_t *seen          # per pattern: 1 found in the tail, 2 in the payload
@@ -210,6 +213,20 @@ cdef bint ports_match(ids_t *s, uint32_t first, uint32_t n, uint16_t port) noexc
     return hit or not has_pos
 
 
+cdef bint tcp_flags_match(rule_t *r, int tcpflags) noexcept nogil:
+    cdef uint8_t f
+    if tcpflags < 0:
+        return False
+    f = <uint8_t>tcpflags & ~r.flags_ignored
+    if r.flags_mode == 1:
+        return f == r.flags
+    if r.flags_mode == 2:
+        return (f & r.flags) == r.flags
+    if r.flags_mode == 3:
+        return (f & r.flags) != 0
+    return (f & r.flags) == 0
+
+
 cdef bint header_matches(ids_t *s, rule_t *r, uint8_t proto, uint32_t src, uint32_t dst,
                          uint16_t sport, uint16_t dport, uint8_t established,
                          uint8_t direction, uint32_t plen) noexcept nogil:
@@ -218,6 +235,8 @@ cdef bint header_matches(ids_t *s, rule_t *r, uint8_t proto, uint32_t src, uint3
     if r.established and r.established != (1 if established else 2):
         return False
     if plen < r.dsize_lo or plen > r.dsize_hi:
+        return False
+    if r.flags_mode and not tcp_flags_match(r, s.tcpflags):
         return False
     if r.direction and r.direction != direction:
         return False
@@ -255,6 +274,17 @@ cdef bint placed(ids_t *s, uint32_t j, uint32_t last, bint have_prev,
         return True
     if not s.pat_track[j]:
         return placed(s, j + 1, last, False, 0)
+    if s.pat_neg[j]:
+        # content:!"..." after the previous one: none of its matches may lie
+        # in the window; the next relative content counts from the same end.
+        if have_prev:
+            start = prev_end + s.pat_dist[j]
+            for k in range(s.npos[j]):
+                end = s.pos[j * MAXPOS + k]
+                if end - <int32_t>s.pat_len[j] >= start and \
+                        (not s.pat_within[j] or end <= start + s.pat_within[j]):
+                    return False
+        return placed(s, j + 1, last, have_prev, prev_end)
     for k in range(s.npos[j]):
         end = s.pos[j * MAXPOS + k]
         if s.pat_rel[j] and have_prev:
@@ -288,6 +318,11 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
         whole = True
         fresh = False
         for j in range(r.first, r.first + r.count):
+            if s.pat_neg[j]:
+                if s.seen[j] and not s.pat_rel[j]:
+                    whole = False      # found, and it must not be
+                    break
+                continue
             if not s.seen[j]:
                 whole = False
                 break
@@ -585,6 +620,7 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
         s.reassembled += 1
     s.payload_at = <long long>(f.len if joined else 0) - <long long>skip
     s.plen = plen
+    s.tcpflags = tcpflags if proto == 6 else -1
     if plen > skip and s.db != NULL:
         bufs[nbuf] = <const char *>(d + off + skip)
         lens[nbuf] = plen - skip
@@ -803,7 +839,8 @@ cdef class IDS(NativeNF):
         self.s.pos = <int32_t *>calloc(np * MAXPOS, sizeof(int32_t))
         self.s.pat_isdata = <int32_t *>calloc(np, sizeof(int32_t))
         self.s.pat_isdata_neg = <uint8_t *>calloc(np, 1)
-        if not (self.s.pat_isdata and self.s.pat_isdata_neg):
+        self.s.pat_neg = <uint8_t *>calloc(np, 1)
+        if not (self.s.pat_isdata and self.s.pat_isdata_neg and self.s.pat_neg):
             raise MemoryError()
         if not (self.s.pat_track and self.s.pat_rel and self.s.npos and self.s.pat_dist
                 and self.s.pat_within and self.s.pat_len and self.s.pos):
@@ -823,6 +860,7 @@ cdef class IDS(NativeNF):
             r.bidir = rule.bidir
             r.established = rule.established
             r.dsize_lo, r.dsize_hi = rule.dsize
+            r.flags_mode, r.flags, r.flags_ignored = rule.flags
             r.direction = rule.direction
             r.sa, r.sn = len(nets), len(rule.src)
             nets += rule.src
@@ -846,6 +884,7 @@ cdef class IDS(NativeNF):
                 self.s.pat_len[j] = p.length
                 self.s.pat_isdata[j] = p.isdataat
                 self.s.pat_isdata_neg[j] = p.isdataat_neg
+                self.s.pat_neg[j] = p.negated
                 if p.isdataat >= 0:
                     self.s.pat_track[j] = 1
                     self.s.relative_rules = 1
@@ -889,7 +928,7 @@ cdef class IDS(NativeNF):
         free(self.s.fstate); free(self.s.tails); free(self.s.heads); free(self.s.nets); free(self.s.ports); free(self.s.rules); free(self.s.pat_rule); free(self.s.pat_min_end); free(self.s.pat_max_end)
         free(self.s.pat_track); free(self.s.pat_rel); free(self.s.npos); free(self.s.pat_dist)
         free(self.s.pat_within); free(self.s.pat_len); free(self.s.pos)
-        free(self.s.pat_isdata); free(self.s.pat_isdata_neg)
+        free(self.s.pat_isdata); free(self.s.pat_isdata_neg); free(self.s.pat_neg)
         free(self.s.seen); free(self.s.hitlist); free(self.s.checked)
 
     def counters(self):

@@ -84,6 +84,7 @@ class Pattern:
     within: int = 0           # and ends within this many bytes of that start (0: anywhere)
     isdataat: int = -1        # isdataat:N,relative after it: payload byte end+N exists (-1: none)
     isdataat_neg: bool = False   # isdataat:!N,relative: it does not
+    negated: bool = False     # content:!"...": the rule needs it absent
 
     def end_range(self):
         """(first, last) payload offset a match of this content may end
@@ -109,6 +110,7 @@ class Rule:
     line: int = 0
     text: str = ""
     dsize: tuple = (0, 0xFFFF)   # payload bytes, low to high
+    flags: tuple = (0, 0, 0)     # TCP flags: (mode, flags, ignored); mode 0: any packet
     established: int = 0     # 1: established only, 2: not established only
     direction: int = 0       # 1: to_server, 2: to_client
     rev: int = 0
@@ -365,6 +367,24 @@ def _dsize(value):
     return (lo, hi)
 
 
+TCP_FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20,
+                 "E": 0x40, "C": 0x80, "1": 0x80, "2": 0x40}
+FLAG_MODES = {"": 1, "+": 2, "*": 3, "!": 4}
+
+
+def _tcp_flags(value):
+    """flags:[+*!]FLAGS[,IGNORED] -> (mode, bits, ignored bits): mode 1
+    exactly these, 2 these and maybe others, 3 any of these, 4 none."""
+    m = re.fullmatch(r"\s*([+*!]?)([FSRPAUEC120]+)([+*!]?)\s*(?:,\s*([FSRPAUEC12]+))?\s*",
+                     value or "")
+    if not m or (m.group(1) and m.group(3)):
+        raise RuleError(f"flags takes [+*!]FLAGS[,IGNORED] with F S R P A U E C, got {value!r}",
+                        "flags")
+    bits = 0 if m.group(2) == "0" else sum(TCP_FLAG_BITS[c] for c in m.group(2) if c != "0")
+    ignored = sum(TCP_FLAG_BITS[c] for c in (m.group(4) or ""))
+    return (FLAG_MODES[m.group(1) or m.group(3)], bits, ignored)
+
+
 def _isdataat(rule, last_content, value):
     """isdataat:[!]N[,relative]: relative to the content before it (kept on
     that content), or absolute (a payload size bound, as dsize)."""
@@ -396,12 +416,10 @@ def _options(rule, pairs):
         if key == "msg":
             rule.msg = _unescape(_quoted(value, "msg"), "msg")
         elif key == "content":
-            if value is not None and value.startswith("!"):
-                raise RuleError("negated content (content:!\"...\") is not run by this IDS",
-                                "content")
-            raw = content_bytes(_quoted(value, "content"))
+            negated = value is not None and value.startswith("!")
+            raw = content_bytes(_quoted(value[1:].strip() if negated else value, "content"))
             last_content = Pattern("".join(f"\\x{b:02x}" for b in raw), length=len(raw),
-                                   buffer=sticky)
+                                   buffer=sticky, negated=negated)
             rule.patterns.append(last_content)
         elif key in ("offset", "depth"):
             if last_content is None:
@@ -415,11 +433,11 @@ def _options(rule, pairs):
             if last_content is None:
                 raise RuleError(f"{key} must follow a content", key)
             previous = [p for p in rule.patterns[:-1]]
-            if not previous or previous[-1].length == 0 \
+            if not previous or previous[-1].length == 0 or previous[-1].negated \
                     or previous[-1].buffer != last_content.buffer:
                 raise RuleError(f"{key} is relative to a previous content in the same buffer; "
-                                f"this one has none (a pcre before it is not run relatively)",
-                                key)
+                                f"this one has none (a pcre or a negated content before it is "
+                                f"not run relatively)", key)
             text = (value or "").strip()
             if not re.fullmatch(r"-?\d+", text):
                 raise RuleError(f"{key} must be a number, got {value!r}", key)
@@ -428,6 +446,8 @@ def _options(rule, pairs):
                                 f"({last_content.length} bytes): the rule can never match", key)
             last_content.relative = True
             setattr(last_content, key, int(text))
+        elif key == "flags":
+            rule.flags = _tcp_flags(value)
         elif key == "isdataat":
             _isdataat(rule, last_content, value)
         elif key == "dsize":
@@ -476,13 +496,14 @@ def _options(rule, pairs):
         else:
             raise RuleError(f"option {key!r} is not run by this IDS; it runs msg, content, "
                             f"nocase, fast_pattern, offset, depth, distance, within, isdataat, "
-                            f"pcre, flow, dsize, sid, "
+                            f"pcre, flow, flags, dsize, sid, "
                             f"{', '.join(KEPT_OPTIONS)} and the HTTP request buffers "
                             f"(http_uri, http.uri, ...: docs/nfs.md)", key)
     if not rule.sid:
         raise RuleError("every rule needs a sid", "sid")
-    if not rule.patterns:
-        raise RuleError("a rule needs at least one content or pcre", "content")
+    if not any(not p.negated for p in rule.patterns):
+        raise RuleError("a rule needs at least one content or pcre"
+                        + (" that is not negated" if rule.patterns else ""), "content")
 
 
 def _sid_of(line):

@@ -133,13 +133,17 @@ def test_other_flows_are_not_joined(ids):
     ('alert tcp any any -> any any (pcre:"x"; sid:1;)', 'pcre takes "/REGEX/FLAGS"'),
     ('alert tcp any any -> any any (content:"x"; byte_jump:4,0; sid:1;)',
      "option 'byte_jump' is not run by this IDS; it runs msg, content, nocase, fast_pattern, "
-     "offset, depth, distance, within, isdataat, pcre, flow, dsize, sid, rev, classtype, "
-     "priority, "
+     "offset, depth, distance, within, isdataat, pcre, flow, flags, dsize, sid, rev, "
+     "classtype, priority, "
      "metadata, reference, gid and the HTTP request buffers (http_uri, http.uri, ...: "
      "docs/nfs.md)"),
     ('alert tcp any any -> any any (content:"x"; within:4; sid:1;)',
      "within is relative to a previous content in the same buffer; this one has none "
-     "(a pcre before it is not run relatively)"),
+     "(a pcre or a negated content before it is not run relatively)"),
+    ('alert tcp any any -> any any (content:!"x"; sid:1;)',
+     "a rule needs at least one content or pcre that is not negated"),
+    ('alert tcp any any -> any any (content:"x"; flags:Q; sid:1;)',
+     "flags takes [+*!]FLAGS[,IGNORED] with F S R P A U E C, got 'Q'"),
     ('alert tcp any any -> any any (content:"abcdef"; depth:4; sid:1;)',
      "depth:4 is shorter than its content (6 bytes): the rule can never match"),
     ('alert tcp any any -> any any (content:"x"; flow:only_stream; sid:1;)',
@@ -181,8 +185,8 @@ def test_a_file_with_no_runnable_rule_is_an_error_naming_every_line(tmp_path):
     assert str(err.value).splitlines() == [
         f"{path}:1: expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'",
         f"{path}:2: option 'byte_jump' is not run by this IDS; it runs msg, content, nocase, "
-        "fast_pattern, offset, depth, distance, within, isdataat, pcre, flow, dsize, sid, rev, "
-        "classtype, priority, metadata, reference, gid and the HTTP request buffers (http_uri, http.uri, "
+        "fast_pattern, offset, depth, distance, within, isdataat, pcre, flow, flags, dsize, sid, "
+        "rev, classtype, priority, metadata, reference, gid and the HTTP request buffers (http_uri, http.uri, "
         "...: docs/nfs.md)"]
 
 

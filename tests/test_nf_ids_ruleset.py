@@ -54,6 +54,12 @@ CASES = {
                   b"UNION%20\r\n\r\n", seq=5)),      # SELECT before UNION
     2900016: (tcp(OUT, HOME, 40016, 21, "PA", b"USER " + b"A" * 120 + b"\r\n", seq=5),
               tcp(OUT, HOME, 40116, 21, "PA", b"USER anonymous\r\n", seq=5)),       # short
+    # content:! with within: no newline in the 60 bytes after "OPTIONS "
+    2900017: (tcp(OUT, HOME, 40017, 80, "PA", b"OPTIONS " + b"/" * 90 + b" HTTP/1.1\r\n", seq=5),
+              tcp(OUT, HOME, 40117, 80, "PA", b"OPTIONS /x HTTP/1.1\r\n" + b"H" * 90, seq=5)),
+    # flags:S,12: exactly SYN (the reserved bits ignored), with data
+    2900018: (tcp(OUT, HOME, 40018, 8000, "S", b"XMAS", seq=5),
+              tcp(OUT, HOME, 40118, 8000, "SA", b"XMAS", seq=5)),
 }
 SKIPPED = {2900009: "byte_test", 2900013: "flowbits", 2900014: "http.stat_code"}
 

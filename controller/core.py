@@ -58,6 +58,7 @@ STATS_REPLAN_SECONDS = 1.0
 # A vanished host key is believed after this long, so that keys vanishing
 # together (a store outage) are judged together (controller.liveness).
 SETTLE_SECONDS = 1.0
+UNREAD = object()       # store_changed without the value: read it
 DIRTY_KINDS = ((HOSTS, "hosts"), (CHAINS, "chains"), (STATS, "stats"))
 
 
@@ -135,6 +136,7 @@ class ClusterCore(ClusterView):
         self.mover = Moves(store, clock=lambda: self.now)
         self.fabric_cut = []            # hosts and edges no switch reaches
         self.last_stats_replan = None
+        self.stats_seen = None          # {host: stats summary}, from the watch after one read
         self.leading = False
         self.connected = set()          # dpids of the switches connected now
         self.programmed = {}            # dpid -> SwitchRules last handed out
@@ -146,8 +148,18 @@ class ClusterCore(ClusterView):
         self.nat_slices = {}            # (host, id) -> NAT port slice, kept (natslices)
 
     # ------------------------------------------------------------ inputs
-    def store_changed(self, key):
-        """A watched key changed: mark what it touches for the next step."""
+    def store_changed(self, key, value=UNREAD):
+        """A watched key changed (to `value`, None: deleted): mark what it
+        touches for the next step; a host's stats summary is kept as is
+        (read here when the watch did not pass it), decided on once a period."""
+        if key.startswith(STATS) and self.stats_seen is not None:
+            host = key[len(STATS):]
+            if value is UNREAD:
+                value = self.store.get_stats(host)
+            if value is None:
+                self.stats_seen.pop(host, None)
+            else:
+                self.stats_seen[host] = value
         for prefix, what in DIRTY_KINDS:
             if key.startswith(prefix):
                 self.dirty.add(what)
@@ -180,7 +192,12 @@ class ClusterCore(ClusterView):
             or now - self.last_stats_replan >= STATS_REPLAN_SECONDS)
         if self.held and self._judged_alive(self.liveness.decide(now)) != self.alive:
             self.dirty.add("hosts")     # a held host's time ran out, or it is back
-        if self.dirty & {"hosts", "chains", "moves"} or due_stats:
+        if due_stats and not self.mover.pending and not self.dirty & {"hosts", "chains", "moves"}:
+            self.dirty.discard("stats")     # stats re-weigh plans; only a move re-places
+            self.last_stats_replan = now
+            if self.leading and self.current is not None:
+                self._write_plans(out)
+        elif self.dirty & {"hosts", "chains", "moves"} or due_stats:
             pending = set(self.dirty)
             self.dirty.clear()
             try:
@@ -319,7 +336,9 @@ class ClusterCore(ClusterView):
             log.info("removed %s#%d from %s: %s", inst.nf, inst.id, inst.host, why)
 
     def _write_plans(self, out):
-        load = host_load(self.store.stats(), self.placed, self.current,
+        if self.stats_seen is None:
+            self.stats_seen = self.store.stats()
+        load = host_load(self.stats_seen, self.placed, self.current,
                          self.stats_warned) if self.current else {}
         stored = self.store.plans()
         generation = 1 + max([p.get("generation", 0) for p in stored.values()] or [0])

@@ -77,6 +77,9 @@ def build_parser():
                    help="sleep this many microseconds when no packet arrives "
                         "(default 0: poll, as DPDK does at line rate; use "
                         "100-500 where hosts share cores, as in emulation)")
+    a.add_argument("--stats-publish", type=float, default=5.0, metavar="SECONDS",
+                   help="put the stats summary in the store this often (default 5; "
+                        "at once when the plan, a plan error or the instances change)")
     a.set_defaults(run=_handler("host_agent.agent:cli_agent"))
 
     nf = sub.add_parser("nf", help="network functions")

@@ -115,15 +115,26 @@ def test_a_lost_host_is_re_placed_and_its_plan_deleted(loop, caplog):
     assert f"on {survivor}: {victim} lost;" in caplog.text
 
 
-def test_stats_re_place_at_most_once_a_second(loop):
+def test_stats_re_weigh_at_most_once_a_second_and_never_re_place(loop, monkeypatch):
+    """Stats summaries are kept as they come (one key each, never the whole
+    prefix again) and decided on at most once a period: plans re-weighed
+    from them, no re-placement."""
     loop.register("h1")
     loop.step()
-    replaced = []
+    reads = []
+    plans = loop.store.plans
+    monkeypatch.setattr(loop.store, "plans", lambda: reads.append(1) or plans())
+    replaced, weighed = [], []
     for _ in range(8):                  # stats every 0.25 s for 2 s
         loop.store.put_stats("h1", {"instances": {}})
-        loop.core.store_changed("/onvm/stats/h1")
+        loop.core.store_changed("/onvm/stats/h1", {"instances": {}})
+        before = len(reads)
         replaced.append(bool(loop.step().replaced))
-    assert sum(replaced) == 2 and replaced.index(True) == 3, replaced
+        weighed.append(len(reads) > before)
+        monkeypatch.setattr(loop.store, "stats", None)   # the aggregate, not a range read
+    assert not any(replaced), replaced
+    assert sum(weighed) == 2 and weighed.index(True) == 3, weighed
+    assert loop.core.stats_seen == {"h1": {"instances": {}}}
     assert STATS_REPLAN_SECONDS == 1.0
 
 

@@ -29,9 +29,11 @@ from __future__ import annotations
 import json
 import numbers
 
+PUBLISH_S = 5.0             # how often an agent puts it (and at once on a change)
 MAX_BYTES = 16384           # the hard cap on one host's summary, as JSON
 MAX_COUNTERS = 16           # numeric NF counters kept per instance
 MAX_NAME = 48               # longest counter or port name kept
+NOTE_ROOM = 256             # bytes kept free for "summary" in a summary that was cut
 INSTANCE_KEYS = ("nf", "mode", "rx", "tx", "drops", "ring_full", "queue", "mpps")
 HOST_KEYS = ("host", "time", "generation", "plan_error", "processed", "flows",
              "flow_table_full")
@@ -74,6 +76,7 @@ def summarize(stats, max_bytes=MAX_BYTES):
     out["instances"] = instances
     notes = []
     if _size(out) > max_bytes:
+        max_bytes -= NOTE_ROOM      # room for saying what was left out
         for entry in instances.values():
             entry.pop("counters", None)
         notes.append("the instances' NF counters")
@@ -89,5 +92,5 @@ def summarize(stats, max_bytes=MAX_BYTES):
         notes.append(f"its {len(out['ports'])} ports' counters")
         out["ports"] = {}
     if notes:
-        out["summary"] = {"max_bytes": max_bytes, "left_out": notes}
+        out["summary"] = {"max_bytes": max_bytes + NOTE_ROOM, "left_out": notes}
     return out, notes

@@ -43,13 +43,11 @@ import time
 from host_agent import fastpath as fp
 import contracts
 from contracts.plan import PlanError, check_plan, load_plan
-from contracts.statsum import summarize
+from contracts.statsum import PUBLISH_S, summarize
 from contracts.store import StoreFull
 from nflib.api import make_nf
 
 log = logging.getLogger("onvm.agent")
-
-PUBLISH_S = 5.0         # the summary's period in the store (and at once on a change)
 
 
 def eal_args_for(host, user_args):
@@ -89,7 +87,7 @@ class Agent:
         self.published = None              # (monotonic time, facts) of the last summary put
         self.publications = 0               # summaries put, and their bytes
         self.published_bytes = 0
-        self._cut_logged = None
+        self._cut_logged = False
         self.plan_error = None
         self.procs = {}                     # instance id -> Popen
         self._thread = None
@@ -307,12 +305,14 @@ class Agent:
         after the cap (contracts.statsum); what the cap cut is logged once
         (until it changes)."""
         summary, notes = summarize(stats)
-        if notes and notes != self._cut_logged:
+        if notes and not self._cut_logged:
             log.error("%s: the stats summary for the store would exceed %d bytes: "
                       "left out %s (the full stats stay on the Prometheus endpoint; "
-                      "logged once until this changes)", self.host,
+                      "logged once, until a summary fits again)", self.host,
                       summary["summary"]["max_bytes"], "; ".join(notes))
-        self._cut_logged = notes
+        elif self._cut_logged and not notes:
+            log.warning("%s: the stats summary fits in the store's cap again", self.host)
+        self._cut_logged = bool(notes)
         for iid, inst in stats["instances"].items():
             if "state_generation" in inst and iid in summary["instances"]:
                 summary["instances"][iid].update(

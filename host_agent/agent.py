@@ -295,6 +295,11 @@ class Agent:
             except Exception as err:   # the store may be down; forwarding goes on
                 log.warning("%s: stats not published: %s", self.host, err)
                 return False
+            if last is None or last[1][:3] != facts[:3]:     # a new plan: say the sizes
+                log.info("%s: plan generation %s: stats summary of %d bytes put in the "
+                         "store every %g s and at once on a change (full stats: %d bytes, "
+                         "on the Prometheus endpoint)", self.host, stats["generation"],
+                         size, self.publish_interval, len(json.dumps(stats)))
             self.published = (now, facts)
             self.publications += 1
             self.published_bytes += size

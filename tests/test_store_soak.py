@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -23,7 +22,7 @@ import pytest
 from onvm import procs
 from onvm.services import wait_for
 from test_emulate import need_root_and_tools
-from test_emulate_cli import MINIMAL, ONVM, REPO, _children
+from test_emulate_cli import MINIMAL, REPO, _children, start_emulate
 
 QUOTA = 16 * 1024 * 1024
 SOAK_SECONDS = float(os.environ.get("ONVM_SOAK_SECONDS", "75"))
@@ -81,16 +80,9 @@ def _option(argv, name):
 def test_the_store_stays_flat_under_a_soak_of_stats(tmp_path):
     need_root_and_tools()
     run = SOAK_SECONDS + 25
-    proc = subprocess.Popen(ONVM + ["emulate", topology(tmp_path), "--seconds", str(run),
-                                    "--json", "--etcd-quota-bytes", str(QUOTA)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    view = []
-    reader = threading.Thread(target=lambda: view.extend(proc.stderr), daemon=True)
-    reader.start()
+    proc, view, reader = start_emulate([topology(tmp_path), "--seconds", str(run), "--json",
+                                        "--etcd-quota-bytes", str(QUOTA)])
     try:
-        wait_for(lambda: any(line.startswith("--- t=") for line in view), 150,
-                 "the live view of onvm emulate")
         etcd, = [pid for pid, name in _children(proc.pid).items() if name == "etcd"]
         with open(f"/proc/{etcd}/cmdline") as f:
             argv = f.read().split("\0")

@@ -14,19 +14,18 @@ in `Agent.latest`.  The store gets only a small, bounded summary of them
 in `/onvm/stats/<host>`, every `publish_interval` seconds (5 by default,
 `--stats-publish`) and at once when what the controller acts on changes:
 the plan generation run, a plan error, the set of instances, a move's
-snapshot taken.  With a store it
-registers `/onvm/hosts/<host>` under a lease: the host is alive while the
-agent is; `host_agent.storelink` keeps that link and the plan watch
+snapshot taken.  With a store it registers `/onvm/hosts/<host>` under a
+lease: the host is alive while the agent is; `host_agent.storelink` keeps that link and the plan watch
 through store faults, and never lets them stop forwarding.
 
 Planned moves (controller/moves.py) carry NF state: for an instance a plan
 marks `"export": true` the agent pauses the loop, takes the NF's
 `export_state()` and publishes it in its stats (instances[ID]["state"],
 with "state_generation", the plan generation it was taken at; null for an
-NF that cannot export), published at once and outside the summary's cap,
-in the publications made while the plan marks the instance.  A new instance whose plan entry has a "state"
-gets `import_state(state)` before the new tables are swapped in, so its
-first packet already finds the moved flows.
+NF that cannot export), at once and outside the summary's cap, in the
+publications made while the plan marks the instance.  A new instance whose
+plan entry has a "state" gets `import_state(state)` before the new tables
+are swapped in, so its first packet already finds the moved flows.
 
 It does not decide anything about placement; that is the controller's.
 """

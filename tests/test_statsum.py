@@ -105,3 +105,16 @@ def test_the_agent_puts_its_summary_every_period_and_at_once_on_a_change(monkeyp
         agent._publish()
         agent._publish(force=True)
     assert caplog.text.count("would exceed 16384 bytes") == 1, caplog.text
+
+
+def test_the_full_counters_stay_on_the_prometheus_endpoint():
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.core import CollectorRegistry
+    from host_agent.metrics import AgentCollector
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(Agent("h1", FakeManager())))
+    text = generate_latest(registry).decode()
+    assert 'onvm_nf_counter{counter="passed",host="h1",instance="1",nf="firewall"} 990.0' \
+        in text
+    assert 'onvm_nf_rule_hits_total{host="h1",instance="1",nf="firewall",rule="1000"} 999.0' \
+        in text

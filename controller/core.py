@@ -42,6 +42,7 @@ import time
 from typing import Dict, List, NamedTuple, Optional
 
 from contracts.model import Chain
+from contracts.statsum import PUBLISH_S
 from contracts.store import CHAINS, HOSTS, STATS, NotLeader, StoreError
 from controller import flows, natslices
 from controller.chains import Scope, is_retired, make_chain
@@ -54,7 +55,8 @@ from controller.view import ClusterView, chain_to_json
 
 log = logging.getLogger("onvm.core")
 
-STATS_REPLAN_SECONDS = 1.0
+STATS_REPLAN_SECONDS = 1.0     # stats while a move waits for its snapshot: re-place
+STATS_DECIDE_SECONDS = PUBLISH_S  # else: re-weigh plans on the kept summaries, once a period
 # A vanished host key is believed after this long, so that keys vanishing
 # together (a store outage) are judged together (controller.liveness).
 SETTLE_SECONDS = 1.0
@@ -187,9 +189,9 @@ class ClusterCore(ClusterView):
             log.warning("I no longer lead: stop writing plans and programming "
                         "switches; standing by")
         self.leading = leading
+        period = STATS_REPLAN_SECONDS if self.mover.pending else STATS_DECIDE_SECONDS
         due_stats = "stats" in self.dirty and (
-            self.last_stats_replan is None
-            or now - self.last_stats_replan >= STATS_REPLAN_SECONDS)
+            self.last_stats_replan is None or now - self.last_stats_replan >= period)
         if self.held and self._judged_alive(self.liveness.decide(now)) != self.alive:
             self.dirty.add("hosts")     # a held host's time ran out, or it is back
         if due_stats and not self.mover.pending and not self.dirty & {"hosts", "chains", "moves"}:

@@ -10,9 +10,11 @@ The summary has the same shape as the full stats, so every reader of
 "plan_error", "processed", "flows", "flow_table_full", "drops" (by
 reason), "ports" (per port counters and Mpps), "pins" (scalars) and
 per instance "nf", "mode", "rx", "tx", "drops", "ring_full", "queue"
-(ring occupancy), "mpps", and "counters" reduced to the NF's numeric
-scalars (at most MAX_COUNTERS; no rule texts, no per-rule arrays: those
-stay on the agent's Prometheus endpoint and in its full stats).  A
+(ring occupancy), "mpps", and "counters" reduced to the NF's numbers
+(at most MAX_COUNTERS: numeric scalars, ranges as pairs, one level of
+nested counters such as a NAT's per protocol; no rule texts, no per-rule
+arrays: those stay on the agent's Prometheus endpoint and in its full
+stats).  A
 summary still over MAX_BYTES loses its instances' "counters", then its
 instances by ascending Mpps, then its ports; `notes` says what went, "summary" in the
 value says how much.
@@ -43,15 +45,28 @@ def _size(value):
     return len(json.dumps(value, sort_keys=True, separators=(",", ":")))
 
 
-def _scalars(mapping, limit=MAX_COUNTERS):
-    """The numeric scalars of `mapping` (no bools, lists, dicts, texts)."""
+def _number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _scalars(mapping, limit=MAX_COUNTERS, nested=False):
+    """The numbers of `mapping`: numeric scalars, pairs of numbers (a
+    range), and with `nested` one level of such mappings (a NAT's per
+    protocol counters); no bools, texts, or longer lists (per-rule arrays)."""
     out = {}
     for key, value in (mapping or {}).items():
         if len(out) >= limit:
             break
-        if isinstance(value, numbers.Real) and not isinstance(value, bool) \
-                and len(str(key)) <= MAX_NAME:
+        if len(str(key)) > MAX_NAME:
+            continue
+        if _number(value):
             out[str(key)] = value
+        elif isinstance(value, list) and len(value) <= 2 and all(map(_number, value)):
+            out[str(key)] = value
+        elif nested and isinstance(value, dict):
+            inner = _scalars(value)
+            if inner:
+                out[str(key)] = inner
     return out
 
 
@@ -69,7 +84,7 @@ def summarize(stats, max_bytes=MAX_BYTES):
     instances = {}
     for iid, inst in (stats.get("instances") or {}).items():
         entry = {k: inst[k] for k in INSTANCE_KEYS if k in inst}
-        counters = _scalars(inst.get("counters"))
+        counters = _scalars(inst.get("counters"), nested=True)
         if counters:
             entry["counters"] = counters
         instances[str(iid)] = entry

@@ -63,6 +63,10 @@ def nf_counter_metrics(host, instances):
         for name, value in (s.get("counters") or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 counters.add_metric([host, str(iid), s["nf"], name], value)
+            elif isinstance(value, dict):           # one level: a NAT's per protocol
+                for sub, n in value.items():
+                    if isinstance(n, (int, float)) and not isinstance(n, bool):
+                        counters.add_metric([host, str(iid), s["nf"], f"{name}_{sub}"], n)
             elif isinstance(value, list):
                 for i, rule in enumerate(value):
                     if isinstance(rule, dict) and isinstance(rule.get("hits"), int):

@@ -47,6 +47,16 @@ def test_a_thousand_rule_firewall_is_summarised_without_its_rules():
     assert (summary["host"], summary["generation"], summary["plan_error"]) == ("h1", 3, None)
 
 
+def test_a_nat_keeps_its_range_slice_and_per_protocol_counters():
+    counters = {"passed": 5, "port_range": [20000, 23999], "slice": 1,
+                "tcp": {"mappings": 3, "pool": 4000, "use": 0.00075, "note": "x"},
+                "table_full": 0, "long": [1, 2, 3]}
+    full = {"instances": {"4": {"nf": "nat", "rx": 5, "counters": counters}}}
+    kept = summarize(full)[0]["instances"]["4"]["counters"]
+    assert kept == {"passed": 5, "port_range": [20000, 23999], "slice": 1,
+                    "tcp": {"mappings": 3, "pool": 4000, "use": 0.00075}, "table_full": 0}
+
+
 def test_the_cap_is_hard_and_says_what_it_left_out():
     full = full_stats(instances=300, rules=0)
     for i, inst in full["instances"].items():

@@ -306,7 +306,12 @@ class Store:
 
     # -- stats -----------------------------------------------------------
     def put_stats(self, host, stats):
-        self.put(STATS + host, stats)
+        """Put a host's stats summary (contracts.statsum; no lease: the
+        last one stays readable after the agent is gone); returns its size
+        in bytes."""
+        raw = encode_value(stats)
+        self._put(STATS + host, raw, None)
+        return len(raw)
 
     def get_stats(self, host):
         return self.get(STATS + host)

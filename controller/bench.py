@@ -38,6 +38,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
+from contracts.statsum import PUBLISH_S, summarize
 from contracts.wire import DROP_REASONS
 from controller import fabric, placement, topogen
 
@@ -198,26 +199,64 @@ def cli_bench_placement(args):
 
 # ------------------------------------------------- onvm bench controller
 
-def _host_stats(topo, placed):
-    """{host: stats JSON text} as 1024 agents publish them each second
-    (host_agent: ports, instances with their rates and counters, drops)."""
+def _host_stats(topo, placed, rules=100):
+    """{host: full stats} as 1024 agents sample them each second
+    (host_agent: ports, instances with their rates and counters, drops; a
+    firewall's counters carry each of its `rules` rules' text and hits)."""
     drops = {r: 0 for r in DROP_REASONS}
+    fw_rules = [{"line": i + 1, "rule": f"allow tcp 10.{i // 256}.{i % 256}.0/24 any "
+                 f"port {1000 + i}", "hits": 1000 + i} for i in range(rules)]
     out = {}
     for host in topo.hosts:
         instances = {}
         for inst in placed.instances.values():
             if inst.host == host.name:
+                counters = {"packets": 123456789, "bytes": 8123456789}
+                if inst.nf == "firewall":
+                    counters = {"passed": 123456000, "dropped": 789, "default": 3,
+                                "ipv6_default": 0, "rules": fw_rules}
                 instances[str(inst.id)] = {
                     "nf": inst.nf, "mode": "inline", "rx": 123456789, "tx": 123456000,
                     "drops": 789, "ring_full": 0, "queue": 0, "mpps": round(inst.load, 6),
-                    "counters": {"packets": 123456789, "bytes": 8123456789}}
-        out[host.name] = json.dumps({
+                    "counters": counters}
+        out[host.name] = {
+            "host": host.name, "time": 1.8e9, "plan_error": None,
             "generation": 7, "processed": 987654321, "flows": 4096, "flow_table_full": 0,
             "ports": {"net_af_packet0": {"port": 0, "rx": 123456789, "tx": 123456789,
                                          "tx_full": 0, "missed": 0, "errors": 0,
                                          "rx_mpps": 1.5, "tx_mpps": 1.5}},
-            "instances": instances, "drops": drops})
+            "pins": {"entries": 10, "inserts": 100, "expired": 90, "full": 0},
+            "instances": instances, "drops": drops}
     return out
+
+
+def stats_ingest(topo, placed, seconds=PUBLISH_S):
+    """The controller's stats path for `seconds` (one period of every
+    agent's summary, contracts.statsum) as controller.core runs it: each
+    summary decoded as the watch does and kept by host, then once a second
+    the hosts' load from what is kept, the plans it gives, and which of
+    them changed.  Returns (CPU ms per second, summary bytes per host per
+    second, full stats bytes per host per second as agents used to put them)."""
+    from controller import plans
+    from controller.core import STATS_DECIDE_SECONDS, same_plan
+    full = _host_stats(topo, placed)
+    texts = [(h, json.dumps(summarize(st)[0])) for h, st in full.items()]
+    full_bytes = sum(len(json.dumps(st)) for st in full.values()) / len(full)
+    written = plans.host_plans(topo, placed, 2)
+    per_second = -(-len(texts) // int(seconds))
+    seen = {}
+    t0 = time.process_time()
+    for second in range(int(seconds)):
+        for host, text in texts[second * per_second:(second + 1) * per_second]:
+            seen[host] = json.loads(text)
+        if second % STATS_DECIDE_SECONDS:
+            continue
+        load = plans.host_load(seen, topo, placed)
+        new = plans.host_plans(topo, placed, 3 + second, load)
+        changed = [h for h, p in new.items() if not same_plan(written.get(h), p)]
+        written.update((h, new[h]) for h in changed)
+    ms = (time.process_time() - t0) * 1e3 / int(seconds)
+    return ms, sum(len(t) for _, t in texts) / len(texts) / seconds, full_bytes
 
 
 def bench_controller(topo, say=lambda text: None):
@@ -232,8 +271,13 @@ def bench_controller(topo, say=lambda text: None):
                        controller.rulebook)
       switches_changed switches whose rules that loss changed
       rules_total, rules_max_switch   flow rules, all switches / the busiest
-      stats_ingest_ms_per_s  CPU for one second of every host's stats: decode,
-                       the hosts' load, and the plans that load gives
+      stats_ingest_ms_per_s  CPU per second of the controller's stats path
+                       (`stats_ingest`): every host's summary each PUBLISH_S
+                       decoded and kept, and once a period the hosts'
+                       load, the plans it gives and which changed
+      stats_bytes_per_host_s  what one host puts in the store a second (its
+                       summary every PUBLISH_S); full_stats_bytes_per_host_s:
+                       its full stats, which it put every second before
     """
     from controller import flows as _flows, plans
     from controller.rulebook import RuleBook
@@ -261,13 +305,8 @@ def bench_controller(topo, say=lambda text: None):
     plans_changed = sum(1 for h, p in new_plans.items()
                         if dict(p, generation=0) != dict(host_plans.get(h, {}), generation=0))
 
-    say(f"ingesting a second of stats from {len(topo.hosts)} hosts")
-    texts = _host_stats(topo, again)
-    t0 = time.process_time()
-    stats = {h: json.loads(text) for h, text in texts.items()}
-    load = plans.host_load(stats, topo, again)
-    plans.host_plans(topo, again, 3, load)
-    ingest_ms = (time.process_time() - t0) * 1e3
+    say(f"ingesting {PUBLISH_S:g} s of stats summaries from {len(topo.hosts)} hosts")
+    ingest_ms, summary_bytes, full_bytes = stats_ingest(topo, again)
     full_ms = None
     if len(topo.hosts) <= 128:       # the full recompile, for comparison, where it is quick
         full_ms = _timed(_flows.switch_rules, topo, graph,
@@ -279,7 +318,8 @@ def bench_controller(topo, say=lambda text: None):
             "plans_changed": plans_changed,
             "rules_total": sum(sizes), "rules_max_switch": max(sizes, default=0),
             "stats_ingest_ms_per_s": round(ingest_ms, 1),
-            "stats_bytes_per_s": sum(len(t) for t in texts.values()),
+            "stats_bytes_per_host_s": round(summary_bytes, 1),
+            "full_stats_bytes_per_host_s": round(full_bytes, 1),
             "full_recompile_ms": None if full_ms is None else round(full_ms, 1)}
 
 

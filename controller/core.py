@@ -42,6 +42,7 @@ import time
 from typing import Dict, List, NamedTuple, Optional
 
 from contracts.model import Chain
+from contracts.statsum import PUBLISH_S
 from contracts.store import CHAINS, HOSTS, STATS, NotLeader, StoreError
 from controller import flows, natslices
 from controller.chains import Scope, is_retired, make_chain
@@ -54,10 +55,12 @@ from controller.view import ClusterView, chain_to_json
 
 log = logging.getLogger("onvm.core")
 
-STATS_REPLAN_SECONDS = 1.0
+STATS_REPLAN_SECONDS = 1.0     # stats while a move waits for its snapshot: re-place
+STATS_DECIDE_SECONDS = PUBLISH_S  # else: re-weigh plans on the kept summaries, once a period
 # A vanished host key is believed after this long, so that keys vanishing
 # together (a store outage) are judged together (controller.liveness).
 SETTLE_SECONDS = 1.0
+UNREAD = object()       # store_changed without the value: read it
 DIRTY_KINDS = ((HOSTS, "hosts"), (CHAINS, "chains"), (STATS, "stats"))
 
 
@@ -139,6 +142,7 @@ class ClusterCore(ClusterView):
         self.drains = Drains(drain_seconds)
         self.fabric_cut = []            # hosts and edges no switch reaches
         self.last_stats_replan = None
+        self.stats_seen = None          # {host: stats summary}, from the watch after one read
         self.leading = False
         self.connected = set()          # dpids of the switches connected now
         self.programmed = {}            # dpid -> SwitchRules last handed out
@@ -150,8 +154,18 @@ class ClusterCore(ClusterView):
         self.nat_slices = {}            # (host, id) -> NAT port slice, kept (natslices)
 
     # ------------------------------------------------------------ inputs
-    def store_changed(self, key):
-        """A watched key changed: mark what it touches for the next step."""
+    def store_changed(self, key, value=UNREAD):
+        """A watched key changed (to `value`, None: deleted): mark what it
+        touches for the next step; a host's stats summary is kept as is
+        (read here when the watch did not pass it), decided on once a period."""
+        if key.startswith(STATS) and self.stats_seen is not None:
+            host = key[len(STATS):]
+            if value is UNREAD:
+                value = self.store.get_stats(host)
+            if value is None:
+                self.stats_seen.pop(host, None)
+            else:
+                self.stats_seen[host] = value
         for prefix, what in DIRTY_KINDS:
             if key.startswith(prefix):
                 self.dirty.add(what)
@@ -179,14 +193,23 @@ class ClusterCore(ClusterView):
             log.warning("I no longer lead: stop writing plans and programming "
                         "switches; standing by")
         self.leading = leading
+        # A pending move waits for a snapshot and a drain for its flows to end:
+        # both read the stats sooner and take the re-placing path.
+        period = STATS_REPLAN_SECONDS if self.mover.pending or self.drains.active \
+            else STATS_DECIDE_SECONDS
         due_stats = "stats" in self.dirty and (
-            self.last_stats_replan is None
-            or now - self.last_stats_replan >= STATS_REPLAN_SECONDS)
+            self.last_stats_replan is None or now - self.last_stats_replan >= period)
         if self.drains.active and now >= self.drains.next_end():
             self.dirty.add("moves")     # a drain's time is up
         if self.held and self._judged_alive(self.liveness.decide(now)) != self.alive:
             self.dirty.add("hosts")     # a held host's time ran out, or it is back
-        if self.dirty & {"hosts", "chains", "moves"} or due_stats:
+        if due_stats and not self.mover.pending and not self.drains.active \
+                and not self.dirty & {"hosts", "chains", "moves"}:
+            self.dirty.discard("stats")     # stats re-weigh plans; only a move re-places
+            self.last_stats_replan = now
+            if self.leading and self.current is not None:
+                self._write_plans(out)
+        elif self.dirty & {"hosts", "chains", "moves"} or due_stats:
             pending = set(self.dirty)
             self.dirty.clear()
             try:
@@ -377,7 +400,9 @@ class ClusterCore(ClusterView):
             log.info("removed %s#%d from %s: %s", inst.nf, inst.id, inst.host, why)
 
     def _write_plans(self, out):
-        load = host_load(self.store.stats(), self.placed, self.current,
+        if self.stats_seen is None:
+            self.stats_seen = self.store.stats()
+        load = host_load(self.stats_seen, self.placed, self.current,
                          self.stats_warned) if self.current else {}
         stored = self.store.plans()
         generation = 1 + max([p.get("generation", 0) for p in stored.values()] or [0])

@@ -8,19 +8,24 @@ It starts DPDK (the EAL arguments after `--`, completed with a file prefix
 and memory settings where they are missing), runs the manager loop in a
 thread that holds no GIL, applies plans (checked first: a bad plan is logged
 and the running one stays), starts NF processes for instances in "process"
-mode, and every second publishes its counters to the store
-(`/onvm/stats/<host>`) and on a Prometheus endpoint.  With a store it
-registers `/onvm/hosts/<host>` under a lease: the host is alive while the
-agent is; `host_agent.storelink` keeps that link and the plan watch
+mode, and keeps its full counters (every second) on a Prometheus endpoint and
+in `Agent.latest`.  The store gets only a small, bounded summary of them
+(`contracts.statsum`: at most 16 KiB, no rule texts or per-rule arrays)
+in `/onvm/stats/<host>`, every `publish_interval` seconds (5 by default,
+`--stats-publish`) and at once when what the controller acts on changes:
+the plan generation run, a plan error, the set of instances, a move's
+snapshot taken.  With a store it registers `/onvm/hosts/<host>` under a
+lease: the host is alive while the agent is; `host_agent.storelink` keeps that link and the plan watch
 through store faults, and never lets them stop forwarding.
 
 Planned moves (controller/moves.py) carry NF state: for an instance a plan
 marks `"export": true` the agent pauses the loop, takes the NF's
 `export_state()` and publishes it in its stats (instances[ID]["state"],
 with "state_generation", the plan generation it was taken at; null for an
-NF that cannot export).  A new instance whose plan entry has a "state"
-gets `import_state(state)` before the new tables are swapped in, so its
-first packet already finds the moved flows.
+NF that cannot export), at once and outside the summary's cap, in the
+publications made while the plan marks the instance.  A new instance whose
+plan entry has a "state" gets `import_state(state)` before the new tables
+are swapped in, so its first packet already finds the moved flows.
 
 It does not decide anything about placement; that is the controller's.
 """
@@ -37,6 +42,7 @@ import time
 from host_agent import fastpath as fp
 import contracts
 from contracts.plan import PlanError, check_plan, load_plan
+from contracts.statsum import PUBLISH_S, summarize
 from contracts.store import StoreFull
 from nflib.api import make_nf
 
@@ -68,13 +74,19 @@ class Agent:
     """Owns the Manager, its loop thread, NF processes and stats."""
 
     def __init__(self, host, manager, store=None, nf_factory=make_nf,
-                 eal_args=(), stats_interval=1.0):
+                 eal_args=(), stats_interval=1.0, publish_interval=PUBLISH_S):
         self.host = host
         self.manager = manager
         self.store = store
         self.nf_factory = nf_factory
         self.eal_args = list(eal_args)
         self.stats_interval = stats_interval
+        self.publish_interval = publish_interval
+        self.latest = None                  # the full stats, sampled every stats_interval
+        self.published = None              # (monotonic time, facts) of the last summary put
+        self.publications = 0               # summaries put, and their bytes
+        self.published_bytes = 0
+        self._cut_logged = False
         self.plan_error = None
         self.procs = {}                     # instance id -> Popen
         self._thread = None
@@ -112,7 +124,7 @@ class Agent:
             if self.store is not None:
                 self.store.put_applied(self.host, plan["generation"])
                 if exported:
-                    self._publish()     # the controller waits for it: no need to wait a second
+                    self._publish(force=True)   # the controller waits for it
             return True
 
     # -- NF state on moves ------------------------------------------------
@@ -259,16 +271,57 @@ class Agent:
                 stats["instances"][str(iid)].update(exported)
         return stats
 
-    def _publish(self):
-        with self._stats_lock:
+    def _publish(self, force=False):
+        """Sample the full stats; put their summary in the store when it is
+        due (every publish_interval), when what the controller acts on
+        changed, or with `force`."""
+        with self._stats_lock:   # one summary after the other, in order
             stats = self.stats()
             self.latest = stats
-        try:
-            self.store.put_stats(self.host, stats)
-        except StoreFull:           # logged once by the store client
-            pass
-        except Exception as err:   # the store may be down; forwarding goes on
-            log.warning("%s: stats not published: %s", self.host, err)
+            now = time.monotonic()
+            facts = (stats["generation"], stats["plan_error"],
+                     tuple(sorted((i, v["nf"]) for i, v in stats["instances"].items())),
+                     tuple(sorted((i, e["state_generation"]) for i, e in self.exported.items())))
+            last = self.published
+            if not force and last is not None and last[1] == facts \
+                    and now - last[0] < self.publish_interval:
+                return False
+            summary = self._summary(stats)
+            try:
+                size = self.store.put_stats(self.host, summary)
+            except StoreFull:           # logged once by the store client
+                return False
+            except Exception as err:   # the store may be down; forwarding goes on
+                log.warning("%s: stats not published: %s", self.host, err)
+                return False
+            if last is None or last[1][:3] != facts[:3]:     # a new plan: say the sizes
+                log.info("%s: plan generation %s: stats summary of %d bytes put in the "
+                         "store every %g s and at once on a change (full stats: %d bytes, "
+                         "on the Prometheus endpoint)", self.host, stats["generation"],
+                         size, self.publish_interval, len(json.dumps(stats)))
+            self.published = (now, facts)
+            self.publications += 1
+            self.published_bytes += size
+            return True
+
+    def _summary(self, stats):
+        """The bounded summary of `stats`, with a move's snapshot added
+        after the cap (contracts.statsum); what the cap cut is logged once
+        (until it changes)."""
+        summary, notes = summarize(stats)
+        if notes and not self._cut_logged:
+            log.error("%s: the stats summary for the store would exceed %d bytes: "
+                      "left out %s (the full stats stay on the Prometheus endpoint; "
+                      "logged once, until a summary fits again)", self.host,
+                      summary["summary"]["max_bytes"], "; ".join(notes))
+        elif self._cut_logged and not notes:
+            log.warning("%s: the stats summary fits in the store's cap again", self.host)
+        self._cut_logged = bool(notes)
+        for iid, inst in stats["instances"].items():
+            if "state_generation" in inst and iid in summary["instances"]:
+                summary["instances"][iid].update(
+                    state=inst.get("state"), state_generation=inst["state_generation"])
+        return summary
 
     def run(self, seconds=None):
         """Publish stats every interval until stopped or `seconds` pass."""
@@ -317,7 +370,8 @@ def cli_agent(args):
         print(f"onvm agent: {err}", file=sys.stderr)
         return 1
     manager.idle_us = args.idle_us
-    agent = Agent(args.host, manager, eal_args=eal[1:])
+    agent = Agent(args.host, manager, eal_args=eal[1:],
+                  publish_interval=args.stats_publish)
     if plan is not None and not agent.apply(plan, args.plan):
         print(f"onvm agent: {agent.plan_error}", file=sys.stderr)
         manager.close()

@@ -36,6 +36,7 @@ class AgentCollector:
             queue.add_metric([host, str(iid), s["nf"]], s["queue"])
         yield inst
         yield queue
+        yield from nf_counter_metrics(host, stats["instances"])
         flows = GaugeMetricFamily("onvm_flows", "Entries in the flow table", labels=["host"])
         flows.add_metric([host], stats["flows"])
         yield flows
@@ -48,6 +49,31 @@ class AgentCollector:
         for event in ("inserts", "expired", "full"):
             events.add_metric([host, event], pins[event])
         yield events
+
+
+def nf_counter_metrics(host, instances):
+    """Each NF's own counters (the store's summary keeps only a few of
+    them, contracts.statsum): its numeric counters, and the hits of each
+    rule of a rule list (the firewall's and the ids' "rules")."""
+    counters = GaugeMetricFamily("onvm_nf_counter", "An NF instance's own counters",
+                                 labels=["host", "instance", "nf", "counter"])
+    rules = CounterMetricFamily("onvm_nf_rule_hits", "Packets that matched each rule",
+                                labels=["host", "instance", "nf", "rule"])
+    for iid, s in instances.items():
+        for name, value in (s.get("counters") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                counters.add_metric([host, str(iid), s["nf"], name], value)
+            elif isinstance(value, dict):           # one level: a NAT's per protocol
+                for sub, n in value.items():
+                    if isinstance(n, (int, float)) and not isinstance(n, bool):
+                        counters.add_metric([host, str(iid), s["nf"], f"{name}_{sub}"], n)
+            elif isinstance(value, list):
+                for i, rule in enumerate(value):
+                    if isinstance(rule, dict) and isinstance(rule.get("hits"), int):
+                        ident = rule.get("line", rule.get("sid", i))
+                        rules.add_metric([host, str(iid), s["nf"], str(ident)], rule["hits"])
+    yield counters
+    yield rules
 
 
 def serve_metrics(agent, port, addr="127.0.0.1"):

@@ -105,6 +105,9 @@ def build_parser():
                    help="the host key's lease in the store (default 1 s): with the "
                         "controller's liveness probes on, a backstop that may be "
                         "several seconds")
+    a.add_argument("--stats-publish", type=float, default=5.0, metavar="SECONDS",
+                   help="put the stats summary in the store this often (default 5; "
+                        "at once when the plan, a plan error or the instances change)")
     a.set_defaults(run=_handler("host_agent.agentconfig:cli_agent"))
 
     nf = sub.add_parser("nf", help="network functions")

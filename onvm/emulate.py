@@ -41,6 +41,7 @@ import time
 import urllib.error
 import urllib.request
 
+from contracts.statsum import PUBLISH_S
 from contracts.store import LEADER, open_store
 from contracts.wire import SI_FIRST
 from controller.plans import edge_mac
@@ -57,7 +58,7 @@ __all__ = ["Emulation", "EmulationError", "run_prefix", "default_flows"]
 
 PPS_PER_MPPS = 100          # emulated packets a second per Mpps a chain asks for
 IDLE_US = 200               # agents sleep this long when idle: hosts share two cores
-STATS_FRESH_S = 3.0         # an agent's stats older than this show no instances
+STATS_FRESH_S = PUBLISH_S + 3.0  # an agent's stats older than this show no instances
 
 
 def write_atomic(path, text):

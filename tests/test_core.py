@@ -11,7 +11,7 @@ import pytest
 
 from contracts.store import Election, StoreError, open_store
 from controller import flows, topogen
-from controller.core import STATS_REPLAN_SECONDS, ClusterCore
+from controller.core import STATS_DECIDE_SECONDS, STATS_REPLAN_SECONDS, ClusterCore
 from controller.moves import DRAIN_SECONDS, MIN_DRAIN_SECONDS, MoveError
 from controller.ofsim import FabricSim, rule_kinds
 from controller.placement import place
@@ -117,16 +117,28 @@ def test_a_lost_host_is_re_placed_and_its_plan_deleted(loop, caplog):
     assert f"on {survivor}: {victim} lost;" in caplog.text
 
 
-def test_stats_re_place_at_most_once_a_second(loop):
+def test_stats_re_weigh_at_most_once_a_period_and_never_re_place(loop, monkeypatch):
+    """Stats summaries are kept as they come (one key each, never the whole
+    prefix again) and decided on at most once a period (the agents'
+    publish period): plans re-weighed from them, no re-placement."""
     loop.register("h1")
     loop.step()
-    replaced = []
-    for _ in range(8):                  # stats every 0.25 s for 2 s
+    reads = []
+    plans = loop.store.plans
+    monkeypatch.setattr(loop.store, "plans", lambda: reads.append(1) or plans())
+    replaced, weighed = [], []
+    steps = int(STATS_DECIDE_SECONDS / 0.25)
+    for _ in range(2 * steps):          # stats every 0.25 s for two periods
         loop.store.put_stats("h1", {"instances": {}})
-        loop.core.store_changed("/onvm/stats/h1")
+        loop.core.store_changed("/onvm/stats/h1", {"instances": {}})
+        before = len(reads)
         replaced.append(bool(loop.step().replaced))
-    assert sum(replaced) == 2 and replaced.index(True) == 3, replaced
-    assert STATS_REPLAN_SECONDS == 1.0
+        weighed.append(len(reads) > before)
+        monkeypatch.setattr(loop.store, "stats", None)   # the aggregate, not a range read
+    assert not any(replaced), replaced
+    assert sum(weighed) == 2 and weighed.index(True) == steps - 1, weighed
+    assert loop.core.stats_seen == {"h1": {"instances": {}}}
+    assert STATS_REPLAN_SECONDS == 1.0 and STATS_DECIDE_SECONDS == 5.0
 
 
 def test_a_step_that_fails_keeps_its_inputs_pending(loop, monkeypatch):

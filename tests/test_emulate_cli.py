@@ -222,17 +222,28 @@ def _children(pid):
 @pytest.mark.ovs
 @pytest.mark.netns
 @pytest.mark.timeout(300)
-def test_emulate_json_survives_a_store_that_stops_answering():
-    need_root_and_tools()
-    proc = subprocess.Popen(ONVM + ["emulate", MINIMAL, "--seconds", "25", "--json"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def start_emulate(args, within=150):
+    """`onvm emulate ARGS` once its live view shows: (proc, view, reader),
+    `view` the lines of its stderr as a thread reads them.  It is stopped
+    if the view does not come."""
+    proc = subprocess.Popen(ONVM + ["emulate"] + list(args), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     view = []
     reader = threading.Thread(target=lambda: view.extend(proc.stderr), daemon=True)
     reader.start()
     try:
-        wait_for(lambda: any(line.startswith("--- t=") for line in view), 120,
+        wait_for(lambda: any(line.startswith("--- t=") for line in view), within,
                  "the live view of onvm emulate")
+    except BaseException:
+        procs.stop(proc, "onvm emulate", grace=30.0)
+        raise
+    return proc, view, reader
+
+
+def test_emulate_json_survives_a_store_that_stops_answering():
+    need_root_and_tools()
+    proc, view, reader = start_emulate([MINIMAL, "--seconds", "25", "--json"], within=120)
+    try:
         etcd, = [pid for pid, name in _children(proc.pid).items() if name == "etcd"]
         os.kill(etcd, signal.SIGSTOP)
         try:

@@ -69,7 +69,7 @@ class ChainManager(app_manager.RyuApp):
 
     # ----------------------------------------------------------- the loop
     def _on_store_change(self, key, value):
-        self.core.store_changed(key)
+        self.core.store_changed(key, value)
 
     def _loop(self):
         """Never ends: a failing step is logged and tried again, so one bad

@@ -96,6 +96,10 @@ cdef struct rule_t:
     uint8_t direction      # 1: to_server, 2: to_client
     uint16_t dsize_lo, dsize_hi
     uint8_t flags_mode, flags, flags_ignored   # TCP flags (mode 0: any packet)
+    uint8_t th_kind        # 0 none; 1 limit, 2 threshold, 3 both, 4 detection_filter
+    uint8_t th_track       # 0 by_src, 1 by_dst, 2 by_rule
+    uint32_t th_count
+    uint64_t th_cycles     # its window, in TSC cycles
     uint32_t sa, sn, da, dn          # its source and destination nets in ids_t.nets
     uint32_t spa, spn, dpa, dpn      # its port ranges in ids_t.ports
     uint32_t first, count  # its patterns
@@ -143,6 +147,11 @@ cdef struct ids_t:
     uint32_t plen          # this packet's payload bytes
     int tcpflags           # this packet's TCP flags (-1: not TCP)
     uint8_t *pat_neg       # content:!"...": the rule needs it absent
+    ftab_t *th             # (rule, address) -> its threshold window
+    uint64_t *th_start
+    uint32_t *th_seen
+    uint64_t now
+    uint64_t th_held, th_untracked
     uint32_t npats
     # scan state, reset after every packet
     uint8_t *seen          # per pattern: 1 found in the tail, 2 in the payload
@@ -301,6 +310,42 @@ cdef bint placed(ids_t *s, uint32_t j, uint32_t last, bint have_prev,
     return False
 
 
+cdef struct th_key_t:
+    uint32_t rule
+    uint32_t addr
+
+
+cdef bint thresholded(ids_t *s, rule_t *r, uint32_t ri, uint32_t src,
+                      uint32_t dst) noexcept nogil:
+    """A rule whose packet matched: True if its threshold or
+    detection_filter lets it fire now (Snort's and Suricata's semantics:
+    limit: the first `count` in each window; threshold: every `count`-th;
+    both: once per window, at the `count`-th; detection_filter: from the
+    `count`+1-th on).  State that finds no room fires (fail closed)."""
+    cdef th_key_t key
+    cdef int32_t pos
+    cdef uint32_t n
+    key.rule = ri
+    key.addr = src if r.th_track == 0 else dst if r.th_track == 1 else 0
+    pos = ftab_find(s.th, &key, s.now)
+    if pos < 0:
+        pos = ftab_insert(s.th, &key, s.now + r.th_cycles, s.now)
+        if pos < 0:
+            s.th_untracked += 1
+            return True
+        s.th_start[pos] = s.now
+        s.th_seen[pos] = 0
+    s.th_seen[pos] += 1
+    n = s.th_seen[pos]
+    if r.th_kind == 1:
+        return n <= r.th_count
+    if r.th_kind == 2:
+        return n % r.th_count == 0
+    if r.th_kind == 3:
+        return n == r.th_count
+    return n > r.th_count
+
+
 cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
                 uint16_t sport, uint16_t dport, uint8_t established,
                 uint8_t direction) noexcept nogil:
@@ -331,6 +376,9 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
         if whole and fresh and header_matches(s, r, proto, src, dst, sport, dport,
                                                 established, direction, s.plen) \
                 and (not s.relative_rules or placed(s, r.first, r.first + r.count - 1, False, 0)):
+            if r.th_kind and not thresholded(s, r, ri, src, dst):
+                s.th_held += 1
+                continue
             r.hits += 1
             s.alerted += 1
             write_alert(s, r, proto, src, dst, sport, dport)
@@ -663,6 +711,7 @@ cdef void ids_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
     cdef uint64_t now = rte_get_tsc_cycles()
     cdef unsigned i
     cdef uint64_t alerted = s.alerted
+    s.now = now
     for i in range(n):
         s.packets += 1
         if onvm_meta_of(pkts[i]).key.family == 4 and scan_packet(s, pkts[i], now):
@@ -852,6 +901,7 @@ cdef class IDS(NativeNF):
             raise MemoryError()
         self.msgs = []
         nets, ports = [], []
+        thresholds = False
         first = 0
         for ri, rule in enumerate(rules):
             r = &self.s.rules[ri]
@@ -861,6 +911,10 @@ cdef class IDS(NativeNF):
             r.established = rule.established
             r.dsize_lo, r.dsize_hi = rule.dsize
             r.flags_mode, r.flags, r.flags_ignored = rule.flags
+            if rule.threshold is not None:
+                r.th_kind, r.th_track, r.th_count, seconds = rule.threshold
+                r.th_cycles = <uint64_t>(seconds * rte_get_tsc_hz())
+                thresholds = True
             r.direction = rule.direction
             r.sa, r.sn = len(nets), len(rule.src)
             nets += rule.src
@@ -904,6 +958,12 @@ cdef class IDS(NativeNF):
             self.s.nets[i].neg = neg
         for i, (lo, hi, neg) in enumerate(ports):
             self.s.ports[i].lo, self.s.ports[i].hi, self.s.ports[i].neg = lo, hi, neg
+        if thresholds:
+            self.s.th = ftab_new("ids-threshold", v["max_flows"], sizeof(th_key_t))
+            self.s.th_start = <uint64_t *>calloc(v["max_flows"] + 1, sizeof(uint64_t))
+            self.s.th_seen = <uint32_t *>calloc(v["max_flows"] + 1, sizeof(uint32_t))
+            if self.s.th_start == NULL or self.s.th_seen == NULL:
+                raise MemoryError()
         self.s.timeout = <uint64_t>(v["flow_timeout"] * rte_get_tsc_hz())
         if self.s.tail_w:
             self.s.flows = ftab_new("ids", v["max_flows"], sizeof(onvm_flow_key))
@@ -929,6 +989,7 @@ cdef class IDS(NativeNF):
         free(self.s.pat_track); free(self.s.pat_rel); free(self.s.npos); free(self.s.pat_dist)
         free(self.s.pat_within); free(self.s.pat_len); free(self.s.pos)
         free(self.s.pat_isdata); free(self.s.pat_isdata_neg); free(self.s.pat_neg)
+        ftab_free(self.s.th); free(self.s.th_start); free(self.s.th_seen)
         free(self.s.seen); free(self.s.hitlist); free(self.s.checked)
 
     def counters(self):
@@ -943,6 +1004,7 @@ cdef class IDS(NativeNF):
             "joined_head": self.s.joined_head,
             "http_requests": self.s.http_requests, "uri_cut": self.s.uri_cut,
             "positions_overflow": self.s.pos_overflow,
+            "threshold_held": self.s.th_held, "threshold_untracked": self.s.th_untracked,
             "flows": ftab_live(self.s.flows, now) if self.s.flows != NULL else 0,
             "rules": [{"sid": r.sid, "line": r.line, "action": r.action, "msg": r.msg,
                        "rev": r.rev, "hits": self.s.rules[i].hits}

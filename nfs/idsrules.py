@@ -111,6 +111,7 @@ class Rule:
     text: str = ""
     dsize: tuple = (0, 0xFFFF)   # payload bytes, low to high
     flags: tuple = (0, 0, 0)     # TCP flags: (mode, flags, ignored); mode 0: any packet
+    threshold: tuple = None      # (kind, track, count, seconds): THRESHOLD_KINDS, TRACKS
     established: int = 0     # 1: established only, 2: not established only
     direction: int = 0       # 1: to_server, 2: to_client
     rev: int = 0
@@ -367,6 +368,35 @@ def _dsize(value):
     return (lo, hi)
 
 
+THRESHOLD_KINDS = {"limit": 1, "threshold": 2, "both": 3, "detection_filter": 4}
+TRACKS = {"by_src": 0, "by_dst": 1, "by_rule": 2}
+
+
+def _threshold(key, value):
+    """threshold: type limit|threshold|both, track by_src|by_dst|by_rule,
+    count N, seconds M;  detection_filter: track ..., count N, seconds M.
+    -> (kind, track, count, seconds)."""
+    fields = {}
+    for part in (value or "").split(","):
+        name, _, arg = part.strip().partition(" ")
+        if not name or not arg.strip() or name in fields:
+            raise RuleError(f"{key} takes 'type T, track by_src|by_dst, count N, seconds M', "
+                            f"got {value!r}", key)
+        fields[name] = arg.strip()
+    want = {"track", "count", "seconds"} | ({"type"} if key == "threshold" else set())
+    if set(fields) != want:
+        raise RuleError(f"{key} needs exactly {', '.join(sorted(want))}; got "
+                        f"{', '.join(sorted(fields)) or 'nothing'}", key)
+    kind = fields.get("type", "detection_filter")
+    if kind not in THRESHOLD_KINDS or fields["track"] not in TRACKS \
+            or not fields["count"].isdigit() or not fields["seconds"].isdigit() \
+            or int(fields["count"]) == 0 or int(fields["seconds"]) == 0:
+        raise RuleError(f"{key}: type is limit, threshold or both, track by_src, by_dst or "
+                        f"by_rule, count and seconds positive numbers; got {value!r}", key)
+    return (THRESHOLD_KINDS[kind], TRACKS[fields["track"]], int(fields["count"]),
+            int(fields["seconds"]))
+
+
 TCP_FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20,
                  "E": 0x40, "C": 0x80, "1": 0x80, "2": 0x40}
 FLAG_MODES = {"": 1, "+": 2, "*": 3, "!": 4}
@@ -446,6 +476,10 @@ def _options(rule, pairs):
                                 f"({last_content.length} bytes): the rule can never match", key)
             last_content.relative = True
             setattr(last_content, key, int(text))
+        elif key in ("threshold", "detection_filter"):
+            if rule.threshold is not None:
+                raise RuleError("a rule takes one threshold or detection_filter", key)
+            rule.threshold = _threshold(key, value)
         elif key == "flags":
             rule.flags = _tcp_flags(value)
         elif key == "isdataat":
@@ -496,7 +530,7 @@ def _options(rule, pairs):
         else:
             raise RuleError(f"option {key!r} is not run by this IDS; it runs msg, content, "
                             f"nocase, fast_pattern, offset, depth, distance, within, isdataat, "
-                            f"pcre, flow, flags, dsize, sid, "
+                            f"pcre, flow, flags, dsize, threshold, detection_filter, sid, "
                             f"{', '.join(KEPT_OPTIONS)} and the HTTP request buffers "
                             f"(http_uri, http.uri, ...: docs/nfs.md)", key)
     if not rule.sid:

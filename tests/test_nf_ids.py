@@ -133,8 +133,8 @@ def test_other_flows_are_not_joined(ids):
     ('alert tcp any any -> any any (pcre:"x"; sid:1;)', 'pcre takes "/REGEX/FLAGS"'),
     ('alert tcp any any -> any any (content:"x"; byte_jump:4,0; sid:1;)',
      "option 'byte_jump' is not run by this IDS; it runs msg, content, nocase, fast_pattern, "
-     "offset, depth, distance, within, isdataat, pcre, flow, flags, dsize, sid, rev, "
-     "classtype, priority, "
+     "offset, depth, distance, within, isdataat, pcre, flow, flags, dsize, threshold, "
+     "detection_filter, sid, rev, classtype, priority, "
      "metadata, reference, gid and the HTTP request buffers (http_uri, http.uri, ...: "
      "docs/nfs.md)"),
     ('alert tcp any any -> any any (content:"x"; within:4; sid:1;)',
@@ -185,8 +185,8 @@ def test_a_file_with_no_runnable_rule_is_an_error_naming_every_line(tmp_path):
     assert str(err.value).splitlines() == [
         f"{path}:1: expected 'ACTION PROTO SRC SPORT -> DST DPORT (OPTIONS)'",
         f"{path}:2: option 'byte_jump' is not run by this IDS; it runs msg, content, nocase, "
-        "fast_pattern, offset, depth, distance, within, isdataat, pcre, flow, flags, dsize, sid, "
-        "rev, classtype, priority, metadata, reference, gid and the HTTP request buffers (http_uri, http.uri, "
+        "fast_pattern, offset, depth, distance, within, isdataat, pcre, flow, flags, dsize, "
+        "threshold, detection_filter, sid, rev, classtype, priority, metadata, reference, gid and the HTTP request buffers (http_uri, http.uri, "
         "...: docs/nfs.md)"]
 
 

@@ -135,3 +135,36 @@ def test_flow_direction_from_the_handshake(ids):
     h.send([tcp(OUT, HOME, 40012, 22, "S", seq=99),
             tcp(OUT, HOME, 40012, 22, "PA", b"SSH-2.0-libssh\r\n", seq=100)])
     assert hits(h)[2900001] == 1
+
+
+THRESHOLD_RULES = (
+    'alert tcp any any -> any 22 (msg:"ssh brute force"; flags:S; content:"a"; '
+    'detection_filter:track by_src, count 3, seconds 60; sid:1; rev:1;)\n'
+    'alert tcp any any -> any 80 (msg:"noisy"; content:"ping"; '
+    'threshold:type limit, track by_src, count 2, seconds 60; sid:2; rev:1;)\n'
+    'alert tcp any any -> any 81 (msg:"every third"; content:"ping"; '
+    'threshold:type threshold, track by_dst, count 3, seconds 60; sid:3; rev:1;)\n')
+
+
+def test_threshold_and_detection_filter():
+    with harness([("ids", {"rules_text": THRESHOLD_RULES})]) as h:
+        for i in range(5):          # 5 SYNs from one source: fires from the 4th on
+            h.send([tcp(OUT, HOME, 41000 + i, 22, "S", b"a", seq=5)])
+        h.send([tcp("198.51.100.99", HOME, 41100, 22, "S", b"a", seq=5)])   # another source
+        for i in range(5):          # limit 2 per source
+            h.send([tcp(OUT, HOME, 42000 + i, 80, "PA", b"ping", seq=5)])
+        for i in range(7):          # every third to one destination
+            h.send([tcp(OUT, HOME, 43000 + i, 81, "PA", b"ping", seq=5)])
+        assert hits(h) == {1: 2, 2: 2, 3: 2}
+        c = h.nf(1).counters()
+        assert c["threshold_held"] == (4 + 3 + 5) and c["threshold_untracked"] == 0
+
+
+def test_threshold_errors_are_named():
+    from nfs.idsrules import parse_rules
+    rules = parse_rules('alert tcp any any -> any any (content:"a"; sid:1;)\n'
+                        'alert tcp any any -> any any (content:"a"; threshold:type limit, '
+                        'count 2, seconds 1; sid:2;)\n')
+    (sk,) = rules.skipped
+    assert (sk.line, sk.sid, sk.keyword) == (2, 2, "threshold")
+    assert sk.message == "threshold needs exactly count, seconds, track, type; got count, seconds, type"

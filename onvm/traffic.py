@@ -110,6 +110,29 @@ def _load_frames(path):
     return frames, offsets
 
 
+def _tcp_stream(frame):
+    """(offset of the TCP sequence number, payload bytes) of an Ethernet
+    IPv4 TCP frame, or None: a TCP frame sent again carries the next
+    sequence number, as a real sender's next segment would (an IDS matches
+    a stream in sequence order and takes the same sequence number with
+    other bytes for an overlap attack)."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    total = int.from_bytes(frame[16:18], "big")
+    tcp = 14 + ihl
+    if len(frame) < tcp + 20:
+        return None
+    return tcp + 4, total - ihl - (frame[tcp + 12] >> 4) * 4
+
+
+def _next_segment(frame, stream):
+    if stream is not None:
+        at, length = stream
+        seq = (int.from_bytes(frame[at:at + 4], "big") + length) & 0xFFFFFFFF
+        frame[at:at + 4] = seq.to_bytes(4, "big")
+
+
 def _mtime(path):
     try:
         return os.stat(path).st_mtime_ns
@@ -120,10 +143,11 @@ def _mtime(path):
 def send(iface, frames_path, status_path, rate_path, spi, pps):
     """Send the frames of `frames_path` (hex, one flow each) round robin at
     `pps` packets a second, each with a fresh marker patched over the
-    marker field.  Twice a second the rate is re-read from
+    marker field (and a TCP frame with its next sequence number).  Twice a second the rate is re-read from
     `rate_path` and the frames reloaded if their file changed; the status
     counts sent packets per frame of the current file."""
     frames, offsets = _load_frames(frames_path)
+    streams = [_tcp_stream(fr) for fr in frames]
     version = _mtime(frames_path)
     per_frame = [0] * len(frames)
     sock = _raw_socket(iface)
@@ -143,6 +167,7 @@ def send(iface, frames_path, status_path, rate_path, spi, pps):
                 pps, due_from, due_count = new, now, 0
             if _mtime(frames_path) != version:
                 frames, offsets = _load_frames(frames_path)
+                streams = [_tcp_stream(fr) for fr in frames]
                 version, per_frame = _mtime(frames_path), [0] * len(frames)
             last_rate = now
         due = int((now - due_from) * pps) - due_count
@@ -154,6 +179,7 @@ def send(iface, frames_path, status_path, rate_path, spi, pps):
                 sock.send(fr)
                 sent += 1
                 per_frame[i] += 1
+                _next_segment(fr, streams[i])
             except OSError:
                 errors += 1             # a full queue: the sequence gap shows it too
             seq += 1

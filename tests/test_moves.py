@@ -361,9 +361,19 @@ def test_running_lb_moves_to_another_host_and_every_flow_keeps_its_backend(move_
              "the agents to apply the plans of the move")
     (_, new_id), = _lb_at(emu)
     switched = _sink(emu)
-    time.sleep(4)                       # the flows run on b now
+
+    def rx_on_b():
+        stats = emu.store.get_stats(b) or {}
+        return (stats.get("instances", {}).get(str(new_id)) or {}).get("rx", 0)
+    # The flows run on b now; its stats summary reaches the store within the
+    # agents' publish period (5 s).
+    time.sleep(4)
+    try:
+        wait_for(lambda: rx_on_b() > 0, 15, f"packets counted by the moved lb on {b}")
+    except TimeoutError:
+        pass
     after = _sink(emu)
-    rx_b = ((emu.store.get_stats(b) or {}).get("instances", {}).get(str(new_id)) or {}).get("rx", 0)
+    rx_b = rx_on_b()
     print(f"lb {a}#{iid} -> {b}#{new_id}; b's instance rx {rx_b}\nbackends {backend}\n"
           f"after {after}")
     assert rx_b > 0, f"no packet reached the moved lb on {b}"

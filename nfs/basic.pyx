@@ -5,7 +5,8 @@ nflib/nf.pxd: each gives a per-packet handler, run over the batch by the
 library's loop (nflib.nf.each_packet, inlined here) without the GIL."""
 from libc.stdint cimport uint8_t, uint64_t, int32_t
 from libc.stdlib cimport calloc, free
-from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, ONVM_ACTION_NEXT,
+from libc.string cimport memcmp
+from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, onvm_flow_key, ONVM_ACTION_NEXT,
     ONVM_FLOW_ENTRIES, NativeNF)
 
 
@@ -34,6 +35,7 @@ cdef struct monitor_t:
     uint64_t untracked
     uint64_t *flow_packets
     uint64_t *flow_bytes
+    onvm_flow_key *flow_of  # the flow each id's counters are for (ids are reused)
 
 
 cdef uint8_t monitor_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
@@ -42,6 +44,11 @@ cdef uint8_t monitor_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept no
     mon.packets += 1
     mon.bytes += m.pkt_len
     if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
+        if memcmp(&mon.flow_of[fid], &meta.key, sizeof(onvm_flow_key)) != 0:
+            # the id was another flow's, aged out of the host's table
+            mon.flow_of[fid] = meta.key
+            mon.flow_packets[fid] = 0
+            mon.flow_bytes[fid] = 0
         mon.flow_packets[fid] += 1
         mon.flow_bytes[fid] += m.pkt_len
     else:
@@ -60,7 +67,8 @@ cdef class Monitor(NativeNF):
     def __cinit__(self, config=None):
         self.mon.flow_packets = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
         self.mon.flow_bytes = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
-        if self.mon.flow_packets == NULL or self.mon.flow_bytes == NULL:
+        self.mon.flow_of = <onvm_flow_key *>calloc(ONVM_FLOW_ENTRIES, sizeof(onvm_flow_key))
+        if self.mon.flow_packets == NULL or self.mon.flow_bytes == NULL or self.mon.flow_of == NULL:
             raise MemoryError()
         self.handlers.batch = monitor_batch
         self.handlers.ctx = <void *>&self.mon
@@ -68,6 +76,7 @@ cdef class Monitor(NativeNF):
     def __dealloc__(self):
         free(self.mon.flow_packets)
         free(self.mon.flow_bytes)
+        free(self.mon.flow_of)
 
     def counters(self):
         flows = sum(1 for i in range(ONVM_FLOW_ENTRIES) if self.mon.flow_packets[i])

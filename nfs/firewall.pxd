@@ -1,6 +1,6 @@
 # The firewall's rule table, shared by `firewall` and `firewall-stateful`.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from nflib.nf cimport rte_acl_ctx, rte_mbuf, onvm_meta, NativeNF, Acl
+from nflib.nf cimport rte_acl_ctx, rte_mbuf, onvm_meta, onvm_flow_key, NativeNF, Acl
 
 
 cdef struct ruleset_t:
@@ -9,6 +9,7 @@ cdef struct ruleset_t:
     uint64_t *hits          # per rule
     uint32_t *flow_rule     # per flow id: rte_acl's answer (rule + 1, 0 none), cached
     uint8_t *flow_known     # per flow id: 1 once flow_rule holds the answer
+    onvm_flow_key *flow_of  # per flow id: the flow the answer is for (ids are reused)
     uint8_t default_allow
     uint64_t default_hits
     uint64_t not_ipv4       # IPv6 packets: the default action, counted

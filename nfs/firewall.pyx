@@ -7,7 +7,7 @@ IPv4 only: IPv6 packets get the default action and are counted apart.
 counters) is shared with `firewall-stateful` (nfs/stateful.pyx)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memset
+from libc.string cimport memcmp, memset
 from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, onvm_meta_of,
     ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify,
     onvm_flow_key)
@@ -22,8 +22,10 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
     """Find the rule of each packet whose flow has none yet.
 
     The rules are a pure function of the 5-tuple, so rte_acl's answer is
-    kept per flow (the host's flow table ids are stable: entries are never
-    reused): only a flow's first packet is classified.  Runs once per batch,
+    kept per flow id with the flow it was given for: the host's flow table
+    ages its entries and gives a freed id to a new flow, which must never
+    inherit the old flow's answer (`flow_cached` compares the flow).  Only a
+    flow's first packet is classified.  Runs once per batch,
     before ruleset_allow runs per packet.  The rules see the 5-tuple the
     packet's bytes carry now (nfs.pkttuple), not the one parsed on arrival:
     a nat or lb before the firewall on the same host may have rewritten it
@@ -38,7 +40,7 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
     for i in range(n):
         meta = onvm_meta_of(pkts[i])
         fid = meta.flow_id
-        if meta.key.family != 4 or (fid >= 0 and rs.flow_known[fid]):
+        if meta.key.family != 4 or flow_cached(rs, meta):
             continue
         packet_key(pkts[i], meta, &keys[nmiss])
         data[nmiss] = <const uint8_t *>&keys[nmiss]
@@ -51,6 +53,13 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
         _classify_misses(rs, pkts, data, res, idx, nmiss)
 
 
+cdef inline bint flow_cached(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
+    """The answer for this packet's flow id is cached, and for this flow."""
+    cdef int32_t fid = meta.flow_id
+    return fid >= 0 and fid < ONVM_FLOW_ENTRIES and rs.flow_known[fid] and \
+        memcmp(&rs.flow_of[fid], &meta.key, sizeof(onvm_flow_key)) == 0
+
+
 cdef uint8_t ruleset_allow(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
     """The first matching rule's action (or the default), counted; the
     packet's batch went through ruleset_classify."""
@@ -59,7 +68,7 @@ cdef uint8_t ruleset_allow(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
     if meta.key.family != 4:
         rs.not_ipv4 += 1
         return rs.default_allow
-    r = rs.flow_rule[fid] if fid >= 0 else meta.destination
+    r = rs.flow_rule[fid] if fid >= 0 and fid < ONVM_FLOW_ENTRIES else meta.destination
     if r:
         rs.hits[r - 1] += 1
         return rs.allow[r - 1]
@@ -82,9 +91,10 @@ cdef void _classify_misses(ruleset_t *rs, rte_mbuf **pkts, const uint8_t **data,
     for k in range(n):
         meta = onvm_meta_of(pkts[idx[k]])
         fid = meta.flow_id
-        if fid >= 0:
+        if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
             rs.flow_rule[fid] = res[k]
             rs.flow_known[fid] = 1
+            rs.flow_of[fid] = meta.key
         else:
             meta.destination = <uint16_t>res[k]
 
@@ -101,7 +111,8 @@ cdef class RuleSet:
         self.rs.hits = <uint64_t *>calloc(n, sizeof(uint64_t))
         self.rs.flow_rule = <uint32_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint32_t))
         self.rs.flow_known = <uint8_t *>calloc(ONVM_FLOW_ENTRIES, 1)
-        if (self.rs.allow == NULL or self.rs.hits == NULL or
+        self.rs.flow_of = <onvm_flow_key *>calloc(ONVM_FLOW_ENTRIES, sizeof(onvm_flow_key))
+        if (self.rs.allow == NULL or self.rs.hits == NULL or self.rs.flow_of == NULL or
                 self.rs.flow_rule == NULL or self.rs.flow_known == NULL):
             raise MemoryError()
         if len(self.rules) > 65535:
@@ -115,6 +126,7 @@ cdef class RuleSet:
         free(self.rs.hits)
         free(self.rs.flow_rule)
         free(self.rs.flow_known)
+        free(self.rs.flow_of)
 
     def counters(self):
         return {"default": self.rs.default_hits, "ipv6_default": self.rs.not_ipv4,

@@ -105,7 +105,7 @@ cdef struct rule_t:
     uint32_t first, count  # its patterns
     uint32_t sid
     const char *msg_json   # the msg as a JSON string, quotes included
-    const char *extra_json # , "rev": .., "classtype": .., "priority": ..
+    const char *alert_json # "alert": {...}: the EVE alert object of this rule
     uint64_t hits
 
 
@@ -256,19 +256,38 @@ cdef bint header_matches(ids_t *s, rule_t *r, uint8_t proto, uint32_t src, uint3
         and ports_match(s, r.spa, r.spn, dport) and ports_match(s, r.dpa, r.dpn, sport)
 
 
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct tm:
+        pass
+    tm *gmtime_r(const time_t *timep, tm *result)
+    size_t strftime(char *s, size_t maxsize, const char *fmt, const tm *t)
+
+
 cdef void write_alert(ids_t *s, rule_t *r, uint8_t proto, uint32_t src, uint32_t dst,
                       uint16_t sport, uint16_t dport) noexcept nogil:
+    """One alert as a line of Suricata's EVE JSON (event_type alert), so
+    tools that read eve.json read it."""
     cdef timespec ts
+    cdef tm when
+    cdef time_t secs
+    cdef char stamp[32]
+    cdef const char *pname = b"TCP" if proto == 6 else b"UDP" if proto == 17 \
+        else b"ICMP" if proto == 1 else b"IP"
     if s.alerts == NULL:
         return
     clock_gettime(CLOCK_REALTIME, &ts)
+    secs = ts.tv_sec
+    gmtime_r(&secs, &when)
+    strftime(stamp, sizeof(stamp), b"%Y-%m-%dT%H:%M:%S", &when)
     fprintf(s.alerts,
-            b'{"ts": %ld.%06ld, "sid": %u, "action": "%s", "msg": %s%s, "proto": %u, '
-            b'"src": "%u.%u.%u.%u", "sport": %u, "dst": "%u.%u.%u.%u", "dport": %u}\n',
-            <long>ts.tv_sec, <long>(ts.tv_nsec // 1000), r.sid,
-            b"drop" if r.drop else b"alert", r.msg_json, r.extra_json, proto,
+            b'{"timestamp": "%s.%06ld+0000", "event_type": "alert", '
+            b'"src_ip": "%u.%u.%u.%u", "src_port": %u, "dest_ip": "%u.%u.%u.%u", '
+            b'"dest_port": %u, "proto": "%s", %s}\n',
+            stamp, <long>(ts.tv_nsec // 1000),
             src >> 24, (src >> 16) & 0xff, (src >> 8) & 0xff, src & 0xff, sport,
-            dst >> 24, (dst >> 16) & 0xff, (dst >> 8) & 0xff, dst & 0xff, dport)
+            dst >> 24, (dst >> 16) & 0xff, (dst >> 8) & 0xff, dst & 0xff, dport,
+            pname, r.alert_json)
 
 
 cdef bint placed(ids_t *s, uint32_t j, uint32_t last, bint have_prev,
@@ -727,14 +746,14 @@ def _mask(net):
     return int(net.network_address), (0xffffffff << (32 - net.prefixlen)) & 0xffffffff if net.prefixlen else 0
 
 
-def _extra_json(rule):
-    """The alert's fields after msg: rev, classtype, priority (if given)."""
-    out = f', "rev": {rule.rev}'
-    if rule.classtype:
-        out += f', "classtype": {json.dumps(rule.classtype)}'
-    if rule.priority:
-        out += f', "priority": {rule.priority}'
-    return out.encode()
+def _alert_json(rule):
+    """The rule's part of its EVE alerts: `"alert": {...}` (Suricata's
+    field names; the category is the classtype's name, the severity its
+    priority, 3 when the rule gives none, as Suricata's default)."""
+    alert = {"action": "blocked" if rule.action == "drop" else "allowed", "gid": 1,
+             "signature_id": rule.sid, "rev": rule.rev, "signature": rule.msg,
+             "category": rule.classtype, "severity": rule.priority or 3}
+    return ('"alert": ' + json.dumps(alert)).encode()
 
 
 cdef str _pattern_problem(p):
@@ -924,9 +943,9 @@ cdef class IDS(NativeNF):
             ports += rule.sport
             r.dpa, r.dpn = len(ports), len(rule.dport)
             ports += rule.dport
-            extra = _extra_json(rule)
-            self.msgs.append(extra)
-            r.extra_json = extra
+            alert = _alert_json(rule)
+            self.msgs.append(alert)
+            r.alert_json = alert
             r.first, r.count = first, len(rule.patterns)
             r.sid = rule.sid
             msg = json.dumps(rule.msg).encode()

@@ -2,6 +2,7 @@
 alert rules pass and log, drop rules drop, a signature split across two
 TCP segments of a flow is caught, and every rule error names its line."""
 import json
+import re
 
 import pytest
 
@@ -50,9 +51,14 @@ def test_alert_passes_drop_drops_clean_traffic_untouched(ids):
     c = h.nf(1).counters()
     assert c["alerts"] == 3 and c["dropped"] == 2 and c["packets"] == 6
     lines = read_alerts(alerts)
-    assert [(a["sid"], a["action"], a["src"]) for a in lines] == [
-        (1001, "alert", "192.0.2.1"), (1002, "drop", "192.0.2.2"), (1003, "drop", "192.0.2.4")]
-    assert lines[1]["msg"] == 'shell "download"' and lines[1]["dport"] == 80
+    # Suricata's EVE JSON shape
+    assert [(a["event_type"], a["alert"]["signature_id"], a["alert"]["action"], a["src_ip"])
+            for a in lines] == [("alert", 1001, "allowed", "192.0.2.1"),
+                                ("alert", 1002, "blocked", "192.0.2.2"),
+                                ("alert", 1003, "blocked", "192.0.2.4")]
+    assert lines[1]["alert"]["signature"] == 'shell "download"' and lines[1]["dest_port"] == 80
+    assert lines[0]["alert"]["rev"] == 2 and lines[1]["proto"] == "TCP" and lines[2]["proto"] == "UDP"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+0000", lines[0]["timestamp"])
 
 
 def test_bidirectional_rule_matches_replies(ids):
@@ -74,7 +80,7 @@ def test_signature_split_across_two_segments_is_caught(ids):
     # that ended in the tail.
     h.send([tcp("192.0.2.7", SRV, 5000, 443, "PA", b"more", seq=100 + len(first) + len(second))])
     assert rule_hits(h)[1004] == 1
-    assert [a["sid"] for a in read_alerts(alerts)] == [1004]
+    assert [a["alert"]["signature_id"] for a in read_alerts(alerts)] == [1004]
 
 
 def test_split_drop_signature_drops_the_second_segment(ids):

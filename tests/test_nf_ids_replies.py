@@ -34,9 +34,10 @@ def test_reply_with_root_id_alerts(tmp_path):
         c = h.nf(1).counters()
         assert c["alerts"] == 1 and c["dropped"] == 0 and c["rules"][0]["hits"] == 1
     (alert,) = [json.loads(line) for line in alerts.read_text().splitlines()]
-    assert (alert["sid"], alert["src"], alert["sport"], alert["dst"], alert["dport"]) == \
-        (2100498, S, 23, C, 40000)
-    assert alert["msg"] == "GPL ATTACK_RESPONSE id check returned root"
+    assert (alert["alert"]["signature_id"], alert["src_ip"], alert["src_port"], alert["dest_ip"],
+            alert["dest_port"]) == (2100498, S, 23, C, 40000)
+    assert alert["alert"]["signature"] == "GPL ATTACK_RESPONSE id check returned root"
+    assert (alert["alert"]["category"], alert["alert"]["rev"]) == ("bad-unknown", 8)
 
 
 def test_drop_rule_drops_the_reply(tmp_path):

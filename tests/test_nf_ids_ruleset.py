@@ -97,7 +97,7 @@ def test_each_rule_fires_on_its_packet_not_on_a_near_miss(ids, sid):
     others = {s: n for s, n in hits(h).items() if s != sid and n}
     assert others == {}
     (alert,) = [json.loads(line) for line in alerts.read_text().splitlines()]
-    assert alert["sid"] == sid and alert["rev"] >= 1
+    assert alert["alert"]["signature_id"] == sid and alert["alert"]["rev"] >= 1
 
 
 def test_within_counts_from_the_previous_match(ids):

@@ -234,9 +234,12 @@ def bench_controller(topo, say=lambda text: None):
       rules_total, rules_max_switch   flow rules, all switches / the busiest
       stats_ingest_ms_per_s  CPU for one second of every host's stats: decode,
                        the hosts' load, and the plans that load gives
+      longest_hub_gap_ms  the longest stretch of compile_ms's work between two
+                       points where the Ryu app yields to the eventlet hub
+                       (placement yields nowhere: place_ms is one stretch)
     """
     from controller import flows as _flows, plans
-    from controller.rulebook import RuleBook
+    from controller.rulebook import RuleBook, Stretches
 
     graph = fabric.build_graph(topo)
     say(f"placing {len(topo.chains)} chains on {len(topo.hosts)} hosts")
@@ -244,9 +247,11 @@ def bench_controller(topo, say=lambda text: None):
     book = RuleBook()
     say("compiling every host's plan and every switch's rules")
     t0 = time.perf_counter()
+    stretches = Stretches()
     host_plans = plans.host_plans(topo, placed, 1)
-    rules = book.compile(topo, graph, plans.ingress_groups(topo, placed))
+    rules = book.compile(topo, graph, plans.ingress_groups(topo, placed), pause=stretches)
     compile_ms = (time.perf_counter() - t0) * 1e3
+    stretches.finish()
     sizes = [len(r.flows) for r in rules.values()]
 
     lost = max(placed.cores_used().items(), key=lambda kv: (kv[1], kv[0]))[0]
@@ -280,6 +285,7 @@ def bench_controller(topo, say=lambda text: None):
             "rules_total": sum(sizes), "rules_max_switch": max(sizes, default=0),
             "stats_ingest_ms_per_s": round(ingest_ms, 1),
             "stats_bytes_per_s": sum(len(t) for t in texts.values()),
+            "longest_hub_gap_ms": round(stretches.longest * 1e3, 1),
             "full_recompile_ms": None if full_ms is None else round(full_ms, 1)}
 
 

@@ -676,6 +676,27 @@ def diff(desired: Iterable[FlowSpec], actual: Iterable[ActualFlow]) -> FlowDiff:
     return FlowDiff(adds, deletes)
 
 
+def diff_programmed(desired: SwitchRules, confirmed: SwitchRules) -> Tuple[FlowDiff, GroupDiff]:
+    """What to send a switch that holds `confirmed` (what the controller
+    last programmed there and saw confirmed by a barrier) so that it holds
+    `desired`, without reading its tables: the same adds and deletes as
+    `diff` would give on a faithful dump, and only the groups that differ
+    rewritten.  The deletes are ActualFlows without `raw` (built from the
+    spec's match)."""
+    held = {spec.key: spec.cookie for spec in confirmed.flows}
+    wanted = {spec.key for spec in desired.flows}
+    adds = [spec for spec in desired.flows if held.get(spec.key) != spec.cookie]
+    deletes = [ActualFlow(spec.table, spec.priority, spec.cookie, spec.match)
+               for spec in confirmed.flows if spec.key not in wanted]
+    before = {g.group_id: g for g in confirmed.groups}
+    ids = {g.group_id for g in desired.groups}
+    return (FlowDiff(adds, deletes),
+            GroupDiff([g for g in desired.groups if g.group_id not in before],
+                      [g for g in desired.groups
+                       if g.group_id in before and before[g.group_id] != g],
+                      sorted(set(before) - ids)))
+
+
 def diff_groups(desired: Iterable[GroupSpec], actual_ids: Iterable[int]) -> GroupDiff:
     """Groups to add, rewrite and delete.  Present groups are rewritten with
     OFPGC_MODIFY rather than compared bucket by bucket: that is idempotent

@@ -111,7 +111,8 @@ def to_messages(datapath, flow_diff, group_diff):
             datapath, cookie=entry.cookie, cookie_mask=0xFFFFFFFFFFFFFFFF,
             table_id=entry.table, command=ofp.OFPFC_DELETE_STRICT,
             priority=entry.priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-            match=entry.raw))
+            match=entry.raw if entry.raw is not None
+            else parser.OFPMatch(**dict(entry.match))))
     for spec in flow_diff.adds:
         inst = []
         if spec.actions:

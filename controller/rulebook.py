@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from typing import Dict, List, Tuple
 
 from controller import flows
@@ -68,6 +69,38 @@ class _ChainPart:
     flows: list
 
 
+def _no_pause():
+    pass
+
+
+class Stretches:
+    """A pause for `RuleBook.compile` (and controller.livegraph's
+    LiveFabric) that calls `yield_` (the Ryu app's: yield to the eventlet
+    hub; a benchmark's: nothing) and measures, since `start()`, how often
+    it was called and the longest stretch between two calls: how long the
+    hub would have gone unserved."""
+
+    def __init__(self, yield_=_no_pause):
+        self.yield_ = yield_
+        self.start()
+
+    def start(self):
+        self.started = self.last = time.monotonic()
+        self.count = 0
+        self.longest = 0.0
+
+    def __call__(self):
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.last)
+        self.count += 1
+        self.yield_()
+        self.last = time.monotonic()
+
+    def finish(self):
+        """The time since the last call counts as a stretch too."""
+        self.longest = max(self.longest, time.monotonic() - self.last)
+
+
 class RuleBook:
     """Desired rules per switch, recomputed by parts (see the module
     docstring).  `compile` is the whole interface; `changed` (dpids whose
@@ -81,10 +114,17 @@ class RuleBook:
         self.changed: List[int] = []
         self.counts = collections.Counter()
 
-    def compile(self, topo, graph, ingress_groups) -> Dict[int, flows.SwitchRules]:
-        """What `flows.switch_rules(topo, graph, ingress_groups)` returns."""
+    def compile(self, topo, graph, ingress_groups,
+                pause=None) -> Dict[int, flows.SwitchRules]:
+        """What `flows.switch_rules(topo, graph, ingress_groups)` returns.
+        `pause`, when given, is called after the fabric's routes and after
+        each switch: the Ryu app passes one that yields to the eventlet hub
+        (controller.livegraph.LiveFabric.pause), so a long compile never
+        starves the OpenFlow channel or the REST API."""
+        pause = pause or _no_pause
         self.counts = collections.Counter()
         fabric = self._fabric(topo, graph)
+        pause()
         by_switch = collections.defaultdict(list)
         for chain in topo.chains:
             if chain.nfs:
@@ -107,6 +147,7 @@ class RuleBook:
             out[sw.dpid] = rules
             self.changed.append(sw.dpid)
             self.counts["switches"] += 1
+            pause()
         return out
 
     # ------------------------------------------------------------- parts

@@ -72,6 +72,7 @@ class ChainManager(app_manager.RyuApp):
         self.sync_locks = {}
         self.confirmed = {}         # dpid -> SwitchRules the switch confirmed (barrier)
         self.mismatched = set()     # dpids that reported an error since their sync began
+        self.stepping = False       # the loop is in core.step
         self.hub_yield = Stretches(self._yield_to_hub)
         self.core.fabric.pause = self.hub_yield
         self.watches = [self.store.watch(prefix, self._on_store_change)
@@ -98,8 +99,12 @@ class ChainManager(app_manager.RyuApp):
             try:
                 leading = self.election.campaign()
                 self.hub_yield.start()
-                decisions = self.core.step(time.monotonic(), leading)
-                self._log_compile()
+                self.stepping = True
+                try:
+                    decisions = self.core.step(time.monotonic(), leading)
+                finally:
+                    self.stepping = False
+                    self._log_compile()
                 for dpid, rules in decisions.sync.items():
                     if dpid in self.datapaths:
                         hub.spawn(self._sync, self.datapaths[dpid], rules)
@@ -115,7 +120,7 @@ class ChainManager(app_manager.RyuApp):
             self.wakeup.clear()
 
     def _yield_to_hub(self):
-        if self.hub_yield.count == 1:
+        if self.stepping and self.hub_yield.count == 1:
             self.logger.info("compiling switch rules, yielding to the hub meanwhile")
         hub.sleep(0)
 
@@ -165,6 +170,9 @@ class ChainManager(app_manager.RyuApp):
                 self.core.sync_failed(datapath.id, err)
 
     def _dumped_diff(self, datapath, rules):
+        self.logger.info("switch %s: reading its flows and groups (first sync since it "
+                         "connected, or after a failed sync or an error)",
+                         self.core.switch_name(datapath.id))
         parser, ofp = datapath.ofproto_parser, datapath.ofproto
         flow_replies = ofctl_api.send_msg(
             self, parser.OFPFlowStatsRequest(datapath, table_id=ofp.OFPTT_ALL),

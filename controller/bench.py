@@ -249,7 +249,7 @@ def bench_controller(topo, say=lambda text: None):
     say("compiling every host's plan and every switch's rules")
     t0 = time.perf_counter()
     stretches = Stretches()
-    host_plans = plans.host_plans(topo, placed, 1)
+    host_plans = plans.host_plans(topo, placed, 1, pause=stretches)
     rules = book.compile(topo, graph, plans.ingress_groups(topo, placed), pause=stretches)
     compile_ms = (time.perf_counter() - t0) * 1e3
     stretches.finish()
@@ -260,7 +260,7 @@ def bench_controller(topo, say=lambda text: None):
     t0 = time.perf_counter()
     loss_stretches = Stretches()
     again = placement.replace_after_host_loss(topo, placed, lost)
-    new_plans = plans.host_plans(topo, again, 2)
+    new_plans = plans.host_plans(topo, again, 2, pause=loss_stretches)
     rules_after = book.compile(topo, graph, plans.ingress_groups(topo, again),
                                pause=loss_stretches)
     host_loss_ms = (time.perf_counter() - t0) * 1e3

@@ -144,6 +144,7 @@ from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from contracts.wire import (ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC,  # noqa: F401
                             ETH_PROBE, MPLS_TTL, SI_FIRST)
+from controller import pausing
 from controller.fabric import ecmp_tables
 from controller.plans import edge_mac
 
@@ -347,12 +348,14 @@ def _host_ip(host):
     return host.ip.split("/")[0]
 
 
-def routes(topo, graph):
+def routes(topo, graph, pause=None):
     """{target: {switch: sorted ECMP ports}} for every host, edge and
     server, from one search per switch for the whole fabric
-    (fabric.ecmp_tables)."""
+    (fabric.ecmp_tables); `pause` is called every pausing.ROWS switches'
+    next hops."""
     return ecmp_tables(graph, [h.name for h in topo.hosts] + [e.name for e in topo.edges]
-                       + [s.name for s in topo.servers])
+                       + [s.name for s in topo.servers],
+                       pause=pausing.every(pausing.ROWS, pause))
 
 
 def _ports_toward(routes, switch, target):

@@ -35,7 +35,8 @@ import dataclasses
 import time
 from typing import Dict, List, Tuple
 
-from controller import flows
+from controller import flows, pausing
+from controller.pausing import no_pause
 
 FABRIC_STATES = 8     # fabric states kept: the parts of a split fabric, and one spare
 CHAIN_PARTS = 1 << 16
@@ -69,10 +70,6 @@ class _ChainPart:
     flows: list
 
 
-def _no_pause():
-    pass
-
-
 class Stretches:
     """A pause for `RuleBook.compile` (and controller.livegraph's
     LiveFabric) that calls `yield_` (the Ryu app's: yield to the eventlet
@@ -80,7 +77,7 @@ class Stretches:
     it was called and the longest stretch between two calls: how long the
     hub would have gone unserved."""
 
-    def __init__(self, yield_=_no_pause):
+    def __init__(self, yield_=no_pause):
         self.yield_ = yield_
         self.start()
 
@@ -118,13 +115,15 @@ class RuleBook:
                 pause=None) -> Dict[int, flows.SwitchRules]:
         """What `flows.switch_rules(topo, graph, ingress_groups)` returns.
         `pause`, when given, is called after the fabric's routes and after
-        each switch: the Ryu app passes one that yields to the eventlet hub
-        (controller.livegraph.LiveFabric.pause), so a long compile never
-        starves the OpenFlow channel or the REST API."""
-        pause = pause or _no_pause
+        each switch, every pausing.CHAINS chains computed and every
+        pausing.ROWS switches' ECMP next hops: the Ryu app passes one that
+        yields to the eventlet hub (controller.livegraph.LiveFabric.pause), so
+        a long compile never starves the OpenFlow channel or the REST API."""
+        pause = pause or no_pause
         self.counts = collections.Counter()
-        fabric = self._fabric(topo, graph)
+        fabric = self._fabric(topo, graph, pause)
         pause()
+        chain_done = pausing.every(pausing.CHAINS, pause)
         by_switch = collections.defaultdict(list)
         for chain in topo.chains:
             if chain.nfs:
@@ -133,7 +132,7 @@ class RuleBook:
         for sw in topo.switches:
             part = self._switch_fabric(topo, fabric, sw.name)
             chain_parts = tuple(self._chain(topo, chain, sw.name, part.how,
-                                            ingress_groups.get(chain.name))
+                                            ingress_groups.get(chain.name), chain_done)
                                 for chain in by_switch.get(sw.name, ()))
             key = (id(part),) + tuple(id(c) for c in chain_parts)
             held = self._assembled.get(sw.dpid)
@@ -151,7 +150,7 @@ class RuleBook:
         return out
 
     # ------------------------------------------------------------- parts
-    def _fabric(self, topo, graph) -> _Fabric:
+    def _fabric(self, topo, graph, pause) -> _Fabric:
         key = (id(graph), hash(topo.hosts), hash(topo.edges), hash(topo.servers),
                hash(topo.switches))
         fabric = self._fabrics.get(key)
@@ -161,7 +160,7 @@ class RuleBook:
             self._fabrics.move_to_end(key)
             return fabric
         fabric = _Fabric(graph, topo.hosts, topo.edges, topo.servers, topo.switches,
-                         flows.routes(topo, graph))
+                         flows.routes(topo, graph, pause))
         self.counts["fabrics"] += 1
         self._fabrics[key] = fabric
         while len(self._fabrics) > FABRIC_STATES:
@@ -178,7 +177,7 @@ class RuleBook:
             self.counts["switch_fabrics"] += 1
         return part
 
-    def _chain(self, topo, chain, switch, how, members) -> _ChainPart:
+    def _chain(self, topo, chain, switch, how, members, done) -> _ChainPart:
         members = tuple(members or ())
         toward = tuple((h, how.get(h), topo.host(h)) for h, _ in members)
         held = self._chains.get((chain.name, switch))
@@ -191,4 +190,5 @@ class RuleBook:
             self._chains.clear()      # chains come and go by name: bound what is kept
         self._chains[(chain.name, switch)] = part
         self.counts["chains"] += 1
+        done()
         return part

@@ -228,6 +228,8 @@ def ecmp_tables(graph, targets, pause=None):
                 ports[a, b] = _ports_toward(graph, a, b)
                 ports[b, a] = _ports_toward(graph, b, a)
         neighbours = {s: [nb for nb in graph.neighbors(s) if nb in index] for s in switches}
+        if pause is not None:
+            pause()
         for row, own in enumerate(wanted):
             toward[own] = _next_hops(own, dist[row], switches, index, neighbours, ports)
             if pause is not None:

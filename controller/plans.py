@@ -320,7 +320,7 @@ def host_plans(topo, placement, generation, load=None, slices=None, pause=None):
     from reported stats, used to lower busy hosts' remote weights.
     `slices`: {(host, id): NAT slice} to keep (the caller's, from
     `nat_slices`); None assigns them afresh.  `pause` is called every
-    pausing.PLAN_CHAINS chains (controller.pausing)."""
+    pausing.PLAN_CHAINS chains and pausing.PLAN_HOSTS hosts (controller.pausing)."""
     chain_done = pausing.every(pausing.PLAN_CHAINS, pause)
     graph = fabric.build_graph(topo)
     table = fabric.DistanceTable(graph, places_of(topo))
@@ -337,10 +337,12 @@ def host_plans(topo, placement, generation, load=None, slices=None, pause=None):
         for host, hops in _chain_hops(topo, placement, chain, table.d, load).items():
             plans[host]["hops"].extend(hops)
         chain_done()
+    host_done = pausing.every(pausing.PLAN_HOSTS, pause)
     for plan in plans.values():
         plan["instances"].sort(key=lambda i: i["id"])
         plan["hops"].sort(key=lambda hop: (hop["spi"], -hop["si"]))
         check_plan(plan)
+        host_done()
     return plans
 
 

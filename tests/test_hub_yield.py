@@ -1,11 +1,14 @@
 """The rule compile and plan building call their yield point (`pause`,
 controller.pausing) often enough: on a k=8 fat tree no stretch between two
 calls holds more than pausing.CHAINS chains' rules, one switch's fabric
-rules, pausing.ROWS switches' ECMP next hops or pausing.PLAN_CHAINS chains'
-plan hops (counted, not timed), and what they compute with a pause is what
-they compute without one, rule for rule and plan for plan: after the first
-compile and after a host's loss."""
+rules, pausing.ROWS switches' ECMP next hops, pausing.PLAN_CHAINS chains'
+plan hops or pausing.PLAN_HOSTS hosts' plan checks (counted, not timed),
+and what they compute with a pause is what they compute without one, rule
+for rule and plan for plan: after the first compile and after a host's
+loss.  And pausing.FullCollections holds full collections off, then
+freezes."""
 import collections
+import gc
 
 import pytest
 
@@ -63,6 +66,7 @@ def clock(monkeypatch):
     counted(monkeypatch, flows, "transport_rules", clock, "switches")
     counted(monkeypatch, fabric, "_next_hops", clock, "rows")
     counted(monkeypatch, plans, "_chain_hops", clock, "plan chains")
+    counted(monkeypatch, plans, "check_plan", clock, "plan hosts")
     return clock
 
 
@@ -72,6 +76,7 @@ def assert_fine_grained(clock):
     assert clock.most["switches"] <= 1
     assert clock.most["rows"] <= pausing.ROWS
     assert clock.most["plan chains"] <= pausing.PLAN_CHAINS
+    assert clock.most["plan hosts"] <= pausing.PLAN_HOSTS
 
 
 def test_compile_and_plans_yield_every_few_units_and_equal_the_plain_result(
@@ -86,6 +91,7 @@ def test_compile_and_plans_yield_every_few_units_and_equal_the_plain_result(
     assert clock.total["switches"] == len(topo.switches) > 1
     assert clock.total["rows"] > pausing.ROWS
     assert clock.total["plan chains"] > pausing.PLAN_CHAINS
+    assert clock.total["plan hosts"] == len(topo.hosts) > pausing.PLAN_HOSTS
     assert clock.calls >= (clock.total["chains"] // pausing.CHAINS
                            + clock.total["switches"])
     assert got == flows.switch_rules(topo, graph, groups)
@@ -117,3 +123,21 @@ def test_every_calls_its_pause_on_every_nth_call_and_none_is_free():
         tick()
     assert len(calls) == 3
     assert pausing.every(3, None) is pausing.no_pause
+
+
+def test_full_collections_are_held_off_then_what_survived_is_frozen():
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    kept = []
+    try:
+        with pausing.FullCollections() as held:
+            assert gc.get_threshold()[:2] == before[:2]
+            assert gc.get_threshold()[2] > 10 ** 6
+            kept.extend([i] for i in range(1000))
+        assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+        with pausing.FullCollections() as held:
+            held.freeze = True
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() >= frozen + len(kept)
+    finally:
+        gc.unfreeze()

@@ -6,13 +6,17 @@ switches as OpenFlow messages (`controller.ofmsgs`).  Only the leader
 writes plans and programs switches; a standby steps the same core in the
 shadows, so it takes over with the leader's view.
 
-Responsiveness: the core's rule compile yields to the eventlet hub
-between switches (a controller.rulebook.Stretches set as controller.livegraph.LiveFabric's
-pause), so OpenFlow echoes, port status and REST requests are answered
-while it runs; a newer compile supersedes one in flight (LiveFabric.rules).
-A worker process was measured and refused: pickling the k=16 fat tree's
-million rules takes 2.8 s and unpickling them in the hub 5.5 s, longer
-than the compile.  A step that compiled rules is logged with its longest
+Responsiveness: the core's rule compile and plan building yield to the
+eventlet hub every few chains, switches and rows of ECMP next hops (a
+controller.rulebook.Stretches set as controller.livegraph.LiveFabric's
+pause, passed down as controller.pausing describes), so OpenFlow echoes,
+port status, probes and REST requests are answered while it runs; a newer
+compile supersedes one in flight (LiveFabric.rules).  A step makes no full
+garbage-collection pass (those walk the million rules of a k=16 fabric in
+one stretch of 200-460 ms), and what a compiling step leaves is frozen
+(controller.pausing.FullCollections).  A worker process was measured and
+refused: pickling the k=16 fat tree's million rules takes 2.8-4.1 s and
+unpickling them in the hub 5.4-5.5 s, longer than the compile.  A step that compiled rules is logged with its longest
 stretch without yielding.
 
 Switch syncs diff against what this controller last programmed on the
@@ -44,6 +48,7 @@ from ryu import cfg  # ryu-manager parses into ryu.cfg.CONF, not oslo_config.cfg
 from controller import config  # noqa: F401  (registers the [onvm] options)
 from controller import flows
 from controller.core import ClusterCore, SwitchDiff
+from controller.pausing import FullCollections
 from controller.rulebook import Stretches
 from controller.ofmsgs import actual_flows, to_messages
 from contracts.store import (CHAINS, HOSTS, STATS, Election, StoreError, StoreFull,
@@ -101,7 +106,9 @@ class ChainManager(app_manager.RyuApp):
                 self.hub_yield.start()
                 self.stepping = True
                 try:
-                    decisions = self.core.step(time.monotonic(), leading)
+                    with FullCollections() as held:
+                        decisions = self.core.step(time.monotonic(), leading)
+                        held.freeze = self.hub_yield.count > 0   # it compiled rules
                 finally:
                     self.stepping = False
                     self._log_compile()

@@ -50,13 +50,14 @@ from controller import flows
 from controller.core import ClusterCore, SwitchDiff
 from controller.pausing import FullCollections
 from controller.rulebook import Stretches
-from controller.ofmsgs import actual_flows, to_messages
+from controller.ofmsgs import actual_flows, iter_messages
 from contracts.store import (CHAINS, HOSTS, STATS, Election, StoreError, StoreFull,
                             open_store)
 from controller.topology import load_topology
 
 LOOP_SECONDS = 0.25
 ERROR_RETRY_SECONDS = 2.0
+SEND_BATCH = 256        # flow mods sent between two yields to the hub
 
 
 class ChainManager(app_manager.RyuApp):
@@ -165,8 +166,10 @@ class ChainManager(app_manager.RyuApp):
                     diff = self._dumped_diff(datapath, rules)
                 else:
                     diff = SwitchDiff(*flows.diff_programmed(rules, held))
-                for msg in to_messages(datapath, diff.flows, diff.groups):
+                for n, msg in enumerate(iter_messages(datapath, diff.flows, diff.groups)):
                     datapath.send_msg(msg)
+                    if n % SEND_BATCH == SEND_BATCH - 1:
+                        hub.sleep(0)     # building and serializing: ~70 us each
                 parser = datapath.ofproto_parser
                 ofctl_api.send_msg(self, parser.OFPBarrierRequest(datapath),
                                    reply_cls=parser.OFPBarrierReply)

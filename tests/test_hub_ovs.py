@@ -30,6 +30,7 @@ K, CHAINS = 12, 1152
 STARTED = "compiling switch rules, yielding to the hub meanwhile"
 ENDED = "step with a rule compile took"
 STRETCH_RE = re.compile(r"longest stretch without yielding (\d+) ms")
+LATE_RE = re.compile(r"the hub served at most (\d+) ms late")
 
 
 class LogCounts:
@@ -123,15 +124,12 @@ def test_health_answers_and_a_switch_stays_connected_while_the_controller_compil
         log = LogCounts(ctrl.log_path)
         poller = HealthPoller(f"http://127.0.0.1:{ctrl.ws_port}/onvm/v1/health", log)
         poller.start()
-        link_checks = []
         wait_for(lambda: ctrl.alive() and connected.search(ctrl.log()), 120,
                  f"switch {busiest} connected to the controller")
         placed = re.compile(r"wrote plan generation \d+ for ")
 
         def settled():
             ctrl.alive()
-            link_checks.append(ovs.vsctl("get", "controller", bridge,
-                                         "is_connected").strip())
             text = ctrl.log()
             return (len(placed.findall(text)) >= len(topo.hosts)
                     and log.counts()[0] == log.counts()[1] > 0
@@ -148,19 +146,20 @@ def test_health_answers_and_a_switch_stays_connected_while_the_controller_compil
                           "answered_during_compile": poller.during,
                           "longest_health_wait_ms": round(poller.longest_wait() * 1e3),
                           "compiles": log.counts()[1],
-                          "longest_stretch_logged_ms": max(stretches)}))
+                          "longest_stretch_logged_ms": max(stretches),
+                          "hub_late_logged_ms": max(int(x) for x in LATE_RE.findall(text))}))
         assert not poller.errors, poller.errors[:3]
         assert poller.during > 0, f"no health answer while a compile ran:\n{text[-3000:]}"
-        # OVS refreshes is_connected in its database every few seconds: from
-        # its first "true" on it must stay so; its log says every change
-        assert "true" in link_checks and "false" not in link_checks[
-            link_checks.index("true"):], link_checks
+        # OVS refreshes is_connected in its database only every few seconds;
+        # its log says every change of the connection
         with open(os.path.join(ovs.dir, "ovs-vswitchd.log"), errors="replace") as f:
             rconn = [l for l in f if f"{bridge}<->" in l]
         assert [l for l in rconn if "connected" in l.split(": ")[-1]] and not [
             l for l in rconn if re.search(r"dropped|disconnect|timed out|inactiv", l)], rconn
         assert len(connected.findall(text)) == 1, "the switch reconnected"
-        assert ovs.vsctl("get", "controller", bridge, "is_connected").strip() == "true"
+        wait_for(lambda: ovs.vsctl("get", "controller", bridge,
+                                   "is_connected").strip() == "true", 30,
+                 f"{bridge} shown connected in the OVS database")
 
         holds_what_was_wanted(ovs, bridge, busiest, text)
 

@@ -141,3 +141,33 @@ def test_full_collections_are_held_off_then_what_survived_is_frozen():
         assert gc.get_freeze_count() >= frozen + len(kept)
     finally:
         gc.unfreeze()
+
+
+def test_a_newer_compile_stops_one_in_flight_among_the_chains(topo, placed, clock):
+    """On k=8 the older compile, already computing chains' rules, stops at
+    its next yield point; the newer one runs alone, then the older one
+    again: never two at once (OneAtATime), both get the newest rules."""
+    import eventlet
+    from test_hub_compile import link_down, reference, yielding_fabric
+
+    groups = plans.ingress_groups(topo, placed)
+    fab = yielding_fabric(topo)
+    got, order = {}, []
+
+    def run(name, before=None):
+        if before:
+            before(fab)
+        got[name] = fab.rules(topo, groups)
+        order.append(name)
+
+    first = eventlet.spawn(run, "older")
+    while not clock.since["chains"]:     # in flight, computing chains' rules
+        eventlet.sleep(0)
+    assert "older" not in got and fab.book.running == 1
+    second = eventlet.spawn(run, "newer", link_down(topo))
+    first.wait()
+    second.wait()
+    assert order == ["newer", "older"]
+    assert fab.book.compiles == 3       # older stopped, newer, older again
+    want = reference(topo, groups, [link_down(topo)])
+    assert got["newer"] == got["older"] == want

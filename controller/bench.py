@@ -31,6 +31,7 @@ limit the report says so and gives its proven bound.
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
 
@@ -278,9 +279,15 @@ def bench_controller(topo, say=lambda text: None):
       stats_bytes_per_host_s  what one host puts in the store a second (its
                        summary every PUBLISH_S); full_stats_bytes_per_host_s:
                        its full stats, which it put every second before
+      longest_pause_ms the longest stretch between two points where the
+                       Ryu app yields to the eventlet hub (timed calls of the
+                       yield point, a rulebook.Stretches) during compile_ms's
+                       and host_loss_ms's work, re-placement included, under
+                       the app's garbage collection (pausing.FullCollections)
     """
     from controller import flows as _flows, plans
-    from controller.rulebook import RuleBook
+    from controller.rulebook import RuleBook, Stretches
+    from controller.pausing import FullCollections
 
     graph = fabric.build_graph(topo)
     say(f"placing {len(topo.chains)} chains on {len(topo.hosts)} hosts")
@@ -288,18 +295,29 @@ def bench_controller(topo, say=lambda text: None):
     book = RuleBook()
     say("compiling every host's plan and every switch's rules")
     t0 = time.perf_counter()
-    host_plans = plans.host_plans(topo, placed, 1)
-    rules = book.compile(topo, graph, plans.ingress_groups(topo, placed))
+    stretches = Stretches()
+    with FullCollections() as held:       # as the Ryu app steps
+        host_plans = plans.host_plans(topo, placed, 1, pause=stretches)
+        rules = book.compile(topo, graph, plans.ingress_groups(topo, placed),
+                             pause=stretches)
+        held.freeze = True
     compile_ms = (time.perf_counter() - t0) * 1e3
+    stretches.finish()
     sizes = [len(r.flows) for r in rules.values()]
 
     lost = max(placed.cores_used().items(), key=lambda kv: (kv[1], kv[0]))[0]
     say(f"losing the busiest host, {lost}")
     t0 = time.perf_counter()
-    again = placement.replace_after_host_loss(topo, placed, lost)
-    new_plans = plans.host_plans(topo, again, 2)
-    rules_after = book.compile(topo, graph, plans.ingress_groups(topo, again))
+    loss_stretches = Stretches()
+    with FullCollections() as held:
+        again = placement.replace_after_host_loss(topo, placed, lost)
+        new_plans = plans.host_plans(topo, again, 2, pause=loss_stretches)
+        rules_after = book.compile(topo, graph, plans.ingress_groups(topo, again),
+                                   pause=loss_stretches)
+        held.freeze = True
     host_loss_ms = (time.perf_counter() - t0) * 1e3
+    loss_stretches.finish()
+    gc.unfreeze()       # the stats below as they were measured before
     changed = [d for d in rules_after if rules_after[d].flows != rules[d].flows
                or rules_after[d].groups != rules[d].groups]
     plans_changed = sum(1 for h, p in new_plans.items()
@@ -320,6 +338,7 @@ def bench_controller(topo, say=lambda text: None):
             "stats_ingest_ms_per_s": round(ingest_ms, 1),
             "stats_bytes_per_host_s": round(summary_bytes, 1),
             "full_stats_bytes_per_host_s": round(full_bytes, 1),
+            "longest_pause_ms": round(max(stretches.longest, loss_stretches.longest) * 1e3, 1),
             "full_recompile_ms": None if full_ms is None else round(full_ms, 1)}
 
 

@@ -407,7 +407,8 @@ class ClusterCore(ClusterView):
         stored = self.store.plans()
         generation = 1 + max([p.get("generation", 0) for p in stored.values()] or [0])
         plans = self.mover.mark(host_plans(self.placed, self.current, generation, load,
-                                           self.nat_slices) if self.current else {})
+                                           self.nat_slices, pause=self.fabric.pause)
+                                if self.current else {})
         try:
             for host in sorted(self.alive):
                 plan = plans.get(host) or self._idle_plan(host, generation)

@@ -200,7 +200,7 @@ def ecmp_table(graph, target):
     return table
 
 
-def ecmp_tables(graph, targets):
+def ecmp_tables(graph, targets, pause=None):
     """{target: {switch: tuple of out ports}} for every target: what
     `ecmp_table(graph, target)` gives for each, computed together.
 
@@ -209,7 +209,8 @@ def ecmp_tables(graph, targets):
     switch that a target hangs off, shared by every target under it (each
     target's table is that shared table plus its own switch's port to it).
     This is what compiling a 1024-host fabric's rules needs; `ecmp_table`
-    stays the readable definition the tests compare against.
+    stays the readable definition the tests compare against.  `pause`, if
+    given, is called after every row (controller.pausing).
     """
     switches, index, adj = _switch_matrix(graph)
     owns = {}
@@ -227,19 +228,12 @@ def ecmp_tables(graph, targets):
                 ports[a, b] = _ports_toward(graph, a, b)
                 ports[b, a] = _ports_toward(graph, b, a)
         neighbours = {s: [nb for nb in graph.neighbors(s) if nb in index] for s in switches}
+        if pause is not None:
+            pause()
         for row, own in enumerate(wanted):
-            d = dist[row]
-            table = {}
-            for sw in switches:
-                dsw = d[index[sw]]
-                if sw == own or math.isinf(dsw):
-                    continue
-                out = []
-                for nb in neighbours[sw]:
-                    if d[index[nb]] == dsw - 1:
-                        out += ports[sw, nb]
-                table[sw] = tuple(sorted(out))
-            toward[own] = table
+            toward[own] = _next_hops(own, dist[row], switches, index, neighbours, ports)
+            if pause is not None:
+                pause()
     result = {}
     for target, own in owns.items():
         if own is None:
@@ -249,6 +243,21 @@ def ecmp_tables(graph, targets):
         table[own] = tuple(_ports_toward(graph, own, target))
         result[target] = table
     return result
+
+
+def _next_hops(own, d, switches, index, neighbours, ports):
+    """{switch: out ports toward `own`} from `d`, the distances to `own`."""
+    table = {}
+    for sw in switches:
+        dsw = d[index[sw]]
+        if sw == own or math.isinf(dsw):
+            continue
+        out = []
+        for nb in neighbours[sw]:
+            if d[index[nb]] == dsw - 1:
+                out += ports[sw, nb]
+        table[sw] = tuple(sorted(out))
+    return table
 
 
 def ecmp_ports(graph, switch, target):

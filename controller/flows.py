@@ -144,6 +144,7 @@ from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from contracts.wire import (ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC,  # noqa: F401
                             ETH_PROBE, MPLS_TTL, SI_FIRST)
+from controller import pausing
 from controller.fabric import ecmp_tables
 from controller.plans import edge_mac
 
@@ -347,12 +348,14 @@ def _host_ip(host):
     return host.ip.split("/")[0]
 
 
-def routes(topo, graph):
+def routes(topo, graph, pause=None):
     """{target: {switch: sorted ECMP ports}} for every host, edge and
     server, from one search per switch for the whole fabric
-    (fabric.ecmp_tables)."""
+    (fabric.ecmp_tables); `pause` is called every pausing.ROWS switches'
+    next hops."""
     return ecmp_tables(graph, [h.name for h in topo.hosts] + [e.name for e in topo.edges]
-                       + [s.name for s in topo.servers])
+                       + [s.name for s in topo.servers],
+                       pause=pausing.every(pausing.ROWS, pause))
 
 
 def _ports_toward(routes, switch, target):
@@ -676,6 +679,27 @@ def diff(desired: Iterable[FlowSpec], actual: Iterable[ActualFlow]) -> FlowDiff:
             kept.add(entry.key)
     adds = [spec for spec in desired if spec.key not in kept]
     return FlowDiff(adds, deletes)
+
+
+def diff_programmed(desired: SwitchRules, confirmed: SwitchRules) -> Tuple[FlowDiff, GroupDiff]:
+    """What to send a switch that holds `confirmed` (what the controller
+    last programmed there and saw confirmed by a barrier) so that it holds
+    `desired`, without reading its tables: the same adds and deletes as
+    `diff` would give on a faithful dump, and only the groups that differ
+    rewritten.  The deletes are ActualFlows without `raw` (built from the
+    spec's match)."""
+    held = {spec.key: spec.cookie for spec in confirmed.flows}
+    wanted = {spec.key for spec in desired.flows}
+    adds = [spec for spec in desired.flows if held.get(spec.key) != spec.cookie]
+    deletes = [ActualFlow(spec.table, spec.priority, spec.cookie, spec.match)
+               for spec in confirmed.flows if spec.key not in wanted]
+    before = {g.group_id: g for g in confirmed.groups}
+    ids = {g.group_id for g in desired.groups}
+    return (FlowDiff(adds, deletes),
+            GroupDiff([g for g in desired.groups if g.group_id not in before],
+                      [g for g in desired.groups
+                       if g.group_id in before and before[g.group_id] != g],
+                      sorted(set(before) - ids)))
 
 
 def diff_groups(desired: Iterable[GroupSpec], actual_ids: Iterable[int]) -> GroupDiff:

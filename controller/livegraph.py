@@ -78,6 +78,13 @@ class LiveFabric:
             self.role[(server.switch, server.port)] = ("server", server.name)
         self._graph = None
         self.book = RuleBook()      # recompiles only the parts a change touches
+        # Set by the Ryu app to a callable that yields to the eventlet hub:
+        # `rules` then calls it between switches (see `rules`).  None: no
+        # yielding, and no other caller can come in between.
+        self.pause = None
+        self._turns = set()         # tickets of the compiles asked for, not done
+        self._ticket = 0
+        self._in_flight = None      # the ticket compiling now
 
     # ---------------------------------------------------------- the events
     def port_status(self, switch: str, port: int, up: bool, why: str) -> List[Change]:
@@ -218,17 +225,55 @@ class LiveFabric:
         stay while the edge's cable is down, so a port coming back is never
         open; so do a server port's (and its server_in rule: what it sends
         meets only the learned replies).  With `lldp` (ryu.topology observing links) every switch also
-        sends LLDP to the controller (see LldpPunt)."""
+        sends LLDP to the controller (see LldpPunt).
+
+        With `pause` set, the compile yields between switches, so another
+        caller (a port status while the loop compiles) may ask meanwhile.
+        The newest call supersedes the one in flight: that one stops at its
+        next pause, the newest compiles, then the older one compiles again
+        for its own inputs (mostly cache hits by then).  Two compiles never
+        interleave on the rule book."""
+        if self.pause is None:
+            return self._rules(topo, ingress_groups, lldp, None)
+        self._ticket += 1
+        mine = self._ticket
+        self._turns.add(mine)
+        try:
+            while True:
+                while self._in_flight is not None or max(self._turns) != mine:
+                    self.pause()
+                self._in_flight = mine
+                try:
+                    return self._rules(topo, ingress_groups, lldp,
+                                       lambda: self._pause_unless_superseded(mine))
+                except Superseded:
+                    pass
+                finally:
+                    self._in_flight = None
+        finally:
+            self._turns.discard(mine)
+
+    def _pause_unless_superseded(self, mine):
+        self.pause()
+        if max(self._turns) != mine:
+            raise Superseded()
+
+    def _rules(self, topo, ingress_groups, lldp, pause):
         out = {}
         for switches, places in self.parts():
             part = _restrict(topo, set(switches), set(places))
             groups = _reachable_groups(ingress_groups, set(places))
-            for dpid, rules in self.book.compile(part, self.graph(), groups).items():
+            for dpid, rules in self.book.compile(part, self.graph(), groups,
+                                                 pause=pause).items():
                 rules = _with_edge_drops(topo, part, rules, dpid)
                 if lldp:
                     rules = flows.SwitchRules([lldp_punt()] + rules.flows, rules.groups)
                 out[dpid] = rules
         return out
+
+
+class Superseded(Exception):
+    """A compile in flight stopped for a newer one (LiveFabric.rules)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +343,8 @@ def rule_changes(before, after) -> Tuple[Counter, List[int]]:
     empty = flows.SwitchRules([], [])
     for dpid in sorted(set(before) | set(after)):
         old, new = before.get(dpid, empty), after.get(dpid, empty)
+        if old == new:      # mostly the very same specs: no cookie hashed
+            continue
         a, b = _by_key(old), _by_key(new)
         changed = Counter((a.get(k) or b.get(k))[1] for k in set(a) | set(b)
                           if a.get(k) != b.get(k))

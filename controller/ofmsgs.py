@@ -4,6 +4,7 @@ sending.  It imports Ryu's OpenFlow 1.3 parser only (no app, no eventlet),
 so tests build the very messages the shell sends without a switch.
 
     msgs = to_messages(datapath, flow_diff, group_diff)   # what to send
+    for msg in iter_messages(datapath, flow_diff, group_diff): ...  # the same, lazily
     actual = actual_flows(flow_stats_replies)              # what is there
 
 `datapath` needs only `ofproto` and `ofproto_parser` to build messages
@@ -93,6 +94,12 @@ def to_messages(datapath, flow_diff, group_diff):
     """The OpenFlow messages that apply two diffs, in a safe order: groups
     before the rules that use them (transport groups before the classifier
     groups that chain to them), stale rules out before their groups."""
+    return list(iter_messages(datapath, flow_diff, group_diff))
+
+
+def iter_messages(datapath, flow_diff, group_diff):
+    """`to_messages`, one message at a time: building twenty thousand
+    takes about a second, so a sender can yield in between."""
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
 
     def group_mod(command, spec):
@@ -102,16 +109,17 @@ def to_messages(datapath, flow_diff, group_diff):
         return parser.OFPGroupMod(datapath, command, ofp.OFPGT_SELECT,
                                   spec.group_id, buckets)
 
-    msgs = [group_mod(ofp.OFPGC_ADD, g)
-            for g in sorted(group_diff.adds, key=lambda g: g.group_id)]
-    msgs += [group_mod(ofp.OFPGC_MODIFY, g)
-             for g in sorted(group_diff.modifies, key=lambda g: g.group_id)]
+    for g in sorted(group_diff.adds, key=lambda g: g.group_id):
+        yield group_mod(ofp.OFPGC_ADD, g)
+    for g in sorted(group_diff.modifies, key=lambda g: g.group_id):
+        yield group_mod(ofp.OFPGC_MODIFY, g)
     for entry in flow_diff.deletes:
-        msgs.append(parser.OFPFlowMod(
+        yield parser.OFPFlowMod(
             datapath, cookie=entry.cookie, cookie_mask=0xFFFFFFFFFFFFFFFF,
             table_id=entry.table, command=ofp.OFPFC_DELETE_STRICT,
             priority=entry.priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-            match=entry.raw))
+            match=entry.raw if entry.raw is not None
+            else parser.OFPMatch(**dict(entry.match)))
     for spec in flow_diff.adds:
         inst = []
         if spec.actions:
@@ -119,13 +127,12 @@ def to_messages(datapath, flow_diff, group_diff):
                 ofp.OFPIT_APPLY_ACTIONS, _ofp_actions(parser, spec.actions)))
         if spec.goto is not None:
             inst.append(parser.OFPInstructionGotoTable(spec.goto))
-        msgs.append(parser.OFPFlowMod(
+        yield parser.OFPFlowMod(
             datapath, cookie=spec.cookie, table_id=spec.table,
             command=ofp.OFPFC_ADD, priority=spec.priority,
-            match=parser.OFPMatch(**dict(spec.match)), instructions=inst))
-    msgs += [parser.OFPGroupMod(datapath, ofp.OFPGC_DELETE, ofp.OFPGT_SELECT, gid)
-             for gid in sorted(group_diff.deletes, reverse=True)]
-    return msgs
+            match=parser.OFPMatch(**dict(spec.match)), instructions=inst)
+    for gid in sorted(group_diff.deletes, reverse=True):
+        yield parser.OFPGroupMod(datapath, ofp.OFPGC_DELETE, ofp.OFPGT_SELECT, gid)
 
 
 def actual_flows(replies):

@@ -73,7 +73,7 @@ import ipaddress
 import logging
 import math
 
-from controller import fabric, natslices
+from controller import fabric, natslices, pausing
 from controller.placecost import places_of, transport
 from contracts.plan import check_plan
 from contracts.wire import SI_FIRST, reverse_spi
@@ -343,12 +343,14 @@ def _chain_hops(topo, placement, chain, dist, load):
     return out
 
 
-def host_plans(topo, placement, generation, load=None, slices=None):
+def host_plans(topo, placement, generation, load=None, slices=None, pause=None):
     """{host name: plan dict} for every host of `topo`, each passing
     contracts.plan.check_plan.  `load`: optional {host: utilisation 0..1}
     from reported stats, used to lower busy hosts' remote weights.
     `slices`: {(host, id): NAT slice} to keep (the caller's, from
-    `nat_slices`); None assigns them afresh."""
+    `nat_slices`); None assigns them afresh.  `pause` is called every
+    pausing.PLAN_CHAINS chains and pausing.PLAN_HOSTS hosts (controller.pausing)."""
+    chain_done = pausing.every(pausing.PLAN_CHAINS, pause)
     graph = fabric.build_graph(topo)
     table = fabric.DistanceTable(graph, places_of(topo))
     if slices is None:
@@ -367,10 +369,13 @@ def host_plans(topo, placement, generation, load=None, slices=None):
     for chain in topo.chains:
         for host, hops in _chain_hops(topo, placement, chain, table.d, load).items():
             plans[host]["hops"].extend(hops)
+        chain_done()
+    host_done = pausing.every(pausing.PLAN_HOSTS, pause)
     for plan in plans.values():
         plan["instances"].sort(key=lambda i: i["id"])
         plan["hops"].sort(key=lambda hop: (hop["spi"], -hop["si"]))
         check_plan(plan)
+        host_done()
     return plans
 
 

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from typing import Dict, List, Tuple
 
-from controller import flows
+from controller import flows, pausing
+from controller.pausing import no_pause
 
 FABRIC_STATES = 8     # fabric states kept: the parts of a split fabric, and one spare
 CHAIN_PARTS = 1 << 16
@@ -68,6 +70,34 @@ class _ChainPart:
     flows: list
 
 
+class Stretches:
+    """A pause for `RuleBook.compile` (and controller.livegraph's
+    LiveFabric) that calls `yield_` (the Ryu app's: yield to the eventlet
+    hub; a benchmark's: nothing) and measures, since `start()`, how often
+    it was called and the longest stretch between two calls: how long the
+    hub would have gone unserved."""
+
+    def __init__(self, yield_=no_pause):
+        self.yield_ = yield_
+        self.start()
+
+    def start(self):
+        self.started = self.last = time.monotonic()
+        self.count = 0
+        self.longest = 0.0
+
+    def __call__(self):
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.last)
+        self.count += 1
+        self.yield_()
+        self.last = time.monotonic()
+
+    def finish(self):
+        """The time since the last call counts as a stretch too."""
+        self.longest = max(self.longest, time.monotonic() - self.last)
+
+
 class RuleBook:
     """Desired rules per switch, recomputed by parts (see the module
     docstring).  `compile` is the whole interface; `changed` (dpids whose
@@ -81,10 +111,19 @@ class RuleBook:
         self.changed: List[int] = []
         self.counts = collections.Counter()
 
-    def compile(self, topo, graph, ingress_groups) -> Dict[int, flows.SwitchRules]:
-        """What `flows.switch_rules(topo, graph, ingress_groups)` returns."""
+    def compile(self, topo, graph, ingress_groups,
+                pause=None) -> Dict[int, flows.SwitchRules]:
+        """What `flows.switch_rules(topo, graph, ingress_groups)` returns.
+        `pause`, when given, is called after the fabric's routes and after
+        each switch, every pausing.CHAINS chains computed and every
+        pausing.ROWS switches' ECMP next hops: the Ryu app passes one that
+        yields to the eventlet hub (controller.livegraph.LiveFabric.pause), so
+        a long compile never starves the OpenFlow channel or the REST API."""
+        pause = pause or no_pause
         self.counts = collections.Counter()
-        fabric = self._fabric(topo, graph)
+        fabric = self._fabric(topo, graph, pause)
+        pause()
+        chain_done = pausing.every(pausing.CHAINS, pause)
         by_switch = collections.defaultdict(list)
         for chain in topo.chains:
             if chain.nfs:
@@ -93,7 +132,7 @@ class RuleBook:
         for sw in topo.switches:
             part = self._switch_fabric(topo, fabric, sw.name)
             chain_parts = tuple(self._chain(topo, chain, sw.name, part.how,
-                                            ingress_groups.get(chain.name))
+                                            ingress_groups.get(chain.name), chain_done)
                                 for chain in by_switch.get(sw.name, ()))
             key = (id(part),) + tuple(id(c) for c in chain_parts)
             held = self._assembled.get(sw.dpid)
@@ -107,10 +146,11 @@ class RuleBook:
             out[sw.dpid] = rules
             self.changed.append(sw.dpid)
             self.counts["switches"] += 1
+            pause()
         return out
 
     # ------------------------------------------------------------- parts
-    def _fabric(self, topo, graph) -> _Fabric:
+    def _fabric(self, topo, graph, pause) -> _Fabric:
         key = (id(graph), hash(topo.hosts), hash(topo.edges), hash(topo.servers),
                hash(topo.switches))
         fabric = self._fabrics.get(key)
@@ -120,7 +160,7 @@ class RuleBook:
             self._fabrics.move_to_end(key)
             return fabric
         fabric = _Fabric(graph, topo.hosts, topo.edges, topo.servers, topo.switches,
-                         flows.routes(topo, graph))
+                         flows.routes(topo, graph, pause))
         self.counts["fabrics"] += 1
         self._fabrics[key] = fabric
         while len(self._fabrics) > FABRIC_STATES:
@@ -137,7 +177,7 @@ class RuleBook:
             self.counts["switch_fabrics"] += 1
         return part
 
-    def _chain(self, topo, chain, switch, how, members) -> _ChainPart:
+    def _chain(self, topo, chain, switch, how, members, done) -> _ChainPart:
         members = tuple(members or ())
         toward = tuple((h, how.get(h), topo.host(h)) for h, _ in members)
         held = self._chains.get((chain.name, switch))
@@ -150,4 +190,5 @@ class RuleBook:
             self._chains.clear()      # chains come and go by name: bound what is kept
         self._chains[(chain.name, switch)] = part
         self.counts["chains"] += 1
+        done()
         return part

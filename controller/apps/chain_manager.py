@@ -6,6 +6,24 @@ switches as OpenFlow messages (`controller.ofmsgs`).  Only the leader
 writes plans and programs switches; a standby steps the same core in the
 shadows, so it takes over with the leader's view.
 
+Responsiveness: the core's rule compile and plan building yield to the
+eventlet hub every few chains, switches and rows of ECMP next hops (a
+controller.rulebook.Stretches set as controller.livegraph.LiveFabric's
+pause, passed down as controller.pausing describes), so OpenFlow echoes,
+port status, probes and REST requests are answered while it runs; a newer
+compile supersedes one in flight (LiveFabric.rules).  A step makes no full
+garbage-collection pass (those walk the million rules of a k=16 fabric in
+one stretch of 200-460 ms), and what a compiling step leaves is frozen
+(controller.pausing.FullCollections).  A worker process was measured and
+refused: pickling the k=16 fat tree's million rules takes 2.8-4.1 s and
+unpickling them in the hub 5.4-5.5 s, longer than the compile.  A step that compiled rules is logged with its longest
+stretch without yielding.
+
+Switch syncs diff against what this controller last programmed on the
+switch and saw confirmed by a barrier (`confirmed`); the switch's flows
+and groups are read only after it connects, after a sync failed, or after
+it reported an error (a mismatch).
+
 Run: ryu-manager controller.apps.chain_manager controller.apps.rest_api
 --config-file FILE, with [onvm] topology and store (controller.config).
 Add ryu.topology.switches and --observe-links to have links found by LLDP
@@ -28,14 +46,19 @@ from ryu.topology import event as topo_event
 from ryu import cfg  # ryu-manager parses into ryu.cfg.CONF, not oslo_config.cfg.CONF
 
 from controller import config  # noqa: F401  (registers the [onvm] options)
-from controller.core import ClusterCore
-from controller.ofmsgs import actual_flows, to_messages
+from controller import flows
+from controller.core import ClusterCore, SwitchDiff
+from controller.pausing import FullCollections
+from controller.rulebook import Stretches
+from controller.ofmsgs import actual_flows, iter_messages
 from contracts.store import (CHAINS, HOSTS, STATS, Election, StoreError, StoreFull,
                             open_store)
 from controller.topology import load_topology
 
 LOOP_SECONDS = 0.25
+HUB_TICK = 0.01         # the hub watch's sleep: lateness beyond it is the hub unserved
 ERROR_RETRY_SECONDS = 2.0
+SEND_BATCH = 256        # flow mods sent between two yields to the hub
 
 
 class ChainManager(app_manager.RyuApp):
@@ -55,6 +78,12 @@ class ChainManager(app_manager.RyuApp):
         self.datapaths = {}         # dpid -> Ryu datapath
         self.wakeup = hub.Event()   # set: step now, not at the next tick
         self.sync_locks = {}
+        self.confirmed = {}         # dpid -> SwitchRules the switch confirmed (barrier)
+        self.mismatched = set()     # dpids that reported an error since their sync began
+        self.stepping = False       # the loop is in core.step
+        self.hub_yield = Stretches(self._yield_to_hub)
+        self.hub_late = 0.0         # longest the hub watch woke late since the step began
+        self.core.fabric.pause = self.hub_yield
         self.watches = [self.store.watch(prefix, self._on_store_change)
                         for prefix in (HOSTS, CHAINS, STATS)]
         self.logger.info("topology %s: %d switches, %d hosts, %d edges, %d servers; "
@@ -62,6 +91,7 @@ class ChainManager(app_manager.RyuApp):
                          len(topology.hosts), len(topology.edges), len(topology.servers),
                          self.store.url, name)
         self.threads.append(hub.spawn(self._loop))
+        self.threads.append(hub.spawn(self._watch_hub))
 
     def cluster_view(self):
         """The controller.view.ClusterView the REST app talks to."""
@@ -77,7 +107,17 @@ class ChainManager(app_manager.RyuApp):
         while True:
             pause = LOOP_SECONDS
             try:
-                decisions = self.core.step(time.monotonic(), self.election.campaign())
+                leading = self.election.campaign()
+                self.hub_yield.start()
+                self.hub_late = 0.0
+                self.stepping = True
+                try:
+                    with FullCollections() as held:
+                        decisions = self.core.step(time.monotonic(), leading)
+                        held.freeze = self.hub_yield.count > 0   # it compiled rules
+                finally:
+                    self.stepping = False
+                    self._log_compile()
                 for dpid, rules in decisions.sync.items():
                     if dpid in self.datapaths:
                         hub.spawn(self._sync, self.datapaths[dpid], rules)
@@ -92,6 +132,34 @@ class ChainManager(app_manager.RyuApp):
             self.wakeup.wait(pause)
             self.wakeup.clear()
 
+    def _watch_hub(self):
+        """Never ends: sleeps HUB_TICK at a time and keeps how late it woke,
+        the longest the hub went unserved (explicit yield points and any
+        green I/O alike; the stretches between yield points overstate it
+        when a step writes to the store)."""
+        while True:
+            before = time.monotonic()
+            hub.sleep(HUB_TICK)
+            self.hub_late = max(self.hub_late, time.monotonic() - before - HUB_TICK)
+
+    def _yield_to_hub(self):
+        if self.stepping and self.hub_yield.count == 1:
+            self.logger.info("compiling switch rules, yielding to the hub meanwhile")
+        hub.sleep(0)
+
+    def _log_compile(self):
+        """After a step that compiled rules: how long, the longest stretch
+        between two yield points (placement and plan writes included) and
+        how late the hub watch woke at most."""
+        hy = self.hub_yield
+        hy.finish()
+        if hy.count:
+            self.logger.info("step with a rule compile took %.0f ms: yielded to the "
+                             "hub %d times, longest stretch without yielding %.0f ms, "
+                             "the hub served at most %.0f ms late",
+                             (time.monotonic() - hy.started) * 1e3, hy.count,
+                             hy.longest * 1e3, self.hub_late * 1e3)
+
     def probe_verdict(self, host, reachable, now, why=None):
         """controller.apps.probes' word on a host's fast path, for the
         core's liveness; `why` comes with a change, acted on at once."""
@@ -102,39 +170,68 @@ class ChainManager(app_manager.RyuApp):
 
     # ---------------------------------------------------------- switches
     def _sync(self, datapath, rules):
-        """Bring one switch to exactly `rules`: read its flows and groups,
-        send what the core says differs, wait for the barrier."""
+        """Bring one switch to exactly `rules`: diff against what it
+        confirmed last, or (first sync since it connected, or after a
+        mismatch) against its flows and groups read back; send what
+        differs, wait for the barrier."""
         lock = self.sync_locks.setdefault(datapath.id, hub.BoundedSemaphore(1))
         with lock:
             try:
-                parser, ofp = datapath.ofproto_parser, datapath.ofproto
-                flow_replies = ofctl_api.send_msg(
-                    self, parser.OFPFlowStatsRequest(datapath, table_id=ofp.OFPTT_ALL),
-                    reply_cls=parser.OFPFlowStatsReply, reply_multi=True)
-                group_replies = ofctl_api.send_msg(
-                    self, parser.OFPGroupDescStatsRequest(datapath),
-                    reply_cls=parser.OFPGroupDescStatsReply, reply_multi=True)
-                diff = self.core.switch_diff(
-                    datapath.id, rules, actual_flows(flow_replies),
-                    [g.group_id for r in group_replies for g in r.body])
-                for msg in to_messages(datapath, diff.flows, diff.groups):
+                self.mismatched.discard(datapath.id)
+                held = self.confirmed.pop(datapath.id, None)
+                if held is None:
+                    diff = self._dumped_diff(datapath, rules)
+                else:
+                    diff = SwitchDiff(*flows.diff_programmed(rules, held))
+                for n, msg in enumerate(iter_messages(datapath, diff.flows, diff.groups)):
                     datapath.send_msg(msg)
+                    if n % SEND_BATCH == SEND_BATCH - 1:
+                        hub.sleep(0)     # building and serializing: ~70 us each
+                parser = datapath.ofproto_parser
                 ofctl_api.send_msg(self, parser.OFPBarrierRequest(datapath),
                                    reply_cls=parser.OFPBarrierReply)
+                if datapath.id not in self.mismatched:
+                    self.confirmed[datapath.id] = rules
                 self.core.switch_synced(datapath.id, rules, diff)
             except Exception as err:   # a switch that went away mid-sync
                 self.core.sync_failed(datapath.id, err)
+
+    def _dumped_diff(self, datapath, rules):
+        self.logger.info("switch %s: reading its flows and groups (first sync since it "
+                         "connected, or after a failed sync or an error)",
+                         self.core.switch_name(datapath.id))
+        parser, ofp = datapath.ofproto_parser, datapath.ofproto
+        flow_replies = ofctl_api.send_msg(
+            self, parser.OFPFlowStatsRequest(datapath, table_id=ofp.OFPTT_ALL),
+            reply_cls=parser.OFPFlowStatsReply, reply_multi=True)
+        group_replies = ofctl_api.send_msg(
+            self, parser.OFPGroupDescStatsRequest(datapath),
+            reply_cls=parser.OFPGroupDescStatsReply, reply_multi=True)
+        return self.core.switch_diff(
+            datapath.id, rules, actual_flows(flow_replies),
+            [g.group_id for r in group_replies for g in r.body])
 
     # ------------------------------------------------------- Ryu handlers
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
         datapath = ev.datapath
+        self.confirmed.pop(datapath.id, None)   # read its tables at the next sync
         if ev.state == MAIN_DISPATCHER:
             if self.core.switch_connected(datapath.id):
                 self.datapaths[datapath.id] = datapath
         elif ev.state == DEAD_DISPATCHER and datapath.id in self.datapaths:
             del self.datapaths[datapath.id]
             self.core.switch_left(datapath.id)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    def _error(self, ev):
+        """A switch refused a message: what it holds is not what was
+        confirmed, so its tables are read and diffed again."""
+        msg = ev.msg
+        self.confirmed.pop(msg.datapath.id, None)
+        self.mismatched.add(msg.datapath.id)
+        self.core.sync_failed(msg.datapath.id, f"the switch reported OpenFlow error "
+                                               f"type {msg.type} code {msg.code}")
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev):

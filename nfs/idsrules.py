@@ -528,11 +528,8 @@ def _options(rule, pairs):
         elif key in KEPT_OPTIONS:
             continue
         else:
-            raise RuleError(f"option {key!r} is not run by this IDS; it runs msg, content, "
-                            f"nocase, fast_pattern, offset, depth, distance, within, isdataat, "
-                            f"pcre, flow, flags, dsize, threshold, detection_filter, sid, "
-                            f"{', '.join(KEPT_OPTIONS)} and the HTTP request buffers "
-                            f"(http_uri, http.uri, ...: docs/nfs.md)", key)
+            raise RuleError(f"option {key!r} is not run by this IDS (docs/nfs.md, ids, "
+                            f"lists the keywords it runs)", key)
     if not rule.sid:
         raise RuleError("every rule needs a sid", "sid")
     if not any(not p.negated for p in rule.patterns):

@@ -119,6 +119,13 @@ def build_parser():
     nr.add_argument("--config", default=None, help="JSON config for the NF")
     nr.add_argument("--file-prefix", default=None)
     nr.set_defaults(run=_handler("host_agent.nfproc:cli_nf_run"))
+    nc = nsub.add_parser("check", help="build an NF's config as an agent would and report "
+                                       "(for ids: rules loaded and skipped)")
+    nc.add_argument("type")
+    nc.add_argument("--config", default=None,
+                    help="a JSON object, or a file (a rule file for firewall and ids)")
+    nc.add_argument("--json", action="store_true")
+    nc.set_defaults(run=_handler("nfs.check:cli_nf_check"))
     nl = nsub.add_parser("list", help="NF types found through entry points")
     nl.set_defaults(run=_handler("nflib.api:cli_list"))
 

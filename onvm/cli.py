@@ -105,6 +105,9 @@ def build_parser():
                    help="the host key's lease in the store (default 1 s): with the "
                         "controller's liveness probes on, a backstop that may be "
                         "several seconds")
+    a.add_argument("--flow-entries", type=int, default=1 << 20, metavar="N",
+                   help="size of the host's flow table (default 1048576; idle "
+                        "flows age out after 30 s)")
     a.set_defaults(run=_handler("host_agent.agentconfig:cli_agent"))
 
     nf = sub.add_parser("nf", help="network functions")

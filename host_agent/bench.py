@@ -4,10 +4,16 @@
 Packets loop through a ring-backed port: what the chain sends out comes back
 in, so the figure is the manager's (parse, flow table, classifier, NFs,
 rewrite, rx/tx bursts) without a traffic generator sharing the core.
+More flows than the ring holds (`--flows 1000000`) go in rounds of distinct
+packets, refilled between timed runs, so each flow comes back only after
+all the others and the flow table's occupancy and churn are reported.
+Not here: the generator of traffic for emulated hosts (onvm.frames).
 `--mode process` runs each NF as its own DPDK secondary process (needs huge
 pages); `--python` uses the plain-Python version of each NF (`TYPE-py`)."""
+import ipaddress
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -46,17 +52,48 @@ BENCH_CONFIGS = {
 REWRITING = {"nat", "lb"}
 
 
+SRC_NET = ipaddress.IPv4Network("10.1.0.0/16")   # inside BENCH_RULES' allow rule
+DST_IP = "10.2.0.1"
+BASE_SPORT = 1024
+
+
+def flow_tuple(i):
+    """The `i`th flow's (source address, source port, destination port):
+    sources walk 10.1.0.0/16 (the firewall's allow rule, NAT's inside),
+    then the source port steps, so 1M flows are 1M distinct valid 5-tuples."""
+    hosts = SRC_NET.num_addresses - 2
+    if not 0 <= i < hosts * (65536 - BASE_SPORT):
+        raise ValueError(f"flow {i}: at most {hosts * (65536 - BASE_SPORT)} flows")
+    src = SRC_NET.network_address + 1 + i % hosts
+    return str(src), BASE_SPORT + i // hosts, 5000 + i % 1000
+
+
 def bench_frames(flows):
-    """64-byte frames (60 without FCS) of `flows` UDP flows."""
+    """64-byte frames (60 without FCS) of `flows` distinct UDP flows: one
+    frame built by scapy, then its addresses, ports and IP checksum
+    rewritten per flow (scapy would take minutes for a million)."""
     from scapy.all import IP, UDP, Ether, raw
+    template = raw(Ether(src="02:00:00:00:01:01", dst="02:00:00:00:00:01")
+                   / IP(src=str(SRC_NET.network_address + 1), dst=DST_IP)
+                   / UDP(sport=BASE_SPORT, dport=5000, chksum=0))
+    template = bytearray(template + b"\0" * (60 - len(template)))
     frames = []
     for i in range(flows):
-        pkt = (Ether(src="02:00:00:00:01:01", dst="02:00:00:00:00:01")
-               / IP(src=f"10.1.{i // 250}.{i % 250 + 1}", dst="10.2.0.1")
-               / UDP(sport=1024 + i % 30000, dport=5000 + i % 1000))
-        frame = raw(pkt)
-        frames.append(frame + b"\0" * (60 - len(frame)))
+        src, sport, dport = flow_tuple(i)
+        f = template[:]
+        f[26:30] = ipaddress.IPv4Address(src).packed
+        struct.pack_into("!HH", f, 34, sport, dport)
+        f[24:26] = b"\0\0"
+        struct.pack_into("!H", f, 24, _ip_checksum(bytes(f[14:34])))
+        frames.append(bytes(f))
     return frames
+
+
+def _ip_checksum(header):
+    total = sum(struct.unpack("!10H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def run_bench(chain, packets, flows=1024, mode="inline", python=False,
@@ -86,8 +123,8 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
     try:
         frames = bench_frames(flows)
         fresh = bool(REWRITING & set(chain))
-        if fresh:
-            done, elapsed = _run_fresh(mgr, ring, frames, packets, in_flight)
+        if fresh or flows > in_flight:
+            done, elapsed = _run_rounds(mgr, ring, frames, packets, in_flight)
         else:
             done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight)
         stats = mgr.stats()
@@ -96,12 +133,14 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             "mpps": round(done / elapsed / 1e6, 3), "chain": list(chain),
             "cores": min(os.cpu_count(), 1 + (1 if procs else 0)),
             "packets": done, "seconds": round(elapsed, 3), "mode": mode,
-            "traffic": "fresh" if fresh else "loop",
-            # looped packets: the ring holds in_flight of them, so at most
-            # that many distinct flows go round
-            "python": python, "flows": flows if fresh else min(flows, in_flight),
+            # loop: the ring's packets go round (flows <= in_flight);
+            # rounds: batches of distinct packets, each passing once
+            "traffic": "fresh" if fresh else "rounds" if flows > in_flight else "loop",
+            "python": python, "flows": flows,
             "frame_bytes": 64,
             "drops": drops,
+            "flow_table": stats.get("flow_table", {"entries": stats["flows"],
+                                                   "full": stats["flow_table_full"]}),
             "nfs": [n for n, _ in nfs],
             "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
         }
@@ -126,19 +165,29 @@ def _run_loop(mgr, ring, frames, packets, in_flight):
     return mgr.stats()["processed"] - start, time.perf_counter() - t0
 
 
-def _run_fresh(mgr, ring, frames, packets, chunk):
-    """Rounds of fresh packets; only the fast path's time is counted."""
+def _run_rounds(mgr, ring, frames, packets, chunk):
+    """Rounds of `chunk` distinct packets that pass once, walking through
+    all the flows in order, so every flow comes back only after all the
+    others (the flow table holds all of them or churns).  The first walk
+    (at least two rounds) fills the tables and is not timed; only the fast
+    path's time is counted, not the refilling of the ring."""
     done = 0
     elapsed = 0.0
-    rounds = max(12, packets // chunk)
+    warm = max(2, -(-len(frames) // chunk))
+    rounds = warm + max(10, packets // chunk)
+    offset = 0
     for i in range(rounds):
         ring.drain()
-        ring.fill(frames[(i * 97) % len(frames):] + frames, chunk)
+        batch = frames[offset:offset + chunk]
+        if len(batch) < chunk:
+            batch += frames[:chunk - len(batch)]
+        offset = (offset + chunk) % len(frames)
+        ring.fill(batch, chunk)
         start = mgr.stats()["processed"]
         t0 = time.perf_counter()
         mgr.run(max_packets=chunk, idle_seconds=0.01)
         dt = time.perf_counter() - t0
-        if i >= 2:                      # the first rounds fill the flow tables
+        if i >= warm:
             elapsed += dt
             done += mgr.stats()["processed"] - start
     return done, elapsed
@@ -154,5 +203,6 @@ def cli_bench_fastpath(args):
         print(f"{' -> '.join(result['nfs'])}: {result['mpps']} Mpps "
               f"({result['packets']} packets of 64 bytes in {result['seconds']} s, "
               f"{result['flows']} flows, mode {result['mode']}, traffic {result['traffic']}, "
-              f"{result['cores']} core(s), drops {result['drops'] or 'none'})")
+              f"{result['cores']} core(s), drops {result['drops'] or 'none'}, "
+              f"flow table {result['flow_table']})")
     return 0

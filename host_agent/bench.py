@@ -97,12 +97,15 @@ def _ip_checksum(header):
 
 
 def run_bench(chain, packets, flows=1024, mode="inline", python=False,
-              in_flight=4096, log=print):
+              in_flight=4096, log=print, flow_entries=None, flow_idle=None):
     hugepages = mode == "process" or fp.hugepages_available() >= 256
     eal = fp.default_eal_args(f"bench{os.getpid()}", hugepages=hugepages)
     fp.eal_init(eal)
     port, ring = fp.ring_port("benchloop")
-    mgr = fp.Manager("bench", ports=[port])
+    sizes = {} if flow_entries is None else {"flow_entries": flow_entries}
+    mgr = fp.Manager("bench", ports=[port], **sizes)
+    if flow_idle is not None:
+        mgr.flow_idle_seconds = flow_idle
     known = nf_types()
     nfs = []
     for name in chain:
@@ -196,7 +199,8 @@ def _run_rounds(mgr, ring, frames, packets, chunk):
 def cli_bench_fastpath(args):
     chain = [c for c in args.chain.split(",") if c]
     result = run_bench(chain, args.packets, flows=args.flows, mode=args.mode,
-                       python=args.python)
+                       python=args.python, flow_entries=args.flow_entries,
+                       flow_idle=args.flow_idle)
     if args.json:
         print(json.dumps(result))
     else:

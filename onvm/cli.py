@@ -165,6 +165,10 @@ def build_parser():
     bf.add_argument("--python", action="store_true",
                     help="use the plain-Python version of each NF")
     bf.add_argument("--flows", type=int, default=1024)
+    bf.add_argument("--flow-entries", type=int, default=None,
+                    help="the host flow table's size (default: the agent's)")
+    bf.add_argument("--flow-idle", type=float, default=None, metavar="SECONDS",
+                    help="the host flow table's idle timeout (default: the agent's)")
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
     bp = bsub.add_parser("placement", help="placement quality and speed")

@@ -50,3 +50,17 @@ def test_more_flows_than_the_ring_holds_reach_the_flow_table():
     assert result["drops"] == {}
     assert result["packets"] >= 40000 - 4096
     assert result["flow_table"]["entries"] == 10000
+
+
+def test_a_small_table_churns_and_says_so():
+    out = subprocess.run(
+        [sys.executable, "-m", "onvm.cli", "bench", "fastpath",
+         "--chain", "monitor", "--flows", "20000", "--packets", "40000",
+         "--flow-entries", "8192", "--flow-idle", "0", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = json.loads(out.stdout.strip().splitlines()[-1])["flow_table"]
+    assert table["size"] == 8192
+    assert table["entries"] <= 8192
+    assert table["inserts"] + table["full"] >= 20000
+    assert table["expired"] > 0

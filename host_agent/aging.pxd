@@ -24,8 +24,13 @@ cdef struct aged_t:
 
 cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept nogil:
     """Add (or find) `key`, marked used at `now`; -1 (counted `full`) if
-    there is no room."""
-    cdef int32_t pos = rte_hash_add_key(a.h, key)
+    there is no room (a full table is not searched: a failing cuckoo
+    insert costs microseconds)."""
+    cdef int32_t pos
+    if a.live >= a.entries:
+        a.full += 1
+        return -1
+    pos = rte_hash_add_key(a.h, key)
     if pos < 0 or <uint32_t>pos >= a.entries:
         if pos >= 0:
             rte_hash_del_key(a.h, key)

@@ -50,6 +50,7 @@ from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_
     MODE_PROCESS, FLAG_PINNED)
 from host_agent.parser cimport *
 from host_agent.aging cimport aged_t, aged_add, aged_sweep, aged_init, aged_free
+from host_agent.benchflows cimport bench_rewrite
 
 import logging
 import threading
@@ -173,6 +174,8 @@ cdef class Manager:
     cdef uint32_t *pin_data                 # per position: label, or R of a reply pin
     cdef uint64_t now                       # TSC at the start of this iteration
     cdef uint64_t clock_offset              # advance_clock (tests)
+    cdef public uint32_t bench_flows        # host_agent.benchflows (0: off)
+    cdef uint64_t bench_cursor
     cdef public double pin_idle_seconds     # pins idle this long are swept
     cdef uint16_t nports
     cdef uint16_t ports[MAX_PORTS]
@@ -379,8 +382,7 @@ cdef class Manager:
         cdef rte_mbuf *pkts[BURST]
         cdef unsigned i, n, total = 0
         cdef uint16_t p
-        # never 0: 0 marks a free position (host_agent.aging)
-        self.now = (rte_get_tsc_cycles() + self.clock_offset) | 1
+        self.now = (rte_get_tsc_cycles() + self.clock_offset) | 1   # 0: free (aging)
         for i in range(self.nports):
             p = self.ports[i]
             n = rte_eth_rx_burst(p, 0, pkts, BURST)
@@ -389,6 +391,8 @@ cdef class Manager:
             total += n
             self.port_stats[i].rx += n
             n = self._answer_probes(pkts, n, i)
+            if self.bench_flows:
+                bench_rewrite(pkts, n, &self.bench_cursor, self.bench_flows)
             if n == 0:
                 continue
             if t == NULL:
@@ -736,11 +740,9 @@ cdef class Manager:
             self.pin_data[pos] = value
 
     cdef void _flow_id(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, int32_t pos) noexcept nogil:
-        """Give the packet its flow id: its entry (`pos` from the lookup,
-        or added now), marked used; a TCP FIN or RST leaves the entry
-        `flow_fin_seconds` to live.  A new entry's cached first hop is
-        forgotten (the position may have been another flow's).  No room:
-        flow id -1, counted `full`, the flow is classified per packet."""
+        """meta.flow_id: `pos` (from the lookup, or added: a reused position's
+        first hop forgotten), marked used (FIN/RST: flow_fin_seconds left);
+        -1 (counted `full`: classified per packet) if there is no room."""
         cdef uint8_t *l4
         if pos < 0 or <uint32_t>pos >= self.flows.entries:
             pos = aged_add(&self.flows, &meta.key, self.now)
@@ -748,10 +750,9 @@ cdef class Manager:
                 t.flow_hop[pos] = -2
         else:
             self.flows.seen[pos] = self.now
-        if pos < 0 or pos >= ONVM_FLOW_ENTRIES:
-            meta.flow_id = -1
+        meta.flow_id = pos if pos < ONVM_FLOW_ENTRIES else -1
+        if meta.flow_id < 0:
             return
-        meta.flow_id = pos
         if meta.key.proto == 6 and meta.l4_off and m.data_len >= meta.l4_off + 14:
             l4 = onvm_mtod(m) + meta.l4_off
             if l4[13] & 0x05 and self.flows.idle > self.flow_fin_cycles:
@@ -888,7 +889,7 @@ cdef class Manager:
         }
 
     def advance_clock(self, double seconds):
-        """Make the loop's clock run `seconds` ahead (tests of aging)."""
+        """The loop's clock runs `seconds` ahead (tests of aging)."""
         self.clock_offset += <uint64_t>(seconds * rte_get_tsc_hz())
 
     def nf_object(self, iid):

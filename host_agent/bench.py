@@ -4,9 +4,11 @@
 Packets loop through a ring-backed port: what the chain sends out comes back
 in, so the figure is the manager's (parse, flow table, classifier, NFs,
 rewrite, rx/tx bursts) without a traffic generator sharing the core.
-More flows than the ring holds (`--flows 1000000`) go in rounds of distinct
-packets, refilled between timed runs, so each flow comes back only after
-all the others and the flow table's occupancy and churn are reported.
+More flows than the ring holds (`--flows 1000000`): each looped packet gets
+the next flow's addresses as it comes back in (host_agent/benchflows.pxd),
+so each flow comes back only after all the others; NFs that rewrite get
+rounds of distinct fresh packets.  The flow table's occupancy and churn
+are reported.
 Not here: the generator of traffic for emulated hosts (onvm.frames).
 `--mode process` runs each NF as its own DPDK secondary process (needs huge
 pages); `--python` uses the plain-Python version of each NF (`TYPE-py`)."""
@@ -124,21 +126,26 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                  "--config", json.dumps(inst["config"]), "--file-prefix", prefix]))
         time.sleep(2.0)
     try:
-        frames = bench_frames(flows)
         fresh = bool(REWRITING & set(chain))
-        if fresh or flows > in_flight:
+        if fresh:
+            frames = bench_frames(flows)
             done, elapsed = _run_rounds(mgr, ring, frames, packets, in_flight)
         else:
-            done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight)
+            # More flows than the ring holds: the loop gives each packet
+            # the next flow's addresses as it comes back in.
+            mgr.bench_flows = flows if flows > in_flight else 0
+            frames = bench_frames(min(flows, in_flight))
+            done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight, flows)
         stats = mgr.stats()
         drops = {k: v for k, v in stats["drops"].items() if v}
         result = {
             "mpps": round(done / elapsed / 1e6, 3), "chain": list(chain),
             "cores": min(os.cpu_count(), 1 + (1 if procs else 0)),
             "packets": done, "seconds": round(elapsed, 3), "mode": mode,
-            # loop: the ring's packets go round (flows <= in_flight);
-            # rounds: batches of distinct packets, each passing once
-            "traffic": "fresh" if fresh else "rounds" if flows > in_flight else "loop",
+            # loop: the ring's packets go round (more flows than it holds:
+            # rewritten as they come back, host_agent/benchflows.pxd);
+            # fresh: batches of distinct packets, each passing once
+            "traffic": "fresh" if fresh else "loop",
             "python": python, "flows": flows,
             "frame_bytes": 64,
             "drops": drops,
@@ -158,10 +165,11 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
     return result
 
 
-def _run_loop(mgr, ring, frames, packets, in_flight):
+def _run_loop(mgr, ring, frames, packets, in_flight, flows):
     """Packets go round: the chain's output is its next input."""
     ring.fill(frames, in_flight)
-    mgr.run(max_packets=min(packets // 10, 1_000_000))    # warm caches, fill the flow table
+    # warm caches, fill the flow table (every flow once)
+    mgr.run(max_packets=max(flows, min(packets // 10, 1_000_000)))
     start = mgr.stats()["processed"]
     t0 = time.perf_counter()
     mgr.run(max_packets=packets)

@@ -46,7 +46,7 @@ def test_more_flows_than_the_ring_holds_reach_the_flow_table():
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["traffic"] == "rounds" and result["flows"] == 10000
+    assert result["traffic"] == "loop" and result["flows"] == 10000
     assert result["drops"] == {}
     assert result["packets"] >= 40000 - 4096
     assert result["flow_table"]["entries"] == 10000

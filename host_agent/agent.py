@@ -365,8 +365,9 @@ def cli_agent(args):
     eal = eal_args_for(args.host, args.eal)
     try:
         fp.eal_init(eal)
-        manager = fp.Manager(args.host)
-    except fp.FastPathError as err:
+        manager = fp.Manager(args.host, flow_entries=getattr(args, "flow_entries",
+                                                             fp.FLOW_ENTRIES))
+    except (fp.FastPathError, ValueError) as err:
         print(f"onvm agent: {err}", file=sys.stderr)
         return 1
     manager.idle_us = args.idle_us

@@ -4,10 +4,18 @@
 Packets loop through a ring-backed port: what the chain sends out comes back
 in, so the figure is the manager's (parse, flow table, classifier, NFs,
 rewrite, rx/tx bursts) without a traffic generator sharing the core.
+More flows than the ring holds (`--flows 1000000`): each looped packet gets
+the next flow's addresses as it comes back in (host_agent/benchflows.pxd),
+so each flow comes back only after all the others; NFs that rewrite get
+rounds of distinct fresh packets.  The flow table's occupancy and churn
+are reported.
+Not here: the generator of traffic for emulated hosts (onvm.frames).
 `--mode process` runs each NF as its own DPDK secondary process (needs huge
 pages); `--python` uses the plain-Python version of each NF (`TYPE-py`)."""
+import ipaddress
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -46,26 +54,60 @@ BENCH_CONFIGS = {
 REWRITING = {"nat", "lb"}
 
 
+SRC_NET = ipaddress.IPv4Network("10.1.0.0/16")   # inside BENCH_RULES' allow rule
+DST_IP = "10.2.0.1"
+BASE_SPORT = 1024
+
+
+def flow_tuple(i):
+    """The `i`th flow's (source address, source port, destination port):
+    sources walk 10.1.0.0/16 (the firewall's allow rule, NAT's inside),
+    then the source port steps, so 1M flows are 1M distinct valid 5-tuples."""
+    hosts = SRC_NET.num_addresses - 2
+    if not 0 <= i < hosts * (65536 - BASE_SPORT):
+        raise ValueError(f"flow {i}: at most {hosts * (65536 - BASE_SPORT)} flows")
+    src = SRC_NET.network_address + 1 + i % hosts
+    return str(src), BASE_SPORT + i // hosts, 5000 + i % 1000
+
+
 def bench_frames(flows):
-    """64-byte frames (60 without FCS) of `flows` UDP flows."""
+    """64-byte frames (60 without FCS) of `flows` distinct UDP flows: one
+    frame built by scapy, then its addresses, ports and IP checksum
+    rewritten per flow (scapy would take minutes for a million)."""
     from scapy.all import IP, UDP, Ether, raw
+    template = raw(Ether(src="02:00:00:00:01:01", dst="02:00:00:00:00:01")
+                   / IP(src=str(SRC_NET.network_address + 1), dst=DST_IP)
+                   / UDP(sport=BASE_SPORT, dport=5000, chksum=0))
+    template = bytearray(template + b"\0" * (60 - len(template)))
     frames = []
     for i in range(flows):
-        pkt = (Ether(src="02:00:00:00:01:01", dst="02:00:00:00:00:01")
-               / IP(src=f"10.1.{i // 250}.{i % 250 + 1}", dst="10.2.0.1")
-               / UDP(sport=1024 + i % 30000, dport=5000 + i % 1000))
-        frame = raw(pkt)
-        frames.append(frame + b"\0" * (60 - len(frame)))
+        src, sport, dport = flow_tuple(i)
+        f = template[:]
+        f[26:30] = ipaddress.IPv4Address(src).packed
+        struct.pack_into("!HH", f, 34, sport, dport)
+        f[24:26] = b"\0\0"
+        struct.pack_into("!H", f, 24, _ip_checksum(bytes(f[14:34])))
+        frames.append(bytes(f))
     return frames
 
 
+def _ip_checksum(header):
+    total = sum(struct.unpack("!10H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 def run_bench(chain, packets, flows=1024, mode="inline", python=False,
-              in_flight=4096, log=print):
+              in_flight=4096, log=print, flow_entries=None, flow_idle=None):
     hugepages = mode == "process" or fp.hugepages_available() >= 256
     eal = fp.default_eal_args(f"bench{os.getpid()}", hugepages=hugepages)
     fp.eal_init(eal)
     port, ring = fp.ring_port("benchloop")
-    mgr = fp.Manager("bench", ports=[port])
+    sizes = {} if flow_entries is None else {"flow_entries": flow_entries}
+    mgr = fp.Manager("bench", ports=[port], **sizes)
+    if flow_idle is not None:
+        mgr.flow_idle_seconds = flow_idle
     known = nf_types()
     nfs = []
     for name in chain:
@@ -84,24 +126,31 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                  "--config", json.dumps(inst["config"]), "--file-prefix", prefix]))
         time.sleep(2.0)
     try:
-        frames = bench_frames(flows)
         fresh = bool(REWRITING & set(chain))
         if fresh:
-            done, elapsed = _run_fresh(mgr, ring, frames, packets, in_flight)
+            frames = bench_frames(flows)
+            done, elapsed = _run_rounds(mgr, ring, frames, packets, in_flight)
         else:
-            done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight)
+            # More flows than the ring holds: the loop gives each packet
+            # the next flow's addresses as it comes back in.
+            mgr.bench_flows = flows if flows > in_flight else 0
+            frames = bench_frames(min(flows, in_flight))
+            done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight, flows)
         stats = mgr.stats()
         drops = {k: v for k, v in stats["drops"].items() if v}
         result = {
             "mpps": round(done / elapsed / 1e6, 3), "chain": list(chain),
             "cores": min(os.cpu_count(), 1 + (1 if procs else 0)),
             "packets": done, "seconds": round(elapsed, 3), "mode": mode,
+            # loop: the ring's packets go round (more flows than it holds:
+            # rewritten as they come back, host_agent/benchflows.pxd);
+            # fresh: batches of distinct packets, each passing once
             "traffic": "fresh" if fresh else "loop",
-            # looped packets: the ring holds in_flight of them, so at most
-            # that many distinct flows go round
-            "python": python, "flows": flows if fresh else min(flows, in_flight),
+            "python": python, "flows": flows,
             "frame_bytes": 64,
             "drops": drops,
+            "flow_table": stats.get("flow_table", {"entries": stats["flows"],
+                                                   "full": stats["flow_table_full"]}),
             "nfs": [n for n, _ in nfs],
             "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
         }
@@ -116,29 +165,40 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
     return result
 
 
-def _run_loop(mgr, ring, frames, packets, in_flight):
+def _run_loop(mgr, ring, frames, packets, in_flight, flows):
     """Packets go round: the chain's output is its next input."""
     ring.fill(frames, in_flight)
-    mgr.run(max_packets=min(packets // 10, 1_000_000))    # warm caches, fill the flow table
+    # warm caches, fill the flow table (every flow once)
+    mgr.run(max_packets=max(flows, min(packets // 10, 1_000_000)))
     start = mgr.stats()["processed"]
     t0 = time.perf_counter()
     mgr.run(max_packets=packets)
     return mgr.stats()["processed"] - start, time.perf_counter() - t0
 
 
-def _run_fresh(mgr, ring, frames, packets, chunk):
-    """Rounds of fresh packets; only the fast path's time is counted."""
+def _run_rounds(mgr, ring, frames, packets, chunk):
+    """Rounds of `chunk` distinct packets that pass once, walking through
+    all the flows in order, so every flow comes back only after all the
+    others (the flow table holds all of them or churns).  The first walk
+    (at least two rounds) fills the tables and is not timed; only the fast
+    path's time is counted, not the refilling of the ring."""
     done = 0
     elapsed = 0.0
-    rounds = max(12, packets // chunk)
+    warm = max(2, -(-len(frames) // chunk))
+    rounds = warm + max(10, packets // chunk)
+    offset = 0
     for i in range(rounds):
         ring.drain()
-        ring.fill(frames[(i * 97) % len(frames):] + frames, chunk)
+        batch = frames[offset:offset + chunk]
+        if len(batch) < chunk:
+            batch += frames[:chunk - len(batch)]
+        offset = (offset + chunk) % len(frames)
+        ring.fill(batch, chunk)
         start = mgr.stats()["processed"]
         t0 = time.perf_counter()
         mgr.run(max_packets=chunk, idle_seconds=0.01)
         dt = time.perf_counter() - t0
-        if i >= 2:                      # the first rounds fill the flow tables
+        if i >= warm:
             elapsed += dt
             done += mgr.stats()["processed"] - start
     return done, elapsed
@@ -147,12 +207,14 @@ def _run_fresh(mgr, ring, frames, packets, chunk):
 def cli_bench_fastpath(args):
     chain = [c for c in args.chain.split(",") if c]
     result = run_bench(chain, args.packets, flows=args.flows, mode=args.mode,
-                       python=args.python)
+                       python=args.python, flow_entries=args.flow_entries,
+                       flow_idle=args.flow_idle)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{' -> '.join(result['nfs'])}: {result['mpps']} Mpps "
               f"({result['packets']} packets of 64 bytes in {result['seconds']} s, "
               f"{result['flows']} flows, mode {result['mode']}, traffic {result['traffic']}, "
-              f"{result['cores']} core(s), drops {result['drops'] or 'none'})")
+              f"{result['cores']} core(s), drops {result['drops'] or 'none'}, "
+              f"flow table {result['flow_table']})")
     return 0

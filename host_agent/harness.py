@@ -19,6 +19,8 @@ SPI = 16
 OUT_MAC = "02:00:00:00:00:fe"
 HOST_MAC = "02:00:00:00:00:01"
 NODE_LABEL = 16
+# Many harnesses share one EAL's memory: a smaller flow table than the agent's.
+FLOW_ENTRIES = 1 << 16
 
 
 def ensure_eal(hugepages=False):
@@ -54,12 +56,14 @@ class Harness:
     """`Harness([("firewall", {...}), ("monitor", None)])`, then
     `send(frames)` returns the frames that came out."""
 
-    def __init__(self, nfs=None, plan=None, nf_factory=make_nf, hugepages=False):
+    def __init__(self, nfs=None, plan=None, nf_factory=make_nf, hugepages=False,
+                 flow_entries=FLOW_ENTRIES):
         ensure_eal(hugepages)
         n = next(_seq)
         self.in_port, self.rx, _unused = fp.ring_pair_port(f"hin{n}")
         self.out_port, _unused2, self.tx = fp.ring_pair_port(f"hout{n}")
-        self.manager = fp.Manager(f"h{n}", ports=[self.in_port, self.out_port])
+        self.manager = fp.Manager(f"h{n}", ports=[self.in_port, self.out_port],
+                                  flow_entries=flow_entries)
         if plan is None:
             plan = chain_plan(nfs, self.in_port, self.out_port)
         self.manager.apply_plan(plan, nf_factory)

@@ -18,6 +18,8 @@ looks up), and, for an end with "reply", the reverse SPI its untagged
 replies enter.  Keys are read from the packet's bytes when they are used
 (NFs rewrite headers).  Entries idle longer than `pin_idle_seconds` are
 deleted by a sweep of a few positions per loop iteration.
+The flow table (5-tuple -> flow id, `flow_entries`) ages the same way
+(`flow_idle_seconds`, `flow_fin_seconds` after a TCP FIN or RST).
 
 What it is not: the plan's checker (contracts.plan), the compiler from a
 plan to tables (host_agent.tables, loaded by host_agent.plantables), the
@@ -47,6 +49,8 @@ from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_
     hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL, HOP_REMOTE,
     MODE_PROCESS, FLAG_PINNED, FLAG_KEPT)
 from host_agent.parser cimport *
+from host_agent.aging cimport aged_t, aged_add, aged_sweep, aged_init, aged_free
+from host_agent.benchflows cimport bench_rewrite
 
 import logging
 import threading
@@ -67,13 +71,14 @@ cdef extern from "shim.h" nogil:
     void onvm_store_u64(uint64_t *p, uint64_t v)
     int ONVM_KEY_SIZE "sizeof(struct onvm_flow_key)"
 
-cdef extern from "rte_hash.h" nogil:
-    int rte_hash_get_key_with_position(const rte_hash *h, const int32_t position, void **key)
-
 DEF BURST = 32
 DEF PIN_SWEEP_STEP = 16    # pin table positions the sweep checks per loop iteration
 PIN_IDLE_SECONDS = 300     # a pin unused this long is deleted
 PIN_ENTRIES = 1 << 18      # the pin table's size
+DEF FLOW_SWEEP_STEP = 32   # flow table positions the sweep checks per loop iteration
+FLOW_ENTRIES = 1 << 20     # the flow table's default size (fits -m 256, see BENCHMARKS.md)
+FLOW_IDLE_SECONDS = 30     # a flow unused this long is deleted
+FLOW_FIN_SECONDS = 2       # ... and this long after a TCP FIN or RST
 DEF MAX_PORTS = 16
 DEF MAX_NF_HOPS = 64       # NFs one packet may visit on this host
 DEF SI_FIRST = 255         # contracts.wire.SI_FIRST: where a chain (and a reply path) starts
@@ -161,15 +166,16 @@ cdef class Manager:
     cdef void *cur                          # tables_t *, swapped atomically
     cdef uint64_t epoch                     # bumped once per loop iteration
     cdef uint64_t stop_flag
-    cdef rte_hash *flows
-    cdef rte_hash *pins                     # pin_key_t -> position
-    cdef uint32_t pin_entries
+    cdef aged_t flows                       # onvm_flow_key -> flow id
+    cdef uint64_t flow_fin_cycles
+    cdef public double flow_idle_seconds    # flows idle this long are swept
+    cdef public double flow_fin_seconds     # ... after a TCP FIN or RST
+    cdef aged_t pins                        # pin_key_t -> position
     cdef uint32_t *pin_data                 # per position: label, or R of a reply pin
-    cdef uint64_t *pin_seen                 # per position: TSC of last use, 0 if free
-    cdef uint32_t pin_cursor                # the sweep's next position
-    cdef uint64_t pin_idle_cycles
-    cdef uint64_t pin_live, pin_inserts, pin_expired, pin_full
     cdef uint64_t now                       # TSC at the start of this iteration
+    cdef uint64_t clock_offset              # advance_clock (tests)
+    cdef public uint32_t bench_flows        # host_agent.benchflows (0: off)
+    cdef uint64_t bench_cursor
     cdef public double pin_idle_seconds     # pins idle this long are swept
     cdef uint16_t nports
     cdef uint16_t ports[MAX_PORTS]
@@ -178,7 +184,6 @@ cdef class Manager:
     cdef uint16_t ntx[MAX_PORTS]
     cdef uint64_t drops[N_REASONS]
     cdef uint64_t processed
-    cdef uint64_t flow_table_full
     cdef uint64_t probes_answered, probes_ignored
     cdef public bint running
     cdef object _instances                  # id -> (nf type, config, nf object, stats ptr)
@@ -187,7 +192,8 @@ cdef class Manager:
     cdef readonly object host
     cdef public unsigned idle_us            # sleep this long when idle (0: poll)
 
-    def __cinit__(self, host="host", ports=None, pin_entries=PIN_ENTRIES):
+    def __cinit__(self, host="host", ports=None, pin_entries=PIN_ENTRIES,
+                  flow_entries=FLOW_ENTRIES):
         if packet_pool() == NULL:
             raise FastPathError("call eal_init before creating a Manager")
         self.host = host
@@ -195,15 +201,13 @@ cdef class Manager:
         self._instances = {}
         self._retired = []
         self._lock = threading.Lock()
-        self.flows = new_hash("flows", ONVM_FLOW_ENTRIES, ONVM_KEY_SIZE)
-        if not 8 <= pin_entries < (1 << 31):
-            raise ValueError(f"pin_entries must be 8 .. 2**31 - 1, not {pin_entries}")
+        self.flow_idle_seconds = FLOW_IDLE_SECONDS
+        self.flow_fin_seconds = FLOW_FIN_SECONDS
+        aged_init(&self.flows, "flows", flow_entries, ONVM_KEY_SIZE)
         self.pin_idle_seconds = PIN_IDLE_SECONDS
-        self.pin_entries = pin_entries
-        self.pins = new_hash("pins", pin_entries, sizeof(pin_key_t))
+        aged_init(&self.pins, "pins", pin_entries, sizeof(pin_key_t))
         self.pin_data = <uint32_t *>calloc(pin_entries, sizeof(uint32_t))
-        self.pin_seen = <uint64_t *>calloc(pin_entries, sizeof(uint64_t))
-        if self.pin_data == NULL or self.pin_seen == NULL:
+        if self.pin_data == NULL:
             raise MemoryError()
         if ports is None:
             ports = [p for p in range(RTE_MAX_ETHPORTS) if rte_eth_dev_is_valid_port(p)]
@@ -212,7 +216,8 @@ cdef class Manager:
 
     def __dealloc__(self):
         free(self.pin_data)
-        free(self.pin_seen)
+        free(self.pins.seen)
+        free(self.flows.seen)
 
     def add_port(self, uint16_t port_id):
         """Configure and start a port (one rx and one tx queue)."""
@@ -251,12 +256,8 @@ cdef class Manager:
         for t in self._retired:
             free_tables(<tables_t *><intptr_t>t)
         self._retired = []
-        if self.flows != NULL:
-            rte_hash_free(self.flows)
-            self.flows = NULL
-        if self.pins != NULL:
-            rte_hash_free(self.pins)
-            self.pins = NULL
+        aged_free(&self.flows)
+        aged_free(&self.pins)
         # NF objects own DPDK memory (ACL contexts, hashes): free them now,
         # while the EAL is still up, not whenever Python collects them.
         for iid, entry in self._instances.items():
@@ -341,15 +342,20 @@ cdef class Manager:
         cdef uint64_t limit = self.processed + max_packets if max_packets else 0
         cdef unsigned got, idle_loops = 0
         cdef unsigned idle_us = self.idle_us
-        self.pin_idle_cycles = <uint64_t>(max(0.0, self.pin_idle_seconds) * hz)
+        self.pins.idle = <uint64_t>(max(0.0, self.pin_idle_seconds) * hz)
+        self.flows.idle = <uint64_t>(max(0.0, self.flow_idle_seconds) * hz)
+        self.flow_fin_cycles = <uint64_t>(max(0.0, min(self.flow_fin_seconds,
+                                                       self.flow_idle_seconds)) * hz)
         onvm_store_u64(&self.stop_flag, 0)
         self.running = True
         try:
             with nogil:
                 while onvm_load_u64(&self.stop_flag) == 0:
                     got = self._iteration()
-                    if self.pin_live:
-                        self._sweep_pins()
+                    if self.pins.live:
+                        aged_sweep(&self.pins, self.now, PIN_SWEEP_STEP)
+                    if self.flows.live:
+                        aged_sweep(&self.flows, self.now, FLOW_SWEEP_STEP)
                     onvm_store_u64(&self.epoch, self.epoch + 1)
                     if idle_us:
                         # Polling is DPDK's way at line rate; a host that
@@ -376,7 +382,7 @@ cdef class Manager:
         cdef rte_mbuf *pkts[BURST]
         cdef unsigned i, n, total = 0
         cdef uint16_t p
-        self.now = rte_get_tsc_cycles() | 1      # never 0: 0 marks a free pin position
+        self.now = (rte_get_tsc_cycles() + self.clock_offset) | 1   # 0: free (aging)
         for i in range(self.nports):
             p = self.ports[i]
             n = rte_eth_rx_burst(p, 0, pkts, BURST)
@@ -385,6 +391,8 @@ cdef class Manager:
             total += n
             self.port_stats[i].rx += n
             n = self._answer_probes(pkts, n, i)
+            if self.bench_flows:
+                bench_rewrite(pkts, n, &self.bench_cursor, self.bench_flows)
             if n == 0:
                 continue
             if t == NULL:
@@ -466,14 +474,10 @@ cdef class Manager:
                 nok += 1
         if nok == 0:
             return
-        rte_hash_lookup_bulk(self.flows, keys, nok, pos)
+        rte_hash_lookup_bulk(self.flows.h, keys, nok, pos)
         for i in range(nok):
             meta = onvm_meta_of(ok[i])
-            if pos[i] < 0:
-                pos[i] = rte_hash_add_key(self.flows, keys[i])
-                if pos[i] < 0:
-                    self.flow_table_full += 1
-            meta.flow_id = pos[i]
+            self._flow_id(t, ok[i], meta, pos[i])
             if meta.si:
                 # Tagged: the hop named by (SPI, SI).
                 key = hop_key(meta.spi, meta.si)
@@ -487,7 +491,7 @@ cdef class Manager:
                     self._learn_reverse(t, ok[i], meta, &t.hops[t.hops[meta.hop].rev])
             else:
                 hop = -1
-                if t.has_reply and self.pin_live:
+                if t.has_reply and self.pins.live:
                     hop = self._reply_hop(t, ok[i], meta)
                     if hop == -2:
                         self.drops[R_UNKNOWN_HOP] += 1
@@ -648,17 +652,17 @@ cdef class Manager:
             if not keyed[i]:
                 memset(&keys[i], 0, sizeof(pin_key_t))    # looked up, never used
             kp[i] = &keys[i]
-        rte_hash_lookup_bulk(self.pins, kp, n, pos)
+        rte_hash_lookup_bulk(self.pins.h, kp, n, pos)
         for i in range(n):
             meta = onvm_meta_of(pkts[i])
             h = &t.hops[meta.hop]
             peer = &t.peers[t.remote[h.remote_off + (meta.flow_hash & (SLOTS - 1))]]
             if not keyed[i]:
                 pass
-            elif pos[i] < 0 or <uint32_t>pos[i] >= self.pin_entries:
+            elif pos[i] < 0 or <uint32_t>pos[i] >= self.pins.entries:
                 self._pin_set(&keys[i], peer.label)
             else:
-                self.pin_seen[pos[i]] = self.now
+                self.pins.seen[pos[i]] = self.now
                 if self.pin_data[pos[i]] != peer.label:
                     pinned = find_peer(t, h.peer_off, h.npeers, self.pin_data[pos[i]])
                     if pinned != NULL:
@@ -742,44 +746,37 @@ cdef class Manager:
 
     cdef int32_t _pin_find(self, pin_key_t *k) noexcept nogil:
         """Position of the pin, marked used now; -1 if none."""
-        cdef int32_t pos = rte_hash_lookup(self.pins, k)
-        if pos < 0 or <uint32_t>pos >= self.pin_entries:
+        cdef int32_t pos = rte_hash_lookup(self.pins.h, k)
+        if pos < 0 or <uint32_t>pos >= self.pins.entries:
             return -1
-        self.pin_seen[pos] = self.now
+        self.pins.seen[pos] = self.now
         return pos
 
     cdef void _pin_set(self, pin_key_t *k, uint32_t value) noexcept nogil:
         """Pin (or re-pin) `k` to `value`; counted `full` if there is no room."""
-        cdef int32_t pos = rte_hash_add_key(self.pins, k)
-        if pos < 0 or <uint32_t>pos >= self.pin_entries:
-            if pos >= 0:
-                rte_hash_del_key(self.pins, k)
-            self.pin_full += 1
-            return
-        if self.pin_seen[pos] == 0:
-            self.pin_inserts += 1
-            self.pin_live += 1
-        self.pin_data[pos] = value
-        self.pin_seen[pos] = self.now
+        cdef int32_t pos = aged_add(&self.pins, k, self.now)
+        if pos >= 0:
+            self.pin_data[pos] = value
 
-    cdef void _sweep_pins(self) noexcept nogil:
-        """Delete the pins idle longer than pin_idle_seconds among the next
-        PIN_SWEEP_STEP positions."""
-        cdef unsigned i
-        cdef uint32_t pos
-        cdef uint64_t seen
-        cdef void *key
-        for i in range(PIN_SWEEP_STEP):
-            pos = self.pin_cursor
-            self.pin_cursor = pos + 1 if pos + 1 < self.pin_entries else 0
-            seen = self.pin_seen[pos]
-            if seen == 0 or self.now - seen <= self.pin_idle_cycles:
-                continue
-            if rte_hash_get_key_with_position(self.pins, pos, &key) == 0:
-                rte_hash_del_key(self.pins, key)
-            self.pin_seen[pos] = 0
-            self.pin_live -= 1
-            self.pin_expired += 1
+    cdef void _flow_id(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, int32_t pos) noexcept nogil:
+        """meta.flow_id: `pos` (from the lookup, or added: a reused position's
+        first hop forgotten), marked used (FIN/RST: flow_fin_seconds left);
+        -1 (counted `full`: classified per packet) if there is no room."""
+        cdef uint8_t *l4
+        if pos < 0 or <uint32_t>pos >= self.flows.entries:
+            pos = aged_add(&self.flows, &meta.key, self.now)
+            if pos >= 0 and pos < ONVM_FLOW_ENTRIES:
+                t.flow_hop[pos] = -2
+        else:
+            self.flows.seen[pos] = self.now
+        meta.flow_id = pos if pos < ONVM_FLOW_ENTRIES else -1
+        if meta.flow_id < 0:
+            return
+        if meta.key.proto == 6 and meta.l4_off and m.data_len >= meta.l4_off + 14:
+            l4 = onvm_mtod(m) + meta.l4_off
+            if l4[13] & 0x05 and self.flows.idle > self.flow_fin_cycles:
+                # FIN or RST: the sweep finds it idle flow_fin_seconds from now
+                self.flows.seen[pos] = (self.now - (self.flows.idle - self.flow_fin_cycles)) | 1
 
     cdef void _push_labels(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, peer_t *peer) noexcept nogil:
         """Push transport, SPI and SI labels (DESIGN's wire format) and send
@@ -900,12 +897,19 @@ cdef class Manager:
             "ports": ports,
             "instances": instances,
             "drops": {DROP_REASONS[i]: self.drops[i] for i in range(N_REASONS)},
-            "flows": rte_hash_count(self.flows),
-            "flow_table_full": self.flow_table_full,
+            "flows": self.flows.live,
+            "flow_table_full": self.flows.full,
+            "flow_table": {"entries": self.flows.live, "size": self.flows.entries,
+                           "inserts": self.flows.inserts, "expired": self.flows.expired,
+                           "full": self.flows.full},
             "probes": {"answered": self.probes_answered, "ignored": self.probes_ignored},
-            "pins": {"entries": rte_hash_count(self.pins), "inserts": self.pin_inserts,
-                     "expired": self.pin_expired, "full": self.pin_full},
+            "pins": {"entries": self.pins.live, "inserts": self.pins.inserts,
+                     "expired": self.pins.expired, "full": self.pins.full},
         }
+
+    def advance_clock(self, double seconds):
+        """The loop's clock runs `seconds` ahead (tests of aging)."""
+        self.clock_offset += <uint64_t>(seconds * rte_get_tsc_hz())
 
     def nf_object(self, iid):
         return self._instances[iid][2]

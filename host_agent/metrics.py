@@ -40,15 +40,24 @@ class AgentCollector:
         flows = GaugeMetricFamily("onvm_flows", "Entries in the flow table", labels=["host"])
         flows.add_metric([host], stats["flows"])
         yield flows
-        pins = stats["pins"]
-        entries = GaugeMetricFamily("onvm_pins", "Entries in the pin table", labels=["host"])
-        entries.add_metric([host], pins["entries"])
-        yield entries
-        events = CounterMetricFamily("onvm_pin_events", "Pins made, expired, refused (table full)",
-                                     labels=["host", "event"])
-        for event in ("inserts", "expired", "full"):
-            events.add_metric([host, event], pins[event])
-        yield events
+        yield from _table_metrics(host, "onvm_pins", "onvm_pin_events", "pin table",
+                                  stats["pins"])
+        yield from _table_metrics(host, "onvm_flow_table_entries", "onvm_flow_table_events",
+                                  "flow table", stats["flow_table"])
+
+
+def _table_metrics(host, gauge, counter, what, table):
+    """The entries (gauge) and events (counter, by event) of an aging
+    table's stats (host_agent.aging)."""
+    entries = GaugeMetricFamily(gauge, f"Entries in the {what}", labels=["host"])
+    entries.add_metric([host], table["entries"])
+    yield entries
+    events = CounterMetricFamily(counter,
+                                 f"Entries of the {what} made, expired, refused (table full)",
+                                 labels=["host", "event"])
+    for event in ("inserts", "expired", "full"):
+        events.add_metric([host, event], table[event])
+    yield events
 
 
 def nf_counter_metrics(host, instances):

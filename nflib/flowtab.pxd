@@ -9,8 +9,8 @@ cdef struct ftab_t:
     uint64_t *expires      # per position: TSC after which the entry is dead
     uint32_t entries
     uint32_t key_len
-    uint64_t sweep_gap     # TSC cycles between two sweeps of a full table
-    uint64_t next_sweep
+    uint32_t cursor        # where the next sweep goes on (rte_hash_iterate)
+    uint64_t inserts       # entries added
     uint64_t expired       # entries removed because their time was up
     uint64_t full          # inserts refused: table full of live entries
 
@@ -19,5 +19,6 @@ cdef void ftab_free(ftab_t *t) noexcept
 cdef int32_t ftab_find(ftab_t *t, const void *key, uint64_t now) noexcept nogil
 cdef int32_t ftab_insert(ftab_t *t, const void *key, uint64_t expires, uint64_t now) noexcept nogil
 cdef void ftab_delete(ftab_t *t, const void *key) noexcept nogil
-cdef unsigned ftab_sweep(ftab_t *t, uint64_t now) noexcept nogil
+cdef unsigned ftab_sweep(ftab_t *t, uint64_t now, unsigned step) noexcept nogil
 cdef uint32_t ftab_live(ftab_t *t, uint64_t now) noexcept nogil
+cdef dict ftab_report(ftab_t *t, uint64_t now)

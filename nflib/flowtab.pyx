@@ -2,9 +2,12 @@
 """Flow tables for the NFs: DPDK's rte_hash from a key to a position, plus
 an expiry time per position.  The NFs keep their per-flow values in arrays
 indexed by position; an entry whose time is up reads as absent and is
-removed when seen, or by a sweep when the table is full (sweeps are at most
-one per `sweep_gap`, so a table full of live flows does not make every new
-flow pay for a full scan).
+removed when seen, or by a sweep when the table is full: a new flow that
+finds no room checks the next SWEEP_STEP entries (round robin over the
+table) and removes the expired ones, so a full table never makes a packet
+pay for a full scan, and a flow that still finds no room is counted
+`full` and handled untracked by its NF, alone.  ftab_report() is what the
+NFs' counters say of their tables (entries, size, inserts, expired, full).
 
 Written by the packet loop only; Python reads it (export_state) while the
 instance does not run.  Not a connection tracker: the NFs decide what a
@@ -18,7 +21,7 @@ from nflib.eal cimport new_hash
 
 from nflib.eal import eal_running
 
-
+DEF SWEEP_STEP = 256       # entries a new flow that finds no room checks
 
 
 cdef ftab_t *ftab_new(str what, uint32_t entries, uint32_t key_len) except NULL:
@@ -36,7 +39,6 @@ cdef ftab_t *ftab_new(str what, uint32_t entries, uint32_t key_len) except NULL:
         raise MemoryError(f"{what}: cannot create a flow table of {entries} entries")
     t.entries = entries
     t.key_len = key_len
-    t.sweep_gap = rte_get_tsc_hz() // 10
     return t
 
 
@@ -66,31 +68,34 @@ cdef int32_t ftab_find(ftab_t *t, const void *key, uint64_t now) noexcept nogil:
 cdef int32_t ftab_insert(ftab_t *t, const void *key, uint64_t expires, uint64_t now) noexcept nogil:
     """Add (or refresh) an entry; -1 if the table is full of live entries."""
     cdef int32_t pos = rte_hash_add_key(t.h, key)
-    if pos < 0 and now >= t.next_sweep:
-        t.next_sweep = now + t.sweep_gap
-        if ftab_sweep(t, now):
-            pos = rte_hash_add_key(t.h, key)
+    if pos < 0 and ftab_sweep(t, now, SWEEP_STEP):
+        pos = rte_hash_add_key(t.h, key)
     if pos < 0:
         t.full += 1
         return -1
+    if t.expires[pos] <= now:       # a new entry (or a dead one given new life)
+        t.inserts += 1
     t.expires[pos] = expires
     return pos
 
 
 cdef void ftab_delete(ftab_t *t, const void *key) noexcept nogil:
-    rte_hash_del_key(t.h, key)
+    cdef int32_t pos = rte_hash_del_key(t.h, key)
+    if pos >= 0:
+        t.expires[pos] = 0
 
 
-cdef unsigned ftab_sweep(ftab_t *t, uint64_t now) noexcept nogil:
-    """Remove every expired entry; returns how many."""
+cdef unsigned ftab_sweep(ftab_t *t, uint64_t now, unsigned step) noexcept nogil:
+    """Remove the expired entries among the next `step` live ones (round
+    robin); returns how many."""
     cdef const void *key
     cdef void *data
-    cdef uint32_t nxt = 0
     cdef int32_t pos
-    cdef unsigned n = 0
-    while True:
-        pos = rte_hash_iterate(t.h, &key, &data, &nxt)
+    cdef unsigned i, n = 0
+    for i in range(step):
+        pos = rte_hash_iterate(t.h, &key, &data, &t.cursor)
         if pos < 0:
+            t.cursor = 0
             break
         if t.expires[pos] <= now:
             rte_hash_del_key(t.h, key)
@@ -111,3 +116,9 @@ cdef uint32_t ftab_live(ftab_t *t, uint64_t now) noexcept nogil:
         if t.expires[pos] > now:
             n += 1
     return n
+
+
+cdef dict ftab_report(ftab_t *t, uint64_t now):
+    """The table's figures for an NF's counters."""
+    return {"entries": ftab_live(t, now), "size": t.entries, "inserts": t.inserts,
+            "expired": t.expired, "full": t.full}

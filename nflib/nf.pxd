@@ -18,7 +18,7 @@ from dpdk.rte_hash cimport rte_hash, rte_hash_crc, rte_hash_iterate
 from dpdk.rte_acl cimport rte_acl_ctx, rte_acl_classify
 from nflib.eal cimport new_hash
 from nflib.flowtab cimport (ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
-    ftab_delete, ftab_sweep, ftab_live)
+    ftab_delete, ftab_sweep, ftab_live, ftab_report)
 
 cdef extern from "shim.h" nogil:
     # Atomic pointer loads and stores, for tables the control thread swaps

@@ -43,7 +43,7 @@ from nflib.nf cimport (onvm_load_ptr, onvm_store_ptr, pkt_l4, rte_mbuf,
     onvm_meta_of, onvm_meta, onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT,
     ONVM_ACTION_DROP, ONVM_ACTION_OUT, rte_get_tsc_cycles, rte_get_tsc_hz,
     NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
-    ftab_live, set_ip, set_port, rd16, rd32, wr32)
+    ftab_live, ftab_report, set_ip, set_port, rd16, rd32, wr32)
 from nfs.pkttuple cimport packet_key, reverse_key, key_from_list, live_flows
 
 import ipaddress
@@ -330,6 +330,8 @@ cdef class LoadBalancer(NativeNF):
             "flows": ftab_live(self.lb.flows, now), "flow_table_full": self.lb.flows.full,
             "replies": self.lb.replies_rewritten, "reply_flows": ftab_live(self.lb.replies, now),
             "replies_untracked": self.lb.replies_untracked,
+            "flow_table": ftab_report(self.lb.flows, now),
+            "reply_table": ftab_report(self.lb.replies, now),
             "backends": [{"name": name, "ip": str(ipaddress.IPv4Address(self.lb.be[slot].ip)),
                           "packets": self.lb.be[slot].packets, "flows": self.lb.be[slot].flows}
                          for name, slot in sorted(self.slot_of.items())],

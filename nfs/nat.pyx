@@ -36,7 +36,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
     onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_get_tsc_cycles,
-    rte_get_tsc_hz, NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
+    rte_get_tsc_hz, NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_report,
     rd16, rd32, set_ip, set_port, csum_fix16, wr16, proto_slot)
 
 import ipaddress
@@ -270,6 +270,7 @@ cdef class NAT(NativeNF):
                          "allocated": st["allocated"], "out": st["out"], "in": st["inb"],
                          "no_mapping": st["no_mapping"], "exhausted": st["exhausted"]}
         out["table_full"] = self.t.fwd.full
+        out["flow_table"] = ftab_report(self.t.fwd, rte_get_tsc_cycles())
         return out
 
     def export_state(self):

@@ -29,7 +29,7 @@ from libc.string cimport memset
 from nflib.nf cimport (each_packet, pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta,
     onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_acl_ctx,
     rte_acl_classify, rte_get_tsc_cycles, rte_get_tsc_hz, NativeNF, ftab_t,
-    ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live, proto_slot)
+    ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live, ftab_report, proto_slot)
 from nfs.pkttuple cimport packet_key, reverse_key, key_from_list, live_flows
 from nfs.firewall cimport RuleSet, ruleset_t, ruleset_classify, ruleset_allow
 
@@ -147,6 +147,7 @@ cdef class StatefulFirewall(NativeNF):
             "replies": self.fw.replies, "invalid": self.fw.invalid,
             "opened": self.fw.opened, "untracked": self.fw.untracked,
             "connections": ftab_live(self.fw.conns, rte_get_tsc_cycles()),
+            "flow_table": ftab_report(self.fw.conns, rte_get_tsc_cycles()),
             **self.ruleset.counters(),
         }
 

@@ -108,6 +108,9 @@ def build_parser():
     a.add_argument("--stats-publish", type=float, default=5.0, metavar="SECONDS",
                    help="put the stats summary in the store this often (default 5; "
                         "at once when the plan, a plan error or the instances change)")
+    a.add_argument("--flow-entries", type=int, default=1 << 20, metavar="N",
+                   help="size of the host's flow table (default 1048576; idle "
+                        "flows age out after 30 s)")
     a.set_defaults(run=_handler("host_agent.agentconfig:cli_agent"))
 
     nf = sub.add_parser("nf", help="network functions")
@@ -172,6 +175,10 @@ def build_parser():
     bf.add_argument("--python", action="store_true",
                     help="use the plain-Python version of each NF")
     bf.add_argument("--flows", type=int, default=1024)
+    bf.add_argument("--flow-entries", type=int, default=None,
+                    help="the host flow table's size (default: the agent's)")
+    bf.add_argument("--flow-idle", type=float, default=None, metavar="SECONDS",
+                    help="the host flow table's idle timeout (default: the agent's)")
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
     bp = bsub.add_parser("placement", help="placement quality and speed")

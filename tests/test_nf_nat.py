@@ -96,3 +96,16 @@ def test_config_errors():
     ]
     with pytest.raises(NFConfigError, match=r"^<nat config>: external_ip: 10.1.2.3 is inside the internal network 10.0.0.0/8$"):
         NAT({"external_ip": "10.1.2.3", "internal": "10.0.0.0/8"})
+
+
+def test_aged_mappings_free_their_ports_for_new_endpoints():
+    with harness([("nat", dict(CONFIG, timeouts={"udp": 0.2}))]) as h:
+        first = h.send([udp("10.0.1.1", "203.0.113.1", 2000 + i, 53) for i in range(10)])
+        assert sorted(ip_of(f)[UDP].sport for f in first) == list(range(40000, 40010))
+        assert h.send([udp("10.0.1.2", "203.0.113.1", 3000, 53)]) == []    # pool exhausted
+        wait_for(lambda: h.nf(1).counters()["udp"]["mappings"] == 0, "the mappings expiring")
+        later = h.send([udp("10.0.2.1", "203.0.113.1", 4000 + i, 53) for i in range(10)])
+        assert sorted(ip_of(f)[UDP].sport for f in later) == list(range(40000, 40010))
+        c = h.nf(1).counters()
+        assert c["udp"]["mappings"] == 10 and c["udp"]["exhausted"] == 1
+        assert c["flow_table"]["inserts"] == 20 and c["flow_table"]["full"] == 0

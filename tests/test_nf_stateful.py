@@ -69,3 +69,22 @@ def test_config_errors_name_key_and_rule_line():
     ]
     with pytest.raises(NFConfigError, match=r"^<rules_text>:2: action must be allow, deny or default, not 'permit'$"):
         StatefulFirewall({"rules_text": "allow tcp any any\npermit udp any any\n"})
+
+
+def test_full_table_counts_each_flow_and_recovers_as_connections_age():
+    config = {"rules_text": RULES, "max_connections": 8, "timeouts": {"udp": 0.2}}
+    with harness([("firewall-stateful", config)]) as h:
+        first = [udp("10.0.0.5", "203.0.113.53", 6000 + i, 53) for i in range(8)]
+        assert len(h.send(first)) == 8
+        extra = [udp("10.0.0.6", "203.0.113.53", 7000 + i, 53) for i in range(4)]
+        assert len(h.send(extra)) == 4          # allowed, untracked
+        table = h.nf(1).counters()["flow_table"]
+        assert table["size"] == 8 and table["full"] == 4 and table["inserts"] == 8
+        assert h.nf(1).counters()["untracked"] == 4
+        wait_for(lambda: h.nf(1).counters()["connections"] == 0, "the connections expiring")
+        later = [udp("10.0.0.7", "203.0.113.53", 8000 + i, 53) for i in range(8)]
+        assert len(h.send(later)) == 8
+        c = h.nf(1).counters()
+        assert c["connections"] == 8 and c["untracked"] == 4
+        assert c["flow_table"]["full"] == 4 and c["flow_table"]["inserts"] == 16
+        assert c["flow_table"]["expired"] == 8

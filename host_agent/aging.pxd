@@ -1,0 +1,82 @@
+# Tables whose entries age: an rte_hash plus, per position, the TSC of its
+# last use (0: free).  A sweep checks a bounded number of positions per
+# call, round robin, and deletes those idle longer than `idle` cycles, so
+# the loop that owns the table never stalls on a full scan.  Used by the
+# manager for the flow table and the pin table (host_agent.manager).
+# Not here: what a position's value is (the owner keeps its own arrays),
+# the NFs' tables (nflib.flowtab).
+from libc.stdint cimport uint32_t, int32_t, uint64_t
+from libc.stdlib cimport calloc
+from dpdk.rte_hash cimport rte_hash, rte_hash_add_key, rte_hash_del_key, rte_hash_free
+from nflib.eal cimport new_hash
+
+cdef extern from "rte_hash.h" nogil:
+    int rte_hash_get_key_with_position(const rte_hash *h, const int32_t position, void **key)
+
+cdef struct aged_t:
+    rte_hash *h
+    uint64_t *seen          # per position: TSC of last use, 0 if free
+    uint32_t entries
+    uint32_t cursor         # the sweep's next position
+    uint64_t idle           # cycles an entry may stay unused
+    uint64_t live, inserts, expired, full
+
+
+cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept nogil:
+    """Add (or find) `key`, marked used at `now`; -1 (counted `full`) if
+    there is no room (a full table is not searched: a failing cuckoo
+    insert costs microseconds)."""
+    cdef int32_t pos
+    if a.live >= a.entries:
+        a.full += 1
+        return -1
+    pos = rte_hash_add_key(a.h, key)
+    if pos < 0 or <uint32_t>pos >= a.entries:
+        if pos >= 0:
+            rte_hash_del_key(a.h, key)
+        a.full += 1
+        return -1
+    if a.seen[pos] == 0:
+        a.inserts += 1
+        a.live += 1
+    a.seen[pos] = now
+    return pos
+
+
+cdef inline void aged_sweep(aged_t *a, uint64_t now, unsigned step) noexcept nogil:
+    """Delete the entries idle longer than `a.idle` among the next `step`
+    positions."""
+    cdef unsigned i
+    cdef uint32_t pos
+    cdef uint64_t seen
+    cdef void *key
+    for i in range(step):
+        pos = a.cursor
+        a.cursor = pos + 1 if pos + 1 < a.entries else 0
+        seen = a.seen[pos]
+        if seen == 0 or now - seen <= a.idle or seen > now:
+            continue
+        if rte_hash_get_key_with_position(a.h, pos, &key) == 0:
+            rte_hash_del_key(a.h, key)
+        a.seen[pos] = 0
+        a.live -= 1
+        a.expired += 1
+
+
+cdef inline int aged_init(aged_t *a, str what, entries, uint32_t key_len) except -1:
+    """An empty aging table of `entries` (host_agent.aging)."""
+    if not 8 <= entries < (1 << 31):
+        raise ValueError(f"{what}: entries must be 8 .. 2**31 - 1, not {entries}")
+    a.h = new_hash(what, entries, key_len)
+    a.entries = entries
+    a.seen = <uint64_t *>calloc(entries, sizeof(uint64_t))
+    if a.seen == NULL:
+        raise MemoryError(f"{what}: {entries} entries")
+    return 0
+
+
+cdef inline void aged_free(aged_t *a) noexcept:
+    if a.h != NULL:
+        rte_hash_free(a.h)
+    a.h = NULL
+    a.live = 0

@@ -1,0 +1,66 @@
+"""`onvm bench fastpath` with many flows: the generator writes valid,
+distinct 5-tuples the bench firewall allows, and more flows than the ring
+holds really go through the fast path (the flow table sees each of them).
+No speed is asserted here (BENCHMARKS.md has the figures)."""
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from scapy.all import IP, UDP, Ether
+
+from host_agent.bench import bench_frames, flow_tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_generator_writes_distinct_valid_flows_past_65536():
+    frames = bench_frames(200_000)
+    assert len(set(frames)) == 200_000
+    assert {len(f) for f in frames} == {60}
+    inside = ipaddress.ip_network("10.1.0.0/16")
+    for f in frames[::9973] + [frames[-1]]:
+        pkt = Ether(f)
+        ip, udp = pkt[IP], pkt[UDP]
+        assert ipaddress.ip_address(ip.src) in inside
+        assert ip.src not in (str(inside.network_address), str(inside.broadcast_address))
+        assert ip.dst == "10.2.0.1" and 5000 <= udp.dport <= 6000
+        sent = ip.chksum
+        del ip.chksum
+        assert IP(bytes(ip)).chksum == sent
+    assert flow_tuple(199_999)[:2] == (str(Ether(frames[-1])[IP].src), Ether(frames[-1])[UDP].sport)
+
+
+def test_generator_refuses_more_flows_than_it_can_make_distinct():
+    with pytest.raises(ValueError, match="at most"):
+        flow_tuple(65534 * (65536 - 1024))
+
+
+def test_more_flows_than_the_ring_holds_reach_the_flow_table():
+    out = subprocess.run(
+        [sys.executable, "-m", "onvm.cli", "bench", "fastpath",
+         "--chain", "firewall-stateful,monitor", "--flows", "10000",
+         "--packets", "40000", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["traffic"] == "loop" and result["flows"] == 10000
+    assert result["drops"] == {}
+    assert result["packets"] >= 40000 - 4096
+    assert result["flow_table"]["entries"] == 10000
+
+
+def test_a_small_table_churns_and_says_so():
+    out = subprocess.run(
+        [sys.executable, "-m", "onvm.cli", "bench", "fastpath",
+         "--chain", "monitor", "--flows", "20000", "--packets", "40000",
+         "--flow-entries", "8192", "--flow-idle", "0", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = json.loads(out.stdout.strip().splitlines()[-1])["flow_table"]
+    assert table["size"] == 8192
+    assert table["entries"] <= 8192
+    assert table["inserts"] + table["full"] >= 20000
+    assert table["expired"] > 0

@@ -124,10 +124,10 @@ def test_flow_table_in_prometheus(harnesses):
     assert 'onvm_flow_table_events_total{event="expired",host="h"} 0.0' in body
 
 
-@pytest.mark.xfail(strict=True, reason="nfs/firewall.pyx caches rte_acl's answer per flow id "
-                   "and never learns that an aged id was reused: needs a new-flow signal "
-                   "in onvm_meta (dpdk/shim.h), see the flows branch report")
 def test_a_reused_flow_id_gets_no_firewall_answer_of_the_old_flow(harnesses):
+    """The firewall keeps its cached answer with the flow it was for
+    (nfs/firewall.pyx flow_cached): a new flow on an aged id is classified
+    afresh."""
     h = harnesses([("firewall", {"rules_text": "deny udp any any any 23\ndefault allow\n"})],
                   flow_entries=8)
     allowed = [raw(Ether(dst=HOST_MAC) / IP(src="10.1.0.1", dst="10.2.0.1") /

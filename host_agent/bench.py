@@ -41,7 +41,7 @@ IDS_RULES = "\n".join(
     for i in range(100)) + '\ndrop udp any any -> any any (msg:"u"; pcre:"/evil[0-9]{4}/i"; sid:999;)\n'
 BENCH_CONFIGS = {
     "firewall": {"rules_text": BENCH_RULES},
-    "firewall-stateful": {"rules_text": BENCH_RULES},
+    "firewall-stateful": {"rules_text": BENCH_RULES, "max_connections": 1 << 20},
     "ids": {"rules_text": IDS_RULES},
     "lb": {"backends": [{"name": f"b{i}", "ip": f"10.3.0.{i}", "mac": f"02:00:00:00:03:0{i}"}
                         for i in range(1, 5)]},
@@ -152,6 +152,10 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             "flow_table": stats.get("flow_table", {"entries": stats["flows"],
                                                    "full": stats["flow_table_full"]}),
             "nfs": [n for n, _ in nfs],
+            # the NFs' own flow tables (nflib.flowtab), by instance id
+            "nf_flow_tables": {str(iid): e["counters"]["flow_table"]
+                               for iid, e in stats["instances"].items()
+                               if "flow_table" in e.get("counters", {})},
             "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
         }
     finally:

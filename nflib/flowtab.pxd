@@ -10,6 +10,8 @@ cdef struct ftab_t:
     uint32_t entries
     uint32_t key_len
     uint32_t cursor        # where the next sweep goes on (rte_hash_iterate)
+    uint64_t sweep_gap     # TSC cycles between two sweeps of a full table
+    uint64_t next_sweep
     uint64_t inserts       # entries added
     uint64_t expired       # entries removed because their time was up
     uint64_t full          # inserts refused: table full of live entries

@@ -4,8 +4,9 @@ an expiry time per position.  The NFs keep their per-flow values in arrays
 indexed by position; an entry whose time is up reads as absent and is
 removed when seen, or by a sweep when the table is full: a new flow that
 finds no room checks the next SWEEP_STEP entries (round robin over the
-table) and removes the expired ones, so a full table never makes a packet
-pay for a full scan, and a flow that still finds no room is counted
+table, at most one sweep per `sweep_gap`, 100 us) and removes the expired
+ones, so a full table never makes a packet pay for a full scan (nor for a
+failing cuckoo insert), and a flow that still finds no room is counted
 `full` and handled untracked by its NF, alone.  ftab_report() is what the
 NFs' counters say of their tables (entries, size, inserts, expired, full).
 
@@ -39,6 +40,7 @@ cdef ftab_t *ftab_new(str what, uint32_t entries, uint32_t key_len) except NULL:
         raise MemoryError(f"{what}: cannot create a flow table of {entries} entries")
     t.entries = entries
     t.key_len = key_len
+    t.sweep_gap = rte_get_tsc_hz() // 10000
     return t
 
 
@@ -67,12 +69,21 @@ cdef int32_t ftab_find(ftab_t *t, const void *key, uint64_t now) noexcept nogil:
 
 cdef int32_t ftab_insert(ftab_t *t, const void *key, uint64_t expires, uint64_t now) noexcept nogil:
     """Add (or refresh) an entry; -1 if the table is full of live entries."""
-    cdef int32_t pos = rte_hash_add_key(t.h, key)
-    if pos < 0 and ftab_sweep(t, now, SWEEP_STEP):
-        pos = rte_hash_add_key(t.h, key)
+    cdef int32_t pos = -1
+    if <uint32_t>rte_hash_count(t.h) >= t.entries:
+        # Full: a failing cuckoo insert costs microseconds, so none is
+        # tried unless the key is there or a sweep (at most one per
+        # sweep_gap) made room.
+        pos = rte_hash_lookup(t.h, key)
+        if pos < 0 and (now < t.next_sweep or not ftab_sweep(t, now, SWEEP_STEP)):
+            t.next_sweep = now + t.sweep_gap
+            t.full += 1
+            return -1
     if pos < 0:
-        t.full += 1
-        return -1
+        pos = rte_hash_add_key(t.h, key)
+        if pos < 0:
+            t.full += 1
+            return -1
     if t.expires[pos] <= now:       # a new entry (or a dead one given new life)
         t.inserts += 1
     t.expires[pos] = expires

@@ -1,11 +1,13 @@
 # cython: language_level=3
 """Built-in NFs that need no rules: `forward` (passes every packet on) and
-`monitor` (per-flow packet and byte counters), written in Cython against
-nflib/nf.pxd: each gives a per-packet handler, run over the batch by the
+`monitor` (per-flow packet and byte counters, by the host's flow id; an id
+the host's flow table gives to a new flow after the old one aged out
+starts from zero: the monitor keeps the 5-tuple it counted for each id),
+written in Cython against nflib/nf.pxd: each gives a per-packet handler, run over the batch by the
 library's loop (nflib.nf.each_packet, inlined here) without the GIL."""
 from libc.stdint cimport uint8_t, uint64_t, int32_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, onvm_flow_key, ONVM_ACTION_NEXT,
     ONVM_FLOW_ENTRIES, NativeNF)
 
@@ -35,7 +37,8 @@ cdef struct monitor_t:
     uint64_t untracked
     uint64_t *flow_packets
     uint64_t *flow_bytes
-    onvm_flow_key *flow_of  # the flow each id's counters are for (ids are reused)
+    onvm_flow_key *flow_keys   # the flow each id's counters are for
+    uint64_t reused            # ids that came back as another flow
 
 
 cdef uint8_t monitor_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
@@ -44,11 +47,12 @@ cdef uint8_t monitor_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept no
     mon.packets += 1
     mon.bytes += m.pkt_len
     if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
-        if memcmp(&mon.flow_of[fid], &meta.key, sizeof(onvm_flow_key)) != 0:
-            # the id was another flow's, aged out of the host's table
-            mon.flow_of[fid] = meta.key
+        if memcmp(&mon.flow_keys[fid], &meta.key, sizeof(onvm_flow_key)) != 0:
+            if mon.flow_packets[fid]:
+                mon.reused += 1
             mon.flow_packets[fid] = 0
             mon.flow_bytes[fid] = 0
+            memcpy(&mon.flow_keys[fid], &meta.key, sizeof(onvm_flow_key))
         mon.flow_packets[fid] += 1
         mon.flow_bytes[fid] += m.pkt_len
     else:
@@ -67,8 +71,9 @@ cdef class Monitor(NativeNF):
     def __cinit__(self, config=None):
         self.mon.flow_packets = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
         self.mon.flow_bytes = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
-        self.mon.flow_of = <onvm_flow_key *>calloc(ONVM_FLOW_ENTRIES, sizeof(onvm_flow_key))
-        if self.mon.flow_packets == NULL or self.mon.flow_bytes == NULL or self.mon.flow_of == NULL:
+        self.mon.flow_keys = <onvm_flow_key *>calloc(ONVM_FLOW_ENTRIES, sizeof(onvm_flow_key))
+        if (self.mon.flow_packets == NULL or self.mon.flow_bytes == NULL
+                or self.mon.flow_keys == NULL):
             raise MemoryError()
         self.handlers.batch = monitor_batch
         self.handlers.ctx = <void *>&self.mon
@@ -76,12 +81,13 @@ cdef class Monitor(NativeNF):
     def __dealloc__(self):
         free(self.mon.flow_packets)
         free(self.mon.flow_bytes)
-        free(self.mon.flow_of)
+        free(self.mon.flow_keys)
 
     def counters(self):
         flows = sum(1 for i in range(ONVM_FLOW_ENTRIES) if self.mon.flow_packets[i])
         return {"packets": self.mon.packets, "bytes": self.mon.bytes,
-                "flows": flows, "untracked": self.mon.untracked}
+                "flows": flows, "untracked": self.mon.untracked,
+                "flow_ids_reused": self.mon.reused}
 
     def flow(self, int32_t flow_id):
         """(packets, bytes) of one flow."""

@@ -50,6 +50,7 @@ def test_more_flows_than_the_ring_holds_reach_the_flow_table():
     assert result["drops"] == {}
     assert result["packets"] >= 40000 - 4096
     assert result["flow_table"]["entries"] == 10000
+    assert result["nf_flow_tables"]["1"]["entries"] == 10000    # firewall-stateful
 
 
 def test_a_small_table_churns_and_says_so():

@@ -7,7 +7,8 @@
 # the NFs' tables (nflib.flowtab).
 from libc.stdint cimport uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc
-from dpdk.rte_hash cimport rte_hash, rte_hash_add_key, rte_hash_del_key, rte_hash_free
+from dpdk.rte_hash cimport (rte_hash, rte_hash_add_key, rte_hash_del_key, rte_hash_free,
+    rte_hash_lookup)
 from nflib.eal cimport new_hash
 
 cdef extern from "rte_hash.h" nogil:
@@ -24,10 +25,14 @@ cdef struct aged_t:
 
 cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept nogil:
     """Add (or find) `key`, marked used at `now`; -1 (counted `full`) if
-    there is no room (a full table is not searched: a failing cuckoo
-    insert costs microseconds)."""
+    there is no room (a full table is only looked up, never inserted into:
+    a failing cuckoo insert costs microseconds)."""
     cdef int32_t pos
     if a.live >= a.entries:
+        pos = rte_hash_lookup(a.h, key)     # already there: a full table still has it
+        if pos >= 0 and <uint32_t>pos < a.entries:
+            a.seen[pos] = now
+            return pos
         a.full += 1
         return -1
     pos = rte_hash_add_key(a.h, key)

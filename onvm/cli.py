@@ -189,6 +189,11 @@ def build_parser():
     bc.add_argument("--topology", required=True)
     bc.add_argument("--json", action="store_true")
     bc.set_defaults(run=_handler("controller.bench:cli_bench_controller"))
+    bch = bsub.add_parser("chaos", help="faults made for real, one at a time, on an "
+                                        "emulation with traffic: the invariants and loss")
+    bch.add_argument("--topology", default="topologies/minimal.yaml")
+    bch.add_argument("--json", action="store_true")
+    bch.set_defaults(run=_handler("onvm.chaos:cli_bench_chaos"))
     bo = bsub.add_parser("failover", help="host failure on the leaf-spine")
     bo.add_argument("--topology", default="topologies/leaf-spine.yaml")
     bo.add_argument("--json", action="store_true")

@@ -72,6 +72,18 @@ def test_full_table_costs_each_flow_that_finds_no_room_and_recovers_after_aging(
     assert h.nf(1).counters()["untracked"] == 2 * table["full"]
 
 
+def test_a_flow_added_as_the_table_fills_is_found_by_its_next_packets(harnesses):
+    """Three packets of each of 8 flows in one burst into an 8-entry table:
+    the burst's lookups miss them all, the first packet of each adds it,
+    and its later packets find it even though the table is now full."""
+    h = harnesses([("monitor", None)], flow_entries=8)
+    frames = bench_frames(8)
+    assert send_all(h, frames * 3) == 24
+    table = h.stats()["flow_table"]
+    assert (table["entries"], table["inserts"], table["full"]) == (8, 8, 0)
+    assert h.nf(1).counters()["untracked"] == 0
+
+
 def test_a_reused_flow_id_keeps_nothing_of_the_old_flow(harnesses):
     """A position first held by a flow of the chain, then by a flow no
     classifier matches: the cached first hop is not inherited."""

@@ -42,8 +42,10 @@ class AgentCollector:
         yield flows
         yield from _table_metrics(host, "onvm_pins", "onvm_pin_events", "pin table",
                                   stats["pins"])
-        yield from _table_metrics(host, "onvm_flow_table_entries", "onvm_flow_table_events",
-                                  "flow table", stats["flow_table"])
+        if "flow_table" in stats:       # a fast path's stats; older ones lack it
+            yield from _table_metrics(host, "onvm_flow_table_entries",
+                                      "onvm_flow_table_events", "flow table",
+                                      stats["flow_table"])
 
 
 def _table_metrics(host, gauge, counter, what, table):

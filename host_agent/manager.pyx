@@ -50,6 +50,7 @@ from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_
     MODE_PROCESS, FLAG_PINNED, FLAG_KEPT)
 from host_agent.parser cimport *
 from host_agent.aging cimport aged_t, aged_add, aged_sweep, aged_init, aged_free
+from host_agent.pinkey cimport pin_key_t, pin_key_of
 from host_agent.benchflows cimport bench_rewrite
 
 import logging
@@ -106,41 +107,6 @@ DROP_REASONS = wire.DROP_REASONS
 if len(DROP_REASONS) != N_REASONS:
     raise ImportError(f"contracts.wire.DROP_REASONS has {len(DROP_REASONS)} reasons, "
                       f"the loop counts {N_REASONS}: rebuild")
-
-
-# A pin's key: (SPI, SI) of the hop, or (0, 0) for an end's reply pin, and
-# the flow's IPv4 5-tuple in network byte order (ports 0 but for TCP, UDP).
-cdef struct pin_key_t:
-    uint32_t spi
-    uint8_t si
-    uint8_t proto
-    uint16_t pad
-    uint32_t src_ip
-    uint32_t dst_ip
-    uint16_t src_port
-    uint16_t dst_port
-
-
-cdef inline bint pin_key_of(rte_mbuf *m, onvm_meta *meta, uint32_t spi, uint8_t si,
-                            bint reverse, pin_key_t *k) noexcept nogil:
-    """The pin key of the packet as its bytes are now (`reverse`: of its
-    reply); False if it has none (not IPv4)."""
-    cdef uint8_t *d = onvm_mtod(m)
-    cdef uint8_t *ip = d + meta.l3_off
-    cdef uint8_t *l4
-    if meta.key.family != 4 or m.data_len < meta.l3_off + 20 or (ip[0] >> 4) != 4:
-        return False
-    memset(k, 0, sizeof(pin_key_t))
-    k.spi = spi
-    k.si = si
-    k.proto = ip[9]
-    memcpy(&k.src_ip, ip + (16 if reverse else 12), 4)
-    memcpy(&k.dst_ip, ip + (12 if reverse else 16), 4)
-    if meta.l4_off and (k.proto == 6 or k.proto == 17) and m.data_len >= meta.l4_off + 4:
-        l4 = d + meta.l4_off
-        memcpy(&k.src_port, l4 + (2 if reverse else 0), 2)
-        memcpy(&k.dst_port, l4 + (0 if reverse else 2), 2)
-    return True
 
 
 cdef struct port_stats_t:

@@ -19,34 +19,13 @@ keyed by the packet's bytes as they reach the IDS (an NF before it on the
 same host may have rewritten them).
 
 TCP streams are matched in sequence order, as the receiver will read
-them (Ptacek and Newsham's insertion and evasion attacks, Snort's stream
-preprocessor).  Per flow direction (its own 5-tuple, so the two
-directions never share state) the IDS keeps the next expected sequence
-number, the last W bytes of the stream (the tail, W = the longest
-pattern's width - 1 from Hyperscan's expression info; 128 for unbounded
-pcres) and, for a flow picked up without its SYN, the first W bytes it saw
-(the head).  The policy, inline, fail closed:
-  - in order: scanned as one vector [tail, payload], so a pattern that
-    began in the previous segment is found; a rule whose matches all end
-    inside the tail was judged with the previous segment and does not fire
-    again;
-  - ahead of a gap: dropped and counted (`out_of_order`); an IPS may not
-    pass bytes it has not scanned in order, and it holds no packets, so
-    the sender's retransmission brings the segment again once the gap is
-    filled, and it is then scanned in order.  Benign reordering costs a
-    retransmission, never a missed signature;
-  - behind the expected sequence (a retransmission or an overlap): the
-    bytes it shares with the tail must be the same bytes, else it is
-    dropped and counted (`overlap_conflict`: an attacker giving the IDS
-    and the receiver different data); its new bytes, if any, go on in
-    order; bytes older than the tail are scanned alone (`stale`);
-  - a flow picked up mid-stream (its SYN not seen: after a move, or an
-    aged entry) starts at its first segment; a segment that ends exactly
-    where that one began is scanned as [segment, head], so the halves of a
-    signature sent in reverse order are still joined.
-FIN or RST ends a direction's state; idle flows expire after
-`flow_timeout`.  A full flow table leaves a flow untracked (`untracked`):
-its segments are scanned alone.
+them: per flow direction the IDS keeps the next expected sequence number,
+the last W bytes (the tail; W = the longest pattern's width - 1, at most
+128) and, for a flow picked up without its SYN, its first W bytes (the
+head).  In order: scanned as [tail, payload]; after a gap: dropped until
+the sender's retransmission fills it (it holds no packets); an overlap
+whose bytes differ: dropped; older than the tail: scanned alone.  The
+whole policy, with its counters, is in docs/nfs.md ("ids").
 
 Config: {"rules": PATH} or {"rules_text": TEXT}, "alerts": PATH (JSON
 lines, optional), "flow_timeout": seconds (120), "max_flows": (65536).
@@ -62,6 +41,8 @@ from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
     ftab_delete, ftab_live, rd16, rd32)
 from nfs.pkttuple cimport packet_key
 from nfs.hyperscan cimport *
+from nfs.httpparts cimport lower, normalise_uri, header_value
+from nfs.idsstate cimport *
 
 import json
 import logging
@@ -71,105 +52,6 @@ from nfs.configs import parse_ids
 from nfs.idsrules import BUFFERS, Ruleset, Skipped, skipped_report
 
 log = logging.getLogger("onvm.nf.ids")
-
-DEF TAIL_MAX = 128
-DEF NBUF = 8           # idsrules.BUFFERS: payload, then the HTTP request's parts
-DEF URI_MAX = 4096     # a normalised URI longer than this is cut (counted)
-DEF MAXPOS = 16        # match ends kept per relative pattern and packet
-
-
-cdef struct net_t:
-    uint32_t net, mask     # host order
-    uint8_t neg
-
-
-cdef struct portr_t:
-    uint16_t lo, hi
-    uint8_t neg
-
-
-cdef struct rule_t:
-    uint8_t proto          # 0: any
-    uint8_t drop
-    uint8_t bidir
-    uint8_t established    # 1: established only, 2: not established only
-    uint8_t direction      # 1: to_server, 2: to_client
-    uint16_t dsize_lo, dsize_hi
-    uint8_t flags_mode, flags, flags_ignored   # TCP flags (mode 0: any packet)
-    uint8_t th_kind        # 0 none; 1 limit, 2 threshold, 3 both, 4 detection_filter
-    uint8_t th_track       # 0 by_src, 1 by_dst, 2 by_rule
-    uint32_t th_count
-    uint64_t th_cycles     # its window, in TSC cycles
-    uint32_t sa, sn, da, dn          # its source and destination nets in ids_t.nets
-    uint32_t spa, spn, dpa, dpn      # its port ranges in ids_t.ports
-    uint32_t first, count  # its patterns
-    uint32_t sid
-    const char *msg_json   # the msg as a JSON string, quotes included
-    const char *alert_json # "alert": {...}: the EVE alert object of this rule
-    uint64_t hits
-
-
-cdef struct flow_t:
-    uint32_t next_seq
-    uint32_t base_seq      # where a flow picked up mid-stream began
-    uint16_t len           # tail bytes: ids_t.tails + pos * tail_w
-    uint16_t head_len      # head bytes: ids_t.heads + pos * tail_w
-    uint8_t synced         # its SYN was seen: no segment before next_seq is new
-    uint8_t role           # 1: client to server, 2: server to client (0: unknown)
-
-
-cdef struct ids_t:
-    hs_database_t *db
-    hs_database_t *hdb[NBUF]   # per HTTP buffer (index 1..NBUF-1; NULL: no pattern)
-    uint8_t http               # any pattern in an HTTP buffer
-    uint8_t *uri               # the normalised URI of the packet's request
-    uint64_t http_requests, uri_cut
-    net_t *nets
-    portr_t *ports
-    hs_scratch_t *scratch
-    rule_t *rules
-    uint32_t nrules
-    uint32_t *pat_rule     # pattern id -> rule
-    uint8_t *pat_track     # pattern id -> keep its match ends (distance/within)
-    int32_t *pat_dist      # distance (relative patterns)
-    int32_t *pat_within    # within (0: none)
-    uint32_t *pat_len      # a content's length
-    uint8_t *pat_rel       # relative to the pattern before it
-    int32_t *pat_isdata    # isdataat:N,relative after it (-1: none)
-    uint8_t *pat_isdata_neg
-    int32_t *pos           # pattern id * MAXPOS -> match ends in this packet
-    uint8_t *npos
-    uint8_t relative_rules
-    uint64_t pos_overflow
-    uint32_t *pat_min_end  # pattern id -> payload offsets its match may end at
-    uint32_t *pat_max_end  #   (offset and depth; 0 and 0xFFFFFFFF: anywhere)
-    long long payload_at   # where this packet's payload starts in the scan (may be < 0)
-    uint32_t plen          # this packet's payload bytes
-    int tcpflags           # this packet's TCP flags (-1: not TCP)
-    uint8_t *pat_neg       # content:!"...": the rule needs it absent
-    ftab_t *th             # (rule, address) -> its threshold window
-    uint64_t *th_start
-    uint32_t *th_seen
-    uint64_t now
-    uint64_t th_held, th_untracked
-    uint32_t npats
-    # scan state, reset after every packet
-    uint8_t *seen          # per pattern: 1 found in the tail, 2 in the payload
-    uint32_t *hitlist
-    uint32_t nhits
-    uint8_t *checked       # per rule
-    unsigned long long skip_to   # matches ending at or before this were reported
-    # TCP flows
-    ftab_t *flows
-    flow_t *fstate
-    uint8_t *tails
-    uint8_t *heads
-    uint32_t tail_w
-    uint64_t timeout
-    FILE *alerts
-    uint64_t packets, scanned_bytes, alerted, dropped, reassembled, untracked, hs_errors
-    uint64_t out_of_order, overlap_conflict, retransmitted, stale, joined_head
-
 
 cdef int on_match(unsigned int id, unsigned long long frm, unsigned long long to,
                   unsigned int flags, void *ctx) noexcept nogil:
@@ -411,64 +293,6 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
     return drop
 
 
-cdef inline uint8_t lower(uint8_t c) noexcept nogil:
-    return c + 32 if 65 <= c <= 90 else c
-
-
-cdef inline int hexval(uint8_t c) noexcept nogil:
-    if 48 <= c <= 57:
-        return c - 48
-    c = lower(c)
-    if 97 <= c <= 102:
-        return c - 87
-    return -1
-
-
-cdef uint32_t normalise_uri(const uint8_t *u, uint32_t n, uint8_t *out,
-                            uint32_t cap) noexcept nogil:
-    """The URI as a web server reads it (as libhtp normalises for
-    Suricata's http.uri): %XX decoded, backslashes as slashes, and in the
-    path (before '?') `//` collapsed, `/./` dropped, `/../` taking back a
-    segment.  Returns its length (at most cap)."""
-    cdef uint32_t i = 0, o = 0
-    cdef bint in_path = True
-    cdef int hi, lo
-    cdef uint8_t c
-    while i < n and o < cap:
-        c = u[i]
-        if c == 37 and i + 2 < n and hexval(u[i + 1]) >= 0 \
-                and hexval(u[i + 2]) >= 0:           # %XX
-            c = <uint8_t>(hexval(u[i + 1]) * 16 + hexval(u[i + 2]))
-            i += 3
-        else:
-            i += 1
-        if in_path and c == 63:                      # '?': the query, kept as sent
-            in_path = False
-        elif in_path and c == 92:                    # '\\' read as '/'
-            c = 47
-        if in_path and c == 47 and o and out[o - 1] == 47:
-            continue                                 # '//' -> '/'
-        out[o] = c
-        o += 1
-        if in_path and o >= 2 and out[o - 1] == 47 and out[o - 2] == 46 \
-                and (o == 2 or out[o - 3] == 47):    # '/./' -> '/'
-            o -= 2
-            if o == 0:
-                out[0] = 47
-                o = 1
-        elif in_path and o >= 3 and out[o - 1] == 47 and out[o - 2] == 46 \
-                and out[o - 3] == 46 and (o == 3 or out[o - 4] == 47):   # '/../'
-            o -= 3
-            if o > 1:
-                o -= 1
-                while o > 0 and out[o - 1] != 47:
-                    o -= 1
-            if o == 0:
-                out[0] = 47
-                o = 1
-    return o
-
-
 cdef void scan_buffer(ids_t *s, int b, const uint8_t *p, uint32_t n) noexcept nogil:
     cdef const char *bufs[1]
     cdef unsigned int lens[1]
@@ -478,31 +302,6 @@ cdef void scan_buffer(ids_t *s, int b, const uint8_t *p, uint32_t n) noexcept no
     lens[0] = n
     if hs_scan_vector(s.hdb[b], bufs, lens, 1, 0, s.scratch, on_match, <void *>s) != HS_SUCCESS:
         s.hs_errors += 1
-
-
-cdef uint32_t header_value(const uint8_t *h, uint32_t n, const char *name, uint32_t nlen,
-                           const uint8_t **value) noexcept nogil:
-    """The value of header `name` (lower case, with its colon) in the header
-    block h[0:n], leading spaces skipped; its length, 0 if absent."""
-    cdef uint32_t i = 0, j, e
-    while i < n:
-        e = i
-        while e < n and h[e] != 13 and h[e] != 10:
-            e += 1
-        if e - i > nlen:
-            j = 0
-            while j < nlen and lower(h[i + j]) == <uint8_t>name[j]:
-                j += 1
-            if j == nlen:
-                j = i + nlen
-                while j < e and (h[j] == 32 or h[j] == 9):
-                    j += 1
-                value[0] = h + j
-                return e - j
-        i = e + 1
-        if i < n and h[i] == 10:
-            i += 1
-    return 0
 
 
 cdef void scan_http(ids_t *s, const uint8_t *p, uint32_t n) noexcept nogil:
@@ -588,11 +387,6 @@ cdef void keep_tail(flow_t *f, uint8_t *tail, uint32_t tail_w, uint8_t *p,
         f.len = keep
     memcpy(tail + f.len, p, n)
     f.len += n
-
-
-DEF VERDICT_SCAN = 0
-DEF VERDICT_DROP = 1
-DEF VERDICT_PASS = 2
 
 
 cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:

@@ -1,0 +1,111 @@
+# cython: language_level=3
+"""The IDS's state in C (nfs/ids.pyx): its rules as the scan checks them,
+each flow direction's stream, and the instance's tables and counters.
+
+Not here: what fills or reads them (ids.pyx), the rule language
+(nfs/idsrules.py).
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
+from libc.stdio cimport FILE
+from nflib.nf cimport ftab_t
+from nfs.hyperscan cimport hs_database_t, hs_scratch_t
+
+
+cdef enum:
+    TAIL_MAX = 128      # the longest tail kept per flow direction
+    NBUF = 8            # idsrules.BUFFERS: payload, then the HTTP request's parts
+    URI_MAX = 4096      # a normalised URI longer than this is cut (counted)
+    MAXPOS = 16         # match ends kept per relative pattern and packet
+
+
+cdef struct net_t:
+    uint32_t net, mask     # host order
+    uint8_t neg
+
+
+cdef struct portr_t:
+    uint16_t lo, hi
+    uint8_t neg
+
+
+cdef struct rule_t:
+    uint8_t proto          # 0: any
+    uint8_t drop
+    uint8_t bidir
+    uint8_t established    # 1: established only, 2: not established only
+    uint8_t direction      # 1: to_server, 2: to_client
+    uint16_t dsize_lo, dsize_hi
+    uint8_t flags_mode, flags, flags_ignored   # TCP flags (mode 0: any packet)
+    uint8_t th_kind        # 0 none; 1 limit, 2 threshold, 3 both, 4 detection_filter
+    uint8_t th_track       # 0 by_src, 1 by_dst, 2 by_rule
+    uint32_t th_count
+    uint64_t th_cycles     # its window, in TSC cycles
+    uint32_t sa, sn, da, dn          # its source and destination nets in ids_t.nets
+    uint32_t spa, spn, dpa, dpn      # its port ranges in ids_t.ports
+    uint32_t first, count  # its patterns
+    uint32_t sid
+    const char *msg_json   # the msg as a JSON string, quotes included
+    const char *alert_json # "alert": {...}: the EVE alert object of this rule
+    uint64_t hits
+
+
+cdef struct flow_t:
+    uint32_t next_seq
+    uint32_t base_seq      # where a flow picked up mid-stream began
+    uint16_t len           # tail bytes: ids_t.tails + pos * tail_w
+    uint16_t head_len      # head bytes: ids_t.heads + pos * tail_w
+    uint8_t synced         # its SYN was seen: no segment before next_seq is new
+    uint8_t role           # 1: client to server, 2: server to client (0: unknown)
+
+
+cdef struct ids_t:
+    hs_database_t *db
+    hs_database_t *hdb[NBUF]   # per HTTP buffer (index 1..NBUF-1; NULL: no pattern)
+    uint8_t http               # any pattern in an HTTP buffer
+    uint8_t *uri               # the normalised URI of the packet's request
+    uint64_t http_requests, uri_cut
+    net_t *nets
+    portr_t *ports
+    hs_scratch_t *scratch
+    rule_t *rules
+    uint32_t nrules
+    uint32_t *pat_rule     # pattern id -> rule
+    uint8_t *pat_track     # pattern id -> keep its match ends (distance/within)
+    int32_t *pat_dist      # distance (relative patterns)
+    int32_t *pat_within    # within (0: none)
+    uint32_t *pat_len      # a content's length
+    uint8_t *pat_rel       # relative to the pattern before it
+    int32_t *pat_isdata    # isdataat:N,relative after it (-1: none)
+    uint8_t *pat_isdata_neg
+    int32_t *pos           # pattern id * MAXPOS -> match ends in this packet
+    uint8_t *npos
+    uint8_t relative_rules
+    uint64_t pos_overflow
+    uint32_t *pat_min_end  # pattern id -> payload offsets its match may end at
+    uint32_t *pat_max_end  #   (offset and depth; 0 and 0xFFFFFFFF: anywhere)
+    long long payload_at   # where this packet's payload starts in the scan (may be < 0)
+    uint32_t plen          # this packet's payload bytes
+    int tcpflags           # this packet's TCP flags (-1: not TCP)
+    uint8_t *pat_neg       # content:!"...": the rule needs it absent
+    ftab_t *th             # (rule, address) -> its threshold window
+    uint64_t *th_start
+    uint32_t *th_seen
+    uint64_t now
+    uint64_t th_held, th_untracked
+    uint32_t npats
+    # scan state, reset after every packet
+    uint8_t *seen          # per pattern: 1 found in the tail, 2 in the payload
+    uint32_t *hitlist
+    uint32_t nhits
+    uint8_t *checked       # per rule
+    unsigned long long skip_to   # matches ending at or before this were reported
+    # TCP flows
+    ftab_t *flows
+    flow_t *fstate
+    uint8_t *tails
+    uint8_t *heads
+    uint32_t tail_w
+    uint64_t timeout
+    FILE *alerts
+    uint64_t packets, scanned_bytes, alerted, dropped, reassembled, untracked, hs_errors
+    uint64_t out_of_order, overlap_conflict, retransmitted, stale, joined_head

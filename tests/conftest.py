@@ -22,10 +22,14 @@ from onvm import services  # noqa: E402  (needs the path above)
 # Interface names are limited to 15 characters: keep the prefix short.
 RUN_PREFIX = "t%03x" % (os.getpid() & 0xfff)
 _NETNS_NOTE = "shared with the caller"
+_WATCHDOG_OUT = []
 
 
 def pytest_configure(config):
     global _NETNS_NOTE
+    # The watchdog below writes to the terminal, not to fd 2, which pytest
+    # captures during a test (it is not capturing now).
+    _WATCHDOG_OUT.append(os.dup(2))
     if os.environ.get("ONVM_TEST_SHARED_NETNS") == "1":
         _NETNS_NOTE = "shared with the caller (ONVM_TEST_SHARED_NETNS=1)"
     elif os.geteuid() != 0:
@@ -95,3 +99,39 @@ def ovs():
         yield server
     finally:
         server.stop()
+
+
+# A hard limit on each phase of a test (setup, call, teardown), above
+# pytest-timeout's: pytest-timeout raises in the main thread, which a test
+# blocked inside eventlet's hub (a green lock nobody will release) never
+# sees, and its thread method needs a real thread that eventlet may have
+# turned green.  faulthandler's timer is a C thread: it prints every
+# thread's stack and ends the run, so a hang costs minutes, not CI's limit.
+# pytest's faulthandler plugin cancels the timer when a test fails, so it
+# is armed again at the start of every phase.
+HARD_LIMIT_S = float(os.environ.get("ONVM_TEST_HARD_LIMIT_S", 900))
+
+
+def _arm_watchdog():
+    import faulthandler
+    faulthandler.dump_traceback_later(HARD_LIMIT_S, exit=True, file=_WATCHDOG_OUT[0])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _arm_watchdog()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    _arm_watchdog()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    _arm_watchdog()
+
+
+def pytest_unconfigure(config):
+    import faulthandler
+    faulthandler.cancel_dump_traceback_later()

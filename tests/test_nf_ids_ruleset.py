@@ -213,3 +213,14 @@ def test_threshold_errors_are_named():
     (sk,) = rules.skipped
     assert (sk.line, sk.sid, sk.keyword) == (2, 2, "threshold")
     assert sk.message == "threshold needs exactly count, seconds, track, type; got count, seconds, type"
+
+
+def test_bench_takes_an_ids_rule_file(tmp_path):
+    # `onvm bench fastpath --nf-config ids=FILE`: a rule file becomes the
+    # ids config, as `onvm nf check` reads it; a malformed argument is named.
+    from host_agent.bench import nf_configs_of
+    from nflib.api import NFConfigError
+    assert nf_configs_of([f"ids={RULES}", 'lb={"backends": []}']) == {
+        "ids": {"rules": RULES}, "lb": {"backends": []}}
+    with pytest.raises(NFConfigError, match="NF=CONFIG"):
+        nf_configs_of([RULES])

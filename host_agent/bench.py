@@ -22,7 +22,7 @@ import time
 
 from host_agent import fastpath as fp
 from host_agent.harness import chain_plan
-from nflib.api import make_nf, nf_types
+from nflib.api import NFConfigError, make_nf, nf_types
 
 # Rules of a realistic edge firewall; the generated traffic matches the
 # allow rule near the end, so each packet is checked against all of them.
@@ -99,7 +99,7 @@ def _ip_checksum(header):
 
 
 def run_bench(chain, packets, flows=1024, mode="inline", python=False,
-              in_flight=4096, log=print, flow_entries=None, flow_idle=None):
+              in_flight=4096, log=print, flow_entries=None, flow_idle=None, configs=None):
     hugepages = mode == "process" or fp.hugepages_available() >= 256
     eal = fp.default_eal_args(f"bench{os.getpid()}", hugepages=hugepages)
     fp.eal_init(eal)
@@ -112,7 +112,7 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
     nfs = []
     for name in chain:
         kind = f"{name}-py" if python and f"{name}-py" in known else name
-        nfs.append((kind, BENCH_CONFIGS.get(name, {})))
+        nfs.append((kind, (configs or {}).get(name, BENCH_CONFIGS.get(name, {}))))
     plan = chain_plan(nfs, port, port, mode=mode)
     plan["host"] = "bench"
     mgr.apply_plan(plan, make_nf)
@@ -208,11 +208,29 @@ def _run_rounds(mgr, ring, frames, packets, chunk):
     return done, elapsed
 
 
+def nf_configs_of(items):
+    """--nf-config NF=CONFIG arguments -> {NF: config}; CONFIG is a JSON
+    object or a file, as for `onvm nf check` (a rule file for ids)."""
+    from nfs.check import parse_config_arg
+    out = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise NFConfigError(f"--nf-config takes NF=CONFIG, got {item!r}")
+        out[name] = parse_config_arg(text)
+    return out
+
+
 def cli_bench_fastpath(args):
     chain = [c for c in args.chain.split(",") if c]
+    try:
+        configs = nf_configs_of(args.nf_config)
+    except NFConfigError as err:
+        print(f"onvm bench fastpath: {err}", file=sys.stderr)
+        return 2
     result = run_bench(chain, args.packets, flows=args.flows, mode=args.mode,
                        python=args.python, flow_entries=args.flow_entries,
-                       flow_idle=args.flow_idle)
+                       flow_idle=args.flow_idle, configs=configs)
     if args.json:
         print(json.dumps(result))
     else:

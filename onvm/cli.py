@@ -179,6 +179,9 @@ def build_parser():
                     help="the host flow table's size (default: the agent's)")
     bf.add_argument("--flow-idle", type=float, default=None, metavar="SECONDS",
                     help="the host flow table's idle timeout (default: the agent's)")
+    bf.add_argument("--nf-config", action="append", default=[], metavar="NF=CONFIG",
+                    help="an NF's config instead of the bench's (a JSON object or a file, "
+                         "as for `onvm nf check`; for ids a rule file); repeatable")
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
     bp = bsub.add_parser("placement", help="placement quality and speed")

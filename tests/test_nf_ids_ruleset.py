@@ -60,6 +60,50 @@ CASES = {
     # flags:S,12: exactly SYN (the reserved bits ignored), with data
     2900018: (tcp(OUT, HOME, 40018, 8000, "S", b"XMAS", seq=5),
               tcp(OUT, HOME, 40118, 8000, "SA", b"XMAS", seq=5)),
+    # pcre flags s, m, i: ^ at a line's start
+    2900019: (tcp(OUT, HOME, 40019, 25, "PA", b"HELO x\r\nexpn  ROOT\r\n", seq=5),
+              tcp(OUT, HOME, 40119, 25, "PA", b"HELO x\r\nEXPN rooster\r\n", seq=5)),
+    # http_header: in a header, not the (decoded) URI
+    2900020: (tcp(OUT, HOME, 40020, 80, "PA", b"GET / HTTP/1.1\r\nReferer: () { :; }; id\r\n\r\n",
+                  seq=5),
+              tcp(OUT, HOME, 40120, 80, "PA", b"GET /a?q=()%20{ HTTP/1.1\r\nHost: a\r\n\r\n", seq=5)),
+    # http_method, http_uri and pcre /U on the normalised URI
+    2900021: (tcp(OUT, HOME, 40021, 80, "PA", b"GET /x.php?c=EVAL(%20base64_decode(x)) HTTP/1.1\r\n\r\n",
+                  seq=5),
+              tcp(OUT, HOME, 40121, 80, "PA", b"GET /x.php?c=eval(strrev(x)) HTTP/1.1\r\n\r\n", seq=5)),
+    2900022: (tcp(OUT, HOME, 40022, 8000, "PA", b"GET / HTTP/1.1\r\nCookie: PHPSESSID=../../tmp/x\r\n\r\n",
+                  seq=5),
+              tcp(OUT, HOME, 40122, 8000, "PA", b"GET /?PHPSESSID=../x HTTP/1.1\r\n\r\n", seq=5)),
+    # a negated address list: 192.0.2.0/24 is excluded
+    2900023: (tcp(OUT, HOME, 40023, 3389, "PA", b"\x03\x00\x00\x2aCookie: mstshash=bob\r\n", seq=5),
+              tcp("192.0.2.9", HOME, 40023, 3389, "PA", b"\x03\x00\x00\x2aCookie: mstshash=bob\r\n",
+                  seq=5)),
+    # an open port range (1024:), offset and depth together
+    2900024: (udp(OUT, HOME, 40024, 161, b"\x30\x26\x02\x01\x01\x04\x06public\xa0\x19"),
+              udp(OUT, HOME, 123, 161, b"\x30\x26\x02\x01\x01\x04\x06public\xa0\x19")),
+    # from_server, and a threshold (limit 1) in the set
+    2900025: (tcp(HOME, OUT, 23, 40025, "PA", b"\r\nLogin incorrect\r\n", seq=5),
+              tcp(HOME, OUT, 23, 40125, "PA", b"\r\nLogin failed\r\n", seq=5)),
+    2900026: (udp(OUT, HOME, 5000, 5001, b"\xde\xad\xbe\xefBCN1"),
+              udp(HOME, OUT, 5000, 5001, b"\xde\xad\xbe\xefBCN1")),      # outbound
+    # depth in a sticky buffer counts from the buffer's start
+    2900027: (tcp(HOME, OUT, 40027, 80, "PA", b"GET / HTTP/1.1\r\nUser-Agent: python-requests/2.31\r\n\r\n",
+                  seq=5),
+              tcp(HOME, OUT, 40127, 80, "PA",
+                  b"GET / HTTP/1.1\r\nUser-Agent: my python-requests/2.31\r\n\r\n", seq=5)),
+    # a rule of one pcre, no content
+    2900028: (tcp(OUT, HOME, 40028, 6667, "PA", b"USER x\r\nNICK abc12345\r\n", seq=5),
+              tcp(OUT, HOME, 40128, 6667, "PA", b"PRIVMSG #a :NICK abc12345\r\n", seq=5)),
+    2900029: (tcp(OUT, HOME, 40029, 445, "PA", b"\x00\x00\x00\x2f\xffSMBr" + b"\x00" * 20, seq=5),
+              tcp(OUT, HOME, 40129, 445, "PA", b"\xffSMBr" + b"\x00" * 20, seq=5)),   # offset 0
+    2900030: (tcp(HOME, OUT, 80, 40030, "PA", b"HTTP/1.1 200 OK\r\n\r\n<TITLE>Index of /pub</TITLE>",
+                  seq=5),
+              tcp(OUT, HOME, 40130, 80, "PA", b"POST /n HTTP/1.1\r\n\r\n<title>Index of /</title>",
+                  seq=5)),                                              # to the server
+    2900031: (tcp(OUT, HOME, 40031, 1433, "PA", "exec XP_CmdShell 'dir'".encode("utf-16-le"), seq=5),
+              tcp(OUT, HOME, 40131, 1433, "PA", b"exec xp_cmdshell 'dir'", seq=5)),    # not UTF-16
+    2900032: (udp("192.0.2.53", HOME, 53, 5353, b"\x00\x10\x00\x01" + b"t" * 420),
+              udp("192.0.2.53", HOME, 53, 5353, b"\x00\x10\x00\x01" + b"t" * 200)),  # small
 }
 SKIPPED = {2900009: "byte_test", 2900013: "flowbits", 2900014: "http.stat_code"}
 
@@ -81,6 +125,7 @@ def test_ruleset_loads_what_runs_and_names_what_does_not(ids):
     assert sorted(hits(h)) == sorted(CASES)
     assert {sk["sid"]: sk["keyword"] for sk in c["skipped"]} == SKIPPED
     assert c["rules_skipped"] == len(SKIPPED)
+    assert len(CASES) + len(SKIPPED) >= 30 and len(CASES) >= 0.9 * (len(CASES) + len(SKIPPED))
     assert all(sk["line"] > 0 and sk["why"] for sk in c["skipped"])
 
 
@@ -168,3 +213,14 @@ def test_threshold_errors_are_named():
     (sk,) = rules.skipped
     assert (sk.line, sk.sid, sk.keyword) == (2, 2, "threshold")
     assert sk.message == "threshold needs exactly count, seconds, track, type; got count, seconds, type"
+
+
+def test_bench_takes_an_ids_rule_file(tmp_path):
+    # `onvm bench fastpath --nf-config ids=FILE`: a rule file becomes the
+    # ids config, as `onvm nf check` reads it; a malformed argument is named.
+    from host_agent.bench import nf_configs_of
+    from nflib.api import NFConfigError
+    assert nf_configs_of([f"ids={RULES}", 'lb={"backends": []}']) == {
+        "ids": {"rules": RULES}, "lb": {"backends": []}}
+    with pytest.raises(NFConfigError, match="NF=CONFIG"):
+        nf_configs_of([RULES])

@@ -303,7 +303,7 @@ class ClusterCore(ClusterView):
         self._make_room(chains)
         placement, kept, self.unplaced = place_what_fits(
             self.topo, chains, previous=self.current,
-            exclude_hosts=self._dead(), unplaced=self.unplaced)
+            exclude_hosts=self._dead(), unplaced=self.unplaced, pause=self.fabric.pause)
         self.solve_ms = (time.perf_counter() - start) * 1000
         self.placed = self.topo.with_chains(kept)
         if placement is not None:       # a move whose state A published lands now
@@ -330,13 +330,15 @@ class ClusterCore(ClusterView):
             return
         topo, dead = self.topo.with_chains(chains), self._dead()
         try:
-            place(topo, previous=self.current, exclude_hosts=dead, say=False)
+            place(topo, previous=self.current, exclude_hosts=dead, say=False,
+                  pause=self.fabric.pause)
             return
         except PlacementError:
             pass
         freed = self.current.with_draining({})
         try:
-            place(topo, previous=freed, exclude_hosts=dead, say=False)
+            place(topo, previous=freed, exclude_hosts=dead, say=False,
+                  pause=self.fabric.pause)
         except PlacementError:
             return                  # no fit either way: the drains go on
         log.warning("the chains fit only with the cores of the draining instances: "

@@ -19,6 +19,7 @@ import gc
 # hops about 0.05 ms, checking a host's plan about 0.05 ms, one switch's row of ECMP next hops about 0.6 ms, one
 # switch's transport and plain rules about 20 ms (one switch per pause).
 CHAINS = 16
+PLACE_CHAINS = 16
 PLAN_CHAINS = 32
 PLAN_HOSTS = 64
 ROWS = 16

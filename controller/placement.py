@@ -45,7 +45,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from controller import fabric
+from controller import fabric, pausing
 from controller.placecost import (  # noqa: F401  (Instance, Placement, cost, transport: re-exported)
     Instance, Placement, chain_cost, cost, egress_places, places_of, transport)
 
@@ -72,8 +72,9 @@ class _Solver:
     """Mutable placement state with numpy arrays over hosts, ordered by
     switch so hosts of one switch are contiguous (for np.minimum.reduceat)."""
 
-    def __init__(self, topo, exclude_hosts=()):
+    def __init__(self, topo, exclude_hosts=(), tick=pausing.no_pause):
         self.topo = topo
+        self.tick = tick        # called per chain adopted, routed or weighed (pausing.every)
         self.graph = fabric.build_graph(topo)
         self.excluded = set(exclude_hosts)
         self.table = fabric.DistanceTable(self.graph, places_of(topo))
@@ -190,6 +191,7 @@ class _Solver:
                 self._new_instance(inst.nf, self.hidx[inst.host], inst.id)
         kept = {}
         for chain in chains:
+            self.tick()
             old = old_chains.get(chain.name)
             self.assign[chain.name] = [dict() for _ in chain.nfs]
             self.remaining[chain.name] = [chain.mpps] * len(chain.nfs)
@@ -442,6 +444,7 @@ class _Solver:
 
     def route_missing(self, chain):
         """Place whatever of `chain` is not placed yet, strand by strand."""
+        self.tick()
         rem = self.remaining[chain.name]
         while True:
             todo = [j for j, r in enumerate(rem) if r > TOL]
@@ -526,6 +529,7 @@ class _Solver:
         """Chains paying more than their ideal-host cost, worst first."""
         out = []
         for chain in chains:
+            self.tick()
             ideal = self._ideal(chain)[self.allowed].min() * chain.mpps
             excess = self.chain_cost(chain) - ideal
             if excess > 1e-9:
@@ -544,7 +548,7 @@ class _Solver:
                          self.draining)
 
 
-def place(topo, previous=None, exclude_hosts=(), say=True):
+def place(topo, previous=None, exclude_hosts=(), say=True, pause=None):
     """Place every chain of `topo`; returns a Placement or raises
     PlacementError.
 
@@ -554,9 +558,10 @@ def place(topo, previous=None, exclude_hosts=(), say=True):
     chains are placed; its draining instances (Placement.draining) keep
     their cores and ids and pass on to the result.  The outcome is logged once (`say_placed`); the
     search's trial steps only at DEBUG.  `say=False` for a trial (checking
-    a request): nothing is logged at INFO.
+    a request): nothing is logged at INFO.  `pause` is called every few
+    chains (controller.pausing), so a controller can yield while it places.
     """
-    solver = _Solver(topo, exclude_hosts)
+    solver = _Solver(topo, exclude_hosts, pausing.every(pausing.PLACE_CHAINS, pause))
     chains = list(topo.chains)
     for chain in chains:
         for place_ in (chain.ingress, *egress_places(chain)):
@@ -605,7 +610,8 @@ def say_placed(placement, previous=None):
     return lines
 
 
-def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None):
+def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None,
+                    pause=None):
     """Place `chains` on `topo`'s hosts: all of them if they fit, else chain
     by chain, keeping those that fit.  Returns (placement or None, placed
     chains, {name: reason} of the chains left out).
@@ -614,11 +620,11 @@ def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None
     log: a chain placed now that was left out before is logged as such, so
     a person sees the cluster catch up when hosts come or chains change.
     Callers run this again on every host or chain change; nothing here
-    remembers a refusal."""
+    remembers a refusal.  `pause` as for `place`."""
     unplaced = unplaced or {}
     try:
         result = place(topo.with_chains(chains), previous=previous,
-                       exclude_hosts=exclude_hosts, say=False) if chains else None
+                       exclude_hosts=exclude_hosts, say=False, pause=pause) if chains else None
         kept, refused = list(chains), {}
     except PlacementError as err:
         log.warning("cannot place all %d chains (%s); placing them one by one",
@@ -627,7 +633,7 @@ def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None
         for chain in chains:
             try:
                 result = place(topo.with_chains(kept + [chain]), previous=previous,
-                               exclude_hosts=exclude_hosts, say=False)
+                               exclude_hosts=exclude_hosts, say=False, pause=pause)
                 kept.append(chain)
             except PlacementError as why:
                 refused[chain.name] = str(why)
@@ -642,11 +648,11 @@ def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None
     return result, kept, refused
 
 
-def replace_after_host_loss(topo, placement, lost_host):
+def replace_after_host_loss(topo, placement, lost_host, pause=None):
     """Re-place what `lost_host` ran; every other instance stays put."""
     log.info("host %s lost: re-placing the %d instances it ran", lost_host,
              sum(1 for i in placement.instances.values() if i.host == lost_host))
-    return place(topo, previous=placement, exclude_hosts=(lost_host,))
+    return place(topo, previous=placement, exclude_hosts=(lost_host,), pause=pause)
 
 
 def move_instance(topo, placement, host, instance_id, to_host, say=True):

@@ -116,6 +116,30 @@ def test_a_host_loss_recompute_yields_too_and_equals_a_full_recompute(
     assert got_plans == plans.host_plans(topo, again, 2)
 
 
+@pytest.mark.parametrize("previous", [False, True], ids=["first", "after a host loss"])
+def test_placement_yields_every_few_chains_and_equals_the_plain_result(
+        topo, placed, monkeypatch, previous):
+    clock = Counting()
+    counted(monkeypatch, placement._Solver, "route_missing", clock, "routed")
+    counted(monkeypatch, placement._Solver, "_ideal", clock, "weighed")
+    lost = max(placed.cores_used().items(), key=lambda kv: (kv[1], kv[0]))[0]
+    if previous:
+        def run(pause=None):
+            return placement.replace_after_host_loss(topo, placed, lost, pause=pause)
+    else:
+        def run(pause=None):
+            return placement.place(topo, pause=pause)
+    got = run(clock)
+    clock.finish()
+    monkeypatch.undo()
+    plain = run()
+    # a chain weighed for improvement computes its ideal host at most twice
+    assert clock.most["routed"] <= pausing.PLACE_CHAINS
+    assert clock.most["weighed"] <= 2 * pausing.PLACE_CHAINS
+    assert clock.total["routed"] > pausing.PLACE_CHAINS
+    assert got.instances == plain.instances and got.hops == plain.hops
+
+
 def test_every_calls_its_pause_on_every_nth_call_and_none_is_free():
     calls = []
     tick = pausing.every(3, lambda: calls.append(1))

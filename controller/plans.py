@@ -174,12 +174,12 @@ def _config(nf_type):
     return instance_config(nf_type.config)
 
 
-def _instance_config(topo, inst, slices):
+def _instance_config(topo, inst, slices, placed):
     """The plan instance's "config": the catalog's (`_config`), but nat and
     lb instances get the file's keys inline with their own additions (see
-    the module docstring)."""
+    the module docstring).  `placed`: {name: chain} of `topo`'s chains
+    (made once by the caller, not once per instance)."""
     nf_type = topo.nfs[inst.nf]
-    placed = {chain.name: chain for chain in topo.chains}
     pools = [placed[name] for name in sorted({c for c, _ in inst.users})
              if name in placed and placed[name].pool]
     if inst.nf == natslices.NAT and inst.key in slices:
@@ -349,7 +349,8 @@ def host_plans(topo, placement, generation, load=None, slices=None, pause=None):
     from reported stats, used to lower busy hosts' remote weights.
     `slices`: {(host, id): NAT slice} to keep (the caller's, from
     `nat_slices`); None assigns them afresh.  `pause` is called every
-    pausing.PLAN_CHAINS chains and pausing.PLAN_HOSTS hosts (controller.pausing)."""
+    pausing.PLAN_CHAINS chains or instances and pausing.PLAN_HOSTS hosts
+    (controller.pausing)."""
     chain_done = pausing.every(pausing.PLAN_CHAINS, pause)
     graph = fabric.build_graph(topo)
     table = fabric.DistanceTable(graph, places_of(topo))
@@ -358,14 +359,16 @@ def host_plans(topo, placement, generation, load=None, slices=None, pause=None):
     plans = {h.name: {"host": h.name, "generation": generation, "node_label": h.label,
                       "mac": h.mac, "instances": [], "classifiers": [], "hops": [],
                       "uplink": UPLINK} for h in topo.hosts}
+    placed = {chain.name: chain for chain in topo.chains}
     for inst in placement.instances.values():
         plans[inst.host]["instances"].append(
             {"id": inst.id, "nf": inst.nf, "mode": "inline",
-             "config": _instance_config(topo, inst, slices)})
+             "config": _instance_config(topo, inst, slices, placed)})
+        chain_done()
     for inst in placement.draining.values():
         plans[inst.host]["instances"].append(
             {"id": inst.id, "nf": inst.nf, "mode": "inline", "draining": True,
-             "config": _instance_config(topo, inst, slices)})
+             "config": _instance_config(topo, inst, slices, placed)})
     for chain in topo.chains:
         for host, hops in _chain_hops(topo, placement, chain, table.d, load).items():
             plans[host]["hops"].extend(hops)

@@ -165,12 +165,17 @@ def _finish(name, switches, hosts, links, edges, n_chains) -> Topology:
 
 def _catalog(chains):
     """CATALOG, with a nat config of enough port slices for the nat
-    instances `chains` need (`onvm topo validate` checks that)."""
+    instances `chains` need (`onvm topo validate` checks that).  The
+    placement puts instances near their chains rather than filling each,
+    so it may make up to one instance per chain through nat (more for a
+    chain over one instance's rate): the larger config is taken as soon as
+    that many could exceed the default slices."""
     catalog = dict(CATALOG)
     nat = catalog[natslices.NAT]
-    need = natslices.instances_needed(
-        sum(c.mpps for c in chains for nf in c.nfs if nf == nat.name), nat.mpps)
-    if need > natslices.DEFAULT_SLICES:
+    through = [c for c in chains for nf in c.nfs if nf == nat.name]
+    need = natslices.instances_needed(sum(c.mpps for c in through), nat.mpps)
+    most = sum(natslices.instances_needed(c.mpps, nat.mpps) for c in through)
+    if most > natslices.DEFAULT_SLICES:
         config, slices = MANY_NATS
         if need > slices:
             raise ValueError(f"the chains need {need} nat instances; {config} has "

@@ -34,7 +34,8 @@ from onvm.services import wait_for
 # Faults that touch only the store or the controllers: no host may be
 # evicted and no packet lost (issue 10's goal); host faults may lose
 # packets within the detection window.
-STORE_FAULTS = ("store_paused_5s", "etcd_member_killed", "forged_frames")
+STORE_FAULTS = ("store_paused_5s", "etcd_member_killed", "forged_frames",
+                "leader_killed", "controllers_down_10s")
 
 
 @dataclasses.dataclass
@@ -66,11 +67,16 @@ class FaultResult:
 
 
 def _lost_lines(emu):
-    try:
-        with open(emu.file("controller.log")) as f:
-            return re.findall(r"host (\S+) lost:", f.read())
-    except OSError:
-        return []
+    """[hosts declared lost, in log order] per controller of the run (a
+    standby that took over logs its own)."""
+    out = []
+    for i in range(emu.n_controllers):
+        try:
+            with open(emu.file(emu.controller_log(i))) as f:
+                out.append(re.findall(r"host (\S+) lost:", f.read()))
+        except OSError:
+            out.append([])
+    return out
 
 
 def _first_nf_out(emu, chain):
@@ -174,6 +180,37 @@ FAULTS = {f.__name__: f for f in (store_paused_5s, etcd_member_killed, agent_kil
                                   forged_frames)}
 
 
+# -- controller faults: an emulation with Emulation(controllers=2) -----------
+
+def leader_killed(emu, chain):
+    """The leading controller SIGKILLed: a standby takes over; the killed
+    one comes back as a standby."""
+    if emu.n_controllers < 2:
+        return "skipped: one controller"
+    old = emu.leader()
+    start = time.time()
+    emu.kill_controller(old)
+    wait_for(lambda: emu.leader() not in (None, old), 20, "a standby leading")
+    took = time.time() - start
+    new = emu.leader()
+    emu.start_controller(old)
+    return (f"{emu.controller_name(old)} SIGKILLed, {emu.controller_name(new)} led "
+            f"{took:.1f} s later; the first back as a standby")
+
+
+def controllers_down_10s(emu, chain):
+    """Every controller SIGKILLed for 10 s, then started again."""
+    for i in range(emu.n_controllers):
+        emu.kill_controller(i)
+    time.sleep(10.0)
+    for i in range(emu.n_controllers):
+        emu.start_controller(i)
+    return f"all {emu.n_controllers} controllers SIGKILLed, started again after 10 s"
+
+
+CONTROLLER_FAULTS = {f.__name__: f for f in (leader_killed, controllers_down_10s)}
+
+
 def _quiet_counts(emu, chain, pps):
     """(sent, received, first NF out) with the chain's sender paused and
     everything in flight landed, so that the three counts are of the same
@@ -188,10 +225,10 @@ def _quiet_counts(emu, chain, pps):
 
 
 def run_fault(emu, name, chain, settle_s=8.0, converge_timeout=30.0):
-    fault = FAULTS[name]
+    fault = FAULTS.get(name) or CONTROLLER_FAULTS[name]
     pps = emu.pps(emu.topo_chain(chain).mpps)
     plans_before = set((emu.store.plans() or {}).keys())
-    lost_before = len(_lost_lines(emu))
+    lost_before = [len(hosts) for hosts in _lost_lines(emu)]
     sent0, recv0, nf0 = _quiet_counts(emu, chain, pps)
     note = fault(emu, chain)
     converge = _arriving(emu, chain, converge_timeout)
@@ -208,7 +245,7 @@ def run_fault(emu, name, chain, settle_s=8.0, converge_timeout=30.0):
         res.note += "; its NF counters restart with it"
     else:
         res.bypass = max(0, res.received - res.nf_out)
-    res.evictions = _lost_lines(emu)[lost_before:]
+    res.evictions = [h for hosts, n in zip(_lost_lines(emu), lost_before) for h in hosts[n:]]
     res.plans_lost = sorted(plans_before - set((emu.store.plans() or {}).keys()))
     return res
 
@@ -225,6 +262,27 @@ def run_faults(emu, names, chain=None, say=lambda text: None, **kwargs):
     return out
 
 
+def run_emulated(topology, names, chain=None, say=lambda text: None, check=None,
+                 **emulation):
+    """Start an emulation of `topology` (Emulation keyword arguments in
+    `emulation`: its own progress goes to its `say`), run the faults
+    `names` on it (each told to our `say`), call `check(emu)` while it
+    still runs, stop it; returns the results."""
+    from onvm.emulate import Emulation
+    emu = Emulation(topology, **emulation)
+    try:
+        emu.start()
+        time.sleep(3.0)
+        chain = chain or next((c.name for c in emu.topo.chains if c.egress in
+                               {e.name for e in emu.topo.edges}), emu.topo.chains[0].name)
+        results = run_faults(emu, names, chain=chain, say=say)
+        if check is not None:
+            check(emu)
+        return results
+    finally:
+        emu.stop()
+
+
 def table(results):
     lines = ["| fault | sent | received | lost | first NF out | bypass | evictions | "
              "packets again (s) |", "|---|---|---|---|---|---|---|---|"]
@@ -235,22 +293,18 @@ def table(results):
 
 
 def cli_bench_chaos(args):
-    """`onvm bench chaos [--topology F] [--json]`: one emulation, every fault."""
+    """`onvm bench chaos [--topology F] [--json]`: every fault, those of
+    the store, the agents and the edge on one emulation (three etcd
+    members), those of the controllers on another (two controllers)."""
     import json
     import sys
 
-    from onvm.emulate import Emulation
-    emu = Emulation(args.topology, etcd_members=3,
-                    say=lambda *a, **k: print(*a, file=sys.stderr, **k))
-    try:
-        emu.start()
-        time.sleep(5.0)
-        chain = next((c.name for c in emu.topo.chains if c.egress in
-                      {e.name for e in emu.topo.edges}), emu.topo.chains[0].name)
-        results = run_faults(emu, list(FAULTS), chain=chain,
-                             say=lambda t: print(t, file=sys.stderr))
-    finally:
-        emu.stop()
+    def tell(*a, **k):
+        print(*a, file=sys.stderr, **k)
+    results = run_emulated(args.topology, list(FAULTS), say=tell, etcd_members=3)
+    # The controller faults on an emulation of their own, with a standby.
+    results += run_emulated(args.topology, list(CONTROLLER_FAULTS), say=tell,
+                            controllers=2)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in results]))
     else:

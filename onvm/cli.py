@@ -150,6 +150,11 @@ def build_parser():
     e.add_argument("--tls", action="store_true",
                    help="TLS on every control channel (OpenFlow, etcd with client "
                         "certificates, REST), with a CA and certificates made for the run")
+    e.add_argument("--controllers", type=int, default=1, metavar="N",
+                   help="run N controllers (1 to 4): one leads, the others stand by "
+                        "and take over when it goes")
+    e.add_argument("--kill-leader", default=None, metavar="SECONDS",
+                   help="SIGKILL the leading controller at SECONDS (needs --controllers 2)")
     e.add_argument("--json", action="store_true",
                    help="the live view on stderr; the last line of stdout is the "
                         "summary as JSON")

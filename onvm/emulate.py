@@ -42,7 +42,7 @@ import urllib.error
 import urllib.request
 
 from contracts.statsum import PUBLISH_S
-from contracts.store import LEADER, open_store
+from contracts.store import LEADER, StoreError, open_store
 from contracts.wire import SI_FIRST
 from controller.plans import edge_mac
 from controller.topology import load_topology
@@ -57,6 +57,7 @@ from onvm.traffic import read_status
 __all__ = ["Emulation", "EmulationError", "run_prefix", "default_flows"]
 
 PPS_PER_MPPS = 100          # emulated packets a second per Mpps a chain asks for
+CONTROLLER_LETTERS = "abcd"  # controllers a, b, ...: names in the leader key and logs
 IDLE_US = 200               # agents sleep this long when idle: hosts share two cores
 STATS_FRESH_S = PUBLISH_S + 3.0  # an agent's stats older than this show no instances
 
@@ -88,7 +89,7 @@ class Emulation:
 
     def __init__(self, topo_path, prefix=None, workdir=None, pps_per_mpps=PPS_PER_MPPS,
                  say=None, agent_nice=10, idle_us=IDLE_US, etcd_members=1,
-                 etcd_quota_bytes=services.ETCD_QUOTA_BYTES, tls=False):
+                 etcd_quota_bytes=services.ETCD_QUOTA_BYTES, tls=False, controllers=1):
         self.topo_path = os.path.abspath(topo_path)
         self.topo = load_topology(self.topo_path)
         self.prefix = prefix or run_prefix()
@@ -103,8 +104,12 @@ class Emulation:
         self.credentials = certs.RunCredentials(self.dir, tls=tls)
         self.etcd = self.ovs = self.net = self.store = None
         self.forwarders = []        # one StoreForwarder per etcd member
-        self.controller = None
-        self.of_port = self.ws_port = None
+        if not 1 <= controllers <= len(CONTROLLER_LETTERS):
+            raise EmulationError(f"controllers: {controllers}: between 1 and "
+                                 f"{len(CONTROLLER_LETTERS)}")
+        self.n_controllers = controllers
+        self.controllers = [None] * controllers   # Popen per controller, a, b, ...
+        self.ctl_ports = []         # (OpenFlow port, REST port) per controller
         self.agents = {}            # host name -> Popen
         self.senders = {}           # chain name -> Popen
         self.sinks = {}             # place name -> Popen
@@ -134,7 +139,7 @@ class Emulation:
         # The controller comes last, so its first placement sees every host
         # (no chain placed on a partial cluster, then moved), and switches
         # connect once it listens.
-        self.of_port, self.ws_port = free_port(), free_port()
+        self.ctl_ports = [(free_port(), free_port()) for _ in range(self.n_controllers)]
         self._step("building Mininet", self._start_mininet)
         self._step("starting agents", self._start_agents)
         self._wait_hosts()
@@ -166,23 +171,47 @@ class Emulation:
         return self.ovs.dir
 
     def _start_controller(self):
-        self._spawn_controller()
-        self._wait_controller()
-        return f"OpenFlow :{self.of_port}, REST :{self.ws_port}"
+        for i in range(self.n_controllers):
+            self._spawn_controller(i)
+            self._wait_controller(i)
+        return ", ".join(f"{self.controller_name(i)}: OpenFlow :{of}, REST :{ws}"
+                         for i, (of, ws) in enumerate(self.ctl_ports))
 
-    def _spawn_controller(self):
+    # The first controller keeps the names a one-controller run has always had.
+    @property
+    def controller(self):
+        return self.controllers[0]
+
+    @property
+    def of_port(self):
+        return self.ctl_ports[0][0] if self.ctl_ports else None
+
+    @property
+    def ws_port(self):
+        return self.ctl_ports[0][1] if self.ctl_ports else None
+
+    def controller_name(self, i):
+        """Controller i's name in the store's leader key ({prefix}-ctl-a, ...)."""
+        return f"{self.prefix}-ctl-{CONTROLLER_LETTERS[i]}"
+
+    def controller_log(self, i):
+        return "controller.log" if i == 0 else f"controller-{CONTROLLER_LETTERS[i]}.log"
+
+    def _spawn_controller(self, i=0):
         """ryu-manager with the onvm apps, as `onvm controller` runs it, with
         its config in our run directory, under `controller_main`."""
         from controller.run import APPS, config_text
-        conf = self.file("controller.conf")
+        conf = self.file(self.controller_log(i).replace(".log", ".conf"))
+        of_port, ws_port = self.ctl_ports[i]
+        config = self.credentials.controller_config()
+        config["onvm"] = dict(config.get("onvm") or {}, name=self.controller_name(i))
         with open(conf, "w") as f:
-            f.write(config_text(self.topo_path, self.etcd.url, self.of_port, self.ws_port,
-                                **self.credentials.controller_config()))
+            f.write(config_text(self.topo_path, self.etcd.url, of_port, ws_port, **config))
         cmd = [sys.executable, "-c",
                "import sys, onvm.emulate as e; sys.exit(e.controller_main())",
                "--config-file", conf, *APPS]
-        self.controller = self._spawn(subprocess.Popen, cmd, "controller.log",
-                                      preexec_fn=procs.die_with_parent)
+        self.controllers[i] = self._spawn(subprocess.Popen, cmd, self.controller_log(i),
+                                          preexec_fn=procs.die_with_parent)
 
     def _spawn(self, popen, cmd, log_name, **kwargs):
         """`popen` (subprocess.Popen, or a Mininet node's popen to run in its
@@ -192,17 +221,19 @@ class Emulation:
                          cwd=procs.REPO, env=dict(procs.child_env(),
                                                   **self.credentials.store_env()), **kwargs)
 
-    def _wait_controller(self, timeout=30):
+    def _wait_controller(self, i=0, timeout=30):
+        proc, log = self.controllers[i], self.file(self.controller_log(i))
+
         def ready():
-            if self.controller.poll() is not None:
-                raise services.GaveUp(f"controller exited with {self.controller.returncode}")
-            self.rest("GET", "/topology")
+            if proc.poll() is not None:
+                raise services.GaveUp(f"controller {self.controller_name(i)} exited "
+                                      f"with {proc.returncode}")
+            self.rest("GET", "/topology", controller=i)
             return self.store.get(LEADER) is not None
         try:
             wait_for(ready, timeout, "the controller's REST API and leadership")
         except (TimeoutError, services.GaveUp) as err:
-            raise EmulationError(f"{err}; tail of {self.file('controller.log')}:\n"
-                                 f"{procs.tail(self.file('controller.log'))}") from None
+            raise EmulationError(f"{err}; tail of {log}:\n{procs.tail(log)}") from None
 
     def _start_mininet(self):
         from mininet.link import Link
@@ -212,9 +243,10 @@ class Emulation:
                       controller=None, switch=OVSSwitch, host=Host, link=Link,
                       waitConnected=False)
         self.net = net
-        net.addController(f"{self.prefix}c0", controller=RemoteController,
-                          ip="127.0.0.1", port=self.of_port,
-                          protocol="ssl" if self.credentials.tls else "tcp")
+        for i, (of_port, _) in enumerate(self.ctl_ports):
+            net.addController(f"{self.prefix}c{i}", controller=RemoteController,
+                              ip="127.0.0.1", port=of_port,
+                              protocol="ssl" if self.credentials.tls else "tcp")
         switches = {}
         for i, sw in enumerate(self.topo.switches):
             switches[sw.name] = (net.addSwitch(
@@ -466,7 +498,9 @@ class Emulation:
                                          f"{proc.returncode}; its log: "
                                          f"{self.file(f'{log}-{name}.log')}")
         found = []
-        parts = [("the controller", self.controller, "controller.log")] + [
+        parts = [(f"the controller {self.controller_name(i)}" if i else "the controller",
+                  proc, self.controller_log(i))
+                 for i, proc in enumerate(self.controllers)] + [
             (f"the agent of {name}", proc, f"agent-{name}.log")
             for name, proc in self.agents.items() if name not in self.killed]
         for what, proc, log in parts:
@@ -570,11 +604,34 @@ class Emulation:
         subprocess.run(["ip", "link", "set", f"{self.prefix}s{index}p{host.port}", "down"],
                        check=True)
 
-    def restart_controller(self):
-        """Kill the controller and start a new one on the same ports."""
-        procs.stop(self.controller, "the controller", grace=5.0)
-        self._spawn_controller()
-        self._wait_controller()
+    def restart_controller(self, i=0):
+        """Stop controller i and start a new one on the same ports."""
+        self.stop_controller(i)
+        self.start_controller(i)
+
+    def kill_controller(self, i):
+        """Crash controller i (SIGKILL): its leadership ends with its lease."""
+        self.exited.add(self.controllers[i])        # on purpose: not an event
+        procs.kill(self.controllers[i])
+
+    def stop_controller(self, i):
+        """Stop controller i as an operator would (SIGTERM)."""
+        self.exited.add(self.controllers[i])
+        procs.stop(self.controllers[i], f"the controller {self.controller_name(i)}",
+                   grace=5.0)
+
+    def start_controller(self, i):
+        """Start controller i again on its ports; returns once it answers
+        REST and some controller leads."""
+        self._spawn_controller(i)
+        self._wait_controller(i)
+
+    def leader(self):
+        """The index of the controller whose name the store's leader key
+        holds, or None (no leader, or one of another run)."""
+        name = (self.store.get(LEADER) or {}).get("name")
+        names = [self.controller_name(i) for i in range(self.n_controllers)]
+        return names.index(name) if name in names else None
 
     def raise_rate(self, chain, mpps):
         """PUT the chain with a new rate to the REST API; the senders follow."""
@@ -583,8 +640,15 @@ class Emulation:
         self.set_rate(chain, mpps)
         return result
 
-    def rest(self, method, path, body=None):
-        req = self.credentials.rest_request(self.ws_port, method, path, body)
+    def rest(self, method, path, body=None, controller=None):
+        """A REST call to `controller` (an index), by default the leading
+        one (the first while none leads)."""
+        if controller is None:
+            try:
+                controller = self.leader() or 0
+            except StoreError:
+                controller = 0
+        req = self.credentials.rest_request(self.ctl_ports[controller][1], method, path, body)
         try:
             with urllib.request.urlopen(req, timeout=10,
                                         context=self.credentials.client_context()) as resp:
@@ -611,7 +675,8 @@ class Emulation:
                 self.net.stop()
             except Exception as err:         # go on: the rest must still go
                 print(f"onvm emulate: Mininet stop failed: {err}", file=sys.stderr)
-        procs.stop(self.controller, "the controller")
+        for i, proc in enumerate(self.controllers):
+            procs.stop(proc, f"the controller {self.controller_name(i)}")
         if self.watch is not None:
             self.watch.stop()
         for forwarder in self.forwarders:

@@ -273,8 +273,10 @@ def cli_emulate(args):
     # With --json, stdout carries the summary object alone: the view goes to stderr.
     view = (lambda *a, **k: say(*a, **k, file=sys.stderr)) if args.json else say
     quota = {} if args.etcd_quota_bytes is None else {"etcd_quota_bytes": args.etcd_quota_bytes}
+    if not 1 <= args.controllers <= 4:
+        raise UsageError(f"--controllers {args.controllers}: give 1 to 4")
     emu = Emulation(args.file, say=view, etcd_members=args.etcd_members,
-                    tls=args.tls, **quota)
+                    tls=args.tls, controllers=args.controllers, **quota)
     stop_on_signals(emu)
     run = watch(emu, args.seconds, events, out=view)
     if run.final is not None:

@@ -41,9 +41,17 @@ def chain_rate(text, option, topo):
     return known(chain, "chain", [c.name for c in topo.chains], topo), rate, at
 
 
+def seconds(text, option):
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected SECONDS") from None
+
+
 def schedule(args, topo):
     """Events [(seconds, description, action, argument)] of the options
-    --kill-host, --restart-controller and --raise-rate, in time order."""
+    --kill-host, --restart-controller, --kill-leader and --raise-rate, in
+    time order."""
     events = []
     hosts = [h.name for h in topo.hosts]
     for text in args.kill_host:
@@ -51,12 +59,15 @@ def schedule(args, topo):
         known(host, "host", hosts, topo)
         events.append((at, f"fail {host} (its agent killed, its link down)", "kill", host))
     if args.restart_controller is not None:
-        try:
-            at = float(args.restart_controller)
-        except ValueError:
-            raise UsageError(f"--restart-controller {args.restart_controller!r}: "
-                             "expected SECONDS") from None
+        at = seconds(args.restart_controller, "--restart-controller")
         events.append((at, "restart the controller", "restart", None))
+    if getattr(args, "kill_leader", None) is not None:
+        at = seconds(args.kill_leader, "--kill-leader")
+        if getattr(args, "controllers", 1) < 2:
+            raise UsageError("--kill-leader needs --controllers 2 or more (a standby "
+                             "to take over)")
+        events.append((at, "SIGKILL the leading controller (a standby takes over)",
+                       "kill-leader", None))
     for text in args.raise_rate:
         chain, mpps, at = chain_rate(text, "--raise-rate", topo)
         events.append((at, f"raise {chain} to {mpps} Mpps", "rate", (chain, mpps)))
@@ -69,6 +80,11 @@ def act(emu, action, arg):
         emu.fail_host(arg)
     elif action == "restart":
         emu.restart_controller()
+    elif action == "kill-leader":
+        leader = emu.leader()
+        if leader is None:
+            raise ValueError("--kill-leader: no controller of this run leads now")
+        emu.kill_controller(leader)
     elif action == "rate":
         emu.raise_rate(*arg)
     else:

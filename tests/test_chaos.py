@@ -5,7 +5,9 @@ edge "internet", whose sink counts only what the chain let out),
 faults made for real one after the other with traffic flowing:
 the whole store paused 5 s, the etcd member the controller asks first
 killed and started again, the agent of the chain's first NF SIGKILLed and
-started again, forged label stacks and random bytes at the ingress edge.
+started again, forged label stacks and random bytes at the ingress edge;
+and on an emulation with two controllers, the leader SIGKILLed and both
+controllers down for 10 s.
 
 After each: no packet reached the egress without the chain's NFs, no plan
 was lost, the chain's packets arrive again, and no host was evicted for a
@@ -13,32 +15,46 @@ fault of the store or the controller's inputs.  Loss and times are
 measured (onvm bench chaos puts them in BENCHMARKS.md), not judged here.
 """
 import os
-import time
 
 import pytest
 
 from onvm import chaos
-from onvm.emulate import Emulation
 from test_emulate import need_root_and_tools
 from test_emulate_cli import REPO
 
 LEAF_SPINE = os.path.join(REPO, "topologies", "leaf-spine.yaml")
 
 
+def no_part_exited_and_a_controller_leads(emu):
+    assert emu.exits() == []
+    assert emu.leader() is not None
+
+
 @pytest.mark.etcd
 @pytest.mark.ovs
 @pytest.mark.netns
 @pytest.mark.timeout(400)
-def test_faults_one_at_a_time_keep_the_invariants():
+@pytest.mark.parametrize("faults, emulation", [
+    (chaos.FAULTS, {"etcd_members": 3}),
+    # Two controllers: the leader SIGKILLed (the standby takes over), then
+    # both down 10 s.  The data plane forwards on its last plans and
+    # rules, so nothing may be lost.
+    (chaos.CONTROLLER_FAULTS, {"controllers": 2}),
+], ids=["store, agent, edge", "controllers"])
+def test_faults_one_at_a_time_keep_the_invariants(faults, emulation):
     need_root_and_tools()
-    emu = Emulation(LEAF_SPINE, etcd_members=3)
-    try:
-        emu.start()
-        time.sleep(3.0)
-        results = chaos.run_faults(emu, list(chaos.FAULTS), chain="transit", say=print)
-        print("\n".join(chaos.table(results)))
-    finally:
-        emu.stop()
+    results = chaos.run_emulated(LEAF_SPINE, list(faults), chain="transit", say=print,
+                                 check=no_part_exited_and_a_controller_leads, **emulation)
+    print("\n".join(chaos.table(results)))
     problems = [p for r in results for p in r.problems()]
     assert not problems, "\n".join(problems)
     assert all(r.sent > 0 for r in results), results
+    if faults is chaos.CONTROLLER_FAULTS:
+        assert all(r.lost == 0 for r in results), results
+
+
+def test_controllers_out_of_range_are_refused_before_anything_starts():
+    from onvm.emulate import Emulation
+    from onvm.errors import EmulationError
+    with pytest.raises(EmulationError, match="controllers: 5: between 1 and 4"):
+        Emulation(LEAF_SPINE, controllers=5)

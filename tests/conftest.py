@@ -12,6 +12,17 @@ and says which; any other start-up failure is an error.
 """
 import os
 import sys
+# The standard library's networking modules, loaded before any test file
+# imports Ryu: eventlet's green modules (eventlet.wsgi, which ryu.app.wsgi
+# loads) import these while sys.modules holds green socket, select and
+# threading, and a module loaded for the first time then keeps them.  A
+# test's own server thread built on such a module waits in eventlet's hub
+# forever (a shutdown that never returns, a run that never exits).
+import http.client  # noqa: F401,E402
+import http.server  # noqa: F401,E402
+import socketserver  # noqa: F401,E402
+import ssl  # noqa: F401,E402
+import urllib.request  # noqa: F401,E402
 
 import pytest
 
@@ -133,5 +144,29 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 def pytest_unconfigure(config):
+    """A thread a test left running (not a daemon) would keep the run from
+    ever exiting: its stack is printed, and the run ends with pytest's own
+    status anyway."""
     import faulthandler
+    import threading
+    import traceback
     faulthandler.cancel_dump_traceback_later()
+    left = [t for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not left:
+        return
+    frames = sys._current_frames()
+    out = os.fdopen(os.dup(_WATCHDOG_OUT[0]), "w") if _WATCHDOG_OUT else sys.__stderr__
+    out.write(f"\nonvm tests: {len(left)} thread(s) left running by the tests; "
+              "ending the run without waiting for them:\n")
+    for t in left:
+        out.write(f"--- {t!r}\n" + "".join(traceback.format_stack(frames.get(t.ident))))
+    out.flush()
+    status = getattr(config, "_onvm_exitstatus", 0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(status))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._onvm_exitstatus = exitstatus

@@ -34,18 +34,27 @@ def test_check_accepts_only_the_full_correct_body():
         web.check("/300", b"HTTP/1.0 200 OK\r\n")
 
 
+def serve_process(name, port, status):
+    return subprocess.Popen([sys.executable, "-m", "onvm.web", "serve", "--name", name,
+                             "--port", str(port), "--status", status], cwd=procs.REPO,
+                            env=procs.child_env())
+
+
 @pytest.fixture
 def server(tmp_path):
+    """`python -m onvm.web serve`, as the emulation runs it: a process of
+    its own (a thread of the test run would share modules that another
+    test file's eventlet imports may have left green, and its shutdown
+    then waits forever)."""
     port = free_port()
     status = str(tmp_path / "server.json")
-    stop = threading.Event()
-    t = threading.Thread(target=web.serve, args=("web1", [port], status, "127.0.0.1", stop))
-    t.start()
-    wait_for(lambda: socket.create_connection(("127.0.0.1", port)).close() or True, 10,
-             "the server to listen")
-    yield port, status
-    stop.set()
-    t.join(10)
+    proc = serve_process("web1", port, status)
+    try:
+        wait_for(lambda: socket.create_connection(("127.0.0.1", port)).close() or True, 10,
+                 "the server to listen")
+        yield port, status
+    finally:
+        procs.stop(proc, "the web server")
 
 
 def test_client_gets_full_bodies_counts_servers_and_what_they_saw(server, tmp_path):
@@ -100,8 +109,7 @@ def test_processes_run_report_and_stop_on_sigterm(tmp_path):
     port = free_port()
     sstat, cstat, rate = (str(tmp_path / n) for n in ("s.json", "c.json", "rate"))
     env = procs.child_env()
-    srv = subprocess.Popen([sys.executable, "-m", "onvm.web", "serve", "--name", "web9",
-                            "--port", str(port), "--status", sstat], cwd=procs.REPO, env=env)
+    srv = serve_process("web9", port, sstat)
     cli = None
     try:
         wait_for(lambda: read_status(sstat), 15, "the server's first status")

@@ -154,6 +154,15 @@ def agent_killed(emu, chain):
     return f"agent of {host} (the chain's first NF) SIGKILLed, started again after 3 s"
 
 
+def host_power_lost(emu, chain):
+    host = _nf_host(emu, chain)
+    emu.fail_host(host)
+    time.sleep(3.0)
+    emu.power_on_host(host)
+    return (f"{host} (the chain's first NF) lost power: agent SIGKILLed, link down; "
+            f"back after 3 s")
+
+
 def forged_frames(emu, chain):
     """Label stacks forged at the chain's ingress edge (each SPI/SI a chain
     could have) and random bytes: the edge drops them, nothing crashes."""
@@ -177,7 +186,7 @@ def forged_frames(emu, chain):
 
 
 FAULTS = {f.__name__: f for f in (store_paused_5s, etcd_member_killed, agent_killed,
-                                  forged_frames)}
+                                  host_power_lost, forged_frames)}
 
 
 # -- controller faults: an emulation with Emulation(controllers=2) -----------
@@ -238,14 +247,16 @@ def run_fault(emu, name, chain, settle_s=8.0, converge_timeout=30.0):
                       converge_s=converge)
     res.lost = max(0, res.sent - res.received)
     res.nf_out = nf1 - nf0
-    if name == "agent_killed":
+    if name in ("agent_killed", "host_power_lost"):
         # The NF's counters restart with its agent: the window's NF count
         # is unknown, so no bypass can be judged from it.
         res.nf_out = None
         res.note += "; its NF counters restart with it"
     else:
         res.bypass = max(0, res.received - res.nf_out)
-    res.evictions = [h for hosts, n in zip(_lost_lines(emu), lost_before) for h in hosts[n:]]
+    # a host once however many lines (and controllers) said so
+    res.evictions = sorted({h for hosts, n in zip(_lost_lines(emu), lost_before)
+                            for h in hosts[n:]})
     res.plans_lost = sorted(plans_before - set((emu.store.plans() or {}).keys()))
     return res
 

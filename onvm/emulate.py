@@ -599,9 +599,17 @@ class Emulation:
         (SIGKILL, no goodbye) and its link goes down, which its switch
         reports at once (OpenFlow port status)."""
         self.kill_agent(name)
+        self._host_link(name, "down")
+
+    def power_on_host(self, name):
+        """A failed host back: its link up, its agent started again."""
+        self._host_link(name, "up")
+        self.start_agent(name)
+
+    def _host_link(self, name, state):
         host = self.topo.host(name)
         index = [s.name for s in self.topo.switches].index(host.switch)
-        subprocess.run(["ip", "link", "set", f"{self.prefix}s{index}p{host.port}", "down"],
+        subprocess.run(["ip", "link", "set", f"{self.prefix}s{index}p{host.port}", state],
                        check=True)
 
     def restart_controller(self, i=0):

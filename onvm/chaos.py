@@ -34,8 +34,9 @@ from onvm.services import wait_for
 # Faults that touch only the store or the controllers: no host may be
 # evicted and no packet lost (issue 10's goal); host faults may lose
 # packets within the detection window.
-STORE_FAULTS = ("store_paused_5s", "etcd_member_killed", "forged_frames",
-                "leader_killed", "controllers_down_10s")
+STORE_FAULTS = ("store_paused_5s", "etcd_member_killed", "etcd_without_quorum",
+                "agent_cut_from_store", "forged_frames", "leader_killed",
+                "controllers_down_10s")
 
 
 @dataclasses.dataclass
@@ -163,6 +164,52 @@ def host_power_lost(emu, chain):
             f"back after 3 s")
 
 
+def etcd_without_quorum(emu, chain):
+    """Two of three etcd members SIGKILLed for 10 s: the store answers no
+    write and no linearizable read; the data plane goes on."""
+    n = len(emu.etcd.names)
+    if n < 3:
+        return "skipped: fewer than 3 etcd members"
+    down = list(range(n // 2 + 1))
+    for i in down:
+        emu.etcd.kill(i)
+    time.sleep(10.0)
+    for i in down:
+        emu.etcd.start(i)
+    return f"{len(down)} of {n} etcd members SIGKILLed 10 s (no quorum)"
+
+
+def agent_cut_from_store(emu, chain):
+    """The management network of the chain's first NF host cut for 10 s
+    (the loopback its store forwarder listens on taken down): its lease
+    runs out, its data plane and the controller's probes go on."""
+    host = _nf_host(emu, chain)
+    emu.node_cmd(host, "ip link set lo down")
+    time.sleep(10.0)
+    emu.node_cmd(host, "ip link set lo up")
+    return f"{host} (the chain's first NF) cut from the store 10 s"
+
+
+def link_flapping(emu, chain):
+    """A fabric link of the first NF host's switch down and up ten times,
+    0.5 s each way."""
+    sw = emu.topo.host(_nf_host(emu, chain)).switch
+    link = next(l for l in emu.topo.links if sw in (l.a, l.b))
+    for _ in range(10):
+        emu.fabric_link(link, "down")
+        time.sleep(0.5)
+        emu.fabric_link(link, "up")
+        time.sleep(0.5)
+    return f"link {link.a}:{link.a_port}-{link.b}:{link.b_port} flapped 10 times"
+
+
+def ovs_restarted(emu, chain):
+    """ovs-vswitchd stopped and started again (its flows are lost with the
+    userspace datapath; the controller programs them again)."""
+    emu.ovs.restart(keep_flows=False)
+    return "ovs-vswitchd restarted, its flows lost"
+
+
 def forged_frames(emu, chain):
     """Label stacks forged at the chain's ingress edge (each SPI/SI a chain
     could have) and random bytes: the edge drops them, nothing crashes."""
@@ -185,8 +232,9 @@ def forged_frames(emu, chain):
     return f"{len(frames)} forged label stacks and random frames at {edge}"
 
 
-FAULTS = {f.__name__: f for f in (store_paused_5s, etcd_member_killed, agent_killed,
-                                  host_power_lost, forged_frames)}
+FAULTS = {f.__name__: f for f in (store_paused_5s, etcd_member_killed, etcd_without_quorum,
+                                  agent_cut_from_store, agent_killed, host_power_lost,
+                                  link_flapping, ovs_restarted, forged_frames)}
 
 
 # -- controller faults: an emulation with Emulation(controllers=2) -----------

@@ -608,9 +608,22 @@ class Emulation:
 
     def _host_link(self, name, state):
         host = self.topo.host(name)
-        index = [s.name for s in self.topo.switches].index(host.switch)
-        subprocess.run(["ip", "link", "set", f"{self.prefix}s{index}p{host.port}", state],
+        self._switch_port(host.switch, host.port, state)
+
+    def fabric_link(self, link, state):
+        """A link between two switches (a topology Link) "up" or "down":
+        one end's interface, whose peer loses its carrier with it."""
+        self._switch_port(link.a, link.a_port, state)
+
+    def _switch_port(self, switch, port, state):
+        index = [s.name for s in self.topo.switches].index(switch)
+        subprocess.run(["ip", "link", "set", f"{self.prefix}s{index}p{port}", state],
                        check=True)
+
+    def node_cmd(self, name, cmd):
+        """Run a shell command in the namespace of host, edge or server
+        `name`; EmulationError if it fails."""
+        self._node_cmds(name, [cmd])
 
     def restart_controller(self, i=0):
         """Stop controller i and start a new one on the same ports."""

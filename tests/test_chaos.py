@@ -4,10 +4,12 @@ through chain transit: ddos on one host, monitor on another, out to the
 edge "internet", whose sink counts only what the chain let out),
 faults made for real one after the other with traffic flowing:
 the whole store paused 5 s, the etcd member the controller asks first
-killed and started again, the agent of the chain's first NF SIGKILLed and
-started again, forged label stacks and random bytes at the ingress edge;
-and on an emulation with two controllers, the leader SIGKILLed and both
-controllers down for 10 s.
+killed and started again, etcd without quorum 10 s, the first NF's host
+cut from the store 10 s, that host's agent SIGKILLed and started again,
+the host's power lost and back, a fabric link flapping ten times,
+ovs-vswitchd restarted, forged label stacks and random bytes at the
+ingress edge (onvm.chaos.FAULTS); and on an emulation with two
+controllers, the leader SIGKILLed and both controllers down for 10 s.
 
 After each: no packet reached the egress without the chain's NFs, no plan
 was lost, the chain's packets arrive again, and no host was evicted for a

@@ -225,10 +225,7 @@ def forged_frames(emu, chain):
             frames.append(stack + bytes(rng.randrange(256) for _ in range(46)))
     frames += [bytes(rng.randrange(256) for _ in range(rng.randrange(14, 120)))
                for _ in range(60)]
-    # A few frames a command: Mininet types the command into a shell, whose
-    # line holds about 4 KB.
-    for i in range(0, len(frames), 12):
-        emu.inject(edge, frames[i:i + 12])
+    emu.inject(edge, frames)
     return f"{len(frames)} forged label stacks and random frames at {edge}"
 
 

@@ -417,11 +417,15 @@ class Emulation:
     def inject(self, place, frames, times=1):
         """Send these frames (bytes), each `times` times, from the interface
         of `place` (an edge or a server) as raw Ethernet."""
-        hexes = [bytes(f).hex() for f in frames]
+        # The frames go through a file: Mininet types a command into a
+        # shell, whose line holds about 4 KB.
+        path = self.file(f"inject-{place}.json")
+        write_atomic(path, json.dumps([bytes(f).hex() for f in frames]))
         out = self.nodes[place].cmd(
-            f"{sys.executable} -c \"import socket; s=socket.socket(socket.AF_PACKET, "
+            f"{sys.executable} -c \"import json, socket; s=socket.socket(socket.AF_PACKET, "
             f"socket.SOCK_RAW); s.bind(('{self.intf[place]}', 0)); "
-            f"[s.send(bytes.fromhex(h)) for _ in range({int(times)}) for h in {hexes!r}]"
+            f"hexes=json.load(open('{path}')); "
+            f"[s.send(bytes.fromhex(h)) for _ in range({int(times)}) for h in hexes]"
             f"\" 2>&1; echo rc=$?").strip()
         if not out.endswith("rc=0"):
             raise EmulationError(f"sending frames from {place} failed: {out}")

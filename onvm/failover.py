@@ -29,13 +29,18 @@ FAILURES = {
 
 
 def failover_victim(emu):
-    """A host that runs an NF of a chain with traffic, and those chains; the
-    host whose loss moves the most chains, ties broken by name."""
+    """A host that runs an NF of a chain with packet traffic (a sender and a
+    sink), and those chains; the host whose loss moves the most chains,
+    ties broken by name."""
     # A chain whose egress is the failed host loses its sink with it: only
     # chains that can carry traffic again are counted and measured.
-    egress = {c.name: c.egress for c in emu.topo.chains}
+    # A chain of real TCP connections (its client at the edge) has no sink
+    # counting packets: its loss is not measured here.
+    egress = {c.name: c.egress for c in emu.topo.chains if c.name not in emu.client_plans}
     counts = {}
     for name, hops in emu.placement().items():
+        if name not in egress:
+            continue
         for _, hosts in hops:
             for h in hosts:
                 if (h != egress.get(name) and h not in emu.killed

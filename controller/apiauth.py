@@ -27,7 +27,8 @@ import hmac
 import logging
 import os
 import secrets
-import stat
+
+from contracts.secretfile import SecretFileError, read_tokens
 
 LOG = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ READ_METHODS = ("GET", "HEAD")
 SCHEME = "Bearer"
 
 
-class AuthError(ValueError):
+class AuthError(SecretFileError):
     """A token file cannot be used; the message names the file and option."""
 
 
@@ -59,27 +60,9 @@ def read_token_file(path, option, several=False):
     """The token(s) of `path` (a list when `several`); AuthError when the
     file is missing, empty, too short or readable by others."""
     try:
-        info = os.stat(path)
-        with open(path, encoding="ascii", errors="strict") as f:
-            lines = [line.strip() for line in f]
-    except (OSError, UnicodeDecodeError) as err:
-        raise AuthError(f"{path}: {option}: cannot read the token file: "
-                        f"{getattr(err, 'strerror', None) or err}") from None
-    if info.st_mode & (stat.S_IRWXO):
-        raise AuthError(f"{path}: {option}: the token file is readable by every user "
-                        f"(mode {stat.S_IMODE(info.st_mode):04o}); "
-                        f"run: chmod 600 {path}")
-    tokens = [t for t in lines if t and not t.startswith("#")]
-    if not tokens:
-        raise AuthError(f"{path}: {option}: the token file is empty")
-    for number, line in enumerate(lines, 1):
-        if line and not line.startswith("#") and (len(line) < MIN_TOKEN_CHARS
-                                                  or any(c.isspace() for c in line)):
-            raise AuthError(f"{path}:{number}: {option}: a token is one word of at "
-                            f"least {MIN_TOKEN_CHARS} characters")
-    if not several and len(tokens) > 1:
-        raise AuthError(f"{path}: {option}: one token expected, found {len(tokens)}")
-    return tokens if several else tokens[0]
+        return read_tokens(path, option, MIN_TOKEN_CHARS, several)
+    except SecretFileError as err:
+        raise AuthError(str(err)) from None
 
 
 def make_token_file(state_dir):

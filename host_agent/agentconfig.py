@@ -9,6 +9,8 @@ DPDK EAL arguments.
       ca: /etc/onvm/tls/ca.crt      # https etcd: its CA, this host's
       cert: /etc/onvm/tls/h1.crt    # client certificate and key
       key: /etc/onvm/tls/h1.key
+      user: root                    # etcd auth: user and the file with its
+      password_file: /etc/onvm/etcd-password   # password (mode 0600)
     nic:
       pci: "0000:03:00.0"           # bound to vfio-pci (dpdk-devbind.py)
       # vdev: net_af_packet0,iface=eth1   # instead: a virtual device, --no-pci
@@ -20,11 +22,12 @@ DPDK EAL arguments.
 
 Every problem is reported at once as FILE:LINE: key: message (a
 ConfigError, a contracts.validate.ValidationError): unknown keys, wrong
-types, unreadable TLS files, a PCI NIC that does not exist or is not bound
+types, unreadable TLS files, a password file open to every user, a PCI NIC that does not exist or is not bound
 to a DPDK driver.
 
 Not here: running the agent (host_agent.agent), the store client's use of
-the TLS files (contracts.store reads $ONVM_STORE_CA/CERT/KEY).
+the TLS files and password (contracts.store reads $ONVM_STORE_CA/CERT/KEY/
+USER/PASSWORD_FILE).
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ import re
 
 import yaml
 
-from contracts.store import TLS_ENV
+from contracts.secretfile import SecretFileError, read_secret_file
+from contracts.store import AUTH_ENV, TLS_ENV
 from contracts.tlsfiles import TLSFileError, check_ca, check_pair
 from contracts.validate import Errors, ValidationError
 
@@ -43,7 +47,7 @@ PCI_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 CORES_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 KEYS = ("host", "store", "plan", "nic", "cores", "hugepages_mb", "metrics_port",
         "idle_us", "eal")
-STORE_KEYS = ("endpoints", "ca", "cert", "key")
+STORE_KEYS = ("endpoints", "ca", "cert", "key", "user", "password_file")
 NIC_KEYS = ("pci", "vdev")
 
 
@@ -56,7 +60,7 @@ class AgentConfig:
     host: str
     store: str = None              # comma-separated endpoints, as --store takes
     plan: str = None
-    tls_env: dict = dataclasses.field(default_factory=dict)   # ONVM_STORE_* for the store
+    tls_env: dict = dataclasses.field(default_factory=dict)   # ONVM_STORE_* (TLS, user)
     eal: list = dataclasses.field(default_factory=list)
     metrics_port: int = 9100
     idle_us: int = 0
@@ -133,7 +137,27 @@ class _Checker:
             self.fail(("store", "endpoints"), "TLS files are given: use https:// URLs")
         tls_env = {env: files[k] for env, k in zip(TLS_ENV, ("ca", "cert", "key"))
                    if files[k] is not None}
+        tls_env.update(self.store_auth(store))
         return ",".join(e.rstrip("/") for e in endpoints), tls_env
+
+    def store_auth(self, store):
+        """$ONVM_STORE_USER/PASSWORD_FILE of store.user and store.password_file."""
+        user, password_file = store.get("user"), store.get("password_file")
+        if (user is None) != (password_file is None):
+            given, missing = ("user", "password_file") if password_file is None \
+                else ("password_file", "user")
+            self.fail(("store", given), f"an etcd user and its password_file go "
+                                        f"together: {missing} is missing")
+            return {}
+        if user is None:
+            return {}
+        if not isinstance(user, str) or not user:
+            self.fail(("store", "user"), f"must be an etcd user name, not {user!r}")
+        try:
+            read_secret_file(str(password_file), "password_file", "password file")
+        except SecretFileError as err:
+            self.fail(("store", "password_file"), str(err))
+        return dict(zip(AUTH_ENV, (str(user), str(password_file))))
 
     def certificates(self, files):
         """Certificate valid now and with its key, a CA file with a CA."""

@@ -4,6 +4,9 @@ private to its user, so a secret never sits on a command line or in a
 file every user of the machine can read.
 
     lines = read_secret_file(path, "store password_file", "password file")
+    tokens = read_tokens(path, "--metrics-token-file", MIN_TOKEN_CHARS, several=True)
+    token = bearer_token(environ.get("HTTP_AUTHORIZATION"))   # bytes or None
+    if token is not None and token_in(token, tokens): ...       # constant time
 
 A file that is missing, unreadable, empty, or accessible to every user
 (any "other" permission bit) is a SecretFileError naming the file, the
@@ -14,8 +17,12 @@ host_agent.metrics, the etcd store client).
 """
 from __future__ import annotations
 
+import hmac
 import os
 import stat
+
+MIN_TOKEN_CHARS = 16
+SCHEME = "Bearer"
 
 
 class SecretFileError(ValueError):
@@ -57,3 +64,23 @@ def read_tokens(path, option, min_chars, several=False):
     if not several and len(tokens) > 1:
         raise SecretFileError(f"{path}: {option}: one token expected, found {len(tokens)}")
     return tokens if several else tokens[0]
+
+
+def bearer_token(header):
+    """The token of an `Authorization: Bearer TOKEN` header as bytes, None
+    when the header is missing or of another scheme."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() != SCHEME.lower() or not token.strip():
+        return None
+    return token.strip().encode()
+
+
+def token_in(token, candidates):
+    """Whether `token` (bytes) is one of `candidates` (str or bytes),
+    in constant time in the token: every candidate is compared."""
+    found = False
+    for candidate in candidates:
+        if isinstance(candidate, str):
+            candidate = candidate.encode()
+        found |= hmac.compare_digest(token, candidate)
+    return found

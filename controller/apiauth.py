@@ -23,19 +23,17 @@ with the [onvm] api_cert/api_key options).
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import logging
 import os
 import secrets
 
-from contracts.secretfile import SecretFileError, read_tokens
+from contracts.secretfile import (MIN_TOKEN_CHARS, SecretFileError, bearer_token,
+                                  read_tokens, token_in)
 
 LOG = logging.getLogger(__name__)
 
 TOKEN_NAME = "api-token"          # the generated token's file in the state dir
-MIN_TOKEN_CHARS = 16
 READ_METHODS = ("GET", "HEAD")
-SCHEME = "Bearer"
 
 
 class AuthError(SecretFileError):
@@ -99,24 +97,15 @@ def load_tokens(token_file=None, read_file=None, state_dir=None):
     return Tokens(write.encode(), tuple(t.encode() for t in read), path)
 
 
-def _matches(token, candidates):
-    """Constant time in the token: every candidate is compared."""
-    found = False
-    for candidate in candidates:
-        found |= hmac.compare_digest(token, candidate)
-    return found
-
-
 def authorize(tokens: Tokens, method, header):
     """None when a request with this Authorization `header` may be carried
     out, else (status, message) for the refusal."""
-    scheme, _, token = (header or "").strip().partition(" ")
-    if scheme.lower() != SCHEME.lower() or not token.strip():
+    token = bearer_token(header)
+    if token is None:
         return 401, ("missing credentials: send 'Authorization: Bearer TOKEN' "
                      "(the token is in the controller's api_token_file)")
-    token = token.strip().encode()
-    is_write = _matches(token, (tokens.write,))
-    is_read = _matches(token, tokens.read)
+    is_write = token_in(token, (tokens.write,))
+    is_read = token_in(token, tokens.read)
     if is_write:
         return None
     if is_read:

@@ -362,6 +362,13 @@ def cli_agent(args):
         except PlanError as err:
             print(f"onvm agent: {err}", file=sys.stderr)
             return 1
+    if args.metrics_port:
+        from host_agent.metrics import metrics_settings
+        try:
+            metrics = metrics_settings(args)
+        except ValueError as err:
+            print(f"onvm agent: {err}", file=sys.stderr)
+            return 1
     eal = eal_args_for(args.host, args.eal)
     try:
         fp.eal_init(eal)
@@ -380,7 +387,7 @@ def cli_agent(args):
         return 1
     if args.metrics_port:
         from host_agent.metrics import serve_metrics
-        serve_metrics(agent, args.metrics_port)
+        serve_metrics(agent, metrics)
     signal.signal(signal.SIGTERM, lambda *_: agent._stop.set())
     agent.start()
     link = None

@@ -17,6 +17,10 @@ DPDK EAL arguments.
     cores: "2-3"                    # EAL -l (the first runs the manager loop)
     hugepages_mb: 1024              # EAL --socket-mem; 0: --no-huge (tests only)
     metrics_port: 9100              # Prometheus endpoint, 0: none
+    metrics_addr: 192.0.2.101       # its address (default 127.0.0.1); then:
+    metrics_cert: /etc/onvm/tls/h1-metrics.crt    # HTTPS
+    metrics_key: /etc/onvm/tls/h1-metrics.key
+    metrics_token_file: /etc/onvm/metrics-token   # bearer tokens, mode 0600
     idle_us: 0                      # sleep when idle (0: poll, line rate)
     eal: []                         # more EAL arguments, passed as they are
 
@@ -37,7 +41,8 @@ import re
 
 import yaml
 
-from contracts.secretfile import SecretFileError, read_secret_file
+from contracts.secretfile import (MIN_TOKEN_CHARS, SecretFileError, read_secret_file,
+                                  read_tokens)
 from contracts.store import AUTH_ENV, TLS_ENV
 from contracts.tlsfiles import TLSFileError, check_ca, check_pair
 from contracts.validate import Errors, ValidationError
@@ -46,7 +51,8 @@ DPDK_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio")
 PCI_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 CORES_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 KEYS = ("host", "store", "plan", "nic", "cores", "hugepages_mb", "metrics_port",
-        "idle_us", "eal")
+        "idle_us", "eal", "metrics_addr", "metrics_cert", "metrics_key", "metrics_token_file")
+METRICS_KEYS = ("metrics_addr", "metrics_cert", "metrics_key", "metrics_token_file")
 STORE_KEYS = ("endpoints", "ca", "cert", "key", "user", "password_file")
 NIC_KEYS = ("pci", "vdev")
 
@@ -63,6 +69,7 @@ class AgentConfig:
     tls_env: dict = dataclasses.field(default_factory=dict)   # ONVM_STORE_* (TLS, user)
     eal: list = dataclasses.field(default_factory=list)
     metrics_port: int = 9100
+    metrics: dict = dataclasses.field(default_factory=dict)   # metrics_addr/cert/key/token_file
     idle_us: int = 0
 
 
@@ -159,6 +166,30 @@ class _Checker:
             self.fail(("store", "password_file"), str(err))
         return dict(zip(AUTH_ENV, (str(user), str(password_file))))
 
+    def metrics(self, raw):
+        """The metrics_addr/cert/key/token_file keys given, checked."""
+        given = {k: raw[k] for k in METRICS_KEYS if k in raw}
+        for k, value in given.items():
+            if not isinstance(value, str) or not value:
+                self.fail((k,), f"must be a string, not {value!r}")
+                return {}
+        if ("metrics_cert" in given) != ("metrics_key" in given):
+            self.fail(("metrics_cert" if "metrics_cert" in given else "metrics_key",),
+                      "metrics_cert and metrics_key go together")
+        elif "metrics_cert" in given:
+            try:
+                check_pair(given["metrics_cert"], given["metrics_key"], "certificate", "key")
+            except TLSFileError as err:
+                self.fail(("metrics_key" if "not the key" in str(err) else "metrics_cert",),
+                          str(err))
+        if "metrics_token_file" in given:
+            try:
+                read_tokens(given["metrics_token_file"], "token file", MIN_TOKEN_CHARS,
+                            several=True)
+            except SecretFileError as err:
+                self.fail(("metrics_token_file",), str(err))
+        return given
+
     def certificates(self, files):
         """Certificate valid now and with its key, a CA file with a CA."""
         try:
@@ -251,6 +282,7 @@ def parse_config(text, path, sysfs="/sys"):
             eal += ["--socket-mem", str(mb)] if mb else ["--no-huge", "-m", "256"]
     if "metrics_port" in raw:
         config.metrics_port = c.integer(raw["metrics_port"], ("metrics_port",), 0, 65535)
+    config.metrics = c.metrics(raw)
     if "idle_us" in raw:
         config.idle_us = c.integer(raw["idle_us"], ("idle_us",), 0, 1_000_000)
     extra = raw.get("eal", [])
@@ -274,7 +306,7 @@ def load_config(path, sysfs="/sys"):
 
 def cli_agent(args):
     """`onvm agent`: with --config, the file's settings (flags given as
-    well win: --host, --store, --plan, --metrics-port, --idle-us; EAL
+    well win: --host, --store, --plan, --metrics-*, --idle-us; EAL
     arguments after `--` come after the file's); then host_agent.agent."""
     import sys
     from host_agent.agent import cli_agent as run_agent
@@ -290,6 +322,9 @@ def cli_agent(args):
         args.metrics_port = config.metrics_port if args.metrics_port is None \
             else args.metrics_port
         args.idle_us = config.idle_us if args.idle_us is None else args.idle_us
+        for key, value in config.metrics.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
         args.eal = config.eal + list(args.eal)
         os.environ.update(config.tls_env)      # read by contracts.store.open_store
     if not args.host or not (args.store or args.plan):

@@ -103,6 +103,13 @@ def build_parser():
     src.add_argument("--plan", help="a local plan file: run with no controller")
     a.add_argument("--metrics-port", type=int, default=None,
                    help="Prometheus endpoint (default 9100; 0: none)")
+    a.add_argument("--metrics-addr", default=None,
+                   help="address of the Prometheus endpoint (default 127.0.0.1)")
+    a.add_argument("--metrics-cert", default=None, help="metrics over HTTPS: certificate")
+    a.add_argument("--metrics-key", default=None, help="metrics over HTTPS: key")
+    a.add_argument("--metrics-token-file", default=None,
+                   help="metrics need 'Authorization: Bearer TOKEN': file of tokens, "
+                        "one a line, mode 0600")
     a.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
     a.add_argument("--idle-us", type=int, default=None,

@@ -101,7 +101,8 @@ def test_every_problem_at_once_with_its_line(sysfs, tls_files):
     assert err.value.errors == [
         "agent.yaml:11: host: duplicate key (first at line 1)",
         "agent.yaml:10: colour: unknown key; known: host, store, plan, nic, cores, "
-        "hugepages_mb, metrics_port, idle_us, eal",
+        "hugepages_mb, metrics_port, idle_us, eal, metrics_addr, metrics_cert, "
+        "metrics_key, metrics_token_file",
         "agent.yaml:3: store.endpoints: must list etcd URLs like https://10.0.0.11:2379, "
         "not ['http://10.0.0.11:2379', 'ftp://x']",
         "agent.yaml:5: store.ca: cannot read '/nonexistent/ca.crt'",
@@ -237,3 +238,34 @@ def test_a_key_that_is_not_the_certificates_is_named(tls_files):
         ["agent.yaml:5", "store.key"], ["agent.yaml:6", "store.ca"]], err.value.errors
     assert f"{tls_files['other.key']}: key: not the key of {tls_files['h1.crt']}" \
         in err.value.errors[0]
+
+
+def test_metrics_tls_and_token_keys(tls_files, tmp_path):
+    token = tmp_path / "metrics-token"
+    token.write_text("prometheus-scrape-token-0123456789\n")
+    token.chmod(0o600)
+    config = parse(f"""\
+        host: h1
+        plan: {tls_files['ca.crt']}
+        metrics_addr: 192.0.2.101
+        metrics_cert: {tls_files['h1.crt']}
+        metrics_key: {tls_files['h1.key']}
+        metrics_token_file: {token}
+        """)
+    assert config.metrics == {"metrics_addr": "192.0.2.101",
+                              "metrics_cert": tls_files["h1.crt"],
+                              "metrics_key": tls_files["h1.key"],
+                              "metrics_token_file": str(token)}
+    token.chmod(0o644)
+    with pytest.raises(ConfigError) as err:
+        parse(f"""\
+            host: h1
+            plan: {tls_files['ca.crt']}
+            metrics_cert: {tls_files['h1.crt']}
+            metrics_key: {tls_files['other.key']}
+            metrics_token_file: {token}
+            """)
+    text = str(err.value)
+    assert "agent.yaml:4: metrics_key: " in text and "not the key of" in text
+    assert f"agent.yaml:5: metrics_token_file: {token}: token file: the token file is " \
+        "readable by every user" in text

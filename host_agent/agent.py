@@ -88,6 +88,7 @@ class Agent:
         self.published_bytes = 0
         self._cut_logged = False
         self.plan_error = None
+        self.plan = None                    # the plan applied (metrics' chain labels)
         self.procs = {}                     # instance id -> Popen
         self._thread = None
         self._stop = threading.Event()
@@ -119,6 +120,7 @@ class Agent:
                           self.host, self.manager.generation, err)
                 return False
             self.plan_error = None
+            self.plan = plan
             self._sync_processes(plan)
             exported = self._export_marked(plan)
             if self.store is not None:

@@ -12,6 +12,16 @@ with one or several tokens, one a line, as the REST API's: every scrape
 sends `Authorization: Bearer TOKEN`, Prometheus's
 `authorization: {credentials_file: ...}`; missing or wrong: 401).
 
+Chains: an instance's counters carry a `chain` label, the SPIs of the
+chains it serves in the applied plan (a reverse path counts as its
+chain), joined with "+" when several chains share the instance ("none"
+when it serves none).  `onvm_chain_packets_total{chain, kind}` gives each
+chain's own packets: "in", what its first NF's instances on this host
+take in (the chain's rate, summed over hosts), and "drops", what the
+instances that serve this chain alone drop; a shared instance's packets
+are in no chain's total (its `chain` label names them all).
+`onvm status` maps an SPI to its chain's name.
+
 Not here: the store's stats summary (host_agent.agent), the dashboard
 (deploy/grafana).
 """
@@ -30,6 +40,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from contracts.secretfile import (MIN_TOKEN_CHARS, SecretFileError, bearer_token,
                                   read_tokens, token_in)
 from contracts.tlsfiles import TLSFileError, check_pair
+from contracts.wire import MAX_CHAIN_SPI, SI_FIRST
 
 LOG = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -57,16 +68,19 @@ class AgentCollector:
         for reason, n in stats["drops"].items():
             drops.add_metric([host, reason], n)
         yield drops
+        serves, first = plan_chains(getattr(self.agent, "plan", None))
         inst = CounterMetricFamily("onvm_instance_packets", "Packets per NF instance",
-                                   labels=["host", "instance", "nf", "direction"])
+                                   labels=["host", "instance", "nf", "chain", "direction"])
         queue = GaugeMetricFamily("onvm_instance_queue", "Packets waiting in an NF process's ring",
-                                  labels=["host", "instance", "nf"])
+                                  labels=["host", "instance", "nf", "chain"])
         for iid, s in stats["instances"].items():
+            chain = chain_label(serves.get(iid, ()))
             for direction in ("rx", "tx", "drops"):
-                inst.add_metric([host, str(iid), s["nf"], direction], s[direction])
-            queue.add_metric([host, str(iid), s["nf"]], s["queue"])
+                inst.add_metric([host, str(iid), s["nf"], chain, direction], s[direction])
+            queue.add_metric([host, str(iid), s["nf"], chain], s["queue"])
         yield inst
         yield queue
+        yield chain_metrics(host, stats["instances"], serves, first)
         yield from nf_counter_metrics(host, stats["instances"])
         flows = GaugeMetricFamily("onvm_flows", "Entries in the flow table", labels=["host"])
         flows.add_metric([host], stats["flows"])
@@ -77,6 +91,39 @@ class AgentCollector:
             yield from _table_metrics(host, "onvm_flow_table_entries",
                                       "onvm_flow_table_events", "flow table",
                                       stats["flow_table"])
+
+
+def plan_chains(plan):
+    """({instance id: set of chain SPIs it serves}, {chain SPI: instance
+    ids at its first hop}) of a plan's local hops; a reverse SPI counts as
+    its chain's."""
+    serves, first = {}, {}
+    for hop in (plan or {}).get("hops", []):
+        if not isinstance(hop, dict) or "local" not in hop:
+            continue
+        spi = hop["spi"] & MAX_CHAIN_SPI
+        serves.setdefault(hop["local"], set()).add(spi)
+        if hop["spi"] == spi and hop["si"] == SI_FIRST:
+            first.setdefault(spi, set()).add(hop["local"])
+    return serves, first
+
+
+def chain_label(spis):
+    return "+".join(str(spi) for spi in sorted(spis)) or "none"
+
+
+def chain_metrics(host, instances, serves, first):
+    """onvm_chain_packets_total: each chain's packets in at its first NF
+    and drops by the instances serving it alone (module docstring)."""
+    family = CounterMetricFamily("onvm_chain_packets", "Packets per chain: in at its "
+                                 "first NF, dropped by its own instances",
+                                 labels=["host", "chain", "kind"])
+    for spi in sorted(set(first) | {s for spis in serves.values() for s in spis}):
+        taken = sum(instances[i]["rx"] for i in first.get(spi, ()) if i in instances)
+        dropped = sum(s["drops"] for i, s in instances.items() if serves.get(i) == {spi})
+        family.add_metric([host, str(spi), "in"], taken)
+        family.add_metric([host, str(spi), "drops"], dropped)
+    return family
 
 
 def _table_metrics(host, gauge, counter, what, table):

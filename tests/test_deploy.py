@@ -230,8 +230,14 @@ def test_dashboard_has_grafana_shape():
             assert t["datasource"] == source, p["title"]
             assert 'host=~"$host"' in t["expr"], (p["title"], t["expr"])
     titles = " ".join(p["title"] for p in graphs).lower()
-    for topic in ("mpps", "drops by reason", "ring occupancy", "instances per"):
+    for topic in ("mpps", "drops by reason", "ring occupancy", "instances per",
+                  "mpps per chain", "drops per chain", "instances per chain"):
         assert topic in titles
+    assert variables["chain"]["type"] == "query" and variables["chain"]["multi"]
+    for p in graphs:
+        if "chain" in p["title"].lower():
+            assert all('chain=~"$chain"' in t["expr"] and "by (chain)" in t["expr"]
+                       for t in p["targets"]), p["title"]
 
 
 def agent_plan():
@@ -299,8 +305,18 @@ def test_every_dashboard_metric_is_served_by_a_live_agent(tmp_path):
     context = ssl.create_default_context(cafile=tls.ca)
     url = f"https://127.0.0.1:{port}/metrics"
     try:
-        body = services.wait_for(lambda: scrape(url, proc, context, token),
-                                 30, "the agent's /metrics")
+        # until packets went through chain 16 (SPI; net_pcap replays its
+        # file): half pass, half are dropped by its firewall
+        def chain_counted():
+            text = scrape(url, proc, context, token)
+            found = dict(re.findall(r'^onvm_chain_packets_total\{chain="16",host="h1",'
+                                    r'kind="(\w+)"\} (\S+)$', text or "", re.M))
+            return (text, found) if float(found.get("drops", 0)) > 0 else None
+        body, chain = services.wait_for(chain_counted, 30, "chain 16's packets in /metrics")
+        assert 0 < float(chain["drops"]) < float(chain["in"]), chain
+        # "in" is what the first NF (instance 1) takes in, from the same sample
+        assert f'onvm_instance_packets_total{{chain="16",direction="rx",host="h1",' \
+            f'instance="1",nf="firewall"}} {chain["in"]}' in body
         for wrong in (None, "not-the-token-at-all-0123456789"):
             with pytest.raises(urllib.error.HTTPError) as err:
                 scrape(url, proc, context, wrong)
@@ -326,3 +342,32 @@ def test_a_metrics_token_file_open_to_everyone_is_refused_before_starting(tmp_pa
     assert res.returncode == 1
     assert f"{token_file}: --metrics-token-file: the token file is readable by every " \
         "user" in res.stderr, res.stderr
+
+
+def test_chain_labels_of_shared_instances_and_reverse_paths():
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+    from contracts.wire import reverse_spi
+    from host_agent.metrics import chain_label, chain_metrics, plan_chains
+    plan = {"hops": [{"spi": 16, "si": 255, "local": 1}, {"spi": 16, "si": 254, "local": 3},
+                     {"spi": 18, "si": 255, "local": 2}, {"spi": 18, "si": 254, "local": 3},
+                     {"spi": reverse_spi(18), "si": 255, "local": 2},
+                     {"spi": 20, "si": 255, "remote": [{"host": "h2"}]}]}
+    serves, first = plan_chains(plan)
+    assert serves == {1: {16}, 2: {18}, 3: {16, 18}}
+    assert first == {16: {1}, 18: {2}}
+    assert chain_label(serves[3]) == "16+18" and chain_label(()) == "none"
+    instances = {i: {"rx": 100 * i, "drops": i} for i in (1, 2, 3)}
+
+    class One:
+        def collect(self):
+            yield chain_metrics("h1", instances, serves, first)
+    registry = CollectorRegistry()
+    registry.register(One())
+    text = generate_latest(registry).decode()
+    # in: the first NF's rx; drops: instances of this chain alone (3 is shared)
+    for line in ('{chain="16",host="h1",kind="in"} 100.0',
+                 '{chain="16",host="h1",kind="drops"} 1.0',
+                 '{chain="18",host="h1",kind="in"} 200.0',
+                 '{chain="18",host="h1",kind="drops"} 2.0'):
+        assert f"onvm_chain_packets_total{line}" in text, text

@@ -421,14 +421,14 @@ class EtcdStore(Store):
             request["start_revision"] = start_revision
         resp = self._ask(f"watch {prefix}", "/watch", {"create_request": request},
                          (REQUEST_TIMEOUT, WATCH_IDLE_S), stream=True)
-        return self._stream(resp, f"{self.url}{prefix}")
+        return self._stream(resp, f"{self.url}{prefix}", self._token)
 
-    def _stream(self, resp, what):
+    def _stream(self, resp, what, token):
         def events():
             try:
                 for line in resp.iter_lines(chunk_size=None):
                     if line.strip():
-                        yield from self._watch_events(line, what)
+                        yield from self._watch_events(line, what, token)
             except requests.exceptions.ConnectionError as err:
                 if "timed out" in str(err).lower():
                     raise WatchIdle(f"watch of {what}: nothing for {WATCH_IDLE_S:g} s; "
@@ -450,7 +450,7 @@ class EtcdStore(Store):
             resp.close()
         return events(), cancel
 
-    def _watch_events(self, line, what):
+    def _watch_events(self, line, what, token=None):
         try:
             message = json.loads(line)
             if not isinstance(message, dict):
@@ -466,6 +466,14 @@ class EtcdStore(Store):
             if int(result.get("compact_revision", 0) or 0) > 0:
                 raise WatchCompacted(f"watch of {what}: start revision was compacted "
                                      f"(oldest kept: {result['compact_revision']})")
+            if result.get("canceled"):
+                reason = str(result.get("cancel_reason", ""))
+                if self.auth and any(marker in reason for marker in STALE_TOKEN):
+                    # the Watch opens it again, with the new token
+                    self._authenticate(token)
+                    raise StoreError(f"watch of {what}: etcd refused the expired auth "
+                                     "token; authenticated again")
+                raise StoreError(f"watch of {what}: etcd canceled it: {reason}")
             events = result.get("events", [])
             if not events and "header" in result:
                 # created or progress: nothing changed up to this revision

@@ -92,3 +92,27 @@ def test_auth_from_env():
     env = {"ONVM_STORE_USER": "root", "ONVM_STORE_PASSWORD_FILE": "/etc/onvm/pw"}
     assert st.auth_from_env(env) == st.StoreAuth("root", "/etc/onvm/pw")
     assert st.auth_from_env({}) is None
+
+
+def test_a_watch_and_a_lease_across_token_expiry(auth_etcd):
+    """The watch reopens its stream (idle) and the lease is refreshed after
+    the token expired: both authenticate again and go on."""
+    server, auth, _ = auth_etcd
+    watcher = st.open_store(server.url, auth=auth)
+    writer = st.open_store(server.url, auth=auth)
+    events = []
+    watch = watcher.watch("/onvm/test/auth/w/", callback=lambda k, v: events.append((k, v)))
+    lease = writer.register_host("authhost", {"cores": 1}, ttl=10, keepalive=False)
+    try:
+        time.sleep(4.5)                # both clients' tokens (TTL 2 s) expire unused
+        assert lease.refresh()
+        assert "authhost" in writer.hosts()
+        writer.put("/onvm/test/auth/w/k", {"n": 3})
+        services.wait_for(lambda: ("/onvm/test/auth/w/k", {"n": 3}) in events, 15,
+                          "the put seen by the watch after token expiry")
+        assert watcher.authentications > 1 and writer.authentications > 1
+    finally:
+        watch.cancel()
+        lease.stop()
+        watcher.close()
+        writer.close()

@@ -49,11 +49,27 @@ def tls_from_env(env=os.environ):
     return values if any(values) else None
 
 
-def open_store(url, tls=None):
+# etcd's user/password auth: the user and the file holding its password
+# (one line, mode 0600: never on a command line).  The client authenticates
+# for a token and again when etcd says the token is no longer valid.
+StoreAuth = collections.namedtuple("StoreAuth", "user password_file")
+AUTH_ENV = StoreAuth("ONVM_STORE_USER", "ONVM_STORE_PASSWORD_FILE")
+
+
+def auth_from_env(env=os.environ):
+    """StoreAuth from $ONVM_STORE_USER and $ONVM_STORE_PASSWORD_FILE, or
+    None when neither is set."""
+    values = StoreAuth(*(env.get(name) or None for name in AUTH_ENV))
+    return values if any(values) else None
+
+
+def open_store(url, tls=None, auth=None):
     """A store for `url`: "http://host:port" or "https://host:port" (etcd;
     several members separated by commas) or "memory://".  `tls`: a
-    StoreTLS for https (default: tls_from_env())."""
+    StoreTLS for https (default: tls_from_env()); `auth`: a StoreAuth
+    (default: auth_from_env())."""
     if url.startswith("memory://"):
         return MemoryStore()
     from contracts.store_etcd import EtcdStore      # needs etcd3gw and requests
-    return EtcdStore(url, tls=tls if tls is not None else tls_from_env())
+    return EtcdStore(url, tls=tls if tls is not None else tls_from_env(),
+                     auth=auth if auth is not None else auth_from_env())

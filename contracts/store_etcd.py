@@ -11,6 +11,14 @@ dies, hangs (no byte for WATCH_IDLE_S) or closes the stream, the Watch
 opens it again on a member that answers, from the revision after the last
 event it saw: members share revisions, so nothing is lost or repeated.
 
+User and password (etcd's auth): with a contracts.store.StoreAuth, the
+client asks `/v3/auth/authenticate` for a token and sends it in the
+`Authorization` header of every request; when etcd answers that the token
+is no longer valid (it expired: `--auth-token-ttl`), it authenticates
+again and repeats the request once.  A wrong password or user is a
+StoreError naming the user, the password file and the URL, raised before
+anything is read or written.
+
 A full store (etcd's NOSPACE alarm) is a StoreFull that says what the
 operator must do; no other member is asked.
 
@@ -34,6 +42,7 @@ import urllib.parse
 
 import requests
 
+from contracts.secretfile import SecretFileError, read_secret_file
 from contracts.tlsfiles import TLSFileError, check_ca, check_pair
 from contracts.store_api import (REQUEST_TIMEOUT, SKIPPED, Store, StoreError,
                                  WatchCompacted, WatchIdle)
@@ -47,6 +56,10 @@ UNAVAILABLE = {408, 500, 502, 503, 504}
 # alarm is raised: the whole cluster refuses, asking another member is useless.
 NOSPACE = "database space exceeded"
 WRITES = {"/kv/put", "/kv/txn", "/lease/grant"}
+# What etcd answers when a token is not (or no longer) valid: authenticate
+# again.  ("revision of auth store is old": users or roles changed since.)
+STALE_TOKEN = ("invalid auth token", "revision of auth store is old")
+AUTH_FAILED = "authentication failed"
 
 
 def _b64(text):
@@ -104,14 +117,32 @@ def check_tls(tls, endpoints):
     return {"ca_cert": tls.ca, "cert_cert": tls.cert, "cert_key": tls.key}
 
 
+def read_password(auth):
+    """The password of a StoreAuth (its file's first line); StoreError
+    naming the file when it is missing, empty or readable by others."""
+    if not auth.user or not auth.password_file:
+        raise StoreError("store auth: a user needs its password_file and a password_file "
+                         "its user (ONVM_STORE_USER and ONVM_STORE_PASSWORD_FILE)")
+    try:
+        return read_secret_file(auth.password_file,
+                                "store password_file (ONVM_STORE_PASSWORD_FILE)",
+                                "password file")[0]
+    except SecretFileError as err:
+        raise StoreError(str(err)) from None
+
+
 class _Unavailable(Exception):
     """One member could not serve one call (the next member is asked)."""
+
+
+class _StaleToken(Exception):
+    """etcd refused the auth token sent (expired, or none was sent)."""
 
 
 class EtcdStore(Store):
     """See the module docstring."""
 
-    def __init__(self, url, tls=None):
+    def __init__(self, url, tls=None, auth=None):
         import etcd3gw
         self.endpoints = parse_endpoints(url)
         tls_args = check_tls(tls, self.endpoints)
@@ -129,6 +160,13 @@ class EtcdStore(Store):
         self.member = 0                     # index of the member we talk to
         self.failovers = 0
         self._member_lock = threading.Lock()
+        self.auth = auth if auth is not None and any(auth) else None
+        self._password = read_password(self.auth) if self.auth else None
+        self._token = None
+        self._token_lock = threading.Lock()
+        self.authentications = 0
+        if self.auth:
+            self._authenticate(None)
         try:
             self._call("status", "/maintenance/status", {})
         except StoreError as err:
@@ -158,9 +196,42 @@ class EtcdStore(Store):
         detail = "; ".join(f"{self.endpoints[i]}: {err}" for i, err in errors)
         return StoreError(f"{self.url}: {what} failed on every member: {detail}")
 
-    def _post_one(self, client, path, payload, timeout, stream=False):
+    # -- auth ------------------------------------------------------------
+    def _authenticate(self, stale):
+        """A new token for our user (unless another thread already replaced
+        the `stale` one); StoreError naming user, file and URL on refusal."""
+        with self._token_lock:
+            if stale is not None and self._token != stale:
+                return
+            who = (f"{self.url}: etcd user {self.auth.user!r} (password from "
+                   f"{self.auth.password_file})")
+            try:
+                resp = self._ask("authenticate", "/auth/authenticate",
+                                 {"name": self.auth.user, "password": self._password},
+                                 REQUEST_TIMEOUT, reauth=False)
+            except StoreError as err:
+                text = str(err)
+                if AUTH_FAILED in text:
+                    raise StoreError(f"{who}: authentication failed: wrong password "
+                                     "or no such user") from None
+                if "authentication is not enabled" in text:
+                    raise StoreError(f"{who}: etcd has authentication disabled; enable "
+                                     "it (etcdctl auth enable) or give no user") from None
+                raise
+            try:
+                token = resp.json()["token"]
+            except (ValueError, KeyError, TypeError):
+                raise self.garbage_error("authenticate", repr(resp.text[:80])) from None
+            self._token = token
+            self.authentications += 1
+            if stale is not None:
+                LOG.info("%s: etcd auth token no longer valid; authenticated again as %r",
+                         self.url, self.auth.user)
+
+    def _post_one(self, client, path, payload, timeout, stream, token):
+        headers = {"Authorization": token} if token else None
         try:
-            resp = client.session.post(client.get_url(path), json=payload,
+            resp = client.session.post(client.get_url(path), json=payload, headers=headers,
                                        timeout=timeout, stream=stream)
         except requests.exceptions.RequestException as err:
             raise _Unavailable(str(err)) from None
@@ -170,13 +241,29 @@ class EtcdStore(Store):
             raise _Unavailable(f"HTTP {resp.status_code}: {text}")
         return resp
 
-    def _ask(self, what, path, payload, timeout, stream=False):
+    def _ask(self, what, path, payload, timeout, stream=False, reauth=True):
         """The first member's HTTP answer, going on to the next one while a
-        member cannot serve; StoreError when none does or one refuses."""
+        member cannot serve; StoreError when none does or one refuses.  A
+        stale auth token: authenticate again, ask once more."""
+        token = self._token if reauth else None      # authenticate sends none
+        try:
+            return self._ask_members(what, path, payload, timeout, stream, token)
+        except _StaleToken:
+            if not (reauth and self.auth):
+                raise StoreError(f"{self.url}: {what} failed: etcd refused the auth "
+                                 "token (is etcd's auth enabled and a user given?)") from None
+        self._authenticate(token)
+        try:
+            return self._ask_members(what, path, payload, timeout, stream, self._token)
+        except _StaleToken:
+            raise StoreError(f"{self.url}: {what} failed: etcd refused a new auth token "
+                             f"of user {self.auth.user!r}") from None
+
+    def _ask_members(self, what, path, payload, timeout, stream, token):
         errors = []
         for index, client in self._members():
             try:
-                resp = self._post_one(client, path, payload, timeout, stream)
+                resp = self._post_one(client, path, payload, timeout, stream, token)
             except _Unavailable as err:
                 errors.append((index, err))
                 continue
@@ -187,8 +274,17 @@ class EtcdStore(Store):
             if self.full and path in WRITES and resp.status_code == 200:
                 self.written()
             if resp.status_code != 200:
+                text = resp.text[:200]
+                resp.close()
+                if any(marker in text for marker in STALE_TOKEN):
+                    raise _StaleToken(text)
+                if "user name is empty" in text:
+                    raise StoreError(f"{self.url}: {what} failed: etcd has authentication "
+                                     "enabled: give a user and its password file (store "
+                                     "user/password_file, $ONVM_STORE_USER and "
+                                     "$ONVM_STORE_PASSWORD_FILE)")
                 raise StoreError(f"{self.url}: {what} failed: HTTP {resp.status_code}: "
-                                 f"{resp.text[:200]}")
+                                 f"{text}")
             return resp
         raise self._failed(what, errors)
 
@@ -325,14 +421,14 @@ class EtcdStore(Store):
             request["start_revision"] = start_revision
         resp = self._ask(f"watch {prefix}", "/watch", {"create_request": request},
                          (REQUEST_TIMEOUT, WATCH_IDLE_S), stream=True)
-        return self._stream(resp, f"{self.url}{prefix}")
+        return self._stream(resp, f"{self.url}{prefix}", self._token)
 
-    def _stream(self, resp, what):
+    def _stream(self, resp, what, token):
         def events():
             try:
                 for line in resp.iter_lines(chunk_size=None):
                     if line.strip():
-                        yield from self._watch_events(line, what)
+                        yield from self._watch_events(line, what, token)
             except requests.exceptions.ConnectionError as err:
                 if "timed out" in str(err).lower():
                     raise WatchIdle(f"watch of {what}: nothing for {WATCH_IDLE_S:g} s; "
@@ -354,7 +450,7 @@ class EtcdStore(Store):
             resp.close()
         return events(), cancel
 
-    def _watch_events(self, line, what):
+    def _watch_events(self, line, what, token=None):
         try:
             message = json.loads(line)
             if not isinstance(message, dict):
@@ -370,6 +466,14 @@ class EtcdStore(Store):
             if int(result.get("compact_revision", 0) or 0) > 0:
                 raise WatchCompacted(f"watch of {what}: start revision was compacted "
                                      f"(oldest kept: {result['compact_revision']})")
+            if result.get("canceled"):
+                reason = str(result.get("cancel_reason", ""))
+                if self.auth and any(marker in reason for marker in STALE_TOKEN):
+                    # the Watch opens it again, with the new token
+                    self._authenticate(token)
+                    raise StoreError(f"watch of {what}: etcd refused the expired auth "
+                                     "token; authenticated again")
+                raise StoreError(f"watch of {what}: etcd canceled it: {reason}")
             events = result.get("events", [])
             if not events and "header" in result:
                 # created or progress: nothing changed up to this revision

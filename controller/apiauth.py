@@ -23,21 +23,20 @@ with the [onvm] api_cert/api_key options).
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import logging
 import os
 import secrets
-import stat
+
+from contracts.secretfile import (MIN_TOKEN_CHARS, SecretFileError, bearer_token,
+                                  read_tokens, token_in)
 
 LOG = logging.getLogger(__name__)
 
 TOKEN_NAME = "api-token"          # the generated token's file in the state dir
-MIN_TOKEN_CHARS = 16
 READ_METHODS = ("GET", "HEAD")
-SCHEME = "Bearer"
 
 
-class AuthError(ValueError):
+class AuthError(SecretFileError):
     """A token file cannot be used; the message names the file and option."""
 
 
@@ -59,27 +58,9 @@ def read_token_file(path, option, several=False):
     """The token(s) of `path` (a list when `several`); AuthError when the
     file is missing, empty, too short or readable by others."""
     try:
-        info = os.stat(path)
-        with open(path, encoding="ascii", errors="strict") as f:
-            lines = [line.strip() for line in f]
-    except (OSError, UnicodeDecodeError) as err:
-        raise AuthError(f"{path}: {option}: cannot read the token file: "
-                        f"{getattr(err, 'strerror', None) or err}") from None
-    if info.st_mode & (stat.S_IRWXO):
-        raise AuthError(f"{path}: {option}: the token file is readable by every user "
-                        f"(mode {stat.S_IMODE(info.st_mode):04o}); "
-                        f"run: chmod 600 {path}")
-    tokens = [t for t in lines if t and not t.startswith("#")]
-    if not tokens:
-        raise AuthError(f"{path}: {option}: the token file is empty")
-    for number, line in enumerate(lines, 1):
-        if line and not line.startswith("#") and (len(line) < MIN_TOKEN_CHARS
-                                                  or any(c.isspace() for c in line)):
-            raise AuthError(f"{path}:{number}: {option}: a token is one word of at "
-                            f"least {MIN_TOKEN_CHARS} characters")
-    if not several and len(tokens) > 1:
-        raise AuthError(f"{path}: {option}: one token expected, found {len(tokens)}")
-    return tokens if several else tokens[0]
+        return read_tokens(path, option, MIN_TOKEN_CHARS, several)
+    except SecretFileError as err:
+        raise AuthError(str(err)) from None
 
 
 def make_token_file(state_dir):
@@ -116,24 +97,15 @@ def load_tokens(token_file=None, read_file=None, state_dir=None):
     return Tokens(write.encode(), tuple(t.encode() for t in read), path)
 
 
-def _matches(token, candidates):
-    """Constant time in the token: every candidate is compared."""
-    found = False
-    for candidate in candidates:
-        found |= hmac.compare_digest(token, candidate)
-    return found
-
-
 def authorize(tokens: Tokens, method, header):
     """None when a request with this Authorization `header` may be carried
     out, else (status, message) for the refusal."""
-    scheme, _, token = (header or "").strip().partition(" ")
-    if scheme.lower() != SCHEME.lower() or not token.strip():
+    token = bearer_token(header)
+    if token is None:
         return 401, ("missing credentials: send 'Authorization: Bearer TOKEN' "
                      "(the token is in the controller's api_token_file)")
-    token = token.strip().encode()
-    is_write = _matches(token, (tokens.write,))
-    is_read = _matches(token, tokens.read)
+    is_write = token_in(token, (tokens.write,))
+    is_read = token_in(token, tokens.read)
     if is_write:
         return None
     if is_read:

@@ -39,6 +39,9 @@ OPTS = [
     cfg.StrOpt("store_ca", default=None, help="https etcd: CA that signed its certificate"),
     cfg.StrOpt("store_cert", default=None, help="https etcd: client certificate"),
     cfg.StrOpt("store_key", default=None, help="https etcd: client key"),
+    cfg.StrOpt("store_user", default=None, help="etcd auth: user (e.g. root)"),
+    cfg.StrOpt("store_password_file", default=None,
+               help="etcd auth: file with the user's password (mode 0600)"),
     cfg.FloatOpt("drain_seconds", default=30.0,
                  help="seconds an instance moved away or scaled in keeps serving the "
                       "flows pinned to it (0: it stops at once; controller/moves.py)"),
@@ -59,6 +62,16 @@ def store_tls(conf=CONF):
     if not (group.store_ca or group.store_cert or group.store_key):
         return None
     return StoreTLS(group.store_ca, group.store_cert, group.store_key)
+
+
+def store_auth(conf=CONF):
+    """The [onvm] store_user/store_password_file as a contracts.store.StoreAuth
+    (None when neither is set: then open_store reads $ONVM_STORE_USER...)."""
+    from contracts.store import StoreAuth
+    group = conf[GROUP]
+    if not (group.store_user or group.store_password_file):
+        return None
+    return StoreAuth(group.store_user, group.store_password_file)
 
 
 register()

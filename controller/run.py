@@ -92,13 +92,14 @@ def ryu_command(config_path, observe_links=False, apps=APPS):
     return argv, env
 
 
-def check_inputs(topology, store, store_tls=None):
-    """Fail before Ryu starts when the topology or the store is unusable:
-    their errors are clearer here than in a Ryu app's traceback."""
+def check_inputs(topology, store, store_tls=None, store_auth=None):
+    """Fail before Ryu starts when the topology or the store is unusable
+    (a wrong etcd password too): their errors are clearer here than in a
+    Ryu app's traceback."""
     from contracts.store import open_store
     from controller.topology import load_topology
     topo = load_topology(topology)
-    open_store(store, tls=store_tls).close()
+    open_store(store, tls=store_tls, auth=store_auth).close()
     return topo
 
 
@@ -140,18 +141,23 @@ def security_options(args, tokens):
             "api_key": args.api_key and os.path.abspath(args.api_key),
             "store_ca": args.store_ca and os.path.abspath(args.store_ca),
             "store_cert": args.store_cert and os.path.abspath(args.store_cert),
-            "store_key": args.store_key and os.path.abspath(args.store_key)}
+            "store_key": args.store_key and os.path.abspath(args.store_key),
+            "store_user": args.store_user,
+            "store_password_file": args.store_password_file and
+            os.path.abspath(args.store_password_file)}
 
 
 def cli_controller(args):
-    from contracts.store import StoreError, StoreTLS
+    from contracts.store import StoreAuth, StoreError, StoreTLS
     from controller.apiauth import AuthError, load_tokens
     from controller.topology import TopologyError
     store_tls = StoreTLS(args.store_ca, args.store_cert, args.store_key)
+    store_auth = StoreAuth(args.store_user, args.store_password_file)
     try:
         check_files(args)
         topo = check_inputs(args.topology, args.store,
-                            store_tls if any(store_tls) else None)
+                            store_tls if any(store_tls) else None,
+                            store_auth if any(store_auth) else None)
         manager = ryu_manager()
         # Last, as it may make the token file (its path is said below).
         tokens = load_tokens(args.api_token_file, args.api_read_token_file,

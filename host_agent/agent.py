@@ -88,6 +88,7 @@ class Agent:
         self.published_bytes = 0
         self._cut_logged = False
         self.plan_error = None
+        self.plan = None                    # the plan applied (metrics' chain labels)
         self.procs = {}                     # instance id -> Popen
         self._thread = None
         self._stop = threading.Event()
@@ -119,6 +120,7 @@ class Agent:
                           self.host, self.manager.generation, err)
                 return False
             self.plan_error = None
+            self.plan = plan
             self._sync_processes(plan)
             exported = self._export_marked(plan)
             if self.store is not None:
@@ -362,6 +364,13 @@ def cli_agent(args):
         except PlanError as err:
             print(f"onvm agent: {err}", file=sys.stderr)
             return 1
+    if args.metrics_port:
+        from host_agent.metrics import metrics_settings
+        try:
+            metrics = metrics_settings(args)
+        except ValueError as err:
+            print(f"onvm agent: {err}", file=sys.stderr)
+            return 1
     eal = eal_args_for(args.host, args.eal)
     try:
         fp.eal_init(eal)
@@ -380,7 +389,7 @@ def cli_agent(args):
         return 1
     if args.metrics_port:
         from host_agent.metrics import serve_metrics
-        serve_metrics(agent, args.metrics_port)
+        serve_metrics(agent, metrics)
     signal.signal(signal.SIGTERM, lambda *_: agent._stop.set())
     agent.start()
     link = None

@@ -9,22 +9,29 @@ DPDK EAL arguments.
       ca: /etc/onvm/tls/ca.crt      # https etcd: its CA, this host's
       cert: /etc/onvm/tls/h1.crt    # client certificate and key
       key: /etc/onvm/tls/h1.key
+      user: root                    # etcd auth: user and the file with its
+      password_file: /etc/onvm/etcd-password   # password (mode 0600)
     nic:
       pci: "0000:03:00.0"           # bound to vfio-pci (dpdk-devbind.py)
       # vdev: net_af_packet0,iface=eth1   # instead: a virtual device, --no-pci
     cores: "2-3"                    # EAL -l (the first runs the manager loop)
     hugepages_mb: 1024              # EAL --socket-mem; 0: --no-huge (tests only)
     metrics_port: 9100              # Prometheus endpoint, 0: none
+    metrics_addr: 192.0.2.101       # its address (default 127.0.0.1); then:
+    metrics_cert: /etc/onvm/tls/h1-metrics.crt    # HTTPS
+    metrics_key: /etc/onvm/tls/h1-metrics.key
+    metrics_token_file: /etc/onvm/metrics-token   # bearer tokens, mode 0600
     idle_us: 0                      # sleep when idle (0: poll, line rate)
     eal: []                         # more EAL arguments, passed as they are
 
 Every problem is reported at once as FILE:LINE: key: message (a
 ConfigError, a contracts.validate.ValidationError): unknown keys, wrong
-types, unreadable TLS files, a PCI NIC that does not exist or is not bound
+types, unreadable TLS files, a password file open to every user, a PCI NIC that does not exist or is not bound
 to a DPDK driver.
 
 Not here: running the agent (host_agent.agent), the store client's use of
-the TLS files (contracts.store reads $ONVM_STORE_CA/CERT/KEY).
+the TLS files and password (contracts.store reads $ONVM_STORE_CA/CERT/KEY/
+USER/PASSWORD_FILE).
 """
 from __future__ import annotations
 
@@ -34,7 +41,9 @@ import re
 
 import yaml
 
-from contracts.store import TLS_ENV
+from contracts.secretfile import (MIN_TOKEN_CHARS, SecretFileError, read_secret_file,
+                                  read_tokens)
+from contracts.store import AUTH_ENV, TLS_ENV
 from contracts.tlsfiles import TLSFileError, check_ca, check_pair
 from contracts.validate import Errors, ValidationError
 
@@ -42,8 +51,9 @@ DPDK_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio")
 PCI_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 CORES_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 KEYS = ("host", "store", "plan", "nic", "cores", "hugepages_mb", "metrics_port",
-        "idle_us", "eal")
-STORE_KEYS = ("endpoints", "ca", "cert", "key")
+        "idle_us", "eal", "metrics_addr", "metrics_cert", "metrics_key", "metrics_token_file")
+METRICS_KEYS = ("metrics_addr", "metrics_cert", "metrics_key", "metrics_token_file")
+STORE_KEYS = ("endpoints", "ca", "cert", "key", "user", "password_file")
 NIC_KEYS = ("pci", "vdev")
 
 
@@ -56,9 +66,10 @@ class AgentConfig:
     host: str
     store: str = None              # comma-separated endpoints, as --store takes
     plan: str = None
-    tls_env: dict = dataclasses.field(default_factory=dict)   # ONVM_STORE_* for the store
+    tls_env: dict = dataclasses.field(default_factory=dict)   # ONVM_STORE_* (TLS, user)
     eal: list = dataclasses.field(default_factory=list)
     metrics_port: int = 9100
+    metrics: dict = dataclasses.field(default_factory=dict)   # metrics_addr/cert/key/token_file
     idle_us: int = 0
 
 
@@ -133,7 +144,51 @@ class _Checker:
             self.fail(("store", "endpoints"), "TLS files are given: use https:// URLs")
         tls_env = {env: files[k] for env, k in zip(TLS_ENV, ("ca", "cert", "key"))
                    if files[k] is not None}
+        tls_env.update(self.store_auth(store))
         return ",".join(e.rstrip("/") for e in endpoints), tls_env
+
+    def store_auth(self, store):
+        """$ONVM_STORE_USER/PASSWORD_FILE of store.user and store.password_file."""
+        user, password_file = store.get("user"), store.get("password_file")
+        if (user is None) != (password_file is None):
+            given, missing = ("user", "password_file") if password_file is None \
+                else ("password_file", "user")
+            self.fail(("store", given), f"an etcd user and its password_file go "
+                                        f"together: {missing} is missing")
+            return {}
+        if user is None:
+            return {}
+        if not isinstance(user, str) or not user:
+            self.fail(("store", "user"), f"must be an etcd user name, not {user!r}")
+        try:
+            read_secret_file(str(password_file), "password_file", "password file")
+        except SecretFileError as err:
+            self.fail(("store", "password_file"), str(err))
+        return dict(zip(AUTH_ENV, (str(user), str(password_file))))
+
+    def metrics(self, raw):
+        """The metrics_addr/cert/key/token_file keys given, checked."""
+        given = {k: raw[k] for k in METRICS_KEYS if k in raw}
+        for k, value in given.items():
+            if not isinstance(value, str) or not value:
+                self.fail((k,), f"must be a string, not {value!r}")
+                return {}
+        if ("metrics_cert" in given) != ("metrics_key" in given):
+            self.fail(("metrics_cert" if "metrics_cert" in given else "metrics_key",),
+                      "metrics_cert and metrics_key go together")
+        elif "metrics_cert" in given:
+            try:
+                check_pair(given["metrics_cert"], given["metrics_key"], "certificate", "key")
+            except TLSFileError as err:
+                self.fail(("metrics_key" if "not the key" in str(err) else "metrics_cert",),
+                          str(err))
+        if "metrics_token_file" in given:
+            try:
+                read_tokens(given["metrics_token_file"], "token file", MIN_TOKEN_CHARS,
+                            several=True)
+            except SecretFileError as err:
+                self.fail(("metrics_token_file",), str(err))
+        return given
 
     def certificates(self, files):
         """Certificate valid now and with its key, a CA file with a CA."""
@@ -227,6 +282,7 @@ def parse_config(text, path, sysfs="/sys"):
             eal += ["--socket-mem", str(mb)] if mb else ["--no-huge", "-m", "256"]
     if "metrics_port" in raw:
         config.metrics_port = c.integer(raw["metrics_port"], ("metrics_port",), 0, 65535)
+    config.metrics = c.metrics(raw)
     if "idle_us" in raw:
         config.idle_us = c.integer(raw["idle_us"], ("idle_us",), 0, 1_000_000)
     extra = raw.get("eal", [])
@@ -250,7 +306,7 @@ def load_config(path, sysfs="/sys"):
 
 def cli_agent(args):
     """`onvm agent`: with --config, the file's settings (flags given as
-    well win: --host, --store, --plan, --metrics-port, --idle-us; EAL
+    well win: --host, --store, --plan, --metrics-*, --idle-us; EAL
     arguments after `--` come after the file's); then host_agent.agent."""
     import sys
     from host_agent.agent import cli_agent as run_agent
@@ -266,6 +322,9 @@ def cli_agent(args):
         args.metrics_port = config.metrics_port if args.metrics_port is None \
             else args.metrics_port
         args.idle_us = config.idle_us if args.idle_us is None else args.idle_us
+        for key, value in config.metrics.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
         args.eal = config.eal + list(args.eal)
         os.environ.update(config.tls_env)      # read by contracts.store.open_store
     if not args.host or not (args.store or args.plan):

@@ -16,7 +16,10 @@ Files (all in RUN_DIR/credentials, mode 0700; keys 0600):
                          SAN 127.0.0.1 and localhost (agents reach etcd as
                          127.0.0.1 through onvm.netns.StoreForwarder)
     client.crt/.key      store clients (controller, agents, the
-                         emulation itself) and the OVS switches
+                         emulation itself) and the OVS switches: no CN
+                         (etcd's gateway refuses one when auth is on)
+    store-password       (with TLS) etcd's root password: etcd runs with
+                         auth enabled, every store client authenticates
 
 Not here: checking tokens (controller.apiauth), where each file is used
 (controller.run's config, onvm.services.EtcdCluster, onvm.emulate).
@@ -26,11 +29,12 @@ from __future__ import annotations
 import collections
 import json
 import os
+import secrets
 import ssl
 import subprocess
 import urllib.request
 
-from contracts.store import TLS_ENV, StoreTLS
+from contracts.store import AUTH_ENV, TLS_ENV, StoreAuth, StoreTLS
 from controller.apiauth import make_token_file, read_token_file
 
 CERT_DAYS = 2
@@ -87,7 +91,9 @@ def make_certs(directory, days=CERT_DAYS):
         "keyUsage=critical,digitalSignature,keyEncipherment",
         # etcd members are each other's clients on the peer port
         "extendedKeyUsage=serverAuth,clientAuth"], days)
-    client = _sign(directory, "client", "/CN=onvm-client", [
+    # No CN: with client-cert-auth and user/password auth both on, etcd's
+    # HTTP gateway refuses a client certificate that has a CommonName.
+    client = _sign(directory, "client", "/O=onvm/OU=onvm-client", [
         "basicConstraints=CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
         "extendedKeyUsage=clientAuth"], days)
     return TLSFiles(ca, ca_key, *server, *client)
@@ -103,6 +109,12 @@ class RunCredentials:
         self.token_file = make_token_file(self.dir)
         self.token = read_token_file(self.token_file, "api_token_file")
         self.tls = make_certs(self.dir) if tls else None
+        self.password_file = None
+        if tls:
+            self.password_file = os.path.join(self.dir, "store-password")
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(24) + "\n")
 
     @property
     def scheme(self):
@@ -113,10 +125,15 @@ class RunCredentials:
         return StoreTLS(self.tls.ca, self.tls.client_cert, self.tls.client_key) \
             if self.tls else None
 
+    def store_auth(self):
+        """contracts.store.StoreAuth (etcd's root user), None without TLS."""
+        return StoreAuth("root", self.password_file) if self.password_file else None
+
     def store_env(self):
         """The environment variables open_store reads, for child processes."""
-        tls = self.store_tls()
-        return dict(zip(TLS_ENV, tls)) if tls else {}
+        tls, auth = self.store_tls(), self.store_auth()
+        return {**(dict(zip(TLS_ENV, tls)) if tls else {}),
+                **(dict(zip(AUTH_ENV, auth)) if auth else {})}
 
     def controller_config(self):
         """Keyword arguments of controller.run.config_text."""
@@ -125,7 +142,8 @@ class RunCredentials:
             return {"onvm": onvm}
         t = self.tls
         onvm.update(api_cert=t.server_cert, api_key=t.server_key, store_ca=t.ca,
-                    store_cert=t.client_cert, store_key=t.client_key)
+                    store_cert=t.client_cert, store_key=t.client_key,
+                    store_user="root", store_password_file=self.password_file)
         return {"onvm": onvm, "ofp_tls": (t.server_key, t.server_cert, t.ca)}
 
     def etcd_args(self):

@@ -23,6 +23,16 @@ EXPECTED = (
 )
 
 
+def add_store_credentials(parser):
+    """The store's TLS files and etcd user (controller, status); without
+    them open_store reads $ONVM_STORE_CA/CERT/KEY/USER/PASSWORD_FILE."""
+    parser.add_argument("--store-ca", default=None, help="https etcd: its CA")
+    parser.add_argument("--store-cert", default=None, help="https etcd: client certificate")
+    parser.add_argument("--store-key", default=None, help="https etcd: client key")
+    parser.add_argument("--store-user", default=None, help="etcd auth: user (e.g. root)")
+    parser.add_argument("--store-password-file", default=None,
+                        help="etcd auth: file with the user's password (mode 0600)")
+
 def _handler(target):
     module, func = target.split(":")
     return lambda args: getattr(importlib.import_module(module), func)(args)
@@ -77,9 +87,7 @@ def build_parser():
     c.add_argument("--ofp-key", default=None, help="OpenFlow over TLS: key")
     c.add_argument("--ofp-ca", default=None,
                    help="OpenFlow over TLS: CA the switches' certificates must chain to")
-    c.add_argument("--store-ca", default=None, help="https etcd: its CA")
-    c.add_argument("--store-cert", default=None, help="https etcd: client certificate")
-    c.add_argument("--store-key", default=None, help="https etcd: client key")
+    add_store_credentials(c)
     c.set_defaults(run=_handler("controller.run:cli_controller"))
 
     a = sub.add_parser("agent", help="one host's agent",
@@ -95,6 +103,13 @@ def build_parser():
     src.add_argument("--plan", help="a local plan file: run with no controller")
     a.add_argument("--metrics-port", type=int, default=None,
                    help="Prometheus endpoint (default 9100; 0: none)")
+    a.add_argument("--metrics-addr", default=None,
+                   help="address of the Prometheus endpoint (default 127.0.0.1)")
+    a.add_argument("--metrics-cert", default=None, help="metrics over HTTPS: certificate")
+    a.add_argument("--metrics-key", default=None, help="metrics over HTTPS: key")
+    a.add_argument("--metrics-token-file", default=None,
+                   help="metrics need 'Authorization: Bearer TOKEN': file of tokens, "
+                        "one a line, mode 0600")
     a.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
     a.add_argument("--idle-us", type=int, default=None,
@@ -149,7 +164,8 @@ def build_parser():
                         "etcd refuses writes with a NOSPACE alarm")
     e.add_argument("--tls", action="store_true",
                    help="TLS on every control channel (OpenFlow, etcd with client "
-                        "certificates, REST), with a CA and certificates made for the run")
+                        "certificates and user/password auth, REST), with a CA, certificates "
+                        "and etcd's root password made for the run")
     e.add_argument("--controllers", type=int, default=1, metavar="N",
                    help="run N controllers (1 to 4): one leads, the others stand by "
                         "and take over when it goes")
@@ -162,6 +178,7 @@ def build_parser():
 
     st = sub.add_parser("status", help="the running cluster as the store sees it")
     st.add_argument("--store", required=True, help="etcd URL(s), as for the controller")
+    add_store_credentials(st)
     st.add_argument("--json", action="store_true")
     st.add_argument("--watch", type=float, nargs="?", const=2.0, default=None,
                     metavar="SECONDS", help="refresh every SECONDS (default 2) until ^C")

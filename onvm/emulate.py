@@ -159,8 +159,10 @@ class Emulation:
     def _start_etcd(self):
         self.etcd = services.EtcdCluster(self.etcd_members, workdir=self.dir,
                                          quota_bytes=self.etcd_quota_bytes,
-                                         tls=self.credentials if self.credentials.tls else None)
-        self.store = open_store(self.etcd.url, tls=self.credentials.store_tls())
+                                         tls=self.credentials if self.credentials.tls else None,
+                                         auth=self.credentials.store_auth())
+        self.store = open_store(self.etcd.url, tls=self.credentials.store_tls(),
+                                auth=self.credentials.store_auth())
         return self.etcd.url
 
     def _start_ovs(self):

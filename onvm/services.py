@@ -112,10 +112,14 @@ class EtcdCluster:
     (SIGKILL), paused (SIGSTOP), resumed and started again on their data.
     Use as a context manager, or call `stop()`.  `tls`: an
     onvm.certs.RunCredentials with TLS files: https for clients and peers,
-    client certificates required."""
+    client certificates required.  `auth`: a contracts.store.StoreAuth
+    whose user (root) is created with its password, given the root role,
+    and etcd's auth enabled (over the v3 HTTP API) once the members are up;
+    `auth_token_ttl`: seconds an unused auth token lasts (etcd's
+    --auth-token-ttl, default 300)."""
 
     def __init__(self, size=3, workdir=None, quota_bytes=ETCD_QUOTA_BYTES,
-                 binary=ETCD_BIN, timeout=20.0, tls=None):
+                 binary=ETCD_BIN, timeout=20.0, tls=None, auth=None, auth_token_ttl=None):
         if not os.path.exists(binary):
             raise FileNotFoundError(
                 f"etcd not found at {binary}; install it with "
@@ -128,6 +132,7 @@ class EtcdCluster:
         self.quota_bytes = quota_bytes
         self._binary, self._timeout = binary, timeout
         self.tls, self.scheme = tls, "https" if tls else "http"
+        self.auth, self.auth_token_ttl = auth, auth_token_ttl
         self._initial = ",".join(f"{n}={self.scheme}://127.0.0.1:{p}"
                                  for n, p in zip(self.names, self.peer_ports))
         try:
@@ -135,6 +140,8 @@ class EtcdCluster:
                 self._spawn(i)
             for i in range(size):
                 self._wait_healthy(i)
+            if auth is not None:
+                self.enable_auth()
         except BaseException:
             self.stop()
             raise
@@ -157,6 +164,8 @@ class EtcdCluster:
                            self._initial, os.path.basename(self.dir),
                            quota_bytes=self.quota_bytes, binary=self._binary)
         cmd += self.tls.etcd_args() if self.tls else []
+        if self.auth_token_ttl is not None:
+            cmd += ["--auth-token-ttl", str(int(self.auth_token_ttl))]
         with open(self.log_of(i), "ab") as log:
             self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL)
@@ -169,6 +178,33 @@ class EtcdCluster:
             raise RuntimeError(
                 f"{err}; exit code {self.procs[i].poll()}; "
                 f"tail of {self.log_of(i)}:\n{procs.tail(self.log_of(i))}") from None
+
+    def _v3(self, path, body):
+        """POST one v3 HTTP API call to the first member; its JSON answer."""
+        context = self.tls.client_context() if self.tls else None
+        req = urllib.request.Request(self.member_url(0) + "/v3" + path,
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self._timeout, context=context) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as err:
+            raise RuntimeError(f"etcd {path} at {self.member_url(0)}: HTTP {err.code}: "
+                               f"{err.read()[:200].decode(errors='replace')}") from None
+
+    def enable_auth(self):
+        """User `auth.user` with the password of `auth.password_file` and
+        the root role; then etcd's auth on (what `etcdctl user add root`,
+        `etcdctl user grant-role root root`, `etcdctl auth enable` do)."""
+        from contracts.store_etcd import read_password
+        user = self.auth.user
+        if user != "root":
+            raise ValueError(f"etcd auth: the first user must be root, not {user!r}")
+        self._v3("/auth/user/add", {"name": user, "password": read_password(self.auth)})
+        self._v3("/auth/role/add", {"name": "root"})
+        self._v3("/auth/user/grant", {"user": user, "role": "root"})
+        self._v3("/auth/enable", {})
+        LOG.info("etcd auth enabled at %s: user %s", self.url, user)
 
     def healthy(self, i):
         if self.procs[i].poll() is not None:
@@ -213,9 +249,9 @@ class EtcdServer(EtcdCluster):
     ask for a cluster): `url` is its client URL, `proc` its process."""
 
     def __init__(self, workdir=None, binary=ETCD_BIN, timeout=15.0,
-                 quota_bytes=ETCD_QUOTA_BYTES):
+                 quota_bytes=ETCD_QUOTA_BYTES, tls=None, auth=None, auth_token_ttl=None):
         super().__init__(1, workdir=workdir, quota_bytes=quota_bytes, binary=binary,
-                         timeout=timeout)
+                         timeout=timeout, tls=tls, auth=auth, auth_token_ttl=auth_token_ttl)
 
     @property
     def proc(self):

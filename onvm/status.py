@@ -121,11 +121,15 @@ def render(status) -> str:
 
 
 def cli_status(args):
-    """`onvm status --store URL [--json] [--watch [SECONDS]]`."""
+    """`onvm status --store URL [--store-ca/cert/key F] [--store-user U
+    --store-password-file F] [--json] [--watch [SECONDS]]`."""
     import sys
-    from contracts.store import StoreError, open_store
+    from contracts.store import StoreAuth, StoreError, StoreTLS, open_store
+    tls = StoreTLS(args.store_ca, args.store_cert, args.store_key)
+    auth = StoreAuth(args.store_user, args.store_password_file)
     try:
-        store = open_store(args.store)
+        store = open_store(args.store, tls=tls if any(tls) else None,
+                           auth=auth if any(auth) else None)
     except StoreError as err:
         print(f"onvm status: {err}", file=sys.stderr)
         return 1

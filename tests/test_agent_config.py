@@ -36,8 +36,11 @@ def tls_files(tmp_path_factory):
     """A real CA, certificate and key (onvm.certs, with openssl)."""
     from onvm.certs import make_certs
     t = make_certs(str(tmp_path_factory.mktemp("tls")))
+    password = os.path.join(os.path.dirname(t.ca), "etcd-password")
+    with open(os.open(password, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write("s3cret pass\n")
     return {"ca.crt": t.ca, "h1.crt": t.client_cert, "h1.key": t.client_key,
-            "other.key": t.server_key}
+            "other.key": t.server_key, "password": password}
 
 
 def parse(text, sysfs="/nonexistent-sys", path="agent.yaml"):
@@ -98,7 +101,8 @@ def test_every_problem_at_once_with_its_line(sysfs, tls_files):
     assert err.value.errors == [
         "agent.yaml:11: host: duplicate key (first at line 1)",
         "agent.yaml:10: colour: unknown key; known: host, store, plan, nic, cores, "
-        "hugepages_mb, metrics_port, idle_us, eal",
+        "hugepages_mb, metrics_port, idle_us, eal, metrics_addr, metrics_cert, "
+        "metrics_key, metrics_token_file",
         "agent.yaml:3: store.endpoints: must list etcd URLs like https://10.0.0.11:2379, "
         "not ['http://10.0.0.11:2379', 'ftp://x']",
         "agent.yaml:5: store.ca: cannot read '/nonexistent/ca.crt'",
@@ -186,10 +190,38 @@ def test_the_example_config_is_valid(sysfs, tls_files):
         text = f.read()
     for name, path in tls_files.items():
         text = text.replace(f"/etc/onvm/tls/{name}", path)
+    text = text.replace("/etc/onvm/etcd-password", tls_files["password"])
     config = parse_config(text, "agent.yaml.example", sysfs)
     assert config.store.startswith("https://192.0.2.11:2379,")
     assert config.eal == ["-a", PCI, "-l", "2-3", "--socket-mem", "1024"]
-    assert len(config.tls_env) == 3
+    assert len(config.tls_env) == 5
+    assert config.tls_env["ONVM_STORE_USER"] == "root"
+    assert config.tls_env["ONVM_STORE_PASSWORD_FILE"] == tls_files["password"]
+
+
+def test_etcd_user_and_password_file(tls_files, tmp_path):
+    open_pw = tmp_path / "open-password"
+    open_pw.write_text("s3cret\n")
+    open_pw.chmod(0o644)
+    with pytest.raises(ConfigError) as err:
+        parse(f"""\
+            host: h1
+            store:
+              endpoints: http://10.0.0.11:2379
+              user: root
+              password_file: {open_pw}
+            """)
+    assert f"agent.yaml:5: store.password_file: {open_pw}: password_file: the " \
+        "password file is readable by every user" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse("""\
+            host: h1
+            store:
+              endpoints: http://10.0.0.11:2379
+              user: root
+            """)
+    assert "agent.yaml:4: store.user: an etcd user and its password_file " \
+        "go together: password_file is missing" in str(err.value)
 
 
 def test_a_key_that_is_not_the_certificates_is_named(tls_files):
@@ -206,3 +238,34 @@ def test_a_key_that_is_not_the_certificates_is_named(tls_files):
         ["agent.yaml:5", "store.key"], ["agent.yaml:6", "store.ca"]], err.value.errors
     assert f"{tls_files['other.key']}: key: not the key of {tls_files['h1.crt']}" \
         in err.value.errors[0]
+
+
+def test_metrics_tls_and_token_keys(tls_files, tmp_path):
+    token = tmp_path / "metrics-token"
+    token.write_text("prometheus-scrape-token-0123456789\n")
+    token.chmod(0o600)
+    config = parse(f"""\
+        host: h1
+        plan: {tls_files['ca.crt']}
+        metrics_addr: 192.0.2.101
+        metrics_cert: {tls_files['h1.crt']}
+        metrics_key: {tls_files['h1.key']}
+        metrics_token_file: {token}
+        """)
+    assert config.metrics == {"metrics_addr": "192.0.2.101",
+                              "metrics_cert": tls_files["h1.crt"],
+                              "metrics_key": tls_files["h1.key"],
+                              "metrics_token_file": str(token)}
+    token.chmod(0o644)
+    with pytest.raises(ConfigError) as err:
+        parse(f"""\
+            host: h1
+            plan: {tls_files['ca.crt']}
+            metrics_cert: {tls_files['h1.crt']}
+            metrics_key: {tls_files['other.key']}
+            metrics_token_file: {token}
+            """)
+    text = str(err.value)
+    assert "agent.yaml:4: metrics_key: " in text and "not the key of" in text
+    assert f"agent.yaml:5: metrics_token_file: {token}: token file: the token file is " \
+        "readable by every user" in text

@@ -2,14 +2,18 @@
 the docs say: the systemd units pass `systemd-analyze verify`, the env
 examples set every variable the units read, the three example etcd members
 form a cluster that grants the 1 s leases agents and controllers hold, and
-every metric the Grafana dashboard queries is one a live agent serves.
+every metric the Grafana dashboard queries is one a live agent serves
+(scraped as a production Prometheus does: HTTPS and a bearer token; no
+token or a wrong one is a 401), with per-chain labels.
 """
 import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
@@ -226,8 +230,14 @@ def test_dashboard_has_grafana_shape():
             assert t["datasource"] == source, p["title"]
             assert 'host=~"$host"' in t["expr"], (p["title"], t["expr"])
     titles = " ".join(p["title"] for p in graphs).lower()
-    for topic in ("mpps", "drops by reason", "ring occupancy", "instances per"):
+    for topic in ("mpps", "drops by reason", "ring occupancy", "instances per",
+                  "mpps per chain", "drops per chain", "instances per chain"):
         assert topic in titles
+    assert variables["chain"]["type"] == "query" and variables["chain"]["multi"]
+    for p in graphs:
+        if "chain" in p["title"].lower():
+            assert all('chain=~"$chain"' in t["expr"] and "by (chain)" in t["expr"]
+                       for t in p["targets"]), p["title"]
 
 
 def agent_plan():
@@ -244,10 +254,14 @@ def agent_plan():
     }
 
 
-def scrape(url, proc):
+def scrape(url, proc, context=None, token=None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=1, context=context) as resp:
             return resp.read().decode()
+    except urllib.error.HTTPError:
+        raise
     except OSError:
         if proc.poll() is not None:
             raise services.GaveUp(f"the agent exited with {proc.returncode}: "
@@ -255,7 +269,22 @@ def scrape(url, proc):
         return None
 
 
+def secret(path, text, mode=0o600):
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
+        f.write(text + "\n")
+    os.chmod(path, mode)
+    return path
+
+
+def agent_command(tmp_path, *flags):
+    return [sys.executable, "-m", "onvm.cli", "agent", "--host", "h1", "--plan",
+            str(tmp_path / "plan.json"), "--seconds", "60", *flags,
+            "--", "--vdev", f"net_pcap0,rx_pcap={tmp_path}/in.pcap", "--vdev", "net_null0",
+            "--no-huge", "-m", "128", "--file-prefix", f"onvmdeploy{os.getpid()}"]
+
+
 def test_every_dashboard_metric_is_served_by_a_live_agent(tmp_path):
+    from onvm.certs import make_certs
     wanted = set()
     for expr in dashboard_queries(load_dashboard()):
         wanted |= promql_metric_names(expr)
@@ -264,16 +293,37 @@ def test_every_dashboard_metric_is_served_by_a_live_agent(tmp_path):
               + [Ether() / IP(dst="10.0.1.1") / TCP(dport=22)] * 5)
     wrpcap(str(tmp_path / "in.pcap"), frames)
     (tmp_path / "plan.json").write_text(json.dumps(agent_plan()))
+    tls = make_certs(str(tmp_path / "tls"))
+    token = "prometheus-scrape-token-0123456789"
+    token_file = secret(str(tmp_path / "metrics-token"), token)
     port = services.free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "onvm.cli", "agent", "--host", "h1", "--plan",
-         str(tmp_path / "plan.json"), "--seconds", "60", "--metrics-port", str(port),
-         "--", "--vdev", f"net_pcap0,rx_pcap={tmp_path}/in.pcap", "--vdev", "net_null0",
-         "--no-huge", "-m", "128", "--file-prefix", f"onvmdeploy{os.getpid()}"],
+        agent_command(tmp_path, "--metrics-port", str(port), "--metrics-cert",
+                      tls.server_cert, "--metrics-key", tls.server_key,
+                      "--metrics-token-file", token_file),
         cwd=REPO, stderr=subprocess.PIPE, text=True)
+    context = ssl.create_default_context(cafile=tls.ca)
+    url = f"https://127.0.0.1:{port}/metrics"
     try:
-        body = services.wait_for(lambda: scrape(f"http://127.0.0.1:{port}/metrics", proc),
-                                 30, "the agent's /metrics")
+        # until packets went through chain 16 (SPI; net_pcap replays its
+        # file): half pass, half are dropped by its firewall
+        def chain_counted():
+            text = scrape(url, proc, context, token)
+            found = dict(re.findall(r'^onvm_chain_packets_total\{chain="16",host="h1",'
+                                    r'kind="(\w+)"\} (\S+)$', text or "", re.M))
+            return (text, found) if float(found.get("drops", 0)) > 0 else None
+        body, chain = services.wait_for(chain_counted, 30, "chain 16's packets in /metrics")
+        assert 0 < float(chain["drops"]) < float(chain["in"]), chain
+        # "in" is what the first NF (instance 1) takes in, from the same sample
+        assert f'onvm_instance_packets_total{{chain="16",direction="rx",host="h1",' \
+            f'instance="1",nf="firewall"}} {chain["in"]}' in body
+        for wrong in (None, "not-the-token-at-all-0123456789"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                scrape(url, proc, context, wrong)
+            assert err.value.code == 401
+            assert err.value.headers["WWW-Authenticate"] == "Bearer"
+        with pytest.raises(OSError):        # plain HTTP on the HTTPS port
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
@@ -281,3 +331,43 @@ def test_every_dashboard_metric_is_served_by_a_live_agent(tmp_path):
     served = {line.split("{")[0].split(" ")[0] for line in body.splitlines()
               if line and not line.startswith("#")}
     assert wanted <= served, f"dashboard queries {sorted(wanted - served)}; agent serves {sorted(served)}"
+
+
+def test_a_metrics_token_file_open_to_everyone_is_refused_before_starting(tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps(agent_plan()))
+    token_file = secret(str(tmp_path / "metrics-token"), "x" * 32, mode=0o644)
+    res = subprocess.run(agent_command(tmp_path, "--metrics-port", "9", "--metrics-token-file",
+                                       token_file),
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert f"{token_file}: --metrics-token-file: the token file is readable by every " \
+        "user" in res.stderr, res.stderr
+
+
+def test_chain_labels_of_shared_instances_and_reverse_paths():
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+    from contracts.wire import reverse_spi
+    from host_agent.metrics import chain_label, chain_metrics, plan_chains
+    plan = {"hops": [{"spi": 16, "si": 255, "local": 1}, {"spi": 16, "si": 254, "local": 3},
+                     {"spi": 18, "si": 255, "local": 2}, {"spi": 18, "si": 254, "local": 3},
+                     {"spi": reverse_spi(18), "si": 255, "local": 2},
+                     {"spi": 20, "si": 255, "remote": [{"host": "h2"}]}]}
+    serves, first = plan_chains(plan)
+    assert serves == {1: {16}, 2: {18}, 3: {16, 18}}
+    assert first == {16: {1}, 18: {2}}
+    assert chain_label(serves[3]) == "16+18" and chain_label(()) == "none"
+    instances = {i: {"rx": 100 * i, "drops": i} for i in (1, 2, 3)}
+
+    class One:
+        def collect(self):
+            yield chain_metrics("h1", instances, serves, first)
+    registry = CollectorRegistry()
+    registry.register(One())
+    text = generate_latest(registry).decode()
+    # in: the first NF's rx; drops: instances of this chain alone (3 is shared)
+    for line in ('{chain="16",host="h1",kind="in"} 100.0',
+                 '{chain="16",host="h1",kind="drops"} 1.0',
+                 '{chain="18",host="h1",kind="in"} 200.0',
+                 '{chain="18",host="h1",kind="drops"} 2.0'):
+        assert f"onvm_chain_packets_total{line}" in text, text

@@ -329,7 +329,7 @@ def test_agent_prometheus_endpoint(tmp_path):
                 time.sleep(0.2)
         assert body is not None, "no metrics endpoint"
         assert 'onvm_plan_generation{host="h1"} 1.0' in body
-        assert 'onvm_instance_packets_total{direction="rx",host="h1",instance="1",nf="firewall"}' in body
+        assert 'onvm_instance_packets_total{chain="16",direction="rx",host="h1",instance="1",nf="firewall"}' in body
         assert 'onvm_drops_total{host="h1",reason="no_chain"}' in body
         # five packets of one flow over the remote hop: one pin
         assert pinned in body

@@ -158,6 +158,32 @@ def test_emulation_with_tls_everywhere(tls_emu):
                           "--json"], capture_output=True, text=True, cwd=ROOT, timeout=60,
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert res.returncode == 1 and "etcd does not answer" in res.stderr, res.stderr
+
+    # etcd runs with user/password auth: `onvm status` with its flags (CA,
+    # client certificate, user, password file) gets in; with the certificate
+    # but no user, or a wrong password, it is refused with the reason
+    t, auth = emu.credentials.tls, emu.credentials.store_auth()
+    plain_env = {k: v for k, v in os.environ.items() if not k.startswith("ONVM_STORE_")}
+    plain_env["PYTHONPATH"] = ROOT
+    tls_flags = ["--store-ca", t.ca, "--store-cert", t.client_cert, "--store-key",
+                 t.client_key]
+
+    def status(*flags):
+        return subprocess.run([sys.executable, "-m", "onvm.cli", "status", "--store",
+                               emu.etcd.url, "--json", *tls_flags, *flags],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60,
+                              env=plain_env)
+    res = status("--store-user", auth.user, "--store-password-file", auth.password_file)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.splitlines()[-1])["chains"]["web"]["mpps_declared"] == 1.5
+    res = status()
+    assert res.returncode == 1 and "authentication enabled" in res.stderr, res.stderr
+    wrong = os.path.join(emu.dir, "wrong-password")
+    with open(os.open(wrong, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write("not the password\n")
+    res = status("--store-user", "root", "--store-password-file", wrong)
+    assert res.returncode == 1 and "'root'" in res.stderr and \
+        "authentication failed" in res.stderr and wrong in res.stderr, res.stderr
     assert not emu.exits()
 
 

@@ -68,7 +68,8 @@ class ChainManager(app_manager.RyuApp):
         super().__init__(*args, **kwargs)
         self.name = "chain_manager"
         topology = load_topology(cfg.CONF.onvm.topology)
-        self.store = open_store(cfg.CONF.onvm.store, config.store_tls())
+        self.store = open_store(cfg.CONF.onvm.store, config.store_tls(),
+                                config.store_auth())
         name = cfg.CONF.onvm.name
         self.election = Election(self.store, name, ttl=cfg.CONF.onvm.leader_ttl)
         # ryu.topology registers observe_links only when it is loaded

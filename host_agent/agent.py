@@ -343,6 +343,30 @@ class Agent:
             self._stop.wait(wait)
 
 
+# A stopping agent hands its traffic over before it stops forwarding: it
+# stops answering the controller's probes (lost in about 0.2 s, its chains
+# re-placed), then forwards on until the controller deletes its plan and
+# the other hosts have had LINGER_S to apply theirs, LEAVE_S at most.
+LEAVE_S = 3.0
+LINGER_S = 0.5
+
+
+def leave(host, manager, link, leave_s=LEAVE_S, linger_s=LINGER_S):
+    """Hand over before stopping (see LEAVE_S); returns whether the
+    controller took the host's plan away in time."""
+    if not link.connected.is_set():
+        return False        # no controller knows us through the store now
+    start = time.monotonic()
+    manager.answer_probes = False
+    gone = link.plan_gone.wait(leave_s)
+    if gone:
+        time.sleep(linger_s)
+    log.info("%s: leaving: %s after %.2f s; stopping", host,
+             "the controller took my plan away" if gone else
+             "the controller did not take my plan away", time.monotonic() - start)
+    return gone
+
+
 def host_info(manager, host):
     stats = manager.stats()
     return {"host": host, "ports": sorted(stats["ports"]),
@@ -406,6 +430,7 @@ def cli_agent(args):
         pass
     finally:
         if link is not None:
+            leave(args.host, manager, link)
             link.stop()
         agent.stop()
         final = agent.stats()

@@ -151,6 +151,7 @@ cdef class Manager:
     cdef uint64_t drops[N_REASONS]
     cdef uint64_t processed
     cdef uint64_t probes_answered, probes_ignored
+    cdef public bint answer_probes          # false while the agent leaves (host_agent.agent)
     cdef public bint running
     cdef object _instances                  # id -> (nf type, config, nf object, stats ptr)
     cdef object _retired
@@ -171,6 +172,7 @@ cdef class Manager:
         self.flow_fin_seconds = FLOW_FIN_SECONDS
         aged_init(&self.flows, "flows", flow_entries, ONVM_KEY_SIZE)
         self.pin_idle_seconds = PIN_IDLE_SECONDS
+        self.answer_probes = True
         aged_init(&self.pins, "pins", pin_entries, sizeof(pin_key_t))
         self.pin_data = <uint32_t *>calloc(pin_entries, sizeof(uint32_t))
         if self.pin_data == NULL:
@@ -376,8 +378,9 @@ cdef class Manager:
         """Answer liveness probes (contracts.wire.ETH_PROBE) here, with or
         without a plan: addresses swapped, kind set to answer, back out of
         the port they came in by.  A stalled or dead loop answers none,
-        which is what the controller's probes detect (controller.probing).
-        Costs other packets one EtherType test.  Returns how many packets
+        which is what the controller's probes detect (controller.probing);
+        so does one whose agent leaves (`answer_probes` false) while it
+        still forwards.  Costs other packets one EtherType test.  Returns how many packets
         are left in `pkts` (compacted)."""
         cdef unsigned i, kept = 0
         cdef uint8_t *d
@@ -388,8 +391,10 @@ cdef class Manager:
                 pkts[kept] = pkts[i]
                 kept += 1
                 continue
-            if pkts[i].data_len < PROBE_MIN_LEN or d[14] != PROBE_REQUEST:
-                self.probes_ignored += 1        # an answer, or garbage: never echoed
+            if pkts[i].data_len < PROBE_MIN_LEN or d[14] != PROBE_REQUEST \
+                    or not self.answer_probes:
+                # an answer or garbage, never echoed; or we are leaving
+                self.probes_ignored += 1
                 rte_pktmbuf_free(pkts[i])
                 continue
             memcpy(mac, d, 6)

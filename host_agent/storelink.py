@@ -50,6 +50,7 @@ class StoreLink:
         self.watch = None
         self.regrants = 0
         self.connected = threading.Event()
+        self.plan_gone = threading.Event()     # the controller deleted our plan
         self._stop = threading.Event()
         self._unpublished = False
         self._thread = None
@@ -99,10 +100,12 @@ class StoreLink:
 
     def _on_plan(self, key, plan):
         if plan is None:
+            self.plan_gone.set()
             log.warning("%s: %s was deleted; keeping plan generation %s (fail-static: "
                         "only a new plan changes what runs)", self.agent.host, key,
                         self.agent.manager.generation)
             return
+        self.plan_gone.clear()
         if isinstance(plan, dict) and plan.get("generation") == self.agent.manager.generation:
             return          # running it already (read again on a reconnect)
         try:

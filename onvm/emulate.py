@@ -695,8 +695,10 @@ class Emulation:
         for kind, children in (("TCP client", self.clients), ("HTTP server", self.web_servers),
                                ("sender", self.senders), ("sink", self.sinks),
                                ("agent", self.agents)):
-            for name, proc in children.items():
-                procs.stop(proc, f"the {kind} of {name}")
+            # all of a kind at once: a stopping agent hands over for up to
+            # host_agent.agent.LEAVE_S seconds
+            procs.stop_all({f"the {kind} of {name}": proc for name, proc in children.items()},
+                           grace=5.0)
         if self.net is not None:
             try:
                 self.net.stop()

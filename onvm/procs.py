@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 
 LOG = logging.getLogger(__name__)
 
@@ -40,6 +41,17 @@ def stop(proc, what="process", grace=3.0, sig=signal.SIGTERM):
                     what, proc.pid, grace, sig)
         proc.kill()
         return proc.wait(grace)
+
+
+def stop_all(procs, grace=3.0, sig=signal.SIGTERM):
+    """`stop` for {what: proc} at once: every one gets `sig` first, then
+    each is waited for until `grace` seconds after, then SIGKILLed."""
+    live = {what: p for what, p in procs.items() if p is not None and p.poll() is None}
+    for p in live.values():
+        p.send_signal(sig)
+    deadline = time.monotonic() + grace
+    for what, p in live.items():
+        stop(p, what, grace=max(0.0, deadline - time.monotonic()), sig=sig)
 
 
 def kill(proc, grace=5.0):

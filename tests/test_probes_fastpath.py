@@ -25,6 +25,20 @@ def run(manager):
     manager.run(idle_seconds=0.05)
 
 
+UDP_FRAME = bytes(Ether(dst=HOST_MAC) / IP(src="10.1.0.1", dst="10.2.0.1")
+                  / UDP(sport=1, dport=2) / b"payload!")
+
+
+def forwarding(name, rx_ring, out_ring):
+    """A manager whose chain forwards from one ring port to another:
+    (manager, rx, tx of the first port, the second port's tx)."""
+    port, rx, tx = fp.ring_pair_port(rx_ring)
+    out_port, _, out = fp.ring_pair_port(out_ring)
+    manager = fp.Manager(name, ports=[port, out_port])
+    manager.apply_plan(chain_plan([("forward", None)], port, out_port), make_nf)
+    return manager, rx, tx, out
+
+
 def test_probes_are_answered_without_a_plan_on_their_own_port():
     ensure_eal()
     port, rx, tx = fp.ring_pair_port("prb0")
@@ -50,13 +64,9 @@ def test_probes_are_answered_without_a_plan_on_their_own_port():
 
 def test_answers_and_short_frames_are_counted_not_echoed_and_chains_go_on():
     ensure_eal()
-    port, rx, tx = fp.ring_pair_port("prb1")
-    out_port, _, out = fp.ring_pair_port("prb2")
-    manager = fp.Manager("mixed", ports=[port, out_port])
+    manager, rx, tx, out = forwarding("mixed", "prb1", "prb2")
     try:
-        manager.apply_plan(chain_plan([("forward", None)], port, out_port), make_nf)
-        udp = bytes(Ether(dst=HOST_MAC) / IP(src="10.1.0.1", dst="10.2.0.1")
-                    / UDP(sport=1, dport=2) / b"payload!")
+        udp = UDP_FRAME
         frames = [probe(1), udp, probe(2, kind=wire.PROBE_ANSWER), udp,
                   probe(3)[:20], probe(4), udp]
         rx.fill(frames, len(frames))
@@ -67,6 +77,23 @@ def test_answers_and_short_frames_are_counted_not_echoed_and_chains_go_on():
         st = manager.stats()
         assert st["probes"] == {"answered": 2, "ignored": 2}
         assert st["instances"][1]["rx"] == 3
+    finally:
+        manager.close()
+    assert fp.pool_counts()[1] == 0, "mbufs leaked"
+
+
+def test_a_leaving_agent_answers_no_probe_and_its_chains_go_on():
+    """host_agent.agent.leave: the controller must find the host gone while
+    it still forwards what reaches it."""
+    ensure_eal()
+    manager, rx, tx, out = forwarding("leaving", "prb3", "prb4")
+    try:
+        manager.answer_probes = False
+        rx.fill([probe(1), UDP_FRAME, probe(2)], 3)
+        run(manager)
+        assert tx.drain(keep=True) == [], "no probe answered"
+        assert len(out.drain(keep=True)) == 1, "the chain's packet goes on"
+        assert manager.stats()["probes"] == {"answered": 0, "ignored": 2}
     finally:
         manager.close()
     assert fp.pool_counts()[1] == 0, "mbufs leaked"

@@ -135,6 +135,7 @@ class ClusterCore(ClusterView):
         self.alive = set()
         self.liveness = liveness if liveness is not None else Liveness(settle_s=SETTLE_SECONDS)
         self.held = {}                  # host -> why its vanished key is not believed
+        self.drained = set()            # hosts an operator drained (drain_host)
         self.unplaced = {}              # chain name -> why it could not be placed
         self.stats_warned = set()       # (host, problem) of stats already logged
         self.dirty = {"hosts", "chains"}
@@ -302,15 +303,15 @@ class ClusterCore(ClusterView):
         start = time.perf_counter()
         self._make_room(chains)
         placement, kept, self.unplaced = place_what_fits(
-            self.topo, chains, previous=self.current,
-            exclude_hosts=self._dead(), unplaced=self.unplaced, pause=self.fabric.pause)
+            self.topo, chains, previous=self.current, exclude_hosts=self._dead(),
+            unplaced=self.unplaced, pause=self.fabric.pause, drained=self.drained)
         self.solve_ms = (time.perf_counter() - start) * 1000
         self.placed = self.topo.with_chains(kept)
         if placement is not None:       # a move whose state A published lands now
             placement = self.mover.land(self.placed, placement)
             # what it takes away drains (moved, scaled in), unless its host is lost
             placement = self.drains.begin(before, placement, self.now, self.alive, stats,
-                                          self.mover.handed)
+                                          self.mover.handed, self.drained)
         elif self.drains.active and before is not None:
             self.drains.end(before, {k: "nothing is placed" for k in self.drains.active})
         self.current = placement
@@ -331,14 +332,14 @@ class ClusterCore(ClusterView):
         topo, dead = self.topo.with_chains(chains), self._dead()
         try:
             place(topo, previous=self.current, exclude_hosts=dead, say=False,
-                  pause=self.fabric.pause)
+                  pause=self.fabric.pause, drained=self.drained)
             return
         except PlacementError:
             pass
         freed = self.current.with_draining({})
         try:
             place(topo, previous=freed, exclude_hosts=dead, say=False,
-                  pause=self.fabric.pause)
+                  pause=self.fabric.pause, drained=self.drained)
         except PlacementError:
             return                  # no fit either way: the drains go on
         log.warning("the chains fit only with the cores of the draining instances: "
@@ -571,6 +572,7 @@ class ClusterCore(ClusterView):
                 "info": registered.get(host.name),
                 "plan_generation": plan.get("generation") if plan else None,
                 "applied_generation": self.store.get_applied(host.name),
+                "drained": host.name in self.drained,
             }
         for name in sorted(set(registered) - set(out)):
             out[name] = {"topology": None, "alive": True, "serving": False,
@@ -591,7 +593,8 @@ class ClusterCore(ClusterView):
         """The placement `chains` (model.Chain) would get now, on the hosts
         alive now; raises PlacementError; changes nothing."""
         topo = self.topo.with_chains(list(chains))
-        placed = place(topo, previous=self.current, exclude_hosts=self._dead(), say=False)
+        placed = place(topo, previous=self.current, exclude_hosts=self._dead(), say=False,
+                       drained=self.drained)
         try:
             nat_slices(topo, placed, self.nat_slices)
         except natslices.SlicesExhausted as err:
@@ -634,6 +637,40 @@ class ClusterCore(ClusterView):
 
     def stats(self):
         return self.store.stats()
+
+    # ----------------------------------------------------------- draining
+    def drain_host(self, name):
+        """Take every instance off host `name` (alive, it keeps forwarding
+        what its draining instances still carry) and give it none until
+        undrain_host.  Raises KeyError for an unknown host, PlacementError
+        when the chains do not fit on the other hosts (nothing changes).
+        Kept in this controller only: a new leader starts with none."""
+        if name not in {h.name for h in self.topo.hosts}:
+            raise KeyError(name)
+        if name in self.drained:
+            return False
+        drained = self.drained | {name}
+        if self.placed.chains:
+            place(self.placed, previous=self.current, exclude_hosts=self._dead(),
+                  say=False, drained=drained)
+        self.drained = drained
+        self.dirty.add("hosts")
+        log.warning("host %s drained: its %d instances go to other hosts (their "
+                    "flows drain on it), and it takes none until undrained", name,
+                    sum(1 for i in (self.current.instances.values() if self.current else ())
+                        if i.host == name))
+        return True
+
+    def undrain_host(self, name):
+        """Host `name` takes instances again; KeyError for an unknown host."""
+        if name not in {h.name for h in self.topo.hosts}:
+            raise KeyError(name)
+        if name not in self.drained:
+            return False
+        self.drained.discard(name)
+        self.dirty.add("hosts")
+        log.info("host %s undrained: it takes instances again", name)
+        return True
 
     def request_move(self, host, instance, to):
         self._check_move_slices(host, instance, to)

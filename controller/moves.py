@@ -287,11 +287,12 @@ class Drains:
         self.seconds = seconds
         self.active = {}        # (host, id) -> Drain
 
-    def begin(self, before, after, now, alive, stats, handed=None):
+    def begin(self, before, after, now, alive, stats, handed=None, drained=()):
         """`after` with the instances of `before` that it drops drained
         (those of stateful NFs on hosts in `alive`; `handed`: {old key:
-        new key} of moves), and without drains that ended by themselves
-        (their host lost).  Logs every decision."""
+        new key} of moves; `drained`: hosts an operator drained), and
+        without drains that ended by themselves (their host lost).  Logs
+        every decision."""
         handed = handed or {}
         draining = dict(after.draining)
         for key in sorted(set(self.active) - set(draining)):
@@ -303,6 +304,7 @@ class Drains:
         for key in gone:
             inst = before.instances[key]
             why = (f"move {inst.nf}#{key[1]} {key[0]}->{handed[key][0]}" if key in handed
+                   else f"host {inst.host} drained" if inst.host in drained
                    else "scale-in")
             if inst.host not in alive:
                 continue            # lost with its host: nothing runs there

@@ -72,11 +72,14 @@ class _Solver:
     """Mutable placement state with numpy arrays over hosts, ordered by
     switch so hosts of one switch are contiguous (for np.minimum.reduceat)."""
 
-    def __init__(self, topo, exclude_hosts=(), tick=pausing.no_pause):
+    def __init__(self, topo, exclude_hosts=(), tick=pausing.no_pause, drained=()):
         self.topo = topo
         self.tick = tick        # called per chain adopted, routed or weighed (pausing.every)
         self.graph = fabric.build_graph(topo)
         self.excluded = set(exclude_hosts)
+        # Drained hosts take no instance and keep none, but unlike excluded
+        # ones they are alive: their draining instances stay reserved.
+        self.drained = set(drained)
         self.table = fabric.DistanceTable(self.graph, places_of(topo))
         rows = self.table.row
         order = sorted(range(len(topo.hosts)),
@@ -95,7 +98,8 @@ class _Solver:
         self.d_hosts = sw[np.ix_(self.hrows, self.hrows)] + 2.0
         self.cores = np.array([h.cores for h in self.hosts], dtype=float)
         self.free = self.cores.copy()
-        self.allowed = np.array([h.name not in self.excluded for h in self.hosts])
+        self.allowed = np.array([h.name not in self.excluded and h.name not in self.drained
+                                 for h in self.hosts])
         self.instances: Dict[Tuple[str, int], Instance] = {}
         self.by_type_host: Dict[Tuple[str, int], List[Tuple[str, int]]] = {}
         self.best_spare = {t: np.zeros(len(self.hosts)) for t in topo.nfs}
@@ -187,6 +191,7 @@ class _Solver:
         old_chains = {c.name: c for c in previous.topo.chains}
         for key, inst in sorted(previous.instances.items()):
             if inst.host in self.hidx and inst.host not in self.excluded \
+                    and inst.host not in self.drained \
                     and inst.nf in self.topo.nfs:
                 self._new_instance(inst.nf, self.hidx[inst.host], inst.id)
         kept = {}
@@ -548,7 +553,7 @@ class _Solver:
                          self.draining)
 
 
-def place(topo, previous=None, exclude_hosts=(), say=True, pause=None):
+def place(topo, previous=None, exclude_hosts=(), say=True, pause=None, drained=()):
     """Place every chain of `topo`; returns a Placement or raises
     PlacementError.
 
@@ -560,8 +565,11 @@ def place(topo, previous=None, exclude_hosts=(), say=True, pause=None):
     search's trial steps only at DEBUG.  `say=False` for a trial (checking
     a request): nothing is logged at INFO.  `pause` is called every few
     chains (controller.pausing), so a controller can yield while it places.
+    `drained`: hosts that keep no instance and get none, though alive: what
+    they ran is placed elsewhere (the caller drains the old instances).
     """
-    solver = _Solver(topo, exclude_hosts, pausing.every(pausing.PLACE_CHAINS, pause))
+    solver = _Solver(topo, exclude_hosts, pausing.every(pausing.PLACE_CHAINS, pause),
+                     drained)
     chains = list(topo.chains)
     for chain in chains:
         for place_ in (chain.ingress, *egress_places(chain)):
@@ -611,7 +619,7 @@ def say_placed(placement, previous=None):
 
 
 def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None,
-                    pause=None):
+                    pause=None, drained=()):
     """Place `chains` on `topo`'s hosts: all of them if they fit, else chain
     by chain, keeping those that fit.  Returns (placement or None, placed
     chains, {name: reason} of the chains left out).
@@ -620,11 +628,12 @@ def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None
     log: a chain placed now that was left out before is logged as such, so
     a person sees the cluster catch up when hosts come or chains change.
     Callers run this again on every host or chain change; nothing here
-    remembers a refusal.  `pause` as for `place`."""
+    remembers a refusal.  `pause` and `drained` as for `place`."""
     unplaced = unplaced or {}
     try:
         result = place(topo.with_chains(chains), previous=previous,
-                       exclude_hosts=exclude_hosts, say=False, pause=pause) if chains else None
+                       exclude_hosts=exclude_hosts, say=False, pause=pause,
+                       drained=drained) if chains else None
         kept, refused = list(chains), {}
     except PlacementError as err:
         log.warning("cannot place all %d chains (%s); placing them one by one",
@@ -633,7 +642,8 @@ def place_what_fits(topo, chains, previous=None, exclude_hosts=(), unplaced=None
         for chain in chains:
             try:
                 result = place(topo.with_chains(kept + [chain]), previous=previous,
-                               exclude_hosts=exclude_hosts, say=False, pause=pause)
+                               exclude_hosts=exclude_hosts, say=False, pause=pause,
+                               drained=drained)
                 kept.append(chain)
             except PlacementError as why:
                 refused[chain.name] = str(why)

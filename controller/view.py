@@ -102,3 +102,14 @@ class ClusterView(abc.ABC):
     def moves(self) -> dict:
         """{"moving": [...], "landing": [...], "draining": [...]}: the moves
         in progress and the instances draining (controller.moves.Drains)."""
+
+    @abc.abstractmethod
+    def drain_host(self, name) -> bool:
+        """Move every instance off host `name` and give it none; False if it
+        was drained already; KeyError for an unknown host; PlacementError
+        when the chains do not fit elsewhere (nothing changes)."""
+
+    @abc.abstractmethod
+    def undrain_host(self, name) -> bool:
+        """Host `name` takes instances again; False if it was not drained;
+        KeyError for an unknown host."""

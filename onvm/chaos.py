@@ -36,7 +36,7 @@ from onvm.services import wait_for
 # packets within the detection window.
 STORE_FAULTS = ("store_paused_5s", "etcd_member_killed", "etcd_without_quorum",
                 "agent_cut_from_store", "forged_frames", "leader_killed",
-                "controllers_down_10s")
+                "controllers_down_10s", "host_drained")
 
 
 @dataclasses.dataclass
@@ -210,6 +210,18 @@ def ovs_restarted(emu, chain):
     return "ovs-vswitchd restarted, its flows lost"
 
 
+def host_drained(emu, chain):
+    """An operator drains the first NF's host (POST .../hosts/H/drain), then
+    undrains it 5 s later: its chains move with no packet lost."""
+    host = _nf_host(emu, chain)
+    emu.drain_host(host)
+    wait_for(lambda: host not in [h for _, hosts in emu.placement()[chain] for h in hosts],
+             15, f"{chain} off {host}")
+    time.sleep(5.0)
+    emu.drain_host(host, drain=False)
+    return f"{host} (the chain's first NF) drained, undrained 5 s later"
+
+
 def forged_frames(emu, chain):
     """Label stacks forged at the chain's ingress edge (each SPI/SI a chain
     could have) and random bytes: the edge drops them, nothing crashes."""
@@ -231,7 +243,8 @@ def forged_frames(emu, chain):
 
 FAULTS = {f.__name__: f for f in (store_paused_5s, etcd_member_killed, etcd_without_quorum,
                                   agent_cut_from_store, agent_killed, host_power_lost,
-                                  link_flapping, ovs_restarted, forged_frames)}
+                                  link_flapping, ovs_restarted, host_drained,
+                                  forged_frames)}
 
 
 # -- controller faults: an emulation with Emulation(controllers=2) -----------

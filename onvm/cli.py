@@ -169,6 +169,9 @@ def build_parser():
     e.add_argument("--controllers", type=int, default=1, metavar="N",
                    help="run N controllers (1 to 4): one leads, the others stand by "
                         "and take over when it goes")
+    e.add_argument("--drain-host", action="append", default=[], metavar="HOST@SECONDS",
+                   help="drain HOST at SECONDS: its instances move to other hosts")
+    e.add_argument("--undrain-host", action="append", default=[], metavar="HOST@SECONDS")
     e.add_argument("--kill-leader", default=None, metavar="SECONDS",
                    help="SIGKILL the leading controller at SECONDS (needs --controllers 2)")
     e.add_argument("--json", action="store_true",

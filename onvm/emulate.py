@@ -660,6 +660,10 @@ class Emulation:
         names = [self.controller_name(i) for i in range(self.n_controllers)]
         return names.index(name) if name in names else None
 
+    def drain_host(self, name, drain=True):
+        """POST the host's drain (or undrain) to the REST API."""
+        return self.rest("POST", f"/hosts/{name}/{'drain' if drain else 'undrain'}")
+
     def raise_rate(self, chain, mpps):
         """PUT the chain with a new rate to the REST API; the senders follow."""
         body = dict(self.rest("GET", f"/chains/{chain}"), mpps=float(mpps))

@@ -40,7 +40,7 @@ def stop(proc, what="process", grace=3.0, sig=signal.SIGTERM):
         LOG.warning("%s (pid %d) still runs %g s after signal %d; killing it",
                     what, proc.pid, grace, sig)
         proc.kill()
-        return proc.wait(grace)
+        return proc.wait(max(grace, 5.0))
 
 
 def stop_all(procs, grace=3.0, sig=signal.SIGTERM):

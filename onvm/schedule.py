@@ -68,6 +68,12 @@ def schedule(args, topo):
                              "to take over)")
         events.append((at, "SIGKILL the leading controller (a standby takes over)",
                        "kill-leader", None))
+    for option, drain in (("drain_host", True), ("undrain_host", False)):
+        for text in getattr(args, option, None) or []:
+            host, at = parse_at(text, "--" + option.replace("_", "-"))
+            known(host, "host", hosts, topo)
+            events.append((at, f"{'drain' if drain else 'undrain'} {host}", "drain",
+                           (host, drain)))
     for text in args.raise_rate:
         chain, mpps, at = chain_rate(text, "--raise-rate", topo)
         events.append((at, f"raise {chain} to {mpps} Mpps", "rate", (chain, mpps)))
@@ -85,6 +91,8 @@ def act(emu, action, arg):
         if leader is None:
             raise ValueError("--kill-leader: no controller of this run leads now")
         emu.kill_controller(leader)
+    elif action == "drain":
+        emu.drain_host(*arg)
     elif action == "rate":
         emu.raise_rate(*arg)
     else:

@@ -237,6 +237,20 @@ def get_moves(view: ClusterView):
     return 200, view.moves()
 
 
+def drain_host(view: ClusterView, name, drain=True):
+    """POST .../hosts/NAME/drain or /undrain."""
+    verb = "drain" if drain else "undrain"
+    try:
+        changed = (view.drain_host if drain else view.undrain_host)(name)
+    except KeyError:
+        raise RequestError(404, f"no host {name!r} in the topology") from None
+    except PlacementError as err:
+        raise RequestError(409, f"host {name} not drained: the chains do not fit on "
+                                f"the other hosts: {err}") from None
+    LOG.info("REST: %s of host %s%s", verb, name, "" if changed else " (no change)")
+    return 200, {"host": name, "drained": drain, "changed": changed}
+
+
 # --- Ryu adapter --------------------------------------------------------------
 
 import onvm_compat  # noqa: E402,F401  (eventlet 0.33 lacks what ryu.app.wsgi imports)
@@ -346,6 +360,14 @@ class OnvmController(ControllerBase):
     @route("onvm", BASE + "/moves", methods=["POST"])
     def post_move(self, req, **_):
         return self._call(req, create_move, with_body=True)
+
+    @route("onvm", BASE + "/hosts/{name}/drain", methods=["POST"])
+    def post_drain(self, req, name, **_):
+        return self._call(req, drain_host, name)
+
+    @route("onvm", BASE + "/hosts/{name}/undrain", methods=["POST"])
+    def post_undrain(self, req, name, **_):
+        return self._call(req, drain_host, name, False)
 
     @route("onvm", BASE + "/moves", methods=["GET"])
     def list_moves(self, req, **_):

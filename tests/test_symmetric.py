@@ -188,7 +188,8 @@ def test_unsolicited_syn_ack_from_the_internet_is_dropped_by_the_stateful_firewa
     def invalid():
         snap = {"firewall-stateful": instances(emu, "firewall-stateful")}
         return sum(delta(snap, before, "firewall-stateful", "invalid").values())
-    wait_for(lambda: invalid() >= 20, 15, "20 SYN-ACKs counted invalid by the firewall")
+    # counted in the stats summaries agents publish every 5 s: a generous wait
+    wait_for(lambda: invalid() >= 20, 30, "20 SYN-ACKs counted invalid by the firewall")
     after, _ = snapshot(emu)
     emu.set_connection_rate(CHAIN, 4)
     assert invalid() == 20, (delta(after, before, "firewall-stateful", "invalid"),

@@ -212,7 +212,9 @@ def ovs_restarted(emu, chain):
 
 def host_drained(emu, chain):
     """An operator drains the first NF's host (POST .../hosts/H/drain), then
-    undrains it 5 s later: its chains move with no packet lost."""
+    undrains it 5 s later: its chains move; its stateful instances drain
+    there, the others stop at once (a packet in flight through them may be
+    lost)."""
     host = _nf_host(emu, chain)
     emu.drain_host(host)
     wait_for(lambda: host not in [h for _, hosts in emu.placement()[chain] for h in hosts],

@@ -48,7 +48,13 @@ Two optional instance fields carry NF state on a planned move
 (controller/moves.py): `"export": true` asks the agent to snapshot the
 instance's state (`export_state()`) and publish it with its stats;
 `"state": {...}` (or null) is a snapshot the new instance takes
-(`import_state()`) before it gets its first packet.
+(`import_state()`) before it gets its first packet.  After a host's
+loss, `"adopt": {"host": A, "instance": ID}` gives a new instance the
+flows of A's lost instance ID: the agent imports A's replica of it from
+the store first (contracts.replica).  A host in a `remote`, `pinned` or
+`kept` list may then say `"also": [LABEL, ...]`: a flow pinned to a lost
+host with that label goes to this host (which adopted its flows) and is
+pinned there from then on.
 
 Draining (controller/moves.py, `Drains`): an instance moved away or
 scaled in stays for a while with `"draining": true` (informational: the
@@ -203,9 +209,24 @@ def _check_instances(errors, plan):
                      f"not {type(inst.get('state')).__name__}")
         errors.check(not (inst.get("export") and inst.get("state") is not None), where,
                      "cannot both export state and take imported state")
+        if "adopt" in inst:
+            _check_adopt(errors, inst, where)
         errors.check(isinstance(inst.get("draining", False), bool), f"{where}.draining",
                      f"must be true or false, not {inst.get('draining')!r}")
     return ids
+
+
+def _check_adopt(errors, inst, where):
+    adopt = inst["adopt"]
+    if not errors.check(isinstance(adopt, dict), f"{where}.adopt",
+                        'must be {"host": NAME, "instance": ID}'):
+        return
+    errors.check(isinstance(adopt.get("host"), str) and adopt.get("host"),
+                 f"{where}.adopt.host", "must name the host whose replica is adopted")
+    errors.check(_is_int(adopt.get("instance")) and 0 < adopt["instance"] < 65535,
+                 f"{where}.adopt.instance", "must be an instance id 1..65534")
+    errors.check("state" not in inst, where, "cannot both adopt a replica and take a "
+                                             "moved state")
 
 
 def _check_hops(errors, plan, ids):
@@ -271,18 +292,26 @@ def _objects(errors, items, where, empty_ok, fields):
 
 def _check_peers(errors, peers, where, empty_ok, weights):
     """A list of hosts ({"host", "label", "mac"[, "weight"]}), labels unique."""
-    labels = set()
+    labels, aliases = set(), []
     for pw, peer in _objects(errors, peers, where, empty_ok, "{host, label, mac}"):
         if _label(errors, peer.get("label"), f"{pw}.label"):
             errors.check(peer["label"] not in labels, f"{pw}.label",
                          f"duplicate label {peer['label']}")
             labels.add(peer["label"])
         _mac(errors, peer.get("mac"), f"{pw}.mac")
+        also = peer.get("also", [])
+        if errors.check(isinstance(also, list), f"{pw}.also",
+                        "must be a list of the labels of lost hosts it took flows of"):
+            aliases += [(f"{pw}.also[{j}]", alias) for j, alias in enumerate(also)]
         if weights:
             w = peer.get("weight", 1.0)
             errors.check(isinstance(w, (int, float)) and not isinstance(w, bool)
                          and math.isfinite(w) and w >= 0,
                          f"{pw}.weight", "must be a number >= 0 (0: draining)")
+    for aw, alias in aliases:       # a lost host's label, listed once, not as a host
+        if _label(errors, alias, aw):
+            errors.check(alias not in labels, aw, f"duplicate label {alias}")
+            labels.add(alias)
 
 
 def _check_reverse(errors, rev, where, hop_keys):

@@ -28,6 +28,7 @@ checking them belongs to `contracts.plan` and `controller.topology`.
 from __future__ import annotations
 
 from contracts.store_api import (APPLIED, CHAINS, HOSTS, LEADER, PLAN, PREFIX,  # noqa: F401
+                                 REPLICA,
                                  REQUEST_TIMEOUT, STATS, Election, Lease, NotLeader,
                                  Store, StoreError, StoreFull, Watch,
                                  WatchCompacted)

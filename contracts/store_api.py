@@ -53,6 +53,7 @@ CHAINS = PREFIX + "chains/"
 PLAN = PREFIX + "plan/"
 APPLIED = PREFIX + "applied/"
 LEADER = PREFIX + "leader"
+REPLICA = PREFIX + "replica/"     # <host>/<instance id>: contracts.replica
 
 REQUEST_TIMEOUT = 5.0
 SKIPPED = object()      # a watch event the backend could not read (garbage)
@@ -319,6 +320,25 @@ class Store:
     def stats(self):
         return {_key_name(k, STATS): v for k, v in self.get_prefix(STATS).items()}
 
+    # -- replicas of NF state (contracts.replica) ---------------------------
+    def put_replica(self, host, instance, value, lease):
+        """Put instance `instance`'s replica of host `host` under `lease`;
+        returns its size in bytes."""
+        key = f"{REPLICA}{host}/{instance}"
+        raw = encode_value(value)
+        self._put(key, raw, lease.id)
+        lease.keys[key] = raw
+        return len(raw)
+
+    def get_replica(self, host, instance):
+        return self.get(f"{REPLICA}{host}/{instance}")
+
+    def delete_replica(self, host, instance, lease=None):
+        key = f"{REPLICA}{host}/{instance}"
+        if lease is not None:
+            lease.keys.pop(key, None)
+        return self._delete(key)
+
     # -- chains ----------------------------------------------------------
     def chains(self):
         """{chain name: chain as the user asked for it}."""
@@ -433,7 +453,7 @@ class Lease:
         if self._stop.is_set():             # stopped meanwhile: leave nothing behind
             self.store._revoke(new)
             return
-        for key, raw in self.keys.items():
+        for key, raw in list(self.keys.items()):
             self.store._put(key, raw, new)
         self.id, self.lost, self._deadline = new, False, asked_at + self.ttl
         self.regrants += 1

@@ -48,6 +48,7 @@ from controller import flows, natslices
 from controller.chains import Scope, is_retired, make_chain
 from controller.livegraph import LiveFabric, describe
 from controller.liveness import Liveness
+from controller.adoptions import Adoptions
 from controller.moves import DRAIN_SECONDS, Drains, MoveError, Moves
 from controller.placement import PlacementError, move_instance, place, place_what_fits
 from controller.plans import host_load, host_plans, ingress_groups, nat_slices
@@ -141,6 +142,7 @@ class ClusterCore(ClusterView):
         self.dirty = {"hosts", "chains"}
         self.mover = Moves(store, clock=lambda: self.now, drain_seconds=drain_seconds)
         self.drains = Drains(drain_seconds)
+        self.adopter = Adoptions(store)  # heirs of a lost host's stateful instances
         self.fabric_cut = []            # hosts and edges no switch reaches
         self.last_stats_replan = None
         self.stats_seen = None          # {host: stats summary}, from the watch after one read
@@ -316,6 +318,7 @@ class ClusterCore(ClusterView):
             self.drains.end(before, {k: "nothing is placed" for k in self.drains.active})
         self.current = placement
         self._log_instances(before, placement, lost, reasons)
+        self.adopter.pick(before, placement, lost, self.now)
         try:
             self._assign_slices()
         except natslices.SlicesExhausted as err:
@@ -356,9 +359,9 @@ class ClusterCore(ClusterView):
         if self.current is None:
             return
         before = self.nat_slices
+        handed = {**self.mover.handed, **self.adopter.handed}
         try:
-            self.nat_slices = nat_slices(self.placed, self.current, before,
-                                         self.mover.handed)
+            self.nat_slices = nat_slices(self.placed, self.current, before, handed)
         except natslices.SlicesExhausted as err:
             drained = {k: "cut short: no free NAT port slice for a new instance"
                        for k, i in self.current.draining.items() if i.nf == natslices.NAT}
@@ -368,8 +371,7 @@ class ClusterCore(ClusterView):
                       "a port (their open flows are cut)", err,
                       ", ".join(f"nat#{i} on {h}" for h, i in sorted(drained)))
             self.current = self.drains.end(self.current, drained, before)
-            self.nat_slices = nat_slices(self.placed, self.current, before,
-                                         self.mover.handed)
+            self.nat_slices = nat_slices(self.placed, self.current, before, handed)
         for old, new in sorted(self.mover.handed.items()):
             if old not in before:
                 continue
@@ -409,9 +411,10 @@ class ClusterCore(ClusterView):
                          self.stats_warned) if self.current else {}
         stored = self.store.plans()
         generation = 1 + max([p.get("generation", 0) for p in stored.values()] or [0])
-        plans = self.mover.mark(host_plans(self.placed, self.current, generation, load,
-                                           self.nat_slices, pause=self.fabric.pause)
-                                if self.current else {})
+        plans = self.adopter.mark(self.mover.mark(
+            host_plans(self.placed, self.current, generation, load, self.nat_slices,
+                       pause=self.fabric.pause) if self.current else {}),
+            self.placed, self.now, self.alive)
         try:
             for host in sorted(self.alive):
                 plan = plans.get(host) or self._idle_plan(host, generation)

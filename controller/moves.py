@@ -147,11 +147,11 @@ class Moves:
         for (host, iid), move in self.pending.items():
             if self._hands_none(move):
                 continue
-            inst = _instance(plans.get(host), iid)
+            inst = plan_instance(plans.get(host), iid)
             if inst is not None:
                 inst["export"] = True
         for (host, iid), landing in list(self.landing.items()):
-            inst = _instance(plans.get(host), iid)
+            inst = plan_instance(plans.get(host), iid)
             if inst is None or self._landed(host, iid, landing):
                 del self.landing[(host, iid)]       # landed, or gone with its host
             else:
@@ -160,15 +160,10 @@ class Moves:
 
     def _landed(self, host, iid, landing):
         """True once `host` applied a plan that gave instance `iid` its state."""
-        if landing[1] is None:
-            stored = self.store.get_plan(host)
-            if "state" in (_instance(stored, iid) or {}):
-                landing[1] = stored["generation"]
-        applied = self.store.get_applied(host)
-        done = landing[1] is not None and applied is not None and applied >= landing[1]
+        done = applied_carrying(self.store, host, iid, "state", landing)
         if done:
             log.info("%s applied plan generation %d: instance %d runs with its moved "
-                     "state; later plans leave the state out", host, applied, iid)
+                     "state; later plans leave the state out", host, landing[1], iid)
         return done
 
     # -- the switch ------------------------------------------------------------
@@ -211,7 +206,7 @@ class Moves:
                      move.to, move.host, move.to)
             return None
         plan = self.store.get_plan(move.host)
-        inst = _instance(plan, move.instance)
+        inst = plan_instance(plan, move.instance)
         if move.marked is None and inst is not None and inst.get("export"):
             move.marked = plan["generation"]
         waited = self.clock() - move.asked
@@ -242,7 +237,19 @@ class Moves:
                      move.host, move.to, gen, waited, move.to)
 
 
-def _instance(plan, iid):
+def applied_carrying(store, host, iid, field, record):
+    """True once `host` applied a plan whose instance `iid` carried `field`
+    (a moved state, an adoption).  `record[1]` keeps the generation of the
+    first stored plan seen carrying it (None until then)."""
+    if record[1] is None:
+        stored = store.get_plan(host)
+        if field in (plan_instance(stored, iid) or {}):
+            record[1] = stored["generation"]
+    applied = store.get_applied(host)
+    return record[1] is not None and applied is not None and applied >= record[1]
+
+
+def plan_instance(plan, iid):
     for inst in (plan or {}).get("instances", ()):
         if inst.get("id") == iid:
             return inst

@@ -44,6 +44,7 @@ import contracts
 from contracts.plan import PlanError, check_plan, load_plan
 from contracts.statsum import PUBLISH_S, summarize
 from contracts.store import StoreFull
+from host_agent.replicas import Replicator
 from nflib.api import make_nf
 
 log = logging.getLogger("onvm.agent")
@@ -96,6 +97,7 @@ class Agent:
         self._last = (time.monotonic(), None)
         self.rates = {}
         self.exported = {}                  # instance id -> {"state", "state_generation"}
+        self.replicator = Replicator(self)  # replicas of NF state (host_agent.replicas)
         self._stats_lock = threading.Lock()  # the loop and a plan's export both publish
 
     # -- plans -------------------------------------------------------
@@ -134,6 +136,8 @@ class Agent:
         """nf_factory, then the moved state if the plan brings one: the
         fast path calls this before it swaps the new tables in."""
         nf = self.nf_factory(inst)
+        if "adopt" in inst and hasattr(nf, "import_state"):
+            self.replicator.adopt(self.store, inst, nf)
         if "state" not in inst:
             return nf
         state = inst["state"]
@@ -267,6 +271,7 @@ class Agent:
         stats["host"] = self.host
         stats["time"] = time.time()
         stats["plan_error"] = self.plan_error
+        stats["replication"] = dict(self.replicator.counters)
         stats["instances"] = {str(k): v for k, v in stats["instances"].items()}
         for iid, exported in self.exported.items():
             if str(iid) in stats["instances"]:
@@ -425,12 +430,16 @@ def cli_agent(args):
             link = StoreLink(agent, args.store, lambda: host_info(manager, args.host),
                              ttl=args.lease_ttl or HOST_TTL)
             link.start()
+            agent.replicator.interval = getattr(args, "replicate_interval", 1.0)
+            if agent.replicator.interval > 0:
+                agent.replicator.start()
         agent.run(args.seconds)
     except KeyboardInterrupt:
         pass
     finally:
         if link is not None:
             leave(args.host, manager, link)
+            agent.replicator.stop()
             link.stop()
         agent.stop()
         final = agent.stats()

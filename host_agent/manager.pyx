@@ -116,10 +116,12 @@ cdef struct port_stats_t:
 
 
 cdef inline peer_t *find_peer(tables_t *t, uint32_t off, uint16_t n, uint32_t label) noexcept nogil:
-    """The peer with `label` among t.peers[off:off + n], NULL if none."""
+    """The peer a pin to `label` finds among t.peers[off:off + n] (the
+    host with that label, or the one that adopted a lost host's flows),
+    NULL if none."""
     cdef uint16_t j
     for j in range(n):
-        if t.peers[off + j].label == label:
+        if t.peers[off + j].pin == label:
             return &t.peers[off + j]
     return NULL
 
@@ -638,6 +640,7 @@ cdef class Manager:
                     pinned = find_peer(t, h.peer_off, h.npeers, self.pin_data[pos[i]])
                     if pinned != NULL:
                         peer = pinned
+                        self.pin_data[pos[i]] = peer.label      # an heir's: pin it there
                     else:
                         self.pin_data[pos[i]] = peer.label     # its host left: re-pick
             self._push_labels(t, pkts[i], meta, peer)
@@ -654,6 +657,7 @@ cdef class Manager:
         if pos >= 0:
             peer = find_peer(t, h.pinned_off, h.npinned, self.pin_data[pos])
             if peer != NULL:
+                self.pin_data[pos] = peer.label     # an heir's: pin it there
                 self._push_labels(t, m, meta, peer)
             else:
                 self.drops[R_PIN_LOST] += 1
@@ -680,6 +684,7 @@ cdef class Manager:
         peer = find_peer(t, h.peer_off, h.npeers, self.pin_data[pos])
         if peer == NULL:
             return False
+        self.pin_data[pos] = peer.label
         self._push_labels(t, m, meta, peer)
         return True
 

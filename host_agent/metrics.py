@@ -91,6 +91,21 @@ class AgentCollector:
             yield from _table_metrics(host, "onvm_flow_table_entries",
                                       "onvm_flow_table_events", "flow table",
                                       stats["flow_table"])
+        replicator = getattr(self.agent, "replicator", None)
+        if replicator is not None:
+            yield replica_metrics(host, replicator.counters)
+
+
+def replica_metrics(host, counters):
+    """The replicas' counters (host_agent.replicas): puts, bytes, adoptions,
+    failures, and the fast path's time paused for snapshots."""
+    family = CounterMetricFamily("onvm_replica_events", "Replicas of NF flow state: "
+                                 "puts, bytes, adoptions, failures, seconds paused",
+                                 labels=["host", "what"])
+    for what in ("replicas_put", "bytes_put", "too_big", "failures", "adopted",
+                 "adopted_entries", "adopt_failures", "paused_s"):
+        family.add_metric([host, what], counters.get(what, 0))
+    return family
 
 
 def plan_chains(plan):

@@ -47,7 +47,8 @@ cdef struct hop_t:
 
 
 cdef struct peer_t:
-    uint32_t label
+    uint32_t label              # the host packets to this peer are tagged for
+    uint32_t pin                # the label a pin names to find it (label, or a lost host's)
     uint8_t mac[6]
 
 

@@ -92,6 +92,7 @@ cdef int _load_hops(tables_t *t, object c) except -1:
     cdef const uint8_t[:] dst_mac = c.hop_dst_mac
     cdef const unsigned short[:] remote = c.remote
     cdef const unsigned int[:] peer_label = c.peer_label
+    cdef const unsigned int[:] peer_pin = c.peer_pin
     cdef const uint8_t[:] peer_mac = c.peer_mac
     cdef const unsigned int[:] peer_off = c.hop_peer_off
     cdef const unsigned short[:] npeers = c.hop_npeers
@@ -143,6 +144,7 @@ cdef int _load_hops(tables_t *t, object c) except -1:
         t.remote[i] = remote[i]
     for i in range(peer_label.shape[0]):
         t.peers[i].label = peer_label[i]
+        t.peers[i].pin = peer_pin[i]
         for k in range(6):
             t.peers[i].mac[k] = peer_mac[6 * i + k]
     for i in range(server_ip.shape[0]):

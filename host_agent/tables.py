@@ -11,8 +11,10 @@ instance slot s is position s of the plan's instances.
   first of its SLOTS consistent-hash slots in `remote` (REMOTE), the port
   and next MAC (END);
 * remote: per slot the index of the peer that serves it; peers: label, MAC
-  (a remote hop's peers, then a `pinned` list's, each a run of the peer
-  arrays: hop_peer_off/hop_npeers, hop_pinned_off/hop_npinned);
+  and the label a pin names to find it (a remote hop's peers, then a
+  `pinned` list's, each a run of the peer arrays: hop_peer_off/hop_npeers,
+  hop_pinned_off/hop_npinned; a peer's `also` labels add rows after the
+  run's peers, found by a pin to a lost host, sending to the peer);
 * a local hop's `kept` hosts as its peers (FLAG_KEPT: a flow pinned to one
   of them, picked while the hop was remote, goes on there);
 * symmetric chains: hop_flags (FLAG_PINNED: look the flow's pin up first),
@@ -67,6 +69,7 @@ class PlanTables:
     hop_nservers: array       # "H"
     remote: array             # "H": peer index per slot
     peer_label: array         # "I"
+    peer_pin: array           # "I": the label a pin names to find this peer
     peer_mac: bytes           # 6 per peer
     server_ip: array          # "I": IPv4 address, host byte order
     server_mac: bytes         # 6 per server
@@ -100,15 +103,22 @@ def compile_plan(plan):
         ("hop_peer_off", "I"), ("hop_npeers", "H"), ("hop_pinned_off", "I"),
         ("hop_npinned", "H"), ("hop_flags", "B"), ("hop_rev", "i"), ("hop_reply", "I"),
         ("hop_server_off", "I"), ("hop_nservers", "H"),
-        ("remote", "H"), ("peer_label", "I"), ("server_ip", "I"))}
+        ("remote", "H"), ("peer_label", "I"), ("peer_pin", "I"),
+        ("server_ip", "I"))}
     dst_macs, peer_macs, server_macs = bytearray(), bytearray(), bytearray()
 
     def add_peers(peers):
+        """A run of peers, then one row per label a peer's `also` names
+        (flows pinned to a lost host go to the peer that adopted them):
+        returns (first row, rows)."""
         first = len(cols["peer_label"])
-        for peer in peers:
-            cols["peer_label"].append(peer["label"])
-            peer_macs.extend(mac_bytes(peer["mac"]))
-        return first
+        rows = [(p["label"], p["label"], p["mac"]) for p in peers]
+        rows += [(alias, p["label"], p["mac"]) for p in peers for alias in p.get("also", ())]
+        for pin, label, mac in rows:
+            cols["peer_pin"].append(pin)
+            cols["peer_label"].append(label)
+            peer_macs.extend(mac_bytes(mac))
+        return first, len(rows)
 
     for hp in hops:
         kind, slot, remote_off, port, dst_mac = HOP_END, 0, 0, 0, bytes(6)
@@ -116,10 +126,10 @@ def compile_plan(plan):
         if "local" in hp:
             kind, slot = HOP_LOCAL, slot_of[hp["local"]]
             if hp.get("kept"):
-                peer_off, npeers = add_peers(hp["kept"]), len(hp["kept"])
+                peer_off, npeers = add_peers(hp["kept"])
         elif "remote" in hp:
             kind, remote_off = HOP_REMOTE, len(cols["remote"])
-            peer_off, npeers = add_peers(hp["remote"]), len(hp["remote"])
+            peer_off, npeers = add_peers(hp["remote"])
             cols["remote"].extend(peer_off + j for j in consistent_slots(hp["remote"]))
         else:
             end = hp["end"]
@@ -130,7 +140,7 @@ def compile_plan(plan):
                 cols["server_ip"].append(int(ipaddress.IPv4Address(server["ip"])))
                 server_macs.extend(mac_bytes(server["mac"]))
         pinned = hp.get("pinned")
-        pinned_off = add_peers(pinned) if pinned is not None else 0
+        pinned_off, npinned = add_peers(pinned) if pinned is not None else (0, 0)
         rev = hp.get("reverse")
         for name, value in (("hop_spi", hp["spi"]), ("hop_si", hp["si"]),
                             ("hop_kind", kind), ("hop_slot", slot),
@@ -138,7 +148,7 @@ def compile_plan(plan):
                             ("hop_remote_off", remote_off), ("hop_port", port),
                             ("hop_peer_off", peer_off), ("hop_npeers", npeers),
                             ("hop_pinned_off", pinned_off),
-                            ("hop_npinned", len(pinned) if pinned is not None else 0),
+                            ("hop_npinned", npinned),
                             ("hop_flags", (FLAG_PINNED if pinned is not None else 0)
                              | (FLAG_KEPT if hp.get("kept") else 0)),
                             ("hop_rev", index.get((rev["spi"], rev["si"]), -1) if rev else -1),

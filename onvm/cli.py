@@ -123,6 +123,10 @@ def build_parser():
     a.add_argument("--stats-publish", type=float, default=5.0, metavar="SECONDS",
                    help="put the stats summary in the store this often (default 5; "
                         "at once when the plan, a plan error or the instances change)")
+    a.add_argument("--replicate-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="put a replica of each lb, nat and firewall-stateful instance's "
+                        "flow state in the store this often, for a host that takes "
+                        "over if this one fails (default 1; 0: off)")
     a.add_argument("--flow-entries", type=int, default=1 << 20, metavar="N",
                    help="size of the host's flow table (default 1048576; idle "
                         "flows age out after 30 s)")

@@ -416,6 +416,26 @@ class Emulation:
             procs.stop(proc, f"the HTTP client of {chain}")
         return read_status(status) or {}
 
+    def hold(self, chain, connections, every=0.5, path="/2000"):
+        """Start a client of `chain` (from its ingress edge, with its
+        source address) that keeps `connections` TCP connections open, a
+        GET on each every `every` seconds (onvm.web hold); returns a
+        function that reads its status, and with `stop=True` stops it
+        first and returns the final status."""
+        plan = self.client_plans[chain]
+        status = self.file(f"hold-{chain}-{time.monotonic_ns()}.json")
+        cmd = [sys.executable, "-m", "onvm.web", "hold", "--dst", plan.dst,
+               "--port", str(plan.port), "--src", plan.src, "--path", path,
+               "--connections", str(connections), "--every", str(every),
+               "--status", status]
+        proc = self._spawn(self.nodes[plan.edge].popen, cmd, f"hold-{chain}.log")
+
+        def read(stop=False):
+            if stop:
+                procs.stop(proc, f"the connection holder of {chain}", grace=15.0)
+            return read_status(status) or {}
+        return read
+
     def inject(self, place, frames, times=1):
         """Send these frames (bytes), each `times` times, from the interface
         of `place` (an edge or a server) as raw Ethernet."""

@@ -83,7 +83,9 @@ class Counts:
 
 def handler_class(name, counts):
     class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.0"
+        # HTTP/1.1: a client that asks (hold) keeps its connection for more
+        # requests; an HTTP/1.0 request (get) is answered and closed.
+        protocol_version = "HTTP/1.1"
         server_version = "onvm-web"
 
         def do_GET(self):
@@ -238,6 +240,87 @@ def get(dst, port, path, status_path, rate, count=None, src=None, rate_path=None
     return read_status(status_path)
 
 
+def _read_response(sock, deadline):
+    """One whole HTTP/1.1 response from a kept connection (its body by
+    Content-Length); ValueError or OSError when there is none."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        raw += _recv(sock, deadline)
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    _, headers, _ = parse_response(head + b"\r\n\r\n")
+    length = int(headers.get("content-length", "-1"))
+    if not 0 <= length <= MAX_BODY:
+        raise ValueError("no usable Content-Length")
+    while len(rest) < length:
+        rest += _recv(sock, deadline)
+    return head + b"\r\n\r\n" + rest[:length], headers
+
+
+def _recv(sock, deadline):
+    sock.settimeout(max(0.1, deadline - time.monotonic()))
+    data = sock.recv(65536)
+    if not data:
+        raise ValueError("connection closed by the other end")
+    return data
+
+
+def hold(dst, port, path, status_path, connections, every, src=None,
+         timeout=TIMEOUT_S, stop=None):
+    """Open `connections` TCP connections to dst:port and keep them: every
+    `every` seconds each sends one more GET `path` on its own connection.
+    A connection is checked on each answer: the same server, and the same
+    address and port as the server saw first (a NAT that forgot its
+    mapping would show another port); it fails for good on a reset, a
+    time-out or a wrong answer.  The status counts "open", "requests",
+    "failed", "server_changed", "address_changed" and the errors."""
+    counts = Counts(status_path, dst=dst, port=port, path=path, src=src,
+                    connections=connections)
+    for key in ("open", "requests", "failed", "server_changed", "address_changed"):
+        counts.add(key, by=0)
+    stop = stop or threading.Event()
+    request = f"GET {path} HTTP/1.1\r\nHost: {dst}\r\n\r\n".encode()
+
+    def keep(i):
+        first = None
+        try:
+            with socket.create_connection((dst, port), timeout=timeout,
+                                          source_address=(src, 0) if src else None) as s:
+                while not stop.is_set() and not Stopped.flag:
+                    s.sendall(request)
+                    raw, headers = _read_response(s, time.monotonic() + timeout)
+                    check(path, raw)
+                    seen = (headers.get(SERVER_HEADER.lower()), headers.get(SAW_HEADER.lower()))
+                    if first is None:
+                        first = seen
+                        counts.add("open")
+                    elif seen[0] != first[0]:
+                        raise ValueError(f"answered by {seen[0]}, first by {first[0]}")
+                    elif seen[1] != first[1]:
+                        counts.add("address_changed")
+                        raise ValueError(f"the server saw {seen[1]}, first {first[1]}")
+                    counts.add("requests")
+                    stop.wait(every)
+        except (OSError, ValueError) as err:
+            if "answered by" in str(err):
+                counts.add("server_changed")
+            counts.add("failed")
+            counts.note("errors", f"connection {i}: {type(err).__name__}: {err}")
+
+    threads = []
+    for i in range(connections):
+        t = threading.Thread(target=keep, args=(i,), daemon=True)
+        t.start()
+        threads.append(t)
+        time.sleep(0.02)
+    while not stop.is_set() and not Stopped.flag:
+        counts.write()
+        time.sleep(REPORT_S)
+    for t in threads:
+        t.join(timeout + every + 1)
+    counts.write(done=True)
+    return read_status(status_path)
+
+
 class Stopped:
     """Set by SIGTERM/SIGINT in the processes: loops end, a last status is written."""
     flag = False
@@ -261,6 +344,15 @@ def main(argv=None):
     g.add_argument("--count", type=int)
     g.add_argument("--timeout", type=float, default=TIMEOUT_S)
     g.add_argument("--status", required=True)
+    k = sub.add_parser("hold", help="keep connections open, a GET on each every few seconds")
+    k.add_argument("--dst", required=True)
+    k.add_argument("--port", type=int, default=80)
+    k.add_argument("--path", default="/2000")
+    k.add_argument("--src")
+    k.add_argument("--connections", type=int, default=20)
+    k.add_argument("--every", type=float, default=0.5, help="seconds between GETs")
+    k.add_argument("--timeout", type=float, default=TIMEOUT_S)
+    k.add_argument("--status", required=True)
     args = p.parse_args(argv)
 
     def handler(*_):
@@ -270,6 +362,10 @@ def main(argv=None):
     if args.what == "serve":
         serve(args.name, args.port, args.status)
         return 0
+    if args.what == "hold":
+        status = hold(args.dst, args.port, args.path, args.status, args.connections,
+                      args.every, args.src, args.timeout)
+        return 0 if status and not status.get("failed") else 1
     status = get(args.dst, args.port, args.path, args.status, args.rate, args.count,
                  args.src, args.rate_file, args.timeout)
     return 0 if status and not status.get("failed") else 1

@@ -76,4 +76,5 @@ static inline void *onvm_load_ptr(void **p) { return __atomic_load_n(p, __ATOMIC
 static inline void onvm_store_ptr(void **p, void *v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint64_t onvm_load_u64(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void onvm_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void onvm_pause(void) { __builtin_ia32_pause(); }
 #endif

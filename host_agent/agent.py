@@ -93,7 +93,7 @@ class Agent:
         self.procs = {}                     # instance id -> Popen
         self._thread = None
         self._stop = threading.Event()
-        self._apply_lock = threading.Lock()
+        self.apply_lock = threading.Lock()
         self._last = (time.monotonic(), None)
         self.rates = {}
         self.exported = {}                  # instance id -> {"state", "state_generation"}
@@ -104,7 +104,7 @@ class Agent:
     def apply(self, plan, source="plan"):
         """Check and apply a plan; on error keep the running one. Returns
         True if applied."""
-        with self._apply_lock:
+        with self.apply_lock:
             try:
                 check_plan(plan)
                 if plan["host"] != self.host:
@@ -161,7 +161,7 @@ class Agent:
         marked = [i for i in plan["instances"] if i.get("export")]
         taken = {}      # built aside: stats() may read self.exported meanwhile
         if marked:
-            with self._loop_paused():
+            with self.loop_paused():
                 for inst in marked:
                     taken[inst["id"]] = {"state": self._export_one(inst),
                                          "state_generation": plan["generation"]}
@@ -181,7 +181,21 @@ class Agent:
         return state
 
     @contextlib.contextmanager
-    def _loop_paused(self):
+    def held(self):
+        """The running loop stands still between two iterations while in
+        this block (Manager.hold): microseconds, for reading NF tables in
+        chunks (host_agent.replicas)."""
+        running = self._thread is not None and self._thread.is_alive()
+        if running:
+            self.manager.hold()
+        try:
+            yield
+        finally:
+            if running:
+                self.manager.release()
+
+    @contextlib.contextmanager
+    def loop_paused(self):
         """NFs export only while their loop does not run (they read their
         tables without locks): stop the loop thread, then start it again.
         Packets wait in the ports' rings meanwhile."""

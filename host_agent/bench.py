@@ -21,7 +21,10 @@ import sys
 import time
 
 from host_agent import fastpath as fp
+from contracts import replica
+from contracts.replica import REPLICATED_NFS
 from host_agent.harness import chain_plan
+from host_agent.replicas import CHUNK, next_wait
 from nflib.api import NFConfigError, make_nf, nf_types
 
 # Rules of a realistic edge firewall; the generated traffic matches the
@@ -98,8 +101,56 @@ def _ip_checksum(header):
     return ~total & 0xFFFF
 
 
+class Snapshots:
+    """The replicas' snapshots of a bench's replicated instances, taken as
+    an agent takes them (host_agent.replicas): reading the chunks counts
+    in the run's time (the loop stands still for each), making the state
+    of them and encoding it does not (an agent does that beside the
+    running loop); the next is due after `replicas.next_wait` seconds."""
+
+    def __init__(self, mgr, plan, interval):
+        self.mgr, self.interval = mgr, interval
+        self.ids = [i["id"] for i in plan["instances"] if i["nf"] in REPLICATED_NFS]
+        self.taken, self.paused, self.encoding, self.bytes, self.entries = 0, 0.0, 0.0, 0, 0
+        self.last_pause = 0.0
+        self.at = 0.0                       # run time of the last snapshot
+
+    def due(self, run_s):
+        return bool(self.ids) and run_s - self.at >= next_wait(self.interval, self.last_pause)
+
+    def take(self, run_s):
+        """Snapshot now, `run_s` seconds into the run, in chunks as an agent
+        reads them; returns the time the loop would stand still."""
+        pause, states = 0.0, []
+        for iid in self.ids:
+            nf, entries, cursor = self.mgr.nf_object(iid), [], 0
+            while cursor is not None:
+                t0 = time.perf_counter()
+                cursor, chunk = nf.export_chunk(cursor, CHUNK)
+                pause += time.perf_counter() - t0
+                entries += chunk
+            t1 = time.perf_counter()
+            states.append(nf.state_of(entries))
+            self.bytes = len(replica.encode(states[-1]))
+            self.encoding += time.perf_counter() - t1
+        self.entries = sum(replica.entries(state) for state in states)
+        self.last_pause = pause
+        self.paused += pause
+        self.taken += 1
+        self.at = run_s + pause
+        return pause
+
+    def report(self):
+        n = max(1, self.taken)
+        return {"interval_s": self.interval, "snapshots": self.taken,
+                "pause_ms_each": round(1000 * self.paused / n, 3),
+                "encode_ms_each": round(1000 * self.encoding / n, 3),
+                "entries": self.entries, "bytes": self.bytes, "nfs": len(self.ids)}
+
+
 def run_bench(chain, packets, flows=1024, mode="inline", python=False,
-              in_flight=4096, log=print, flow_entries=None, flow_idle=None, configs=None):
+              in_flight=4096, log=print, flow_entries=None, flow_idle=None, configs=None,
+              replicate=0.0):
     hugepages = mode == "process" or fp.hugepages_available() >= 256
     eal = fp.default_eal_args(f"bench{os.getpid()}", hugepages=hugepages)
     fp.eal_init(eal)
@@ -125,17 +176,18 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                  "--host", "bench", "--instance", str(inst["id"]),
                  "--config", json.dumps(inst["config"]), "--file-prefix", prefix]))
         time.sleep(2.0)
+    snaps = Snapshots(mgr, plan, replicate) if replicate > 0 else None
     try:
         fresh = bool(REWRITING & set(chain))
         if fresh:
             frames = bench_frames(flows)
-            done, elapsed = _run_rounds(mgr, ring, frames, packets, in_flight)
+            done, elapsed = _run_rounds(mgr, ring, frames, packets, in_flight, snaps)
         else:
             # More flows than the ring holds: the loop gives each packet
             # the next flow's addresses as it comes back in.
             mgr.bench_flows = flows if flows > in_flight else 0
             frames = bench_frames(min(flows, in_flight))
-            done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight, flows)
+            done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps)
         stats = mgr.stats()
         drops = {k: v for k, v in stats["drops"].items() if v}
         result = {
@@ -158,6 +210,8 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                                if "flow_table" in e.get("counters", {})},
             "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
         }
+        if snaps is not None:
+            result["replication"] = snaps.report()
     finally:
         for p in procs:
             p.terminate()
@@ -169,18 +223,29 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
     return result
 
 
-def _run_loop(mgr, ring, frames, packets, in_flight, flows):
+def _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps=None):
     """Packets go round: the chain's output is its next input."""
     ring.fill(frames, in_flight)
     # warm caches, fill the flow table (every flow once)
     mgr.run(max_packets=max(flows, min(packets // 10, 1_000_000)))
     start = mgr.stats()["processed"]
     t0 = time.perf_counter()
-    mgr.run(max_packets=packets)
-    return mgr.stats()["processed"] - start, time.perf_counter() - t0
+    if snaps is None:
+        mgr.run(max_packets=packets)
+        return mgr.stats()["processed"] - start, time.perf_counter() - t0
+    elapsed = 0.0
+    while mgr.stats()["processed"] - start < packets:
+        t1 = time.perf_counter()
+        mgr.run(max_packets=packets - (mgr.stats()["processed"] - start),
+                seconds=max(1e-3, snaps.at + next_wait(snaps.interval, snaps.last_pause)
+                            - elapsed))
+        elapsed += time.perf_counter() - t1
+        if snaps.due(elapsed):
+            elapsed += snaps.take(elapsed)
+    return mgr.stats()["processed"] - start, elapsed
 
 
-def _run_rounds(mgr, ring, frames, packets, chunk):
+def _run_rounds(mgr, ring, frames, packets, chunk, snaps=None):
     """Rounds of `chunk` distinct packets that pass once, walking through
     all the flows in order, so every flow comes back only after all the
     others (the flow table holds all of them or churns).  The first walk
@@ -204,6 +269,8 @@ def _run_rounds(mgr, ring, frames, packets, chunk):
         dt = time.perf_counter() - t0
         if i >= warm:
             elapsed += dt
+            if snaps is not None and snaps.due(elapsed):
+                elapsed += snaps.take(elapsed)
             done += mgr.stats()["processed"] - start
     return done, elapsed
 
@@ -230,7 +297,8 @@ def cli_bench_fastpath(args):
         return 2
     result = run_bench(chain, args.packets, flows=args.flows, mode=args.mode,
                        python=args.python, flow_entries=args.flow_entries,
-                       flow_idle=args.flow_idle, configs=configs)
+                       flow_idle=args.flow_idle, configs=configs,
+                       replicate=getattr(args, "replicate_interval", 0.0))
     if args.json:
         print(json.dumps(result))
     else:
@@ -239,4 +307,6 @@ def cli_bench_fastpath(args):
               f"{result['flows']} flows, mode {result['mode']}, traffic {result['traffic']}, "
               f"{result['cores']} core(s), drops {result['drops'] or 'none'}, "
               f"flow table {result['flow_table']})")
+        if "replication" in result:
+            print(f"replicas' snapshots: {result['replication']}")
     return 0

@@ -70,6 +70,7 @@ cdef extern from "shim.h" nogil:
     void onvm_store_ptr(void **p, void *v)
     uint64_t onvm_load_u64(uint64_t *p)
     void onvm_store_u64(uint64_t *p, uint64_t v)
+    void onvm_pause()
     int ONVM_KEY_SIZE "sizeof(struct onvm_flow_key)"
 
 DEF BURST = 32
@@ -134,6 +135,8 @@ cdef class Manager:
     cdef void *cur                          # tables_t *, swapped atomically
     cdef uint64_t epoch                     # bumped once per loop iteration
     cdef uint64_t stop_flag
+    cdef uint64_t hold_flag                 # hold(): stand still between iterations
+    cdef uint64_t held                      # 1 while the loop stands still for hold()
     cdef aged_t flows                       # onvm_flow_key -> flow id
     cdef uint64_t flow_fin_cycles
     cdef public double flow_idle_seconds    # flows idle this long are swept
@@ -301,6 +304,31 @@ cdef class Manager:
     def stop(self):
         onvm_store_u64(&self.stop_flag, 1)
 
+    def hold(self, double timeout=1.0):
+        """Make the running loop stand still between two iterations (its
+        NFs' tables may then be read from Python) until release(); returns
+        once it does, at once if it does not run.  Microseconds, where
+        stopping its thread takes a thread's start: for reading an NF's
+        state in small chunks (host_agent.replicas).  Raises FastPathError
+        if the loop did not stand still within `timeout`."""
+        cdef uint64_t hz = rte_get_tsc_hz()
+        cdef uint64_t deadline = rte_get_tsc_cycles() + <uint64_t>(timeout * hz)
+        cdef bint ok = True
+        onvm_store_u64(&self.hold_flag, 1)
+        with nogil:
+            while onvm_load_u64(&self.held) == 0 and self.running:
+                if rte_get_tsc_cycles() > deadline:
+                    ok = False
+                    break
+                onvm_pause()
+        if not ok:
+            onvm_store_u64(&self.hold_flag, 0)
+            raise FastPathError(f"fast path loop did not stand still within {timeout:g} s")
+
+    def release(self):
+        """The loop held by hold() goes on."""
+        onvm_store_u64(&self.hold_flag, 0)
+
     def run(self, uint64_t max_packets=0, double seconds=0.0, double idle_seconds=0.0):
         """Run the loop until stop(), `max_packets` processed, `seconds`
         passed, or nothing arrived for `idle_seconds`.  Returns packets
@@ -327,6 +355,12 @@ cdef class Manager:
                     if self.flows.live:
                         aged_sweep(&self.flows, self.now, FLOW_SWEEP_STEP)
                     onvm_store_u64(&self.epoch, self.epoch + 1)
+                    if onvm_load_u64(&self.hold_flag):
+                        onvm_store_u64(&self.held, 1)
+                        while onvm_load_u64(&self.hold_flag) and \
+                                onvm_load_u64(&self.stop_flag) == 0:
+                            onvm_pause()
+                        onvm_store_u64(&self.held, 0)
                     if idle_us:
                         # Polling is DPDK's way at line rate; a host that
                         # shares its cores (emulation) sleeps when idle.

@@ -3,10 +3,13 @@ and the adoption of a lost host's replica by a new instance.
 
 `Replicator.tick()` (every `interval` seconds, in a thread of its own):
 for each inline instance of a replicated NF type (contracts.replica.
-REPLICATED_NFS) it snapshots the NF's flow state, with the fast path's
-loop paused as for a move (NFs read their tables without locks), and puts
-it in /onvm/replica/<host>/<id> under the replicas' own lease
-(REPLICA_TTL).  A snapshot is skipped when the NF's flow table saw no
+REPLICATED_NFS) it reads the NF's flow state in chunks of CHUNK entries
+(`export_chunk`), the fast path's loop standing still between two of its
+iterations for each chunk (`Manager.hold`: NFs' tables are read without
+locks; microseconds a chunk, so a ring of 4096 packets never fills at
+line rate), and puts it in /onvm/replica/<host>/<id> under the replicas'
+own lease (REPLICA_TTL).  Entries that come or go during the sweep may be
+missed until the next one.  A snapshot is skipped when the NF's flow table saw no
 insert since the last one, unless REFRESH_S passed (the remaining
 lifetimes then stay close to the truth).  Replicas of instances the plan
 no longer has are deleted.  A replica over contracts.replica.MAX_BYTES
@@ -17,9 +20,13 @@ is not put (counted, logged once).
 its first packet; a replica missing or unreadable leaves it empty,
 logged and counted, never a refused plan.
 
-What it costs the fast path: the loop stands still while the snapshots
-are taken: `pause_ms` (last and most) and `paused_s` in the counters;
-`onvm bench replicate` measures it.
+What it costs the fast path: the loop stands still while the chunks are
+read (the rest, the encoding and the put happen with the loop running):
+`pause_ms` (last and most) and `paused_s` in the counters.  The next
+snapshot waits `interval`, or longer when the last pause was long, so the
+loop stands still at most MAX_PAUSE_SHARE of the time: many flows are
+replicated less often, never at more cost.  `onvm bench fastpath
+--replicate-interval S` measures it.
 
 Not here: choosing who adopts (controller.adoptions), what an NF's state
 is (its export_state/import_state), the store client.
@@ -32,10 +39,12 @@ import time
 
 from contracts import replica
 from contracts.store import REPLICA, StoreError
+from nflib.eal import FastPathError
 
 log = logging.getLogger("onvm.agent")
 
 INTERVAL_S = 1.0        # how often replicas are taken
+CHUNK = 64              # entries read while the loop stands still once
 REFRESH_S = 10.0        # a replica is taken again after this even without new flows
 
 
@@ -52,10 +61,20 @@ def _inserts(nf):
     return None
 
 
+MAX_PAUSE_SHARE = 0.02  # the loop stands still for snapshots at most this share of the time
+
+
+def next_wait(interval, paused_s):
+    """Seconds to the next snapshot: `interval`, or longer when the last
+    pause was long, so that the loop stands still at most MAX_PAUSE_SHARE
+    of the time (a host with many flows is replicated less often)."""
+    return max(interval, paused_s / MAX_PAUSE_SHARE)
+
+
 class Replicator:
     """Puts the replicas of one agent's stateful instances in the store.
     `agent` has `host`, `store` (None until connected), `plan`, `manager`
-    (`nf_object(id)`, `generation`), `_apply_lock` and `_loop_paused()`."""
+    (`nf_object(id)`, `generation`), `apply_lock` and `loop_paused()`."""
 
     def __init__(self, agent, interval=INTERVAL_S, refresh=REFRESH_S):
         self.agent = agent
@@ -87,13 +106,13 @@ class Replicator:
             self.lease.stop(revoke=False)
 
     def _run(self):
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(next_wait(self.interval, self.counters["pause_ms"] / 1000)):
             try:
                 self.tick()
                 if self._failing:
                     log.warning("%s: replicas are put in the store again", self.agent.host)
                     self._failing = False
-            except StoreError as err:
+            except (StoreError, FastPathError) as err:
                 self.counters["failures"] += 1
                 if not self._failing:
                     log.warning("%s: replicas not put: %s (forwarding goes on; "
@@ -130,19 +149,16 @@ class Replicator:
         if self.lease is None or self.lease.lost:
             self.lease = store.lease(replica.REPLICA_TTL, regrant=True)
         self._forget_gone(store, plan)
-        with self.agent._apply_lock:
+        with self.agent.apply_lock:
             due = self._due(plan)
-            if not due:
-                return 0
-            start = time.perf_counter()
-            with self.agent._loop_paused():
-                states = [(inst, seen, nf.export_state()) for inst, nf, seen in due]
-            paused = time.perf_counter() - start
-        self._count_pause(paused)
+        if not due:
+            return 0
         generation = plan.get("generation")
-        put = 0
-        for inst, seen, state in states:
-            text = replica.encode(state)
+        put, paused = 0, 0.0
+        for inst, nf, seen in due:
+            state, held = self._take(nf)
+            paused += held
+            text = replica.encode(state)        # the loop runs meanwhile
             iid = inst["id"]
             if len(text) > replica.MAX_BYTES:
                 self.counters["too_big"] += 1
@@ -163,7 +179,27 @@ class Replicator:
             self.counters["replicas_put"] += 1
             self.counters["bytes_put"] += size
             put += 1
+        self._count_pause(paused)
         return put
+
+    def _take(self, nf):
+        """(state, seconds the loop stood still) of `nf`: read in chunks of
+        CHUNK entries, the loop standing still for each (microseconds; a
+        plan is not applied meanwhile), running between them."""
+        if not hasattr(nf, "export_chunk"):
+            start = time.perf_counter()
+            with self.agent.apply_lock, self.agent.loop_paused():
+                state = nf.export_state()
+            return state, time.perf_counter() - start
+        entries, cursor, paused = [], 0, 0.0
+        while cursor is not None:
+            with self.agent.apply_lock:
+                start = time.perf_counter()
+                with self.agent.held():
+                    cursor, chunk = nf.export_chunk(cursor, CHUNK)
+                paused += time.perf_counter() - start
+            entries += chunk
+        return nf.state_of(entries), paused
 
     def _count_pause(self, seconds):
         ms = round(seconds * 1000, 3)

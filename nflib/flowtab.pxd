@@ -24,3 +24,4 @@ cdef void ftab_delete(ftab_t *t, const void *key) noexcept nogil
 cdef unsigned ftab_sweep(ftab_t *t, uint64_t now, unsigned step) noexcept nogil
 cdef uint32_t ftab_live(ftab_t *t, uint64_t now) noexcept nogil
 cdef dict ftab_report(ftab_t *t, uint64_t now)
+cdef list ftab_chunk(ftab_t *t, uint32_t *cursor, unsigned count, uint64_t now, bint *done)

@@ -129,6 +129,29 @@ cdef uint32_t ftab_live(ftab_t *t, uint64_t now) noexcept nogil:
     return n
 
 
+cdef list ftab_chunk(ftab_t *t, uint32_t *cursor, unsigned count, uint64_t now, bint *done):
+    """Up to `count` live entries from `cursor` on (rte_hash_iterate's,
+    moved on): [(position, key bytes, TSC cycles left)]; `done` once the
+    table's end is reached.  For reading a table in chunks while its loop
+    stands still between them (host_agent.replicas): an entry added or
+    removed between two chunks may be missed or seen twice."""
+    cdef const void *key
+    cdef void *data
+    cdef int32_t pos
+    cdef unsigned n = 0
+    out = []
+    done[0] = False
+    while n < count:
+        pos = rte_hash_iterate(t.h, &key, &data, cursor)
+        if pos < 0:
+            done[0] = True
+            break
+        n += 1
+        if t.expires[pos] > now:
+            out.append((pos, (<const char *>key)[:t.key_len], t.expires[pos] - now))
+    return out
+
+
 cdef dict ftab_report(ftab_t *t, uint64_t now):
     """The table's figures for an NF's counters."""
     return {"entries": ftab_live(t, now), "size": t.entries, "inserts": t.inserts,

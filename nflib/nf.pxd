@@ -17,7 +17,7 @@ from dpdk.rte_eal cimport rte_get_tsc_cycles, rte_get_tsc_hz
 from dpdk.rte_hash cimport rte_hash, rte_hash_crc, rte_hash_iterate
 from dpdk.rte_acl cimport rte_acl_ctx, rte_acl_classify
 from nflib.eal cimport new_hash
-from nflib.flowtab cimport (ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
+from nflib.flowtab cimport (ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_chunk,
     ftab_delete, ftab_sweep, ftab_live, ftab_report)
 
 cdef extern from "shim.h" nogil:

@@ -44,7 +44,8 @@ from nflib.nf cimport (onvm_load_ptr, onvm_store_ptr, pkt_l4, rte_mbuf,
     ONVM_ACTION_DROP, ONVM_ACTION_OUT, rte_get_tsc_cycles, rte_get_tsc_hz,
     NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert,
     ftab_live, ftab_report, set_ip, set_port, rd16, rd32, wr32)
-from nfs.pkttuple cimport packet_key, reverse_key, key_from_list, live_flows
+from nflib.nf cimport ftab_chunk
+from nfs.pkttuple cimport packet_key, reverse_key, key_from_list, key_to_list
 
 import ipaddress
 import logging
@@ -341,10 +342,26 @@ cdef class LoadBalancer(NativeNF):
         """The flow -> backend map, JSON-able: for moving this instance
         (import_state derives each flow's reply entry from it).  Call while
         the instance does not run (it is read without locks)."""
-        flows = [{"key": key, "backend": self.names[self.lb.flow_slot[pos]], "ttl": ttl}
-                 for pos, key, ttl in live_flows(self.lb.flows)
-                 if self.lb.be[self.lb.flow_slot[pos]].uid == self.lb.flow_uid[pos]]
-        return {"nf": "lb", "version": 1, "flows": flows}
+        return self.state_of(self.export_chunk(0, 0xffffffff)[1])
+
+    def export_chunk(self, cursor, unsigned count):
+        """export_state in chunks (host_agent.replicas): (the next cursor,
+        None at the table's end; [(key, cycles left, backend slot)]) of up
+        to `count` flows from `cursor` (0: the first).  Call while the
+        instance does not run; state_of() makes the state of the chunks."""
+        cdef uint32_t c = cursor
+        cdef bint done
+        raw = ftab_chunk(self.lb.flows, &c, count, rte_get_tsc_cycles(), &done)
+        out = [(key, left, self.lb.flow_slot[pos]) for pos, key, left in raw
+               if self.lb.be[self.lb.flow_slot[pos]].uid == self.lb.flow_uid[pos]]
+        return (None if done else c), out
+
+    def state_of(self, entries):
+        """The state (as export_state's) of export_chunk's entries."""
+        hz = rte_get_tsc_hz()
+        return {"nf": "lb", "version": 1, "flows": [
+            {"key": key_to_list(<const onvm_flow_key *><const char *>key),
+             "backend": self.names[slot], "ttl": left / hz} for key, left, slot in entries]}
 
     def import_state(self, state):
         """Take over flows exported by another instance; flows whose backend

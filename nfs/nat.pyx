@@ -244,19 +244,33 @@ cdef class NAT(NativeNF):
         free(self.t.fwd_port)
 
     def _live(self):
-        """[(proto index, external port, port_t copy fields, seconds left)]."""
-        cdef uint64_t now = rte_get_tsc_cycles(), hz = rte_get_tsc_hz()
-        cdef port_t *e
+        """[(proto index, external port, internal ip, internal port, seconds left)]."""
+        hz = rte_get_tsc_hz()
+        return [(pi, p, ip, port, left / hz) for pi, p, ip, port, left
+                in self.export_chunk(0, 0xffffffff)[1]]
+
+    def export_chunk(self, cursor, unsigned count):
+        """export_state in chunks (host_agent.replicas): (the next cursor,
+        None at the end; [(proto index, external port, internal ip, internal
+        port, cycles left)]) of the live mappings among `count` ports from
+        `cursor` (0: the first).  Call while the instance does not run;
+        state_of() makes the state of the chunks."""
+        cdef uint64_t now = rte_get_tsc_cycles()
+        cdef uint64_t span = <uint64_t>self.t.hi - self.t.lo + 1
+        cdef uint64_t i, end = min(<uint64_t>cursor + count, 3 * span)
         cdef uint32_t p
+        cdef unsigned pi
+        cdef port_t *e
         out = []
-        for pi in range(3):
+        for i in range(<uint64_t>cursor, end):
+            pi = i // span
             if self.t.ports[pi] == NULL:
                 continue
-            for p in range(self.t.lo, <uint32_t>self.t.hi + 1):
-                e = &self.t.ports[pi][p]
-                if e.expires > now:
-                    out.append((pi, p, e.int_ip, e.int_port, (e.expires - now) / hz))
-        return out
+            p = self.t.lo + i % span
+            e = &self.t.ports[pi][p]
+            if e.expires > now:
+                out.append((pi, p, e.int_ip, e.int_port, e.expires - now))
+        return (None if end >= 3 * span else end), out
 
     def counters(self):
         live = self._live()
@@ -276,10 +290,16 @@ cdef class NAT(NativeNF):
     def export_state(self):
         """The live mappings, JSON-able, for moving this instance (call while
         it does not run)."""
+        return self.state_of(self.export_chunk(0, 0xffffffff)[1])
+
+    def state_of(self, entries):
+        """The state (as export_state's) of export_chunk's entries."""
+        hz = rte_get_tsc_hz()
         return {"nf": "nat", "version": 1, "external_ip": self.config["external_ip"],
                 "mappings": [{"proto": PROTO_NAMES[pi], "external_port": p,
-                              "internal": [str(ipaddress.IPv4Address(ip)), port], "ttl": ttl}
-                             for pi, p, ip, port, ttl in self._live()]}
+                              "internal": [str(ipaddress.IPv4Address(ip)), port],
+                              "ttl": left / hz}
+                             for pi, p, ip, port, left in entries]}
 
     def import_state(self, state):
         """Install mappings exported by another instance with the same

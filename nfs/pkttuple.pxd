@@ -43,5 +43,3 @@ cdef int key_from_list(object key, onvm_flow_key *k) except -1
 # [(position, key address, seconds left)] of the live entries of a flow
 # table (read while the NF does not run; the key's memory is the table's).
 cdef list live_entries(ftab_t *t)
-# The same with the key as key_to_list, for tables keyed by onvm_flow_key.
-cdef list live_flows(ftab_t *t)

@@ -60,7 +60,3 @@ cdef list live_entries(ftab_t *t):
             out.append((pos, <intptr_t>key, (t.expires[pos] - now) / hz))
     return out
 
-
-cdef list live_flows(ftab_t *t):
-    return [(pos, key_to_list(<const onvm_flow_key *><intptr_t>key), ttl)
-            for pos, key, ttl in live_entries(t)]

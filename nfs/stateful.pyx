@@ -30,7 +30,8 @@ from nflib.nf cimport (each_packet, pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta,
     onvm_mtod, onvm_flow_key, ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_acl_ctx,
     rte_acl_classify, rte_get_tsc_cycles, rte_get_tsc_hz, NativeNF, ftab_t,
     ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live, ftab_report, proto_slot)
-from nfs.pkttuple cimport packet_key, reverse_key, key_from_list, live_flows
+from nflib.nf cimport ftab_chunk
+from nfs.pkttuple cimport packet_key, reverse_key, key_from_list, key_to_list
 from nfs.firewall cimport RuleSet, ruleset_t, ruleset_classify, ruleset_allow
 
 import logging
@@ -154,8 +155,24 @@ cdef class StatefulFirewall(NativeNF):
     def export_state(self):
         """The live connections, JSON-able, for moving this instance (call
         while it does not run)."""
-        conns = [{"key": key, "ttl": ttl} for _, key, ttl in live_flows(self.fw.conns)]
-        return {"nf": "firewall-stateful", "version": 1, "connections": conns}
+        return self.state_of(self.export_chunk(0, 0xffffffff)[1])
+
+    def export_chunk(self, cursor, unsigned count):
+        """export_state in chunks (host_agent.replicas): (the next cursor,
+        None at the table's end; [(key, cycles left)]) of up to `count`
+        connections from `cursor` (0: the first).  Call while the instance
+        does not run; state_of() makes the state of the chunks."""
+        cdef uint32_t c = cursor
+        cdef bint done
+        raw = ftab_chunk(self.fw.conns, &c, count, rte_get_tsc_cycles(), &done)
+        return (None if done else c), [(key, left) for _, key, left in raw]
+
+    def state_of(self, entries):
+        """The state (as export_state's) of export_chunk's entries."""
+        hz = rte_get_tsc_hz()
+        return {"nf": "firewall-stateful", "version": 1, "connections": [
+            {"key": key_to_list(<const onvm_flow_key *><const char *>key), "ttl": left / hz}
+            for key, left in entries]}
 
     def import_state(self, state):
         """Take over connections another instance exported; returns how

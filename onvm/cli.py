@@ -212,6 +212,10 @@ def build_parser():
                     help="an NF's config instead of the bench's (a JSON object or a file, "
                          "as for `onvm nf check`; for ids a rule file); repeatable")
     bf.add_argument("--json", action="store_true")
+    bf.add_argument("--replicate-interval", type=float, default=0.0, metavar="SECONDS",
+                    help="take the replicas' snapshots of the lb, nat and firewall-stateful "
+                         "instances this often during the timed run, as an agent does "
+                         "(host_agent.replicas; default 0: none), their time counted")
     bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
     bp = bsub.add_parser("placement", help="placement quality and speed")
     bp.add_argument("--json", action="store_true")

@@ -16,6 +16,7 @@ from nflib.api import make_nf
 import test_fastpath_pins as pins
 from test_drain import spread, topo  # noqa: F401  (fixtures: symmetric.yaml with a spare h5)
 from test_fastpath_pins import harnesses  # noqa: F401  (a fixture)
+from test_fastpath import harnesses as fp_harnesses  # noqa: F401  (a fixture)
 
 
 def lose_host_of(topo, nf):
@@ -156,3 +157,46 @@ def test_forward_flows_pinned_to_a_lost_host_go_to_its_heir(spread):
                          make_nf)
     after = pins.picks(h, running)
     assert {s: (D["label"] if lab == C["label"] else lab) for s, lab in before.items()} == after
+
+
+# --- the agents: a replica of a running lb, adopted by another agent ------------
+
+def test_a_replica_of_a_running_lb_is_taken_in_chunks_and_adopted_elsewhere(fp_harnesses):
+    import time
+    from contracts.store import open_store
+    from host_agent.agent import Agent
+    from test_fastpath import LB_OTHER_POOL, backends, lb_flows, lb_plan
+    store = open_store("memory://")
+    old = fp_harnesses(nfs=[("forward", None)])
+    a = Agent("harness", old.manager, store=store)
+    assert a.apply(lb_plan(old, 2))
+    frames = lb_flows(150)          # more than a chunk: three chunks
+    before = backends(old.send(frames))
+    a.start()
+    try:
+        old.rx.fill([bytes(f) for f in frames], len(frames))
+        deadline = time.monotonic() + 5
+        while old.manager.stats()["instances"][1]["rx"] < 2 * len(frames) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert a.replicator.tick() == 1, "the replica is taken while the loop runs"
+        assert a._thread.is_alive() and old.manager.running
+        assert a.replicator.tick() == 0, "no new flow: not taken again"
+    finally:
+        a.stop()
+    old.tx.drain(keep=False)
+    value = store.get_replica("harness", 1)
+    assert value["nf"] == "lb" and value["entries"] == len(frames)
+    assert a.replicator.counters["replicas_put"] == 1
+    # another host adopts it: every flow keeps its backend, where a fresh lb
+    # with this pool would move some (tests/test_fastpath.py shows it)
+    new = fp_harnesses(nfs=[("forward", None)])
+    b = Agent("harness", new.manager, store=store)
+    assert b.apply(lb_plan(new, 4, LB_OTHER_POOL, adopt={"host": "harness", "instance": 1}))
+    assert backends(new.send(frames)) == before
+    assert b.replicator.counters["adopted_entries"] == len(frames)
+    # an adoption whose replica is gone starts empty, counted, never refused
+    store.delete_replica("harness", 1)
+    c = Agent("harness", fp_harnesses(nfs=[("forward", None)]).manager, store=store)
+    assert c.apply(lb_plan(new, 5, adopt={"host": "harness", "instance": 1}))
+    assert c.replicator.counters["adopt_failures"] == 1

@@ -232,6 +232,11 @@ def build_parser():
     bch.set_defaults(run=_handler("onvm.chaos:cli_bench_chaos"))
     bo = bsub.add_parser("failover", help="host failure on the leaf-spine")
     bo.add_argument("--topology", default="topologies/leaf-spine.yaml")
+    bo.add_argument("--connections", type=int, default=0, metavar="N",
+                    help="instead: keep N TCP connections open through the topology's "
+                         "TCP chain and fail the host of its --nf (e.g. with "
+                         "topologies/stateful-failover.yaml); count those that go on")
+    bo.add_argument("--nf", default="nat", help="with --connections: whose host fails")
     bo.add_argument("--json", action="store_true")
     bo.set_defaults(run=_handler("onvm.failover:cli_bench_failover"))
     return p

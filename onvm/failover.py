@@ -1,6 +1,8 @@
 """`onvm bench failover`: on a running emulation, fail the busiest NF
 host in each of three ways and measure how fast its chains carry traffic
-again, and what they lost.
+again, and what they lost; with `--connections N`, fail the host of a
+stateful NF under N kept TCP connections and count those that went on
+(issue 10's state replication: host_agent.replicas, controller.adoptions).
 
 The figures are BENCHMARKS.md's: speed is measured here, never asserted
 in tests (tests/test_emulate.py checks that failover happens).
@@ -104,6 +106,59 @@ def measure_failover(emu, settle=3.0, timeout=15.0, how="host"):
             "pps_per_chain": {c: emu.sent(c).get("pps") for c in chains}}
 
 
+def measure_state_failover(emu, chain, nf="nat", connections=40, every=0.3,
+                           after=5.0, timeout=60.0):
+    """Keep `connections` TCP connections open through `chain` (a GET on
+    each every `every` s, onvm.web hold), fail the host of its `nf` (power
+    lost) once replicas taken after they all opened are in the store, and
+    measure what survived: connections kept (none failed, none answered by
+    another server, none seen from another NAT address or port) and the
+    seconds until every connection made a request again.  Returns a dict;
+    raises TimeoutError when the chain does not come back."""
+    emu.set_connection_rate(chain, 0)
+    read = emu.hold(chain, connections, every=every)
+    try:
+        wait_for(lambda: read().get("open", 0) == connections, timeout,
+                 f"{connections} kept connections open")
+        host = _host_of(emu, chain, nf)
+        on_host = [t for t, hosts in emu.placement()[chain] if host in hosts]
+        opened = time.time()
+        ids = [i["id"] for i in emu.store.plans()[host]["instances"]]
+        wait_for(lambda: all((emu.store.get_replica(host, i) or {}).get("time", 0) > opened
+                             for i in ids), timeout,
+                 f"replicas of {host}'s instances taken after the connections opened")
+        replicas = {i: emu.store.get_replica(host, i)["entries"] for i in ids}
+        before = read()
+        t_fail = time.time()
+        emu.fail_host(host)
+        wait_for(lambda: _host_of(emu, chain, nf) != host, timeout,
+                 f"{nf} re-placed away from {host}")
+        heir = _host_of(emu, chain, nf)
+        wait_for(lambda: read()["requests"] >= before["requests"] + connections
+                 or read()["failed"] >= connections, timeout, "requests after the failure")
+        again = time.time() - t_fail
+        time.sleep(after)
+        status = read(stop=True)
+    finally:
+        read(stop=True)
+    broken = status["failed"]
+    return {"host": host, "nfs_lost": on_host, "heir": heir, "connections": connections,
+            "kept": connections - broken, "kept_pct": round(100.0 * (connections - broken)
+                                                            / connections, 2),
+            "failed": broken, "server_changed": status["server_changed"],
+            "address_changed": status["address_changed"],
+            "requests_again_s": round(again, 3), "replica_entries": replicas,
+            "requests": status["requests"], "errors": status.get("errors", [])[:5]}
+
+
+def _host_of(emu, chain, nf):
+    hosts = dict(emu.placement()[chain])[nf]
+    if len(hosts) != 1:
+        raise EmulationError(f"chain {chain} runs {len(hosts)} {nf} instances; "
+                             "the stateful failover measures a chain with one")
+    return hosts[0]
+
+
 def cli_bench_failover(args):
     """`onvm bench failover [--topology FILE] [--json]`."""
     from controller.topology import load_topology
@@ -118,17 +173,34 @@ def cli_bench_failover(args):
         stop_on_signals(emu)
         try:
             emu.start()
-            # Three failures in turn, each of the then busiest NF host.
             result = {"topology": emu.topo.name}
-            for how in ("host", "stop", "crash"):
-                quiet(f"failover: {FAILURES[how][1]}")
-                result[how] = measure_failover(emu, how=how)
+            if args.connections:
+                chain = next(iter(emu.client_plans), None)
+                if chain is None:
+                    raise EmulationError(f"{args.topology} has no chain of TCP "
+                                         "connections (one whose egress is a server)")
+                quiet(f"failover: the host of {chain}'s {args.nf} loses power under "
+                      f"{args.connections} kept connections")
+                result["state"] = measure_state_failover(emu, chain, args.nf,
+                                                         args.connections)
+            else:
+                # Three failures in turn, each of the then busiest NF host.
+                for how in ("host", "stop", "crash"):
+                    quiet(f"failover: {FAILURES[how][1]}")
+                    result[how] = measure_failover(emu, how=how)
         finally:
             emu.stop()
     finally:
         os.unlink(topo_path)
     if args.json:
         print(json.dumps(result))
+        return
+    if "state" in result:
+        r = result["state"]
+        print(f"{r['host']} ({', '.join(r['nfs_lost'])}) lost power: {r['kept']} of "
+              f"{r['connections']} kept connections went on ({r['kept_pct']} %), "
+              f"through {r['heir']}; every connection made a request again after "
+              f"{r['requests_again_s']} s")
         return
     for how in ("host", "stop", "crash"):
         r = result[how]

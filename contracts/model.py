@@ -80,6 +80,7 @@ class Chain:
     spi: int                       # service path id, FIRST_SPI.. in file order
     symmetric: bool = False        # replies come back through the same instances
     pool: Tuple[str, ...] = ()     # the servers of a pool egress (egress is the first)
+    autoscale: Optional[Mapping[str, object]] = None   # controller.autoscale's policy
 
 
 @dataclasses.dataclass(frozen=True)

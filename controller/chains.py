@@ -38,12 +38,14 @@ from typing import Callable, FrozenSet, Iterable, Optional, Tuple
 from contracts.model import FIRST_SPI, Chain
 from contracts.wire import MAX_CHAIN_SPI
 from contracts.plan import match_problems
+from controller.autoscale import check_policy
 from contracts.validate import Errors, ValidationError, already_used, key_path
 
 MAX_BODY = 1 << 20
 MAX_NFS = 255                  # SIs 255 .. 1: one per NF
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
-CHAIN_FIELDS = ("name", "ingress", "egress", "match", "nfs", "mpps", "spi", "symmetric")
+CHAIN_FIELDS = ("name", "ingress", "egress", "match", "nfs", "mpps", "spi", "symmetric",
+                "autoscale")
 REQUIRED_FIELDS = CHAIN_FIELDS[:6]
 # NF types that keep per-flow state: a chain through one of them toward a
 # server is symmetric unless it says otherwise (its replies need the state).
@@ -134,6 +136,9 @@ def check_fields(body, scope: Scope, report: Report):
             bad(("match", *path), message)
     if body.get("spi") is not None:
         ok &= check_spi_range(body["spi"], report)
+    if body.get("autoscale") is not None:
+        ok &= check_policy(body["autoscale"], lambda path, message:
+                           report(("autoscale", *path), message))
     return ok
 
 
@@ -202,7 +207,9 @@ def make_chain(body, spi, scope) -> Chain:
                                       scope.noun(egress) == "server")
     return Chain(body["name"], body["ingress"], pool[0] if pool else egress,
                  dict(body["match"]), tuple(body["nfs"]), float(body["mpps"]), spi,
-                 symmetric=symmetric, pool=pool)
+                 symmetric=symmetric, pool=pool,
+                 autoscale=dict(body["autoscale"]) if body.get("autoscale") is not None
+                 else None)
 
 
 def _check_nfs(nfs, scope, report):

@@ -42,6 +42,10 @@ OPTS = [
     cfg.StrOpt("store_user", default=None, help="etcd auth: user (e.g. root)"),
     cfg.StrOpt("store_password_file", default=None,
                help="etcd auth: file with the user's password (mode 0600)"),
+    cfg.FloatOpt("pps_per_mpps", default=1e6,
+                 help="packets a second the agents measure for one declared Mpps "
+                      "(the emulation runs scaled: its own figure); autoscaling "
+                      "compares measured load with the catalog's mpps in this scale"),
     cfg.FloatOpt("drain_seconds", default=30.0,
                  help="seconds an instance moved away or scaled in keeps serving the "
                       "flows pinned to it (0: it stops at once; controller/moves.py)"),

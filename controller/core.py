@@ -49,6 +49,7 @@ from controller.chains import Scope, is_retired, make_chain
 from controller.livegraph import LiveFabric, describe
 from controller.liveness import Liveness
 from controller.adoptions import Adoptions
+from controller.autoscale import Autoscaler
 from controller.moves import DRAIN_SECONDS, Drains, MoveError, Moves
 from controller.placement import PlacementError, move_instance, place, place_what_fits
 from controller.plans import host_load, host_plans, ingress_groups, nat_slices
@@ -115,14 +116,16 @@ class ClusterCore(ClusterView):
     """The cluster's state machine; see the module docstring."""
 
     def __init__(self, topology, store, leader=None, lldp=False, liveness=None,
-                 drain_seconds=DRAIN_SECONDS):
+                 drain_seconds=DRAIN_SECONDS, pps_per_mpps=1e6):
         """`leader`: the Election whose leadership guards plan writes (None:
         unguarded, for tests); `lldp`: switches also punt LLDP to the
         controller (ryu.topology observes links); `liveness`: the policy
         that decides which hosts are lost (controller.liveness.Liveness
         with its defaults when None); `drain_seconds`: how long an instance
         moved away or scaled in keeps serving its pinned flows (0: it stops
-        at once; controller.moves.Drains)."""
+        at once; controller.moves.Drains); `pps_per_mpps`: packets a second
+        the agents measure for a declared Mpps (10^6; the emulation's scale
+        there), for controller.autoscale."""
         self.topo = topology
         self.store = store
         self.leader = leader
@@ -143,6 +146,8 @@ class ClusterCore(ClusterView):
         self.mover = Moves(store, clock=lambda: self.now, drain_seconds=drain_seconds)
         self.drains = Drains(drain_seconds)
         self.adopter = Adoptions(store)  # heirs of a lost host's stateful instances
+        self.autoscaler = Autoscaler(pps_per_mpps)   # chains' rates from measured load
+        self.wanted = []                # the chains asked for, as declared
         self.fabric_cut = []            # hosts and edges no switch reaches
         self.last_stats_replan = None
         self.stats_seen = None          # {host: stats summary}, from the watch after one read
@@ -202,6 +207,9 @@ class ClusterCore(ClusterView):
             else STATS_DECIDE_SECONDS
         due_stats = "stats" in self.dirty and (
             self.last_stats_replan is None or now - self.last_stats_replan >= period)
+        if due_stats and self.stats_seen and self.autoscaler.decide(
+                now, self.wanted, self.topo.nfs, self.current, self.stats_seen):
+            self.dirty.add("chains")    # a chain scaled out or in: re-place it
         if self.drains.active and now >= self.drains.next_end():
             self.dirty.add("moves")     # a drain's time is up
         if self.held and self._judged_alive(self.liveness.decide(now)) != self.alive:
@@ -293,7 +301,8 @@ class ClusterCore(ClusterView):
         self.asked = self.topo.with_chains(
             sorted((c for c in wanted + retired if c.ingress in edges),
                    key=lambda c: c.spi))
-        chains = wanted if self.alive else []
+        self.wanted = wanted
+        chains = self.autoscaler.effective(wanted) if self.alive else []
         stats = self.store.stats()
         if self.current is not None and self.drains.active:
             ended = self.drains.due(self.now, stats)
@@ -637,6 +646,14 @@ class ClusterCore(ClusterView):
 
     def placement(self):
         return self.current.to_json(self.solve_ms) if self.current else None
+
+    def autoscaling(self):
+        return {"chains": {c.name: {"declared_mpps": c.mpps,
+                                    "placed_mpps": self.autoscaler.rate(c),
+                                    "policy": c.autoscale}
+                           for c in self.wanted},
+                "decisions": [{"time": t, "chain": c, "from_mpps": a, "to_mpps": b,
+                               "why": why} for t, c, a, b, why in self.autoscaler.decisions]}
 
     def stats(self):
         return self.store.stats()

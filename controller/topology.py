@@ -158,6 +158,7 @@ _CHAIN = {
     "name": Field("str"), "ingress": Field("str"), "egress": Field("names"),
     "match": Field("mapping"), "nfs": Field("strlist"), "mpps": Field("number"),
     "spi": Field("int", None), "symmetric": Field("bool", None),
+    "autoscale": Field("mapping", None),
 }
 
 _KIND_WORDS = {

@@ -35,6 +35,8 @@ def chain_to_json(chain: Chain, retired=False) -> dict:
            "mpps": chain.mpps, "spi": chain.spi}
     if chain.symmetric or STATEFUL_NFS & set(chain.nfs):
         out["symmetric"] = chain.symmetric
+    if chain.autoscale is not None:
+        out["autoscale"] = dict(chain.autoscale)
     if retired:
         out[RETIRED] = True
     return out
@@ -97,6 +99,12 @@ class ClusterView(abc.ABC):
     def request_move(self, host, instance, to) -> dict:
         """Start moving an instance with its state; raises
         controller.moves.MoveError (with an HTTP status) when refused."""
+
+    @abc.abstractmethod
+    def autoscaling(self) -> dict:
+        """{"chains": {name: {"declared_mpps", "placed_mpps", "policy"}},
+        "decisions": [...]}: the rates chains are placed at, and the last
+        scaling decisions with what made them (controller.autoscale)."""
 
     @abc.abstractmethod
     def moves(self) -> dict:

@@ -206,7 +206,8 @@ class Emulation:
         conf = self.file(self.controller_log(i).replace(".log", ".conf"))
         of_port, ws_port = self.ctl_ports[i]
         config = self.credentials.controller_config()
-        config["onvm"] = dict(config.get("onvm") or {}, name=self.controller_name(i))
+        config["onvm"] = dict(config.get("onvm") or {}, name=self.controller_name(i),
+                              pps_per_mpps=self.pps_per_mpps)
         with open(conf, "w") as f:
             f.write(config_text(self.topo_path, self.etcd.url, of_port, ws_port, **config))
         cmd = [sys.executable, "-c",

@@ -75,7 +75,8 @@ class ChainManager(app_manager.RyuApp):
         # ryu.topology registers observe_links only when it is loaded
         self.core = ClusterCore(topology, self.store, leader=self.election,
                                 lldp=getattr(cfg.CONF, "observe_links", False),
-                                drain_seconds=cfg.CONF.onvm.drain_seconds)
+                                drain_seconds=cfg.CONF.onvm.drain_seconds,
+                                pps_per_mpps=cfg.CONF.onvm.pps_per_mpps)
         self.datapaths = {}         # dpid -> Ryu datapath
         self.wakeup = hub.Event()   # set: step now, not at the next tick
         self.sync_locks = {}

@@ -18,6 +18,8 @@
     POST   /onvm/v1/moves           move an NF instance to another host with
                                     its state (202; controller/moves.py)
     GET    /onvm/v1/moves           the moves in progress
+    GET    /onvm/v1/autoscale       per chain its declared and placed rate and
+                                    policy; the last scaling decisions and why
     GET    /onvm/v1/health          {"status": "ok"}: the only call without a token
 
 Credentials (controller.apiauth): every call but the health check carries
@@ -237,6 +239,10 @@ def get_moves(view: ClusterView):
     return 200, view.moves()
 
 
+def get_autoscale(view: ClusterView):
+    return 200, view.autoscaling()
+
+
 def drain_host(view: ClusterView, name, drain=True):
     """POST .../hosts/NAME/drain or /undrain."""
     verb = "drain" if drain else "undrain"
@@ -372,6 +378,10 @@ class OnvmController(ControllerBase):
     @route("onvm", BASE + "/moves", methods=["GET"])
     def list_moves(self, req, **_):
         return self._call(req, get_moves)
+
+    @route("onvm", BASE + "/autoscale", methods=["GET"])
+    def autoscale(self, req, **_):
+        return self._call(req, get_autoscale)
 
 
 def register(wsgi_app, get_view, tokens: Tokens):

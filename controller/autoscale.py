@@ -21,7 +21,9 @@ so a chain lands near 55 % utilisation; the placement adds instances
 where its cost says (existing ones stay), or takes some away, and those
 drain (controller.moves.Drains: their flows finish there, lb and nat
 state handed over).  Every decision is logged with the measurement that
-made it.  A chain whose declared rate changes (PUT) starts again from it.
+made it.  A chain whose declared rate changes (PUT) starts again from it.  A rate
+the placement cannot place (no room for the instances) is taken back
+(`revert`): scaling never costs a chain its place.
 
 Policy, in the topology file or a REST chain body:
     autoscale: {min: 1, max: 4, high: 0.8, low: 0.3,
@@ -97,6 +99,7 @@ def policy(chain):
 class _State:
     declared: float             # the declared rate this state started from
     rate: float                 # the effective rate
+    previous: float = None      # the rate before the last change (revert)
     hot_since: float = None
     cold_since: float = None
     changed: float = -math.inf
@@ -197,8 +200,26 @@ class Autoscaler:
                  chain.name, "out" if util > pol["high"] else "in", why, st.rate, rate,
                  [n for _, n, _, _ in hops], counts)
         self.decisions = (self.decisions + [(now, chain.name, st.rate, rate, why)])[-100:]
-        st.rate, st.changed = rate, now
+        st.previous, st.rate, st.changed = st.rate, rate, now
         st.hot_since = st.cold_since = None
+        return True
+
+    def settled(self, placed):
+        """The chains `placed` (names) run at their rates: no revert for them."""
+        for name in placed:
+            if name in self.state:
+                self.state[name].previous = None
+
+    def revert(self, name, why):
+        """The placement could not place chain `name` at the rate its last
+        scaling set: back to the rate before (logged); False when the
+        chain was not just scaled (its failure is not ours to undo)."""
+        st = self.state.get(name)
+        if st is None or st.previous is None:
+            return False
+        log.warning("scaling chain %s to %.3g Mpps refused: it does not fit (%s); "
+                    "staying at %.3g Mpps", name, st.rate, why, st.previous)
+        st.rate, st.previous = st.previous, None
         return True
 
     @staticmethod

@@ -316,6 +316,14 @@ class ClusterCore(ClusterView):
         placement, kept, self.unplaced = place_what_fits(
             self.topo, chains, previous=self.current, exclude_hosts=self._dead(),
             unplaced=self.unplaced, pause=self.fabric.pause, drained=self.drained)
+        reverted = [n for n, why in sorted(self.unplaced.items())
+                    if self.autoscaler.revert(n, why)]
+        if reverted:
+            chains = self.autoscaler.effective(wanted)      # scaling never unplaces
+            placement, kept, self.unplaced = place_what_fits(
+                self.topo, chains, previous=self.current, exclude_hosts=self._dead(),
+                unplaced=self.unplaced, pause=self.fabric.pause, drained=self.drained)
+        self.autoscaler.settled(c.name for c in kept)
         self.solve_ms = (time.perf_counter() - start) * 1000
         self.placed = self.topo.with_chains(kept)
         if placement is not None:       # a move whose state A published lands now

@@ -211,6 +211,9 @@ class _Solver:
         for key in [k for k, i in self.instances.items() if not i.users]:
             self._drop_instance(self.instances[key])
         for chain in chains:
+            if chain.name in kept and kept[chain.name] < 1 and chain.autoscale is not None:
+                self._scale_in(chain)       # autoscaled: fewer instances (otherwise kept)
+        for chain in chains:
             # A rate rise the kept instances cannot carry: re-place the chain.
             if chain.name in kept and any(
                     self.topo.nfs[self.instances[k].nf].mpps < self.instances[k].load - TOL
@@ -219,6 +222,32 @@ class _Solver:
                           "re-placing the chain", chain.name, chain.mpps)
                 self._unassign_chain(chain)
         return {c.name for c in chains if c.name not in kept}
+
+    def _scale_in(self, chain):
+        """A chain's rate fell: at each hop with more instances than its
+        rate needs, the instances that serve only this hop and carry the
+        least give their share to the others (which have the room), and
+        go; the rest of their flows' instances stay as they are."""
+        for j, hop in enumerate(self.assign[chain.name]):
+            cap = self.topo.nfs[chain.nfs[j]].mpps
+            need = max(1, math.ceil(chain.mpps / cap - 1e-9))
+            own = sorted((q, k) for k, q in hop.items()
+                         if set(self.instances[k].users) == {(chain.name, j)})
+            while len(hop) > need and own:
+                q, key = own.pop(0)
+                rest = [k for k in hop if k != key]
+                room = {k: cap - self.instances[k].load for k in rest}
+                if sum(max(0.0, r) for r in room.values()) < q - TOL:
+                    break
+                victim = self.instances[key]
+                self._unuse(victim, chain, j, q)
+                for k in rest:
+                    part = q * max(0.0, room[k]) / sum(max(0.0, r) for r in room.values())
+                    if part > 0:
+                        self._use(self.instances[k], chain, j, part)
+                log.info("chain %s: rate %.3g Mpps needs %d %s instance(s) at hop %d: "
+                         "%s#%d on %s goes", chain.name, chain.mpps, need, chain.nfs[j],
+                         j + 1, victim.nf, victim.id, victim.host)
 
     # -- distances as vectors over hosts
 

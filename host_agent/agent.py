@@ -275,11 +275,11 @@ class Agent:
         if last is not None:
             for name, port in stats["ports"].items():
                 old = last["ports"].get(name, {"rx": 0, "tx": 0})
-                port["rx_mpps"] = round((port["rx"] - old["rx"]) / dt / 1e6, 4)
-                port["tx_mpps"] = round((port["tx"] - old["tx"]) / dt / 1e6, 4)
+                port["rx_mpps"] = round((port["rx"] - old["rx"]) / dt / 1e6, 6)
+                port["tx_mpps"] = round((port["tx"] - old["tx"]) / dt / 1e6, 6)
             for iid, inst in stats["instances"].items():
                 old = last["instances"].get(iid, {"rx": 0})
-                inst["mpps"] = round((inst["rx"] - old["rx"]) / dt / 1e6, 4)
+                inst["mpps"] = round((inst["rx"] - old["rx"]) / dt / 1e6, 6)
         self._last = (now, json.loads(json.dumps(stats)))
         self._last[1]["instances"] = {int(k): v for k, v in self._last[1]["instances"].items()}
         stats["host"] = self.host

@@ -159,6 +159,9 @@ def build_parser():
     e.add_argument("--restart-controller", default=None, metavar="SECONDS")
     e.add_argument("--raise-rate", action="append", default=[],
                    metavar="CHAIN=MPPS@SECONDS")
+    e.add_argument("--offer", action="append", default=[], metavar="CHAIN=MPPS@SECONDS",
+                   help="the chain's senders offer this rate from then on, its declared "
+                        "rate unchanged: a chain with an autoscale policy follows it")
     e.add_argument("--etcd-members", type=int, default=1, metavar="N",
                    help="run etcd as a cluster of N members on their own ports "
                         "(3 survives one member's loss); controller and agents get "
@@ -230,6 +233,15 @@ def build_parser():
     bch.add_argument("--topology", default="topologies/minimal.yaml")
     bch.add_argument("--json", action="store_true")
     bch.set_defaults(run=_handler("onvm.chaos:cli_bench_chaos"))
+    ba = bsub.add_parser("autoscale", help="a step of offered traffic up and back down on "
+                                           "an autoscaled chain: time to scale, loss")
+    ba.add_argument("--topology", default="topologies/minimal.yaml")
+    ba.add_argument("--chain", default=None, help="default: the first with a policy, "
+                                                  "else the first")
+    ba.add_argument("--step", type=float, default=12.0,
+                    help="offered rate x this (12: minimal.yaml's web over its firewall)")
+    ba.add_argument("--json", action="store_true")
+    ba.set_defaults(run=_handler("onvm.scaling:cli_bench_autoscale"))
     bo = bsub.add_parser("failover", help="host failure on the leaf-spine")
     bo.add_argument("--topology", default="topologies/leaf-spine.yaml")
     bo.add_argument("--connections", type=int, default=0, metavar="N",

@@ -50,8 +50,8 @@ def seconds(text, option):
 
 def schedule(args, topo):
     """Events [(seconds, description, action, argument)] of the options
-    --kill-host, --restart-controller, --kill-leader and --raise-rate, in
-    time order."""
+    --kill-host, --restart-controller, --kill-leader, --drain-host,
+    --undrain-host, --raise-rate and --offer, in time order."""
     events = []
     hosts = [h.name for h in topo.hosts]
     for text in args.kill_host:
@@ -77,6 +77,10 @@ def schedule(args, topo):
     for text in args.raise_rate:
         chain, mpps, at = chain_rate(text, "--raise-rate", topo)
         events.append((at, f"raise {chain} to {mpps} Mpps", "rate", (chain, mpps)))
+    for text in getattr(args, "offer", None) or []:
+        chain, mpps, at = chain_rate(text, "--offer", topo)
+        events.append((at, f"offer {chain} {mpps} Mpps of traffic (its declared rate "
+                           f"unchanged)", "offer", (chain, mpps)))
     return sorted(events, key=lambda e: e[0])
 
 
@@ -95,5 +99,7 @@ def act(emu, action, arg):
         emu.drain_host(*arg)
     elif action == "rate":
         emu.raise_rate(*arg)
+    elif action == "offer":
+        emu.set_rate(*arg)
     else:
         raise ValueError(f"no action {action!r}")

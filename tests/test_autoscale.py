@@ -127,3 +127,40 @@ def test_the_core_scales_a_chain_out_from_its_agents_stats(topo):
     assert shown["decisions"] and shown["decisions"][0]["chain"] == chain.name
     # the stored chain is untouched: the declared rate stays the user's
     assert loop.store.chains()[chain.name]["mpps"] == 0.5
+
+
+def test_a_scaled_rate_that_does_not_fit_is_taken_back_and_the_chain_stays(topo, caplog):
+    """max 8 instances a hop, but a hop has at most one instance a host:
+    a flood asks for more than the hosts can give."""
+    chain = dataclasses.replace(topo.chains[0], autoscale=dict(POLICY, max=8))
+    loop = Loop(topo.with_chains([chain]), pps_per_mpps=100)
+    loop.register(*[h.name for h in topo.hosts])
+    loop.step()
+    cap = min(topo.nfs[n].mpps for n in chain.nfs)
+    with caplog.at_level("WARNING", logger="onvm.autoscale"):
+        for _ in range(int(3 * STATS_DECIDE_SECONDS / 0.25)):
+            for host, summary in stats_at(loop.core.current, chain,
+                                          100 * cap * 100 / 1e6).items():
+                loop.store.put_stats(host, summary)
+                loop.core.store_changed("/onvm/stats/" + host, summary)
+            loop.step()
+    assert "does not fit" in caplog.text and "staying at" in caplog.text
+    assert chain.name not in loop.core.unplaced
+    assert chain.name in loop.core.current.hops
+
+
+def test_an_autoscaled_chain_gives_up_instances_its_lower_rate_does_not_need(topo):
+    """The placement keeps a chain's instances when its rate falls (a
+    rate change that fits moves nothing), unless the chain is autoscaled:
+    then the least loaded instances of each hop go, the rest stay."""
+    chain = topo.chains[0]
+    cap = min(topo.nfs[n].mpps for n in chain.nfs)
+    hop = [topo.nfs[n].mpps for n in chain.nfs].index(cap)
+    for policy, kept in ((dict(POLICY), 1), (None, 2)):
+        c = dataclasses.replace(chain, autoscale=policy)
+        two = place(topo.with_chains([dataclasses.replace(c, mpps=1.6 * cap)]), say=False)
+        assert len(two.hops[c.name][hop]) == 2
+        one = place(topo.with_chains([dataclasses.replace(c, mpps=0.8 * cap)]),
+                    previous=two, say=False)
+        assert len(one.hops[c.name][hop]) == kept
+        assert set(k for k, _ in one.hops[c.name][hop]) <= set(k for k, _ in two.hops[c.name][hop])

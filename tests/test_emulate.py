@@ -29,6 +29,7 @@ from controller.topology import load_topology
 from onvm import procs
 from onvm.emulate import Emulation
 from onvm.failover import measure_failover
+from onvm.scaling import instances, measure_autoscale
 from onvm.frames import default_flows, flow_key as _flow_key
 from onvm.services import wait_for
 from onvm.traffic import MARK, MAGIC
@@ -485,6 +486,38 @@ class TestNFsAndScaleOut:
                      f"flows)")
         finally:
             _resume(emu, "bulk")
+
+
+    def test_autoscaling_follows_offered_traffic_out_and_back_in(self, nf_emu):
+        """Issue 14: `bulk` with an autoscale policy, its declared rate back
+        at 0.0008 (one monitor instance of 0.001): offered 0.0024 it scales
+        out to its max, its declared rate
+        untouched; offered 0.0004 again it scales back in to one.  Its max
+        is 2: a third instance would not fit (h1's cores are taken, and a
+        hop has one instance a host)."""
+        emu = nf_emu
+        policy = {"min": 1, "max": 2, "hot_s": 1, "cold_s": 4, "cooldown_s": 2}
+        body = dict(emu.rest("GET", "/chains/bulk"), mpps=0.0008, autoscale=policy)
+        emu.rest("PUT", "/chains/bulk", body)
+        wait_for(lambda: instances(emu, "bulk") == [1], 30, "bulk back on one instance")
+        try:
+            r = measure_autoscale(emu, "bulk", 0.0004, 0.0024, timeout=60.0)
+        except TimeoutError as err:
+            with open(emu.file("controller.log")) as f:
+                said = [line for line in f if "scal" in line or "bulk" in line][-20:]
+            measured = {(h, i): v.get("mpps") for h, st in emu.store.stats().items()
+                        for i, v in (st or {}).get("instances", {}).items()}
+            raise AssertionError(f"{err}; measured Mpps {measured}; the controller said "
+                                 f"{''.join(said)}") from None
+        finally:
+            _resume(emu, "bulk")
+        print(f"autoscale: {r}")
+        assert r["instances_start"] == [1] and r["instances_final"] == [1], r
+        assert r["instances_peak"] == 2, "max is 2: " + str(r)
+        assert emu.rest("GET", "/chains/bulk")["mpps"] == 0.0008, "the declared rate stays"
+        scaling = emu.rest("GET", "/autoscale")
+        assert [d["chain"] for d in scaling["decisions"]] == ["bulk", "bulk"], scaling
+        assert "measured" in scaling["decisions"][0]["why"]
 
 
 # ------------------------------------------------------------------ tests

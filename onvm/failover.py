@@ -11,6 +11,7 @@ Not here: the emulation (emulate.py), the live view (live.py).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -159,39 +160,46 @@ def _host_of(emu, chain, nf):
     return hosts[0]
 
 
-def cli_bench_failover(args):
-    """`onvm bench failover [--topology FILE] [--json]`."""
-    from controller.topology import load_topology
-    load_topology(args.topology)
+@contextlib.contextmanager
+def bench_emulation(topology):
+    """A started Emulation of `topology` for a bench, in a private network
+    namespace, its progress on stderr; stopped and its files removed after."""
     netns.enter_private_netns()
 
     def quiet(*parts, **kwargs):
         print(*parts, **kwargs, file=sys.stderr, flush=True)
-    topo_path = runnable_topology(args.topology, quiet)
+    topo_path = runnable_topology(topology, quiet)
     try:
         emu = Emulation(topo_path, say=quiet)
         stop_on_signals(emu)
         try:
             emu.start()
-            result = {"topology": emu.topo.name}
-            if args.connections:
-                chain = next(iter(emu.client_plans), None)
-                if chain is None:
-                    raise EmulationError(f"{args.topology} has no chain of TCP "
-                                         "connections (one whose egress is a server)")
-                quiet(f"failover: the host of {chain}'s {args.nf} loses power under "
-                      f"{args.connections} kept connections")
-                result["state"] = measure_state_failover(emu, chain, args.nf,
-                                                         args.connections)
-            else:
-                # Three failures in turn, each of the then busiest NF host.
-                for how in ("host", "stop", "crash"):
-                    quiet(f"failover: {FAILURES[how][1]}")
-                    result[how] = measure_failover(emu, how=how)
+            yield emu, quiet
         finally:
             emu.stop()
     finally:
         os.unlink(topo_path)
+
+
+def cli_bench_failover(args):
+    """`onvm bench failover [--topology FILE] [--connections N] [--json]`."""
+    from controller.topology import load_topology
+    load_topology(args.topology)
+    with bench_emulation(args.topology) as (emu, quiet):
+        result = {"topology": emu.topo.name}
+        if args.connections:
+            chain = next(iter(emu.client_plans), None)
+            if chain is None:
+                raise EmulationError(f"{args.topology} has no chain of TCP "
+                                     "connections (one whose egress is a server)")
+            quiet(f"failover: the host of {chain}'s {args.nf} loses power under "
+                  f"{args.connections} kept connections")
+            result["state"] = measure_state_failover(emu, chain, args.nf, args.connections)
+        else:
+            # Three failures in turn, each of the then busiest NF host.
+            for how in ("host", "stop", "crash"):
+                quiet(f"failover: {FAILURES[how][1]}")
+                result[how] = measure_failover(emu, how=how)
     if args.json:
         print(json.dumps(result))
         return

@@ -13,15 +13,11 @@ Not here: the decisions (controller.autoscale), the emulation (emulate.py).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
-from onvm import netns
-from onvm.catalog import runnable_topology
-from onvm.emulate import Emulation
 from onvm.errors import EmulationError
-from onvm.live import stop_on_signals
+from onvm.failover import bench_emulation
 from onvm.services import wait_for
 
 # The policy the bench gives its chain when the topology's has none.
@@ -90,16 +86,8 @@ def cli_bench_autoscale(args):
     topo = load_topology(args.topology)
     chain = args.chain or next((c.name for c in topo.chains if c.autoscale is not None),
                                None) or topo.chains[0].name
-    netns.enter_private_netns()
-
-    def quiet(*parts, **kwargs):
-        print(*parts, **kwargs, file=sys.stderr, flush=True)
-    topo_path = runnable_topology(args.topology, quiet)
     try:
-        emu = Emulation(topo_path, say=quiet)
-        stop_on_signals(emu)
-        try:
-            emu.start()
+        with bench_emulation(args.topology) as (emu, quiet):
             declared = emu.topo.chain(chain)
             if declared.autoscale is None:
                 body = dict(emu.rest("GET", f"/chains/{chain}"), autoscale=BENCH_POLICY)
@@ -109,13 +97,9 @@ def cli_bench_autoscale(args):
                   f"{args.step * declared.mpps}, then {declared.mpps} again")
             result = measure_autoscale(emu, chain, declared.mpps, args.step * declared.mpps)
             result["topology"] = emu.topo.name
-        finally:
-            emu.stop()
     except (EmulationError, TimeoutError) as err:
         print(f"onvm bench autoscale: {err}", file=sys.stderr)
         return 1
-    finally:
-        os.unlink(topo_path)
     if args.json:
         print(json.dumps(result))
         return 0

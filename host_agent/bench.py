@@ -1,14 +1,16 @@
 """`onvm bench fastpath`: throughput of one host's fast path on generated
-64-byte packets, in memory, on one core.
+packets (64 bytes, or `--mix imix`), in memory, on one core.
 
 Packets loop through a ring-backed port: what the chain sends out comes back
 in, so the figure is the manager's (parse, flow table, classifier, NFs,
 rewrite, rx/tx bursts) without a traffic generator sharing the core.
 More flows than the ring holds (`--flows 1000000`): each looped packet gets
 the next flow's addresses as it comes back in (host_agent/benchflows.pxd),
-so each flow comes back only after all the others; NFs that rewrite get
-rounds of distinct fresh packets.  The flow table's occupancy and churn
-are reported.
+so each flow comes back only after all the others (`--zipf S`: drawn by
+a skewed popularity instead; `--new-flows R`: the window of flows slides,
+R new ones a second, the old ones aging out, occupancy sampled each
+second); NFs that rewrite get rounds of distinct fresh packets.  The flow
+table's occupancy and churn are reported.
 Not here: the generator of traffic for emulated hosts (onvm.frames).
 `--mode process` runs each NF as its own DPDK secondary process (needs huge
 pages); `--python` uses the plain-Python version of each NF (`TYPE-py`)."""
@@ -73,25 +75,42 @@ def flow_tuple(i):
     return str(src), BASE_SPORT + i // hosts, 5000 + i % 1000
 
 
-def bench_frames(flows):
-    """64-byte frames (60 without FCS) of `flows` distinct UDP flows: one
-    frame built by scapy, then its addresses, ports and IP checksum
-    rewritten per flow (scapy would take minutes for a million)."""
+IMIX = (60, 60, 60, 60, 60, 60, 60, 572, 572, 572, 572, 1496)   # 7:4:1, without FCS
+
+
+def bench_frames(flows, sizes=(60,)):
+    """Frames of `flows` distinct UDP flows, flow i `sizes[i % len(sizes)]`
+    bytes without FCS (60: the 64-byte minimum): one frame built by scapy,
+    then its lengths, addresses, ports and IP checksum set per flow (scapy
+    would take minutes for a million)."""
     from scapy.all import IP, UDP, Ether, raw
     template = raw(Ether(src="02:00:00:00:01:01", dst="02:00:00:00:00:01")
                    / IP(src=str(SRC_NET.network_address + 1), dst=DST_IP)
                    / UDP(sport=BASE_SPORT, dport=5000, chksum=0))
-    template = bytearray(template + b"\0" * (60 - len(template)))
     frames = []
     for i in range(flows):
+        size = sizes[i % len(sizes)]
         src, sport, dport = flow_tuple(i)
-        f = template[:]
+        f = bytearray(template + b"\0" * (size - len(template)))
+        struct.pack_into("!H", f, 16, size - 14)            # IPv4 total length
+        struct.pack_into("!H", f, 38, size - 34)            # UDP length
         f[26:30] = ipaddress.IPv4Address(src).packed
         struct.pack_into("!HH", f, 34, sport, dport)
         f[24:26] = b"\0\0"
         struct.pack_into("!H", f, 24, _ip_checksum(bytes(f[14:34])))
         frames.append(bytes(f))
     return frames
+
+
+def zipf_table(flows, s, length=1 << 20, seed=1):
+    """`length` flow ids drawn with Zipf(s) popularity over `flows` flows
+    (rank k has weight 1 / k**s), ranks shuffled over the flow ids so the
+    popular flows are not neighbours."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, flows + 1, dtype=float) ** s
+    ranks = rng.choice(flows, size=length, p=weights / weights.sum())
+    return rng.permutation(flows)[ranks].astype("uint32")
 
 
 def _ip_checksum(header):
@@ -150,7 +169,7 @@ class Snapshots:
 
 def run_bench(chain, packets, flows=1024, mode="inline", python=False,
               in_flight=4096, log=print, flow_entries=None, flow_idle=None, configs=None,
-              replicate=0.0):
+              replicate=0.0, mix="64", zipf=0.0, new_flows=0.0):
     hugepages = mode == "process" or fp.hugepages_available() >= 256
     eal = fp.default_eal_args(f"bench{os.getpid()}", hugepages=hugepages)
     fp.eal_init(eal)
@@ -179,19 +198,33 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
     snaps = Snapshots(mgr, plan, replicate) if replicate > 0 else None
     try:
         fresh = bool(REWRITING & set(chain))
+        sizes = IMIX if mix == "imix" else (60,)
+        samples = []
         if fresh:
-            frames = bench_frames(flows)
+            if zipf or new_flows:
+                raise ValueError(f"--zipf and --new-flows need a chain that does not "
+                                 f"rewrite addresses (not {', '.join(REWRITING & set(chain))})")
+            frames = bench_frames(flows, sizes)
             done, elapsed = _run_rounds(mgr, ring, frames, packets, in_flight, snaps)
         else:
-            # More flows than the ring holds: the loop gives each packet
-            # the next flow's addresses as it comes back in.
-            mgr.bench_flows = flows if flows > in_flight else 0
-            frames = bench_frames(min(flows, in_flight))
-            done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps)
+            # More flows than the ring holds (or skewed, or sliding): the
+            # loop gives each packet the next flow's addresses as it comes
+            # back in (host_agent/benchflows.pxd).
+            mgr.bench_flows = flows if flows > in_flight or zipf or new_flows else 0
+            if zipf:
+                mgr.set_bench_table(zipf_table(flows, zipf))
+            mgr.bench_new_per_s = new_flows
+            frames = bench_frames(min(flows, in_flight), sizes)
+            done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps,
+                                      samples if new_flows else None)
         stats = mgr.stats()
         drops = {k: v for k, v in stats["drops"].items() if v}
+        mean_bytes = sum(len(f) for f in frames) / len(frames)
         result = {
             "mpps": round(done / elapsed / 1e6, 3), "chain": list(chain),
+            # L2 bits with the FCS; on the wire add 20 bytes a frame
+            "gbps": round(done / elapsed * (mean_bytes + 4) * 8 / 1e9, 3),
+            "mix": mix, "zipf": zipf, "new_flows_per_s": new_flows,
             "cores": min(os.cpu_count(), 1 + (1 if procs else 0)),
             "packets": done, "seconds": round(elapsed, 3), "mode": mode,
             # loop: the ring's packets go round (more flows than it holds:
@@ -199,7 +232,7 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             # fresh: batches of distinct packets, each passing once
             "traffic": "fresh" if fresh else "loop",
             "python": python, "flows": flows,
-            "frame_bytes": 64,
+            "frame_bytes": round(mean_bytes + 4, 1),
             "drops": drops,
             "flow_table": stats.get("flow_table", {"entries": stats["flows"],
                                                    "full": stats["flow_table_full"]}),
@@ -212,6 +245,8 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
         }
         if snaps is not None:
             result["replication"] = snaps.report()
+        if samples:
+            result["occupancy"] = samples     # [(seconds, live flows)] while flows come and go
     finally:
         for p in procs:
             p.terminate()
@@ -223,24 +258,29 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
     return result
 
 
-def _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps=None):
-    """Packets go round: the chain's output is its next input."""
+def _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps=None, samples=None):
+    """Packets go round: the chain's output is its next input.  With
+    `samples` (a list), the flow table's live entries are sampled a second
+    apart into it."""
     ring.fill(frames, in_flight)
     # warm caches, fill the flow table (every flow once)
     mgr.run(max_packets=max(flows, min(packets // 10, 1_000_000)))
     start = mgr.stats()["processed"]
     t0 = time.perf_counter()
-    if snaps is None:
+    if snaps is None and samples is None:
         mgr.run(max_packets=packets)
         return mgr.stats()["processed"] - start, time.perf_counter() - t0
     elapsed = 0.0
     while mgr.stats()["processed"] - start < packets:
         t1 = time.perf_counter()
+        left = 1.0 if snaps is None else \
+            snaps.at + next_wait(snaps.interval, snaps.last_pause) - elapsed
         mgr.run(max_packets=packets - (mgr.stats()["processed"] - start),
-                seconds=max(1e-3, snaps.at + next_wait(snaps.interval, snaps.last_pause)
-                            - elapsed))
+                seconds=max(1e-3, min(left, 1.0) if samples is not None else left))
         elapsed += time.perf_counter() - t1
-        if snaps.due(elapsed):
+        if samples is not None:
+            samples.append((round(elapsed, 2), mgr.stats()["flow_table"]["entries"]))
+        if snaps is not None and snaps.due(elapsed):
             elapsed += snaps.take(elapsed)
     return mgr.stats()["processed"] - start, elapsed
 
@@ -295,15 +335,25 @@ def cli_bench_fastpath(args):
     except NFConfigError as err:
         print(f"onvm bench fastpath: {err}", file=sys.stderr)
         return 2
+    if (args.zipf or args.new_flows) and REWRITING & set(chain):
+        print(f"onvm bench fastpath: --zipf and --new-flows need a chain that does not "
+              f"rewrite addresses (not {', '.join(sorted(REWRITING & set(chain)))})",
+              file=sys.stderr)
+        return 2
+    if args.zipf < 0 or args.new_flows < 0:
+        print("onvm bench fastpath: --zipf and --new-flows must be >= 0", file=sys.stderr)
+        return 2
     result = run_bench(chain, args.packets, flows=args.flows, mode=args.mode,
                        python=args.python, flow_entries=args.flow_entries,
                        flow_idle=args.flow_idle, configs=configs,
-                       replicate=getattr(args, "replicate_interval", 0.0))
+                       replicate=getattr(args, "replicate_interval", 0.0),
+                       mix=args.mix, zipf=args.zipf, new_flows=args.new_flows)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{' -> '.join(result['nfs'])}: {result['mpps']} Mpps "
-              f"({result['packets']} packets of 64 bytes in {result['seconds']} s, "
+        print(f"{' -> '.join(result['nfs'])}: {result['mpps']} Mpps, {result['gbps']} Gbps "
+              f"({result['packets']} packets of {result['frame_bytes']} bytes on average "
+              f"in {result['seconds']} s, "
               f"{result['flows']} flows, mode {result['mode']}, traffic {result['traffic']}, "
               f"{result['cores']} core(s), drops {result['drops'] or 'none'}, "
               f"flow table {result['flow_table']})")

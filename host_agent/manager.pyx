@@ -29,7 +29,7 @@ or the agent that talks to the store (host_agent.agent).
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
 from libc.string cimport memcpy, memset
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 
 cdef extern from "unistd.h" nogil:
     int usleep(unsigned usec)
@@ -147,6 +147,10 @@ cdef class Manager:
     cdef uint64_t clock_offset              # advance_clock (tests)
     cdef public uint32_t bench_flows        # host_agent.benchflows (0: off)
     cdef uint64_t bench_cursor
+    cdef uint32_t *bench_table              # flow per cursor (--zipf), or NULL
+    cdef uint32_t bench_table_len
+    cdef public double bench_new_per_s      # --new-flows: the flow window slides
+    cdef uint64_t bench_start
     cdef public double pin_idle_seconds     # pins idle this long are swept
     cdef uint16_t nports
     cdef uint16_t ports[MAX_PORTS]
@@ -188,6 +192,7 @@ cdef class Manager:
             self.add_port(p)
 
     def __dealloc__(self):
+        free(self.bench_table)
         free(self.pin_data)
         free(self.pins.seen)
         free(self.flows.seen)
@@ -304,6 +309,30 @@ cdef class Manager:
     def stop(self):
         onvm_store_u64(&self.stop_flag, 1)
 
+    def set_bench_table(self, table):
+        """host_agent.benchflows: the flow of each cursor position (a
+        sequence of ints below 2**32), or None; copied."""
+        free(self.bench_table)
+        self.bench_table, self.bench_table_len = NULL, 0
+        if table is None or len(table) == 0:
+            return
+        self.bench_table = <uint32_t *>malloc(len(table) * sizeof(uint32_t))
+        if self.bench_table == NULL:
+            raise MemoryError()
+        for i, v in enumerate(table):
+            self.bench_table[i] = v
+        self.bench_table_len = len(table)
+        self.bench_start = rte_get_tsc_cycles()
+
+    cdef inline uint64_t _bench_base(self) noexcept nogil:
+        """How far the window of bench flows has slid (--new-flows)."""
+        if self.bench_new_per_s <= 0:
+            return 0
+        if self.bench_start == 0:
+            self.bench_start = self.now
+        return <uint64_t>((self.now - self.bench_start) * self.bench_new_per_s
+                          / rte_get_tsc_hz())
+
     def hold(self, double timeout=1.0):
         """Make the running loop stand still between two iterations (its
         NFs' tables may then be read from Python) until release(); returns
@@ -396,7 +425,8 @@ cdef class Manager:
             self.port_stats[i].rx += n
             n = self._answer_probes(pkts, n, i)
             if self.bench_flows:
-                bench_rewrite(pkts, n, &self.bench_cursor, self.bench_flows)
+                bench_rewrite(pkts, n, &self.bench_cursor, self.bench_flows,
+                              self.bench_table, self.bench_table_len, self._bench_base())
             if n == 0:
                 continue
             if t == NULL:

@@ -214,6 +214,14 @@ def build_parser():
     bf.add_argument("--nf-config", action="append", default=[], metavar="NF=CONFIG",
                     help="an NF's config instead of the bench's (a JSON object or a file, "
                          "as for `onvm nf check`; for ids a rule file); repeatable")
+    bf.add_argument("--mix", choices=("64", "imix"), default="64",
+                    help="frame sizes: 64 bytes, or the simple IMIX (7:4:1 of 64, 576 "
+                         "and 1500 bytes)")
+    bf.add_argument("--zipf", type=float, default=0.0, metavar="S",
+                    help="flow popularity skewed as Zipf(S) over --flows (0: uniform)")
+    bf.add_argument("--new-flows", type=float, default=0.0, metavar="PER_S",
+                    help="new flows a second: the window of --flows flows slides, old "
+                         "ones stop and age out (see --flow-idle); occupancy is sampled")
     bf.add_argument("--json", action="store_true")
     bf.add_argument("--replicate-interval", type=float, default=0.0, metavar="SECONDS",
                     help="take the replicas' snapshots of the lb, nat and firewall-stateful "

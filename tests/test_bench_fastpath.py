@@ -11,7 +11,7 @@ import sys
 import pytest
 from scapy.all import IP, UDP, Ether
 
-from host_agent.bench import bench_frames, flow_tuple
+from host_agent.bench import IMIX, bench_frames, flow_tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,3 +65,36 @@ def test_a_small_table_churns_and_says_so():
     assert table["entries"] <= 8192
     assert table["inserts"] + table["full"] >= 20000
     assert table["expired"] > 0
+
+
+def bench(*args):
+    out = subprocess.run([sys.executable, "-m", "onvm.cli", "bench", "fastpath", *args,
+                          "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_imix_frames_are_valid_and_sized_7_4_1():
+    frames = bench_frames(12, IMIX)
+    assert sorted(len(f) for f in frames) == [60] * 7 + [572] * 4 + [1496]
+    for f in frames:
+        pkt = Ether(f)
+        assert pkt[IP].len == len(f) - 14 and pkt[UDP].len == len(f) - 34
+    result = bench("--chain", "monitor", "--mix", "imix", "--packets", "20000")
+    ring = bench_frames(1024, IMIX)             # the flows the ring holds
+    assert result["frame_bytes"] == round(sum(map(len, ring)) / len(ring) + 4, 1)
+    assert result["drops"] == {} and result["gbps"] > 0
+
+
+def test_skewed_flows_repeat_popular_ones_and_sliding_flows_age_out():
+    skewed = bench("--chain", "monitor", "--flows", "50000", "--zipf", "1.2",
+                   "--packets", "200000")
+    assert 0 < skewed["flow_table"]["inserts"] < 50000, "Zipf: popular flows repeat"
+    sliding = bench("--chain", "monitor", "--flows", "5000", "--new-flows", "20000",
+                    "--flow-idle", "0.2", "--packets", "8000000")
+    assert sliding["flow_table"]["inserts"] > 5000 and sliding["flow_table"]["expired"] > 0
+    assert sliding["occupancy"], "occupancy sampled while flows come and go"
+    refused = subprocess.run([sys.executable, "-m", "onvm.cli", "bench", "fastpath",
+                              "--chain", "nat", "--zipf", "1"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "rewrite addresses" in refused.stderr

@@ -8,9 +8,10 @@
 #include <rte_mbuf.h>
 #include <rte_acl.h>
 
-/* Entries of a host's flow table: flow ids are 0 .. ONVM_FLOW_ENTRIES - 1,
- * and NFs may keep per-flow state in arrays of this size. */
-#define ONVM_FLOW_ENTRIES 65536
+/* Flow ids are 0 .. ONVM_FLOW_ENTRIES - 1 (the agent's default flow table
+ * size, --flow-entries), and NFs may keep per-flow state in arrays of this
+ * size (calloc'd: pages are touched only as flows come). */
+#define ONVM_FLOW_ENTRIES 1048576
 
 /* Verdicts an NF gives a packet (OpenNetVM's actions). */
 #define ONVM_ACTION_DROP 0

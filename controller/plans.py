@@ -39,8 +39,11 @@ keeps its port slice.
 NF configs.  `nat` instances get their own slice of the catalog's port
 range (controller.natslices; the caller keeps the assignment stable), and
 `lb` instances serving a chain with a pool get the pool's servers as
-`backends` and the chain's single destination address as `vip`.  Both
-are written inline: the catalog file's keys plus these.
+`backends` and the chain's single destination address as `vip`.  A
+`ratelimit` instance's limit of a chain it serves is the chain's budget
+times the instance's share of the chain's rate, so the chain's instances
+together pass its limit (a static split: it changes when the placement
+does).  All are written inline: the catalog file's keys plus these.
 
 Remote weights.  From host X, the base weight of next-hop host Y is the
 flow X -> Y of `controller.placecost.transport` divided by X's share: the
@@ -167,6 +170,9 @@ def _lb_config(topo, written, parsed, chains):
 _WARNED_VIPS = set()
 
 
+RATELIMIT = "ratelimit"      # the NF type whose chain limits are split among instances
+
+
 def _config(nf_type):
     """The catalog entry's config as a plan instance carries it: what the
     NF's constructor takes (nfs.configs.instance_config, which `onvm topo
@@ -190,7 +196,32 @@ def _instance_config(topo, inst, slices, placed):
                     slice=slices[inst.key], slices=count)
     if inst.nf == "lb" and pools:
         return _lb_config(topo, *_catalog_config(inst.nf, nf_type.config), pools)
+    if inst.nf == RATELIMIT and nf_type.config is not None:
+        split = _ratelimit_config(*_catalog_config(inst.nf, nf_type.config), inst, placed)
+        if split is not None:
+            return split
     return _config(nf_type)
+
+
+def _ratelimit_config(written, parsed, inst, placed):
+    """A ratelimit instance's config when its catalog limits chains it
+    serves: each chain's budget split by the instance's share of the
+    chain's rate at its hop (the share of the chain's flows the hops before
+    send it), so N instances together pass the chain's limit, not N times
+    it; None when it limits none of them."""
+    split = {}
+    for (name, _), mpps in sorted(inst.users.items()):
+        chain = placed.get(name)
+        limit = parsed["chains"].get(chain.spi) if chain is not None else None
+        if limit is None:
+            continue
+        share = min(1.0, mpps / chain.mpps) if chain.mpps > 0 else 1.0
+        split[str(chain.spi)] = {"rate": max(1.0, round(limit["rate"] * share, 3)),
+                                 "burst": max(1, round(limit["burst"] * share))}
+    if not split:
+        return None
+    chains = {str(k): v for k, v in (written.get("chains") or {}).items()}
+    return dict(written, chains=dict(chains, **split))
 
 
 def nat_slices(topo, placement, previous=None, moves=None):

@@ -132,7 +132,10 @@ class StoreLink:
     def stop(self):
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5)
+            # Its loop ends within RETRY_S of the event; the thread itself
+            # was seen to linger in its teardown (no Python frame left) for
+            # seconds, which must not hold up a stopping agent.
+            self._thread.join(RETRY_S + 0.5)
         if self.watch is not None:
             self.watch.cancel()
         if self.lease is not None:

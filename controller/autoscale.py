@@ -4,8 +4,9 @@ as its measured traffic needs, not as many as its declared rate asks.
 A chain's declared `mpps` is where it starts.  Every time the agents'
 stats are decided on (controller.core, a few seconds apart), `Autoscaler.
 decide` measures each such chain at each of its hops: the Mpps the hop's
-instances report (instances[ID]["mpps"] in /onvm/stats/HOST; an instance
-shared by several chains counts for each by its planned share), in the
+instances report (instances[ID]["mpps"] in /onvm/stats/HOST; of an
+instance shared with chains that are not autoscaled, what it measures
+beyond their placed rates), in the
 declared scale (`pps_per_mpps`: 10^6 on real hosts, the emulation's
 scale there), over what the hop's instances can carry (their count times
 the catalog's `mpps` of the NF).  The busiest hop decides:
@@ -137,6 +138,7 @@ class Autoscaler:
             del self.state[name]
         if placement is None or not stats:
             return changed
+        scaled = {c.name for c in chains if policy(c) is not None}
         for chain in chains:
             pol = policy(chain)
             if pol is None or chain.name not in placement.hops:
@@ -145,16 +147,19 @@ class Autoscaler:
             st = self.state.get(chain.name)
             if st is None or st.declared != chain.mpps:
                 st = self.state[chain.name] = _State(chain.mpps, chain.mpps)
-            hops = self._hops(catalog, placement, chain, stats)
+            hops = self._hops(catalog, placement, chain, stats, scaled)
             if hops is None:
                 continue            # not every instance reported yet
             if self._step(now, catalog, chain, pol, st, hops):
                 changed.append(chain.name)
         return changed
 
-    def _hops(self, catalog, placement, chain, stats):
+    def _hops(self, catalog, placement, chain, stats, scaled):
         """[(nf, instances, measured declared-Mpps, capacity)] per hop, or
-        None when an instance's measurement is missing."""
+        None when an instance's measurement is missing.  An instance shared
+        with chains that are not autoscaled carries their placed rates (they
+        are sent as declared); what it measures beyond them is the
+        autoscaled chains', split by their placed shares."""
         out = []
         for j, hop in enumerate(placement.hops[chain.name]):
             nf = chain.nfs[j]
@@ -165,8 +170,11 @@ class Autoscaler:
                 mpps = (got or {}).get("mpps")
                 if inst is None or not _number(mpps):
                     return None
-                part = inst.users.get((chain.name, j), 0.0) / inst.load if inst.load > 0 else 1.0
-                load += max(0.0, mpps) * 1e6 / self.pps_per_mpps * part
+                fixed = sum(q for (c, _), q in inst.users.items() if c not in scaled)
+                ours = sum(q for (c, _), q in inst.users.items() if c in scaled)
+                part = inst.users.get((chain.name, j), 0.0) / ours if ours > 0 else 1.0
+                measured = max(0.0, mpps) * 1e6 / self.pps_per_mpps
+                load += max(0.0, measured - fixed) * part
             out.append((nf, len(hop), load, len(hop) * catalog[nf].mpps))
         return out
 

@@ -822,6 +822,9 @@ def _dump_chain(chain, position, server_names):
                                 chain.egress in server_names)
     if chain.symmetric != default:
         pairs.append(("symmetric", "true" if chain.symmetric else "false"))
+    if chain.autoscale is not None:
+        pairs.append(("autoscale", _flow([(k, _scalar(v)) for k, v
+                                           in sorted(chain.autoscale.items())])))
     return "  - " + _flow(pairs)
 
 

@@ -1,8 +1,11 @@
 """`onvm demo` (`make demo`): the shipped leaf-spine data center emulated
-for a short while, with a host failure half way, then the summary.
+for a short while, then the summary: chains spanning hosts; chain `api`
+(with an autoscale policy) offered six times its declared rate for a while,
+so it scales out and back in; then the busiest NF host fails.
 
-It is `onvm emulate topologies/leaf-spine.yaml --seconds 25 --kill-host
-HOST@12`, where HOST is one the controller gave NFs to.  Chains with an NF
+It is `onvm emulate topologies/leaf-spine.yaml --seconds 45 --offer
+api=6@4 --offer api=1@16 --kill-host HOST@30`, where HOST is the busiest
+host the controller gave NFs to that is no chain's egress.  Chains with an NF
 that cannot start from the catalog's config are left out, and the demo says
 which and why (onvm.catalog).
 
@@ -13,21 +16,31 @@ import os
 from onvm import netns
 from onvm.catalog import runnable_topology
 from onvm.emulate import Emulation
-from onvm.failover import failover_victim
 from onvm.live import say, stop_on_signals, summary_text, watch
 from onvm.procs import REPO
 
 TOPOLOGY = os.path.join(REPO, "topologies", "leaf-spine.yaml")
-SECONDS = 25.0
+SECONDS = 45.0
+RAMP = ("api", 6.0, 4.0, 16.0)     # chain, offered Mpps, from, until (seconds)
 
 
-def kill_busiest_at(at):
-    """Events chosen once the controller has placed the chains: fail the
-    busiest NF host at `at` seconds."""
+def story(seconds):
+    """Events chosen once the controller has placed the chains: the ramp of
+    offered traffic on RAMP's chain (when the topology has it), then the
+    busiest NF host fails at two thirds of the run."""
     def events(emu):
-        host, chains = failover_victim(emu)
-        return [(at, f"fail {host}: agent killed, link down (it runs NFs of "
-                     f"{', '.join(chains)})", "kill", host)]
+        out = []
+        chain, mpps, start, end = RAMP
+        if chain in {c.name for c in emu.topo.chains} and end < seconds:
+            declared = emu.topo.chain(chain).mpps
+            out += [(start, f"offer {chain} {mpps:g} Mpps ({mpps / declared:g} x its "
+                            f"declared rate): it scales out", "offer", (chain, mpps)),
+                    (end, f"offer {chain} {declared:g} Mpps again: it scales back in",
+                     "offer", (chain, declared))]
+        # chosen when it happens: by then scaling has moved instances
+        out.append((round(seconds * 2 / 3), "fail the busiest NF host (no chain's "
+                    "egress where one can be): agent killed, link down", "fail-busiest", None))
+        return out
     return events
 
 
@@ -35,13 +48,14 @@ def cli_demo(args):
     """`onvm demo [--seconds S]`."""
     seconds = args.seconds or SECONDS
     netns.enter_private_netns()
-    say(f"onvm demo: emulating {TOPOLOGY} for {seconds:g} s; the busiest NF host "
-        f"fails at {seconds / 2:g} s")
+    say(f"onvm demo: emulating {TOPOLOGY} for {seconds:g} s: chain {RAMP[0]} offered "
+        f"{RAMP[1]:g} Mpps from {RAMP[2]:g} s to {RAMP[3]:g} s; the busiest NF host "
+        f"fails at {round(seconds * 2 / 3):g} s")
     topo = runnable_topology(TOPOLOGY, lambda text: say(f"onvm demo: {text}"))
     try:
         emu = Emulation(topo, say=say)
         stop_on_signals(emu)
-        run = watch(emu, seconds, [], on_start=kill_busiest_at(seconds / 2))
+        run = watch(emu, seconds, [], on_start=story(seconds))
     finally:
         os.unlink(topo)
     if run.final is not None:

@@ -232,6 +232,10 @@ def summary_text(run):
                      f"latency {latency} ms; {where}")
         if "tcp" in c:
             lines.append(f"chain {name}: {tcp_text(c['tcp'])}")
+    for name, line in sorted(run.timeline.items()):
+        if len(line) > 1:
+            lines.append(f"chain {name}: NF instances over time: " + ", ".join(
+                f"{n} at {t:g} s" for t, n in line))
     for text in run.events:
         lines.append(f"event: {text}")
     if not status["store"]["reachable"]:

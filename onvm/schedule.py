@@ -101,5 +101,10 @@ def act(emu, action, arg):
         emu.raise_rate(*arg)
     elif action == "offer":
         emu.set_rate(*arg)
+    elif action == "fail-busiest":
+        from onvm.failover import failover_victim
+        host, chains = failover_victim(emu)
+        emu.say(f"failing {host}: it runs NFs of {', '.join(chains)}\n")
+        emu.fail_host(host)
     else:
         raise ValueError(f"no action {action!r}")

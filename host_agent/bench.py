@@ -131,16 +131,19 @@ class Snapshots:
         self.mgr, self.interval = mgr, interval
         self.ids = [i["id"] for i in plan["instances"] if i["nf"] in REPLICATED_NFS]
         self.taken, self.paused, self.encoding, self.bytes, self.entries = 0, 0.0, 0.0, 0, 0
-        self.last_pause = 0.0
+        self.last_pause = self.last_work = 0.0
         self.at = 0.0                       # run time of the last snapshot
 
     def due(self, run_s):
-        return bool(self.ids) and run_s - self.at >= next_wait(self.interval, self.last_pause)
+        return bool(self.ids) and run_s - self.at >= self.wait()
+
+    def wait(self):
+        return next_wait(self.interval, self.last_pause, self.last_work)
 
     def take(self, run_s):
         """Snapshot now, `run_s` seconds into the run, in chunks as an agent
         reads them; returns the time the loop would stand still."""
-        pause, states = 0.0, []
+        pause, states, self.last_work = 0.0, [], 0.0
         for iid in self.ids:
             nf, entries, cursor = self.mgr.nf_object(iid), [], 0
             while cursor is not None:
@@ -152,8 +155,10 @@ class Snapshots:
             states.append(nf.state_of(entries))
             self.bytes = len(replica.encode(states[-1]))
             self.encoding += time.perf_counter() - t1
+            self.last_work += time.perf_counter() - t1
         self.entries = sum(replica.entries(state) for state in states)
         self.last_pause = pause
+        self.last_work += pause
         self.paused += pause
         self.taken += 1
         self.at = run_s + pause
@@ -273,8 +278,7 @@ def _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps=None, samples=
     elapsed = 0.0
     while mgr.stats()["processed"] - start < packets:
         t1 = time.perf_counter()
-        left = 1.0 if snaps is None else \
-            snaps.at + next_wait(snaps.interval, snaps.last_pause) - elapsed
+        left = 1.0 if snaps is None else snaps.at + snaps.wait() - elapsed
         mgr.run(max_packets=packets - (mgr.stats()["processed"] - start),
                 seconds=max(1e-3, min(left, 1.0) if samples is not None else left))
         elapsed += time.perf_counter() - t1

@@ -103,7 +103,7 @@ def replica_metrics(host, counters):
                                  "puts, bytes, adoptions, failures, seconds paused",
                                  labels=["host", "what"])
     for what in ("replicas_put", "bytes_put", "too_big", "failures", "adopted",
-                 "adopted_entries", "adopt_failures", "paused_s"):
+                 "adopted_entries", "adopt_failures", "paused_s", "work_s"):
         family.add_metric([host, what], counters.get(what, 0))
     return family
 

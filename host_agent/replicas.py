@@ -25,7 +25,10 @@ read (the rest, the encoding and the put happen with the loop running):
 `pause_ms` (last and most) and `paused_s` in the counters.  The next
 snapshot waits `interval`, or longer when the last pause was long, so the
 loop stands still at most MAX_PAUSE_SHARE of the time: many flows are
-replicated less often, never at more cost.  `onvm bench fastpath
+replicated less often, never at more cost; and the agent's own work on
+replicas (reading, encoding, putting) takes at most MAX_WORK_SHARE of its
+thread's time, and a host puts at most STORE_BYTES_PER_S of replicas into
+the store (its history is compacted every few minutes).  `onvm bench fastpath
 --replicate-interval S` measures it.
 
 Not here: choosing who adopts (controller.adoptions), what an NF's state
@@ -64,11 +67,19 @@ def _inserts(nf):
 MAX_PAUSE_SHARE = 0.02  # the loop stands still for snapshots at most this share of the time
 
 
-def next_wait(interval, paused_s):
+MAX_WORK_SHARE = 0.2    # the agent's thread spends at most this share on replicas
+STORE_BYTES_PER_S = 32 * 1024   # a host writes replicas at most this fast (etcd's history)
+
+
+def next_wait(interval, paused_s, work_s=0.0, put_bytes=0):
     """Seconds to the next snapshot: `interval`, or longer when the last
-    pause was long, so that the loop stands still at most MAX_PAUSE_SHARE
-    of the time (a host with many flows is replicated less often)."""
-    return max(interval, paused_s / MAX_PAUSE_SHARE)
+    one was long, so that the loop stands still at most MAX_PAUSE_SHARE of
+    the time, the agent works on replicas (reading, encoding, putting:
+    `work_s`) at most MAX_WORK_SHARE of it, and the host puts at most
+    STORE_BYTES_PER_S into the store (`put_bytes` the last time): a host
+    with many flows is replicated less often."""
+    return max(interval, paused_s / MAX_PAUSE_SHARE, work_s / MAX_WORK_SHARE,
+               put_bytes / STORE_BYTES_PER_S)
 
 
 class Replicator:
@@ -84,7 +95,7 @@ class Replicator:
         self.put = {}           # instance id -> (inserts seen, monotonic time put)
         self.counters = {"replicas_put": 0, "bytes_put": 0, "too_big": 0,
                          "failures": 0, "pause_ms": 0.0, "pause_ms_max": 0.0,
-                         "paused_s": 0.0, "adopted": 0, "adopted_entries": 0,
+                         "paused_s": 0.0, "work_s": 0.0, "adopted": 0, "adopted_entries": 0,
                          "adopt_failures": 0}
         self._big_logged = set()
         self._failing = False
@@ -106,7 +117,10 @@ class Replicator:
             self.lease.stop(revoke=False)
 
     def _run(self):
-        while not self._stop.wait(next_wait(self.interval, self.counters["pause_ms"] / 1000)):
+        work, put = 0.0, 0
+        while not self._stop.wait(next_wait(self.interval, self.counters["pause_ms"] / 1000,
+                                            work, put)):
+            start, before = time.perf_counter(), self.counters["bytes_put"]
             try:
                 self.tick()
                 if self._failing:
@@ -119,6 +133,9 @@ class Replicator:
                                 "retrying every %g s, logged once)", self.agent.host,
                                 err, self.interval)
                     self._failing = True
+            work = time.perf_counter() - start
+            put = self.counters["bytes_put"] - before
+            self.counters["work_s"] = round(self.counters["work_s"] + work, 6)
 
     def _due(self, plan):
         """[(instance entry, nf, inserts)] whose replica is due now."""

@@ -27,7 +27,9 @@ failed to load"; only a file with no runnable rule is an error, listing
 every line at fault.
 """
 import dataclasses
+import hashlib
 import ipaddress
+import os
 import re
 
 from contracts.validate import already_used
@@ -593,3 +595,15 @@ def load_rules(config):
     variables from its "vars"; returns (Ruleset, source name)."""
     text, source = rule_text(config, "<ids config>: needs 'rules' (a rule file) or 'rules_text'")
     return parse_rules(text, source, variables_of(config.get("vars"))), source
+
+
+def file_stamp(path, known=None):
+    """(mtime_ns, size, sha256 hex) of a rule file: what tells a reload
+    that it changed.  `known`, a stamp taken before, is returned as it is
+    when the mtime and size are the same (the file is not read again)."""
+    st = os.stat(path)
+    if known is not None and known[:2] == (st.st_mtime_ns, st.st_size):
+        return known
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return (st.st_mtime_ns, st.st_size, digest)

@@ -58,12 +58,13 @@ cdef struct flow_t:
     uint8_t role           # 1: client to server, 2: server to client (0: unknown)
 
 
-cdef struct ids_t:
+cdef struct ruleset_t:
+    # One loaded rule file: its Hyperscan databases, its rules as the scan
+    # checks them and the scan state sized by them.  An IDS runs one at a
+    # time (ids_t.live); a reload builds the next one beside it.
     hs_database_t *db
     hs_database_t *hdb[NBUF]   # per HTTP buffer (index 1..NBUF-1; NULL: no pattern)
     uint8_t http               # any pattern in an HTTP buffer
-    uint8_t *uri               # the normalised URI of the packet's request
-    uint64_t http_requests, uri_cut
     net_t *nets
     portr_t *ports
     hs_scratch_t *scratch
@@ -80,32 +81,41 @@ cdef struct ids_t:
     int32_t *pos           # pattern id * MAXPOS -> match ends in this packet
     uint8_t *npos
     uint8_t relative_rules
-    uint64_t pos_overflow
     uint32_t *pat_min_end  # pattern id -> payload offsets its match may end at
     uint32_t *pat_max_end  #   (offset and depth; 0 and 0xFFFFFFFF: anywhere)
-    long long payload_at   # where this packet's payload starts in the scan (may be < 0)
-    uint32_t plen          # this packet's payload bytes
-    int tcpflags           # this packet's TCP flags (-1: not TCP)
     uint8_t *pat_neg       # content:!"...": the rule needs it absent
-    ftab_t *th             # (rule, address) -> its threshold window
-    uint64_t *th_start
-    uint32_t *th_seen
-    uint64_t now
-    uint64_t th_held, th_untracked
     uint32_t npats
+    uint32_t tail_w        # TCP tail bytes this set needs (at most TAIL_MAX)
+    FILE *alerts
     # scan state, reset after every packet
     uint8_t *seen          # per pattern: 1 found in the tail, 2 in the payload
     uint32_t *hitlist
     uint32_t nhits
     uint8_t *checked       # per rule
+
+
+cdef struct ids_t:
+    ruleset_t *live        # the rules in force: swapped by a reload (atomically)
+    ruleset_t *rs          # the batch's copy of `live` (the packet loop's only)
+    uint32_t busy          # 1 while a batch runs (a reload waits for it to end)
+    uint64_t batches
+    uint8_t *uri           # the normalised URI of the packet's request
+    uint64_t http_requests, uri_cut
+    uint64_t pos_overflow
+    long long payload_at   # where this packet's payload starts in the scan (may be < 0)
+    uint32_t plen          # this packet's payload bytes
+    int tcpflags           # this packet's TCP flags (-1: not TCP)
+    ftab_t *th             # (sid, address) -> its threshold window
+    uint64_t *th_start
+    uint32_t *th_seen
+    uint64_t now
+    uint64_t th_held, th_untracked
     unsigned long long skip_to   # matches ending at or before this were reported
-    # TCP flows
+    # TCP flows: kept across reloads; tails and heads TAIL_MAX bytes apart
     ftab_t *flows
     flow_t *fstate
     uint8_t *tails
     uint8_t *heads
-    uint32_t tail_w
     uint64_t timeout
-    FILE *alerts
     uint64_t packets, scanned_bytes, alerted, dropped, reassembled, untracked, hs_errors
     uint64_t out_of_order, overlap_conflict, retransmitted, stale, joined_head

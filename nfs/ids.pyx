@@ -90,6 +90,11 @@ cdef int on_match(unsigned int id, unsigned long long frm, unsigned long long to
                   unsigned int flags, void *ctx) noexcept nogil:
     cdef ids_t *s = <ids_t *>ctx
     cdef long long rel
+    if s.rs.pat_lenchk[id]:
+        if s.buf_end < s.rs.pat_size_lo[id] or s.buf_end > s.rs.pat_size_hi[id]:
+            return 0
+        if s.rs.pat_endswith[id] and <long long>to - s.payload_at != s.buf_end:
+            return 0
     if to > s.skip_to and (s.rs.pat_min_end[id] or s.rs.pat_max_end[id] != <uint32_t>0xFFFFFFFF):
         # offset/depth: where in this packet's payload the match ends
         rel = <long long>to - s.payload_at
@@ -333,6 +338,7 @@ cdef void scan_buffer(ids_t *s, int b, const uint8_t *p, uint32_t n) noexcept no
         return
     bufs[0] = <const char *>p
     lens[0] = n
+    s.buf_end = n
     if hs_scan_vector(s.rs.hdb[b], bufs, lens, 1, 0, s.rs.scratch, on_match, <void *>s) != HS_SUCCESS:
         s.hs_errors += 1
 
@@ -514,6 +520,7 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
         s.reassembled += 1
     s.payload_at = <long long>(f.len if joined else 0) - <long long>skip
     s.plen = plen
+    s.buf_end = plen
     s.tcpflags = tcpflags if proto == 6 else -1
     if plen > skip and s.rs.db != NULL:
         bufs[nbuf] = <const char *>(d + off + skip)

@@ -52,7 +52,7 @@ STICKY_BUFFERS = {"http.method": "method", "http.uri": "uri", "http.uri.raw": "r
                   "http.host.raw": "host", "http.cookie": "cookie", "pkt_data": "payload"}
 PCRE_BUFFER_FLAGS = {"U": "uri", "I": "raw_uri", "H": "header", "M": "method", "C": "cookie",
                      "V": "user_agent", "W": "host"}
-KEPT_OPTIONS = ("rev", "classtype", "priority", "metadata", "reference", "gid")
+KEPT_OPTIONS = ("rev", "classtype", "priority", "metadata", "reference", "gid", "target")
 FLOW_WORDS = {"established": ("established", 1), "not_established": ("established", 2),
               "stateless": None, "to_server": ("direction", 1), "from_client": ("direction", 1),
               "to_client": ("direction", 2), "from_server": ("direction", 2)}
@@ -87,6 +87,8 @@ class Pattern:
     isdataat: int = -1        # isdataat:N,relative after it: payload byte end+N exists (-1: none)
     isdataat_neg: bool = False   # isdataat:!N,relative: it does not
     negated: bool = False     # content:!"...": the rule needs it absent
+    endswith: bool = False    # its match ends where its buffer ends
+    size: tuple = (0, 0xFFFFFFFF)   # its buffer's length, low to high (bsize, urilen)
 
     def end_range(self):
         """(first, last) payload offset a match of this content may end
@@ -121,6 +123,7 @@ class Rule:
     priority: int = 0
     metadata: list = dataclasses.field(default_factory=list)
     references: list = dataclasses.field(default_factory=list)
+    sizes: list = dataclasses.field(default_factory=list)   # [(buffer, (lo, hi), keyword)]
 
 
 @dataclasses.dataclass
@@ -354,20 +357,49 @@ def _flow(rule, value):
             setattr(rule, attr, val)
 
 
-def _dsize(value):
-    """dsize:N, dsize:<N, dsize:>N, dsize:N<>M -> (low, high) payload bytes."""
+def _size_range(value, key, top=0xFFFF):
+    """N, <N, >N, <=N, >=N or N<>M (exclusive, as Suricata's dsize) ->
+    (low, high), both within 0..top."""
     text = (value or "").replace(" ", "")
-    m = re.fullmatch(r"(\d+)<>(\d+)|([<>]?)(\d+)", text)
+    m = re.fullmatch(r"(\d+)<>(\d+)|(<=|>=|[<>]?)(\d+)", text)
     if not m:
-        raise RuleError(f"dsize takes N, <N, >N or N<>M, got {value!r}", "dsize")
+        raise RuleError(f"{key} takes N, <N, >N, <=N, >=N or N<>M, got {value!r}", key)
     if m.group(1) is not None:
         lo, hi = int(m.group(1)) + 1, int(m.group(2)) - 1
     else:
         n = int(m.group(4))
-        lo, hi = {"": (n, n), "<": (0, n - 1), ">": (n + 1, 0xFFFF)}[m.group(3)]
-    if not 0 <= lo <= hi <= 0xFFFF:
-        raise RuleError(f"dsize:{value} matches no payload size", "dsize")
+        lo, hi = {"": (n, n), "<": (0, n - 1), ">": (n + 1, top), "<=": (0, n),
+                  ">=": (n, top)}[m.group(3)]
+    if not 0 <= lo <= hi <= top:
+        raise RuleError(f"{key}:{value} matches no size", key)
     return (lo, hi)
+
+
+def _dsize(value):
+    """dsize:N, dsize:<N, dsize:>N, dsize:N<>M -> (low, high) payload bytes."""
+    return _size_range(value, "dsize")
+
+
+def _urilen(value):
+    """urilen:RANGE[,norm|,raw] -> (buffer, (low, high))."""
+    text, _, kind = (value or "").partition(",")
+    if kind.strip() not in ("", "norm", "raw"):
+        raise RuleError(f"urilen takes RANGE, RANGE,norm or RANGE,raw; got {value!r}", "urilen")
+    return ("raw_uri" if kind.strip() == "raw" else "uri"), _size_range(text, "urilen",
+                                                                        0xFFFFFFFF)
+
+
+def _buffer_sizes(rule):
+    """Give bsize and urilen to the contents of their buffer (checked on
+    each match: the buffer's length); a buffer without one cannot be
+    measured by this IDS."""
+    for buffer, (lo, hi), key in rule.sizes:
+        mine = [p for p in rule.patterns if p.buffer == buffer]
+        if not any(not p.negated for p in mine):
+            raise RuleError(f"{key} needs a content or pcre in its buffer ({buffer}) to be "
+                            f"checked by this IDS", key)
+        for p in mine:
+            p.size = (max(p.size[0], lo), min(p.size[1], hi))
 
 
 THRESHOLD_KINDS = {"limit": 1, "threshold": 2, "both": 3, "detection_filter": 4}
@@ -488,6 +520,23 @@ def _options(rule, pairs):
             _isdataat(rule, last_content, value)
         elif key == "dsize":
             rule.dsize = _dsize(value)
+        elif key == "bsize":
+            rule.sizes.append((sticky, _size_range(value, "bsize", 0xFFFFFFFF), "bsize"))
+        elif key == "urilen":
+            buffer, span = _urilen(value)
+            rule.sizes.append((buffer, span, "urilen"))
+        elif key in ("startswith", "endswith"):
+            if value is not None:
+                raise RuleError(f"{key} takes no value", key)
+            if last_content is None:
+                raise RuleError(f"{key} must follow a content", key)
+            if key == "endswith":
+                last_content.endswith = True
+            elif last_content.relative or last_content.offset or last_content.depth:
+                raise RuleError("startswith with offset, depth, distance or within is not "
+                                "run by this IDS", key)
+            else:
+                last_content.depth = last_content.length     # at the buffer's start
         elif key in ("nocase", "fast_pattern"):
             if key == "nocase" and value is not None:
                 raise RuleError("nocase takes no value", key)
@@ -534,6 +583,7 @@ def _options(rule, pairs):
                             f"lists the keywords it runs)", key)
     if not rule.sid:
         raise RuleError("every rule needs a sid", "sid")
+    _buffer_sizes(rule)
     if not any(not p.negated for p in rule.patterns):
         raise RuleError("a rule needs at least one content or pcre"
                         + (" that is not negated" if rule.patterns else ""), "content")

@@ -99,6 +99,7 @@ cdef void free_ruleset(ruleset_t *r) noexcept:
     free(r.pat_track); free(r.pat_rel); free(r.npos); free(r.pat_dist)
     free(r.pat_within); free(r.pat_len); free(r.pos)
     free(r.pat_isdata); free(r.pat_isdata_neg); free(r.pat_neg)
+    free(r.pat_lenchk); free(r.pat_endswith); free(r.pat_size_lo); free(r.pat_size_hi)
     free(r.seen); free(r.hitlist); free(r.checked)
     free(r)
 
@@ -199,13 +200,18 @@ cdef class RuleSet:
         rs.pat_isdata = <int32_t *>calloc(np, sizeof(int32_t))
         rs.pat_isdata_neg = <uint8_t *>calloc(np, 1)
         rs.pat_neg = <uint8_t *>calloc(np, 1)
+        rs.pat_lenchk = <uint8_t *>calloc(np, 1)
+        rs.pat_endswith = <uint8_t *>calloc(np, 1)
+        rs.pat_size_lo = <uint32_t *>calloc(np, sizeof(uint32_t))
+        rs.pat_size_hi = <uint32_t *>calloc(np, sizeof(uint32_t))
         rs.seen = <uint8_t *>calloc(np, 1)
         rs.hitlist = <uint32_t *>calloc(np, sizeof(uint32_t))
         rs.checked = <uint8_t *>calloc(n, 1)
         if not (rs.rules and rs.pat_rule and rs.pat_min_end and rs.pat_max_end and rs.pat_track
                 and rs.pat_rel and rs.npos and rs.pat_dist and rs.pat_within and rs.pat_len
                 and rs.pos and rs.pat_isdata and rs.pat_isdata_neg and rs.pat_neg and rs.seen
-                and rs.hitlist and rs.checked):
+                and rs.hitlist and rs.checked and rs.pat_lenchk and rs.pat_endswith
+                and rs.pat_size_lo and rs.pat_size_hi):
             raise MemoryError()
         self.msgs = []
         nets, ports = [], []
@@ -246,6 +252,9 @@ cdef class RuleSet:
                 rs.pat_isdata[j] = p.isdataat
                 rs.pat_isdata_neg[j] = p.isdataat_neg
                 rs.pat_neg[j] = p.negated
+                rs.pat_endswith[j] = p.endswith
+                rs.pat_size_lo[j], rs.pat_size_hi[j] = p.size
+                rs.pat_lenchk[j] = p.endswith or p.size != (0, 0xFFFFFFFF)
                 if p.isdataat >= 0:
                     rs.pat_track[j] = 1
                     rs.relative_rules = 1

@@ -84,6 +84,10 @@ cdef struct ruleset_t:
     uint32_t *pat_min_end  # pattern id -> payload offsets its match may end at
     uint32_t *pat_max_end  #   (offset and depth; 0 and 0xFFFFFFFF: anywhere)
     uint8_t *pat_neg       # content:!"...": the rule needs it absent
+    uint8_t *pat_lenchk    # its buffer's length is checked: endswith, bsize, urilen
+    uint8_t *pat_endswith  # its match ends where its buffer ends
+    uint32_t *pat_size_lo  # its buffer's length, low to high (bsize, urilen)
+    uint32_t *pat_size_hi
     uint32_t npats
     uint32_t tail_w        # TCP tail bytes this set needs (at most TAIL_MAX)
     FILE *alerts
@@ -104,6 +108,7 @@ cdef struct ids_t:
     uint64_t pos_overflow
     long long payload_at   # where this packet's payload starts in the scan (may be < 0)
     uint32_t plen          # this packet's payload bytes
+    uint32_t buf_end       # the length of the buffer being scanned (payload: plen)
     int tcpflags           # this packet's TCP flags (-1: not TCP)
     ftab_t *th             # (sid, address) -> its threshold window
     uint64_t *th_start

@@ -285,44 +285,107 @@ cdef bint thresholded(ids_t *s, rule_t *r, uint32_t ri, uint32_t src,
     return n > r.th_count
 
 
+cdef struct fb_key_t:
+    uint64_t bit
+    uint32_t a, b          # the connection, lower (address, port) first: both
+    uint16_t pa, pb        # directions share its bits
+    uint32_t proto
+
+
+cdef bint flowbits_hold(ids_t *s, rule_t *r, fb_key_t *k) noexcept nogil:
+    """Its isset (any of the names) and isnotset conditions hold."""
+    cdef uint32_t i, j
+    cdef fbop_t *op
+    cdef bint any_set
+    for i in range(r.fb_first, r.fb_first + r.fb_count):
+        op = &s.rs.fbops[i]
+        if op.op < 4:
+            continue
+        any_set = False
+        for j in range(op.n):
+            k.bit = op.bits[j]
+            if ftab_find(s.fb, k, s.now) >= 0:
+                any_set = True
+                break
+        if any_set != (op.op == 4):
+            return False
+    return True
+
+
+cdef void flowbits_apply(ids_t *s, rule_t *r, fb_key_t *k) noexcept nogil:
+    """Its set, unset and toggle, in the rule's order."""
+    cdef uint32_t i
+    cdef fbop_t *op
+    cdef bint is_set
+    for i in range(r.fb_first, r.fb_first + r.fb_count):
+        op = &s.rs.fbops[i]
+        if op.op >= 4:
+            continue
+        k.bit = op.bits[0]
+        is_set = ftab_find(s.fb, k, s.now) >= 0
+        if op.op == 1 or (op.op == 3 and not is_set):
+            if ftab_insert(s.fb, k, s.now + s.timeout, s.now) < 0:
+                s.fb_untracked += 1
+        elif is_set:
+            ftab_delete(s.fb, k)
+
+
 cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
                 uint16_t sport, uint16_t dport, uint8_t established,
                 uint8_t direction) noexcept nogil:
     """After a scan: fire every rule whose patterns were all found and whose
-    header matches; reset the scan state.  True if a drop rule fired."""
-    cdef uint32_t i, j, ri
+    header and flowbits match; reset the scan state.  Rules that check
+    flowbits are judged after the others, so a bit set by this packet is
+    seen (Suricata orders its rules so).  True if a drop rule fired."""
+    cdef uint32_t i, j, ri, sweep
     cdef rule_t *r
     cdef bint drop = False, whole, fresh
-    for i in range(s.rs.nhits):
-        ri = s.rs.pat_rule[s.rs.hitlist[i]]
-        if s.rs.checked[ri]:
-            continue
-        s.rs.checked[ri] = 1
-        r = &s.rs.rules[ri]
-        whole = True
-        fresh = False
-        for j in range(r.first, r.first + r.count):
-            if s.rs.pat_neg[j]:
-                if s.rs.seen[j] and not s.rs.pat_rel[j]:
-                    whole = False      # found, and it must not be
+    cdef fb_key_t fk
+    memset(&fk, 0, sizeof(fb_key_t))
+    fk.proto = proto
+    if src < dst or (src == dst and sport <= dport):
+        fk.a, fk.pa, fk.b, fk.pb = src, sport, dst, dport
+    else:
+        fk.a, fk.pa, fk.b, fk.pb = dst, dport, src, sport
+    for sweep in range(2 if s.rs.flowbits else 1):
+        for i in range(s.rs.nhits):
+            ri = s.rs.pat_rule[s.rs.hitlist[i]]
+            if s.rs.checked[ri]:
+                continue
+            r = &s.rs.rules[ri]
+            if sweep == 0 and r.fb_checks:
+                continue
+            s.rs.checked[ri] = 1
+            whole = True
+            fresh = False
+            for j in range(r.first, r.first + r.count):
+                if s.rs.pat_neg[j]:
+                    if s.rs.seen[j] and not s.rs.pat_rel[j]:
+                        whole = False      # found, and it must not be
+                        break
+                    continue
+                if not s.rs.seen[j]:
+                    whole = False
                     break
-                continue
-            if not s.rs.seen[j]:
-                whole = False
-                break
-            if s.rs.seen[j] & 2:
-                fresh = True
-        if whole and fresh and header_matches(s, r, proto, src, dst, sport, dport,
-                                                established, direction, s.plen) \
-                and (not s.rs.relative_rules or placed(s, r.first, r.first + r.count - 1, False, 0)):
-            if r.th_kind and not thresholded(s, r, ri, src, dst):
-                s.th_held += 1
-                continue
-            r.hits += 1
-            s.alerted += 1
-            write_alert(s, r, proto, src, dst, sport, dport)
-            if r.drop:
-                drop = True
+                if s.rs.seen[j] & 2:
+                    fresh = True
+            if whole and fresh and header_matches(s, r, proto, src, dst, sport, dport,
+                                                    established, direction, s.plen) \
+                    and (not s.rs.relative_rules or placed(s, r.first, r.first + r.count - 1, False, 0)):
+                if r.fb_count and not flowbits_hold(s, r, &fk):
+                    continue
+                if r.th_kind and not thresholded(s, r, ri, src, dst):
+                    s.th_held += 1
+                    continue
+                if r.fb_count:
+                    flowbits_apply(s, r, &fk)
+                r.hits += 1
+                if r.noalert:
+                    continue
+                s.alerted += 1
+                write_alert(s, r, proto, src, dst, sport, dport)
+                if r.drop:
+                    drop = True
     for i in range(s.rs.nhits):
         s.rs.seen[s.rs.hitlist[i]] = 0
         s.rs.npos[s.rs.hitlist[i]] = 0
@@ -694,6 +757,8 @@ cdef class IDS(NativeNF):
             self.s.th_seen = <uint32_t *>calloc(self.max_flows + 1, sizeof(uint32_t))
             if self.s.th_start == NULL or self.s.th_seen == NULL:
                 raise MemoryError()
+        if rs.r.flowbits and self.s.fb == NULL:
+            self.s.fb = ftab_new("ids-flowbits", self.max_flows, sizeof(fb_key_t))
         self.s.timeout = <uint64_t>(rs.v["flow_timeout"] * rte_get_tsc_hz())
         old = <ruleset_t *>ids_swap_ptr(<void **>&self.s.live, <void *>rs.r)
         previous, self.current = self.current, rs
@@ -714,6 +779,7 @@ cdef class IDS(NativeNF):
         ftab_free(self.s.flows)
         free(self.s.fstate); free(self.s.tails); free(self.s.heads)
         ftab_free(self.s.th); free(self.s.th_start); free(self.s.th_seen)
+        ftab_free(self.s.fb)
 
     def counters(self):
         cdef uint64_t now = rte_get_tsc_cycles()
@@ -730,6 +796,8 @@ cdef class IDS(NativeNF):
             "positions_overflow": self.s.pos_overflow,
             "threshold_held": self.s.th_held, "threshold_untracked": self.s.th_untracked,
             "flows": ftab_live(self.s.flows, now) if self.s.flows != NULL else 0,
+            "flowbits": ftab_live(self.s.fb, now) if self.s.fb != NULL else 0,
+            "flowbits_untracked": self.s.fb_untracked,
             "reloads": self.reloads, "reload_failures": self.reload_failures,
             "rules": [{"sid": r.sid, "line": r.line, "action": r.action, "msg": r.msg,
                        "rev": r.rev, "hits": live.rules[i].hits}

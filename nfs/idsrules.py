@@ -124,6 +124,8 @@ class Rule:
     metadata: list = dataclasses.field(default_factory=list)
     references: list = dataclasses.field(default_factory=list)
     sizes: list = dataclasses.field(default_factory=list)   # [(buffer, (lo, hi), keyword)]
+    flowbits: list = dataclasses.field(default_factory=list)   # [(op, [names])]: FLOWBIT_OPS
+    noalert: bool = False    # flowbits:noalert: it sets and clears bits, never alerts
 
 
 @dataclasses.dataclass
@@ -467,6 +469,28 @@ def _isdataat(rule, last_content, value):
     last_content.isdataat, last_content.isdataat_neg = n, neg
 
 
+FLOWBIT_OPS = {"set": 1, "unset": 2, "toggle": 3, "isset": 4, "isnotset": 5}
+FLOWBIT_MAX_OR = 8
+
+
+def _flowbits(rule, value):
+    """flowbits:set|unset|toggle|isset|isnotset,NAME (isset: NAME|NAME...,
+    any of them), or flowbits:noalert."""
+    parts = [p.strip() for p in (value or "").split(",")]
+    if parts == ["noalert"]:
+        rule.noalert = True
+        return
+    if len(parts) != 2 or parts[0] not in FLOWBIT_OPS or not parts[1]:
+        raise RuleError(f"flowbits takes {', '.join(FLOWBIT_OPS)} and a name, or noalert; "
+                        f"got {value!r}", "flowbits")
+    names = [n.strip() for n in parts[1].split("|")]
+    if "&" in parts[1] or not all(names) or (len(names) > 1 and parts[0] != "isset") \
+            or len(names) > FLOWBIT_MAX_OR:
+        raise RuleError(f"flowbits:{value}: this IDS runs one name, or for isset up to "
+                        f"{FLOWBIT_MAX_OR} joined by | (any of them)", "flowbits")
+    rule.flowbits.append((FLOWBIT_OPS[parts[0]], names))
+
+
 def _number(value, key):
     if value is None or not value.strip().isdigit():
         raise RuleError(f"{key} must be a number, got {value!r}", key)
@@ -562,6 +586,8 @@ def _options(rule, pairs):
             last_content.buffer = HTTP_MODIFIERS[key]
         elif key == "flow":
             _flow(rule, value)
+        elif key == "flowbits":
+            _flowbits(rule, value)
         elif key == "sid":
             if value is None or not value.isdigit() or int(value) == 0:
                 raise RuleError(f"sid must be a positive number, got {value!r}", "sid")

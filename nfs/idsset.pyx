@@ -16,6 +16,7 @@ from nflib.nf cimport rte_get_tsc_hz
 from nfs.hyperscan cimport *
 from nfs.idsstate cimport *
 
+import hashlib
 import json
 import time
 
@@ -100,6 +101,7 @@ cdef void free_ruleset(ruleset_t *r) noexcept:
     free(r.pat_within); free(r.pat_len); free(r.pos)
     free(r.pat_isdata); free(r.pat_isdata_neg); free(r.pat_neg)
     free(r.pat_lenchk); free(r.pat_endswith); free(r.pat_size_lo); free(r.pat_size_hi)
+    free(r.fbops)
     free(r.seen); free(r.hitlist); free(r.checked)
     free(r)
 
@@ -216,6 +218,12 @@ cdef class RuleSet:
         self.msgs = []
         nets, ports = [], []
         first = 0
+        nfb = sum(len(rule.flowbits) for rule in rules)
+        rs.fbops = <fbop_t *>calloc(nfb + 1, sizeof(fbop_t))
+        if rs.fbops == NULL:
+            raise MemoryError()
+        rs.flowbits = nfb > 0
+        fb = 0
         for ri, rule in enumerate(rules):
             r = &rs.rules[ri]
             r.proto = rule.proto
@@ -241,6 +249,13 @@ cdef class RuleSet:
             self.msgs.append(alert)
             r.alert_json = alert
             r.first, r.count = first, len(rule.patterns)
+            r.fb_first, r.fb_count, r.noalert = fb, len(rule.flowbits), rule.noalert
+            for op, names in rule.flowbits:
+                rs.fbops[fb].op, rs.fbops[fb].n = op, len(names)
+                for k, name in enumerate(names):
+                    rs.fbops[fb].bits[k] = _bit(name)
+                r.fb_checks |= op >= 4
+                fb += 1
             r.sid = rule.sid
             msg = json.dumps(rule.msg).encode()
             self.msgs.append(msg)
@@ -274,6 +289,12 @@ cdef class RuleSet:
             rs.nets[i].neg = neg
         for i, (lo, hi, neg) in enumerate(ports):
             rs.ports[i].lo, rs.ports[i].hi, rs.ports[i].neg = lo, hi, neg
+
+
+def _bit(name):
+    """A flowbit's name as the 64 bits its table is keyed by (the same in
+    every rule set, so a bit set before a reload is seen after it)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
 
 
 cdef hs_database_t *_database(rules, source, pats, ids) except NULL:

@@ -16,6 +16,7 @@ cdef enum:
     NBUF = 8            # idsrules.BUFFERS: payload, then the HTTP request's parts
     URI_MAX = 4096      # a normalised URI longer than this is cut (counted)
     MAXPOS = 16         # match ends kept per relative pattern and packet
+    FB_OR = 8           # names of one flowbits:isset,A|B|... (idsrules.FLOWBIT_MAX_OR)
 
 
 cdef struct net_t:
@@ -26,6 +27,12 @@ cdef struct net_t:
 cdef struct portr_t:
     uint16_t lo, hi
     uint8_t neg
+
+
+cdef struct fbop_t:
+    uint8_t op             # idsrules.FLOWBIT_OPS: 1 set, 2 unset, 3 toggle, 4 isset, 5 isnotset
+    uint8_t n
+    uint64_t bits[FB_OR]   # the names' hashes (a name keeps its bit across reloads)
 
 
 cdef struct rule_t:
@@ -43,6 +50,9 @@ cdef struct rule_t:
     uint32_t sa, sn, da, dn          # its source and destination nets in ids_t.nets
     uint32_t spa, spn, dpa, dpn      # its port ranges in ids_t.ports
     uint32_t first, count  # its patterns
+    uint32_t fb_first, fb_count   # its flowbits operations in ruleset_t.fbops
+    uint8_t fb_checks      # it has isset/isnotset (judged after the rules that set)
+    uint8_t noalert        # flowbits:noalert
     uint32_t sid
     const char *msg_json   # the msg as a JSON string, quotes included
     const char *alert_json # "alert": {...}: the EVE alert object of this rule
@@ -88,6 +98,8 @@ cdef struct ruleset_t:
     uint8_t *pat_endswith  # its match ends where its buffer ends
     uint32_t *pat_size_lo  # its buffer's length, low to high (bsize, urilen)
     uint32_t *pat_size_hi
+    fbop_t *fbops
+    uint8_t flowbits       # any rule uses flowbits
     uint32_t npats
     uint32_t tail_w        # TCP tail bytes this set needs (at most TAIL_MAX)
     FILE *alerts
@@ -111,6 +123,8 @@ cdef struct ids_t:
     uint32_t buf_end       # the length of the buffer being scanned (payload: plen)
     int tcpflags           # this packet's TCP flags (-1: not TCP)
     ftab_t *th             # (sid, address) -> its threshold window
+    ftab_t *fb             # (connection, flowbit) -> set (kept across reloads)
+    uint64_t fb_untracked  # bits not set: the table had no room
     uint64_t *th_start
     uint32_t *th_seen
     uint64_t now

@@ -75,3 +75,65 @@ def test_keyword_errors_are_named():
         'alert tcp any any -> any any (endswith; content:"a"; sid:5;)\n')
     assert [(sk.sid, sk.keyword) for sk in rules.skipped] == [
         (2, "bsize"), (3, "startswith"), (4, "urilen"), (5, "endswith")]
+
+
+FLOWBITS = "\n".join([
+    'alert http any any -> any any (msg:"login"; flow:established,to_server; http.uri; '
+    'content:"/login"; flowbits:set,ET.login; flowbits:noalert; sid:10; rev:1;)',
+    'alert tcp any 80 -> any any (msg:"admin page after a login"; flow:established,to_client; '
+    'content:"Welcome admin"; flowbits:isset,ET.login|ET.sso; sid:11; rev:1;)',
+    'alert tcp any 80 -> any any (msg:"secret without a login"; flow:established,to_client; '
+    'content:"Secret"; flowbits:isnotset,ET.login; sid:12; rev:1;)',
+    'alert http any any -> any any (msg:"logout"; flow:established,to_server; http.uri; '
+    'content:"/logout"; flowbits:unset,ET.login; flowbits:noalert; sid:13; rev:1;)',
+])
+
+
+class Conn:
+    """One TCP connection's two directions, each with its own sequence."""
+    def __init__(self, h, port):
+        self.h, self.port, self.seq = h, port, {True: 100, False: 9000}
+
+    def send(self, payload, to_server):
+        src, dst, sp, dp = (CLIENT, SERVER, self.port, 80) if to_server else \
+            (SERVER, CLIENT, 80, self.port)
+        self.h.send([tcp(src, dst, sp, dp, "PA", payload, seq=self.seq[to_server])])
+        self.seq[to_server] += len(payload)
+
+
+def test_flowbits_set_isset_isnotset_unset_noalert():
+    with harness([("ids", {"rules_text": FLOWBITS})]) as h:
+        a, b = Conn(h, 43001), Conn(h, 43002)
+        b.send(b"HTTP/1.1 200 OK\r\n\r\nWelcome admin", False)     # b never logged in
+        b.send(b"Secret", False)
+        assert hits(h) == {10: 0, 11: 0, 12: 1, 13: 0}
+        a.send(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n", True)
+        a.send(b"HTTP/1.1 200 OK\r\n\r\nWelcome admin", False)   # the reply shares a's bits
+        a.send(b"Secret", False)
+        assert hits(h) == {10: 1, 11: 1, 12: 1, 13: 0}
+        c = h.nf(1).counters()
+        assert c["alerts"] == 2 and c["flowbits"] == 1          # noalert: no alert
+        a.send(b"GET /logout HTTP/1.1\r\nHost: x\r\n\r\n", True)
+        a.send(b"Welcome admin", False)
+        assert hits(h) == {10: 1, 11: 1, 12: 1, 13: 1}
+        assert h.nf(1).counters()["flowbits"] == 0
+
+
+def test_a_bit_set_by_a_packet_is_seen_by_the_same_packet():
+    rules = ('alert tcp any any -> any 9 (content:"ab"; flowbits:set,x; flowbits:noalert; '
+             'sid:1;)\nalert tcp any any -> any 9 (content:"b"; flowbits:isset,x; sid:2;)\n')
+    with harness([("ids", {"rules_text": rules})]) as h:
+        h.send([tcp(CLIENT, SERVER, 43100, 9, "PA", b"b", seq=5)])
+        assert hits(h) == {1: 0, 2: 0}
+        h.send([tcp(CLIENT, SERVER, 43101, 9, "PA", b"ab", seq=5)])
+        assert hits(h) == {1: 1, 2: 1}
+
+
+def test_flowbits_errors_are_named():
+    from nfs.idsrules import parse_rules
+    rules = parse_rules('alert tcp any any -> any any (content:"a"; sid:1;)\n'
+                        'alert tcp any any -> any any (content:"a"; flowbits:isset,a&b; sid:2;)\n'
+                        'alert tcp any any -> any any (content:"a"; flowbits:set,a|b; sid:3;)\n'
+                        'alert tcp any any -> any any (content:"a"; flowbits:ison,a; sid:4;)\n')
+    assert [(sk.sid, sk.keyword) for sk in rules.skipped] == [
+        (2, "flowbits"), (3, "flowbits"), (4, "flowbits")]

@@ -11,17 +11,19 @@ action `alert` or `drop`; proto `tcp`, `udp`, `icmp` or `ip`; addresses
 negation (tcp and udp only); direction `->` or `<>`.  Variables default
 to Suricata's (`DEFAULT_VARS`) and are overridden by the NF config's
 "vars".  Options: `msg`, `content` (`|hex|` bytes; `nocase`,
-`fast_pattern`, `offset` and `depth` after it), `pcre:"/RE/FLAGS"` (flags i, s, m), `flow`
-(established, not_established, stateless, to_server, to_client,
-from_server, from_client), `dsize`, `sid` (required, unique); `rev`, `classtype`,
-`priority`, `metadata`, `reference`, `gid` are kept (rev, classtype and
+`fast_pattern`, `offset`, `depth`, `distance`, `within`, `startswith`,
+`endswith` after it), `pcre:"/RE/FLAGS"` (flags i, s, m and the HTTP
+buffers), `flow` (established, not_established, stateless, to_server,
+to_client, from_server, from_client), `dsize`, `bsize`, `urilen`,
+`flowbits`, `flags`, `threshold`, `isdataat`, HTTP modifiers and sticky
+buffers, `sid` (required, unique); `rev`, `classtype`, `priority`,
+`metadata`, `reference`, `gid`, `target` are kept (rev, classtype and
 priority go into alerts).  A rule fires when every one of its contents and
 pcres is found in the payload (in stream order for TCP) and its header
 and flow match.
 
 A ruleset is never all or nothing: a rule the IDS cannot run (an unknown
-keyword, a modifier it does not check such as `within` or `http_uri`, an
-IPv6-only address, a duplicate sid) is skipped, counted and named
+keyword such as `byte_test` or `xbits`, an IPv6-only address, a duplicate sid) is skipped, counted and named
 (`Skipped`: line, sid, keyword at fault, message), as Suricata's "rules
 failed to load"; only a file with no runnable rule is an error, listing
 every line at fault.

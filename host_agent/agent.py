@@ -27,6 +27,16 @@ publications made while the plan marks the instance.  A new instance whose
 plan entry has a "state" gets `import_state(state)` before the new tables
 are swapped in, so its first packet already finds the moved flows.
 
+Rule files are watched: every stats interval (1 s) the agent asks each
+inline NF that reads one (`rules_file_changed()`, the ids) whether its
+file now holds other bytes (mtime and size, then SHA-256) and, if so,
+reloads it in place (`reload(config)`): flows and counters stay; a file
+that cannot run leaves the old rules in force (logged, and counted in the
+NF's reload_failures).  Write the new file beside and rename it over the
+old one, as suricata-update does; a file caught half-written loads what
+it holds and is reloaded whole at the next poll.  Process-mode instances
+read their rules when their process starts.
+
 It does not decide anything about placement; that is the controller's.
 """
 import contextlib
@@ -130,6 +140,30 @@ class Agent:
                 if exported:
                     self._publish(force=True)   # the controller waits for it
             return True
+
+    def reload_changed_rules(self):
+        """Reload the rules of every inline instance whose rule file
+        changed on disk; returns the ids of those reloaded."""
+        done = []
+        with self._apply_lock:
+            for inst in (self.plan or {}).get("instances", []):
+                if inst.get("mode", "inline") != "inline":
+                    continue
+                nf = self.manager.nf_object(inst["id"])
+                if not getattr(nf, "rules_file_changed", lambda: False)():
+                    continue
+                try:
+                    got = nf.reload(inst.get("config") or {})
+                except ValueError as err:
+                    log.error("%s: instance %d (%s): its rule file changed but does not "
+                              "load; the old rules stay in force: %s", self.host, inst["id"],
+                              inst["nf"], err)
+                    continue
+                log.info("%s: instance %d (%s) reloaded its rule file: %d rules loaded, "
+                         "%d skipped, in %.0f ms", self.host, inst["id"], inst["nf"],
+                         got["loaded"], got["skipped"], got["ms"])
+                done.append(inst["id"])
+        return done
 
     # -- NF state on moves ------------------------------------------------
     def _make_nf(self, inst):
@@ -356,6 +390,7 @@ class Agent:
                 with self._stats_lock:
                     self.latest = self.stats()
             self._restart_dead_processes()
+            self.reload_changed_rules()
             wait = self.stats_interval
             if deadline is not None:
                 wait = max(0, min(wait, deadline - time.monotonic()))

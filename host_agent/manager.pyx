@@ -248,14 +248,18 @@ cdef class Manager:
         tables (host_agent.tables, then the loader) and swap them in
         atomically.  `nf_factory(instance_dict)`
         makes the NF object of a new instance; instances whose id, type and
-        config are unchanged keep their object (and its state).  If anything
-        fails, the running tables stay as they were."""
+        config are unchanged keep their object (and its state), as does one whose
+        NF has prepare_reload (the ids: built aside, adopted before the swap).
+        If anything fails, the running tables (and configs) stay as they were."""
         compiled = compile_plan(plan)
         with self._lock:
-            new_instances = self._instances_for(plan, nf_factory)
+            new_instances, reloads = self._instances_for(plan, nf_factory)
             t = load_tables(compiled, {iid: (entry[2], entry[3])
                                        for iid, entry in new_instances.items()},
                             self.host)
+            for iid, nf, prepared in reloads:
+                nf.adopt(prepared)
+                log.info("%s: instance %d reloaded in place: %s", self.host, iid, prepared.summary())
             old = onvm_load_ptr(&self.cur)
             onvm_store_ptr(&self.cur, <void *>t)
             self._wait_quiescent()
@@ -270,7 +274,7 @@ cdef class Manager:
                      self.host, plan["generation"], len(new_instances), len(plan["hops"]))
 
     def _instances_for(self, plan, nf_factory):
-        out = {}
+        out, reloads = {}, []
         cdef inst_stats_t *st
         for inst in plan["instances"]:
             iid = inst["id"]
@@ -280,12 +284,17 @@ cdef class Manager:
             if old is not None and old[0] == inst["nf"] and old[1] == config and old[4] == mode:
                 out[iid] = old
                 continue
+            if old is not None and old[0] == inst["nf"] and old[4] == mode and \
+                    (prepared := getattr(old[2], "prepare_reload", lambda c: None)(config)):
+                reloads.append((iid, old[2], prepared))
+                out[iid] = (old[0], config, old[2], old[3], mode)
+                continue
             # A process-mode instance's NF lives in its own process.
             nf = nf_factory(inst) if mode == "inline" else None
             st = <inst_stats_t *>calloc(1, sizeof(inst_stats_t))
             out[iid] = (inst["nf"], config, nf, <intptr_t>st, mode)
             log.info("%s: instance %d runs %s (%s)", self.host, iid, inst["nf"], mode)
-        return out
+        return out, reloads
 
     def _wait_quiescent(self):
         """Return once the loop has finished any burst it began on the old

@@ -27,9 +27,23 @@ the sender's retransmission fills it (it holds no packets); an overlap
 whose bytes differ: dropped; older than the tail: scanned alone.  The
 whole policy, with its counters, is in docs/nfs.md ("ids").
 
+Rules are replaced while the NF runs (`reload`, or `prepare_reload` then
+`adopt`): the new set (nfs/idsset.pyx's RuleSet: databases, tables,
+alerts file) is built beside the running one, published with one atomic
+store and put in force at the next batch (a batch reads `live` once, at
+its start); the old set is freed once the batch that may have read it
+ended.  Flows, their tails, threshold windows (keyed by sid) and counters
+stay; per-rule hits count from the set's load.  A set that cannot run
+raises NFConfigError (FILE:LINE), counted in `reload_failures`, and the
+running one stays.
+
 Config: {"rules": PATH} or {"rules_text": TEXT}, "alerts": PATH (JSON
-lines, optional), "flow_timeout": seconds (120), "max_flows": (65536).
-IDS flow state is not exported: after a move, reassembly starts afresh."""
+lines, optional), "flow_timeout": seconds (120), "max_flows": (65536),
+"vars".  IDS flow state is not exported: after a move, reassembly starts
+afresh.
+
+Not here: the rule language (nfs/idsrules.py), building a rule set
+(nfs/idsset.pyx), watching the rule file (host_agent/agent.py)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, memmove
@@ -43,37 +57,61 @@ from nfs.pkttuple cimport packet_key
 from nfs.hyperscan cimport *
 from nfs.httpparts cimport lower, normalise_uri, header_value
 from nfs.idsstate cimport *
+from nfs.idsset cimport RuleSet
 
 import json
 import logging
+import time
 
 from nflib.api import NFConfigError
-from nfs.configs import parse_ids
-from nfs.idsrules import BUFFERS, Ruleset, Skipped, skipped_report
+from nfs.idsrules import BUFFERS, file_stamp, skipped_report
+from nfs.idsset import runnable      # noqa: F401 (nfs/check.py's)
 
 log = logging.getLogger("onvm.nf.ids")
+
+cdef extern from *:
+    """
+    /* A reload publishes the next rule set and then waits while a batch
+       that may have read the old one runs: a store then a load on each side
+       (Dekker's pattern), which needs sequential consistency on both. */
+    static inline void *ids_load_ptr(void **p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static inline void *ids_swap_ptr(void **p, void *v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+    static inline void ids_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+    static inline uint32_t ids_load_u32(uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static inline uint64_t ids_load_u64(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    """
+    void *ids_load_ptr(void **p) noexcept nogil
+    void *ids_swap_ptr(void **p, void *v) noexcept nogil
+    void ids_store_u32(uint32_t *p, uint32_t v) noexcept nogil
+    uint32_t ids_load_u32(uint32_t *p) noexcept nogil
+    uint64_t ids_load_u64(uint64_t *p) noexcept nogil
 
 cdef int on_match(unsigned int id, unsigned long long frm, unsigned long long to,
                   unsigned int flags, void *ctx) noexcept nogil:
     cdef ids_t *s = <ids_t *>ctx
     cdef long long rel
-    if to > s.skip_to and (s.pat_min_end[id] or s.pat_max_end[id] != <uint32_t>0xFFFFFFFF):
+    if s.rs.pat_lenchk[id]:
+        if s.buf_end < s.rs.pat_size_lo[id] or s.buf_end > s.rs.pat_size_hi[id]:
+            return 0
+        if s.rs.pat_endswith[id] and <long long>to - s.payload_at != s.buf_end:
+            return 0
+    if to > s.skip_to and (s.rs.pat_min_end[id] or s.rs.pat_max_end[id] != <uint32_t>0xFFFFFFFF):
         # offset/depth: where in this packet's payload the match ends
         rel = <long long>to - s.payload_at
-        if rel < s.pat_min_end[id] or rel > s.pat_max_end[id]:
+        if rel < s.rs.pat_min_end[id] or rel > s.rs.pat_max_end[id]:
             return 0
-    if s.pat_track[id]:
-        if s.npos[id] < MAXPOS:
-            s.pos[id * MAXPOS + s.npos[id]] = <int32_t>(<long long>to - s.payload_at)
-            s.npos[id] += 1
+    if s.rs.pat_track[id]:
+        if s.rs.npos[id] < MAXPOS:
+            s.rs.pos[id * MAXPOS + s.rs.npos[id]] = <int32_t>(<long long>to - s.payload_at)
+            s.rs.npos[id] += 1
         else:
             s.pos_overflow += 1
-    if s.seen[id] == 0:
-        s.hitlist[s.nhits] = id
-        s.nhits += 1
+    if s.rs.seen[id] == 0:
+        s.rs.hitlist[s.rs.nhits] = id
+        s.rs.nhits += 1
     # 1: found in the tail only (reported with the previous segment if it
     # completed a rule there), 2: found ending in this segment.
-    s.seen[id] |= 1 if to <= s.skip_to else 2
+    s.rs.seen[id] |= 1 if to <= s.skip_to else 2
     return 0
 
 
@@ -82,11 +120,11 @@ cdef bint nets_match(ids_t *s, uint32_t first, uint32_t n, uint32_t ip) noexcept
     cdef uint32_t i
     cdef bint has_pos = False, hit = False
     for i in range(first, first + n):
-        if (ip & s.nets[i].mask) == s.nets[i].net:
-            if s.nets[i].neg:
+        if (ip & s.rs.nets[i].mask) == s.rs.nets[i].net:
+            if s.rs.nets[i].neg:
                 return False
             hit = True
-        elif not s.nets[i].neg:
+        elif not s.rs.nets[i].neg:
             has_pos = True
     return hit or not has_pos
 
@@ -95,11 +133,11 @@ cdef bint ports_match(ids_t *s, uint32_t first, uint32_t n, uint16_t port) noexc
     cdef uint32_t i
     cdef bint has_pos = False, hit = False
     for i in range(first, first + n):
-        if s.ports[i].lo <= port and port <= s.ports[i].hi:
-            if s.ports[i].neg:
+        if s.rs.ports[i].lo <= port and port <= s.rs.ports[i].hi:
+            if s.rs.ports[i].neg:
                 return False
             hit = True
-        elif not s.ports[i].neg:
+        elif not s.rs.ports[i].neg:
             has_pos = True
     return hit or not has_pos
 
@@ -156,13 +194,13 @@ cdef void write_alert(ids_t *s, rule_t *r, uint8_t proto, uint32_t src, uint32_t
     cdef char stamp[32]
     cdef const char *pname = b"TCP" if proto == 6 else b"UDP" if proto == 17 \
         else b"ICMP" if proto == 1 else b"IP"
-    if s.alerts == NULL:
+    if s.rs.alerts == NULL:
         return
     clock_gettime(CLOCK_REALTIME, &ts)
     secs = ts.tv_sec
     gmtime_r(&secs, &when)
     strftime(stamp, sizeof(stamp), b"%Y-%m-%dT%H:%M:%S", &when)
-    fprintf(s.alerts,
+    fprintf(s.rs.alerts,
             b'{"timestamp": "%s.%06ld+0000", "event_type": "alert", '
             b'"src_ip": "%u.%u.%u.%u", "src_port": %u, "dest_ip": "%u.%u.%u.%u", '
             b'"dest_port": %u, "proto": "%s", %s}\n',
@@ -182,29 +220,29 @@ cdef bint placed(ids_t *s, uint32_t j, uint32_t last, bint have_prev,
     cdef int32_t end, start
     if j > last:
         return True
-    if not s.pat_track[j]:
+    if not s.rs.pat_track[j]:
         return placed(s, j + 1, last, False, 0)
-    if s.pat_neg[j]:
+    if s.rs.pat_neg[j]:
         # content:!"..." after the previous one: none of its matches may lie
         # in the window; the next relative content counts from the same end.
         if have_prev:
-            start = prev_end + s.pat_dist[j]
-            for k in range(s.npos[j]):
-                end = s.pos[j * MAXPOS + k]
-                if end - <int32_t>s.pat_len[j] >= start and \
-                        (not s.pat_within[j] or end <= start + s.pat_within[j]):
+            start = prev_end + s.rs.pat_dist[j]
+            for k in range(s.rs.npos[j]):
+                end = s.rs.pos[j * MAXPOS + k]
+                if end - <int32_t>s.rs.pat_len[j] >= start and \
+                        (not s.rs.pat_within[j] or end <= start + s.rs.pat_within[j]):
                     return False
         return placed(s, j + 1, last, have_prev, prev_end)
-    for k in range(s.npos[j]):
-        end = s.pos[j * MAXPOS + k]
-        if s.pat_rel[j] and have_prev:
-            start = prev_end + s.pat_dist[j]
-            if end - <int32_t>s.pat_len[j] < start:
+    for k in range(s.rs.npos[j]):
+        end = s.rs.pos[j * MAXPOS + k]
+        if s.rs.pat_rel[j] and have_prev:
+            start = prev_end + s.rs.pat_dist[j]
+            if end - <int32_t>s.rs.pat_len[j] < start:
                 continue
-            if s.pat_within[j] and end > start + s.pat_within[j]:
+            if s.rs.pat_within[j] and end > start + s.rs.pat_within[j]:
                 continue
-        if s.pat_isdata[j] >= 0 and \
-                (end + s.pat_isdata[j] < <int32_t>s.plen) == <bint>s.pat_isdata_neg[j]:
+        if s.rs.pat_isdata[j] >= 0 and \
+                (end + s.rs.pat_isdata[j] < <int32_t>s.plen) == <bint>s.rs.pat_isdata_neg[j]:
             continue
         if placed(s, j + 1, last, True, end):
             return True
@@ -212,7 +250,7 @@ cdef bint placed(ids_t *s, uint32_t j, uint32_t last, bint have_prev,
 
 
 cdef struct th_key_t:
-    uint32_t rule
+    uint32_t rule         # its sid
     uint32_t addr
 
 
@@ -226,7 +264,7 @@ cdef bint thresholded(ids_t *s, rule_t *r, uint32_t ri, uint32_t src,
     cdef th_key_t key
     cdef int32_t pos
     cdef uint32_t n
-    key.rule = ri
+    key.rule = r.sid      # a rule keeps its window across reloads
     key.addr = src if r.th_track == 0 else dst if r.th_track == 1 else 0
     pos = ftab_find(s.th, &key, s.now)
     if pos < 0:
@@ -247,60 +285,124 @@ cdef bint thresholded(ids_t *s, rule_t *r, uint32_t ri, uint32_t src,
     return n > r.th_count
 
 
+cdef struct fb_key_t:
+    uint64_t bit
+    uint32_t a, b          # the connection, lower (address, port) first: both
+    uint16_t pa, pb        # directions share its bits
+    uint32_t proto
+
+
+cdef bint flowbits_hold(ids_t *s, rule_t *r, fb_key_t *k) noexcept nogil:
+    """Its isset (any of the names) and isnotset conditions hold."""
+    cdef uint32_t i, j
+    cdef fbop_t *op
+    cdef bint any_set
+    for i in range(r.fb_first, r.fb_first + r.fb_count):
+        op = &s.rs.fbops[i]
+        if op.op < 4:
+            continue
+        any_set = False
+        for j in range(op.n):
+            k.bit = op.bits[j]
+            if ftab_find(s.fb, k, s.now) >= 0:
+                any_set = True
+                break
+        if any_set != (op.op == 4):
+            return False
+    return True
+
+
+cdef void flowbits_apply(ids_t *s, rule_t *r, fb_key_t *k) noexcept nogil:
+    """Its set, unset and toggle, in the rule's order."""
+    cdef uint32_t i
+    cdef fbop_t *op
+    cdef bint is_set
+    for i in range(r.fb_first, r.fb_first + r.fb_count):
+        op = &s.rs.fbops[i]
+        if op.op >= 4:
+            continue
+        k.bit = op.bits[0]
+        is_set = ftab_find(s.fb, k, s.now) >= 0
+        if op.op == 1 or (op.op == 3 and not is_set):
+            if ftab_insert(s.fb, k, s.now + s.timeout, s.now) < 0:
+                s.fb_untracked += 1
+        elif is_set:
+            ftab_delete(s.fb, k)
+
+
 cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
                 uint16_t sport, uint16_t dport, uint8_t established,
                 uint8_t direction) noexcept nogil:
     """After a scan: fire every rule whose patterns were all found and whose
-    header matches; reset the scan state.  True if a drop rule fired."""
-    cdef uint32_t i, j, ri
+    header and flowbits match; reset the scan state.  Rules that check
+    flowbits are judged after the others, so a bit set by this packet is
+    seen (Suricata orders its rules so).  True if a drop rule fired."""
+    cdef uint32_t i, j, ri, sweep
     cdef rule_t *r
     cdef bint drop = False, whole, fresh
-    for i in range(s.nhits):
-        ri = s.pat_rule[s.hitlist[i]]
-        if s.checked[ri]:
-            continue
-        s.checked[ri] = 1
-        r = &s.rules[ri]
-        whole = True
-        fresh = False
-        for j in range(r.first, r.first + r.count):
-            if s.pat_neg[j]:
-                if s.seen[j] and not s.pat_rel[j]:
-                    whole = False      # found, and it must not be
+    cdef fb_key_t fk
+    memset(&fk, 0, sizeof(fb_key_t))
+    fk.proto = proto
+    if src < dst or (src == dst and sport <= dport):
+        fk.a, fk.pa, fk.b, fk.pb = src, sport, dst, dport
+    else:
+        fk.a, fk.pa, fk.b, fk.pb = dst, dport, src, sport
+    for sweep in range(2 if s.rs.flowbits else 1):
+        for i in range(s.rs.nhits):
+            ri = s.rs.pat_rule[s.rs.hitlist[i]]
+            if s.rs.checked[ri]:
+                continue
+            r = &s.rs.rules[ri]
+            if sweep == 0 and r.fb_checks:
+                continue
+            s.rs.checked[ri] = 1
+            whole = True
+            fresh = False
+            for j in range(r.first, r.first + r.count):
+                if s.rs.pat_neg[j]:
+                    if s.rs.seen[j] and not s.rs.pat_rel[j]:
+                        whole = False      # found, and it must not be
+                        break
+                    continue
+                if not s.rs.seen[j]:
+                    whole = False
                     break
-                continue
-            if not s.seen[j]:
-                whole = False
-                break
-            if s.seen[j] & 2:
-                fresh = True
-        if whole and fresh and header_matches(s, r, proto, src, dst, sport, dport,
-                                                established, direction, s.plen) \
-                and (not s.relative_rules or placed(s, r.first, r.first + r.count - 1, False, 0)):
-            if r.th_kind and not thresholded(s, r, ri, src, dst):
-                s.th_held += 1
-                continue
-            r.hits += 1
-            s.alerted += 1
-            write_alert(s, r, proto, src, dst, sport, dport)
-            if r.drop:
-                drop = True
-    for i in range(s.nhits):
-        s.seen[s.hitlist[i]] = 0
-        s.npos[s.hitlist[i]] = 0
-        s.checked[s.pat_rule[s.hitlist[i]]] = 0
-    s.nhits = 0
+                if s.rs.seen[j] & 2:
+                    fresh = True
+            if whole and fresh and header_matches(s, r, proto, src, dst, sport, dport,
+                                                    established, direction, s.plen) \
+                    and (not s.rs.relative_rules or placed(s, r.first, r.first + r.count - 1, False, 0)):
+                if r.fb_count and not flowbits_hold(s, r, &fk):
+                    continue
+                if r.th_kind and not thresholded(s, r, ri, src, dst):
+                    s.th_held += 1
+                    continue
+                if r.fb_count:
+                    flowbits_apply(s, r, &fk)
+                r.hits += 1
+                if r.noalert:
+                    continue
+                s.alerted += 1
+                write_alert(s, r, proto, src, dst, sport, dport)
+                if r.drop:
+                    drop = True
+    for i in range(s.rs.nhits):
+        s.rs.seen[s.rs.hitlist[i]] = 0
+        s.rs.npos[s.rs.hitlist[i]] = 0
+        s.rs.checked[s.rs.pat_rule[s.rs.hitlist[i]]] = 0
+    s.rs.nhits = 0
     return drop
 
 
 cdef void scan_buffer(ids_t *s, int b, const uint8_t *p, uint32_t n) noexcept nogil:
     cdef const char *bufs[1]
     cdef unsigned int lens[1]
-    if s.hdb[b] == NULL or n == 0:
+    if s.rs.hdb[b] == NULL or n == 0:
         return
     bufs[0] = <const char *>p
     lens[0] = n
-    if hs_scan_vector(s.hdb[b], bufs, lens, 1, 0, s.scratch, on_match, <void *>s) != HS_SUCCESS:
+    s.buf_end = n
+    if hs_scan_vector(s.rs.hdb[b], bufs, lens, 1, 0, s.rs.scratch, on_match, <void *>s) != HS_SUCCESS:
         s.hs_errors += 1
 
 
@@ -325,7 +427,7 @@ cdef void scan_http(ids_t *s, const uint8_t *p, uint32_t n) noexcept nogil:
     s.payload_at = 0
     scan_buffer(s, 1, p, m)
     scan_buffer(s, 3, p + u, ue - u)
-    if s.hdb[2] != NULL:
+    if s.rs.hdb[2] != NULL:
         if ue - u > URI_MAX:
             s.uri_cut += 1
         scan_buffer(s, 2, s.uri, normalise_uri(p + u, ue - u, s.uri, URI_MAX))
@@ -425,7 +527,7 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
         off = l4
     plen = length - off if length > off else 0
     s.skip_to = 0
-    if proto == 6 and s.tail_w:
+    if proto == 6 and s.rs.tail_w:
         pos = ftab_find(s.flows, &k, now)
         if pos < 0 and (plen or tcpflags & 0x02):
             pos = ftab_insert(s.flows, &k, now + s.timeout, now)
@@ -438,8 +540,8 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
                 f.base_seq = seq
         if pos >= 0:
             f = &s.fstate[pos]
-            tail = s.tails + <uint64_t>pos * s.tail_w
-            head = s.heads + <uint64_t>pos * s.tail_w
+            tail = s.tails + <uint64_t>pos * TAIL_MAX
+            head = s.heads + <uint64_t>pos * TAIL_MAX
             s.flows.expires[pos] = now + s.timeout
             if tcpflags & 0x02:        # SYN: the stream starts after it
                 f.len = 0
@@ -481,8 +583,9 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
         s.reassembled += 1
     s.payload_at = <long long>(f.len if joined else 0) - <long long>skip
     s.plen = plen
+    s.buf_end = plen
     s.tcpflags = tcpflags if proto == 6 else -1
-    if plen > skip and s.db != NULL:
+    if plen > skip and s.rs.db != NULL:
         bufs[nbuf] = <const char *>(d + off + skip)
         lens[nbuf] = plen - skip
         nbuf += 1
@@ -492,12 +595,12 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
             nbuf += 1
             s.joined_head += 1
         s.scanned_bytes += plen - skip
-        err = hs_scan_vector(s.db, bufs, lens, nbuf, 0, s.scratch, on_match, <void *>s)
+        err = hs_scan_vector(s.rs.db, bufs, lens, nbuf, 0, s.rs.scratch, on_match, <void *>s)
         if err != HS_SUCCESS:
             s.hs_errors += 1
-    if s.http and plen and proto == 6:
+    if s.rs.http and plen and proto == 6:
         scan_http(s, d + off, plen)
-    if s.nhits:
+    if s.rs.nhits:
         sport = rd16(<uint8_t *>&k.sport)
         dport = rd16(<uint8_t *>&k.dport)
         # Direction: from the handshake when seen, else the ports' guess
@@ -512,9 +615,9 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
             ftab_delete(s.flows, &k)
         elif in_order and plen > skip:
             if not f.synced and f.head_len == 0 and seq_diff(seq, f.base_seq) == 0:
-                f.head_len = plen if plen < s.tail_w else s.tail_w
+                f.head_len = plen if plen < s.rs.tail_w else s.rs.tail_w
                 memcpy(head, d + off, f.head_len)
-            keep_tail(f, tail, s.tail_w, d + off + skip, plen - skip, joined)
+            keep_tail(f, tail, s.rs.tail_w, d + off + skip, plen - skip, joined)
             f.next_seq = seq + plen
     return drop
 
@@ -524,6 +627,10 @@ cdef void ids_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
     cdef uint64_t now = rte_get_tsc_cycles()
     cdef unsigned i
     cdef uint64_t alerted = s.alerted
+    # The rules in force for this whole batch (a reload waits for it to end
+    # before it frees the set it replaced).
+    ids_store_u32(&s.busy, 1)
+    s.rs = <ruleset_t *>ids_load_ptr(<void **>&s.live)
     s.now = now
     for i in range(n):
         s.packets += 1
@@ -532,281 +639,151 @@ cdef void ids_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
             onvm_meta_of(pkts[i]).action = ONVM_ACTION_DROP
         else:
             onvm_meta_of(pkts[i]).action = ONVM_ACTION_NEXT
-    if s.alerts != NULL and s.alerted != alerted:
-        fflush(s.alerts)
-
-
-def _mask(net):
-    return int(net.network_address), (0xffffffff << (32 - net.prefixlen)) & 0xffffffff if net.prefixlen else 0
-
-
-def _alert_json(rule):
-    """The rule's part of its EVE alerts: `"alert": {...}` (Suricata's
-    field names; the category is the classtype's name, the severity its
-    priority, 3 when the rule gives none, as Suricata's default)."""
-    alert = {"action": "blocked" if rule.action == "drop" else "allowed", "gid": 1,
-             "signature_id": rule.sid, "rev": rule.rev, "signature": rule.msg,
-             "category": rule.classtype, "severity": rule.priority or 3}
-    return ('"alert": ' + json.dumps(alert)).encode()
-
-
-cdef str _pattern_problem(p):
-    """None if Hyperscan can compile the pattern, else why not."""
-    cdef hs_compile_error_t *err = NULL
-    cdef hs_expr_info_t *info = NULL
-    expr = p.regex.encode("latin-1")
-    if hs_expression_info(expr, _hs_flags(p), &info, &err) != HS_SUCCESS:
-        msg = err.message.decode()
-        hs_free_compile_error(err)
-        return msg
-    free(info)
-    return None
-
-
-def runnable(rules, source):
-    """The rules whose patterns Hyperscan compiles; the others join
-    `rules.skipped` (keyword pcre or content).  NFConfigError if none is
-    left, naming every line at fault."""
-    keep = Ruleset(skipped=rules.skipped)
-    for rule in rules:
-        for p in rule.patterns:
-            why = _pattern_problem(p)
-            if why is not None:
-                keep.skipped.append(Skipped(rule.line, rule.sid, "pcre" if p.regex[:2] != "\\x" else "content",
-                                            f"pattern /{p.regex}/ cannot be compiled: {why}"))
-                break
-        else:
-            keep.append(rule)
-    keep.skipped.sort(key=lambda sk: sk.line)
-    if not keep:
-        raise NFConfigError("\n".join(f"{source}:{sk.line}: {sk.message}" for sk in keep.skipped))
-    return keep
-
-
-cdef unsigned int _hs_flags(p):
-    cdef unsigned int fl = HS_FLAG_ALLOWEMPTY
-    if p.caseless:
-        fl |= HS_FLAG_CASELESS
-    if p.dotall:
-        fl |= HS_FLAG_DOTALL
-    if p.multiline:
-        fl |= HS_FLAG_MULTILINE
-    return fl
+    if s.rs.alerts != NULL and s.alerted != alerted:
+        fflush(s.rs.alerts)
+    s.batches += 1
+    ids_store_u32(&s.busy, 0)
 
 
 cdef class IDS(NativeNF):
+    """The ids NF.  Its rules can be replaced while it runs (`reload`): the
+    new set is built beside the running one and swapped in between two
+    batches; its flows, their reassembly state, its threshold windows and
+    counters stay."""
     cdef ids_t s
-    cdef readonly object rules
-    cdef list msgs             # keeps the msg_json strings alive
-    cdef readonly object alerts_path
+    cdef RuleSet current
+    cdef list retired           # sets a batch may still have read (a stuck loop)
+    cdef readonly object max_flows
+    cdef readonly uint64_t reloads, reload_failures
+    cdef object failed_stamp    # the rule file's stamp when a reload of it failed
 
     def __cinit__(self, config=None):
         memset(&self.s, 0, sizeof(ids_t))
 
     def __init__(self, config=None):
         assert len(BUFFERS) == NBUF, "nfs.idsrules.BUFFERS and ids.pyx's NBUF disagree"
-        v, rules, source = parse_ids(config)
-        rules = runnable(rules, source)
-        self.rules = rules
-        for line in skipped_report(rules, source):
+        rs = RuleSet(config)
+        self.retired = []
+        self.max_flows = rs.v["max_flows"]
+        for line in skipped_report(rs.rules, rs.source):
             log.warning("ids: rule skipped: %s", line)
-        self._compile(rules, source)
-        self._tables(rules, v)
-        if v["alerts"]:
-            self.alerts_path = v["alerts"]
-            self.s.alerts = fopen(v["alerts"].encode(), b"a")
-            if self.s.alerts == NULL:
-                raise NFConfigError(f"<ids config>: alerts: cannot open {v['alerts']!r} for appending")
+        self.s.uri = <uint8_t *>malloc(URI_MAX)
+        self.s.flows = ftab_new("ids", self.max_flows, sizeof(onvm_flow_key))
+        self.s.fstate = <flow_t *>calloc(self.max_flows + 1, sizeof(flow_t))
+        self.s.tails = <uint8_t *>calloc(self.max_flows + 1, TAIL_MAX)
+        self.s.heads = <uint8_t *>calloc(self.max_flows + 1, TAIL_MAX)
+        if self.s.uri == NULL or self.s.fstate == NULL or self.s.tails == NULL \
+                or self.s.heads == NULL:
+            raise MemoryError()
+        self._swap(rs)
         self.handlers.batch = ids_batch
         self.handlers.ctx = <void *>&self.s
         log.info("ids: %d rules loaded, %d skipped, %d patterns, TCP tail %d bytes (Hyperscan %s)",
-                 len(rules), len(rules.skipped), self.s.npats, self.s.tail_w,
+                 len(rs.rules), len(rs.rules.skipped), rs.r.npats, rs.r.tail_w,
                  hs_version().decode())
 
-    def _compile(self, rules, source):
-        """One vectored Hyperscan database for the payload's patterns and
-        one per HTTP buffer that has any; pattern ids are global."""
-        cdef hs_expr_info_t *info = NULL
-        cdef hs_compile_error_t *err = NULL
-        pats = [(ri, p) for ri, r in enumerate(rules) for p in r.patterns]
-        widest = 0
-        for i, (ri, p) in enumerate(pats):
-            if p.buffer != "payload":
-                continue
-            expr = p.regex.encode("latin-1")
-            if hs_expression_info(expr, _hs_flags(p), &info, &err) != HS_SUCCESS:
-                hs_free_compile_error(err)     # runnable() let only good ones through
-                raise NFConfigError(f"{source}:{rules[ri].line}: pattern /{p.regex}/ "
-                                    f"cannot be compiled")
-            widest = max(widest, info.max_width)
-            free(info)
-        for b, name in enumerate(BUFFERS):
-            ids = [i for i, (_, p) in enumerate(pats) if p.buffer == name]
-            if ids:
-                db = self._database(rules, source, pats, ids)
-                if b == 0:
-                    self.s.db = db
-                else:
-                    self.s.hdb[b] = db
-                    self.s.http = 1
-                if hs_alloc_scratch(db, &self.s.scratch) != HS_SUCCESS:
-                    raise MemoryError("ids: Hyperscan scratch")
-        if self.s.http:
-            self.s.uri = <uint8_t *>malloc(URI_MAX)
-            if self.s.uri == NULL:
-                raise MemoryError()
-        self.s.npats = len(pats)
-        # A match is found across two segments if the tail holds all but
-        # its last byte; unbounded pcres get TAIL_MAX.
-        self.s.tail_w = min(TAIL_MAX, max(0, widest - 1)) if self.s.db != NULL else 0
+    @property
+    def rules(self):
+        return self.current.rules
 
-    cdef hs_database_t *_database(self, rules, source, pats, ids) except NULL:
-        cdef hs_compile_error_t *err = NULL
-        cdef hs_database_t *db = NULL
-        n = len(ids)
-        cdef const char **exprs = <const char **>malloc(n * sizeof(char *))
-        cdef unsigned int *flags = <unsigned int *>malloc(n * sizeof(unsigned int))
-        cdef unsigned int *hsids = <unsigned int *>malloc(n * sizeof(unsigned int))
-        encoded = [pats[i][1].regex.encode("latin-1") for i in ids]
+    @property
+    def alerts_path(self):
+        return self.current.v["alerts"]
+
+    def prepare_reload(self, config):
+        """The rule set of `config` built beside the running one (RuleSet),
+        to be put in force with adopt(); None if the change needs a new NF
+        object (another max_flows).  NFConfigError (FILE:LINE) if it cannot
+        run: counted in reload_failures, the running set stays."""
         try:
-            for k, i in enumerate(ids):
-                exprs[k] = encoded[k]
-                flags[k] = _hs_flags(pats[i][1])
-                hsids[k] = i
-            if hs_compile_multi(exprs, flags, hsids, n, HS_MODE_VECTORED, NULL,
-                                &db, &err) != HS_SUCCESS:
-                msg = err.message.decode()
-                where = rules[pats[ids[err.expression]][0]].line if err.expression >= 0 else "?"
-                hs_free_compile_error(err)
-                raise NFConfigError(f"{source}:{where}: Hyperscan: {msg}")
-        finally:
-            free(exprs); free(flags); free(hsids)
-        return db
+            rs = RuleSet(config)
+        except (NFConfigError, MemoryError):
+            self.reload_failures += 1
+            try:        # not tried again until the file changes again
+                self.failed_stamp = file_stamp((config or {})["rules"])
+            except (KeyError, OSError):
+                pass
+            raise
+        if rs.v["max_flows"] != self.max_flows:
+            return None
+        return rs
 
-    def _tables(self, rules, v):
-        cdef rule_t *r
-        n = len(rules)
-        self.s.nrules = n
-        self.s.rules = <rule_t *>calloc(n, sizeof(rule_t))
-        self.s.pat_rule = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
-        self.s.pat_min_end = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
-        self.s.pat_max_end = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
-        np = self.s.npats
-        self.s.pat_track = <uint8_t *>calloc(np, 1)
-        self.s.pat_rel = <uint8_t *>calloc(np, 1)
-        self.s.npos = <uint8_t *>calloc(np, 1)
-        self.s.pat_dist = <int32_t *>calloc(np, sizeof(int32_t))
-        self.s.pat_within = <int32_t *>calloc(np, sizeof(int32_t))
-        self.s.pat_len = <uint32_t *>calloc(np, sizeof(uint32_t))
-        self.s.pos = <int32_t *>calloc(np * MAXPOS, sizeof(int32_t))
-        self.s.pat_isdata = <int32_t *>calloc(np, sizeof(int32_t))
-        self.s.pat_isdata_neg = <uint8_t *>calloc(np, 1)
-        self.s.pat_neg = <uint8_t *>calloc(np, 1)
-        if not (self.s.pat_isdata and self.s.pat_isdata_neg and self.s.pat_neg):
-            raise MemoryError()
-        if not (self.s.pat_track and self.s.pat_rel and self.s.npos and self.s.pat_dist
-                and self.s.pat_within and self.s.pat_len and self.s.pos):
-            raise MemoryError()
-        self.s.seen = <uint8_t *>calloc(self.s.npats, 1)
-        self.s.hitlist = <uint32_t *>calloc(self.s.npats, sizeof(uint32_t))
-        self.s.checked = <uint8_t *>calloc(n, 1)
-        if not (self.s.rules and self.s.pat_rule and self.s.pat_min_end and self.s.pat_max_end and self.s.seen and self.s.hitlist and self.s.checked):
-            raise MemoryError()
-        self.msgs = []
-        nets, ports = [], []
-        thresholds = False
-        first = 0
-        for ri, rule in enumerate(rules):
-            r = &self.s.rules[ri]
-            r.proto = rule.proto
-            r.drop = rule.action == "drop"
-            r.bidir = rule.bidir
-            r.established = rule.established
-            r.dsize_lo, r.dsize_hi = rule.dsize
-            r.flags_mode, r.flags, r.flags_ignored = rule.flags
-            if rule.threshold is not None:
-                r.th_kind, r.th_track, r.th_count, seconds = rule.threshold
-                r.th_cycles = <uint64_t>(seconds * rte_get_tsc_hz())
-                thresholds = True
-            r.direction = rule.direction
-            r.sa, r.sn = len(nets), len(rule.src)
-            nets += rule.src
-            r.da, r.dn = len(nets), len(rule.dst)
-            nets += rule.dst
-            r.spa, r.spn = len(ports), len(rule.sport)
-            ports += rule.sport
-            r.dpa, r.dpn = len(ports), len(rule.dport)
-            ports += rule.dport
-            alert = _alert_json(rule)
-            self.msgs.append(alert)
-            r.alert_json = alert
-            r.first, r.count = first, len(rule.patterns)
-            r.sid = rule.sid
-            msg = json.dumps(rule.msg).encode()
-            self.msgs.append(msg)
-            r.msg_json = msg
-            for j, p in enumerate(rule.patterns, first):
-                self.s.pat_rule[j] = ri
-                self.s.pat_min_end[j], self.s.pat_max_end[j] = p.end_range() or (0, 0xFFFFFFFF)
-                self.s.pat_len[j] = p.length
-                self.s.pat_isdata[j] = p.isdataat
-                self.s.pat_isdata_neg[j] = p.isdataat_neg
-                self.s.pat_neg[j] = p.negated
-                if p.isdataat >= 0:
-                    self.s.pat_track[j] = 1
-                    self.s.relative_rules = 1
-                if p.relative:
-                    # it and the pattern before it keep their match ends
-                    self.s.pat_rel[j] = 1
-                    self.s.pat_track[j] = self.s.pat_track[j - 1] = 1
-                    self.s.pat_dist[j], self.s.pat_within[j] = p.distance, p.within
-                    self.s.relative_rules = 1
-            first += len(rule.patterns)
-        self.s.nets = <net_t *>calloc(len(nets) + 1, sizeof(net_t))
-        self.s.ports = <portr_t *>calloc(len(ports) + 1, sizeof(portr_t))
-        if self.s.nets == NULL or self.s.ports == NULL:
-            raise MemoryError()
-        for i, (net, neg) in enumerate(nets):
-            self.s.nets[i].net, self.s.nets[i].mask = _mask(net)
-            self.s.nets[i].neg = neg
-        for i, (lo, hi, neg) in enumerate(ports):
-            self.s.ports[i].lo, self.s.ports[i].hi, self.s.ports[i].neg = lo, hi, neg
-        if thresholds:
-            self.s.th = ftab_new("ids-threshold", v["max_flows"], sizeof(th_key_t))
-            self.s.th_start = <uint64_t *>calloc(v["max_flows"] + 1, sizeof(uint64_t))
-            self.s.th_seen = <uint32_t *>calloc(v["max_flows"] + 1, sizeof(uint32_t))
+    def adopt(self, RuleSet rs not None):
+        """Put a prepared rule set in force between two batches; the one it
+        replaces is freed once no batch can be reading it."""
+        for line in skipped_report(rs.rules, rs.source):
+            log.warning("ids: rule skipped: %s", line)
+        self._swap(rs)
+        self.reloads += 1
+
+    def reload(self, config):
+        """Replace the running rules with those of `config` (prepare_reload,
+        then adopt); returns {"loaded", "skipped", "ms"}.  A config that
+        cannot run raises NFConfigError and leaves the old rules in force."""
+        rs = self.prepare_reload(config)
+        if rs is None:
+            raise NFConfigError(f"<ids config>: max_flows {config.get('max_flows')} differs "
+                                f"from the running {self.max_flows}: the flow table's size "
+                                f"changes only with a new instance")
+        self.adopt(rs)
+        return {"loaded": len(rs.rules), "skipped": len(rs.rules.skipped),
+                "ms": round(rs.build_ms, 1)}
+
+    def rules_file_changed(self):
+        """True if the rule file in force (config "rules") now holds other
+        bytes than it held when read (its mtime and size first, then its
+        SHA-256), other than those of a last reload that failed; a file
+        that is gone or unreadable has not changed."""
+        stamp = self.current.stamp
+        if stamp is None:
+            return False
+        try:
+            now = file_stamp(self.current.config["rules"], stamp)
+        except OSError:
+            return False
+        if now[2] == stamp[2]:
+            self.current.stamp = now      # touched, same bytes
+            return False
+        return self.failed_stamp is None or now[2] != self.failed_stamp[2]
+
+    def _swap(self, RuleSet rs):
+        """Publish rs as the set in force; wait (5 s at most) until the
+        batch that may have read the old one ends, then let the old go."""
+        cdef ruleset_t *old
+        cdef uint64_t seen
+        if rs.thresholds and self.s.th == NULL:
+            self.s.th = ftab_new("ids-threshold", self.max_flows, sizeof(th_key_t))
+            self.s.th_start = <uint64_t *>calloc(self.max_flows + 1, sizeof(uint64_t))
+            self.s.th_seen = <uint32_t *>calloc(self.max_flows + 1, sizeof(uint32_t))
             if self.s.th_start == NULL or self.s.th_seen == NULL:
                 raise MemoryError()
-        self.s.timeout = <uint64_t>(v["flow_timeout"] * rte_get_tsc_hz())
-        if self.s.tail_w:
-            self.s.flows = ftab_new("ids", v["max_flows"], sizeof(onvm_flow_key))
-            self.s.fstate = <flow_t *>calloc(v["max_flows"] + 1, sizeof(flow_t))
-            self.s.tails = <uint8_t *>calloc(v["max_flows"] + 1, self.s.tail_w)
-            self.s.heads = <uint8_t *>calloc(v["max_flows"] + 1, self.s.tail_w)
-            if self.s.fstate == NULL or self.s.tails == NULL or self.s.heads == NULL:
-                raise MemoryError()
+        if rs.r.flowbits and self.s.fb == NULL:
+            self.s.fb = ftab_new("ids-flowbits", self.max_flows, sizeof(fb_key_t))
+        self.s.timeout = <uint64_t>(rs.v["flow_timeout"] * rte_get_tsc_hz())
+        old = <ruleset_t *>ids_swap_ptr(<void **>&self.s.live, <void *>rs.r)
+        previous, self.current = self.current, rs
+        if old == NULL:
+            return
+        seen = ids_load_u64(&self.s.batches)
+        deadline = time.monotonic() + 5
+        while ids_load_u32(&self.s.busy) and ids_load_u64(&self.s.batches) == seen:
+            if time.monotonic() > deadline:
+                log.warning("ids: the batch running at a reload did not end in 5 s; "
+                            "the old rule set is kept until the NF is freed")
+                self.retired.append(previous)
+                return
+            time.sleep(0.00005)
 
     def __dealloc__(self):
-        if self.s.scratch != NULL:
-            hs_free_scratch(self.s.scratch)
-        if self.s.db != NULL:
-            hs_free_database(self.s.db)
-        for b in range(NBUF):
-            if self.s.hdb[b] != NULL:
-                hs_free_database(self.s.hdb[b])
         free(self.s.uri)
-        if self.s.alerts != NULL:
-            fclose(self.s.alerts)
         ftab_free(self.s.flows)
-        free(self.s.fstate); free(self.s.tails); free(self.s.heads); free(self.s.nets); free(self.s.ports); free(self.s.rules); free(self.s.pat_rule); free(self.s.pat_min_end); free(self.s.pat_max_end)
-        free(self.s.pat_track); free(self.s.pat_rel); free(self.s.npos); free(self.s.pat_dist)
-        free(self.s.pat_within); free(self.s.pat_len); free(self.s.pos)
-        free(self.s.pat_isdata); free(self.s.pat_isdata_neg); free(self.s.pat_neg)
+        free(self.s.fstate); free(self.s.tails); free(self.s.heads)
         ftab_free(self.s.th); free(self.s.th_start); free(self.s.th_seen)
-        free(self.s.seen); free(self.s.hitlist); free(self.s.checked)
+        ftab_free(self.s.fb)
 
     def counters(self):
         cdef uint64_t now = rte_get_tsc_cycles()
+        cdef ruleset_t *live = self.current.r
         return {
             "packets": self.s.packets, "scanned_bytes": self.s.scanned_bytes,
             "alerts": self.s.alerted, "dropped": self.s.dropped,
@@ -819,10 +796,13 @@ cdef class IDS(NativeNF):
             "positions_overflow": self.s.pos_overflow,
             "threshold_held": self.s.th_held, "threshold_untracked": self.s.th_untracked,
             "flows": ftab_live(self.s.flows, now) if self.s.flows != NULL else 0,
+            "flowbits": ftab_live(self.s.fb, now) if self.s.fb != NULL else 0,
+            "flowbits_untracked": self.s.fb_untracked,
+            "reloads": self.reloads, "reload_failures": self.reload_failures,
             "rules": [{"sid": r.sid, "line": r.line, "action": r.action, "msg": r.msg,
-                       "rev": r.rev, "hits": self.s.rules[i].hits}
-                      for i, r in enumerate(self.rules)],
-            "rules_skipped": len(self.rules.skipped),
+                       "rev": r.rev, "hits": live.rules[i].hits}
+                      for i, r in enumerate(self.current.rules)],
+            "rules_skipped": len(self.current.rules.skipped),
             "skipped": [{"line": sk.line, "sid": sk.sid, "keyword": sk.keyword,
-                         "why": sk.message} for sk in self.rules.skipped],
+                         "why": sk.message} for sk in self.current.rules.skipped],
         }

@@ -11,23 +11,27 @@ action `alert` or `drop`; proto `tcp`, `udp`, `icmp` or `ip`; addresses
 negation (tcp and udp only); direction `->` or `<>`.  Variables default
 to Suricata's (`DEFAULT_VARS`) and are overridden by the NF config's
 "vars".  Options: `msg`, `content` (`|hex|` bytes; `nocase`,
-`fast_pattern`, `offset` and `depth` after it), `pcre:"/RE/FLAGS"` (flags i, s, m), `flow`
-(established, not_established, stateless, to_server, to_client,
-from_server, from_client), `dsize`, `sid` (required, unique); `rev`, `classtype`,
-`priority`, `metadata`, `reference`, `gid` are kept (rev, classtype and
+`fast_pattern`, `offset`, `depth`, `distance`, `within`, `startswith`,
+`endswith` after it), `pcre:"/RE/FLAGS"` (flags i, s, m and the HTTP
+buffers), `flow` (established, not_established, stateless, to_server,
+to_client, from_server, from_client), `dsize`, `bsize`, `urilen`,
+`flowbits`, `flags`, `threshold`, `isdataat`, HTTP modifiers and sticky
+buffers, `sid` (required, unique); `rev`, `classtype`, `priority`,
+`metadata`, `reference`, `gid`, `target` are kept (rev, classtype and
 priority go into alerts).  A rule fires when every one of its contents and
 pcres is found in the payload (in stream order for TCP) and its header
 and flow match.
 
 A ruleset is never all or nothing: a rule the IDS cannot run (an unknown
-keyword, a modifier it does not check such as `within` or `http_uri`, an
-IPv6-only address, a duplicate sid) is skipped, counted and named
+keyword such as `byte_test` or `xbits`, an IPv6-only address, a duplicate sid) is skipped, counted and named
 (`Skipped`: line, sid, keyword at fault, message), as Suricata's "rules
 failed to load"; only a file with no runnable rule is an error, listing
 every line at fault.
 """
 import dataclasses
+import hashlib
 import ipaddress
+import os
 import re
 
 from contracts.validate import already_used
@@ -50,7 +54,7 @@ STICKY_BUFFERS = {"http.method": "method", "http.uri": "uri", "http.uri.raw": "r
                   "http.host.raw": "host", "http.cookie": "cookie", "pkt_data": "payload"}
 PCRE_BUFFER_FLAGS = {"U": "uri", "I": "raw_uri", "H": "header", "M": "method", "C": "cookie",
                      "V": "user_agent", "W": "host"}
-KEPT_OPTIONS = ("rev", "classtype", "priority", "metadata", "reference", "gid")
+KEPT_OPTIONS = ("rev", "classtype", "priority", "metadata", "reference", "gid", "target")
 FLOW_WORDS = {"established": ("established", 1), "not_established": ("established", 2),
               "stateless": None, "to_server": ("direction", 1), "from_client": ("direction", 1),
               "to_client": ("direction", 2), "from_server": ("direction", 2)}
@@ -85,6 +89,8 @@ class Pattern:
     isdataat: int = -1        # isdataat:N,relative after it: payload byte end+N exists (-1: none)
     isdataat_neg: bool = False   # isdataat:!N,relative: it does not
     negated: bool = False     # content:!"...": the rule needs it absent
+    endswith: bool = False    # its match ends where its buffer ends
+    size: tuple = (0, 0xFFFFFFFF)   # its buffer's length, low to high (bsize, urilen)
 
     def end_range(self):
         """(first, last) payload offset a match of this content may end
@@ -119,6 +125,9 @@ class Rule:
     priority: int = 0
     metadata: list = dataclasses.field(default_factory=list)
     references: list = dataclasses.field(default_factory=list)
+    sizes: list = dataclasses.field(default_factory=list)   # [(buffer, (lo, hi), keyword)]
+    flowbits: list = dataclasses.field(default_factory=list)   # [(op, [names])]: FLOWBIT_OPS
+    noalert: bool = False    # flowbits:noalert: it sets and clears bits, never alerts
 
 
 @dataclasses.dataclass
@@ -352,20 +361,49 @@ def _flow(rule, value):
             setattr(rule, attr, val)
 
 
-def _dsize(value):
-    """dsize:N, dsize:<N, dsize:>N, dsize:N<>M -> (low, high) payload bytes."""
+def _size_range(value, key, top=0xFFFF):
+    """N, <N, >N, <=N, >=N or N<>M (exclusive, as Suricata's dsize) ->
+    (low, high), both within 0..top."""
     text = (value or "").replace(" ", "")
-    m = re.fullmatch(r"(\d+)<>(\d+)|([<>]?)(\d+)", text)
+    m = re.fullmatch(r"(\d+)<>(\d+)|(<=|>=|[<>]?)(\d+)", text)
     if not m:
-        raise RuleError(f"dsize takes N, <N, >N or N<>M, got {value!r}", "dsize")
+        raise RuleError(f"{key} takes N, <N, >N, <=N, >=N or N<>M, got {value!r}", key)
     if m.group(1) is not None:
         lo, hi = int(m.group(1)) + 1, int(m.group(2)) - 1
     else:
         n = int(m.group(4))
-        lo, hi = {"": (n, n), "<": (0, n - 1), ">": (n + 1, 0xFFFF)}[m.group(3)]
-    if not 0 <= lo <= hi <= 0xFFFF:
-        raise RuleError(f"dsize:{value} matches no payload size", "dsize")
+        lo, hi = {"": (n, n), "<": (0, n - 1), ">": (n + 1, top), "<=": (0, n),
+                  ">=": (n, top)}[m.group(3)]
+    if not 0 <= lo <= hi <= top:
+        raise RuleError(f"{key}:{value} matches no size", key)
     return (lo, hi)
+
+
+def _dsize(value):
+    """dsize:N, dsize:<N, dsize:>N, dsize:N<>M -> (low, high) payload bytes."""
+    return _size_range(value, "dsize")
+
+
+def _urilen(value):
+    """urilen:RANGE[,norm|,raw] -> (buffer, (low, high))."""
+    text, _, kind = (value or "").partition(",")
+    if kind.strip() not in ("", "norm", "raw"):
+        raise RuleError(f"urilen takes RANGE, RANGE,norm or RANGE,raw; got {value!r}", "urilen")
+    return ("raw_uri" if kind.strip() == "raw" else "uri"), _size_range(text, "urilen",
+                                                                        0xFFFFFFFF)
+
+
+def _buffer_sizes(rule):
+    """Give bsize and urilen to the contents of their buffer (checked on
+    each match: the buffer's length); a buffer without one cannot be
+    measured by this IDS."""
+    for buffer, (lo, hi), key in rule.sizes:
+        mine = [p for p in rule.patterns if p.buffer == buffer]
+        if not any(not p.negated for p in mine):
+            raise RuleError(f"{key} needs a content or pcre in its buffer ({buffer}) to be "
+                            f"checked by this IDS", key)
+        for p in mine:
+            p.size = (max(p.size[0], lo), min(p.size[1], hi))
 
 
 THRESHOLD_KINDS = {"limit": 1, "threshold": 2, "both": 3, "detection_filter": 4}
@@ -433,6 +471,28 @@ def _isdataat(rule, last_content, value):
     last_content.isdataat, last_content.isdataat_neg = n, neg
 
 
+FLOWBIT_OPS = {"set": 1, "unset": 2, "toggle": 3, "isset": 4, "isnotset": 5}
+FLOWBIT_MAX_OR = 8
+
+
+def _flowbits(rule, value):
+    """flowbits:set|unset|toggle|isset|isnotset,NAME (isset: NAME|NAME...,
+    any of them), or flowbits:noalert."""
+    parts = [p.strip() for p in (value or "").split(",")]
+    if parts == ["noalert"]:
+        rule.noalert = True
+        return
+    if len(parts) != 2 or parts[0] not in FLOWBIT_OPS or not parts[1]:
+        raise RuleError(f"flowbits takes {', '.join(FLOWBIT_OPS)} and a name, or noalert; "
+                        f"got {value!r}", "flowbits")
+    names = [n.strip() for n in parts[1].split("|")]
+    if "&" in parts[1] or not all(names) or (len(names) > 1 and parts[0] != "isset") \
+            or len(names) > FLOWBIT_MAX_OR:
+        raise RuleError(f"flowbits:{value}: this IDS runs one name, or for isset up to "
+                        f"{FLOWBIT_MAX_OR} joined by | (any of them)", "flowbits")
+    rule.flowbits.append((FLOWBIT_OPS[parts[0]], names))
+
+
 def _number(value, key):
     if value is None or not value.strip().isdigit():
         raise RuleError(f"{key} must be a number, got {value!r}", key)
@@ -486,6 +546,23 @@ def _options(rule, pairs):
             _isdataat(rule, last_content, value)
         elif key == "dsize":
             rule.dsize = _dsize(value)
+        elif key == "bsize":
+            rule.sizes.append((sticky, _size_range(value, "bsize", 0xFFFFFFFF), "bsize"))
+        elif key == "urilen":
+            buffer, span = _urilen(value)
+            rule.sizes.append((buffer, span, "urilen"))
+        elif key in ("startswith", "endswith"):
+            if value is not None:
+                raise RuleError(f"{key} takes no value", key)
+            if last_content is None:
+                raise RuleError(f"{key} must follow a content", key)
+            if key == "endswith":
+                last_content.endswith = True
+            elif last_content.relative or last_content.offset or last_content.depth:
+                raise RuleError("startswith with offset, depth, distance or within is not "
+                                "run by this IDS", key)
+            else:
+                last_content.depth = last_content.length     # at the buffer's start
         elif key in ("nocase", "fast_pattern"):
             if key == "nocase" and value is not None:
                 raise RuleError("nocase takes no value", key)
@@ -511,6 +588,8 @@ def _options(rule, pairs):
             last_content.buffer = HTTP_MODIFIERS[key]
         elif key == "flow":
             _flow(rule, value)
+        elif key == "flowbits":
+            _flowbits(rule, value)
         elif key == "sid":
             if value is None or not value.isdigit() or int(value) == 0:
                 raise RuleError(f"sid must be a positive number, got {value!r}", "sid")
@@ -532,6 +611,7 @@ def _options(rule, pairs):
                             f"lists the keywords it runs)", key)
     if not rule.sid:
         raise RuleError("every rule needs a sid", "sid")
+    _buffer_sizes(rule)
     if not any(not p.negated for p in rule.patterns):
         raise RuleError("a rule needs at least one content or pcre"
                         + (" that is not negated" if rule.patterns else ""), "content")
@@ -593,3 +673,15 @@ def load_rules(config):
     variables from its "vars"; returns (Ruleset, source name)."""
     text, source = rule_text(config, "<ids config>: needs 'rules' (a rule file) or 'rules_text'")
     return parse_rules(text, source, variables_of(config.get("vars"))), source
+
+
+def file_stamp(path, known=None):
+    """(mtime_ns, size, sha256 hex) of a rule file: what tells a reload
+    that it changed.  `known`, a stamp taken before, is returned as it is
+    when the mtime and size are the same (the file is not read again)."""
+    st = os.stat(path)
+    if known is not None and known[:2] == (st.st_mtime_ns, st.st_size):
+        return known
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return (st.st_mtime_ns, st.st_size, digest)

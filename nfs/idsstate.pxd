@@ -16,6 +16,7 @@ cdef enum:
     NBUF = 8            # idsrules.BUFFERS: payload, then the HTTP request's parts
     URI_MAX = 4096      # a normalised URI longer than this is cut (counted)
     MAXPOS = 16         # match ends kept per relative pattern and packet
+    FB_OR = 8           # names of one flowbits:isset,A|B|... (idsrules.FLOWBIT_MAX_OR)
 
 
 cdef struct net_t:
@@ -26,6 +27,12 @@ cdef struct net_t:
 cdef struct portr_t:
     uint16_t lo, hi
     uint8_t neg
+
+
+cdef struct fbop_t:
+    uint8_t op             # idsrules.FLOWBIT_OPS: 1 set, 2 unset, 3 toggle, 4 isset, 5 isnotset
+    uint8_t n
+    uint64_t bits[FB_OR]   # the names' hashes (a name keeps its bit across reloads)
 
 
 cdef struct rule_t:
@@ -43,6 +50,9 @@ cdef struct rule_t:
     uint32_t sa, sn, da, dn          # its source and destination nets in ids_t.nets
     uint32_t spa, spn, dpa, dpn      # its port ranges in ids_t.ports
     uint32_t first, count  # its patterns
+    uint32_t fb_first, fb_count   # its flowbits operations in ruleset_t.fbops
+    uint8_t fb_checks      # it has isset/isnotset (judged after the rules that set)
+    uint8_t noalert        # flowbits:noalert
     uint32_t sid
     const char *msg_json   # the msg as a JSON string, quotes included
     const char *alert_json # "alert": {...}: the EVE alert object of this rule
@@ -58,12 +68,13 @@ cdef struct flow_t:
     uint8_t role           # 1: client to server, 2: server to client (0: unknown)
 
 
-cdef struct ids_t:
+cdef struct ruleset_t:
+    # One loaded rule file: its Hyperscan databases, its rules as the scan
+    # checks them and the scan state sized by them.  An IDS runs one at a
+    # time (ids_t.live); a reload builds the next one beside it.
     hs_database_t *db
     hs_database_t *hdb[NBUF]   # per HTTP buffer (index 1..NBUF-1; NULL: no pattern)
     uint8_t http               # any pattern in an HTTP buffer
-    uint8_t *uri               # the normalised URI of the packet's request
-    uint64_t http_requests, uri_cut
     net_t *nets
     portr_t *ports
     hs_scratch_t *scratch
@@ -80,32 +91,50 @@ cdef struct ids_t:
     int32_t *pos           # pattern id * MAXPOS -> match ends in this packet
     uint8_t *npos
     uint8_t relative_rules
-    uint64_t pos_overflow
     uint32_t *pat_min_end  # pattern id -> payload offsets its match may end at
     uint32_t *pat_max_end  #   (offset and depth; 0 and 0xFFFFFFFF: anywhere)
-    long long payload_at   # where this packet's payload starts in the scan (may be < 0)
-    uint32_t plen          # this packet's payload bytes
-    int tcpflags           # this packet's TCP flags (-1: not TCP)
     uint8_t *pat_neg       # content:!"...": the rule needs it absent
-    ftab_t *th             # (rule, address) -> its threshold window
-    uint64_t *th_start
-    uint32_t *th_seen
-    uint64_t now
-    uint64_t th_held, th_untracked
+    uint8_t *pat_lenchk    # its buffer's length is checked: endswith, bsize, urilen
+    uint8_t *pat_endswith  # its match ends where its buffer ends
+    uint32_t *pat_size_lo  # its buffer's length, low to high (bsize, urilen)
+    uint32_t *pat_size_hi
+    fbop_t *fbops
+    uint8_t flowbits       # any rule uses flowbits
     uint32_t npats
+    uint32_t tail_w        # TCP tail bytes this set needs (at most TAIL_MAX)
+    FILE *alerts
     # scan state, reset after every packet
     uint8_t *seen          # per pattern: 1 found in the tail, 2 in the payload
     uint32_t *hitlist
     uint32_t nhits
     uint8_t *checked       # per rule
+
+
+cdef struct ids_t:
+    ruleset_t *live        # the rules in force: swapped by a reload (atomically)
+    ruleset_t *rs          # the batch's copy of `live` (the packet loop's only)
+    uint32_t busy          # 1 while a batch runs (a reload waits for it to end)
+    uint64_t batches
+    uint8_t *uri           # the normalised URI of the packet's request
+    uint64_t http_requests, uri_cut
+    uint64_t pos_overflow
+    long long payload_at   # where this packet's payload starts in the scan (may be < 0)
+    uint32_t plen          # this packet's payload bytes
+    uint32_t buf_end       # the length of the buffer being scanned (payload: plen)
+    int tcpflags           # this packet's TCP flags (-1: not TCP)
+    ftab_t *th             # (sid, address) -> its threshold window
+    ftab_t *fb             # (connection, flowbit) -> set (kept across reloads)
+    uint64_t fb_untracked  # bits not set: the table had no room
+    uint64_t *th_start
+    uint32_t *th_seen
+    uint64_t now
+    uint64_t th_held, th_untracked
     unsigned long long skip_to   # matches ending at or before this were reported
-    # TCP flows
+    # TCP flows: kept across reloads; tails and heads TAIL_MAX bytes apart
     ftab_t *flows
     flow_t *fstate
     uint8_t *tails
     uint8_t *heads
-    uint32_t tail_w
     uint64_t timeout
-    FILE *alerts
     uint64_t packets, scanned_bytes, alerted, dropped, reassembled, untracked, hs_errors
     uint64_t out_of_order, overlap_conflict, retransmitted, stale, joined_head

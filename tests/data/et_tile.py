@@ -2,7 +2,7 @@
 `python tests/data/et_tile.py N OUT`.  Each copy after the first has its own
 sids and contents (a 4-digit tag before each content, depths 4 longer), so
 Hyperscan compiles N distinct rules of ET Open's shapes; the 3 in 33 that
-the IDS skips (byte_test, flowbits, http.stat_code) stay skipped.
+the IDS skips (byte_test, xbits, http.stat_code) stay skipped.
 
 Not here: the rules themselves (et-style.rules) or their tests
 (tests/test_nf_ids_ruleset.py)."""

@@ -145,7 +145,7 @@ class Agent:
         """Reload the rules of every inline instance whose rule file
         changed on disk; returns the ids of those reloaded."""
         done = []
-        with self._apply_lock:
+        with self.apply_lock:
             for inst in (self.plan or {}).get("instances", []):
                 if inst.get("mode", "inline") != "inline":
                     continue

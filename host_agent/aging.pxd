@@ -85,3 +85,9 @@ cdef inline void aged_free(aged_t *a) noexcept:
         rte_hash_free(a.h)
     a.h = NULL
     a.live = 0
+
+
+cdef inline dict aged_report(aged_t *a):
+    """The table's figures for stats and Prometheus (host_agent.metrics)."""
+    return {"entries": a.live, "size": a.entries, "inserts": a.inserts,
+            "expired": a.expired, "full": a.full}

@@ -10,8 +10,43 @@
 # Called by the manager's loop only when a benchmark set Manager.bench_flows.
 # Not here: the frames themselves (host_agent.bench), anything for real traffic.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
 from dpdk.rte_mbuf cimport rte_mbuf
-from nflib.nf cimport onvm_mtod, wr32
+from nflib.nf cimport onvm_mtod, wr32, rte_get_tsc_hz
+
+
+cdef struct bench_t:
+    uint32_t flows          # 0: off
+    uint64_t cursor
+    uint32_t *table         # the flow of each cursor position (--zipf), or NULL
+    uint32_t table_len
+    double new_per_s        # --new-flows: how fast the window slides
+    uint64_t start          # TSC when it started sliding
+
+
+cdef inline int bench_set_table(bench_t *b, object table) except -1:
+    """The table (a sequence of ints below 2**32, copied), or None."""
+    free(b.table)
+    b.table, b.table_len = NULL, 0
+    if table is None or len(table) == 0:
+        return 0
+    b.table = <uint32_t *>malloc(len(table) * sizeof(uint32_t))
+    if b.table == NULL:
+        raise MemoryError()
+    for i, v in enumerate(table):
+        b.table[i] = v
+    b.table_len = len(table)
+    return 0
+
+
+cdef inline void bench_step(bench_t *b, rte_mbuf **pkts, unsigned n, uint64_t now) noexcept nogil:
+    """bench_rewrite with the window slid as far as `now` says."""
+    cdef uint64_t base = 0
+    if b.new_per_s > 0:
+        if b.start == 0:
+            b.start = now
+        base = <uint64_t>((now - b.start) * b.new_per_s / rte_get_tsc_hz())
+    bench_rewrite(pkts, n, &b.cursor, b.flows, b.table, b.table_len, base)
 
 cdef inline void bench_rewrite(rte_mbuf **pkts, unsigned n, uint64_t *cursor,
                                uint32_t flows, const uint32_t *table, uint32_t table_len,

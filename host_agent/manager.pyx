@@ -29,19 +29,18 @@ or the agent that talks to the store (host_agent.agent).
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
 from libc.string cimport memcpy, memset
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free
 
 cdef extern from "unistd.h" nogil:
     int usleep(unsigned usec)
 
-from dpdk.rte_eal cimport rte_get_tsc_hz, rte_get_tsc_cycles, rte_socket_id, rte_strerror
+from dpdk.rte_eal cimport rte_get_tsc_hz, rte_get_tsc_cycles
 from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_free, rte_pktmbuf_free_bulk,
     rte_pktmbuf_prepend)
 from dpdk.rte_ring cimport rte_ring_enqueue_burst, rte_ring_dequeue_burst, rte_ring_count
 from dpdk.rte_ethdev cimport *
-from dpdk.rte_hash cimport (rte_hash, rte_hash_free, rte_hash_count, rte_hash_add_key,
-    rte_hash_lookup_bulk, rte_hash_lookup_data, rte_hash_lookup, rte_hash_del_key)
-from nflib.eal cimport packet_pool, new_hash
+from dpdk.rte_hash cimport rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data, rte_hash_lookup
+from nflib.eal cimport packet_pool
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
     ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32, rd32)
 from libc.string cimport memcmp
@@ -49,9 +48,12 @@ from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_
     hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL, HOP_REMOTE,
     MODE_PROCESS, FLAG_PINNED, FLAG_KEPT)
 from host_agent.parser cimport *
-from host_agent.aging cimport aged_t, aged_add, aged_sweep, aged_init, aged_free
+from host_agent.aging cimport aged_t, aged_add, aged_sweep, aged_init, aged_free, aged_report
 from host_agent.pinkey cimport pin_key_t, pin_key_of
-from host_agent.benchflows cimport bench_rewrite
+from host_agent.benchflows cimport bench_t, bench_step, bench_set_table
+from host_agent.probeanswer cimport probes_split, probe_constants
+from host_agent.loopsync cimport (onvm_load_ptr, onvm_store_ptr, onvm_load_u64,
+    onvm_store_u64, hold_wait, hold_point)
 
 import logging
 import threading
@@ -60,17 +62,12 @@ import time
 from contracts import wire
 from nflib.eal import FastPathError
 from nflib.nf import ring_names
-from host_agent.ports import port_name
+from host_agent.ports import port_name, start_port
 from host_agent.tables import compile_plan
 
 log = logging.getLogger("onvm.fastpath")
 
 cdef extern from "shim.h" nogil:
-    void *onvm_load_ptr(void **p)
-    void onvm_store_ptr(void **p, void *v)
-    uint64_t onvm_load_u64(uint64_t *p)
-    void onvm_store_u64(uint64_t *p, uint64_t v)
-    void onvm_pause()
     int ONVM_KEY_SIZE "sizeof(struct onvm_flow_key)"
 
 DEF BURST = 32
@@ -93,13 +90,9 @@ for _name, _value in (("ETH_MPLS", ETH_MPLS), ("ETH_MPLS_MC", ETH_MPLS_MC),
         raise ImportError(f"contracts.wire.{_name} is {getattr(wire, _name):#x}, "
                           f"the parser's is {_value:#x}: rebuild")
 
-# Liveness probes (contracts.wire): answered in the loop, see _answer_probes.
-DEF ETH_PROBE = 0x88B5
-DEF PROBE_REQUEST = 1
-DEF PROBE_ANSWER = 2
-DEF PROBE_MIN_LEN = 24     # up to the sequence and 4 bytes of the sender's data
+# Liveness probes (contracts.wire): answered in the loop (host_agent.probeanswer).
 if (wire.ETH_PROBE, wire.PROBE_REQUEST, wire.PROBE_ANSWER, wire.PROBE_KIND_OFFSET) \
-        != (ETH_PROBE, PROBE_REQUEST, PROBE_ANSWER, 14):
+        != probe_constants():
     raise ImportError("contracts.wire's probe constants differ from the loop's: rebuild")
 
 # Why a packet was dropped: every drop is counted under one of
@@ -145,12 +138,7 @@ cdef class Manager:
     cdef uint32_t *pin_data                 # per position: label, or R of a reply pin
     cdef uint64_t now                       # TSC at the start of this iteration
     cdef uint64_t clock_offset              # advance_clock (tests)
-    cdef public uint32_t bench_flows        # host_agent.benchflows (0: off)
-    cdef uint64_t bench_cursor
-    cdef uint32_t *bench_table              # flow per cursor (--zipf), or NULL
-    cdef uint32_t bench_table_len
-    cdef public double bench_new_per_s      # --new-flows: the flow window slides
-    cdef uint64_t bench_start
+    cdef bench_t bench                      # host_agent.benchflows (flows 0: off)
     cdef public double pin_idle_seconds     # pins idle this long are swept
     cdef uint16_t nports
     cdef uint16_t ports[MAX_PORTS]
@@ -192,31 +180,16 @@ cdef class Manager:
             self.add_port(p)
 
     def __dealloc__(self):
-        free(self.bench_table)
+        bench_set_table(&self.bench, None)
         free(self.pin_data)
         free(self.pins.seen)
         free(self.flows.seen)
 
     def add_port(self, uint16_t port_id):
         """Configure and start a port (one rx and one tx queue)."""
-        cdef rte_eth_conf conf
         if self.nports >= MAX_PORTS:
             raise FastPathError(f"at most {MAX_PORTS} ports")
-        cdef int err
-        memset(&conf, 0, sizeof(conf))
-        for step in range(4):
-            if step == 0:
-                err = rte_eth_dev_configure(port_id, 1, 1, &conf)
-            elif step == 1:
-                err = rte_eth_rx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL, packet_pool())
-            elif step == 2:
-                err = rte_eth_tx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL)
-            else:
-                err = rte_eth_dev_start(port_id)
-            if err < 0:
-                what = ("configure", "rx queue setup", "tx queue setup", "start")[step]
-                raise FastPathError(f"port {port_id} ({port_name(port_id)}): {what} failed: {rte_strerror(-err).decode()}")
-        rte_eth_promiscuous_enable(port_id)
+        start_port(port_id)
         self.ports[self.nports] = port_id
         self.nports += 1
 
@@ -321,46 +294,33 @@ cdef class Manager:
     def set_bench_table(self, table):
         """host_agent.benchflows: the flow of each cursor position (a
         sequence of ints below 2**32), or None; copied."""
-        free(self.bench_table)
-        self.bench_table, self.bench_table_len = NULL, 0
-        if table is None or len(table) == 0:
-            return
-        self.bench_table = <uint32_t *>malloc(len(table) * sizeof(uint32_t))
-        if self.bench_table == NULL:
-            raise MemoryError()
-        for i, v in enumerate(table):
-            self.bench_table[i] = v
-        self.bench_table_len = len(table)
-        self.bench_start = rte_get_tsc_cycles()
+        bench_set_table(&self.bench, table)
 
-    cdef inline uint64_t _bench_base(self) noexcept nogil:
-        """How far the window of bench flows has slid (--new-flows)."""
-        if self.bench_new_per_s <= 0:
-            return 0
-        if self.bench_start == 0:
-            self.bench_start = self.now
-        return <uint64_t>((self.now - self.bench_start) * self.bench_new_per_s
-                          / rte_get_tsc_hz())
+    @property
+    def bench_flows(self):
+        return self.bench.flows
+
+    @bench_flows.setter
+    def bench_flows(self, uint32_t flows):
+        self.bench.flows = flows
+
+    @property
+    def bench_new_per_s(self):
+        return self.bench.new_per_s
+
+    @bench_new_per_s.setter
+    def bench_new_per_s(self, double rate):
+        self.bench.new_per_s = rate
 
     def hold(self, double timeout=1.0):
-        """Make the running loop stand still between two iterations (its
-        NFs' tables may then be read from Python) until release(); returns
-        once it does, at once if it does not run.  Microseconds, where
-        stopping its thread takes a thread's start: for reading an NF's
-        state in small chunks (host_agent.replicas).  Raises FastPathError
-        if the loop did not stand still within `timeout`."""
-        cdef uint64_t hz = rte_get_tsc_hz()
-        cdef uint64_t deadline = rte_get_tsc_cycles() + <uint64_t>(timeout * hz)
-        cdef bint ok = True
-        onvm_store_u64(&self.hold_flag, 1)
+        """The running loop stands still between two iterations until
+        release() (host_agent.loopsync); FastPathError if it did not
+        within `timeout`.  Returns at once if it does not run."""
+        cdef uint64_t deadline = rte_get_tsc_cycles() + <uint64_t>(timeout * rte_get_tsc_hz())
+        cdef bint ok
         with nogil:
-            while onvm_load_u64(&self.held) == 0 and self.running:
-                if rte_get_tsc_cycles() > deadline:
-                    ok = False
-                    break
-                onvm_pause()
+            ok = hold_wait(&self.hold_flag, &self.held, &self.running, deadline)
         if not ok:
-            onvm_store_u64(&self.hold_flag, 0)
             raise FastPathError(f"fast path loop did not stand still within {timeout:g} s")
 
     def release(self):
@@ -393,12 +353,7 @@ cdef class Manager:
                     if self.flows.live:
                         aged_sweep(&self.flows, self.now, FLOW_SWEEP_STEP)
                     onvm_store_u64(&self.epoch, self.epoch + 1)
-                    if onvm_load_u64(&self.hold_flag):
-                        onvm_store_u64(&self.held, 1)
-                        while onvm_load_u64(&self.hold_flag) and \
-                                onvm_load_u64(&self.stop_flag) == 0:
-                            onvm_pause()
-                        onvm_store_u64(&self.held, 0)
+                    hold_point(&self.hold_flag, &self.held, &self.stop_flag)
                     if idle_us:
                         # Polling is DPDK's way at line rate; a host that
                         # shares its cores (emulation) sleeps when idle.
@@ -433,9 +388,8 @@ cdef class Manager:
             total += n
             self.port_stats[i].rx += n
             n = self._answer_probes(pkts, n, i)
-            if self.bench_flows:
-                bench_rewrite(pkts, n, &self.bench_cursor, self.bench_flows,
-                              self.bench_table, self.bench_table_len, self._bench_base())
+            if self.bench.flows:
+                bench_step(&self.bench, pkts, n, self.now)
             if n == 0:
                 continue
             if t == NULL:
@@ -450,38 +404,18 @@ cdef class Manager:
         return total
 
     cdef unsigned _answer_probes(self, rte_mbuf **pkts, unsigned n, unsigned port_idx) noexcept nogil:
-        """Answer liveness probes (contracts.wire.ETH_PROBE) here, with or
-        without a plan: addresses swapped, kind set to answer, back out of
-        the port they came in by.  A stalled or dead loop answers none,
-        which is what the controller's probes detect (controller.probing);
-        so does one whose agent leaves (`answer_probes` false) while it
-        still forwards.  Costs other packets one EtherType test.  Returns how many packets
-        are left in `pkts` (compacted)."""
-        cdef unsigned i, kept = 0
-        cdef uint8_t *d
-        cdef uint8_t mac[6]
-        for i in range(n):
-            d = onvm_mtod(pkts[i])
-            if pkts[i].data_len < 14 or d[12] != (ETH_PROBE >> 8) or d[13] != (ETH_PROBE & 0xff):
-                pkts[kept] = pkts[i]
-                kept += 1
-                continue
-            if pkts[i].data_len < PROBE_MIN_LEN or d[14] != PROBE_REQUEST \
-                    or not self.answer_probes:
-                # an answer or garbage, never echoed; or we are leaving
-                self.probes_ignored += 1
-                rte_pktmbuf_free(pkts[i])
-                continue
-            memcpy(mac, d, 6)
-            memcpy(d, d + 6, 6)
-            memcpy(d + 6, mac, 6)
-            d[14] = PROBE_ANSWER
-            self.probes_answered += 1
+        """Answer liveness probes (host_agent.probeanswer) out of the port
+        they came in by; returns how many packets are left in `pkts`."""
+        cdef rte_mbuf *answers[BURST]
+        cdef unsigned i, nanswers
+        n = probes_split(pkts, n, self.answer_probes, answers, &nanswers, &self.probes_ignored)
+        self.probes_answered += nanswers
+        for i in range(nanswers):
             if self.ntx[port_idx] == BURST * 2:
                 self._flush()
-            self.tx[port_idx][self.ntx[port_idx]] = pkts[i]
+            self.tx[port_idx][self.ntx[port_idx]] = answers[i]
             self.ntx[port_idx] += 1
-        return kept
+        return n
 
     cdef void _flush(self) noexcept nogil:
         cdef unsigned i
@@ -948,12 +882,9 @@ cdef class Manager:
             "drops": {DROP_REASONS[i]: self.drops[i] for i in range(N_REASONS)},
             "flows": self.flows.live,
             "flow_table_full": self.flows.full,
-            "flow_table": {"entries": self.flows.live, "size": self.flows.entries,
-                           "inserts": self.flows.inserts, "expired": self.flows.expired,
-                           "full": self.flows.full},
+            "flow_table": aged_report(&self.flows),
             "probes": {"answered": self.probes_answered, "ignored": self.probes_ignored},
-            "pins": {"entries": self.pins.live, "inserts": self.pins.inserts,
-                     "expired": self.pins.expired, "full": self.pins.full},
+            "pins": aged_report(&self.pins),
         }
 
     def advance_clock(self, double seconds):

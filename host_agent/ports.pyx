@@ -3,11 +3,11 @@
 by rte_rings (for tests, benchmarks and the demo), and a handle on a ring
 to put packets in and take them out.
 
-Not here: configuring and polling ports (host_agent.manager), EAL and the
-packet pool (nflib.eal).
+Not here: polling ports (host_agent.manager), EAL and the packet pool
+(nflib.eal).
 """
-from libc.string cimport memcpy
-from dpdk.rte_eal cimport rte_socket_id, rte_dev_probe
+from libc.string cimport memcpy, memset
+from dpdk.rte_eal cimport rte_socket_id, rte_dev_probe, rte_strerror
 from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_alloc, rte_pktmbuf_append,
     rte_pktmbuf_free, onvm_mtod)
 from dpdk.rte_ring cimport *
@@ -15,6 +15,28 @@ from dpdk.rte_ethdev cimport *
 from nflib.eal cimport packet_pool
 
 from nflib.eal import FastPathError, dpdk_error
+
+
+def start_port(uint16_t port_id):
+    """Configure and start a port for the manager's loop: one rx and one tx
+    queue of 1024 descriptors, promiscuous."""
+    cdef rte_eth_conf conf
+    cdef int err
+    memset(&conf, 0, sizeof(conf))
+    for step in range(4):
+        if step == 0:
+            err = rte_eth_dev_configure(port_id, 1, 1, &conf)
+        elif step == 1:
+            err = rte_eth_rx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL, packet_pool())
+        elif step == 2:
+            err = rte_eth_tx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL)
+        else:
+            err = rte_eth_dev_start(port_id)
+        if err < 0:
+            what = ("configure", "rx queue setup", "tx queue setup", "start")[step]
+            raise FastPathError(f"port {port_id} ({port_name(port_id)}): {what} failed: "
+                                f"{rte_strerror(-err).decode()}")
+    rte_eth_promiscuous_enable(port_id)
 
 
 def probe_port(devargs):

@@ -29,10 +29,15 @@ store at every re-placement like any chain (so a restarted or newly
 leading controller holds them too), never placed, but in `asked`: with no
 placed NF, controller.flows gives each its chain_drop rule at its ingress.
 
+Chains with an autoscale policy are placed at the rate their measured
+load asks (controller.autoscale, decided when stats are); the instances of
+a lost host are adopted by their replacements (controller.adoptions).
+
 Not here: Ryu events and OpenFlow messages (`controller.apps.chain_manager`,
 `controller.ofmsgs`), placement (`controller.placement`), plans
 (`controller.plans`), rules (`controller.flows`, `controller.livegraph`),
-moves (`controller.moves`), the election itself (`contracts.store`).
+moves (`controller.moves`), scaling decisions (`controller.autoscale`),
+heirs (`controller.adoptions`), the election itself (`contracts.store`).
 """
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def test_every_field_error_and_the_keys_are_reported_together():
     body = dict(BODY, colour="red", name="a b", nfs=["dpi"], mpps=0)
     del body["ingress"]
     assert refused(body) == (400, [
-        "chain: unknown field(s) colour; known: name, ingress, egress, match, nfs, mpps, spi, symmetric",
+        "chain: unknown field(s) colour; known: name, ingress, egress, match, nfs, mpps, spi, symmetric, autoscale",
         "chain: missing field(s) ingress",
         "chain.name: must be 1..64 letters, digits, '_', '.', '-', not 'a b'",
         "chain.nfs[0]: NF type 'dpi' is not in the catalog (nfs: firewall, monitor)",

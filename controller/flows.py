@@ -712,3 +712,35 @@ def diff_groups(desired: Iterable[GroupSpec], actual_ids: Iterable[int]) -> Grou
     return GroupDiff([g for g in desired if g.group_id not in present],
                      [g for g in desired if g.group_id in present],
                      sorted(present - wanted))
+
+
+class Confirmed:
+    """What this controller programmed on each switch and saw confirmed by
+    a barrier, the base a sync diffs against (else it reads the switch).
+    It holds only while this controller leads without a break: another
+    controller may program the switches while it stands by, so a change
+    of leadership forgets everything, and a sync begun in an earlier term
+    confirms nothing."""
+
+    def __init__(self):
+        self.rules = {}         # dpid -> SwitchRules
+        self.leading = False
+        self.term = 0
+
+    def leadership(self, leading):
+        if leading != self.leading:
+            self.rules.clear()
+            self.leading = leading
+            self.term += 1
+
+    def take(self, dpid):
+        """(the rules confirmed on `dpid` or None, the term) for a sync
+        beginning; the switch counts as unconfirmed until `confirm`."""
+        return self.rules.pop(dpid, None), self.term
+
+    def confirm(self, dpid, rules, term):
+        if self.leading and term == self.term:
+            self.rules[dpid] = rules
+
+    def forget(self, dpid):
+        self.rules.pop(dpid, None)

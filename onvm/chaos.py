@@ -81,15 +81,22 @@ def _lost_lines(emu):
 
 
 def _first_nf_out(emu, chain):
-    """Packets handed on by the instances of the chain's first NF, summed
-    over hosts, from the stats summaries in the store."""
+    """{(host, instance id): packets handed on} of the instances of the
+    chain's first NF, from the stats summaries in the store."""
     nf = emu.topo_chain(chain).nfs[0]
-    total = 0
-    for host, st in (emu.store.stats() or {}).items():
-        for inst in (st or {}).get("instances", {}).values():
-            if inst.get("nf") == nf:
-                total += inst.get("tx", 0)
-    return total
+    return {(host, i): inst.get("tx", 0)
+            for host, st in (emu.store.stats() or {}).items()
+            for i, inst in (st or {}).get("instances", {}).items()
+            if inst.get("nf") == nf}
+
+
+def nf_out_between(before, after):
+    """Packets the first NF handed on between two _first_nf_out counts, or
+    None when an instance of the first count is gone or counts less (its
+    packets left the sum with it: no bypass can be judged)."""
+    if any(after.get(k, -1) < v for k, v in before.items()):
+        return None
+    return sum(after.values()) - sum(before.values())
 
 
 def _fresh_stats(emu, after, timeout=20.0):
@@ -306,12 +313,14 @@ def run_fault(emu, name, chain, settle_s=8.0, converge_timeout=30.0):
     res = FaultResult(name, sent=sent1 - sent0, received=recv1 - recv0, note=note,
                       converge_s=converge)
     res.lost = max(0, res.sent - res.received)
-    res.nf_out = nf1 - nf0
+    res.nf_out = nf_out_between(nf0, nf1)
     if name in ("agent_killed", "host_power_lost"):
         # The NF's counters restart with its agent: the window's NF count
         # is unknown, so no bypass can be judged from it.
         res.nf_out = None
         res.note += "; its NF counters restart with it"
+    elif res.nf_out is None:
+        res.note += "; an instance of the first NF went away, its counters with it"
     else:
         res.bypass = max(0, res.received - res.nf_out)
     # a host once however many lines (and controllers) said so

@@ -588,3 +588,23 @@ def test_a_drain_ends_early_when_the_chains_need_its_core(caplog):
     assert loop.core.current.draining == {}
     assert len(stored_slices(loop.store)) == 4
     assert f"drain of nat#{iid} on {host} over (cut short: its cores are needed)" in caplog.text
+
+
+@pytest.mark.xfail(strict=True, reason="contracts.store_api put_plan numbers a plan from "
+                   "the stored one only (1 after a delete); needs a floor (issue 10)")
+def test_plans_written_after_every_plan_was_deleted_go_above_what_agents_run(loop):
+    # The chaos run (ovs_restarted, then host_drained, on one emulation):
+    # every host lost with the switches, every plan deleted, the agents
+    # kept theirs (fail-static); the next plans began at generation 1
+    # again and the agents ignored them ("ignoring /onvm/plan/h5
+    # generation 2: running 3 already"): the drained chain was steered to
+    # a host that never ran it.
+    loop.register("h1", "h3")
+    loop.step()
+    for host in ("h1", "h3"):
+        loop.store.put_applied(host, 3)
+        loop.store.delete_plan(host)
+    loop.core.dirty.add("hosts")
+    decisions = loop.step()
+    assert set(decisions.written) == {"h1", "h3"}
+    assert min(decisions.written.values()) > 3

@@ -20,9 +20,10 @@ unpickling them in the hub 5.4-5.5 s, longer than the compile.  A step that comp
 stretch without yielding.
 
 Switch syncs diff against what this controller last programmed on the
-switch and saw confirmed by a barrier (`confirmed`); the switch's flows
-and groups are read only after it connects, after a sync failed, or after
-it reported an error (a mismatch).
+switch and saw confirmed by a barrier (`confirmed`, flows.Confirmed); the
+switch's flows and groups are read only after it connects, after a sync
+failed, after it reported an error (a mismatch), or after a change of
+leadership (the other controller may have programmed it meanwhile).
 
 Run: ryu-manager controller.apps.chain_manager controller.apps.rest_api
 --config-file FILE, with [onvm] topology and store (controller.config).
@@ -80,7 +81,7 @@ class ChainManager(app_manager.RyuApp):
         self.datapaths = {}         # dpid -> Ryu datapath
         self.wakeup = hub.Event()   # set: step now, not at the next tick
         self.sync_locks = {}
-        self.confirmed = {}         # dpid -> SwitchRules the switch confirmed (barrier)
+        self.confirmed = flows.Confirmed()   # what switches confirmed, this term
         self.mismatched = set()     # dpids that reported an error since their sync began
         self.stepping = False       # the loop is in core.step
         self.hub_yield = Stretches(self._yield_to_hub)
@@ -110,6 +111,7 @@ class ChainManager(app_manager.RyuApp):
             pause = LOOP_SECONDS
             try:
                 leading = self.election.campaign()
+                self.confirmed.leadership(leading)
                 self.hub_yield.start()
                 self.hub_late = 0.0
                 self.stepping = True
@@ -180,7 +182,7 @@ class ChainManager(app_manager.RyuApp):
         with lock:
             try:
                 self.mismatched.discard(datapath.id)
-                held = self.confirmed.pop(datapath.id, None)
+                held, term = self.confirmed.take(datapath.id)
                 if held is None:
                     diff = self._dumped_diff(datapath, rules)
                 else:
@@ -193,7 +195,7 @@ class ChainManager(app_manager.RyuApp):
                 ofctl_api.send_msg(self, parser.OFPBarrierRequest(datapath),
                                    reply_cls=parser.OFPBarrierReply)
                 if datapath.id not in self.mismatched:
-                    self.confirmed[datapath.id] = rules
+                    self.confirmed.confirm(datapath.id, rules, term)
                 self.core.switch_synced(datapath.id, rules, diff)
             except Exception as err:   # a switch that went away mid-sync
                 self.core.sync_failed(datapath.id, err)
@@ -217,11 +219,12 @@ class ChainManager(app_manager.RyuApp):
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
         datapath = ev.datapath
-        self.confirmed.pop(datapath.id, None)   # read its tables at the next sync
+        self.confirmed.forget(datapath.id)   # read its tables at the next sync
         if ev.state == MAIN_DISPATCHER:
             if self.core.switch_connected(datapath.id):
                 self.datapaths[datapath.id] = datapath
-        elif ev.state == DEAD_DISPATCHER and datapath.id in self.datapaths:
+        elif ev.state == DEAD_DISPATCHER and self.datapaths.get(datapath.id) is datapath:
+            # (an old connection's death after the switch reconnected is not its leaving)
             del self.datapaths[datapath.id]
             self.core.switch_left(datapath.id)
 
@@ -230,7 +233,7 @@ class ChainManager(app_manager.RyuApp):
         """A switch refused a message: what it holds is not what was
         confirmed, so its tables are read and diffed again."""
         msg = ev.msg
-        self.confirmed.pop(msg.datapath.id, None)
+        self.confirmed.forget(msg.datapath.id)
         self.mismatched.add(msg.datapath.id)
         self.core.sync_failed(msg.datapath.id, f"the switch reported OpenFlow error "
                                                f"type {msg.type} code {msg.code}")

@@ -246,16 +246,20 @@ class Store:
     # -- plans -----------------------------------------------------------
     def put_plan(self, host, plan, leader=None):
         """Write /onvm/plan/<host> with the next generation (one more than
-        the stored plan's, so generations grow across controllers) and
-        return that generation.  `plan["generation"]` is replaced.  With
+        the stored plan's, or than the generation the host's agent reports
+        it runs when that is higher: after a plan was deleted, the agent
+        still runs it, fail-static, and ignores lower generations; so
+        generations grow across controllers and deletes) and return that
+        generation.  `plan["generation"]` is replaced.  With
         `leader` (an Election), the store itself refuses the write (a
         transaction on /onvm/leader's value and lease) unless it leads:
         NotLeader."""
         key = PLAN + host
         guard = _guard(leader, f"plan for {host} not written", self.url)
+        running = self._applied_generation(host)
         for _ in range(20):
             raw, mod_revision = self._get_with_revision(key)
-            previous = self._generation(raw, key)
+            previous = max(self._generation(raw, key), running)
             stored = dict(plan, generation=previous + 1)
             outcome = self._put_if_unchanged(key, encode_value(stored), mod_revision, guard)
             if outcome == "ok":
@@ -265,9 +269,15 @@ class Store:
         raise StoreError(f"{self.url}: plan for {host} kept changing under us; "
                          "is a second controller writing without leading?")
 
+    def _applied_generation(self, host):
+        """The generation /onvm/applied/<host> says the agent runs; 0 for
+        none or for garbage (counted)."""
+        return self._generation(self._get_with_revision(APPLIED + host)[0], APPLIED + host)
+
     def _generation(self, raw, key):
-        """The generation of a stored plan; 0 for none.  A stored plan that
-        is garbage counts as none (and is counted): it is overwritten."""
+        """The generation of a stored plan (or applied report); 0 for none.
+        A value that is garbage counts as none (and is counted): it is
+        overwritten."""
         if raw is None:
             return 0
         try:

@@ -590,8 +590,6 @@ def test_a_drain_ends_early_when_the_chains_need_its_core(caplog):
     assert f"drain of nat#{iid} on {host} over (cut short: its cores are needed)" in caplog.text
 
 
-@pytest.mark.xfail(strict=True, reason="contracts.store_api put_plan numbers a plan from "
-                   "the stored one only (1 after a delete); needs a floor (issue 10)")
 def test_plans_written_after_every_plan_was_deleted_go_above_what_agents_run(loop):
     # The chaos run (ovs_restarted, then host_drained, on one emulation):
     # every host lost with the switches, every plan deleted, the agents

@@ -27,14 +27,14 @@ def test_checking_needs_no_dpdk():
 
 
 def test_the_nfs_parse_their_config_with_these_parsers():
-    from nfs import ddos, firewall, ids, lb, nat, ratelimit, stateful  # noqa: F401
+    from nfs import ddos, firewall, idsset, lb, nat, ratelimit, stateful  # noqa: F401
     assert lb.parse_config is configs.parse_lb
     assert nat.parse_config is configs.parse_nat
     assert ratelimit.parse_config is configs.parse_ratelimit
     assert ddos.parse_config is configs.parse_ddos
     assert stateful.parse_config is configs.parse_stateful
     assert firewall.parse_firewall_rules is configs.parse_firewall_rules
-    assert ids.parse_ids is configs.parse_ids
+    assert idsset.parse_ids is configs.parse_ids       # the ids builds its rule set there
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(RULES, "*"))),

@@ -177,8 +177,12 @@ def test_unsolicited_syn_ack_from_the_internet_is_dropped_by_the_stateful_firewa
     from scapy.layers.l2 import Ether
     from controller.plans import edge_mac
     plan = emu.client_plans[CHAIN]
+    # Source ports above Linux's ephemeral range (32768-60999): the
+    # emulation's own client never used them, so none of these SYN-ACKs
+    # can belong to a connection the firewall still tracks (a collision
+    # with a port the client used in the last seconds made it pass).
     frames = [Ether(src=edge_mac(plan.edge), dst=plan.dst_mac)
-              / IP(src=plan.src, dst=plan.dst) / TCP(sport=40000 + i, dport=plan.port,
+              / IP(src=plan.src, dst=plan.dst) / TCP(sport=61000 + i, dport=plan.port,
                                                       flags="SA", seq=1000, ack=2000)
               for i in range(20)]
     emu.set_connection_rate(CHAIN, 0)        # nothing else opens connections meanwhile
@@ -188,8 +192,18 @@ def test_unsolicited_syn_ack_from_the_internet_is_dropped_by_the_stateful_firewa
     def invalid():
         snap = {"firewall-stateful": instances(emu, "firewall-stateful")}
         return sum(delta(snap, before, "firewall-stateful", "invalid").values())
+
+    def seen():
+        """What the firewalls counted since, for a failure's message."""
+        snap = {"firewall-stateful": instances(emu, "firewall-stateful")}
+        return {name: delta(snap, before, "firewall-stateful", name)
+                for name in ("invalid", "passed", "replies", "dropped")}
     # counted in the stats summaries agents publish every 5 s: a generous wait
-    wait_for(lambda: invalid() >= 20, 30, "20 SYN-ACKs counted invalid by the firewall")
+    try:
+        wait_for(lambda: invalid() >= 20, 30, "20 SYN-ACKs counted invalid by the firewall")
+    except TimeoutError as err:
+        raise AssertionError(f"{err}: firewall counters since: {seen()}, "
+                             f"agents' drops: {drops(emu)}") from None
     after, _ = snapshot(emu)
     emu.set_connection_rate(CHAIN, 4)
     assert invalid() == 20, (delta(after, before, "firewall-stateful", "invalid"),

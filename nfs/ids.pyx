@@ -244,6 +244,8 @@ cdef bint placed(ids_t *s, uint32_t j, uint32_t last, bint have_prev,
         if s.rs.pat_isdata[j] >= 0 and \
                 (end + s.rs.pat_isdata[j] < <int32_t>s.plen) == <bint>s.rs.pat_isdata_neg[j]:
             continue
+        if s.rs.pat_bt[j].n and not byte_test_ok(&s.rs.pat_bt[j], s.pdata, s.plen, end):
+            continue
         if placed(s, j + 1, last, True, end):
             return True
     return False
@@ -583,6 +585,7 @@ cdef bint scan_packet(ids_t *s, rte_mbuf *m, uint64_t now) noexcept nogil:
         s.reassembled += 1
     s.payload_at = <long long>(f.len if joined else 0) - <long long>skip
     s.plen = plen
+    s.pdata = d + off
     s.buf_end = plen
     s.tcpflags = tcpflags if proto == 6 else -1
     if plen > skip and s.rs.db != NULL:

@@ -12,10 +12,11 @@ negation (tcp and udp only); direction `->` or `<>`.  Variables default
 to Suricata's (`DEFAULT_VARS`) and are overridden by the NF config's
 "vars".  Options: `msg`, `content` (`|hex|` bytes; `nocase`,
 `fast_pattern`, `offset`, `depth`, `distance`, `within`, `startswith`,
-`endswith` after it), `pcre:"/RE/FLAGS"` (flags i, s, m and the HTTP
-buffers), `flow` (established, not_established, stateless, to_server,
+`endswith` after it), `pcre:"/RE/FLAGS"` (flags i, s, m, R and the HTTP
+buffers; R: the match ends after the content before it), `flow` (established, not_established, stateless, to_server,
 to_client, from_server, from_client), `dsize`, `bsize`, `urilen`,
-`flowbits`, `flags`, `threshold`, `isdataat`, HTTP modifiers and sticky
+`flowbits`, `flags`, `threshold`, `isdataat`, `byte_test` (with a payload
+content: ByteTest), HTTP modifiers and sticky
 buffers, `sid` (required, unique); `rev`, `classtype`, `priority`,
 `metadata`, `reference`, `gid`, `target` are kept (rev, classtype and
 priority go into alerts).  A rule fires when every one of its contents and
@@ -23,7 +24,7 @@ pcres is found in the payload (in stream order for TCP) and its header
 and flow match.
 
 A ruleset is never all or nothing: a rule the IDS cannot run (an unknown
-keyword such as `byte_test` or `xbits`, an IPv6-only address, a duplicate sid) is skipped, counted and named
+keyword such as `byte_jump` or `xbits`, an IPv6-only address, a duplicate sid) is skipped, counted and named
 (`Skipped`: line, sid, keyword at fault, message), as Suricata's "rules
 failed to load"; only a file with no runnable rule is an error, listing
 every line at fault.
@@ -91,6 +92,7 @@ class Pattern:
     negated: bool = False     # content:!"...": the rule needs it absent
     endswith: bool = False    # its match ends where its buffer ends
     size: tuple = (0, 0xFFFFFFFF)   # its buffer's length, low to high (bsize, urilen)
+    byte_test: object = None  # ByteTest checked with a match of it (relative: after its end)
 
     def end_range(self):
         """(first, last) payload offset a match of this content may end
@@ -128,6 +130,7 @@ class Rule:
     sizes: list = dataclasses.field(default_factory=list)   # [(buffer, (lo, hi), keyword)]
     flowbits: list = dataclasses.field(default_factory=list)   # [(op, [names])]: FLOWBIT_OPS
     noalert: bool = False    # flowbits:noalert: it sets and clears bits, never alerts
+    absolute_byte_tests: list = dataclasses.field(default_factory=list)   # [ByteTest] not relative
 
 
 @dataclasses.dataclass
@@ -310,17 +313,21 @@ def _pcre(value, buffer="payload"):
         raise RuleError('pcre takes "/REGEX/FLAGS"', "pcre")
     end = text.rfind("/")
     regex, flags = text[1:end], text[end + 1:]
-    bad = set(flags) - set("ism") - set(PCRE_BUFFER_FLAGS)
+    bad = set(flags) - set("ismR") - set(PCRE_BUFFER_FLAGS)
     if bad:
         raise RuleError(f"pcre flags {''.join(sorted(bad))!r} are not run by this IDS "
-                        f"(it runs i, s, m and {', '.join(PCRE_BUFFER_FLAGS)})", "pcre")
+                        f"(it runs i, s, m, R and {', '.join(PCRE_BUFFER_FLAGS)})", "pcre")
+    if "R" in flags and regex.startswith("^"):
+        raise RuleError("pcre with R anchored by ^ (right after the previous content) is not "
+                        "run by this IDS: Hyperscan reports where a match ends, not where it "
+                        "starts", "pcre")
     if not regex:
         raise RuleError("pcre is empty", "pcre")
     buffers = {PCRE_BUFFER_FLAGS[f] for f in flags if f in PCRE_BUFFER_FLAGS}
     if len(buffers) > 1:
         raise RuleError(f"pcre flags {flags!r} name more than one HTTP buffer", "pcre")
     return Pattern(regex, "i" in flags, "s" in flags, "m" in flags,
-                   buffer=buffers.pop() if buffers else buffer)
+                   buffer=buffers.pop() if buffers else buffer, relative="R" in flags)
 
 
 HEADER = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*\((.*)\)\s*$")
@@ -475,6 +482,94 @@ FLOWBIT_OPS = {"set": 1, "unset": 2, "toggle": 3, "isset": 4, "isnotset": 5}
 FLOWBIT_MAX_OR = 8
 
 
+@dataclasses.dataclass
+class ByteTest:
+    """byte_test:N,[!]OP,VALUE,OFFSET[,relative][,big|little][,string,hex|dec|oct]:
+    N bytes at OFFSET (from the payload's start, or with `relative` from
+    the end of the content before it) read as a number (binary, big endian
+    unless `little`; with `string`, as text in `base`) and compared with
+    VALUE by OP (<, >, =, <=, >=, & any bit set, ^ any bit differs)."""
+    n: int
+    op: str
+    value: int
+    offset: int
+    relative: bool = False
+    little: bool = False
+    base: int = 0           # 0: binary; 8, 10, 16: a number written as text
+    negated: bool = False
+
+    OPS = ("<", ">", "=", "<=", ">=", "&", "^")
+
+
+def _byte_test(value):
+    parts = [x.strip() for x in (value or "").split(",")]
+    if len(parts) < 4:
+        raise RuleError(f"byte_test takes N,OP,VALUE,OFFSET[,flags], got {value!r}", "byte_test")
+    n, op, number, offset = parts[:4]
+    if not n.isdigit() or not 1 <= int(n) <= 10:
+        raise RuleError(f"byte_test reads 1 to 10 bytes, not {n!r}", "byte_test")
+    negated = op.startswith("!")
+    op = op[1:] if negated else op
+    if op == "!":
+        op, negated = "=", True     # byte_test:N,!,V: not equal (Snort's old spelling)
+    if op not in ByteTest.OPS:
+        raise RuleError(f"byte_test operator {op!r} is not one of {', '.join(ByteTest.OPS)}",
+                        "byte_test")
+    try:
+        number = int(number, 0)
+        offset = int(offset)
+    except ValueError:
+        raise RuleError(f"byte_test's value and offset must be numbers, got {value!r}",
+                        "byte_test") from None
+    test = ByteTest(int(n), op, number, offset, negated=negated)
+    flags = parts[4:]
+    bases = {"hex": 16, "dec": 10, "oct": 8}
+    for flag in flags:
+        if flag == "relative":
+            test.relative = True
+        elif flag in ("big", "little"):
+            test.little = flag == "little"
+        elif flag == "string":
+            test.base = test.base or 10
+        elif flag in bases:
+            test.base = bases[flag]
+        else:
+            raise RuleError(f"byte_test flag {flag!r} is not run by this IDS (relative, big, "
+                            f"little, string, hex, dec, oct are)", "byte_test")
+    if test.base and "string" not in flags:
+        raise RuleError("byte_test: hex, dec and oct go with string", "byte_test")
+    if not test.base and test.n > 8:
+        raise RuleError(f"byte_test reads at most 8 bytes as a binary number, not {test.n}",
+                        "byte_test")
+    if not 0 <= test.value < 1 << 64:
+        raise RuleError(f"byte_test value {test.value} does not fit 64 bits", "byte_test")
+    return test
+
+
+def _attach_byte_test(rule, last_content, value):
+    """A relative byte_test goes with the payload content before it, an
+    absolute one with the rule's first payload content (checked wherever
+    that one matched: the rule then needs both); one a content."""
+    test = _byte_test(value)
+    if test.relative:
+        target = last_content
+        if target is None or target.buffer != "payload" or target.length == 0 \
+                or target.negated:
+            raise RuleError("byte_test,relative must follow a content of the payload",
+                            "byte_test")
+    else:
+        rule.absolute_byte_tests.append(test)     # placed once the rule is read
+        return
+    _give_byte_test(target, test)
+
+
+def _give_byte_test(target, test):
+    if target.byte_test is not None:
+        raise RuleError("more than one byte_test on one content is not run by this IDS",
+                        "byte_test")
+    target.byte_test = test
+
+
 def _flowbits(rule, value):
     """flowbits:set|unset|toggle|isset|isnotset,NAME (isset: NAME|NAME...,
     any of them), or flowbits:noalert."""
@@ -544,6 +639,8 @@ def _options(rule, pairs):
             rule.flags = _tcp_flags(value)
         elif key == "isdataat":
             _isdataat(rule, last_content, value)
+        elif key == "byte_test":
+            _attach_byte_test(rule, last_content, value)
         elif key == "dsize":
             rule.dsize = _dsize(value)
         elif key == "bsize":
@@ -573,7 +670,16 @@ def _options(rule, pairs):
             # fast_pattern only tells Snort which content to prefilter on;
             # Hyperscan matches every content at once.
         elif key == "pcre":
-            rule.patterns.append(_pcre(value, sticky))
+            pattern = _pcre(value, sticky)
+            if pattern.relative:
+                # R: its match ends after the previous content's end
+                # (a match that starts inside that content also counts).
+                before = rule.patterns[-1] if rule.patterns else None
+                if before is None or before.length == 0 or before.negated \
+                        or before.buffer != pattern.buffer:
+                    raise RuleError("pcre with R is relative to a content before it in the "
+                                    "same buffer; this one has none", "pcre")
+            rule.patterns.append(pattern)
             last_content = None
         elif key in STICKY_BUFFERS:
             if value is not None:
@@ -612,6 +718,13 @@ def _options(rule, pairs):
     if not rule.sid:
         raise RuleError("every rule needs a sid", "sid")
     _buffer_sizes(rule)
+    for test in rule.absolute_byte_tests:
+        target = next((p for p in rule.patterns if p.buffer == "payload" and p.length
+                       and not p.negated), None)
+        if target is None:
+            raise RuleError("byte_test needs a content of the payload in its rule to run "
+                            "with (this IDS checks it on that content's matches)", "byte_test")
+        _give_byte_test(target, test)
     if not any(not p.negated for p in rule.patterns):
         raise RuleError("a rule needs at least one content or pcre"
                         + (" that is not negated" if rule.patterns else ""), "content")

@@ -22,7 +22,7 @@ import time
 
 from nflib.api import NFConfigError
 from nfs.configs import parse_ids
-from nfs.idsrules import BUFFERS, Ruleset, Skipped, file_stamp
+from nfs.idsrules import BUFFERS, ByteTest, Ruleset, Skipped, file_stamp
 
 
 def _mask(net):
@@ -99,7 +99,7 @@ cdef void free_ruleset(ruleset_t *r) noexcept:
     free(r.pat_min_end); free(r.pat_max_end)
     free(r.pat_track); free(r.pat_rel); free(r.npos); free(r.pat_dist)
     free(r.pat_within); free(r.pat_len); free(r.pos)
-    free(r.pat_isdata); free(r.pat_isdata_neg); free(r.pat_neg)
+    free(r.pat_isdata); free(r.pat_isdata_neg); free(r.pat_bt); free(r.pat_neg)
     free(r.pat_lenchk); free(r.pat_endswith); free(r.pat_size_lo); free(r.pat_size_hi)
     free(r.fbops)
     free(r.seen); free(r.hitlist); free(r.checked)
@@ -201,6 +201,7 @@ cdef class RuleSet:
         rs.pos = <int32_t *>calloc(np * MAXPOS, sizeof(int32_t))
         rs.pat_isdata = <int32_t *>calloc(np, sizeof(int32_t))
         rs.pat_isdata_neg = <uint8_t *>calloc(np, 1)
+        rs.pat_bt = <bt_t *>calloc(np, sizeof(bt_t))
         rs.pat_neg = <uint8_t *>calloc(np, 1)
         rs.pat_lenchk = <uint8_t *>calloc(np, 1)
         rs.pat_endswith = <uint8_t *>calloc(np, 1)
@@ -211,7 +212,7 @@ cdef class RuleSet:
         rs.checked = <uint8_t *>calloc(n, 1)
         if not (rs.rules and rs.pat_rule and rs.pat_min_end and rs.pat_max_end and rs.pat_track
                 and rs.pat_rel and rs.npos and rs.pat_dist and rs.pat_within and rs.pat_len
-                and rs.pos and rs.pat_isdata and rs.pat_isdata_neg and rs.pat_neg and rs.seen
+                and rs.pos and rs.pat_isdata and rs.pat_isdata_neg and rs.pat_bt and rs.pat_neg and rs.seen
                 and rs.hitlist and rs.checked and rs.pat_lenchk and rs.pat_endswith
                 and rs.pat_size_lo and rs.pat_size_hi):
             raise MemoryError()
@@ -273,6 +274,10 @@ cdef class RuleSet:
                 if p.isdataat >= 0:
                     rs.pat_track[j] = 1
                     rs.relative_rules = 1
+                if p.byte_test is not None:
+                    _byte_test_of(&rs.pat_bt[j], p.byte_test)
+                    rs.pat_track[j] = 1
+                    rs.relative_rules = 1
                 if p.relative:
                     # it and the pattern before it keep their match ends
                     rs.pat_rel[j] = 1
@@ -289,6 +294,12 @@ cdef class RuleSet:
             rs.nets[i].neg = neg
         for i, (lo, hi, neg) in enumerate(ports):
             rs.ports[i].lo, rs.ports[i].hi, rs.ports[i].neg = lo, hi, neg
+
+
+cdef void _byte_test_of(bt_t *b, test) except *:
+    b.n, b.op, b.negated = test.n, ByteTest.OPS.index(test.op), test.negated
+    b.relative, b.little, b.base = test.relative, test.little, test.base
+    b.offset, b.value = test.offset, test.value
 
 
 def _bit(name):

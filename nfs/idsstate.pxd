@@ -35,6 +35,61 @@ cdef struct fbop_t:
     uint64_t bits[FB_OR]   # the names' hashes (a name keeps its bit across reloads)
 
 
+cdef struct bt_t:
+    # nfs.idsrules.ByteTest for the fast path (n 0: none)
+    uint8_t n, op, negated, relative, little, base
+    int32_t offset
+    uint64_t value
+
+
+cdef enum:
+    BT_LT, BT_GT, BT_EQ, BT_LE, BT_GE, BT_AND, BT_XOR     # ByteTest.OPS, in order
+
+
+cdef inline bint byte_test_ok(const bt_t *b, const uint8_t *p, uint32_t plen,
+                              int32_t end) noexcept nogil:
+    """True if the `b.n` bytes at b.offset (from the payload's start, or
+    from `end` when relative) read as a number pass the comparison; False
+    if they lie outside the payload or, as text, hold no digit."""
+    cdef long long at = <long long>b.offset + (end if b.relative else 0)
+    cdef uint64_t v = 0
+    cdef uint32_t i
+    cdef int digit, ndigits = 0
+    cdef uint8_t c
+    cdef bint ok
+    if at < 0 or at + b.n > plen:
+        return False
+    for i in range(b.n):
+        if b.base:
+            c = p[at + i]
+            digit = c - 48 if 48 <= c <= 57 else (c | 32) - 87 if 97 <= (c | 32) <= 102 else 99
+            if digit >= b.base:
+                break
+            v = v * b.base + digit
+            ndigits += 1
+        elif b.little:
+            v |= (<uint64_t>p[at + i]) << (8 * i)
+        else:
+            v = (v << 8) | p[at + i]
+    if b.base and ndigits == 0:
+        return False
+    if b.op == BT_LT:
+        ok = v < b.value
+    elif b.op == BT_GT:
+        ok = v > b.value
+    elif b.op == BT_EQ:
+        ok = v == b.value
+    elif b.op == BT_LE:
+        ok = v <= b.value
+    elif b.op == BT_GE:
+        ok = v >= b.value
+    elif b.op == BT_AND:
+        ok = (v & b.value) != 0
+    else:
+        ok = (v ^ b.value) != 0
+    return ok != <bint>b.negated
+
+
 cdef struct rule_t:
     uint8_t proto          # 0: any
     uint8_t drop
@@ -88,6 +143,7 @@ cdef struct ruleset_t:
     uint8_t *pat_rel       # relative to the pattern before it
     int32_t *pat_isdata    # isdataat:N,relative after it (-1: none)
     uint8_t *pat_isdata_neg
+    bt_t *pat_bt           # byte_test with a match of it (n 0: none)
     int32_t *pos           # pattern id * MAXPOS -> match ends in this packet
     uint8_t *npos
     uint8_t relative_rules
@@ -120,6 +176,7 @@ cdef struct ids_t:
     uint64_t pos_overflow
     long long payload_at   # where this packet's payload starts in the scan (may be < 0)
     uint32_t plen          # this packet's payload bytes
+    const uint8_t *pdata   # and where they are (byte_test reads them)
     uint32_t buf_end       # the length of the buffer being scanned (payload: plen)
     int tcpflags           # this packet's TCP flags (-1: not TCP)
     ftab_t *th             # (sid, address) -> its threshold window

@@ -22,6 +22,21 @@ RULES = {
        'http.uri; content:"/webui/"; startswith; sid:4; rev:1;)',
     # endswith on the payload of a TCP segment
     5: 'alert tcp any any -> any 7002 (msg:"t3 end"; content:"|0a 0a|"; endswith; sid:5; rev:1;)',
+    # byte_test relative to a content, binary big endian: a length field too big
+    6: 'alert tcp any any -> any 7003 (msg:"len"; content:"LEN"; byte_test:2,>,1000,0,relative; '
+       'sid:6; rev:1;)',
+    # byte_test absolute, little endian, bits set
+    7: 'alert tcp any any -> any 7004 (msg:"flags"; content:"HDR"; byte_test:2,&,0x8000,0,little; '
+       'sid:7; rev:1;)',
+    # byte_test on a number written as text, negated operator
+    8: 'alert tcp any any -> any 7005 (msg:"code"; content:"CODE="; byte_test:3,!=,200,0,relative,'
+       'string,dec; sid:8; rev:1;)',
+    # byte_test with a negative offset back into the content, hex text
+    9: 'alert tcp any any -> any 7006 (msg:"hex"; content:"=ff"; byte_test:2,>=,0xf0,-2,relative,'
+       'string,hex; sid:9; rev:1;)',
+    # pcre R: the regex matches after the content before it
+    10: 'alert tcp any any -> any 7007 (msg:"cmd after login"; content:"LOGIN "; '
+        'pcre:"/cmd=[a-z]+/R"; sid:10; rev:1;)',
 }
 
 # sid -> (payload that fires it, port, payload that differs only in what the keyword excludes)
@@ -34,6 +49,11 @@ CASES = {
     4: (b"GET /webui/a%2ehtml HTTP/1.1\r\n\r\n", 80,       # normalised: /webui/a.html
         b"GET /webui/ab.html HTTP/1.1\r\n\r\n"),
     5: (b"HL:x\n\n", 7002, b"HL:x\n\nmore"),
+    6: (b"xxLEN\x04\x00rest", 7003, b"xxLEN\x03\xe8rest"),      # 1024 fires, 1000 does not
+    7: (b"\x00\x80HDR", 7004, b"\x80\x00HDR"),                  # 0x8000 little endian
+    8: (b"CODE=500;", 7005, b"CODE=200;"),
+    9: (b"k=ff", 7006, b"k=ef"),                                  # "ff" >= 0xf0; "ef" not
+    10: (b"LOGIN bob cmd=ls", 7007, b"cmd=ls LOGIN bob"),          # the regex before it
 }
 
 
@@ -72,9 +92,25 @@ def test_keyword_errors_are_named():
         'alert http any any -> any any (http.host; bsize:<3; http.uri; content:"x"; sid:2;)\n'
         'alert tcp any any -> any any (content:"a"; depth:4; startswith; sid:3;)\n'
         'alert http any any -> any any (urilen:5<>2; http.uri; content:"x"; sid:4;)\n'
-        'alert tcp any any -> any any (endswith; content:"a"; sid:5;)\n')
+        'alert tcp any any -> any any (endswith; content:"a"; sid:5;)\n'
+        'alert tcp any any -> any any (content:"a"; byte_test:2,~,3,0; sid:6;)\n'
+        'alert tcp any any -> any any (byte_test:2,>,3,0,relative; content:"a"; sid:7;)\n'
+        'alert tcp any any -> any any (pcre:"/a/"; byte_test:2,>,3,0; sid:8;)\n'
+        'alert tcp any any -> any any (content:"a"; byte_test:9,>,3,0; sid:9;)\n'
+        'alert tcp any any -> any any (content:"a"; byte_test:2,>,3,0,dce; sid:10;)\n'
+        'alert tcp any any -> any any (content:"a"; byte_test:1,>,3,0,relative; '
+        'byte_test:1,<,9,1,relative; sid:11;)\n'
+        'alert tcp any any -> any any (content:"a"; pcre:"/^b/R"; sid:12;)\n'
+        'alert tcp any any -> any any (pcre:"/b/R"; content:"a"; sid:13;)\n')
     assert [(sk.sid, sk.keyword) for sk in rules.skipped] == [
-        (2, "bsize"), (3, "startswith"), (4, "urilen"), (5, "endswith")]
+        (2, "bsize"), (3, "startswith"), (4, "urilen"), (5, "endswith"), (6, "byte_test"),
+        (7, "byte_test"), (8, "byte_test"), (9, "byte_test"), (10, "byte_test"),
+        (11, "byte_test"), (12, "pcre"), (13, "pcre")]
+    why = {sk.sid: sk.message for sk in rules.skipped}
+    assert "operator '~'" in why[6] and "must follow a content of the payload" in why[7]
+    assert "needs a content of the payload" in why[8] and "at most 8 bytes" in why[9]
+    assert "flag 'dce'" in why[10] and "more than one byte_test" in why[11]
+    assert "anchored by ^" in why[12] and "relative to a content before it" in why[13]
 
 
 FLOWBITS = "\n".join([

@@ -409,10 +409,12 @@ cdef void scan_buffer(ids_t *s, int b, const uint8_t *p, uint32_t n) noexcept no
 
 
 cdef void scan_http(ids_t *s, const uint8_t *p, uint32_t n) noexcept nogil:
-    """If the payload starts an HTTP request (`METHOD SP URI SP HTTP/`),
-    scan its parts with the databases of the HTTP buffers."""
-    cdef uint32_t m = 0, u, ue, h, he, vlen
-    cdef const uint8_t *v = NULL
+    """If the payload starts an HTTP request (`METHOD SP URI SP HTTP/`) or
+    response (`HTTP/x.y SSS MSG`), scan its parts with the databases of
+    the HTTP buffers (idsrules.BUFFERS, by index)."""
+    cdef uint32_t m = 0, u, ue, c
+    if scan_http_response(s, p, n):
+        return
     while m < n and m < 16 and 65 <= p[m] <= 90:
         m += 1
     if m < 3 or m >= n or p[m] != 32:
@@ -433,24 +435,73 @@ cdef void scan_http(ids_t *s, const uint8_t *p, uint32_t n) noexcept nogil:
         if ue - u > URI_MAX:
             s.uri_cut += 1
         scan_buffer(s, 2, s.uri, normalise_uri(p + u, ue - u, s.uri, URI_MAX))
-    h = ue
+    scan_headers_and_body(s, p, n, ue, False)
+
+
+cdef bint scan_http_response(ids_t *s, const uint8_t *p, uint32_t n) noexcept nogil:
+    """A response's status line, code and message; False if the payload
+    does not start one."""
+    cdef uint32_t c = 5, le, ms
+    if n < 12 or p[0] != 72 or p[1] != 84 or p[2] != 84 or p[3] != 80 or p[4] != 47:
+        return False                                                   # "HTTP/"
+    while c < n and p[c] != 32 and p[c] != 13 and p[c] != 10:
+        c += 1
+    c += 1
+    if c + 3 > n or p[c - 1] != 32 or not (48 <= p[c] <= 57 and 48 <= p[c + 1] <= 57
+                                           and 48 <= p[c + 2] <= 57):
+        return False
+    le = c + 3
+    while le < n and p[le] != 13 and p[le] != 10:
+        le += 1
+    ms = c + 4 if c + 3 < le else le
+    s.http_responses += 1
+    s.skip_to = 0
+    s.payload_at = 0
+    scan_buffer(s, 10, p, le)
+    scan_buffer(s, 8, p + c, 3)
+    scan_buffer(s, 9, p + ms, le - ms)
+    scan_headers_and_body(s, p, n, le, True)
+    return True
+
+
+cdef void scan_headers_and_body(ids_t *s, const uint8_t *p, uint32_t n, uint32_t line_end,
+                                bint response) noexcept nogil:
+    """The header block after the first line (ending at `line_end`), the
+    headers rules name, and the body's bytes in this segment."""
+    cdef uint32_t h = line_end, he, vlen
+    cdef const uint8_t *v = NULL
+    cdef bint whole
     while h < n and p[h] != 10:
         h += 1
     h += 1
     if h >= n:
         return
-    he = h
+    he = line_end          # the blank line may follow the first line at once
     while he + 3 < n and not (p[he] == 13 and p[he + 1] == 10 and p[he + 2] == 13
                               and p[he + 3] == 10):
         he += 1
-    he = he + 2 if he + 3 < n else n
+    whole = he + 3 < n
+    he = he + 2 if whole else n
+    if he < h:
+        he = h             # no header at all
     scan_buffer(s, 4, p + h, he - h)
-    vlen = header_value(p + h, he - h, b"user-agent:", 11, &v)
-    scan_buffer(s, 5, v, vlen)
-    vlen = header_value(p + h, he - h, b"host:", 5, &v)
-    scan_buffer(s, 6, v, vlen)
-    vlen = header_value(p + h, he - h, b"cookie:", 7, &v)
-    scan_buffer(s, 7, v, vlen)
+    if response:
+        vlen = header_value(p + h, he - h, b"server:", 7, &v)
+        scan_buffer(s, 14, v, vlen)
+        vlen = header_value(p + h, he - h, b"content-type:", 13, &v)
+        scan_buffer(s, 15, v, vlen)
+    else:
+        vlen = header_value(p + h, he - h, b"user-agent:", 11, &v)
+        scan_buffer(s, 5, v, vlen)
+        vlen = header_value(p + h, he - h, b"host:", 5, &v)
+        scan_buffer(s, 6, v, vlen)
+        vlen = header_value(p + h, he - h, b"cookie:", 7, &v)
+        scan_buffer(s, 7, v, vlen)
+        vlen = header_value(p + h, he - h, b"accept:", 7, &v)
+        scan_buffer(s, 16, v, vlen)
+    if whole and he + 2 < n:            # the body: after the blank line
+        scan_buffer(s, 11 if response else 12, p + he + 2, n - he - 2)
+        scan_buffer(s, 13, p + he + 2, n - he - 2)
 
 
 cdef inline int32_t seq_diff(uint32_t a, uint32_t b) noexcept nogil:
@@ -795,7 +846,8 @@ cdef class IDS(NativeNF):
             "out_of_order": self.s.out_of_order, "overlap_conflict": self.s.overlap_conflict,
             "retransmitted": self.s.retransmitted, "stale": self.s.stale,
             "joined_head": self.s.joined_head,
-            "http_requests": self.s.http_requests, "uri_cut": self.s.uri_cut,
+            "http_requests": self.s.http_requests,
+            "http_responses": self.s.http_responses, "uri_cut": self.s.uri_cut,
             "positions_overflow": self.s.pos_overflow,
             "threshold_held": self.s.th_held, "threshold_untracked": self.s.th_untracked,
             "flows": ftab_live(self.s.flows, now) if self.s.flows != NULL else 0,

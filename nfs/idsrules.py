@@ -42,19 +42,31 @@ from nfs.nfconfig import collector
 PROTOS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17, "http": 6}
 # Where a content or pcre looks: the packet's payload, or a part of the
 # HTTP request the IDS parsed from it (nfs/ids.pyx numbers them the same).
-BUFFERS = ("payload", "method", "uri", "raw_uri", "header", "user_agent", "host", "cookie")
+BUFFERS = ("payload", "method", "uri", "raw_uri", "header", "user_agent", "host", "cookie",
+           "stat_code", "stat_msg", "response_line", "response_body", "request_body",
+           "file_data", "server", "content_type", "accept")
 # Snort 2 modifiers (after the content) and Suricata's sticky buffers
 # (before the contents) -> buffer.
 HTTP_MODIFIERS = {"http_method": "method", "http_uri": "uri", "http_raw_uri": "raw_uri",
                   "http_header": "header", "http_raw_header": "header",
                   "http_user_agent": "user_agent", "http_host": "host",
-                  "http_raw_host": "host", "http_cookie": "cookie"}
+                  "http_raw_host": "host", "http_cookie": "cookie",
+                  "http_stat_code": "stat_code", "http_stat_msg": "stat_msg",
+                  "http_server_body": "response_body", "http_client_body": "request_body"}
 STICKY_BUFFERS = {"http.method": "method", "http.uri": "uri", "http.uri.raw": "raw_uri",
                   "http.header": "header", "http.header.raw": "header",
                   "http.user_agent": "user_agent", "http.host": "host",
-                  "http.host.raw": "host", "http.cookie": "cookie", "pkt_data": "payload"}
+                  "http.host.raw": "host", "http.cookie": "cookie", "pkt_data": "payload",
+                  "http.stat_code": "stat_code", "http.stat_msg": "stat_msg",
+                  "http.response_line": "response_line",
+                  "http.response_body": "response_body", "http.request_body": "request_body",
+                  "http.client_body": "request_body",
+                  "file.data": "file_data", "file_data": "file_data",
+                  "http.server": "server", "http.content_type": "content_type",
+                  "http.accept": "accept", "http.response_header": "header"}
 PCRE_BUFFER_FLAGS = {"U": "uri", "I": "raw_uri", "H": "header", "M": "method", "C": "cookie",
-                     "V": "user_agent", "W": "host"}
+                     "V": "user_agent", "W": "host", "S": "stat_code", "Y": "stat_msg",
+                     "P": "request_body", "Q": "file_data"}
 KEPT_OPTIONS = ("rev", "classtype", "priority", "metadata", "reference", "gid", "target")
 FLOW_WORDS = {"established": ("established", 1), "not_established": ("established", 2),
               "stateless": None, "to_server": ("direction", 1), "from_client": ("direction", 1),

@@ -13,7 +13,7 @@ from nfs.hyperscan cimport hs_database_t, hs_scratch_t
 
 cdef enum:
     TAIL_MAX = 128      # the longest tail kept per flow direction
-    NBUF = 8            # idsrules.BUFFERS: payload, then the HTTP request's parts
+    NBUF = 17           # idsrules.BUFFERS: payload, then the HTTP request's and response's parts
     URI_MAX = 4096      # a normalised URI longer than this is cut (counted)
     MAXPOS = 16         # match ends kept per relative pattern and packet
     FB_OR = 8           # names of one flowbits:isset,A|B|... (idsrules.FLOWBIT_MAX_OR)
@@ -172,7 +172,7 @@ cdef struct ids_t:
     uint32_t busy          # 1 while a batch runs (a reload waits for it to end)
     uint64_t batches
     uint8_t *uri           # the normalised URI of the packet's request
-    uint64_t http_requests, uri_cut
+    uint64_t http_requests, http_responses, uri_cut
     uint64_t pos_overflow
     long long payload_at   # where this packet's payload starts in the scan (may be < 0)
     uint32_t plen          # this packet's payload bytes

@@ -134,8 +134,9 @@ def test_other_flows_are_not_joined(ids):
      "content |4g|: hex bytes are pairs of hex digits separated by spaces"),
     ('alert tcp any any -> any any (content:"a|41"; sid:1;)', "content has an unclosed |hex| part"),
     ('alert tcp any any -> any any (nocase; content:"x"; sid:1;)', "nocase must follow a content"),
-    ('alert tcp any any -> any any (pcre:"/x/R"; sid:1;)',
-     "pcre flags 'R' are not run by this IDS (it runs i, s, m and U, I, H, M, C, V, W)"),
+    ('alert tcp any any -> any any (pcre:"/x/G"; sid:1;)',
+     "pcre flags 'G' are not run by this IDS (it runs i, s, m, R and U, I, H, M, C, V, W, "
+     "S, Y, P, Q)"),
     ('alert tcp any any -> any any (pcre:"x"; sid:1;)', 'pcre takes "/REGEX/FLAGS"'),
     ('alert tcp any any -> any any (content:"x"; byte_jump:4,0; sid:1;)',
      "option 'byte_jump' is not run by this IDS (docs/nfs.md, ids, lists the keywords it runs)"),

@@ -37,6 +37,24 @@ RULES = {
     # pcre R: the regex matches after the content before it
     10: 'alert tcp any any -> any 7007 (msg:"cmd after login"; content:"LOGIN "; '
         'pcre:"/cmd=[a-z]+/R"; sid:10; rev:1;)',
+    # HTTP responses: status code, message, server, content type, body
+    11: 'alert http any any -> any any (msg:"500"; flow:established,to_client; http.stat_code; '
+        'content:"500"; sid:11; rev:1;)',
+    12: 'alert http any any -> any any (msg:"teapot"; http.stat_msg; content:"teapot"; nocase; '
+        'sid:12; rev:1;)',
+    13: 'alert http any any -> any any (msg:"old server"; http.server; content:"Apache/1."; '
+        'startswith; sid:13; rev:1;)',
+    14: 'alert http any any -> any any (msg:"exe served"; http.content_type; '
+        'content:"application/x-msdownload"; sid:14; rev:1;)',
+    15: 'alert http any any -> any any (msg:"webshell page"; file.data; content:"<title>b374k"; '
+        'nocase; sid:15; rev:1;)',
+    16: 'alert http any any -> any any (msg:"body pcre"; content:"HTTP/1.1 200"; '
+        'pcre:"/password=[0-9]{4}/Q"; sid:16; rev:1;)',
+    # HTTP request body and Accept
+    17: 'alert http any any -> any any (msg:"upload"; http.method; content:"POST"; '
+        'http.request_body; content:"cmd=id"; startswith; sid:17; rev:1;)',
+    18: 'alert http any any -> any any (msg:"accept"; http.accept; content:"*/*"; bsize:3; '
+        'sid:18; rev:1;)',
 }
 
 # sid -> (payload that fires it, port, payload that differs only in what the keyword excludes)
@@ -54,6 +72,21 @@ CASES = {
     8: (b"CODE=500;", 7005, b"CODE=200;"),
     9: (b"k=ff", 7006, b"k=ef"),                                  # "ff" >= 0xf0; "ef" not
     10: (b"LOGIN bob cmd=ls", 7007, b"cmd=ls LOGIN bob"),          # the regex before it
+    11: (b"HTTP/1.1 500 Internal Server Error\r\n\r\n", 80,
+         b"HTTP/1.1 200 OK\r\nX: 500\r\n\r\n"),                   # 500 elsewhere
+    12: (b"HTTP/1.1 418 I'm a Teapot\r\n\r\n", 80, b"HTTP/1.1 200 OK\r\nX: teapot\r\n\r\n"),
+    13: (b"HTTP/1.0 200 OK\r\nServer: Apache/1.3.27\r\n\r\n", 80,
+         b"HTTP/1.0 200 OK\r\nServer: nginx (was Apache/1.3)\r\n\r\n"),
+    14: (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-msdownload\r\n\r\nMZ", 80,
+         b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\napplication/x-msdownload"),
+    15: (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n<html><TITLE>b374k", 80,
+         b"HTTP/1.1 200 OK\r\nX-Title: <title>b374k\r\n\r\n<html>"),  # in a header
+    16: (b"HTTP/1.1 200 OK\r\n\r\nuser=a&password=1234", 80,
+         b"HTTP/1.1 200 OK\r\nX: password=1234\r\n\r\nuser=a"),
+    17: (b"POST /up HTTP/1.1\r\nHost: a\r\n\r\ncmd=id", 80,
+         b"GET /up?cmd=id HTTP/1.1\r\nHost: a\r\n\r\n"),
+    18: (b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 80,
+         b"GET / HTTP/1.1\r\nAccept: text/html, */*\r\n\r\n"),
 }
 
 
@@ -76,9 +109,14 @@ def test_all_load(ids):
 def test_fires_on_the_match_not_on_the_near_miss(ids, sid):
     fire, port, miss = CASES[sid]
     before = hits(ids)
-    ids.send([tcp(CLIENT, SERVER, 41000 + sid, port, "PA", miss, seq=5)])
+
+    def packet(client_port, payload):
+        if payload.startswith(b"HTTP/"):        # a response: from the server
+            return tcp(SERVER, CLIENT, port, client_port, "PA", payload, seq=5)
+        return tcp(CLIENT, SERVER, client_port, port, "PA", payload, seq=5)
+    ids.send([packet(41000 + sid, miss)])
     assert hits(ids) == before, "the near miss fired"
-    ids.send([tcp(CLIENT, SERVER, 42000 + sid, port, "PA", fire, seq=5)])
+    ids.send([packet(42000 + sid, fire)])
     after = hits(ids)
     assert after[sid] == before[sid] + 1
     assert {s: n for s, n in after.items() if s != sid} == \

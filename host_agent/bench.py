@@ -102,6 +102,26 @@ def bench_frames(flows, sizes=(60,)):
     return frames
 
 
+HTTP_REQUEST = (b"GET /catalog/item.php?id=%07d&view=full HTTP/1.1\r\nHost: shop.example\r\n"
+                b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 "
+                b"Firefox/120.0\r\nAccept: text/html,*/*\r\nCookie: session=%08x\r\n\r\n")
+
+
+def http_frames(flows):
+    """Frames of `flows` distinct TCP flows to port 80, each an HTTP GET
+    request of its own (about 240 bytes) picked up mid-stream; in the loop
+    each pass is the next segment of its flow (benchflows.tcp_next)."""
+    from scapy.all import IP, TCP, Ether, raw
+    frames = []
+    for i in range(flows):
+        src, sport, _ = flow_tuple(i)
+        frames.append(raw(Ether(src="02:00:00:00:01:01", dst="02:00:00:00:00:01")
+                          / IP(src=src, dst=DST_IP)
+                          / TCP(sport=sport, dport=80, flags="PA", seq=1000, ack=1)
+                          / (HTTP_REQUEST % (i, i * 2654435761 & 0xFFFFFFFF))))
+    return frames
+
+
 def zipf_table(flows, s, length=1 << 20, seed=1):
     """`length` flow ids drawn with Zipf(s) popularity over `flows` flows
     (rank k has weight 1 / k**s), ranks shuffled over the flow ids so the
@@ -174,7 +194,10 @@ class Snapshots:
 
 def run_bench(chain, packets, flows=1024, mode="inline", python=False,
               in_flight=4096, log=print, flow_entries=None, flow_idle=None, configs=None,
-              replicate=0.0, mix="64", zipf=0.0, new_flows=0.0):
+              replicate=0.0, mix="64", zipf=0.0, new_flows=0.0, payload="udp"):
+    if payload == "http" and (mix != "64" or zipf or new_flows or flows > in_flight):
+        raise ValueError(f"--payload http takes at most {in_flight} flows (each a stream "
+                         f"going round once per pass) and no --mix, --zipf or --new-flows")
     hugepages = mode == "process" or fp.hugepages_available() >= 256
     eal = fp.default_eal_args(f"bench{os.getpid()}", hugepages=hugepages)
     fp.eal_init(eal)
@@ -205,7 +228,14 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
         fresh = bool(REWRITING & set(chain))
         sizes = IMIX if mix == "imix" else (60,)
         samples = []
-        if fresh:
+        if payload == "http":
+            if fresh:
+                raise ValueError(f"--payload http needs a chain that does not rewrite "
+                                 f"addresses (not {', '.join(REWRITING & set(chain))})")
+            mgr.set_bench(tcp_next=True)
+            frames = http_frames(flows)
+            done, elapsed = _run_loop(mgr, ring, frames, packets, flows, flows, snaps)
+        elif fresh:
             if zipf or new_flows:
                 raise ValueError(f"--zipf and --new-flows need a chain that does not "
                                  f"rewrite addresses (not {', '.join(REWRITING & set(chain))})")
@@ -215,10 +245,8 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             # More flows than the ring holds (or skewed, or sliding): the
             # loop gives each packet the next flow's addresses as it comes
             # back in (host_agent/benchflows.pxd).
-            mgr.bench_flows = flows if flows > in_flight or zipf or new_flows else 0
-            if zipf:
-                mgr.set_bench_table(zipf_table(flows, zipf))
-            mgr.bench_new_per_s = new_flows
+            mgr.set_bench(flows if flows > in_flight or zipf or new_flows else 0, new_flows,
+                          zipf_table(flows, zipf) if zipf else None)
             frames = bench_frames(min(flows, in_flight), sizes)
             done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps,
                                       samples if new_flows else None)
@@ -229,7 +257,7 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             "mpps": round(done / elapsed / 1e6, 3), "chain": list(chain),
             # L2 bits with the FCS; on the wire add 20 bytes a frame
             "gbps": round(done / elapsed * (mean_bytes + 4) * 8 / 1e9, 3),
-            "mix": mix, "zipf": zipf, "new_flows_per_s": new_flows,
+            "mix": mix, "zipf": zipf, "new_flows_per_s": new_flows, "payload": payload,
             "cores": min(os.cpu_count(), 1 + (1 if procs else 0)),
             "packets": done, "seconds": round(elapsed, 3), "mode": mode,
             # loop: the ring's packets go round (more flows than it holds:
@@ -248,6 +276,13 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                                if "flow_table" in e.get("counters", {})},
             "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
         }
+        if payload == "http":
+            # the ids's view of the streams: each pass new data, not a repeat
+            keys = ("packets", "http_requests", "reassembled", "retransmitted", "stale",
+                    "out_of_order", "scanned_bytes", "alerts")
+            seen = [e["counters"] for e in stats["instances"].values()
+                    if "http_requests" in e.get("counters", {})]
+            result["streams"] = {k: sum(c[k] for c in seen) for k in keys}
         if snaps is not None:
             result["replication"] = snaps.report()
         if samples:
@@ -347,11 +382,16 @@ def cli_bench_fastpath(args):
     if args.zipf < 0 or args.new_flows < 0:
         print("onvm bench fastpath: --zipf and --new-flows must be >= 0", file=sys.stderr)
         return 2
-    result = run_bench(chain, args.packets, flows=args.flows, mode=args.mode,
-                       python=args.python, flow_entries=args.flow_entries,
-                       flow_idle=args.flow_idle, configs=configs,
-                       replicate=getattr(args, "replicate_interval", 0.0),
-                       mix=args.mix, zipf=args.zipf, new_flows=args.new_flows)
+    try:
+        result = run_bench(chain, args.packets, flows=args.flows, mode=args.mode,
+                           python=args.python, flow_entries=args.flow_entries,
+                           flow_idle=args.flow_idle, configs=configs,
+                           replicate=getattr(args, "replicate_interval", 0.0),
+                           mix=args.mix, zipf=args.zipf, new_flows=args.new_flows,
+                           payload=getattr(args, "payload", "udp"))
+    except ValueError as err:
+        print(f"onvm bench fastpath: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result))
     else:
@@ -359,6 +399,7 @@ def cli_bench_fastpath(args):
               f"({result['packets']} packets of {result['frame_bytes']} bytes on average "
               f"in {result['seconds']} s, "
               f"{result['flows']} flows, mode {result['mode']}, traffic {result['traffic']}, "
+              f"payload {result['payload']}, "
               f"{result['cores']} core(s), drops {result['drops'] or 'none'}, "
               f"flow table {result['flow_table']})")
         if "replication" in result:

@@ -7,12 +7,16 @@
 # entry at the cursor (flows drawn by popularity); with a base that moves
 # (--new-flows R: `base` flows a cycle) the window of N flows slides, so
 # new flows arrive at R a second and old ones stop and age out.
-# Called by the manager's loop only when a benchmark set Manager.bench_flows.
+# With `tcp_next` (--payload http) nothing is rewritten but each TCP
+# segment's sequence number, advanced by its payload as it comes back in,
+# so every pass is the next segment of its flow's stream (an IDS scans it
+# as new data, not as a retransmission).
+# Called by the manager's loop only when a benchmark set it (Manager.set_bench).
 # Not here: the frames themselves (host_agent.bench), anything for real traffic.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from dpdk.rte_mbuf cimport rte_mbuf
-from nflib.nf cimport onvm_mtod, wr32, rte_get_tsc_hz
+from nflib.nf cimport onvm_mtod, wr32, rd32, rte_get_tsc_hz
 
 
 cdef struct bench_t:
@@ -22,6 +26,7 @@ cdef struct bench_t:
     uint32_t table_len
     double new_per_s        # --new-flows: how fast the window slides
     uint64_t start          # TSC when it started sliding
+    uint8_t tcp_next        # --payload http: advance each segment's sequence number
 
 
 cdef inline int bench_set_table(bench_t *b, object table) except -1:
@@ -42,6 +47,9 @@ cdef inline int bench_set_table(bench_t *b, object table) except -1:
 cdef inline void bench_step(bench_t *b, rte_mbuf **pkts, unsigned n, uint64_t now) noexcept nogil:
     """bench_rewrite with the window slid as far as `now` says."""
     cdef uint64_t base = 0
+    if b.tcp_next:
+        tcp_advance(pkts, n)
+        return
     if b.new_per_s > 0:
         if b.start == 0:
             b.start = now
@@ -78,3 +86,21 @@ cdef inline void bench_rewrite(rte_mbuf **pkts, unsigned n, uint64_t *cursor,
         s = ~((s & 0xffff) + (s >> 16)) & 0xffff
         ip[10] = <uint8_t>(s >> 8)
         ip[11] = <uint8_t>(s & 0xff)
+
+
+cdef inline void tcp_advance(rte_mbuf **pkts, unsigned n) noexcept nogil:
+    """Each IPv4 TCP segment's sequence number plus its payload's length."""
+    cdef unsigned i
+    cdef uint8_t *ip
+    cdef uint32_t ihl, doff, total
+    for i in range(n):
+        if pkts[i].data_len < 54:
+            continue
+        ip = onvm_mtod(pkts[i]) + 14
+        ihl = (ip[0] & 15) * 4
+        if ip[9] != 6 or pkts[i].data_len < 14 + ihl + 20:
+            continue
+        doff = (ip[ihl + 12] >> 4) * 4
+        total = (<uint32_t>ip[2] << 8) | ip[3]
+        if total > ihl + doff:
+            wr32(ip + ihl + 4, rd32(ip + ihl + 4) + total - ihl - doff)

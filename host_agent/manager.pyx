@@ -291,26 +291,15 @@ cdef class Manager:
     def stop(self):
         onvm_store_u64(&self.stop_flag, 1)
 
-    def set_bench_table(self, table):
-        """host_agent.benchflows: the flow of each cursor position (a
-        sequence of ints below 2**32), or None; copied."""
+    def set_bench(self, uint32_t flows=0, double new_per_s=0.0, table=None,
+                  bint tcp_next=False):
+        """host_agent.benchflows, for `onvm bench fastpath` in loop mode: the
+        flows to rewrite looped packets to (0: off), the window's slide,
+        the flow of each cursor position (ints below 2**32, copied), or
+        advancing TCP sequence numbers instead."""
         bench_set_table(&self.bench, table)
-
-    @property
-    def bench_flows(self):
-        return self.bench.flows
-
-    @bench_flows.setter
-    def bench_flows(self, uint32_t flows):
-        self.bench.flows = flows
-
-    @property
-    def bench_new_per_s(self):
-        return self.bench.new_per_s
-
-    @bench_new_per_s.setter
-    def bench_new_per_s(self, double rate):
-        self.bench.new_per_s = rate
+        self.bench.flows, self.bench.new_per_s = flows, new_per_s
+        self.bench.tcp_next = tcp_next
 
     def hold(self, double timeout=1.0):
         """The running loop stands still between two iterations until
@@ -388,7 +377,7 @@ cdef class Manager:
             total += n
             self.port_stats[i].rx += n
             n = self._answer_probes(pkts, n, i)
-            if self.bench.flows:
+            if self.bench.flows or self.bench.tcp_next:
                 bench_step(&self.bench, pkts, n, self.now)
             if n == 0:
                 continue

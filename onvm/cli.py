@@ -222,6 +222,9 @@ def build_parser():
     bf.add_argument("--new-flows", type=float, default=0.0, metavar="PER_S",
                     help="new flows a second: the window of --flows flows slides, old "
                          "ones stop and age out (see --flow-idle); occupancy is sampled")
+    bf.add_argument("--payload", choices=("udp", "http"), default="udp",
+                    help="udp: 64-byte (or --mix) UDP frames; http: TCP streams to port 80, "
+                         "each segment an HTTP request, for the ids (at most 4096 flows)")
     bf.add_argument("--json", action="store_true")
     bf.add_argument("--replicate-interval", type=float, default=0.0, metavar="SECONDS",
                     help="take the replicas' snapshots of the lb, nat and firewall-stateful "

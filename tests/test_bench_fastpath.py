@@ -86,6 +86,24 @@ def test_imix_frames_are_valid_and_sized_7_4_1():
     assert result["drops"] == {} and result["gbps"] > 0
 
 
+def test_http_streams_go_round_as_new_segments_through_the_ids():
+    """--payload http: every pass of a flow's request is the next segment
+    of its stream, so the ids (with HTTP rules) parses and scans each one
+    (none taken for a retransmission or out of order)."""
+    rules = os.path.join(REPO, "tests", "data", "et-style.rules")
+    result = bench("--chain", "ids", "--payload", "http", "--flows", "64",
+                   "--packets", "20000", "--nf-config", f"ids={rules}")
+    streams = result["streams"]
+    assert result["drops"] == {} and result["payload"] == "http"
+    assert streams["packets"] >= 20000 and streams["http_requests"] == streams["packets"]
+    assert streams["retransmitted"] == streams["stale"] == streams["out_of_order"] == 0
+    assert streams["reassembled"] >= streams["packets"] - 64    # each joined its tail
+    refused = subprocess.run([sys.executable, "-m", "onvm.cli", "bench", "fastpath",
+                              "--chain", "ids", "--payload", "http", "--flows", "5000"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "at most 4096 flows" in refused.stderr
+
+
 def test_skewed_flows_repeat_popular_ones_and_sliding_flows_age_out():
     skewed = bench("--chain", "monitor", "--flows", "50000", "--zipf", "1.2",
                    "--packets", "200000")

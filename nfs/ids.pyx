@@ -46,7 +46,7 @@ Not here: the rule language (nfs/idsrules.py), building a rule set
 (nfs/idsset.pyx), watching the rule file (host_agent/agent.py)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset, memmove
+from libc.string cimport memcpy, memset, memmove, memchr
 from libc.stdio cimport FILE, fopen, fclose, fprintf, fflush
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
@@ -56,6 +56,9 @@ from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,
 from nfs.pkttuple cimport packet_key
 from nfs.hyperscan cimport *
 from nfs.httpparts cimport lower, normalise_uri, header_value
+
+cdef extern from "<string.h>" nogil:
+    void *memmem(const void *hay, size_t n, const void *needle, size_t m)   # GNU
 from nfs.idsstate cimport *
 from nfs.idsset cimport RuleSet
 
@@ -88,8 +91,13 @@ cdef extern from *:
 
 cdef int on_match(unsigned int id, unsigned long long frm, unsigned long long to,
                   unsigned int flags, void *ctx) noexcept nogil:
+    """Hyperscan found the expression of pattern group `id` (idsset._database):
+    checked and its end kept once, then each pattern of the group noted."""
     cdef ids_t *s = <ids_t *>ctx
     cdef long long rel
+    # 1: found in the tail only (reported with the previous segment if it
+    # completed a rule there), 2: found ending in this segment.
+    cdef uint8_t bit = 1 if to <= s.skip_to else 2
     if s.rs.pat_lenchk[id]:
         if s.buf_end < s.rs.pat_size_lo[id] or s.buf_end > s.rs.pat_size_hi[id]:
             return 0
@@ -106,12 +114,22 @@ cdef int on_match(unsigned int id, unsigned long long frm, unsigned long long to
             s.rs.npos[id] += 1
         else:
             s.pos_overflow += 1
-    if s.rs.seen[id] == 0:
-        s.rs.hitlist[s.rs.nhits] = id
-        s.rs.nhits += 1
-    # 1: found in the tail only (reported with the previous segment if it
-    # completed a rule there), 2: found ending in this segment.
-    s.rs.seen[id] |= 1 if to <= s.skip_to else 2
+    if s.rs.seen[id] & bit:
+        return 0        # the group is noted so already: every member with it
+    if s.rs.pat_neg[id]:
+        # contents that must be absent make no rule a candidate: the group's
+        # first pattern stands for all (judge reads seen[pat_lead])
+        if s.rs.seen[id] == 0:
+            s.rs.hitlist[s.rs.nhits] = id
+            s.rs.nhits += 1
+        s.rs.seen[id] |= bit
+        return 0
+    while id != NO_PAT:
+        if s.rs.seen[id] == 0:
+            s.rs.hitlist[s.rs.nhits] = id
+            s.rs.nhits += 1
+        s.rs.seen[id] |= bit
+        id = s.rs.pat_next[id]
     return 0
 
 
@@ -216,10 +234,11 @@ cdef bint placed(ids_t *s, uint32_t j, uint32_t last, bint have_prev,
     one starts at least `distance` after the end of the one before it and,
     with `within`, ends within `within` bytes of that start (Snort's
     distance and within)?  Depth-first over the ends kept per pattern."""
-    cdef uint32_t k
+    cdef uint32_t k, g
     cdef int32_t end, start
     if j > last:
         return True
+    g = s.rs.pat_lead[j]        # its group's match ends
     if not s.rs.pat_track[j]:
         return placed(s, j + 1, last, False, 0)
     if s.rs.pat_neg[j]:
@@ -227,14 +246,14 @@ cdef bint placed(ids_t *s, uint32_t j, uint32_t last, bint have_prev,
         # in the window; the next relative content counts from the same end.
         if have_prev:
             start = prev_end + s.rs.pat_dist[j]
-            for k in range(s.rs.npos[j]):
-                end = s.rs.pos[j * MAXPOS + k]
+            for k in range(s.rs.npos[g]):
+                end = s.rs.pos[g * MAXPOS + k]
                 if end - <int32_t>s.rs.pat_len[j] >= start and \
                         (not s.rs.pat_within[j] or end <= start + s.rs.pat_within[j]):
                     return False
         return placed(s, j + 1, last, have_prev, prev_end)
-    for k in range(s.rs.npos[j]):
-        end = s.rs.pos[j * MAXPOS + k]
+    for k in range(s.rs.npos[g]):
+        end = s.rs.pos[g * MAXPOS + k]
         if s.rs.pat_rel[j] and have_prev:
             start = prev_end + s.rs.pat_dist[j]
             if end - <int32_t>s.rs.pat_len[j] < start:
@@ -351,6 +370,8 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
         fk.a, fk.pa, fk.b, fk.pb = dst, dport, src, sport
     for sweep in range(2 if s.rs.flowbits else 1):
         for i in range(s.rs.nhits):
+            if s.rs.pat_neg[s.rs.hitlist[i]]:
+                continue    # a content that must be absent never makes a rule fire
             ri = s.rs.pat_rule[s.rs.hitlist[i]]
             if s.rs.checked[ri]:
                 continue
@@ -362,7 +383,7 @@ cdef bint judge(ids_t *s, uint8_t proto, uint32_t src, uint32_t dst,
             fresh = False
             for j in range(r.first, r.first + r.count):
                 if s.rs.pat_neg[j]:
-                    if s.rs.seen[j] and not s.rs.pat_rel[j]:
+                    if s.rs.seen[s.rs.pat_lead[j]] and not s.rs.pat_rel[j]:
                         whole = False      # found, and it must not be
                         break
                     continue
@@ -468,40 +489,41 @@ cdef void scan_headers_and_body(ids_t *s, const uint8_t *p, uint32_t n, uint32_t
                                 bint response) noexcept nogil:
     """The header block after the first line (ending at `line_end`), the
     headers rules name, and the body's bytes in this segment."""
-    cdef uint32_t h = line_end, he, vlen
-    cdef const uint8_t *v = NULL
+    cdef uint32_t h = line_end, he
     cdef bint whole
-    while h < n and p[h] != 10:
-        h += 1
-    h += 1
+    cdef const uint8_t *at = <const uint8_t *>memchr(p + h, 10, n - h) if h < n else NULL
+    h = <uint32_t>(at - p) + 1 if at != NULL else n + 1
     if h >= n:
         return
-    he = line_end          # the blank line may follow the first line at once
-    while he + 3 < n and not (p[he] == 13 and p[he + 1] == 10 and p[he + 2] == 13
-                              and p[he + 3] == 10):
-        he += 1
-    whole = he + 3 < n
-    he = he + 2 if whole else n
+    # the blank line may follow the first line at once
+    at = <const uint8_t *>memmem(p + line_end, n - line_end, b"\r\n\r\n", 4)
+    whole = at != NULL and <uint32_t>(at - p) + 3 < n
+    he = <uint32_t>(at - p) + 2 if whole else n
     if he < h:
         he = h             # no header at all
     scan_buffer(s, 4, p + h, he - h)
     if response:
-        vlen = header_value(p + h, he - h, b"server:", 7, &v)
-        scan_buffer(s, 14, v, vlen)
-        vlen = header_value(p + h, he - h, b"content-type:", 13, &v)
-        scan_buffer(s, 15, v, vlen)
+        scan_header(s, 14, p + h, he - h, b"server:", 7)
+        scan_header(s, 15, p + h, he - h, b"content-type:", 13)
     else:
-        vlen = header_value(p + h, he - h, b"user-agent:", 11, &v)
-        scan_buffer(s, 5, v, vlen)
-        vlen = header_value(p + h, he - h, b"host:", 5, &v)
-        scan_buffer(s, 6, v, vlen)
-        vlen = header_value(p + h, he - h, b"cookie:", 7, &v)
-        scan_buffer(s, 7, v, vlen)
-        vlen = header_value(p + h, he - h, b"accept:", 7, &v)
-        scan_buffer(s, 16, v, vlen)
+        scan_header(s, 5, p + h, he - h, b"user-agent:", 11)
+        scan_header(s, 6, p + h, he - h, b"host:", 5)
+        scan_header(s, 7, p + h, he - h, b"cookie:", 7)
+        scan_header(s, 16, p + h, he - h, b"accept:", 7)
     if whole and he + 2 < n:            # the body: after the blank line
         scan_buffer(s, 11 if response else 12, p + he + 2, n - he - 2)
         scan_buffer(s, 13, p + he + 2, n - he - 2)
+
+
+cdef inline void scan_header(ids_t *s, int b, const uint8_t *p, uint32_t n,
+                             const char *name, uint32_t name_len) noexcept nogil:
+    """Buffer b, one header's value, if any rule looks at it."""
+    cdef const uint8_t *v
+    cdef uint32_t vlen
+    if s.rs.hdb[b] == NULL:
+        return
+    vlen = header_value(p, n, name, name_len, &v)
+    scan_buffer(s, b, v, vlen)
 
 
 cdef inline int32_t seq_diff(uint32_t a, uint32_t b) noexcept nogil:

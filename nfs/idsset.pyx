@@ -100,7 +100,7 @@ cdef void free_ruleset(ruleset_t *r) noexcept:
     free(r.pat_track); free(r.pat_rel); free(r.npos); free(r.pat_dist)
     free(r.pat_within); free(r.pat_len); free(r.pos)
     free(r.pat_isdata); free(r.pat_isdata_neg); free(r.pat_bt); free(r.pat_neg)
-    free(r.pat_lenchk); free(r.pat_endswith); free(r.pat_size_lo); free(r.pat_size_hi)
+    free(r.pat_lenchk); free(r.pat_endswith); free(r.pat_next); free(r.pat_lead); free(r.pat_size_lo); free(r.pat_size_hi)
     free(r.fbops)
     free(r.seen); free(r.hitlist); free(r.checked)
     free(r)
@@ -127,8 +127,9 @@ cdef class RuleSet:
         if self.stamp is None:
             self.stamp = self._stamp()
         self.rules = runnable(rules, self.source)
-        self._compile(self.rules, self.source)
+        self.r.npats = sum(len(rule.patterns) for rule in self.rules)
         self._tables(self.rules)
+        self._compile(self.rules, self.source)      # groups patterns by their tables
         if self.v["alerts"]:
             self.r.alerts = fopen(self.v["alerts"].encode(), b"a")
             if self.r.alerts == NULL:
@@ -155,6 +156,10 @@ cdef class RuleSet:
         cdef hs_compile_error_t *err = NULL
         cdef hs_database_t *db
         pats = [(ri, p) for ri, r in enumerate(rules) for p in r.patterns]
+        self.r.pat_next = <uint32_t *>malloc(max(1, len(pats)) * sizeof(uint32_t))
+        self.r.pat_lead = <uint32_t *>malloc(max(1, len(pats)) * sizeof(uint32_t))
+        if self.r.pat_next == NULL or self.r.pat_lead == NULL:
+            raise MemoryError()
         widest = 0
         for i, (ri, p) in enumerate(pats):
             if p.buffer != "payload":
@@ -169,7 +174,7 @@ cdef class RuleSet:
         for b, name in enumerate(BUFFERS):
             ids = [i for i, (_, p) in enumerate(pats) if p.buffer == name]
             if ids:
-                db = _database(rules, source, pats, ids)
+                db = _database(rules, source, pats, ids, self.r)
                 if b == 0:
                     self.r.db = db
                 else:
@@ -308,23 +313,40 @@ def _bit(name):
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
 
 
-cdef hs_database_t *_database(rules, source, pats, ids) except NULL:
+cdef hs_database_t *_database(rules, source, pats, ids, ruleset_t *rs) except NULL:
+    """One Hyperscan id for each group of `ids` with the same expression,
+    flags and checks (many rules share a content, as ET's
+    `content:!"Referer|3a|"`): the group's first pattern, the others chained
+    after it in `pat_next`, so a match is checked and its end kept once
+    however many rules hold the content (ids.on_match)."""
     cdef hs_compile_error_t *err = NULL
     cdef hs_database_t *db = NULL
-    n = len(ids)
+    groups = {}
+    for i in ids:
+        key = (pats[i][1].regex, _hs_flags(pats[i][1]), rs.pat_min_end[i], rs.pat_max_end[i],
+               rs.pat_lenchk[i], rs.pat_endswith[i], rs.pat_size_lo[i], rs.pat_size_hi[i],
+               rs.pat_track[i], rs.pat_neg[i])
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        for a, b in zip(members, members[1:] + [NO_PAT]):
+            rs.pat_next[a] = b
+            rs.pat_lead[a] = members[0]
+    leaders = [(key, members[0]) for key, members in groups.items()]
+    n = len(leaders)
     cdef const char **exprs = <const char **>malloc(n * sizeof(char *))
     cdef unsigned int *flags = <unsigned int *>malloc(n * sizeof(unsigned int))
     cdef unsigned int *hsids = <unsigned int *>malloc(n * sizeof(unsigned int))
-    encoded = [pats[i][1].regex.encode("latin-1") for i in ids]
+    encoded = [key[0].encode("latin-1") for key, _ in leaders]
     try:
-        for k, i in enumerate(ids):
+        for k, (key, i) in enumerate(leaders):
             exprs[k] = encoded[k]
-            flags[k] = _hs_flags(pats[i][1])
+            flags[k] = key[1]
             hsids[k] = i
         if hs_compile_multi(exprs, flags, hsids, n, HS_MODE_VECTORED, NULL,
                             &db, &err) != HS_SUCCESS:
             msg = err.message.decode()
-            where = rules[pats[ids[err.expression]][0]].line if err.expression >= 0 else "?"
+            where = rules[pats[leaders[err.expression][1]][0]].line \
+                if err.expression >= 0 else "?"
             hs_free_compile_error(err)
             raise NFConfigError(f"{source}:{where}: Hyperscan: {msg}")
     finally:

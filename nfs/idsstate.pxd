@@ -17,6 +17,7 @@ cdef enum:
     URI_MAX = 4096      # a normalised URI longer than this is cut (counted)
     MAXPOS = 16         # match ends kept per relative pattern and packet
     FB_OR = 8           # names of one flowbits:isset,A|B|... (idsrules.FLOWBIT_MAX_OR)
+    NO_PAT = 0x7FFFFFFF # ends a chain of patterns sharing one Hyperscan id
 
 
 cdef struct net_t:
@@ -152,6 +153,9 @@ cdef struct ruleset_t:
     uint8_t *pat_neg       # content:!"...": the rule needs it absent
     uint8_t *pat_lenchk    # its buffer's length is checked: endswith, bsize, urilen
     uint8_t *pat_endswith  # its match ends where its buffer ends
+    uint32_t *pat_next     # the next pattern Hyperscan reports with this one (same
+                           # buffer, expression, flags and checks; one id a group), or NO_PAT
+    uint32_t *pat_lead     # the first pattern of its group: where its match ends are kept
     uint32_t *pat_size_lo  # its buffer's length, low to high (bsize, urilen)
     uint32_t *pat_size_hi
     fbop_t *fbops

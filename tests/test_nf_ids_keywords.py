@@ -55,6 +55,15 @@ RULES = {
         'http.request_body; content:"cmd=id"; startswith; sid:17; rev:1;)',
     18: 'alert http any any -> any any (msg:"accept"; http.accept; content:"*/*"; bsize:3; '
         'sid:18; rev:1;)',
+    # Contents shared by several rules are one Hyperscan expression (idsset._database):
+    # the same content and negated content, each rule with its own within ...
+    19: 'alert tcp any any -> any 7008 (msg:"shared 4"; content:"SHR"; content:!"|0a|"; '
+        'within:4; sid:19; rev:1;)',
+    20: 'alert tcp any any -> any 7009 (msg:"shared 8"; content:"SHR"; content:!"|0a|"; '
+        'within:8; sid:20; rev:1;)',
+    # ... and the same content with other depth/offset, which must not share checks
+    21: 'alert tcp any any -> any 7010 (msg:"at start"; content:"DPX"; depth:3; sid:21; rev:1;)',
+    22: 'alert tcp any any -> any 7011 (msg:"after 2"; content:"DPX"; offset:2; sid:22; rev:1;)',
 }
 
 # sid -> (payload that fires it, port, payload that differs only in what the keyword excludes)
@@ -87,6 +96,10 @@ CASES = {
          b"GET /up?cmd=id HTTP/1.1\r\nHost: a\r\n\r\n"),
     18: (b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 80,
          b"GET / HTTP/1.1\r\nAccept: text/html, */*\r\n\r\n"),
+    19: (b"SHRabcd\nx", 7008, b"SHRab\ncd"),             # no newline within 4 bytes
+    20: (b"SHRabcdefgh\nx", 7009, b"SHRabcdef\nh"),     # none within 8
+    21: (b"DPXzz", 7010, b"zzDPX"),
+    22: (b"zzDPX", 7011, b"DPXzz"),
 }
 
 

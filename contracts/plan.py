@@ -76,13 +76,23 @@ import json
 import math
 
 from contracts.model import FIRST_SPI, MAX_LABEL
+from contracts.wire import ETH_IPV4, ETH_IPV6
 from contracts.validate import (MAC_RE, Errors, ValidationError,  # noqa: F401  (MAC_RE re-exported)
                                 check_mac, key_path)
 
 MATCH_FIELDS = {
-    "eth_type": int, "ipv4_src": str, "ipv4_dst": str, "ip_proto": int,
-    "tcp_src": int, "tcp_dst": int, "udp_src": int, "udp_dst": int,
+    "eth_type": int, "ipv4_src": str, "ipv4_dst": str, "ipv6_src": str, "ipv6_dst": str,
+    "ip_proto": int, "tcp_src": int, "tcp_dst": int, "udp_src": int, "udp_dst": int,
 }
+
+
+def match_eth_type(match):
+    """The EtherType a chain match classifies: IPv6 when it names an IPv6
+    address or eth_type 0x86dd, else IPv4 (a match with no address, such as
+    `{tcp_dst: 80}`, classifies IPv4 only)."""
+    if match.get("eth_type") == ETH_IPV6 or any(k.startswith("ipv6_") for k in match):
+        return ETH_IPV6
+    return ETH_IPV4
 MODES = ("inline", "process")
 
 
@@ -131,6 +141,16 @@ def match_problems(match):
         problem = _match_field(key, value)
         if problem:
             yield (key,), problem
+    v4 = sorted(k for k in match if k.startswith("ipv4_"))
+    v6 = sorted(k for k in match if k.startswith("ipv6_"))
+    for key in v6:
+        if v4:
+            yield (key,), (f"cannot be matched with {', '.join(v4)}: a packet is IPv4 or "
+                           f"IPv6 (write one chain for each)")
+        elif match.get("eth_type", ETH_IPV6) != ETH_IPV6:
+            yield (key,), f"needs eth_type 0x86dd (IPv6), has {match['eth_type']:#x}"
+    if v4 and match.get("eth_type", ETH_IPV4) != ETH_IPV4:
+        yield (v4[0],), f"needs eth_type 0x0800 (IPv4), has {match['eth_type']:#x}"
 
 
 def _match_field(key, value):
@@ -139,9 +159,10 @@ def _match_field(key, value):
     kind = MATCH_FIELDS[key]
     if not isinstance(value, kind) or isinstance(value, bool):
         return f"must be {kind.__name__}, not {value!r}"
-    if key.startswith("ipv4_"):
+    if key.startswith(("ipv4_", "ipv6_")):
         try:
-            ipaddress.IPv4Network(value, strict=False)
+            (ipaddress.IPv4Network if key.startswith("ipv4_") else ipaddress.IPv6Network)(
+                value, strict=False)
         except ValueError as err:
             return str(err)
     elif key == "ip_proto":
@@ -183,7 +204,10 @@ def check_plan(plan):
     for i, cls in _items(errors, plan, "classifiers", "plan", required=False):
         where = f"plan.classifiers[{i}]"
         _label(errors, cls.get("spi"), f"{where}.spi")
-        check_match(cls.get("match"), f"{where}.match", errors)
+        if check_match(cls.get("match"), f"{where}.match", errors):
+            errors.check(match_eth_type(cls["match"]) == ETH_IPV4, f"{where}.match",
+                         "a host classifier matches IPv4 only (a chain's IPv6 match "
+                         "is classified at its ingress switch)")
     if "hops" not in missing:
         _check_hops(errors, plan, ids)
     errors.raise_if_any()

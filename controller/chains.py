@@ -36,8 +36,8 @@ import re
 from typing import Callable, FrozenSet, Iterable, Optional, Tuple
 
 from contracts.model import FIRST_SPI, Chain
-from contracts.wire import MAX_CHAIN_SPI
-from contracts.plan import match_problems
+from contracts.wire import ETH_IPV6, MAX_CHAIN_SPI
+from contracts.plan import match_eth_type, match_problems
 from controller.autoscale import check_policy
 from contracts.validate import Errors, ValidationError, already_used, key_path
 
@@ -193,7 +193,15 @@ def _check_pool_and_symmetry(body, scope, report):
         report((), f"symmetric needs a server or a pool of servers as egress; "
                    f"{noun} {egress} has no way back")
         ok = False
+    if body.get("symmetric") and _is_ipv6(body.get("match")):
+        report(("symmetric",), "an IPv6 chain cannot be symmetric: the switches learn "
+                               "the way back of IPv4 flows only (README, Known limits)")
+        ok = False
     return ok
+
+
+def _is_ipv6(match):
+    return isinstance(match, dict) and match_eth_type(match) == ETH_IPV6
 
 
 def make_chain(body, spi, scope) -> Chain:
@@ -204,7 +212,8 @@ def make_chain(body, spi, scope) -> Chain:
     symmetric = body.get("symmetric")
     if symmetric is None:
         symmetric = default_symmetric(body["nfs"], bool(pool) or
-                                      scope.noun(egress) == "server")
+                                      scope.noun(egress) == "server") \
+            and not _is_ipv6(body["match"])
     return Chain(body["name"], body["ingress"], pool[0] if pool else egress,
                  dict(body["match"]), tuple(body["nfs"]), float(body["mpps"]), spi,
                  symmetric=symmetric, pool=pool,

@@ -144,6 +144,7 @@ from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from contracts.wire import (ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC,  # noqa: F401
                             ETH_PROBE, MPLS_TTL, SI_FIRST)
+from contracts.plan import match_eth_type
 from controller import pausing
 from controller.fabric import ecmp_tables
 from controller.plans import edge_mac
@@ -176,6 +177,7 @@ L4_PROTOS = {"tcp": 6, "udp": 17}
 # the packet is of the kind that carries it.  OVS refuses rules without them.
 PREREQUISITES = {
     "ipv4_src": ("eth_type", (ETH_IPV4,)), "ipv4_dst": ("eth_type", (ETH_IPV4,)),
+    "ipv6_src": ("eth_type", (ETH_IPV6,)), "ipv6_dst": ("eth_type", (ETH_IPV6,)),
     "ip_proto": ("eth_type", (ETH_IPV4, ETH_IPV6)),
     "tcp_src": ("ip_proto", (6,)), "tcp_dst": ("ip_proto", (6,)),
     "udp_src": ("ip_proto", (17,)), "udp_dst": ("ip_proto", (17,)),
@@ -184,6 +186,7 @@ PREREQUISITES = {
     "mpls_tc": ("eth_type", (ETH_MPLS, ETH_MPLS_MC)),
 }
 IPV4_FIELDS = ("ipv4_src", "ipv4_dst", "arp_tpa", "arp_spa")
+IPV6_FIELDS = ("ipv6_src", "ipv6_dst")
 MAC_FIELDS = ("eth_src", "eth_dst")
 
 
@@ -304,15 +307,25 @@ LEARNED = {TABLE_PINS: pin_cookie(), TABLE_REPLY: reply_cookie()}
 def _canonical_ipv4(text):
     """An IPv4 address or prefix as OVS reports it; parsed once per text
     (a fabric's rules name each host's address on every switch)."""
-    net = ipaddress.IPv4Network(text, strict=False)
-    if net.prefixlen == 32:
+    return _canonical_net(ipaddress.IPv4Network(text, strict=False))
+
+
+def _canonical_net(net):
+    """One address plain, a prefix as (network, netmask), in the forms Ryu
+    gives them back (IPv6 compressed: 2001:db8::, ffff:ffff::)."""
+    if net.prefixlen == net.max_prefixlen:
         return str(net.network_address)
     return (str(net.network_address), str(net.netmask))
 
 
 def _canonical_value(field, value, where):
-    if field in IPV4_FIELDS:
+    if field in IPV4_FIELDS or field in IPV6_FIELDS:
         try:
+            if isinstance(value, tuple):        # (network, netmask), as Ryu parses it
+                net, mask = (ipaddress.ip_address(v) for v in value)
+                value = f"{net}/{bin(int(mask)).count('1')}"
+            if field in IPV6_FIELDS:
+                return _canonical_net(ipaddress.IPv6Network(str(value), strict=False))
             return _canonical_ipv4(str(value))
         except ValueError as err:
             raise FlowError(f"{where}.{field}: {err}") from None
@@ -457,7 +470,7 @@ def chain_rules(topo, chain, members, how):
     `how` is the ingress switch's {host: action toward it}."""
     edge = topo.edge(chain.ingress)
     where = f"chain {chain.name}: match"
-    match = {"eth_type": ETH_IPV4, **chain.match, "in_port": edge.port}
+    match = {"eth_type": match_eth_type(chain.match), **chain.match, "in_port": edge.port}
     priority = PRIO_CLASSIFIER + len(chain.match)
     if not members:
         return [flow(TABLE_ADMIT, priority, "chain_drop", match, where=where)]

@@ -113,9 +113,9 @@ def _matches(packet, match):
         have = _read(packet, field)
         if have is None:
             return False
-        if isinstance(want, tuple):             # (network, netmask)
-            net = ipaddress.IPv4Network(f"{want[0]}/{want[1]}")
-            if ipaddress.IPv4Address(have) not in net:
+        if isinstance(want, tuple):             # (network, netmask), IPv4 or IPv6
+            addr, net, mask = (ipaddress.ip_address(a) for a in (have, *want))
+            if addr.version != net.version or int(addr) & int(mask) != int(net):
                 return False
         elif isinstance(have, str) and isinstance(want, str):
             if have.lower() != want.lower():

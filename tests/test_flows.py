@@ -514,36 +514,59 @@ def _ofctl_flow(spec):
             + ",".join(fields) + " actions=" + (",".join(actions) or "drop"))
 
 
-def test_ovs_drops_a_chain_packet_with_no_placed_nf_instead_of_forwarding_it(
-        ovs, run_prefix, tmp_path):
-    """Real OVS, the rules of a switch whose chain has no NF placed: a
-    chain packet addressed to h2 (plain L2 would deliver it) is dropped by
-    the chain_drop rule, which counts it; other traffic to h2 is delivered."""
-    topo = parse_topology(ONE_SWITCH, "test_flows.py:ONE_SWITCH")
+def _one_switch_in_ovs(ovs, bridge_name, tmp_path, text):
+    """A real OVS bridge holding the rules of the one switch of topology
+    `text` with no NF placed (ports 1..3 internal): (topo, rules, bridge)."""
+    topo = parse_topology(text, "test_flows.py:ONE_SWITCH")
     rules = switch_rules(topo, build_graph(topo), {})[0x301]
-    bridge = ovs.add_bridge(run_prefix + "fc", dpid=0x301)
+    bridge = ovs.add_bridge(bridge_name, dpid=0x301)
     for port in (1, 2, 3):
-        name = f"{run_prefix}fc{port}"
+        name = f"{bridge_name}{port}"
         ovs.vsctl("add-port", bridge, name, "--", "set", "Interface", name,
                   "type=internal", f"ofport_request={port}")
     flow_file = tmp_path / "flows.txt"
     flow_file.write_text("\n".join(_ofctl_flow(f) for f in rules.flows
                                    if f.kind != "learn") + "\n")
     ovs.ofctl("add-flows", bridge, str(flow_file))
-    h2 = topo.host("h2")
-    packet = ("in_port=3,tcp,dl_src=02:aa:00:00:00:01,dl_dst=" + h2.mac
-              + ",nw_src=192.0.2.7,nw_dst=10.0.1.9,tcp_src=40000,tcp_dst={port}")
-    chain = ovs.appctl("ofproto/trace", bridge, packet.format(port=80))
-    assert "Datapath actions: drop" in chain, chain
+    return topo, rules, bridge
+
+
+ONE_SWITCH6 = ONE_SWITCH.replace("{ipv4_dst: 10.0.1.0/24, ip_proto: 6, tcp_dst: 80}",
+                                 '{ipv6_dst: "2001:db8:1::/48", ip_proto: 6, tcp_dst: 80}')
+# family -> (topology, trace of a TCP packet {dst} {port}, chain dst, other dst, IP layer)
+FAMILIES = {
+    4: (ONE_SWITCH, "tcp,nw_src=192.0.2.7,nw_dst={dst}", "10.0.1.9", "10.0.0.2", "IP"),
+    6: (ONE_SWITCH6, "tcp6,ipv6_src=2001:db8:9::7,ipv6_dst={dst}", "2001:db8:1::9",
+        "2001:db8:2::9", "IPv6"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_ovs_drops_a_chain_packet_with_no_placed_nf_instead_of_forwarding_it(
+        ovs, run_prefix, tmp_path, family):
+    """Real OVS, the rules of a switch whose chain (IPv4 or IPv6) has no NF
+    placed: a chain packet addressed to h2 (plain L2 would deliver it) is
+    dropped by the chain_drop rule, which counts it; other traffic to h2
+    (another port, or for IPv6 another prefix) is delivered."""
+    text, trace, dst, other_dst, layer = FAMILIES[family]
+    topo, rules, bridge = _one_switch_in_ovs(ovs, f"{run_prefix}f{family}", tmp_path, text)
     drop = _chain_drops(rules)[0]
-    assert f"cookie {drop.cookie:#x}" in chain, chain
-    other = ovs.appctl("ofproto/trace", bridge, packet.format(port=443))
-    assert "output:2" in other and "Datapath actions: drop" not in other, other
+    assert dict(drop.match)["eth_type"] == (0x0800 if family == 4 else 0x86DD)
+    h2 = topo.host("h2")
+    packet = ("in_port=3,dl_src=02:aa:00:00:00:01,dl_dst=" + h2.mac + "," + trace
+              + ",tcp_src=40000,tcp_dst={port}")
+    chain = ovs.appctl("ofproto/trace", bridge, packet.format(dst=dst, port=80))
+    assert "Datapath actions: drop" in chain and f"cookie {drop.cookie:#x}" in chain, chain
+    for other in (packet.format(dst=dst, port=443), packet.format(dst=other_dst, port=80)):
+        other = ovs.appctl("ofproto/trace", bridge, other)
+        assert "output:2" in other and "Datapath actions: drop" not in other, other
     # a real frame through the pipeline: the drop rule's counter counts it
-    from scapy.layers.inet import IP, TCP
+    from scapy.layers import inet, inet6
     from scapy.layers.l2 import Ether
+    ip = getattr(inet if family == 4 else inet6, layer)
+    src = "192.0.2.7" if family == 4 else "2001:db8:9::7"
     frame = bytes(Ether(src="02:aa:00:00:00:01", dst=h2.mac)
-                  / IP(src="192.0.2.7", dst="10.0.1.9") / TCP(sport=40000, dport=80))
+                  / ip(src=src, dst=dst) / inet.TCP(sport=40000, dport=80))
     for _ in range(3):
         ovs.ofctl("packet-out", bridge, f"in_port=3 packet={frame.hex()} actions=table")
     counted = ovs.ofctl("dump-flows", bridge, f"cookie={drop.cookie:#x}/-1")
@@ -716,3 +739,66 @@ def test_diff_leaves_learned_rules_but_not_impostors(served, kind, table, other_
     assert flows.cookie_kind(learned.cookie) == kind
     assert cookie == {"pin": flows.pin_cookie(), "reply_pin": flows.reply_cookie()}[kind]
     assert diff(desired, actual + [learned, foreign, elsewhere]) == ([], [foreign, elsewhere])
+
+
+# -------------------------------------------------------------------- IPv6
+
+WEB6 = """
+  - name: web6
+    ingress: internet
+    egress: h4
+    match: {ipv6_dst: "2001:db8:1::/48", ip_proto: 6, tcp_dst: 80}
+    nfs: [firewall]
+    mpps: 1.0
+"""
+
+
+def tcp6_packet(dst, dport, sport=40000, src="2001:db8:9::7", eth_dst="02:aa:00:00:00:02"):
+    return {"eth_src": "02:aa:00:00:00:01", "eth_dst": eth_dst, "eth_type": 0x86DD,
+            "ipv6_src": src, "ipv6_dst": dst, "ip_ttl": 30, "ip_proto": 6,
+            "tcp_src": sport, "tcp_dst": dport}
+
+
+def test_an_ipv6_chain_is_classified_by_its_ipv6_match_at_its_ingress():
+    """A chain matching ipv6_dst: its IPv6 packets are labelled for a first
+    NF host, IPv6 packets outside its prefix and IPv4 packets of the same
+    port are not its own, and the IPv4 chain beside it is unchanged."""
+    topo = parse_topology(LEAF_SPINE + WEB6, "test_flows.py:LEAF_SPINE+WEB6")
+    web6 = topo.chain("web6")
+    assert not web6.symmetric, "the way back is learned for IPv4 only"
+    fabric = FabricSim(topo, switch_rules(topo, build_graph(topo),
+                                          dict(INGRESS, web6=[("h3", 1.0), ("h5", 1.0)])))
+    seen = set()
+    for sport in range(1000, 1100):
+        exits = fabric.from_edge("internet", tcp6_packet("2001:db8:1::9", 80, sport))
+        assert len(exits) == 1 and exits[0].kind == "host", exits
+        assert [e["label"] for e in exits[0].packet["mpls"]][1:] == [web6.spi, 255]
+        assert rule_kinds(exits[0].trace)[0] == "classifier"
+        seen.add(exits[0].name)
+    assert seen == {"h3", "h5"}
+    other = fabric.from_edge("internet", tcp6_packet("2001:db8:2::9", 80,
+                                                     eth_dst="02:00:00:00:00:04"))
+    assert [(e.kind, e.name) for e in other] == [("host", "h4")]
+    assert "mpls" not in other[0].packet
+    v4 = fabric.from_edge("internet", tcp_packet("10.0.1.9", 80))
+    assert [e["label"] for e in v4[0].packet["mpls"]][1] == topo.chain("web").spi
+
+
+@pytest.mark.parametrize("match,extra,error", [
+    ('{ipv6_dst: "2001:db8:1::/48", ipv4_src: 10.0.0.0/8}', "",
+     r"match\.ipv6_dst: cannot be matched with ipv4_src"),
+    ('{ipv6_dst: "2001:db8::zz"}', "", r"match\.ipv6_dst: .*zz"),
+    ('{ipv6_dst: "2001:db8:1::/48", eth_type: 2048}', "",
+     r"match\.ipv6_dst: needs eth_type 0x86dd"),
+    ('{ipv6_dst: "2001:db8:1::/48"}', "\n    symmetric: true",
+     r"symmetric: an IPv6 chain cannot be symmetric"),
+])
+def test_a_wrong_ipv6_match_is_named_with_its_line(match, extra, error):
+    text = LEAF_SPINE + WEB6.replace(
+        'match: {ipv6_dst: "2001:db8:1::/48", ip_proto: 6, tcp_dst: 80}', f"match: {match}")
+    text = text.replace("egress: h4\n    match: " + match, "egress: web9\n    match: " + match)
+    text += extra
+    text += "\nservers:\n  - {name: web9, switch: leaf2, port: 5, mac: \"02:00:00:00:01:19\", " \
+            "ip: 10.0.1.19/24}\n"
+    with pytest.raises(Exception, match=r"test\.yaml:\d+.*" + error):
+        parse_topology(text, "test.yaml")

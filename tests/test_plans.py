@@ -411,3 +411,14 @@ def test_an_lb_of_pools_with_several_addresses_balances_without_a_vip(caplog):
     assert both and all("vip" not in c and len(c["backends"]) == 2 for c in both)
     assert "lb serving chains cart, web: they name several destination addresses" \
         in caplog.text
+
+
+def test_a_host_classifier_on_ipv6_is_refused_by_name():
+    """The host classifier (rte_acl) matches IPv4: an IPv6 match in a
+    plan's classifier is an error, not a rule that would match anything."""
+    plan = _good_plan()
+    plan["classifiers"][0]["match"] = {"ipv6_dst": "2001:db8:1::/48"}
+    with pytest.raises(PlanError) as err:
+        check_plan(plan)
+    assert err.value.errors == ["plan.classifiers[0].match: a host classifier matches IPv4 "
+                                "only (a chain's IPv6 match is classified at its ingress switch)"]

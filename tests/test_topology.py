@@ -168,8 +168,8 @@ CASES = [
      ["t.yaml:16: chain web: nfs must be a list of names, not []"]),
     ("match-unknown-field", {16: chain(match="{vlan_vid: 3}")},
      ["t.yaml:16: chain web: match.vlan_vid: unknown match field; known: "
-      "eth_type, ip_proto, ipv4_dst, ipv4_src, tcp_dst, tcp_src, udp_dst, "
-      "udp_src"]),
+      "eth_type, ip_proto, ipv4_dst, ipv4_src, ipv6_dst, ipv6_src, tcp_dst, tcp_src, "
+      "udp_dst, udp_src"]),
     ("match-empty", {16: chain(match="{}")},
      ["t.yaml:16: chain web: match: must be a non-empty mapping"]),
     ("chain-mpps-zero", {16: chain(mpps="0")},

@@ -51,6 +51,10 @@ REQUIRED_FIELDS = CHAIN_FIELDS[:6]
 # server is symmetric unless it says otherwise (its replies need the state).
 STATEFUL_NFS = frozenset(("firewall-stateful", "nat", "lb", "ids"))
 POOL_NF = "lb"                 # what spreads a pool's flows over its servers
+# NF types that pass IPv6 packets without acting on them: an IPv6 chain
+# cannot hold one (it would be sent around the NF, which fails open).
+IPV4_ONLY_NFS = {"ids": "its rules and streams are IPv4", "lb": "it rewrites IPv4 addresses",
+                 "nat": "it translates IPv4 addresses"}
 # The stored chain's field that marks it retired: deleted, placed nowhere,
 # its match still dropped and counted at its ingress (controller.core).
 RETIRED = "retired"
@@ -193,6 +197,12 @@ def _check_pool_and_symmetry(body, scope, report):
         report((), f"symmetric needs a server or a pool of servers as egress; "
                    f"{noun} {egress} has no way back")
         ok = False
+    if _is_ipv6(body.get("match")):
+        for i, nf in enumerate(body["nfs"]):
+            if nf in IPV4_ONLY_NFS:
+                report(("nfs", i), f"{nf} handles IPv4 only ({IPV4_ONLY_NFS[nf]}): an IPv6 "
+                                   f"chain through it would pass its packets untouched")
+                ok = False
     if body.get("symmetric") and _is_ipv6(body.get("match")):
         report(("symmetric",), "an IPv6 chain cannot be symmetric: the switches learn "
                                "the way back of IPv4 flows only (README, Known limits)")

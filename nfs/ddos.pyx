@@ -95,7 +95,7 @@ cdef void ddos_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
         reason = -1
         if cm_add(t.pkt, t.depth, t.width, src) > t.pkt_threshold:
             reason = 1
-        if meta.key.proto == 6 and meta.key.family == 4:
+        if meta.key.proto == 6:         # IPv4 or IPv6 (its source as its digest)
             d = onvm_mtod(pkts[i])
             l4 = pkt_l4(meta)
             if l4 >= 0 and pkts[i].data_len >= <uint32_t>l4 + 14 and (d[l4 + 13] & 0x12) == 0x02:

@@ -1,18 +1,34 @@
 # The firewall's rule table, shared by `firewall` and `firewall-stateful`.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, int16_t, uint16_t, uint32_t, uint64_t
 from nflib.nf cimport rte_acl_ctx, rte_mbuf, onvm_meta, onvm_flow_key, NativeNF, Acl
 
 
+cdef struct rule6_t:        # a rule for IPv6 packets, matched in file order
+    int16_t proto           # -1: any
+    uint8_t src[16]
+    uint8_t src_mask[16]
+    uint8_t dst[16]
+    uint8_t dst_mask[16]
+    uint16_t sport_lo, sport_hi, dport_lo, dport_hi
+    uint32_t rule           # its rule + 1
+
+
 cdef struct ruleset_t:
-    rte_acl_ctx *acl
+    rte_acl_ctx *acl        # the rules for IPv4 packets
+    uint32_t *v4_rule       # rte_acl's answer (its rule + 1) -> the rule + 1
+    rule6_t *rules6         # the rules for IPv6 packets
+    uint32_t nrules6
     uint8_t *allow          # per rule
     uint64_t *hits          # per rule
-    uint32_t *flow_rule     # per flow id: rte_acl's answer (rule + 1, 0 none), cached
+    uint32_t *flow_rule     # per flow id: the answer (rule + 1, 0 none), cached
     uint8_t *flow_known     # per flow id: 1 once flow_rule holds the answer
     onvm_flow_key *flow_of  # per flow id: the flow the answer is for (ids are reused)
+    uint8_t *flow_addr6     # per flow id: an IPv6 flow's addresses (src, dst: 32 bytes),
+                            # compared too: its key holds only their digests
     uint8_t default_allow
     uint64_t default_hits
-    uint64_t not_ipv4       # IPv6 packets: the default action, counted
+    uint64_t ipv6           # IPv6 packets judged
+    uint64_t ipv6_default   # of which no rule matched
 
 
 cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept nogil

@@ -2,15 +2,19 @@
 """`firewall`: 5-tuple ACL rules (DPDK rte_acl) from a checked rule file
 (nfs/fwrules.py), first match wins, with a counter per rule.
 
-IPv4 only: IPv6 packets get the default action and are counted apart.
+IPv4 rules go to rte_acl; rules with IPv6 prefixes (and rules with no
+address, which are for both) are matched in file order for IPv6 packets,
+once a flow: the answer is cached per flow id with the flow's full
+addresses, since an IPv6 flow key holds only their digests.
 `RuleSet` (the rules as an rte_acl context plus their actions and hit
 counters) is shared with `firewall-stateful` (nfs/stateful.pyx)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcmp, memset
-from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, onvm_meta_of,
+from libc.string cimport memcmp, memcpy, memset
+from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, onvm_meta_of, onvm_mtod, rd16,
     ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify,
     onvm_flow_key)
+import ipaddress
 from nfs.pkttuple cimport packet_key
 
 from nfs.configs import parse_firewall_rules
@@ -40,6 +44,9 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
     for i in range(n):
         meta = onvm_meta_of(pkts[i])
         fid = meta.flow_id
+        if meta.key.family == 6:
+            classify6(rs, addrs6(pkts[i], meta), meta)
+            continue
         if meta.key.family != 4 or flow_cached(rs, meta):
             continue
         packet_key(pkts[i], meta, &keys[nmiss])
@@ -60,19 +67,71 @@ cdef inline bint flow_cached(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
         memcmp(&rs.flow_of[fid], &meta.key, sizeof(onvm_flow_key)) == 0
 
 
+cdef inline const uint8_t *addrs6(rte_mbuf *m, onvm_meta *meta) noexcept nogil:
+    """An IPv6 packet's source then destination address (the parser checked
+    that its 40-byte header is there)."""
+    return onvm_mtod(m) + meta.l3_off + 8
+
+
+cdef void classify6(ruleset_t *rs, const uint8_t *addrs, onvm_meta *meta) noexcept nogil:
+    """The first IPv6 rule that matches, for a flow whose answer (for these
+    very addresses) is not cached yet; cached as ruleset_classify does."""
+    cdef int32_t fid = meta.flow_id
+    cdef bint tracked = fid >= 0 and fid < ONVM_FLOW_ENTRIES
+    cdef uint32_t r
+    if tracked and flow_cached(rs, meta) and \
+            memcmp(rs.flow_addr6 + <size_t>fid * 32, addrs, 32) == 0:
+        return
+    r = match6(rs, addrs, meta.key.proto, rd16(<uint8_t *>&meta.key.sport),
+               rd16(<uint8_t *>&meta.key.dport))
+    if tracked:
+        rs.flow_rule[fid] = r
+        rs.flow_known[fid] = 1
+        rs.flow_of[fid] = meta.key
+        memcpy(rs.flow_addr6 + <size_t>fid * 32, addrs, 32)
+    else:
+        meta.destination = <uint16_t>r
+
+
+cdef inline bint masked_eq(const uint8_t *a, const uint8_t *net, const uint8_t *mask) noexcept nogil:
+    cdef int i
+    for i in range(16):
+        if (a[i] & mask[i]) != net[i]:
+            return False
+    return True
+
+
+cdef uint32_t match6(ruleset_t *rs, const uint8_t *addrs, uint8_t proto, uint16_t sport,
+                     uint16_t dport) noexcept nogil:
+    cdef uint32_t i
+    cdef rule6_t *r
+    for i in range(rs.nrules6):
+        r = &rs.rules6[i]
+        if (r.proto >= 0 and r.proto != proto) or sport < r.sport_lo or sport > r.sport_hi \
+                or dport < r.dport_lo or dport > r.dport_hi:
+            continue
+        if masked_eq(addrs, r.src, r.src_mask) and masked_eq(addrs + 16, r.dst, r.dst_mask):
+            return r.rule
+    return 0
+
+
 cdef uint8_t ruleset_allow(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
     """The first matching rule's action (or the default), counted; the
     packet's batch went through ruleset_classify."""
     cdef int32_t fid = meta.flow_id
     cdef uint32_t r
-    if meta.key.family != 4:
-        rs.not_ipv4 += 1
+    if meta.key.family != 4 and meta.key.family != 6:
+        rs.default_hits += 1        # the parser passes only IP; never here
         return rs.default_allow
     r = rs.flow_rule[fid] if fid >= 0 and fid < ONVM_FLOW_ENTRIES else meta.destination
+    if meta.key.family == 6:
+        rs.ipv6 += 1
     if r:
         rs.hits[r - 1] += 1
         return rs.allow[r - 1]
     rs.default_hits += 1
+    if meta.key.family == 6:
+        rs.ipv6_default += 1
     return rs.default_allow
 
 
@@ -89,6 +148,7 @@ cdef void _classify_misses(ruleset_t *rs, rte_mbuf **pkts, const uint8_t **data,
     else:
         memset(res, 0, n * sizeof(uint32_t))
     for k in range(n):
+        res[k] = rs.v4_rule[res[k]]
         meta = onvm_meta_of(pkts[idx[k]])
         fid = meta.flow_id
         if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
@@ -104,8 +164,20 @@ cdef class RuleSet:
 
     def __init__(self, rules, default_allow):
         self.rules = list(rules)
-        self.acl = Acl([r.acl() for r in self.rules])
+        v4 = [i for i, r in enumerate(self.rules) if r.family != 6]
+        v6 = [i for i, r in enumerate(self.rules) if r.family != 4]
+        self.acl = Acl([self.rules[i].acl() for i in v4])
         self.rs.acl = self.acl.ctx
+        self.rs.v4_rule = <uint32_t *>calloc(len(v4) + 1, sizeof(uint32_t))
+        self.rs.rules6 = <rule6_t *>calloc(max(1, len(v6)), sizeof(rule6_t))
+        self.rs.flow_addr6 = <uint8_t *>calloc(ONVM_FLOW_ENTRIES, 32)
+        if self.rs.v4_rule == NULL or self.rs.rules6 == NULL or self.rs.flow_addr6 == NULL:
+            raise MemoryError()
+        for k, i in enumerate(v4):
+            self.rs.v4_rule[k + 1] = i + 1
+        for k, i in enumerate(v6):
+            _rule6(&self.rs.rules6[k], self.rules[i], i + 1)
+        self.rs.nrules6 = len(v6)
         n = max(1, len(self.rules))
         self.rs.allow = <uint8_t *>calloc(n, 1)
         self.rs.hits = <uint64_t *>calloc(n, sizeof(uint64_t))
@@ -122,6 +194,9 @@ cdef class RuleSet:
         self.rs.default_allow = default_allow
 
     def __dealloc__(self):
+        free(self.rs.v4_rule)
+        free(self.rs.rules6)
+        free(self.rs.flow_addr6)
         free(self.rs.allow)
         free(self.rs.hits)
         free(self.rs.flow_rule)
@@ -129,9 +204,27 @@ cdef class RuleSet:
         free(self.rs.flow_of)
 
     def counters(self):
-        return {"default": self.rs.default_hits, "ipv6_default": self.rs.not_ipv4,
+        return {"default": self.rs.default_hits, "ipv6": self.rs.ipv6,
+                "ipv6_default": self.rs.ipv6_default,
                 "rules": [{"line": r.line, "rule": r.text, "hits": self.rs.hits[i]}
                           for i, r in enumerate(self.rules)]}
+
+
+cdef void _rule6(rule6_t *r, rule, uint32_t index):
+    """nfs.fwrules.Rule as the IPv6 matcher's struct (no address: any)."""
+    cdef bytes a
+    r.proto = -1 if rule.proto is None else rule.proto
+    src = ipaddress.IPv6Network(rule.src or "::/0")
+    dst = ipaddress.IPv6Network(rule.dst or "::/0")
+    a = src.network_address.packed + src.netmask.packed + dst.network_address.packed \
+        + dst.netmask.packed
+    memcpy(r.src, <const char *>a, 16)
+    memcpy(r.src_mask, <const char *>a + 16, 16)
+    memcpy(r.dst, <const char *>a + 32, 16)
+    memcpy(r.dst_mask, <const char *>a + 48, 16)
+    r.sport_lo, r.sport_hi = rule.sport
+    r.dport_lo, r.dport_hi = rule.dport
+    r.rule = index
 
 
 cdef uint8_t fw_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:

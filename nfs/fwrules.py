@@ -8,9 +8,11 @@ One rule a line, first match wins, `#` starts a comment:
     allow     icmp   any           any
     default   deny
 
-action is `allow` or `deny`; proto `tcp`, `udp`, `icmp`, `sctp`, `any` or a
-number; addresses `any` or IPv4 networks; ports `any`, a number or `LO-HI`
-(only with tcp, udp, sctp).  `default` (allow or deny) says what happens to
+action is `allow` or `deny`; proto `tcp`, `udp`, `icmp`, `icmp6`, `sctp`,
+`any` or a number; addresses `any` or IPv4 or IPv6 networks (a rule with
+an IPv4 address is for IPv4 packets, one with an IPv6 address for IPv6
+packets, one with `any` for both; one rule cannot name both families);
+ports `any`, a number or `LO-HI` (only with tcp, udp, sctp).  `default` (allow or deny) says what happens to
 packets no rule matches; it is deny when absent.  Errors are
 `FILE:LINE: message`, all of them, not only the first.
 """
@@ -20,7 +22,7 @@ import ipaddress
 from nflib.api import rule_text
 from nfs.nfconfig import collector
 
-PROTOS = {"any": None, "icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
+PROTOS = {"any": None, "icmp": 1, "tcp": 6, "udp": 17, "sctp": 132, "icmp6": 58}
 PORT_PROTOS = (6, 17, 132)
 
 
@@ -28,14 +30,21 @@ PORT_PROTOS = (6, 17, 132)
 class Rule:
     allow: bool
     proto: object      # int or None
-    src: object        # "a.b.c.d/n" or None
+    src: object        # "a.b.c.d/n", "2001:db8::/32" or None
     dst: object
     sport: tuple
     dport: tuple
     line: int
     text: str
 
+    @property
+    def family(self):
+        """4 or 6: the packets the rule is for; 0: both (no address)."""
+        nets = [n for n in (self.src, self.dst) if n is not None]
+        return ipaddress.ip_network(nets[0]).version if nets else 0
+
     def acl(self):
+        """The IPv4 ACL's rule (nflib.nf.Acl); family 6 rules have none."""
         return (self.proto, self.src, self.dst, self.sport, self.dport)
 
 
@@ -52,7 +61,8 @@ def _ports(word):
 def _net(word):
     if word == "any":
         return None
-    return str(ipaddress.IPv4Network(word, strict=False))
+    family = ipaddress.IPv6Network if ":" in word else ipaddress.IPv4Network
+    return str(family(word, strict=False))
 
 
 def parse_rules(text, source="<rules>"):
@@ -90,6 +100,10 @@ def parse_rules(text, source="<rules>"):
             src, dst = _net(words[2]), _net(words[3])
         except ValueError as err:
             errors.add(where, f"bad address: {err}")
+            continue
+        if src and dst and ipaddress.ip_network(src).version != ipaddress.ip_network(dst).version:
+            errors.add(where, f"source {words[2]} and destination {words[3]} are not of one "
+                              f"family (IPv4 or IPv6): a packet is one or the other")
             continue
         sport = dport = (0, 65535)
         if len(words) == 6:

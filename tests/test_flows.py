@@ -792,9 +792,11 @@ def test_an_ipv6_chain_is_classified_by_its_ipv6_match_at_its_ingress():
      r"match\.ipv6_dst: needs eth_type 0x86dd"),
     ('{ipv6_dst: "2001:db8:1::/48"}', "\n    symmetric: true",
      r"symmetric: an IPv6 chain cannot be symmetric"),
+    ('{ipv6_dst: "2001:db8:1::/48"}', "", r"nfs\[1\]: ids handles IPv4 only"),
 ])
 def test_a_wrong_ipv6_match_is_named_with_its_line(match, extra, error):
-    text = LEAF_SPINE + WEB6.replace(
+    text = LEAF_SPINE + (WEB6 if "ids" not in error else
+                         WEB6.replace("nfs: [firewall]", "nfs: [firewall, ids]")).replace(
         'match: {ipv6_dst: "2001:db8:1::/48", ip_proto: 6, tcp_dst: 80}', f"match: {match}")
     text = text.replace("egress: h4\n    match: " + match, "egress: web9\n    match: " + match)
     text += extra

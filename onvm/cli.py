@@ -140,6 +140,9 @@ def build_parser():
     nr.add_argument("--instance", type=int, required=True)
     nr.add_argument("--config", default=None, help="JSON config for the NF")
     nr.add_argument("--file-prefix", default=None)
+    nr.add_argument("--lcore", type=int, default=None, metavar="L",
+                    help="run on core L (the EAL pins it there; default: core 1 "
+                         "where there is one); the agent gives each NF process its own")
     nr.set_defaults(run=_handler("host_agent.nfproc:cli_nf_run"))
     nc = nsub.add_parser("check", help="build an NF's config as an agent would and report "
                                        "(for ids: rules loaded and skipped)")
@@ -222,12 +225,24 @@ def build_parser():
     bf.add_argument("--new-flows", type=float, default=0.0, metavar="PER_S",
                     help="new flows a second: the window of --flows flows slides, old "
                          "ones stop and age out (see --flow-idle); occupancy is sampled")
+    bf.add_argument("--cores", type=int, default=1, metavar="N",
+                    help="worker cores (default 1); more than the machine has is an error")
     bf.add_argument("--json", action="store_true")
     bf.add_argument("--replicate-interval", type=float, default=0.0, metavar="SECONDS",
                     help="take the replicas' snapshots of the lb, nat and firewall-stateful "
                          "instances this often during the timed run, as an agent does "
                          "(host_agent.replicas; default 0: none), their time counted")
     bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
+    by = bsub.add_parser("cycles", help="cycles per packet of each NF and a chain, "
+                                        "and the cores 10/40/100 GbE need")
+    by.add_argument("--chain", action="append", default=[], metavar="A,B,...",
+                    help="an NF or chain to measure (repeatable; default: firewall, "
+                         "monitor, forward and firewall,monitor,forward)")
+    by.add_argument("--mix", action="append", choices=("64", "imix"), default=[],
+                    help="frame mix (repeatable; default both)")
+    by.add_argument("--packets", type=int, default=10_000_000)
+    by.add_argument("--json", action="store_true")
+    by.set_defaults(run=_handler("host_agent.cycles:cli_bench_cycles"))
     bp = bsub.add_parser("placement", help="placement quality and speed")
     bp.add_argument("--json", action="store_true")
     bp.set_defaults(run=_handler("controller.bench:cli_bench_placement"))

@@ -1,0 +1,188 @@
+"""Cores: NF processes on cores of their own (host_agent.lcores), commands
+that ask for cores the machine lacks, and the cycles a packet costs
+(host_agent.cycles).  The processes run for real (DPDK EAL, huge pages
+for NF processes); no speed is asserted."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from scapy.all import IP, TCP, Ether, rdpcap, wrpcap
+
+from contracts.statsum import summarize
+from host_agent import fastpath as fp
+from host_agent import lcores
+from host_agent.cycles import cores_needed, line_rate_mpps, projection
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONVM = [sys.executable, "-m", "onvm.cli"]
+CORES = lcores.machine_cores()
+HAVE = f"{len(CORES)} core{'s' if len(CORES) != 1 else ''} ({lcores.format_cores(CORES)})"
+
+
+def onvm(*args, timeout=300):
+    return subprocess.run(ONVM + list(args), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ------------------------------------------------------------ core lists
+
+def test_core_lists_parse_and_format_as_the_eal_writes_them():
+    assert lcores.parse_core_list("0,2-4,7") == [0, 2, 3, 4, 7]
+    assert lcores.format_cores([7, 0, 2, 3, 4]) == "0,2-4,7"
+    with pytest.raises(lcores.CoresError, match=r"'3-1': range 3-1 runs backwards"):
+        lcores.parse_core_list("3-1")
+    with pytest.raises(lcores.CoresError, match="'a' is not a core list"):
+        lcores.parse_core_list("a")
+
+
+def test_asking_for_cores_that_do_not_exist_names_them_and_the_cores_there():
+    with pytest.raises(lcores.CoresError) as err:
+        lcores.check_cores([1, 7], "--lcore 7", cores=[0, 1])
+    assert str(err.value) == "--lcore 7: no core 7 here: this machine has 2 cores (0-1)"
+    with pytest.raises(lcores.CoresError) as err:
+        lcores.check_core_count(3, "--cores 3", cores=[0, 1])
+    assert str(err.value) == "--cores 3: asks for 3 cores, but this machine has 2 cores (0-1)"
+    lcores.check_core_count(2, "--cores 2", cores=[0, 1])
+
+
+def test_the_budget_is_the_eal_list_or_else_the_machine():
+    assert lcores.budget(["-l", "0"], cores=range(8)) == (0, [1, 2, 3, 4, 5, 6, 7])
+    assert lcores.budget(["-l", "2-4"], cores=range(8)) == (2, [3, 4])
+    assert lcores.budget([], cores=[3, 5]) == (3, [5])
+
+
+def test_each_nf_process_gets_its_own_core_while_there_are_enough():
+    cores, shared = lcores.assign([5, 1, 3], manager=0, free=[1, 2, 3, 4])
+    assert cores == {1: 1, 3: 2, 5: 3} and shared == []
+    # a running instance keeps its core; a new one takes a free one
+    cores, shared = lcores.assign([3, 5, 9], manager=0, free=[1, 2, 3, 4], kept=cores)
+    assert cores == {3: 2, 5: 3, 9: 1} and shared == []
+
+
+def test_too_few_cores_share_round_robin_and_say_which():
+    cores, shared = lcores.assign([1, 2, 3], manager=0, free=[1, 2])
+    assert cores == {1: 1, 2: 2, 3: 1} and shared == [1]
+    cores, shared = lcores.assign([1, 2], manager=0, free=[])
+    assert cores == {1: 0, 2: 0} and shared == [0]
+
+
+# ------------------------------------------------ commands asking for too many
+
+def test_nf_run_on_a_core_that_does_not_exist_exits_1_naming_the_cores():
+    missing = CORES[-1] + 5
+    out = onvm("nf", "run", "forward", "--host", "nowhere", "--instance", "1",
+               "--lcore", str(missing))
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"onvm nf run: --lcore {missing}: no core {missing} "
+                                  f"here: this machine has {HAVE}")
+
+
+def test_bench_with_more_worker_cores_than_the_machine_has_exits_1():
+    n = len(CORES) + 1
+    out = onvm("bench", "fastpath", "--chain", "forward", "--cores", str(n))
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"onvm bench fastpath: --cores {n}: asks for {n} "
+                                  f"cores, but this machine has {HAVE}")
+
+
+def test_an_agent_on_cores_that_do_not_exist_exits_1_naming_them(tmp_path):
+    missing = CORES[-1] + 1
+    (tmp_path / "plan.json").write_text(json.dumps(process_plan()))
+    out = onvm("agent", "--host", "h1", "--plan", str(tmp_path / "plan.json"),
+               "--seconds", "1", "--metrics-port", "0", "--", "-l", f"0,{missing}-{missing + 2}",
+               "--no-huge", "-m", "128", "--vdev", "net_null0")
+    assert out.returncode == 1
+    assert (f"onvm agent: -l 0,{missing}-{missing + 2}: no core {missing}-{missing + 2} "
+            f"here: this machine has {HAVE}") in out.stderr
+
+
+# ------------------------------------------------------------ the agent
+
+def process_plan():
+    return {
+        "host": "h1", "generation": 1, "node_label": 16, "mac": "02:00:00:00:00:01",
+        "instances": [{"id": 1, "nf": "firewall", "mode": "process",
+                       "config": {"rules_text": "deny tcp any any any 22\ndefault allow"}},
+                      {"id": 2, "nf": "monitor", "mode": "process"},
+                      {"id": 3, "nf": "forward"}],
+        "classifiers": [{"spi": 16, "match": {"ipv4_dst": "10.0.1.0/24"}}],
+        "hops": [{"spi": 16, "si": 255, "local": 1}, {"spi": 16, "si": 254, "local": 2},
+                 {"spi": 16, "si": 253, "local": 3},
+                 {"spi": 16, "si": 252, "end": {"port": 1, "dst_mac": "02:00:00:00:00:04"}}],
+        "uplink": 1,
+    }
+
+
+def test_agent_pins_nf_processes_off_the_manager_core_and_reports_them(tmp_path):
+    if fp.hugepages_available() < 300:
+        pytest.skip("NF processes share the agent's memory through huge pages; "
+                    "`make hugepages` (as root) reserves and mounts them")
+    frames = [Ether(dst="02:00:00:00:00:01") / IP(src="10.0.0.5", dst="10.0.1.7")
+              / TCP(sport=1000 + i, dport=22 if i % 5 == 0 else 80) for i in range(50)]
+    wrpcap(str(tmp_path / "in.pcap"), frames)
+    (tmp_path / "plan.json").write_text(json.dumps(process_plan()))
+    out = tmp_path / "out.pcap"
+    manager = CORES[0]
+    proc = onvm("agent", "--host", "h1", "--plan", str(tmp_path / "plan.json"),
+                "--seconds", "10", "--metrics-port", "0", "--",
+                "--vdev", f"net_pcap0,rx_pcap={tmp_path}/in.pcap",
+                "--vdev", f"net_pcap1,tx_pcap={out}", "--socket-mem", "256",
+                "-l", str(manager), "--file-prefix", f"onvmcores{os.getpid()}", timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    final = json.loads(proc.stderr.rsplit("final counters ", 1)[1].splitlines()[0])
+    cores = final["cores"]
+    assert cores["manager"] == manager
+    given = {int(i): c for i, c in cores["nf_processes"].items()}
+    assert set(given) == {1, 2}
+    for iid, core in given.items():
+        assert final["instances"][str(iid)]["core"] == core
+        # the EAL of the NF process pinned it there
+        assert f"h1 instance {iid} ({['firewall', 'monitor'][iid - 1]}) serving on cores " \
+               f"{core}\n" in proc.stderr
+    if len(CORES) >= 3:
+        assert manager not in given.values() and len(set(given.values())) == 2
+        assert cores["shared"] == []
+    else:
+        assert cores["shared"] != [] and "are shared" in proc.stderr
+    assert final["instances"]["1"]["drops"] == 10
+    assert final["instances"]["2"]["rx"] == final["instances"]["2"]["tx"] == 40
+    assert len(rdpcap(str(out))) == 40
+    summary, _ = summarize({**final, "instances": final["instances"]})
+    assert summary["cores"] == cores and summary["instances"]["1"]["core"] == given[1]
+
+
+# ------------------------------------------------------------ cycles
+
+def test_line_rates_and_cores_needed():
+    assert [round(line_rate_mpps(g, "64"), 2) for g in (10, 40, 100)] == [14.88, 59.52, 148.81]
+    # IMIX 7:4:1 of 64, 576, 1500: 354.33 bytes a frame, 374.33 on the wire
+    assert round(line_rate_mpps(10, "imix"), 3) == 3.339
+    assert cores_needed(278, 2.1e9, 14.88) == 2           # 1.97 cores
+    assert cores_needed(141.1, 2.1e9, 14.88) == 1         # 0.9998
+    assert cores_needed(200, 2e9, 10) == 1                # exactly one
+    assert projection(278, 2.1e9, "64") == {"10": 2, "40": 8, "100": 20}
+
+
+def test_bench_reports_the_cycles_its_timed_run_took_per_packet():
+    out = onvm("bench", "fastpath", "--chain", "firewall,monitor,forward",
+               "--packets", "200000", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["cores"] == 1 and r["tsc_hz"] > 0
+    # seconds (rounded to 1 ms) x TSC rate / packets
+    assert abs(r["cycles_per_packet"] * r["packets"] / r["tsc_hz"] - r["seconds"]) <= 0.0006
+    # the loop thread's own CPU time is part of the wall-clock time
+    assert 0 < r["cpu_cycles_per_packet"] <= r["cycles_per_packet"] * 1.01 + 1
+
+
+def test_bench_cycles_projects_cores_from_what_it_measured():
+    out = onvm("bench", "cycles", "--chain", "forward", "--mix", "imix",
+               "--packets", "200000", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    (run,) = result["runs"]
+    assert run["chain"] == ["forward"] and run["mix"] == "imix"
+    assert run["cores"] == projection(run["cycles_per_packet"], run["tsc_hz"], "imix")
+    assert result["line_rate_mpps"]["imix"]["100"] == 33.393

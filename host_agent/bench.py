@@ -32,6 +32,7 @@ from contracts import replica
 from contracts.replica import REPLICATED_NFS
 from host_agent.harness import chain_plan
 from host_agent import lcores
+from host_agent.workers import Workers, spread
 from host_agent.replicas import CHUNK, next_wait
 from nflib.api import NFConfigError, make_nf, nf_types
 
@@ -182,14 +183,21 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
               in_flight=4096, log=print, flow_entries=None, flow_idle=None, configs=None,
               replicate=0.0, mix="64", zipf=0.0, new_flows=0.0, cores=1):
     lcores.check_core_count(cores, f"--cores {cores}")
+    refusal = workers_refusal(cores, chain, flows, mode, zipf, new_flows, replicate, in_flight)
+    if refusal:
+        raise ValueError(refusal)
     hugepages = mode == "process" or fp.hugepages_available() >= 256
     eal = fp.default_eal_args(f"bench{os.getpid()}", hugepages=hugepages)
     fp.eal_init(eal)
-    port, ring = fp.ring_port("benchloop")
     sizes = {} if flow_entries is None else {"flow_entries": flow_entries}
-    mgr = fp.Manager("bench", ports=[port], **sizes)
-    if flow_idle is not None:
-        mgr.flow_idle_seconds = flow_idle
+    if cores > 1:
+        port, rings, _ = fp.ring_queues_port("benchloop", cores)
+        mgr = Workers("bench", [port], cores, **sizes)
+    else:
+        port, ring = fp.ring_port("benchloop")
+        rings, mgr = [ring], fp.Manager("bench", ports=[port], **sizes)
+    for m in getattr(mgr, "managers", [mgr]):
+        m.flow_idle_seconds = m.flow_idle_seconds if flow_idle is None else flow_idle
     known = nf_types()
     nfs = []
     for name in chain:
@@ -223,18 +231,22 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                 raise ValueError(f"--zipf and --new-flows need a chain that does not "
                                  f"rewrite addresses (not {', '.join(REWRITING & set(chain))})")
             frames = bench_frames(flows, sizes)
-            done, elapsed, cpu = _run_rounds(mgr, ring, frames, packets, in_flight, snaps)
+            done, elapsed, cpu = _run_rounds(mgr, rings[0], frames, packets, in_flight, snaps)
         else:
             # More flows than the ring holds (or skewed, or sliding): the
             # loop gives each packet the next flow's addresses as it comes
             # back in (host_agent/benchflows.pxd).
-            mgr.bench_flows = flows if flows > in_flight or zipf or new_flows else 0
-            if zipf:
-                mgr.set_bench_table(zipf_table(flows, zipf))
-            mgr.bench_new_per_s = new_flows
             frames = bench_frames(min(flows, in_flight), sizes)
-            done, elapsed, cpu = _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps,
-                                      samples if new_flows else None)
+            if cores > 1:
+                done, elapsed, cpu = _run_workers(mgr, rings, frames, packets, in_flight,
+                                                  flows)
+            else:
+                mgr.bench_flows = flows if flows > in_flight or zipf or new_flows else 0
+                if zipf:
+                    mgr.set_bench_table(zipf_table(flows, zipf))
+                mgr.bench_new_per_s = new_flows
+                done, elapsed, cpu = _run_loop(mgr, rings[0], frames, packets, in_flight,
+                                               flows, snaps, samples if new_flows else None)
         stats = mgr.stats()
         drops = {k: v for k, v in stats["drops"].items() if v}
         mean_bytes = sum(len(f) for f in frames) / len(frames)
@@ -246,7 +258,7 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             # cycles per packet at the TSC's rate: of the timed run's time,
             # and of the loop thread's own CPU time (without what other
             # processes took of its core; inline mode: all the work)
-            "cycles_per_packet": round(elapsed * fp.tsc_hz() / max(done, 1), 1),
+            "cycles_per_packet": round(elapsed * cores * fp.tsc_hz() / max(done, 1), 1),
             "cpu_cycles_per_packet": None if cpu is None else
             round(cpu * fp.tsc_hz() / max(done, 1), 1),
             "tsc_hz": fp.tsc_hz(),
@@ -269,6 +281,8 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                                if "flow_table" in e.get("counters", {})},
             "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
         }
+        if "workers" in stats:
+            result["workers"] = stats["workers"]     # each worker's queue, core, packets
         if snaps is not None:
             result["replication"] = snaps.report()
         if samples:
@@ -278,10 +292,44 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             p.terminate()
         for p in procs:
             p.wait()
-        ring.drain()
+        for ring in rings:
+            ring.drain()
         mgr.close()
         fp.eal_cleanup()
     return result
+
+
+def workers_refusal(cores, chain, flows, mode, zipf, new_flows, replicate, in_flight=4096):
+    """Why `--cores` above 1 cannot run with these options (None if it
+    can): the workers take only looped packets whose flows stay as they
+    are (host_agent.workers)."""
+    if cores <= 1:
+        return None
+    why = [what for what, bad in (
+        ("--mode process", mode != "inline"), (f"more than {in_flight} --flows", flows > in_flight),
+        ("--zipf", zipf), ("--new-flows", new_flows), ("--replicate-interval", replicate),
+        (" or ".join(sorted(REWRITING & set(chain))), REWRITING & set(chain))) if bad]
+    if why:
+        return (f"--cores {cores}: worker cores take inline chains of at most {in_flight} "
+                f"flows that keep their addresses, not {', '.join(why)}")
+    return None
+
+
+def _run_workers(workers, rings, frames, packets, in_flight, flows):
+    """Packets go round on each worker's queue: the frames spread over the
+    queues by flow (host_agent.workers.queue_of), each queue's ring filled
+    with its share of `in_flight`.  Returns (packets, seconds, CPU seconds
+    of all workers)."""
+    shares = spread(frames, len(workers))
+    if not all(shares):
+        raise ValueError(f"{len(frames)} flows leave a worker without any: use more --flows")
+    for ring, share in zip(rings, shares):
+        ring.fill(share, in_flight // len(workers))
+    workers.run(max_packets=max(flows, min(packets // 10, 1_000_000)) // len(workers))
+    t0 = time.perf_counter()
+    runs = workers.run(max_packets=packets // len(workers))
+    elapsed = time.perf_counter() - t0
+    return sum(n for n, _ in runs), elapsed, sum(c for _, c in runs)
 
 
 def _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps=None, samples=None):
@@ -367,9 +415,10 @@ def cli_bench_fastpath(args):
               f"rewrite addresses (not {', '.join(sorted(REWRITING & set(chain)))})",
               file=sys.stderr)
         return 2
-    if 1 < args.cores <= len(lcores.machine_cores()):
-        print(f"onvm bench fastpath: --cores {args.cores}: worker cores are not "
-              f"implemented yet; the fast path runs on one core", file=sys.stderr)
+    refusal = workers_refusal(args.cores, chain, args.flows, args.mode, args.zipf,
+                              args.new_flows, getattr(args, "replicate_interval", 0.0))
+    if refusal:
+        print(f"onvm bench fastpath: {refusal}", file=sys.stderr)
         return 2
     if args.zipf < 0 or args.new_flows < 0:
         print("onvm bench fastpath: --zipf and --new-flows must be >= 0", file=sys.stderr)

@@ -2,18 +2,24 @@
 that ask for cores the machine lacks, and the cycles a packet costs
 (host_agent.cycles).  The processes run for real (DPDK EAL, huge pages
 for NF processes); no speed is asserted."""
+import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
-from scapy.all import IP, TCP, Ether, rdpcap, wrpcap
+from scapy.all import IP, TCP, UDP, Ether, raw, rdpcap, wrpcap
 
 from contracts.statsum import summarize
 from host_agent import fastpath as fp
 from host_agent import lcores
 from host_agent.cycles import cores_needed, line_rate_mpps, projection
+from host_agent.harness import HOST_MAC, chain_plan, ensure_eal
+from host_agent.workers import Workers, queue_of, spread
+from nflib.api import PythonNF
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONVM = [sys.executable, "-m", "onvm.cli"]
@@ -186,3 +192,154 @@ def test_bench_cycles_projects_cores_from_what_it_measured():
     assert run["chain"] == ["forward"] and run["mix"] == "imix"
     assert run["cores"] == projection(run["cycles_per_packet"], run["tsc_hz"], "imix")
     assert result["line_rate_mpps"]["imix"]["100"] == 33.393
+
+
+# ------------------------------------------------------------ worker cores
+
+class Stamp(PythonNF):
+    """Writes its position into the frame's last 3 bytes, so what comes
+    out shows which NFs it went through, in which order."""
+
+    def handle(self, batch):
+        pos = self.config["pos"]
+        for i in range(len(batch)):
+            data = batch.data(i)
+            if data[len(data) - 3 + pos] != ord("-") or (pos and data[len(data) - 4 + pos] == ord("-")):
+                batch.drop(i)           # out of order: visible as an nf_drop
+            data[len(data) - 3 + pos] = ord("A") + pos
+
+
+def stamp_factory(inst):
+    return Stamp(inst["config"])
+
+
+def stamp_plan(port, generation=1):
+    return chain_plan([("stamp", {"pos": p, "generation": generation}) for p in range(3)],
+                      port, port, generation=generation)
+
+
+def flow_frames(flows, per_flow, start=0):
+    """`per_flow` frames of each flow, interleaved; the payload holds the
+    flow and its sequence number, then "---" for the stamps."""
+    return [raw(Ether(dst=HOST_MAC) / IP(src=f"10.1.{f // 250}.{f % 250 + 1}", dst="10.2.0.1")
+                / UDP(sport=1000 + f, dport=5000) / f"{f:05d}{s:05d}---".encode())
+            for s in range(start, start + per_flow) for f in range(flows)]
+
+
+SEQ = itertools.count()
+
+
+@pytest.fixture
+def workers():
+    if len(CORES) < 2:
+        pytest.skip(f"worker cores need 2 cores; this machine has {HAVE}")
+    ensure_eal()
+    made = []
+
+    def make(n=2):
+        port, rxs, txs = fp.ring_queues_port(f"wq{next(SEQ)}", n, loop=False)
+        w = Workers("t", [port], n, flow_entries=1 << 14)
+        made.append((w, rxs, txs))
+        return port, w, rxs, txs
+    yield make
+    for w, rxs, txs in made:
+        w.stop()
+        for r in rxs + txs:
+            r.drain()
+        w.close()
+    avail, in_use = fp.pool_counts()
+    assert in_use == 0, f"{in_use} mbufs leaked"
+
+
+def test_a_flow_and_its_replies_hash_to_one_worker():
+    for f in flow_frames(200, 1):
+        pkt = Ether(f)
+        reply = raw(Ether() / IP(src=pkt[IP].dst, dst=pkt[IP].src)
+                    / UDP(sport=pkt[UDP].dport, dport=pkt[UDP].sport))
+        for n in (2, 3, 4):
+            assert queue_of(f, n) == queue_of(reply, n)
+    assert {queue_of(f, 4) for f in flow_frames(200, 1)} == {0, 1, 2, 3}
+
+
+def check_out(outs, flows, per_flow):
+    """Every packet of every flow came out of one worker's queue, in
+    order, stamped by the three NFs in order."""
+    seen = {}
+    for q, frames in enumerate(outs):
+        for f in frames:
+            payload = bytes(f)[-13:]
+            assert payload[-3:] == b"ABC", payload
+            flow, seq = int(payload[:5]), int(payload[5:10])
+            queues, seqs = seen.setdefault(flow, (set(), []))
+            queues.add(q)
+            seqs.append(seq)
+    assert sorted(seen) == list(range(flows))
+    for flow, (queues, seqs) in seen.items():
+        assert len(queues) == 1, f"flow {flow} on workers {queues}"
+        assert seqs == list(range(per_flow)), f"flow {flow}: {seqs}"
+    return seen
+
+
+def test_workers_carry_every_flow_through_the_chain_in_order_each_on_one_worker(workers):
+    port, w, rxs, txs = workers(2)
+    w.apply_plan(stamp_plan(port), stamp_factory)
+    frames = flow_frames(64, 20)
+    for rx, share in zip(rxs, spread(frames, 2)):
+        assert rx.fill(share, len(share)) == len(share)
+    runs = w.run(idle_seconds=0.05)
+    seen = check_out([tx.drain(keep=True) for tx in txs], 64, 20)
+    for flow, (queues, _) in seen.items():
+        assert queues == {queue_of(frames[flow], 2)}
+    stats = w.stats()
+    assert stats["processed"] == len(frames) and stats["drops"]["nf_drop"] == 0
+    assert [x["processed"] for x in stats["workers"]] == [n for n, _ in runs]
+    assert all(n > 0 for n, _ in runs)
+    assert all(stats["instances"][i]["rx"] == len(frames) for i in (1, 2, 3))
+    assert stats["flow_table"]["entries"] == 64      # each flow in one worker's table
+
+
+def test_plan_swaps_pass_each_workers_quiescent_point_under_traffic(workers):
+    port, w, rxs, txs = workers(2)
+    w.apply_plan(stamp_plan(port), stamp_factory)
+    runner = threading.Thread(target=w.run)
+    runner.start()
+    try:
+        sent = 0
+        for generation in range(2, 8):
+            batch = flow_frames(40, 5, start=(generation - 2) * 5)
+            for rx, share in zip(rxs, spread(batch, 2)):
+                assert rx.fill(share, len(share)) == len(share)
+            sent += len(batch)
+            w.apply_plan(stamp_plan(port, generation), stamp_factory)
+        deadline = time.monotonic() + 60
+        while w.stats()["processed"] < sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        w.stop()
+        runner.join()
+    check_out([tx.drain(keep=True) for tx in txs], 40, 30)
+    assert [m.generation for m in w.managers] == [7, 7]
+    assert w.stats()["drops"] == {reason: 0 for reason in fp.DROP_REASONS}
+
+
+def test_bench_on_two_worker_cores_keeps_each_flow_on_one():
+    if len(CORES) < 2:
+        pytest.skip(f"worker cores need 2 cores; this machine has {HAVE}")
+    out = onvm("bench", "fastpath", "--chain", "firewall,monitor,forward", "--cores", "2",
+               "--packets", "400000", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["cores"] == 2 and r["drops"] == {}
+    assert [x["queue"] for x in r["workers"]] == [0, 1]
+    assert sum(x["processed"] for x in r["workers"]) >= r["packets"] >= 400000
+    assert all(x["processed"] > 0 for x in r["workers"])
+    # 1024 flows in the two workers' tables together: none in both
+    assert r["flow_table"]["entries"] == 1024
+
+
+def test_bench_refuses_worker_cores_with_what_they_do_not_take():
+    out = onvm("bench", "fastpath", "--chain", "nat", "--cores", "2", "--flows", "5000")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("onvm bench fastpath: --cores 2: worker cores take inline "
+                                  "chains of at most 4096 flows that keep their addresses, "
+                                  "not more than 4096 --flows, nat")

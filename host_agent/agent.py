@@ -38,6 +38,10 @@ old one, as suricata-update does; a file caught half-written loads what
 it holds and is reloaded whole at the next poll.  Process-mode instances
 read their rules when their process starts.
 
+With `--workers N` the fast path is N loops, one per queue pair of each
+port (host_agent.workers): the same plan in each, counters summed, inline
+instances only.
+
 It does not decide anything about placement; that is the controller's.
 """
 import contextlib
@@ -154,11 +158,14 @@ class Agent:
             for inst in (self.plan or {}).get("instances", []):
                 if inst.get("mode", "inline") != "inline":
                     continue
-                nf = self.manager.nf_object(inst["id"])
-                if not getattr(nf, "rules_file_changed", lambda: False)():
+                # with worker cores (host_agent.workers) each has its own object
+                nfs = getattr(self.manager, "nf_objects", lambda i: [self.manager.nf_object(i)])
+                nfs = nfs(inst["id"])
+                if not getattr(nfs[0], "rules_file_changed", lambda: False)():
                     continue
                 try:
-                    got = nf.reload(inst.get("config") or {})
+                    for nf in nfs:
+                        got = nf.reload(inst.get("config") or {})
                 except ValueError as err:
                     log.error("%s: instance %d (%s): its rule file changed but does not "
                               "load; the old rules stay in force: %s", self.host, inst["id"],
@@ -352,6 +359,8 @@ class Agent:
         stats["cores"] = {"manager": self.manager_core,
                           "nf_processes": {str(k): v for k, v in self.nf_cores.items()},
                           "shared": self.shared_cores}
+        if "workers" in stats:           # worker cores (host_agent.workers)
+            stats["cores"]["workers"] = [w["core"] for w in stats["workers"]]
         for iid, exported in self.exported.items():
             if str(iid) in stats["instances"]:
                 stats["instances"][str(iid)].update(exported)
@@ -467,6 +476,9 @@ def cli_agent(args):
         print(f"onvm agent: --lease-ttl must be more than 0 seconds, not "
               f"{args.lease_ttl:g}", file=sys.stderr)
         return 2
+    if getattr(args, "workers", 1) < 1:
+        print(f"onvm agent: --workers must be 1 or more, not {args.workers}", file=sys.stderr)
+        return 2
     if args.plan:
         try:
             plan = load_plan(args.plan)
@@ -483,9 +495,15 @@ def cli_agent(args):
     eal = eal_args_for(args.host, args.eal)
     try:
         lcores.check_eal_cores(eal)
+        workers = getattr(args, "workers", 1)
+        cores = lcores.worker_cores(eal, workers) if workers > 1 else None
         fp.eal_init(eal)
-        manager = fp.Manager(args.host, flow_entries=getattr(args, "flow_entries",
-                                                             fp.FLOW_ENTRIES))
+        flow_entries = getattr(args, "flow_entries", fp.FLOW_ENTRIES)
+        if workers > 1:
+            from host_agent.workers import Workers
+            manager = Workers(args.host, None, workers, flow_entries, cores=cores)
+        else:
+            manager = fp.Manager(args.host, flow_entries=flow_entries)
     except (fp.FastPathError, ValueError) as err:     # lcores.CoresError too
         print(f"onvm agent: {err}", file=sys.stderr)
         return 1

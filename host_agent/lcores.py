@@ -154,3 +154,14 @@ def assign(instance_ids, manager, free, kept=None):
     users[manager] = users.get(manager, 0) + 1
     shared = sorted(c for c, n in users.items() if n > 1)
     return out, shared
+
+
+def worker_cores(eal_args, n, cores=None):
+    """The cores of `n` worker loops: the manager's core, then the NF
+    budget's (see budget); CoresError if there are fewer than `n`."""
+    manager, free = budget(eal_args, cores)
+    have = [manager] + free
+    if n > len(have):
+        raise CoresError(f"--workers {n}: asks for {n} cores, but the agent's budget has "
+                         f"{_have(sorted(have))}")
+    return have[:n]

@@ -6,6 +6,7 @@ to put packets in and take them out.
 Not here: polling ports (host_agent.manager), EAL and the packet pool
 (nflib.eal).
 """
+from libc.stdint cimport uint16_t, uint64_t
 from libc.string cimport memcpy, memset
 from dpdk.rte_eal cimport rte_socket_id, rte_dev_probe, rte_strerror
 from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_alloc, rte_pktmbuf_append,
@@ -16,6 +17,9 @@ from nflib.eal cimport packet_pool
 
 from nflib.eal import FastPathError, dpdk_error
 
+cdef extern from "rss.h" nogil:
+    uint64_t onvm_conf_rss(uint16_t port_id, rte_eth_conf *conf)
+
 
 _started = {}       # port id -> its queues, while started here
 
@@ -23,13 +27,17 @@ _started = {}       # port id -> its queues, while started here
 def start_port(uint16_t port_id, uint16_t queues=1):
     """Configure and start a port for the manager's loop: `queues` rx and
     tx queues (one per worker, host_agent.workers) of 1024 descriptors,
-    promiscuous.  A port started already (by another worker's Manager)
-    is left as it is."""
+    promiscuous; with several, flows spread over them by symmetric RSS
+    where the port has RSS (dpdk/rss.h; ports in memory do not: what
+    fills their rings spreads).  A port started already (by another
+    worker's Manager) is left as it is."""
     cdef rte_eth_conf conf
     cdef int err
     if port_id in _started:
         return _started[port_id]
     memset(&conf, 0, sizeof(conf))
+    if queues > 1:
+        onvm_conf_rss(port_id, &conf)
     steps = ["configure"] + ["rx queue setup"] * queues + ["tx queue setup"] * queues + ["start"]
     for i, what in enumerate(steps):
         q = (i - 1) % queues
@@ -47,6 +55,11 @@ def start_port(uint16_t port_id, uint16_t queues=1):
     rte_eth_promiscuous_enable(port_id)
     _started[port_id] = queues
     return queues
+
+
+def valid_ports():
+    """The ids of the ports DPDK found (probed vdevs, allowed NICs)."""
+    return [p for p in range(RTE_MAX_ETHPORTS) if rte_eth_dev_is_valid_port(p)]
 
 
 def stop_port(uint16_t port_id):

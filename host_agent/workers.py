@@ -11,10 +11,16 @@ symmetric hash of the 5-tuple (both directions of a flow on one worker).
 A plan is applied to each worker in turn, each swap passing that worker's
 quiescent point (Manager.apply_plan); `stats()` sums the workers'.
 
-Not here: the loop (host_agent.manager), ports (host_agent.ports).  The
-agent still runs one worker (README, Known limits); NF processes, the
-bench's flow rewriting (more flows than the ring holds) and snapshots are
-one-worker only.
+The agent runs them with `--workers N`: each NF instance of the plan
+then has N objects, one per worker; NF processes (their rings are one
+Manager's), state exports and replicas (a flow's state is in one of the
+N objects) are one-worker only: a plan with process-mode instances is
+refused, and `nf_object` gives None (the agent then moves an instance
+without its state and replicates none).  A moved or adopted state is
+imported into each worker's object.  The bench's flow rewriting (more
+flows than the ring holds) is one-worker only too.
+
+Not here: the loop (host_agent.manager), ports (host_agent.ports).
 """
 import os
 import struct
@@ -24,7 +30,7 @@ import zlib
 
 from host_agent import fastpath as fp
 from host_agent import lcores
-from host_agent.ports import start_port
+from host_agent.ports import start_port, valid_ports
 
 
 def queue_of(frame, queues):
@@ -51,6 +57,14 @@ def spread(frames, queues):
     return out
 
 
+def _every_worker(name):
+    """A Manager setting all workers take alike (read from the first)."""
+    def put(self, value):
+        for m in self.managers:
+            setattr(m, name, value)
+    return property(lambda self: getattr(self.managers[0], name), put)
+
+
 class Workers:
     """`Workers(host, ports, n)`: n Managers on queues 0..n-1 of `ports`
     (started here with n queues each); apply_plan, run, stats, close as
@@ -59,6 +73,7 @@ class Workers:
     def __init__(self, host, ports, n, flow_entries=fp.FLOW_ENTRIES, cores=None):
         lcores.check_core_count(n, f"{n} workers")
         self.cores = (cores or lcores.machine_cores())[:n]
+        ports = valid_ports() if ports is None else ports
         for p in ports:
             start_port(p, n)
         self.managers = []
@@ -73,9 +88,49 @@ class Workers:
 
     def apply_plan(self, plan, nf_factory):
         """Each worker gets the plan (and NF instances of its own); each
-        swap waits for that worker's quiescent point."""
+        swap waits for that worker's quiescent point.  A plan with
+        process-mode instances is refused (FastPathError) before any
+        worker takes it."""
+        procs = [i["id"] for i in plan["instances"] if i.get("mode") == "process"]
+        if procs and len(self.managers) > 1:
+            raise fp.FastPathError(
+                f"instances {', '.join(map(str, procs))} run as NF processes, which "
+                f"take one worker; this host runs {len(self.managers)} (--workers)")
         for m in self.managers:
             m.apply_plan(plan, nf_factory)
+
+    @property
+    def generation(self):
+        """The plan generation every worker runs (the oldest, mid-swap)."""
+        gens = [m.generation for m in self.managers]
+        return None if None in gens else min(gens)
+
+    def nf_object(self, iid):
+        """The NF object of instance `iid` where one worker runs; None with
+        several (its flows' state is spread over them: see nf_objects)."""
+        return self.managers[0].nf_object(iid) if len(self.managers) == 1 else None
+
+    def nf_objects(self, iid):
+        """Every worker's NF object of instance `iid`."""
+        return [m.nf_object(iid) for m in self.managers]
+
+    def hold(self, timeout=1.0):
+        held = []
+        try:
+            for m in self.managers:
+                m.hold(timeout)
+                held.append(m)
+        except fp.FastPathError:
+            for m in held:
+                m.release()
+            raise
+
+    def release(self):
+        for m in self.managers:
+            m.release()
+
+    answer_probes = _every_worker("answer_probes")
+    idle_us = _every_worker("idle_us")
 
     def run(self, max_packets=0, seconds=0.0, idle_seconds=0.0):
         """Run every worker on its core until each stops as Manager.run
@@ -124,7 +179,8 @@ class Workers:
 def _add(total, more):
     """Sum `more` into `total`: numbers add, dicts recurse, the rest stays."""
     for k, v in more.items():
-        if isinstance(v, bool) or k in ("generation", "port"):
+        # a port's own counters (missed, errors) are the port's, not a queue's
+        if isinstance(v, bool) or k in ("generation", "port", "missed", "errors"):
             continue
         if isinstance(v, (int, float)) and isinstance(total.get(k), (int, float)):
             total[k] += v

@@ -127,6 +127,10 @@ def build_parser():
                    help="put a replica of each lb, nat and firewall-stateful instance's "
                         "flow state in the store this often, for a host that takes "
                         "over if this one fails (default 1; 0: off)")
+    a.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N worker loops, one per rx/tx queue pair of each port, on the "
+                        "first N cores of the budget (symmetric RSS spreads flows); "
+                        "inline instances only (default 1)")
     a.add_argument("--flow-entries", type=int, default=1 << 20, metavar="N",
                    help="size of the host's flow table (default 1048576; idle "
                         "flows age out after 30 s)")

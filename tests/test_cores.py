@@ -296,6 +296,8 @@ def test_workers_carry_every_flow_through_the_chain_in_order_each_on_one_worker(
     assert all(n > 0 for n, _ in runs)
     assert all(stats["instances"][i]["rx"] == len(frames) for i in (1, 2, 3))
     assert stats["flow_table"]["entries"] == 64      # each flow in one worker's table
+    w.answer_probes = False                          # what the agent sets on leaving
+    assert [m.answer_probes for m in w.managers] == [False, False]
 
 
 def test_plan_swaps_pass_each_workers_quiescent_point_under_traffic(workers):
@@ -343,3 +345,75 @@ def test_bench_refuses_worker_cores_with_what_they_do_not_take():
     assert out.stderr.strip() == ("onvm bench fastpath: --cores 2: worker cores take inline "
                                   "chains of at most 4096 flows that keep their addresses, "
                                   "not more than 4096 --flows, nat")
+
+
+# ------------------------------------------------- worker cores in the agent
+
+def inline_plan():
+    plan = process_plan()
+    for inst in plan["instances"]:
+        inst.pop("mode", None)
+    plan["classifiers"] = [{"spi": 16, "match": {"ipv4_dst": "10.2.0.0/24"}}]
+    return plan
+
+
+def run_worker_agent(tmp_path, plan, frames, workers=2):
+    """`onvm agent --workers N` on pcap ports with N queues: the frames of
+    queue q (spread as symmetric RSS would) in in{q}.pcap, what queue q
+    sends in out{q}.pcap."""
+    for q, share in enumerate(spread(frames, workers)):
+        wrpcap(str(tmp_path / f"in{q}.pcap"), [Ether(f) for f in share] or [Ether()])
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    rx = ",".join(f"rx_pcap={tmp_path}/in{q}.pcap" for q in range(workers))
+    tx = ",".join(f"tx_pcap={tmp_path}/out{q}.pcap" for q in range(workers))
+    proc = onvm("agent", "--host", "h1", "--plan", str(tmp_path / "plan.json"),
+                "--seconds", "2", "--workers", str(workers), "--metrics-port", "0", "--",
+                "--vdev", f"net_pcap0,{rx}", "--vdev", f"net_pcap1,{tx}", "--no-huge",
+                "-m", "256", "--file-prefix", f"onvmwk{os.getpid()}", timeout=90)
+    outs = [[raw(p) for p in rdpcap(str(tmp_path / f"out{q}.pcap"))]
+            if (tmp_path / f"out{q}.pcap").exists() else [] for q in range(workers)]
+    return proc, outs
+
+
+def test_agent_on_two_workers_keeps_each_flow_on_one_through_the_chain(tmp_path):
+    if len(CORES) < 2:
+        pytest.skip(f"worker cores need 2 cores; this machine has {HAVE}")
+    frames = flow_frames(32, 10)
+    proc, outs = run_worker_agent(tmp_path, inline_plan(), frames)
+    assert proc.returncode == 0, proc.stderr
+    final = json.loads(proc.stderr.rsplit("final counters ", 1)[1].splitlines()[0])
+    assert final["cores"]["workers"] == CORES[:2]
+    assert [w["processed"] for w in final["workers"]] == [len(o) for o in outs]
+    assert all(outs) and final["processed"] == len(frames)
+    assert final["flow_table"]["entries"] == 32       # each flow in one worker's table
+    assert final["instances"]["2"]["counters"]["flows"] == 32
+    seen = {}
+    for q, frames_out in enumerate(outs):
+        for f in frames_out:
+            payload = f[-13:]
+            flow, seq = int(payload[:5]), int(payload[5:10])
+            seen.setdefault(flow, (set(), []))[0].add(q)
+            seen[flow][1].append(seq)
+    assert sorted(seen) == list(range(32))
+    for flow, (queues, seqs) in seen.items():
+        assert queues == {queue_of(frames[flow], 2)} and seqs == list(range(10))
+
+
+def test_agent_on_workers_refuses_a_plan_with_nf_processes(tmp_path):
+    if len(CORES) < 2:
+        pytest.skip(f"worker cores need 2 cores; this machine has {HAVE}")
+    proc, _ = run_worker_agent(tmp_path, process_plan(), flow_frames(2, 1))
+    assert proc.returncode == 1
+    assert ("instances 1, 2 run as NF processes, which take one worker; this host "
+            "runs 2 (--workers)") in proc.stderr
+
+
+def test_agent_with_more_workers_than_cores_exits_1_naming_them(tmp_path):
+    n = len(CORES) + 1
+    (tmp_path / "plan.json").write_text(json.dumps(inline_plan()))
+    out = onvm("agent", "--host", "h1", "--plan", str(tmp_path / "plan.json"),
+               "--seconds", "1", "--workers", str(n), "--metrics-port", "0", "--",
+               "--no-huge", "-m", "128", "--vdev", "net_null0")
+    assert out.returncode == 1
+    assert (f"onvm agent: --workers {n}: asks for {n} cores, but the agent's budget has "
+            f"{HAVE}") in out.stderr

@@ -77,6 +77,7 @@ class Workers:
         for p in ports:
             start_port(p, n)
         self.managers = []
+        self._applied = None            # (plan, nf_factory) every worker runs
         for q in range(n):
             m = fp.Manager(f"{host}/w{q}", ports=ports,
                            flow_entries=max(1024, flow_entries // n))
@@ -96,8 +97,20 @@ class Workers:
             raise fp.FastPathError(
                 f"instances {', '.join(map(str, procs))} run as NF processes, which "
                 f"take one worker; this host runs {len(self.managers)} (--workers)")
-        for m in self.managers:
-            m.apply_plan(plan, nf_factory)
+        done = []
+        try:
+            for m in self.managers:
+                m.apply_plan(plan, nf_factory)
+                done.append(m)
+        except Exception:
+            # The workers that took it go back to the plan they ran (their
+            # NF objects made anew: their flows' NF state starts over), so
+            # all run one plan; if that fails too, the error says so.
+            if self._applied is not None:
+                for m in done:
+                    m.apply_plan(*self._applied)
+            raise
+        self._applied = (plan, nf_factory)
 
     @property
     def generation(self):

@@ -324,6 +324,26 @@ def test_plan_swaps_pass_each_workers_quiescent_point_under_traffic(workers):
     assert w.stats()["drops"] == {reason: 0 for reason in fp.DROP_REASONS}
 
 
+def test_a_plan_one_worker_cannot_take_leaves_every_worker_on_the_old_one(workers):
+    port, w, rxs, txs = workers(2)
+    w.apply_plan(stamp_plan(port), stamp_factory)
+    made = []
+
+    def fails_on_the_second_worker(inst):
+        made.append(inst["id"])
+        if len(made) > 3:
+            raise ValueError("no room for another stamp")
+        return Stamp(inst["config"])
+    with pytest.raises(ValueError, match="no room"):
+        w.apply_plan(stamp_plan(port, generation=2), fails_on_the_second_worker)
+    assert [m.generation for m in w.managers] == [1, 1]
+    frames = flow_frames(16, 4)
+    for rx, share in zip(rxs, spread(frames, 2)):
+        rx.fill(share, len(share))
+    w.run(idle_seconds=0.05)
+    check_out([tx.drain(keep=True) for tx in txs], 16, 4)
+
+
 def test_bench_on_two_worker_cores_keeps_each_flow_on_one():
     if len(CORES) < 2:
         pytest.skip(f"worker cores need 2 cores; this machine has {HAVE}")

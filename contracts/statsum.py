@@ -39,9 +39,10 @@ NOTE_ROOM = 256             # bytes kept free for "summary" in a summary that wa
 INSTANCE_KEYS = ("nf", "mode", "rx", "tx", "drops", "ring_full", "queue", "mpps",
                  "core")
 # "cores": the manager's core, each NF process's, the shared ones (at most
-# 64 instances a host: bounded)
+# 64 instances a host: bounded); "workers": each worker's queue, core and
+# packets (one per core at most)
 HOST_KEYS = ("host", "time", "generation", "plan_error", "processed", "flows",
-             "flow_table_full", "cores")
+             "flow_table_full", "cores", "workers")
 
 
 def _size(value):

@@ -407,6 +407,8 @@ def test_agent_on_two_workers_keeps_each_flow_on_one_through_the_chain(tmp_path)
     assert all(outs) and final["processed"] == len(frames)
     assert final["flow_table"]["entries"] == 32       # each flow in one worker's table
     assert final["instances"]["2"]["counters"]["flows"] == 32
+    summary, _ = summarize(final)
+    assert summary["workers"] == final["workers"] and summary["cores"] == final["cores"]
     seen = {}
     for q, frames_out in enumerate(outs):
         for f in frames_out:

@@ -68,6 +68,9 @@ bench: deps
 	$(VENV)/bin/onvm bench fastpath --chain monitor --python --packets 3000000
 	for nf in forward monitor firewall firewall-stateful ratelimit ddos ids lb nat; do \
 	  $(VENV)/bin/onvm bench fastpath --chain $$nf --packets 10000000 || exit 1; done
+	if [ "$$(nproc)" -ge 2 ]; then $(VENV)/bin/onvm bench fastpath \
+	  --chain firewall,monitor,forward --cores 2 --packets 20000000 || exit 1; fi
+	$(VENV)/bin/onvm bench cycles --packets 20000000
 	$(VENV)/bin/onvm bench placement
 
 clean:

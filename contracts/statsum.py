@@ -36,9 +36,13 @@ MAX_BYTES = 16384           # the hard cap on one host's summary, as JSON
 MAX_COUNTERS = 16           # numeric NF counters kept per instance
 MAX_NAME = 48               # longest counter or port name kept
 NOTE_ROOM = 256             # bytes kept free for "summary" in a summary that was cut
-INSTANCE_KEYS = ("nf", "mode", "rx", "tx", "drops", "ring_full", "queue", "mpps")
+INSTANCE_KEYS = ("nf", "mode", "rx", "tx", "drops", "ring_full", "queue", "mpps",
+                 "core")
+# "cores": the manager's core, each NF process's, the shared ones (at most
+# 64 instances a host: bounded); "workers": each worker's queue, core and
+# packets (one per core at most)
 HOST_KEYS = ("host", "time", "generation", "plan_error", "processed", "flows",
-             "flow_table_full")
+             "flow_table_full", "cores", "workers")
 
 
 def _size(value):

@@ -8,7 +8,8 @@ It starts DPDK (the EAL arguments after `--`, completed with a file prefix
 and memory settings where they are missing), runs the manager loop in a
 thread that holds no GIL, applies plans (checked first: a bad plan is logged
 and the running one stays), starts NF processes for instances in "process"
-mode, and keeps its full counters (every second) on a Prometheus endpoint and
+mode, each on a core of its own where the host has one (host_agent.lcores;
+the cores are in its stats under "cores"), and keeps its full counters (every second) on a Prometheus endpoint and
 in `Agent.latest`.  The store gets only a small, bounded summary of them
 (`contracts.statsum`: at most 16 KiB, no rule texts or per-rule arrays)
 in `/onvm/stats/<host>`, every `publish_interval` seconds (5 by default,
@@ -37,6 +38,10 @@ old one, as suricata-update does; a file caught half-written loads what
 it holds and is reloaded whole at the next poll.  Process-mode instances
 read their rules when their process starts.
 
+With `--workers N` the fast path is N loops, one per queue pair of each
+port (host_agent.workers): the same plan in each, counters summed, inline
+instances only.
+
 It does not decide anything about placement; that is the controller's.
 """
 import contextlib
@@ -50,6 +55,7 @@ import threading
 import time
 
 from host_agent import fastpath as fp
+from host_agent import lcores
 import contracts
 from contracts.plan import PlanError, check_plan, load_plan
 from contracts.statsum import PUBLISH_S, summarize
@@ -101,6 +107,9 @@ class Agent:
         self.plan_error = None
         self.plan = None                    # the plan applied (metrics' chain labels)
         self.procs = {}                     # instance id -> Popen
+        self.nf_cores = {}                  # instance id -> core of its NF process
+        self.shared_cores = []              # cores more than one polls (too few cores)
+        self.manager_core = None
         self._thread = None
         self._stop = threading.Event()
         self.apply_lock = threading.Lock()
@@ -149,11 +158,14 @@ class Agent:
             for inst in (self.plan or {}).get("instances", []):
                 if inst.get("mode", "inline") != "inline":
                     continue
-                nf = self.manager.nf_object(inst["id"])
-                if not getattr(nf, "rules_file_changed", lambda: False)():
+                # with worker cores (host_agent.workers) each has its own object
+                nfs = getattr(self.manager, "nf_objects", lambda i: [self.manager.nf_object(i)])
+                nfs = nfs(inst["id"])
+                if not getattr(nfs[0], "rules_file_changed", lambda: False)():
                     continue
                 try:
-                    got = nf.reload(inst.get("config") or {})
+                    for nf in nfs:
+                        got = nf.reload(inst.get("config") or {})
                 except ValueError as err:
                     log.error("%s: instance %d (%s): its rule file changed but does not "
                               "load; the old rules stay in force: %s", self.host, inst["id"],
@@ -251,19 +263,39 @@ class Agent:
         for iid in list(self.procs):
             if iid not in wanted:
                 self._stop_process(iid)
+        self._assign_cores(wanted)
         for iid, inst in wanted.items():
             proc = self.procs.get(iid)
             if proc is None or proc.poll() is not None:
                 self.procs[iid] = self._start_process(inst)
 
+    def _assign_cores(self, wanted):
+        """A core of the budget for each NF process (host_agent.lcores): a
+        running process keeps its core; a process whose core changes is
+        started again there.  Warns when cores must be shared."""
+        manager, free = lcores.budget(self.eal_args)
+        cores, shared = lcores.assign(wanted, manager, free, kept=self.nf_cores)
+        for iid, core in cores.items():
+            if iid in self.procs and self.nf_cores.get(iid) != core:
+                self._stop_process(iid)
+        if shared and shared != self.shared_cores:
+            log.warning("%s: %d NF process(es) and the manager (core %d) on %d core(s) "
+                        "of the budget: cores %s are shared, which slows each that "
+                        "polls them; give the agent more cores (-l / cores:)",
+                        self.host, len(wanted), manager, len(free) + 1,
+                        lcores.format_cores(shared))
+        self.nf_cores, self.shared_cores = cores, shared
+        self.manager_core = manager
+
     def _start_process(self, inst):
         prefix = self.eal_args[self.eal_args.index("--file-prefix") + 1]
+        core = self.nf_cores[inst["id"]]
         cmd = [sys.executable, "-m", "onvm.cli", "nf", "run", inst["nf"],
                "--host", self.host, "--instance", str(inst["id"]),
                "--config", json.dumps(inst.get("config") or {}),
-               "--file-prefix", prefix]
-        log.info("%s: starting NF process for instance %d (%s)", self.host,
-                 inst["id"], inst["nf"])
+               "--file-prefix", prefix, "--lcore", str(core)]
+        log.info("%s: starting NF process for instance %d (%s) on core %d", self.host,
+                 inst["id"], inst["nf"], core)
         return subprocess.Popen(cmd)
 
     def _restart_dead_processes(self):
@@ -321,6 +353,14 @@ class Agent:
         stats["plan_error"] = self.plan_error
         stats["replication"] = dict(self.replicator.counters)
         stats["instances"] = {str(k): v for k, v in stats["instances"].items()}
+        for iid, core in self.nf_cores.items():
+            if str(iid) in stats["instances"]:
+                stats["instances"][str(iid)]["core"] = core
+        stats["cores"] = {"manager": self.manager_core,
+                          "nf_processes": {str(k): v for k, v in self.nf_cores.items()},
+                          "shared": self.shared_cores}
+        if "workers" in stats:           # worker cores (host_agent.workers)
+            stats["cores"]["workers"] = [w["core"] for w in stats["workers"]]
         for iid, exported in self.exported.items():
             if str(iid) in stats["instances"]:
                 stats["instances"][str(iid)].update(exported)
@@ -436,6 +476,9 @@ def cli_agent(args):
         print(f"onvm agent: --lease-ttl must be more than 0 seconds, not "
               f"{args.lease_ttl:g}", file=sys.stderr)
         return 2
+    if getattr(args, "workers", 1) < 1:
+        print(f"onvm agent: --workers must be 1 or more, not {args.workers}", file=sys.stderr)
+        return 2
     if args.plan:
         try:
             plan = load_plan(args.plan)
@@ -451,10 +494,17 @@ def cli_agent(args):
             return 1
     eal = eal_args_for(args.host, args.eal)
     try:
+        lcores.check_eal_cores(eal)
+        workers = getattr(args, "workers", 1)
+        cores = lcores.worker_cores(eal, workers) if workers > 1 else None
         fp.eal_init(eal)
-        manager = fp.Manager(args.host, flow_entries=getattr(args, "flow_entries",
-                                                             fp.FLOW_ENTRIES))
-    except (fp.FastPathError, ValueError) as err:
+        flow_entries = getattr(args, "flow_entries", fp.FLOW_ENTRIES)
+        if workers > 1:
+            from host_agent.workers import Workers
+            manager = Workers(args.host, None, workers, flow_entries, cores=cores)
+        else:
+            manager = fp.Manager(args.host, flow_entries=flow_entries)
+    except (fp.FastPathError, ValueError) as err:     # lcores.CoresError too
         print(f"onvm agent: {err}", file=sys.stderr)
         return 1
     manager.idle_us = args.idle_us

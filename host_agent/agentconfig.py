@@ -14,7 +14,8 @@ DPDK EAL arguments.
     nic:
       pci: "0000:03:00.0"           # bound to vfio-pci (dpdk-devbind.py)
       # vdev: net_af_packet0,iface=eth1   # instead: a virtual device, --no-pci
-    cores: "2-3"                    # EAL -l (the first runs the manager loop)
+    cores: "2-3"                    # EAL -l: the first runs the manager loop, each NF
+                                    # process gets one of the others (host_agent.lcores)
     hugepages_mb: 1024              # EAL --socket-mem; 0: --no-huge (tests only)
     metrics_port: 9100              # Prometheus endpoint, 0: none
     metrics_addr: 192.0.2.101       # its address (default 127.0.0.1); then:
@@ -46,10 +47,10 @@ from contracts.secretfile import (MIN_TOKEN_CHARS, SecretFileError, read_secret_
 from contracts.store import AUTH_ENV, TLS_ENV
 from contracts.tlsfiles import TLSFileError, check_ca, check_pair
 from contracts.validate import Errors, ValidationError
+from host_agent import lcores
 
 DPDK_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio")
 PCI_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
-CORES_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 KEYS = ("host", "store", "plan", "nic", "cores", "hugepages_mb", "metrics_port",
         "idle_us", "eal", "metrics_addr", "metrics_cert", "metrics_key", "metrics_token_file")
 METRICS_KEYS = ("metrics_addr", "metrics_cert", "metrics_key", "metrics_token_file")
@@ -271,9 +272,10 @@ def parse_config(text, path, sysfs="/sys"):
     cores = raw.get("cores")
     if cores is not None:
         cores = ",".join(map(str, cores)) if isinstance(cores, list) else str(cores)
-        if CORES_RE.match(cores):
+        try:
+            lcores.parse_core_list(cores)
             eal += ["-l", cores]
-        else:
+        except lcores.CoresError:
             c.fail(("cores",), f"must be an EAL core list like \"2-3\" or [2, 3], "
                                f"not {raw['cores']!r}")
     if "hugepages_mb" in raw:

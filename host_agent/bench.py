@@ -13,7 +13,12 @@ second); NFs that rewrite get rounds of distinct fresh packets.  The flow
 table's occupancy and churn are reported.
 Not here: the generator of traffic for emulated hosts (onvm.frames).
 `--mode process` runs each NF as its own DPDK secondary process (needs huge
-pages); `--python` uses the plain-Python version of each NF (`TYPE-py`)."""
+pages), each on a core of its own where the machine has one
+(host_agent.lcores); `--python` uses the plain-Python version of each NF
+(`TYPE-py`).  Besides Mpps it reports the cycles a packet took: the timed
+run's seconds times the TSC's frequency over its packets (host_agent.cycles
+projects cores from them).  `--cores N` is checked against the cores the
+machine has (CoresError names both)."""
 import ipaddress
 import json
 import os
@@ -26,6 +31,8 @@ from host_agent import fastpath as fp
 from contracts import replica
 from contracts.replica import REPLICATED_NFS
 from host_agent.harness import chain_plan
+from host_agent import lcores
+from host_agent.workers import Workers, spread
 from host_agent.replicas import CHUNK, next_wait
 from nflib.api import NFConfigError, make_nf, nf_types
 
@@ -194,18 +201,28 @@ class Snapshots:
 
 def run_bench(chain, packets, flows=1024, mode="inline", python=False,
               in_flight=4096, log=print, flow_entries=None, flow_idle=None, configs=None,
-              replicate=0.0, mix="64", zipf=0.0, new_flows=0.0, payload="udp"):
-    if payload == "http" and (mix != "64" or zipf or new_flows or flows > in_flight):
+              replicate=0.0, mix="64", zipf=0.0, new_flows=0.0, payload="udp", cores=1):
+    lcores.check_core_count(cores, f"--cores {cores}")
+    if payload == "http" and (mix != "64" or zipf or new_flows or flows > in_flight
+                              or cores > 1):
         raise ValueError(f"--payload http takes at most {in_flight} flows (each a stream "
-                         f"going round once per pass) and no --mix, --zipf or --new-flows")
+                         f"going round once per pass), one core, and no --mix, --zipf "
+                         f"or --new-flows")
+    refusal = workers_refusal(cores, chain, flows, mode, zipf, new_flows, replicate, in_flight)
+    if refusal:
+        raise ValueError(refusal)
     hugepages = mode == "process" or fp.hugepages_available() >= 256
     eal = fp.default_eal_args(f"bench{os.getpid()}", hugepages=hugepages)
     fp.eal_init(eal)
-    port, ring = fp.ring_port("benchloop")
     sizes = {} if flow_entries is None else {"flow_entries": flow_entries}
-    mgr = fp.Manager("bench", ports=[port], **sizes)
-    if flow_idle is not None:
-        mgr.flow_idle_seconds = flow_idle
+    if cores > 1:
+        port, rings, _ = fp.ring_queues_port("benchloop", cores)
+        mgr = Workers("bench", [port], cores, **sizes)
+    else:
+        port, ring = fp.ring_port("benchloop")
+        rings, mgr = [ring], fp.Manager("bench", ports=[port], **sizes)
+    for m in getattr(mgr, "managers", [mgr]):
+        m.flow_idle_seconds = m.flow_idle_seconds if flow_idle is None else flow_idle
     known = nf_types()
     nfs = []
     for name in chain:
@@ -214,14 +231,20 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
     plan = chain_plan(nfs, port, port, mode=mode)
     plan["host"] = "bench"
     mgr.apply_plan(plan, make_nf)
-    procs = []
+    procs, nf_cores, shared = [], {}, []
     if mode == "process":
         prefix = eal[eal.index("--file-prefix") + 1]
+        manager, free = lcores.budget(eal)
+        nf_cores, shared = lcores.assign([i["id"] for i in plan["instances"]], manager, free)
+        if shared:
+            log(f"bench: {len(nf_cores)} NF processes and the manager share cores "
+                f"{lcores.format_cores(shared)}: too few cores for one each")
         for inst in plan["instances"]:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "onvm.cli", "nf", "run", inst["nf"],
                  "--host", "bench", "--instance", str(inst["id"]),
-                 "--config", json.dumps(inst["config"]), "--file-prefix", prefix]))
+                 "--config", json.dumps(inst["config"]), "--file-prefix", prefix,
+                 "--lcore", str(nf_cores[inst["id"]])]))
         time.sleep(2.0)
     snaps = Snapshots(mgr, plan, replicate) if replicate > 0 else None
     try:
@@ -234,22 +257,26 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                                  f"addresses (not {', '.join(REWRITING & set(chain))})")
             mgr.set_bench(tcp_next=True)
             frames = http_frames(flows)
-            done, elapsed = _run_loop(mgr, ring, frames, packets, flows, flows, snaps)
+            done, elapsed, cpu = _run_loop(mgr, rings[0], frames, packets, flows, flows, snaps)
         elif fresh:
             if zipf or new_flows:
                 raise ValueError(f"--zipf and --new-flows need a chain that does not "
                                  f"rewrite addresses (not {', '.join(REWRITING & set(chain))})")
             frames = bench_frames(flows, sizes)
-            done, elapsed = _run_rounds(mgr, ring, frames, packets, in_flight, snaps)
+            done, elapsed, cpu = _run_rounds(mgr, rings[0], frames, packets, in_flight, snaps)
         else:
             # More flows than the ring holds (or skewed, or sliding): the
             # loop gives each packet the next flow's addresses as it comes
             # back in (host_agent/benchflows.pxd).
-            mgr.set_bench(flows if flows > in_flight or zipf or new_flows else 0, new_flows,
-                          zipf_table(flows, zipf) if zipf else None)
             frames = bench_frames(min(flows, in_flight), sizes)
-            done, elapsed = _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps,
-                                      samples if new_flows else None)
+            if cores > 1:
+                done, elapsed, cpu = _run_workers(mgr, rings, frames, packets, in_flight,
+                                                  flows)
+            else:
+                mgr.set_bench(flows if flows > in_flight or zipf or new_flows else 0,
+                              new_flows, zipf_table(flows, zipf) if zipf else None)
+                done, elapsed, cpu = _run_loop(mgr, rings[0], frames, packets, in_flight,
+                                               flows, snaps, samples if new_flows else None)
         stats = mgr.stats()
         drops = {k: v for k, v in stats["drops"].items() if v}
         mean_bytes = sum(len(f) for f in frames) / len(frames)
@@ -258,7 +285,15 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             # L2 bits with the FCS; on the wire add 20 bytes a frame
             "gbps": round(done / elapsed * (mean_bytes + 4) * 8 / 1e9, 3),
             "mix": mix, "zipf": zipf, "new_flows_per_s": new_flows, "payload": payload,
-            "cores": min(os.cpu_count(), 1 + (1 if procs else 0)),
+            # cycles per packet at the TSC's rate: of the timed run's time,
+            # and of the loop thread's own CPU time (without what other
+            # processes took of its core; inline mode: all the work)
+            "cycles_per_packet": round(elapsed * cores * fp.tsc_hz() / max(done, 1), 1),
+            "cpu_cycles_per_packet": None if cpu is None else
+            round(cpu * fp.tsc_hz() / max(done, 1), 1),
+            "tsc_hz": fp.tsc_hz(),
+            "cores": cores,
+            "nf_cores": {str(k): v for k, v in nf_cores.items()}, "shared_cores": shared,
             "packets": done, "seconds": round(elapsed, 3), "mode": mode,
             # loop: the ring's packets go round (more flows than it holds:
             # rewritten as they come back, host_agent/benchflows.pxd);
@@ -283,6 +318,8 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             seen = [e["counters"] for e in stats["instances"].values()
                     if "http_requests" in e.get("counters", {})]
             result["streams"] = {k: sum(c[k] for c in seen) for k in keys}
+        if "workers" in stats:
+            result["workers"] = stats["workers"]     # each worker's queue, core, packets
         if snaps is not None:
             result["replication"] = snaps.report()
         if samples:
@@ -292,10 +329,44 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             p.terminate()
         for p in procs:
             p.wait()
-        ring.drain()
+        for ring in rings:
+            ring.drain()
         mgr.close()
         fp.eal_cleanup()
     return result
+
+
+def workers_refusal(cores, chain, flows, mode, zipf, new_flows, replicate, in_flight=4096):
+    """Why `--cores` above 1 cannot run with these options (None if it
+    can): the workers take only looped packets whose flows stay as they
+    are (host_agent.workers)."""
+    if cores <= 1:
+        return None
+    why = [what for what, bad in (
+        ("--mode process", mode != "inline"), (f"more than {in_flight} --flows", flows > in_flight),
+        ("--zipf", zipf), ("--new-flows", new_flows), ("--replicate-interval", replicate),
+        (" or ".join(sorted(REWRITING & set(chain))), REWRITING & set(chain))) if bad]
+    if why:
+        return (f"--cores {cores}: worker cores take inline chains of at most {in_flight} "
+                f"flows that keep their addresses, not {', '.join(why)}")
+    return None
+
+
+def _run_workers(workers, rings, frames, packets, in_flight, flows):
+    """Packets go round on each worker's queue: the frames spread over the
+    queues by flow (host_agent.workers.queue_of), each queue's ring filled
+    with its share of `in_flight`.  Returns (packets, seconds, CPU seconds
+    of all workers)."""
+    shares = spread(frames, len(workers))
+    if not all(shares):
+        raise ValueError(f"{len(frames)} flows leave a worker without any: use more --flows")
+    for ring, share in zip(rings, shares):
+        ring.fill(share, in_flight // len(workers))
+    workers.run(max_packets=max(flows, min(packets // 10, 1_000_000)) // len(workers))
+    t0 = time.perf_counter()
+    runs = workers.run(max_packets=packets // len(workers))
+    elapsed = time.perf_counter() - t0
+    return sum(n for n, _ in runs), elapsed, sum(c for _, c in runs)
 
 
 def _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps=None, samples=None):
@@ -306,10 +377,11 @@ def _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps=None, samples=
     # warm caches, fill the flow table (every flow once)
     mgr.run(max_packets=max(flows, min(packets // 10, 1_000_000)))
     start = mgr.stats()["processed"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     if snaps is None and samples is None:
         mgr.run(max_packets=packets)
-        return mgr.stats()["processed"] - start, time.perf_counter() - t0
+        return (mgr.stats()["processed"] - start, time.perf_counter() - t0,
+                time.thread_time() - c0)
     elapsed = 0.0
     while mgr.stats()["processed"] - start < packets:
         t1 = time.perf_counter()
@@ -321,7 +393,7 @@ def _run_loop(mgr, ring, frames, packets, in_flight, flows, snaps=None, samples=
             samples.append((round(elapsed, 2), mgr.stats()["flow_table"]["entries"]))
         if snaps is not None and snaps.due(elapsed):
             elapsed += snaps.take(elapsed)
-    return mgr.stats()["processed"] - start, elapsed
+    return mgr.stats()["processed"] - start, elapsed, None
 
 
 def _run_rounds(mgr, ring, frames, packets, chunk, snaps=None):
@@ -331,7 +403,7 @@ def _run_rounds(mgr, ring, frames, packets, chunk, snaps=None):
     (at least two rounds) fills the tables and is not timed; only the fast
     path's time is counted, not the refilling of the ring."""
     done = 0
-    elapsed = 0.0
+    elapsed = cpu = 0.0
     warm = max(2, -(-len(frames) // chunk))
     rounds = warm + max(10, packets // chunk)
     offset = 0
@@ -343,15 +415,16 @@ def _run_rounds(mgr, ring, frames, packets, chunk, snaps=None):
         offset = (offset + chunk) % len(frames)
         ring.fill(batch, chunk)
         start = mgr.stats()["processed"]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         mgr.run(max_packets=chunk, idle_seconds=0.01)
         dt = time.perf_counter() - t0
         if i >= warm:
             elapsed += dt
+            cpu += time.thread_time() - c0
             if snaps is not None and snaps.due(elapsed):
                 elapsed += snaps.take(elapsed)
             done += mgr.stats()["processed"] - start
-    return done, elapsed
+    return done, elapsed, (None if snaps is not None else cpu)
 
 
 def nf_configs_of(items):
@@ -379,6 +452,11 @@ def cli_bench_fastpath(args):
               f"rewrite addresses (not {', '.join(sorted(REWRITING & set(chain)))})",
               file=sys.stderr)
         return 2
+    refusal = workers_refusal(args.cores, chain, args.flows, args.mode, args.zipf,
+                              args.new_flows, getattr(args, "replicate_interval", 0.0))
+    if refusal:
+        print(f"onvm bench fastpath: {refusal}", file=sys.stderr)
+        return 2
     if args.zipf < 0 or args.new_flows < 0:
         print("onvm bench fastpath: --zipf and --new-flows must be >= 0", file=sys.stderr)
         return 2
@@ -388,14 +466,19 @@ def cli_bench_fastpath(args):
                            flow_idle=args.flow_idle, configs=configs,
                            replicate=getattr(args, "replicate_interval", 0.0),
                            mix=args.mix, zipf=args.zipf, new_flows=args.new_flows,
-                           payload=getattr(args, "payload", "udp"))
+                           payload=getattr(args, "payload", "udp"), cores=args.cores)
+    except lcores.CoresError as err:
+        print(f"onvm bench fastpath: {err}", file=sys.stderr)
+        return 1
     except ValueError as err:
         print(f"onvm bench fastpath: {err}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{' -> '.join(result['nfs'])}: {result['mpps']} Mpps, {result['gbps']} Gbps "
+        print(f"{' -> '.join(result['nfs'])}: {result['mpps']} Mpps, {result['gbps']} Gbps, "
+              f"{result['cycles_per_packet']} cycles/packet "
+              f"({result['cpu_cycles_per_packet']} of the loop's own CPU time) "
               f"({result['packets']} packets of {result['frame_bytes']} bytes on average "
               f"in {result['seconds']} s, "
               f"{result['flows']} flows, mode {result['mode']}, traffic {result['traffic']}, "

@@ -28,7 +28,7 @@ or the agent that talks to the store (host_agent.agent).
 """
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport calloc, free
 
 cdef extern from "unistd.h" nogil:
@@ -43,7 +43,6 @@ from dpdk.rte_hash cimport rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data,
 from nflib.eal cimport packet_pool
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
     ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32, rd32)
-from libc.string cimport memcmp
 from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
     hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL, HOP_REMOTE,
     MODE_PROCESS, FLAG_PINNED, FLAG_KEPT)
@@ -62,7 +61,7 @@ import time
 from contracts import wire
 from nflib.eal import FastPathError
 from nflib.nf import ring_names
-from host_agent.ports import port_name, start_port
+from host_agent.ports import port_name, start_port, stop_port
 from host_agent.tables import compile_plan
 
 log = logging.getLogger("onvm.fastpath")
@@ -141,6 +140,7 @@ cdef class Manager:
     cdef bench_t bench                      # host_agent.benchflows (flows 0: off)
     cdef public double pin_idle_seconds     # pins idle this long are swept
     cdef uint16_t nports
+    cdef public uint16_t queue              # the rx and tx queue it polls (host_agent.workers)
     cdef uint16_t ports[MAX_PORTS]
     cdef port_stats_t port_stats[MAX_PORTS]
     cdef rte_mbuf *tx[MAX_PORTS][BURST * 2]   # used by the loop only
@@ -197,8 +197,7 @@ cdef class Manager:
         """Stop the ports (flushes pcap files) and free every table."""
         self.stop()
         for i in range(self.nports):
-            rte_eth_dev_stop(self.ports[i])
-            rte_eth_dev_close(self.ports[i])
+            stop_port(self.ports[i])
         self.nports = 0
         old = <tables_t *>self.cur
         self.cur = NULL
@@ -371,7 +370,7 @@ cdef class Manager:
         self.now = (rte_get_tsc_cycles() + self.clock_offset) | 1   # 0: free (aging)
         for i in range(self.nports):
             p = self.ports[i]
-            n = rte_eth_rx_burst(p, 0, pkts, BURST)
+            n = rte_eth_rx_burst(p, self.queue, pkts, BURST)
             if n == 0:
                 continue
             total += n
@@ -412,7 +411,7 @@ cdef class Manager:
         for i in range(self.nports):
             if self.ntx[i] == 0:
                 continue
-            sent = rte_eth_tx_burst(self.ports[i], 0, self.tx[i], self.ntx[i])
+            sent = rte_eth_tx_burst(self.ports[i], self.queue, self.tx[i], self.ntx[i])
             self.port_stats[i].tx += sent
             if sent < self.ntx[i]:
                 self.port_stats[i].tx_full += self.ntx[i] - sent

@@ -6,6 +6,7 @@ to put packets in and take them out.
 Not here: polling ports (host_agent.manager), EAL and the packet pool
 (nflib.eal).
 """
+from libc.stdint cimport uint16_t, uint64_t
 from libc.string cimport memcpy, memset
 from dpdk.rte_eal cimport rte_socket_id, rte_dev_probe, rte_strerror
 from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_alloc, rte_pktmbuf_append,
@@ -16,27 +17,56 @@ from nflib.eal cimport packet_pool
 
 from nflib.eal import FastPathError, dpdk_error
 
+cdef extern from "rss.h" nogil:
+    uint64_t onvm_conf_rss(uint16_t port_id, rte_eth_conf *conf)
 
-def start_port(uint16_t port_id):
-    """Configure and start a port for the manager's loop: one rx and one tx
-    queue of 1024 descriptors, promiscuous."""
+
+_started = {}       # port id -> its queues, while started here
+
+
+def start_port(uint16_t port_id, uint16_t queues=1):
+    """Configure and start a port for the manager's loop: `queues` rx and
+    tx queues (one per worker, host_agent.workers) of 1024 descriptors,
+    promiscuous; with several, flows spread over them by symmetric RSS
+    where the port has RSS (dpdk/rss.h; ports in memory do not: what
+    fills their rings spreads).  A port started already (by another
+    worker's Manager) is left as it is."""
     cdef rte_eth_conf conf
     cdef int err
+    if port_id in _started:
+        return _started[port_id]
     memset(&conf, 0, sizeof(conf))
-    for step in range(4):
-        if step == 0:
-            err = rte_eth_dev_configure(port_id, 1, 1, &conf)
-        elif step == 1:
-            err = rte_eth_rx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL, packet_pool())
-        elif step == 2:
-            err = rte_eth_tx_queue_setup(port_id, 0, 1024, rte_socket_id(), NULL)
+    if queues > 1:
+        onvm_conf_rss(port_id, &conf)
+    steps = ["configure"] + ["rx queue setup"] * queues + ["tx queue setup"] * queues + ["start"]
+    for i, what in enumerate(steps):
+        q = (i - 1) % queues
+        if what == "configure":
+            err = rte_eth_dev_configure(port_id, queues, queues, &conf)
+        elif what == "rx queue setup":
+            err = rte_eth_rx_queue_setup(port_id, q, 1024, rte_socket_id(), NULL, packet_pool())
+        elif what == "tx queue setup":
+            err = rte_eth_tx_queue_setup(port_id, q, 1024, rte_socket_id(), NULL)
         else:
             err = rte_eth_dev_start(port_id)
         if err < 0:
-            what = ("configure", "rx queue setup", "tx queue setup", "start")[step]
             raise FastPathError(f"port {port_id} ({port_name(port_id)}): {what} failed: "
                                 f"{rte_strerror(-err).decode()}")
     rte_eth_promiscuous_enable(port_id)
+    _started[port_id] = queues
+    return queues
+
+
+def valid_ports():
+    """The ids of the ports DPDK found (probed vdevs, allowed NICs)."""
+    return [p for p in range(RTE_MAX_ETHPORTS) if rte_eth_dev_is_valid_port(p)]
+
+
+def stop_port(uint16_t port_id):
+    """Stop and close a port (flushes pcap files); a closed one is left."""
+    if _started.pop(port_id, None) is not None:
+        rte_eth_dev_stop(port_id)
+        rte_eth_dev_close(port_id)
 
 
 def probe_port(devargs):
@@ -65,6 +95,35 @@ def ring_port(name, count=8192):
     ring = Ring()
     ring.r = r
     return port, ring
+
+
+def ring_queues_port(name, unsigned queues, bint loop=True, count=8192):
+    """A port in memory with `queues` rx and tx queues, each on rings of
+    its own: with `loop`, queue q's rx and tx share one ring (what worker
+    q sends comes back to it), else what a test puts in rx[q] arrives on
+    queue q and what queue q sends lands in tx[q].  Returns (port id, rx
+    Rings, tx Rings)."""
+    cdef rte_ring *rx[64]
+    cdef rte_ring *tx[64]
+    if not 0 < queues <= 64:
+        raise FastPathError(f"{name}: 1 to 64 queues, not {queues}")
+    rxs, txs = [], []
+    for q in range(queues):
+        rx[q] = rte_ring_create(f"{name}_rx{q}".encode(), count, rte_socket_id(),
+                                RING_F_SP_ENQ | RING_F_SC_DEQ)
+        tx[q] = rx[q] if loop else rte_ring_create(f"{name}_tx{q}".encode(), count,
+                                                   rte_socket_id(), RING_F_SP_ENQ | RING_F_SC_DEQ)
+        if rx[q] == NULL or tx[q] == NULL:
+            raise dpdk_error(f"rte_ring_create({name}, queue {q})")
+        rxs.append(Ring())
+        (<Ring>rxs[q]).r = rx[q]
+        txs.append(rxs[q] if loop else Ring())
+        (<Ring>txs[q]).r = tx[q]
+    port = rte_eth_from_rings(("net_" + name).encode(), rx, queues, tx, queues,
+                              rte_socket_id())
+    if port < 0:
+        raise dpdk_error(f"rte_eth_from_rings({name})")
+    return port, rxs, txs
 
 
 def ring_pair_port(name, count=8192):

@@ -95,6 +95,11 @@ def default_eal_args(name, vdevs=(), hugepages=None, memory_mb=256, lcores="0"):
     return args
 
 
+def tsc_hz():
+    """The TSC's cycles a second (rte_get_tsc_hz; the EAL must run)."""
+    return rte_get_tsc_hz()
+
+
 def hugepages_available():
     """Free 2 MiB huge pages, 0 where hugetlbfs is not mounted."""
     try:

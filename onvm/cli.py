@@ -127,6 +127,10 @@ def build_parser():
                    help="put a replica of each lb, nat and firewall-stateful instance's "
                         "flow state in the store this often, for a host that takes "
                         "over if this one fails (default 1; 0: off)")
+    a.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N worker loops, one per rx/tx queue pair of each port, on the "
+                        "first N cores of the budget (symmetric RSS spreads flows); "
+                        "inline instances only (default 1)")
     a.add_argument("--flow-entries", type=int, default=1 << 20, metavar="N",
                    help="size of the host's flow table (default 1048576; idle "
                         "flows age out after 30 s)")
@@ -140,6 +144,9 @@ def build_parser():
     nr.add_argument("--instance", type=int, required=True)
     nr.add_argument("--config", default=None, help="JSON config for the NF")
     nr.add_argument("--file-prefix", default=None)
+    nr.add_argument("--lcore", type=int, default=None, metavar="L",
+                    help="run on core L (the EAL pins it there; default: core 1 "
+                         "where there is one); the agent gives each NF process its own")
     nr.set_defaults(run=_handler("host_agent.nfproc:cli_nf_run"))
     nc = nsub.add_parser("check", help="build an NF's config as an agent would and report "
                                        "(for ids: rules loaded and skipped)")
@@ -225,12 +232,24 @@ def build_parser():
     bf.add_argument("--payload", choices=("udp", "http"), default="udp",
                     help="udp: 64-byte (or --mix) UDP frames; http: TCP streams to port 80, "
                          "each segment an HTTP request, for the ids (at most 4096 flows)")
+    bf.add_argument("--cores", type=int, default=1, metavar="N",
+                    help="worker cores (default 1); more than the machine has is an error")
     bf.add_argument("--json", action="store_true")
     bf.add_argument("--replicate-interval", type=float, default=0.0, metavar="SECONDS",
                     help="take the replicas' snapshots of the lb, nat and firewall-stateful "
                          "instances this often during the timed run, as an agent does "
                          "(host_agent.replicas; default 0: none), their time counted")
     bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
+    by = bsub.add_parser("cycles", help="cycles per packet of each NF and a chain, "
+                                        "and the cores 10/40/100 GbE need")
+    by.add_argument("--chain", action="append", default=[], metavar="A,B,...",
+                    help="an NF or chain to measure (repeatable; default: firewall, "
+                         "monitor, forward and firewall,monitor,forward)")
+    by.add_argument("--mix", action="append", choices=("64", "imix"), default=[],
+                    help="frame mix (repeatable; default both)")
+    by.add_argument("--packets", type=int, default=10_000_000)
+    by.add_argument("--json", action="store_true")
+    by.set_defaults(run=_handler("host_agent.cycles:cli_bench_cycles"))
     bp = bsub.add_parser("placement", help="placement quality and speed")
     bp.add_argument("--json", action="store_true")
     bp.set_defaults(run=_handler("controller.bench:cli_bench_placement"))

@@ -61,6 +61,9 @@ def cluster_status(store) -> dict:
                                  if isinstance(p, dict)), 4),
             "drops": {r: n for r, n in sorted(drops.items()) if _number(n)},
             "plan_error": st.get("plan_error"),
+            # cores more than one of the manager and NF processes poll
+            "cores_shared": (st.get("cores") or {}).get("shared") or []
+            if isinstance(st.get("cores"), dict) else [],
             "stats_age_s": (round(time.time() - st["time"], 1)
                             if _number(st.get("time"), None) is not None else None),
         }
@@ -81,6 +84,7 @@ def cluster_status(store) -> dict:
                 nfs[j]["instances"].append({
                     "host": host, "id": hop["local"], "nf": kinds.get(hop["local"]),
                     "mpps": _number(inst.get("mpps"), None),
+                    "core": inst.get("core"),           # an NF process's core
                     "drops": _number(inst.get("drops"), None)})
         first = nfs[0]["instances"] if nfs else []
         out_chains[name] = {
@@ -90,6 +94,12 @@ def cluster_status(store) -> dict:
             "nfs": nfs, "retired": is_retired(chain)}
     return {"leader": leader.get("name") if isinstance(leader, dict) else None,
             "hosts": hosts, "chains": out_chains}
+
+
+def _where(instance):
+    """h1, or h1:core 3 for an NF process."""
+    core = instance.get("core")
+    return instance["host"] if core is None else f"{instance['host']}:core {core}"
 
 
 def render(status) -> str:
@@ -103,6 +113,8 @@ def render(status) -> str:
         drops = ", ".join(f"{r} {n}" for r, n in h["drops"].items()) or "-"
         if h["plan_error"]:
             drops += f"; plan refused: {h['plan_error']}"
+        if h.get("cores_shared"):
+            drops += f"; cores shared (too few): {','.join(map(str, h['cores_shared']))}"
         lines.append(f"{name:<10} {'yes' if h['alive'] else 'NO':<6} {plan:>11} "
                      f"{h['instances']:>5} {h['cores'] if h['cores'] is not None else '-':>5} "
                      f"{h['mpps_in']:>8.3f}  {drops}")
@@ -111,7 +123,7 @@ def render(status) -> str:
     lines.append(f"{'CHAIN':<12} {'SPI':>5} {'DECLARED':>9} {'MEASURED':>9}  NFS")
     for name, c in status["chains"].items():
         where = " -> ".join(
-            f"{nf['nf']}@{','.join(i['host'] for i in nf['instances']) or 'UNPLACED'}"
+            f"{nf['nf']}@{','.join(_where(i) for i in nf['instances']) or 'UNPLACED'}"
             for nf in c["nfs"])
         if c.get("retired"):
             where = f"RETIRED: placed nowhere, its traffic dropped at {c['ingress']}"

@@ -67,6 +67,25 @@ def test_status_of_a_cluster_in_etcd(etcd):
     assert "web             16     2.000     1.250  firewall@h1 -> ids@h2" in text
 
 
+def test_nf_process_cores_and_shared_cores_are_shown():
+    store = open_store("memory://")
+    store.put_chain({"name": "dns", "spi": 17, "nfs": ["firewall", "monitor"], "mpps": 1.0})
+    store.register_host("h1", {"mac": "02:00:00:00:00:01", "cores": 2}, ttl=30)
+    store.put_plan("h1", plan("h1", 0, [{"id": 1, "nf": "firewall", "mode": "process"},
+                                        {"id": 2, "nf": "monitor", "mode": "process"}],
+                              [{"spi": 17, "si": 255, "local": 1},
+                               {"spi": 17, "si": 254, "local": 2}]))
+    store.put_stats("h1", {"instances": {"1": {"core": 1}, "2": {"core": 1}},
+                           "cores": {"manager": 0, "nf_processes": {"1": 1, "2": 1},
+                                     "shared": [1]}})
+    got = cluster_status(store)
+    assert got["hosts"]["h1"]["cores_shared"] == [1]
+    assert [i["core"] for n in got["chains"]["dns"]["nfs"] for i in n["instances"]] == [1, 1]
+    text = render(got)
+    assert "firewall@h1:core 1 -> monitor@h1:core 1" in text
+    assert "cores shared (too few): 1" in text
+
+
 def test_unplaced_nf_is_shown_as_such():
     store = open_store("memory://")
     store.put_chain({"name": "dns", "spi": 17, "nfs": ["firewall"], "mpps": 1.0})

@@ -50,6 +50,7 @@ DROP_REASONS = (
     "no_pin",           # reverse hop to remote instances, the flow has no pin
     "pin_lost",         # the flow's pinned host is no longer in the hop's list
     "no_server",        # pool end: no server has the packet's IPv4 destination
+    "bad_ipv6",         # IPv6 extension headers cut short, or more than 8 of them
 )
 
 

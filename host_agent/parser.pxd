@@ -21,7 +21,8 @@ cdef enum:
 cdef enum:
     R_TRUNCATED, R_NOT_IP, R_BAD_LABELS, R_TTL, R_WRONG_NODE, R_UNKNOWN_HOP,
     R_NO_CHAIN, R_NF_DROP, R_RING_FULL, R_TX_FULL, R_LOOP, R_BAD_PORT,
-    R_NO_PLAN, R_NO_PIN, R_PIN_LOST, R_NO_SERVER, N_REASONS
+    R_NO_PLAN, R_NO_PIN, R_PIN_LOST, R_NO_SERVER, R_BAD_IPV6, N_REASONS
+    IPV6_EXT_MAX = 8        # extension headers walked before a packet is refused
 
 
 cdef inline int parse_packet(rte_mbuf *m, tables_t *t, uint16_t port) noexcept nogil:
@@ -31,6 +32,7 @@ cdef inline int parse_packet(rte_mbuf *m, tables_t *t, uint16_t port) noexcept n
     cdef onvm_meta *meta = onvm_meta_of(m)
     cdef uint16_t etype
     cdef uint32_t l0, l1, l2, off = 14, ihl, l4
+    cdef int32_t l6
     cdef uint8_t ver
     memset(meta, 0, sizeof(onvm_meta))
     meta.in_port = port
@@ -97,13 +99,18 @@ cdef inline int parse_packet(rte_mbuf *m, tables_t *t, uint16_t port) noexcept n
     elif etype == ETH_IPV6:
         if length < off + 40:
             return R_TRUNCATED
+        if (d[off] >> 4) != 6:
+            return R_NOT_IP
         meta.key.family = 6
-        meta.key.proto = d[off + 6]
         meta.key.src = rte_hash_crc(d + off + 8, 16, 0)
         meta.key.dst = rte_hash_crc(d + off + 24, 16, 0)
-        l4 = off + 40
-        meta.l4_off = l4
-        if meta.key.proto == 6 or meta.key.proto == 17 or meta.key.proto == 132:
+        l6 = ipv6_l4(d, length, off, meta)
+        if l6 < 0:
+            return R_BAD_IPV6
+        l4 = <uint32_t>l6
+        if l6 == 0:
+            pass                    # a later fragment, or no next header: no ports
+        elif meta.key.proto == 6 or meta.key.proto == 17 or meta.key.proto == 132:
             if length < l4 + 4:
                 return R_TRUNCATED
             memcpy(&meta.key.sport, d + l4, 2)
@@ -112,6 +119,42 @@ cdef inline int parse_packet(rte_mbuf *m, tables_t *t, uint16_t port) noexcept n
         return R_NOT_IP
     meta.flow_hash = rte_hash_crc(&meta.key, sizeof(onvm_flow_key), 0)
     return -1
+
+
+cdef inline int32_t ipv6_l4(const uint8_t *d, uint32_t length, uint32_t off,
+                            onvm_meta *meta) noexcept nogil:
+    """Walk an IPv6 packet's extension headers (RFC 8200 4.1: hop-by-hop,
+    routing, fragment, destination options; AH by RFC 4302's length) to
+    its upper-layer protocol, set as the key's proto.  Returns the L4
+    offset (also meta.l4_off), 0 for none (a fragment after the first,
+    No Next Header), -1 for a chain that is cut short, or longer than
+    IPV6_EXT_MAX headers: such packets are dropped (bad_ipv6), never
+    passed on with a protocol the NFs would misread."""
+    cdef uint8_t nh = d[off + 6]
+    cdef uint32_t at = off + 40, size
+    cdef int n = 0
+    while nh == 0 or nh == 43 or nh == 44 or nh == 60 or nh == 51:
+        if n == IPV6_EXT_MAX or length < at + 8:
+            return -1
+        if nh == 44:
+            size = 8
+            if (rd16(d + at + 2) & 0xFFF8) != 0:     # fragment offset: not the first
+                meta.key.proto = d[at]
+                return 0
+        elif nh == 51:
+            size = (<uint32_t>d[at + 1] + 2) * 4
+        else:
+            size = (<uint32_t>d[at + 1] + 1) * 8
+        nh = d[at]
+        at += size
+        n += 1
+    if length < at:
+        return -1
+    meta.key.proto = nh
+    if nh == 59:
+        return 0
+    meta.l4_off = at
+    return at
 
 
 cdef inline int32_t classify(tables_t *t, onvm_meta *meta) noexcept nogil:

@@ -19,7 +19,7 @@ from host_agent import lcores
 from host_agent.cycles import cores_needed, line_rate_mpps, projection
 from host_agent.harness import HOST_MAC, chain_plan, ensure_eal
 from host_agent.workers import Workers, queue_of, spread
-from nflib.api import PythonNF
+from nflib.api import PythonNF, make_nf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONVM = [sys.executable, "-m", "onvm.cli"]
@@ -439,3 +439,17 @@ def test_agent_with_more_workers_than_cores_exits_1_naming_them(tmp_path):
     assert out.returncode == 1
     assert (f"onvm agent: --workers {n}: asks for {n} cores, but the agent's budget has "
             f"{HAVE}") in out.stderr
+
+
+def test_workers_refuse_nfs_whose_state_is_not_per_flow(workers):
+    """ratelimit's budgets and ddos's per-source sketches would be held
+    whole by each worker (N times the rate, a flood split under every
+    threshold): a plan with them is refused, and the workers keep theirs."""
+    port, w, rxs, txs = workers(2)
+    w.apply_plan(stamp_plan(port), stamp_factory)
+    for nf in ("ratelimit", "ddos"):
+        plan = chain_plan([(nf, {})], port, port, generation=2)
+        with pytest.raises(fp.FastPathError, match=rf"instances 1 \({nf}\) keep state that "
+                                                   r"is not per flow.*2 workers"):
+            w.apply_plan(plan, make_nf)
+        assert [m.generation for m in w.managers] == [1, 1]

@@ -71,6 +71,7 @@ Table layout (the same on every switch):
   table 3, PINS       one learned rule per running flow (resubmitted to)
     100   reg1=SPI, eth_type=0x0800, ipv4_src, ipv4_dst, ip_proto
           [, tcp_src, tcp_dst | udp_src, udp_dst] -> reg0 := label  (pin)
+          (IPv6 flows: eth_type=0x86dd, ipv6_src, ipv6_dst, ...)
           Written by the switch itself (learn in table 6), idle timeout
           PIN_IDLE_SECONDS, cookie kind "pin": diff() leaves them alone.
     0     -> nothing: the flow is not pinned            (miss)
@@ -85,10 +86,11 @@ Table layout (the same on every switch):
     0     -> drop                                       (miss)
   table 5, PICK       per chain: slot -> host, slots shared by weight
     100   reg1=SPI, reg2=<slot> -> reg0 := label        (pick)
-  table 6, LEARN      the same three rules on every switch
+  table 6, LEARN      the same six rules on every switch
     2     tcp -> learn a PINS rule on the 5-tuple       (learn)
     2     udp -> learn a PINS rule on the 5-tuple       (learn)
     1     ip  -> learn a PINS rule on addresses and protocol (learn)
+          and the same three for IPv6 (tcp6, udp6, ipv6), on IPv6 addresses
   table 7, SEND       per chain and host of its first NF
     100   reg1=SPI, reg0=label -> push_mpls x3 (SI=255, SPI, label), TTL 64
           each, eth_dst := host MAC, output toward it (or its transport
@@ -524,10 +526,12 @@ def _l4_matches(l4, reverse):
 
 
 @functools.lru_cache(maxsize=None)
-def pin_learn(l4):
-    """The PINS rule of the module docstring, learned from a new flow."""
-    matches = ((REG_SPI, REG_SPI), ("eth_type", ETH_IPV4),
-               ("ipv4_src", "ipv4_src"), ("ipv4_dst", "ipv4_dst")) + _l4_matches(l4, False)
+def pin_learn(l4, family=4):
+    """The PINS rule of the module docstring, learned from a new flow (an
+    IPv4 one, or with `family` 6 an IPv6 one, on its IPv6 addresses)."""
+    ip = f"ipv{family}"
+    matches = ((REG_SPI, REG_SPI), ("eth_type", ETH_IPV4 if family == 4 else ETH_IPV6),
+               (f"{ip}_src", f"{ip}_src"), (f"{ip}_dst", f"{ip}_dst")) + _l4_matches(l4, False)
     return learn_action(TABLE_PINS, PIN_IDLE_SECONDS, PRIO_PIN, "pin", matches,
                         loads=((REG_HOST, REG_HOST),))
 
@@ -543,18 +547,20 @@ def reply_learn(server_port, l4):
                         loads=(("eth_dst", "eth_src"),), outputs=("in_port",))
 
 
-def _by_l4(l4):
+def _by_l4(l4, family=4):
     """The match and priority offset of a rule for l4 "tcp", "udp" or "ip"
-    (the more specific, the higher)."""
+    (the more specific, the higher), of IPv4 or IPv6 packets."""
+    eth_type = ETH_IPV4 if family == 4 else ETH_IPV6
     if l4 == "ip":
-        return {"eth_type": ETH_IPV4}, 0
-    return {"eth_type": ETH_IPV4, "ip_proto": L4_PROTOS[l4]}, 1 + (l4 == "tcp")
+        return {"eth_type": eth_type}, 0
+    return {"eth_type": eth_type, "ip_proto": L4_PROTOS[l4]}, 1 + (l4 == "tcp")
 
 
 def _learning():
-    """The rules that pin a new flow to the host picked for it."""
-    return [flow(TABLE_LEARN, 1 + (l4 != "ip"), "learn", _by_l4(l4)[0], [pin_learn(l4)])
-            for l4 in ("tcp", "udp", "ip")]
+    """The rules that pin a new flow (IPv4 or IPv6) to the host picked for it."""
+    return [flow(TABLE_LEARN, 1 + (l4 != "ip"), "learn", _by_l4(l4, family)[0],
+                 [pin_learn(l4, family)])
+            for family in (4, 6) for l4 in ("tcp", "udp", "ip")]
 
 
 def untrusted_ports(edges, servers, switch):

@@ -27,6 +27,7 @@ NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3
 # learn_action); Ryu names the Nicira field "<name>_nxm", registers as is.
 LEARN_BITS = {"reg0": 32, "reg1": 32, "reg2": 32, "in_port": 16, "eth_type": 16,
               "eth_src": 48, "eth_dst": 48, "ip_proto": 8, "ipv4_src": 32, "ipv4_dst": 32,
+              "ipv6_src": 128, "ipv6_dst": 128,
               "tcp_src": 16, "tcp_dst": 16, "udp_src": 16, "udp_dst": 16}
 
 

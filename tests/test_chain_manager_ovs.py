@@ -561,6 +561,18 @@ def ingress_rules(ovs, bridge, tcp_dst):
     return out
 
 
+def post_chain(leader, ovs, bridge, body):
+    """Once a placement is made: POST chain `body` (a TCP match), wait for
+    its classifier in table 0 of its ingress `bridge`; the created chain."""
+    wait_for(lambda: leader.alive() and placement_groups(leader), 20, "a placement")
+    status, created = rest(leader, "POST", "/chains", body)
+    assert status == 201, created
+    port = body["match"]["tcp_dst"]
+    wait_for(lambda: leader.alive() and [k for k, _ in ingress_rules(
+        ovs, bridge, port)] == ["classifier"], 20, f"chain {body['name']}'s classifier")
+    return created
+
+
 def test_a_deleted_chain_is_dropped_and_counted_until_released(
         leader, ovs, bridges, topo, store):
     """DELETE retires the chain: the switch holds its chain_drop rule in
@@ -577,11 +589,7 @@ def test_a_deleted_chain_is_dropped_and_counted_until_released(
     bridge = bridges[ingress.switch]
     leases = [register(store, topo, h.name) for h in (topo.hosts[0], topo.hosts[2])]
     try:
-        wait_for(lambda: leader.alive() and placement_groups(leader), 20, "a placement")
-        status, created = rest(leader, "POST", "/chains", body)
-        assert status == 201, created
-        wait_for(lambda: leader.alive() and [k for k, _ in ingress_rules(
-            ovs, bridge, 8025)] == ["classifier"], 20, "the new chain's classifier")
+        created = post_chain(leader, ovs, bridge, body)
         status, reply = rest(leader, "DELETE", "/chains/retiree")
         assert status == 200 and (reply["retired"], reply["traffic"]) == (True, "dropped")
         assert store.get_chain("retiree") == dict(created, retired=True)
@@ -613,6 +621,51 @@ def test_a_deleted_chain_is_dropped_and_counted_until_released(
         for lease in leases:
             lease.stop(revoke=True)
         store.delete_chain("retiree")
+    wait_fabric(ovs, bridges, topo, unplaced_rules(topo), leader,
+                "back to the file's chains, unplaced")
+
+
+def test_an_ipv6_chain_is_classified_steered_and_pinned_in_ovs(
+        leader, ovs, bridges, topo, store):
+    """A chain matching ipv6_dst, made through the REST API: real OVS
+    classifies its IPv6 packet, picks a first-NF host, learns a pin on the
+    IPv6 addresses and ports (the second packet takes it) and sends it
+    with the chain's labels; an IPv6 packet outside the prefix is not the
+    chain's."""
+    web = topo.chains[0]
+    body = {"name": "web6", "ingress": web.ingress, "egress": web.egress,
+            "match": {"ipv6_dst": "2001:db8:6::/48", "ip_proto": 6, "tcp_dst": 8066},
+            "nfs": ["firewall", "monitor"], "mpps": 0.5}
+    ingress = topo.edge(web.ingress)
+    bridge = bridges[ingress.switch]
+    leases = [register(store, topo, h.name) for h in (topo.hosts[0], topo.hosts[2])]
+    try:
+        created = post_chain(leader, ovs, bridge, body)
+        flow = (f"in_port={ingress.port},tcp6,dl_src=02:aa:00:00:00:01,"
+                f"dl_dst=02:aa:00:00:00:02,ipv6_src=2001:db8:9::7,ipv6_dst={{dst}},"
+                f"tp_src=40000,tp_dst=8066")
+        kinds, exits = [], set()
+        for generate in (True, False):      # the first packet learns the pin
+            path, labels, (switch, port), text = ovs_trace(
+                ovs, bridges, bridge, flow.format(dst="2001:db8:6::9"), generate)
+            kinds.append([k for sw, _, k in path if sw == ingress.switch])
+            host = next(h for h in topo.hosts if (h.switch, h.port) == (switch, port))
+            assert labels == [host.label, created["spi"], 255], text
+            exits.add(host.name)
+        assert kinds == [["classifier", "miss", "steer", "pick", "learn", "send"],
+                         ["classifier", "pin", "steer", "send"]], text
+        assert len(exits) == 1
+        pins = ovs.ofctl("dump-flows", bridge, f"table={flows.TABLE_PINS}")
+        assert "ipv6_src=2001:db8:9::7" in pins and "tp_src=40000" in pins, pins
+        path, labels, _, text = ovs_trace(ovs, bridges, bridge,
+                                          flow.format(dst="2001:db8:7::9"))
+        assert "classifier" not in [k for _, _, k in path] and labels == [], text
+    finally:
+        for lease in leases:
+            lease.stop(revoke=True)
+        store.delete_chain("web6")
+        for b in bridges.values():
+            ovs.ofctl("del-flows", b, f"table={flows.TABLE_PINS},cookie={flows.pin_cookie():#x}/-1")
     wait_fabric(ovs, bridges, topo, unplaced_rules(topo), leader,
                 "back to the file's chains, unplaced")
 
@@ -832,3 +885,4 @@ def test_a_servers_reply_finds_its_way_back_in_ovs_as_in_ofsim(ovs, served_fabri
     before = sum(counted(ovs, names["s2"], d.cookie) for d in drops)
     from_server(forged, 2)
     assert sum(counted(ovs, names["s2"], d.cookie) for d in drops) == before + 2
+

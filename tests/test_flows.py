@@ -773,7 +773,10 @@ def test_an_ipv6_chain_is_classified_by_its_ipv6_match_at_its_ingress():
         exits = fabric.from_edge("internet", tcp6_packet("2001:db8:1::9", 80, sport))
         assert len(exits) == 1 and exits[0].kind == "host", exits
         assert [e["label"] for e in exits[0].packet["mpls"]][1:] == [web6.spi, 255]
-        assert rule_kinds(exits[0].trace)[0] == "classifier"
+        assert rule_kinds(exits[0].trace)[:3] == ["classifier", "miss", "steer"]
+        again = fabric.from_edge("internet", tcp6_packet("2001:db8:1::9", 80, sport))
+        assert rule_kinds(again[0].trace)[:2] == ["classifier", "pin"], "pinned on IPv6"
+        assert again[0].name == exits[0].name
         seen.add(exits[0].name)
     assert seen == {"h3", "h5"}
     other = fabric.from_edge("internet", tcp6_packet("2001:db8:2::9", 80,

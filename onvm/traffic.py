@@ -6,7 +6,7 @@ Every frame carries a marker in its payload: MAGIC, the chain's SPI, a
 sequence number and the send time.  The sink finds the marker wherever the
 NFs left it, so it counts per chain, sees losses as missing sequence numbers
 and gaps as pauses in arrival, and reports what the kernel dropped
-because it did not read in time.  It also counts per flow (IPv4 source and
+because it did not read in time.  It also counts per flow (IPv4 or IPv6 source and
 source port, which no NF of ours rewrites) the destination addresses the
 flow arrived with, so a load balancer's choices show.  The sender counts
 per frame (one frame a flow) and takes a new set of frames, or a new rate,
@@ -116,10 +116,12 @@ def _tcp_stream(frame):
     sequence number, as a real sender's next segment would (an IDS matches
     a stream in sequence order and takes the same sequence number with
     other bytes for an overlap attack)."""
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+    if len(frame) >= 54 and frame[12:14] == b"\x86\xdd" and frame[20] == 6:
+        ihl, total = 40, 40 + int.from_bytes(frame[18:20], "big")      # IPv6
+    elif len(frame) >= 34 and frame[12:14] == b"\x08\x00" and frame[23] == 6:
+        ihl, total = (frame[14] & 0x0F) * 4, int.from_bytes(frame[16:18], "big")
+    else:
         return None
-    ihl = (frame[14] & 0x0F) * 4
-    total = int.from_bytes(frame[16:18], "big")
     tcp = 14 + ihl
     if len(frame) < tcp + 20:
         return None
@@ -192,7 +194,13 @@ def send(iface, frames_path, status_path, rate_path, spi, pps):
 
 
 def flow_of(frame):
-    """("SRC:SPORT", DST) of an untagged IPv4 frame, or None."""
+    """("SRC:SPORT", DST) of an untagged IPv4 or IPv6 frame (no extension
+    header), or None."""
+    if len(frame) >= 54 and frame[12:14] == b"\x86\xdd":
+        src, dst = (socket.inet_ntop(socket.AF_INET6, frame[a:a + 16]) for a in (22, 38))
+        sport = struct.unpack_from("!H", frame, 54)[0] if frame[20] in (6, 17) \
+            and len(frame) >= 56 else 0
+        return f"{src}:{sport}", dst
     if len(frame) < 34 or frame[12:14] != b"\x08\x00":
         return None
     ihl = (frame[14] & 0x0f) * 4

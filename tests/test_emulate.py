@@ -188,14 +188,23 @@ chains:
     match: {ipv4_dst: 10.8.0.0/16, ip_proto: 17, udp_dst: 5000}
     nfs: [monitor]
     mpps: 0.0008
+  - name: guard6
+    ingress: internet
+    egress: wan
+    match: {ipv6_dst: "2001:db8:9::/48", ip_proto: 6, tcp_dst: 80}
+    nfs: [firewall]
+    mpps: 0.002
 """
-NF_PPS = 50000                  # emulated pps per Mpps: guard 150, spread 100, bulk 40
+NF_PPS = 50000                  # emulated pps per Mpps: guard 150, spread 100, bulk 40, guard6 100
 DENIED_NET = "192.0.2.128/25"
+DENIED_NET6 = "2001:db8:bad::/48"
 FW_RULES = f"""\
 # the sources of {DENIED_NET} are denied; the test chains' traffic is allowed
 deny   tcp  {DENIED_NET}  any          any  any
 allow  tcp  any             10.9.0.0/16  any  80
 allow  tcp  any             10.7.0.0/16  any  80
+deny   tcp  {DENIED_NET6}   any          any  any
+allow  tcp  any             2001:db8:9::/48  any  80
 default deny
 """
 SIGNATURE = b"EVIL-SIGNATURE"
@@ -409,6 +418,43 @@ class TestNFsAndScaleOut:
             print(_accounting(emu))     # what a failure would say, and proof it can
         finally:
             _resume(emu, "guard")
+
+    def test_an_ipv6_chain_is_classified_and_filtered_on_the_way(self, nf_emu):
+        """An IPv6 chain (ipv6_dst at the edge switch) through the firewall's
+        IPv6 rules: every packet of it is judged as IPv6, the denied
+        source's are dropped, every allowed one reaches the egress."""
+        emu = nf_emu
+        allowed = [{"src": f"2001:db8:1::{10 + i:x}", "sport": 34000 + i} for i in range(6)]
+        denied = [{"src": f"2001:db8:bad::{1 + i:x}", "sport": 35000 + i} for i in range(3)]
+
+        def counts():
+            fw, fw_at = _counters(emu, "guard6", 255)
+            return fw, _sink_flows(emu, "guard6"), fw_at
+        try:
+            (fw0, sink0, fw_at), sent = _send_for(emu, "guard6", allowed + denied, 3.0,
+                                                  baseline=counts)
+            n_denied = sum(sent[_flow_key(f)] for f in denied)
+            assert n_denied > 20, f"too little traffic sent: {sent}"
+
+            def problems():
+                fw1, sink1, _ = counts()
+                dropped = fw1.get("dropped", 0) - fw0.get("dropped", 0)
+                judged = fw1.get("ipv6", 0) - fw0.get("ipv6", 0)
+                out = [f"firewall on {fw_at} dropped {dropped} of {n_denied} denied "
+                       f"packets"] if dropped != n_denied else []
+                if judged != sum(sent.values()):
+                    out.append(f"firewall judged {judged} IPv6 packets of "
+                               f"{sum(sent.values())} sent")
+                out += [f"{_flow_key(f)} reached the egress" for f in denied
+                        if _flow_key(f) in sink1]
+                out += [f"flow {k}: {_arrived(sink1, sink0, k)} of {sent[k]} arrived"
+                        for k in map(_flow_key, allowed)
+                        if _arrived(sink1, sink0, k) != sent[k]]
+                return out
+            _settle(emu, "every denied IPv6 packet dropped by the firewall, every allowed "
+                         "one at the egress", problems)
+        finally:
+            _resume(emu, "guard6")
 
     def test_lb_spreads_flows_over_backends_and_keeps_each_on_one(self, nf_emu):
         emu = nf_emu

@@ -361,6 +361,15 @@ def _arrived(sink_after, sink_before, key):
     return sum(sink_after.get(key, {}).values()) - sum(sink_before.get(key, {}).values())
 
 
+def _egress_problems(sink0, sink1, sent, stopped, allowed):
+    """What the egress saw wrong: a flow of `stopped` that reached it, a
+    flow of `allowed` with fewer (or more) arrivals than it sent."""
+    return ([f"{_flow_key(f)} reached the egress" for f in stopped
+             if _flow_key(f) in sink1]
+            + [f"flow {k}: {_arrived(sink1, sink0, k)} of {sent[k]} arrived"
+               for k in map(_flow_key, allowed) if _arrived(sink1, sink0, k) != sent[k]])
+
+
 @pytest.fixture(scope="class")
 def nf_emu(tmp_path_factory, run_prefix):
     topo_path = _write_nf_topology(tmp_path_factory.mktemp("emulate-nfs"))
@@ -407,12 +416,7 @@ class TestNFsAndScaleOut:
                         or alerts + behind != ids_dropped:
                     out.append(f"ids on {ids_at} dropped {ids_dropped} (alerts {alerts}, after "
                                f"a gap {behind}) of {n_marked} packets with the signature")
-                out += [f"{_flow_key(f)} reached the egress" for f in denied + marked
-                        if _flow_key(f) in sink1]
-                out += [f"flow {k}: {_arrived(sink1, sink0, k)} of {sent[k]} arrived"
-                        for k in map(_flow_key, allowed)
-                        if _arrived(sink1, sink0, k) != sent[k]]
-                return out
+                return out + _egress_problems(sink0, sink1, sent, denied + marked, allowed)
             _settle(emu, "every denied packet dropped by the firewall, every marked one "
                          "by the ids, every allowed one at the egress", problems)
             print(_accounting(emu))     # what a failure would say, and proof it can
@@ -445,12 +449,7 @@ class TestNFsAndScaleOut:
                 if judged != sum(sent.values()):
                     out.append(f"firewall judged {judged} IPv6 packets of "
                                f"{sum(sent.values())} sent")
-                out += [f"{_flow_key(f)} reached the egress" for f in denied
-                        if _flow_key(f) in sink1]
-                out += [f"flow {k}: {_arrived(sink1, sink0, k)} of {sent[k]} arrived"
-                        for k in map(_flow_key, allowed)
-                        if _arrived(sink1, sink0, k) != sent[k]]
-                return out
+                return out + _egress_problems(sink0, sink1, sent, denied, allowed)
             _settle(emu, "every denied IPv6 packet dropped by the firewall, every allowed "
                          "one at the egress", problems)
         finally:

@@ -1,11 +1,14 @@
 """`onvm demo` (`make demo`): the shipped leaf-spine data center emulated
 for a short while, then the summary: chains spanning hosts; chain `api`
 (with an autoscale policy) offered six times its declared rate for a while,
-so it scales out and back in; then the busiest NF host fails.
+so it scales out and back in; then another NF host is drained for
+maintenance (its instances move with their state) and undrained; then the
+busiest NF host fails.
 
 It is `onvm emulate topologies/leaf-spine.yaml --seconds 45 --offer
-api=6@4 --offer api=1@16 --kill-host HOST@30`, where HOST is the busiest
-host the controller gave NFs to that is no chain's egress.  Chains with an NF
+api=6@4 --offer api=1@16 --drain-host OTHER@19 --undrain-host OTHER@25
+--kill-host HOST@30`, where HOST is the busiest host the controller gave
+NFs to that is no chain's egress, and OTHER another such host.  Chains with an NF
 that cannot start from the catalog's config are left out, and the demo says
 which and why (onvm.catalog).
 
@@ -22,6 +25,7 @@ from onvm.procs import REPO
 TOPOLOGY = os.path.join(REPO, "topologies", "leaf-spine.yaml")
 SECONDS = 45.0
 RAMP = ("api", 6.0, 4.0, 16.0)     # chain, offered Mpps, from, until (seconds)
+DRAIN = (0.42, 0.56)               # drain and undrain, as shares of the run
 
 
 def story(seconds):
@@ -37,7 +41,10 @@ def story(seconds):
                             f"declared rate): it scales out", "offer", (chain, mpps)),
                     (end, f"offer {chain} {declared:g} Mpps again: it scales back in",
                      "offer", (chain, declared))]
-        # chosen when it happens: by then scaling has moved instances
+        # chosen when they happen: by then scaling has moved instances
+        out.append((round(seconds * DRAIN[0]), "drain an NF host for maintenance (not "
+                    "the busiest, no chain's egress)", "drain-other", None))
+        out.append((round(seconds * DRAIN[1]), "undrain it", "undrain-other", None))
         out.append((round(seconds * 2 / 3), "fail the busiest NF host (no chain's "
                     "egress where one can be): agent killed, link down", "fail-busiest", None))
         return out
@@ -49,8 +56,9 @@ def cli_demo(args):
     seconds = args.seconds or SECONDS
     netns.enter_private_netns()
     say(f"onvm demo: emulating {TOPOLOGY} for {seconds:g} s: chain {RAMP[0]} offered "
-        f"{RAMP[1]:g} Mpps from {RAMP[2]:g} s to {RAMP[3]:g} s; the busiest NF host "
-        f"fails at {round(seconds * 2 / 3):g} s")
+        f"{RAMP[1]:g} Mpps from {RAMP[2]:g} s to {RAMP[3]:g} s; another NF host drained "
+        f"at {round(seconds * DRAIN[0]):g} s and undrained at {round(seconds * DRAIN[1]):g} s; "
+        f"the busiest NF host fails at {round(seconds * 2 / 3):g} s")
     topo = runnable_topology(TOPOLOGY, lambda text: say(f"onvm demo: {text}"))
     try:
         emu = Emulation(topo, say=say)

@@ -31,15 +31,16 @@ FAILURES = {
 }
 
 
-def failover_victim(emu):
+def failover_victim(emu, tcp=False):
     """A host that runs an NF of a chain with packet traffic (a sender and a
-    sink), and those chains; the host whose loss moves the most chains,
-    ties broken by name."""
+    sink; with `tcp`, or of real TCP connections), and those chains; the
+    host whose loss moves the most chains, ties broken by name."""
     # A chain whose egress is the failed host loses its sink with it: only
     # chains that can carry traffic again are counted and measured.
     # A chain of real TCP connections (its client at the edge) has no sink
-    # counting packets: its loss is not measured here.
-    egress = {c.name: c.egress for c in emu.topo.chains if c.name not in emu.client_plans}
+    # counting packets: its loss is not measured here (the demo shows it).
+    egress = {c.name: c.egress for c in emu.topo.chains
+              if tcp or c.name not in emu.client_plans}
     counts = {}
     for name, hops in emu.placement().items():
         if name not in egress:
@@ -56,6 +57,20 @@ def failover_victim(emu):
     egresses = set(egress.values())
     host = sorted(counts, key=lambda h: (h in egresses, -len(counts[h]), h))[0]
     return host, sorted(counts[host])
+
+
+def drain_candidate(emu):
+    """An NF host to drain for maintenance that the busiest (the one
+    failover_victim would fail) is not, and no chain's egress; None if
+    there is none."""
+    try:
+        busiest, _ = failover_victim(emu, tcp=True)
+    except EmulationError:
+        return None
+    egresses = {c.egress for c in emu.topo.chains}
+    hosts = sorted({h for _, hops in emu.placement().items() for _, on in hops for h in on}
+                   - egresses - set(emu.killed) - {busiest})
+    return hosts[0] if hosts else None
 
 
 def measure_failover(emu, settle=3.0, timeout=15.0, how="host"):

@@ -86,8 +86,8 @@ def watch(emu, seconds, events, out=say, on_start=None):
             while pending and time.time() - t0 >= pending[0][0]:
                 at, text, action, arg = pending.pop(0)
                 out(f">>> t={time.time() - t0:.1f} s: {text}")
-                act(emu, action, arg)
-                run.note(at, text)
+                done = act(emu, action, arg)     # what it chose, when it chooses
+                run.note(at, f"{text}: {done}" if done else text)
             for text in emu.exits():
                 out(f">>> t={time.time() - t0:.1f} s: {text}")
                 run.note(time.time() - t0, text.split(";")[0])

@@ -85,7 +85,8 @@ def schedule(args, topo):
 
 
 def act(emu, action, arg):
-    """Do one event's action on a running emulation."""
+    """Do one event's action on a running emulation; for an action that
+    chooses its host when it happens, what it chose (for the summary)."""
     if action == "kill":
         emu.fail_host(arg)
     elif action == "restart":
@@ -101,10 +102,31 @@ def act(emu, action, arg):
         emu.raise_rate(*arg)
     elif action == "offer":
         emu.set_rate(*arg)
+    elif action == "drain-other":
+        from onvm.failover import drain_candidate
+        host = drain_candidate(emu)
+        if host is None:
+            emu.say("no NF host to drain besides the busiest: no drain\n")
+            return "none to drain"
+        try:
+            emu.drain_host(host)
+        except Exception as err:        # 409: its chains fit nowhere else
+            emu.say(f"drain of {host} refused: {err}\n")
+            return f"drain of {host} refused"
+        emu.demo_drained = host
+        emu.say(f"draining {host}: its instances move off it with their state\n")
+        return f"{host} drained"
+    elif action == "undrain-other":
+        host = getattr(emu, "demo_drained", None)
+        if host is not None:
+            emu.drain_host(host, drain=False)
+            emu.say(f"undrained {host}: it takes instances again\n")
+            return f"{host} undrained"
     elif action == "fail-busiest":
         from onvm.failover import failover_victim
-        host, chains = failover_victim(emu)
+        host, chains = failover_victim(emu, tcp=True)
         emu.say(f"failing {host}: it runs NFs of {', '.join(chains)}\n")
         emu.fail_host(host)
+        return f"{host} failed (it ran NFs of {', '.join(chains)})"
     else:
         raise ValueError(f"no action {action!r}")

@@ -66,9 +66,6 @@ from host_agent.tables import compile_plan
 
 log = logging.getLogger("onvm.fastpath")
 
-cdef extern from "shim.h" nogil:
-    int ONVM_KEY_SIZE "sizeof(struct onvm_flow_key)"
-
 DEF BURST = 32
 DEF PIN_SWEEP_STEP = 16    # pin table positions the sweep checks per loop iteration
 PIN_IDLE_SECONDS = 300     # a pin unused this long is deleted
@@ -129,7 +126,7 @@ cdef class Manager:
     cdef uint64_t stop_flag
     cdef uint64_t hold_flag                 # hold(): stand still between iterations
     cdef uint64_t held                      # 1 while the loop stands still for hold()
-    cdef aged_t flows                       # onvm_flow_key -> flow id
+    cdef aged_t flows                       # pin_key_t (SPI, SI 0) -> flow id
     cdef uint64_t flow_fin_cycles
     cdef public double flow_idle_seconds    # flows idle this long are swept
     cdef public double flow_fin_seconds     # ... after a TCP FIN or RST
@@ -167,7 +164,7 @@ cdef class Manager:
         self._lock = threading.Lock()
         self.flow_idle_seconds = FLOW_IDLE_SECONDS
         self.flow_fin_seconds = FLOW_FIN_SECONDS
-        aged_init(&self.flows, "flows", flow_entries, ONVM_KEY_SIZE)
+        aged_init(&self.flows, "flows", flow_entries, sizeof(pin_key_t))
         self.pin_idle_seconds = PIN_IDLE_SECONDS
         self.answer_probes = True
         aged_init(&self.pins, "pins", pin_entries, sizeof(pin_key_t))
@@ -422,6 +419,7 @@ cdef class Manager:
     cdef void _ingest(self, tables_t *t, rte_mbuf **pkts, unsigned n, unsigned port_idx) noexcept nogil:
         """Parse a received burst, find each packet's first hop, run it."""
         cdef rte_mbuf *ok[BURST]
+        cdef pin_key_t fkeys[BURST]
         cdef const void *keys[BURST]
         cdef int32_t pos[BURST]
         cdef unsigned i, nok = 0
@@ -437,7 +435,8 @@ cdef class Manager:
                 rte_pktmbuf_free(pkts[i])
             else:
                 meta = onvm_meta_of(pkts[i])
-                keys[nok] = &meta.key
+                pin_key_of(pkts[i], meta, 0, 0, False, &fkeys[nok])
+                keys[nok] = &fkeys[nok]
                 ok[nok] = pkts[i]
                 nok += 1
         if nok == 0:
@@ -445,7 +444,7 @@ cdef class Manager:
         rte_hash_lookup_bulk(self.flows.h, keys, nok, pos)
         for i in range(nok):
             meta = onvm_meta_of(ok[i])
-            self._flow_id(t, ok[i], meta, pos[i])
+            self._flow_id(t, ok[i], meta, &fkeys[i], pos[i])
             if meta.si:
                 # Tagged: the hop named by (SPI, SI).
                 key = hop_key(meta.spi, meta.si)
@@ -729,13 +728,16 @@ cdef class Manager:
         if pos >= 0:
             self.pin_data[pos] = value
 
-    cdef void _flow_id(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, int32_t pos) noexcept nogil:
-        """meta.flow_id: `pos` (from the lookup, or added: a reused position's
-        first hop forgotten), marked used (FIN/RST: flow_fin_seconds left);
-        -1 (counted `full`: classified per packet) if there is no room."""
+    cdef void _flow_id(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, pin_key_t *k,
+                       int32_t pos) noexcept nogil:
+        """meta.flow_id: the position of the flow's key `k` (pinkey.pxd:
+        whole addresses, so IPv6 flows whose digests collide are two
+        flows): `pos` from the lookup, or added (a reused position's first
+        hop forgotten), marked used (FIN/RST: flow_fin_seconds left); -1
+        (counted `full`: classified per packet) if there is no room."""
         cdef uint8_t *l4
         if pos < 0 or <uint32_t>pos >= self.flows.entries:
-            pos = aged_add(&self.flows, &meta.key, self.now)
+            pos = aged_add(&self.flows, k, self.now)
             if pos >= 0 and pos < ONVM_FLOW_ENTRIES:
                 t.flow_hop[pos] = -2
         else:

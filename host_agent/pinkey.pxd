@@ -10,35 +10,52 @@ from dpdk.rte_mbuf cimport rte_mbuf
 from nflib.nf cimport onvm_meta, onvm_mtod
 
 
-# A pin's key: (SPI, SI) of the hop, or (0, 0) for an end's reply pin, and
-# the flow's IPv4 5-tuple in network byte order (ports 0 but for TCP, UDP).
+# A pin's key, also the host flow table's (with SPI and SI 0): (SPI, SI)
+# of the hop, or (0, 0) for an end's reply pin or a flow, and the flow's
+# 5-tuple as the packet's bytes give it, in network byte order: whole
+# IPv6 addresses (IPv4 ones in the first 4 bytes, the rest 0), ports 0 but
+# for TCP, UDP and SCTP.  48 bytes, which rte_hash compares with vector
+# instructions.
 cdef struct pin_key_t:
     uint32_t spi
     uint8_t si
     uint8_t proto
-    uint16_t pad
-    uint32_t src_ip
-    uint32_t dst_ip
+    uint8_t family
+    uint8_t pad
     uint16_t src_port
     uint16_t dst_port
+    uint8_t src_ip[16]
+    uint8_t dst_ip[16]
+    uint32_t pad2
 
 
 cdef inline bint pin_key_of(rte_mbuf *m, onvm_meta *meta, uint32_t spi, uint8_t si,
                             bint reverse, pin_key_t *k) noexcept nogil:
     """The pin key of the packet as its bytes are now (`reverse`: of its
-    reply); False if it has none (not IPv4)."""
+    reply); False if it has none (not IP, or cut short)."""
     cdef uint8_t *d = onvm_mtod(m)
     cdef uint8_t *ip = d + meta.l3_off
     cdef uint8_t *l4
-    if meta.key.family != 4 or m.data_len < meta.l3_off + 20 or (ip[0] >> 4) != 4:
+    cdef uint32_t alen, at
+    if meta.key.family == 4:
+        if m.data_len < meta.l3_off + 20 or (ip[0] >> 4) != 4:
+            return False
+        alen, at = 4, 12
+    elif meta.key.family == 6:
+        if m.data_len < meta.l3_off + 40 or (ip[0] >> 4) != 6:
+            return False
+        alen, at = 16, 8
+    else:
         return False
     memset(k, 0, sizeof(pin_key_t))
     k.spi = spi
     k.si = si
-    k.proto = ip[9]
-    memcpy(&k.src_ip, ip + (16 if reverse else 12), 4)
-    memcpy(&k.dst_ip, ip + (12 if reverse else 16), 4)
-    if meta.l4_off and (k.proto == 6 or k.proto == 17) and m.data_len >= meta.l4_off + 4:
+    k.proto = meta.key.proto
+    k.family = meta.key.family
+    memcpy(k.src_ip, ip + (at + alen if reverse else at), alen)
+    memcpy(k.dst_ip, ip + (at if reverse else at + alen), alen)
+    if meta.l4_off and (k.proto == 6 or k.proto == 17 or k.proto == 132) \
+            and m.data_len >= meta.l4_off + 4:
         l4 = d + meta.l4_off
         memcpy(&k.src_port, l4 + (2 if reverse else 0), 2)
         memcpy(&k.dst_port, l4 + (0 if reverse else 2), 2)

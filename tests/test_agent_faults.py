@@ -44,7 +44,7 @@ def start_agent(etcd_per_test, tmp_path):
                 ONVM + ["agent", "--host", "h1", "--store", etcd_per_test.url,
                         "--metrics-port", str(metrics), "--idle-us", "300", "--",
                         "--vdev", "net_ring0", "--vdev", "net_ring1", "--no-huge",
-                        "-m", "128", "--file-prefix", f"onvmfault{os.getpid()}"],
+                        "-m", "256", "--file-prefix", f"onvmfault{os.getpid()}"],
                 stdout=log, stderr=subprocess.STDOUT)
         proc.metrics, proc.log_path = metrics, log_path
         started.append(proc)

@@ -98,7 +98,7 @@ def test_an_agent_on_cores_that_do_not_exist_exits_1_naming_them(tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps(process_plan()))
     out = onvm("agent", "--host", "h1", "--plan", str(tmp_path / "plan.json"),
                "--seconds", "1", "--metrics-port", "0", "--", "-l", f"0,{missing}-{missing + 2}",
-               "--no-huge", "-m", "128", "--vdev", "net_null0")
+               "--no-huge", "-m", "256", "--vdev", "net_null0")
     assert out.returncode == 1
     assert (f"onvm agent: -l 0,{missing}-{missing + 2}: no core {missing}-{missing + 2} "
             f"here: this machine has {HAVE}") in out.stderr
@@ -435,7 +435,7 @@ def test_agent_with_more_workers_than_cores_exits_1_naming_them(tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps(inline_plan()))
     out = onvm("agent", "--host", "h1", "--plan", str(tmp_path / "plan.json"),
                "--seconds", "1", "--workers", str(n), "--metrics-port", "0", "--",
-               "--no-huge", "-m", "128", "--vdev", "net_null0")
+               "--no-huge", "-m", "256", "--vdev", "net_null0")
     assert out.returncode == 1
     assert (f"onvm agent: --workers {n}: asks for {n} cores, but the agent's budget has "
             f"{HAVE}") in out.stderr

@@ -280,7 +280,7 @@ def agent_command(tmp_path, *flags):
     return [sys.executable, "-m", "onvm.cli", "agent", "--host", "h1", "--plan",
             str(tmp_path / "plan.json"), "--seconds", "60", *flags,
             "--", "--vdev", f"net_pcap0,rx_pcap={tmp_path}/in.pcap", "--vdev", "net_null0",
-            "--no-huge", "-m", "128", "--file-prefix", f"onvmdeploy{os.getpid()}"]
+            "--no-huge", "-m", "256", "--file-prefix", f"onvmdeploy{os.getpid()}"]
 
 
 def test_every_dashboard_metric_is_served_by_a_live_agent(tmp_path):

@@ -240,7 +240,7 @@ def run_agent(tmp_path, plan, frames, extra=()):
     proc = subprocess.run(
         ONVM + ["agent", "--host", plan["host"], "--plan", plan_file, "--seconds", "1.5",
                 *extra, "--", "--vdev", f"net_pcap0,rx_pcap={tmp_path}/in.pcap",
-                "--vdev", f"net_pcap1,tx_pcap={out}", "--no-huge", "-m", "128",
+                "--vdev", f"net_pcap1,tx_pcap={out}", "--no-huge", "-m", "256",
                 "--file-prefix", f"onvmtest{tmp_path.name[-12:]}"],
         capture_output=True, text=True, timeout=60)
     return proc, (rdpcap(str(out)) if out.exists() else [])
@@ -315,7 +315,7 @@ def test_agent_prometheus_endpoint(tmp_path):
         ONVM + ["agent", "--host", "h1", "--plan", plan_file, "--seconds", "20",
                 "--metrics-port", str(port), "--", "--vdev",
                 f"net_pcap0,rx_pcap={tmp_path}/in.pcap", "--vdev", f"net_null0",
-                "--no-huge", "-m", "128", "--file-prefix", f"onvmprom{os.getpid()}"],
+                "--no-huge", "-m", "256", "--file-prefix", f"onvmprom{os.getpid()}"],
         stderr=subprocess.PIPE, text=True)
     try:
         body = None

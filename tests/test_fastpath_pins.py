@@ -14,7 +14,7 @@ import time
 from socket import inet_aton
 
 import pytest
-from scapy.all import IP, TCP, UDP, Ether
+from scapy.all import IP, TCP, UDP, Ether, IPv6
 from scapy.contrib.mpls import MPLS
 
 from contracts.plan import PlanError, check_plan
@@ -158,6 +158,21 @@ def test_a_flow_keeps_its_host_when_weights_change_and_re_picks_when_it_leaves(h
     h.manager.apply_plan(remote_plan(h, [peer(B), peer(C, 100.0), peer(D)], 5), make_nf)
     assert picks(h, flows) == after
     assert h.stats()["pins"]["inserts"] == 128, "re-picks reuse the flow's pin"
+
+
+def test_ipv6_flows_keep_their_host_when_weights_change(harnesses):
+    """Pins key whole IPv6 addresses as they key IPv4 ones (the ingress
+    switch sends an IPv6 chain's packets tagged)."""
+    h = harnesses()
+    h.manager.apply_plan(remote_plan(h, [peer(B, 1.0), peer(C, 1.0)], 2), make_nf)
+    flows = [tagged(A, S, 255, IPv6(src="2001:db8:9::%x" % (i + 1), dst="2001:db8:1::5")
+                    / TCP(sport=40000 + i, dport=80, flags="S"), {"mac": EDGE_MAC})
+             for i in range(64)]
+    before = picks(h, flows)
+    assert set(before.values()) == {17, 18}
+    assert h.stats()["pins"]["inserts"] == 64
+    h.manager.apply_plan(remote_plan(h, [peer(B, 1.0), peer(C, 0.001)], 3), make_nf)
+    assert picks(h, flows) == before
 
 
 def test_the_pins_survive_weights_that_would_move_flows(harnesses):

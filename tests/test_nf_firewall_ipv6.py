@@ -1,8 +1,9 @@
 """The firewall on IPv6 through the real fast path: rules with IPv6
 prefixes, rules with no address for both families, first match wins, the
-default counted apart for IPv6, and the per-flow cache that cannot be
-fooled by an address whose digest collides with an allowed flow's (the
-host's flow key holds only digests of IPv6 addresses).  Packets come
+default counted apart for IPv6, and two flows whose addresses' digests
+collide (the 5-tuple NFs read holds 32-bit digests of IPv6 addresses):
+the host's flow table keys whole addresses, so they are two flows, and
+the firewall judges each by its own address.  Packets come
 labelled, as the ingress switch sends an IPv6 chain's packets (a host
 classifies IPv4 only)."""
 from scapy.all import ICMPv6EchoRequest, IP, IPv6, TCP, UDP, Ether
@@ -64,11 +65,12 @@ def test_ipv6_rules_decide_ipv6_packets_and_ipv4_rules_ipv4_ones():
         assert (c["ipv6"], c["ipv6_default"]) == (12, 4)
 
 
-def test_an_address_whose_digest_collides_gets_no_cached_answer():
+def test_an_address_whose_digest_collides_is_a_flow_of_its_own():
     """An attacker in a denied /48 picks the last 64 bits of its address so
-    that the host's flow key (digests of the addresses) equals an allowed
-    client's: the host gives both the same flow id, and the firewall must
-    still judge the attacker by its own address."""
+    that its digest equals an allowed client's: the packets' 5-tuples (as
+    NFs read them) are equal, yet the host's flow table, keyed on whole
+    addresses, gives the attacker an entry of its own, and the firewall
+    judges it by its own address."""
     attacker = collide(CLIENT, "2001:db8:bad::")
     assert attacker.startswith("2001:db8:bad:") and attacker != CLIENT
     with harness([("firewall", {"rules_text": RULES})]) as h:
@@ -76,9 +78,10 @@ def test_an_address_whose_digest_collides_gets_no_cached_answer():
         assert len(h.send([allowed])) == 1
         inserts = h.stats()["flow_table"]["inserts"]
         assert h.send([forged]) == []
-        assert h.stats()["flow_table"]["inserts"] == inserts, \
-            "the forged flow did not share the allowed flow's entry: no collision made"
+        assert h.stats()["flow_table"]["inserts"] == inserts + 1, \
+            "the forged flow shared the allowed flow's entry"
         assert len(h.send([allowed])) == 1 and h.send([forged]) == []
+        assert h.stats()["flow_table"]["inserts"] == inserts + 1
         assert hits(h)[:2] == [2, 2]
 
 

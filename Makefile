@@ -71,6 +71,7 @@ bench: deps
 	if [ "$$(nproc)" -ge 2 ]; then $(VENV)/bin/onvm bench fastpath \
 	  --chain firewall,monitor,forward --cores 2 --packets 20000000 || exit 1; fi
 	$(VENV)/bin/onvm bench cycles --packets 20000000
+	$(VENV)/bin/onvm bench weights
 	$(VENV)/bin/onvm bench placement
 
 clean:

@@ -287,7 +287,7 @@ def _hop_instances(placement, chain):
             for j, hop in enumerate(placement.hops[chain.name])]
 
 
-def _weights(row, share, load):
+def remote_weights(row, share, load):
     """Normalised, load-adjusted weights of a source's flows (see above)."""
     raw = {}
     for host, flow in row.items():
@@ -323,9 +323,9 @@ def _path_hops(topo, spi, on, shares, end, dist, load, keep=False):
                 continue
             row = {b: f for (a, b), f in flows.items() if a == host and f > 0}
             if host in shares[j]:
-                weights = _weights(row, shares[j][host], load)
+                weights = remote_weights(row, shares[j][host], load)
             else:               # draining here: what it still carries goes on as the hop's
-                weights = _weights(shares[j + 1], sum(shares[j + 1].values()), load)
+                weights = remote_weights(shares[j + 1], sum(shares[j + 1].values()), load)
             for other in on[j + 1]:
                 if other not in shares[j + 1]:
                     weights[other] = 0.0    # draining there: its pinned flows only

@@ -272,6 +272,14 @@ def build_parser():
                     help="offered rate x this (12: minimal.yaml's web over its firewall)")
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(run=_handler("onvm.scaling:cli_bench_autoscale"))
+    bw = bsub.add_parser("weights", help="the remote-node choice under skewed traffic: "
+                                         "weights from shares against measured load")
+    bw.add_argument("--epochs", type=int, default=20, help="stats periods to run (default 20)")
+    bw.add_argument("--elephants", type=int, default=4, help="long heavy flows (default 4)")
+    bw.add_argument("--seed", type=int, default=1, help="first seed (default 1)")
+    bw.add_argument("--runs", type=int, default=4, help="seeds to run (default 4)")
+    bw.add_argument("--json", action="store_true")
+    bw.set_defaults(run=_handler("onvm.weightbench:cli_bench_weights"))
     bo = bsub.add_parser("failover", help="host failure on the leaf-spine")
     bo.add_argument("--topology", default="topologies/leaf-spine.yaml")
     bo.add_argument("--connections", type=int, default=0, metavar="N",

@@ -276,8 +276,10 @@ class Emulation:
             node.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
                      "net.ipv6.conf.default.disable_ipv6=1")
             node.cmd(f"ip link set {self.intf[name]} up")
+        addresses6 = webplan.server_addresses6(self.topo)
         for s in self.topo.servers:
-            self._node_cmds(s.name, webplan.server_setup(self.intf[s.name]))
+            self._node_cmds(s.name, webplan.server_setup(self.intf[s.name],
+                                                         addresses6.get(s.name, ())))
         for e in self.topo.edges:
             self._node_cmds(e.name, webplan.edge_setup(
                 self.intf[e.name], [c for c in self.client_plans.values() if c.edge == e.name]))
@@ -365,6 +367,8 @@ class Emulation:
                    "--status", self.file(f"web-{name}.json")]
             for port in ports:
                 cmd += ["--port", str(port)]
+            if name in webplan.server_addresses6(self.topo):
+                cmd.append("--ipv6")
             self.web_servers[name] = self._spawn(self.nodes[name].popen, cmd, f"web-{name}.log")
         for chain in self.topo.chains:
             if chain.name in self.client_plans:

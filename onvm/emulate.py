@@ -118,6 +118,7 @@ class Emulation:
         self.client_plans = {c.chain: c for c in webplan.clients(self.topo)}
         self.nodes = {}             # topology name -> Mininet node
         self.intf = {}              # topology name -> interface name in its node
+        self.joined = {}            # name -> (switch, port, mac, ip) of hosts added (add_host)
         self.killed = set()         # hosts failed on purpose (fail_host, kill_agent, ...)
         self.exited = set()         # Popens of parts that ended unasked (see exits)
         self.watch = None           # StoreWatch, once started
@@ -327,10 +328,39 @@ class Emulation:
             self.start_agent(name)
         return f"{len(self.agents)} agents"
 
-    def start_agent(self, name):
+    def add_host(self, name, switch, port, mac, ip):
+        """A server the topology file lacks, plugged in now: a Mininet host
+        with a link to `switch` port `port` of the running OVS, and its
+        agent registering `mac` and `ip` to join (controller.joins)."""
+        if name in self.nodes:
+            raise EmulationError(f"--add-host {name}: the emulation has a {name} already")
+        names = [sw.name for sw in self.topo.switches]
+        if switch not in names:
+            raise EmulationError(f"--add-host {name}: no switch {switch!r} in {self.topo.source}")
+        index = names.index(switch)
+        node = self.net.addHost(f"{self.prefix}j{len(self.joined)}", ip=ip, mac=mac)
+        bridge_side = f"{self.prefix}s{index}p{port}"
+        self.net.addLink(node, self.net.get(self._node_name("s", index)), port1=0,
+                         port2=port, intfName1=node.name, intfName2=bridge_side)
+        self.ovs.vsctl("add-port", self._node_name("s", index), bridge_side, "--",
+                       "set", "Interface", bridge_side, f"ofport_request={port}")
+        self.nodes[name], self.intf[name] = node, node.name
+        node.configDefault()        # its address and loopback, as net.start() does
+        node.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                 "net.ipv6.conf.default.disable_ipv6=1")
+        node.cmd(f"ip link set {node.name} up; ip link set {bridge_side} up")
+        for forwarder in self.forwarders:
+            forwarder.add(node.pid)
+        self.joined[name] = (switch, port, mac, ip)
+        self.start_agent(name, ["--mac", mac, "--ip", ip])
+
+    def start_agent(self, name, extra=()):
+        if name in self.joined and not extra:
+            _, _, mac, ip = self.joined[name]
+            extra = ["--mac", mac, "--ip", ip]
         cmd = ["nice", "-n", str(self.agent_nice), sys.executable, "-m", "onvm.cli",
                "agent", "--host", name, "--store", self.etcd.url, "--metrics-port", "0",
-               "--idle-us", str(self.idle_us),
+               "--idle-us", str(self.idle_us), *extra,
                   "--", "--vdev", f"net_af_packet0,iface={self.intf[name]}", "--no-huge",
                "-m", "256", "--file-prefix", f"{self.prefix}_{name}", "-l", "0"]
         self.agents[name] = self._spawn(self.nodes[name].popen, cmd, f"agent-{name}.log")

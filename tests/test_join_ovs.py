@@ -80,8 +80,8 @@ def test_a_server_plugged_in_joins_and_receives_the_chain(emu):
              60, "the chain's instances on h9 only")
     wait_for(lambda: (emu.store.get_applied("h9") or 0) >=
              emu.store.plans()["h9"]["generation"], 30, "h9 runs its plan")
-    before = emu.received("joined")
-    wait_for(lambda: emu.received("joined") - before >= 200, 30,
+    before = emu.received("joined").get("received", 0)
+    wait_for(lambda: emu.received("joined").get("received", 0) - before >= 200, 30,
              "traffic through the instances on h9")
 
 

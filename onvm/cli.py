@@ -194,6 +194,10 @@ def build_parser():
     e.add_argument("--drain-host", action="append", default=[], metavar="HOST@SECONDS",
                    help="drain HOST at SECONDS: its instances move to other hosts")
     e.add_argument("--undrain-host", action="append", default=[], metavar="HOST@SECONDS")
+    e.add_argument("--add-host", action="append", default=[],
+                   metavar="NAME@SWITCH:PORT@SECONDS",
+                   help="plug a server the topology lacks into SWITCH port PORT at "
+                        "SECONDS and start its agent: the controller takes it in")
     e.add_argument("--kill-leader", default=None, metavar="SECONDS",
                    help="SIGKILL the leading controller at SECONDS (needs --controllers 2)")
     e.add_argument("--json", action="store_true",

@@ -49,6 +49,7 @@ from controller.topology import load_topology
 from onvm import certs, procs, services, webplan
 from onvm.errors import EmulationError
 from onvm.frames import chain_frames, default_flows
+from onvm.joining import join_news
 from onvm.netns import StoreForwarder
 from onvm.services import free_port, wait_for
 from onvm.storewatch import StoreWatch
@@ -119,6 +120,7 @@ class Emulation:
         self.nodes = {}             # topology name -> Mininet node
         self.intf = {}              # topology name -> interface name in its node
         self.joined = {}            # name -> (switch, port, mac, ip) of hosts added (add_host)
+        self.join_seen = {}         # name -> what its join events said (onvm.joining)
         self.killed = set()         # hosts failed on purpose (fail_host, kill_agent, ...)
         self.exited = set()         # Popens of parts that ended unasked (see exits)
         self.watch = None           # StoreWatch, once started
@@ -353,6 +355,14 @@ class Emulation:
             forwarder.add(node.pid)
         self.joined[name] = (switch, port, mac, ip)
         self.start_agent(name, ["--mac", mac, "--ip", ip])
+
+    def join_news(self):
+        """What the hosts added did since the last call (onvm.joining)."""
+        if not self.joined:
+            return []
+        with open(self.file(self.controller_log(0)), errors="replace") as f:
+            log = f.read()
+        return join_news(self.joined, self.watch.latest()[0]["plans"], log, self.join_seen)
 
     def start_agent(self, name, extra=()):
         if name in self.joined and not extra:
@@ -624,14 +634,14 @@ class Emulation:
                     for k in ("ok", "failed", "started", "servers", "seen_as")}
                 chains[chain.name]["tcp"]["errors"] = tcp.get("errors", [])[-3:]
         hosts = {}
-        for h in self.topo.hosts:
-            st = stats.get(h.name) or {}
+        for name in [h.name for h in self.topo.hosts] + sorted(self.joined):
+            st = stats.get(name) or {}
             fresh = bool(st) and now - st.get("time", 0) < STATS_FRESH_S
             insts = st.get("instances", {}) if fresh else {}
-            hosts[h.name] = {
-                "alive": h.name in alive, "killed": h.name in self.killed,
-                "exited": self.agents.get(h.name) in self.exited,
-                "generation": (plans.get(h.name) or {}).get("generation"),
+            hosts[name] = {
+                "alive": name in alive, "killed": name in self.killed,
+                "exited": self.agents.get(name) in self.exited,
+                "generation": (plans.get(name) or {}).get("generation"),
                 "instances": {i: {"nf": v["nf"], "rx": v["rx"], "tx": v.get("tx", 0),
                                   "drops": v["drops"], "pps": 0.0}
                               for i, v in insts.items()},

@@ -83,6 +83,8 @@ def test_a_server_plugged_in_joins_and_receives_the_chain(emu):
     before = emu.received("joined").get("received", 0)
     wait_for(lambda: emu.received("joined").get("received", 0) - before >= 200, 30,
              "traffic through the instances on h9")
+    wait_for(lambda: (emu.store.get_stats("h9") or {}).get("processed", 0) > 0, 30,
+             "h9's fast path counts the packets it processed")
 
 
 def test_a_server_with_a_known_mac_is_refused_and_nothing_changes(emu):

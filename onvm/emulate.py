@@ -674,8 +674,9 @@ class Emulation:
         self.start_agent(name)
 
     def _host_link(self, name, state):
-        host = self.topo.host(name)
-        self._switch_port(host.switch, host.port, state)
+        switch, port = self.joined[name][:2] if name in self.joined else \
+            (self.topo.host(name).switch, self.topo.host(name).port)
+        self._switch_port(switch, port, state)
 
     def fabric_link(self, link, state):
         """A link between two switches (a topology Link) "up" or "down":

@@ -87,13 +87,30 @@ def test_a_server_plugged_in_joins_and_receives_the_chain(emu):
              "h9's fast path counts the packets it processed")
 
 
+def test_a_joined_host_that_fails_is_lost_and_its_chain_re_placed(emu):
+    for name in ("h1", "h2"):
+        emu.drain_host(name, drain=False)
+    emu.fail_host("h9")             # agent SIGKILLed, link down
+    wait_for(lambda: "host h9 lost: no switch reaches it" in controller_log(emu), 30,
+             "h9 lost")
+    wait_for(lambda: "h9" not in emu.store.plans() and
+             {i["nf"] for h in ("h1", "h2") for i in instances_on(emu, h)}
+             == {"monitor", "forward"}, 30, "the chain back on h1 and h2")
+    before = emu.received("joined").get("received", 0)
+    wait_for(lambda: emu.received("joined").get("received", 0) - before >= 200, 30,
+             "traffic through h1 and h2 again")
+
+
 def test_a_server_with_a_known_mac_is_refused_and_nothing_changes(emu):
-    plans = {h: p["generation"] for h, p in emu.store.plans().items()}
+    def placed():       # generations may move on as weights follow load; instances not
+        return {h: sorted((i["nf"], i["id"]) for i in p.get("instances", []))
+                for h, p in emu.store.plans().items()}
+    plans = placed()
     emu.add_host("h8", "leafa", 3, "02:00:00:00:04:01", "10.4.8.1/16")     # h1's MAC
     refused = ("join refused, nothing changed: host h8 (seen at leafa port 3): "
                "mac: 02:00:00:00:04:01 is already host h1's")
     wait_for(lambda: refused in controller_log(emu), 60, "h8 refused")
     wait_for(lambda: "h8" in emu.store.hosts(), 10, "h8 registered")
     assert "host h8 joined" not in controller_log(emu)
-    assert {h: p["generation"] for h, p in emu.store.plans().items()} == plans
+    assert placed() == plans
     assert emu.controller.poll() is None

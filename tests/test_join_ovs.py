@@ -113,4 +113,6 @@ def test_a_server_with_a_known_mac_is_refused_and_nothing_changes(emu):
     wait_for(lambda: "h8" in emu.store.hosts(), 10, "h8 registered")
     assert "host h8 joined" not in controller_log(emu)
     assert placed() == plans
+    leafa = emu.ovs.ofctl("dump-flows", f"{emu.prefix}s1", "table=0")
+    assert "in_port=3,dl_type=0x88b5 actions=CONTROLLER" not in leafa    # no probe punt
     assert emu.controller.poll() is None

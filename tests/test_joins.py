@@ -11,6 +11,8 @@ import pytest
 from contracts.store import open_store
 from controller import joins, topogen
 from controller.core import ClusterCore
+from controller.probing import Prober, probe_frame
+from contracts.wire import PROBE_ANSWER, PROBE_KIND_OFFSET
 from controller.view import chain_to_json
 
 FREE = ("leaf2", 9)             # a port of leaf2 nobody has in the topology
@@ -191,3 +193,24 @@ def test_an_answer_from_a_port_the_topology_gives_someone_is_no_join(loop, topo)
     loop.step()
     assert loop.core.host_answered(dpid(topo, "leaf1"), 3, "02:00:00:00:09:09") is None
     assert loop.core.pending_joins == {"h9": "02:00:00:00:09:09"}
+
+
+def answer_frame(mac, seq, token):
+    """What a fast path sends back for probe_frame(mac, ...): addresses swapped."""
+    frame = bytearray(probe_frame(mac, seq, token, 0))
+    frame[0:6], frame[6:12] = frame[6:12], frame[0:6]
+    frame[PROBE_KIND_OFFSET] = PROBE_ANSWER
+    return bytes(frame)
+
+
+def test_a_joined_host_is_probed_like_the_others(topo):
+    prober = Prober(topo, interval_s=0.05, token=7, up_mult=1)
+    leaf2 = dpid(topo, "leaf2")
+    assert not prober.is_host_port(leaf2, 9)
+    prober.add_host(joins.admit(topo, "h9", JOINER, *FREE), leaf2)
+    assert prober.is_host_port(leaf2, 9)
+    sent = [p for p in prober.tick(1.0, {sw.dpid for sw in topo.switches}) if p.host == "h9"]
+    assert [(p.dpid, p.port) for p in sent] == [(leaf2, 9)]
+    assert prober.answer(leaf2, 9, answer_frame(JOINER["mac"], prober.seq, 7),
+                         1.01) == "h9"
+    assert prober.verdicts()["h9"] is True

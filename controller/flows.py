@@ -163,7 +163,7 @@ APP_ID = 0x6F6E                     # "on"
 KINDS = {"edge_drop": 1, "classifier": 2, "transport": 3, "arp": 4,
          "l2": 5, "miss": 6, "next": 7, "steer": 8, "pick": 9, "learn": 10,
          "send": 11, "pin": 12, "chain_drop": 13, "server_in": 14, "to_server": 15,
-         "reply_pin": 16, "server_drop": 17, "probe": 18}
+         "reply_pin": 16, "server_drop": 17, "probe": 18, "join": 19}
 KIND_NAMES = {code: name for name, code in KINDS.items()}
 
 PRIO_EDGE_DROP, PRIO_CLASSIFIER, PRIO_TRANSPORT = 9000, 5000, 3000

@@ -1,0 +1,211 @@
+"""Issue 14 part 5 and issue 16: scaling does not change what an NF means.
+
+Three agents (real fast paths on ring ports, each with its loop and its
+sharer thread, as `onvm agent` runs them) share a real etcd: a chain
+limited to R passes R whatever its three ratelimit instances are offered,
+and a SYN flood spread over three ddos instances, under each one's
+threshold and over it together, is blocked by all within two windows.
+The same with one agent of two worker cores, whose objects share in
+process."""
+import contextlib
+import itertools
+import os
+import time
+
+import pytest
+from scapy.all import IP, TCP, UDP, Ether, raw
+
+from contracts.store import open_store
+from contracts.store_api import SHARE
+from host_agent import fastpath as fp
+from host_agent import lcores
+from host_agent.agent import Agent
+from host_agent.harness import HOST_MAC, Harness, chain_plan, ensure_eal
+from host_agent.workers import Workers, queue_of
+
+R = 3000                 # the chain's budget, packets a second
+BURST = 300
+SYN_THRESHOLD = 300      # SYNs per source per window
+SEQ = itertools.count()
+
+
+def udp_frames(n, src_base=0):
+    return [raw(Ether(dst=HOST_MAC) / IP(src=f"192.0.{2 + src_base}.{1 + i % 200}", dst="10.0.0.3")
+                / UDP(sport=1000 + i, dport=53)) for i in range(n)]
+
+
+def syn_frames(n, src="203.0.113.66"):
+    return [raw(Ether(dst=HOST_MAC) / IP(src=src, dst="10.0.0.3")
+                / TCP(sport=2000 + i, dport=80, flags="S")) for i in range(n)]
+
+
+def ratelimit_config(instances):
+    # the plans' split of the budget (controller.plans): equal parts here
+    return {"rate": 1_000_000, "burst": 100_000,
+            "chains": {16: {"rate": R / instances, "burst": BURST // instances}}}
+
+
+def ddos_config():
+    return {"window": 1.0, "syn_threshold": SYN_THRESHOLD, "packet_threshold": 1_000_000,
+            "hold": 10}
+
+
+@contextlib.contextmanager
+def agents(etcd, nf, config, n=3):
+    """n agents h1..hn, each a Harness's fast path running `nf` as the
+    chain's only hop, with a store client of its own and its loop and
+    sharer running."""
+    made = []
+    try:
+        for k in range(n):
+            h = Harness([("forward", None)])
+            a = Agent(f"h{k + 1}", h.manager, store=open_store(etcd.url))
+            plan = chain_plan([(nf, config)], h.in_port, h.out_port, generation=2)
+            plan["host"] = a.host
+            assert a.apply(plan), a.plan_error
+            h.manager.idle_us = 50
+            a.start()
+            made.append((h, a))
+        yield made
+    finally:
+        for h, a in made:
+            a.stop()
+            a.store.close()
+            h.tx.drain()
+            h.rx.drain()
+            h.close()
+
+
+def offer(rings, frames, per_second, shares, seconds):
+    """Put `per_second * share` packets a second in each ring (cycling
+    through its frames), in 10 ms steps, for `seconds`."""
+    step, start = 0.01, time.monotonic()
+    done = [0] * len(rings)
+    while time.monotonic() - start < seconds:
+        elapsed = time.monotonic() - start
+        for i, (ring, share) in enumerate(zip(rings, shares)):
+            due = int(per_second * share * elapsed) - done[i]
+            if due > 0:
+                done[i] += ring.fill(frames[i], due)
+        time.sleep(step)
+    return done
+
+
+def test_a_chain_limited_to_r_passes_r_over_three_instances_offered_unevenly(etcd):
+    shares = (0.6, 0.3, 0.1)        # of twice R: 1.2 R, 0.6 R, 0.2 R
+    frames = [udp_frames(200, i) for i in range(3)]
+    with agents(etcd, "ratelimit", ratelimit_config(3)) as run:
+        rx, tx = [h.rx for h, _ in run], [h.tx for h, _ in run]
+        offer(rx, frames, 2 * R, shares, 2.0)          # demands measured, shares settle
+        for t in tx:
+            t.drain()
+        seconds = 4.0
+        offer(rx, frames, 2 * R, shares, seconds)
+        passed = sum(t.drain() for t in tx)
+        nfs = [h.nf(1) for h, _ in run]
+        counters = [nf.counters()["sharing"] for nf in nfs]
+        shared = open_store(etcd.url).get_prefix(SHARE + "ratelimit/")
+    rate = passed / seconds
+    print(f"chain limited to {R}/s over 3 instances offered {2 * R}/s as {shares}: "
+          f"passed {rate:.0f}/s; shares {[c['chains']['16']['share'] for c in counters]}")
+    assert abs(rate - R) <= 0.1 * R, (rate, counters)
+    assert sorted(shared) == [f"{SHARE}ratelimit/h{k}/1" for k in (1, 2, 3)]
+    for c in counters:
+        assert c["peers"] == 2 and c["chains"]["16"]["limiters"] == 3
+        assert c["last_exchange_age_s"] is not None and c["last_exchange_age_s"] < 1.0
+    got = [c["chains"]["16"]["share"] for c in counters]
+    assert got[0] > got[1] > got[2], "the busiest instance has the biggest share"
+    assert abs(sum(got) - R) <= 0.02 * R
+
+
+def blocked_everywhere(run, src):
+    return all(any(b["src"] == src for b in h.nf(1).blocked()) for h, _ in run)
+
+
+def test_a_flood_spread_under_each_threshold_is_blocked_by_all_within_two_windows(etcd):
+    src = "203.0.113.66"
+    frames = [syn_frames(300) for _ in range(3)]
+    per_instance = SYN_THRESHOLD * 2 // 3       # 200 a window each: under 300
+    with agents(etcd, "ddos", ddos_config()) as run:
+        rx = [h.rx for h, _ in run]
+        start = time.monotonic()
+        blocked_at = None
+        while time.monotonic() - start < 4.0:
+            offer(rx, frames, 3 * per_instance, (1 / 3,) * 3, 0.1)
+            if blocked_at is None and blocked_everywhere(run, src):
+                blocked_at = time.monotonic() - start
+        counters = [h.nf(1).counters() for h, _ in run]
+    print(f"SYN flood {3 * per_instance}/s over 3 ddos instances (threshold {SYN_THRESHOLD} "
+          f"each a window): blocked by all after {blocked_at} s")
+    assert blocked_at is not None and blocked_at <= 2 * ddos_config()["window"], counters
+    assert all(c["sharing"]["peers"] == 2 for c in counters)
+    assert sum(c["sharing"]["merged_blocks"] for c in counters) >= 1
+    assert sum(c["blocked_syn_flood"] for c in counters) >= 1
+
+
+# -- worker cores (issue 16) ----------------------------------------------------
+
+@pytest.fixture
+def worker_agent(etcd):
+    if len(lcores.machine_cores()) < 2:
+        pytest.skip("worker cores need 2 cores")
+    ensure_eal()
+    made = []
+
+    def make(nf, config):
+        port, rxs, txs = fp.ring_queues_port(f"shq{os.getpid()}_{next(SEQ)}", 2, loop=False)
+        w = Workers("h1", [port], 2, flow_entries=1 << 14)
+        a = Agent("h1", w, store=open_store(etcd.url))
+        plan = chain_plan([(nf, config)], port, port, generation=1)
+        plan["host"] = "h1"
+        assert a.apply(plan), a.plan_error
+        w.idle_us = 50
+        a.start()
+        made.append((a, w, rxs, txs))
+        return a, w, rxs, txs
+    yield make
+    for a, w, rxs, txs in made:
+        a.stop()
+        a.store.close()
+        for r in rxs + txs:
+            r.drain()
+        w.close()
+
+
+def by_queue(frames, n=2):
+    out = [[] for _ in range(n)]
+    for f in frames:
+        out[queue_of(f, n)].append(f)
+    return out
+
+
+def test_two_workers_split_the_budget_of_one_instance(worker_agent):
+    a, w, rxs, txs = worker_agent("ratelimit", ratelimit_config(1))
+    queues = by_queue(udp_frames(400))
+    assert all(queues), "flows on both workers"
+    shares = (0.8, 0.2)
+    offer(rxs, queues, 2 * R, shares, 2.0)
+    for t in txs:
+        t.drain()
+    seconds = 4.0
+    offer(rxs, queues, 2 * R, shares, seconds)
+    rate = sum(t.drain() for t in txs) / seconds
+    parts = [o.counters()["sharing"]["chains"]["16"]["share"] for o in w.nf_objects(1)]
+    print(f"chain limited to {R}/s on 2 workers offered {2 * R}/s as {shares}: passed "
+          f"{rate:.0f}/s; worker shares {parts}")
+    assert abs(rate - R) <= 0.1 * R, (rate, parts)
+    assert parts[0] > parts[1] and abs(sum(parts) - R) <= 0.02 * R
+
+
+def test_two_workers_merge_their_sketches_and_blocks(worker_agent):
+    a, w, rxs, txs = worker_agent("ddos", ddos_config())
+    queues = by_queue(syn_frames(400))
+    assert all(queues), "the source's flows on both workers"
+    per_worker = SYN_THRESHOLD * 3 // 4         # under the threshold on each
+    start, blocked_at = time.monotonic(), None
+    while time.monotonic() - start < 4.0:
+        offer(rxs, queues, 2 * per_worker, (0.5, 0.5), 0.1)
+        if blocked_at is None and all(o.blocked() for o in w.nf_objects(1)):
+            blocked_at = time.monotonic() - start
+    print(f"SYN flood {2 * per_worker}/s over 2 workers: blocked by both after {blocked_at} s")
+    assert blocked_at is not None and blocked_at <= 2 * ddos_config()["window"]

@@ -139,8 +139,25 @@ def test_a_flood_spread_under_each_threshold_is_blocked_by_all_within_two_window
           f"each a window): blocked by all after {blocked_at} s")
     assert blocked_at is not None and blocked_at <= 2 * ddos_config()["window"], counters
     assert all(c["sharing"]["peers"] == 2 for c in counters)
-    assert sum(c["sharing"]["merged_blocks"] for c in counters) >= 1
     assert sum(c["blocked_syn_flood"] for c in counters) >= 1
+
+
+def test_a_source_blocked_by_one_instance_is_blocked_by_all(etcd):
+    src = "203.0.113.77"
+    with agents(etcd, "ddos", ddos_config()) as run:
+        (h1, _), (h2, _), (h3, _) = run
+        h1.rx.fill(syn_frames(SYN_THRESHOLD + 50, src), SYN_THRESHOLD + 50)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not blocked_everywhere(run, src):
+            time.sleep(0.05)
+        assert blocked_everywhere(run, src), [h.nf(1).blocked() for h, _ in run]
+        assert [h.nf(1).counters()["sharing"]["merged_blocks"] for h in (h1, h2, h3)] == [0, 1, 1]
+        h2.tx.drain()
+        h2.rx.fill(syn_frames(1, src), 1)
+        h2.rx.fill(udp_frames(1), 1)
+        time.sleep(0.2)
+        assert h2.tx.drain() == 1, "the blocked source's SYN dropped, another source passes"
+        assert h2.nf(1).counters()["dropped"] == 1
 
 
 # -- worker cores (issue 16) ----------------------------------------------------

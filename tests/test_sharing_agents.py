@@ -118,6 +118,38 @@ def test_a_chain_limited_to_r_passes_r_over_three_instances_offered_unevenly(etc
     assert abs(sum(got) - R) <= 0.02 * R
 
 
+def test_store_away_each_instance_keeps_its_last_share(etcd_per_test):
+    """Fail-static and safe: with etcd killed the shares stay as they
+    were (they sum to R), so a shift of demand passes less than R, never
+    more; once etcd is back the shares follow the demand again."""
+    frames = [udp_frames(200, i) for i in range(3)]
+    with agents(etcd_per_test, "ratelimit", ratelimit_config(3)) as run:
+        rx, tx = [h.rx for h, _ in run], [h.tx for h, _ in run]
+        offer(rx, frames, 2 * R, (0.6, 0.3, 0.1), 2.0)
+        before = [h.nf(1).chain_share(16)[0] for h, _ in run]
+        etcd_per_test.kill(0)
+        for t in tx:
+            t.drain()
+        offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0)
+        away = sum(t.drain() for t in tx) / 3.0
+        during = [h.nf(1).chain_share(16)[0] for h, _ in run]
+        ages = [h.nf(1).counters()["sharing"]["last_exchange_age_s"] for h, _ in run]
+        etcd_per_test.start(0)
+        offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0)
+        for t in tx:
+            t.drain()
+        offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0)
+        back = sum(t.drain() for t in tx) / 3.0
+        after = [h.nf(1).chain_share(16)[0] for h, _ in run]
+    print(f"store away: shares {before} kept as {during}, passed {away:.0f}/s of {R}; "
+          f"back: shares {after}, passed {back:.0f}/s")
+    assert during == pytest.approx(before, rel=1e-3)
+    assert all(age >= 1.0 for age in ages), ages
+    assert away <= 1.1 * R
+    assert after[2] > after[1] > after[0]
+    assert abs(back - R) <= 0.1 * R
+
+
 def blocked_everywhere(run, src):
     return all(any(b["src"] == src for b in h.nf(1).blocked()) for h, _ in run)
 

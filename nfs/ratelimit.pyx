@@ -178,7 +178,7 @@ cdef class RateLimit(NativeNF):
         """(rate, burst) the bucket of chain `spi` has now."""
         for i in range(self.rl.nchains):
             if self.rl.chain_spi[i] == spi:
-                return (self.rl.hz / self.rl.chain[i].cost,
+                return (<double>self.rl.hz / self.rl.chain[i].cost,
                         self.rl.chain[i].cap // self.rl.chain[i].cost)
         raise ValueError(f"ratelimit: chains.{spi}: no such chain in this instance's config")
 

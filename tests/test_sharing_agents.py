@@ -76,19 +76,21 @@ def agents(etcd, nf, config, n=3):
             h.close()
 
 
-def offer(rings, frames, per_second, shares, seconds):
+def offer(rings, frames, per_second, shares, seconds, txs=()):
     """Put `per_second * share` packets a second in each ring (cycling
-    through its frames), in 10 ms steps, for `seconds`."""
+    through its frames), in 10 ms steps, for `seconds`; returns how many
+    came out of `txs` meanwhile (drained as they come: a ring holds 8191)."""
     step, start = 0.01, time.monotonic()
-    done = [0] * len(rings)
+    done, out = [0] * len(rings), 0
     while time.monotonic() - start < seconds:
+        out += sum(t.drain() for t in txs)
         elapsed = time.monotonic() - start
         for i, (ring, share) in enumerate(zip(rings, shares)):
             due = int(per_second * share * elapsed) - done[i]
             if due > 0:
                 done[i] += ring.fill(frames[i], due)
         time.sleep(step)
-    return done
+    return out + sum(t.drain() for t in txs)
 
 
 def test_a_chain_limited_to_r_passes_r_over_three_instances_offered_unevenly(etcd):
@@ -96,12 +98,9 @@ def test_a_chain_limited_to_r_passes_r_over_three_instances_offered_unevenly(etc
     frames = [udp_frames(200, i) for i in range(3)]
     with agents(etcd, "ratelimit", ratelimit_config(3)) as run:
         rx, tx = [h.rx for h, _ in run], [h.tx for h, _ in run]
-        offer(rx, frames, 2 * R, shares, 2.0)          # demands measured, shares settle
-        for t in tx:
-            t.drain()
+        offer(rx, frames, 2 * R, shares, 2.0, tx)      # demands measured, shares settle
         seconds = 4.0
-        offer(rx, frames, 2 * R, shares, seconds)
-        passed = sum(t.drain() for t in tx)
+        passed = offer(rx, frames, 2 * R, shares, seconds, tx)
         nfs = [h.nf(1) for h, _ in run]
         counters = [nf.counters()["sharing"] for nf in nfs]
         shared = open_store(etcd.url).get_prefix(SHARE + "ratelimit/")
@@ -125,21 +124,15 @@ def test_store_away_each_instance_keeps_its_last_share(etcd_per_test):
     frames = [udp_frames(200, i) for i in range(3)]
     with agents(etcd_per_test, "ratelimit", ratelimit_config(3)) as run:
         rx, tx = [h.rx for h, _ in run], [h.tx for h, _ in run]
-        offer(rx, frames, 2 * R, (0.6, 0.3, 0.1), 2.0)
+        offer(rx, frames, 2 * R, (0.6, 0.3, 0.1), 2.0, tx)
         before = [h.nf(1).chain_share(16)[0] for h, _ in run]
         etcd_per_test.kill(0)
-        for t in tx:
-            t.drain()
-        offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0)
-        away = sum(t.drain() for t in tx) / 3.0
+        away = offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0, tx) / 3.0
         during = [h.nf(1).chain_share(16)[0] for h, _ in run]
         ages = [h.nf(1).counters()["sharing"]["last_exchange_age_s"] for h, _ in run]
         etcd_per_test.start(0)
-        offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0)
-        for t in tx:
-            t.drain()
-        offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0)
-        back = sum(t.drain() for t in tx) / 3.0
+        offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0, tx)
+        back = offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0, tx) / 3.0
         after = [h.nf(1).chain_share(16)[0] for h, _ in run]
     print(f"store away: shares {before} kept as {during}, passed {away:.0f}/s of {R}; "
           f"back: shares {after}, passed {back:.0f}/s")
@@ -233,12 +226,9 @@ def test_two_workers_split_the_budget_of_one_instance(worker_agent):
     queues = by_queue(udp_frames(400))
     assert all(queues), "flows on both workers"
     shares = (0.8, 0.2)
-    offer(rxs, queues, 2 * R, shares, 2.0)
-    for t in txs:
-        t.drain()
+    offer(rxs, queues, 2 * R, shares, 2.0, txs)
     seconds = 4.0
-    offer(rxs, queues, 2 * R, shares, seconds)
-    rate = sum(t.drain() for t in txs) / seconds
+    rate = offer(rxs, queues, 2 * R, shares, seconds, txs) / seconds
     parts = [o.counters()["sharing"]["chains"]["16"]["share"] for o in w.nf_objects(1)]
     print(f"chain limited to {R}/s on 2 workers offered {2 * R}/s as {shares}: passed "
           f"{rate:.0f}/s; worker shares {parts}")

@@ -44,6 +44,7 @@ INTERVAL_S = 0.25
 LEASE_TTL_S = 2.0
 SHARED_NFS = ("ratelimit", "ddos")
 SKETCH_CUTOFF = 32      # a counter under threshold/SKETCH_CUTOFF is not sent
+REPUT_S = 1.0           # an unchanged value is put again this often (peers age out at 3 s)
 
 
 class Sharer:
@@ -67,6 +68,7 @@ class Sharer:
         self._lease = None
         self._watch = None
         self._keys = set()
+        self._put = {}          # key -> (value, when) last put
         self._failing = False
         self._stop = threading.Event()
         self._thread = None
@@ -162,7 +164,7 @@ class Sharer:
                 workers.append({spi: self.demands.setdefault((inst["id"], w, spi), sharing.Demand())
                                 .update(counts[spi], now) for spi in chains})
             return {"chains": {str(spi): {"budget": float(limit["rate"]),
-                                          "demand": round(sum(w[spi] for w in workers), 3)}
+                                          "demand": round(sum(w[spi] for w in workers))}
                                for spi, limit in chains.items()},
                     "workers": workers}
         cfg = objs[0].config
@@ -188,11 +190,17 @@ class Sharer:
                 self._connect(store)
             keys = set()
             for inst, _objs, _spis in found:
+                key = self._key(inst)
                 value = {k: v for k, v in local[inst["id"]].items() if not k.startswith("workers")}
-                store.put(self._key(inst), value, lease=self._lease)
-                keys.add(self._key(inst))
+                last = self._put.get(key)
+                # idle instances do not write to etcd four times a second
+                if last is None or last[0] != value or now - last[1] >= REPUT_S:
+                    store.put(key, value, lease=self._lease)
+                    self._put[key] = (value, now)
+                keys.add(key)
             for gone in self._keys - keys:
                 store.delete(gone)
+                self._put.pop(gone, None)
             self._keys = keys
         except Exception as err:
             self.failures += 1

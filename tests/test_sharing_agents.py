@@ -93,12 +93,28 @@ def offer(rings, frames, per_second, shares, seconds, txs=()):
     return out + sum(t.drain() for t in txs)
 
 
+def settle(run, rx, tx, frames, shares, seconds=10.0):
+    """Offer traffic until every instance shares chain 16 with all three
+    and the shares follow the demands' order (or `seconds` pass)."""
+    order = sorted(range(3), key=lambda i: shares[i])
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        offer(rx, frames, 2 * R, shares, 0.5, tx)
+        got = [h.nf(1).counters()["sharing"].get("chains", {}).get("16", {}) for h, _ in run]
+        if all(g.get("limiters") == 3 for g in got):
+            parts = [g["share"] for g in got]
+            if [parts[i] for i in order] == sorted(parts):
+                return
+    raise AssertionError(f"shares did not settle within {seconds} s: {got}")
+
+
 def test_a_chain_limited_to_r_passes_r_over_three_instances_offered_unevenly(etcd):
     shares = (0.6, 0.3, 0.1)        # of twice R: 1.2 R, 0.6 R, 0.2 R
     frames = [udp_frames(200, i) for i in range(3)]
     with agents(etcd, "ratelimit", ratelimit_config(3)) as run:
         rx, tx = [h.rx for h, _ in run], [h.tx for h, _ in run]
-        offer(rx, frames, 2 * R, shares, 2.0, tx)      # demands measured, shares settle
+        settle(run, rx, tx, frames, shares)
+        offer(rx, frames, 2 * R, shares, 1.0, tx)      # demands measured, shares settle
         seconds = 4.0
         passed = offer(rx, frames, 2 * R, shares, seconds, tx)
         nfs = [h.nf(1) for h, _ in run]
@@ -124,14 +140,15 @@ def test_store_away_each_instance_keeps_its_last_share(etcd_per_test):
     frames = [udp_frames(200, i) for i in range(3)]
     with agents(etcd_per_test, "ratelimit", ratelimit_config(3)) as run:
         rx, tx = [h.rx for h, _ in run], [h.tx for h, _ in run]
-        offer(rx, frames, 2 * R, (0.6, 0.3, 0.1), 2.0, tx)
+        settle(run, rx, tx, frames, (0.6, 0.3, 0.1))
         before = [h.nf(1).chain_share(16)[0] for h, _ in run]
         etcd_per_test.kill(0)
         away = offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0, tx) / 3.0
         during = [h.nf(1).chain_share(16)[0] for h, _ in run]
         ages = [h.nf(1).counters()["sharing"]["last_exchange_age_s"] for h, _ in run]
         etcd_per_test.start(0)
-        offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0, tx)
+        settle(run, rx, tx, frames, (0.1, 0.3, 0.6))
+        offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 1.0, tx)
         back = offer(rx, frames, 2 * R, (0.1, 0.3, 0.6), 3.0, tx) / 3.0
         after = [h.nf(1).chain_share(16)[0] for h, _ in run]
     print(f"store away: shares {before} kept as {during}, passed {away:.0f}/s of {R}; "

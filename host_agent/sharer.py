@@ -81,10 +81,14 @@ class Sharer:
         self._thread = threading.Thread(target=self._run, name="sharer", daemon=True)
         self._thread.start()
 
-    def stop(self):
+    def stop(self, revoke=True):
+        """End the thread; with `revoke`, the watch and the lease too
+        (the keys go at once)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        if not revoke:
+            return
         if self._watch is not None:
             self._watch.cancel()
         if self._lease is not None:

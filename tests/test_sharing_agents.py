@@ -8,6 +8,7 @@ threshold and over it together, is blocked by all within two windows.
 The same with one agent of two worker cores, whose objects share in
 process."""
 import contextlib
+import json
 import itertools
 import os
 import time
@@ -265,3 +266,43 @@ def test_two_workers_merge_their_sketches_and_blocks(worker_agent):
             blocked_at = time.monotonic() - start
     print(f"SYN flood {2 * per_worker}/s over 2 workers: blocked by both after {blocked_at} s")
     assert blocked_at is not None and blocked_at <= 2 * ddos_config()["window"]
+
+
+def test_the_cost_of_one_exchange_on_the_loop_and_the_store(etcd):
+    """The loop stands still only while the figures are set; the value
+    put is bounded by the sketch's SPARSE_LIMIT whatever the flood."""
+    heavy = [raw(Ether(dst=HOST_MAC) / IP(src=f"198.51.100.{j}", dst="10.0.0.3")
+                 / TCP(sport=2000 + r, dport=80, flags="S")) for j in range(1, 201) for r in range(100)]
+    with agents(etcd, "ddos", dict(ddos_config(), window=60), n=1) as run:
+        (h, a), = run
+        for c in range(0, len(heavy), 4000):
+            h.rx.fill(heavy[c:c + 4000], 4000)
+            time.sleep(0.05)
+            h.tx.drain()
+        manager, spans = a.manager, []
+
+        class Timed:        # the agent's manager, timing hold() to release()
+            def __getattr__(self, name):
+                return getattr(manager, name)
+
+            def hold(self, timeout=1.0):
+                self.t = time.perf_counter()
+                manager.hold(timeout)
+
+            def release(self):
+                manager.release()
+                spans.append(time.perf_counter() - self.t)
+        a.sharer.stop(revoke=False)        # ticks from here only
+        a.manager = Timed()
+        ticks = []
+        for _ in range(21):
+            start = time.perf_counter()
+            a.sharer.tick()
+            ticks.append(time.perf_counter() - start)
+        a.manager = manager
+        size = len(json.dumps(open_store(etcd.url).get(f"{SHARE}ddos/h1/1")))
+    tick, held = sorted(ticks)[10] * 1e3, sorted(spans)[10] * 1e3
+    print(f"one exchange with 200 heavy sources: median {tick:.2f} ms, longest "
+          f"{max(ticks) * 1e3:.2f} ms (with the etcd put: an unchanged value is put once a "
+          f"second), the loop held {held:.3f} ms (median), value {size} bytes")
+    assert held < 5.0 and size <= 8000

@@ -17,8 +17,10 @@ Every INTERVAL_S, in its own thread, never in the packet loop:
      (Manager.hold: microseconds).
 
 Store away (a put fails): the instance keeps its last share of each
-chain (the shares were worked out from one view of the demands, so they
-still sum to about the budget; workers go on splitting it), peers' sketch
+chain but no more than its plan's part of the budget (the parts sum to
+the budget; the last shares, worked out from views of the demands taken
+at different times, may not quite), and its workers go on splitting
+that; peers' sketch
 counts are dropped once PEER_STALE_S old (each instance then counts
 alone), and blocks already taken stay for their hold.  Before the first
 exchange an instance takes its plan's part of the budget (the plans
@@ -246,8 +248,14 @@ class Sharer:
                 self.shares[(inst["id"], spi)] = got
         sets = []
         for spi, limit in chains.items():
-            # before any exchange: the plan's part of the budget
-            share, limiters = self.shares.get((inst["id"], spi), (float(limit["rate"]), 1))
+            # Before any exchange: the plan's part of the budget.  Store
+            # away: the last share, but never over the plan's part (the
+            # parts sum to the budget; the last shares, worked out from
+            # views of the demands taken at different times, may not).
+            part = float(limit["rate"])
+            share, limiters = self.shares.get((inst["id"], spi), (part, 1))
+            if not online:
+                share = min(share, part)
             parts = sharing.split(share, [w[spi] for w in mine["workers"]])
             for o, part in zip(objs, parts):
                 burst = limit["burst"] * part / limit["rate"]
@@ -261,7 +269,7 @@ class Sharer:
                     "share": round(part, 3), "instance_share": round(share, 3),
                     "limiters": limiters}
             for o in objs:
-                o.sharing = {"chains": info.get(o, {}), "peers": len(peers),
+                o.sharing = {"chains": info.get(o, {}), "peers": len(peers), "online": online,
                              "workers": len(objs), "last_exchange_age_s": age}
         return push
 

@@ -7,7 +7,10 @@ distributed rate limiting", SIGCOMM 2007): each limiter measures its
 local demand (packets offered a second, passed or not), shares it, and
 takes `budget * local / total` of the budget, after a floor every
 limiter keeps so that an idle one can still pass a burst and show its
-demand at the next exchange.  The shares sum to the budget.
+demand at the next exchange.  While the limiters together ask for less
+than the budget, each gets its demand and an even part of what is left
+(nobody drops while the chain is under its limit).  The shares sum to
+the budget.
 
 Count-min sketches of the same shape add counter by counter: the sum of
 the sketches of every instance is the sketch of all their traffic, so a
@@ -33,18 +36,19 @@ PEER_STALE_S = 3.0  # a peer not heard for this long (while we hear others) is g
 
 def split(budget, demands, floor=FLOOR):
     """The shares of `budget` for limiters of measured `demands` (a
-    list): each keeps `floor` of an even split, the rest goes by demand
-    (evenly when nobody asks).  The shares sum to `budget`."""
+    list).  Under the budget: each its demand and an even part of the
+    rest.  Over it: each keeps `floor` of an even split, the rest goes
+    by demand.  The shares sum to `budget`."""
     n = len(demands)
     if n == 0:
         return []
     if budget < 0 or any(d < 0 for d in demands):
         raise ValueError(f"split: budget {budget} and demands {demands} must not be negative")
+    total = sum(demands)
+    if total < budget:
+        return [d + (budget - total) / n for d in demands]
     base = budget * floor / n
     rest = budget - base * n
-    total = sum(demands)
-    if total <= 0:
-        return [budget / n] * n
     return [base + rest * d / total for d in demands]
 
 

@@ -5,8 +5,8 @@ import pytest
 from nflib import sharing
 
 
-def test_split_goes_by_demand_after_a_floor_and_sums_to_the_budget():
-    shares = sharing.split(3000, [600, 300, 0])
+def test_split_over_the_budget_goes_by_demand_after_a_floor():
+    shares = sharing.split(3000, [6000, 3000, 0])
     assert sum(shares) == pytest.approx(3000)
     floor = 3000 * sharing.FLOOR / 3
     assert shares[2] == pytest.approx(floor), "an idle limiter keeps the floor"
@@ -14,10 +14,12 @@ def test_split_goes_by_demand_after_a_floor_and_sums_to_the_budget():
     assert shares[0] == pytest.approx(2 * shares[1] - floor)
 
 
-def test_split_evenly_when_nobody_asks_and_nothing_for_nobody():
+def test_split_under_the_budget_gives_each_its_demand_and_an_even_part_of_the_rest():
+    assert sharing.split(3000, [1500, 600, 0]) == pytest.approx([1800, 900, 300])
     assert sharing.split(900, [0, 0, 0]) == [300, 300, 300]
     assert sharing.split(900, []) == []
     assert sharing.split(900, [5]) == [900]
+    assert sharing.split(900, [900, 0]) == pytest.approx([810 + 45, 45]), "at the budget: floor"
 
 
 def test_split_refuses_negative_figures():

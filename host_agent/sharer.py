@@ -120,8 +120,8 @@ class Sharer:
                 continue
             objs = [o for o in objects(inst["id"]) if o is not None]
             spis = sorted({h["spi"] for h in plan.get("hops", []) if h.get("local") == inst["id"]})
-            if objs:
-                out.append((inst, objs, spis))
+            if objs and (inst["nf"] != "ratelimit" or objs[0].config["chains"]):
+                out.append((inst, objs, spis))       # no chain limit: nothing to share
         return out
 
     def tick(self, now=None, exchange=True):

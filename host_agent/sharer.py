@@ -243,6 +243,7 @@ class Sharer:
         chains = objs[0].config["chains"]
         figures = {int(s): v for s, v in mine["chains"].items()}
         peer_figures = [{int(s): v for s, v in p.get("chains", {}).items()} for p in peers]
+        peer_figures = [p for p in peer_figures if set(p) & set(figures)]    # same chains
         if online:
             for spi, got in sharing.chain_shares(figures, peer_figures).items():
                 self.shares[(inst["id"], spi)] = got
@@ -269,8 +270,8 @@ class Sharer:
                     "share": round(part, 3), "instance_share": round(share, 3),
                     "limiters": limiters}
             for o in objs:
-                o.sharing = {"chains": info.get(o, {}), "peers": len(peers), "online": online,
-                             "workers": len(objs), "last_exchange_age_s": age}
+                o.sharing = {"chains": info.get(o, {}), "peers": len(peer_figures),
+                             "online": online, "workers": len(objs), "last_exchange_age_s": age}
         return push
 
     def _ddos_push(self, objs, mine, peers, age):

@@ -23,7 +23,8 @@ def test_split_under_the_budget_gives_each_its_demand_and_an_even_part_of_the_re
 
 
 def test_split_refuses_negative_figures():
-    with pytest.raises(ValueError, match=r"split: budget 10 and demands \[1, -1\] must not be negative"):
+    with pytest.raises(ValueError,
+                       match=r"split: budget 10 and demands \[1, -1\] must not be negative"):
         sharing.split(10, [1, -1])
 
 

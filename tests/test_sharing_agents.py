@@ -277,7 +277,8 @@ def test_the_cost_of_one_exchange_on_the_loop_and_the_store(etcd):
     """The loop stands still only while the figures are set; the value
     put is bounded by the sketch's SPARSE_LIMIT whatever the flood."""
     heavy = [raw(Ether(dst=HOST_MAC) / IP(src=f"198.51.100.{j}", dst="10.0.0.3")
-                 / TCP(sport=2000 + r, dport=80, flags="S")) for j in range(1, 201) for r in range(100)]
+                 / TCP(sport=2000 + r, dport=80, flags="S"))
+             for j in range(1, 201) for r in range(100)]
     with agents(etcd, "ddos", dict(ddos_config(), window=60), n=1) as run:
         (h, a), = run
         for c in range(0, len(heavy), 4000):

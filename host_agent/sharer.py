@@ -65,7 +65,8 @@ class Sharer:
         self.last_exchange = None
         self.exchanges = 0
         self.failures = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()         # the peers, written by the watch
+        self._tick_lock = threading.Lock()
         self._store = None
         self._lease = None
         self._watch = None
@@ -125,7 +126,10 @@ class Sharer:
         return out
 
     def tick(self, now=None, exchange=True):
-        now = time.monotonic() if now is None else now
+        with self._tick_lock:       # the thread's and a plan's apply
+            self._tick(time.monotonic() if now is None else now, exchange)
+
+    def _tick(self, now, exchange):
         found = self.instances()
         if not found:
             return

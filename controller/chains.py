@@ -203,10 +203,6 @@ def _check_pool_and_symmetry(body, scope, report):
                 report(("nfs", i), f"{nf} handles IPv4 only ({IPV4_ONLY_NFS[nf]}): an IPv6 "
                                    f"chain through it would pass its packets untouched")
                 ok = False
-    if body.get("symmetric") and _is_ipv6(body.get("match")):
-        report(("symmetric",), "an IPv6 chain cannot be symmetric: the switches learn "
-                               "the way back of IPv4 flows only (README, Known limits)")
-        ok = False
     return ok
 
 
@@ -222,8 +218,7 @@ def make_chain(body, spi, scope) -> Chain:
     symmetric = body.get("symmetric")
     if symmetric is None:
         symmetric = default_symmetric(body["nfs"], bool(pool) or
-                                      scope.noun(egress) == "server") \
-            and not _is_ipv6(body["match"])
+                                      scope.noun(egress) == "server")
     return Chain(body["name"], body["ingress"], pool[0] if pool else egress,
                  dict(body["match"]), tuple(body["nfs"]), float(body["mpps"]), spi,
                  symmetric=symmetric, pool=pool,

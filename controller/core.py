@@ -49,13 +49,14 @@ from typing import Dict, List, NamedTuple, Optional
 from contracts.model import Chain
 from contracts.statsum import PUBLISH_S
 from contracts.store import CHAINS, HOSTS, STATS, NotLeader, StoreError
-from controller import flows, natslices
+from controller import flows, joins, natslices
 from controller.chains import Scope, is_retired, make_chain
 from controller.livegraph import LiveFabric, describe
 from controller.liveness import Liveness
 from controller.adoptions import Adoptions
 from controller.autoscale import Autoscaler
 from controller.moves import DRAIN_SECONDS, Drains, MoveError, Moves
+from controller.probing import PROBE_SRC_MAC
 from controller.placement import PlacementError, move_instance, place, place_what_fits
 from controller.plans import host_load, host_plans, ingress_groups, nat_slices
 from controller.view import ClusterView, chain_to_json
@@ -148,6 +149,10 @@ class ClusterCore(ClusterView):
         self.unplaced = {}              # chain name -> why it could not be placed
         self.stats_warned = set()       # (host, problem) of stats already logged
         self.dirty = {"hosts", "chains"}
+        self.registered = {}            # {host: its /onvm/hosts/ body}, as last read
+        self.pending_joins = {}         # {host: mac} of unknown hosts waiting to join
+        self.refused = {}               # host -> (body, why) of joins refused
+        self.join_noted = set()         # what about joining was logged already
         self.mover = Moves(store, clock=lambda: self.now, drain_seconds=drain_seconds)
         self.drains = Drains(drain_seconds)
         self.adopter = Adoptions(store)  # heirs of a lost host's stateful instances
@@ -270,10 +275,9 @@ class ClusterCore(ClusterView):
         was not healthy, or when too many vanish at once; a host no switch
         reaches is lost at once (a server that fails takes its link down
         long before its lease ends)."""
-        registered = set(self.store.hosts())
-        for name in sorted(registered - self.known):
-            log.warning("agent %s registered in %s but %s has no such host: "
-                        "ignored", name, HOSTS, self.topo.source)
+        self.registered = self.store.hosts()
+        registered = set(self.registered)
+        self._note_joins()
         cut = set(self.fabric_cut) & self.known
         self.liveness.keys_now(registered & self.known, self.now)
         for name in self.known:
@@ -292,6 +296,70 @@ class ClusterCore(ClusterView):
         lost = self.alive - alive
         self.alive = alive
         return lost
+
+    def _note_joins(self):
+        """Which unknown registered hosts wait to join (controller.joins);
+        a refused one waits again only once its registration changed."""
+        pending = joins.joining(self.topo, self.registered)
+        for name, (body, _) in list(self.refused.items()):
+            if self.registered.get(name) == body:
+                pending.pop(name, None)
+            else:
+                del self.refused[name]
+        for name in sorted(set(self.registered) - self.known - set(pending)):
+            if name in self.refused:
+                continue
+            self._note_once(("no mac", name), "agent %s registered in %s without a "
+                            "well-formed mac (%r): it cannot join, ignored", name, HOSTS,
+                            (self.registered[name] or {}).get("mac"))
+        for name in sorted(set(pending) - set(self.pending_joins)):
+            log.info("host %s (%s) registered but %s has no such host: waiting to "
+                     "join; probing the switches' free ports for it", name,
+                     pending[name], self.topo.source)
+        self.pending_joins = pending
+
+    def _note_once(self, key, *args):
+        if key not in self.join_noted:
+            self.join_noted.add(key)
+            log.warning(*args)
+
+    def host_answered(self, dpid, port, mac):
+        """A probe answer for `mac` came from `port` of switch `dpid`, a
+        port nobody has in the topology (controller.apps.probes): the host
+        that joined there (controller.joins), or None (refused: logged,
+        nothing changed)."""
+        switch = self.switch_name(dpid)
+        if switch is None or not joins.is_free_port(self.topo, switch, port):
+            return None
+        name = joins.pair(self.pending_joins, mac)
+        if name is None:
+            if len(self.pending_joins) > 1:
+                self._note_once(("many", frozenset(self.pending_joins)),
+                                "hosts %s wait to join at once: an answer at %s port %d "
+                                "cannot tell which is there, so none joins until one is "
+                                "left waiting", ", ".join(sorted(self.pending_joins)),
+                                switch, port)
+            return None
+        body = self.registered.get(name)
+        try:
+            host = joins.admit(self.topo, name, body, switch, port)
+        except joins.JoinRefused as err:
+            log.warning("join refused, nothing changed: %s", err)
+            self.refused[name] = (body, str(err))
+            self.pending_joins.pop(name, None)
+            return None
+        self.topo = joins.with_host(self.topo, host)
+        self.fabric.add_host(self.topo, host)
+        self.known = self.known | {host.name}
+        self.scope = Scope.of(self.topo)
+        self.pending_joins.pop(name, None)
+        self.dirty.add("hosts")
+        log.info("host %s joined at %s port %d: mac %s, ip %s, %d cores, node label %d "
+                 "(%s); chains may be placed on it from now", host.name, switch, port,
+                 host.mac, host.ip, host.cores, host.label,
+                 "the label it asked for" if body.get("label") is not None
+                 else "the lowest free label")
+        return host
 
     def _replace(self, reasons, out):
         out.replaced = list(reasons)
@@ -466,12 +534,17 @@ class ClusterCore(ClusterView):
         k=8 fat tree; the shell steps four times a second)."""
         fab = self.fabric
         inputs = (self.asked, self.placed, self.current, frozenset(fab.ports_down),
-                  frozenset(fab.gone), frozenset(fab.lldp_lost))
+                  frozenset(fab.gone), frozenset(fab.lldp_lost),
+                  frozenset(self.pending_joins), self.topo)
         cached = self._desired_cache
         if cached is not None and all(a is b or a == b for a, b in zip(cached[0], inputs)):
             return cached[1]
         groups = ingress_groups(self.placed, self.current) if self.current else {}
         rules = fab.rules(self.asked, groups, lldp=self.lldp)
+        if self.pending_joins:          # probe answers from free ports: joins
+            extra = joins.join_punts(rules, PROBE_SRC_MAC)
+            rules = {dpid: flows.SwitchRules(r.flows + extra[dpid], r.groups)
+                     for dpid, r in rules.items()}
         self._desired_cache = (inputs, rules)
         return rules
 

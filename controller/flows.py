@@ -27,15 +27,16 @@ Table layout (the same on every switch):
           is placed (or none is reachable): fail-closed, the chain's
           traffic never falls through to plain forwarding around its NFs,
           and the rule's counters count what was dropped.
-    4000  in_port=<server port>, eth_type=0x0800 -> goto table 8
-                                                        (server_in)
-          A server only ever answers: its IPv4 passes only as the reply
-          of a packet it was sent (table 8).
+    4000  in_port=<server port>, eth_type=0x0800 or 0x86dd -> goto
+          table 8                                       (server_in)
+          A server only ever answers: its IPv4 and IPv6 pass only as the
+          reply of a packet it was sent (table 8).
     3999  in_port=<server port>, eth_type=0x0806 -> goto table 1
                                                         (server_in)
     3998  in_port=<server port> -> drop                 (server_drop)
-          Its ARP goes on; anything else it sends (IPv6, other
-          EtherTypes) is dropped and counted: fail closed, a server's
+          Its ARP goes on; anything else it sends (other EtherTypes,
+          IPv6 neighbour discovery included: a server of a symmetric IPv6
+          chain needs static neighbours) is dropped and counted: fail closed, a server's
           traffic never reaches an edge around a chain's NFs.
     0     -> goto table 1                               (next)
 
@@ -56,6 +57,7 @@ Table layout (the same on every switch):
     2052  eth_dst=<server MAC>, tcp -> learn a REPLY rule, output:<server
           port>                                         (to_server)
     2051  the same for udp; 2050 for any other IPv4     (to_server)
+          and the same three for IPv6 (a REPLY rule on IPv6 addresses)
           Only on the server's own switch.
     2000  eth_dst=<host, edge or server MAC> -> output toward it  (l2)
           Along the first of the sorted ECMP ports: each hop gets strictly
@@ -100,6 +102,7 @@ Table layout (the same on every switch):
   table 8, REPLY      one learned rule per flow a server was sent
     100   in_port=<server port>, eth_type=0x0800, ip_proto,
           ipv4_src=<forward ipv4_dst>, ipv4_dst=<forward ipv4_src>
+          (IPv6: eth_type=0x86dd, ipv6_src, ipv6_dst)
           [, tcp/udp src=<forward dst port>, dst=<forward src port>]
           -> eth_dst := <forward eth_src>, output:<forward in_port>
                                                         (reply_pin)
@@ -160,7 +163,7 @@ APP_ID = 0x6F6E                     # "on"
 KINDS = {"edge_drop": 1, "classifier": 2, "transport": 3, "arp": 4,
          "l2": 5, "miss": 6, "next": 7, "steer": 8, "pick": 9, "learn": 10,
          "send": 11, "pin": 12, "chain_drop": 13, "server_in": 14, "to_server": 15,
-         "reply_pin": 16, "server_drop": 17, "probe": 18}
+         "reply_pin": 16, "server_drop": 17, "probe": 18, "join": 19}
 KIND_NAMES = {code: name for name, code in KINDS.items()}
 
 PRIO_EDGE_DROP, PRIO_CLASSIFIER, PRIO_TRANSPORT = 9000, 5000, 3000
@@ -537,12 +540,14 @@ def pin_learn(l4, family=4):
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def reply_learn(server_port, l4):
+def reply_learn(server_port, l4, family=4):
     """The TABLE_REPLY rule of the module docstring, learned from a packet
-    going to the server at `server_port`: its reply, from that port, goes
-    back untagged to the sender's MAC out of the port it came in by."""
-    matches = (("in_port", server_port), ("eth_type", ETH_IPV4),
-               ("ipv4_src", "ipv4_dst"), ("ipv4_dst", "ipv4_src")) + _l4_matches(l4, True)
+    going to the server at `server_port` (IPv4, or with `family` 6 IPv6):
+    its reply, from that port, goes back untagged to the sender's MAC out
+    of the port it came in by."""
+    ip = f"ipv{family}"
+    matches = (("in_port", server_port), ("eth_type", ETH_IPV4 if family == 4 else ETH_IPV6),
+               (f"{ip}_src", f"{ip}_dst"), (f"{ip}_dst", f"{ip}_src")) + _l4_matches(l4, True)
     return learn_action(TABLE_REPLY, REPLY_IDLE_SECONDS, PRIO_REPLY, "reply_pin", matches,
                         loads=(("eth_dst", "eth_src"),), outputs=("in_port",))
 
@@ -582,7 +587,9 @@ def guard_rules(edges, servers, switch):
                 for eth_type in (ETH_MPLS, ETH_MPLS_MC, ETH_PROBE)]
         if is_server:
             out += [flow(TABLE_ADMIT, PRIO_SERVER_IN, "server_in",
-                         {"in_port": port, "eth_type": ETH_IPV4}, goto=TABLE_REPLY),
+                         {"in_port": port, "eth_type": eth_type}, goto=TABLE_REPLY)
+                    for eth_type in (ETH_IPV4, ETH_IPV6)]
+            out += [
                     flow(TABLE_ADMIT, PRIO_SERVER_IN - 1, "server_in",
                          {"in_port": port, "eth_type": ETH_ARP}, goto=TABLE_TRANSPORT),
                     flow(TABLE_ADMIT, PRIO_SERVER_IN - 2, "server_drop", {"in_port": port})]
@@ -629,11 +636,12 @@ def _server_rules(server, port, own_switch):
                 [("output", port)]),
            flow(TABLE_PLAIN, PRIO_L2, "l2", {"eth_dst": server.mac}, [("output", port)])]
     if own_switch:
-        for l4 in ("ip", "udp", "tcp"):
-            match, offset = _by_l4(l4)
-            out.append(flow(TABLE_PLAIN, PRIO_TO_SERVER + offset, "to_server",
-                            dict(match, eth_dst=server.mac),
-                            [reply_learn(server.port, l4), ("output", port)]))
+        for family in (4, 6):
+            for l4 in ("ip", "udp", "tcp"):
+                match, offset = _by_l4(l4, family)
+                out.append(flow(TABLE_PLAIN, PRIO_TO_SERVER + offset, "to_server",
+                                dict(match, eth_dst=server.mac),
+                                [reply_learn(server.port, l4, family), ("output", port)]))
     return tuple(out)
 
 

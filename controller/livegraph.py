@@ -87,6 +87,13 @@ class LiveFabric:
         self._in_flight = None      # the ticket compiling now
 
     # ---------------------------------------------------------- the events
+    def add_host(self, topo, host):
+        """`host` joined (controller.joins): `topo` is the topology with it."""
+        self.topo = topo
+        self.role[(host.switch, host.port)] = ("host", host.name)
+        self._graph = None
+        self.book = RuleBook()      # every switch's transport rules change
+
     def port_status(self, switch: str, port: int, up: bool, why: str) -> List[Change]:
         """A port went down (`why`: "link down", "deleted", ...) or up."""
         key = (switch, port)

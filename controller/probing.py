@@ -139,6 +139,15 @@ class Prober:
         self._noted = set()
         self._stalled_at = None         # seq of the probe nobody answered, noted
 
+    def add_host(self, host, dpid):
+        """Probe `host` (one that joined, controller.joins) from now on."""
+        s = _Session(host.name, dpid, host.port, host.mac.lower())
+        self.sessions[host.name] = s
+        self.by_port[(dpid, host.port)] = s
+
+    def is_host_port(self, dpid, port) -> bool:
+        return (dpid, port) in self.by_port
+
     # ------------------------------------------------------------- sending
     def tick(self, now, connected) -> List[Probe]:
         """Judge the probes sent so far, then the probes to send now: one

@@ -469,11 +469,16 @@ def leave(host, manager, link, leave_s=LEAVE_S, linger_s=LINGER_S):
     return gone
 
 
-def host_info(manager, host):
+def host_info(manager, host, joining=None):
+    """The host key's value: ports, cores, pid, agent version, and what a
+    host the topology file lacks joins with (`joining`: mac, ip, label
+    where given; controller.joins)."""
     stats = manager.stats()
-    return {"host": host, "ports": sorted(stats["ports"]),
+    info = {"host": host, "ports": sorted(stats["ports"]),
             "cores": os.cpu_count(), "pid": os.getpid(),
             "agent_version": contracts.__version__}
+    info.update({k: v for k, v in (joining or {}).items() if v is not None})
+    return info
 
 
 def cli_agent(args):
@@ -534,7 +539,8 @@ def cli_agent(args):
             # Fail-static: the store is reached (and reached again) in the
             # background; forwarding never waits for it (host_agent.storelink).
             from host_agent.storelink import HOST_TTL, StoreLink
-            link = StoreLink(agent, args.store, lambda: host_info(manager, args.host),
+            link = StoreLink(agent, args.store, lambda: host_info(manager, args.host, {
+                                 k: getattr(args, k, None) for k in ("mac", "ip", "label")}),
                              ttl=args.lease_ttl or HOST_TTL)
             link.start()
             agent.replicator.interval = getattr(args, "replicate_interval", 1.0)

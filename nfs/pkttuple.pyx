@@ -21,18 +21,57 @@ cdef object key_to_list(const onvm_flow_key *k):
             (sp[0] << 8) | sp[1], (dp[0] << 8) | dp[1]]
 
 
-cdef int key_from_list(object key, onvm_flow_key *k) except -1:
-    """What key_to_list made, back into a key (ValueError if it is not one)."""
-    cdef bytes src, dst
-    cdef uint8_t ports[4]
+cdef object key6_to_list(const flow6_key_t *k):
+    """An IPv6 flow key (network order) as [proto, src, dst, sport, dport]."""
+    cdef const uint8_t *sp = <const uint8_t *>&k.sport
+    cdef const uint8_t *dp = <const uint8_t *>&k.dport
+    return [k.proto, str(ipaddress.IPv6Address(bytes(k.src[:16]))),
+            str(ipaddress.IPv6Address(bytes(k.dst[:16]))),
+            (sp[0] << 8) | sp[1], (dp[0] << 8) | dp[1]]
+
+
+def _parsed(key, cls):
+    """(proto, src bytes, dst bytes, sport, dport) of a key list whose
+    addresses are of `cls`; ValueError naming the key if it is not one."""
     try:
         proto, s, d, sport, dport = key
-        src = ipaddress.IPv4Address(s).packed
-        dst = ipaddress.IPv4Address(d).packed
+        src, dst = cls(s).packed, cls(d).packed
         if not (0 <= int(proto) < 256 and 0 <= int(sport) < 65536 and 0 <= int(dport) < 65536):
             raise ValueError
     except (TypeError, ValueError):
         raise ValueError(f"not a flow key [proto, src, dst, sport, dport]: {key!r}") from None
+    return int(proto), src, dst, int(sport), int(dport)
+
+
+cdef int key_family(object key) except -1:
+    try:
+        return ipaddress.ip_address(key[1]).version
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise ValueError(f"not a flow key [proto, src, dst, sport, dport]: {key!r}") from None
+
+
+cdef int key6_from_list(object key, flow6_key_t *k) except -1:
+    """What key6_to_list made, back into a key (ValueError if it is not one)."""
+    cdef bytes src, dst
+    cdef uint8_t ports[4]
+    proto, src, dst, sport, dport = _parsed(key, ipaddress.IPv6Address)
+    memset(k, 0, sizeof(flow6_key_t))
+    k.proto = proto
+    k.family = 6
+    memcpy(k.src, <const char *>src, 16)
+    memcpy(k.dst, <const char *>dst, 16)
+    ports[0], ports[1] = sport >> 8, sport & 0xff
+    ports[2], ports[3] = dport >> 8, dport & 0xff
+    memcpy(&k.sport, ports, 2)
+    memcpy(&k.dport, ports + 2, 2)
+    return 0
+
+
+cdef int key_from_list(object key, onvm_flow_key *k) except -1:
+    """What key_to_list made, back into a key (ValueError if it is not one)."""
+    cdef bytes src, dst
+    cdef uint8_t ports[4]
+    proto, src, dst, sport, dport = _parsed(key, ipaddress.IPv4Address)
     memset(k, 0, sizeof(onvm_flow_key))
     k.proto = int(proto)
     k.family = 4

@@ -31,7 +31,8 @@ from nflib.nf cimport (each_packet, pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta,
     rte_acl_classify, rte_get_tsc_cycles, rte_get_tsc_hz, NativeNF, ftab_t,
     ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live, ftab_report, proto_slot)
 from nflib.nf cimport ftab_chunk
-from nfs.pkttuple cimport packet_key, reverse_key, key_from_list, key_to_list
+from nfs.pkttuple cimport (packet_key, reverse_key, key_from_list, key_to_list, flow6_key_t,
+    packet_key6, reverse_key6, key6_from_list, key6_to_list, key_family)
 from nfs.firewall cimport RuleSet, ruleset_t, ruleset_classify, ruleset_allow
 
 import logging
@@ -46,7 +47,8 @@ DEF BURST_MAX = 64
 
 cdef struct sfw_t:
     ruleset_t *rs
-    ftab_t *conns
+    ftab_t *conns          # IPv4: onvm_flow_key
+    ftab_t *conns6         # IPv6: flow6_key_t (whole addresses)
     uint64_t timeout[5]    # tcp, udp, icmp, other, closing
     uint64_t replies, opened, passed, dropped, untracked, invalid
     uint64_t now           # TSC at the start of the batch
@@ -69,32 +71,43 @@ cdef uint64_t expiry(sfw_t *fw, uint8_t proto, uint8_t flags, uint64_t now) noex
 cdef bint verdict(sfw_t *fw, rte_mbuf *m, bint allow, uint64_t now) noexcept nogil:
     """The connection table's decision, then the rules': packets of a known
     connection (either way) pass, allowed ones open a connection (TCP: a
-    SYN without ACK only)."""
+    SYN without ACK only).  IPv4 connections and IPv6 ones (keyed by their
+    whole addresses) are in tables of their own."""
     cdef onvm_meta *meta = onvm_meta_of(m)
-    cdef onvm_flow_key k, rev
+    cdef onvm_flow_key k4, rev4
+    cdef flow6_key_t k6, rev6
+    cdef const void *k
+    cdef const void *rev
+    cdef ftab_t *conns
+    cdef uint8_t proto
     cdef int32_t pos
     cdef uint8_t flags = 0
-    if meta.key.family != 4:
+    if meta.key.family == 4:
+        packet_key(m, meta, &k4)
+        reverse_key(&k4, &rev4)
+        k, rev, conns, proto = &k4, &rev4, fw.conns, k4.proto
+    elif packet_key6(m, meta, &k6):
+        reverse_key6(&k6, &rev6)
+        k, rev, conns, proto = &k6, &rev6, fw.conns6, k6.proto
+    else:
         return allow
-    packet_key(m, meta, &k)
-    if k.proto == 6:
+    if proto == 6:
         flags = tcp_flags(m, meta)
-    pos = ftab_find(fw.conns, &k, now)
+    pos = ftab_find(conns, k, now)
     if pos >= 0:
-        fw.conns.expires[pos] = expiry(fw, k.proto, flags, now)
+        conns.expires[pos] = expiry(fw, proto, flags, now)
         return True
-    reverse_key(&k, &rev)
-    pos = ftab_find(fw.conns, &rev, now)
+    pos = ftab_find(conns, rev, now)
     if pos >= 0:
         fw.replies += 1
-        fw.conns.expires[pos] = expiry(fw, k.proto, flags, now)
+        conns.expires[pos] = expiry(fw, proto, flags, now)
         return True
     if not allow:
         return False
-    if k.proto == 6 and (flags & 0x12) != 0x02:   # not SYN without ACK
+    if proto == 6 and (flags & 0x12) != 0x02:   # not SYN without ACK
         fw.invalid += 1
         return False
-    if ftab_insert(fw.conns, &k, expiry(fw, k.proto, flags, now), now) >= 0:
+    if ftab_insert(conns, k, expiry(fw, proto, flags, now), now) >= 0:
         fw.opened += 1
     else:
         fw.untracked += 1
@@ -132,11 +145,13 @@ cdef class StatefulFirewall(NativeNF):
         for i, k in enumerate(TIMEOUT_KEYS):
             self.fw.timeout[i] = <uint64_t>(v["timeouts"][k] * hz)
         self.fw.conns = ftab_new("sfw", v["max_connections"], sizeof(onvm_flow_key))
+        self.fw.conns6 = ftab_new("sfw6", v["max_connections"], sizeof(flow6_key_t))
         self.handlers.batch = sfw_batch
         self.handlers.ctx = <void *>&self.fw
 
     def __dealloc__(self):
         ftab_free(self.fw.conns)
+        ftab_free(self.fw.conns6)
 
     @property
     def rules(self):
@@ -147,49 +162,74 @@ cdef class StatefulFirewall(NativeNF):
             "passed": self.fw.passed, "dropped": self.fw.dropped,
             "replies": self.fw.replies, "invalid": self.fw.invalid,
             "opened": self.fw.opened, "untracked": self.fw.untracked,
-            "connections": ftab_live(self.fw.conns, rte_get_tsc_cycles()),
+            "connections": ftab_live(self.fw.conns, rte_get_tsc_cycles())
+            + ftab_live(self.fw.conns6, rte_get_tsc_cycles()),
+            "connections6": ftab_live(self.fw.conns6, rte_get_tsc_cycles()),
             "flow_table": ftab_report(self.fw.conns, rte_get_tsc_cycles()),
+            "flow_table6": ftab_report(self.fw.conns6, rte_get_tsc_cycles()),
             **self.ruleset.counters(),
         }
 
     def export_state(self):
         """The live connections, JSON-able, for moving this instance (call
         while it does not run)."""
-        return self.state_of(self.export_chunk(0, 0xffffffff)[1])
+        entries, cursor = [], 0
+        while cursor is not None:
+            cursor, chunk = self.export_chunk(cursor, 0xffffffff)
+            entries += chunk
+        return self.state_of(entries)
 
     def export_chunk(self, cursor, unsigned count):
         """export_state in chunks (host_agent.replicas): (the next cursor,
-        None at the table's end; [(key, cycles left)]) of up to `count`
-        connections from `cursor` (0: the first).  Call while the instance
-        does not run; state_of() makes the state of the chunks."""
-        cdef uint32_t c = cursor
+        None at the end; [(family, key, cycles left)]) of up to `count`
+        connections from `cursor` (0: the first; the IPv4 table, then the
+        IPv6 one from 1 << 32).  Call while the instance does not run;
+        state_of() makes the state of the chunks."""
+        cdef uint32_t c = cursor & 0xffffffff
         cdef bint done
-        raw = ftab_chunk(self.fw.conns, &c, count, rte_get_tsc_cycles(), &done)
-        return (None if done else c), [(key, left) for _, key, left in raw]
+        six = cursor >> 32
+        raw = ftab_chunk(self.fw.conns6 if six else self.fw.conns, &c, count,
+                         rte_get_tsc_cycles(), &done)
+        if done:
+            nxt = None if six else 1 << 32
+        else:
+            nxt = (six << 32) | c
+        return nxt, [(6 if six else 4, key, left) for _, key, left in raw]
 
     def state_of(self, entries):
         """The state (as export_state's) of export_chunk's entries."""
         hz = rte_get_tsc_hz()
         return {"nf": "firewall-stateful", "version": 1, "connections": [
-            {"key": key_to_list(<const onvm_flow_key *><const char *>key), "ttl": left / hz}
-            for key, left in entries]}
+            {"key": key6_to_list(<const flow6_key_t *><const char *>key) if family == 6
+             else key_to_list(<const onvm_flow_key *><const char *>key), "ttl": left / hz}
+            for family, key, left in entries]}
 
     def import_state(self, state):
         """Take over connections another instance exported; returns how
         many.  Call before the instance runs."""
         cdef onvm_flow_key k
+        cdef flow6_key_t k6
         cdef uint64_t now = rte_get_tsc_cycles(), hz = rte_get_tsc_hz()
+        cdef int32_t pos
         if not isinstance(state, dict) or state.get("nf") != "firewall-stateful":
             raise NFConfigError("firewall-stateful: import_state takes what "
                                 "firewall-stateful's export_state returned")
-        n = 0
+        n = full = 0
         for c in state.get("connections", []):
-            key_from_list(c["key"], &k)
-            if ftab_insert(self.fw.conns, &k, now + <uint64_t>(c["ttl"] * hz), now) < 0:
-                break
+            expires = now + <uint64_t>(c["ttl"] * hz)
+            if key_family(c["key"]) == 6:
+                key6_from_list(c["key"], &k6)
+                pos = ftab_insert(self.fw.conns6, &k6, expires, now)
+            else:
+                key_from_list(c["key"], &k)
+                pos = ftab_insert(self.fw.conns, &k, expires, now)
+            if pos < 0:
+                full += 1
+                continue
             n += 1
-        log.info("firewall-stateful: imported %d of %d connections", n,
-                 len(state.get("connections", [])))
+        log.info("firewall-stateful: imported %d of %d connections%s", n,
+                 len(state.get("connections", [])),
+                 f" ({full} found a full table)" if full else "")
         return n
 
 

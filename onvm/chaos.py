@@ -136,42 +136,43 @@ def _nf_host(emu, chain):
 
 # -- the faults: each does its harm and undoes it; returns a note ------------
 
-def store_paused_5s(emu, chain):
+def store_paused_5s(emu, chain, hold=1.0):
     for i in range(len(emu.etcd.names)):
         emu.etcd.pause(i)
-    time.sleep(5.0)
+    time.sleep(5.0 * hold)
     for i in range(len(emu.etcd.names)):
         emu.etcd.resume(i)
-    return f"all {len(emu.etcd.names)} etcd members SIGSTOPped 5 s"
+    return f"all {len(emu.etcd.names)} etcd members SIGSTOPped {5.0 * hold:g} s"
 
 
-def etcd_member_killed(emu, chain):
+def etcd_member_killed(emu, chain, hold=1.0):
     if len(emu.etcd.names) < 2:
         return "skipped: one etcd member"
     emu.etcd.kill(0)              # the first URL: the member every client asks first
-    time.sleep(5.0)
+    time.sleep(5.0 * hold)
     emu.etcd.start(0)
-    return "member m0 (the first URL) SIGKILLed, started again after 5 s"
+    return f"member m0 (the first URL) SIGKILLed, started again after {5.0 * hold:g} s"
 
 
-def agent_killed(emu, chain):
+def agent_killed(emu, chain, hold=1.0):
     host = _nf_host(emu, chain)
     emu.kill_agent(host)
-    time.sleep(3.0)
+    time.sleep(3.0 * hold)
     emu.start_agent(host)
-    return f"agent of {host} (the chain's first NF) SIGKILLed, started again after 3 s"
+    return (f"agent of {host} (the chain's first NF) SIGKILLed, started again after "
+            f"{3.0 * hold:g} s")
 
 
-def host_power_lost(emu, chain):
+def host_power_lost(emu, chain, hold=1.0):
     host = _nf_host(emu, chain)
     emu.fail_host(host)
-    time.sleep(3.0)
+    time.sleep(3.0 * hold)
     emu.power_on_host(host)
     return (f"{host} (the chain's first NF) lost power: agent SIGKILLed, link down; "
-            f"back after 3 s")
+            f"back after {3.0 * hold:g} s")
 
 
-def etcd_without_quorum(emu, chain):
+def etcd_without_quorum(emu, chain, hold=1.0):
     """Two of three etcd members SIGKILLed for 10 s: the store answers no
     write and no linearizable read; the data plane goes on."""
     n = len(emu.etcd.names)
@@ -180,44 +181,44 @@ def etcd_without_quorum(emu, chain):
     down = list(range(n // 2 + 1))
     for i in down:
         emu.etcd.kill(i)
-    time.sleep(10.0)
+    time.sleep(10.0 * hold)
     for i in down:
         emu.etcd.start(i)
-    return f"{len(down)} of {n} etcd members SIGKILLed 10 s (no quorum)"
+    return f"{len(down)} of {n} etcd members SIGKILLed {10.0 * hold:g} s (no quorum)"
 
 
-def agent_cut_from_store(emu, chain):
+def agent_cut_from_store(emu, chain, hold=1.0):
     """The management network of the chain's first NF host cut for 10 s
     (the loopback its store forwarder listens on taken down): its lease
     runs out, its data plane and the controller's probes go on."""
     host = _nf_host(emu, chain)
     emu.node_cmd(host, "ip link set lo down")
-    time.sleep(10.0)
+    time.sleep(10.0 * hold)
     emu.node_cmd(host, "ip link set lo up")
-    return f"{host} (the chain's first NF) cut from the store 10 s"
+    return f"{host} (the chain's first NF) cut from the store {10.0 * hold:g} s"
 
 
-def link_flapping(emu, chain):
+def link_flapping(emu, chain, hold=1.0):
     """A fabric link of the first NF host's switch down and up ten times,
     0.5 s each way."""
     sw = emu.topo.host(_nf_host(emu, chain)).switch
     link = next(l for l in emu.topo.links if sw in (l.a, l.b))
     for _ in range(10):
         emu.fabric_link(link, "down")
-        time.sleep(0.5)
+        time.sleep(0.5 * hold)
         emu.fabric_link(link, "up")
-        time.sleep(0.5)
+        time.sleep(0.5 * hold)
     return f"link {link.a}:{link.a_port}-{link.b}:{link.b_port} flapped 10 times"
 
 
-def ovs_restarted(emu, chain):
+def ovs_restarted(emu, chain, hold=1.0):
     """ovs-vswitchd stopped and started again (its flows are lost with the
     userspace datapath; the controller programs them again)."""
     emu.ovs.restart(keep_flows=False)
     return "ovs-vswitchd restarted, its flows lost"
 
 
-def host_drained(emu, chain):
+def host_drained(emu, chain, hold=1.0):
     """An operator drains the first NF's host (POST .../hosts/H/drain), then
     undrains it 5 s later: its chains move; its stateful instances drain
     there, the others stop at once (a packet in flight through them may be
@@ -226,12 +227,12 @@ def host_drained(emu, chain):
     emu.drain_host(host)
     wait_for(lambda: host not in [h for _, hosts in emu.placement()[chain] for h in hosts],
              15, f"{chain} off {host}")
-    time.sleep(5.0)
+    time.sleep(5.0 * hold)
     emu.drain_host(host, drain=False)
-    return f"{host} (the chain's first NF) drained, undrained 5 s later"
+    return f"{host} (the chain's first NF) drained, undrained {5.0 * hold:g} s later"
 
 
-def forged_frames(emu, chain):
+def forged_frames(emu, chain, hold=1.0):
     """Label stacks forged at the chain's ingress edge (each SPI/SI a chain
     could have) and random bytes: the edge drops them, nothing crashes."""
     edge = emu.topo_chain(chain).ingress
@@ -258,7 +259,7 @@ FAULTS = {f.__name__: f for f in (store_paused_5s, etcd_member_killed, etcd_with
 
 # -- controller faults: an emulation with Emulation(controllers=2) -----------
 
-def leader_killed(emu, chain):
+def leader_killed(emu, chain, hold=1.0):
     """The leading controller SIGKILLed: a standby takes over; the killed
     one comes back as a standby."""
     if emu.n_controllers < 2:
@@ -274,14 +275,15 @@ def leader_killed(emu, chain):
             f"{took:.1f} s later; the first back as a standby")
 
 
-def controllers_down_10s(emu, chain):
+def controllers_down_10s(emu, chain, hold=1.0):
     """Every controller SIGKILLed for 10 s, then started again."""
     for i in range(emu.n_controllers):
         emu.kill_controller(i)
-    time.sleep(10.0)
+    time.sleep(10.0 * hold)
     for i in range(emu.n_controllers):
         emu.start_controller(i)
-    return f"all {emu.n_controllers} controllers SIGKILLed, started again after 10 s"
+    return (f"all {emu.n_controllers} controllers SIGKILLed, started again after "
+            f"{10.0 * hold:g} s")
 
 
 CONTROLLER_FAULTS = {f.__name__: f for f in (leader_killed, controllers_down_10s)}
@@ -300,13 +302,17 @@ def _quiet_counts(emu, chain, pps):
     return sent, received, nf_out
 
 
-def run_fault(emu, name, chain, settle_s=8.0, converge_timeout=30.0):
+def run_fault(emu, name, chain, settle_s=8.0, converge_timeout=30.0, hold=1.0):
+    """One fault with traffic flowing: counts before and after, the
+    invariants' figures.  `hold` scales how long the fault lasts (tests run
+    each kind shorter than the bench does); `settle_s` is the wait after
+    the chain's packets arrive again."""
     fault = FAULTS.get(name) or CONTROLLER_FAULTS[name]
     pps = emu.pps(emu.topo_chain(chain).mpps)
     plans_before = set((emu.store.plans() or {}).keys())
     lost_before = [len(hosts) for hosts in _lost_lines(emu)]
     sent0, recv0, nf0 = _quiet_counts(emu, chain, pps)
-    note = fault(emu, chain)
+    note = fault(emu, chain, hold)
     converge = _arriving(emu, chain, converge_timeout)
     time.sleep(settle_s)                      # plans settle, agents publish
     sent1, recv1, nf1 = _quiet_counts(emu, chain, pps)
@@ -343,11 +349,12 @@ def run_faults(emu, names, chain=None, say=lambda text: None, **kwargs):
 
 
 def run_emulated(topology, names, chain=None, say=lambda text: None, check=None,
-                 **emulation):
+                 hold=1.0, settle_s=8.0, **emulation):
     """Start an emulation of `topology` (Emulation keyword arguments in
     `emulation`: its own progress goes to its `say`), run the faults
-    `names` on it (each told to our `say`), call `check(emu)` while it
-    still runs, stop it; returns the results."""
+    `names` on it (each told to our `say`; `hold` and `settle_s` as
+    run_fault takes them), call `check(emu)` while it still runs, stop it;
+    returns the results."""
     from onvm.emulate import Emulation
     emu = Emulation(topology, **emulation)
     try:
@@ -355,7 +362,7 @@ def run_emulated(topology, names, chain=None, say=lambda text: None, check=None,
         time.sleep(3.0)
         chain = chain or next((c.name for c in emu.topo.chains if c.egress in
                                {e.name for e in emu.topo.edges}), emu.topo.chains[0].name)
-        results = run_faults(emu, names, chain=chain, say=say)
+        results = run_faults(emu, names, chain=chain, say=say, hold=hold, settle_s=settle_s)
         if check is not None:
             check(emu)
         return results

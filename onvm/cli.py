@@ -112,6 +112,14 @@ def build_parser():
                         "one a line, mode 0600")
     a.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
+    a.add_argument("--mac", default=None,
+                   help="this host's MAC, put in its /onvm/hosts/ key: a host the "
+                        "topology file lacks joins with it (controller.joins)")
+    a.add_argument("--ip", default=None, metavar="ADDR/LEN",
+                   help="this host's IP with prefix length (like 10.0.0.9/24), for joining")
+    a.add_argument("--label", type=int, default=None,
+                   help="the node label this host asks for when it joins "
+                        "(default: the controller gives the lowest free one)")
     a.add_argument("--idle-us", type=int, default=None,
                    help="sleep this many microseconds when no packet arrives "
                         "(default 0: poll, as DPDK does at line rate; use "
@@ -186,6 +194,10 @@ def build_parser():
     e.add_argument("--drain-host", action="append", default=[], metavar="HOST@SECONDS",
                    help="drain HOST at SECONDS: its instances move to other hosts")
     e.add_argument("--undrain-host", action="append", default=[], metavar="HOST@SECONDS")
+    e.add_argument("--add-host", action="append", default=[],
+                   metavar="NAME@SWITCH:PORT@SECONDS",
+                   help="plug a server the topology lacks into SWITCH port PORT at "
+                        "SECONDS and start its agent: the controller takes it in")
     e.add_argument("--kill-leader", default=None, metavar="SECONDS",
                    help="SIGKILL the leading controller at SECONDS (needs --controllers 2)")
     e.add_argument("--json", action="store_true",

@@ -49,6 +49,7 @@ from controller.topology import load_topology
 from onvm import certs, procs, services, webplan
 from onvm.errors import EmulationError
 from onvm.frames import chain_frames, default_flows
+from onvm.joining import join_news
 from onvm.netns import StoreForwarder
 from onvm.services import free_port, wait_for
 from onvm.storewatch import StoreWatch
@@ -118,6 +119,8 @@ class Emulation:
         self.client_plans = {c.chain: c for c in webplan.clients(self.topo)}
         self.nodes = {}             # topology name -> Mininet node
         self.intf = {}              # topology name -> interface name in its node
+        self.joined = {}            # name -> (switch, port, mac, ip) of hosts added (add_host)
+        self.join_seen = {}         # name -> what its join events said (onvm.joining)
         self.killed = set()         # hosts failed on purpose (fail_host, kill_agent, ...)
         self.exited = set()         # Popens of parts that ended unasked (see exits)
         self.watch = None           # StoreWatch, once started
@@ -276,8 +279,10 @@ class Emulation:
             node.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
                      "net.ipv6.conf.default.disable_ipv6=1")
             node.cmd(f"ip link set {self.intf[name]} up")
+        addresses6 = webplan.server_addresses6(self.topo)
         for s in self.topo.servers:
-            self._node_cmds(s.name, webplan.server_setup(self.intf[s.name]))
+            self._node_cmds(s.name, webplan.server_setup(self.intf[s.name],
+                                                         addresses6.get(s.name, ())))
         for e in self.topo.edges:
             self._node_cmds(e.name, webplan.edge_setup(
                 self.intf[e.name], [c for c in self.client_plans.values() if c.edge == e.name]))
@@ -327,10 +332,47 @@ class Emulation:
             self.start_agent(name)
         return f"{len(self.agents)} agents"
 
-    def start_agent(self, name):
+    def add_host(self, name, switch, port, mac, ip):
+        """A server the topology file lacks, plugged in now: a Mininet host
+        with a link to `switch` port `port` of the running OVS, and its
+        agent registering `mac` and `ip` to join (controller.joins)."""
+        if name in self.nodes:
+            raise EmulationError(f"--add-host {name}: the emulation has a {name} already")
+        names = [sw.name for sw in self.topo.switches]
+        if switch not in names:
+            raise EmulationError(f"--add-host {name}: no switch {switch!r} in {self.topo.source}")
+        index = names.index(switch)
+        node = self.net.addHost(f"{self.prefix}j{len(self.joined)}", ip=ip, mac=mac)
+        bridge_side = f"{self.prefix}s{index}p{port}"
+        self.net.addLink(node, self.net.get(self._node_name("s", index)), port1=0,
+                         port2=port, intfName1=node.name, intfName2=bridge_side)
+        self.ovs.vsctl("add-port", self._node_name("s", index), bridge_side, "--",
+                       "set", "Interface", bridge_side, f"ofport_request={port}")
+        self.nodes[name], self.intf[name] = node, node.name
+        node.configDefault()        # its address and loopback, as net.start() does
+        node.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                 "net.ipv6.conf.default.disable_ipv6=1")
+        node.cmd(f"ip link set {node.name} up; ip link set {bridge_side} up")
+        for forwarder in self.forwarders:
+            forwarder.add(node.pid)
+        self.joined[name] = (switch, port, mac, ip)
+        self.start_agent(name, ["--mac", mac, "--ip", ip])
+
+    def join_news(self):
+        """What the hosts added did since the last call (onvm.joining)."""
+        if not self.joined:
+            return []
+        with open(self.file(self.controller_log(0)), errors="replace") as f:
+            log = f.read()
+        return join_news(self.joined, self.watch.latest()[0]["plans"], log, self.join_seen)
+
+    def start_agent(self, name, extra=()):
+        if name in self.joined and not extra:
+            _, _, mac, ip = self.joined[name]
+            extra = ["--mac", mac, "--ip", ip]
         cmd = ["nice", "-n", str(self.agent_nice), sys.executable, "-m", "onvm.cli",
                "agent", "--host", name, "--store", self.etcd.url, "--metrics-port", "0",
-               "--idle-us", str(self.idle_us),
+               "--idle-us", str(self.idle_us), *extra,
                   "--", "--vdev", f"net_af_packet0,iface={self.intf[name]}", "--no-huge",
                "-m", "256", "--file-prefix", f"{self.prefix}_{name}", "-l", "0"]
         self.agents[name] = self._spawn(self.nodes[name].popen, cmd, f"agent-{name}.log")
@@ -365,6 +407,8 @@ class Emulation:
                    "--status", self.file(f"web-{name}.json")]
             for port in ports:
                 cmd += ["--port", str(port)]
+            if name in webplan.server_addresses6(self.topo):
+                cmd.append("--ipv6")
             self.web_servers[name] = self._spawn(self.nodes[name].popen, cmd, f"web-{name}.log")
         for chain in self.topo.chains:
             if chain.name in self.client_plans:
@@ -594,14 +638,14 @@ class Emulation:
                     for k in ("ok", "failed", "started", "servers", "seen_as")}
                 chains[chain.name]["tcp"]["errors"] = tcp.get("errors", [])[-3:]
         hosts = {}
-        for h in self.topo.hosts:
-            st = stats.get(h.name) or {}
+        for name in [h.name for h in self.topo.hosts] + sorted(self.joined):
+            st = stats.get(name) or {}
             fresh = bool(st) and now - st.get("time", 0) < STATS_FRESH_S
             insts = st.get("instances", {}) if fresh else {}
-            hosts[h.name] = {
-                "alive": h.name in alive, "killed": h.name in self.killed,
-                "exited": self.agents.get(h.name) in self.exited,
-                "generation": (plans.get(h.name) or {}).get("generation"),
+            hosts[name] = {
+                "alive": name in alive, "killed": name in self.killed,
+                "exited": self.agents.get(name) in self.exited,
+                "generation": (plans.get(name) or {}).get("generation"),
                 "instances": {i: {"nf": v["nf"], "rx": v["rx"], "tx": v.get("tx", 0),
                                   "drops": v["drops"], "pps": 0.0}
                               for i, v in insts.items()},
@@ -634,8 +678,9 @@ class Emulation:
         self.start_agent(name)
 
     def _host_link(self, name, state):
-        host = self.topo.host(name)
-        self._switch_port(host.switch, host.port, state)
+        switch, port = self.joined[name][:2] if name in self.joined else \
+            (self.topo.host(name).switch, self.topo.host(name).port)
+        self._switch_port(switch, port, state)
 
     def fabric_link(self, link, state):
         """A link between two switches (a topology Link) "up" or "down":

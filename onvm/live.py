@@ -91,6 +91,9 @@ def watch(emu, seconds, events, out=say, on_start=None):
             for text in emu.exits():
                 out(f">>> t={time.time() - t0:.1f} s: {text}")
                 run.note(time.time() - t0, text.split(";")[0])
+            for text in emu.join_news():
+                out(f">>> t={time.time() - t0:.1f} s: {text}")
+                run.note(time.time() - t0, text)
             last = add_rates(emu.status(), last)
             record(run, last, t0)
             out(render(last, t0))
@@ -199,7 +202,7 @@ def add_rates(status, previous):
         return status
     dt = max(1e-3, status["time"] - previous["time"])
     for name, h in status["hosts"].items():
-        old = previous["hosts"][name]["instances"]
+        old = previous["hosts"].get(name, {}).get("instances", {})  # a host added
         for iid, inst in h["instances"].items():
             if iid in old:
                 inst["pps"] = max(0.0, (inst["rx"] - old[iid]["rx"]) / dt)

@@ -8,6 +8,7 @@ changes (emulate.Emulation's actions).
 from __future__ import annotations
 
 from onvm.errors import UsageError
+from onvm.joining import addresses, parse_add_host
 
 
 def parse_at(text, option):
@@ -51,7 +52,7 @@ def seconds(text, option):
 def schedule(args, topo):
     """Events [(seconds, description, action, argument)] of the options
     --kill-host, --restart-controller, --kill-leader, --drain-host,
-    --undrain-host, --raise-rate and --offer, in time order."""
+    --undrain-host, --add-host, --raise-rate and --offer, in time order."""
     events = []
     hosts = [h.name for h in topo.hosts]
     for text in args.kill_host:
@@ -74,6 +75,13 @@ def schedule(args, topo):
             known(host, "host", hosts, topo)
             events.append((at, f"{'drain' if drain else 'undrain'} {host}", "drain",
                            (host, drain)))
+    for index, text in enumerate(getattr(args, "add_host", None) or []):
+        spec, at = parse_at(text, "--add-host")
+        name, switch, port = parse_add_host(spec, "--add-host", topo)
+        mac, ip = addresses(topo, index)
+        events.append((at, f"plug in host {name} at {switch} port {port} (mac {mac}, "
+                           f"ip {ip}) and start its agent", "add-host",
+                       (name, switch, port, mac, ip)))
     for text in args.raise_rate:
         chain, mpps, at = chain_rate(text, "--raise-rate", topo)
         events.append((at, f"raise {chain} to {mpps} Mpps", "rate", (chain, mpps)))
@@ -98,6 +106,8 @@ def act(emu, action, arg):
         emu.kill_controller(leader)
     elif action == "drain":
         emu.drain_host(*arg)
+    elif action == "add-host":
+        emu.add_host(*arg)
     elif action == "rate":
         emu.raise_rate(*arg)
     elif action == "offer":

@@ -123,11 +123,23 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     request_queue_size = 128
 
 
-def serve(name, ports, status_path, bind="0.0.0.0", stop=None):
-    """Serve on every port of `ports` until `stop` (a threading.Event) is
-    set, or forever; the status counts requests per client address."""
+class Server6(Server):
+    """The same on IPv6 alone (beside an IPv4 Server on the same port)."""
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+
+def serve(name, ports, status_path, bind="0.0.0.0", stop=None, ipv6=False):
+    """Serve on every port of `ports` (also on IPv6 with `ipv6`) until
+    `stop` (a threading.Event) is set, or forever; the status counts
+    requests per client address."""
     counts = Counts(status_path, name=name, ports=list(ports))
     servers = [Server((bind, port), handler_class(name, counts)) for port in ports]
+    if ipv6:
+        servers += [Server6(("::", port), handler_class(name, counts)) for port in ports]
     for srv in servers:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
     stop = stop or threading.Event()
@@ -334,6 +346,7 @@ def main(argv=None):
     s.add_argument("--name", required=True)
     s.add_argument("--port", type=int, action="append", required=True)
     s.add_argument("--status", required=True)
+    s.add_argument("--ipv6", action="store_true", help="also serve on IPv6")
     g = sub.add_parser("get")
     g.add_argument("--dst", required=True)
     g.add_argument("--port", type=int, default=80)
@@ -360,7 +373,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     if args.what == "serve":
-        serve(args.name, args.port, args.status)
+        serve(args.name, args.port, args.status, ipv6=args.ipv6)
         return 0
     if args.what == "hold":
         status = hold(args.dst, args.port, args.path, args.status, args.connections,

@@ -886,3 +886,44 @@ def test_a_servers_reply_finds_its_way_back_in_ovs_as_in_ofsim(ovs, served_fabri
     from_server(forged, 2)
     assert sum(counted(ovs, names["s2"], d.cookie) for d in drops) == before + 2
 
+
+
+def test_an_ipv6_servers_reply_finds_its_way_back_in_ovs(ovs, served_fabric):
+    """The same with IPv6 frames, for a symmetric IPv6 chain: a frame from
+    h1 to web1 writes an IPv6 reply rule on web1's switch; the server's
+    reversed frame is counted by it, one that answers nothing by table 8's
+    miss (neighbour discovery included: a server needs static neighbours)."""
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet6 import ICMPv6ND_NS, IPv6
+    from scapy.layers.l2 import Ether
+    topo, rules, names = served_fabric
+    h1 = topo.host("h1")
+    client, server = "2001:db8:9::7", "2001:db8:1::10"
+    forward = Ether(src=h1.mac, dst=WEB1.mac) / IPv6(src=client, dst=server) \
+        / TCP(sport=40600, dport=80)
+    ovs.ofctl("packet-out", names["s1"],
+              f"in_port={h1.port} packet={bytes(forward).hex()} actions=table")
+    learned = ovs.ofctl("dump-flows", names["s2"], f"table={flows.TABLE_REPLY}")
+    rule = next((line for line in learned.splitlines()
+                 if f"cookie={flows.reply_cookie():#x}" in line and "ipv6_src" in line), learned)
+    for part in (f"in_port={WEB1.port}", f"ipv6_src={server}", f"ipv6_dst={client}",
+                 "tp_src=80", "tp_dst=40600", "output:10",
+                 f"load:{int(h1.mac.replace(':', ''), 16):#x}->NXM_OF_ETH_DST[]"):
+        assert part in rule, rule
+
+    def from_server(frame, times=1):
+        for _ in range(times):
+            ovs.ofctl("packet-out", names["s2"],
+                      f"in_port={WEB1.port} packet={bytes(frame).hex()} actions=table")
+    before = counted(ovs, names["s2"], flows.reply_cookie())
+    from_server(Ether(src=WEB1.mac, dst="02:00:00:00:0e:ee") / IPv6(src=server, dst=client)
+                / TCP(sport=80, dport=40600))
+    assert counted(ovs, names["s2"], flows.reply_cookie()) == before + 1
+    miss = next(f for f in rules[topo.switch("s2").dpid].flows
+                if f.table == flows.TABLE_REPLY and f.kind == "miss")
+    before = counted(ovs, names["s2"], miss.cookie)
+    from_server(Ether(src=WEB1.mac, dst=h1.mac) / IPv6(src=server, dst=client)
+                / TCP(sport=80, dport=40601), 2)
+    from_server(Ether(src=WEB1.mac, dst="33:33:ff:00:00:07")
+                / IPv6(src=server, dst="ff02::1:ff00:7") / ICMPv6ND_NS(tgt=client))
+    assert counted(ovs, names["s2"], miss.cookie) == before + 3

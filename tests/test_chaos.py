@@ -2,14 +2,15 @@
 one emulation (topologies/leaf-spine.yaml, a three-member etcd, traffic
 through chain transit: ddos on one host, monitor on another, out to the
 edge "internet", whose sink counts only what the chain let out),
-faults made for real one after the other with traffic flowing:
-the whole store paused 5 s, the etcd member the controller asks first
-killed and started again, etcd without quorum 10 s, the first NF's host
-cut from the store 10 s, that host's agent SIGKILLed and started again,
+faults made for real one after the other with traffic flowing (each
+held half as long as `onvm bench chaos` holds it):
+the whole store paused 2.5 s, the etcd member the controller asks first
+killed and started again, etcd without quorum 5 s, the first NF's host
+cut from the store 5 s, that host's agent SIGKILLed and started again,
 the host's power lost and back, a fabric link flapping ten times,
 ovs-vswitchd restarted, forged label stacks and random bytes at the
 ingress edge (onvm.chaos.FAULTS); and on an emulation with two
-controllers, the leader SIGKILLed and both controllers down for 10 s.
+controllers, the leader SIGKILLed and both controllers down for 5 s.
 
 After each: no packet reached the egress without the chain's NFs, no plan
 was lost, the chain's packets arrive again, and no host was evicted for a
@@ -39,14 +40,17 @@ def no_part_exited_and_a_controller_leads(emu):
 @pytest.mark.parametrize("faults, emulation", [
     (chaos.FAULTS, {"etcd_members": 3}),
     # Two controllers: the leader SIGKILLed (the standby takes over), then
-    # both down 10 s.  The data plane forwards on its last plans and
+    # both down.  The data plane forwards on its last plans and
     # rules, so nothing may be lost.
     (chaos.CONTROLLER_FAULTS, {"controllers": 2}),
 ], ids=["store, agent, edge", "controllers"])
 def test_faults_one_at_a_time_keep_the_invariants(faults, emulation):
     need_root_and_tools()
+    # Each fault held half as long as the bench holds it (still several
+    # lease TTLs), and 4 s to settle: one short run of each kind.
     results = chaos.run_emulated(LEAF_SPINE, list(faults), chain="transit", say=print,
-                                 check=no_part_exited_and_a_controller_leads, **emulation)
+                                 check=no_part_exited_and_a_controller_leads,
+                                 hold=0.5, settle_s=4.0, **emulation)
     print("\n".join(chaos.table(results)))
     problems = [p for r in results for p in r.problems()]
     assert not problems, "\n".join(problems)

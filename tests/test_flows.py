@@ -586,8 +586,18 @@ def served(topo):
     return topo, FabricSim(topo, switch_rules(topo, build_graph(topo), INGRESS))
 
 
-def _forward(src_host, server, l4="tcp", sport=40000, dport=80, src="192.0.2.7"):
+SERVER6 = "2001:db8:1::10"          # web1's IPv6 address (a server's own business)
+
+
+def _forward(src_host, server, l4="tcp", sport=40000, dport=80, src="192.0.2.7", family=4):
     """What a chain's end sends a server: untagged, from its host's MAC."""
+    if family == 6:
+        packet = {"eth_src": src_host.mac, "eth_dst": server.mac, "eth_type": 0x86dd,
+                  "ipv6_src": "2001:db8:9::7", "ipv6_dst": SERVER6,
+                  "ip_proto": {"tcp": 6, "udp": 17, "ip": 58}[l4]}
+        if l4 != "ip":
+            packet.update({f"{l4}_src": sport, f"{l4}_dst": dport})
+        return packet
     packet = {"eth_src": src_host.mac, "eth_dst": server.mac, "eth_type": 0x0800,
               "ipv4_src": src, "ipv4_dst": server.ip.split("/")[0], "ip_ttl": 30,
               "ip_proto": {"tcp": 6, "udp": 17, "ip": 1}[l4]}
@@ -598,8 +608,9 @@ def _forward(src_host, server, l4="tcp", sport=40000, dport=80, src="192.0.2.7")
 
 def _reply(forward):
     """The server's answer to `forward`: addresses and ports swapped."""
+    ip = "ipv6" if "ipv6_src" in forward else "ipv4"
     back = dict(forward, eth_src=forward["eth_dst"], eth_dst="02:00:00:00:01:ff",
-                ipv4_src=forward["ipv4_dst"], ipv4_dst=forward["ipv4_src"])
+                **{f"{ip}_src": forward[f"{ip}_dst"], f"{ip}_dst": forward[f"{ip}_src"]})
     for l4 in ("tcp", "udp"):
         if f"{l4}_src" in forward:
             back[f"{l4}_src"], back[f"{l4}_dst"] = forward[f"{l4}_dst"], forward[f"{l4}_src"]
@@ -610,17 +621,19 @@ def _learned(fabric, switch, kind="reply_pin"):
     return [s for s in fabric.switches[switch].learned.values() if s.kind == kind]
 
 
+@pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("l4", ["tcp", "udp", "ip"])
 @pytest.mark.parametrize("sender", ["h1", "h4", "h5"])
 def test_a_servers_reply_goes_back_untagged_to_the_host_that_sent_the_flow(
-        served, l4, sender):
+        served, l4, sender, family):
     """h1 and h5 are behind spines, h4 shares web1's switch: the forward
-    packet reaches web1 and writes a reply rule; the reversed packet from
-    web1 leaves at the sender with eth_dst = its MAC, untagged."""
+    packet (IPv4 or IPv6) reaches web1 and writes a reply rule; the
+    reversed packet from web1 leaves at the sender with eth_dst = its MAC,
+    untagged."""
     topo, fabric = served
     fabric.switches["leaf2"].expire_pins()
     host = topo.host(sender)
-    forward = _forward(host, WEB1, l4)
+    forward = _forward(host, WEB1, l4, family=family)
     exits = fabric.from_host(sender, forward)
     assert [(e.kind, e.name) for e in exits] == [("server", "web1")]
     assert exits[0].packet["eth_dst"] == WEB1.mac and "mpls" not in exits[0].packet
@@ -633,7 +646,8 @@ def test_a_servers_reply_goes_back_untagged_to_the_host_that_sent_the_flow(
     assert back[0].packet["eth_dst"] == host.mac and "mpls" not in back[0].packet
     assert rule_kinds(back[0].trace)[:2] == ["server_in", "reply_pin"]
     # only the reply of that very flow passes: another port or protocol is dropped
-    other = _reply(_forward(host, WEB1, "udp" if l4 == "tcp" else "tcp", sport=40001))
+    other = _reply(_forward(host, WEB1, "udp" if l4 == "tcp" else "tcp", sport=40001,
+                            family=family))
     assert fabric.from_server("web1", other) == []
 
 
@@ -669,11 +683,13 @@ def test_forged_mpls_from_a_server_is_dropped(served, ethertype):
         assert rule_kinds(trace) == ["edge_drop"]
 
 
-@pytest.mark.parametrize("packet", [
-    {"eth_type": 0x86dd},                                   # IPv6: no chain carries it yet
-    {"eth_type": 0x88cc},                                   # LLDP, or any other EtherType
+@pytest.mark.parametrize("packet, kinds", [
+    ({"eth_type": 0x88cc}, ["server_drop"]),                # LLDP, or any other EtherType
+    # IPv6 that answers no flow (neighbour discovery included): table 8's miss
+    ({"eth_type": 0x86dd, "ipv6_src": SERVER6, "ipv6_dst": "ff02::1:ff00:1",
+      "ip_proto": 58}, ["server_in", "miss"]),
 ])
-def test_a_server_sends_nothing_but_replies_and_arp(served, packet):
+def test_a_server_sends_nothing_but_replies_and_arp(served, packet, kinds):
     """Fail closed: whatever a server sends that is neither the reply of a
     learned flow nor ARP is dropped at its switch and counted, even toward
     an address plain L2 would reach (an edge's)."""
@@ -681,7 +697,7 @@ def test_a_server_sends_nothing_but_replies_and_arp(served, packet):
     packet = dict(packet, eth_src=WEB1.mac, eth_dst=edge_mac(topo.edges[0].name))
     trace = []
     assert fabric.switches["leaf2"].process(packet, WEB1.port, trace) == []
-    assert rule_kinds(trace) == ["server_drop"]
+    assert rule_kinds(trace) == kinds
 
 
 def test_arp_and_l2_reach_every_server_from_every_place(served):
@@ -693,7 +709,7 @@ def test_arp_and_l2_reach_every_server_from_every_place(served):
             send = fabric.from_host if kind == "host" else fabric.from_edge
             arp = {"eth_src": "02:aa:00:00:00:01", "eth_dst": "ff:ff:ff:ff:ff:ff",
                    "eth_type": 0x0806, "arp_tpa": ip}
-            l2 = {"eth_src": "02:aa:00:00:00:01", "eth_dst": server.mac, "eth_type": 0x86dd}
+            l2 = {"eth_src": "02:aa:00:00:00:01", "eth_dst": server.mac, "eth_type": 0x9000}
             for packet in (arp, l2):
                 assert [(e.kind, e.name) for e in send(name, packet)] == \
                     [("server", server.name)], (name, packet)
@@ -709,8 +725,8 @@ def test_to_server_rules_only_on_the_servers_switch(served):
     for sw in topo.switches:
         kinds = [f.kind for f in rules[sw.dpid].flows]
         own = [s for s in topo.servers if s.switch == sw.name]
-        assert kinds.count("to_server") == 3 * len(own), sw.name
-        assert kinds.count("server_in") == 2 * len(own), sw.name     # IPv4, ARP
+        assert kinds.count("to_server") == 6 * len(own), sw.name      # IPv4, IPv6
+        assert kinds.count("server_in") == 3 * len(own), sw.name     # IPv4, IPv6, ARP
         assert kinds.count("server_drop") == len(own), sw.name
         assert kinds.count("l2") == len(topo.hosts) + len(topo.edges) + len(topo.servers)
 
@@ -793,17 +809,27 @@ def test_an_ipv6_chain_is_classified_by_its_ipv6_match_at_its_ingress():
     ('{ipv6_dst: "2001:db8::zz"}', "", r"match\.ipv6_dst: .*zz"),
     ('{ipv6_dst: "2001:db8:1::/48", eth_type: 2048}', "",
      r"match\.ipv6_dst: needs eth_type 0x86dd"),
-    ('{ipv6_dst: "2001:db8:1::/48"}', "\n    symmetric: true",
-     r"symmetric: an IPv6 chain cannot be symmetric"),
     ('{ipv6_dst: "2001:db8:1::/48"}', "", r"nfs\[1\]: ids handles IPv4 only"),
 ])
 def test_a_wrong_ipv6_match_is_named_with_its_line(match, extra, error):
-    text = LEAF_SPINE + (WEB6 if "ids" not in error else
+    text = _web6_to_a_server(match, extra, "ids" in error)
+    with pytest.raises(Exception, match=r"test\.yaml:\d+.*" + error):
+        parse_topology(text, "test.yaml")
+
+
+def _web6_to_a_server(match, extra="", ids=False):
+    text = LEAF_SPINE + (WEB6 if not ids else
                          WEB6.replace("nfs: [firewall]", "nfs: [firewall, ids]")).replace(
         'match: {ipv6_dst: "2001:db8:1::/48", ip_proto: 6, tcp_dst: 80}', f"match: {match}")
     text = text.replace("egress: h4\n    match: " + match, "egress: web9\n    match: " + match)
     text += extra
-    text += "\nservers:\n  - {name: web9, switch: leaf2, port: 5, mac: \"02:00:00:00:01:19\", " \
-            "ip: 10.0.1.19/24}\n"
-    with pytest.raises(Exception, match=r"test\.yaml:\d+.*" + error):
-        parse_topology(text, "test.yaml")
+    return text + "\nservers:\n  - {name: web9, switch: leaf2, port: 5, " \
+                  "mac: \"02:00:00:00:01:19\", ip: 10.0.1.19/24}\n"
+
+
+def test_an_ipv6_chain_to_a_server_is_symmetric():
+    """Its replies come back as IPv4 ones do (the server's switch learns
+    IPv6 reply rules, the hosts pin IPv6 flows)."""
+    topo = parse_topology(_web6_to_a_server('{ipv6_dst: "2001:db8:1::/48"}',
+                                            "\n    symmetric: true"), "test.yaml")
+    assert topo.chain("web6").symmetric is True

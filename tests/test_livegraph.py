@@ -174,7 +174,7 @@ def test_a_server_port_down_keeps_its_guards_and_loses_its_rules(topo):
     guards = lambda rules: sorted(f.key for f in rules.flows
                                   if f.kind in ("edge_drop", "server_in", "server_drop"))
     before = file_rules(topo)[dpid]
-    assert len([f for f in before.flows if f.kind == "server_in"]) == 2     # IPv4, ARP
+    assert len([f for f in before.flows if f.kind == "server_in"]) == 3     # IPv4, IPv6, ARP
     assert len([f for f in before.flows if f.kind == "server_drop"]) == 1
     live.port_status(server.switch, server.port, False, "link down")
     assert server.name in live.unreachable()

@@ -116,3 +116,45 @@ def test_ipv6_rule_errors_name_the_line():
                                "are not of one family")
     assert lines[1].startswith("fw.rules:2: bad address:") and "129" in lines[1]
     assert lines[2].startswith("fw.rules:3: bad address:") and "zz" in lines[2]
+
+
+STATEFUL = """
+allow tcp 10.0.0.0/8 any any 80
+allow tcp 2001:db8:9::/48 any any 443
+allow udp 2001:db8:9::/48 any any 53
+default deny
+"""
+SERVER = "2001:db8:1::5"
+
+
+def tcp6_flags(src, dst, sport, dport, flags):
+    return labelled(IPv6(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags))
+
+
+def test_stateful_firewall_tracks_ipv6_connections_by_their_whole_addresses():
+    """firewall-stateful opens IPv6 connections as it opens IPv4 ones: a
+    reply passes without a rule; an attacker whose address's digest equals
+    the server's, sending the reply's ports, is no reply; the connections
+    move with the instance (export/import)."""
+    attacker = collide(SERVER, "2001:db8:bad::")
+    with harness([("firewall-stateful", {"rules_text": STATEFUL})]) as h:
+        assert len(h.send([tcp6_flags(CLIENT, SERVER, 40000, 443, "S")])) == 1
+        assert len(h.send([tcp6_flags(SERVER, CLIENT, 443, 40000, "SA")])) == 1
+        assert h.send([tcp6_flags(attacker, CLIENT, 443, 40000, "SA")]) == []
+        assert h.send([tcp6_flags(SERVER, CLIENT, 443, 40001, "SA")]) == []   # no such connection
+        c = h.nf(1).counters()
+        assert (c["opened"], c["replies"], c["dropped"]) == (1, 1, 2), c
+        assert c["connections"] == c["connections6"] == 1
+        assert c["flow_table6"]["inserts"] == 1
+        v4 = labelled(IP(src="10.0.0.5", dst="192.0.2.80") / TCP(sport=4000, dport=80, flags="S"))
+        assert len(h.send([v4])) == 1
+        state = h.nf(1).export_state()
+    assert sorted(k["key"] for k in state["connections"]) == [
+        [6, "10.0.0.5", "192.0.2.80", 4000, 80], [6, CLIENT, SERVER, 40000, 443]]
+    with harness([("firewall-stateful", {"rules_text": STATEFUL})]) as h2:
+        assert h2.nf(1).import_state(state) == 2
+        assert len(h2.send([tcp6_flags(SERVER, CLIENT, 443, 40000, "A")])) == 1
+        back4 = labelled(IP(src="192.0.2.80", dst="10.0.0.5") / TCP(sport=80, dport=4000, flags="A"))
+        assert len(h2.send([back4])) == 1
+        c = h2.nf(1).counters()
+        assert (c["replies"], c["connections"], c["connections6"]) == (2, 2, 1)

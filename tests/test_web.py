@@ -172,3 +172,24 @@ def test_webplan_namespace_setup_needs_no_arp():
     assert any("nud permanent" in c and webplan.GATEWAY_IP in c for c in cmds)
     edge = webplan.edge_setup("e0", webplan.clients(plan_topology())[:1])
     assert "ip neigh replace 10.0.9.9 lladdr 02:00:00:00:01:10 dev e0 nud permanent" in edge
+
+
+def test_webplan_ipv6_chains_get_ipv6_clients_servers_and_static_neighbours():
+    import dataclasses
+    from onvm import webplan
+    topo = plan_topology()
+    web6 = dataclasses.replace(topo.chain("web"), name="web6", spi=40,
+                               match={"ipv6_dst": "2001:db8:80::/64", "ip_proto": 6})
+    topo = dataclasses.replace(topo, chains=topo.chains + (web6,))
+    client = {c.chain: c for c in webplan.clients(topo)}["web6"]
+    assert client.dst == "2001:db8:80::10" and client.src.startswith("2001:db8:ffff::")
+    assert webplan.server_addresses6(topo) == {"web1": ["2001:db8:80::10"],
+                                               "web2": ["2001:db8:80::10"]}
+    server = webplan.server_setup("v0", ["2001:db8:80::10"])
+    assert "ip -6 addr replace 2001:db8:80::10/128 dev v0 nodad" in server
+    assert any("ip -6 neigh replace fe80::1" in c and "nud permanent" in c for c in server)
+    assert "sysctl -qw net.ipv6.conf.v0.disable_ipv6=0" in server
+    assert not any("ipv6" in c or "-6" in c for c in webplan.server_setup("v0"))
+    edge = webplan.edge_setup("e0", [client])
+    assert f"ip -6 neigh replace 2001:db8:80::10 lladdr {client.dst_mac} dev e0 " \
+           "nud permanent" in edge

@@ -29,11 +29,13 @@ from ryu.ofproto import ofproto_v1_3
 
 from contracts.wire import ETH_PROBE
 from controller import config  # noqa: F401  (registers the [onvm] options)
-from controller.probing import Prober
+from controller import joins
+from controller.probing import Prober, parse_answer, probe_frame
 from controller.topology import load_topology
 
 CHAIN_MANAGER = "chain_manager"     # the app whose core's liveness hears verdicts
 STATUS_LOG_SECONDS = 60.0
+JOIN_PROBE_SECONDS = 0.5   # free ports probed for waiting hosts this often
 
 cfg.CONF.register_opts([
     cfg.IntOpt("probe_interval_ms", default=50, min=0,
@@ -76,10 +78,14 @@ class Probes(app_manager.RyuApp):
         """Never ends: a failing tick is logged and the next one comes."""
         period = self.interval_ms / 1000.0
         next_status = time.monotonic() + STATUS_LOG_SECONDS
+        next_join = time.monotonic()
         while True:
             start = time.monotonic()
             try:
                 self._tick(start)
+                if start >= next_join:
+                    next_join = start + JOIN_PROBE_SECONDS
+                    self._join_probes(start)
                 if start >= next_status:
                     next_status = start + STATUS_LOG_SECONDS
                     self.logger.info("probes: %s", self.prober.status()["counters"])
@@ -97,6 +103,41 @@ class Probes(app_manager.RyuApp):
                 datapath=dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
                 actions=[parser.OFPActionOutput(probe.port)], data=probe.frame))
         self._tell(now)
+
+    def _join_probes(self, now):
+        """Probes addressed to each host waiting to join (controller.joins)
+        out of every port, up, that the topology gives nobody."""
+        manager = self._manager()
+        pending = manager.core.pending_joins if manager is not None else {}
+        if not pending:
+            return
+        topo = manager.core.topo
+        for dpid, dp in sorted(self.datapaths.items()):
+            switch = manager.core.switch_name(dpid)
+            parser, ofp = dp.ofproto_parser, dp.ofproto
+            for port_no, port in sorted(getattr(dp, "ports", {}).items()):
+                if port_no > ofp.OFPP_MAX or port.state & ofp.OFPPS_LINK_DOWN \
+                        or switch is None or not joins.is_free_port(topo, switch, port_no):
+                    continue
+                for mac in sorted(pending.values()):
+                    dp.send_msg(parser.OFPPacketOut(
+                        datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
+                        in_port=ofp.OFPP_CONTROLLER,
+                        actions=[parser.OFPActionOutput(port_no)],
+                        data=probe_frame(mac, 0, self.prober.token, int(now * 1e6))))
+
+    def _join_answer(self, dpid, port, data):
+        """A probe answer from a port that is no host's: a host joining there?"""
+        parsed = parse_answer(data)
+        manager = self._manager()
+        if parsed is None or parsed[2] != self.prober.token or manager is None \
+                or not manager.core.pending_joins:
+            return False
+        host = manager.core.host_answered(dpid, port, parsed[0])
+        if host is not None:
+            self.prober.add_host(host, dpid)
+            manager.wakeup.set()
+        return True
 
     def _tell(self, now):
         """Verdicts and notes to the log and to the cluster's liveness."""
@@ -132,6 +173,9 @@ class Probes(app_manager.RyuApp):
         if len(data) < 14 or int.from_bytes(data[12:14], "big") != ETH_PROBE:
             return                      # someone else's (LLDP, ...)
         now = time.monotonic()
+        if not self.prober.is_host_port(msg.datapath.id, msg.match["in_port"]) \
+                and self._join_answer(msg.datapath.id, msg.match["in_port"], data):
+            return
         self.prober.answer(msg.datapath.id, msg.match["in_port"], data, now)
         if self.prober.has_changes():
             self._tell(now)

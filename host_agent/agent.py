@@ -61,6 +61,7 @@ from contracts.plan import PlanError, check_plan, load_plan
 from contracts.statsum import PUBLISH_S, summarize
 from contracts.store import StoreFull
 from host_agent.replicas import Replicator
+from host_agent.sharer import Sharer
 from nflib.api import make_nf
 
 log = logging.getLogger("onvm.agent")
@@ -117,6 +118,7 @@ class Agent:
         self.rates = {}
         self.exported = {}                  # instance id -> {"state", "state_generation"}
         self.replicator = Replicator(self)  # replicas of NF state (host_agent.replicas)
+        self.sharer = Sharer(self)          # budgets and sketches shared (host_agent.sharer)
         self._stats_lock = threading.Lock()  # the loop and a plan's export both publish
 
     # -- plans -------------------------------------------------------
@@ -142,6 +144,10 @@ class Agent:
                 return False
             self.plan_error = None
             self.plan = plan
+            try:
+                self.sharer.tick(exchange=False)    # workers split the last shares at once
+            except Exception:                       # its thread tries again
+                log.exception("%s: NF state not shared on applying the plan", self.host)
             self._sync_processes(plan)
             exported = self._export_marked(plan)
             if self.store is not None:
@@ -323,9 +329,11 @@ class Agent:
         self._thread = threading.Thread(target=self.manager.run, name="fastpath",
                                         daemon=True)
         self._thread.start()
+        self.sharer.start()
 
     def stop(self):
         self._stop.set()
+        self.sharer.stop()
         self.manager.stop()
         if self._thread is not None:
             self._thread.join(5)

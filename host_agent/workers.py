@@ -18,7 +18,9 @@ N objects) are one-worker only: a plan with process-mode instances is
 refused, and `nf_object` gives None (the agent then moves an instance
 without its state and replicates none).  A moved or adopted state is
 imported into each worker's object.  The bench's flow rewriting (more
-flows than the ring holds) is one-worker only too.
+flows than the ring holds) is one-worker only too.  State that is not
+per flow (a ratelimit budget, ddos sketches) the agent shares among an
+instance's N objects as among a chain's instances (host_agent.sharer).
 
 Not here: the loop (host_agent.manager), ports (host_agent.ports).
 """
@@ -65,10 +67,6 @@ def _every_worker(name):
     return property(lambda self: getattr(self.managers[0], name), put)
 
 
-# NF types whose state is not per flow (docs/nfs.md): not run on workers.
-NOT_PER_FLOW = frozenset(("ratelimit", "ddos"))
-
-
 class Workers:
     """`Workers(host, ports, n)`: n Managers on queues 0..n-1 of `ports`
     (started here with n queues each); apply_plan, run, stats, close as
@@ -101,16 +99,6 @@ class Workers:
             raise fp.FastPathError(
                 f"instances {', '.join(map(str, procs))} run as NF processes, which "
                 f"take one worker; this host runs {len(self.managers)} (--workers)")
-        shared = [f"{i['id']} ({i['nf']})" for i in plan["instances"]
-                  if i["nf"] in NOT_PER_FLOW]
-        if shared and len(self.managers) > 1:
-            # Each worker would hold a whole copy: N workers would pass N
-            # times a rate limit, and a flood spread over them could stay
-            # under every copy's threshold.  Refused, not run open.
-            raise fp.FastPathError(
-                f"instances {', '.join(shared)} keep state that is not per flow (a rate "
-                f"budget, per-source sketches), which {len(self.managers)} workers "
-                f"(--workers) would each hold whole; run them on a host with one worker")
         done = []
         try:
             for m in self.managers:

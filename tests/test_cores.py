@@ -441,15 +441,14 @@ def test_agent_with_more_workers_than_cores_exits_1_naming_them(tmp_path):
             f"{HAVE}") in out.stderr
 
 
-def test_workers_refuse_nfs_whose_state_is_not_per_flow(workers):
-    """ratelimit's budgets and ddos's per-source sketches would be held
-    whole by each worker (N times the rate, a flood split under every
-    threshold): a plan with them is refused, and the workers keep theirs."""
+def test_workers_run_nfs_whose_state_is_not_per_flow(workers):
+    """ratelimit and ddos get an object on each worker; the agent shares
+    their budget and sketches among them (tests/test_sharing_agents.py)."""
     port, w, rxs, txs = workers(2)
     w.apply_plan(stamp_plan(port), stamp_factory)
-    for nf in ("ratelimit", "ddos"):
-        plan = chain_plan([(nf, {})], port, port, generation=2)
-        with pytest.raises(fp.FastPathError, match=rf"instances 1 \({nf}\) keep state that "
-                                                   r"is not per flow.*2 workers"):
-            w.apply_plan(plan, make_nf)
-        assert [m.generation for m in w.managers] == [1, 1]
+    for gen, nf in enumerate(("ratelimit", "ddos"), start=2):
+        config = {"rate": 10, "burst": 1} if nf == "ratelimit" else {}
+        w.apply_plan(chain_plan([(nf, config)], port, port, generation=gen), make_nf)
+        objs = w.nf_objects(1)
+        assert [m.generation for m in w.managers] == [gen, gen]
+        assert len({id(o) for o in objs}) == 2 and all(hasattr(o, "counters") for o in objs)

@@ -33,6 +33,16 @@ def add_store_credentials(parser):
     parser.add_argument("--store-password-file", default=None,
                         help="etcd auth: file with the user's password (mode 0600)")
 
+def _workers_arg(text):
+    """--workers: a number, or "auto" (host_agent.lcores.auto_workers)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or auto, not {text!r}") from None
+
+
 def _handler(target):
     module, func = target.split(":")
     return lambda args: getattr(importlib.import_module(module), func)(args)
@@ -127,10 +137,12 @@ def build_parser():
                    help="put a replica of each lb, nat and firewall-stateful instance's "
                         "flow state in the store this often, for a host that takes "
                         "over if this one fails (default 1; 0: off)")
-    a.add_argument("--workers", type=int, default=1, metavar="N",
+    a.add_argument("--workers", type=_workers_arg, default=1, metavar="N|auto",
                    help="N worker loops, one per rx/tx queue pair of each port, on the "
-                        "first N cores of the budget (symmetric RSS spreads flows); "
-                        "inline instances only (default 1)")
+                        "first N cores of the budget (symmetric RSS spreads flows, "
+                        "tagged packets are handed over); inline instances only; auto: "
+                        "the cores the --plan gives out (its instances' catalog cores), "
+                        "else the whole budget (default 1)")
     a.add_argument("--flow-entries", type=int, default=1 << 20, metavar="N",
                    help="size of the host's flow table (default 1048576; idle "
                         "flows age out after 30 s)")

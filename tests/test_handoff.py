@@ -228,3 +228,29 @@ def test_nat_on_workers_keeps_each_flows_mapping_and_exports_them_all(workers):
     state = w.nf_object(1).export_state()
     assert sorted(m["external_port"] for m in state["mappings"]) == \
         sorted(min(p) for p in mapping.values())
+
+
+def test_agent_on_workers_exports_an_instances_whole_state_and_moves_it(workers):
+    """The agent's move (controller/moves.py): "export" on the old host
+    snapshots the instance (the union of its workers' objects), "state"
+    on the new host imports it into each worker's object."""
+    from host_agent.agent import Agent
+    port, w, rxs, txs = workers(2)
+    old = Agent("harness", w, eal_args=[])
+    assert old.apply(chain_plan([("lb", LB)], port, port)), old.plan_error
+    by_flow, _ = backends(send_tagged(w, rxs, txs, tcp_frames(300, 2)))
+    plan = chain_plan([("lb", LB)], port, port, generation=2)
+    plan["instances"][0]["export"] = True
+    assert old.apply(plan), old.plan_error
+    state = old.exported[1]["state"]
+    assert len(state["flows"]) == 300
+    bigger = dict(LB, backends=LB["backends"] + [
+        {"name": "web5", "ip": "10.0.2.5", "mac": "02:00:00:00:02:05"}])
+    port2, w2, rxs2, txs2 = workers(2)
+    new = Agent("harness", w2, eal_args=[])
+    plan = chain_plan([("lb", bigger)], port2, port2)
+    plan["instances"][0]["state"] = state
+    assert new.apply(plan), new.plan_error
+    assert [len(o.export_state()["flows"]) for o in w2.nf_objects(1)] == [300, 300]
+    after, _ = backends(send_tagged(w2, rxs2, txs2, tcp_frames(300, 2)))
+    assert after == by_flow

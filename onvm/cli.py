@@ -252,6 +252,14 @@ def build_parser():
                          "instances this often during the timed run, as an agent does "
                          "(host_agent.replicas; default 0: none), their time counted")
     bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
+    bh = bsub.add_parser("handoff", help="what the worker handoff costs: a chain on N "
+                         "workers, frames spread as RSS would, tagged on one queue, or "
+                         "untagged on one queue")
+    bh.add_argument("--chain", required=True)
+    bh.add_argument("--cores", type=int, default=2)
+    bh.add_argument("--rounds", type=int, default=40, help="rounds of 49152 frames")
+    bh.add_argument("--json", action="store_true")
+    bh.set_defaults(run=_handler("host_agent.handoffbench:cli_bench_handoff"))
     by = bsub.add_parser("cycles", help="cycles per packet of each NF and a chain, "
                                         "and the cores 10/40/100 GbE need")
     by.add_argument("--chain", action="append", default=[], metavar="A,B,...",

@@ -353,6 +353,7 @@ def test_bench_on_two_worker_cores_keeps_each_flow_on_one():
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["cores"] == 2 and r["drops"] == {}
     assert [x["queue"] for x in r["workers"]] == [0, 1]
+    assert r["handoffs"] == {"sent": 0, "received": 0}     # queue_of spread them right
     assert sum(x["processed"] for x in r["workers"]) >= r["packets"] >= 400000
     assert all(x["processed"] > 0 for x in r["workers"])
     # 1024 flows in the two workers' tables together: none in both

@@ -254,3 +254,24 @@ def test_agent_on_workers_exports_an_instances_whole_state_and_moves_it(workers)
     assert [len(o.export_state()["flows"]) for o in w2.nf_objects(1)] == [300, 300]
     after, _ = backends(send_tagged(w2, rxs2, txs2, tcp_frames(300, 2)))
     assert after == by_flow
+
+
+def test_bench_handoff_reports_each_way_with_its_handoffs():
+    import json
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "onvm.cli", "bench", "handoff", "--chain",
+                          "forward", "--cores", "2", "--rounds", "1", "--json"], cwd=repo,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sorted(r["mpps"]) == ["one_queue", "spread", "tagged"]
+    assert all(v > 0 for v in r["mpps"].values())
+    assert r["handoffs"]["spread"] == r["handoff_full"]["spread"] == 0
+    # about half of 49152 frames belong to worker 1: handed over or dropped, counted
+    for way in ("tagged", "one_queue"):
+        moved = r["handoffs"][way] + r["handoff_full"][way]
+        assert 20000 < moved < 29152, (way, moved)
+    assert set(r["drops"]) <= {"handoff_full"}

@@ -293,17 +293,16 @@ class Workers:
 
     def run(self, max_packets=0, seconds=0.0, idle_seconds=0.0):
         """Run every worker on its core until each stops as Manager.run
-        says (`max_packets` each, or worker q max_packets[q]); returns
-        [(packets, CPU seconds)] per worker."""
+        says (`max_packets` each); returns [(packets, CPU seconds)] per
+        worker."""
         out = [None] * len(self.managers)
-        limits = max_packets if isinstance(max_packets, list) else [max_packets] * len(out)
 
         def work(q):
             os.sched_setaffinity(0, {self.cores[q]})     # this thread only
             c0 = time.thread_time()
             m = self.managers[q]
             start = m.stats()["processed"]
-            done = m.run(max_packets=limits[q], seconds=seconds,
+            done = m.run(max_packets=max_packets, seconds=seconds,
                          idle_seconds=idle_seconds) - start
             out[q] = (done, time.thread_time() - c0)
 

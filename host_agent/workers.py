@@ -330,7 +330,13 @@ class Workers:
         total["workers"] = workers
         return total
 
-    def close(self):
+    def close(self, timeout=5.0):
+        """Stop every worker, wait until none runs (a running one could
+        still hand packets to a closed worker's ring), then close each."""
+        self.stop()
+        deadline = time.monotonic() + timeout
+        while any(m.running for m in self.managers) and time.monotonic() < deadline:
+            time.sleep(0.001)
         for m in self.managers:
             m.close()
 

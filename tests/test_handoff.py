@@ -275,3 +275,18 @@ def test_bench_handoff_reports_each_way_with_its_handoffs():
         moved = r["handoffs"][way] + r["handoff_full"][way]
         assert 20000 < moved < 29152, (way, moved)
     assert set(r["drops"]) <= {"handoff_full"}
+
+
+def test_workers_close_while_running_stops_them_all_first(workers):
+    """Closing workers whose loops run (the agent stops on SIGTERM) stops
+    each before any ring is freed: no packet is handed to a closed ring."""
+    import threading
+    port, w, rxs, txs = workers(2)
+    w.apply_plan(stamp_plan(port), stamp_factory)
+    runner = threading.Thread(target=w.run)
+    runner.start()
+    frames = [tagged(f) for f in flow_frames(100, 20)]
+    rxs[0].fill(frames, len(frames))
+    w.close()
+    runner.join(10)
+    assert not runner.is_alive() and not any(m.running for m in w.managers)

@@ -174,6 +174,13 @@ _WARNED_VIPS = set()
 RATELIMIT = "ratelimit"      # the NF type whose chain limits are split among instances
 
 
+def _cores(topo, inst, entry):
+    """The plan instance `entry` with the catalog's `cores` where it is
+    more than 1 (the agent's worker cores: host_agent.lcores.plan_cores)."""
+    cores = topo.nfs[inst.nf].cores
+    return {**entry, "cores": cores} if cores > 1 else entry
+
+
 def _config(nf_type):
     """The catalog entry's config as a plan instance carries it: what the
     NF's constructor takes (nfs.configs.instance_config, which `onvm topo
@@ -410,14 +417,14 @@ def host_plans(topo, placement, generation, load=None, slices=None, pause=None):
                       "uplink": UPLINK} for h in topo.hosts}
     placed = {chain.name: chain for chain in topo.chains}
     for inst in placement.instances.values():
-        plans[inst.host]["instances"].append(
-            {"id": inst.id, "nf": inst.nf, "mode": "inline",
-             "config": _instance_config(topo, inst, slices, placed)})
+        plans[inst.host]["instances"].append(_cores(topo, inst, {
+            "id": inst.id, "nf": inst.nf, "mode": "inline",
+            "config": _instance_config(topo, inst, slices, placed)}))
         chain_done()
     for inst in placement.draining.values():
-        plans[inst.host]["instances"].append(
-            {"id": inst.id, "nf": inst.nf, "mode": "inline", "draining": True,
-             "config": _instance_config(topo, inst, slices, placed)})
+        plans[inst.host]["instances"].append(_cores(topo, inst, {
+            "id": inst.id, "nf": inst.nf, "mode": "inline", "draining": True,
+            "config": _instance_config(topo, inst, slices, placed)}))
     for chain in topo.chains:
         for host, hops in _chain_hops(topo, placement, chain, table.d, load).items():
             plans[host]["hops"].extend(hops)

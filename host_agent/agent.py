@@ -136,6 +136,7 @@ class Agent:
                     log.info("%s: ignoring %s generation %d: running %d already",
                              self.host, source, plan["generation"], current)
                     return False
+                self._check_cores(plan)
                 self.manager.apply_plan(plan, self._make_nf)
             except (PlanError, ValueError, fp.FastPathError) as err:
                 self.plan_error = f"{source}: {err}"
@@ -155,6 +156,22 @@ class Agent:
                 if exported:
                     self._publish(force=True)   # the controller waits for it
             return True
+
+    def _check_cores(self, plan):
+        """With worker cores: CoresError (a plan error) if the plan gives
+        out more cores than this host's budget has; a warning if more than
+        the workers (its instances then share fewer cores than placed)."""
+        workers = len(getattr(self.manager, "managers", ()))
+        if workers < 2:
+            return          # one loop: every inline instance on its core
+        manager, free = lcores.budget(self.eal_args or [])
+        lcores.check_plan_cores(plan, [manager] + free)
+        total = lcores.plan_cores(plan)[0]
+        if total > workers:
+            log.warning("%s: plan generation %d gives out %d cores, this agent runs %d "
+                        "workers: its instances share fewer cores than placement counted "
+                        "(--workers auto takes the plan's)", self.host, plan["generation"],
+                        total, workers)
 
     def reload_changed_rules(self):
         """Reload the rules of every inline instance whose rule file
@@ -489,7 +506,7 @@ def cli_agent(args):
         print(f"onvm agent: --lease-ttl must be more than 0 seconds, not "
               f"{args.lease_ttl:g}", file=sys.stderr)
         return 2
-    if getattr(args, "workers", 1) < 1:
+    if getattr(args, "workers", 1) != "auto" and getattr(args, "workers", 1) < 1:
         print(f"onvm agent: --workers must be 1 or more, not {args.workers}", file=sys.stderr)
         return 2
     if args.plan:
@@ -509,6 +526,10 @@ def cli_agent(args):
     try:
         lcores.check_eal_cores(eal)
         workers = getattr(args, "workers", 1)
+        if workers == "auto":
+            workers = lcores.auto_workers(eal, plan)
+            log.info("%s: --workers auto: %d worker%s", args.host, workers,
+                     "s" if workers != 1 else "")
         cores = lcores.worker_cores(eal, workers) if workers > 1 else None
         fp.eal_init(eal)
         flow_entries = getattr(args, "flow_entries", fp.FLOW_ENTRIES)

@@ -86,6 +86,7 @@ from nfs.configs import check_config, instance_config
 
 UPLINK = 0
 LOAD_DAMPING = 0.9
+NF_RING = 4096          # packets an NF process's ring holds (host_agent/plantables.pyx)
 
 LOG = logging.getLogger(__name__)
 
@@ -263,14 +264,27 @@ def _reported_mpps(stats):
     return total
 
 
+def _queue_fill(stats):
+    """The fullest NF ring of a host's instances, 0..1 (an NF process's
+    ring holds NF_RING packets; inline instances have none: 0)."""
+    fill = 0.0
+    for inst in (stats.get("instances") or {}).values():
+        queue = inst.get("queue") if isinstance(inst, dict) else None
+        if isinstance(queue, (int, float)) and not isinstance(queue, bool) \
+                and math.isfinite(queue):
+            fill = max(fill, min(1.0, max(0.0, queue / NF_RING)))
+    return fill
+
+
 def host_load(stats_by_host, topo, placement, warned=None):
     """{host: utilisation 0..1} from the agents' stats ({host: stats dict as
     published under /onvm/stats/}): the Mpps the host's instances report
-    over the catalog Mpps of the instances `placement` gives that host,
-    clipped to 0..1.  Hosts without placed instances, or whose stats are
-    missing or malformed, get no entry (no damping); each such problem is
-    logged once per (host, problem), remembered in `warned` (a set the
-    caller keeps)."""
+    over the catalog Mpps of the instances `placement` gives that host, or
+    the fill of its fullest NF ring when that is higher (a queue that grows
+    is load the Mpps do not show yet: join the shortest queue), clipped to
+    0..1.  Hosts without placed instances, or whose stats are missing or
+    malformed, get no entry (no damping); each such problem is logged once
+    per (host, problem), remembered in `warned` (a set the caller keeps)."""
     warned = set() if warned is None else warned
     capacity = {}
     for inst in (placement.instances.values() if placement else ()):
@@ -280,7 +294,8 @@ def host_load(stats_by_host, topo, placement, warned=None):
         if not capacity.get(host):
             continue
         try:
-            load[host] = min(1.0, _reported_mpps(stats) / capacity[host])
+            load[host] = min(1.0, max(_reported_mpps(stats) / capacity[host],
+                                      _queue_fill(stats)))
         except ValueError as err:
             if (host, str(err)) not in warned:
                 warned.add((host, str(err)))

@@ -38,6 +38,7 @@ class Run:
     final: dict = None
     events: list = dataclasses.field(default_factory=list)
     timeline: dict = dataclasses.field(default_factory=dict)  # chain -> [[t, n]]
+    where: dict = dataclasses.field(default_factory=dict)     # chain -> [[t, "nf@h,h -> .."]]
     store_outages: list = dataclasses.field(default_factory=list)  # [[from, to]]
     store_error: str = None     # why the store did not answer, last time
     interrupted: bool = False
@@ -115,6 +116,11 @@ def record(run, status, t0):
         line = run.timeline.setdefault(name, [])
         if not line or line[-1][1] != n:
             line.append([t, n])
+    for name, c in status["chains"].items():
+        text = where_text(c["nfs"])
+        line = run.where.setdefault(name, [])
+        if c["nfs"] and (not line or line[-1][1] != text):
+            line.append([t, text])
     store = status["store"]
     outage = run.store_outages[-1] if run.store_outages else None
     if not store["reachable"]:
@@ -220,12 +226,17 @@ def lost_egress(run, chain):
             if egress in run.emu.killed else "")
 
 
+def where_text(nfs):
+    """"firewall@h1 -> ids@h2,h3" of a chain's [(nf, [hosts])]."""
+    return " -> ".join(f"{nf}@{','.join(h) or '?'}" for nf, h in nfs)
+
+
 def summary_text(run):
     status = run.final
     lines = ["=== summary " + "=" * 56]
     for name, c in status["chains"].items():
         lost_pct = 100.0 * c["lost"] / c["sent"] if c["sent"] else 0.0
-        where = " -> ".join(f"{nf}@{','.join(h) or '?'}" for nf, h in c["nfs"])
+        where = where_text(c["nfs"])
         latency = c["latency_ms"] if c["latency_ms"] is not None else "-"
         if "tcp" in c and not c["sent"]:        # real TCP only, no packet sender
             lines.append(f"chain {name}: {tcp_text(c['tcp'])}; {where}")
@@ -239,6 +250,10 @@ def summary_text(run):
         if len(line) > 1:
             lines.append(f"chain {name}: NF instances over time: " + ", ".join(
                 f"{n} at {t:g} s" for t, n in line))
+    for name, line in sorted(run.where.items()):
+        if len(line) > 1:
+            lines.append(f"chain {name}: where its NFs ran: " + "; ".join(
+                f"from {t:g} s {text}" for t, text in line))
     for text in run.events:
         lines.append(f"event: {text}")
     if not status["store"]["reachable"]:
@@ -256,6 +271,7 @@ def summary_object(run):
             "sent": c["sent"], "received": c["received"], "lost": c["lost"],
             "nfs": [{"nf": nf, "hosts": hosts} for nf, hosts in c["nfs"]],
             "instances_timeline": run.timeline.get(name, []),
+            "nfs_timeline": run.where.get(name, []),
             "latency_ms": c["latency_ms"]}
         if "tcp" in c:
             chains[name]["tcp"] = {"ok": c["tcp"]["ok"], "failed": c["tcp"]["failed"],

@@ -1,4 +1,4 @@
-"""The remote-node weights follow measured load (issue 14, part 3), through
+"""The remote-node weights follow measured load and queues (issue 14, part 3), through
 a real etcd: controller.core.ClusterCore reads the hosts' stats summaries
 as agents put them under /onvm/stats/ and writes plans whose remote hop
 weighs the busier host down; when the load moves, the weights move back.
@@ -44,8 +44,8 @@ def loop(etcd, tmp_path):
     return Loop(load_topology(str(path)), store=open_store(etcd.url))
 
 
-def stats(mpps):
-    return {"instances": {"1": {"nf": "monitor", "mpps": mpps}}}
+def stats(mpps, queue=0):
+    return {"instances": {"1": {"nf": "monitor", "mpps": mpps, "queue": queue}}}
 
 
 def remote_weights(loop):
@@ -58,11 +58,12 @@ def remote_weights(loop):
     raise AssertionError(f"no remote hop in {loop.store.plans()}")
 
 
-def decide_on(loop, loads):
+def decide_on(loop, loads, queues=None):
     """The agents put their stats; the core decides on them (one period)."""
     for host, mpps in loads.items():
-        loop.store.put_stats(host, stats(mpps))
-        loop.core.store_changed("/onvm/stats/" + host, stats(mpps))
+        value = stats(mpps, (queues or {}).get(host, 0))
+        loop.store.put_stats(host, value)
+        loop.core.store_changed("/onvm/stats/" + host, value)
     for _ in range(int(STATS_DECIDE_SECONDS / 0.25) + 1):
         loop.step()
 
@@ -80,3 +81,8 @@ def test_remote_weights_follow_the_load_the_hosts_report(loop):
     decide_on(loop, {a: 0.1, b: 0.95})         # the load moved
     _, weights = remote_weights(loop)
     assert weights[b] < shares[b] / 2 and weights[a] > shares[a], (shares, weights)
+    # the same Mpps, but a's NF ring (an NF process's) fills: its queue is
+    # load the Mpps do not show yet, and a weighs less (join the shortest queue)
+    decide_on(loop, {a: 0.3, b: 0.3}, queues={a: 3900})
+    _, weights = remote_weights(loop)
+    assert weights[a] < shares[a] / 2 and weights[b] > shares[b], (shares, weights)

@@ -8,6 +8,7 @@ Whether the traffic survives such a pause is the controller's and the
 agents' to promise (tests of their own); here the emulation must.
 """
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -153,6 +154,13 @@ def test_record_keeps_instance_changes_and_store_outages_as_events():
                    _status(1011.0, hosts=("h1", "h2"))):
         live.record(run, status, t0)
     assert run.timeline == {"web": [[1.0, 2], [2.0, 3]]}
+    assert run.where == {"web": [[1.0, "firewall@h1 -> monitor@h2"],
+                                 [2.0, "firewall@h1,h2 -> monitor@h2"]]}
+    assert "chain web: where its NFs ran: from 1 s firewall@h1 -> monitor@h2; from 2 s " \
+        "firewall@h1,h2 -> monitor@h2" in live.summary_text(
+            dataclasses.replace(run, final=_status(1011.0)))
+    assert live.summary_object(dataclasses.replace(run, final=_status(1011.0)))[
+        "chains"]["web"]["nfs_timeline"] == run.where["web"]
     assert run.store_outages == [[4.2, 11.0]]
     assert run.events == ["t=4.2 s: the store stopped answering",
                           "t=11.0 s: the store answers again, after 6.8 s "
@@ -174,7 +182,7 @@ def test_summary_object_has_the_keys_of_design():
     assert summary["chains"] == {"web": {
         "sent": 10, "received": 8, "lost": 2, "latency_ms": 0.5,
         "nfs": [{"nf": "firewall", "hosts": ["h1"]}, {"nf": "monitor", "hosts": ["h2"]}],
-        "instances_timeline": [[0.0, 2]]}}
+        "instances_timeline": [[0.0, 2]], "nfs_timeline": []}}
     assert summary["hosts"] == {"h1": {"state": "killed", "generation": 3},
                                 "h2": {"state": "up", "generation": 3}}
     assert summary["events"] == ["t=3.0 s: fail h1"]

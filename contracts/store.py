@@ -27,8 +27,8 @@ checking them belongs to `contracts.plan` and `controller.topology`.
 """
 from __future__ import annotations
 
-from contracts.store_api import (APPLIED, CHAINS, HOSTS, LEADER, PLAN, PREFIX,  # noqa: F401
-                                 REPLICA,
+from contracts.store_api import (APPLIED, CHAINS, HOSTS, JOINED, LEADER, PLAN,  # noqa: F401
+                                 PREFIX, REPLICA,
                                  REQUEST_TIMEOUT, STATS, Election, Lease, NotLeader,
                                  Store, StoreError, StoreFull, Watch,
                                  WatchCompacted)

@@ -55,6 +55,7 @@ APPLIED = PREFIX + "applied/"
 LEADER = PREFIX + "leader"
 REPLICA = PREFIX + "replica/"     # <host>/<instance id>: contracts.replica
 SHARE = PREFIX + "share/"         # <nf>/<host>/<instance id>: host_agent.sharer
+JOINED = PREFIX + "joined/"       # <host>: where a host the topology lacks joined (controller)
 
 REQUEST_TIMEOUT = 5.0
 SKIPPED = object()      # a watch event the backend could not read (garbage)
@@ -296,6 +297,15 @@ class Store:
 
     def plans(self):
         return {_key_name(k, PLAN): v for k, v in self.get_prefix(PLAN).items()}
+
+    def put_joined(self, host, record):
+        """Remember where a host the topology file lacks joined
+        (controller.joins: switch, port, mac, ip, cores, label), so that
+        every controller, a new leader too, knows it without probing."""
+        self.put(JOINED + host, record)
+
+    def joined(self):
+        return {_key_name(k, JOINED): v for k, v in self.get_prefix(JOINED).items()}
 
     def delete_plan(self, host, leader=None):
         """Delete a host's plan; with `leader`, fenced as put_plan is."""

@@ -48,7 +48,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 from contracts.model import Chain
 from contracts.statsum import PUBLISH_S
-from contracts.store import CHAINS, HOSTS, STATS, NotLeader, StoreError
+from contracts.store import CHAINS, HOSTS, JOINED, STATS, NotLeader, StoreError
 from controller import flows, joins, natslices
 from controller.chains import Scope, is_retired, make_chain
 from controller.livegraph import LiveFabric, describe
@@ -69,7 +69,7 @@ STATS_DECIDE_SECONDS = PUBLISH_S  # else: re-weigh plans on the kept summaries, 
 # together (a store outage) are judged together (controller.liveness).
 SETTLE_SECONDS = 1.0
 UNREAD = object()       # store_changed without the value: read it
-DIRTY_KINDS = ((HOSTS, "hosts"), (CHAINS, "chains"), (STATS, "stats"))
+DIRTY_KINDS = ((HOSTS, "hosts"), (CHAINS, "chains"), (STATS, "stats"), (JOINED, "hosts"))
 
 
 def chains_from_store(bodies, scope, retired=False) -> Dict[str, Chain]:
@@ -277,6 +277,7 @@ class ClusterCore(ClusterView):
         long before its lease ends)."""
         self.registered = self.store.hosts()
         registered = set(self.registered)
+        self._adopt_joined()
         self._note_joins()
         cut = set(self.fabric_cut) & self.known
         self.liveness.keys_now(registered & self.known, self.now)
@@ -318,6 +319,35 @@ class ClusterCore(ClusterView):
                      pending[name], self.topo.source)
         self.pending_joins = pending
 
+    def _adopt_joined(self):
+        """Hosts that joined earlier (/onvm/joined/, written when one joined,
+        by this controller or another): in the model without probing, so a
+        new leader keeps their plans.  A record that no longer fits the
+        topology (its name, address or port taken since) is logged once
+        and left alone."""
+        for name, rec in sorted((self.store.joined() or {}).items()):
+            if name in self.known or not isinstance(rec, dict):
+                continue
+            body = {k: rec.get(k) for k in ("mac", "ip", "cores", "label")}
+            try:
+                host = joins.admit(self.topo, name, body, rec.get("switch"), rec.get("port"))
+            except (joins.JoinRefused, TypeError, ValueError) as err:
+                self._note_once(("joined", name, str(err)), "host %s joined earlier "
+                                "(%s%s) but cannot be taken in now: %s", name, JOINED, name,
+                                err)
+                continue
+            self._take_in(host)
+            log.info("host %s joined earlier (%s%s): at %s port %d, node label %d",
+                     name, JOINED, name, host.switch, host.port, host.label)
+
+    def _take_in(self, host):
+        self.topo = joins.with_host(self.topo, host)
+        self.fabric.add_host(self.topo, host)
+        self.known = self.known | {host.name}
+        self.scope = Scope.of(self.topo)
+        self.pending_joins.pop(host.name, None)
+        self.dirty.add("hosts")
+
     def _note_once(self, key, *args):
         if key not in self.join_noted:
             self.join_noted.add(key)
@@ -348,12 +378,14 @@ class ClusterCore(ClusterView):
             self.refused[name] = (body, str(err))
             self.pending_joins.pop(name, None)
             return None
-        self.topo = joins.with_host(self.topo, host)
-        self.fabric.add_host(self.topo, host)
-        self.known = self.known | {host.name}
-        self.scope = Scope.of(self.topo)
-        self.pending_joins.pop(name, None)
-        self.dirty.add("hosts")
+        self._take_in(host)
+        try:
+            self.store.put_joined(host.name, {
+                "switch": host.switch, "port": host.port, "mac": host.mac, "ip": host.ip,
+                "cores": host.cores, "label": host.label})
+        except StoreError as err:
+            log.warning("host %s joined, but %s%s was not written (%s): a new leader "
+                        "finds it again by its probes", host.name, JOINED, host.name, err)
         log.info("host %s joined at %s port %d: mac %s, ip %s, %d cores, node label %d "
                  "(%s); chains may be placed on it from now", host.name, switch, port,
                  host.mac, host.ip, host.cores, host.label,

@@ -214,3 +214,41 @@ def test_a_joined_host_is_probed_like_the_others(topo):
     assert prober.answer(leaf2, 9, answer_frame(JOINER["mac"], prober.seq, 7),
                          1.01) == "h9"
     assert prober.verdicts()["h9"] is True
+
+
+def test_a_new_leader_knows_a_joined_host_without_probing_and_keeps_its_plan(loop, topo,
+                                                                             caplog):
+    """The join is written under /onvm/joined/: a controller that starts
+    later on the same store (a new leader) takes the host in at its first
+    step, before any probe answer, with the same label, and its placement
+    keeps the host's instances (no plan deleted, nothing re-placed)."""
+    loop.register("h9", JOINER)
+    loop.step()
+    loop.core.host_answered(dpid(topo, "leaf2"), 9, "02:00:00:00:09:09")
+    loop.step()
+    assert loop.store.joined() == {"h9": {"switch": "leaf2", "port": 9,
+                                          "mac": "02:00:00:00:09:09", "ip": "10.0.9.9/8",
+                                          "cores": 4, "label": 20}}
+    plan = loop.store.plans()["h9"]
+    caplog.set_level(logging.INFO, logger="onvm.core")
+    heir = ClusterCore(topo, loop.store)
+    for sw in topo.switches:
+        heir.switch_connected(sw.dpid)
+    heir.step(loop.now + 0.25, True)
+    assert "host h9 joined earlier (/onvm/joined/h9): at leaf2 port 9, node label 20" \
+        in caplog.text
+    assert heir.alive == {"h9"} and heir.pending_joins == {}
+    after = loop.store.plans()["h9"]
+    assert [(i["id"], i["nf"]) for i in after["instances"]] == \
+        [(i["id"], i["nf"]) for i in plan["instances"]]
+    assert after["node_label"] == 20
+
+
+def test_a_joined_record_that_no_longer_fits_is_left_alone(loop, topo, caplog):
+    loop.store.put_joined("h9", {"switch": "leaf1", "port": 1, "mac": "02:00:00:00:09:09",
+                                 "ip": "10.0.9.9/8", "cores": 4, "label": 20})
+    caplog.set_level(logging.WARNING, logger="onvm.core")
+    loop.step()
+    assert "h9" not in loop.core.known
+    assert "host h9 joined earlier (/onvm/joined/h9) but cannot be taken in now: " \
+           "host h9 (seen at leaf1 port 1): port: leaf1 port 1 is host h1's" in caplog.text

@@ -52,7 +52,7 @@ from controller.core import ClusterCore, SwitchDiff
 from controller.pausing import FullCollections
 from controller.rulebook import Stretches
 from controller.ofmsgs import actual_flows, iter_messages
-from contracts.store import (CHAINS, HOSTS, STATS, Election, StoreError, StoreFull,
+from contracts.store import (CHAINS, HOSTS, JOINED, STATS, Election, StoreError, StoreFull,
                             open_store)
 from controller.topology import load_topology
 
@@ -88,7 +88,7 @@ class ChainManager(app_manager.RyuApp):
         self.hub_late = 0.0         # longest the hub watch woke late since the step began
         self.core.fabric.pause = self.hub_yield
         self.watches = [self.store.watch(prefix, self._on_store_change)
-                        for prefix in (HOSTS, CHAINS, STATS)]
+                        for prefix in (HOSTS, CHAINS, STATS, JOINED)]
         self.logger.info("topology %s: %d switches, %d hosts, %d edges, %d servers; "
                          "store %s; I am %s", topology.source, len(topology.switches),
                          len(topology.hosts), len(topology.edges), len(topology.servers),

@@ -511,24 +511,27 @@ cdef class LoadBalancer(NativeNF):
         return sorted(self.slot_of)
 
     def counters(self):
+        """IPv4 and IPv6 (the `6` names) side by side, the ones an agent's
+        store summary keeps first (contracts.statsum keeps 16 numbers)."""
         cdef uint64_t now = rte_get_tsc_cycles()
         cdef lb6_t *v6 = &self.lb.v6
         return {
-            "balanced": self.lb.picks.balanced, "not_vip": self.lb.not_vip,
-            "not_ip": self.lb.not_ip, "no_backend": self.lb.picks.no_backend,
-            "moved": self.lb.picks.moved, "untracked": self.lb.picks.untracked,
-            "flows": ftab_live(self.lb.flows, now), "flow_table_full": self.lb.flows.full,
-            "replies": self.lb.replies_rewritten, "reply_flows": ftab_live(self.lb.replies, now),
+            "balanced": self.lb.picks.balanced, "balanced6": v6.picks.balanced,
+            "replies": self.lb.replies_rewritten, "replies6": v6.replies_rewritten,
+            "flows": ftab_live(self.lb.flows, now), "flows6": ftab_live(v6.flows, now),
+            "reply_flows": ftab_live(self.lb.replies, now),
+            "reply_flows6": ftab_live(v6.replies, now),
+            "no_backend": self.lb.picks.no_backend, "no_backend6": v6.picks.no_backend,
+            "not_vip": self.lb.not_vip, "not_vip6": v6.not_vip,
+            "moved": self.lb.picks.moved, "moved6": v6.picks.moved,
+            "untracked": self.lb.picks.untracked, "untracked6": v6.picks.untracked,
+            "not_ip": self.lb.not_ip, "short6": v6.short,
+            "flow_table_full": self.lb.flows.full, "flow_table6_full": v6.flows.full,
             "replies_untracked": self.lb.replies_untracked,
-            "flow_table": ftab_report(self.lb.flows, now),
-            "reply_table": ftab_report(self.lb.replies, now),
-            "balanced6": v6.picks.balanced, "not_vip6": v6.not_vip,
-            "no_backend6": v6.picks.no_backend, "moved6": v6.picks.moved,
-            "untracked6": v6.picks.untracked, "short6": v6.short,
-            "flows6": ftab_live(v6.flows, now), "flow_table6_full": v6.flows.full,
-            "replies6": v6.replies_rewritten, "reply_flows6": ftab_live(v6.replies, now),
             "replies6_untracked": v6.replies_untracked,
+            "flow_table": ftab_report(self.lb.flows, now),
             "flow_table6": ftab_report(v6.flows, now),
+            "reply_table": ftab_report(self.lb.replies, now),
             "reply_table6": ftab_report(v6.replies, now),
             "backends": [self._backend_report(name, slot)
                          for name, slot in sorted(self.slot_of.items())],

@@ -6,7 +6,11 @@ client opens HTTP connections over IPv6; the server's replies come back
 by the IPv6 reply rules its switch learns, through the monitor and the
 firewall (whose connection table lets them pass: its rules allow only
 new connections to the server), to the client.  A server's packet that
-answers nothing is dropped at its switch."""
+answers nothing is dropped at its switch.
+
+And an IPv6 chain through [firewall-stateful, lb] to a pool of two
+servers with ip6: the client connects to the chain's VIP, the lb sends
+each connection to a server's ip6 and the replies back from the VIP."""
 import pytest
 
 from onvm.emulate import Emulation
@@ -73,6 +77,41 @@ def test_http_over_ipv6_goes_through_the_chain_both_ways(tmp_path, run_prefix):
                                                                     "monitor")}
         assert len(placed["firewall-stateful"] | placed["monitor"]) == 2, \
             f"one NF a host, so the way back crossed hosts: {placed}"
+        assert emu.tcp("web6")["failed"] == 0, emu.tcp("web6")
+    finally:
+        emu.stop()
+        emu.remove_files()
+
+
+POOL_VIP6 = "2001:db8:80::100"
+POOL_TOPOLOGY = TOPOLOGY.replace("symmetric-ipv6", "pool-ipv6").replace(
+    'ip: 10.0.1.10/24}', 'ip: 10.0.1.10/24, ip6: "2001:db8:2::10"}\n'
+    '  - {name: web2, switch: s1, port: 6, mac: "02:00:00:00:01:11", ip: 10.0.1.11/24, '
+    'ip6: "2001:db8:2::11"}').replace(
+    "monitor: {cores: 1, mpps: 1}", "lb: {cores: 1, mpps: 1}").replace(
+    "egress: web1", "egress: [web1, web2]").replace(SERVER6, POOL_VIP6).replace(
+    "[firewall-stateful, monitor]", "[firewall-stateful, lb]")
+
+
+def test_http_over_ipv6_through_lb_reaches_both_servers_of_a_pool(tmp_path, run_prefix):
+    need_root_and_tools()
+    (tmp_path / "web6.rules").write_text(RULES.replace(SERVER6, POOL_VIP6))
+    path = tmp_path / "pool6.yaml"
+    path.write_text(POOL_TOPOLOGY)
+    emu = Emulation(str(path), prefix=run_prefix + "p", workdir=str(tmp_path))
+    try:
+        emu.start()
+        wait_for(lambda: emu.tcp("web6")["ok"] >= 3, 120,
+                 "the first HTTP connections over IPv6 to the pool's VIP")
+        status = emu.http("web6", 20, rate=10.0)
+        assert status.get("ok") == 20 and not status.get("failed"), status
+        assert set(status["servers"]) == {"web1", "web2"}, status
+        wanted = lambda: sum(counter(emu, "lb", "replies6").values()) >= 20 and \
+            sum(counter(emu, "lb", "balanced6").values()) >= 20
+        try:
+            wait_for(wanted, 30, "the lb's IPv6 counters")
+        except TimeoutError:
+            raise AssertionError(instances(emu, "lb")) from None
         assert emu.tcp("web6")["failed"] == 0, emu.tcp("web6")
     finally:
         emu.stop()

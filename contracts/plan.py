@@ -57,6 +57,10 @@ the store first (contracts.replica).  A host in a `remote`, `pinned` or
 host with that label goes to this host (which adopted its flows) and is
 pinned there from then on.
 
+An instance may carry `"cores": N` (the catalog's `cores`, written where
+more than 1): the cores placement gave it on this host, which an agent
+with worker cores runs on (host_agent.lcores.plan_cores).
+
 Draining (controller/moves.py, `Drains`): an instance moved away or
 scaled in stays for a while with `"draining": true` (informational: the
 agent runs it as any instance), and a remote hop toward its host lists
@@ -238,6 +242,8 @@ def _check_instances(errors, plan):
             _check_adopt(errors, inst, where)
         errors.check(isinstance(inst.get("draining", False), bool), f"{where}.draining",
                      f"must be true or false, not {inst.get('draining')!r}")
+        errors.check(_is_int(inst.get("cores", 1)) and inst.get("cores", 1) >= 1,
+                     f"{where}.cores", f"must be an integer 1 or more, not {inst.get('cores')!r}")
     return ids
 
 

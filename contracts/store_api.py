@@ -54,6 +54,7 @@ PLAN = PREFIX + "plan/"
 APPLIED = PREFIX + "applied/"
 LEADER = PREFIX + "leader"
 REPLICA = PREFIX + "replica/"     # <host>/<instance id>: contracts.replica
+SHARE = PREFIX + "share/"         # <nf>/<host>/<instance id>: host_agent.sharer
 
 REQUEST_TIMEOUT = 5.0
 SKIPPED = object()      # a watch event the backend could not read (garbage)

@@ -51,6 +51,7 @@ DROP_REASONS = (
     "pin_lost",         # the flow's pinned host is no longer in the hop's list
     "no_server",        # pool end: no server has the packet's IPv4 destination
     "bad_ipv6",         # IPv6 extension headers cut short, or more than 8 of them
+    "handoff_full",     # another worker's handoff ring was full (host_agent.handoff)
 )
 
 

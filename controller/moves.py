@@ -54,6 +54,11 @@ MOVE_TIMEOUT = 10.0     # seconds to wait for A's snapshot before moving without
 DRAIN_SECONDS = 30.0    # how long an instance moved away or scaled in drains at most
 MIN_DRAIN_SECONDS = 2.0  # a flow count of 0 ends a drain only after this (fresh stats)
 DRAINED_NFS = frozenset(("firewall-stateful", "ids", "lb", "nat"))  # their flows have state
+# An instance of another NF (no flow state) that goes still runs this long,
+# listed by no hop before it (controller.plans: a draining instance of an NF
+# without flow state is "retiring"), so that what was in flight toward it
+# when the hosts before it took their new plans still finds it.
+RETIRE_SECONDS = 2.0
 NO_HANDOVER = frozenset(("nat",))   # their snapshot cannot serve the successor's slice
 _NO_STATE = object()
 
@@ -316,16 +321,23 @@ class Drains:
             if inst.host not in alive:
                 continue            # lost with its host: nothing runs there
             reason = ("draining is off" if self.seconds <= 0 else
-                      f"{inst.nf} holds no flow state" if inst.nf not in DRAINED_NFS else
                       None if any(c in after.hops for c, _ in inst.users) else
                       "no chain it served is placed any more")
             if reason:
                 log.info("%s: %s#%d on %s stops now (%s)", why, inst.nf, key[1], key[0],
                          reason)
                 continue
+            draining[key] = inst
+            if inst.nf not in DRAINED_NFS:
+                retire = min(self.seconds, RETIRE_SECONDS)
+                self.active[key] = Drain(inst, now, now + retire, why)
+                log.info("%s: %s#%d on %s retires: %s holds no flow state, so no hop "
+                         "sends it anything more, and it stops in %g s (what is in "
+                         "flight toward it still finds it)", why, inst.nf, key[1], key[0],
+                         inst.nf, retire)
+                continue
             flows = flow_count(((stats.get(inst.host) or {}).get("instances") or {})
                                .get(str(key[1])))
-            draining[key] = inst
             self.active[key] = Drain(inst, now, now + self.seconds, why)
             log.info("%s: draining %s#%d on %s for %g s, %s pinned flows; new flows go "
                      "to %s", why, inst.nf, key[1], key[0], self.seconds,

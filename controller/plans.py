@@ -80,6 +80,7 @@ import logging
 import math
 
 from controller import fabric, natslices, pausing
+from controller.moves import DRAINED_NFS
 from controller.placecost import places_of, transport
 from contracts.plan import check_plan, match_eth_type
 from contracts.wire import ETH_IPV6, SI_FIRST, reverse_spi
@@ -189,6 +190,13 @@ _WARNED_VIPS = set()
 
 
 RATELIMIT = "ratelimit"      # the NF type whose chain limits are split among instances
+
+
+def _cores(topo, inst, entry):
+    """The plan instance `entry` with the catalog's `cores` where it is
+    more than 1 (the agent's worker cores: host_agent.lcores.plan_cores)."""
+    cores = topo.nfs[inst.nf].cores
+    return {**entry, "cores": cores} if cores > 1 else entry
 
 
 def _config(nf_type):
@@ -315,22 +323,35 @@ def remote_weights(row, share, load):
     return {h: round(w / total, 6) or 1e-6 for h, w in raw.items()}
 
 
-def _path_hops(topo, spi, on, shares, end, dist, load, keep=False):
+def _retiring(placement, chain, j):
+    """Hosts where hop j of `chain` has an instance retiring: draining, of
+    an NF without flow state (controller.moves.RETIRE_SECONDS).  No hop
+    lists them any more; they run on for what is still in flight."""
+    if chain.nfs[j] in DRAINED_NFS:
+        return set()
+    return set(placement.draining_at(chain, j))
+
+
+def _path_hops(topo, spi, on, shares, end, dist, load, keep=False, retiring=None):
     """{host: {si: hop entry}} of one service path: `on` and `shares` are
     per NF in path order ({host: instance id}, {host: share}), `end` the
-    entry after the last NF.  `keep` (the forward path): while an instance
-    of a hop drains, the hop's local entries list the hop's other hosts as
-    `kept`, so a flow pinned there while the hop was remote stays there."""
+    entry after the last NF, `retiring` per NF the hosts whose instance
+    retires (listed by no hop before it).  `keep` (the forward path): while
+    an instance of a hop drains, the hop's local entries list the hop's
+    other hosts as `kept`, so a flow pinned there while the hop was remote
+    stays there."""
     out = {}
     k = len(on)
+    retiring = retiring or [set()] * k
     for j in range(k):
         si = SI_FIRST - j
-        drains = keep and any(host not in shares[j] for host in on[j])
+        drains = keep and any(host not in shares[j] and host not in retiring[j]
+                              for host in on[j])
         for host, ident in on[j].items():
             out.setdefault(host, {})[si] = {"spi": spi, "si": si, "local": ident}
             if drains and len(on[j]) > 1:
                 out[host][si]["kept"] = [_host_ref(topo, other) for other in sorted(on[j])
-                                         if other != host]
+                                         if other != host and other not in retiring[j]]
         if j == k - 1:
             for host in on[j]:
                 out[host][si - 1] = {"spi": spi, "si": si - 1, "end": dict(end)}
@@ -345,7 +366,9 @@ def _path_hops(topo, spi, on, shares, end, dist, load, keep=False):
             else:               # draining here: what it still carries goes on as the hop's
                 weights = remote_weights(shares[j + 1], sum(shares[j + 1].values()), load)
             for other in on[j + 1]:
-                if other not in shares[j + 1]:
+                if other in retiring[j + 1]:
+                    weights.pop(other, None)    # retiring there: nothing more
+                elif other not in shares[j + 1]:
                     weights[other] = 0.0    # draining there: its pinned flows only
             out[host][si - 1] = {"spi": spi, "si": si - 1, "remote": _peers(topo, weights)}
     return out
@@ -367,13 +390,15 @@ def _chain_hops(topo, placement, chain, dist, load):
     on = _hop_instances(placement, chain)
     k = len(chain.nfs)
     shares = [placement.shares(chain.name, j) for j in range(k)]
+    retiring = [_retiring(placement, chain, j) for j in range(k)]
     forward = _path_hops(topo, chain.spi, on, shares, _end(topo, chain), dist, load,
-                         keep=True)
+                         keep=True, retiring=retiring)
     paths = [forward]
     if chain.symmetric:
         rspi = reverse_spi(chain.spi)
         back = {"port": UPLINK, "dst_mac": edge_mac(chain.ingress)}
-        reverse = _path_hops(topo, rspi, on[::-1], shares[::-1], back, dist, load)
+        reverse = _path_hops(topo, rspi, on[::-1], shares[::-1], back, dist, load,
+                             retiring=retiring[::-1])
         for i in range(1, k):               # forward NF i: pin its sender
             for host in on[i]:
                 forward[host][SI_FIRST - i]["reverse"] = {"spi": rspi,
@@ -410,14 +435,14 @@ def host_plans(topo, placement, generation, load=None, slices=None, pause=None):
                       "uplink": UPLINK} for h in topo.hosts}
     placed = {chain.name: chain for chain in topo.chains}
     for inst in placement.instances.values():
-        plans[inst.host]["instances"].append(
-            {"id": inst.id, "nf": inst.nf, "mode": "inline",
-             "config": _instance_config(topo, inst, slices, placed)})
+        plans[inst.host]["instances"].append(_cores(topo, inst, {
+            "id": inst.id, "nf": inst.nf, "mode": "inline",
+            "config": _instance_config(topo, inst, slices, placed)}))
         chain_done()
     for inst in placement.draining.values():
-        plans[inst.host]["instances"].append(
-            {"id": inst.id, "nf": inst.nf, "mode": "inline", "draining": True,
-             "config": _instance_config(topo, inst, slices, placed)})
+        plans[inst.host]["instances"].append(_cores(topo, inst, {
+            "id": inst.id, "nf": inst.nf, "mode": "inline", "draining": True,
+            "config": _instance_config(topo, inst, slices, placed)}))
     for chain in topo.chains:
         for host, hops in _chain_hops(topo, placement, chain, table.d, load).items():
             plans[host]["hops"].extend(hops)
@@ -441,6 +466,7 @@ def ingress_groups(topo, placement):
         if not chain.nfs:
             continue
         shares = placement.shares(chain.name, 0)
-        shares.update({host: 0.0 for host in placement.draining_at(chain, 0)})
+        shares.update({host: 0.0 for host in placement.draining_at(chain, 0)
+                       if host not in _retiring(placement, chain, 0)})
         out[chain.name] = [(host, round(shares[host], 6)) for host in sorted(shares)]
     return out

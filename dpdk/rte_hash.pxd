@@ -37,3 +37,4 @@ cdef extern from "rte_hash.h" nogil:
 
 cdef extern from "rte_hash_crc.h" nogil:
     uint32_t rte_hash_crc(const void *data, uint32_t data_len, uint32_t init_val)
+    uint32_t rte_hash_crc_4byte(uint32_t data, uint32_t init_val)

@@ -61,6 +61,7 @@ from contracts.plan import PlanError, check_plan, load_plan
 from contracts.statsum import PUBLISH_S, summarize
 from contracts.store import StoreFull
 from host_agent.replicas import Replicator
+from host_agent.sharer import Sharer
 from nflib.api import make_nf
 
 log = logging.getLogger("onvm.agent")
@@ -117,6 +118,7 @@ class Agent:
         self.rates = {}
         self.exported = {}                  # instance id -> {"state", "state_generation"}
         self.replicator = Replicator(self)  # replicas of NF state (host_agent.replicas)
+        self.sharer = Sharer(self)          # budgets and sketches shared (host_agent.sharer)
         self._stats_lock = threading.Lock()  # the loop and a plan's export both publish
 
     # -- plans -------------------------------------------------------
@@ -134,6 +136,7 @@ class Agent:
                     log.info("%s: ignoring %s generation %d: running %d already",
                              self.host, source, plan["generation"], current)
                     return False
+                self._check_cores(plan)
                 self.manager.apply_plan(plan, self._make_nf)
             except (PlanError, ValueError, fp.FastPathError) as err:
                 self.plan_error = f"{source}: {err}"
@@ -142,6 +145,10 @@ class Agent:
                 return False
             self.plan_error = None
             self.plan = plan
+            try:
+                self.sharer.tick(exchange=False)    # workers split the last shares at once
+            except Exception:                       # its thread tries again
+                log.exception("%s: NF state not shared on applying the plan", self.host)
             self._sync_processes(plan)
             exported = self._export_marked(plan)
             if self.store is not None:
@@ -149,6 +156,22 @@ class Agent:
                 if exported:
                     self._publish(force=True)   # the controller waits for it
             return True
+
+    def _check_cores(self, plan):
+        """With worker cores: CoresError (a plan error) if the plan gives
+        out more cores than this host's budget has; a warning if more than
+        the workers (its instances then share fewer cores than placed)."""
+        workers = len(getattr(self.manager, "managers", ()))
+        if workers < 2:
+            return          # one loop: every inline instance on its core
+        manager, free = lcores.budget(self.eal_args or [])
+        lcores.check_plan_cores(plan, [manager] + free)
+        total = lcores.plan_cores(plan)[0]
+        if total > workers:
+            log.warning("%s: plan generation %d gives out %d cores, this agent runs %d "
+                        "workers: its instances share fewer cores than placement counted "
+                        "(--workers auto takes the plan's)", self.host, plan["generation"],
+                        total, workers)
 
     def reload_changed_rules(self):
         """Reload the rules of every inline instance whose rule file
@@ -323,9 +346,11 @@ class Agent:
         self._thread = threading.Thread(target=self.manager.run, name="fastpath",
                                         daemon=True)
         self._thread.start()
+        self.sharer.start()
 
     def stop(self):
         self._stop.set()
+        self.sharer.stop()
         self.manager.stop()
         if self._thread is not None:
             self._thread.join(5)
@@ -481,7 +506,7 @@ def cli_agent(args):
         print(f"onvm agent: --lease-ttl must be more than 0 seconds, not "
               f"{args.lease_ttl:g}", file=sys.stderr)
         return 2
-    if getattr(args, "workers", 1) < 1:
+    if getattr(args, "workers", 1) != "auto" and getattr(args, "workers", 1) < 1:
         print(f"onvm agent: --workers must be 1 or more, not {args.workers}", file=sys.stderr)
         return 2
     if args.plan:
@@ -501,6 +526,10 @@ def cli_agent(args):
     try:
         lcores.check_eal_cores(eal)
         workers = getattr(args, "workers", 1)
+        if workers == "auto":
+            workers = lcores.auto_workers(eal, plan)
+            log.info("%s: --workers auto: %d worker%s", args.host, workers,
+                     "s" if workers != 1 else "")
         cores = lcores.worker_cores(eal, workers) if workers > 1 else None
         fp.eal_init(eal)
         flow_entries = getattr(args, "flow_entries", fp.FLOW_ENTRIES)

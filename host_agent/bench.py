@@ -320,6 +320,7 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             result["streams"] = {k: sum(c[k] for c in seen) for k in keys}
         if "workers" in stats:
             result["workers"] = stats["workers"]     # each worker's queue, core, packets
+            result["handoffs"] = stats["handoffs"]   # host_agent.handoff: 0 when spread right
         if snaps is not None:
             result["replication"] = snaps.report()
         if samples:

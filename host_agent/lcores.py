@@ -165,3 +165,40 @@ def worker_cores(eal_args, n, cores=None):
         raise CoresError(f"--workers {n}: asks for {n} cores, but the agent's budget has "
                          f"{_have(sorted(have))}")
     return have[:n]
+
+
+def plan_cores(plan):
+    """(cores the plan gives out on its host, [(instance id, nf, cores)]):
+    each instance's catalog `cores` (1 where the plan says none), NF
+    processes' included.  With worker cores every inline instance runs on
+    every worker, so a host that runs this many workers gives each
+    instance at least the cores placement counted for it."""
+    each = [(i["id"], i["nf"], int(i.get("cores", 1))) for i in plan.get("instances", ())]
+    return sum(c for _, _, c in each), each
+
+
+def check_plan_cores(plan, cores, what="plan"):
+    """CoresError if `plan` gives out more cores than `cores` (the agent's
+    budget) holds; the message names the instances and both numbers.  A
+    plan none of whose instances says `cores` (hand-written; the
+    controller writes it where the catalog's is above 1) claims none and
+    passes: its instances share what there is."""
+    total, each = plan_cores(plan)
+    if total > len(cores) and any("cores" in i for i in plan.get("instances", ())):
+        named = ", ".join(f"{iid} ({nf}) {c}" for iid, nf, c in each)
+        raise CoresError(f"{what} generation {plan.get('generation')} gives out {total} "
+                         f"cores (instance (nf) cores: {named}), but this host's budget has "
+                         f"{_have(sorted(cores))}")
+
+
+def auto_workers(eal_args, plan=None, cores=None):
+    """`--workers auto`: the cores `plan` gives out (plan_cores; CoresError
+    if over the budget, see check_plan_cores; a plan that claims none
+    gets one per instance, at most the budget), else, with no plan, the
+    whole budget (the manager's core and the others: budget)."""
+    manager, free = budget(eal_args, cores)
+    have = [manager] + free
+    if plan is None:
+        return len(have)
+    check_plan_cores(plan, have, "--workers auto: plan")
+    return max(1, min(plan_cores(plan)[0], len(have)))

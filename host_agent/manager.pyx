@@ -11,15 +11,10 @@ loop; process: its rte_ring), a remote host (labels pushed, one host per
 flow by weighted consistent hashing), or the end of the chain (sent out of
 the egress port).
 
-The pin table (one rte_hash per host, key pin_key_t) keeps what a flow
-must keep while it lives: the host a forward remote hop picked for it, the
-host its reply goes back to on a reverse hop ("reverse" learns, "pinned"
-looks up), and, for an end with "reply", the reverse SPI its untagged
-replies enter.  Keys are read from the packet's bytes when they are used
-(NFs rewrite headers).  Entries idle longer than `pin_idle_seconds` are
-deleted by a sweep of a few positions per loop iteration.
-The flow table (5-tuple -> flow id, `flow_entries`) ages the same way
-(`flow_idle_seconds`, `flow_fin_seconds` after a TCP FIN or RST).
+The pin table (host_agent/pinkey.pxd says what a pin keeps) and the flow
+table (5-tuple -> flow id, `flow_entries`) age (host_agent/aging.pxd):
+`pin_idle_seconds`, `flow_idle_seconds`, `flow_fin_seconds` after a FIN/RST.
+With worker cores, other workers' flows are handed over (host_agent.handoff).
 
 What it is not: the plan's checker (contracts.plan), the compiler from a
 plan to tables (host_agent.tables, loaded by host_agent.plantables), the
@@ -44,13 +39,15 @@ from nflib.eal cimport packet_pool
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
     ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32)
 from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
-    server_mac_of, hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL, HOP_REMOTE,
-    MODE_PROCESS, FLAG_PINNED, FLAG_KEPT)
+    server_mac_of, hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL,
+    HOP_REMOTE, MODE_PROCESS, FLAG_PINNED, FLAG_KEPT, find_peer)
 from host_agent.parser cimport *
 from host_agent.aging cimport aged_t, aged_add, aged_sweep, aged_init, aged_free, aged_report
 from host_agent.pinkey cimport pin_key_t, pin_key_of
 from host_agent.benchflows cimport bench_t, bench_step, bench_set_table
 from host_agent.probeanswer cimport probes_split, probe_constants
+from host_agent.handoff cimport (handoff_t, handoff_split, handoff_open, handoff_set,
+    handoff_close)
 from host_agent.loopsync cimport (onvm_load_ptr, onvm_store_ptr, onvm_load_u64,
     onvm_store_u64, hold_wait, hold_point)
 
@@ -60,7 +57,6 @@ import time
 
 from contracts import wire
 from nflib.eal import FastPathError
-from nflib.nf import ring_names
 from host_agent.ports import port_name, start_port, stop_port
 from host_agent.tables import compile_plan
 
@@ -79,9 +75,8 @@ DEF MAX_NF_HOPS = 64       # NFs one packet may visit on this host
 DEF SI_FIRST = 255         # contracts.wire.SI_FIRST: where a chain (and a reply path) starts
 
 # The parser's EtherTypes are the wire format's (contracts.wire).
-for _name, _value in (("ETH_MPLS", ETH_MPLS), ("ETH_MPLS_MC", ETH_MPLS_MC),
-                      ("ETH_IPV4", ETH_IPV4), ("ETH_IPV6", ETH_IPV6),
-                      ("SI_FIRST", SI_FIRST)):
+for _name, _value in (("ETH_MPLS", ETH_MPLS), ("ETH_MPLS_MC", ETH_MPLS_MC), ("ETH_IPV4",
+                       ETH_IPV4), ("ETH_IPV6", ETH_IPV6), ("SI_FIRST", SI_FIRST)):
     if getattr(wire, _name) != _value:
         raise ImportError(f"contracts.wire.{_name} is {getattr(wire, _name):#x}, "
                           f"the parser's is {_value:#x}: rebuild")
@@ -103,17 +98,6 @@ cdef struct port_stats_t:
     uint64_t rx
     uint64_t tx
     uint64_t tx_full
-
-
-cdef inline peer_t *find_peer(tables_t *t, uint32_t off, uint16_t n, uint32_t label) noexcept nogil:
-    """The peer a pin to `label` finds among t.peers[off:off + n] (the
-    host with that label, or the one that adopted a lost host's flows),
-    NULL if none."""
-    cdef uint16_t j
-    for j in range(n):
-        if t.peers[off + j].pin == label:
-            return &t.peers[off + j]
-    return NULL
 
 
 @cython.final
@@ -152,6 +136,7 @@ cdef class Manager:
     cdef object _lock
     cdef readonly object host
     cdef public unsigned idle_us            # sleep this long when idle (0: poll)
+    cdef handoff_t handoff                  # host_agent.handoff (workers only)
 
     def __cinit__(self, host="host", ports=None, pin_entries=PIN_ENTRIES,
                   flow_entries=FLOW_ENTRIES):
@@ -205,6 +190,7 @@ cdef class Manager:
         self._retired = []
         aged_free(&self.flows)
         aged_free(&self.pins)
+        handoff_close(&self.handoff)     # frees what waits in it
         # NF objects own DPDK memory (ACL contexts, hashes): free them now,
         # while the EAL is still up, not whenever Python collects them.
         for iid, entry in self._instances.items():
@@ -383,6 +369,15 @@ cdef class Manager:
                 continue
             self._ingest(t, pkts, n, i)
             self._flush()
+        if self.handoff.inbox != NULL:     # other workers' packets of this one's flows
+            n = rte_ring_dequeue_burst(self.handoff.inbox, <void **>pkts, BURST, NULL)
+            total += n
+            self.handoff.received += n
+            if n and t != NULL:
+                self._dispatch(t, pkts, n)
+            elif n:
+                self.drops[R_NO_PLAN] += n
+                rte_pktmbuf_free_bulk(pkts, n)
         if t != NULL:
             total += self._poll_nf_processes(t)
         self._flush()
@@ -417,30 +412,37 @@ cdef class Manager:
             self.ntx[i] = 0
 
     cdef void _ingest(self, tables_t *t, rte_mbuf **pkts, unsigned n, unsigned port_idx) noexcept nogil:
-        """Parse a received burst, find each packet's first hop, run it."""
-        cdef rte_mbuf *ok[BURST]
-        cdef pin_key_t fkeys[BURST]
-        cdef const void *keys[BURST]
-        cdef int32_t pos[BURST]
+        """Parse a received burst, hand other workers' flows to them
+        (host_agent.handoff), run the rest."""
         cdef unsigned i, nok = 0
-        cdef onvm_meta *meta
-        cdef void *hopv
-        cdef int32_t hop
         cdef int reason
-        cdef uint64_t key
         for i in range(n):
             reason = parse_packet(pkts[i], t, self.ports[port_idx])
             if reason >= 0:
                 self.drops[reason] += 1
                 rte_pktmbuf_free(pkts[i])
             else:
-                meta = onvm_meta_of(pkts[i])
-                pin_key_of(pkts[i], meta, 0, 0, False, &fkeys[nok])
-                keys[nok] = &fkeys[nok]
-                ok[nok] = pkts[i]
+                pkts[nok] = pkts[i]
                 nok += 1
-        if nok == 0:
-            return
+        if nok and self.handoff.n > 1:
+            nok = handoff_split(&self.handoff, pkts, nok, &self.drops[R_HANDOFF_FULL])
+        if nok:
+            self._dispatch(t, pkts, nok)
+
+    cdef void _dispatch(self, tables_t *t, rte_mbuf **ok, unsigned nok) noexcept nogil:
+        """Find each parsed packet's flow and first hop, and run it."""
+        cdef pin_key_t fkeys[BURST]
+        cdef const void *keys[BURST]
+        cdef int32_t pos[BURST]
+        cdef unsigned i
+        cdef onvm_meta *meta
+        cdef void *hopv
+        cdef int32_t hop
+        cdef uint64_t key
+        for i in range(nok):
+            meta = onvm_meta_of(ok[i])
+            pin_key_of(ok[i], meta, 0, 0, False, &fkeys[i])
+            keys[i] = &fkeys[i]
         rte_hash_lookup_bulk(self.flows.h, keys, nok, pos)
         for i in range(nok):
             meta = onvm_meta_of(ok[i])
@@ -868,6 +870,7 @@ cdef class Manager:
             "flow_table": aged_report(&self.flows),
             "probes": {"answered": self.probes_answered, "ignored": self.probes_ignored},
             "pins": aged_report(&self.pins),
+            "handoffs": {"sent": self.handoff.sent, "received": self.handoff.received},
         }
 
     def advance_clock(self, double seconds):
@@ -877,6 +880,11 @@ cdef class Manager:
     def nf_object(self, iid):
         return self._instances[iid][2]
 
-    def ring_names(self, iid):
-        """Names of the rings of a process-mode instance."""
-        return ring_names(self.host, iid)
+    def open_inbox(self, name, unsigned size):
+        """This worker's handoff inbox (host_agent.handoff), made once: its
+        address, for set_handoff."""
+        return handoff_open(&self.handoff, name, size)
+
+    def set_handoff(self, uint16_t me, inboxes):
+        """Worker `me` of len(inboxes) (open_inbox's addresses); before run."""
+        handoff_set(&self.handoff, me, inboxes)

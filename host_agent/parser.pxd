@@ -21,7 +21,7 @@ cdef enum:
 cdef enum:
     R_TRUNCATED, R_NOT_IP, R_BAD_LABELS, R_TTL, R_WRONG_NODE, R_UNKNOWN_HOP,
     R_NO_CHAIN, R_NF_DROP, R_RING_FULL, R_TX_FULL, R_LOOP, R_BAD_PORT,
-    R_NO_PLAN, R_NO_PIN, R_PIN_LOST, R_NO_SERVER, R_BAD_IPV6, N_REASONS
+    R_NO_PLAN, R_NO_PIN, R_PIN_LOST, R_NO_SERVER, R_BAD_IPV6, R_HANDOFF_FULL, N_REASONS
     IPV6_EXT_MAX = 8        # extension headers walked before a packet is refused
 
 

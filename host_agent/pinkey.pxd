@@ -2,6 +2,14 @@
 """The pin table's key (host_agent/manager.pyx keeps flows' picks and ways
 back in an rte_hash on it): what a pin is for and how a packet gives it.
 
+The pin table (one rte_hash per host) keeps what a flow must keep while
+it lives: the host a forward remote hop picked for it, the host its reply
+goes back to on a reverse hop ("reverse" learns, "pinned" looks up), and,
+for an end with "reply", the reverse SPI its untagged replies enter.  Keys
+are read from the packet's bytes when they are used (NFs rewrite headers).
+Entries idle longer than `pin_idle_seconds` are deleted by a sweep of a
+few positions per loop iteration.
+
 Not here: the table itself and its aging (manager.pyx, host_agent/aging.pxd).
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t

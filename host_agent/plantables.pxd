@@ -116,5 +116,16 @@ cdef inline uint8_t *server_mac_of(tables_t *t, hop_t *h, const uint8_t *d, uint
     return NULL
 
 
+cdef inline peer_t *find_peer(tables_t *t, uint32_t off, uint16_t n, uint32_t label) noexcept nogil:
+    """The peer a pin to `label` finds among t.peers[off:off + n] (the
+    host with that label, or the one that adopted a lost host's flows),
+    NULL if none."""
+    cdef uint16_t j
+    for j in range(n):
+        if t.peers[off + j].pin == label:
+            return &t.peers[off + j]
+    return NULL
+
+
 cdef tables_t *load_tables(object compiled, dict instances, str host) except NULL
 cdef void free_tables(tables_t *t) noexcept

@@ -4,49 +4,118 @@ per rx/tx queue pair of its ports, each on a core of its own.
 Each worker is a Manager (host_agent.manager) that polls queue q of every
 port, with its own flow table, pin table, counters and NF instances (a
 flow stays on one worker, so per-flow NF state needs no sharing): nothing
-is shared between workers but the ports and the packet pool.  What puts a
-flow on a worker is the port's receive-side spreading; a NIC does it with
-RSS, the ports in memory of the benches and tests with `queue_of`, a
-symmetric hash of the 5-tuple (both directions of a flow on one worker).
-A plan is applied to each worker in turn, each swap passing that worker's
-quiescent point (Manager.apply_plan); `stats()` sums the workers'.
+is shared between workers but the ports, the packet pool and the handoff
+rings.  A flow's worker is a symmetric hash of its (inner) 5-tuple
+(host_agent/handoff.pxd: both directions of a flow on one worker).  The
+port's receive-side spreading puts most packets on their worker already
+(a NIC by RSS, the ports in memory of the benches and tests by
+`queue_of`, the same hash as the loop's); what lands elsewhere (all the
+MPLS-tagged traffic from other hosts, which a NIC cannot hash below its
+labels; untagged packets where the NIC's RSS hash differs) is handed to
+its worker through that worker's handoff ring, in order, counted
+(`handoffs`; a full ring drops, counted `handoff_full`).  A plan is
+applied to each worker in turn, each swap passing that worker's quiescent
+point (Manager.apply_plan); `stats()` sums the workers'.
 
 The agent runs them with `--workers N`: each NF instance of the plan
-then has N objects, one per worker; NF processes (their rings are one
-Manager's), state exports and replicas (a flow's state is in one of the
-N objects) are one-worker only: a plan with process-mode instances is
-refused, and `nf_object` gives None (the agent then moves an instance
-without its state and replicates none).  A moved or adopted state is
-imported into each worker's object.  The bench's flow rewriting (more
-flows than the ring holds) is one-worker only too.
+then has N objects, one per worker.  `nf_object` gives them as one
+(WorkerNFs): its exported state is the union of theirs (each flow is in
+one), which is what a move carries and a replica holds; a moved or
+adopted state is imported into each worker's object (a flow's entry is
+then also in the workers that never see the flow, where it ages out).
+NF processes (their rings are one Manager's) are one-worker only: a plan
+with process-mode instances is refused.  The bench's flow rewriting (more
+flows than the ring holds) is one-worker only too.  State that is not
+per flow (a ratelimit budget, ddos sketches) the agent shares among an
+instance's N objects as among a chain's instances (host_agent.sharer).
 
 Not here: the loop (host_agent.manager), ports (host_agent.ports).
 """
+import copy
+import itertools
 import os
 import struct
 import threading
 import time
-import zlib
 
 from host_agent import fastpath as fp
 from host_agent import lcores
 from host_agent.ports import start_port, valid_ports
 
 
+def _crc_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc_table()
+
+
+def crc32c(data, crc=0):
+    """DPDK's rte_hash_crc(data, len(data), crc): CRC32C, not inverted."""
+    for b in data:
+        crc = _CRC32C[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+_L4_PORTS = (6, 17, 132)
+_IPV6_EXT = (0, 43, 44, 51, 60)
+
+
+def _flow_key(frame):
+    """(src, dst, sport, dport, proto) as the fast path's parser keys the
+    frame (host_agent/parser.pxd; an SFC label stack skipped, IPv6
+    addresses as their CRC digests), None if it would not parse."""
+    etype, off = frame[12:14], 14
+    if etype in (b"\x88\x47", b"\x88\x48") and len(frame) > 26:
+        off = 26
+        etype = {4: b"\x08\x00", 6: b"\x86\xdd"}.get(frame[26] >> 4)
+    elif etype == b"\x81\x00" and len(frame) >= 18:
+        etype, off = frame[16:18], 18
+    if etype == b"\x08\x00" and len(frame) >= off + 20:
+        proto = frame[off + 9]
+        src, dst = struct.unpack_from("<II", frame, off + 12)
+        l4 = off + (frame[off] & 0x0F) * 4
+        first = struct.unpack_from("!H", frame, off + 6)[0] & 0x1FFF == 0
+    elif etype == b"\x86\xdd" and len(frame) >= off + 40:
+        src, dst = crc32c(frame[off + 8:off + 24]), crc32c(frame[off + 24:off + 40])
+        proto, l4, first = frame[off + 6], off + 40, True
+        for _ in range(9):
+            if proto not in _IPV6_EXT or len(frame) < l4 + 8:
+                break
+            if proto == 44:
+                if struct.unpack_from("!H", frame, l4 + 2)[0] & 0xFFF8:
+                    proto, first = frame[l4], False     # a later fragment: no ports
+                    break
+                size = 8
+            else:
+                size = (frame[l4 + 1] + 2) * 4 if proto == 51 else (frame[l4 + 1] + 1) * 8
+            proto, l4 = frame[l4], l4 + size
+    else:
+        return None
+    sport = dport = 0
+    if proto in _L4_PORTS and first and len(frame) >= l4 + 4:
+        sport, dport = struct.unpack_from("<HH", frame, l4)
+    return src, dst, sport, dport, proto
+
+
 def queue_of(frame, queues):
-    """The queue (worker) of an untagged IPv4 frame: a hash of its
-    addresses and ports taken in sorted order, so a flow's replies land
-    on the same worker; other frames on queue 0."""
-    if queues == 1 or len(frame) < 34 or frame[12:14] != b"\x08\x00":
+    """The queue (worker) of a frame's flow, of `queues`: the loop's
+    symmetric hash (host_agent/handoff.pxd, worker_of) of its 5-tuple, or
+    of the inner one below an SFC label stack, so a flow's replies land on
+    the same worker; frames that are not IP on queue 0."""
+    key = _flow_key(bytes(frame)) if queues > 1 else None
+    if key is None:
         return 0
-    ihl = (frame[14] & 0x0F) * 4
-    proto = frame[23]
-    a, b = sorted((frame[26:30], frame[30:34]))
-    ports = (0, 0)
-    if proto in (6, 17) and len(frame) >= 14 + ihl + 4:
-        ports = tuple(sorted(struct.unpack_from("!HH", frame, 14 + ihl)))
-    key = a + b + struct.pack("!HHB", *ports, proto)
-    return zlib.crc32(key) % queues
+    src, dst, sport, dport, proto = key
+    sym = struct.pack("<IIHHI", min(src, dst), max(src, dst), min(sport, dport),
+                      max(sport, dport), proto)
+    return crc32c(sym) % queues
 
 
 def spread(frames, queues):
@@ -65,8 +134,60 @@ def _every_worker(name):
     return property(lambda self: getattr(self.managers[0], name), put)
 
 
-# NF types whose state is not per flow (docs/nfs.md): not run on workers.
-NOT_PER_FLOW = frozenset(("ratelimit", "ddos"))
+class WorkerNFs:
+    """The N worker objects of one NF instance as one, for its state:
+    export_state (and export_chunk, state_of, counters, as replicas read
+    them) gives the union of theirs; import_state puts the state into
+    each.  Call its methods while the workers stand still."""
+
+    _METHODS = frozenset(("export_state", "export_chunk", "state_of", "import_state",
+                          "counters"))
+
+    def __init__(self, objs):
+        self.objs = objs
+
+    def __getattr__(self, name):
+        # only what the first object has: the agent and replicas ask hasattr
+        if name in self._METHODS and hasattr(self.objs[0], name):
+            return getattr(self, "_" + name)
+        raise AttributeError(name)
+
+    def _export_state(self):
+        """The first object's state with every list (flows, mappings,
+        connections) the concatenation of all the objects' lists."""
+        states = [o.export_state() for o in self.objs]
+        out = copy.deepcopy(states[0])
+        for st in states[1:]:
+            for k, v in st.items():
+                if isinstance(v, list) and isinstance(out.get(k), list):
+                    out[k].extend(v)
+        return out
+
+    def _export_chunk(self, cursor, count):
+        """(cursor, entries) over each object in turn; cursor 0 starts,
+        None ends."""
+        w, inner = cursor if cursor else (0, 0)
+        nxt, chunk = self.objs[w].export_chunk(inner, count)
+        if nxt is None:
+            return ((w + 1, 0) if w + 1 < len(self.objs) else None), chunk
+        return (w, nxt), chunk
+
+    def _state_of(self, entries):
+        return self.objs[0].state_of(entries)
+
+    def _import_state(self, state):
+        """Into each object; returns how many entries the first took."""
+        return [o.import_state(state) for o in self.objs][0]
+
+    def _counters(self):
+        total = copy.deepcopy(self.objs[0].counters())
+        for o in self.objs[1:]:
+            _add(total, o.counters())
+        return total
+
+
+HANDOFF_RING = 4096      # a worker's handoff ring (host_agent.handoff), packets
+_RINGS = itertools.count()
 
 
 class Workers:
@@ -87,6 +208,12 @@ class Workers:
                            flow_entries=max(1024, flow_entries // n))
             m.queue = q
             self.managers.append(m)
+        if n > 1:
+            run = next(_RINGS)
+            inboxes = [m.open_inbox(f"ho{os.getpid() % 100000}_{run}_{q}", HANDOFF_RING)
+                       for q, m in enumerate(self.managers)]
+            for q, m in enumerate(self.managers):
+                m.set_handoff(q, inboxes)
 
     def __len__(self):
         return len(self.managers)
@@ -101,16 +228,6 @@ class Workers:
             raise fp.FastPathError(
                 f"instances {', '.join(map(str, procs))} run as NF processes, which "
                 f"take one worker; this host runs {len(self.managers)} (--workers)")
-        shared = [f"{i['id']} ({i['nf']})" for i in plan["instances"]
-                  if i["nf"] in NOT_PER_FLOW]
-        if shared and len(self.managers) > 1:
-            # Each worker would hold a whole copy: N workers would pass N
-            # times a rate limit, and a flood spread over them could stay
-            # under every copy's threshold.  Refused, not run open.
-            raise fp.FastPathError(
-                f"instances {', '.join(shared)} keep state that is not per flow (a rate "
-                f"budget, per-source sketches), which {len(self.managers)} workers "
-                f"(--workers) would each hold whole; run them on a host with one worker")
         done = []
         try:
             for m in self.managers:
@@ -133,9 +250,12 @@ class Workers:
         return None if None in gens else min(gens)
 
     def nf_object(self, iid):
-        """The NF object of instance `iid` where one worker runs; None with
-        several (its flows' state is spread over them: see nf_objects)."""
-        return self.managers[0].nf_object(iid) if len(self.managers) == 1 else None
+        """The NF object of instance `iid` where one worker runs; with
+        several, their objects as one (WorkerNFs), None for an NF process."""
+        objs = self.nf_objects(iid)
+        if len(objs) == 1 or objs[0] is None:
+            return objs[0]
+        return WorkerNFs(objs)
 
     def nf_objects(self, iid):
         """Every worker's NF object of instance `iid`."""
@@ -198,7 +318,13 @@ class Workers:
         total["workers"] = workers
         return total
 
-    def close(self):
+    def close(self, timeout=5.0):
+        """Stop every worker, wait until none runs (a running one could
+        still hand packets to a closed worker's ring), then close each."""
+        self.stop()
+        deadline = time.monotonic() + timeout
+        while any(m.running for m in self.managers) and time.monotonic() < deadline:
+            time.sleep(0.001)
         for m in self.managers:
             m.close()
 

@@ -17,7 +17,13 @@ Config (inline or a YAML `file`):
     max_sources: 65536
 
 Buckets do not move with the instance (they refill within burst/rate
-seconds anyway)."""
+seconds anyway).
+
+Several instances (and the worker cores of one) share a chain's budget
+(docs/nfs.md, nflib.sharing): the agent reads each one's demand
+(`chain_demand`) and sets its share (`set_chain_share`) every fraction
+of a second, between two batches, never from the packet loop.  Per-source
+buckets are per instance (and per worker) as configured."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
@@ -119,6 +125,7 @@ cdef void _set(bucket_t *b, double rate, uint64_t burst, uint64_t hz, uint64_t n
 cdef class RateLimit(NativeNF):
     cdef rl_t rl
     cdef readonly dict config
+    cdef public dict sharing     # the agent's exchange (host_agent.sharer): counters
 
     def __cinit__(self, config=None):
         memset(&self.rl, 0, sizeof(rl_t))
@@ -143,8 +150,40 @@ cdef class RateLimit(NativeNF):
         ftab_free(self.rl.sources)
         free(self.rl.src)
 
+    def chain_demand(self):
+        """{spi: packets offered (passed + dropped) since the start}."""
+        return {self.rl.chain_spi[i]: self.rl.chain[i].passed + self.rl.chain[i].dropped
+                for i in range(self.rl.nchains)}
+
+    def set_chain_share(self, spi, double rate, burst):
+        """This limiter's share of chain `spi`'s budget: `rate` packets a
+        second, `burst` at once (at least 1).  Call it while the loop
+        stands still (Manager.hold): the loop reads the bucket."""
+        cdef unsigned i
+        cdef uint64_t cost, cap
+        if not rate > 0:
+            raise ValueError(f"ratelimit: chains.{spi}: a share must be a positive rate, got {rate}")
+        for i in range(self.rl.nchains):
+            if self.rl.chain_spi[i] == spi:
+                cost = <uint64_t>(self.rl.hz / rate)
+                cap = cost * max(1, <uint64_t>burst)
+                self.rl.chain[i].cost = cost
+                self.rl.chain[i].cap = cap
+                if self.rl.chain[i].tokens > cap:
+                    self.rl.chain[i].tokens = cap
+                return
+        raise ValueError(f"ratelimit: chains.{spi}: no such chain in this instance's config")
+
+    def chain_share(self, spi):
+        """(rate, burst) the bucket of chain `spi` has now."""
+        for i in range(self.rl.nchains):
+            if self.rl.chain_spi[i] == spi:
+                return (<double>self.rl.hz / self.rl.chain[i].cost,
+                        self.rl.chain[i].cap // self.rl.chain[i].cost)
+        raise ValueError(f"ratelimit: chains.{spi}: no such chain in this instance's config")
+
     def counters(self):
-        return {
+        return {"sharing": self.sharing or {},
             "passed": self.rl.proto.passed, "dropped": self.rl.proto.dropped,
             "sources": ftab_live(self.rl.sources, rte_get_tsc_cycles()),
             "untracked": self.rl.untracked,

@@ -33,6 +33,16 @@ def add_store_credentials(parser):
     parser.add_argument("--store-password-file", default=None,
                         help="etcd auth: file with the user's password (mode 0600)")
 
+def _workers_arg(text):
+    """--workers: a number, or "auto" (host_agent.lcores.auto_workers)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or auto, not {text!r}") from None
+
+
 def _handler(target):
     module, func = target.split(":")
     return lambda args: getattr(importlib.import_module(module), func)(args)
@@ -135,10 +145,12 @@ def build_parser():
                    help="put a replica of each lb, nat and firewall-stateful instance's "
                         "flow state in the store this often, for a host that takes "
                         "over if this one fails (default 1; 0: off)")
-    a.add_argument("--workers", type=int, default=1, metavar="N",
+    a.add_argument("--workers", type=_workers_arg, default=1, metavar="N|auto",
                    help="N worker loops, one per rx/tx queue pair of each port, on the "
-                        "first N cores of the budget (symmetric RSS spreads flows); "
-                        "inline instances only (default 1)")
+                        "first N cores of the budget (symmetric RSS spreads flows, "
+                        "tagged packets are handed over); inline instances only; auto: "
+                        "the cores the --plan gives out (its instances' catalog cores), "
+                        "else the whole budget (default 1)")
     a.add_argument("--flow-entries", type=int, default=1 << 20, metavar="N",
                    help="size of the host's flow table (default 1048576; idle "
                         "flows age out after 30 s)")
@@ -252,6 +264,14 @@ def build_parser():
                          "instances this often during the timed run, as an agent does "
                          "(host_agent.replicas; default 0: none), their time counted")
     bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
+    bh = bsub.add_parser("handoff", help="what the worker handoff costs: a chain on N "
+                         "workers, frames spread as RSS would, tagged on one queue, or "
+                         "untagged on one queue")
+    bh.add_argument("--chain", required=True)
+    bh.add_argument("--cores", type=int, default=2)
+    bh.add_argument("--rounds", type=int, default=40, help="rounds of 49152 frames")
+    bh.add_argument("--json", action="store_true")
+    bh.set_defaults(run=_handler("host_agent.handoffbench:cli_bench_handoff"))
     by = bsub.add_parser("cycles", help="cycles per packet of each NF and a chain, "
                                         "and the cores 10/40/100 GbE need")
     by.add_argument("--chain", action="append", default=[], metavar="A,B,...",

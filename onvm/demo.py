@@ -1,14 +1,16 @@
 """`onvm demo` (`make demo`): the shipped leaf-spine data center emulated
 for a short while, then the summary: chains spanning hosts; chain `api`
 (with an autoscale policy) offered six times its declared rate for a while,
-so it scales out and back in; then another NF host is drained for
-maintenance (its instances move with their state) and undrained; then the
-busiest NF host fails.
+so it scales out and back in; a new server, h9, is plugged into leaf3 and
+joins the cluster; then another NF host is drained for maintenance (its
+instances move with their state, onto h9 where the placement says so) and
+undrained; then the busiest NF host fails.
 
 It is `onvm emulate topologies/leaf-spine.yaml --seconds 45 --offer
-api=6@4 --offer api=1@16 --drain-host OTHER@19 --undrain-host OTHER@25
---kill-host HOST@30`, where HOST is the busiest host the controller gave
-NFs to that is no chain's egress, and OTHER another such host.  Chains with an NF
+api=6@4 --offer api=1@16 --add-host h9@leaf3:5@8 --drain-host OTHER@19
+--undrain-host OTHER@25 --kill-host HOST@30`, where HOST is the busiest
+host the controller gave NFs to that is no chain's egress, and OTHER
+another such host.  Chains with an NF
 that cannot start from the catalog's config are left out, and the demo says
 which and why (onvm.catalog).
 
@@ -19,6 +21,7 @@ import os
 from onvm import netns
 from onvm.catalog import runnable_topology
 from onvm.emulate import Emulation
+from onvm.joining import addresses
 from onvm.live import say, stop_on_signals, summary_text, watch
 from onvm.procs import REPO
 
@@ -26,6 +29,7 @@ TOPOLOGY = os.path.join(REPO, "topologies", "leaf-spine.yaml")
 SECONDS = 45.0
 RAMP = ("api", 6.0, 4.0, 16.0)     # chain, offered Mpps, from, until (seconds)
 DRAIN = (0.42, 0.56)               # drain and undrain, as shares of the run
+JOIN = ("h9", "leaf3", 5, 0.18)    # a host plugged in: name, switch, port, share of the run
 
 
 def story(seconds):
@@ -41,6 +45,12 @@ def story(seconds):
                             f"declared rate): it scales out", "offer", (chain, mpps)),
                     (end, f"offer {chain} {declared:g} Mpps again: it scales back in",
                      "offer", (chain, declared))]
+        name, switch, port, share = JOIN
+        if switch in {sw.name for sw in emu.topo.switches}:
+            mac, ip = addresses(emu.topo, 0)
+            out.append((round(seconds * share), f"plug in a new server, {name}, at {switch} "
+                        f"port {port}: it joins the cluster", "add-host",
+                        (name, switch, port, mac, ip)))
         # chosen when they happen: by then scaling has moved instances
         out.append((round(seconds * DRAIN[0]), "drain an NF host for maintenance (not "
                     "the busiest, no chain's egress)", "drain-other", None))
@@ -56,7 +66,8 @@ def cli_demo(args):
     seconds = args.seconds or SECONDS
     netns.enter_private_netns()
     say(f"onvm demo: emulating {TOPOLOGY} for {seconds:g} s: chain {RAMP[0]} offered "
-        f"{RAMP[1]:g} Mpps from {RAMP[2]:g} s to {RAMP[3]:g} s; another NF host drained "
+        f"{RAMP[1]:g} Mpps from {RAMP[2]:g} s to {RAMP[3]:g} s; {JOIN[0]} plugged into "
+        f"{JOIN[1]} at {round(seconds * JOIN[3]):g} s; another NF host drained "
         f"at {round(seconds * DRAIN[0]):g} s and undrained at {round(seconds * DRAIN[1]):g} s; "
         f"the busiest NF host fails at {round(seconds * 2 / 3):g} s")
     topo = runnable_topology(TOPOLOGY, lambda text: say(f"onvm demo: {text}"))

@@ -67,6 +67,6 @@ def join_news(joined, plans, controller_log, seen):
             out.append(f"host {name} joined (node label {plan.get('node_label')}): "
                        f"it runs {runs}")
         elif seen[name] != got:
-            out.append(f"host {name} now runs {runs}")
+            out.append(f"host {name} now runs {', '.join(got) or 'no instance'}")
         seen[name] = got
     return out

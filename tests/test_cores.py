@@ -353,6 +353,7 @@ def test_bench_on_two_worker_cores_keeps_each_flow_on_one():
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["cores"] == 2 and r["drops"] == {}
     assert [x["queue"] for x in r["workers"]] == [0, 1]
+    assert r["handoffs"] == {"sent": 0, "received": 0}     # queue_of spread them right
     assert sum(x["processed"] for x in r["workers"]) >= r["packets"] >= 400000
     assert all(x["processed"] > 0 for x in r["workers"])
     # 1024 flows in the two workers' tables together: none in both
@@ -441,15 +442,108 @@ def test_agent_with_more_workers_than_cores_exits_1_naming_them(tmp_path):
             f"{HAVE}") in out.stderr
 
 
-def test_workers_refuse_nfs_whose_state_is_not_per_flow(workers):
-    """ratelimit's budgets and ddos's per-source sketches would be held
-    whole by each worker (N times the rate, a flood split under every
-    threshold): a plan with them is refused, and the workers keep theirs."""
+def test_workers_run_nfs_whose_state_is_not_per_flow(workers):
+    """ratelimit and ddos get an object on each worker; the agent shares
+    their budget and sketches among them (tests/test_sharing_agents.py)."""
     port, w, rxs, txs = workers(2)
     w.apply_plan(stamp_plan(port), stamp_factory)
-    for nf in ("ratelimit", "ddos"):
-        plan = chain_plan([(nf, {})], port, port, generation=2)
-        with pytest.raises(fp.FastPathError, match=rf"instances 1 \({nf}\) keep state that "
-                                                   r"is not per flow.*2 workers"):
-            w.apply_plan(plan, make_nf)
-        assert [m.generation for m in w.managers] == [1, 1]
+    for gen, nf in enumerate(("ratelimit", "ddos"), start=2):
+        config = {"rate": 10, "burst": 1} if nf == "ratelimit" else {}
+        w.apply_plan(chain_plan([(nf, config)], port, port, generation=gen), make_nf)
+        objs = w.nf_objects(1)
+        assert [m.generation for m in w.managers] == [gen, gen]
+        assert len({id(o) for o in objs}) == 2 and all(hasattr(o, "counters") for o in objs)
+
+
+# ------------------------------------------- catalog cores and worker cores
+
+def test_a_plan_carries_catalog_cores_and_gives_them_out_against_the_budget():
+    from controller import placement, plans
+    from controller.topology import load_topology
+    topo = load_topology(os.path.join(REPO, "topologies", "leaf-spine.yaml"))
+    assert topo.nfs["ids"].cores == 2
+    out = plans.host_plans(topo, placement.place(topo), 1)
+    given = [i for p in out.values() for i in p["instances"]]
+    assert {i["nf"] for i in given if i.get("cores") == 2} == {"ids"}
+    assert all("cores" not in i for i in given if topo.nfs[i["nf"]].cores == 1)
+    for host, plan in out.items():
+        total, _ = lcores.plan_cores(plan)
+        assert total == sum(topo.nfs[i["nf"]].cores for i in plan["instances"])
+        assert total <= next(h.cores for h in topo.hosts if h.name == host)
+    plan = {"generation": 4, "instances": [{"id": 1, "nf": "ids", "cores": 2},
+                                           {"id": 2, "nf": "firewall"}]}
+    assert lcores.plan_cores(plan) == (3, [(1, "ids", 2), (2, "firewall", 1)])
+    lcores.check_plan_cores(plan, [0, 1, 2])
+    with pytest.raises(lcores.CoresError) as err:
+        lcores.check_plan_cores(plan, [0, 1])
+    assert str(err.value) == ("plan generation 4 gives out 3 cores (instance (nf) cores: "
+                              "1 (ids) 2, 2 (firewall) 1), but this host's budget has "
+                              "2 cores (0-1)")
+    assert lcores.auto_workers(["-l", "0"], plan, cores=range(4)) == 3
+    assert lcores.auto_workers(["-l", "2-3"], None, cores=range(4)) == 2
+    with pytest.raises(lcores.CoresError, match=r"^--workers auto: plan generation 4 gives "
+                                                r"out 3 cores .* budget has 2 cores \(2-3\)$"):
+        lcores.auto_workers(["-l", "2-3"], plan, cores=range(4))
+
+
+def cores_plan(ids_cores):
+    plan = inline_plan()
+    plan["instances"][1]["cores"] = ids_cores      # the monitor as a 2-core type
+    return plan
+
+
+def test_agent_with_workers_auto_runs_as_many_as_its_plan_gives_out(tmp_path):
+    if len(CORES) < 2:
+        pytest.skip(f"worker cores need 2 cores; this machine has {HAVE}")
+    plan = cores_plan(1)
+    plan["instances"] = plan["instances"][1:]          # monitor (2 cores), forward: 3
+    plan["instances"][0]["cores"] = 2
+    plan["hops"] = [{"spi": 16, "si": 255, "local": 2}, {"spi": 16, "si": 254, "local": 3},
+                    {"spi": 16, "si": 253, "end": {"port": 1, "dst_mac": "02:00:00:00:00:04"}}]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    args = ["agent", "--host", "h1", "--plan", str(tmp_path / "plan.json"), "--seconds", "1",
+            "--workers", "auto", "--metrics-port", "0", "--", "--no-huge", "-m", "256",
+            "--vdev", "net_null0", "--file-prefix", f"onvmauto{os.getpid()}"]
+    if len(CORES) < 3:
+        out = onvm(*args, timeout=90)
+        assert out.returncode == 1
+        assert (f"onvm agent: --workers auto: plan generation 1 gives out 3 cores (instance "
+                f"(nf) cores: 2 (monitor) 2, 3 (forward) 1), but this host's budget has "
+                f"{HAVE}") in out.stderr
+        plan["instances"][0].pop("cores")               # 2 in all: two workers
+        (tmp_path / "plan.json").write_text(json.dumps(plan))
+    out = onvm(*args, timeout=90)
+    assert out.returncode == 0, out.stderr[-2000:]
+    final = json.loads(out.stderr.rsplit("final counters ", 1)[1].splitlines()[0])
+    want = min(3, len(CORES)) if len(CORES) >= 3 else 2
+    assert final["cores"]["workers"] == CORES[:want]
+    assert f"--workers auto: {want} workers" in out.stderr
+
+
+def test_agent_on_workers_refuses_a_plan_giving_out_more_cores_than_the_host_has(tmp_path):
+    if len(CORES) < 2:
+        pytest.skip(f"worker cores need 2 cores; this machine has {HAVE}")
+    proc, _ = run_worker_agent(tmp_path, cores_plan(len(CORES)), flow_frames(2, 1))
+    assert proc.returncode == 1
+    total = len(CORES) + 2
+    assert (f"plan generation 1 gives out {total} cores (instance (nf) cores: 1 (firewall) 1, "
+            f"2 (monitor) {len(CORES)}, 3 (forward) 1), but this host's budget has {HAVE}"
+            ) in proc.stderr
+
+
+def test_a_plan_that_names_no_cores_claims_none():
+    plan = {"generation": 2, "instances": [{"id": i, "nf": "forward"} for i in (1, 2, 3)]}
+    lcores.check_plan_cores(plan, [0, 1])
+    assert lcores.auto_workers([], plan, cores=[0, 1]) == 2
+    assert lcores.auto_workers([], {"instances": []}, cores=[0, 1]) == 1
+
+
+def test_a_plans_instance_cores_must_be_a_count():
+    from contracts.plan import PlanError, check_plan
+    plan = inline_plan()
+    plan["instances"][0]["cores"] = 0
+    with pytest.raises(PlanError, match=r"plan\.instances\[0\]\.cores: must be an integer "
+                                        r"1 or more, not 0"):
+        check_plan(plan)
+    plan["instances"][0]["cores"] = 2
+    check_plan(plan)

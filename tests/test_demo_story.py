@@ -40,8 +40,19 @@ def test_no_host_to_drain_but_the_busiest():
     assert drain_candidate(emu_with(only)) is None
 
 
-def test_the_story_ramps_drains_undrains_then_fails_in_that_order():
+def test_the_story_ramps_joins_drains_undrains_then_fails_in_that_order():
     events = story(45.0)(emu_with(PLACEMENT))
-    assert [(at, action) for at, _, action, _ in events] == [
-        (4.0, "offer"), (16.0, "offer"), (19, "drain-other"), (25, "undrain-other"),
-        (30, "fail-busiest")]
+    assert [(at, action) for at, _, action, _ in sorted(events, key=lambda e: e[0])] == [
+        (4.0, "offer"), (8, "add-host"), (16.0, "offer"), (19, "drain-other"),
+        (25, "undrain-other"), (30, "fail-busiest")]
+    (name, switch, port, mac, ip), = [arg for _, _, action, arg in events
+                                       if action == "add-host"]
+    topo = load_topology(TOPOLOGY)
+    # a port nobody has, and addresses nobody has
+    assert (name, switch, port) == ("h9", "leaf3", 5)
+    assert (switch, port) not in {(p.switch, p.port) for p in (*topo.hosts, *topo.servers,
+                                                                 *topo.edges)}
+    assert (switch, port) not in {(l.a, l.a_port) for l in topo.links} | \
+        {(l.b, l.b_port) for l in topo.links}
+    assert mac not in {h.mac for h in topo.hosts}
+    assert ip.split("/")[0] not in {p.ip.split("/")[0] for p in (*topo.hosts, *topo.servers)}

@@ -10,7 +10,8 @@ import pytest
 
 from contracts.plan import PlanError, check_plan
 from controller import flows, natslices
-from controller.moves import DRAIN_SECONDS, MIN_DRAIN_SECONDS, Drains, flow_count
+from controller.moves import (DRAIN_SECONDS, MIN_DRAIN_SECONDS, RETIRE_SECONDS, Drains,
+                              flow_count)
 from controller.placement import move_instance, place
 from controller.plans import host_plans, ingress_groups, nat_slices
 from controller.topology import load_topology
@@ -184,7 +185,7 @@ def test_no_flow_left_ends_a_drain_early_but_not_before_fresh_stats(topo):
     assert old in drains.due(MIN_DRAIN_SECONDS, empty)
 
 
-def test_scale_in_drains_stateful_instances_only(topo, caplog):
+def test_scale_in_drains_stateful_instances_and_retires_the_others(topo, caplog):
     before = place(topo, say=False)
     lb, fw = first(before, "lb"), first(before, "firewall-stateful")
     forward = before.instances[fw]
@@ -195,11 +196,14 @@ def test_scale_in_drains_stateful_instances_only(topo, caplog):
     drains = Drains()
     with caplog.at_level(logging.INFO, logger="onvm.moves"):
         out = drains.begin(before, after, 0.0, {h.name for h in topo.hosts}, {})
-    forward.nf = "firewall-stateful"
-    assert out.draining.keys() == {lb}
+    assert out.draining.keys() == {lb, fw}
     assert f"scale-in: draining lb#{lb[1]} on {lb[0]} for {DRAIN_SECONDS:g} s, ? pinned " \
         "flows" in caplog.text
-    assert f"firewall#{fw[1]} on {fw[0]} stops now (firewall holds no flow state)" in caplog.text
+    assert f"firewall#{fw[1]} on {fw[0]} retires: firewall holds no flow state" in caplog.text
+    # the retiring one stops after RETIRE_SECONDS whatever its stats say;
+    # the lb drains on (tests/test_hostdrain.py: no hop lists a retiring one)
+    forward.nf = "firewall-stateful"
+    assert set(drains.due(RETIRE_SECONDS, {})) == {fw}
 
 
 def test_drain_seconds_0_stops_at_once(topo):

@@ -4,6 +4,7 @@ its instances go to other hosts while the old ones drain on it (weight 0,
 their pinned flows stay), it takes none until undrained; an unknown host
 is a 404, a drain with nowhere to go a 409 that changes nothing."""
 from contracts.store import open_store
+from controller.moves import RETIRE_SECONDS
 from controller.topology import load_topology
 from test_rest_api import MINIMAL, _client, _cluster
 
@@ -24,9 +25,16 @@ def test_a_drained_host_hands_its_instances_over_and_takes_none_until_undrained(
     assert (status, body) == (200, {"host": busy, "drained": True, "changed": True})
     cluster.step()
     # what ran there now runs elsewhere (firewall and monitor hold no flow
-    # state: they stop at once; lb, nat and the stateful firewall would drain)
-    assert instances_on(cluster, busy) == []
+    # state: they retire, listed by no hop, for what is in flight, then
+    # stop; lb, nat and the stateful firewall would drain their flows)
+    assert instances_on(cluster, busy, draining=False) == []
+    assert {i["nf"] for i in instances_on(cluster, busy)} == {i["nf"] for i in before}
+    assert not any("remote" in hop and busy in {p["host"] for p in hop["remote"]}
+                   for plan in cluster.store.plans().values() for hop in plan["hops"])
     assert {i["nf"] for i in before} <= {i["nf"] for i in instances_on(cluster, other)}
+    for _ in range(int(RETIRE_SECONDS / 0.25) + 1):
+        cluster.step()
+    assert instances_on(cluster, busy) == []
     status, hosts = call("GET", "/hosts")
     assert hosts[busy]["drained"] is True and hosts[busy]["serving"] is True
     assert call("POST", f"/hosts/{busy}/drain")[1]["changed"] is False

@@ -288,6 +288,10 @@ cdef inline void balance6(lb_t *lb, rte_mbuf *m, onvm_meta *meta, uint64_t now) 
     cdef flow6_key_t k
     cdef backend_t *be
     cdef uint8_t *d
+    if v6.flows == NULL:              # an IPv4-only lb: no IPv6 backend, ever
+        v6.picks.no_backend += 1
+        meta.action = ONVM_ACTION_DROP
+        return
     if not packet_key6(m, meta, &k):
         v6.short += 1                 # cut short: fail closed
         meta.action = ONVM_ACTION_DROP
@@ -404,16 +408,11 @@ cdef class LoadBalancer(NativeNF):
         self.lb.replies = ftab_new("lb-replies", v["max_flows"], sizeof(onvm_flow_key))
         self.lb.reply_addr = <uint32_t *>calloc(n, sizeof(uint32_t))
         self.lb.reply_port = <uint16_t *>calloc(n, sizeof(uint16_t))
-        self.lb.v6.flows = ftab_new("lb6", v["max_flows"], sizeof(flow6_key_t))
-        self.lb.v6.flow_slot = <uint16_t *>calloc(n, sizeof(uint16_t))
-        self.lb.v6.flow_uid = <uint32_t *>calloc(n, sizeof(uint32_t))
-        self.lb.v6.replies = ftab_new("lb6-replies", v["max_flows"], sizeof(flow6_key_t))
-        self.lb.v6.reply_addr = <uint8_t *>calloc(n, 16)
         if (self.lb.flow_slot == NULL or self.lb.flow_uid == NULL
-                or self.lb.reply_addr == NULL or self.lb.reply_port == NULL
-                or self.lb.v6.flow_slot == NULL or self.lb.v6.flow_uid == NULL
-                or self.lb.v6.reply_addr == NULL):
+                or self.lb.reply_addr == NULL or self.lb.reply_port == NULL):
             raise MemoryError()
+        if v["vip6"] is not None or any(ip6 is not None for _, _, ip6, _ in backends):
+            self._ipv6_tables(v["max_flows"])
         self.slot_of, self.names, self.retired = {}, [None] * MAX_BACKENDS, []
         self.next_uid = 1
         for name, ip, ip6, mac in backends:
@@ -437,6 +436,19 @@ cdef class LoadBalancer(NativeNF):
         free(self.lb.v6.flow_uid)
         ftab_free(self.lb.v6.replies)
         free(self.lb.v6.reply_addr)
+
+    def _ipv6_tables(self, unsigned max_flows):
+        """The IPv6 flow and reply tables, made only for an lb whose config
+        has an ip6 backend or a vip6 (an IPv4-only lb takes no memory for
+        them, and drops IPv6 packets: no_backend6)."""
+        self.lb.v6.flows = ftab_new("lb6", max_flows, sizeof(flow6_key_t))
+        self.lb.v6.flow_slot = <uint16_t *>calloc(max_flows + 1, sizeof(uint16_t))
+        self.lb.v6.flow_uid = <uint32_t *>calloc(max_flows + 1, sizeof(uint32_t))
+        self.lb.v6.replies = ftab_new("lb6-replies", max_flows, sizeof(flow6_key_t))
+        self.lb.v6.reply_addr = <uint8_t *>calloc(max_flows + 1, 16)
+        if (self.lb.v6.flow_slot == NULL or self.lb.v6.flow_uid == NULL
+                or self.lb.v6.reply_addr == NULL):
+            raise MemoryError()
 
     def _place(self, name, ip, ip6, mac):
         cdef backend_t *be
@@ -492,6 +504,9 @@ cdef class LoadBalancer(NativeNF):
             raise NFConfigError(f"lb: backend {name!r} is already in the pool")
         if ip is None and ip6 is None:
             raise NFConfigError(f"lb: backend {name!r} needs an address: ip, ip6 or both")
+        if ip6 is not None and self.lb.v6.flows == NULL:
+            raise NFConfigError(f"lb: backend {name!r} has an ip6, but this lb serves IPv4 "
+                                f"only (its config named no ip6 backend nor a vip6)")
         self._place(name, None if ip is None else nfconfig.ipv4(ip),
                     None if ip6 is None else nfconfig.ipv6(ip6), nfconfig.mac(mac))
         self._free_retired()
@@ -512,30 +527,36 @@ cdef class LoadBalancer(NativeNF):
 
     def counters(self):
         """IPv4 and IPv6 (the `6` names) side by side, the ones an agent's
-        store summary keeps first (contracts.statsum keeps 16 numbers)."""
+        store summary keeps first (contracts.statsum keeps 16 numbers); the
+        IPv6 tables' reports only where the lb has them."""
         cdef uint64_t now = rte_get_tsc_cycles()
         cdef lb6_t *v6 = &self.lb.v6
-        return {
+        cdef bint six = v6.flows != NULL
+        out = {
             "balanced": self.lb.picks.balanced, "balanced6": v6.picks.balanced,
             "replies": self.lb.replies_rewritten, "replies6": v6.replies_rewritten,
-            "flows": ftab_live(self.lb.flows, now), "flows6": ftab_live(v6.flows, now),
+            "flows": ftab_live(self.lb.flows, now),
+            "flows6": ftab_live(v6.flows, now) if six else 0,
             "reply_flows": ftab_live(self.lb.replies, now),
-            "reply_flows6": ftab_live(v6.replies, now),
+            "reply_flows6": ftab_live(v6.replies, now) if six else 0,
             "no_backend": self.lb.picks.no_backend, "no_backend6": v6.picks.no_backend,
             "not_vip": self.lb.not_vip, "not_vip6": v6.not_vip,
             "moved": self.lb.picks.moved, "moved6": v6.picks.moved,
             "untracked": self.lb.picks.untracked, "untracked6": v6.picks.untracked,
             "not_ip": self.lb.not_ip, "short6": v6.short,
-            "flow_table_full": self.lb.flows.full, "flow_table6_full": v6.flows.full,
+            "flow_table_full": self.lb.flows.full,
+            "flow_table6_full": v6.flows.full if six else 0,
             "replies_untracked": self.lb.replies_untracked,
             "replies6_untracked": v6.replies_untracked,
             "flow_table": ftab_report(self.lb.flows, now),
-            "flow_table6": ftab_report(v6.flows, now),
             "reply_table": ftab_report(self.lb.replies, now),
-            "reply_table6": ftab_report(v6.replies, now),
             "backends": [self._backend_report(name, slot)
                          for name, slot in sorted(self.slot_of.items())],
         }
+        if six:
+            out["flow_table6"] = ftab_report(v6.flows, now)
+            out["reply_table6"] = ftab_report(v6.replies, now)
+        return out
 
     def _backend_report(self, name, slot):
         cdef backend_t *be = &self.lb.be[slot]
@@ -562,6 +583,8 @@ cdef class LoadBalancer(NativeNF):
         cdef uint32_t c = cursor & 0xffffffff
         cdef bint done
         six = cursor >> 32
+        if six and self.lb.v6.flows == NULL:
+            return None, []
         raw = ftab_chunk(self.lb.v6.flows if six else self.lb.flows, &c, count,
                          rte_get_tsc_cycles(), &done)
         if six:

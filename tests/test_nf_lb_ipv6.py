@@ -127,6 +127,11 @@ def test_one_lb_serves_both_families_each_over_its_backends():
         assert (c["balanced"], c["balanced6"]) == (100, 100)
         assert {b["name"]: (b["ip"], b["ip6"]) for b in c["backends"]}["web2"] == \
             (None, POOL[1]["ip6"])
+        h.nf(1).add_backend("web9", None, "02:00:00:00:02:09", ip6="2001:db8:2::9")
+        new = [tcp6(CLIENT6, VIP6, 20000 + i) for i in range(200)]
+        assert "2001:db8:2::9" in {Ether(f)[IPv6].dst for f in h.send(new)}
+        assert {Ether(f)[IP].dst for f in h.send(                  # web9 has no ip
+            [tcp("192.0.2.9", VIP, 20000 + i, 80) for i in range(200)])} == v4
 
 
 def test_ipv6_without_ipv6_backends_is_dropped_and_other_addresses_pass():
@@ -137,6 +142,20 @@ def test_ipv6_without_ipv6_backends_is_dropped_and_other_addresses_pass():
         assert Ether(other[0])[IPv6].dst == "2001:db8:1::99"
         c = h.nf(1).counters()
         assert (c["no_backend6"], c["not_vip6"], c["balanced6"]) == (3, 1, 0)
+
+
+def test_an_ipv4_only_lb_has_no_ipv6_tables_and_drops_ipv6():
+    v4_only = {"vip": VIP, "table_size": 4093,
+               "backends": [{k: v for k, v in b.items() if k != "ip6"} for b in POOL]}
+    with harness([("lb", v4_only)]) as h:
+        assert h.send(clients(2) + [tcp6(CLIENT6, "2001:db8:1::99", 40000)]) == []
+        c = h.nf(1).counters()
+        assert (c["no_backend6"], c["flows6"]) == (3, 0) and "flow_table6" not in c
+        with pytest.raises(NFConfigError) as err:
+            h.nf(1).add_backend("web9", None, "02:00:00:00:02:09", ip6="2001:db8:2::9")
+        assert str(err.value) == ("lb: backend 'web9' has an ip6, but this lb serves IPv4 "
+                                  "only (its config named no ip6 backend nor a vip6)")
+        assert h.nf(1).export_chunk(1 << 32, 10) == (None, [])
 
 
 def test_state_of_both_families_moves_with_replies():

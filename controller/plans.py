@@ -40,7 +40,8 @@ keeps its port slice.
 NF configs.  `nat` instances get their own slice of the catalog's port
 range (controller.natslices; the caller keeps the assignment stable), and
 `lb` instances serving a chain with a pool get the pool's servers as
-`backends` (`ip`, and `ip6` where a server has one) and the chain's single
+`backends` (`ip`, and `ip6` where a server has one when the lb serves an
+IPv6 chain) and the chain's single
 destination address as `vip` (an IPv4 chain's ipv4_dst) or `vip6` (an IPv6
 chain's ipv6_dst).  A
 `ratelimit` instance's limit of a chain it serves is the chain's budget
@@ -122,9 +123,11 @@ def _end(topo, chain):
     return end
 
 
-def _server_entry(server):
-    """A pool server as an end and an lb name it: {ip, mac[, ip6]}."""
-    out = {"ip": _address(server.ip), "mac": server.mac}
+def _server_entry(server, name=None):
+    """A pool server as an end ({ip, mac[, ip6]}) and, given its `name`,
+    an lb ({name, ip, [ip6,] mac}) name it."""
+    out = {"name": name} if name else {}
+    out.update(ip=_address(server.ip), mac=server.mac)
     if server.ip6:
         out["ip6"] = _address(server.ip6)
     return out
@@ -162,8 +165,9 @@ def _lb_config(topo, written, parsed, chains):
     out = dict(written)
     servers = [name for chain in chains for name in chain.pool]
     if not backends:
-        out["backends"] = [dict(_server_entry(topo.server(name)), name=name)
-                           for name in dict.fromkeys(servers)]
+        six = any(_is_ipv6(chain.match) for chain in chains)   # else no IPv6 tables
+        out["backends"] = [{k: v for k, v in _server_entry(topo.server(name), name).items()
+                            if six or k != "ip6"} for name in dict.fromkeys(servers)]
     for key, field in (("vip", "ipv4_dst"), ("vip6", "ipv6_dst")):
         family = [c for c in chains if _is_ipv6(c.match) == (key == "vip6")]
         if not family:

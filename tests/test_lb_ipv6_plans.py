@@ -134,3 +134,13 @@ def test_check_plan_takes_a_server_ip6_and_names_a_bad_one():
         check_plan(plan)
     assert err.value.errors == [
         f"plan.hops[{where}].end.servers[1].ip6: duplicate server address 2001:db8:2::10"]
+
+
+def test_an_lb_of_ipv4_chains_only_gets_no_ip6_backends():
+    """So it makes no IPv6 tables (nfs/lb.pyx), though its servers have ip6."""
+    t = topo(TEXT.replace(f'ipv6_dst: "{VIP6}/128"', "ipv4_dst: 10.0.1.100/32"))
+    out = plans.host_plans(t, placement.place(t), 1)
+    lbs = [i["config"] for p in out.values() for i in p["instances"] if i["nf"] == "lb"]
+    assert lbs and all(c["vip"] == "10.0.1.100" and "vip6" not in c and
+                       [sorted(b) for b in c["backends"]] == [["ip", "mac", "name"]] * 2
+                       for c in lbs)

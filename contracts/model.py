@@ -58,6 +58,7 @@ class Server:
     port: int
     mac: str
     ip: str            # with prefix length, as in the file
+    ip6: Optional[str] = None   # its IPv6 address, as in the file (IPv6 chains to a pool)
 
 
 @dataclasses.dataclass(frozen=True)

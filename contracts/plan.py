@@ -38,8 +38,9 @@ replies must visit the instances their forward flow used) add optional keys:
   arrives tagged from a host of hop (R, SI_R)'s `pinned` list pins the
   flow's reply at (R, SI_R) to that host.  The plan must have hop (R, SI_R).
 * `end.reply: R`: replies of what this end sends enter (R, 255) here.
-* `end.servers: [{"ip", "mac"}, ...]`: a pool; the destination MAC is the
-  one of the packet's IPv4 destination.
+* `end.servers: [{"ip", "mac"[, "ip6"]}, ...]`: a pool; the destination MAC
+  is the one of the server whose `ip` is the packet's IPv4 destination, or
+  whose `ip6` (optional) is its IPv6 destination.
 
 Instance `mode` is "inline" (run to completion in the manager's loop) or
 "process" (its own DPDK secondary process, `onvm nf run`).
@@ -368,15 +369,20 @@ def _check_end(errors, end, where):
 
 def _check_servers(errors, servers, where):
     ips = set()
-    for sw, server in _objects(errors, servers, where, False, "{ip, mac}"):
-        ip = server.get("ip")
-        try:
-            ipaddress.IPv4Address(ip)
-        except (ValueError, TypeError):
-            errors.add(f"{sw}.ip", f"must be an IPv4 address, not {ip!r}")
-        else:
-            errors.check(ip not in ips, f"{sw}.ip", f"duplicate server address {ip}")
-            ips.add(ip)
+    for sw, server in _objects(errors, servers, where, False, "{ip, mac[, ip6]}"):
+        for key, family in (("ip", ipaddress.IPv4Address), ("ip6", ipaddress.IPv6Address)):
+            if key == "ip6" and key not in server:
+                continue
+            ip = server.get(key)
+            try:
+                address = family(ip)
+            except (ValueError, TypeError):
+                errors.add(f"{sw}.{key}", f"must be an {family.__name__[:4]} address, "
+                                          f"not {ip!r}")
+            else:
+                errors.check(address not in ips, f"{sw}.{key}",
+                             f"duplicate server address {ip}")
+                ips.add(address)
         _mac(errors, server.get("mac"), f"{sw}.mac")
 
 

@@ -53,8 +53,8 @@ STATEFUL_NFS = frozenset(("firewall-stateful", "nat", "lb", "ids"))
 POOL_NF = "lb"                 # what spreads a pool's flows over its servers
 # NF types that pass IPv6 packets without acting on them: an IPv6 chain
 # cannot hold one (it would be sent around the NF, which fails open).
-IPV4_ONLY_NFS = {"ids": "its rules and streams are IPv4", "lb": "it rewrites IPv4 addresses",
-                 "nat": "it translates IPv4 addresses"}
+# (lb balances IPv6 toward a pool whose servers have IPv6 addresses: below.)
+IPV4_ONLY_NFS = {"ids": "its rules and streams are IPv4", "nat": "it translates IPv4 addresses"}
 # The stored chain's field that marks it retired: deleted, placed nowhere,
 # its match still dropped and counted at its ingress (controller.core).
 RETIRED = "retired"
@@ -82,12 +82,14 @@ class Scope:
     hosts: FrozenSet[str]
     servers: FrozenSet[str]
     nf_types: FrozenSet[str]
+    servers_ip6: FrozenSet[str] = frozenset()    # the servers with an IPv6 address
 
     @classmethod
     def of(cls, topo):
         return cls(topo.name, frozenset(e.name for e in topo.edges),
                    frozenset(h.name for h in topo.hosts),
-                   frozenset(s.name for s in topo.servers), frozenset(topo.nfs))
+                   frozenset(s.name for s in topo.servers), frozenset(topo.nfs),
+                   frozenset(s.name for s in topo.servers if s.ip6))
 
     def noun(self, name):
         """What `name` is here: "edge", "host", "server" or None."""
@@ -203,6 +205,26 @@ def _check_pool_and_symmetry(body, scope, report):
                 report(("nfs", i), f"{nf} handles IPv4 only ({IPV4_ONLY_NFS[nf]}): an IPv6 "
                                    f"chain through it would pass its packets untouched")
                 ok = False
+        if POOL_NF in body["nfs"]:
+            ok &= _check_ipv6_pool(egress, scope, report)
+    return ok
+
+
+def _check_ipv6_pool(egress, scope, report):
+    """An IPv6 chain through lb ends at a pool whose servers all have an
+    IPv6 address (`ip6`): the lb balances over those."""
+    if not is_pool(egress):
+        report(("egress",), f"an IPv6 chain through {POOL_NF} must end at a pool of servers "
+                            f"with ip6 (the {POOL_NF} balances over their IPv6 addresses), "
+                            f"not {scope.noun(egress) or 'at'} {egress}")
+        return False
+    ok = True
+    for i, name in enumerate(egress):
+        if name in scope.servers and name not in scope.servers_ip6:
+            report(("egress", i), f"server {name} has no ip6: an IPv6 chain through "
+                                  f"{POOL_NF} needs an IPv6 address for every server of "
+                                  f"its pool (give {name} an ip6)")
+            ok = False
     return ok
 
 

@@ -9,8 +9,9 @@ For chain c with NFs t_1..t_k, NF number j (1-based) runs at SI 256 - j
     no re-tagging, and a plan's hop cannot be both local and remote);
     else `remote`, the hosts running hop j+1 with weights;
   * after the last hop, (SPI, 255 - k) -> `end`: labels popped, out of the
-    uplink (port 0) to the egress's MAC (a pool's: `servers`, the agent
-    picks the MAC by the packet's destination address).
+    uplink (port 0) to the egress's MAC (a pool's: `servers`, with their
+    `ip6` where they have one; the agent picks the MAC by the packet's
+    destination address, IPv4 or IPv6).
 
 Symmetric chains (docs: /work/notes/issue9.md, "Plans").  Chain S's
 replies travel SPI R = reverse_spi(S) through the same hosts in reverse:
@@ -39,7 +40,10 @@ keeps its port slice.
 NF configs.  `nat` instances get their own slice of the catalog's port
 range (controller.natslices; the caller keeps the assignment stable), and
 `lb` instances serving a chain with a pool get the pool's servers as
-`backends` and the chain's single destination address as `vip`.  A
+`backends` (`ip`, and `ip6` where a server has one when the lb serves an
+IPv6 chain) and the chain's single
+destination address as `vip` (an IPv4 chain's ipv4_dst) or `vip6` (an IPv6
+chain's ipv6_dst).  A
 `ratelimit` instance's limit of a chain it serves is the chain's budget
 times the instance's share of the chain's rate, so the chain's instances
 together pass its limit (a static split: it changes when the placement
@@ -79,8 +83,8 @@ import math
 from controller import fabric, natslices, pausing
 from controller.moves import DRAINED_NFS
 from controller.placecost import places_of, transport
-from contracts.plan import check_plan
-from contracts.wire import SI_FIRST, reverse_spi
+from contracts.plan import check_plan, match_eth_type
+from contracts.wire import ETH_IPV6, SI_FIRST, reverse_spi
 from nfs import nfconfig
 from nfs.configs import check_config, instance_config
 
@@ -114,15 +118,24 @@ def _end(topo, chain):
     its servers (ip, mac) for the agent to pick by destination address."""
     end = {"port": UPLINK, "dst_mac": egress_mac(topo, chain.egress)}
     if chain.pool:
-        end["servers"] = [{"ip": _address(topo.server(name).ip),
-                           "mac": topo.server(name).mac} for name in chain.pool]
+        end["servers"] = [_server_entry(topo.server(name)) for name in chain.pool]
     if chain.symmetric:
         end["reply"] = reverse_spi(chain.spi)
     return end
 
 
+def _server_entry(server, name=None):
+    """A pool server as an end ({ip, mac[, ip6]}) and, given its `name`,
+    an lb ({name, ip, [ip6,] mac}) name it."""
+    out = {"name": name} if name else {}
+    out.update(ip=_address(server.ip), mac=server.mac)
+    if server.ip6:
+        out["ip6"] = _address(server.ip6)
+    return out
+
+
 def _address(interface):
-    """"10.0.1.10/24" -> "10.0.1.10"."""
+    """"10.0.1.10/24" -> "10.0.1.10" (and "2001:db8::1/64" -> "2001:db8::1")."""
     return str(ipaddress.ip_interface(interface).ip)
 
 
@@ -134,9 +147,9 @@ def _catalog_config(nf, path):
     return nfconfig.read(nf, config)[0], check_config(nf, config)
 
 
-def _single_address(match):
-    """The one IPv4 address a match's ipv4_dst names, or None."""
-    dst = (match or {}).get("ipv4_dst")
+def _single_address(match, field):
+    """The one address a match's `field` (ipv4_dst, ipv6_dst) names, or None."""
+    dst = (match or {}).get(field)
     if dst is None:
         return None
     net = ipaddress.ip_network(dst, strict=False)
@@ -145,28 +158,37 @@ def _single_address(match):
 
 def _lb_config(topo, written, parsed, chains):
     """An lb serving pool `chains`: backends of their pools (unless the
-    catalog names backends) and the VIP their single destination address
-    names (dropped when they name several: the lb then balances every new
-    flow)."""
+    catalog names backends) and, per family, the VIP their single
+    destination address names: `vip` of the IPv4 chains, `vip6` of the
+    IPv6 ones (dropped when they name several: the lb then balances every
+    new flow of that family)."""
     _values, backends = parsed
     out = dict(written)
     servers = [name for chain in chains for name in chain.pool]
     if not backends:
-        out["backends"] = [{"name": name, "ip": _address(topo.server(name).ip),
-                            "mac": topo.server(name).mac}
-                           for name in dict.fromkeys(servers)]
-    vips = {_single_address(chain.match) for chain in chains}
-    if len(vips) == 1 and None not in vips:
-        out["vip"] = vips.pop()
-    else:
-        out.pop("vip", None)
-        names = ", ".join(c.name for c in chains)
+        six = any(_is_ipv6(chain.match) for chain in chains)   # else no IPv6 tables
+        out["backends"] = [{k: v for k, v in _server_entry(topo.server(name), name).items()
+                            if six or k != "ip6"} for name in dict.fromkeys(servers)]
+    for key, field in (("vip", "ipv4_dst"), ("vip6", "ipv6_dst")):
+        family = [c for c in chains if _is_ipv6(c.match) == (key == "vip6")]
+        if not family:
+            continue
+        vips = {_single_address(chain.match, field) for chain in family}
+        if len(vips) == 1 and None not in vips:
+            out[key] = vips.pop()
+            continue
+        out.pop(key, None)
+        names = ", ".join(c.name for c in family)
         if names not in _WARNED_VIPS:     # plans are made again and again
             _WARNED_VIPS.add(names)
             LOG.warning("lb serving chains %s: they name %s destination addresses, "
-                        "so it balances every new flow (no vip)", names,
-                        "no single" if vips == {None} else "several")
+                        "so it balances every new flow (no %s)", names,
+                        "no single" if vips == {None} else "several", key)
     return out
+
+
+def _is_ipv6(match):
+    return match_eth_type(match or {}) == ETH_IPV6
 
 
 _WARNED_VIPS = set()

@@ -35,6 +35,7 @@ from contracts.model import (FIRST_NODE_LABEL, FIRST_SPI, MAX_LABEL, Edge,
                               Host, Link, NFType, Server, Switch, Topology)
 from contracts.validate import ValidationError, already_used, check_mac, key_path
 from controller import natslices
+from controller.yamllines import LineDict, Loader, line_of
 from controller.chains import (Other, Scope, check_clashes, check_fields,
                                default_symmetric, make_chain)
 from nflib.api import NFConfigError
@@ -47,75 +48,6 @@ MAX_PORT = 0xFFFFFF00          # OFPP_MAX: ports above are reserved
 class TopologyError(ValidationError):
     """A topology that cannot be used.  `.errors` lists every problem, each
     as `FILE:LINE: message`; str() joins them with newlines."""
-
-
-# --- YAML with line numbers ------------------------------------------------
-
-class _LineDict(dict):
-    """A mapping from YAML that remembers the line of itself and each key."""
-    line = 0
-    key_lines: Dict[Any, int]
-
-
-class _LineList(list):
-    """A sequence from YAML that remembers the line of itself and each item."""
-    line = 0
-    item_lines: List[int]
-
-
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BaseLoader):
-    """SafeLoader whose mappings and sequences carry 1-based line numbers,
-    and which records duplicate keys instead of silently keeping the last."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.problems: List[Tuple[int, str]] = []
-
-
-def _construct_map(loader, node):
-    data = _LineDict()
-    data.line = node.start_mark.line + 1
-    data.key_lines = {}
-    yield data
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
-        line = key_node.start_mark.line + 1
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, (dict, list)):
-            loader.problems.append((line, "a key must be a plain value, not a "
-                                    "mapping or a list"))
-            continue
-        if key in data.key_lines:
-            loader.problems.append((line, f"duplicate key {key!r} (first at "
-                                    f"line {data.key_lines[key]})"))
-            continue
-        data.key_lines[key] = line
-        data[key] = loader.construct_object(value_node, deep=True)
-
-
-def _construct_seq(loader, node):
-    data = _LineList()
-    data.line = node.start_mark.line + 1
-    data.item_lines = [item.start_mark.line + 1 for item in node.value]
-    yield data
-    data.extend(loader.construct_object(item, deep=True) for item in node.value)
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-
-
-def _line_of(container, key, default):
-    """Line of a key in a mapping (or of an item in a sequence)."""
-    if isinstance(container, _LineDict):
-        return container.key_lines.get(key, container.line)
-    if isinstance(container, _LineList) and isinstance(key, int) \
-            and key < len(container.item_lines):
-        return container.item_lines[key]
-    return default
 
 
 # --- field declarations (Faucet's defaults / defaults_types) --------------
@@ -152,7 +84,7 @@ _LINK = {
 }
 _EDGE = {"name": Field("str"), "switch": Field("str"), "port": Field("int")}
 _SERVER = {"name": Field("str"), "switch": Field("str"), "port": Field("int"),
-           "mac": Field("str"), "ip": Field("str")}
+           "mac": Field("str"), "ip": Field("str"), "ip6": Field("str", None)}
 _NF = {"cores": Field("int"), "mpps": Field("number"), "config": Field("str", None)}
 _CHAIN = {
     "name": Field("str"), "ingress": Field("str"), "egress": Field("names"),
@@ -222,7 +154,7 @@ class _Checker:
         out = _Fields()
         for key in raw:
             if key not in spec:
-                self.error(_line_of(raw, key, line),
+                self.error(line_of(raw, key, line),
                            f"{what}: unknown key {key!r}; known keys: "
                            f"{', '.join(spec)}")
         for key, field in spec.items():
@@ -236,7 +168,7 @@ class _Checker:
                 out[key] = raw[key]
             else:
                 value = raw[key]
-                self.error(_line_of(raw, key, line),
+                self.error(line_of(raw, key, line),
                            f"{what}: {key} must be {_KIND_WORDS[field.kind]}, "
                            f"not {value!r}" + _yaml_hint(key, value))
                 out.complete = False
@@ -245,7 +177,7 @@ class _Checker:
     def items(self, raw, field_name, spec, noun):
         """Each mapping of a top-level list: (index, line, raw, what, fields)."""
         for i, item in enumerate(raw):
-            line = _line_of(raw, i, getattr(raw, "line", 0))
+            line = line_of(raw, i, getattr(raw, "line", 0))
             name = item.get("name") if isinstance(item, dict) else None
             what = f"{noun} {name}" if isinstance(name, str) and name \
                 else f"{field_name}[{i}]"
@@ -256,7 +188,7 @@ class _Checker:
     def positive(self, item, f, key, line, what):
         """A count or rate that must be above zero (when it is well-typed)."""
         if key in f and f[key] <= 0:
-            self.error(_line_of(item, key, line),
+            self.error(line_of(item, key, line),
                        f"{what}: {key} must be > 0, not {f[key]}")
             return False
         return True
@@ -315,7 +247,7 @@ def _check_port(ck, item, f, key, line, what):
     if key not in f:
         return False
     if not 1 <= f[key] <= MAX_PORT:
-        ck.error(_line_of(item, key, line),
+        ck.error(line_of(item, key, line),
                  f"{what}: {key} must be 1..{MAX_PORT}, not {f[key]}")
         return False
     return True
@@ -325,7 +257,7 @@ def _known_switch(ck, item, f, key, line, what, switch_names):
     if key not in f:
         return False
     if f[key] not in switch_names:
-        ck.error(_line_of(item, key, line),
+        ck.error(line_of(item, key, line),
                  f"{what}: {key} {f[key]!r} is not a switch of this topology")
         return False
     return True
@@ -343,7 +275,7 @@ def _attach(ck, item, f, line, what, switch_names, ports, end=""):
 def _check_dpid(ck, item, f, line, what, dpids):
     if "dpid" not in f:
         return False
-    dpid, dline = f["dpid"], _line_of(item, "dpid", line)
+    dpid, dline = f["dpid"], line_of(item, "dpid", line)
     if not 1 <= dpid <= MAX_DPID:
         ck.error(dline, f"{what}: dpid must be 1..2^64-1, not {dpid}")
         return False
@@ -367,7 +299,7 @@ def _parse_switches(ck, raw, names):
 def _check_mac(ck, item, f, line, what, macs):
     if "mac" not in f:
         return False
-    mac, mline = f["mac"], _line_of(item, "mac", line)
+    mac, mline = f["mac"], line_of(item, "mac", line)
     try:
         check_mac(mac, unicast=True)
     except ValueError as err:
@@ -384,7 +316,7 @@ def _check_mac(ck, item, f, line, what, macs):
 def _check_ip(ck, item, f, line, what, ips):
     if "ip" not in f:
         return False
-    ip, iline = f["ip"], _line_of(item, "ip", line)
+    ip, iline = f["ip"], line_of(item, "ip", line)
     if "/" not in ip:
         ck.error(iline, f"{what}: ip must be an interface address with a "
                         f"prefix length, like 10.0.0.1/24, not {ip!r}")
@@ -394,11 +326,32 @@ def _check_ip(ck, item, f, line, what, ips):
     except ValueError as err:
         ck.error(iline, f"{what}: ip {ip!r} is not an interface address: {err}")
         return False
-    if iface.ip in ips:
-        ck.error(iline, f"{what}: " + already_used(f"address {iface.ip}", *ips[iface.ip]))
+    return _claim_address(ck, ips, iface.ip, what, iline)
+
+
+def _claim_address(ck, ips, address, what, line):
+    """`address` is `what`'s (at `line`), unless a host or server has it."""
+    if address in ips:
+        ck.error(line, f"{what}: " + already_used(f"address {address}", *ips[address]))
         return False
-    ips[iface.ip] = (what, iline)
+    ips[address] = (what, line)
     return True
+
+
+def _check_ip6(ck, item, f, line, what, ips):
+    """A server's optional IPv6 address (with or without a prefix length),
+    used by no other host or server."""
+    ip6 = f.get("ip6")
+    if ip6 is None:
+        return True
+    iline = line_of(item, "ip6", line)
+    try:
+        address = ipaddress.IPv6Interface(ip6).ip
+    except ValueError:
+        ck.error(iline, f"{what}: ip6 must be an IPv6 address, like 2001:db8:1::10, "
+                        f"not {ip6!r}")
+        return False
+    return _claim_address(ck, ips, address, what, iline)
 
 
 def _check_label(ck, seen, value, line, what, key, noun):
@@ -433,7 +386,7 @@ def _parse_hosts(ck, raw, names, places):
         if label is None and "label" not in item:
             label = FIRST_NODE_LABEL + i
         if label is not None:
-            ok &= _check_label(ck, labels, label, _line_of(item, "label", line),
+            ok &= _check_label(ck, labels, label, line_of(item, "label", line),
                                what, "label", "node label")
         if ok and f.complete:
             hosts.append(Host(f["name"], f["switch"], f["port"], f["mac"],
@@ -446,8 +399,10 @@ def _parse_servers(ck, raw, names, places):
     for _, line, item, what, f in ck.items(raw, "servers", _SERVER, "server"):
         ok = names.declare(f, "server", line)
         ok &= _check_machine(ck, item, f, line, what, places)
+        ok &= _check_ip6(ck, item, f, line, what, places[3])
         if ok and f.complete:
-            servers.append(Server(f["name"], f["switch"], f["port"], f["mac"], f["ip"]))
+            servers.append(Server(f["name"], f["switch"], f["port"], f["mac"], f["ip"],
+                                  f.get("ip6")))
     return servers
 
 
@@ -529,7 +484,7 @@ def _check_config(ck, entry, f, line, what, base_dir):
             else "next to the topology file"
         problem = (f"is neither {near} ({places[0]}) nor in the shipped rule "
                    f"library ({places[1]})")
-    ck.error(_line_of(entry, "config", line),
+    ck.error(line_of(entry, "config", line),
              f"{what}: config file {f['config']!r} {problem}")
     return False, None
 
@@ -557,7 +512,7 @@ def _parse_catalog(ck, raw, line, base_dir):
     """({name: NFType}, {name: (parsed config, line)}) of the catalog."""
     catalog, parsed = {}, {}
     for name, entry in (raw or {}).items():
-        eline = _line_of(raw, name, line)
+        eline = line_of(raw, name, line)
         what = f"nf {name}"
         if not isinstance(name, str) or not name:
             ck.error(eline, f"nfs: NF type names must be strings, not {name!r}")
@@ -570,7 +525,7 @@ def _parse_catalog(ck, raw, line, base_dir):
         found, config = _check_config(ck, entry, f, eline, what, base_dir)
         if found:
             found, values = _check_nf_config(ck, name, config,
-                                             _line_of(entry, "config", eline))
+                                             line_of(entry, "config", eline))
             parsed[name] = (values, eline)
         if ok and found and f.complete:
             catalog[name] = NFType(name, f["cores"], float(f["mpps"]), config)
@@ -581,7 +536,7 @@ def _path_line(item, path, line):
     """The line of a key path inside an item (the deepest one known)."""
     node = item
     for key in path:
-        line = _line_of(node, key, line)
+        line = line_of(node, key, line)
         try:
             node = node[key]
         except (KeyError, IndexError, TypeError):
@@ -693,7 +648,7 @@ def _check_connected(ck, switches, hosts, links, edges, servers, names):
 # --- entry points ---------------------------------------------------------
 
 def _load_yaml(text, source):
-    loader = _Loader(text)
+    loader = Loader(text)
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as err:
@@ -729,20 +684,22 @@ def parse_topology(text, source="<memory>") -> Topology:
     servers = _parse_servers(ck, top.get("servers", ()), names, places)
     links = _parse_links(ck, top.get("links", ()), switch_names, ports)
     edges = _parse_edges(ck, top.get("edges", ()), names, switch_names, ports)
-    catalog, parsed = _parse_catalog(ck, top.get("nfs"), _line_of(data, "nfs", 1),
+    catalog, parsed = _parse_catalog(ck, top.get("nfs"), line_of(data, "nfs", 1),
                                      base_dir)
     # A catalog entry with a bad field is reported there, not again per chain.
     scope = Scope(top.get("name", "?"), frozenset(names.of("edge")),
                   frozenset(names.of("host")), frozenset(names.of("server")),
-                  frozenset(top.get("nfs") or ()))
+                  frozenset(top.get("nfs") or ()),
+                  frozenset(s.get("name") for s in top.get("servers") or ()
+                            if isinstance(s, dict) and "ip6" in s))
     chains = _parse_chains(ck, top.get("chains", ()), scope)
     if "hosts" in top and not top["hosts"]:
-        ck.error(_line_of(data, "hosts", 1), "topology: needs at least one host")
+        ck.error(line_of(data, "hosts", 1), "topology: needs at least one host")
     if not ck.errors:
         # Whole-fabric checks only make sense once every entity is sound.
         _check_connected(ck, switches, hosts, links, edges, servers, names)
         _check_capacity(ck, chains, hosts, catalog,
-                        _line_of(data, "chains", 1))
+                        line_of(data, "chains", 1))
         _check_nat_slices(ck, chains, catalog, parsed)
     _raise_if_errors(ck)
     return Topology(top["name"], tuple(switches), tuple(hosts), tuple(links),
@@ -862,7 +819,8 @@ def dump_topology(topo: Topology) -> str:
     out += _section("edges", [_item(e, ("name", "switch", "port"))
                               for e in topo.edges])
     if topo.servers:
-        out += _section("servers", [_item(s, ("name", "switch", "port", "mac", "ip"))
+        out += _section("servers", [_item(s, ("name", "switch", "port", "mac", "ip"),
+                                          [("ip6", _scalar(s.ip6))] if s.ip6 else ())
                                     for s in topo.servers])
     out += _section("nfs", [_dump_nf(t) for t in topo.nfs.values()], "{}")
     servers = {s.name for s in topo.servers}

@@ -37,10 +37,10 @@ from dpdk.rte_ethdev cimport *
 from dpdk.rte_hash cimport rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data, rte_hash_lookup
 from nflib.eal cimport packet_pool
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
-    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32, rd32)
+    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32)
 from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
-    hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL, HOP_REMOTE,
-    MODE_PROCESS, FLAG_PINNED, FLAG_KEPT, find_peer)
+    server_mac_of, hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL,
+    HOP_REMOTE, MODE_PROCESS, FLAG_PINNED, FLAG_KEPT, find_peer)
 from host_agent.parser cimport *
 from host_agent.aging cimport aged_t, aged_add, aged_sweep, aged_init, aged_free, aged_report
 from host_agent.pinkey cimport pin_key_t, pin_key_of
@@ -772,20 +772,13 @@ cdef class Manager:
 
     cdef void _to_end(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
         """Out of the end's port: to its MAC, or for a pool to the server
-        whose address is the packet's destination; an end with "reply"
-        pins the reply of what it sends."""
+        whose address (IPv4 or IPv6) is the packet's destination; an end
+        with "reply" pins the reply of what it sends."""
         cdef uint8_t *d = onvm_mtod(m)
         cdef uint8_t *dst_mac = h.dst_mac
-        cdef uint32_t ip, j
         cdef pin_key_t k
         if h.nservers:
-            dst_mac = NULL
-            if meta.key.family == 4 and m.data_len >= meta.l3_off + 20:
-                ip = rd32(d + meta.l3_off + 16)
-                for j in range(h.server_off, h.server_off + h.nservers):
-                    if t.server_ip[j] == ip:
-                        dst_mac = &t.server_mac[6 * j]
-                        break
+            dst_mac = server_mac_of(t, h, d, meta.key.family, meta.l3_off, m.data_len)
             if dst_mac == NULL:
                 self.drops[R_NO_SERVER] += 1
                 rte_pktmbuf_free(m)

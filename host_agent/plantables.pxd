@@ -3,6 +3,7 @@
 # arrays (host_agent/tables.py).  The constants must equal tables.py's:
 # plantables.pyx checks them when it is imported.
 from libc.stdint cimport uint8_t, uint16_t, int16_t, uint32_t, int32_t, uint64_t
+from libc.string cimport memcmp
 from dpdk.rte_hash cimport rte_hash
 from dpdk.rte_acl cimport rte_acl_ctx
 from dpdk.rte_ring cimport rte_ring
@@ -81,6 +82,7 @@ cdef struct tables_t:
     peer_t *peers
     uint32_t *server_ip        # IPv4, host byte order
     uint8_t *server_mac        # 6 per server
+    uint8_t *server_ip6        # 16 per server (zeros: no IPv6 address)
     bint has_reply             # some end has "reply": untagged packets look up pins
     int32_t *flow_hop          # per flow-table position: first hop, -1 none, -2 unknown
     rte_acl_ctx *classifier    # userdata = hop index + 1
@@ -92,6 +94,26 @@ cdef struct tables_t:
 
 cdef inline uint64_t hop_key(uint32_t spi, uint8_t si) noexcept nogil:
     return (<uint64_t>spi << 8) | si
+
+
+cdef inline uint8_t *server_mac_of(tables_t *t, hop_t *h, const uint8_t *d, uint8_t family,
+                                   int l3, uint32_t length) noexcept nogil:
+    """The MAC of the pool end h's server whose address is the packet's
+    destination (IPv4 or IPv6, at offset l3 of d); NULL if none is."""
+    cdef uint32_t ip, j
+    if family == 4 and length >= <uint32_t>l3 + 20:
+        ip = (<uint32_t>d[l3 + 16] << 24) | (<uint32_t>d[l3 + 17] << 16) \
+            | (<uint32_t>d[l3 + 18] << 8) | d[l3 + 19]
+        for j in range(h.server_off, h.server_off + h.nservers):
+            if t.server_ip[j] == ip:
+                return &t.server_mac[6 * j]
+    elif family == 6 and length >= <uint32_t>l3 + 40:
+        for j in range(h.server_off, h.server_off + h.nservers):
+            # A server without ip6 has zeros: never an IPv6 packet's destination
+            # here (the unspecified address is no destination).
+            if memcmp(&t.server_ip6[16 * j], d + l3 + 24, 16) == 0:
+                return &t.server_mac[6 * j]
+    return NULL
 
 
 cdef inline peer_t *find_peer(tables_t *t, uint32_t off, uint16_t n, uint32_t label) noexcept nogil:

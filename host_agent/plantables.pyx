@@ -105,6 +105,7 @@ cdef int _load_hops(tables_t *t, object c) except -1:
     cdef const unsigned short[:] nservers = c.hop_nservers
     cdef const unsigned int[:] server_ip = c.server_ip
     cdef const uint8_t[:] server_mac = c.server_mac
+    cdef const uint8_t[:] server_ip6 = c.server_ip6
     cdef Py_ssize_t n = spi.shape[0], i, k
     cdef hop_t *h
     t.nhops = n
@@ -113,8 +114,9 @@ cdef int _load_hops(tables_t *t, object c) except -1:
     t.peers = <peer_t *>calloc(max(1, peer_label.shape[0]), sizeof(peer_t))
     t.server_ip = <uint32_t *>calloc(max(1, server_ip.shape[0]), sizeof(uint32_t))
     t.server_mac = <uint8_t *>calloc(max(1, server_mac.shape[0]), 1)
+    t.server_ip6 = <uint8_t *>calloc(max(1, server_ip6.shape[0]), 1)
     if t.hops == NULL or t.remote == NULL or t.peers == NULL or t.server_ip == NULL \
-            or t.server_mac == NULL:
+            or t.server_mac == NULL or t.server_ip6 == NULL:
         raise MemoryError()
     t.hop_index = new_hash("hops", max(64, 2 * n), sizeof(uint64_t))   # hop_key(spi, si)
     for i in range(n):
@@ -151,6 +153,8 @@ cdef int _load_hops(tables_t *t, object c) except -1:
         t.server_ip[i] = server_ip[i]
     for i in range(server_mac.shape[0]):
         t.server_mac[i] = server_mac[i]
+    for i in range(server_ip6.shape[0]):
+        t.server_ip6[i] = server_ip6[i]
     return 0
 
 
@@ -202,6 +206,7 @@ cdef void free_tables(tables_t *t) noexcept:
     free(t.peers)
     free(t.server_ip)
     free(t.server_mac)
+    free(t.server_ip6)
     free(t.flow_hop)
     free(t.class_hop)
     free(t)

@@ -20,7 +20,8 @@ instance slot s is position s of the plan's instances.
 * symmetric chains: hop_flags (FLAG_PINNED: look the flow's pin up first),
   hop_rev (the index of the hop a `reverse` key names, -1 if none),
   hop_reply (`end.reply`'s SPI, 0 if none), and an end's `servers` as a run
-  of server_ip (host byte order) / server_mac (hop_server_off/_nservers);
+  of server_ip (host byte order) / server_ip6 (16 bytes each, zeros for a
+  server without `ip6`) / server_mac (hop_server_off/_nservers);
 * classifiers: rte_acl rules (nflib.nf.Acl's tuples), the first matching
   wins, and per rule the hop where its chain starts (-1 if not here).
 
@@ -72,6 +73,7 @@ class PlanTables:
     peer_pin: array           # "I": the label a pin names to find this peer
     peer_mac: bytes           # 6 per peer
     server_ip: array          # "I": IPv4 address, host byte order
+    server_ip6: bytes         # 16 per server: its IPv6 address, or zeros
     server_mac: bytes         # 6 per server
     acl_rules: tuple          # Acl rule tuples, one per classifier
     class_hop: array          # "i": hop index per classifier rule
@@ -105,7 +107,7 @@ def compile_plan(plan):
         ("hop_server_off", "I"), ("hop_nservers", "H"),
         ("remote", "H"), ("peer_label", "I"), ("peer_pin", "I"),
         ("server_ip", "I"))}
-    dst_macs, peer_macs, server_macs = bytearray(), bytearray(), bytearray()
+    dst_macs, peer_macs, server_macs, server_ip6 = (bytearray() for _ in range(4))
 
     def add_peers(peers):
         """A run of peers, then one row per label a peer's `also` names
@@ -138,6 +140,8 @@ def compile_plan(plan):
             server_off, nservers = len(cols["server_ip"]), len(end.get("servers", ()))
             for server in end.get("servers", ()):
                 cols["server_ip"].append(int(ipaddress.IPv4Address(server["ip"])))
+                server_ip6.extend(ipaddress.IPv6Address(server["ip6"]).packed
+                                  if server.get("ip6") else bytes(16))
                 server_macs.extend(mac_bytes(server["mac"]))
         pinned = hp.get("pinned")
         pinned_off, npinned = add_peers(pinned) if pinned is not None else (0, 0)
@@ -162,7 +166,7 @@ def compile_plan(plan):
         mac=mac_bytes(plan["mac"]), uplink=plan.get("uplink", 0),
         instances=tuple((spec["id"], spec.get("mode", "inline")) for spec in specs),
         hop_dst_mac=bytes(dst_macs), peer_mac=bytes(peer_macs),
-        server_mac=bytes(server_macs),
+        server_mac=bytes(server_macs), server_ip6=bytes(server_ip6),
         acl_rules=tuple(match_to_acl_rule(c["match"]) for c in classifiers),
         class_hop=array("i", (index.get((c["spi"], SI_FIRST), -1) for c in classifiers)),
         **cols)

@@ -151,29 +151,35 @@ def _lb_mode(value):
 
 
 def _check_backend(chk, i, b):
-    spec = {"name": (nfconfig.REQUIRED, str), "ip": (nfconfig.REQUIRED, nfconfig.ipv4),
-            "mac": (nfconfig.REQUIRED, nfconfig.mac)}
-    return chk.take(spec, b, ("backends", i))
+    spec = {"name": (nfconfig.REQUIRED, str), "ip": (None, nfconfig.ipv4),
+            "ip6": (None, nfconfig.ipv6), "mac": (nfconfig.REQUIRED, nfconfig.mac)}
+    out = chk.take(spec, b, ("backends", i))
+    if "ip" not in b and "ip6" not in b:
+        chk.error(["backends", i], "needs an address: ip (IPv4), ip6 (IPv6) or both")
+    return out
 
 
 def parse_lb(config):
-    """Checked lb config: (values, [(name, ip, mac bytes)])."""
+    """Checked lb config: (values, [(name, ip or None, ip6 or None, mac
+    bytes)]).  A backend has an IPv4 address (`ip`), an IPv6 one (`ip6`) or
+    both; IPv4 flows are balanced over the backends with `ip`, IPv6 flows
+    over those with `ip6`; `vip` is IPv4, `vip6` IPv6."""
     chk = nfconfig.Checker("lb", config)
     v = chk.take({
-        "mode": ("proxy", _lb_mode), "vip": (None, nfconfig.ipv4), "backends": ([], list),
-        "table_size": (65537, _table_size), "out_port": (None, _port),
+        "mode": ("proxy", _lb_mode), "vip": (None, nfconfig.ipv4), "vip6": (None, nfconfig.ipv6),
+        "backends": ([], list), "table_size": (65537, _table_size), "out_port": (None, _port),
         "flow_timeout": (300, nfconfig.positive), "max_flows": (65536, nfconfig.positive_int),
     })
     backends, names = [], set()
     for i, b in enumerate(v["backends"] or []):
         if not isinstance(b, dict):
-            chk.error(["backends", i], f"must be a mapping {{name, ip, mac}}, got {b!r}")
+            chk.error(["backends", i], f"must be a mapping {{name, ip, ip6, mac}}, got {b!r}")
             continue
         b = _check_backend(chk, i, b)
         if b["name"] in names:
             chk.error(["backends", i, "name"], f"backend {b['name']!r} is named twice")
         names.add(b["name"])
-        backends.append((b["name"], b["ip"], b["mac"]))
+        backends.append((b["name"], b["ip"], b["ip6"], b["mac"]))
     if len(backends) > MAX_BACKENDS:
         chk.error(["backends"], f"at most {MAX_BACKENDS} backends")
     chk.done()

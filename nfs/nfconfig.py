@@ -131,6 +131,13 @@ def ipv4(value):
         raise ValueError(f"must be an IPv4 address, got {value!r}") from None
 
 
+def ipv6(value):
+    try:
+        return str(ipaddress.IPv6Address(value))
+    except (ValueError, TypeError):
+        raise ValueError(f"must be an IPv6 address, got {value!r}") from None
+
+
 def ipv4_net(value):
     try:
         return str(ipaddress.IPv4Network(value, strict=False))

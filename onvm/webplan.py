@@ -8,9 +8,11 @@ its ingress edge, with its own source address (inside the classifier's
 source network when it has one), toward the chain's destination: its
 `ipv4_dst` when that is one address (a VIP, or a server's), else the
 egress server's address.  An IPv6 chain's client connects to its
-`ipv6_dst` when that is one address, else to that prefix's address ::10,
-and the chain's servers take that address (the topology gives servers
-IPv4 addresses only).  Servers reach everything through a gateway
+`ipv6_dst` when that is one address, else to that prefix's address ::10;
+a server with an `ip6` takes that address, and the servers of an IPv6
+chain that ends at one server also take the chain's destination (an IPv6
+chain to a pool connects to its VIP, which the chain's lb rewrites to
+the servers' `ip6`).  Servers reach everything through a gateway
 address whose neighbor entry is static (their subnet's route is removed,
 so the gateway serves it too; fe80::1 for IPv6); edges have a static
 neighbor for each destination of their clients: nobody in the emulation
@@ -108,11 +110,11 @@ def clients(topo):
 
 
 def server_addresses6(topo):
-    """{server name: [IPv6 addresses]}: the destinations of the IPv6 TCP
-    chains that end at each server (or at a pool it is in)."""
-    out = {}
+    """{server name: [IPv6 addresses]}: its `ip6`, and the destinations of
+    the IPv6 TCP chains that end at it alone (a pool's VIP is the lb's)."""
+    out = {s.name: [str(ipaddress.IPv6Interface(s.ip6).ip)] for s in topo.servers if s.ip6}
     for chain in topo.chains:
-        if carries_tcp(chain) and is_ipv6(chain):
+        if carries_tcp(chain) and is_ipv6(chain) and not chain.pool:
             for name in chain_servers(topo, chain):
                 out.setdefault(name, []).append(destination(topo, chain))
     return {name: sorted(set(a)) for name, a in out.items()}

@@ -393,7 +393,7 @@ def test_the_good_plan_is_good():
     (lambda p: p["hops"][1]["end"].update(reply="R"),
      "plan.hops[1].end.reply: must be an integer label"),
     (lambda p: p["hops"][1]["end"].update(servers=[]),
-     "plan.hops[1].end.servers: must be a non-empty list of objects {ip, mac}"),
+     "plan.hops[1].end.servers: must be a non-empty list of objects {ip, mac[, ip6]}"),
     (lambda p: p["hops"][1]["end"].update(servers=[dict(WEB1, ip="10.0.1.300")]),
      "plan.hops[1].end.servers[0].ip: must be an IPv4 address, not '10.0.1.300'"),
     (lambda p: p["hops"][1]["end"].update(servers=[WEB1, dict(WEB2, ip=WEB1["ip"])]),

@@ -103,7 +103,7 @@ def test_config_errors_name_the_key():
         "<lb config>: vip: must be an IPv4 address, got '10.0.1'",
         "<lb config>: table_size: must be a prime between 7 and 65537 (Maglev), got 1000",
         "<lb config>: backends[0].mac: must be a MAC address like 02:00:00:00:00:01, not 'zz'",
-        "<lb config>: backends[1].weight: unknown key; known: ip, mac, name",
+        "<lb config>: backends[1].weight: unknown key; known: ip, ip6, mac, name",
         "<lb config>: backends[1].name: backend 'a' is named twice",
     ]
 

@@ -180,11 +180,18 @@ def test_webplan_ipv6_chains_get_ipv6_clients_servers_and_static_neighbours():
     topo = plan_topology()
     web6 = dataclasses.replace(topo.chain("web"), name="web6", spi=40,
                                match={"ipv6_dst": "2001:db8:80::/64", "ip_proto": 6})
-    topo = dataclasses.replace(topo, chains=topo.chains + (web6,))
+    db6 = dataclasses.replace(topo.chain("sql"), name="db6", spi=41,
+                              match={"ipv6_dst": "2001:db8:90::/64", "ip_proto": 6})
+    servers = tuple(dataclasses.replace(s, ip6=f"2001:db8:2::{s.name[-1]}")
+                    if s.name.startswith("web") else s for s in topo.servers)
+    topo = dataclasses.replace(topo, chains=topo.chains + (web6, db6), servers=servers)
     client = {c.chain: c for c in webplan.clients(topo)}["web6"]
     assert client.dst == "2001:db8:80::10" and client.src.startswith("2001:db8:ffff::")
-    assert webplan.server_addresses6(topo) == {"web1": ["2001:db8:80::10"],
-                                               "web2": ["2001:db8:80::10"]}
+    # a pool's servers take their ip6 (its VIP is the lb's); a chain's one
+    # server takes the chain's destination
+    assert webplan.server_addresses6(topo) == {"web1": ["2001:db8:2::1"],
+                                               "web2": ["2001:db8:2::2"],
+                                               "db": ["2001:db8:90::10"]}
     server = webplan.server_setup("v0", ["2001:db8:80::10"])
     assert "ip -6 addr replace 2001:db8:80::10/128 dev v0 nodad" in server
     assert any("ip -6 neigh replace fe80::1" in c and "nud permanent" in c for c in server)

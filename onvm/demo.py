@@ -2,14 +2,14 @@
 (topologies/demo.yaml: two cores a host, so the longer chains span hosts)
 emulated for a short while, then the summary: chains spanning hosts; chain `api`
 (with an autoscale policy) offered six times its declared rate for a while,
-so it scales out and back in; a new server, h9, is plugged into leaf3 and
+so it scales out and back in; a new server, h9, is plugged into leaf2 (beside web's servers) and
 joins the cluster; then another NF host is drained for maintenance (its
 instances move with their state, onto h9 where the placement says so) and
 undrained; then the busiest NF host fails.
 
 It is `onvm emulate topologies/demo.yaml --seconds 45 --offer
-api=6@4 --offer api=1@16 --add-host h9@leaf3:5@8 --drain-host OTHER@19
---undrain-host OTHER@25 --kill-host HOST@30`, where HOST is the busiest
+api=6@4 --offer api=1@20 --add-host h9@leaf2:7@8 --drain-host OTHER@21
+--undrain-host OTHER@27 --kill-host HOST@30`, where HOST is the busiest
 host the controller gave NFs to that is no chain's egress, and OTHER
 another such host.  Chains with an NF
 that cannot start from the catalog's config are left out, and the demo says
@@ -28,9 +28,9 @@ from onvm.procs import REPO
 
 TOPOLOGY = os.path.join(REPO, "topologies", "demo.yaml")
 SECONDS = 45.0
-RAMP = ("api", 6.0, 4.0, 16.0)     # chain, offered Mpps, from, until (seconds)
-DRAIN = (0.42, 0.56)               # drain and undrain, as shares of the run
-JOIN = ("h9", "leaf3", 5, 0.18)    # a host plugged in: name, switch, port, share of the run
+RAMP = ("api", 6.0, 4.0, 20.0)     # chain, offered Mpps, from, until (seconds)
+DRAIN = (0.47, 0.6)                # drain and undrain, as shares of the run
+JOIN = ("h9", "leaf2", 7, 0.18)    # a host plugged in: name, switch, port, share of the run
 
 
 def story(seconds):

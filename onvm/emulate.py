@@ -122,6 +122,7 @@ class Emulation:
         self.joined = {}            # name -> (switch, port, mac, ip) of hosts added (add_host)
         self.join_seen = {}         # name -> what its join events said (onvm.joining)
         self.killed = set()         # hosts failed on purpose (fail_host, kill_agent, ...)
+        self.failures = []          # [(time, host)] of fail_host, for the summary's reasons
         self.exited = set()         # Popens of parts that ended unasked (see exits)
         self.watch = None           # StoreWatch, once started
         self.started = None
@@ -669,6 +670,7 @@ class Emulation:
         """A host failure, as when a server loses power: its agent dies
         (SIGKILL, no goodbye) and its link goes down, which its switch
         reports at once (OpenFlow port status)."""
+        self.failures.append((time.time(), name))
         self.kill_agent(name)
         self._host_link(name, "down")
 

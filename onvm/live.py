@@ -226,6 +226,22 @@ def lost_egress(run, chain):
             if egress in run.emu.killed else "")
 
 
+def loss_reasons(run, chain):
+    """Why a chain lost what it lost, as far as the run knows: each host
+    that failed (Emulation.fail_host) while it ran the chain's NFs (by the
+    chain's `where` timeline); "" when none did."""
+    t0 = getattr(run.emu, "started", None)
+    line = run.where.get(chain, [])
+    out = []
+    for at, host in getattr(run.emu, "failures", ()):
+        t = at - t0 if t0 else at
+        ran = [text for since, text in line if since <= t]
+        if ran and f"@{host}" in ran[-1].replace(",", "@"):
+            out.append(f"{host}, which ran its NFs, failed at {t:.0f} s (what was in "
+                       f"flight to it, and sent there until the fabric re-steered, is lost)")
+    return "; ".join(out)
+
+
 def where_text(nfs):
     """"firewall@h1 -> ids@h2,h3" of a chain's [(nf, [hosts])]."""
     return " -> ".join(f"{nf}@{','.join(h) or '?'}" for nf, h in nfs)
@@ -246,6 +262,11 @@ def summary_text(run):
                      f"latency {latency} ms; {where}")
         if "tcp" in c:
             lines.append(f"chain {name}: {tcp_text(c['tcp'])}")
+        if c["lost"] > 0:
+            why = loss_reasons(run, name)
+            lines.append(f"chain {name}: lost {c['lost']}: " + (why or "no host failure "
+                         "of this run explains it; the agents' drops by reason are in "
+                         f"their logs ({run.emu.dir})"))
     for name, line in sorted(run.timeline.items()):
         if len(line) > 1:
             lines.append(f"chain {name}: NF instances over time: " + ", ".join(

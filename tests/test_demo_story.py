@@ -43,13 +43,13 @@ def test_no_host_to_drain_but_the_busiest():
 def test_the_story_ramps_joins_drains_undrains_then_fails_in_that_order():
     events = story(45.0)(emu_with(PLACEMENT))
     assert [(at, action) for at, _, action, _ in sorted(events, key=lambda e: e[0])] == [
-        (4.0, "offer"), (8, "add-host"), (16.0, "offer"), (19, "drain-other"),
-        (25, "undrain-other"), (30, "fail-busiest")]
+        (4.0, "offer"), (8, "add-host"), (20.0, "offer"), (21, "drain-other"),
+        (27, "undrain-other"), (30, "fail-busiest")]
     (name, switch, port, mac, ip), = [arg for _, _, action, arg in events
                                        if action == "add-host"]
     topo = load_topology(TOPOLOGY)
     # a port nobody has, and addresses nobody has
-    assert (name, switch, port) == ("h9", "leaf3", 5)
+    assert (name, switch, port) == ("h9", "leaf2", 7)
     assert (switch, port) not in {(p.switch, p.port) for p in (*topo.hosts, *topo.servers,
                                                                  *topo.edges)}
     assert (switch, port) not in {(l.a, l.a_port) for l in topo.links} | \

@@ -351,3 +351,19 @@ def test_store_watch_keeps_the_last_snapshot_and_says_since_when_the_store_is_si
     # a read that hangs says nothing: the time since the last answer does
     now[0] += UNREACHABLE_AFTER_S + 0.1
     assert watch.latest() == (answer, {"since": 101.0, "error": "no answer yet"})
+
+
+def test_the_summary_explains_a_loss_by_a_host_that_failed_carrying_the_chain():
+    emu = _Emu()
+    emu.started, emu.failures = 1000.0, [(1030.0, "h2"), (1031.0, "h9")]
+    run = live.Run(emu, final=_status(1040.0),
+                   where={"web": [[1.0, "firewall@h1 -> monitor@h2"],
+                                  [35.0, "firewall@h1 -> monitor@h3"]]})
+    text = live.summary_text(run)
+    assert "chain web: lost 2: h2, which ran its NFs, failed at 30 s (what was in flight " \
+           "to it, and sent there until the fabric re-steered, is lost)" in text
+    assert "h9" not in text
+    run.where = {"web": [[1.0, "firewall@h1 -> monitor@h3"]]}
+    assert "chain web: lost 2: no host failure of this run explains it" in \
+        live.summary_text(run)
+

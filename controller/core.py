@@ -150,6 +150,7 @@ class ClusterCore(ClusterView):
         self.stats_warned = set()       # (host, problem) of stats already logged
         self.dirty = {"hosts", "chains"}
         self.registered = {}            # {host: its /onvm/hosts/ body}, as last read
+        self.joined_stale = True        # /onvm/joined/ to read again (changed, or never read)
         self.pending_joins = {}         # {host: mac} of unknown hosts waiting to join
         self.refused = {}               # host -> (body, why) of joins refused
         self.join_noted = set()         # what about joining was logged already
@@ -184,6 +185,8 @@ class ClusterCore(ClusterView):
                 self.stats_seen.pop(host, None)
             else:
                 self.stats_seen[host] = value
+        if key.startswith(JOINED):
+            self.joined_stale = True
         for prefix, what in DIRTY_KINDS:
             if key.startswith(prefix):
                 self.dirty.add(what)
@@ -324,8 +327,13 @@ class ClusterCore(ClusterView):
         by this controller or another): in the model without probing, so a
         new leader keeps their plans.  A record that no longer fits the
         topology (its name, address or port taken since) is logged once
-        and left alone."""
-        for name, rec in sorted((self.store.joined() or {}).items()):
+        and left alone.  Read at the first step and when the watch saw the
+        prefix change."""
+        if not self.joined_stale:
+            return
+        records = self.store.joined() or {}
+        self.joined_stale = False
+        for name, rec in sorted(records.items()):
             if name in self.known or not isinstance(rec, dict):
                 continue
             body = {k: rec.get(k) for k in ("mac", "ip", "cores", "label")}

@@ -485,7 +485,8 @@ def ingress_groups(topo, placement):
         if not chain.nfs:
             continue
         shares = placement.shares(chain.name, 0)
+        retiring = _retiring(placement, chain, 0)
         shares.update({host: 0.0 for host in placement.draining_at(chain, 0)
-                       if host not in _retiring(placement, chain, 0)})
+                       if host not in retiring})
         out[chain.name] = [(host, round(shares[host], 6)) for host in sorted(shares)]
     return out

@@ -403,12 +403,13 @@ class Emulation:
         self.say(f"plans applied on {len(self.store.plans())} hosts")
 
     def _start_traffic(self):
+        addresses6 = webplan.server_addresses6(self.topo)
         for name, ports in webplan.server_ports(self.topo).items():
             cmd = [sys.executable, "-m", "onvm.web", "serve", "--name", name,
                    "--status", self.file(f"web-{name}.json")]
             for port in ports:
                 cmd += ["--port", str(port)]
-            if name in webplan.server_addresses6(self.topo):
+            if name in addresses6:
                 cmd.append("--ipv6")
             self.web_servers[name] = self._spawn(self.nodes[name].popen, cmd, f"web-{name}.log")
         for chain in self.topo.chains:

@@ -236,10 +236,15 @@ def loss_reasons(run, chain):
     for at, host in getattr(run.emu, "failures", ()):
         t = at - t0 if t0 else at
         ran = [text for since, text in line if since <= t]
-        if ran and f"@{host}" in ran[-1].replace(",", "@"):
+        if ran and host in _hosts_of(ran[-1]):
             out.append(f"{host}, which ran its NFs, failed at {t:.0f} s (what was in "
                        f"flight to it, and sent there until the fabric re-steered, is lost)")
     return "; ".join(out)
+
+
+def _hosts_of(where):
+    """The hosts a where_text names."""
+    return {h for part in where.split(" -> ") for h in part.split("@", 1)[-1].split(",")}
 
 
 def where_text(nfs):

@@ -366,4 +366,7 @@ def test_the_summary_explains_a_loss_by_a_host_that_failed_carrying_the_chain():
     run.where = {"web": [[1.0, "firewall@h1 -> monitor@h3"]]}
     assert "chain web: lost 2: no host failure of this run explains it" in \
         live.summary_text(run)
+    run.where = {"web": [[1.0, "firewall@h1,h20 -> monitor@h3"]]}     # h2 is not h20
+    assert "chain web: lost 2: no host failure of this run explains it" in \
+        live.summary_text(run)
 

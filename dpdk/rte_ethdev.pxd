@@ -17,6 +17,7 @@ cdef extern from "rte_ethdev.h" nogil:
         uint64_t rx_nombuf
     uint16_t rte_eth_dev_count_avail()
     int rte_eth_dev_is_valid_port(uint16_t port_id)
+    int rte_eth_dev_socket_id(uint16_t port_id)     # -1 (SOCKET_ID_ANY): not known
     int rte_eth_dev_configure(uint16_t port_id, uint16_t nb_rx_queue,
                               uint16_t nb_tx_queue, const rte_eth_conf *eth_conf)
     int rte_eth_rx_queue_setup(uint16_t port_id, uint16_t rx_queue_id,

@@ -3,7 +3,15 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 
 cdef extern from "rte_mempool.h" nogil:
     struct rte_mempool:
-        pass
+        int socket_id
+        uint32_t size
+        uint32_t cache_size
+    struct rte_mempool_cache:
+        uint32_t size
+        uint32_t len
+    # NULL where the pool has no caches or lcore_id is LCORE_ID_ANY
+    rte_mempool_cache *rte_mempool_default_cache(rte_mempool *mp, unsigned lcore_id)
+    void rte_mempool_cache_flush(rte_mempool_cache *cache, rte_mempool *mp)
     rte_mempool *rte_mempool_lookup(const char *name)
     unsigned rte_mempool_avail_count(const rte_mempool *mp)
     unsigned rte_mempool_in_use_count(const rte_mempool *mp)

@@ -3,9 +3,14 @@
 OpenNetVM gives the manager its cores and each NF process one core of its
 own (`onvm nf run --lcore L`, DPDK's `-l L`): a polling NF that shares a
 core with the manager or another NF halves both.  The agent's budget is
-the cores its EAL core list (`-l`, or `cores:` in its config) names when
-that list has more than one core, else every core this process may run on
-(its CPU affinity); the manager loop runs on the first core of the list.
+the cores its EAL core list (`-l` or `--lcores`, or `cores:` in its
+config) names when that list has more than one core, else every core this
+process may run on (its CPU affinity); the manager loop runs on the first core of the list.
+With `--workers N` the workers take the first N cores of the budget
+(worker_cores); a worker whose core has an EAL worker lcore of its own
+runs there, the others on threads registered as lcores
+(host_agent.workers): `--lcores 0@0,1@0,2@1` (lcore_map) gives 2 workers
+an EAL lcore each beside the main lcore, the agent's control thread.
 `assign` gives each process-mode instance a core of the budget nobody else
 has, and says which share when there are too few.
 
@@ -102,19 +107,57 @@ def check_core_count(n, what, cores=None):
 
 
 def eal_core_list(eal_args):
-    """The cores an EAL argument list names with -l, or None (none given,
-    or -c / --lcores, whose forms this does not read)."""
+    """The cores an EAL argument list names: with -l, or the cores its
+    --lcores map puts lcores on ("0@0,1@0,2@1", "(0-1)@0,2"; see
+    lcore_map); None with neither (or -c, whose form this does not read)."""
     if "-l" in eal_args[:-1]:
         return parse_core_list(eal_args[eal_args.index("-l") + 1])
+    if "--lcores" in eal_args[:-1]:
+        mapped = lcore_map(eal_args[eal_args.index("--lcores") + 1])
+        return sorted({c for cores in mapped.values() for c in cores})
     return None
 
 
+def _groups(text):
+    """"0@0,(1-2)@(0,1)" -> ["0@0", "(1-2)@(0,1)"]: commas outside brackets."""
+    out, depth, item = [], 0, ""
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            out.append(item)
+            item = ""
+        else:
+            item += ch
+    return out + [item]
+
+
+def lcore_map(text):
+    """DPDK's --lcores map -> {lcore: [cores]}: "0@0,1@0,2@1" runs lcores 0
+    and 1 on core 0 and lcore 2 on core 1 (the lcores beside the main one,
+    the lowest, are the EAL's worker lcores: host_agent.workers launches
+    its workers there); an item without @ runs each lcore on the core of
+    its number."""
+    out = {}
+    for item in _groups(str(text)):
+        ids, _, cpus = item.partition("@")
+        try:
+            lcores = parse_core_list(ids.strip("()"))
+            cores = parse_core_list(cpus.strip("()")) if cpus else None
+        except CoresError:
+            raise CoresError(f"--lcores {text}: {item!r} is not an lcore map item like "
+                             f"\"1@0\" or \"(1-2)@(0,1)\"") from None
+        for lcore in lcores:
+            out[lcore] = cores or [lcore]
+    return out
+
+
 def check_eal_cores(eal_args):
-    """CoresError if the EAL's -l names a core this machine lacks (DPDK's
-    own error does not say which)."""
+    """CoresError if the EAL's -l (or --lcores) names a core this machine
+    lacks (DPDK's own error does not say which)."""
     listed = eal_core_list(eal_args)
     if listed:
-        check_cores(listed, f"-l {eal_args[eal_args.index('-l') + 1]}")
+        opt = "-l" if "-l" in eal_args[:-1] else "--lcores"
+        check_cores(listed, f"{opt} {eal_args[eal_args.index(opt) + 1]}")
 
 
 def budget(eal_args, cores=None):

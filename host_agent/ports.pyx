@@ -13,7 +13,7 @@ from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_alloc, rte_pktmbuf_append,
     rte_pktmbuf_free, onvm_mtod)
 from dpdk.rte_ring cimport *
 from dpdk.rte_ethdev cimport *
-from nflib.eal cimport packet_pool
+from nflib.eal cimport packet_pool, port_socket
 
 from nflib.eal import FastPathError, dpdk_error
 
@@ -29,10 +29,13 @@ def start_port(uint16_t port_id, uint16_t queues=1):
     tx queues (one per worker, host_agent.workers) of 1024 descriptors,
     promiscuous; with several, flows spread over them by symmetric RSS
     where the port has RSS (dpdk/rss.h; ports in memory do not: what
-    fills their rings spreads).  A port started already (by another
+    fills their rings spreads).  The queues' descriptors go on the port's
+    NUMA socket (this thread's where DPDK knows none), as does the packet
+    pool (nflib.eal.pool_socket).  A port started already (by another
     worker's Manager) is left as it is."""
     cdef rte_eth_conf conf
     cdef int err
+    cdef int socket = port_socket(port_id)
     if port_id in _started:
         return _started[port_id]
     memset(&conf, 0, sizeof(conf))
@@ -44,9 +47,9 @@ def start_port(uint16_t port_id, uint16_t queues=1):
         if what == "configure":
             err = rte_eth_dev_configure(port_id, queues, queues, &conf)
         elif what == "rx queue setup":
-            err = rte_eth_rx_queue_setup(port_id, q, 1024, rte_socket_id(), NULL, packet_pool())
+            err = rte_eth_rx_queue_setup(port_id, q, 1024, socket, NULL, packet_pool())
         elif what == "tx queue setup":
-            err = rte_eth_tx_queue_setup(port_id, q, 1024, rte_socket_id(), NULL)
+            err = rte_eth_tx_queue_setup(port_id, q, 1024, socket, NULL)
         else:
             err = rte_eth_dev_start(port_id)
         if err < 0:

@@ -29,9 +29,24 @@ flows than the ring holds) is one-worker only too.  State that is not
 per flow (a ratelimit budget, ddos sketches) the agent shares among an
 instance's N objects as among a chain's instances (host_agent.sharer).
 
+Each worker runs on a DPDK lcore, so it takes and frees mbufs through
+its own cache of the packet pool (nflib.eal) instead of the pool's
+shared ring: on one of the EAL's worker lcores where the EAL's core list
+has one on the worker's core (`-l 0-1`: worker 1 on lcore 1, launched
+there by rte_eal_remote_launch), else on a thread pinned to the core and
+registered as an lcore for the run (rte_thread_register: the EAL's main
+lcore is the agent's control thread; `-l 0`, the default, has no worker
+lcores).  Registering turns DPDK's multi-process off for the process,
+which is why only more than one worker registers: those refuse NF
+processes anyway (a single worker runs on a plain thread where no EAL
+lcore is free; the agent runs one worker as a Manager on its own thread).
+`placement` says after each run where each worker ran.  A worker flushes
+its cache into the pool when its run ends.
+
 Not here: the loop (host_agent.manager), ports (host_agent.ports).
 """
 import copy
+import functools
 import itertools
 import os
 import struct
@@ -41,6 +56,7 @@ import time
 from host_agent import fastpath as fp
 from host_agent import lcores
 from host_agent.ports import start_port, valid_ports
+from nflib import eal
 
 
 def _crc_table():
@@ -201,6 +217,7 @@ class Workers:
         ports = valid_ports() if ports is None else ports
         for p in ports:
             start_port(p, n)
+        self.placement = []             # where each worker ran last (run)
         self.managers = []
         self._applied = None            # (plan, nf_factory) every worker runs
         for q in range(n):
@@ -280,26 +297,70 @@ class Workers:
     idle_us = _every_worker("idle_us")
 
     def run(self, max_packets=0, seconds=0.0, idle_seconds=0.0):
-        """Run every worker on its core until each stops as Manager.run
-        says (`max_packets` each); returns [(packets, CPU seconds)] per
-        worker."""
-        out = [None] * len(self.managers)
+        """Run every worker on its core, each on an lcore of its own (see
+        the module's docstring), until each stops as Manager.run says
+        (`max_packets` each); returns [(packets, CPU seconds)] per worker.
+        `placement` then says where each ran.  What a worker raised is
+        raised here once all have stopped."""
+        n = len(self.managers)
+        out, errors = [None] * n, []
+        self.placement = [{"queue": q, "core": self.cores[q], "how": None, "lcore": None,
+                           "cache": False, "flushed": 0} for q in range(n)]
 
         def work(q):
-            os.sched_setaffinity(0, {self.cores[q]})     # this thread only
+            where = self.placement[q]
+            where["lcore"] = eal.lcore_id()
+            where["cache"] = eal.cache_count() is not None
             c0 = time.thread_time()
             m = self.managers[q]
             start = m.stats()["processed"]
-            done = m.run(max_packets=max_packets, seconds=seconds,
-                         idle_seconds=idle_seconds) - start
+            try:
+                done = m.run(max_packets=max_packets, seconds=seconds,
+                             idle_seconds=idle_seconds) - start
+            finally:
+                # what the worker freed last waits in its cache: back to
+                # the pool, where any lcore can take it
+                where["flushed"] = eal.flush_cache()
             out[q] = (done, time.thread_time() - c0)
 
-        threads = [threading.Thread(target=work, args=(q,), name=f"worker{q}")
-                   for q in range(len(self.managers))]
+        def on_thread(q):
+            os.sched_setaffinity(0, {self.cores[q]})     # this thread only
+            # more than one worker refuses NF processes: registering (which
+            # turns DPDK's multi-process off) is safe (nflib.eal.register_thread)
+            registered = n > 1 and eal.register_thread() is not None
+            self.placement[q]["how"] = "registered thread" if registered else "thread"
+            try:
+                work(q)
+            except BaseException as err:
+                errors.append(err)
+            finally:
+                if registered:
+                    eal.unregister_thread()
+
+        spare = {}                  # core -> an EAL worker lcore that runs there alone
+        for lcore, cpus in sorted(eal.worker_lcores().items(), reverse=True):
+            if len(cpus) == 1:
+                spare[cpus[0]] = lcore
+        launched, threads = [], []
+        for q in range(n):
+            lcore = spare.pop(self.cores[q], None)
+            if lcore is not None and eal.launch(lcore, functools.partial(work, q)):
+                self.placement[q]["how"] = "eal lcore"
+                launched.append(lcore)
+            else:
+                threads.append(threading.Thread(target=on_thread, args=(q,),
+                                                name=f"worker{q}"))
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        for lcore in launched:
+            try:
+                eal.wait_lcore(lcore)
+            except BaseException as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]
         return out
 
     def stop(self):

@@ -1,8 +1,9 @@
 # DPDK's EAL and the packet pool of this process, for the other modules of
 # nflib and host_agent.
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint16_t, uint32_t
 from dpdk.rte_mbuf cimport rte_mempool
 from dpdk.rte_hash cimport rte_hash
 
 cdef rte_mempool *packet_pool() noexcept nogil
+cdef int port_socket(uint16_t port_id) noexcept nogil
 cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len) except NULL

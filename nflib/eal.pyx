@@ -1,7 +1,17 @@
 # cython: language_level=3
 """DPDK's EAL in this process (the agent as primary, an NF process as
-secondary) and the packet pool the host's processes share; the named DPDK
-objects every process makes (rte_hash) get names unique on the host.
+secondary), the packet pool the host's processes share, and the lcores
+the fast path's workers run on; the named DPDK objects every process
+makes (rte_hash) get names unique on the host.
+
+The packet pool lives on the NUMA socket of the host's ports (pool_socket
+says which when they are on several) and has a cache of CACHE mbufs per
+lcore: an lcore (an EAL thread, or a thread that register_thread made
+one) takes and gives back mbufs through its cache, a thread that is no
+lcore (rte_lcore_id() is LCORE_ID_ANY) through the pool's shared ring
+every time.  Workers (host_agent.workers) therefore run on lcores: on the
+EAL's own worker lcores (`launch`, DPDK's rte_eal_remote_launch) where
+its core list has them, else on threads registered as lcores.
 
 Not here: ports (host_agent.ports), the manager's loop (host_agent.manager).
 """
@@ -11,16 +21,23 @@ from libc.stdlib cimport malloc, free
 from dpdk.rte_eal cimport *
 from dpdk.rte_mbuf cimport *
 from dpdk.rte_hash cimport *
-from dpdk.rte_ethdev cimport rte_eth_dev_count_avail
+from dpdk.rte_ethdev cimport (rte_eth_dev_count_avail, rte_eth_dev_is_valid_port,
+    rte_eth_dev_socket_id, RTE_MAX_ETHPORTS)
 
 import glob
+import logging
 import os
 import shutil
+import threading
+import time
+
+log = logging.getLogger("onvm.eal")
 
 cdef extern from "shim.h" nogil:
     int ONVM_META_SIZE "sizeof(struct onvm_meta)"
 
 POOL_NAME = b"onvm_pktmbuf_pool"
+CACHE = 256             # mbufs each lcore keeps of the packet pool (DPDK's max is 512)
 
 cdef object _eal_args = None
 cdef rte_mempool *_pool = NULL
@@ -47,9 +64,10 @@ def eal_running():
 
 def eal_init(args, pool_size=16383):
     """Start DPDK's EAL once per process with `args` (a list of strings,
-    program name first) and create the packet pool (a secondary process
-    finds the primary's).  Returns the number of ports found.  A second
-    call with the same args does nothing."""
+    program name first) and create the packet pool on the ports' socket
+    (pool_socket; a secondary process finds the primary's).  Returns the
+    number of ports found.  A second call with the same args does
+    nothing."""
     global _eal_args, _pool
     if _eal_args is not None:
         if list(args) != _eal_args:
@@ -70,8 +88,8 @@ def eal_init(args, pool_size=16383):
     _eal_args = list(args)
     cdef uint16_t priv_size = (ONVM_META_SIZE + 7) & ~7
     if rte_eal_process_type() == RTE_PROC_PRIMARY:
-        _pool = rte_pktmbuf_pool_create(POOL_NAME, pool_size, 256, priv_size,
-                                        RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id())
+        _pool = rte_pktmbuf_pool_create(POOL_NAME, pool_size, CACHE, priv_size,
+                                        RTE_MBUF_DEFAULT_BUF_SIZE, ports_socket())
     else:
         _pool = rte_mempool_lookup(POOL_NAME)
     if _pool == NULL:
@@ -148,6 +166,197 @@ def pool_counts():
     if _pool == NULL:
         return (0, 0)
     return (rte_mempool_avail_count(_pool), rte_mempool_in_use_count(_pool))
+
+
+def pool_info():
+    """The packet pool: its socket, size, per-lcore cache size, mbufs
+    available (in its ring and in every lcore's cache, as
+    rte_mempool_avail_count counts them), in use, and cached (the caches'
+    part of the available); None before eal_init."""
+    if _pool == NULL:
+        return None
+    cdef unsigned lcore, cached = 0
+    cdef rte_mempool_cache *cache
+    for lcore in range(RTE_MAX_LCORE):
+        cache = rte_mempool_default_cache(_pool, lcore)
+        if cache != NULL:
+            cached += cache.len
+    return {"socket": _pool.socket_id, "size": _pool.size, "cache_size": _pool.cache_size,
+            "available": rte_mempool_avail_count(_pool),
+            "in_use": rte_mempool_in_use_count(_pool), "cached": cached}
+
+
+# ------------------------------------------------------------ NUMA sockets
+
+def pool_socket(port_sockets, own):
+    """The socket the packet pool goes on, given the ports' sockets (in
+    port order, -1 where DPDK does not know one: a vdev, a machine without
+    NUMA) and `own` (rte_socket_id() of the thread that starts the EAL):
+    the socket most ports are on, a tie going to the lowest port's; `own`
+    when no port's is known.  With ports on several sockets, those on the
+    others reach the pool across the interconnect: one pool per socket
+    would avoid it (not done: one pool is what the NF processes look up)."""
+    known = [s for s in port_sockets if s >= 0]
+    if not known:
+        return own
+    return max(known, key=lambda s: (known.count(s), -known.index(s)))
+
+
+cdef int port_socket(uint16_t port_id) noexcept nogil:
+    """A port's NUMA socket, this thread's where DPDK does not know it."""
+    cdef int socket = rte_eth_dev_socket_id(port_id)
+    return rte_socket_id() if socket == SOCKET_ID_ANY else socket
+
+
+def ports_socket():
+    """pool_socket of the ports the EAL found."""
+    sockets = [rte_eth_dev_socket_id(p) for p in range(RTE_MAX_ETHPORTS)
+               if rte_eth_dev_is_valid_port(p)]
+    return pool_socket(sockets, rte_socket_id())
+
+
+# ------------------------------------------------------------------ lcores
+
+cdef object _launched = {}          # EAL worker lcore -> the callable it runs
+cdef object _failed = {}            # EAL worker lcore -> what its callable raised
+_launch_lock = threading.Lock()
+_registered = threading.local()     # .lcore: the lcore register_thread gave this thread
+cdef unsigned _registrations = 0
+
+
+cdef int _trampoline(void *arg) noexcept nogil:
+    """What an EAL worker lcore runs: the Python callable `arg`, with the
+    GIL (which the fast path's loop gives up while it runs)."""
+    with gil:
+        try:
+            (<object>arg)()
+        except BaseException as err:
+            _failed[rte_lcore_id()] = err
+    return 0
+
+
+def lcore_id():
+    """This thread's lcore, None where it is none (LCORE_ID_ANY)."""
+    cdef unsigned lcore = rte_lcore_id()
+    return None if lcore == LCORE_ID_ANY else lcore
+
+
+def worker_lcores():
+    """{lcore: [cores it runs on]} of the EAL's worker lcores (its core
+    list but the main lcore, which is the thread that started the EAL):
+    `-l 0-2` gives {1: [1], 2: [2]}; `--lcores 0@0,1@0,2@1` {1: [0], 2: [1]}."""
+    out = {}
+    cdef cpu_set_t cpus
+    cdef int cpu
+    cdef unsigned lcore = rte_get_next_lcore(<unsigned>-1, 1, 0)
+    while lcore < RTE_MAX_LCORE:
+        cpus = rte_lcore_cpuset(lcore)
+        out[lcore] = [cpu for cpu in range(CPU_SETSIZE) if CPU_ISSET(cpu, &cpus)]
+        lcore = rte_get_next_lcore(lcore, 1, 0)
+    return out
+
+
+def launch(unsigned lcore, fn):
+    """Run `fn()` on the EAL's worker lcore `lcore` (rte_eal_remote_launch);
+    False if that lcore runs something already.  wait_lcore waits for it
+    and raises what it raised.  Launches from several threads are
+    serialised here (DPDK's check of the lcore's state and its launch are
+    not one step)."""
+    if lcore not in worker_lcores():
+        raise FastPathError(f"lcore {lcore} is not a worker lcore of this EAL "
+                            f"(its worker lcores: {sorted(worker_lcores()) or 'none'})")
+    with _launch_lock:
+        if lcore in _launched or rte_eal_get_lcore_state(lcore) != LCORE_WAIT:
+            return False
+        _launched[lcore] = fn
+        if rte_eal_remote_launch(_trampoline, <void *>fn, lcore) != 0:
+            del _launched[lcore]
+            return False
+    return True
+
+
+def wait_lcore(unsigned lcore, double poll=0.0005):
+    """Wait (without spinning: DPDK's rte_eal_wait_lcore does) until the
+    callable launched on `lcore` returned; re-raise what it raised."""
+    if lcore not in _launched:
+        return
+    while rte_eal_get_lcore_state(lcore) == LCORE_RUNNING:
+        time.sleep(poll)
+    rte_eal_wait_lcore(lcore)
+    with _launch_lock:
+        del _launched[lcore]
+    err = _failed.pop(lcore, None)
+    if err is not None:
+        raise err
+
+
+def register_thread():
+    """Make this thread an lcore (rte_thread_register): it then has an lcore
+    id and its own cache of the packet pool.  Returns the lcore id (this
+    thread's own if it is one already), None where DPDK refused: the
+    message is logged.
+
+    DPDK turns multi-process off for good once a thread registers (and
+    refuses to register once a secondary has attached): no NF process can
+    attach to this EAL afterwards.  The rule: register only threads of a
+    fast path that takes no NF processes (host_agent.workers: more than one
+    worker refuses them), in a process whose other fast paths take none
+    either (the agent and the bench run one fast path a process; the
+    tests' in-process EAL runs without huge pages, which NF processes
+    need).  multiprocess_off says whether this process did it."""
+    global _registrations
+    cdef unsigned lcore = rte_lcore_id()
+    if lcore != LCORE_ID_ANY:
+        return lcore
+    if rte_thread_register() != 0:
+        log.warning("no lcore for thread %s: %s", threading.current_thread().name,
+                    rte_strerror(rte_errno).decode())
+        return None
+    _registrations += 1
+    _registered.lcore = rte_lcore_id()
+    return _registered.lcore
+
+
+def unregister_thread():
+    """Give back the lcore register_thread gave this thread, its cache
+    flushed into the pool first (so no mbuf waits in a cache nobody uses)."""
+    if getattr(_registered, "lcore", None) is None:
+        return
+    flush_cache()
+    rte_thread_unregister()
+    _registered.lcore = None
+
+
+def multiprocess_off():
+    """True once a thread of this process registered as an lcore: NF
+    processes (DPDK secondaries) can no longer attach (register_thread)."""
+    return _registrations > 0
+
+
+def cache_count(lcore=None):
+    """mbufs in the packet pool's cache of `lcore` (default: this thread's),
+    None where it has none (not an lcore, or no pool)."""
+    cdef rte_mempool_cache *cache
+    cdef unsigned which = rte_lcore_id() if lcore is None else lcore
+    if _pool == NULL:
+        return None
+    cache = rte_mempool_default_cache(_pool, which)
+    return None if cache == NULL else cache.len
+
+
+def flush_cache():
+    """Put what this thread's lcore keeps in its cache back in the pool's
+    ring; returns how many mbufs (0 where it has no cache)."""
+    cdef rte_mempool_cache *cache
+    cdef unsigned n
+    if _pool == NULL:
+        return 0
+    cache = rte_mempool_default_cache(_pool, rte_lcore_id())
+    if cache == NULL:
+        return 0
+    n = cache.len
+    rte_mempool_cache_flush(cache, _pool)
+    return n
 
 
 cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len) except NULL:

@@ -5,10 +5,10 @@ own (`onvm nf run --lcore L`, DPDK's `-l L`): a polling NF that shares a
 core with the manager or another NF halves both.  The agent's budget is
 the cores its EAL core list (`-l` or `--lcores`, or `cores:` in its
 config) names when that list has more than one core, else every core this
-process may run on (its CPU affinity); the manager loop runs on the first core of the list.
-With `--workers N` the workers take the first N cores of the budget
-(worker_cores); a worker whose core has an EAL worker lcore of its own
-runs there, the others on threads registered as lcores
+process may run on (its CPU affinity); the manager loop runs on the first
+core of the list.  With `--workers N` the workers take the first N cores
+of the budget (worker_cores); a worker whose core has an EAL worker lcore
+of its own runs there, the others on threads registered as lcores
 (host_agent.workers): `--lcores 0@0,1@0,2@1` (lcore_map) gives 2 workers
 an EAL lcore each beside the main lcore, the agent's control thread.
 `assign` gives each process-mode instance a core of the budget nobody else

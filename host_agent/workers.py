@@ -323,28 +323,33 @@ class Workers:
                 where["flushed"] = eal.flush_cache()
             out[q] = (done, time.thread_time() - c0)
 
-        def on_thread(q):
-            os.sched_setaffinity(0, {self.cores[q]})     # this thread only
-            # more than one worker refuses NF processes: registering (which
-            # turns DPDK's multi-process off) is safe (nflib.eal.register_thread)
-            registered = n > 1 and eal.register_thread() is not None
-            self.placement[q]["how"] = "registered thread" if registered else "thread"
+        def guarded(q):
             try:
                 work(q)
+            except BaseException as err:
+                errors.append(err)
+                self.stop()                              # the others too
+
+        def on_thread(q):
+            registered = False
+            try:
+                os.sched_setaffinity(0, {self.cores[q]})     # this thread only
+                # more than one worker refuses NF processes: registering (which
+                # turns DPDK's multi-process off) is safe (nflib.eal.register_thread)
+                registered = n > 1 and eal.register_thread() is not None
+                self.placement[q]["how"] = "registered thread" if registered else "thread"
+                guarded(q)
             except BaseException as err:
                 errors.append(err)
             finally:
                 if registered:
                     eal.unregister_thread()
 
-        spare = {}                  # core -> an EAL worker lcore that runs there alone
-        for lcore, cpus in sorted(eal.worker_lcores().items(), reverse=True):
-            if len(cpus) == 1:
-                spare[cpus[0]] = lcore
+        spare = eal_lcores_by_core()
         launched, threads = [], []
         for q in range(n):
             lcore = spare.pop(self.cores[q], None)
-            if lcore is not None and eal.launch(lcore, functools.partial(work, q)):
+            if lcore is not None and eal.launch(lcore, functools.partial(guarded, q)):
                 self.placement[q]["how"] = "eal lcore"
                 launched.append(lcore)
             else:
@@ -352,13 +357,16 @@ class Workers:
                                                 name=f"worker{q}"))
         for t in threads:
             t.start()
+        # a worker that fails stops the others, also one whose run begins
+        # after the failure (Manager.run clears its stop flag as it starts)
+        while any(t.is_alive() for t in threads) or any(map(eal.lcore_busy, launched)):
+            if errors:
+                self.stop()
+            time.sleep(0.0005)
         for t in threads:
             t.join()
         for lcore in launched:
-            try:
-                eal.wait_lcore(lcore)
-            except BaseException as err:
-                errors.append(err)
+            eal.wait_lcore(lcore)
         if errors:
             raise errors[0]
         return out
@@ -388,6 +396,15 @@ class Workers:
             time.sleep(0.001)
         for m in self.managers:
             m.close()
+
+
+def eal_lcores_by_core():
+    """{core: the lowest EAL worker lcore that runs on that core alone}."""
+    out = {}
+    for lcore, cpus in sorted(eal.worker_lcores().items(), reverse=True):
+        if len(cpus) == 1:
+            out[cpus[0]] = lcore
+    return out
 
 
 def _add(total, more):

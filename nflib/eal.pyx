@@ -275,12 +275,17 @@ def launch(unsigned lcore, fn):
     return True
 
 
+def lcore_busy(unsigned lcore):
+    """True while the EAL worker lcore `lcore` runs what launch gave it."""
+    return rte_eal_get_lcore_state(lcore) == LCORE_RUNNING
+
+
 def wait_lcore(unsigned lcore, double poll=0.0005):
     """Wait (without spinning: DPDK's rte_eal_wait_lcore does) until the
     callable launched on `lcore` returned; re-raise what it raised."""
     if lcore not in _launched:
         return
-    while rte_eal_get_lcore_state(lcore) == LCORE_RUNNING:
+    while lcore_busy(lcore):
         time.sleep(poll)
     rte_eal_wait_lcore(lcore)
     with _launch_lock:

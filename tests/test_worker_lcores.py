@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from scapy.all import IP, UDP, Ether, raw
@@ -109,7 +110,7 @@ def test_each_worker_has_an_lcore_and_frees_through_its_cache(workers):
     assert eal.pool_info()["available"] == info["size"]
 
 
-def test_a_worker_that_fails_fails_the_run(workers):
+def test_a_worker_that_fails_stops_the_others_and_fails_the_run(workers):
     port, w, rxs, txs = workers(2)
 
     class Boom(Exception):
@@ -118,8 +119,21 @@ def test_a_worker_that_fails_fails_the_run(workers):
     def fail(**kw):
         raise Boom("worker 1")
     w.managers = [w.managers[0], _Failing(w.managers[1], fail)]
-    with pytest.raises(Boom, match="worker 1"):
-        w.run(idle_seconds=0.01)
+    raised = []
+
+    def run():
+        try:
+            w.run()                        # no limit: runs until stopped
+        except Boom as err:
+            raised.append(err)
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(60)
+    if runner.is_alive():
+        w.stop()
+        runner.join()
+        pytest.fail("worker 0 went on after worker 1 failed")
+    assert [str(e) for e in raised] == ["worker 1"]
     assert [p["how"] for p in w.placement] == [expected_how(c) for c in w.cores]
 
 

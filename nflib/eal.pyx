@@ -15,7 +15,7 @@ its core list has them, else on threads registered as lcores.
 
 Not here: ports (host_agent.ports), the manager's loop (host_agent.manager).
 """
-from libc.stdint cimport uint16_t, uint32_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 from libc.stdlib cimport malloc, free
 from dpdk.rte_eal cimport *
@@ -184,6 +184,30 @@ def pool_info():
     return {"socket": _pool.socket_id, "size": _pool.size, "cache_size": _pool.cache_size,
             "available": rte_mempool_avail_count(_pool),
             "in_use": rte_mempool_in_use_count(_pool), "cached": cached}
+
+
+def pool_churn(unsigned rounds, unsigned burst=32):
+    """Take `burst` mbufs from the packet pool and give them back, `rounds`
+    times, from this thread (through its lcore's cache where it has one);
+    returns the TSC cycles a round took.  What a NIC's rx refill and tx
+    free cost a worker, for BENCHMARKS.md (the ring ports of the benches
+    allocate and free nothing once their packets go round)."""
+    cdef rte_mbuf *bufs[512]
+    cdef unsigned i, failed = 0
+    cdef uint64_t t0
+    if _pool == NULL or not 0 < burst <= 512:
+        raise FastPathError(f"pool_churn: no packet pool, or burst {burst} not 1 to 512")
+    with nogil:
+        t0 = rte_get_tsc_cycles()
+        for i in range(rounds):
+            if rte_pktmbuf_alloc_bulk(_pool, bufs, burst) != 0:
+                failed += 1
+                continue
+            rte_pktmbuf_free_bulk(bufs, burst)
+        t0 = rte_get_tsc_cycles() - t0
+    if failed:
+        raise FastPathError(f"pool_churn: the pool had no {burst} mbufs free {failed} times")
+    return t0 / max(rounds, 1)
 
 
 # ------------------------------------------------------------ NUMA sockets

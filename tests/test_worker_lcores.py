@@ -67,6 +67,33 @@ def test_the_pool_goes_on_the_socket_most_ports_are_on():
     assert info["cache_size"] == eal.CACHE
 
 
+def test_pool_churn_takes_and_gives_back_through_this_threads_cache():
+    ensure_eal()
+    before = eal.pool_info()
+    assert eal.pool_churn(1000, 64) > 0
+    info = eal.pool_info()
+    assert info["in_use"] == before["in_use"]
+    # the main lcore's cache kept what the last round gave back
+    kept = eal.cache_count()
+    assert kept >= 64 and info["cached"] >= kept
+    assert eal.flush_cache() == kept and eal.cache_count() == 0
+    with pytest.raises(fp.FastPathError, match="pool_churn: .* burst 513 not 1 to 512"):
+        eal.pool_churn(1, 513)
+    with pytest.raises(fp.FastPathError, match="the pool had no 512 mbufs free 5 times"):
+        _hold_all_but(100, lambda: eal.pool_churn(5, 512))
+    assert eal.pool_info()["in_use"] == before["in_use"]
+
+
+def _hold_all_but(spare, fn):
+    """Run fn while all but `spare` mbufs of the pool are taken."""
+    port, ring = fp.ring_port(f"hold{next(SEQ)}", count=1 << 15)
+    try:
+        ring.fill([b"\0" * 60], eal.pool_info()["available"] - spare)
+        fn()
+    finally:
+        ring.drain()
+
+
 def test_lcore_maps_are_read_for_the_budget():
     assert lcores.lcore_map("0@0,1@0,2@1") == {0: [0], 1: [0], 2: [1]}
     assert lcores.lcore_map("(0-1)@0,2") == {0: [0], 1: [0], 2: [2]}

@@ -48,6 +48,7 @@ Not here: the loop (host_agent.manager), ports (host_agent.ports).
 import copy
 import functools
 import itertools
+import logging
 import os
 import struct
 import threading
@@ -57,6 +58,8 @@ from host_agent import fastpath as fp
 from host_agent import lcores
 from host_agent.ports import start_port, valid_ports
 from nflib import eal
+
+log = logging.getLogger("onvm.workers")
 
 
 def _crc_table():
@@ -311,8 +314,11 @@ class Workers:
             where = self.placement[q]
             where["lcore"] = eal.lcore_id()
             where["cache"] = eal.cache_count() is not None
-            c0 = time.thread_time()
             m = self.managers[q]
+            log.info("%s: on core %s, %s %s, %s", m.host, where["core"], where["how"],
+                     where["lcore"], "with a mempool cache" if where["cache"] else
+                     "without a mempool cache (no lcore)")
+            c0 = time.thread_time()
             start = m.stats()["processed"]
             try:
                 done = m.run(max_packets=max_packets, seconds=seconds,
@@ -349,8 +355,8 @@ class Workers:
         launched, threads = [], []
         for q in range(n):
             lcore = spare.pop(self.cores[q], None)
+            self.placement[q]["how"] = "eal lcore"       # before it runs (and logs it)
             if lcore is not None and eal.launch(lcore, functools.partial(guarded, q)):
-                self.placement[q]["how"] = "eal lcore"
                 launched.append(lcore)
             else:
                 threads.append(threading.Thread(target=on_thread, args=(q,),

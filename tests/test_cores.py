@@ -378,10 +378,10 @@ def inline_plan():
     return plan
 
 
-def run_worker_agent(tmp_path, plan, frames, workers=2):
+def run_worker_agent(tmp_path, plan, frames, workers=2, eal=()):
     """`onvm agent --workers N` on pcap ports with N queues: the frames of
     queue q (spread as symmetric RSS would) in in{q}.pcap, what queue q
-    sends in out{q}.pcap."""
+    sends in out{q}.pcap; `eal`: more EAL arguments."""
     for q, share in enumerate(spread(frames, workers)):
         wrpcap(str(tmp_path / f"in{q}.pcap"), [Ether(f) for f in share] or [Ether()])
     (tmp_path / "plan.json").write_text(json.dumps(plan))
@@ -390,7 +390,7 @@ def run_worker_agent(tmp_path, plan, frames, workers=2):
     proc = onvm("agent", "--host", "h1", "--plan", str(tmp_path / "plan.json"),
                 "--seconds", "2", "--workers", str(workers), "--metrics-port", "0", "--",
                 "--vdev", f"net_pcap0,{rx}", "--vdev", f"net_pcap1,{tx}", "--no-huge",
-                "-m", "256", "--file-prefix", f"onvmwk{os.getpid()}", timeout=90)
+                "-m", "256", "--file-prefix", f"onvmwk{os.getpid()}", *eal, timeout=90)
     outs = [[raw(p) for p in rdpcap(str(tmp_path / f"out{q}.pcap"))]
             if (tmp_path / f"out{q}.pcap").exists() else [] for q in range(workers)]
     return proc, outs

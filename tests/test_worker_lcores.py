@@ -261,3 +261,21 @@ def test_threads_registered_as_lcores_keep_nf_processes_out():
     check_balanced(out)
     assert out["multiprocess_off"] is True
     assert out["nf"][0] != 0, out["nf"]            # the secondary was refused
+
+
+def test_an_agent_given_an_lcore_map_runs_its_workers_on_eal_lcores(tmp_path):
+    """`onvm agent --workers 2 -- --lcores 0@0,1@0,2@1`: the main lcore is
+    the agent's control thread, the workers are launched on lcores 1 and 2
+    (from the agent's fast-path thread), each flow through the chain."""
+    if len(CORES) < 2:
+        pytest.skip(f"worker cores need 2 cores; this machine has {len(CORES)}")
+    from test_cores import flow_frames, inline_plan, run_worker_agent
+    sent = flow_frames(32, 10)
+    proc, outs = run_worker_agent(tmp_path, inline_plan(), sent,
+                                  eal=["--lcores", "0@0,1@0,2@1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "h1/w0: on core 0, eal lcore 1, with a mempool cache" in proc.stderr
+    assert "h1/w1: on core 1, eal lcore 2, with a mempool cache" in proc.stderr
+    final = json.loads(proc.stderr.rsplit("final counters ", 1)[1].splitlines()[0])
+    assert final["cores"]["workers"] == [0, 1]
+    assert all(outs) and final["processed"] == len(sent) == sum(map(len, outs))

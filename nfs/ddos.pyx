@@ -50,7 +50,7 @@ text) every fraction of a second and gives each the others' counts added
 (`set_remote`, held beside the local sketch: an estimate is the least
 over rows of local plus remote) and their blocked sources (`block`),
 between two batches, never from the packet loop."""
-from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t, intptr_t
+from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from nflib.nf cimport (pkt_l4, rte_mbuf, onvm_meta_of, onvm_meta, onvm_mtod,

@@ -263,12 +263,19 @@ def parse_ratelimit(config):
     return v
 
 
+def _sketch_seed(value):
+    """ddos's `seed`: the secret of its sketch's hash, a 64-bit number."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 64:
+        raise ValueError(f"must be an integer 0 .. 2^64-1, got {value!r}")
+    return value
+
+
 def parse_ddos(config):
     chk = nfconfig.Checker("ddos", config)
     v = chk.take({"window": (1.0, nfconfig.positive), "syn_threshold": (200, nfconfig.positive_int),
                   "packet_threshold": (100000, nfconfig.positive_int), "hold": (10, nfconfig.positive),
                   "depth": (4, nfconfig.positive_int), "width": (8192, nfconfig.positive_int),
-                  "max_blocked": (65536, nfconfig.positive_int)})
+                  "max_blocked": (65536, nfconfig.positive_int), "seed": (None, _sketch_seed)})
     if v["depth"] > 16:
         chk.error(["depth"], f"at most 16 rows, got {v['depth']}")
     chk.done()

@@ -87,3 +87,14 @@ def test_peers_go_stale_unless_nobody_can_be_heard():
     assert set(p.fresh(14.0)) == {"/onvm/share/ddos/h2/2"}
     p.heard("/onvm/share/ddos/h2/2", None, 14.0)
     assert p.fresh(14.0) == {}
+
+
+def test_ddos_sketches_add_only_under_one_seed():
+    from host_agent.sharer import ddos_peers, seed_digest
+    mine = {"spis": [16], "shape": [4, 8192, seed_digest(7)]}
+    same = {"spis": [16, 17], "shape": [4, 8192, seed_digest(7)]}
+    other_seed = {"spis": [16], "shape": [4, 8192, seed_digest(8)]}
+    old_agent = {"spis": [16], "shape": [4, 8192]}          # before seeds: never added
+    other_chain = {"spis": [18], "shape": [4, 8192, seed_digest(7)]}
+    assert ddos_peers(mine, [same, other_seed, old_agent, other_chain]) == [same]
+    assert seed_digest(7) != seed_digest(8) and len(seed_digest(7)) == 16

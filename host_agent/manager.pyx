@@ -37,7 +37,7 @@ from dpdk.rte_ethdev cimport *
 from dpdk.rte_hash cimport rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data, rte_hash_lookup
 from nflib.eal cimport packet_pool
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
-    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32, rte_prefetch0)
+    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32, rte_prefetch0, prefetch_burst)
 from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
     server_mac_of, hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL,
     HOP_REMOTE, MODE_PROCESS, FLAG_PINNED, FLAG_KEPT, find_peer)
@@ -101,20 +101,6 @@ cdef struct port_stats_t:
 
 
 @cython.final
-cdef inline void prefetch_burst(rte_mbuf **pkts, unsigned n) noexcept nogil:
-    """Ask for a received burst's mbufs, metadata and first data lines
-    before the loop reads them: a PMD that does not write the mbufs (the
-    ring ports) leaves them all out of cache, and misses asked for
-    together overlap.  The data's address is in the mbuf, so it is asked
-    for in a second pass, when the first has had time to arrive."""
-    cdef unsigned i
-    for i in range(n):
-        rte_prefetch0(pkts[i])
-        rte_prefetch0(onvm_meta_of(pkts[i]))
-    for i in range(n):
-        rte_prefetch0(onvm_mtod(pkts[i]))
-
-
 cdef class Manager:
     """One host's fast path: ports, flow table, the tables of the plan it
     runs, and the loop.  Create after eal_init; call apply_plan, then run

@@ -273,6 +273,11 @@ cdef class NAT(NativeNF):
         ftab_free(self.t.fwd)
         free(self.t.fwd_port)
 
+    @property
+    def worker_ports(self):
+        """[lo, hi]: the ports this object hands out (its worker's share)."""
+        return [self.t.wlo, self.t.whi]
+
     def _live(self):
         """[(proto index, external port, internal ip, internal port, seconds left)]."""
         hz = rte_get_tsc_hz()
@@ -308,12 +313,13 @@ cdef class NAT(NativeNF):
         pool = self.t.whi - self.t.wlo + 1
         out = {"passed": self.t.passed, "fragments_dropped": self.t.fragments,
                "port_range": [self.t.lo, self.t.hi], "slice": self.config["slice"]}
-        if self.worker[1] > 1:
-            out["worker_ports"] = [self.t.wlo, self.t.whi]
         for pi, name in enumerate(PROTO_NAMES):
             st = self.t.st[pi]
             used = sum(1 for m in live if m[0] == pi)
-            out[name] = {"mappings": used, "pool": pool, "use": round(used / pool, 6),
+            # pool: this worker's share; use: of the instance's pool, so the
+            # workers' counters add up (host_agent.workers sums them)
+            out[name] = {"mappings": used, "pool": pool,
+                         "use": round(used / (pool * self.worker[1]), 6),
                          "allocated": st["allocated"], "out": st["out"], "in": st["inb"],
                          "no_mapping": st["no_mapping"], "exhausted": st["exhausted"]}
         out["table_full"] = self.t.fwd.full

@@ -111,7 +111,8 @@ def test_nat_workers_hand_out_disjoint_ports_and_every_reply_finds_its_mapping(w
     c = w.stats()["instances"][1]["counters"]
     assert c["udp"]["in"] == len(back) and c["udp"]["no_mapping"] == 0
     assert c["udp"]["mappings"] == flows and c["udp"]["allocated"] == flows
-    assert [o.counters()["worker_ports"] for o in w.nf_objects(1)] == shares
+    assert [o.worker_ports for o in w.nf_objects(1)] == shares
+    assert c["udp"]["pool"] == 1200 and c["udp"]["use"] == pytest.approx(flows / 1200, abs=1e-5)
     assert all(x["processed"] > 0 for x in w.stats()["workers"])
 
 

@@ -242,5 +242,9 @@ cdef inline object steer_swap(handoff_t *h, list nat, list alias):
     return old
 
 
-cdef inline void steer_free(intptr_t old) noexcept:
+cdef inline object steer_free(intptr_t old, wait=None):
+    """Free a steering steer_swap replaced, after `wait()` (the loop's
+    quiescent point, when it runs)."""
+    if wait is not None:
+        wait()
     free(<void *>old)

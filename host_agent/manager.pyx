@@ -912,9 +912,5 @@ cdef class Manager:
         handoff_set(&self.handoff, me, inboxes)
 
     def set_steering(self, list nat, list alias):
-        """The handoff's steering (host_agent/handoff.pxd steer_swap; what
-        host_agent.workers.Steering.tables gives), swapped in while the
-        loop runs; the old one freed once the loop is past it."""
-        old = steer_swap(&self.handoff, nat, alias)
-        self._wait_quiescent()
-        steer_free(old)
+        """handoff.pxd steer_swap while the loop runs; the old freed once past it."""
+        steer_free(steer_swap(&self.handoff, nat, alias), self._wait_quiescent)

@@ -47,7 +47,7 @@ from host_agent.pinkey cimport pin_key_t, pin_key_of
 from host_agent.benchflows cimport bench_t, bench_step, bench_set_table
 from host_agent.probeanswer cimport probes_split, probe_constants
 from host_agent.handoff cimport (handoff_t, handoff_split, handoff_open, handoff_set,
-    handoff_close)
+    handoff_close, steer_swap, steer_free)
 from host_agent.loopsync cimport (onvm_load_ptr, onvm_store_ptr, onvm_load_u64,
     onvm_store_u64, hold_wait, hold_point)
 
@@ -896,3 +896,7 @@ cdef class Manager:
     def set_handoff(self, uint16_t me, inboxes):
         """Worker `me` of len(inboxes) (open_inbox's addresses); before run."""
         handoff_set(&self.handoff, me, inboxes)
+
+    def set_steering(self, list nat, list alias):
+        """handoff.pxd steer_swap while the loop runs; the old freed once past it."""
+        steer_free(steer_swap(&self.handoff, nat, alias), self._wait_quiescent)

@@ -208,6 +208,21 @@ def nat_slice(port_range, slices, n):
     return [lo + n * size, lo + (n + 1) * size - 1]
 
 
+def nat_worker_ports(port_range, workers):
+    """How many of an instance's ports each of its `workers` hands out:
+    the instance's range cut again, as the cluster's range is cut among
+    instances (nat_slice).  0 when there are fewer ports than workers."""
+    lo, hi = port_range
+    return (hi - lo + 1) // workers
+
+
+def nat_worker_range(port_range, workers, worker):
+    """[lo, hi] of the ports worker `worker` (0-based) of `workers` hands
+    out; the host steers a reply to the worker whose range holds its port
+    (host_agent/handoff.pxd)."""
+    return nat_slice(port_range, workers, worker)
+
+
 def parse_nat(config):
     """Checked nat config.  `port_range` is the ports this instance hands
     out: in a cluster, the instance's slice of the catalog's range

@@ -762,21 +762,12 @@ cdef class Manager:
                 self.flows.seen[pos] = (self.now - (self.flows.idle - self.flow_fin_cycles)) | 1
 
     cdef void _push_labels(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, peer_t *peer) noexcept nogil:
-        """Push transport, SPI and SI labels (DESIGN's wire format) and send
-        to `peer`."""
-        cdef uint8_t *d = <uint8_t *>rte_pktmbuf_prepend(m, 12)
-        if d == NULL:
+        """Push the labels (parser.pxd push_labels) and send to `peer`."""
+        if push_labels(m, t.mac, peer, meta):
+            self._queue_tx(m, t.uplink)
+        else:
             self.drops[R_TX_FULL] += 1
             rte_pktmbuf_free(m)
-            return
-        memcpy(d, peer.mac, 6)
-        memcpy(d + 6, t.mac, 6)
-        d[12] = 0x88
-        d[13] = 0x47
-        wr32(d + 14, (peer.label << 12) | 64)
-        wr32(d + 18, (meta.spi << 12) | 64)
-        wr32(d + 22, (<uint32_t>meta.si << 12) | 0x100 | 64)
-        self._queue_tx(m, t.uplink)
 
     cdef void _to_end(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
         """Out of the end's port: to its MAC, or for a pool to the server

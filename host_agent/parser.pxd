@@ -5,11 +5,11 @@
 # below; contracts/wire.py names them (DROP_REASONS, same order).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
 from libc.string cimport memcpy, memmove, memset
-from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_adj
+from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_adj, rte_pktmbuf_prepend
 from dpdk.rte_hash cimport rte_hash_crc, rte_hash_crc_4byte
 from dpdk.rte_acl cimport rte_acl_classify
-from nflib.nf cimport onvm_meta, onvm_flow_key, onvm_meta_of, onvm_mtod, rd16, rd32
-from host_agent.plantables cimport tables_t
+from nflib.nf cimport onvm_meta, onvm_flow_key, onvm_meta_of, onvm_mtod, rd16, rd32, wr32
+from host_agent.plantables cimport tables_t, peer_t
 
 cdef enum:
     ETH_MPLS = 0x8847
@@ -196,3 +196,21 @@ cdef inline int32_t classify(tables_t *t, onvm_meta *meta) noexcept nogil:
     if meta.flow_id >= 0:
         t.flow_hop[meta.flow_id] = hop
     return hop
+
+
+cdef inline bint push_labels(rte_mbuf *m, const uint8_t *src_mac, const peer_t *peer,
+                             const onvm_meta *meta) noexcept nogil:
+    """The reverse of parse_packet's pop: transport, SPI and SI labels
+    (DESIGN's wire format) under a new Ethernet header to `peer`; False if
+    the mbuf has no headroom for them."""
+    cdef uint8_t *d = <uint8_t *>rte_pktmbuf_prepend(m, 12)
+    if d == NULL:
+        return False
+    memcpy(d, peer.mac, 6)
+    memcpy(d + 6, src_mac, 6)
+    d[12] = 0x88
+    d[13] = 0x47
+    wr32(d + 14, (peer.label << 12) | 64)
+    wr32(d + 18, (meta.spi << 12) | 64)
+    wr32(d + 22, (<uint32_t>meta.si << 12) | 0x100 | 64)
+    return True

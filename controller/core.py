@@ -58,7 +58,8 @@ from controller.autoscale import Autoscaler
 from controller.moves import DRAIN_SECONDS, Drains, MoveError, Moves
 from controller.probing import PROBE_SRC_MAC
 from controller.placement import PlacementError, move_instance, place, place_what_fits
-from controller.plans import host_load, host_plans, ingress_groups, nat_slices
+from controller.plans import (ddos_seed_from, host_load, host_plans, ingress_groups,
+                              nat_slices, new_ddos_seed)
 from controller.view import ClusterView, chain_to_json
 
 log = logging.getLogger("onvm.core")
@@ -171,6 +172,7 @@ class ClusterCore(ClusterView):
         self.known = frozenset(h.name for h in topology.hosts)
         self.scope = Scope.of(topology)
         self.nat_slices = {}            # (host, id) -> NAT port slice, kept (natslices)
+        self.ddos_seed = None           # the ddos sketches' secret, kept (plans.ddos_seed_from)
 
     # ------------------------------------------------------------ inputs
     def store_changed(self, key, value=UNREAD):
@@ -204,7 +206,9 @@ class ClusterCore(ClusterView):
                      len(self.connected))
             self.liveness.leadership_gained(now)
             self._seed_chains()
-            self.nat_slices = natslices.from_plans(self.store.plans())
+            stored = self.store.plans()
+            self.nat_slices = natslices.from_plans(stored)
+            self.ddos_seed = ddos_seed_from(stored)     # None: _write_plans draws one
             if self.nat_slices:
                 log.info("NAT port slices read back from the stored plans: %s",
                          _slices_text(self.nat_slices))
@@ -541,9 +545,14 @@ class ClusterCore(ClusterView):
                          self.stats_warned) if self.current else {}
         stored = self.store.plans()
         generation = 1 + max([p.get("generation", 0) for p in stored.values()] or [0])
+        if self.ddos_seed is None:
+            self.ddos_seed = ddos_seed_from(stored)
+            if self.ddos_seed is None:
+                self.ddos_seed = new_ddos_seed()
         plans = self.adopter.mark(self.mover.mark(
             host_plans(self.placed, self.current, generation, load, self.nat_slices,
-                       pause=self.fabric.pause) if self.current else {}),
+                       pause=self.fabric.pause, ddos_seed=self.ddos_seed)
+            if self.current else {}),
             self.placed, self.now, self.alive)
         try:
             for host in sorted(self.alive):

@@ -47,7 +47,11 @@ chain's ipv6_dst).  A
 `ratelimit` instance's limit of a chain it serves is the chain's budget
 times the instance's share of the chain's rate, so the chain's instances
 together pass its limit (a static split: it changes when the placement
-does).  All are written inline: the catalog file's keys plus these.
+does).  Every `ddos` instance gets the cluster's sketch `seed`
+(`ddos_seed`: the secret its sketch rows are hashed with; the instances
+of a chain add their sketches, so one seed for all, unless the catalog's
+config names its own).  All are written inline: the catalog file's keys
+plus these.
 
 Remote weights.  From host X, the base weight of next-hop host Y is the
 flow X -> Y of `controller.placecost.transport` divided by X's share: the
@@ -79,6 +83,7 @@ import hashlib
 import ipaddress
 import logging
 import math
+import secrets
 
 from controller import fabric, natslices, pausing
 from controller.moves import DRAINED_NFS
@@ -195,6 +200,31 @@ _WARNED_VIPS = set()
 
 
 RATELIMIT = "ratelimit"      # the NF type whose chain limits are split among instances
+DDOS = "ddos"                # the NF type whose instances share a sketch seed
+
+
+def new_ddos_seed():
+    """A fresh secret for the ddos sketches (nfs/ddos.pyx): 64 random bits."""
+    return secrets.randbits(64)
+
+
+def ddos_seed_from(plans):
+    """The ddos sketch seed read back from host plans ({host: plan dict},
+    as in the store), as natslices.from_plans does for nat slices: the one
+    most of their ddos instances carry (ties: the smallest), None if none
+    carries one.  A new leader keeps it, so the instances it places hash
+    as the running ones do."""
+    counts = {}
+    for plan in (plans or {}).values():
+        for inst in (plan or {}).get("instances", ()):
+            config = inst.get("config") if isinstance(inst, dict) else None
+            seed = config.get("seed") if isinstance(config, dict) else None
+            if inst.get("nf") == DDOS and isinstance(seed, int) and not isinstance(seed, bool) \
+                    and 0 <= seed < 2 ** 64:
+                counts[seed] = counts.get(seed, 0) + 1
+    if not counts:
+        return None
+    return min(counts, key=lambda seed: (-counts[seed], seed))
 
 
 def _cores(topo, inst, entry):
@@ -211,12 +241,15 @@ def _config(nf_type):
     return instance_config(nf_type.config)
 
 
-def _instance_config(topo, inst, slices, placed):
-    """The plan instance's "config": the catalog's (`_config`), but nat and
-    lb instances get the file's keys inline with their own additions (see
-    the module docstring).  `placed`: {name: chain} of `topo`'s chains
-    (made once by the caller, not once per instance)."""
+def _instance_config(topo, inst, slices, placed, ddos_seed=None):
+    """The plan instance's "config": the catalog's (`_config`), but nat,
+    lb, ratelimit and ddos instances get the file's keys inline with their
+    own additions (see the module docstring).  `placed`: {name: chain} of
+    `topo`'s chains (made once by the caller, not once per instance)."""
     nf_type = topo.nfs[inst.nf]
+    if inst.nf == DDOS and ddos_seed is not None:
+        written = _catalog_config(inst.nf, nf_type.config)[0] if nf_type.config is not None else {}
+        return dict(written, seed=written.get("seed", ddos_seed))
     pools = [placed[name] for name in sorted({c for c, _ in inst.users})
              if name in placed and placed[name].pool]
     if inst.nf == natslices.NAT and inst.key in slices:
@@ -436,12 +469,15 @@ def _chain_hops(topo, placement, chain, dist, load):
     return out
 
 
-def host_plans(topo, placement, generation, load=None, slices=None, pause=None):
+def host_plans(topo, placement, generation, load=None, slices=None, pause=None,
+               ddos_seed=None):
     """{host name: plan dict} for every host of `topo`, each passing
     contracts.plan.check_plan.  `load`: optional {host: utilisation 0..1}
     from reported stats, used to lower busy hosts' remote weights.
     `slices`: {(host, id): NAT slice} to keep (the caller's, from
-    `nat_slices`); None assigns them afresh.  `pause` is called every
+    `nat_slices`); None assigns them afresh.  `ddos_seed`: the sketch seed
+    every ddos instance's config gets (the caller keeps it: `new_ddos_seed`,
+    `ddos_seed_from`); None gives none (each ddos then draws its own).  `pause` is called every
     pausing.PLAN_CHAINS chains or instances and pausing.PLAN_HOSTS hosts
     (controller.pausing)."""
     chain_done = pausing.every(pausing.PLAN_CHAINS, pause)
@@ -456,12 +492,12 @@ def host_plans(topo, placement, generation, load=None, slices=None, pause=None):
     for inst in placement.instances.values():
         plans[inst.host]["instances"].append(_cores(topo, inst, {
             "id": inst.id, "nf": inst.nf, "mode": "inline",
-            "config": _instance_config(topo, inst, slices, placed)}))
+            "config": _instance_config(topo, inst, slices, placed, ddos_seed)}))
         chain_done()
     for inst in placement.draining.values():
         plans[inst.host]["instances"].append(_cores(topo, inst, {
             "id": inst.id, "nf": inst.nf, "mode": "inline", "draining": True,
-            "config": _instance_config(topo, inst, slices, placed)}))
+            "config": _instance_config(topo, inst, slices, placed, ddos_seed)}))
     for chain in topo.chains:
         for host, hops in _chain_hops(topo, placement, chain, table.d, load).items():
             plans[host]["hops"].extend(hops)

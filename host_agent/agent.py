@@ -40,7 +40,8 @@ read their rules when their process starts.
 
 With `--workers N` the fast path is N loops, one per queue pair of each
 port (host_agent.workers): the same plan in each, counters summed, inline
-instances only.
+instances only; a `net_af_packet` vdev gets one socket per worker
+(`qpairs`, `with_queue_pairs`).
 
 It does not decide anything about placement; that is the controller's.
 """
@@ -86,6 +87,28 @@ def eal_args_for(host, user_args):
     if "--no-telemetry" not in args:
         args.append("--no-telemetry")
     return ["onvm-" + host] + args
+
+
+def with_queue_pairs(eal, workers):
+    """`eal` with each `net_af_packet` vdev given `qpairs=workers` (one
+    socket a worker: the kernel's PACKET_FANOUT_HASH spreads flows over
+    them by its flow hash, which orders the addresses, so both directions
+    of a flow land on one socket; the handoff moves what the fast path's
+    own hash puts elsewhere).  A vdev that names fewer qpairs than workers
+    is refused (ValueError naming both); more are left as they are."""
+    out = list(eal)
+    for i, a in enumerate(out[:-1]):
+        if a != "--vdev" or not out[i + 1].startswith("net_af_packet"):
+            continue
+        dev = out[i + 1]
+        given = [kv.split("=", 1)[1] for kv in dev.split(",")[1:] if kv.startswith("qpairs=")]
+        if not given:
+            out[i + 1] = f"{dev},qpairs={workers}"
+        elif not given[-1].isdigit() or int(given[-1]) < workers:
+            raise ValueError(f"--vdev {dev}: qpairs={given[-1]} gives fewer queue pairs than "
+                             f"the {workers} workers (--workers); leave qpairs out or give "
+                             f"at least {workers}")
+    return out
 
 
 class Agent:
@@ -531,6 +554,8 @@ def cli_agent(args):
             log.info("%s: --workers auto: %d worker%s", args.host, workers,
                      "s" if workers != 1 else "")
         cores = lcores.worker_cores(eal, workers) if workers > 1 else None
+        if workers > 1:
+            eal = with_queue_pairs(eal, workers)
         fp.eal_init(eal)
         flow_entries = getattr(args, "flow_entries", fp.FLOW_ENTRIES)
         if workers > 1:

@@ -16,7 +16,7 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from dpdk.rte_mbuf cimport rte_mbuf
-from nflib.nf cimport onvm_mtod, wr32, rd32, rte_get_tsc_hz
+from nflib.nf cimport onvm_mtod, wr16, wr32, rd16, rd32, rte_get_tsc_hz
 
 
 cdef struct bench_t:
@@ -59,33 +59,38 @@ cdef inline void bench_step(bench_t *b, rte_mbuf **pkts, unsigned n, uint64_t no
 cdef inline void bench_rewrite(rte_mbuf **pkts, unsigned n, uint64_t *cursor,
                                uint32_t flows, const uint32_t *table, uint32_t table_len,
                                uint64_t base) noexcept nogil:
-    cdef unsigned i, j
+    cdef unsigned i
     cdef uint8_t *ip
-    cdef uint32_t c, s
+    cdef uint32_t c, s, old, src
     for i in range(n):
         if pkts[i].data_len < 38:
             continue
         ip = onvm_mtod(pkts[i]) + 14
+        # the cursor wraps by comparison, not by a division a packet
         if table_len:
-            c = table[cursor[0] % table_len]
+            if cursor[0] >= table_len:
+                cursor[0] = 0
+            c = table[cursor[0]]
         else:
-            c = <uint32_t>(cursor[0] % flows)
-        c = <uint32_t>((base + c) % 4227729408ULL)     # 65534 sources x 64512 ports
+            if cursor[0] >= flows:
+                cursor[0] = 0
+            c = <uint32_t>cursor[0]
+        if base:
+            c = <uint32_t>((base + c) % 4227729408ULL)     # 65534 sources x 64512 ports
         cursor[0] += 1
-        wr32(ip + 12, 0x0A010000 + c % 65534 + 1)
-        ip[20] = <uint8_t>((1024 + c // 65534) >> 8)
-        ip[21] = <uint8_t>((1024 + c // 65534) & 0xff)
-        ip[22] = <uint8_t>((5000 + c % 1000) >> 8)
-        ip[23] = <uint8_t>((5000 + c % 1000) & 0xff)
-        ip[10] = 0
-        ip[11] = 0
-        s = 0
-        for j in range(0, 20, 2):
-            s += (<uint32_t>ip[j] << 8) | ip[j + 1]
+        old = rd32(ip + 12)
+        src = 0x0A010000 + c % 65534 + 1
+        wr32(ip + 12, src)
+        wr16(ip + 20, 1024 + c // 65534)
+        wr16(ip + 22, 5000 + c % 1000)
+        # The header checksum updated for the new source (RFC 1624, eqn. 3:
+        # HC' = ~(~HC + ~m + m') over the address's two 16-bit words), not
+        # summed anew: the bench's own work stays small beside the loop's.
+        s = (~rd16(ip + 10) & 0xffff) + (~(old >> 16) & 0xffff) + (~old & 0xffff) \
+            + (src >> 16) + (src & 0xffff)
         s = (s & 0xffff) + (s >> 16)
-        s = ~((s & 0xffff) + (s >> 16)) & 0xffff
-        ip[10] = <uint8_t>(s >> 8)
-        ip[11] = <uint8_t>(s & 0xff)
+        s = (s & 0xffff) + (s >> 16)
+        wr16(ip + 10, ~s & 0xffff)
 
 
 cdef inline void tcp_advance(rte_mbuf **pkts, unsigned n) noexcept nogil:

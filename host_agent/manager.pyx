@@ -37,7 +37,7 @@ from dpdk.rte_ethdev cimport *
 from dpdk.rte_hash cimport rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data, rte_hash_lookup
 from nflib.eal cimport packet_pool
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
-    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32)
+    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32, rte_prefetch0, prefetch_burst)
 from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
     server_mac_of, hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL,
     HOP_REMOTE, MODE_PROCESS, FLAG_PINNED, FLAG_KEPT, find_peer)
@@ -47,7 +47,7 @@ from host_agent.pinkey cimport pin_key_t, pin_key_of
 from host_agent.benchflows cimport bench_t, bench_step, bench_set_table
 from host_agent.probeanswer cimport probes_split, probe_constants
 from host_agent.handoff cimport (handoff_t, handoff_split, handoff_open, handoff_set,
-    handoff_close)
+    handoff_close, steer_swap, steer_free)
 from host_agent.loopsync cimport (onvm_load_ptr, onvm_store_ptr, onvm_load_u64,
     onvm_store_u64, hold_wait, hold_point)
 
@@ -358,6 +358,7 @@ cdef class Manager:
                 continue
             total += n
             self.port_stats[i].rx += n
+            prefetch_burst(pkts, n)
             n = self._answer_probes(pkts, n, i)
             if self.bench.flows or self.bench.tcp_next:
                 bench_step(&self.bench, pkts, n, self.now)
@@ -444,6 +445,13 @@ cdef class Manager:
             pin_key_of(ok[i], meta, 0, 0, False, &fkeys[i])
             keys[i] = &fkeys[i]
         rte_hash_lookup_bulk(self.flows.h, keys, nok, pos)
+        for i in range(nok):
+            # Each flow's last-use time and cached first hop: with a million
+            # flows, cache misses that overlap when asked for together.
+            if pos[i] >= 0 and <uint32_t>pos[i] < self.flows.entries:
+                rte_prefetch0(&self.flows.seen[pos[i]])
+                if pos[i] < ONVM_FLOW_ENTRIES:
+                    rte_prefetch0(&t.flow_hop[pos[i]])
         for i in range(nok):
             meta = onvm_meta_of(ok[i])
             self._flow_id(t, ok[i], meta, &fkeys[i], pos[i])
@@ -754,21 +762,12 @@ cdef class Manager:
                 self.flows.seen[pos] = (self.now - (self.flows.idle - self.flow_fin_cycles)) | 1
 
     cdef void _push_labels(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, peer_t *peer) noexcept nogil:
-        """Push transport, SPI and SI labels (DESIGN's wire format) and send
-        to `peer`."""
-        cdef uint8_t *d = <uint8_t *>rte_pktmbuf_prepend(m, 12)
-        if d == NULL:
+        """Push the labels (parser.pxd push_labels) and send to `peer`."""
+        if push_labels(m, t.mac, peer, meta):
+            self._queue_tx(m, t.uplink)
+        else:
             self.drops[R_TX_FULL] += 1
             rte_pktmbuf_free(m)
-            return
-        memcpy(d, peer.mac, 6)
-        memcpy(d + 6, t.mac, 6)
-        d[12] = 0x88
-        d[13] = 0x47
-        wr32(d + 14, (peer.label << 12) | 64)
-        wr32(d + 18, (meta.spi << 12) | 64)
-        wr32(d + 22, (<uint32_t>meta.si << 12) | 0x100 | 64)
-        self._queue_tx(m, t.uplink)
 
     cdef void _to_end(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
         """Out of the end's port: to its MAC, or for a pool to the server
@@ -888,3 +887,7 @@ cdef class Manager:
     def set_handoff(self, uint16_t me, inboxes):
         """Worker `me` of len(inboxes) (open_inbox's addresses); before run."""
         handoff_set(&self.handoff, me, inboxes)
+
+    def set_steering(self, list nat, list alias):
+        """handoff.pxd steer_swap while the loop runs; the old freed once past it."""
+        steer_free(steer_swap(&self.handoff, nat, alias), self._wait_quiescent)

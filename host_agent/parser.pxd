@@ -5,11 +5,11 @@
 # below; contracts/wire.py names them (DROP_REASONS, same order).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
 from libc.string cimport memcpy, memmove, memset
-from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_adj
-from dpdk.rte_hash cimport rte_hash_crc
+from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_adj, rte_pktmbuf_prepend
+from dpdk.rte_hash cimport rte_hash_crc, rte_hash_crc_4byte
 from dpdk.rte_acl cimport rte_acl_classify
-from nflib.nf cimport onvm_meta, onvm_flow_key, onvm_meta_of, onvm_mtod, rd16, rd32
-from host_agent.plantables cimport tables_t
+from nflib.nf cimport onvm_meta, onvm_flow_key, onvm_meta_of, onvm_mtod, rd16, rd32, wr32
+from host_agent.plantables cimport tables_t, peer_t
 
 cdef enum:
     ETH_MPLS = 0x8847
@@ -33,7 +33,7 @@ cdef inline int parse_packet(rte_mbuf *m, tables_t *t, uint16_t port) noexcept n
     cdef uint16_t etype
     cdef uint32_t l0, l1, l2, off = 14, ihl, l4
     cdef int32_t l6
-    cdef uint8_t ver
+    cdef uint8_t ver, family
     memset(meta, 0, sizeof(onvm_meta))
     meta.in_port = port
     meta.flow_id = -1
@@ -82,10 +82,10 @@ cdef inline int parse_packet(rte_mbuf *m, tables_t *t, uint16_t port) noexcept n
         ihl = (d[off] & 0x0f) * 4
         if ihl < 20 or length < off + ihl:
             return R_TRUNCATED
-        meta.key.family = 4
+        family = 4
+        meta.key.family = family
         meta.key.proto = d[off + 9]
-        memcpy(&meta.key.src, d + off + 12, 4)
-        memcpy(&meta.key.dst, d + off + 16, 4)
+        memcpy(&meta.key.src, d + off + 12, 8)     # src then dst, as in the header
         l4 = off + ihl
         if (rd16(d + off + 6) & 0x1fff) == 0:
             meta.l4_off = l4        # not for later fragments: no L4 header
@@ -94,14 +94,14 @@ cdef inline int parse_packet(rte_mbuf *m, tables_t *t, uint16_t port) noexcept n
                 and meta.l4_off:
             if length < l4 + 4:
                 return R_TRUNCATED
-            memcpy(&meta.key.sport, d + l4, 2)
-            memcpy(&meta.key.dport, d + l4 + 2, 2)
+            memcpy(&meta.key.sport, d + l4, 4)     # sport then dport (key_hash)
     elif etype == ETH_IPV6:
         if length < off + 40:
             return R_TRUNCATED
         if (d[off] >> 4) != 6:
             return R_NOT_IP
-        meta.key.family = 6
+        family = 6
+        meta.key.family = family
         meta.key.src = rte_hash_crc(d + off + 8, 16, 0)
         meta.key.dst = rte_hash_crc(d + off + 24, 16, 0)
         l6 = ipv6_l4(d, length, off, meta)
@@ -113,12 +113,33 @@ cdef inline int parse_packet(rte_mbuf *m, tables_t *t, uint16_t port) noexcept n
         elif meta.key.proto == 6 or meta.key.proto == 17 or meta.key.proto == 132:
             if length < l4 + 4:
                 return R_TRUNCATED
-            memcpy(&meta.key.sport, d + l4, 2)
-            memcpy(&meta.key.dport, d + l4 + 2, 2)
+            memcpy(&meta.key.sport, d + l4, 4)     # sport then dport (key_hash)
     else:
         return R_NOT_IP
-    meta.flow_hash = rte_hash_crc(&meta.key, sizeof(onvm_flow_key), 0)
+    meta.flow_hash = key_hash(&meta.key, family)
     return -1
+
+
+cdef inline uint32_t key_hash(const onvm_flow_key *k, uint8_t family) noexcept nogil:
+    """rte_hash_crc(k, 16, 0) of a key whose pad is 0 (parse_packet clears
+    the metadata), read field by field: the fields were just stored one by
+    one, and 8-byte loads over several smaller stores still in flight
+    cannot be forwarded from them (the CPU waits until they are written,
+    about a dozen cycles a packet).  So the parser stores the ports as
+    one 4-byte word (and IPv4's addresses as one 8-byte one) and the family
+    comes as an argument, lest the compiler merge the loads of proto and
+    family into one over two byte stores.  Those loads were undefined besides
+    (strict aliasing): with DPDK 22.11's header, gcc -O2 hashed a struct
+    written field by field as if it were all zeros.  CRC32C is byte by
+    byte, so 4-byte steps give rte_hash_crc's 8-byte steps' value
+    (checked on a million random keys against the 8-byte steps over the
+    key's bytes)."""
+    cdef uint32_t crc = rte_hash_crc_4byte(<uint32_t>k.proto | (<uint32_t>family << 8), 0)
+    crc = rte_hash_crc_4byte(k.src, crc)
+    crc = rte_hash_crc_4byte(k.dst, crc)
+    cdef uint32_t ports
+    memcpy(&ports, &k.sport, 4)
+    return rte_hash_crc_4byte(ports, crc)
 
 
 cdef inline int32_t ipv6_l4(const uint8_t *d, uint32_t length, uint32_t off,
@@ -175,3 +196,21 @@ cdef inline int32_t classify(tables_t *t, onvm_meta *meta) noexcept nogil:
     if meta.flow_id >= 0:
         t.flow_hop[meta.flow_id] = hop
     return hop
+
+
+cdef inline bint push_labels(rte_mbuf *m, const uint8_t *src_mac, const peer_t *peer,
+                             const onvm_meta *meta) noexcept nogil:
+    """The reverse of parse_packet's pop: transport, SPI and SI labels
+    (DESIGN's wire format) under a new Ethernet header to `peer`; False if
+    the mbuf has no headroom for them."""
+    cdef uint8_t *d = <uint8_t *>rte_pktmbuf_prepend(m, 12)
+    if d == NULL:
+        return False
+    memcpy(d, peer.mac, 6)
+    memcpy(d + 6, src_mac, 6)
+    d[12] = 0x88
+    d[13] = 0x47
+    wr32(d + 14, (peer.label << 12) | 64)
+    wr32(d + 18, (meta.spi << 12) | 64)
+    wr32(d + 22, (<uint32_t>meta.si << 12) | 0x100 | 64)
+    return True

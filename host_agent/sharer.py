@@ -33,6 +33,7 @@ tables (nfs/ratelimit.pyx, nfs/ddos.pyx), the host's registration
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -47,6 +48,19 @@ LEASE_TTL_S = 2.0
 SHARED_NFS = ("ratelimit", "ddos")
 SKETCH_CUTOFF = 32      # a counter under threshold/SKETCH_CUTOFF is not sent
 REPUT_S = 1.0           # an unchanged value is put again this often (peers age out at 3 s)
+
+
+def seed_digest(seed):
+    """A ddos sketch seed's public name: instances whose digests differ
+    hash sources to other columns, so their counts must not be added."""
+    return hashlib.sha256(f"onvm ddos sketch seed {seed}".encode()).hexdigest()[:16]
+
+
+def ddos_peers(mine, peers):
+    """The peers whose ddos sketches add to this instance's: the same rows,
+    columns and seed (`shape`), and a chain in common."""
+    return [p for p in peers if p.get("shape") == mine["shape"]
+            and set(p.get("spis", ())) & set(mine["spis"])]
 
 
 class Sharer:
@@ -182,7 +196,9 @@ class Sharer:
         sketches = [o.sketch_sparse(cutoff) for o in objs]
         blocked = [[[src, round(left, 3), reason] for src, left, reason in o.blocked_raw()]
                    for o in objs]
-        return {"spis": spis, "shape": [cfg["depth"], cfg["width"]],
+        # Sketches add up only under one seed (their columns are the seed's
+        # hash): the shape names it by a digest that does not give it away.
+        return {"spis": spis, "shape": [cfg["depth"], cfg["width"], seed_digest(objs[0].seed)],
                 "syn": sharing.sparse(sharing.add_sparse(s["syn"] for s in sketches)),
                 "pkt": sharing.sparse(sharing.add_sparse(s["pkt"] for s in sketches)),
                 "blocked": [[src, v[0], v[1]] for src, v in
@@ -279,8 +295,7 @@ class Sharer:
         return push
 
     def _ddos_push(self, objs, mine, peers, age):
-        peers = [p for p in peers if p.get("shape") == mine["shape"]
-                 and set(p.get("spis", ())) & set(mine["spis"])]
+        peers = ddos_peers(mine, peers)
         peer_syn = sharing.add_sparse(p["syn"] for p in peers)
         peer_pkt = sharing.add_sparse(p["pkt"] for p in peers)
         blocked = sharing.union_blocked([p["blocked"] for p in peers] + mine["workers_blocked"])

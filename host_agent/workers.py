@@ -22,12 +22,23 @@ then has N objects, one per worker.  `nf_object` gives them as one
 (WorkerNFs): its exported state is the union of theirs (each flow is in
 one), which is what a move carries and a replica holds; a moved or
 adopted state is imported into each worker's object (a flow's entry is
-then also in the workers that never see the flow, where it ages out).
+then also in the workers that never see the flow, where it ages out;
+nat's objects each take the mappings of their own ports whole, nfs/nat.pyx).
 NF processes (their rings are one Manager's) are one-worker only: a plan
 with process-mode instances is refused.  The bench's flow rewriting (more
 flows than the ring holds) is one-worker only too.  State that is not
 per flow (a ratelimit budget, ddos sketches) the agent shares among an
 instance's N objects as among a chain's instances (host_agent.sharer).
+
+NFs that rewrite addresses (`Steering`, host_agent/handoff.pxd): a nat
+instance's range is cut again among its N objects (each hands out ports
+of its own share only) and a packet to or from its external address goes
+to the worker whose share holds its port; an lb backend's address hashes
+as its lb's VIP, so a backend's reply lands where the client's packet
+did.  What steering cannot make right is refused before any worker takes
+the plan (FastPathError naming the instance and the worker count): an lb
+without a vip (or vip6) for its IPv4 (IPv6) backends, a backend of two
+lbs with different VIPs, a nat range with fewer ports than workers.
 
 Each worker runs on a DPDK lcore, so it takes and frees mbufs through
 its own cache of the packet pool (nflib.eal) instead of the pool's
@@ -47,6 +58,7 @@ Not here: the loop (host_agent.manager), ports (host_agent.ports).
 """
 import copy
 import functools
+import ipaddress
 import itertools
 import logging
 import os
@@ -58,6 +70,7 @@ from host_agent import fastpath as fp
 from host_agent import lcores
 from host_agent.ports import start_port, valid_ports
 from nflib import eal
+from nfs.configs import check_config, nat_worker_ports
 
 log = logging.getLogger("onvm.workers")
 
@@ -87,9 +100,10 @@ _IPV6_EXT = (0, 43, 44, 51, 60)
 
 
 def _flow_key(frame):
-    """(src, dst, sport, dport, proto) as the fast path's parser keys the
-    frame (host_agent/parser.pxd; an SFC label stack skipped, IPv6
-    addresses as their CRC digests), None if it would not parse."""
+    """(family, src, dst, sport, dport, proto, ICMP echo identifier or
+    None) as the fast path's parser keys the frame (host_agent/parser.pxd;
+    an SFC label stack skipped, IPv6 addresses as their CRC digests), None
+    if it would not parse."""
     etype, off = frame[12:14], 14
     if etype in (b"\x88\x47", b"\x88\x48") and len(frame) > 26:
         off = 26
@@ -101,7 +115,9 @@ def _flow_key(frame):
         src, dst = struct.unpack_from("<II", frame, off + 12)
         l4 = off + (frame[off] & 0x0F) * 4
         first = struct.unpack_from("!H", frame, off + 6)[0] & 0x1FFF == 0
+        family = 4
     elif etype == b"\x86\xdd" and len(frame) >= off + 40:
+        family = 6
         src, dst = crc32c(frame[off + 8:off + 24]), crc32c(frame[off + 24:off + 40])
         proto, l4, first = frame[off + 6], off + 40, True
         for _ in range(9):
@@ -120,29 +136,152 @@ def _flow_key(frame):
     sport = dport = 0
     if proto in _L4_PORTS and first and len(frame) >= l4 + 4:
         sport, dport = struct.unpack_from("<HH", frame, l4)
-    return src, dst, sport, dport, proto
+    echo = None
+    if family == 4 and proto == 1 and first and len(frame) >= l4 + 8 and frame[l4] in (0, 8):
+        echo = struct.unpack_from("!H", frame, l4 + 4)[0]
+    return family, src, dst, sport, dport, proto, echo
 
 
-def queue_of(frame, queues):
+def _swap16(p):
+    return ((p & 0xFF) << 8) | (p >> 8)
+
+
+def queue_of(frame, queues, steering=None):
     """The queue (worker) of a frame's flow, of `queues`: the loop's
-    symmetric hash (host_agent/handoff.pxd, worker_of) of its 5-tuple, or
-    of the inner one below an SFC label stack, so a flow's replies land on
-    the same worker; frames that are not IP on queue 0."""
+    (host_agent/handoff.pxd, steered_worker) symmetric hash of its
+    5-tuple, or of the inner one below an SFC label stack, so a flow's
+    replies land on the same worker, with the host's `steering` (Steering:
+    a nat's external port's share, lb backends as their VIP); frames that
+    are not IP on queue 0."""
     key = _flow_key(bytes(frame)) if queues > 1 else None
     if key is None:
         return 0
-    src, dst, sport, dport, proto = key
+    family, src, dst, sport, dport, proto, echo = key
+    if steering is not None:
+        w = steering.nat_worker(key, queues)
+        if w is not None:
+            return w
+        src, dst = steering.alias.get((family, src), src), steering.alias.get((family, dst), dst)
     sym = struct.pack("<IIHHI", min(src, dst), max(src, dst), min(sport, dport),
                       max(sport, dport), proto)
     return crc32c(sym) % queues
 
 
-def spread(frames, queues):
+def spread(frames, queues, steering=None):
     """Frames by queue: [[frames of queue 0], ...], in their order."""
     out = [[] for _ in range(queues)]
     for f in frames:
-        out[queue_of(bytes(f), queues)].append(f)
+        out[queue_of(bytes(f), queues, steering)].append(f)
     return out
+
+
+def _key_of(family, address):
+    """An address as the parser's key holds it (host_agent/parser.pxd)."""
+    packed = ipaddress.ip_address(address).packed
+    return int.from_bytes(packed, "little") if family == 4 else crc32c(packed)
+
+
+class Steering:
+    """What the workers of a host steer by, for the NFs of its plan that
+    rewrite addresses (host_agent/handoff.pxd says how): `nat` [(external
+    address as the key holds it, lo, hi, ports per worker)] and `alias`
+    {(family, backend address as the key holds it): VIP as the key holds
+    it}.  `Steering.of_plan` refuses (FastPathError) what steering cannot
+    make right with `workers` > 1."""
+
+    def __init__(self, nat=(), alias=None):
+        self.nat = list(nat)
+        self.alias = dict(alias or {})
+
+    @classmethod
+    def of_plan(cls, plan, workers):
+        nat, alias, owner = [], {}, {}
+        for inst in plan["instances"]:
+            if inst["nf"] not in ("nat", "lb") or inst.get("mode", "inline") != "inline":
+                continue
+            what = f"instance {inst['id']} ({inst['nf']})"
+            parsed = check_config(inst["nf"], inst.get("config"))
+            if inst["nf"] == "nat":
+                nat.append(cls._nat_rule(what, parsed, workers, nat))
+                continue
+            v, backends = parsed
+            for family, vip, at in ((4, v["vip"], 1), (6, v["vip6"], 2)):
+                addrs = [b[at] for b in backends if b[at] is not None]
+                if addrs and vip is None:
+                    raise fp.FastPathError(
+                        f"{what}: IPv{family} backends and no {'vip' if family == 4 else 'vip6'}: "
+                        f"the host cannot tell which worker a backend's reply belongs to; "
+                        f"this host runs {workers} workers (--workers): give the lb a "
+                        f"{'vip' if family == 4 else 'vip6'} or run one worker")
+                for a in addrs:
+                    k, to = (family, _key_of(family, a)), _key_of(family, vip)
+                    if alias.get(k, to) != to:
+                        raise fp.FastPathError(
+                            f"{what}: backend {a} is also a backend of {owner[k]} with another "
+                            f"VIP: its replies cannot be steered to one worker; this host runs "
+                            f"{workers} workers (--workers)")
+                    alias[k] = to
+                    owner.setdefault(k, what)
+        return cls(nat, alias)
+
+    @staticmethod
+    def _nat_rule(what, v, workers, rules):
+        lo, hi = v["port_range"]
+        per = nat_worker_ports(v["port_range"], workers)
+        if per < 1:
+            raise fp.FastPathError(
+                f"{what}: port_range [{lo}, {hi}] has {hi - lo + 1} ports, fewer than this "
+                f"host's {workers} workers (--workers), each of which needs its own")
+        ext = _key_of(4, v["external_ip"])
+        for e, l, h, _ in rules:
+            if e == ext and l <= hi and lo <= h:
+                raise fp.FastPathError(
+                    f"{what}: port_range [{lo}, {hi}] of {v['external_ip']} overlaps another "
+                    f"nat instance's [{l}, {h}] on this host: a reply's port would not name "
+                    f"one worker ({workers} workers, --workers)")
+        return ext, lo, hi, per
+
+    def nat_worker(self, key, workers):
+        """queue_of's twin of handoff.pxd's nat steering: the worker whose
+        share holds the frame's nat port, None if not a nat's."""
+        family, src, dst, sport, dport, proto, echo = key
+        if family != 4 or not self.nat:
+            return None
+        if proto in (6, 17):
+            ends = ((dst, _swap16(dport)), (src, _swap16(sport)))
+        elif proto == 1 and echo is not None:
+            ends = ((dst, echo), (src, echo))
+        else:
+            return None
+        for addr, port in ends:
+            w = self._share(addr, port, workers)
+            if w is not None:
+                return w
+        return None
+
+    def _share(self, addr, port, workers):
+        for ext, lo, hi, per in self.nat:
+            if ext == addr and lo <= port <= hi:
+                w = (port - lo) // per
+                return w if w < workers else None
+        return None
+
+    def tables(self):
+        """(nat, alias) as Manager.set_steering takes them."""
+        return self.nat, sorted(((f << 32) | a, to) for (f, a), to in self.alias.items())
+
+
+def _worker_factory(nf_factory, worker, workers):
+    """nf_factory for worker `worker` of `workers`: a nat instance's config
+    gets `_worker` (nfs/nat.pyx: which share of its ports it hands out)."""
+    if workers == 1:
+        return nf_factory
+
+    def make(inst):
+        if inst.get("nf") == "nat" and inst.get("mode", "inline") == "inline":
+            inst = dict(inst, config=dict(inst.get("config") or {}, _worker=[worker, workers]))
+        return nf_factory(inst)
+    return make
 
 
 def _every_worker(name):
@@ -195,8 +334,11 @@ class WorkerNFs:
         return self.objs[0].state_of(entries)
 
     def _import_state(self, state):
-        """Into each object; returns how many entries the first took."""
-        return [o.import_state(state) for o in self.objs][0]
+        """Into each object; returns how many entries the first took, or
+        for an NF whose workers each take their share (nat: the mappings
+        of their ports), the sum."""
+        taken = [o.import_state(state) for o in self.objs]
+        return sum(taken) if getattr(self.objs[0], "IMPORTS_BY_SHARE", False) else taken[0]
 
     def _counters(self):
         total = copy.deepcopy(self.objs[0].counters())
@@ -223,6 +365,7 @@ class Workers:
         self.placement = []             # where each worker ran last (run)
         self.managers = []
         self._applied = None            # (plan, nf_factory) every worker runs
+        self.steering = Steering()      # what the workers steer by (the plan's nat, lb)
         for q in range(n):
             m = fp.Manager(f"{host}/w{q}", ports=ports,
                            flow_entries=max(1024, flow_entries // n))
@@ -244,24 +387,38 @@ class Workers:
         process-mode instances is refused (FastPathError) before any
         worker takes it."""
         procs = [i["id"] for i in plan["instances"] if i.get("mode") == "process"]
-        if procs and len(self.managers) > 1:
+        n = len(self.managers)
+        if procs and n > 1:
             raise fp.FastPathError(
                 f"instances {', '.join(map(str, procs))} run as NF processes, which "
-                f"take one worker; this host runs {len(self.managers)} (--workers)")
+                f"take one worker; this host runs {n} (--workers)")
+        steering = Steering.of_plan(plan, n) if n > 1 else Steering()
         done = []
         try:
-            for m in self.managers:
-                m.apply_plan(plan, nf_factory)
-                done.append(m)
+            self._apply_each(plan, nf_factory, steering, self.managers, done)
         except Exception:
             # The workers that took it go back to the plan they ran (their
             # NF objects made anew: their flows' NF state starts over), so
             # all run one plan; if that fails too, the error says so.
-            if self._applied is not None:
-                for m in done:
-                    m.apply_plan(*self._applied)
+            old = self._applied or (None, None, Steering())
+            for m in self.managers if n > 1 else ():
+                m.set_steering(*old[2].tables())
+            if old[0] is not None:
+                self._apply_each(*old, done, [])
             raise
-        self._applied = (plan, nf_factory)
+        self._applied = (plan, nf_factory, steering)
+        self.steering = steering
+
+    def _apply_each(self, plan, nf_factory, steering, managers, done):
+        """Each of `managers` takes the steering, then the plan (and its
+        own NF objects); appended to `done` once it did."""
+        n = len(self.managers)
+        for q, m in enumerate(self.managers):
+            if m in managers:
+                if n > 1:
+                    m.set_steering(*steering.tables())
+                m.apply_plan(plan, _worker_factory(nf_factory, q, n))
+                done.append(m)
 
     @property
     def generation(self):

@@ -17,7 +17,10 @@ the sketches of every instance is the sketch of all their traffic, so a
 source spread over instances is counted whole.  Sketches travel sparse:
 only the counters worth sending (at or over a cutoff, the biggest first,
 at most a limit), which undercounts a source by at most the cutoff per
-counter per peer.
+counter per peer.  They add up only if every sketch hashes a source to
+the same counters: the instances of a chain share their ddos config's
+secret `seed` (controller.plans).  Blocked sources travel as address text,
+IPv4 or IPv6, whole.
 
 The same functions serve two levels (host_agent.sharer): the instances
 of an NF on many hosts, exchanging through the store, and the worker
@@ -27,6 +30,8 @@ Not here: reading or writing the NFs (nfs/ratelimit.pyx, nfs/ddos.pyx
 do that on their own tables), the store (host_agent.sharer).
 """
 from __future__ import annotations
+
+import ipaddress
 
 FLOOR = 0.1         # of the even split, kept by every limiter however idle
 EWMA = 0.5          # weight of the newest demand sample
@@ -87,14 +92,31 @@ def sparse(counts, cutoff=1, limit=SPARSE_LIMIT):
     return [[i, c] for c, i in kept[:limit]]
 
 
+def source_text(src):
+    """A blocked source as the block lists carry it: the address's text
+    ("192.0.2.1", "2001:db8::1"; nfs/srckey.pxd), from that text or
+    from the number older agents sent (an IPv4 address's bytes read as a
+    little-endian integer); None if it is neither."""
+    try:
+        if isinstance(src, int) and not isinstance(src, bool):
+            return str(ipaddress.IPv4Address(src.to_bytes(4, "little")))
+        if isinstance(src, str):
+            return str(ipaddress.ip_address(src))
+    except (ValueError, OverflowError):
+        pass
+    return None
+
+
 def union_blocked(lists):
-    """{source: [seconds_left, reason]} of block lists ([[source,
-    seconds_left, reason], ...]): a source blocked by any is blocked, for
-    the longest time any gives."""
+    """{source text: [seconds_left, reason]} of block lists ([[source,
+    seconds_left, reason], ...], sources as `source_text` takes them): a
+    source blocked by any is blocked, for the longest time any gives.  An
+    entry whose source is no address is left out."""
     out = {}
     for blocked in lists:
         for src, left, reason in blocked:
-            if src not in out or left > out[src][0]:
+            src = source_text(src)
+            if src is not None and (src not in out or left > out[src][0]):
                 out[src] = [left, reason]
     return out
 

@@ -6,9 +6,9 @@ starts from zero: the monitor keeps the 5-tuple it counted for each id),
 written in Cython against nflib/nf.pxd: each gives a per-packet handler, run over the batch by the
 library's loop (nflib.nf.each_packet, inlined here) without the GIL."""
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport free
 from libc.string cimport memcmp, memcpy
-from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, onvm_flow_key, ONVM_ACTION_NEXT,
+from nflib.nf cimport (each_packet, prefetch_flows, flow_records, rte_mbuf, onvm_meta, onvm_flow_key, ONVM_ACTION_NEXT,
     ONVM_FLOW_ENTRIES, NativeNF)
 
 
@@ -31,36 +31,45 @@ cdef class Forward(NativeNF):
         return {}
 
 
+cdef struct flow_rec_t:
+    # One flow id's counters and the flow they are for (ids are reused),
+    # in one 32-byte record: one cache line to fetch per packet, not three.
+    onvm_flow_key key
+    uint64_t packets
+    uint64_t bytes
+
+
 cdef struct monitor_t:
     uint64_t packets
     uint64_t bytes
     uint64_t untracked
-    uint64_t *flow_packets
-    uint64_t *flow_bytes
-    onvm_flow_key *flow_keys   # the flow each id's counters are for
+    flow_rec_t *flows          # per flow id
     uint64_t reused            # ids that came back as another flow
 
 
 cdef uint8_t monitor_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     cdef monitor_t *mon = <monitor_t *>ctx
     cdef int32_t fid = meta.flow_id
+    cdef flow_rec_t *r
     mon.packets += 1
     mon.bytes += m.pkt_len
     if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
-        if memcmp(&mon.flow_keys[fid], &meta.key, sizeof(onvm_flow_key)) != 0:
-            if mon.flow_packets[fid]:
+        r = &mon.flows[fid]
+        if memcmp(&r.key, &meta.key, sizeof(onvm_flow_key)) != 0:
+            if r.packets:
                 mon.reused += 1
-            mon.flow_packets[fid] = 0
-            mon.flow_bytes[fid] = 0
-            memcpy(&mon.flow_keys[fid], &meta.key, sizeof(onvm_flow_key))
-        mon.flow_packets[fid] += 1
-        mon.flow_bytes[fid] += m.pkt_len
+            r.packets = 0
+            r.bytes = 0
+            memcpy(&r.key, &meta.key, sizeof(onvm_flow_key))
+        r.packets += 1
+        r.bytes += m.pkt_len
     else:
         mon.untracked += 1
     return ONVM_ACTION_NEXT
 
 
 cdef void monitor_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    prefetch_flows(<const uint8_t *>(<monitor_t *>ctx).flows, sizeof(flow_rec_t), pkts, n)
     each_packet(monitor_packet, ctx, pkts, n)
 
 
@@ -69,25 +78,20 @@ cdef class Monitor(NativeNF):
     cdef monitor_t mon
 
     def __cinit__(self, config=None):
-        self.mon.flow_packets = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
-        self.mon.flow_bytes = <uint64_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint64_t))
-        self.mon.flow_keys = <onvm_flow_key *>calloc(ONVM_FLOW_ENTRIES, sizeof(onvm_flow_key))
-        if (self.mon.flow_packets == NULL or self.mon.flow_bytes == NULL
-                or self.mon.flow_keys == NULL):
+        self.mon.flows = <flow_rec_t *>flow_records(sizeof(flow_rec_t))
+        if self.mon.flows == NULL:
             raise MemoryError()
         self.handlers.batch = monitor_batch
         self.handlers.ctx = <void *>&self.mon
 
     def __dealloc__(self):
-        free(self.mon.flow_packets)
-        free(self.mon.flow_bytes)
-        free(self.mon.flow_keys)
+        free(self.mon.flows)
 
     def counters(self):
         cdef uint32_t i, flows = 0
         with nogil:                 # a C loop: ONVM_FLOW_ENTRIES is a million
             for i in range(ONVM_FLOW_ENTRIES):
-                if self.mon.flow_packets[i]:
+                if self.mon.flows[i].packets:
                     flows += 1
         return {"packets": self.mon.packets, "bytes": self.mon.bytes,
                 "flows": flows, "untracked": self.mon.untracked,
@@ -95,4 +99,4 @@ cdef class Monitor(NativeNF):
 
     def flow(self, int32_t flow_id):
         """(packets, bytes) of one flow."""
-        return self.mon.flow_packets[flow_id], self.mon.flow_bytes[flow_id]
+        return self.mon.flows[flow_id].packets, self.mon.flows[flow_id].bytes

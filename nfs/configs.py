@@ -208,6 +208,21 @@ def nat_slice(port_range, slices, n):
     return [lo + n * size, lo + (n + 1) * size - 1]
 
 
+def nat_worker_ports(port_range, workers):
+    """How many of an instance's ports each of its `workers` hands out:
+    the instance's range cut again, as the cluster's range is cut among
+    instances (nat_slice).  0 when there are fewer ports than workers."""
+    lo, hi = port_range
+    return (hi - lo + 1) // workers
+
+
+def nat_worker_range(port_range, workers, worker):
+    """[lo, hi] of the ports worker `worker` (0-based) of `workers` hands
+    out; the host steers a reply to the worker whose range holds its port
+    (host_agent/handoff.pxd)."""
+    return nat_slice(port_range, workers, worker)
+
+
 def parse_nat(config):
     """Checked nat config.  `port_range` is the ports this instance hands
     out: in a cluster, the instance's slice of the catalog's range
@@ -263,12 +278,19 @@ def parse_ratelimit(config):
     return v
 
 
+def _sketch_seed(value):
+    """ddos's `seed`: the secret of its sketch's hash, a 64-bit number."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 64:
+        raise ValueError(f"must be an integer 0 .. 2^64-1, got {value!r}")
+    return value
+
+
 def parse_ddos(config):
     chk = nfconfig.Checker("ddos", config)
     v = chk.take({"window": (1.0, nfconfig.positive), "syn_threshold": (200, nfconfig.positive_int),
                   "packet_threshold": (100000, nfconfig.positive_int), "hold": (10, nfconfig.positive),
                   "depth": (4, nfconfig.positive_int), "width": (8192, nfconfig.positive_int),
-                  "max_blocked": (65536, nfconfig.positive_int)})
+                  "max_blocked": (65536, nfconfig.positive_int), "seed": (None, _sketch_seed)})
     if v["depth"] > 16:
         chk.error(["depth"], f"at most 16 rows, got {v['depth']}")
     chk.done()

@@ -13,6 +13,13 @@ cdef struct rule6_t:        # a rule for IPv6 packets, matched in file order
     uint32_t rule           # its rule + 1
 
 
+cdef struct fw_flow_t:       # per flow id, one 32-byte record (one cache line to fetch)
+    onvm_flow_key of        # the flow the answer is for (ids are reused)
+    uint32_t rule           # the answer (rule + 1, 0 none), cached
+    uint8_t known           # 1 once `rule` holds the answer
+    uint8_t pad[11]
+
+
 cdef struct ruleset_t:
     rte_acl_ctx *acl        # the rules for IPv4 packets
     uint32_t *v4_rule       # rte_acl's answer (its rule + 1) -> the rule + 1
@@ -20,9 +27,7 @@ cdef struct ruleset_t:
     uint32_t nrules6
     uint8_t *allow          # per rule
     uint64_t *hits          # per rule
-    uint32_t *flow_rule     # per flow id: the answer (rule + 1, 0 none), cached
-    uint8_t *flow_known     # per flow id: 1 once flow_rule holds the answer
-    onvm_flow_key *flow_of  # per flow id: the flow the answer is for (ids are reused)
+    fw_flow_t *flows        # per flow id: the cached answer
     uint8_t *flow_addr6     # per flow id: an IPv6 flow's addresses (src, dst: 32 bytes),
                             # compared too: its key holds only their digests
     uint8_t default_allow

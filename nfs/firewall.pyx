@@ -11,7 +11,7 @@ counters) is shared with `firewall-stateful` (nfs/stateful.pyx)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
-from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta, onvm_meta_of, onvm_mtod, rd16,
+from nflib.nf cimport (each_packet, prefetch_flows, flow_records, rte_mbuf, onvm_meta, onvm_meta_of, onvm_mtod, rd16,
     ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify,
     onvm_flow_key)
 import ipaddress
@@ -41,6 +41,7 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
     cdef unsigned i, nmiss = 0
     cdef int32_t fid
     cdef onvm_meta *meta
+    prefetch_flows(<const uint8_t *>rs.flows, sizeof(fw_flow_t), pkts, n)
     for i in range(n):
         meta = onvm_meta_of(pkts[i])
         fid = meta.flow_id
@@ -63,8 +64,8 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
 cdef inline bint flow_cached(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
     """The answer for this packet's flow id is cached, and for this flow."""
     cdef int32_t fid = meta.flow_id
-    return fid >= 0 and fid < ONVM_FLOW_ENTRIES and rs.flow_known[fid] and \
-        memcmp(&rs.flow_of[fid], &meta.key, sizeof(onvm_flow_key)) == 0
+    return fid >= 0 and fid < ONVM_FLOW_ENTRIES and rs.flows[fid].known and \
+        memcmp(&rs.flows[fid].of, &meta.key, sizeof(onvm_flow_key)) == 0
 
 
 cdef inline const uint8_t *addrs6(rte_mbuf *m, onvm_meta *meta) noexcept nogil:
@@ -85,9 +86,9 @@ cdef void classify6(ruleset_t *rs, const uint8_t *addrs, onvm_meta *meta) noexce
     r = match6(rs, addrs, meta.key.proto, rd16(<uint8_t *>&meta.key.sport),
                rd16(<uint8_t *>&meta.key.dport))
     if tracked:
-        rs.flow_rule[fid] = r
-        rs.flow_known[fid] = 1
-        rs.flow_of[fid] = meta.key
+        rs.flows[fid].rule = r
+        rs.flows[fid].known = 1
+        rs.flows[fid].of = meta.key
         memcpy(rs.flow_addr6 + <size_t>fid * 32, addrs, 32)
     else:
         meta.destination = <uint16_t>r
@@ -123,7 +124,7 @@ cdef uint8_t ruleset_allow(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
     if meta.key.family != 4 and meta.key.family != 6:
         rs.default_hits += 1        # the parser passes only IP; never here
         return rs.default_allow
-    r = rs.flow_rule[fid] if fid >= 0 and fid < ONVM_FLOW_ENTRIES else meta.destination
+    r = rs.flows[fid].rule if fid >= 0 and fid < ONVM_FLOW_ENTRIES else meta.destination
     if meta.key.family == 6:
         rs.ipv6 += 1
     if r:
@@ -152,9 +153,9 @@ cdef void _classify_misses(ruleset_t *rs, rte_mbuf **pkts, const uint8_t **data,
         meta = onvm_meta_of(pkts[idx[k]])
         fid = meta.flow_id
         if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
-            rs.flow_rule[fid] = res[k]
-            rs.flow_known[fid] = 1
-            rs.flow_of[fid] = meta.key
+            rs.flows[fid].rule = res[k]
+            rs.flows[fid].known = 1
+            rs.flows[fid].of = meta.key
         else:
             meta.destination = <uint16_t>res[k]
 
@@ -181,11 +182,8 @@ cdef class RuleSet:
         n = max(1, len(self.rules))
         self.rs.allow = <uint8_t *>calloc(n, 1)
         self.rs.hits = <uint64_t *>calloc(n, sizeof(uint64_t))
-        self.rs.flow_rule = <uint32_t *>calloc(ONVM_FLOW_ENTRIES, sizeof(uint32_t))
-        self.rs.flow_known = <uint8_t *>calloc(ONVM_FLOW_ENTRIES, 1)
-        self.rs.flow_of = <onvm_flow_key *>calloc(ONVM_FLOW_ENTRIES, sizeof(onvm_flow_key))
-        if (self.rs.allow == NULL or self.rs.hits == NULL or self.rs.flow_of == NULL or
-                self.rs.flow_rule == NULL or self.rs.flow_known == NULL):
+        self.rs.flows = <fw_flow_t *>flow_records(sizeof(fw_flow_t))
+        if self.rs.allow == NULL or self.rs.hits == NULL or self.rs.flows == NULL:
             raise MemoryError()
         if len(self.rules) > 65535:
             raise ValueError(f"at most 65535 firewall rules, not {len(self.rules)}")
@@ -199,9 +197,7 @@ cdef class RuleSet:
         free(self.rs.flow_addr6)
         free(self.rs.allow)
         free(self.rs.hits)
-        free(self.rs.flow_rule)
-        free(self.rs.flow_known)
-        free(self.rs.flow_of)
+        free(self.rs.flows)
 
     def counters(self):
         return {"default": self.rs.default_hits, "ipv6": self.rs.ipv6,

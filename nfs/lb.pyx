@@ -49,7 +49,19 @@ Config (inline or a YAML `file`, see nfs/nfconfig.py):
 
 The flow -> backend map (IPv4 and IPv6 flows) moves with the instance:
 export_state() and import_state(); import installs both directions of
-each flow."""
+each flow.
+
+Worker cores (host_agent.workers): each worker has its own object, and
+a reply (backend -> client) must reach the worker whose object balanced
+its flow (client -> VIP).  The host steers it (host_agent/handoff.pxd):
+a backend's address hashes as the lb's VIP, so the reply's symmetric
+hash is the forward packet's.  Not a stateless reply rewrite instead:
+the reply table is what tells a reply from a flow a backend opens
+itself.  Needs a `vip` (`vip6`) for
+IPv4 (IPv6) backends; without one, or with a backend shared by two lbs
+of different VIPs, a host of several workers refuses the plan.  Import
+puts every flow into each worker's object (each flow's own worker uses
+it; the others' copies age out)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, memcmp

@@ -28,6 +28,24 @@ its `port_range`), so no two instances hand out the same external port
 and a reply's destination port names the instance that holds its
 mapping.
 
+Worker cores (host_agent.workers): each of a host's N workers has its own
+object of the instance, and the instance's range is cut again among them
+(nfs.configs.nat_worker_range; the host gives each object its `_worker`
+[index, N], a key no catalog may set).  A worker hands out ports only
+from its own share, so no two workers give two flows one port, and the
+host steers every packet to or from the external address by its port to
+the worker whose share holds it (host_agent/handoff.pxd), so a reply
+meets its mapping.  The internal side is hashed as any flow, so a
+mapping is endpoint-independent per worker: an internal endpoint whose
+flows to two destinations hash to two workers has one external port on
+each.  Imported mappings (a move, a replica) land whole in the worker
+whose share holds their port; in each other worker too, as a `foreign`
+copy that lets the flow's outgoing packets keep their port but is not
+refreshed (it lapses at the ttl it came with, never after the owner's
+copy: the owner, refreshed by replies, hands the port out again only
+once every copy lapsed).  counters() and export_state() show a worker's
+own mappings only, so the workers' union holds each mapping once.
+
 Not handled: ICMP errors carrying an embedded header (dropped inbound,
 counted as no_mapping), non-first fragments (dropped, counted).  The
 mapping table moves with the instance: export_state() / import_state()."""
@@ -43,6 +61,7 @@ import ipaddress
 import logging
 
 from nfs.configs import NAT_PROTO_NAMES as PROTO_NAMES, parse_nat as parse_config
+from nfs.configs import nat_worker_ports, nat_worker_range
 from nflib.api import NFConfigError
 
 log = logging.getLogger("onvm.nf.nat")
@@ -64,7 +83,8 @@ cdef struct pstats_t:
 cdef struct nat_t:
     uint32_t ext_ip        # host order
     uint32_t int_net, int_mask
-    uint16_t lo, hi
+    uint16_t lo, hi        # the instance's port_range
+    uint16_t wlo, whi      # this worker's share of it, the ports it hands out
     port_t *ports[3]       # per protocol, 65536 each
     uint16_t cursor[3]
     uint64_t timeout[3]
@@ -77,12 +97,12 @@ cdef struct nat_t:
 cdef int allocate(nat_t *t, int pi, onvm_flow_key *k, uint32_t ip, uint16_t port,
                   uint64_t now) noexcept nogil:
     """A free external port for (ip, port), or -1 if the pool is used up."""
-    cdef uint32_t span = <uint32_t>t.hi - t.lo + 1, i
+    cdef uint32_t span = <uint32_t>t.whi - t.wlo + 1, i
     cdef uint16_t p
     cdef int32_t pos
     cdef port_t *e
     for i in range(span):
-        p = t.lo + (t.cursor[pi] + i) % span
+        p = t.wlo + (t.cursor[pi] + i) % span
         e = &t.ports[pi][p]
         if e.expires > now:
             continue
@@ -120,8 +140,9 @@ cdef bint outbound(nat_t *t, uint8_t *d, uint32_t length, int l3, int l4, int pi
     pos = ftab_find(t.fwd, &k, now)
     if pos >= 0 and t.ports[pi][t.fwd_port[pos]].fpos == pos:
         ext = t.fwd_port[pos]
-        t.fwd.expires[pos] = now + t.timeout[pi]
-        t.ports[pi][ext].expires = now + t.timeout[pi]
+        if t.wlo <= ext <= t.whi:     # a foreign copy (import_state) is not refreshed
+            t.fwd.expires[pos] = now + t.timeout[pi]
+            t.ports[pi][ext].expires = now + t.timeout[pi]
     else:
         got = allocate(t, pi, &k, src, port, now)
         if got < 0:
@@ -210,17 +231,26 @@ cdef void nat_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
 cdef class NAT(NativeNF):
     cdef nat_t t
     cdef readonly dict config
+    cdef readonly tuple worker     # (index, count) of the host's workers
+    IMPORTS_BY_SHARE = True        # each worker imports the mappings of its ports (WorkerNFs)
 
     def __cinit__(self, config=None):
         memset(&self.t, 0, sizeof(nat_t))
 
     def __init__(self, config=None):
+        config = dict(config or {})
+        worker, workers = config.pop("_worker", (0, 1))
         v = self.config = parse_config(config)
         net = ipaddress.IPv4Network(v["internal"])
         self.t.ext_ip = int(ipaddress.IPv4Address(v["external_ip"]))
         self.t.int_net = int(net.network_address)
         self.t.int_mask = int(net.netmask)
         self.t.lo, self.t.hi = v["port_range"]
+        if nat_worker_ports(v["port_range"], workers) < 1:
+            raise NFConfigError(f"nat: port_range {v['port_range']} has fewer ports than "
+                                f"the host's {workers} workers")
+        self.t.wlo, self.t.whi = nat_worker_range(v["port_range"], workers, worker)
+        self.worker = (worker, workers)
         hz = rte_get_tsc_hz()
         for pi, name in enumerate(PROTO_NAMES):
             self.t.timeout[pi] = <uint64_t>(v["timeouts"][name] * hz)
@@ -243,6 +273,11 @@ cdef class NAT(NativeNF):
         ftab_free(self.t.fwd)
         free(self.t.fwd_port)
 
+    @property
+    def worker_ports(self):
+        """[lo, hi]: the ports this object hands out (its worker's share)."""
+        return [self.t.wlo, self.t.whi]
+
     def _live(self):
         """[(proto index, external port, internal ip, internal port, seconds left)]."""
         hz = rte_get_tsc_hz()
@@ -253,10 +288,11 @@ cdef class NAT(NativeNF):
         """export_state in chunks (host_agent.replicas): (the next cursor,
         None at the end; [(proto index, external port, internal ip, internal
         port, cycles left)]) of the live mappings among `count` ports from
-        `cursor` (0: the first).  Call while the instance does not run;
+        `cursor` (0: the first) of this worker's share (foreign copies are
+        their owner's to export).  Call while the instance does not run;
         state_of() makes the state of the chunks."""
         cdef uint64_t now = rte_get_tsc_cycles()
-        cdef uint64_t span = <uint64_t>self.t.hi - self.t.lo + 1
+        cdef uint64_t span = <uint64_t>self.t.whi - self.t.wlo + 1
         cdef uint64_t i, end = min(<uint64_t>cursor + count, 3 * span)
         cdef uint32_t p
         cdef unsigned pi
@@ -266,7 +302,7 @@ cdef class NAT(NativeNF):
             pi = i // span
             if self.t.ports[pi] == NULL:
                 continue
-            p = self.t.lo + i % span
+            p = self.t.wlo + i % span
             e = &self.t.ports[pi][p]
             if e.expires > now:
                 out.append((pi, p, e.int_ip, e.int_port, e.expires - now))
@@ -274,13 +310,16 @@ cdef class NAT(NativeNF):
 
     def counters(self):
         live = self._live()
-        pool = self.t.hi - self.t.lo + 1
+        pool = self.t.whi - self.t.wlo + 1
         out = {"passed": self.t.passed, "fragments_dropped": self.t.fragments,
                "port_range": [self.t.lo, self.t.hi], "slice": self.config["slice"]}
         for pi, name in enumerate(PROTO_NAMES):
             st = self.t.st[pi]
             used = sum(1 for m in live if m[0] == pi)
-            out[name] = {"mappings": used, "pool": pool, "use": round(used / pool, 6),
+            # pool: this worker's share; use: of the instance's pool, so the
+            # workers' counters add up (host_agent.workers sums them)
+            out[name] = {"mappings": used, "pool": pool,
+                         "use": round(used / (pool * self.worker[1]), 6),
                          "allocated": st["allocated"], "out": st["out"], "in": st["inb"],
                          "no_mapping": st["no_mapping"], "exhausted": st["exhausted"]}
         out["table_full"] = self.t.fwd.full
@@ -303,27 +342,46 @@ cdef class NAT(NativeNF):
 
     def import_state(self, state):
         """Install mappings exported by another instance with the same
-        external address; returns how many.  Call before the instance runs."""
-        cdef onvm_flow_key k
-        cdef int32_t pos
-        cdef port_t *e
-        cdef uint64_t now = rte_get_tsc_cycles(), hz = rte_get_tsc_hz()
+        external address; returns how many this worker owns (all, with one
+        worker).  A mapping whose port is another worker's share comes in
+        as a foreign copy (see the module's docstring), unless this worker
+        has a mapping of that internal endpoint already.  Call before the
+        instance runs."""
         if not isinstance(state, dict) or state.get("nf") != "nat":
             raise NFConfigError("nat: import_state takes what nat's export_state returned")
         if state["external_ip"] != self.config["external_ip"]:
             raise NFConfigError(f"nat: state is for external address {state['external_ip']}, "
                                 f"this instance has {self.config['external_ip']}: its flows would break")
-        n = 0
         for m in state["mappings"]:
+            if not self.t.lo <= m["external_port"] <= self.t.hi:
+                raise NFConfigError(f"nat: mapping port {m['external_port']} is outside this "
+                                    f"instance's port_range [{self.t.lo}, {self.t.hi}]")
+        own = [m for m in state["mappings"] if self.t.wlo <= m["external_port"] <= self.t.whi]
+        n = self._install(own, False)
+        foreign = self._install([m for m in state["mappings"]
+                                 if not self.t.wlo <= m["external_port"] <= self.t.whi], True)
+        log.info("nat: imported %d of %d mappings (%d as foreign copies)", n,
+                 len(state["mappings"]), foreign)
+        return n
+
+    def _install(self, mappings, bint foreign):
+        """Put `mappings` (export_state's) into the tables; a foreign one
+        only where the internal endpoint has none.  Returns how many."""
+        cdef onvm_flow_key k
+        cdef int32_t pos
+        cdef port_t *e
+        cdef uint64_t now = rte_get_tsc_cycles(), hz = rte_get_tsc_hz()
+        n = 0
+        for m in mappings:
             pi = PROTO_NAMES.index(m["proto"])
             p = m["external_port"]
-            if not self.t.lo <= p <= self.t.hi:
-                raise NFConfigError(f"nat: mapping port {p} is outside this instance's port_range")
             ip = int(ipaddress.IPv4Address(m["internal"][0]))
             memset(&k, 0, sizeof(k))
             k.proto = PROTO_NUMBERS[pi]
             k.src = ip
             k.sport = m["internal"][1]
+            if foreign and ftab_find(self.t.fwd, &k, now) >= 0:
+                continue
             exp = now + <uint64_t>(m["ttl"] * hz)
             pos = ftab_insert(self.t.fwd, &k, exp, now)
             if pos < 0:
@@ -332,5 +390,4 @@ cdef class NAT(NativeNF):
             e.int_ip, e.int_port, e.expires, e.fpos = ip, m["internal"][1], exp, pos
             self.t.fwd_port[pos] = p
             n += 1
-        log.info("nat: imported %d of %d mappings", n, len(state["mappings"]))
         return n

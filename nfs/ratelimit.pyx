@@ -3,6 +3,10 @@
 
 A packet passes if its source's bucket has a token and, when its chain
 has a limit, the chain's bucket has one too; it then takes one from each.
+A source is its whole address, IPv4 or IPv6, read from the packet
+(nfs/srckey.pxd), never the fast path's 32-bit digest of an IPv6 address:
+an attacker can give an address of its own a victim's digest, and would
+then empty the victim's bucket.
 Buckets count in TSC cycles (rte_get_tsc_cycles): a token costs hz/rate
 cycles, a bucket holds `burst` tokens, so refilling is a subtraction and a
 min, no division per packet.  A source idle long enough to refill is
@@ -14,7 +18,7 @@ Config (inline or a YAML `file`):
     burst: 100              # packets a source may send at once
     chains:                 # optional: limits per chain, keyed by SPI
       16: {rate: 100000, burst: 1000}
-    max_sources: 65536
+    max_sources: 65536      # of each family, IPv4 and IPv6
 
 Buckets do not move with the instance (they refill within burst/rate
 seconds anyway).
@@ -29,7 +33,9 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from nflib.nf cimport (each_packet, rte_mbuf, onvm_meta_of, onvm_meta,
     ONVM_ACTION_NEXT, ONVM_ACTION_DROP, rte_get_tsc_cycles, rte_get_tsc_hz,
-    NativeNF, ftab_t, ftab_new, ftab_free, ftab_find, ftab_insert, ftab_live)
+    NativeNF)
+from nfs.srckey cimport (src_key_t, packet_src, srctab_t, srctab_init, srctab_free,
+    srctab_find, srctab_insert, srctab_expires, srctab_size, srctab_live)
 
 from nfs.configs import parse_ratelimit as parse_config
 
@@ -45,13 +51,14 @@ cdef struct bucket_t:
 
 
 cdef struct rl_t:
-    ftab_t *sources
+    srctab_t sources
     bucket_t *src          # per source position; cost/cap from `proto`
     bucket_t proto         # the per-source limit
     uint32_t chain_spi[MAX_CHAINS]
     bucket_t chain[MAX_CHAINS]
     uint32_t nchains
     uint64_t untracked
+    uint64_t no_source     # dropped: neither IPv4 nor IPv6 (the parser lets none through)
     uint64_t hz
     uint64_t now           # TSC at the start of the batch
 
@@ -76,15 +83,20 @@ cdef uint8_t rl_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     cdef bucket_t *sb
     cdef bucket_t *cb
     cdef bint ok
+    cdef src_key_t src
+    if not packet_src(m, meta, &src):
+        rl.no_source += 1
+        rl.proto.dropped += 1
+        return ONVM_ACTION_DROP
     cb = NULL
     for c in range(rl.nchains):
         if rl.chain_spi[c] == meta.spi:
             cb = &rl.chain[c]
             break
-    pos = ftab_find(rl.sources, &meta.key.src, now)
+    pos = srctab_find(&rl.sources, &src, now)
     if pos < 0:
         # New (or forgotten, hence refilled) source: a full bucket.
-        pos = ftab_insert(rl.sources, &meta.key.src, now, now)
+        pos = srctab_insert(&rl.sources, &src, now, now)
         if pos >= 0:
             rl.src[pos].tokens = rl.proto.cap
             rl.src[pos].last = now
@@ -102,7 +114,7 @@ cdef uint8_t rl_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
             sb.tokens -= rl.proto.cost
             # Forget the source once its bucket would be full again
             # (plus a second, so busy sources are not re-added each packet).
-            rl.sources.expires[pos] = now + rl.proto.cap - sb.tokens + rl.hz
+            srctab_expires(&rl.sources, pos)[0] = now + rl.proto.cap - sb.tokens + rl.hz
         if cb != NULL:
             cb.tokens -= cb.cost
             cb.passed += 1
@@ -139,15 +151,15 @@ cdef class RateLimit(NativeNF):
             _set(&self.rl.chain[i], limit["rate"], limit["burst"], hz, now)
         self.rl.nchains = len(v["chains"])
         self.rl.hz = hz
-        self.rl.sources = ftab_new("rl", v["max_sources"], 4)
-        self.rl.src = <bucket_t *>calloc(v["max_sources"] + 1, sizeof(bucket_t))
+        srctab_init(&self.rl.sources, "rl", v["max_sources"])
+        self.rl.src = <bucket_t *>calloc(srctab_size(&self.rl.sources), sizeof(bucket_t))
         if self.rl.src == NULL:
             raise MemoryError()
         self.handlers.batch = rl_batch
         self.handlers.ctx = <void *>&self.rl
 
     def __dealloc__(self):
-        ftab_free(self.rl.sources)
+        srctab_free(&self.rl.sources)
         free(self.rl.src)
 
     def chain_demand(self):
@@ -185,8 +197,8 @@ cdef class RateLimit(NativeNF):
     def counters(self):
         return {"sharing": self.sharing or {},
             "passed": self.rl.proto.passed, "dropped": self.rl.proto.dropped,
-            "sources": ftab_live(self.rl.sources, rte_get_tsc_cycles()),
-            "untracked": self.rl.untracked,
+            "sources": srctab_live(&self.rl.sources, rte_get_tsc_cycles()),
+            "untracked": self.rl.untracked, "no_source": self.rl.no_source,
             "chains": [{"spi": self.rl.chain_spi[i], "passed": self.rl.chain[i].passed,
                         "dropped": self.rl.chain[i].dropped} for i in range(self.rl.nchains)],
         }

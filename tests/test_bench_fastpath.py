@@ -116,3 +116,35 @@ def test_skewed_flows_repeat_popular_ones_and_sliding_flows_age_out():
                               "--chain", "nat", "--zipf", "1"], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "rewrite addresses" in refused.stderr
+
+
+def test_the_loop_rewrites_looped_packets_to_the_next_flows_with_valid_checksums():
+    """More flows than the ring holds: each packet that comes back in gets
+    the next flow's source and ports (host_agent/benchflows.pxd), its IP
+    checksum updated incrementally; every packet still valid and the flows
+    the ones bench_frames would write, the cursor wrapping at `flows`."""
+    from host_agent import fastpath as fp
+    from host_agent.harness import chain_plan, ensure_eal
+    from nflib.api import make_nf
+    ensure_eal()
+    port, ring = fp.ring_port(f"rewrite{os.getpid()}")
+    mgr = fp.Manager("rw", ports=[port])
+    try:
+        plan = chain_plan([("forward", {})], port, port)
+        mgr.apply_plan(plan, make_nf)
+        ring.fill(bench_frames(16), 16)
+        mgr.set_bench(flows=40)
+        mgr.run(max_packets=16 * 7)         # 112 rewrites: flows 0..39, 0..39, 0..31
+        out = ring.drain(keep=True)
+    finally:
+        mgr.close()
+    assert len(out) == 16
+    seen = []
+    for f in out:
+        ip = Ether(f)[IP]
+        sent = ip.chksum
+        del ip.chksum
+        assert IP(bytes(ip)).chksum == sent
+        seen.append((ip.src, ip[UDP].sport, ip[UDP].dport))
+    # the last pass gave the 16 packets flows 16..31 (the third time round)
+    assert sorted(seen) == sorted(flow_tuple(i) for i in range(16, 32))

@@ -95,10 +95,11 @@ def test_heavy_hitter_caught_and_released_after_hold():
 
 def test_ddos_config_errors():
     with pytest.raises(NFConfigError) as err:
-        DDoSFilter({"window": 0, "depth": 20, "treshold": 5})
+        DDoSFilter({"window": 0, "depth": 20, "treshold": 5, "seed": -1})
     assert str(err.value).splitlines() == [
         "<ddos config>: treshold: unknown key; known: depth, hold, max_blocked, packet_threshold, "
-        "syn_threshold, width, window",
+        "seed, syn_threshold, width, window",
         "<ddos config>: window: must be a positive number, got 0",
+        "<ddos config>: seed: must be an integer 0 .. 2^64-1, got -1",
         "<ddos config>: depth: at most 16 rows, got 20",
     ]

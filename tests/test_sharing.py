@@ -1,5 +1,7 @@
 """nflib.sharing: the split of one budget among limiters by demand, and
 sketches and block lists merged, without store, thread or clock."""
+import ipaddress
+
 import pytest
 
 from nflib import sharing
@@ -55,8 +57,25 @@ def test_sparse_sketches_add_and_keep_the_biggest_counters():
 
 
 def test_block_lists_unite_with_the_longest_hold():
-    got = sharing.union_blocked([[[1, 2.0, 0], [2, 5.0, 1]], [[1, 9.0, 1]], []])
-    assert got == {1: [9.0, 1], 2: [5.0, 1]}
+    got = sharing.union_blocked([[["192.0.2.1", 2.0, 0], ["2001:db8::66", 5.0, 1]],
+                                 [["192.0.2.1", 9.0, 1]], []])
+    assert got == {"192.0.2.1": [9.0, 1], "2001:db8::66": [5.0, 1]}
+
+
+def test_block_lists_carry_whole_addresses_and_take_older_agents_numbers():
+    # Two IPv6 sources of one CRC digest (the fast path's meta.key.src)
+    # stay two; an older agent's number for 192.0.2.1 (its bytes read
+    # little-endian) is the same source as its text; junk is left out.
+    from ipv6crc import collide, crc32c
+    victim = "2001:db8:1::10"
+    attacker = collide(victim, "2001:db8:66::")
+    assert crc32c(ipaddress.IPv6Address(victim).packed) == \
+        crc32c(ipaddress.IPv6Address(attacker).packed)
+    old = int.from_bytes(bytes([192, 0, 2, 1]), "little")
+    got = sharing.union_blocked([[[attacker, 4.0, 0], [old, 7.0, 1]],
+                                 [["192.0.2.1", 3.0, 0], ["2001:DB8:1:0::10", 1.0, 1],
+                                  ["not an address", 9.0, 0], [2 ** 40, 9.0, 0]]])
+    assert got == {attacker: [4.0, 0], victim: [1.0, 1], "192.0.2.1": [7.0, 1]}
 
 
 def test_peers_go_stale_unless_nobody_can_be_heard():
@@ -68,3 +87,14 @@ def test_peers_go_stale_unless_nobody_can_be_heard():
     assert set(p.fresh(14.0)) == {"/onvm/share/ddos/h2/2"}
     p.heard("/onvm/share/ddos/h2/2", None, 14.0)
     assert p.fresh(14.0) == {}
+
+
+def test_ddos_sketches_add_only_under_one_seed():
+    from host_agent.sharer import ddos_peers, seed_digest
+    mine = {"spis": [16], "shape": [4, 8192, seed_digest(7)]}
+    same = {"spis": [16, 17], "shape": [4, 8192, seed_digest(7)]}
+    other_seed = {"spis": [16], "shape": [4, 8192, seed_digest(8)]}
+    old_agent = {"spis": [16], "shape": [4, 8192]}          # before seeds: never added
+    other_chain = {"spis": [18], "shape": [4, 8192, seed_digest(7)]}
+    assert ddos_peers(mine, [same, other_seed, old_agent, other_chain]) == [same]
+    assert seed_digest(7) != seed_digest(8) and len(seed_digest(7)) == 16

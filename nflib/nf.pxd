@@ -69,11 +69,11 @@ cdef void run_packets(void *handlers, rte_mbuf **pkts, unsigned n) noexcept nogi
 cdef extern from "rte_prefetch.h" nogil:
     void rte_prefetch0(const void *p)
 
-cdef extern from "stdlib.h" nogil:
-    void *aligned_alloc(size_t alignment, size_t size)
-
-cdef extern from "string.h" nogil:
-    void *_zero "memset"(void *p, int c, size_t n)
+cdef extern from "sys/mman.h" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS
+    void *MAP_FAILED
 
 
 cdef inline void prefetch_burst(rte_mbuf **pkts, unsigned n) noexcept nogil:
@@ -92,13 +92,18 @@ cdef inline void prefetch_burst(rte_mbuf **pkts, unsigned n) noexcept nogil:
 
 cdef inline void *flow_records(size_t size) noexcept nogil:
     """Zeroed per-flow records, one of `size` bytes per flow id
-    (ONVM_FLOW_ENTRIES), on a cache-line boundary so that records of 32
-    or 64 bytes never straddle two lines; NULL if there is no memory.
-    Free with free()."""
-    cdef void *p = aligned_alloc(64, ONVM_FLOW_ENTRIES * size)
+    (ONVM_FLOW_ENTRIES), page-aligned so that records of 32 or 64 bytes
+    never straddle two cache lines, zeroed by the kernel as pages are
+    first touched (address space, not memory, until flows come); NULL if
+    there is none.  Give back with free_flow_records."""
+    cdef void *p = mmap(NULL, ONVM_FLOW_ENTRIES * size, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    return NULL if p == MAP_FAILED else p
+
+
+cdef inline void free_flow_records(void *p, size_t size) noexcept nogil:
     if p != NULL:
-        _zero(p, 0, ONVM_FLOW_ENTRIES * size)
-    return p
+        munmap(p, ONVM_FLOW_ENTRIES * size)
 
 
 cdef inline void prefetch_flows(const uint8_t *base, size_t stride, rte_mbuf **pkts,

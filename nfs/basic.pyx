@@ -6,9 +6,8 @@ starts from zero: the monitor keeps the 5-tuple it counted for each id),
 written in Cython against nflib/nf.pxd: each gives a per-packet handler, run over the batch by the
 library's loop (nflib.nf.each_packet, inlined here) without the GIL."""
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
-from libc.stdlib cimport free
 from libc.string cimport memcmp, memcpy
-from nflib.nf cimport (each_packet, prefetch_flows, flow_records, rte_mbuf, onvm_meta, onvm_flow_key, ONVM_ACTION_NEXT,
+from nflib.nf cimport (each_packet, prefetch_flows, flow_records, free_flow_records, rte_mbuf, onvm_meta, onvm_flow_key, ONVM_ACTION_NEXT,
     ONVM_FLOW_ENTRIES, NativeNF)
 
 
@@ -85,7 +84,7 @@ cdef class Monitor(NativeNF):
         self.handlers.ctx = <void *>&self.mon
 
     def __dealloc__(self):
-        free(self.mon.flows)
+        free_flow_records(self.mon.flows, sizeof(flow_rec_t))
 
     def counters(self):
         cdef uint32_t i, flows = 0

@@ -11,7 +11,7 @@ counters) is shared with `firewall-stateful` (nfs/stateful.pyx)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
-from nflib.nf cimport (each_packet, prefetch_flows, flow_records, rte_mbuf, onvm_meta, onvm_meta_of, onvm_mtod, rd16,
+from nflib.nf cimport (each_packet, prefetch_flows, flow_records, free_flow_records, rte_mbuf, onvm_meta, onvm_meta_of, onvm_mtod, rd16,
     ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify,
     onvm_flow_key)
 import ipaddress
@@ -197,7 +197,7 @@ cdef class RuleSet:
         free(self.rs.flow_addr6)
         free(self.rs.allow)
         free(self.rs.hits)
-        free(self.rs.flows)
+        free_flow_records(self.rs.flows, sizeof(fw_flow_t))
 
     def counters(self):
         return {"default": self.rs.default_hits, "ipv6": self.rs.ipv6,

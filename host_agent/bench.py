@@ -467,7 +467,9 @@ def cli_bench_fastpath(args):
                            flow_idle=args.flow_idle, configs=configs,
                            replicate=getattr(args, "replicate_interval", 0.0),
                            mix=args.mix, zipf=args.zipf, new_flows=args.new_flows,
-                           payload=getattr(args, "payload", "udp"), cores=args.cores)
+                           payload=getattr(args, "payload", "udp"), cores=args.cores,
+                           # with --json, stdout is the result's line alone
+                           log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
     except lcores.CoresError as err:
         print(f"onvm bench fastpath: {err}", file=sys.stderr)
         return 1

@@ -199,6 +199,44 @@ class Snapshots:
                 "entries": self.entries, "bytes": self.bytes, "nfs": len(self.ids)}
 
 
+class Stages:
+    """Process mode as a pipeline: what each stage's packets cost it, and
+    a floor for the Mpps the chain would reach with every stage on a core
+    of its own (the slowest stage's rate), whatever cores it shares here.
+    The manager's cost is its loop thread's CPU time, an NF process's its
+    user CPU time (clock ticks of 10 ms: runs of a few seconds or more),
+    each over the packets of the whole run, warm-up included.  Both are
+    upper bounds of the work, never below it: a stage that waits for
+    another still polls (the manager spins; an NF process checks its ring
+    between yields of its core), so the projection is a floor."""
+
+    def __init__(self, mgr, plan, procs):
+        self.mgr, self.procs = mgr, procs
+        self.names = [f"{i['id']} {i['nf']}" for i in plan["instances"]]
+        self.start = (mgr.stats()["processed"], [_user_seconds(p.pid) for p in procs])
+        self.cycles = None
+
+    def end(self, processed, manager_cycles):
+        n0, u0 = self.start
+        n = max(1, processed - n0)
+        hz = fp.tsc_hz()
+        self.cycles = {"manager": manager_cycles}
+        for name, p, u in zip(self.names, self.procs, u0):
+            self.cycles[name] = round((_user_seconds(p.pid) - u) * hz / n, 1)
+
+    def report(self):
+        worst = max(v for v in self.cycles.values() if v is not None)
+        return {"stage_cycles_per_packet": self.cycles,
+                "projected_mpps_own_cores_at_least": round(fp.tsc_hz() / max(worst, 1) / 1e6, 2)}
+
+
+def _user_seconds(pid):
+    """A process's user CPU seconds (/proc/PID/stat, field 14)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK")
+
+
 def run_bench(chain, packets, flows=1024, mode="inline", python=False,
               in_flight=4096, log=print, flow_entries=None, flow_idle=None, configs=None,
               replicate=0.0, mix="64", zipf=0.0, new_flows=0.0, payload="udp", cores=1):
@@ -247,6 +285,7 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                  "--lcore", str(nf_cores[inst["id"]])]))
         time.sleep(2.0)
     snaps = Snapshots(mgr, plan, replicate) if replicate > 0 else None
+    stages = Stages(mgr, plan, procs) if procs else None
     try:
         fresh = bool(REWRITING & set(chain))
         sizes = IMIX if mix == "imix" else (60,)
@@ -278,6 +317,9 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                 done, elapsed, cpu = _run_loop(mgr, rings[0], frames, packets, in_flight,
                                                flows, snaps, samples if new_flows else None)
         stats = mgr.stats()
+        if stages is not None:
+            stages.end(stats["processed"],
+                       None if cpu is None else round(cpu * fp.tsc_hz() / max(done, 1), 1))
         drops = {k: v for k, v in stats["drops"].items() if v}
         mean_bytes = sum(len(f) for f in frames) / len(frames)
         result = {
@@ -323,6 +365,8 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             result["handoffs"] = stats["handoffs"]   # host_agent.handoff: 0 when spread right
         if snaps is not None:
             result["replication"] = snaps.report()
+        if stages is not None:
+            result.update(stages.report())
         if samples:
             result["occupancy"] = samples     # [(seconds, live flows)] while flows come and go
     finally:

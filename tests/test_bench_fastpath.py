@@ -148,3 +148,16 @@ def test_the_loop_rewrites_looped_packets_to_the_next_flows_with_valid_checksums
         seen.append((ip.src, ip[UDP].sport, ip[UDP].dport))
     # the last pass gave the 16 packets flows 16..31 (the third time round)
     assert sorted(seen) == sorted(flow_tuple(i) for i in range(16, 32))
+
+
+def test_process_mode_reports_each_stage_and_a_floor_for_own_cores():
+    from host_agent import fastpath as fp
+    if fp.hugepages_available() < 300:
+        pytest.skip("NF processes share the bench's memory through huge pages; "
+                    "`make hugepages` (as root) reserves and mounts them")
+    r = bench("--chain", "firewall,monitor", "--mode", "process", "--packets", "2000000")
+    cycles = r["stage_cycles_per_packet"]
+    assert sorted(cycles) == ["1 firewall", "2 monitor", "manager"]
+    assert all(v > 0 for v in cycles.values()), cycles
+    assert r["projected_mpps_own_cores_at_least"] == round(
+        r["tsc_hz"] / max(cycles.values()) / 1e6, 2)

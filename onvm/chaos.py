@@ -292,12 +292,15 @@ def controllers_down_10s(emu, chain, hold=1.0):
 CONTROLLER_FAULTS = {f.__name__: f for f in (leader_killed, controllers_down_10s)}
 
 
-def _sender_paused(emu, chain, timeout=5.0):
-    """Wait until the chain's sender says it sends at rate 0 (it reads its
-    rate twice a second and writes its status ten times a second)."""
+def _sender_paused(emu, chain, asked, timeout=5.0):
+    """Wait until the chain's sender says, in a status written after
+    `asked`, that it sends at rate 0 (it reads its rate twice a second and
+    writes its status ten times a second)."""
+    def paused():
+        status = emu.sent(chain)
+        return status.get("time", 0) > asked and status.get("pps") == 0
     try:
-        wait_for(lambda: emu.sent(chain).get("pps") == 0, timeout,
-                 f"the sender of {chain} paused", interval=0.05)
+        wait_for(paused, timeout, f"the sender of {chain} paused", interval=0.05)
     except TimeoutError:
         pass                                 # counted as it is: a late packet shows as loss
 
@@ -306,8 +309,9 @@ def _quiet_counts(emu, chain, pps):
     """(sent, received, first NF out) with the chain's sender paused and
     everything in flight landed, so that the three counts are of the same
     packets; the sender resumes at `pps`."""
+    asked = time.time()
     emu.set_pps(chain, 0)
-    _sender_paused(emu, chain)
+    _sender_paused(emu, chain, asked)
     time.sleep(0.5)                          # its last packets reach the NFs and the sink
     _fresh_stats(emu, time.time())
     sent, received = _counts(emu, chain)

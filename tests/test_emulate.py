@@ -269,16 +269,18 @@ def _settle(emu, what, problems, timeout=30):
 
 
 def _pause(emu, chain):
-    """Pause the chain's sender; its count once it has stopped."""
+    """Pause the chain's sender; its count once it has stopped: from a
+    status it wrote after the pause was asked, at rate 0 (it sends no more
+    once it has read the rate, and says so in every status after)."""
+    asked = time.time()
     emu.set_pps(chain, 0)
-    sent = [-1]
+    status = [None]
 
     def stopped():
-        now = emu.sent(chain)["sent"]
-        done, sent[0] = now == sent[0], now
-        return done
-    wait_for(stopped, 10, f"the sender of {chain} to pause", interval=0.6)
-    return sent[0]
+        status[0] = emu.sent(chain)
+        return status[0].get("time", 0) > asked and status[0].get("pps") == 0
+    wait_for(stopped, 10, f"the sender of {chain} to pause", interval=0.05)
+    return status[0]["sent"]
 
 
 def _quiet(emu, read, since):

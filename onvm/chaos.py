@@ -413,6 +413,34 @@ def run_faults(emu, names, chain=None, say=lambda text: None, **kwargs):
     return out
 
 
+def _controller_logs(emu):
+    text = ""
+    for i in range(emu.n_controllers):
+        try:
+            with open(emu.file(emu.controller_log(i)), errors="replace") as f:
+                text += f.read()
+        except OSError:
+            pass
+    return text
+
+
+def _probed(emu, timeout):
+    """Wait until the controller's probes found every host reachable (when
+    it probes at all): a host without a probe verdict yet is not held when
+    its key vanishes, and the first faults make keys vanish.  False if not
+    within `timeout`."""
+    def reachable():
+        text = _controller_logs(emu)
+        return "liveness probes every" not in text or all(
+            f"probe: host {h.name} reachable" in text for h in emu.topo.hosts)
+    try:
+        wait_for(reachable, timeout, "every host reachable by the controller's probes",
+                 interval=0.2)
+    except TimeoutError:
+        return False
+    return True
+
+
 def run_emulated(topology, names, chain=None, say=lambda text: None, check=None,
                  hold=1.0, settle_s=8.0, **emulation):
     """Start an emulation of `topology` (Emulation keyword arguments in
@@ -428,6 +456,8 @@ def run_emulated(topology, names, chain=None, say=lambda text: None, check=None,
                                {e.name for e in emu.topo.edges}), emu.topo.chains[0].name)
         if _arriving(emu, chain, 30.0) is None:
             say(f"chaos: no packet of {chain} arrived 30 s after the start")
+        if not _probed(emu, 30.0):
+            say("chaos: not every host answered the controller's probes 30 s after the start")
         results = run_faults(emu, names, chain=chain, say=say, hold=hold, settle_s=settle_s)
         if check is not None:
             check(emu)

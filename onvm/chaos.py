@@ -5,8 +5,10 @@ invariants checked after each: `onvm bench chaos` and tests/test_chaos.py.
     results = run_faults(emu, FAULTS)      # [FaultResult], in order
     table(results)                         # the lines BENCHMARKS.md shows
 
-Each fault is injected while the emulation's senders send, then the
-emulation is given time to converge, and then:
+Each fault is injected while the emulation's senders send; its window
+closes `settle_s` after the chain's packets arrive again, once the plans
+are applied (the next fault's window starts where this one's ended: one
+quiet count between two faults), and then:
   - no bypass: over the fault's window, the chain's egress received no
     more packets than the chain's first NF handed on (counted by the NF
     instances' stats summaries, which agents publish every 5 s: the
@@ -29,6 +31,7 @@ import random
 import re
 import time
 
+from contracts.store import StoreError
 from onvm.services import wait_for
 
 # Faults that touch only the store or the controllers: no host may be
@@ -289,12 +292,27 @@ def controllers_down_10s(emu, chain, hold=1.0):
 CONTROLLER_FAULTS = {f.__name__: f for f in (leader_killed, controllers_down_10s)}
 
 
+def _sender_paused(emu, chain, asked, timeout=5.0):
+    """Wait until the chain's sender says, in a status written after
+    `asked`, that it sends at rate 0 (it reads its rate twice a second and
+    writes its status ten times a second)."""
+    def paused():
+        status = emu.sent(chain)
+        return status.get("time", 0) > asked and status.get("pps") == 0
+    try:
+        wait_for(paused, timeout, f"the sender of {chain} paused", interval=0.05)
+    except TimeoutError:
+        pass                                 # counted as it is: a late packet shows as loss
+
+
 def _quiet_counts(emu, chain, pps):
     """(sent, received, first NF out) with the chain's sender paused and
     everything in flight landed, so that the three counts are of the same
     packets; the sender resumes at `pps`."""
+    asked = time.time()
     emu.set_pps(chain, 0)
-    time.sleep(1.5)                          # the sender reads its rate twice a second
+    _sender_paused(emu, chain, asked)
+    time.sleep(0.5)                          # its last packets reach the NFs and the sink
     _fresh_stats(emu, time.time())
     sent, received = _counts(emu, chain)
     nf_out = _first_nf_out(emu, chain)
@@ -302,24 +320,66 @@ def _quiet_counts(emu, chain, pps):
     return sent, received, nf_out
 
 
-def run_fault(emu, name, chain, settle_s=8.0, converge_timeout=30.0, hold=1.0):
+@dataclasses.dataclass
+class _Window:
+    """What a fault's window starts (or ends) with."""
+    sent: int
+    received: int
+    nf_out: dict
+    plans: set
+    lost_lines: list
+
+
+def _window_edge(emu, chain, pps):
+    sent, received, nf_out = _quiet_counts(emu, chain, pps)
+    return _Window(sent, received, nf_out, set((emu.store.plans() or {}).keys()),
+                   [len(hosts) for hosts in _lost_lines(emu)])
+
+
+def _plans_applied(emu):
+    """Every live host with a plan runs its plan's generation."""
+    try:
+        plans = emu.store.plans() or {}
+        return bool(plans) and all((emu.store.get_applied(h) or 0) >= p["generation"]
+                                   for h, p in plans.items() if h not in emu.killed)
+    except StoreError:                         # the store still recovering: not yet
+        return False
+
+
+def _settle(emu, settle_s, timeout):
+    """`settle_s` (the controller has that long to evict a host, wrongly or
+    not, or to lose a plan; agents publish), and on until the plans are
+    applied or `timeout` has passed."""
+    start = time.time()
+    try:
+        wait_for(lambda: _plans_applied(emu), timeout, "the plans applied after the fault",
+                 interval=0.2)
+    except TimeoutError:
+        pass                                    # the window's figures tell what is wrong
+    time.sleep(max(0.0, start + settle_s - time.time()))
+
+
+def run_fault(emu, name, chain, settle_s=8.0, converge_timeout=30.0, hold=1.0, before=None):
     """One fault with traffic flowing: counts before and after, the
     invariants' figures.  `hold` scales how long the fault lasts (tests run
-    each kind shorter than the bench does); `settle_s` is the wait after
-    the chain's packets arrive again."""
+    each kind shorter than the bench does); the window closes once the
+    chain's packets arrive again, `settle_s` after that and once the plans
+    are applied.  `before`: the window's start (the end of
+    the previous fault's window, see run_faults), else measured here.  The
+    result's `window_end` opens the next fault's window."""
     fault = FAULTS.get(name) or CONTROLLER_FAULTS[name]
     pps = emu.pps(emu.topo_chain(chain).mpps)
-    plans_before = set((emu.store.plans() or {}).keys())
-    lost_before = [len(hosts) for hosts in _lost_lines(emu)]
-    sent0, recv0, nf0 = _quiet_counts(emu, chain, pps)
+    before = before or _window_edge(emu, chain, pps)
     note = fault(emu, chain, hold)
     converge = _arriving(emu, chain, converge_timeout)
-    time.sleep(settle_s)                      # plans settle, agents publish
-    sent1, recv1, nf1 = _quiet_counts(emu, chain, pps)
-    res = FaultResult(name, sent=sent1 - sent0, received=recv1 - recv0, note=note,
+    _settle(emu, settle_s, converge_timeout)
+    after = _window_edge(emu, chain, pps)
+    res = FaultResult(name, sent=after.sent - before.sent,
+                      received=after.received - before.received, note=note,
                       converge_s=converge)
+    res.window_end = after
     res.lost = max(0, res.sent - res.received)
-    res.nf_out = nf_out_between(nf0, nf1)
+    res.nf_out = nf_out_between(before.nf_out, after.nf_out)
     if name in ("agent_killed", "host_power_lost"):
         # The NF's counters restart with its agent: the window's NF count
         # is unknown, so no bypass can be judged from it.
@@ -330,22 +390,55 @@ def run_fault(emu, name, chain, settle_s=8.0, converge_timeout=30.0, hold=1.0):
     else:
         res.bypass = max(0, res.received - res.nf_out)
     # a host once however many lines (and controllers) said so
-    res.evictions = sorted({h for hosts, n in zip(_lost_lines(emu), lost_before)
-                            for h in hosts[n:]})
-    res.plans_lost = sorted(plans_before - set((emu.store.plans() or {}).keys()))
+    res.evictions = sorted({h for hosts, n, m in zip(_lost_lines(emu), before.lost_lines,
+                                                     after.lost_lines)
+                            for h in hosts[n:m]})
+    res.plans_lost = sorted(before.plans - after.plans)
     return res
 
 
 def run_faults(emu, names, chain=None, say=lambda text: None, **kwargs):
+    """The faults `names` one after the other; each fault's window starts
+    where the previous one's ended (one quiet count between two faults)."""
     chain = chain or emu.topo.chains[0].name
     out = []
+    edge = None
     for name in names:
         say(f"chaos: {name} ...")
-        res = run_fault(emu, name, chain, **kwargs)
+        res = run_fault(emu, name, chain, before=edge, **kwargs)
+        edge = res.window_end
         say(f"chaos: {name}: sent {res.sent}, received {res.received}, lost {res.lost}, "
             f"evictions {res.evictions}, again after {res.converge_s} s")
         out.append(res)
     return out
+
+
+def _controller_logs(emu):
+    text = ""
+    for i in range(emu.n_controllers):
+        try:
+            with open(emu.file(emu.controller_log(i)), errors="replace") as f:
+                text += f.read()
+        except OSError:
+            pass
+    return text
+
+
+def _probed(emu, timeout):
+    """Wait until the controller's probes found every host reachable (when
+    it probes at all): a host without a probe verdict yet is not held when
+    its key vanishes, and the first faults make keys vanish.  False if not
+    within `timeout`."""
+    def reachable():
+        text = _controller_logs(emu)
+        return "liveness probes every" not in text or all(
+            f"probe: host {h.name} reachable" in text for h in emu.topo.hosts)
+    try:
+        wait_for(reachable, timeout, "every host reachable by the controller's probes",
+                 interval=0.2)
+    except TimeoutError:
+        return False
+    return True
 
 
 def run_emulated(topology, names, chain=None, say=lambda text: None, check=None,
@@ -359,9 +452,12 @@ def run_emulated(topology, names, chain=None, say=lambda text: None, check=None,
     emu = Emulation(topology, **emulation)
     try:
         emu.start()
-        time.sleep(3.0)
         chain = chain or next((c.name for c in emu.topo.chains if c.egress in
                                {e.name for e in emu.topo.edges}), emu.topo.chains[0].name)
+        if _arriving(emu, chain, 30.0) is None:
+            say(f"chaos: no packet of {chain} arrived 30 s after the start")
+        if not _probed(emu, 30.0):
+            say("chaos: not every host answered the controller's probes 30 s after the start")
         results = run_faults(emu, names, chain=chain, say=say, hold=hold, settle_s=settle_s)
         if check is not None:
             check(emu)

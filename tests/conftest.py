@@ -10,7 +10,9 @@ ONVM_TEST_SHARED_NETNS=1 to stay in the caller's namespace.
 A fixture skips its tests only when the program it needs is not installed,
 and says which; any other start-up failure is an error.
 """
+import contextlib
 import os
+import shutil
 import sys
 # The standard library's networking modules, loaded before any test file
 # imports Ryu: eventlet's green modules (eventlet.wsgi, which ryu.app.wsgi
@@ -110,6 +112,58 @@ def ovs():
         yield server
     finally:
         server.stop()
+
+
+def need_root_and_tools(*extra):
+    """Skip, saying why, where the emulation cannot run (`extra`: more
+    programs a test needs, e.g. /usr/sbin/ethtool)."""
+    if os.geteuid() != 0:
+        pytest.skip("the emulation needs root (namespaces, OVS, Mininet)")
+    for tool in ("/usr/bin/etcd", "/usr/sbin/ovs-vswitchd", "/usr/bin/mnexec") + extra:
+        if not os.path.exists(tool):
+            pytest.skip(f"{tool} is not installed")
+
+
+@contextlib.contextmanager
+def started_emulation(topo_path, prefix, workdir=None, **kwargs):
+    """A started onvm.emulate.Emulation of `topo_path` (its run directory
+    under `workdir`, default the topology's; `kwargs` as Emulation takes
+    them); stopped, its files removed, and checked to leave nothing of
+    `prefix` behind: no bridge, no interface, no agent runtime dir."""
+    need_root_and_tools()
+    from onvm.emulate import Emulation
+    workdir = str(workdir or os.path.dirname(str(topo_path)))
+    emulation = Emulation(str(topo_path), prefix=prefix, workdir=workdir, **kwargs)
+    try:
+        emulation.start()
+        yield emulation
+    finally:
+        emulation.stop()
+        emulation.remove_files()
+        # Emulation.stop removes the DPDK runtime dirs of the topology's
+        # hosts only: those of hosts added while it ran (add_host) are
+        # removed here, so that none is left behind.
+        for name in getattr(emulation, "joined", {}):
+            shutil.rmtree(f"/var/run/dpdk/{prefix}_{name}", ignore_errors=True)
+    leftovers = [n for n in os.listdir("/sys/class/net") if n.startswith(prefix)]
+    assert not leftovers, f"interfaces left behind: {leftovers}"
+    runtime = os.listdir("/var/run/dpdk") if os.path.isdir("/var/run/dpdk") else []
+    assert not [d for d in runtime if d.startswith(prefix)], \
+        f"DPDK runtime dirs left behind: {runtime}"
+
+
+def emulation_fixture(name, topology, **kwargs):
+    """A module-scoped fixture: one emulation of the topology text
+    `topology` (written to NAME.yaml in a fresh directory), shared by the
+    module's tests, which run in file order."""
+    @pytest.fixture(scope="module")
+    def emu(tmp_path_factory, run_prefix):
+        workdir = tmp_path_factory.mktemp(name)
+        path = workdir / f"{name}.yaml"
+        path.write_text(topology)
+        with started_emulation(path, run_prefix, **kwargs) as emulation:
+            yield emulation
+    return emu
 
 
 # A hard limit on each phase of a test (setup, call, teardown), above

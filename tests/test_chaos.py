@@ -47,7 +47,9 @@ def no_part_exited_and_a_controller_leads(emu):
 def test_faults_one_at_a_time_keep_the_invariants(faults, emulation):
     need_root_and_tools()
     # Each fault held half as long as the bench holds it (still several
-    # lease TTLs), and 4 s to settle: one short run of each kind.
+    # lease TTLs), and its window closed 4 s after the chain's packets
+    # arrive again (and once the plans are applied): one short run of each
+    # kind.
     results = chaos.run_emulated(LEAF_SPINE, list(faults), chain="transit", say=print,
                                  check=no_part_exited_and_a_controller_leads,
                                  hold=0.5, settle_s=4.0, **emulation)

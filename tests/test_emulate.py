@@ -16,7 +16,6 @@ Two emulations, one after the other (never both at once: two cores):
 Each emulation takes ~15 s to start and is shared by its tests, which run
 in file order.  Everything is torn down even when a test fails.
 """
-import contextlib
 import os
 import re
 import signal
@@ -25,9 +24,9 @@ import time
 
 import pytest
 
+from conftest import need_root_and_tools, started_emulation  # noqa: F401 (others import it)
 from controller.topology import load_topology
 from onvm import procs
-from onvm.emulate import Emulation
 from onvm.failover import measure_failover
 from onvm.scaling import instances, measure_autoscale
 from onvm.frames import default_flows, flow_key as _flow_key
@@ -70,41 +69,12 @@ CHAIN = "web"
 PPS = 200                       # emulated packets a second for the chain
 
 
-def need_root_and_tools():
-    """Skip, saying why, where the emulation cannot run."""
-    if os.geteuid() != 0:
-        pytest.skip("the emulation needs root (namespaces, OVS, Mininet)")
-    for tool in ("/usr/bin/etcd", "/usr/sbin/ovs-vswitchd", "/usr/bin/mnexec"):
-        if not os.path.exists(tool):
-            pytest.skip(f"{tool} is not installed")
-
-
-@contextlib.contextmanager
-def _emulation(topo_path, prefix, pps_per_mpps):
-    """A started Emulation; stopped, and checked to leave nothing behind."""
-    need_root_and_tools()
-    emulation = Emulation(str(topo_path), prefix=prefix, workdir=str(topo_path.parent),
-                          pps_per_mpps=pps_per_mpps)
-    try:
-        emulation.start()
-        yield emulation
-    finally:
-        emulation.stop()
-        emulation.remove_files()
-    # nothing of this run is left: no bridge, no interface, no agent runtime dir
-    leftovers = [n for n in os.listdir("/sys/class/net") if n.startswith(prefix)]
-    assert not leftovers, f"interfaces left behind: {leftovers}"
-    runtime = os.listdir("/var/run/dpdk") if os.path.isdir("/var/run/dpdk") else []
-    assert not [d for d in runtime if d.startswith(prefix)], \
-        f"DPDK runtime dirs left behind: {runtime}"
-
-
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory, run_prefix):
     workdir = tmp_path_factory.mktemp("emulate")
     topo_path = workdir / "emulate-test.yaml"
     topo_path.write_text(TOPOLOGY)
-    with _emulation(topo_path, run_prefix, PPS) as emulation:
+    with started_emulation(topo_path, run_prefix, pps_per_mpps=PPS) as emulation:
         yield emulation
 
 
@@ -299,16 +269,18 @@ def _settle(emu, what, problems, timeout=30):
 
 
 def _pause(emu, chain):
-    """Pause the chain's sender; its count once it has stopped."""
+    """Pause the chain's sender; its count once it has stopped: from a
+    status it wrote after the pause was asked, at rate 0 (it sends no more
+    once it has read the rate, and says so in every status after)."""
+    asked = time.time()
     emu.set_pps(chain, 0)
-    sent = [-1]
+    status = [None]
 
     def stopped():
-        now = emu.sent(chain)["sent"]
-        done, sent[0] = now == sent[0], now
-        return done
-    wait_for(stopped, 10, f"the sender of {chain} to pause", interval=0.6)
-    return sent[0]
+        status[0] = emu.sent(chain)
+        return status[0].get("time", 0) > asked and status[0].get("pps") == 0
+    wait_for(stopped, 10, f"the sender of {chain} to pause", interval=0.05)
+    return status[0]["sent"]
 
 
 def _quiet(emu, read, since):
@@ -374,7 +346,7 @@ def _egress_problems(sink0, sink1, sent, stopped, allowed):
 def nf_emu(tmp_path_factory, run_prefix):
     topo_path = _write_nf_topology(tmp_path_factory.mktemp("emulate-nfs"))
     # its own prefix (one letter more): the two emulations never share a name
-    with _emulation(topo_path, run_prefix + "n", NF_PPS) as emulation:
+    with started_emulation(topo_path, run_prefix + "n", pps_per_mpps=NF_PPS) as emulation:
         yield emulation
 
 

@@ -250,7 +250,9 @@ def start_emulate(args, within=150):
 
 def test_emulate_json_survives_a_store_that_stops_answering():
     need_root_and_tools()
-    proc, view, reader = start_emulate([MINIMAL, "--seconds", "25", "--json"], within=120)
+    # 18 s: the 6 s outage, then ~10 s more, past the controller's grace
+    # after an outage of the store (5 s): a wrong eviction would show.
+    proc, view, reader = start_emulate([MINIMAL, "--seconds", "18", "--json"], within=120)
     try:
         etcd, = [pid for pid, name in _children(proc.pid).items() if name == "etcd"]
         os.kill(etcd, signal.SIGSTOP)

@@ -80,8 +80,8 @@ def test_join_news_says_each_thing_once():
 def test_emulate_add_host_joins_and_the_summary_says_what_it_received():
     need_root_and_tools()
     res = subprocess.run(
-        [sys.executable, "-m", "onvm.cli", "emulate", MINIMAL, "--seconds", "30", "--json",
-         "--add-host", "h9@s1:5@3", "--drain-host", "h1@15", "--drain-host", "h2@15"],
+        [sys.executable, "-m", "onvm.cli", "emulate", MINIMAL, "--seconds", "24", "--json",
+         "--add-host", "h9@s1:5@3", "--drain-host", "h1@11", "--drain-host", "h2@11"],
         cwd=REPO, capture_output=True, text=True, timeout=170)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])

@@ -8,9 +8,8 @@ A second server whose MAC is a known host's is refused and nothing
 changes."""
 import pytest
 
-from onvm.emulate import Emulation
+from conftest import emulation_fixture
 from onvm.services import wait_for
-from test_emulate import need_root_and_tools
 
 pytestmark = [pytest.mark.ovs, pytest.mark.etcd, pytest.mark.netns,
               pytest.mark.timeout(300)]
@@ -38,18 +37,7 @@ chains:
 PPS = 500
 
 
-@pytest.fixture(scope="module")
-def emu(request, tmp_path_factory, run_prefix):
-    need_root_and_tools()
-    workdir = tmp_path_factory.mktemp("join")
-    topo_path = workdir / "join-test.yaml"
-    topo_path.write_text(TOPOLOGY)
-    emulation = Emulation(str(topo_path), prefix=run_prefix, workdir=str(workdir),
-                          pps_per_mpps=PPS)
-    request.addfinalizer(emulation.remove_files)
-    request.addfinalizer(emulation.stop)
-    emulation.start()
-    return emulation
+emu = emulation_fixture("join-test", TOPOLOGY, pps_per_mpps=PPS)
 
 
 def controller_log(emu):

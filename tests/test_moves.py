@@ -1,7 +1,6 @@
 """Planned moves with state: placement.move_instance, controller.moves over a
 memory:// store, the plan fields that carry them ("export", "state"), and
 (test at the end) a move of a running lb in the emulation."""
-import time
 
 import pytest
 
@@ -289,26 +288,13 @@ def _lb_yaml(names):
 
 @pytest.fixture(scope="module")
 def move_emu(tmp_path_factory, run_prefix):
-    import os
-    from onvm.emulate import Emulation
-    if os.geteuid() != 0:
-        pytest.skip("the emulation needs root (namespaces, OVS, Mininet)")
-    for tool in ("/usr/bin/etcd", "/usr/sbin/ovs-vswitchd", "/usr/bin/mnexec"):
-        if not os.path.exists(tool):
-            pytest.skip(f"{tool} is not installed")
+    from conftest import started_emulation
     workdir = tmp_path_factory.mktemp("emulate-move")
     (workdir / "lb.yaml").write_text(_lb_yaml(["b1", "b2", "b3"]))
     (workdir / "emulate-move.yaml").write_text(MOVE_TOPOLOGY)
-    emu = Emulation(str(workdir / "emulate-move.yaml"), prefix=run_prefix + "m",
-                    workdir=str(workdir), pps_per_mpps=MOVE_PPS)
-    try:
-        emu.start()
+    with started_emulation(workdir / "emulate-move.yaml", run_prefix + "m",
+                           pps_per_mpps=MOVE_PPS) as emu:
         yield emu
-    finally:
-        emu.stop()
-        emu.remove_files()
-    leftovers = [n for n in os.listdir("/sys/class/net") if n.startswith(run_prefix + "m")]
-    assert not leftovers, f"interfaces left behind: {leftovers}"
 
 
 def _lb_at(emu):
@@ -366,10 +352,14 @@ def test_running_lb_moves_to_another_host_and_every_flow_keeps_its_backend(move_
         stats = emu.store.get_stats(b) or {}
         return (stats.get("instances", {}).get(str(new_id)) or {}).get("rx", 0)
     # The flows run on b now; its stats summary reaches the store within the
-    # agents' publish period (5 s).
-    time.sleep(4)
+    # agents' publish period (5 s).  Checked below, once both show (or not).
+    def moved_and_flowing():
+        now = _sink(emu)
+        return rx_on_b() > 0 and all(sum(now.get(k, {}).values()) >
+                                     sum(switched.get(k, {}).values()) for k in keys)
     try:
-        wait_for(lambda: rx_on_b() > 0, 15, f"packets counted by the moved lb on {b}")
+        wait_for(moved_and_flowing, 20, f"packets counted by the moved lb on {b}, "
+                 "every flow growing at the egress")
     except TimeoutError:
         pass
     after = _sink(emu)

@@ -13,30 +13,18 @@ import time
 
 import pytest
 
+from conftest import emulation_fixture
 from contracts.wire import ETH_PROBE, PROBE_ANSWER, PROBE_KIND_OFFSET
 from controller.probing import PROBE_SRC_MAC, probe_frame
-from onvm.emulate import Emulation
 from onvm.failover import measure_failover
 from onvm.probebench import CHAIN, PPS, TOPOLOGY
 from onvm.services import wait_for
-from test_emulate import need_root_and_tools
 
 pytestmark = [pytest.mark.ovs, pytest.mark.etcd, pytest.mark.netns,
               pytest.mark.timeout(240)]
 
 
-@pytest.fixture(scope="module")
-def emu(request, tmp_path_factory, run_prefix):
-    need_root_and_tools()
-    workdir = tmp_path_factory.mktemp("probes")
-    topo_path = workdir / "probes-test.yaml"
-    topo_path.write_text(TOPOLOGY)
-    emulation = Emulation(str(topo_path), prefix=run_prefix, workdir=str(workdir),
-                          pps_per_mpps=PPS)
-    request.addfinalizer(emulation.remove_files)      # finalizers run last first
-    request.addfinalizer(emulation.stop)
-    emulation.start()
-    return emulation
+emu = emulation_fixture("probes-test", TOPOLOGY, pps_per_mpps=PPS)
 
 
 def controller_log(emu):

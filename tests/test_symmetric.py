@@ -19,8 +19,8 @@ import os
 
 import pytest
 
+from conftest import need_root_and_tools, started_emulation
 from onvm import procs
-from onvm.emulate import Emulation
 from onvm.services import wait_for
 
 pytestmark = [pytest.mark.ovs, pytest.mark.etcd, pytest.mark.netns,
@@ -32,30 +32,16 @@ NAT_ADDRESS = "10.0.9.1"        # topologies/rules/symmetric-nat.yaml
 STATEFUL = ("firewall-stateful", "ids", "nat", "lb")
 
 
-def need_root_and_tools():
-    if os.geteuid() != 0:
-        pytest.skip("the emulation needs root (namespaces, OVS, Mininet)")
-    for tool in ("/usr/bin/etcd", "/usr/sbin/ovs-vswitchd", "/usr/bin/mnexec",
-                 "/usr/sbin/ethtool"):
-        if not os.path.exists(tool):
-            pytest.skip(f"{tool} is not installed")
-
-
 @contextlib.contextmanager
 def running(topo_path, prefix, workdir):
     """A started Emulation of `topo_path` whose client has made its first
     HTTP connections through chain web; stopped and removed after."""
-    need_root_and_tools()
-    emulation = Emulation(str(topo_path), prefix=prefix, workdir=str(workdir))
-    try:
-        emulation.start()
+    need_root_and_tools("/usr/sbin/ethtool")
+    with started_emulation(topo_path, prefix, workdir) as emulation:
         # the emulation's own client opens a few connections a second
         wait_for(lambda: emulation.tcp(CHAIN)["ok"] >= 3, 120,
                  "the first HTTP connections through chain web")
         yield emulation
-    finally:
-        emulation.stop()
-        emulation.remove_files()
 
 
 @pytest.fixture(scope="module")

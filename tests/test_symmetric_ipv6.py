@@ -15,9 +15,8 @@ import contextlib
 
 import pytest
 
-from onvm.emulate import Emulation
+from conftest import need_root_and_tools, started_emulation
 from onvm.services import wait_for
-from test_emulate import need_root_and_tools
 from test_symmetric import counter, instances
 
 pytestmark = [pytest.mark.ovs, pytest.mark.etcd, pytest.mark.netns,
@@ -60,9 +59,7 @@ def emulation(tmp_path, prefix, topology, rules, servers):
     (tmp_path / "web6.rules").write_text(rules)
     path = tmp_path / "web6.yaml"
     path.write_text(topology)
-    emu = Emulation(str(path), prefix=prefix, workdir=str(tmp_path))
-    try:
-        emu.start()
+    with started_emulation(path, prefix, tmp_path) as emu:
         wait_for(lambda: emu.tcp("web6")["ok"] >= 3, 120,
                  "the first HTTP connections over IPv6 through web6")
         status = emu.http("web6", 20, rate=10.0)
@@ -70,9 +67,6 @@ def emulation(tmp_path, prefix, topology, rules, servers):
         assert set(status["servers"]) == set(servers), status
         yield emu
         assert emu.tcp("web6")["failed"] == 0, emu.tcp("web6")
-    finally:
-        emu.stop()
-        emu.remove_files()
 
 
 def wait_counters(emu, nf, names, at_least):

@@ -91,6 +91,7 @@ def run_handoff_bench(chain, cores, rounds=40, flows=1024, log=print):
         result["drops"] = {k: v for k, v in w.stats()["drops"].items() if v}
     finally:
         w.close()
+        fp.eal_cleanup()        # its huge page files and /var/run/dpdk/ dir too
     return result
 
 

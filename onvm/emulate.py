@@ -789,8 +789,8 @@ class Emulation:
             self.ovs.stop()
         if self.etcd is not None:
             self.etcd.stop()
-        for h in self.topo.hosts:
-            shutil.rmtree(f"/var/run/dpdk/{self.prefix}_{h.name}", ignore_errors=True)
+        for name in [h.name for h in self.topo.hosts] + list(self.joined):
+            shutil.rmtree(f"/var/run/dpdk/{self.prefix}_{name}", ignore_errors=True)
 
     def remove_files(self):
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -12,7 +12,6 @@ and says which; any other start-up failure is an error.
 """
 import contextlib
 import os
-import shutil
 import sys
 # The standard library's networking modules, loaded before any test file
 # imports Ryu: eventlet's green modules (eventlet.wsgi, which ryu.app.wsgi
@@ -138,13 +137,8 @@ def started_emulation(topo_path, prefix, workdir=None, **kwargs):
         emulation.start()
         yield emulation
     finally:
-        emulation.stop()
+        emulation.stop()        # also the DPDK runtime dirs of hosts added (add_host)
         emulation.remove_files()
-        # Emulation.stop removes the DPDK runtime dirs of the topology's
-        # hosts only: those of hosts added while it ran (add_host) are
-        # removed here, so that none is left behind.
-        for name in getattr(emulation, "joined", {}):
-            shutil.rmtree(f"/var/run/dpdk/{prefix}_{name}", ignore_errors=True)
     leftovers = [n for n in os.listdir("/sys/class/net") if n.startswith(prefix)]
     assert not leftovers, f"interfaces left behind: {leftovers}"
     runtime = os.listdir("/var/run/dpdk") if os.path.isdir("/var/run/dpdk") else []

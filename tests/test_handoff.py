@@ -261,7 +261,9 @@ def test_bench_handoff_reports_each_way_with_its_handoffs():
     import os
     import subprocess
     import sys
+    import glob
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runtime = set(glob.glob("/var/run/dpdk/onvm_hbench*"))
     out = subprocess.run([sys.executable, "-m", "onvm.cli", "bench", "handoff", "--chain",
                           "forward", "--cores", "2", "--rounds", "1", "--json"], cwd=repo,
                          capture_output=True, text=True, timeout=300)
@@ -275,6 +277,7 @@ def test_bench_handoff_reports_each_way_with_its_handoffs():
         moved = r["handoffs"][way] + r["handoff_full"][way]
         assert 20000 < moved < 29152, (way, moved)
     assert set(r["drops"]) <= {"handoff_full"}
+    assert set(glob.glob("/var/run/dpdk/onvm_hbench*")) <= runtime    # it cleaned up
 
 
 def test_workers_close_while_running_stops_them_all_first(workers):

@@ -578,6 +578,14 @@ def cli_agent(args):
         from host_agent.metrics import serve_metrics
         serve_metrics(agent, metrics)
     signal.signal(signal.SIGTERM, lambda *_: agent._stop.set())
+    hand_over = [True]
+
+    def stop_at_once(*_):
+        # SIGUSR1: the whole cluster stops (onvm emulate's end): nobody is
+        # left to take the traffic, so no handover (LEAVE_S) first
+        hand_over[0] = False
+        agent._stop.set()
+    signal.signal(signal.SIGUSR1, stop_at_once)
     agent.start()
     link = None
     try:
@@ -597,7 +605,8 @@ def cli_agent(args):
         pass
     finally:
         if link is not None:
-            leave(args.host, manager, link)
+            if hand_over[0]:
+                leave(args.host, manager, link)
             agent.replicator.stop()
             link.stop()
         agent.stop()

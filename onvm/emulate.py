@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -765,13 +766,15 @@ class Emulation:
             if self._stopped:
                 return
             self._stopped = True
-        for kind, children in (("TCP client", self.clients), ("HTTP server", self.web_servers),
-                               ("sender", self.senders), ("sink", self.sinks),
-                               ("agent", self.agents)):
-            # all of a kind at once: a stopping agent hands over for up to
-            # host_agent.agent.LEAVE_S seconds
+        for kind, children, sig in (
+                ("TCP client", self.clients, signal.SIGTERM),
+                ("HTTP server", self.web_servers, signal.SIGTERM),
+                ("sender", self.senders, signal.SIGTERM), ("sink", self.sinks, signal.SIGTERM),
+                # every agent stops at once and none hands over: nobody is
+                # left to take its traffic (SIGUSR1, host_agent.agent)
+                ("agent", self.agents, signal.SIGUSR1)):
             procs.stop_all({f"the {kind} of {name}": proc for name, proc in children.items()},
-                           grace=5.0)
+                           grace=5.0, sig=sig)
         if self.net is not None:
             try:
                 self.net.stop()

@@ -203,15 +203,16 @@ class Stages:
     """Process mode as a pipeline: what each stage's packets cost it, and
     a floor for the Mpps the chain would reach with every stage on a core
     of its own (the slowest stage's rate), whatever cores it shares here.
-    The manager's cost is its loop thread's CPU time, an NF process's its
-    user CPU time (clock ticks of 10 ms: runs of a few seconds or more),
-    each over the packets of the whole run, warm-up included.  Both are
+    The manager's cost is its loop thread's CPU time over the timed run
+    (the result's `cpu_cycles_per_packet`), an NF process's its user CPU
+    time (clock ticks of 10 ms: runs of a few seconds or more) over the
+    packets of the whole run, warm-up included.  Both are
     upper bounds of the work, never below it: a stage that waits for
     another still polls (the manager spins; an NF process checks its ring
     between yields of its core), so the projection is a floor."""
 
     def __init__(self, mgr, plan, procs):
-        self.mgr, self.procs = mgr, procs
+        self.procs = procs
         self.names = [f"{i['id']} {i['nf']}" for i in plan["instances"]]
         self.start = (mgr.stats()["processed"], [_user_seconds(p.pid) for p in procs])
         self.cycles = None
@@ -317,9 +318,9 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                 done, elapsed, cpu = _run_loop(mgr, rings[0], frames, packets, in_flight,
                                                flows, snaps, samples if new_flows else None)
         stats = mgr.stats()
+        cpu_cycles = None if cpu is None else round(cpu * fp.tsc_hz() / max(done, 1), 1)
         if stages is not None:
-            stages.end(stats["processed"],
-                       None if cpu is None else round(cpu * fp.tsc_hz() / max(done, 1), 1))
+            stages.end(stats["processed"], cpu_cycles)
         drops = {k: v for k, v in stats["drops"].items() if v}
         mean_bytes = sum(len(f) for f in frames) / len(frames)
         result = {
@@ -331,8 +332,7 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             # and of the loop thread's own CPU time (without what other
             # processes took of its core; inline mode: all the work)
             "cycles_per_packet": round(elapsed * cores * fp.tsc_hz() / max(done, 1), 1),
-            "cpu_cycles_per_packet": None if cpu is None else
-            round(cpu * fp.tsc_hz() / max(done, 1), 1),
+            "cpu_cycles_per_packet": cpu_cycles,
             "tsc_hz": fp.tsc_hz(),
             "cores": cores,
             "nf_cores": {str(k): v for k, v in nf_cores.items()}, "shared_cores": shared,

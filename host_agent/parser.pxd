@@ -6,10 +6,12 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
 from libc.string cimport memcpy, memmove, memset
 from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_adj, rte_pktmbuf_prepend
-from dpdk.rte_hash cimport rte_hash_crc, rte_hash_crc_4byte
+from dpdk.rte_hash cimport rte_hash_crc
 from dpdk.rte_acl cimport rte_acl_classify
 from nflib.nf cimport onvm_meta, onvm_flow_key, onvm_meta_of, onvm_mtod, rd16, rd32, wr32
 from host_agent.plantables cimport tables_t, peer_t
+from host_agent.aging cimport aged_rec_t
+from host_agent.pinkey cimport flow_hash_words
 
 cdef enum:
     ETH_MPLS = 0x8847
@@ -134,12 +136,9 @@ cdef inline uint32_t key_hash(const onvm_flow_key *k, uint8_t family) noexcept n
     byte, so 4-byte steps give rte_hash_crc's 8-byte steps' value
     (checked on a million random keys against the 8-byte steps over the
     key's bytes)."""
-    cdef uint32_t crc = rte_hash_crc_4byte(<uint32_t>k.proto | (<uint32_t>family << 8), 0)
-    crc = rte_hash_crc_4byte(k.src, crc)
-    crc = rte_hash_crc_4byte(k.dst, crc)
     cdef uint32_t ports
     memcpy(&ports, &k.sport, 4)
-    return rte_hash_crc_4byte(ports, crc)
+    return flow_hash_words(<uint32_t>k.proto | (<uint32_t>family << 8), k.src, k.dst, ports)
 
 
 cdef inline int32_t ipv6_l4(const uint8_t *d, uint32_t length, uint32_t off,
@@ -178,23 +177,23 @@ cdef inline int32_t ipv6_l4(const uint8_t *d, uint32_t length, uint32_t off,
     return at
 
 
-cdef inline int32_t classify(tables_t *t, onvm_meta *meta) noexcept nogil:
-    """First hop of an untagged packet: the flow table's cached answer, or
-    the classifier's (then cached)."""
+cdef inline int32_t classify(tables_t *t, onvm_meta *meta, aged_rec_t *flow) noexcept nogil:
+    """First hop of an untagged packet: the answer cached in its flow's
+    record `flow` (NULL: none) by these tables, or the classifier's (then
+    cached there, stamped as these tables')."""
     cdef int32_t hop
     cdef uint32_t res = 0
     cdef const uint8_t *key = <const uint8_t *>&meta.key
-    if meta.flow_id >= 0:
-        hop = t.flow_hop[meta.flow_id]
-        if hop != -2:
-            return hop
+    if flow != NULL and flow.stamp == t.stamp:
+        return <int32_t>flow.value
     hop = -1
     if t.classifier != NULL and meta.key.family == 4:
         rte_acl_classify(t.classifier, &key, &res, 1, 1)
         if res:
             hop = t.class_hop[res - 1]
-    if meta.flow_id >= 0:
-        t.flow_hop[meta.flow_id] = hop
+    if flow != NULL:
+        flow.value = <uint32_t>hop
+        flow.stamp = t.stamp
     return hop
 
 

@@ -388,10 +388,13 @@ def flush_cache():
     return n
 
 
-cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len) except NULL:
+cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len,
+                        rte_hash_function hash_func=NULL) except NULL:
     """An rte_hash for this process.  Its name is unique across the host's
     processes (DPDK keeps hash names in memory the NF processes share) and
-    within DPDK's 31 characters."""
+    within DPDK's 31 characters.  `hash_func`: the keys' hash (NULL:
+    DPDK's CRC32C over the whole key), for a table whose users have each
+    key's hash at hand already (rte_hash_lookup_with_hash_bulk)."""
     global _table_seq
     cdef rte_hash_parameters params
     cdef rte_hash *h
@@ -402,6 +405,7 @@ cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len) except NUL
     params.entries = entries
     params.key_len = key_len
     params.socket_id = rte_socket_id()
+    params.hash_func = hash_func
     h = rte_hash_create(&params)
     if h == NULL:
         raise dpdk_error(f"{what}: rte_hash_create of {entries} entries")

@@ -16,7 +16,7 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from dpdk.rte_mbuf cimport rte_mbuf
-from nflib.nf cimport onvm_mtod, wr16, wr32, rd16, rd32, rte_get_tsc_hz, rte_get_tsc_cycles
+from nflib.nf cimport onvm_mtod, wr16, wr32, rd16, rd32, rte_get_tsc_hz
 
 
 cdef struct bench_t:
@@ -27,7 +27,6 @@ cdef struct bench_t:
     double new_per_s        # --new-flows: how fast the window slides
     uint64_t start          # TSC when it started sliding
     uint8_t tcp_next        # --payload http: advance each segment's sequence number
-    uint64_t cycles         # TSC cycles spent here: the generator's, not the fast path's
 
 
 cdef inline int bench_set_table(bench_t *b, object table) except -1:
@@ -46,19 +45,16 @@ cdef inline int bench_set_table(bench_t *b, object table) except -1:
 
 
 cdef inline void bench_step(bench_t *b, rte_mbuf **pkts, unsigned n, uint64_t now) noexcept nogil:
-    """bench_rewrite with the window slid as far as `now` says; the
-    cycles it took are counted in `b.cycles` (the bench reports them apart
-    from the fast path's: the issue's packets are made outside the loop)."""
-    cdef uint64_t base = 0, t0 = rte_get_tsc_cycles()
+    """bench_rewrite with the window slid as far as `now` says."""
+    cdef uint64_t base = 0
     if b.tcp_next:
         tcp_advance(pkts, n)
-    else:
-        if b.new_per_s > 0:
-            if b.start == 0:
-                b.start = now
-            base = <uint64_t>((now - b.start) * b.new_per_s / rte_get_tsc_hz())
-        bench_rewrite(pkts, n, &b.cursor, b.flows, b.table, b.table_len, base)
-    b.cycles += rte_get_tsc_cycles() - t0
+        return
+    if b.new_per_s > 0:
+        if b.start == 0:
+            b.start = now
+        base = <uint64_t>((now - b.start) * b.new_per_s / rte_get_tsc_hz())
+    bench_rewrite(pkts, n, &b.cursor, b.flows, b.table, b.table_len, base)
 
 cdef inline void bench_rewrite(rte_mbuf **pkts, unsigned n, uint64_t *cursor,
                                uint32_t flows, const uint32_t *table, uint32_t table_len,

@@ -856,7 +856,6 @@ cdef class Manager:
             "probes": {"answered": self.probes_answered, "ignored": self.probes_ignored},
             "pins": aged_report(&self.pins),
             "handoffs": {"sent": self.handoff.sent, "received": self.handoff.received},
-            "bench_cycles": self.bench.cycles,      # the benchmark's own (benchflows.pxd)
         }
 
     def advance_clock(self, double seconds):

@@ -31,7 +31,7 @@ cdef extern from "unistd.h" nogil:
 
 from dpdk.rte_eal cimport rte_get_tsc_hz, rte_get_tsc_cycles
 from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_free, rte_pktmbuf_free_bulk,
-    rte_pktmbuf_prepend, rte_pktmbuf_alloc, rte_pktmbuf_append)
+    rte_pktmbuf_prepend)
 from dpdk.rte_ring cimport rte_ring_enqueue_burst, rte_ring_dequeue_burst, rte_ring_count
 from dpdk.rte_ethdev cimport *
 from dpdk.rte_hash cimport (rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data, rte_hash_lookup,
@@ -863,23 +863,8 @@ cdef class Manager:
         self.clock_offset += <uint64_t>(seconds * rte_get_tsc_hz())
 
     def flow_hashes(self, bytes frame):
-        """(the parser's flow hash, the flow table's hash of the flow key)
-        of `frame` parsed with the current tables, None if dropped: equal,
-        or each lookup of the flow misses (tests)."""
-        cdef tables_t *t = <tables_t *>onvm_load_ptr(&self.cur)
-        cdef rte_mbuf *m = rte_pktmbuf_alloc(packet_pool())
-        cdef char *d = rte_pktmbuf_append(m, len(frame)) if m != NULL else NULL
-        cdef pin_key_t k
-        if t == NULL or d == NULL:
-            rte_pktmbuf_free(m)
-            raise FastPathError(f"flow_hashes: no plan, or no mbuf for {len(frame)} bytes")
-        memcpy(d, <const char *>frame, len(frame))
-        try:
-            if parse_packet(m, t, 0) >= 0 or not pin_key_of(m, onvm_meta_of(m), 0, 0, False, &k):
-                return None
-            return onvm_meta_of(m).flow_hash, flow_key_hash(&k, sizeof(pin_key_t), 0)
-        finally:
-            rte_pktmbuf_free(m)
+        """parser.pxd flow_hashes with the current tables (tests)."""
+        return flow_hashes(<tables_t *>onvm_load_ptr(&self.cur), frame)
 
     def nf_object(self, iid):
         return self._instances[iid][2]

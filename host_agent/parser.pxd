@@ -5,13 +5,15 @@
 # below; contracts/wire.py names them (DROP_REASONS, same order).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
 from libc.string cimport memcpy, memmove, memset
-from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_adj, rte_pktmbuf_prepend
+from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_adj, rte_pktmbuf_prepend, rte_pktmbuf_alloc,
+    rte_pktmbuf_append, rte_pktmbuf_free)
 from dpdk.rte_hash cimport rte_hash_crc
 from dpdk.rte_acl cimport rte_acl_classify
 from nflib.nf cimport onvm_meta, onvm_flow_key, onvm_meta_of, onvm_mtod, rd16, rd32, wr32
 from host_agent.plantables cimport tables_t, peer_t
 from host_agent.aging cimport aged_rec_t
-from host_agent.pinkey cimport flow_hash_words
+from host_agent.pinkey cimport flow_hash_words, pin_key_t, pin_key_of, flow_key_hash
+from nflib.eal cimport packet_pool
 
 cdef enum:
     ETH_MPLS = 0x8847
@@ -213,3 +215,22 @@ cdef inline bint push_labels(rte_mbuf *m, const uint8_t *src_mac, const peer_t *
     wr32(d + 18, (meta.spi << 12) | 64)
     wr32(d + 22, (<uint32_t>meta.si << 12) | 0x100 | 64)
     return True
+
+
+cdef inline object flow_hashes(tables_t *t, bytes frame):
+    """(the parser's flow hash, the flow table's hash of the flow key) of
+    `frame` parsed with tables `t`, None if the parser drops it: the two
+    must be equal, or each lookup of the flow misses (tests)."""
+    cdef rte_mbuf *m = rte_pktmbuf_alloc(packet_pool())
+    cdef char *d = rte_pktmbuf_append(m, len(frame)) if m != NULL else NULL
+    cdef pin_key_t k
+    if t == NULL or d == NULL:
+        rte_pktmbuf_free(m)
+        raise ValueError(f"flow_hashes: no plan, or no mbuf for {len(frame)} bytes")
+    memcpy(d, <const char *>frame, len(frame))
+    try:
+        if parse_packet(m, t, 0) >= 0 or not pin_key_of(m, onvm_meta_of(m), 0, 0, False, &k):
+            return None
+        return onvm_meta_of(m).flow_hash, flow_key_hash(&k, sizeof(pin_key_t), 0)
+    finally:
+        rte_pktmbuf_free(m)

@@ -55,7 +55,7 @@ from controller import flows, joins, natslices, takeover
 from controller.chains import Scope, is_retired, make_chain
 from controller.livegraph import LiveFabric, describe
 from controller.liveness import Liveness
-from controller.adoptions import Adoptions
+from controller.adoptions import ALIAS_SECONDS, Adoptions
 from controller.autoscale import Autoscaler
 from controller.moves import DRAIN_SECONDS, Drains, MoveError, Moves
 from controller.probing import PROBE_SRC_MAC
@@ -480,6 +480,8 @@ class ClusterCore(ClusterView):
         self.drains.take_over(placement, self.now)
         self.adopter.pending = {k: v for k, v in takeover.adopting(stored).items()
                                 if placement is not None and k in placement.instances}
+        self.adopter.aliases = takeover.aliases(self.topo.with_chains(chains), stored,
+                                                self.now + ALIAS_SECONDS)
         return placement is not None
 
     def _make_room(self, chains):

@@ -24,7 +24,7 @@ another type) is left out: it is placed anew, and a note says so.
 
 Adoptions in flight (`"adopt"` on a plan instance, controller.adoptions)
 are read back by `adopting`, so the new leader carries them on until their
-host applied them.
+host applied them, and the heirs' "also" labels by `aliases`.
 
 Plain code over plan dicts: no store, no Ryu.  Not here: placing
 (controller.placement), the plans' format (contracts.plan).
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 
-from contracts.wire import SI_FIRST
+from contracts.wire import SI_FIRST, reverse_spi
 from controller.placecost import Instance, Placement
 
 log = logging.getLogger("onvm.takeover")
@@ -186,3 +186,31 @@ def adopt(topo, stored, mine):
                     "placement is kept: only what runs on a host that is down now "
                     "moves", " | ".join(differ))
     return placement
+
+
+def aliases(topo, plans, until):
+    """{(lost host, heir host, chain, hop index): `until`} of the "also"
+    labels the stored plans carry (controller.adoptions' `aliases`): the
+    new leader keeps the old one's heirs, not the ones it chose itself
+    standing by.  `until`: when they go (when the old leader set them is
+    not stored: a whole ALIAS_SECONDS from now)."""
+    by_label = {h.label: h.name for h in topo.hosts}
+    paths = {}
+    for chain in topo.chains:
+        k = len(chain.nfs)
+        paths[chain.spi] = (chain.name, lambda si: SI_FIRST - si)
+        if chain.symmetric:
+            paths[reverse_spi(chain.spi)] = (chain.name,
+                                             lambda si, k=k: k - 1 - (SI_FIRST - si))
+    out = {}
+    for plan in plans.values():
+        for hop in (plan or {}).get("hops", ()):
+            if hop.get("spi") not in paths:
+                continue
+            name, index = paths[hop["spi"]]
+            for field in ("remote", "pinned", "kept"):
+                for peer in hop.get(field) or ():
+                    for label in peer.get("also", ()):
+                        if label in by_label:
+                            out[(by_label[label], peer["host"], name, index(hop["si"]))] = until
+    return out

@@ -8,10 +8,14 @@ import logging
 
 import pytest
 
+from contracts.store import MemoryStore
 from controller import takeover, topogen
+from controller.adoptions import Adoptions
 from controller.plans import host_plans
 from controller.placement import move_instance, place
+from test_adoptions import lose_host_of
 from test_core import Loop
+from test_drain import topo as sym_topo  # noqa: F401  (a fixture: symmetric.yaml)
 
 HOSTS = ("h1", "h2", "h3", "h4")
 
@@ -148,3 +152,40 @@ def test_a_chain_not_whole_in_the_plans_is_placed_anew_and_said_so(topo):
                      f"instance serving it): placed anew"]
     assert takeover.from_plans(topo, {}) == (None, [f"chain {c.name}: in no stored plan: "
                                                     f"placed anew" for c in topo.chains])
+
+
+def test_the_heirs_aliases_are_read_back_from_the_plans(sym_topo):
+    # the lost host's stateful instances have heirs; the plans say "also"
+    before, after, lost = lose_host_of(sym_topo, "nat")
+    adopter = Adoptions(MemoryStore())
+    adopter.pick(before, after, {lost}, now=100.0)
+    alive = {h.name for h in sym_topo.hosts} - {lost}
+    plans = adopter.mark(host_plans(sym_topo, after, 5), sym_topo, 101.0, alive)
+    read = takeover.aliases(sym_topo, plans, 999.0)
+    assert read and read.keys() <= adopter.aliases.keys()      # those that marked a hop
+    assert set(read.values()) == {999.0}
+    # carried on by a new leader's Adoptions, the same "also" labels
+    again = Adoptions(MemoryStore())
+    again.aliases = takeover.aliases(sym_topo, plans, 999.0)
+    marked = again.mark(host_plans(sym_topo, after, 6), sym_topo, 102.0, alive)
+    assert {h: p["hops"] for h, p in marked.items()} == \
+        {h: p["hops"] for h, p in plans.items()}
+
+
+def test_a_new_leader_drains_on_what_the_stored_plans_drain(topo, caplog):
+    leader, standby = pair(topo)
+    host = sorted(leader.first_nf_hosts("web1"))[0]
+    leader.core.drain_host(host)        # its ids and lb drain (flow state), 30 s
+    both_step(leader, standby)
+    draining = {k: i.nf for k, i in leader.core.current.draining.items()}
+    assert draining and {k[0] for k in draining} == {host}
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        decisions = standby.step(leading=True)
+    assert {k: i.nf for k, i in standby.core.current.draining.items()} == draining
+    assert sorted((d["host"], d["instance"], d["why"])
+                  for d in standby.core.moves()["draining"]) == \
+        sorted((h, i, "taken over from the stored plans") for h, i in draining)
+    assert decisions.written == {}, "it writes the plans it found"
+    for (h, i), nf in draining.items():
+        assert f"{nf}#{i} on {h} drains in the stored plans" in caplog.text

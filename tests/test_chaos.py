@@ -10,10 +10,11 @@ cut from the store 5 s, that host's agent SIGKILLed and started again,
 the host's power lost and back, a fabric link flapping ten times,
 ovs-vswitchd restarted, the first NF's host drained and undrained,
 forged label stacks and random bytes at the ingress edge
-(onvm.chaos.FAULTS); then, on the same emulation, so that the new leader
-finds the placement those faults left (the chain's first NF moved by the
-drain, which only the old leader knew of), the leader SIGKILLed and both
-controllers down for 5 s (onvm.chaos.CONTROLLER_FAULTS).
+(onvm.chaos.FAULTS); and on the same emulation, so that a new leader
+finds the placement the faults before left, the leader SIGKILLed right
+after the drain (which moved the chain's first NF, and which only the old
+leader knew of), and both controllers down for 5 s after everything else
+(onvm.chaos.CONTROLLER_FAULTS, in the order of onvm.chaos.SUITE).
 
 After each: no packet reached the egress without the chain's NFs, no plan
 was lost, the chain's packets arrive again, no host was evicted for a
@@ -47,10 +48,12 @@ def test_faults_one_at_a_time_keep_the_invariants():
     # Each fault held half as long as the bench holds it (still several
     # lease TTLs), and its window closed 4 s after the chain's packets
     # arrive again (and once the plans are applied).  The controller faults
-    # come last on the same emulation: with them on an emulation of their
-    # own, the new leader found the placement it would have made itself,
-    # and the suite missed it moving a drained chain's first NF back.
-    faults = list(chaos.FAULTS) + list(chaos.CONTROLLER_FAULTS)
+    # run on the same emulation (chaos.SUITE: the leader killed right after
+    # a drain moved the chain, every controller down last): with them on
+    # an emulation of their own, the new leader found the placement it
+    # would have made itself, and the suite missed it moving the chain's
+    # first NF back.
+    faults = list(chaos.SUITE)
     results = chaos.run_emulated(LEAF_SPINE, faults, chain="transit", say=print,
                                  check=no_part_exited_and_a_controller_leads,
                                  hold=0.5, settle_s=4.0, etcd_members=3, controllers=2)

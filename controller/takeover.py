@@ -180,6 +180,11 @@ def adopt(topo, stored, mine):
         log.warning("taking over: %s", note)
     log.info("taking over the placement the stored plans run (%d plans, generation up "
              "to %d): %s", len(stored), generation, " | ".join(theirs))
+    for (host, ident), inst in sorted(_instances(stored).items()):
+        if inst.get("export"):
+            log.warning("taking over: %s#%d on %s was asked for its state for a move the "
+                        "old leader had in progress; the move is dropped (the instance "
+                        "stays): request it again", inst.get("nf"), ident, host)
     differ = sorted(set(ours) - set(theirs))
     if differ:
         log.warning("taking over: standing by I had placed otherwise (%s); the stored "

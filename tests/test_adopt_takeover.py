@@ -189,3 +189,18 @@ def test_a_new_leader_drains_on_what_the_stored_plans_drain(topo, caplog):
     assert decisions.written == {}, "it writes the plans it found"
     for (h, i), nf in draining.items():
         assert f"{nf}#{i} on {h} drains in the stored plans" in caplog.text
+
+
+def test_a_move_in_progress_is_dropped_by_a_new_leader_and_said_so(topo, caplog):
+    leader, standby = pair(topo)
+    (host, iid), = [k for k, _ in leader.core.current.hops["web1"][0]]
+    leader.core.request_move(host, iid, next(h for h in HOSTS if h != host))
+    leader.step()
+    assert any(i.get("export") for i in leader.store.get_plan(host)["instances"])
+    before = running(leader.store)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        standby.step(leading=True)
+    assert running(standby.store) == before
+    assert not any(i.get("export") for i in standby.store.get_plan(host)["instances"])
+    assert "the move is dropped (the instance stays): request it again" in caplog.text

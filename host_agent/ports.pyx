@@ -189,16 +189,17 @@ cdef class Ring:
         return out if keep else n
 
 
-def rewrite_cycles(frames, uint32_t flows, unsigned reps=2000):
+def rewrite_cycles(frames, uint32_t flows, unsigned trials=50, unsigned reps=100):
     """TSC cycles a packet that `onvm bench fastpath`'s rewriting of looped
     packets to further flows (host_agent/benchflows.pxd) costs by itself:
     on one burst of `frames` kept in cache, so that the fast path is still
-    charged with fetching each packet it reads.  The bench reports the
-    fast path's figures without it: the issue's packets are made outside
-    the loop."""
+    charged with fetching each packet it reads; the least of `trials`
+    timings of `reps` rewrites (one the scheduler broke into is not the
+    work's).  The bench reports the fast path's figures without it: the
+    issue's packets are made outside the loop."""
     cdef rte_mbuf *pkts[32]
-    cdef unsigned i, n = 0
-    cdef uint64_t cursor = 0, t0, spent
+    cdef unsigned i, k, n = 0
+    cdef uint64_t cursor = 0, t0, spent, best = <uint64_t>-1
     cdef bytes f
     try:
         for f in list(frames)[:32]:
@@ -208,14 +209,16 @@ def rewrite_cycles(frames, uint32_t flows, unsigned reps=2000):
             n += 1
             memcpy(rte_pktmbuf_append(pkts[n - 1], len(f)), <const char *>f, len(f))
         bench_rewrite(pkts, n, &cursor, flows, NULL, 0, 0)     # into cache
-        t0 = rte_get_tsc_cycles()
-        for i in range(reps):
-            bench_rewrite(pkts, n, &cursor, flows, NULL, 0, 0)
-        spent = rte_get_tsc_cycles() - t0
+        for k in range(trials):
+            t0 = rte_get_tsc_cycles()
+            for i in range(reps):
+                bench_rewrite(pkts, n, &cursor, flows, NULL, 0, 0)
+            spent = rte_get_tsc_cycles() - t0
+            best = min(best, spent)
     finally:
         for i in range(n):
             rte_pktmbuf_free(pkts[i])
-    return spent / max(reps * n, 1)
+    return <double>best / max(reps * n, 1)
 
 
 def port_name(uint16_t port):

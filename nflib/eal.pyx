@@ -319,6 +319,41 @@ def wait_lcore(unsigned lcore, double poll=0.0005):
         raise err
 
 
+class LcoreThread:
+    """A thread's handle (start, is_alive, join) on `target()` run on the
+    EAL's worker lcore `lcore` (launch): a loop there takes and frees mbufs
+    through that lcore's cache of the packet pool (a plain thread has none:
+    every mbuf through the pool's shared ring), and no thread registers,
+    which would turn multi-process off (register_thread).  join(timeout)
+    returns when it ended or the time is up, as threading's does; what
+    `target` raised is logged."""
+
+    def __init__(self, lcore, target, name="lcore"):
+        self.lcore, self.target, self.name = lcore, target, name
+        self._started = False
+
+    def start(self):
+        if not launch(self.lcore, self.target):
+            raise FastPathError(f"{self.name}: lcore {self.lcore} runs something already")
+        self._started = True
+
+    def is_alive(self):
+        return self._started and lcore_busy(self.lcore)
+
+    def join(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(0.0005)
+        if self._started:
+            self._started = False
+            try:
+                wait_lcore(self.lcore)
+            except Exception:
+                log.exception("%s on lcore %d failed", self.name, self.lcore)
+
+
 def register_thread():
     """Make this thread an lcore (rte_thread_register): it then has an lcore
     id and its own cache of the packet pool.  Returns the lcore id (this

@@ -376,7 +376,7 @@ class Emulation:
                "agent", "--host", name, "--store", self.etcd.url, "--metrics-port", "0",
                "--idle-us", str(self.idle_us), *extra,
                   "--", "--vdev", f"net_af_packet0,iface={self.intf[name]}", "--no-huge",
-               "-m", "256", "--file-prefix", f"{self.prefix}_{name}", "-l", "0"]
+               "-m", "256", "--file-prefix", f"{self.prefix}_{name}"]
         self.agents[name] = self._spawn(self.nodes[name].popen, cmd, f"agent-{name}.log")
         self.killed.discard(name)
 

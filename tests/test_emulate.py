@@ -683,21 +683,16 @@ def test_stalls_of_the_controller_and_of_the_switch_evict_nobody(emu):
     with open(emu.file("controller.log"), "rb") as f:
         start = f.seek(0, os.SEEK_END)
     emu.set_pps(CHAIN, PPS)
-    for pid in (emu.controllers[0].pid, emu.ovs.vswitchd.pid):
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            time.sleep(1.0)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        time.sleep(1.0)
-    for pid in (emu.controllers[0].pid, emu.ovs.vswitchd.pid):
-        for _ in range(7):
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                time.sleep(0.14)
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            time.sleep(0.01)
+    pids = (emu.controllers[0].pid, emu.ovs.vswitchd.pid)
+    for stopped, running, times in ((1.0, 1.0, 1), (0.14, 0.01, 7)):
+        for pid in pids:
+            for _ in range(times):
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    time.sleep(stopped)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                time.sleep(running)
     time.sleep(1.0)
     t = time.time()
     wait_for(lambda: _flowing(emu, t), 30, "traffic after the stalls")

@@ -46,6 +46,33 @@ Design (why the controller probes, not the hosts; see also the README's
     nobody goes down, and a note says why (the same rule as
     controller.liveness's large disruption: a fault of the observer is not
     the hosts' death).  A fabric of one host gets no probe verdicts.
+  - The observer's own stalls and late answers (a starved controller or
+    switch): three rules, so that a detector that was not running, or
+    answers still on their way, are never a host's fault (BFD's detection
+    time is measured by a running detector; Kubernetes' node lifecycle
+    controller likewise does not evict on its own lag):
+      1. the prober times itself: a tick later than `late_bound_s`
+         (default one interval) after its due time means the prober was
+         not running while the probes sent before fell due; their misses
+         are not counted (answers to them are still taken), and a host
+         needs `detect_mult` misses of later probes;
+      2. when answers come again after nobody answered (the note above),
+         the misses of every probe sent until then are not counted
+         either: the answers were held up somewhere on the way;
+      3. the evidence that a peer answered must have been received some
+         time before the judgement, so the host's own answer, queued
+         behind it, could have been read too: a peer on the host's own
+         switch (its answers come over the same OpenFlow connection, in
+         order) counts after `settle_s` (half an interval); a peer on
+         another switch (whose connection may be read before the host's)
+         counts after `settle_s` only when the host has no peer on its
+         switch, and after `detect_mult` intervals when it has one that
+         is silent too (a lagging connection of that switch looks just
+         like all of its hosts failing).
+    Each stall is noted once per episode, with the probes whose misses
+    are not counted; counters["excused"] counts the misses so dropped.
+    With the controller on time, a crashed agent whose switch holds a
+    peer that answers is still found after detect_mult + 1 intervals.
   - A host whose switch is not connected is not probed; its session
     starts again from "init" when the switch comes back.
   - Answers are recognised by a per-controller token in the probe's
@@ -69,7 +96,7 @@ from contracts.wire import ETH_PROBE, PROBE_ANSWER, PROBE_LEN, PROBE_REQUEST
 
 PROBE_SRC_MAC = "0e:6f:6e:00:00:01"   # locally administered: the controller's probes
 _BODY = struct.Struct("!HBBIII")      # EtherType, kind, reserved, seq, token, sent (us)
-COUNTERS = ("sent", "answered", "late", "foreign", "unknown", "malformed")
+COUNTERS = ("sent", "answered", "late", "foreign", "unknown", "malformed", "excused")
 
 
 class Probe(NamedTuple):
@@ -119,10 +146,14 @@ class Prober:
     """See the module docstring.  `topology`: controller.topology's (hosts
     with switch, port, mac; switches with dpid)."""
 
-    def __init__(self, topology, interval_s=0.05, token=1, detect_mult=3, up_mult=3):
+    def __init__(self, topology, interval_s=0.05, token=1, detect_mult=3, up_mult=3,
+                 late_bound_s=None):
         if interval_s <= 0:
             raise ValueError(f"probe interval must be > 0 s, not {interval_s}")
         self.interval_s = interval_s
+        self.late_bound_s = interval_s if late_bound_s is None else late_bound_s
+        self.settle_s = interval_s / 2          # rule 3, a peer on the same switch
+        self.cross_settle_s = detect_mult * interval_s  # rule 3, a silent switch
         self.token = token & 0xFFFFFFFF
         self.detect_mult = detect_mult
         self.up_mult = up_mult
@@ -138,6 +169,12 @@ class Prober:
         self._notes: List[str] = []
         self._noted = set()
         self._stalled_at = None         # seq of the probe nobody answered, noted
+        self.excused_upto = 0           # misses of probes up to this seq do not count
+        self._last_tick = None          # when tick last ran (rule 1)
+        self._late = False              # in a late episode of this prober, noted
+        self._recent: Deque[Tuple[float, int, int]] = collections.deque()
+        self._heard: Dict[int, int] = {}    # dpid -> newest seq answered there, settled
+        self._heard_long = 0            # newest seq answered anywhere, cross-settled
 
     def add_host(self, host, dpid):
         """Probe `host` (one that joined, controller.joins) from now on."""
@@ -152,6 +189,7 @@ class Prober:
     def tick(self, now, connected) -> List[Probe]:
         """Judge the probes sent so far, then the probes to send now: one
         to each host whose switch (dpid) is in `connected`."""
+        self._check_own_lateness(now)
         self._judge(now)
         self.seq += 1
         out = []
@@ -168,9 +206,69 @@ class Prober:
         self.counters["sent"] += len(out)
         return out
 
+    def _check_own_lateness(self, now):
+        """Rule 1: a tick due at last + interval that runs more than
+        late_bound_s after that was not running while the probes sent
+        before it fell due: their misses do not count."""
+        last, self._last_tick = self._last_tick, now
+        if last is None:
+            return
+        late = now - last - self.interval_s
+        if late <= self.late_bound_s:
+            self._late = False
+            return
+        first = self._excuse()
+        if not self._late and first is not None:
+            self._notes.append(
+                f"this prober ran {late * 1000:.0f} ms late (ticks {(now - last) * 1000:.0f} "
+                f"ms apart, due every {self.interval_s * 1000:g} ms): the misses of probes "
+                f"{first} to {self.excused_upto}, which fell due while it was not running, "
+                f"are not counted against any host (noted once per late episode)")
+        self._late = True
+
+    def _excuse(self):
+        """Misses of every probe sent so far do not count (answers to them
+        are still taken).  The oldest probe unanswered so far, None if
+        none is."""
+        unanswered = [seq for s in self.sessions.values() for seq, _ in s.outstanding
+                      if seq > self.excused_upto]
+        self.counters["excused"] += len(unanswered)
+        self.excused_upto = self.seq
+        return min(unanswered, default=None)
+
+    def _settle(self, now):
+        """Answers received cross_settle_s before `now` join the settled."""
+        while self._recent and self._recent[0][0] <= now - self.cross_settle_s:
+            _, seq, dpid = self._recent.popleft()
+            self._heard[dpid] = max(self._heard.get(dpid, 0), seq)
+            self._heard_long = max(self._heard_long, seq)
+
+    def _settled(self, now):
+        """Rule 3: ({dpid: newest seq answered there}, newest seq answered
+        anywhere, the same cross-settled) of answers received settle_s
+        (cross_settle_s) before `now`."""
+        heard = dict(self._heard)
+        for at, seq, dpid in self._recent:
+            if at > now - self.settle_s:
+                break
+            heard[dpid] = max(heard.get(dpid, 0), seq)
+        return heard, max(heard.values(), default=0), self._heard_long
+
+    def _evidence(self, s, last, settled):
+        """Did a peer answer probe `last` or a later one early enough that
+        `s`'s own answer would have been read by now?"""
+        heard, heard_any, heard_long = settled
+        if heard.get(s.dpid, 0) >= last:
+            return True                 # a peer on its switch (in order)
+        alone = not any(d == s.dpid and p != s.port for d, p in self.by_port)
+        return heard_long >= last or (alone and heard_any >= last)
+
     def _judge(self, now):
+        self._settle(now)
+        settled = None
         for s in self.sessions.values():
-            missed = [seq for seq, at in s.outstanding if at + self.interval_s <= now]
+            missed = [seq for seq, at in s.outstanding   # (a µs of float slack)
+                      if at + self.interval_s <= now + 1e-6 and seq > self.excused_upto]
             if not missed:
                 continue
             if s.state != "up":
@@ -188,6 +286,9 @@ class Prober:
                         f"controller or its switch connections than of the hosts; "
                         f"nobody is declared unreachable by probes until answers come")
                 continue
+            settled = settled or self._settled(now)
+            if not self._evidence(s, last, settled):
+                continue                # the peers' answers are too fresh: wait
             s.state, s.streak = "down", 0
             why = (f"its fast path answered none of {len(missed)} probes in a row "
                    f"({len(missed)} x {self.interval_s * 1000:g} ms) while its peers "
@@ -225,9 +326,14 @@ class Prober:
             return None
         self.counters["answered"] += 1
         self.best_answered = max(self.best_answered, seq)
+        self._recent.append((now, seq, dpid))
         if self._stalled_at is not None and seq >= self._stalled_at:
             self._stalled_at = None
-            self._notes.append("probes are answered again")
+            first = self._excuse()      # rule 2
+            self._notes.append("probes are answered again" + (
+                f"; the misses of probes {first} to {self.excused_upto} are not "
+                f"counted against any host (their answers were held up on the way)"
+                if first is not None else ""))
         gap = seqs.index(seq) > 0           # an older probe went unanswered
         while s.outstanding and s.outstanding[0][0] <= seq:
             s.outstanding.popleft()

@@ -672,6 +672,42 @@ def test_controller_restart_keeps_traffic_and_plans(emu):
         "the new controller rewrote plans it found in force"
 
 
+def test_stalls_of_the_controller_and_of_the_switch_evict_nobody(emu):
+    """The controller, then ovs-vswitchd, stopped for 1 s each (SIGSTOP,
+    as a starved machine does to them), then each starved (let run 10 ms
+    in 150 for 1 s), with traffic flowing: probes are not sent
+    or their answers come late, in a burst, a bridge's before another's;
+    nobody is lost for it (controller.probing's stall rules) and no plan
+    is rewritten."""
+    gens = {h: p["generation"] for h, p in emu.store.plans().items()}
+    with open(emu.file("controller.log"), "rb") as f:
+        start = f.seek(0, os.SEEK_END)
+    emu.set_pps(CHAIN, PPS)
+    pids = (emu.controllers[0].pid, emu.ovs.vswitchd.pid)
+    for stopped, running, times in ((1.0, 1.0, 1), (0.14, 0.01, 7)):
+        for pid in pids:
+            for _ in range(times):
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    time.sleep(stopped)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                time.sleep(running)
+    time.sleep(1.0)
+    t = time.time()
+    wait_for(lambda: _flowing(emu, t), 30, "traffic after the stalls")
+    with open(emu.file("controller.log"), "rb") as f:
+        f.seek(start)
+        said = f.read().decode(errors="replace").splitlines()
+    probes = [line for line in said if "probe" in line]
+    print("\n".join(probes))
+    assert [line for line in said if " lost: " in line or " unreachable: " in line] == [], \
+        "\n".join(probes)
+    assert any("no host answered probes" in line for line in said), \
+        "the switch's stall went unnoticed:\n" + "\n".join(probes)
+    assert {h: p["generation"] for h, p in emu.store.plans().items()} == gens
+
+
 def test_host_failure_replaces_nfs_and_traffic_returns(emu):
     """Issue 5, test 4: a host that runs an NF fails (its agent killed, its
     link down, as when a server loses power); its NF runs elsewhere and the

@@ -21,6 +21,7 @@ import os
 
 import pytest
 
+from conftest import TEST_PUBLISH_S
 from onvm import chaos
 from test_emulate import need_root_and_tools
 from test_emulate_cli import REPO
@@ -52,7 +53,8 @@ def test_faults_one_at_a_time_keep_the_invariants(faults, emulation):
     # kind.
     results = chaos.run_emulated(LEAF_SPINE, list(faults), chain="transit", say=print,
                                  check=no_part_exited_and_a_controller_leads,
-                                 hold=0.5, settle_s=4.0, **emulation)
+                                 hold=0.5, settle_s=4.0, publish_interval=TEST_PUBLISH_S,
+                                 **emulation)
     print("\n".join(chaos.table(results)))
     problems = [p for r in results for p in r.problems()]
     assert not problems, "\n".join(problems)

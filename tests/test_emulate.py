@@ -609,6 +609,16 @@ def test_three_nf_chain_runs_in_order_on_three_hosts_with_design_labels(emu, tmp
     assert 255 in seen_si
 
 
+def test_agents_publish_their_stats_at_the_emulations_interval(emu):
+    """The tests' emulations run the agents with --stats-publish 1
+    (conftest.TEST_PUBLISH_S): each says so when it puts its first summary,
+    and status() counts stats as fresh for 1 + 3 s."""
+    for h in emu.topo.hosts:
+        with open(emu.file(f"agent-{h.name}.log")) as f:
+            assert "put in the store every 1 s" in f.read(), h.name
+    assert emu.stats_fresh_s == 4.0
+
+
 def test_forged_mpls_at_an_edge_never_reaches_an_nf(emu):
     """Issue 5, test 3: frames that already carry labels are dropped at the
     edge switch; none reaches an NF or comes out at the egress."""

@@ -32,6 +32,8 @@ placed NF, controller.flows gives each its chain_drop rule at its ingress.
 Chains with an autoscale policy are placed at the rate their measured
 load asks (controller.autoscale, decided when stats are); the instances of
 a lost host are adopted by their replacements (controller.adoptions).
+A controller that gains leadership starts from the placement the stored
+plans run (controller.takeover), not from the one it made standing by.
 
 Not here: Ryu events and OpenFlow messages (`controller.apps.chain_manager`,
 `controller.ofmsgs`), placement (`controller.placement`), plans
@@ -49,11 +51,11 @@ from typing import Dict, List, NamedTuple, Optional
 from contracts.model import Chain
 from contracts.statsum import PUBLISH_S
 from contracts.store import CHAINS, HOSTS, JOINED, STATS, NotLeader, StoreError
-from controller import flows, joins, natslices
+from controller import flows, joins, natslices, takeover
 from controller.chains import Scope, is_retired, make_chain
 from controller.livegraph import LiveFabric, describe
 from controller.liveness import Liveness
-from controller.adoptions import Adoptions
+from controller.adoptions import ALIAS_SECONDS, Adoptions
 from controller.autoscale import Autoscaler
 from controller.moves import DRAIN_SECONDS, Drains, MoveError, Moves
 from controller.probing import PROBE_SRC_MAC
@@ -173,6 +175,7 @@ class ClusterCore(ClusterView):
         self.scope = Scope.of(topology)
         self.nat_slices = {}            # (host, id) -> NAT port slice, kept (natslices)
         self.ddos_seed = None           # the ddos sketches' secret, kept (plans.ddos_seed_from)
+        self.taking_over = False        # a new leader adopts the stored placement (controller.takeover)
 
     # ------------------------------------------------------------ inputs
     def store_changed(self, key, value=UNREAD):
@@ -212,6 +215,7 @@ class ClusterCore(ClusterView):
             if self.nat_slices:
                 log.info("NAT port slices read back from the stored plans: %s",
                          _slices_text(self.nat_slices))
+            self.taking_over = True     # the stored placement, adopted at the re-placement below
             self.dirty |= {"hosts", "chains"}
             self.programmed.clear()
         elif self.leading and not leading:
@@ -420,6 +424,9 @@ class ClusterCore(ClusterView):
                    key=lambda c: c.spi))
         self.wanted = wanted
         chains = self.autoscaler.effective(wanted) if self.alive else []
+        if self.taking_over and self.leading and self._take_over(self.store.plans(), chains):
+            reasons = ["leadership"] + [r for r in reasons if r not in ("hosts", "chains")]
+        self.taking_over = False
         stats = self.store.stats()
         if self.current is not None and self.drains.active:
             ended = self.drains.due(self.now, stats)
@@ -460,6 +467,22 @@ class ClusterCore(ClusterView):
             return
         if self.leading:
             self._write_plans(out)
+
+    def _take_over(self, stored, chains):
+        """A new leader starts from the placement the stored plans run
+        (controller.takeover), not from the one it computed standing by:
+        the old leader decided things it never saw (drains, moves, its own
+        liveness verdicts).  The re-placement that follows moves only what
+        runs on a host that is down, or a chain that changed.  True when
+        the stored plans ran a chain."""
+        placement = takeover.adopt(self.topo.with_chains(chains), stored, self.current)
+        self.current = placement
+        self.drains.take_over(placement, self.now)
+        self.adopter.pending = {k: v for k, v in takeover.adopting(stored).items()
+                                if placement is not None and k in placement.instances}
+        self.adopter.aliases = takeover.aliases(self.topo.with_chains(chains), stored,
+                                                self.now + ALIAS_SECONDS)
+        return placement is not None
 
     def _make_room(self, chains):
         """A drain never costs a chain its place: when `chains` fit only
@@ -526,7 +549,8 @@ class ClusterCore(ClusterView):
         old = before.instances if before else {}
         new = after.instances if after else {}
         why = ", ".join(f"{h} lost" for h in sorted(lost)) or \
-            "change in " + "/".join(reasons)
+            ("taking over as leader" if reasons[:1] == ["leadership"] else
+             "change in " + "/".join(reasons))
         used = after.cores_used() if after else {}
         for key in sorted(set(new) - set(old)):
             inst = new[key]
@@ -536,7 +560,21 @@ class ClusterCore(ClusterView):
                      used.get(inst.host, 0), host.cores, inst.load)
         for key in sorted(set(old) - set(new) - set(after.draining if after else ())):
             inst = old[key]
-            log.info("removed %s#%d from %s: %s", inst.nf, inst.id, inst.host, why)
+            log.info("removed %s#%d from %s: %s", inst.nf, inst.id, inst.host,
+                     self._why_gone(inst, after, why, lost))
+
+    def _why_gone(self, inst, after, why, lost):
+        """Why an instance left the placement, as precisely as known."""
+        if inst.host in lost:
+            return why
+        if inst.host not in self.alive:
+            return f"{why}; {inst.host} is not serving"
+        if inst.host in self.drained:
+            return f"{why}; {inst.host} is drained"
+        gone = sorted({c for c, _ in inst.users} - set(after.hops if after else ()))
+        if gone:
+            return f"{why}; chain {', '.join(gone)} is not placed any more"
+        return f"{why}; its chains were placed again (changed, or their rate no longer fits)"
 
     def _write_plans(self, out):
         if self.stats_seen is None:

@@ -347,6 +347,19 @@ class Drains:
             self._warn_local(after, inst)
         return after.with_draining(draining)
 
+    def take_over(self, placement, now):
+        """A new leader's drains: those of `placement` (read back from the
+        stored plans, controller.takeover), each timed from `now` as a new
+        one would be (when the old leader began it is not stored); the
+        drains this controller decided while standing by are dropped."""
+        self.active = {}
+        for key, inst in sorted((placement.draining if placement else {}).items()):
+            left = self.seconds if inst.nf in DRAINED_NFS else min(self.seconds,
+                                                                   RETIRE_SECONDS)
+            self.active[key] = Drain(inst, now, now + left, "taken over from the stored plans")
+            log.info("%s#%d on %s drains in the stored plans: it goes on draining for "
+                     "%g s", inst.nf, key[1], key[0], left)
+
     @staticmethod
     def _warn_local(placement, inst):
         """A host that runs the hop before the draining one keeps handing it

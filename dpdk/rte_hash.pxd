@@ -4,12 +4,14 @@ from libc.stdint cimport uint32_t, int32_t, uint64_t, uint8_t
 cdef extern from "rte_hash.h" nogil:
     struct rte_hash:
         pass
+    ctypedef uint32_t (*rte_hash_function)(const void *key, uint32_t key_len,
+                                           uint32_t init_val) noexcept nogil
     struct rte_hash_parameters:
         const char *name
         uint32_t entries
         uint32_t reserved
         uint32_t key_len
-        void *hash_func
+        rte_hash_function hash_func
         uint32_t hash_func_init_val
         int socket_id
         uint8_t extra_flag
@@ -31,6 +33,9 @@ cdef extern from "rte_hash.h" nogil:
     int32_t rte_hash_lookup(const rte_hash *h, const void *key)
     int rte_hash_lookup_bulk(const rte_hash *h, const void **keys,
                              uint32_t num_keys, int32_t *positions)
+    int rte_hash_lookup_with_hash_bulk(const rte_hash *h, const void **keys,
+                                       uint32_t *sig, uint32_t num_keys,
+                                       int32_t *positions)
     int32_t rte_hash_del_key(const rte_hash *h, const void *key)
     int32_t rte_hash_iterate(const rte_hash *h, const void **key, void **data,
                              uint32_t *next)

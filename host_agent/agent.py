@@ -68,15 +68,24 @@ from nflib.api import make_nf
 log = logging.getLogger("onvm.agent")
 
 
+# The lcore the loop of an agent without --workers runs on, beside the
+# main lcore 0 (the agent's control thread) on core 0, when the user's EAL
+# arguments name no cores: an EAL lcore has its own cache of the packet
+# pool, a plain thread none.  The last lcore id DPDK has (RTE_MAX_LCORE - 1),
+# so that no NF process (`-l CORE`, its core's number) shares its cache.
+LOOP_LCORE = 127
+
+
 def eal_args_for(host, user_args):
     """The user's EAL arguments, with what they leave out filled in: a file
-    prefix per host, lcore 0, huge pages when the machine has them (NF
-    processes need them to share memory) or --no-huge."""
+    prefix per host, lcore 0 and the loop's LOOP_LCORE on core 0, huge
+    pages when the machine has them (NF processes need them to share
+    memory) or --no-huge."""
     args = list(user_args)
     if not any(a.startswith("--file-prefix") for a in args):
         args += ["--file-prefix", "onvm_" + host]
     if not any(a in ("-l", "-c", "--lcores") for a in args):
-        args += ["-l", "0"]
+        args += ["--lcores", f"0@0,{LOOP_LCORE}@0"]
     if not any(a in ("--no-huge", "--socket-mem", "-m") for a in args):
         if fp.hugepages_available() >= 256:
             args += ["--socket-mem", "256"]
@@ -135,6 +144,7 @@ class Agent:
         self.shared_cores = []              # cores more than one polls (too few cores)
         self.manager_core = None
         self._thread = None
+        self.loop_lcore = None              # the EAL lcore the loop runs on (None: a thread)
         self._stop = threading.Event()
         self.apply_lock = threading.Lock()
         self._last = (time.monotonic(), None)
@@ -366,8 +376,14 @@ class Agent:
 
     # -- loop --------------------------------------------------------
     def start(self):
-        self._thread = threading.Thread(target=self.manager.run, name="fastpath",
-                                        daemon=True)
+        if isinstance(self.manager, fp.Manager) and LOOP_LCORE in fp.worker_lcores():
+            self.loop_lcore = LOOP_LCORE
+            self._thread = fp.LcoreThread(LOOP_LCORE, self.manager.run, name="fastpath")
+            log.info("%s: the fast path runs on lcore %d (cores %s), with a cache of the "
+                     "packet pool", self.host, LOOP_LCORE, fp.worker_lcores()[LOOP_LCORE])
+        else:
+            self._thread = threading.Thread(target=self.manager.run, name="fastpath",
+                                            daemon=True)
         self._thread.start()
         self.sharer.start()
 
@@ -404,7 +420,7 @@ class Agent:
         for iid, core in self.nf_cores.items():
             if str(iid) in stats["instances"]:
                 stats["instances"][str(iid)]["core"] = core
-        stats["cores"] = {"manager": self.manager_core,
+        stats["cores"] = {"manager": self.manager_core, "loop_lcore": self.loop_lcore,
                           "nf_processes": {str(k): v for k, v in self.nf_cores.items()},
                           "shared": self.shared_cores}
         if "workers" in stats:           # worker cores (host_agent.workers)

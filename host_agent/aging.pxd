@@ -1,5 +1,6 @@
-# Tables whose entries age: an rte_hash plus, per position, the TSC of its
-# last use (0: free).  A sweep checks a bounded number of positions per
+# Tables whose entries age: an rte_hash plus, per position, a record of
+# its last use (TSC, 0: free) and of the owner's value for it, in one
+# 16-byte record, so that a looked-up position costs one cache line.  A sweep checks a bounded number of positions per
 # call, round robin, and deletes those idle longer than `idle` cycles, so
 # the loop that owns the table never stalls on a full scan.  Used by the
 # manager for the flow table and the pin table (host_agent.manager).
@@ -8,15 +9,22 @@
 from libc.stdint cimport uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc
 from dpdk.rte_hash cimport (rte_hash, rte_hash_add_key, rte_hash_del_key, rte_hash_free,
-    rte_hash_lookup)
+    rte_hash_lookup, rte_hash_function)
 from nflib.eal cimport new_hash
+from nflib.nf cimport huge_zeroed, free_huge_zeroed
 
 cdef extern from "rte_hash.h" nogil:
     int rte_hash_get_key_with_position(const rte_hash *h, const int32_t position, void **key)
 
+cdef struct aged_rec_t:
+    uint64_t seen           # TSC of last use, 0 if free
+    uint32_t value          # the owner's: a pin's label, a flow's first hop
+    uint32_t stamp          # the owner's: which tables `value` holds for (0: none)
+
+
 cdef struct aged_t:
     rte_hash *h
-    uint64_t *seen          # per position: TSC of last use, 0 if free
+    aged_rec_t *rec         # per position
     uint32_t entries
     uint32_t cursor         # the sweep's next position
     uint64_t idle           # cycles an entry may stay unused
@@ -31,7 +39,7 @@ cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept 
     if a.live >= a.entries:
         pos = rte_hash_lookup(a.h, key)     # already there: a full table still has it
         if pos >= 0 and <uint32_t>pos < a.entries:
-            a.seen[pos] = now
+            a.rec[pos].seen = now
             return pos
         a.full += 1
         return -1
@@ -41,10 +49,11 @@ cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept 
             rte_hash_del_key(a.h, key)
         a.full += 1
         return -1
-    if a.seen[pos] == 0:
+    if a.rec[pos].seen == 0:
         a.inserts += 1
         a.live += 1
-    a.seen[pos] = now
+        a.rec[pos].stamp = 0
+    a.rec[pos].seen = now
     return pos
 
 
@@ -58,24 +67,25 @@ cdef inline void aged_sweep(aged_t *a, uint64_t now, unsigned step) noexcept nog
     for i in range(step):
         pos = a.cursor
         a.cursor = pos + 1 if pos + 1 < a.entries else 0
-        seen = a.seen[pos]
+        seen = a.rec[pos].seen
         if seen == 0 or now - seen <= a.idle or seen > now:
             continue
         if rte_hash_get_key_with_position(a.h, pos, &key) == 0:
             rte_hash_del_key(a.h, key)
-        a.seen[pos] = 0
+        a.rec[pos].seen = 0
         a.live -= 1
         a.expired += 1
 
 
-cdef inline int aged_init(aged_t *a, str what, entries, uint32_t key_len) except -1:
+cdef inline int aged_init(aged_t *a, str what, entries, uint32_t key_len,
+                          rte_hash_function hash_func=NULL) except -1:
     """An empty aging table of `entries` (host_agent.aging)."""
     if not 8 <= entries < (1 << 31):
         raise ValueError(f"{what}: entries must be 8 .. 2**31 - 1, not {entries}")
-    a.h = new_hash(what, entries, key_len)
+    a.h = new_hash(what, entries, key_len, hash_func)
     a.entries = entries
-    a.seen = <uint64_t *>calloc(entries, sizeof(uint64_t))
-    if a.seen == NULL:
+    a.rec = <aged_rec_t *>huge_zeroed(entries * sizeof(aged_rec_t))
+    if a.rec == NULL:
         raise MemoryError(f"{what}: {entries} entries")
     return 0
 
@@ -85,6 +95,11 @@ cdef inline void aged_free(aged_t *a) noexcept:
         rte_hash_free(a.h)
     a.h = NULL
     a.live = 0
+
+
+cdef inline void aged_free_records(aged_t *a) noexcept:
+    free_huge_zeroed(a.rec, a.entries * sizeof(aged_rec_t))
+    a.rec = NULL
 
 
 cdef inline dict aged_report(aged_t *a):

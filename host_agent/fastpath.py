@@ -11,13 +11,13 @@ tests use it: one place to import it from.  The code lives by concern:
 
 Not here: any code of its own.
 """
-from nflib.eal import (FastPathError, default_eal_args, eal_cleanup,  # noqa: F401
-                       eal_init, eal_running, hugepages_available, pool_counts,
-                       remove_runtime_files, tsc_hz)
+from nflib.eal import (FastPathError, LcoreThread, default_eal_args,  # noqa: F401
+                       eal_cleanup, eal_init, eal_running, hugepages_available, pool_counts,
+                       remove_runtime_files, tsc_hz, worker_lcores)
 from nflib.nf import (DROP, NEXT, OUT, TONF, Acl, ring_names, serve_nf,  # noqa: F401
                       stop_serving)
 from host_agent.manager import DROP_REASONS, FLOW_ENTRIES, Manager  # noqa: F401
-from host_agent.ports import (Ring, port_name, probe_port, ring_pair_port,  # noqa: F401
+from host_agent.ports import (Ring, port_name, probe_port, rewrite_cycles, ring_pair_port,  # noqa: F401
                               ring_port, ring_queues_port)
 from host_agent.tables import (SLOTS, compile_plan, consistent_slots,  # noqa: F401
                                match_to_acl_rule)

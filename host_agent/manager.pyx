@@ -34,7 +34,8 @@ from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_free, rte_pktmbuf_free_bulk,
     rte_pktmbuf_prepend)
 from dpdk.rte_ring cimport rte_ring_enqueue_burst, rte_ring_dequeue_burst, rte_ring_count
 from dpdk.rte_ethdev cimport *
-from dpdk.rte_hash cimport rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data, rte_hash_lookup
+from dpdk.rte_hash cimport (rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data, rte_hash_lookup,
+    rte_hash_lookup_with_hash_bulk)
 from nflib.eal cimport packet_pool
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
     ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32, rte_prefetch0, prefetch_burst)
@@ -42,8 +43,8 @@ from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_
     server_mac_of, hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL,
     HOP_REMOTE, MODE_PROCESS, FLAG_PINNED, FLAG_KEPT, find_peer)
 from host_agent.parser cimport *
-from host_agent.aging cimport aged_t, aged_add, aged_sweep, aged_init, aged_free, aged_report
-from host_agent.pinkey cimport pin_key_t, pin_key_of
+from host_agent.aging cimport aged_t, aged_add, aged_sweep, aged_init, aged_free, aged_free_records, aged_report
+from host_agent.pinkey cimport pin_key_t, pin_key_of, flow_key_hash
 from host_agent.benchflows cimport bench_t, bench_step, bench_set_table
 from host_agent.probeanswer cimport probes_split, probe_constants
 from host_agent.handoff cimport (handoff_t, handoff_split, handoff_open, handoff_set,
@@ -115,7 +116,6 @@ cdef class Manager:
     cdef public double flow_idle_seconds    # flows idle this long are swept
     cdef public double flow_fin_seconds     # ... after a TCP FIN or RST
     cdef aged_t pins                        # pin_key_t -> position
-    cdef uint32_t *pin_data                 # per position: label, or R of a reply pin
     cdef uint64_t now                       # TSC at the start of this iteration
     cdef uint64_t clock_offset              # advance_clock (tests)
     cdef bench_t bench                      # host_agent.benchflows (flows 0: off)
@@ -149,13 +149,10 @@ cdef class Manager:
         self._lock = threading.Lock()
         self.flow_idle_seconds = FLOW_IDLE_SECONDS
         self.flow_fin_seconds = FLOW_FIN_SECONDS
-        aged_init(&self.flows, "flows", flow_entries, sizeof(pin_key_t))
+        aged_init(&self.flows, "flows", flow_entries, sizeof(pin_key_t), flow_key_hash)
         self.pin_idle_seconds = PIN_IDLE_SECONDS
         self.answer_probes = True
         aged_init(&self.pins, "pins", pin_entries, sizeof(pin_key_t))
-        self.pin_data = <uint32_t *>calloc(pin_entries, sizeof(uint32_t))
-        if self.pin_data == NULL:
-            raise MemoryError()
         if ports is None:
             ports = [p for p in range(RTE_MAX_ETHPORTS) if rte_eth_dev_is_valid_port(p)]
         for p in ports:
@@ -163,9 +160,8 @@ cdef class Manager:
 
     def __dealloc__(self):
         bench_set_table(&self.bench, None)
-        free(self.pin_data)
-        free(self.pins.seen)
-        free(self.flows.seen)
+        aged_free_records(&self.pins)
+        aged_free_records(&self.flows)
 
     def add_port(self, uint16_t port_id):
         """Configure and start a port (one rx and one tx queue)."""
@@ -276,9 +272,8 @@ cdef class Manager:
     def set_bench(self, uint32_t flows=0, double new_per_s=0.0, table=None,
                   bint tcp_next=False):
         """host_agent.benchflows, for `onvm bench fastpath` in loop mode: the
-        flows to rewrite looped packets to (0: off), the window's slide,
-        the flow of each cursor position (ints below 2**32, copied), or
-        advancing TCP sequence numbers instead."""
+        flows to rewrite looped packets to (0: off), the window's slide, the
+        flow of each cursor position (ints < 2**32), or TCP's next segment."""
         bench_set_table(&self.bench, table)
         self.bench.flows, self.bench.new_per_s = flows, new_per_s
         self.bench.tcp_next = tcp_next
@@ -434,6 +429,7 @@ cdef class Manager:
         """Find each parsed packet's flow and first hop, and run it."""
         cdef pin_key_t fkeys[BURST]
         cdef const void *keys[BURST]
+        cdef uint32_t sig[BURST]
         cdef int32_t pos[BURST]
         cdef unsigned i
         cdef onvm_meta *meta
@@ -444,14 +440,13 @@ cdef class Manager:
             meta = onvm_meta_of(ok[i])
             pin_key_of(ok[i], meta, 0, 0, False, &fkeys[i])
             keys[i] = &fkeys[i]
-        rte_hash_lookup_bulk(self.flows.h, keys, nok, pos)
+            sig[i] = meta.flow_hash     # the table's hash of the key (pinkey.pxd flow_key_hash)
+        rte_hash_lookup_with_hash_bulk(self.flows.h, keys, sig, nok, pos)
         for i in range(nok):
             # Each flow's last-use time and cached first hop: with a million
             # flows, cache misses that overlap when asked for together.
             if pos[i] >= 0 and <uint32_t>pos[i] < self.flows.entries:
-                rte_prefetch0(&self.flows.seen[pos[i]])
-                if pos[i] < ONVM_FLOW_ENTRIES:
-                    rte_prefetch0(&t.flow_hop[pos[i]])
+                rte_prefetch0(&self.flows.rec[pos[i]])
         for i in range(nok):
             meta = onvm_meta_of(ok[i])
             self._flow_id(t, ok[i], meta, &fkeys[i], pos[i])
@@ -476,7 +471,8 @@ cdef class Manager:
                         ok[i] = NULL
                         continue
                 if hop < 0:
-                    hop = classify(t, meta)
+                    hop = classify(t, meta, &self.flows.rec[meta.flow_id]
+                                   if meta.flow_id >= 0 else NULL)
                 if hop < 0:
                     self.drops[R_NO_CHAIN] += 1
                     rte_pktmbuf_free(ok[i])
@@ -575,7 +571,6 @@ cdef class Manager:
         """Act on an NF's verdict; True if the packet goes on in this host."""
         cdef onvm_meta *meta = onvm_meta_of(m)
         cdef int32_t nxt
-        cdef unsigned i
         if meta.action == ONVM_ACTION_DROP:
             inst.stats.drops += 1
             self.drops[R_NF_DROP] += 1
@@ -597,15 +592,8 @@ cdef class Manager:
                 rte_pktmbuf_free(m)
                 return False
             return True
-        # OUT: unchanged, out of a port.
-        for i in range(self.nports):
-            if self.ports[i] == meta.destination:
-                self.tx[i][self.ntx[i]] = m
-                self.ntx[i] += 1
-                self.processed += 1
-                return False
-        self.drops[R_BAD_PORT] += 1
-        rte_pktmbuf_free(m)
+        # OUT: unchanged, out of a port (bad_port if it is none of ours).
+        self._queue_tx(m, meta.destination)
         return False
 
     cdef void _to_remote(self, tables_t *t, rte_mbuf **pkts, unsigned n) noexcept nogil:
@@ -639,14 +627,14 @@ cdef class Manager:
             elif pos[i] < 0 or <uint32_t>pos[i] >= self.pins.entries:
                 self._pin_set(&keys[i], peer.label)
             else:
-                self.pins.seen[pos[i]] = self.now
-                if self.pin_data[pos[i]] != peer.label:
-                    pinned = find_peer(t, h.peer_off, h.npeers, self.pin_data[pos[i]])
+                self.pins.rec[pos[i]].seen = self.now
+                if self.pins.rec[pos[i]].value != peer.label:
+                    pinned = find_peer(t, h.peer_off, h.npeers, self.pins.rec[pos[i]].value)
                     if pinned != NULL:
                         peer = pinned
-                        self.pin_data[pos[i]] = peer.label      # an heir's: pin it there
+                        self.pins.rec[pos[i]].value = peer.label      # an heir's: pin it there
                     else:
-                        self.pin_data[pos[i]] = peer.label     # its host left: re-pick
+                        self.pins.rec[pos[i]].value = peer.label     # its host left: re-pick
             self._push_labels(t, pkts[i], meta, peer)
 
     cdef bint _pinned(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
@@ -659,9 +647,9 @@ cdef class Manager:
         if pin_key_of(m, meta, h.spi, h.si, False, &k):
             pos = self._pin_find(&k)
         if pos >= 0:
-            peer = find_peer(t, h.pinned_off, h.npinned, self.pin_data[pos])
+            peer = find_peer(t, h.pinned_off, h.npinned, self.pins.rec[pos].value)
             if peer != NULL:
-                self.pin_data[pos] = peer.label     # an heir's: pin it there
+                self.pins.rec[pos].value = peer.label     # an heir's: pin it there
                 self._push_labels(t, m, meta, peer)
             else:
                 self.drops[R_PIN_LOST] += 1
@@ -685,10 +673,10 @@ cdef class Manager:
             pos = self._pin_find(&k)
         if pos < 0:
             return False
-        peer = find_peer(t, h.peer_off, h.npeers, self.pin_data[pos])
+        peer = find_peer(t, h.peer_off, h.npeers, self.pins.rec[pos].value)
         if peer == NULL:
             return False
-        self.pin_data[pos] = peer.label
+        self.pins.rec[pos].value = peer.label
         self._push_labels(t, m, meta, peer)
         return True
 
@@ -719,7 +707,7 @@ cdef class Manager:
         pos = self._pin_find(&k)
         if pos < 0:
             return -1
-        key = hop_key(self.pin_data[pos], SI_FIRST)
+        key = hop_key(self.pins.rec[pos].value, SI_FIRST)
         if rte_hash_lookup_data(t.hop_index, &key, &hopv) < 0:
             return -2
         return <int32_t><intptr_t>hopv
@@ -729,14 +717,14 @@ cdef class Manager:
         cdef int32_t pos = rte_hash_lookup(self.pins.h, k)
         if pos < 0 or <uint32_t>pos >= self.pins.entries:
             return -1
-        self.pins.seen[pos] = self.now
+        self.pins.rec[pos].seen = self.now
         return pos
 
     cdef void _pin_set(self, pin_key_t *k, uint32_t value) noexcept nogil:
         """Pin (or re-pin) `k` to `value`; counted `full` if there is no room."""
         cdef int32_t pos = aged_add(&self.pins, k, self.now)
         if pos >= 0:
-            self.pin_data[pos] = value
+            self.pins.rec[pos].value = value
 
     cdef void _flow_id(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, pin_key_t *k,
                        int32_t pos) noexcept nogil:
@@ -747,11 +735,9 @@ cdef class Manager:
         (counted `full`: classified per packet) if there is no room."""
         cdef uint8_t *l4
         if pos < 0 or <uint32_t>pos >= self.flows.entries:
-            pos = aged_add(&self.flows, k, self.now)
-            if pos >= 0 and pos < ONVM_FLOW_ENTRIES:
-                t.flow_hop[pos] = -2
+            pos = aged_add(&self.flows, k, self.now)   # a new position: no first hop
         else:
-            self.flows.seen[pos] = self.now
+            self.flows.rec[pos].seen = self.now
         meta.flow_id = pos if pos < ONVM_FLOW_ENTRIES else -1
         if meta.flow_id < 0:
             return
@@ -759,7 +745,7 @@ cdef class Manager:
             l4 = onvm_mtod(m) + meta.l4_off
             if l4[13] & 0x05 and self.flows.idle > self.flow_fin_cycles:
                 # FIN or RST: the sweep finds it idle flow_fin_seconds from now
-                self.flows.seen[pos] = (self.now - (self.flows.idle - self.flow_fin_cycles)) | 1
+                self.flows.rec[pos].seen = (self.now - (self.flows.idle - self.flow_fin_cycles)) | 1
 
     cdef void _push_labels(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, peer_t *peer) noexcept nogil:
         """Push the labels (parser.pxd push_labels) and send to `peer`."""
@@ -875,6 +861,10 @@ cdef class Manager:
     def advance_clock(self, double seconds):
         """The loop's clock runs `seconds` ahead (tests of aging)."""
         self.clock_offset += <uint64_t>(seconds * rte_get_tsc_hz())
+
+    def flow_hashes(self, bytes frame):
+        """parser.pxd flow_hashes with the current tables (tests)."""
+        return flow_hashes(<tables_t *>onvm_load_ptr(&self.cur), frame)
 
     def nf_object(self, iid):
         return self._instances[iid][2]

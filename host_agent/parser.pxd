@@ -5,11 +5,15 @@
 # below; contracts/wire.py names them (DROP_REASONS, same order).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
 from libc.string cimport memcpy, memmove, memset
-from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_adj, rte_pktmbuf_prepend
-from dpdk.rte_hash cimport rte_hash_crc, rte_hash_crc_4byte
+from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_adj, rte_pktmbuf_prepend, rte_pktmbuf_alloc,
+    rte_pktmbuf_append, rte_pktmbuf_free)
+from dpdk.rte_hash cimport rte_hash_crc
 from dpdk.rte_acl cimport rte_acl_classify
 from nflib.nf cimport onvm_meta, onvm_flow_key, onvm_meta_of, onvm_mtod, rd16, rd32, wr32
 from host_agent.plantables cimport tables_t, peer_t
+from host_agent.aging cimport aged_rec_t
+from host_agent.pinkey cimport flow_hash_words, pin_key_t, pin_key_of, flow_key_hash
+from nflib.eal cimport packet_pool
 
 cdef enum:
     ETH_MPLS = 0x8847
@@ -134,12 +138,9 @@ cdef inline uint32_t key_hash(const onvm_flow_key *k, uint8_t family) noexcept n
     byte, so 4-byte steps give rte_hash_crc's 8-byte steps' value
     (checked on a million random keys against the 8-byte steps over the
     key's bytes)."""
-    cdef uint32_t crc = rte_hash_crc_4byte(<uint32_t>k.proto | (<uint32_t>family << 8), 0)
-    crc = rte_hash_crc_4byte(k.src, crc)
-    crc = rte_hash_crc_4byte(k.dst, crc)
     cdef uint32_t ports
     memcpy(&ports, &k.sport, 4)
-    return rte_hash_crc_4byte(ports, crc)
+    return flow_hash_words(<uint32_t>k.proto | (<uint32_t>family << 8), k.src, k.dst, ports)
 
 
 cdef inline int32_t ipv6_l4(const uint8_t *d, uint32_t length, uint32_t off,
@@ -178,23 +179,23 @@ cdef inline int32_t ipv6_l4(const uint8_t *d, uint32_t length, uint32_t off,
     return at
 
 
-cdef inline int32_t classify(tables_t *t, onvm_meta *meta) noexcept nogil:
-    """First hop of an untagged packet: the flow table's cached answer, or
-    the classifier's (then cached)."""
+cdef inline int32_t classify(tables_t *t, onvm_meta *meta, aged_rec_t *flow) noexcept nogil:
+    """First hop of an untagged packet: the answer cached in its flow's
+    record `flow` (NULL: none) by these tables, or the classifier's (then
+    cached there, stamped as these tables')."""
     cdef int32_t hop
     cdef uint32_t res = 0
     cdef const uint8_t *key = <const uint8_t *>&meta.key
-    if meta.flow_id >= 0:
-        hop = t.flow_hop[meta.flow_id]
-        if hop != -2:
-            return hop
+    if flow != NULL and flow.stamp == t.stamp:
+        return <int32_t>flow.value
     hop = -1
     if t.classifier != NULL and meta.key.family == 4:
         rte_acl_classify(t.classifier, &key, &res, 1, 1)
         if res:
             hop = t.class_hop[res - 1]
-    if meta.flow_id >= 0:
-        t.flow_hop[meta.flow_id] = hop
+    if flow != NULL:
+        flow.value = <uint32_t>hop
+        flow.stamp = t.stamp
     return hop
 
 
@@ -214,3 +215,22 @@ cdef inline bint push_labels(rte_mbuf *m, const uint8_t *src_mac, const peer_t *
     wr32(d + 18, (meta.spi << 12) | 64)
     wr32(d + 22, (<uint32_t>meta.si << 12) | 0x100 | 64)
     return True
+
+
+cdef inline object flow_hashes(tables_t *t, bytes frame):
+    """(the parser's flow hash, the flow table's hash of the flow key) of
+    `frame` parsed with tables `t`, None if the parser drops it: the two
+    must be equal, or each lookup of the flow misses (tests)."""
+    cdef rte_mbuf *m = rte_pktmbuf_alloc(packet_pool())
+    cdef char *d = rte_pktmbuf_append(m, len(frame)) if m != NULL else NULL
+    cdef pin_key_t k
+    if t == NULL or d == NULL:
+        rte_pktmbuf_free(m)
+        raise ValueError(f"flow_hashes: no plan, or no mbuf for {len(frame)} bytes")
+    memcpy(d, <const char *>frame, len(frame))
+    try:
+        if parse_packet(m, t, 0) >= 0 or not pin_key_of(m, onvm_meta_of(m), 0, 0, False, &k):
+            return None
+        return onvm_meta_of(m).flow_hash, flow_key_hash(&k, sizeof(pin_key_t), 0)
+    finally:
+        rte_pktmbuf_free(m)

@@ -15,6 +15,7 @@ Not here: the table itself and its aging (manager.pyx, host_agent/aging.pxd).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 from dpdk.rte_mbuf cimport rte_mbuf
+from dpdk.rte_hash cimport rte_hash_crc, rte_hash_crc_4byte
 from nflib.nf cimport onvm_meta, onvm_mtod
 
 
@@ -68,3 +69,33 @@ cdef inline bint pin_key_of(rte_mbuf *m, onvm_meta *meta, uint32_t spi, uint8_t 
         memcpy(&k.src_port, l4 + (2 if reverse else 0), 2)
         memcpy(&k.dst_port, l4 + (0 if reverse else 2), 2)
     return True
+
+
+cdef inline uint32_t flow_hash_words(uint32_t proto_family, uint32_t src, uint32_t dst,
+                                     uint32_t ports) noexcept nogil:
+    """A flow's hash (the parser's meta.flow_hash, and the host flow
+    table's): CRC32C of the protocol and family, the addresses (IPv4's
+    themselves, IPv6's CRC32C digests), then the ports, 4 bytes at a time
+    as they lie in memory."""
+    cdef uint32_t crc = rte_hash_crc_4byte(proto_family, 0)
+    crc = rte_hash_crc_4byte(src, crc)
+    crc = rte_hash_crc_4byte(dst, crc)
+    return rte_hash_crc_4byte(ports, crc)
+
+
+cdef inline uint32_t flow_key_hash(const void *key, uint32_t key_len,
+                                   uint32_t init_val) noexcept nogil:
+    """The host flow table's hash function (rte_hash's hash_func) of a
+    pin key with SPI and SI 0: the parser's flow hash of the same packet
+    (parser.pxd key_hash), so the loop looks flows up with the hash the
+    parser already has (rte_hash_lookup_with_hash_bulk)."""
+    cdef const pin_key_t *k = <const pin_key_t *>key
+    cdef uint32_t src, dst, ports
+    if k.family == 6:
+        src = rte_hash_crc(k.src_ip, 16, 0)
+        dst = rte_hash_crc(k.dst_ip, 16, 0)
+    else:
+        memcpy(&src, k.src_ip, 4)
+        memcpy(&dst, k.dst_ip, 4)
+    memcpy(&ports, &k.src_port, 4)
+    return flow_hash_words(<uint32_t>k.proto | (<uint32_t>k.family << 8), src, dst, ports)

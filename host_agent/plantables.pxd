@@ -84,7 +84,9 @@ cdef struct tables_t:
     uint8_t *server_mac        # 6 per server
     uint8_t *server_ip6        # 16 per server (zeros: no IPv6 address)
     bint has_reply             # some end has "reply": untagged packets look up pins
-    int32_t *flow_hop          # per flow-table position: first hop, -1 none, -2 unknown
+    uint32_t stamp             # these tables' own number (never 0): the flow table's
+                               # cached first hops (aging.pxd aged_rec_t) are theirs
+                               # if stamped with it
     rte_acl_ctx *classifier    # userdata = hop index + 1
     int32_t *class_hop         # classifier rule -> hop index
     inst_t instances[MAX_INSTANCES]

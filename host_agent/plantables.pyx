@@ -30,6 +30,9 @@ for _name, _value in (("SLOTS", SLOTS), ("MAX_INSTANCES", MAX_INSTANCES),
                           f"the loop's (plantables.pxd) is {_value}: rebuild")
 
 
+cdef uint32_t _stamps = 0       # the last tables' stamp
+
+
 cdef tables_t *load_tables(object compiled, dict instances, str host) except NULL:
     """Tables from `compiled` (host_agent.tables.PlanTables).  `instances`
     maps each instance id to (NF object or None, stats pointer as int).
@@ -51,6 +54,9 @@ cdef tables_t *load_tables(object compiled, dict instances, str host) except NUL
 cdef int _load_header(tables_t *t, object c) except -1:
     cdef const uint8_t[:] mac = c.mac
     cdef int i
+    global _stamps
+    _stamps = _stamps + 1 if _stamps + 1 != 0 else 1
+    t.stamp = _stamps
     t.generation = c.generation
     t.node_label = c.node_label
     for i in range(6):
@@ -162,12 +168,9 @@ cdef int _load_classifiers(tables_t *t, object c) except -1:
     cdef const int[:] class_hop = c.class_hop
     cdef Py_ssize_t i
     cdef Acl acl
-    t.flow_hop = <int32_t *>malloc(ONVM_FLOW_ENTRIES * sizeof(int32_t))
     t.class_hop = <int32_t *>calloc(max(1, class_hop.shape[0]), sizeof(int32_t))
-    if t.flow_hop == NULL or t.class_hop == NULL:
+    if t.class_hop == NULL:
         raise MemoryError()
-    for i in range(ONVM_FLOW_ENTRIES):
-        t.flow_hop[i] = -2
     for i in range(class_hop.shape[0]):
         t.class_hop[i] = class_hop[i]
     if c.acl_rules:
@@ -207,6 +210,5 @@ cdef void free_tables(tables_t *t) noexcept:
     free(t.server_ip)
     free(t.server_mac)
     free(t.server_ip6)
-    free(t.flow_hop)
     free(t.class_hop)
     free(t)

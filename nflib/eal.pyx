@@ -319,6 +319,41 @@ def wait_lcore(unsigned lcore, double poll=0.0005):
         raise err
 
 
+class LcoreThread:
+    """A thread's handle (start, is_alive, join) on `target()` run on the
+    EAL's worker lcore `lcore` (launch): a loop there takes and frees mbufs
+    through that lcore's cache of the packet pool (a plain thread has none:
+    every mbuf through the pool's shared ring), and no thread registers,
+    which would turn multi-process off (register_thread).  join(timeout)
+    returns when it ended or the time is up, as threading's does; what
+    `target` raised is logged."""
+
+    def __init__(self, lcore, target, name="lcore"):
+        self.lcore, self.target, self.name = lcore, target, name
+        self._started = False
+
+    def start(self):
+        if not launch(self.lcore, self.target):
+            raise FastPathError(f"{self.name}: lcore {self.lcore} runs something already")
+        self._started = True
+
+    def is_alive(self):
+        return self._started and lcore_busy(self.lcore)
+
+    def join(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(0.0005)
+        if self._started:
+            self._started = False
+            try:
+                wait_lcore(self.lcore)
+            except Exception:
+                log.exception("%s on lcore %d failed", self.name, self.lcore)
+
+
 def register_thread():
     """Make this thread an lcore (rte_thread_register): it then has an lcore
     id and its own cache of the packet pool.  Returns the lcore id (this
@@ -388,10 +423,13 @@ def flush_cache():
     return n
 
 
-cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len) except NULL:
+cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len,
+                        rte_hash_function hash_func=NULL) except NULL:
     """An rte_hash for this process.  Its name is unique across the host's
     processes (DPDK keeps hash names in memory the NF processes share) and
-    within DPDK's 31 characters."""
+    within DPDK's 31 characters.  `hash_func`: the keys' hash (NULL:
+    DPDK's CRC32C over the whole key), for a table whose users have each
+    key's hash at hand already (rte_hash_lookup_with_hash_bulk)."""
     global _table_seq
     cdef rte_hash_parameters params
     cdef rte_hash *h
@@ -402,6 +440,7 @@ cdef rte_hash *new_hash(str what, uint32_t entries, uint32_t key_len) except NUL
     params.entries = entries
     params.key_len = key_len
     params.socket_id = rte_socket_id()
+    params.hash_func = hash_func
     h = rte_hash_create(&params)
     if h == NULL:
         raise dpdk_error(f"{what}: rte_hash_create of {entries} entries")

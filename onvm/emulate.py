@@ -391,7 +391,7 @@ class Emulation:
                "--idle-us", str(self.idle_us),
                "--stats-publish", f"{self.publish_interval:g}", *extra,
                   "--", "--vdev", f"net_af_packet0,iface={self.intf[name]}", "--no-huge",
-               "-m", "256", "--file-prefix", f"{self.prefix}_{name}", "-l", "0"]
+               "-m", "256", "--file-prefix", f"{self.prefix}_{name}"]
         self.agents[name] = self._spawn(self.nodes[name].popen, cmd, f"agent-{name}.log")
         self.killed.discard(name)
 

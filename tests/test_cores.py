@@ -16,6 +16,7 @@ from scapy.all import IP, TCP, UDP, Ether, raw, rdpcap, wrpcap
 from contracts.statsum import summarize
 from host_agent import fastpath as fp
 from host_agent import lcores
+from host_agent.agent import LOOP_LCORE
 from host_agent.cycles import cores_needed, line_rate_mpps, projection
 from host_agent.harness import HOST_MAC, chain_plan, ensure_eal
 from host_agent.workers import Workers, queue_of, spread
@@ -121,7 +122,10 @@ def process_plan():
     }
 
 
-def test_agent_pins_nf_processes_off_the_manager_core_and_reports_them(tmp_path):
+def run_process_plan(tmp_path, *eal):
+    """`onvm agent` on process_plan() for 10 s, 50 TCP frames in (10 to
+    port 22, which the firewall denies), with `eal` added to its EAL
+    arguments: (the finished process, its final counters, its out pcap)."""
     if fp.hugepages_available() < 300:
         pytest.skip("NF processes share the agent's memory through huge pages; "
                     "`make hugepages` (as root) reserves and mounts them")
@@ -130,16 +134,25 @@ def test_agent_pins_nf_processes_off_the_manager_core_and_reports_them(tmp_path)
     wrpcap(str(tmp_path / "in.pcap"), frames)
     (tmp_path / "plan.json").write_text(json.dumps(process_plan()))
     out = tmp_path / "out.pcap"
-    manager = CORES[0]
     proc = onvm("agent", "--host", "h1", "--plan", str(tmp_path / "plan.json"),
                 "--seconds", "10", "--metrics-port", "0", "--",
                 "--vdev", f"net_pcap0,rx_pcap={tmp_path}/in.pcap",
-                "--vdev", f"net_pcap1,tx_pcap={out}", "--socket-mem", "256",
-                "-l", str(manager), "--file-prefix", f"onvmcores{os.getpid()}", timeout=90)
+                "--vdev", f"net_pcap1,tx_pcap={out}", *eal,
+                "--file-prefix", f"onvmcores{os.getpid()}", timeout=90)
     assert proc.returncode == 0, proc.stderr
     final = json.loads(proc.stderr.rsplit("final counters ", 1)[1].splitlines()[0])
+    assert final["instances"]["1"]["drops"] == 10
+    assert final["instances"]["2"]["rx"] == final["instances"]["2"]["tx"] == 40
+    assert len(rdpcap(str(out))) == 40
+    return proc, final
+
+
+def test_agent_pins_nf_processes_off_the_manager_core_and_reports_them(tmp_path):
+    manager = CORES[0]
+    proc, final = run_process_plan(tmp_path, "--socket-mem", "256", "-l", str(manager))
     cores = final["cores"]
     assert cores["manager"] == manager
+    assert cores["loop_lcore"] is None          # its own -l: the loop on a thread
     given = {int(i): c for i, c in cores["nf_processes"].items()}
     assert set(given) == {1, 2}
     for iid, core in given.items():
@@ -152,11 +165,18 @@ def test_agent_pins_nf_processes_off_the_manager_core_and_reports_them(tmp_path)
         assert cores["shared"] == []
     else:
         assert cores["shared"] != [] and "are shared" in proc.stderr
-    assert final["instances"]["1"]["drops"] == 10
-    assert final["instances"]["2"]["rx"] == final["instances"]["2"]["tx"] == 40
-    assert len(rdpcap(str(out))) == 40
     summary, _ = summarize({**final, "instances": final["instances"]})
     assert summary["cores"] == cores and summary["instances"]["1"]["core"] == given[1]
+
+
+def test_agent_loop_runs_on_an_eal_lcore_of_its_own_and_nf_processes_still_attach(tmp_path):
+    """With no core list of the user's, the agent's EAL has lcore 0 (its
+    control thread) and LOOP_LCORE, both on core 0; the loop runs on
+    LOOP_LCORE, with a cache of the packet pool, and no thread registers,
+    so NF processes (DPDK secondaries) still attach and run the chain."""
+    proc, final = run_process_plan(tmp_path)
+    assert final["cores"]["loop_lcore"] == LOOP_LCORE
+    assert f"the fast path runs on lcore {LOOP_LCORE} (cores [0])" in proc.stderr
 
 
 # ------------------------------------------------------------ cycles

@@ -9,7 +9,7 @@ import types
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from scapy.all import IP, TCP, UDP, Ether, raw
+from scapy.all import ICMP, IP, SCTP, TCP, UDP, Dot1Q, Ether, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, raw
 
 from host_agent.bench import bench_frames
 from host_agent.harness import HOST_MAC, chain_plan
@@ -102,6 +102,62 @@ def test_a_reused_flow_id_keeps_nothing_of_the_old_flow(harnesses):
     assert h.stats()["drops"]["no_chain"] - before == 8
     table = h.stats()["flow_table"]
     assert (table["inserts"], table["full"]) == (16, 0)
+
+def test_a_new_plan_classifies_live_flows_anew(harnesses):
+    """A flow's first hop is cached in its flow record for the tables that
+    classified it: a plan whose classifier no longer matches the flow
+    takes it off the chain at once (no_chain), and one that matches again
+    puts it back, while the flows live on in the table."""
+    h = harnesses([("monitor", None)], flow_entries=64)
+    def plan(dst, generation):
+        return chain_plan([("monitor", None)], h.in_port, h.out_port,
+                          match={"ipv4_dst": dst}, generation=generation)
+    h.manager.apply_plan(plan("10.2.0.0/16", 2), make_nf)
+    frames = bench_frames(8)                # to 10.2.0.1
+    assert send_all(h, frames) == 8
+    h.manager.apply_plan(plan("10.9.0.0/16", 3), make_nf)
+    before = h.stats()["drops"]["no_chain"]
+    assert send_all(h, frames) == 0
+    assert h.stats()["drops"]["no_chain"] - before == 8
+    h.manager.apply_plan(plan("10.2.0.0/16", 4), make_nf)
+    assert send_all(h, frames) == 8
+    table = h.stats()["flow_table"]
+    assert (table["entries"], table["inserts"]) == (8, 8)
+
+
+def test_the_flow_table_hashes_a_flow_as_the_parser_does(harnesses):
+    """The loop looks flows up with the parser's hash (meta.flow_hash,
+    rte_hash_lookup_with_hash_bulk); the table hashes the keys it adds and
+    deletes with its own function (pinkey.pxd flow_key_hash).  Were they
+    to differ for some packet, its flow would be found only by the slow
+    insert path, every packet: checked for each kind of packet the parser
+    reads."""
+    h = harnesses([("monitor", None)])
+    e = Ether(dst=HOST_MAC)
+    v4, v6 = dict(src="10.1.0.7", dst="10.2.0.9"), dict(src="2001:db8::7", dst="2001:db8:1::9")
+    frames = [e / IP(**v4) / UDP(sport=1234, dport=53),
+              e / IP(**v4) / TCP(sport=40000, dport=443, flags="S"),
+              e / IP(**v4) / SCTP(sport=5000, dport=5001),
+              e / IP(**v4) / ICMP(),
+              e / IP(**v4, proto=47) / b"gre",
+              e / IP(**v4, flags="MF") / UDP(sport=7, dport=9) / (b"x" * 40),
+              e / IP(**v4, frag=3) / b"later fragment",
+              e / Dot1Q(vlan=7) / IP(**v4) / UDP(sport=1, dport=2),
+              e / IPv6(**v6) / UDP(sport=1234, dport=53),
+              e / IPv6(**v6) / TCP(sport=40000, dport=443),
+              e / IPv6(**v6) / IPv6ExtHdrHopByHop() / UDP(sport=3, dport=4),
+              e / IPv6(**v6) / IPv6ExtHdrFragment(offset=0, m=1) / UDP(sport=5, dport=6),
+              e / IPv6(**v6) / IPv6ExtHdrFragment(offset=8) / b"later fragment"]
+    frames += [e / IP(src=f"10.{i % 250}.{i // 250}.1", dst="10.2.0.1") /
+               UDP(sport=1024 + i, dport=5000 + i) for i in range(0, 5000, 7)]
+    frames += [e / IPv6(src=f"2001:db8::{i:x}", dst="2001:db8:1::1") /
+               TCP(sport=2000 + i, dport=80) for i in range(0, 5000, 7)]
+    for f in frames:
+        pair = h.manager.flow_hashes(raw(f))
+        assert pair is not None, f.summary()
+        assert pair[0] == pair[1], f.summary()
+    assert len({h.manager.flow_hashes(raw(f))[0] for f in frames}) > len(frames) - 3
+
 
 def tcp(flags, sport):
     return raw(Ether(dst=HOST_MAC) / IP(src="10.1.0.1", dst="10.2.0.1") /

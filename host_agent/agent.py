@@ -545,6 +545,10 @@ def cli_agent(args):
         print(f"onvm agent: --lease-ttl must be more than 0 seconds, not "
               f"{args.lease_ttl:g}", file=sys.stderr)
         return 2
+    if not getattr(args, "stats_publish", PUBLISH_S) > 0:
+        print(f"onvm agent: --stats-publish must be more than 0 seconds, not "
+              f"{args.stats_publish:g}", file=sys.stderr)
+        return 2
     if getattr(args, "workers", 1) != "auto" and getattr(args, "workers", 1) < 1:
         print(f"onvm agent: --workers must be 1 or more, not {args.workers}", file=sys.stderr)
         return 2

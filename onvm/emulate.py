@@ -61,7 +61,7 @@ __all__ = ["Emulation", "EmulationError", "run_prefix", "default_flows"]
 PPS_PER_MPPS = 100          # emulated packets a second per Mpps a chain asks for
 CONTROLLER_LETTERS = "abcd"  # controllers a, b, ...: names in the leader key and logs
 IDLE_US = 200               # agents sleep this long when idle: hosts share two cores
-STATS_FRESH_S = PUBLISH_S + 3.0  # an agent's stats older than this show no instances
+STATS_FRESH_MARGIN_S = 3.0  # stats older than publish_interval + this show no instances
 
 
 def write_atomic(path, text):
@@ -91,7 +91,20 @@ class Emulation:
 
     def __init__(self, topo_path, prefix=None, workdir=None, pps_per_mpps=PPS_PER_MPPS,
                  say=None, agent_nice=10, idle_us=IDLE_US, etcd_members=1,
-                 etcd_quota_bytes=services.ETCD_QUOTA_BYTES, tls=False, controllers=1):
+                 etcd_quota_bytes=services.ETCD_QUOTA_BYTES, tls=False, controllers=1,
+                 publish_interval=PUBLISH_S, drain_seconds=None):
+        """`publish_interval`: how often each agent puts its stats summary
+        in the store (its --stats-publish; the tests run shorter than the
+        5 s default to wait less for fresh stats); `drain_seconds`: the
+        controllers' [onvm] drain_seconds (None: their default, 30)."""
+        if not publish_interval > 0:
+            raise EmulationError(f"publish_interval: {publish_interval!r}: seconds, "
+                                 "more than 0")
+        if drain_seconds is not None and not drain_seconds >= 0:
+            raise EmulationError(f"drain_seconds: {drain_seconds!r}: seconds, 0 or more")
+        self.publish_interval = float(publish_interval)
+        self.stats_fresh_s = self.publish_interval + STATS_FRESH_MARGIN_S
+        self.drain_seconds = drain_seconds
         self.topo_path = os.path.abspath(topo_path)
         self.topo = load_topology(self.topo_path)
         self.prefix = prefix or run_prefix()
@@ -212,7 +225,8 @@ class Emulation:
         of_port, ws_port = self.ctl_ports[i]
         config = self.credentials.controller_config()
         config["onvm"] = dict(config.get("onvm") or {}, name=self.controller_name(i),
-                              pps_per_mpps=self.pps_per_mpps)
+                              pps_per_mpps=self.pps_per_mpps,
+                              drain_seconds=self.drain_seconds)   # None: not written
         with open(conf, "w") as f:
             f.write(config_text(self.topo_path, self.etcd.url, of_port, ws_port, **config))
         cmd = [sys.executable, "-c",
@@ -374,7 +388,8 @@ class Emulation:
             extra = ["--mac", mac, "--ip", ip]
         cmd = ["nice", "-n", str(self.agent_nice), sys.executable, "-m", "onvm.cli",
                "agent", "--host", name, "--store", self.etcd.url, "--metrics-port", "0",
-               "--idle-us", str(self.idle_us), *extra,
+               "--idle-us", str(self.idle_us),
+               "--stats-publish", f"{self.publish_interval:g}", *extra,
                   "--", "--vdev", f"net_af_packet0,iface={self.intf[name]}", "--no-huge",
                "-m", "256", "--file-prefix", f"{self.prefix}_{name}"]
         self.agents[name] = self._spawn(self.nodes[name].popen, cmd, f"agent-{name}.log")
@@ -643,7 +658,7 @@ class Emulation:
         hosts = {}
         for name in [h.name for h in self.topo.hosts] + sorted(self.joined):
             st = stats.get(name) or {}
-            fresh = bool(st) and now - st.get("time", 0) < STATS_FRESH_S
+            fresh = bool(st) and now - st.get("time", 0) < self.stats_fresh_s
             insts = st.get("instances", {}) if fresh else {}
             hosts[name] = {
                 "alive": name in alive, "killed": name in self.killed,

@@ -123,15 +123,23 @@ def need_root_and_tools(*extra):
             pytest.skip(f"{tool} is not installed")
 
 
+# The tests' emulations: agents put their stats in the store every second
+# (users' default: contracts.statsum.PUBLISH_S, 5 s), so a test waiting for
+# stats newer than some moment waits about a second, not five.
+TEST_PUBLISH_S = 1.0
+
+
 @contextlib.contextmanager
 def started_emulation(topo_path, prefix, workdir=None, **kwargs):
     """A started onvm.emulate.Emulation of `topo_path` (its run directory
     under `workdir`, default the topology's; `kwargs` as Emulation takes
-    them); stopped, its files removed, and checked to leave nothing of
-    `prefix` behind: no bridge, no interface, no agent runtime dir."""
+    them, publish_interval TEST_PUBLISH_S unless given); stopped, its files
+    removed, and checked to leave nothing of `prefix` behind: no bridge, no
+    interface, no agent runtime dir."""
     need_root_and_tools()
     from onvm.emulate import Emulation
     workdir = str(workdir or os.path.dirname(str(topo_path)))
+    kwargs.setdefault("publish_interval", TEST_PUBLISH_S)
     emulation = Emulation(str(topo_path), prefix=prefix, workdir=workdir, **kwargs)
     try:
         emulation.start()

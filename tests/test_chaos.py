@@ -27,6 +27,7 @@ import os
 
 import pytest
 
+from conftest import TEST_PUBLISH_S
 from onvm import chaos
 from test_emulate import need_root_and_tools
 from test_emulate_cli import REPO
@@ -56,7 +57,8 @@ def test_faults_one_at_a_time_keep_the_invariants():
     faults = list(chaos.SUITE)
     results = chaos.run_emulated(LEAF_SPINE, faults, chain="transit", say=print,
                                  check=no_part_exited_and_a_controller_leads,
-                                 hold=0.5, settle_s=4.0, etcd_members=3, controllers=2)
+                                 hold=0.5, settle_s=4.0, etcd_members=3, controllers=2,
+                                 publish_interval=TEST_PUBLISH_S)
     print("\n".join(chaos.table(results)))
     problems = [p for r in results for p in r.problems()]
     assert not problems, "\n".join(problems)

@@ -195,14 +195,16 @@ def _write_nf_topology(workdir):
     return path
 
 
-def _counters(emu, chain, si):
-    """Sum of the counters of a hop's instances, and their placement."""
+def _counters(emu, chain, si, keys):
+    """Sum of the counters `keys` of a hop's instances, and their placement.
+    Only those: an instance may serve other chains too (one firewall for
+    guard and guard6), whose traffic moves its other counters meanwhile."""
     hops = _plan_hops(emu, chain)[si]
-    total = {}
+    total = dict.fromkeys(keys, 0)
     for host, iid in hops:
         for k, v in (_instance(emu, host, iid).get("counters") or {}).items():
-            if isinstance(v, int):
-                total[k] = total.get(k, 0) + v
+            if k in total and isinstance(v, int):
+                total[k] += v
     return total, hops
 
 
@@ -364,7 +366,9 @@ class TestNFsAndScaleOut:
                    "payload": b"GET /x?q=" + SIGNATURE + b" HTTP/1.1\r\n"} for i in range(4)]
 
         def counts():
-            (fw, fw_at), (ids, ids_at) = _counters(emu, "guard", 255), _counters(emu, "guard", 254)
+            (fw, fw_at), (ids, ids_at) = (_counters(emu, "guard", 255, ["dropped"]),
+                                          _counters(emu, "guard", 254, ["dropped", "alerts",
+                                                                        "out_of_order"]))
             return fw, ids, _sink_flows(emu, "guard"), (fw_at, ids_at)
         try:
             (fw0, ids0, sink0, (fw_at, ids_at)), sent = _send_for(
@@ -404,7 +408,7 @@ class TestNFsAndScaleOut:
         denied = [{"src": f"2001:db8:bad::{1 + i:x}", "sport": 35000 + i} for i in range(3)]
 
         def counts():
-            fw, fw_at = _counters(emu, "guard6", 255)
+            fw, fw_at = _counters(emu, "guard6", 255, ["dropped", "ipv6"])
             return fw, _sink_flows(emu, "guard6"), fw_at
         try:
             (fw0, sink0, fw_at), sent = _send_for(emu, "guard6", allowed + denied, 3.0,
@@ -432,7 +436,7 @@ class TestNFsAndScaleOut:
         flows = [{"src": f"192.0.2.{60 + i}", "sport": 33000 + i} for i in range(24)]
 
         def counts():
-            return _counters(emu, "spread", 255), _sink_flows(emu, "spread")
+            return _counters(emu, "spread", 255, ["balanced"]), _sink_flows(emu, "spread")
         try:
             ((lb0, lb_at), sink0), sent = _send_for(emu, "spread", flows, 3.0,
                                                     baseline=counts)
@@ -607,6 +611,16 @@ def test_three_nf_chain_runs_in_order_on_three_hosts_with_design_labels(emu, tmp
         seen_si.add(il)
     # the classifier's frames (SI 255 to the first NF's host) cross the spine
     assert 255 in seen_si
+
+
+def test_agents_publish_their_stats_at_the_emulations_interval(emu):
+    """The tests' emulations run the agents with --stats-publish 1
+    (conftest.TEST_PUBLISH_S): each says so when it puts its first summary,
+    and status() counts stats as fresh for 1 + 3 s."""
+    for h in emu.topo.hosts:
+        with open(emu.file(f"agent-{h.name}.log")) as f:
+            assert "put in the store every 1 s" in f.read(), h.name
+    assert emu.stats_fresh_s == 4.0
 
 
 def test_forged_mpls_at_an_edge_never_reaches_an_nf(emu):

@@ -80,6 +80,15 @@ def test_cli_refuses_an_etcd_cluster_of_no_member():
                           "one member's loss)\n")
 
 
+def test_emulation_timings_out_of_range_are_refused_before_anything_starts():
+    from onvm.emulate import Emulation
+    from onvm.errors import EmulationError
+    with pytest.raises(EmulationError, match=r"^publish_interval: 0: seconds, more than 0$"):
+        Emulation(MINIMAL, publish_interval=0)
+    with pytest.raises(EmulationError, match=r"^drain_seconds: -1: seconds, 0 or more$"):
+        Emulation(MINIMAL, drain_seconds=-1)
+
+
 def test_cli_says_the_emulation_needs_root():
     if os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"):
         pytest.skip("needs root to drop to another user (setpriv)")

@@ -162,12 +162,15 @@ def test_probes_never_cross_the_trust_boundary_and_answers_reach_the_controller(
         assert rule_kinds(trace) == ["probe"]
 
 
-def test_the_agents_lease_ttl_is_a_flag_and_a_bad_one_is_a_usage_error():
-    """With probes on, the lease is a backstop: `onvm agent --lease-ttl S`."""
+@pytest.mark.parametrize("flag, value", [("--lease-ttl", "-1"), ("--stats-publish", "0")])
+def test_the_agents_lease_ttl_is_a_flag_and_a_bad_one_is_a_usage_error(flag, value):
+    """With probes on, the lease is a backstop: `onvm agent --lease-ttl S`;
+    and how often it puts its stats summary, `--stats-publish S` (an
+    emulation's publish_interval), is checked alike."""
     import subprocess
     import sys
     out = subprocess.run([sys.executable, "-m", "onvm.cli", "agent", "--host", "h1",
-                          "--store", "http://127.0.0.1:1", "--lease-ttl", "-1"],
+                          "--store", "http://127.0.0.1:1", flag, value],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert out.stderr.strip() == "onvm agent: --lease-ttl must be more than 0 seconds, not -1"
+    assert out.stderr.strip() == f"onvm agent: {flag} must be more than 0 seconds, not {value}"

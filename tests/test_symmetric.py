@@ -33,11 +33,12 @@ STATEFUL = ("firewall-stateful", "ids", "nat", "lb")
 
 
 @contextlib.contextmanager
-def running(topo_path, prefix, workdir):
-    """A started Emulation of `topo_path` whose client has made its first
-    HTTP connections through chain web; stopped and removed after."""
+def running(topo_path, prefix, workdir, **kwargs):
+    """A started Emulation of `topo_path` (`kwargs` as Emulation takes
+    them) whose client has made its first HTTP connections through chain
+    web; stopped and removed after."""
     need_root_and_tools("/usr/sbin/ethtool")
-    with started_emulation(topo_path, prefix, workdir) as emulation:
+    with started_emulation(topo_path, prefix, workdir, **kwargs) as emulation:
         # the emulation's own client opens a few connections a second
         wait_for(lambda: emulation.tcp(CHAIN)["ok"] >= 3, 120,
                  "the first HTTP connections through chain web")

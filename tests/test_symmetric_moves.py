@@ -28,6 +28,9 @@ H5 = '  - {name: h5, switch: leaf2, port: 5, mac: "02:00:00:00:00:05", ip: 10.0.
 NAT = "nat: {cores: 1, mpps: 1.5,"
 NAT_SLOWER = "nat: {cores: 1, mpps: 1.2,"
 RATE = 8.0                      # connections a second during the moves
+# A moved instance drains this long (users' default: 30 s): its pinned
+# connections, opened before the new plans took effect, last milliseconds.
+DRAIN_S = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def emu(tmp_path_factory, run_prefix):
     assert NAT in text
     topo.write_text(text.replace(H4, H4 + "\n" + H5).replace(NAT, NAT_SLOWER))
     (workdir / "rules").symlink_to(os.path.join(procs.REPO, "topologies", "rules"))
-    with running(topo, run_prefix, workdir) as emulation:
+    with running(topo, run_prefix, workdir, drain_seconds=DRAIN_S) as emulation:
         yield emulation
 
 
@@ -67,7 +70,7 @@ def move_under_load(emu, nf):
     assert old[0]["config"] == inst["config"], "a draining instance keeps its config"
     new = next(i for i in plans[spare]["instances"] if i["nf"] == nf)
     assert emu.rest("GET", "/moves")["draining"], "GET /moves lists the drain"
-    wait_for(lambda: host not in dict(emu.placement()[CHAIN])[nf], 30 + 30,
+    wait_for(lambda: host not in dict(emu.placement()[CHAIN])[nf], DRAIN_S + 30,
              f"the drain of {nf}#{inst['id']} on {host} to end")
     # the moved instance carries new connections too
     wait_for(lambda: emu.tcp(CHAIN)["ok"] >= before + 5 * RATE, 60,

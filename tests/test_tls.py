@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 import requests
 
+from conftest import started_emulation
 from contracts.store import StoreError, StoreTLS, open_store, tls_from_env
 from onvm import certs
 from onvm.services import wait_for
@@ -85,20 +86,9 @@ def test_an_https_etcd_refuses_clients_without_a_certificate(creds, tmp_path):
 
 @pytest.fixture(scope="module")
 def tls_emu(tmp_path_factory, run_prefix):
-    from onvm.emulate import Emulation
-    if os.geteuid() != 0:
-        pytest.skip("the emulation needs root (namespaces, OVS, Mininet)")
-    for tool in ("/usr/bin/etcd", "/usr/sbin/ovs-vswitchd", "/usr/bin/mnexec"):
-        if not os.path.exists(tool):
-            pytest.skip(f"{tool} is not installed")
-    emulation = Emulation(MINIMAL, prefix=run_prefix + "s",
-                          workdir=str(tmp_path_factory.mktemp("tls-emu")), tls=True)
-    try:
-        emulation.start()
+    with started_emulation(MINIMAL, run_prefix + "s", workdir=tmp_path_factory.mktemp("tls-emu"),
+                           tls=True) as emulation:
         yield emulation
-    finally:
-        emulation.stop()
-        emulation.remove_files()
 
 
 def _received(emu):

@@ -31,15 +31,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
-from typing import Callable, FrozenSet, Iterable, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple
 
 from contracts.model import FIRST_SPI, Chain
+from contracts.store import CHAINS
 from contracts.wire import ETH_IPV6, MAX_CHAIN_SPI
 from contracts.plan import match_eth_type, match_problems
 from controller.autoscale import check_policy
 from contracts.validate import Errors, ValidationError, already_used, key_path
+
+log = logging.getLogger("onvm.core")
 
 MAX_BODY = 1 << 20
 MAX_NFS = 255                  # SIs 255 .. 1: one per NF
@@ -381,3 +385,21 @@ def chain_from_json(body, topo, others, where="chain", spi=None, retired=()) -> 
     check_clashes(body["name"], body["ingress"], body["match"], spi, held, report)
     errors.raise_if_any()
     return make_chain(body, spi, Scope.of(topo))
+
+
+def chains_from_store(bodies, scope, retired=False) -> Dict[str, Chain]:
+    """{name: Chain} of stored chain bodies, in SPI order (`scope`: the
+    topology's, for a body stored without "symmetric": its default): the
+    retired ones with `retired`, else the others.  Stored chains were
+    checked when written; one that is not even well-formed is logged and
+    left out (nothing could place it)."""
+    chains = {}
+    for name, body in bodies.items():
+        if is_retired(body) != retired:
+            continue
+        try:
+            chains[name] = make_chain(body, int(body["spi"]), scope)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            log.warning("stored chain %s%s is malformed (%s: %s) and ignored",
+                        CHAINS, name, type(err).__name__, err)
+    return dict(sorted(chains.items(), key=lambda kv: kv[1].spi))

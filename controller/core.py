@@ -52,13 +52,14 @@ from contracts.model import Chain
 from contracts.statsum import PUBLISH_S
 from contracts.store import CHAINS, HOSTS, JOINED, STATS, NotLeader, StoreError
 from controller import flows, joins, natslices, takeover
-from controller.chains import Scope, is_retired, make_chain
+from controller.chains import Scope, chains_from_store, is_retired
 from controller.livegraph import LiveFabric, describe
 from controller.liveness import Liveness
 from controller.adoptions import ALIAS_SECONDS, Adoptions
 from controller.autoscale import Autoscaler
 from controller.moves import DRAIN_SECONDS, Drains, MoveError, Moves
 from controller.probing import PROBE_SRC_MAC
+from controller.switchgrace import SwitchGrace
 from controller.placement import PlacementError, move_instance, place, place_what_fits
 from controller.plans import (ddos_seed_from, host_load, host_plans, ingress_groups,
                               nat_slices, new_ddos_seed)
@@ -73,24 +74,6 @@ STATS_DECIDE_SECONDS = PUBLISH_S  # else: re-weigh plans on the kept summaries, 
 SETTLE_SECONDS = 1.0
 UNREAD = object()       # store_changed without the value: read it
 DIRTY_KINDS = ((HOSTS, "hosts"), (CHAINS, "chains"), (STATS, "stats"), (JOINED, "hosts"))
-
-
-def chains_from_store(bodies, scope, retired=False) -> Dict[str, Chain]:
-    """{name: Chain} of stored chain bodies, in SPI order (`scope`: the
-    topology's, for a body stored without "symmetric": its default): the
-    retired ones with `retired`, else the others.  Stored chains were
-    checked when written; one that is not even well-formed is logged and
-    left out (nothing could place it)."""
-    chains = {}
-    for name, body in bodies.items():
-        if is_retired(body) != retired:
-            continue
-        try:
-            chains[name] = make_chain(body, int(body["spi"]), scope)
-        except (KeyError, TypeError, ValueError, IndexError) as err:
-            log.warning("stored chain %s%s is malformed (%s: %s) and ignored",
-                        CHAINS, name, type(err).__name__, err)
-    return dict(sorted(chains.items(), key=lambda kv: kv[1].spi))
 
 
 def _slices_text(slices):
@@ -163,6 +146,8 @@ class ClusterCore(ClusterView):
         self.autoscaler = Autoscaler(pps_per_mpps)   # chains' rates from measured load
         self.wanted = []                # the chains asked for, as declared
         self.fabric_cut = []            # hosts and edges no switch reaches
+        self.grace = SwitchGrace(sw.name for sw in topology.switches)
+        self.excused = {}               # cut hosts not believed lost (switchgrace): why
         self.last_stats_replan = None
         self.stats_seen = None          # {host: stats summary}, from the watch after one read
         self.leading = False
@@ -235,6 +220,9 @@ class ClusterCore(ClusterView):
             self.dirty.add("moves")     # a drain's time is up
         if self.held and self._judged_alive(self.liveness.decide(now)) != self.alive:
             self.dirty.add("hosts")     # a held host's time ran out, or it is back
+        if self.excused and self.grace.excused(self.excused, lambda h: self.topo.host(h).switch,
+                                               now).keys() != self.excused.keys():
+            self.dirty.add("hosts")     # a cut host's grace ran out (controller.switchgrace)
         if due_stats and not self.mover.pending and not self.drains.active \
                 and not self.dirty & {"hosts", "chains", "moves"}:
             self.dirty.discard("stats")     # stats re-weigh plans; only a move re-places
@@ -278,7 +266,17 @@ class ClusterCore(ClusterView):
         for note in decision.notes:
             log.warning("%s", note)
         self.held = dict(decision.held)
-        return (set(decision.alive) & self.known) - set(self.fabric_cut)
+        return (set(decision.alive) & self.known) - self._cut()
+
+    def _cut(self):
+        """Known hosts no switch reaches, but those controller.switchgrace
+        excuses (their switch only left, and lately)."""
+        cut = set(self.fabric_cut) & self.known
+        excused = self.grace.excused(cut, lambda h: self.topo.host(h).switch, self.now)
+        for name in sorted(set(excused) - set(self.excused)):
+            log.warning("host %s cut off but not believed lost: %s", name, excused[name])
+        self.excused = excused
+        return cut - set(excused)
 
     def _refresh_alive(self):
         """Who serves now, by controller.liveness's rules: a host whose key
@@ -290,7 +288,7 @@ class ClusterCore(ClusterView):
         registered = set(self.registered)
         self._adopt_joined()
         self._note_joins()
-        cut = set(self.fabric_cut) & self.known
+        cut = self._cut()
         self.liveness.keys_now(registered & self.known, self.now)
         for name in self.known:
             self.liveness.port(name, up=name not in cut, now=self.now)
@@ -660,6 +658,7 @@ class ClusterCore(ClusterView):
         log.info("switch %s (dpid %#x) connected", name, dpid)
         self.connected.add(dpid)
         self.programmed.pop(dpid, None)     # resync on every connect
+        self.grace.joined(name, self.now)
         self.fabric_changed(self.fabric.switch_joined(name))
         return True
 
@@ -669,6 +668,7 @@ class ClusterCore(ClusterView):
         self.connected.discard(dpid)
         self.programmed.pop(dpid, None)
         name = self.switch_name(dpid)
+        self.grace.left(name, self.now)
         log.warning("switch %s (dpid %#x) left: traffic through it stops until it "
                     "reconnects", name, dpid)
         self.fabric_changed(self.fabric.switch_left(name))
@@ -725,8 +725,8 @@ class ClusterCore(ClusterView):
         for name in self.fabric_cut:
             if name not in cut_before:
                 log.warning("%s unreachable: no switch reaches it now%s",
-                            self._place_name(name),
-                            "; re-placing what it ran" if name in self.known else "")
+                            self._place_name(name), "; re-placing what it ran, unless "
+                            "its switch only left (below)" if name in self.known else "")
         for name in sorted(cut_before - set(self.fabric_cut)):
             log.info("%s reachable again", self._place_name(name))
         if (cut_before ^ set(self.fabric_cut)) & self.known:

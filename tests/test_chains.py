@@ -133,7 +133,7 @@ def test_a_pool_body_becomes_a_symmetric_chain_ending_at_its_first_server():
 
 def test_stored_bodies_read_back_the_same_chain():
     from controller.chains import Scope
-    from controller.core import chains_from_store
+    from controller.chains import chains_from_store
     from controller.view import chain_to_json
     chains = [chain_from_json(POOL, SERVED, SERVED.chains), *SERVED.chains]
     stored = {c.name: chain_to_json(c) for c in chains}

@@ -179,6 +179,44 @@ def test_switches_get_their_rules_once_and_again_after_a_failure(loop, topo):
     assert list(loop.step().sync) == [leaf1]
 
 
+def test_a_switch_that_left_costs_its_hosts_nothing_for_its_grace(loop, topo, caplog):
+    """A dropped OpenFlow connection is no word from the data plane
+    (controller.switchgrace): the hosts of a switch that left keep what
+    they run for SWITCH_GRACE_S, then are re-placed; while every switch is
+    gone (the controller's own fault, likelier) nobody is, however long;
+    the switches still gone when one comes back get a fresh grace."""
+    for sw in topo.switches:
+        loop.core.switch_connected(sw.dpid)
+    loop.register(*[h.name for h in topo.hosts])
+    loop.step()
+    host = sorted(loop.first_nf_hosts("web1"))[0]
+    leaf = topo.switch(topo.host(host).switch)
+    with caplog.at_level(logging.WARNING):
+        loop.core.switch_left(leaf.dpid)
+        loop.step()
+    assert host in loop.first_nf_hosts("web1"), "kept through the grace"
+    assert f"host {host} cut off but not believed lost: its switch {leaf.name} left" in caplog.text
+    loop.step(dt=loop.core.grace.grace_s)
+    assert host not in loop.first_nf_hosts("web1"), "re-placed once the grace is over"
+    loop.core.switch_connected(leaf.dpid)
+    loop.step()
+    # every switch gone: nobody lost, however long
+    placed = loop.core.placement()["chains"]
+    for sw in topo.switches:
+        loop.core.switch_left(sw.dpid)
+    for _ in range(4):
+        loop.step(dt=loop.core.grace.grace_s)
+    assert loop.core.placement()["chains"] == placed
+    assert "every switch's connection to this controller dropped" in caplog.text
+    # one back: the others get a fresh grace, then their hosts are lost
+    everyone = set(loop.core.alive)
+    loop.core.switch_connected(leaf.dpid)
+    loop.step()
+    assert loop.core.placement()["chains"] == placed and loop.core.alive == everyone
+    loop.step(dt=loop.core.grace.grace_s)
+    assert loop.core.alive == {h.name for h in topo.hosts if h.switch == leaf.name}
+
+
 def test_chain_packets_follow_the_placement_through_the_decided_rules(loop, topo):
     for sw in topo.switches:
         loop.core.switch_connected(sw.dpid)

@@ -83,10 +83,3 @@ def test_the_first_nf_count_is_unknown_when_an_instance_went_away():
     assert chaos.nf_out_between(before, {("h5", "1"): 4470, ("h6", "1"): 5}) == 14
     assert chaos.nf_out_between(before, {("h6", "1"): 561}) is None
     assert chaos.nf_out_between(before, {("h5", "1"): 3, ("h6", "1"): 561}) is None
-
-
-def test_a_restart_of_ovs_may_lose_packets_but_evicts_no_host():
-    ok = chaos.FaultResult("ovs_restarted", sent=250, received=229, lost=21, converge_s=0.45)
-    assert ok.problems() == []
-    evicted = dataclasses.replace(ok, evictions=["h1", "h2"])
-    assert evicted.problems() == ["ovs_restarted: hosts evicted ['h1', 'h2']"]

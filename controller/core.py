@@ -146,7 +146,8 @@ class ClusterCore(ClusterView):
         self.autoscaler = Autoscaler(pps_per_mpps)   # chains' rates from measured load
         self.wanted = []                # the chains asked for, as declared
         self.fabric_cut = []            # hosts and edges no switch reaches
-        self.grace = SwitchGrace(sw.name for sw in topology.switches)
+        self.grace = SwitchGrace((sw.name for sw in topology.switches),
+                                 lambda host: self.topo.host(host).switch)
         self.excused = {}               # cut hosts not believed lost (switchgrace): why
         self.last_stats_replan = None
         self.stats_seen = None          # {host: stats summary}, from the watch after one read
@@ -220,8 +221,7 @@ class ClusterCore(ClusterView):
             self.dirty.add("moves")     # a drain's time is up
         if self.held and self._judged_alive(self.liveness.decide(now)) != self.alive:
             self.dirty.add("hosts")     # a held host's time ran out, or it is back
-        if self.excused and self.grace.excused(self.excused, lambda h: self.topo.host(h).switch,
-                                               now).keys() != self.excused.keys():
+        if self.excused and self.grace.excused(self.excused, now).keys() != self.excused.keys():
             self.dirty.add("hosts")     # a cut host's grace ran out (controller.switchgrace)
         if due_stats and not self.mover.pending and not self.drains.active \
                 and not self.dirty & {"hosts", "chains", "moves"}:
@@ -272,7 +272,7 @@ class ClusterCore(ClusterView):
         """Known hosts no switch reaches, but those controller.switchgrace
         excuses (their switch only left, and lately)."""
         cut = set(self.fabric_cut) & self.known
-        excused = self.grace.excused(cut, lambda h: self.topo.host(h).switch, self.now)
+        excused = self.grace.excused(cut, self.now)
         for name in sorted(set(excused) - set(self.excused)):
             log.warning("host %s cut off but not believed lost: %s", name, excused[name])
         self.excused = excused
@@ -473,13 +473,13 @@ class ClusterCore(ClusterView):
         liveness verdicts).  The re-placement that follows moves only what
         runs on a host that is down, or a chain that changed.  True when
         the stored plans ran a chain."""
-        placement = takeover.adopt(self.topo.with_chains(chains), stored, self.current)
+        asked = self.topo.with_chains(chains)
+        placement = takeover.adopt(asked, stored, self.current)
         self.current = placement
         self.drains.take_over(placement, self.now)
         self.adopter.pending = {k: v for k, v in takeover.adopting(stored).items()
                                 if placement is not None and k in placement.instances}
-        self.adopter.aliases = takeover.aliases(self.topo.with_chains(chains), stored,
-                                                self.now + ALIAS_SECONDS)
+        self.adopter.aliases = takeover.aliases(asked, stored, self.now + ALIAS_SECONDS)
         return placement is not None
 
     def _make_room(self, chains):

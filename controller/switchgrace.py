@@ -15,9 +15,9 @@ a fresh grace.  A port a switch reports down, and probes that fail, stay
 final (controller.liveness); routing around a switch that left does not
 wait (controller.livegraph).
 
-    grace = SwitchGrace(["leaf1", "leaf2"], grace_s=3.0)
+    grace = SwitchGrace(["leaf1", "leaf2"], switch_of, grace_s=3.0)
     grace.left("leaf1", now); grace.joined("leaf1", now)
-    grace.excused(cut, switch_of, now)  -> {host: why}: cut, not lost (yet)
+    grace.excused(cut, now)  -> {host: why}: cut, not lost (yet)
 
 Pure: no Ryu, no store, no clock.  Not here: the fabric's graph
 (controller.livegraph), liveness (controller.liveness).
@@ -28,13 +28,12 @@ SWITCH_GRACE_S = 3.0
 
 
 class SwitchGrace:
-    def __init__(self, switches: Iterable[str], grace_s: float = SWITCH_GRACE_S):
+    def __init__(self, switches: Iterable[str], switch_of: Callable[[str], Optional[str]],
+                 grace_s: float = SWITCH_GRACE_S):
         self.switches = set(switches)
+        self.switch_of = switch_of          # a place -> its switch (None: not judged)
         self.grace_s = grace_s
         self.gone_at: Dict[str, float] = {}     # switch -> when it left (still gone)
-
-    def add_switch(self, name):
-        self.switches.add(name)
 
     def all_gone(self) -> bool:
         return bool(self.switches) and self.switches <= set(self.gone_at)
@@ -50,15 +49,14 @@ class SwitchGrace:
             for name in self.gone_at:
                 self.gone_at[name] = now
 
-    def excused(self, cut: Iterable[str], switch_of: Callable[[str], Optional[str]],
-                now) -> Dict[str, str]:
+    def excused(self, cut: Iterable[str], now) -> Dict[str, str]:
         """The places of `cut` (no switch reaches them) whose own switch
         left less than grace_s ago, or while every switch is gone, with
-        why; `switch_of(place)`: its switch, None for one not judged."""
+        why."""
         everything = self.all_gone()
         out = {}
         for place in cut:
-            switch = switch_of(place)
+            switch = self.switch_of(place)
             since = self.gone_at.get(switch) if switch is not None else None
             if since is None:
                 continue

@@ -1,13 +1,13 @@
-# Tables whose entries age: an rte_hash plus, per position, a record of
-# its last use (TSC, 0: free) and of the owner's value for it, in one
-# 16-byte record, so that a looked-up position costs one cache line.  A sweep checks a bounded number of positions per
-# call, round robin, and deletes those idle longer than `idle` cycles, so
-# the loop that owns the table never stalls on a full scan.  Used by the
-# manager for the flow table and the pin table (host_agent.manager).
-# Not here: what a position's value is (the owner keeps its own arrays),
-# the NFs' tables (nflib.flowtab).
+# Tables whose entries age: an rte_hash plus, per position, one 16-byte
+# record of its last use (TSC, 0: free) and of the owner's value for it,
+# so that a looked-up position costs one cache line.  A sweep checks a
+# bounded number of positions per call, round robin, and deletes those
+# idle longer than `idle` cycles, so the loop that owns the table never
+# stalls on a full scan.  Used by the manager for the flow table and the
+# pin table (host_agent.manager).
+# Not here: what a record's value means (its owner says: a pin's label, a
+# flow's first hop), the NFs' tables (nflib.flowtab).
 from libc.stdint cimport uint32_t, int32_t, uint64_t
-from libc.stdlib cimport calloc
 from dpdk.rte_hash cimport (rte_hash, rte_hash_add_key, rte_hash_del_key, rte_hash_free,
     rte_hash_lookup, rte_hash_function)
 from nflib.eal cimport new_hash

@@ -7,12 +7,11 @@ Not here: deciding anything about the plan (host_agent.tables does, in
 plain Python), swapping tables in (host_agent.manager).
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, intptr_t
-from libc.stdlib cimport malloc, calloc, free
+from libc.stdlib cimport calloc, free
 from dpdk.rte_eal cimport rte_socket_id
 from dpdk.rte_hash cimport rte_hash_add_key_data, rte_hash_free
 from dpdk.rte_acl cimport rte_acl_free
 from dpdk.rte_ring cimport rte_ring_lookup, rte_ring_create, RING_F_SP_ENQ, RING_F_SC_DEQ
-from dpdk.rte_mbuf cimport ONVM_FLOW_ENTRIES
 from nflib.eal cimport new_hash
 from nflib.nf cimport Acl, bind_nf
 

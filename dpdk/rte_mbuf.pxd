@@ -65,6 +65,7 @@ cdef extern from "shim.h" nogil:
         uint16_t in_port
         uint16_t nf_hops
         uint16_t l4_off
+        uint32_t flow_gen
 
     onvm_meta *onvm_meta_of(rte_mbuf *m)
     uint8_t *onvm_mtod(rte_mbuf *m)

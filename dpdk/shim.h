@@ -46,6 +46,9 @@ struct onvm_meta {
     uint16_t nf_hops;      /* NFs visited on this host (loop guard) */
     uint16_t l4_off;       /* offset of the TCP/UDP/ICMP header, 0 if none
                             * (a non-first IPv4 fragment) */
+    uint32_t flow_gen;     /* the flow's incarnation at flow_id (ids are reused
+                            * as flows age out): (flow_id, flow_gen) names one
+                            * flow for the host's life; never 0 with a flow_id */
 };
 
 static inline struct onvm_meta *onvm_meta_of(struct rte_mbuf *m) {

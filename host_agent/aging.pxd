@@ -1,13 +1,15 @@
 # Tables whose entries age: an rte_hash plus, per position, one 16-byte
-# record of its last use (TSC, 0: free) and of the owner's value for it,
-# so that a looked-up position costs one cache line.  A sweep checks a
+# record of its last use (TSC, 0: free) and of the owner's value for it
+# (at the start of a larger record of the owner's: the flow table's
+# 64-byte flow line, host_agent/flowline.pxd), so that a looked-up
+# position costs one cache line.  A sweep checks a
 # bounded number of positions per call, round robin, and deletes those
 # idle longer than `idle` cycles, so the loop that owns the table never
 # stalls on a full scan.  Used by the manager for the flow table and the
 # pin table (host_agent.manager).
 # Not here: what a record's value means (its owner says: a pin's label, a
 # flow's first hop), the NFs' tables (nflib.flowtab).
-from libc.stdint cimport uint32_t, int32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from dpdk.rte_hash cimport (rte_hash, rte_hash_add_key, rte_hash_del_key, rte_hash_free,
     rte_hash_lookup, rte_hash_function)
 from nflib.eal cimport new_hash
@@ -24,11 +26,16 @@ cdef struct aged_rec_t:
 
 cdef struct aged_t:
     rte_hash *h
-    aged_rec_t *rec         # per position
+    uint8_t *recs           # per position, `stride` bytes apart (aged_rec)
+    uint32_t stride         # sizeof(aged_rec_t), or the owner's record that begins with one
     uint32_t entries
     uint32_t cursor         # the sweep's next position
     uint64_t idle           # cycles an entry may stay unused
     uint64_t live, inserts, expired, full
+
+
+cdef inline aged_rec_t *aged_rec(aged_t *a, uint32_t pos) noexcept nogil:
+    return <aged_rec_t *>(a.recs + <size_t>pos * a.stride)
 
 
 cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept nogil:
@@ -36,10 +43,11 @@ cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept 
     there is no room (a full table is only looked up, never inserted into:
     a failing cuckoo insert costs microseconds)."""
     cdef int32_t pos
+    cdef aged_rec_t *rec
     if a.live >= a.entries:
         pos = rte_hash_lookup(a.h, key)     # already there: a full table still has it
         if pos >= 0 and <uint32_t>pos < a.entries:
-            a.rec[pos].seen = now
+            aged_rec(a, pos).seen = now
             return pos
         a.full += 1
         return -1
@@ -49,12 +57,29 @@ cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept 
             rte_hash_del_key(a.h, key)
         a.full += 1
         return -1
-    if a.rec[pos].seen == 0:
+    rec = aged_rec(a, pos)
+    if rec.seen == 0:
         a.inserts += 1
         a.live += 1
-        a.rec[pos].stamp = 0
-    a.rec[pos].seen = now
+        rec.stamp = 0
+    rec.seen = now
     return pos
+
+
+cdef inline int32_t aged_find(aged_t *a, const void *key, uint64_t now) noexcept nogil:
+    """Position of `key`, marked used at `now`; -1 if none."""
+    cdef int32_t pos = rte_hash_lookup(a.h, key)
+    if pos < 0 or <uint32_t>pos >= a.entries:
+        return -1
+    aged_rec(a, pos).seen = now
+    return pos
+
+
+cdef inline void aged_set(aged_t *a, const void *key, uint32_t value, uint64_t now) noexcept nogil:
+    """Add `key` (or find it) with `value`; counted `full` if there is no room."""
+    cdef int32_t pos = aged_add(a, key, now)
+    if pos >= 0:
+        aged_rec(a, pos).value = value
 
 
 cdef inline void aged_sweep(aged_t *a, uint64_t now, unsigned step) noexcept nogil:
@@ -67,25 +92,28 @@ cdef inline void aged_sweep(aged_t *a, uint64_t now, unsigned step) noexcept nog
     for i in range(step):
         pos = a.cursor
         a.cursor = pos + 1 if pos + 1 < a.entries else 0
-        seen = a.rec[pos].seen
+        seen = aged_rec(a, pos).seen
         if seen == 0 or now - seen <= a.idle or seen > now:
             continue
         if rte_hash_get_key_with_position(a.h, pos, &key) == 0:
             rte_hash_del_key(a.h, key)
-        a.rec[pos].seen = 0
+        aged_rec(a, pos).seen = 0
         a.live -= 1
         a.expired += 1
 
 
 cdef inline int aged_init(aged_t *a, str what, entries, uint32_t key_len,
-                          rte_hash_function hash_func=NULL) except -1:
-    """An empty aging table of `entries` (host_agent.aging)."""
+                          rte_hash_function hash_func=NULL,
+                          uint32_t stride=sizeof(aged_rec_t)) except -1:
+    """An empty aging table of `entries`, each position's record `stride`
+    bytes (an aged_rec_t first, zeroed)."""
     if not 8 <= entries < (1 << 31):
         raise ValueError(f"{what}: entries must be 8 .. 2**31 - 1, not {entries}")
     a.h = new_hash(what, entries, key_len, hash_func)
     a.entries = entries
-    a.rec = <aged_rec_t *>huge_zeroed(entries * sizeof(aged_rec_t))
-    if a.rec == NULL:
+    a.stride = stride
+    a.recs = <uint8_t *>huge_zeroed(<size_t>entries * stride)
+    if a.recs == NULL:
         raise MemoryError(f"{what}: {entries} entries")
     return 0
 
@@ -98,8 +126,8 @@ cdef inline void aged_free(aged_t *a) noexcept:
 
 
 cdef inline void aged_free_records(aged_t *a) noexcept:
-    free_huge_zeroed(a.rec, a.entries * sizeof(aged_rec_t))
-    a.rec = NULL
+    free_huge_zeroed(a.recs, <size_t>a.entries * a.stride)
+    a.recs = NULL
 
 
 cdef inline dict aged_report(aged_t *a):

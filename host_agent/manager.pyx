@@ -30,20 +30,23 @@ cdef extern from "unistd.h" nogil:
     int usleep(unsigned usec)
 
 from dpdk.rte_eal cimport rte_get_tsc_hz, rte_get_tsc_cycles
-from dpdk.rte_mbuf cimport (rte_mbuf, rte_pktmbuf_free, rte_pktmbuf_free_bulk,
-    rte_pktmbuf_prepend)
+from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_free, rte_pktmbuf_free_bulk
 from dpdk.rte_ring cimport rte_ring_enqueue_burst, rte_ring_dequeue_burst, rte_ring_count
 from dpdk.rte_ethdev cimport *
-from dpdk.rte_hash cimport (rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data, rte_hash_lookup,
+from dpdk.rte_hash cimport (rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data,
     rte_hash_lookup_with_hash_bulk)
 from nflib.eal cimport packet_pool
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
-    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, wr32, rte_prefetch0, prefetch_burst)
+    ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, rte_prefetch0, prefetch_burst,
+    nf_flows_t, nf_flows_of, FLOW_LINE, FLOW_LINE_NF_BYTES)
 from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_t,
     server_mac_of, hop_key, load_tables, free_tables, SLOTS, MAX_INSTANCES, HOP_LOCAL,
     HOP_REMOTE, MODE_PROCESS, FLAG_PINNED, FLAG_KEPT, find_peer)
 from host_agent.parser cimport *
-from host_agent.aging cimport aged_t, aged_add, aged_sweep, aged_init, aged_free, aged_free_records, aged_report
+from host_agent.aging cimport (aged_t, aged_rec_t, aged_rec, aged_add, aged_find, aged_set,
+    aged_sweep, aged_init, aged_free, aged_free_records, aged_report)
+from host_agent.flowline cimport (flow_line_t, line_room_t, line_new_flow, lines_place,
+    lines_release)
 from host_agent.pinkey cimport pin_key_t, pin_key_of, flow_key_hash
 from host_agent.benchflows cimport bench_t, bench_step, bench_set_table
 from host_agent.probeanswer cimport probes_split, probe_constants
@@ -75,30 +78,22 @@ DEF MAX_PORTS = 16
 DEF MAX_NF_HOPS = 64       # NFs one packet may visit on this host
 DEF SI_FIRST = 255         # contracts.wire.SI_FIRST: where a chain (and a reply path) starts
 
-# The parser's EtherTypes are the wire format's (contracts.wire).
-for _name, _value in (("ETH_MPLS", ETH_MPLS), ("ETH_MPLS_MC", ETH_MPLS_MC), ("ETH_IPV4",
-                       ETH_IPV4), ("ETH_IPV6", ETH_IPV6), ("SI_FIRST", SI_FIRST)):
-    if getattr(wire, _name) != _value:
-        raise ImportError(f"contracts.wire.{_name} is {getattr(wire, _name):#x}, "
-                          f"the parser's is {_value:#x}: rebuild")
-
-# Liveness probes (contracts.wire): answered in the loop (host_agent.probeanswer).
+# The parser's constants and drop reasons are the wire format's, and so
+# are the liveness probes' (answered in the loop: host_agent.probeanswer).
+check_wire(wire, SI_FIRST)
 if (wire.ETH_PROBE, wire.PROBE_REQUEST, wire.PROBE_ANSWER, wire.PROBE_KIND_OFFSET) \
         != probe_constants():
     raise ImportError("contracts.wire's probe constants differ from the loop's: rebuild")
-
-# Why a packet was dropped: every drop is counted under one of
-# contracts.wire.DROP_REASONS, in the order of the parser's R_* codes.
 DROP_REASONS = wire.DROP_REASONS
-if len(DROP_REASONS) != N_REASONS:
-    raise ImportError(f"contracts.wire.DROP_REASONS has {len(DROP_REASONS)} reasons, "
-                      f"the loop counts {N_REASONS}: rebuild")
 
 
 cdef struct port_stats_t:
     uint64_t rx
     uint64_t tx
     uint64_t tx_full
+
+
+assert sizeof(flow_line_t) == FLOW_LINE
 
 
 @cython.final
@@ -111,7 +106,8 @@ cdef class Manager:
     cdef uint64_t stop_flag
     cdef uint64_t hold_flag                 # hold(): stand still between iterations
     cdef uint64_t held                      # 1 while the loop stands still for hold()
-    cdef aged_t flows                       # pin_key_t (SPI, SI 0) -> flow id
+    cdef aged_t flows                       # pin_key_t (SPI, SI 0) -> flow id, its flow line
+    cdef line_room_t line_room              # the NFs' room on the flow lines (host_agent.flowline)
     cdef uint64_t flow_fin_cycles
     cdef public double flow_idle_seconds    # flows idle this long are swept
     cdef public double flow_fin_seconds     # ... after a TCP FIN or RST
@@ -149,7 +145,8 @@ cdef class Manager:
         self._lock = threading.Lock()
         self.flow_idle_seconds = FLOW_IDLE_SECONDS
         self.flow_fin_seconds = FLOW_FIN_SECONDS
-        aged_init(&self.flows, "flows", flow_entries, sizeof(pin_key_t), flow_key_hash)
+        aged_init(&self.flows, "flows", flow_entries, sizeof(pin_key_t), flow_key_hash,
+                  sizeof(flow_line_t))
         self.pin_idle_seconds = PIN_IDLE_SECONDS
         self.answer_probes = True
         aged_init(&self.pins, "pins", pin_entries, sizeof(pin_key_t))
@@ -160,6 +157,7 @@ cdef class Manager:
 
     def __dealloc__(self):
         bench_set_table(&self.bench, None)
+        lines_release(&self.line_room, self._instances or {})
         aged_free_records(&self.pins)
         aged_free_records(&self.flows)
 
@@ -189,6 +187,7 @@ cdef class Manager:
         handoff_close(&self.handoff)     # frees what waits in it
         # NF objects own DPDK memory (ACL contexts, hashes): free them now,
         # while the EAL is still up, not whenever Python collects them.
+        lines_release(&self.line_room, self._instances)
         for iid, entry in self._instances.items():
             free(<void *><intptr_t>entry[3])
         self._instances = {}
@@ -205,9 +204,15 @@ cdef class Manager:
         compiled = compile_plan(plan)
         with self._lock:
             new_instances, reloads = self._instances_for(plan, nf_factory)
-            t = load_tables(compiled, {iid: (entry[2], entry[3])
-                                       for iid, entry in new_instances.items()},
-                            self.host)
+            kept = {id(entry[2]) for entry in self._instances.values()}
+            made = {iid: e for iid, e in new_instances.items() if id(e[2]) not in kept}
+            self._place_on_lines(made)
+            try:
+                t = load_tables(compiled, {iid: (e[2], e[3]) for iid, e in new_instances.items()},
+                                self.host)
+            except BaseException:
+                lines_release(&self.line_room, made)
+                raise
             for iid, nf, prepared in reloads:
                 nf.adopt(prepared)
                 log.info("%s: instance %d reloaded in place: %s", self.host, iid, prepared.summary())
@@ -216,6 +221,9 @@ cdef class Manager:
             self._wait_quiescent()
             if old != NULL:
                 free_tables(<tables_t *>old)
+            running = {id(entry[2]) for entry in new_instances.values()}
+            lines_release(&self.line_room, {iid: e for iid, e in self._instances.items()
+                                 if id(e[2]) not in running})
             for iid in set(self._instances) - set(new_instances):
                 log.info("%s: instance %d (%s) removed", self.host, iid,
                          self._instances[iid][0])
@@ -223,6 +231,19 @@ cdef class Manager:
             self._instances = new_instances
             log.info("%s: plan generation %d applied: %d instances, %d hops",
                      self.host, plan["generation"], len(new_instances), len(plan["hops"]))
+
+    def _place_on_lines(self, dict entries):
+        """Put the per-flow records of these new instances' NFs on the flow
+        lines where there is room (host_agent.flowline), and say where."""
+        for iid, size, off in lines_place(<flow_line_t *>self.flows.recs, self.flows.entries,
+                                          &self.line_room, entries):
+            log.info("%s: instance %d keeps its %d bytes a flow %s", self.host, iid, size,
+                     f"on the host's flow line (bytes {off}..{off + size - 1} of the NFs' "
+                     f"{FLOW_LINE_NF_BYTES})" if off >= 0 else
+                     "in its own array: the host's flow line has no room left")
+
+    cdef inline flow_line_t *_line(self, int32_t pos) noexcept nogil:
+        return <flow_line_t *>aged_rec(&self.flows, <uint32_t>pos)
 
     def _instances_for(self, plan, nf_factory):
         out, reloads = {}, []
@@ -446,7 +467,7 @@ cdef class Manager:
             # Each flow's last-use time and cached first hop: with a million
             # flows, cache misses that overlap when asked for together.
             if pos[i] >= 0 and <uint32_t>pos[i] < self.flows.entries:
-                rte_prefetch0(&self.flows.rec[pos[i]])
+                rte_prefetch0(self._line(pos[i]))
         for i in range(nok):
             meta = onvm_meta_of(ok[i])
             self._flow_id(t, ok[i], meta, &fkeys[i], pos[i])
@@ -471,7 +492,7 @@ cdef class Manager:
                         ok[i] = NULL
                         continue
                 if hop < 0:
-                    hop = classify(t, meta, &self.flows.rec[meta.flow_id]
+                    hop = classify(t, meta, &self._line(meta.flow_id).rec
                                    if meta.flow_id >= 0 else NULL)
                 if hop < 0:
                     self.drops[R_NO_CHAIN] += 1
@@ -610,6 +631,7 @@ cdef class Manager:
         cdef hop_t *h
         cdef peer_t *peer
         cdef peer_t *pinned
+        cdef aged_rec_t *rec
         for i in range(n):
             meta = onvm_meta_of(pkts[i])
             h = &t.hops[meta.hop]
@@ -625,16 +647,17 @@ cdef class Manager:
             if not keyed[i]:
                 pass
             elif pos[i] < 0 or <uint32_t>pos[i] >= self.pins.entries:
-                self._pin_set(&keys[i], peer.label)
+                aged_set(&self.pins, &keys[i], peer.label, self.now)
             else:
-                self.pins.rec[pos[i]].seen = self.now
-                if self.pins.rec[pos[i]].value != peer.label:
-                    pinned = find_peer(t, h.peer_off, h.npeers, self.pins.rec[pos[i]].value)
+                rec = aged_rec(&self.pins, pos[i])
+                rec.seen = self.now
+                if rec.value != peer.label:
+                    pinned = find_peer(t, h.peer_off, h.npeers, rec.value)
                     if pinned != NULL:
                         peer = pinned
-                        self.pins.rec[pos[i]].value = peer.label      # an heir's: pin it there
+                        rec.value = peer.label      # an heir's: pin it there
                     else:
-                        self.pins.rec[pos[i]].value = peer.label     # its host left: re-pick
+                        rec.value = peer.label     # its host left: re-pick
             self._push_labels(t, pkts[i], meta, peer)
 
     cdef bint _pinned(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, hop_t *h) noexcept nogil:
@@ -645,11 +668,11 @@ cdef class Manager:
         cdef int32_t pos = -1
         cdef peer_t *peer
         if pin_key_of(m, meta, h.spi, h.si, False, &k):
-            pos = self._pin_find(&k)
+            pos = aged_find(&self.pins, &k, self.now)
         if pos >= 0:
-            peer = find_peer(t, h.pinned_off, h.npinned, self.pins.rec[pos].value)
+            peer = find_peer(t, h.pinned_off, h.npinned, aged_rec(&self.pins, pos).value)
             if peer != NULL:
-                self.pins.rec[pos].value = peer.label     # an heir's: pin it there
+                aged_rec(&self.pins, pos).value = peer.label     # an heir's: pin it there
                 self._push_labels(t, m, meta, peer)
             else:
                 self.drops[R_PIN_LOST] += 1
@@ -670,13 +693,13 @@ cdef class Manager:
         cdef int32_t pos = -1
         cdef peer_t *peer
         if pin_key_of(m, meta, h.spi, h.si, False, &k):
-            pos = self._pin_find(&k)
+            pos = aged_find(&self.pins, &k, self.now)
         if pos < 0:
             return False
-        peer = find_peer(t, h.peer_off, h.npeers, self.pins.rec[pos].value)
+        peer = find_peer(t, h.peer_off, h.npeers, aged_rec(&self.pins, pos).value)
         if peer == NULL:
             return False
-        self.pins.rec[pos].value = peer.label
+        aged_rec(&self.pins, pos).value = peer.label
         self._push_labels(t, m, meta, peer)
         return True
 
@@ -691,7 +714,7 @@ cdef class Manager:
             peer = &t.peers[rh.pinned_off + j]
             if memcmp(peer.mac, src, 6) == 0:
                 if pin_key_of(m, meta, rh.spi, rh.si, True, &k):
-                    self._pin_set(&k, peer.label)
+                    aged_set(&self.pins, &k, peer.label, self.now)
                 return
 
     cdef int32_t _reply_hop(self, tables_t *t, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
@@ -704,27 +727,13 @@ cdef class Manager:
         cdef void *hopv
         if not pin_key_of(m, meta, 0, 0, False, &k):
             return -1
-        pos = self._pin_find(&k)
+        pos = aged_find(&self.pins, &k, self.now)
         if pos < 0:
             return -1
-        key = hop_key(self.pins.rec[pos].value, SI_FIRST)
+        key = hop_key(aged_rec(&self.pins, pos).value, SI_FIRST)
         if rte_hash_lookup_data(t.hop_index, &key, &hopv) < 0:
             return -2
         return <int32_t><intptr_t>hopv
-
-    cdef int32_t _pin_find(self, pin_key_t *k) noexcept nogil:
-        """Position of the pin, marked used now; -1 if none."""
-        cdef int32_t pos = rte_hash_lookup(self.pins.h, k)
-        if pos < 0 or <uint32_t>pos >= self.pins.entries:
-            return -1
-        self.pins.rec[pos].seen = self.now
-        return pos
-
-    cdef void _pin_set(self, pin_key_t *k, uint32_t value) noexcept nogil:
-        """Pin (or re-pin) `k` to `value`; counted `full` if there is no room."""
-        cdef int32_t pos = aged_add(&self.pins, k, self.now)
-        if pos >= 0:
-            self.pins.rec[pos].value = value
 
     cdef void _flow_id(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, pin_key_t *k,
                        int32_t pos) noexcept nogil:
@@ -734,18 +743,22 @@ cdef class Manager:
         hop forgotten), marked used (FIN/RST: flow_fin_seconds left); -1
         (counted `full`: classified per packet) if there is no room."""
         cdef uint8_t *l4
+        cdef uint64_t inserts = self.flows.inserts
         if pos < 0 or <uint32_t>pos >= self.flows.entries:
             pos = aged_add(&self.flows, k, self.now)   # a new position: no first hop
+            if pos >= 0 and self.flows.inserts != inserts:
+                line_new_flow(self._line(pos))
         else:
-            self.flows.rec[pos].seen = self.now
+            self._line(pos).rec.seen = self.now
         meta.flow_id = pos if pos < ONVM_FLOW_ENTRIES else -1
         if meta.flow_id < 0:
             return
+        meta.flow_gen = self._line(pos).gen
         if meta.key.proto == 6 and meta.l4_off and m.data_len >= meta.l4_off + 14:
             l4 = onvm_mtod(m) + meta.l4_off
             if l4[13] & 0x05 and self.flows.idle > self.flow_fin_cycles:
                 # FIN or RST: the sweep finds it idle flow_fin_seconds from now
-                self.flows.rec[pos].seen = (self.now - (self.flows.idle - self.flow_fin_cycles)) | 1
+                self._line(pos).rec.seen = (self.now - (self.flows.idle - self.flow_fin_cycles)) | 1
 
     cdef void _push_labels(self, tables_t *t, rte_mbuf *m, onvm_meta *meta, peer_t *peer) noexcept nogil:
         """Push the labels (parser.pxd push_labels) and send to `peer`."""
@@ -769,7 +782,7 @@ cdef class Manager:
                 rte_pktmbuf_free(m)
                 return
         if h.reply and pin_key_of(m, meta, 0, 0, True, &k):
-            self._pin_set(&k, h.reply)
+            aged_set(&self.pins, &k, h.reply, self.now)
         memcpy(d, dst_mac, 6)
         memcpy(d + 6, t.mac, 6)
         self._queue_tx(m, h.port)
@@ -826,6 +839,7 @@ cdef class Manager:
         cdef tables_t *t = <tables_t *>self.cur
         cdef inst_stats_t *st
         cdef rte_eth_stats es
+        cdef nf_flows_t *f
         ports = {}
         for i in range(self.nports):
             rte_eth_stats_get(self.ports[i], &es)
@@ -843,6 +857,9 @@ cdef class Manager:
                 entry["queue"] = rte_ring_count(t.instances[t.slot_of_id[iid]].to_nf)
             if obj is not None and hasattr(obj, "counters"):
                 entry["counters"] = obj.counters()
+            f = nf_flows_of(obj)
+            if f != NULL:
+                entry["flow_records"] = {"bytes": f.size, "on_flow_line": f.line_off >= 0}
             instances[iid] = entry
         return {
             "generation": self.generation,

@@ -29,6 +29,21 @@ cdef enum:
     IPV6_EXT_MAX = 8        # extension headers walked before a packet is refused
 
 
+cdef inline int check_wire(object wire, int si_first) except -1:
+    """ImportError unless the parser's EtherTypes, its first SI and its
+    drop reasons (contracts.wire.DROP_REASONS, in the order of the R_*
+    codes: every drop is counted under one) are the wire format's."""
+    for name, value in (("ETH_MPLS", ETH_MPLS), ("ETH_MPLS_MC", ETH_MPLS_MC),
+                        ("ETH_IPV4", ETH_IPV4), ("ETH_IPV6", ETH_IPV6), ("SI_FIRST", si_first)):
+        if getattr(wire, name) != value:
+            raise ImportError(f"contracts.wire.{name} is {getattr(wire, name):#x}, "
+                              f"the parser's is {value:#x}: rebuild")
+    if len(wire.DROP_REASONS) != N_REASONS:
+        raise ImportError(f"contracts.wire.DROP_REASONS has {len(wire.DROP_REASONS)} "
+                          f"reasons, the loop counts {N_REASONS}: rebuild")
+    return 0
+
+
 cdef inline int parse_packet(rte_mbuf *m, tables_t *t, uint16_t port) noexcept nogil:
     """Fill the packet's metadata; returns a drop reason, or -1 if it goes on."""
     cdef uint8_t *d = onvm_mtod(m)

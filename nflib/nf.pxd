@@ -35,11 +35,36 @@ ctypedef void (*nf_batch_fn)(void *ctx, rte_mbuf **pkts, unsigned n) noexcept no
 ctypedef uint8_t (*nf_packet_fn)(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil
 
 
+# ------------------------------------------------------ per-flow records
+
+cdef enum:
+    FLOW_LINE = 64              # bytes of the host's line a flow (host_agent/flowline.pxd)
+    FLOW_LINE_NF_BYTES = 40     # of which the NFs' records may take
+
+
+cdef struct nf_flows_t:
+    # An NF's records, one a flow id (meta.flow_id), each beginning with
+    # the uint32_t flow_gen it holds state for: ids are reused as flows
+    # age out, and a record whose gen is not the packet's meta.flow_gen is
+    # an older flow's (flow_rec_claim).  On an array of the NF's own
+    # (stride = size) or, for an NF the manager runs inline where the
+    # host's flow line has room, on that line (stride FLOW_LINE): then the
+    # host's flow entry and the chain's records are one cache line, where
+    # with a million flows each would be a miss of its own.
+    uint8_t *base               # record of flow id i: base + i * stride
+    uint32_t stride
+    uint32_t size               # bytes a record (a multiple of 8)
+    uint32_t count              # records there are (flow ids below it)
+    int32_t line_off            # where on the line (-1: on `own`)
+    uint8_t *own                # the NF's own array (ONVM_FLOW_ENTRIES records)
+
+
 cdef struct nf_handlers_t:
     nf_batch_fn batch       # either this,
     nf_packet_fn packet     # or this, which the library calls per packet,
     nf_batch_fn before      # after this (optional) once per batch
     void *ctx               # the first argument of each
+    nf_flows_t *flows       # its per-flow records (nf_flows_init), or NULL
 
 
 cdef class NativeNF:
@@ -53,6 +78,13 @@ cdef class NativeNF:
 
 
 cdef int bind_nf(object nf, nf_batch_fn *fn, void **ctx) except -1
+
+
+cdef inline nf_flows_t *nf_flows_of(object nf):
+    """The per-flow records of an NF object (nf_flows_t), NULL if none."""
+    if isinstance(nf, NativeNF):
+        return (<NativeNF>nf).handlers.flows
+    return NULL
 
 
 cdef inline void each_packet(nf_packet_fn packet, void *ctx, rte_mbuf **pkts,
@@ -125,31 +157,53 @@ cdef inline void prefetch_burst(rte_mbuf **pkts, unsigned n) noexcept nogil:
         rte_prefetch0(onvm_mtod(pkts[i]))
 
 
-cdef inline void *flow_records(size_t size) noexcept nogil:
-    """Zeroed per-flow records, one of `size` bytes per flow id
-    (ONVM_FLOW_ENTRIES), page-aligned so that records of 32 or 64 bytes
-    never straddle two cache lines, zeroed by the kernel as pages are
-    first touched (address space, not memory, until flows come); NULL if
-    there is none.  Give back with free_flow_records."""
-    return huge_zeroed(ONVM_FLOW_ENTRIES * size)
+cdef inline int nf_flows_init(nf_flows_t *f, uint32_t size) except -1:
+    """Per-flow records of `size` bytes (a multiple of 8, the first 4 the
+    flow_gen), zeroed, on an array of the NF's own until the manager puts
+    them on its flow line (host_agent/flowline.pxd).  Point
+    `handlers.flows` at `f`; give back with nf_flows_free."""
+    f.own = <uint8_t *>huge_zeroed(<size_t>ONVM_FLOW_ENTRIES * size)
+    if f.own == NULL:
+        raise MemoryError(f"per-flow records: {ONVM_FLOW_ENTRIES} of {size} bytes")
+    f.base, f.stride, f.size, f.count, f.line_off = f.own, size, size, ONVM_FLOW_ENTRIES, -1
+    return 0
 
 
-cdef inline void free_flow_records(void *p, size_t size) noexcept nogil:
-    free_huge_zeroed(p, ONVM_FLOW_ENTRIES * size)
+cdef inline void nf_flows_free(nf_flows_t *f) noexcept nogil:
+    free_huge_zeroed(f.own, <size_t>ONVM_FLOW_ENTRIES * f.size)
+    f.own = f.base = NULL
+    f.count = 0
 
 
-cdef inline void prefetch_flows(const uint8_t *base, size_t stride, rte_mbuf **pkts,
-                                unsigned n) noexcept nogil:
-    """Ask the CPU for each packet's per-flow record (`base` + flow id x
-    `stride`) before an NF's loop touches them: with a million flows each
-    record is a cache miss, and misses asked for together overlap instead
-    of stalling the loop one by one.  Packets without a flow id skip."""
+cdef inline void *flow_rec(const nf_flows_t *f, int32_t fid) noexcept nogil:
+    """Flow id `fid`'s record, NULL if it has none (-1: the host's flow
+    table had no room for the flow)."""
+    if fid < 0 or <uint32_t>fid >= f.count:
+        return NULL
+    return f.base + <size_t>fid * f.stride
+
+
+cdef inline bint flow_rec_claim(void *rec, const onvm_meta *meta) noexcept nogil:
+    """True if `rec` held another flow's state (or none): it is now this
+    packet's flow's (its gen set), and the NF starts the flow anew in it."""
+    cdef uint32_t *gen = <uint32_t *>rec
+    if gen[0] == meta.flow_gen:
+        return False
+    gen[0] = meta.flow_gen
+    return True
+
+
+cdef inline void prefetch_flows(const nf_flows_t *f, rte_mbuf **pkts, unsigned n) noexcept nogil:
+    """Ask the CPU for each packet's record before an NF's loop touches
+    them: with a million flows each is a cache miss (unless it is on the
+    host's flow line, which the manager fetched), and misses asked for
+    together overlap instead of stalling the loop one by one."""
     cdef unsigned i
     cdef int32_t fid
     for i in range(n):
         fid = onvm_meta_of(pkts[i]).flow_id
-        if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
-            rte_prefetch0(base + <size_t>fid * stride)
+        if fid >= 0 and <uint32_t>fid < f.count:
+            rte_prefetch0(f.base + <size_t>fid * f.stride)
 
 
 cdef class Acl:

@@ -2,13 +2,12 @@
 """Built-in NFs that need no rules: `forward` (passes every packet on) and
 `monitor` (per-flow packet and byte counters, by the host's flow id; an id
 the host's flow table gives to a new flow after the old one aged out
-starts from zero: the monitor keeps the 5-tuple it counted for each id),
+starts from zero: each id's counters hold the flow_gen they are for),
 written in Cython against nflib/nf.pxd: each gives a per-packet handler, run over the batch by the
 library's loop (nflib.nf.each_packet, inlined here) without the GIL."""
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
-from libc.string cimport memcmp, memcpy
-from nflib.nf cimport (each_packet, prefetch_flows, flow_records, free_flow_records, rte_mbuf, onvm_meta, onvm_flow_key, ONVM_ACTION_NEXT,
-    ONVM_FLOW_ENTRIES, NativeNF)
+from nflib.nf cimport (each_packet, prefetch_flows, nf_flows_t, nf_flows_init, nf_flows_free,
+    flow_rec, flow_rec_claim, rte_mbuf, onvm_meta, ONVM_ACTION_NEXT, NativeNF)
 
 
 
@@ -31,9 +30,11 @@ cdef class Forward(NativeNF):
 
 
 cdef struct flow_rec_t:
-    # One flow id's counters and the flow they are for (ids are reused),
-    # in one 32-byte record: one cache line to fetch per packet, not three.
-    onvm_flow_key key
+    # One flow id's counters and the flow they are for (nflib/nf.pxd
+    # nf_flows_t: ids are reused), 24 bytes: on the host's flow line
+    # where it has room, so counting costs no cache line of its own.
+    uint32_t gen
+    uint32_t pad
     uint64_t packets
     uint64_t bytes
 
@@ -42,33 +43,30 @@ cdef struct monitor_t:
     uint64_t packets
     uint64_t bytes
     uint64_t untracked
-    flow_rec_t *flows          # per flow id
+    nf_flows_t flows           # per flow id: flow_rec_t
     uint64_t reused            # ids that came back as another flow
 
 
 cdef uint8_t monitor_packet(void *ctx, rte_mbuf *m, onvm_meta *meta) noexcept nogil:
     cdef monitor_t *mon = <monitor_t *>ctx
-    cdef int32_t fid = meta.flow_id
-    cdef flow_rec_t *r
+    cdef flow_rec_t *r = <flow_rec_t *>flow_rec(&mon.flows, meta.flow_id)
     mon.packets += 1
     mon.bytes += m.pkt_len
-    if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
-        r = &mon.flows[fid]
-        if memcmp(&r.key, &meta.key, sizeof(onvm_flow_key)) != 0:
-            if r.packets:
-                mon.reused += 1
-            r.packets = 0
-            r.bytes = 0
-            memcpy(&r.key, &meta.key, sizeof(onvm_flow_key))
-        r.packets += 1
-        r.bytes += m.pkt_len
-    else:
+    if r == NULL:
         mon.untracked += 1
+        return ONVM_ACTION_NEXT
+    if flow_rec_claim(r, meta):
+        if r.packets:
+            mon.reused += 1
+        r.packets = 0
+        r.bytes = 0
+    r.packets += 1
+    r.bytes += m.pkt_len
     return ONVM_ACTION_NEXT
 
 
 cdef void monitor_batch(void *ctx, rte_mbuf **pkts, unsigned n) noexcept nogil:
-    prefetch_flows(<const uint8_t *>(<monitor_t *>ctx).flows, sizeof(flow_rec_t), pkts, n)
+    prefetch_flows(&(<monitor_t *>ctx).flows, pkts, n)
     each_packet(monitor_packet, ctx, pkts, n)
 
 
@@ -77,25 +75,27 @@ cdef class Monitor(NativeNF):
     cdef monitor_t mon
 
     def __cinit__(self, config=None):
-        self.mon.flows = <flow_rec_t *>flow_records(sizeof(flow_rec_t))
-        if self.mon.flows == NULL:
-            raise MemoryError()
+        nf_flows_init(&self.mon.flows, sizeof(flow_rec_t))
         self.handlers.batch = monitor_batch
         self.handlers.ctx = <void *>&self.mon
+        self.handlers.flows = &self.mon.flows
 
     def __dealloc__(self):
-        free_flow_records(self.mon.flows, sizeof(flow_rec_t))
+        nf_flows_free(&self.mon.flows)
 
     def counters(self):
         cdef uint32_t i, flows = 0
-        with nogil:                 # a C loop: ONVM_FLOW_ENTRIES is a million
-            for i in range(ONVM_FLOW_ENTRIES):
-                if self.mon.flows[i].packets:
+        with nogil:                 # a C loop: a million flow ids
+            for i in range(self.mon.flows.count):
+                if (<flow_rec_t *>flow_rec(&self.mon.flows, i)).packets:
                     flows += 1
         return {"packets": self.mon.packets, "bytes": self.mon.bytes,
                 "flows": flows, "untracked": self.mon.untracked,
                 "flow_ids_reused": self.mon.reused}
 
     def flow(self, int32_t flow_id):
-        """(packets, bytes) of one flow."""
-        return self.mon.flows[flow_id].packets, self.mon.flows[flow_id].bytes
+        """(packets, bytes) of one flow id's flow (its latest)."""
+        cdef flow_rec_t *r = <flow_rec_t *>flow_rec(&self.mon.flows, flow_id)
+        if r == NULL:
+            raise IndexError(f"flow id {flow_id}: monitor has ids 0 .. {self.mon.flows.count - 1}")
+        return r.packets, r.bytes

@@ -1,6 +1,6 @@
 # The firewall's rule table, shared by `firewall` and `firewall-stateful`.
 from libc.stdint cimport uint8_t, int16_t, uint16_t, uint32_t, uint64_t
-from nflib.nf cimport rte_acl_ctx, rte_mbuf, onvm_meta, onvm_flow_key, NativeNF, Acl
+from nflib.nf cimport rte_acl_ctx, rte_mbuf, onvm_meta, onvm_flow_key, nf_flows_t, NativeNF, Acl
 
 
 cdef struct rule6_t:        # a rule for IPv6 packets, matched in file order
@@ -13,11 +13,9 @@ cdef struct rule6_t:        # a rule for IPv6 packets, matched in file order
     uint32_t rule           # its rule + 1
 
 
-cdef struct fw_flow_t:       # per flow id, one 32-byte record (one cache line to fetch)
-    onvm_flow_key of        # the flow the answer is for (ids are reused)
+cdef struct fw_flow_t:       # per flow id (nflib/nf.pxd nf_flows_t): 8 bytes
+    uint32_t gen            # the flow the answer is for (ids are reused)
     uint32_t rule           # the answer (rule + 1, 0 none), cached
-    uint8_t known           # 1 once `rule` holds the answer
-    uint8_t pad[11]
 
 
 cdef struct ruleset_t:
@@ -27,9 +25,7 @@ cdef struct ruleset_t:
     uint32_t nrules6
     uint8_t *allow          # per rule
     uint64_t *hits          # per rule
-    fw_flow_t *flows        # per flow id: the cached answer
-    uint8_t *flow_addr6     # per flow id: an IPv6 flow's addresses (src, dst: 32 bytes),
-                            # compared too: its key holds only their digests
+    nf_flows_t flows        # per flow id: the cached answer (fw_flow_t)
     uint8_t default_allow
     uint64_t default_hits
     uint64_t ipv6           # IPv6 packets judged

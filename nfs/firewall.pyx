@@ -4,16 +4,17 @@
 
 IPv4 rules go to rte_acl; rules with IPv6 prefixes (and rules with no
 address, which are for both) are matched in file order for IPv6 packets,
-once a flow: the answer is cached per flow id with the flow's full
-addresses, since an IPv6 flow key holds only their digests.
+once a flow: the answer is cached per flow (flow id and flow_gen: the
+host's flow table keys whole addresses, where an IPv6 flow key holds only
+their digests).
 `RuleSet` (the rules as an rte_acl context plus their actions and hit
 counters) is shared with `firewall-stateful` (nfs/stateful.pyx)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcmp, memcpy, memset
-from nflib.nf cimport (each_packet, prefetch_flows, flow_records, free_flow_records, rte_mbuf, onvm_meta, onvm_meta_of, onvm_mtod, rd16,
-    ONVM_ACTION_NEXT, ONVM_ACTION_DROP, ONVM_FLOW_ENTRIES, rte_acl_classify,
-    onvm_flow_key)
+from libc.string cimport memcpy, memset
+from nflib.nf cimport (each_packet, prefetch_flows, nf_flows_init, nf_flows_free, flow_rec,
+    rte_mbuf, onvm_meta, onvm_meta_of, onvm_mtod, rd16, ONVM_ACTION_NEXT, ONVM_ACTION_DROP,
+    rte_acl_classify, onvm_flow_key)
 import ipaddress
 from nfs.pkttuple cimport packet_key
 
@@ -28,7 +29,7 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
     The rules are a pure function of the 5-tuple, so rte_acl's answer is
     kept per flow id with the flow it was given for: the host's flow table
     ages its entries and gives a freed id to a new flow, which must never
-    inherit the old flow's answer (`flow_cached` compares the flow).  Only a
+    inherit the old flow's answer (`flow_cached` compares the flow_gen).  Only a
     flow's first packet is classified.  Runs once per batch,
     before ruleset_allow runs per packet.  The rules see the 5-tuple the
     packet's bytes carry now (nfs.pkttuple), not the one parsed on arrival:
@@ -39,16 +40,14 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
     cdef uint32_t res[BURST_MAX]
     cdef unsigned idx[BURST_MAX]
     cdef unsigned i, nmiss = 0
-    cdef int32_t fid
     cdef onvm_meta *meta
-    prefetch_flows(<const uint8_t *>rs.flows, sizeof(fw_flow_t), pkts, n)
+    prefetch_flows(&rs.flows, pkts, n)
     for i in range(n):
         meta = onvm_meta_of(pkts[i])
-        fid = meta.flow_id
         if meta.key.family == 6:
             classify6(rs, addrs6(pkts[i], meta), meta)
             continue
-        if meta.key.family != 4 or flow_cached(rs, meta):
+        if meta.key.family != 4 or flow_cached(rs, meta) != NULL:
             continue
         packet_key(pkts[i], meta, &keys[nmiss])
         data[nmiss] = <const uint8_t *>&keys[nmiss]
@@ -61,11 +60,22 @@ cdef void ruleset_classify(ruleset_t *rs, rte_mbuf **pkts, unsigned n) noexcept 
         _classify_misses(rs, pkts, data, res, idx, nmiss)
 
 
-cdef inline bint flow_cached(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
-    """The answer for this packet's flow id is cached, and for this flow."""
-    cdef int32_t fid = meta.flow_id
-    return fid >= 0 and fid < ONVM_FLOW_ENTRIES and rs.flows[fid].known and \
-        memcmp(&rs.flows[fid].of, &meta.key, sizeof(onvm_flow_key)) == 0
+cdef inline fw_flow_t *flow_cached(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
+    """The record of this packet's flow if it holds the flow's answer."""
+    cdef fw_flow_t *f = <fw_flow_t *>flow_rec(&rs.flows, meta.flow_id)
+    return f if f != NULL and f.gen == meta.flow_gen else NULL
+
+
+cdef inline void flow_answer(ruleset_t *rs, onvm_meta *meta, uint32_t rule) noexcept nogil:
+    """Keep `rule` as the answer for the packet's flow, or (a flow the
+    host's table could not hold) in the packet's `destination` until
+    ruleset_allow reads it."""
+    cdef fw_flow_t *f = <fw_flow_t *>flow_rec(&rs.flows, meta.flow_id)
+    if f != NULL:
+        f.gen = meta.flow_gen
+        f.rule = rule
+    else:
+        meta.destination = <uint16_t>rule
 
 
 cdef inline const uint8_t *addrs6(rte_mbuf *m, onvm_meta *meta) noexcept nogil:
@@ -75,23 +85,14 @@ cdef inline const uint8_t *addrs6(rte_mbuf *m, onvm_meta *meta) noexcept nogil:
 
 
 cdef void classify6(ruleset_t *rs, const uint8_t *addrs, onvm_meta *meta) noexcept nogil:
-    """The first IPv6 rule that matches, for a flow whose answer (for these
-    very addresses) is not cached yet; cached as ruleset_classify does."""
-    cdef int32_t fid = meta.flow_id
-    cdef bint tracked = fid >= 0 and fid < ONVM_FLOW_ENTRIES
-    cdef uint32_t r
-    if tracked and flow_cached(rs, meta) and \
-            memcmp(rs.flow_addr6 + <size_t>fid * 32, addrs, 32) == 0:
-        return
-    r = match6(rs, addrs, meta.key.proto, rd16(<uint8_t *>&meta.key.sport),
-               rd16(<uint8_t *>&meta.key.dport))
-    if tracked:
-        rs.flows[fid].rule = r
-        rs.flows[fid].known = 1
-        rs.flows[fid].of = meta.key
-        memcpy(rs.flow_addr6 + <size_t>fid * 32, addrs, 32)
-    else:
-        meta.destination = <uint16_t>r
+    """The first IPv6 rule that matches, for a flow whose answer is not
+    cached yet; cached as ruleset_classify does (per flow: the host's
+    flow table gives flows whose address digests collide ids of their
+    own)."""
+    if flow_cached(rs, meta) == NULL:
+        flow_answer(rs, meta, match6(rs, addrs, meta.key.proto,
+                                     rd16(<uint8_t *>&meta.key.sport),
+                                     rd16(<uint8_t *>&meta.key.dport)))
 
 
 cdef inline bint masked_eq(const uint8_t *a, const uint8_t *net, const uint8_t *mask) noexcept nogil:
@@ -119,12 +120,12 @@ cdef uint32_t match6(ruleset_t *rs, const uint8_t *addrs, uint8_t proto, uint16_
 cdef uint8_t ruleset_allow(ruleset_t *rs, onvm_meta *meta) noexcept nogil:
     """The first matching rule's action (or the default), counted; the
     packet's batch went through ruleset_classify."""
-    cdef int32_t fid = meta.flow_id
+    cdef fw_flow_t *f = <fw_flow_t *>flow_rec(&rs.flows, meta.flow_id)
     cdef uint32_t r
     if meta.key.family != 4 and meta.key.family != 6:
         rs.default_hits += 1        # the parser passes only IP; never here
         return rs.default_allow
-    r = rs.flows[fid].rule if fid >= 0 and fid < ONVM_FLOW_ENTRIES else meta.destination
+    r = f.rule if f != NULL else meta.destination
     if meta.key.family == 6:
         rs.ipv6 += 1
     if r:
@@ -142,22 +143,12 @@ cdef void _classify_misses(ruleset_t *rs, rte_mbuf **pkts, const uint8_t **data,
     flow, or (flows the flow table could not hold) kept in the packet's
     `destination` until ruleset_allow reads it."""
     cdef unsigned k
-    cdef int32_t fid
-    cdef onvm_meta *meta
     if rs.acl != NULL:
         rte_acl_classify(rs.acl, data, res, n, 1)
     else:
         memset(res, 0, n * sizeof(uint32_t))
     for k in range(n):
-        res[k] = rs.v4_rule[res[k]]
-        meta = onvm_meta_of(pkts[idx[k]])
-        fid = meta.flow_id
-        if fid >= 0 and fid < ONVM_FLOW_ENTRIES:
-            rs.flows[fid].rule = res[k]
-            rs.flows[fid].known = 1
-            rs.flows[fid].of = meta.key
-        else:
-            meta.destination = <uint16_t>res[k]
+        flow_answer(rs, onvm_meta_of(pkts[idx[k]]), rs.v4_rule[res[k]])
 
 
 cdef class RuleSet:
@@ -171,8 +162,7 @@ cdef class RuleSet:
         self.rs.acl = self.acl.ctx
         self.rs.v4_rule = <uint32_t *>calloc(len(v4) + 1, sizeof(uint32_t))
         self.rs.rules6 = <rule6_t *>calloc(max(1, len(v6)), sizeof(rule6_t))
-        self.rs.flow_addr6 = <uint8_t *>calloc(ONVM_FLOW_ENTRIES, 32)
-        if self.rs.v4_rule == NULL or self.rs.rules6 == NULL or self.rs.flow_addr6 == NULL:
+        if self.rs.v4_rule == NULL or self.rs.rules6 == NULL:
             raise MemoryError()
         for k, i in enumerate(v4):
             self.rs.v4_rule[k + 1] = i + 1
@@ -182,8 +172,8 @@ cdef class RuleSet:
         n = max(1, len(self.rules))
         self.rs.allow = <uint8_t *>calloc(n, 1)
         self.rs.hits = <uint64_t *>calloc(n, sizeof(uint64_t))
-        self.rs.flows = <fw_flow_t *>flow_records(sizeof(fw_flow_t))
-        if self.rs.allow == NULL or self.rs.hits == NULL or self.rs.flows == NULL:
+        nf_flows_init(&self.rs.flows, sizeof(fw_flow_t))
+        if self.rs.allow == NULL or self.rs.hits == NULL:
             raise MemoryError()
         if len(self.rules) > 65535:
             raise ValueError(f"at most 65535 firewall rules, not {len(self.rules)}")
@@ -194,10 +184,9 @@ cdef class RuleSet:
     def __dealloc__(self):
         free(self.rs.v4_rule)
         free(self.rs.rules6)
-        free(self.rs.flow_addr6)
         free(self.rs.allow)
         free(self.rs.hits)
-        free_flow_records(self.rs.flows, sizeof(fw_flow_t))
+        nf_flows_free(&self.rs.flows)
 
     def counters(self):
         return {"default": self.rs.default_hits, "ipv6": self.rs.ipv6,
@@ -245,6 +234,7 @@ cdef class Firewall(NativeNF):
         self.fw.rs = &self.ruleset.rs
         self.handlers.batch = fw_batch
         self.handlers.ctx = <void *>&self.fw
+        self.handlers.flows = &self.ruleset.rs.flows
 
     @property
     def rules(self):

@@ -148,6 +148,7 @@ cdef class StatefulFirewall(NativeNF):
         self.fw.conns6 = ftab_new("sfw6", v["max_connections"], sizeof(flow6_key_t))
         self.handlers.batch = sfw_batch
         self.handlers.ctx = <void *>&self.fw
+        self.handlers.flows = &self.ruleset.rs.flows
 
     def __dealloc__(self):
         ftab_free(self.fw.conns)

@@ -31,6 +31,8 @@ cdef struct aged_t:
     uint32_t entries
     uint32_t cursor         # the sweep's next position
     uint64_t idle           # cycles an entry may stay unused
+    uint64_t sweep_gap      # cycles between two positions the sweep checks (aged_timing; 0: unpaced)
+    uint64_t sweep_at       # when the next position is due
     uint64_t live, inserts, expired, full
 
 
@@ -82,13 +84,36 @@ cdef inline void aged_set(aged_t *a, const void *key, uint32_t value, uint64_t n
         aged_rec(a, pos).value = value
 
 
+cdef inline void aged_timing(aged_t *a, uint64_t hz, double idle_seconds,
+                             double pass_seconds=1.0, double min_rate=65536):
+    """Entries idle `idle_seconds` are deleted; the sweep checks each
+    position once every `pass_seconds`, or a quarter of `idle_seconds` if
+    that is shorter (and at least `min_rate` positions a second, so that a
+    small table is swept at once): an entry is deleted at most that long
+    after its time, and a loop at ten million packets a second does not
+    read the whole table ten times a second."""
+    a.idle = <uint64_t>(max(0.0, idle_seconds) * hz)
+    if idle_seconds > 0:
+        pass_seconds = min(pass_seconds, idle_seconds / 4)
+    a.sweep_gap = max(1, <uint64_t>(hz / max(a.entries / pass_seconds, min_rate)))
+
+
 cdef inline void aged_sweep(aged_t *a, uint64_t now, unsigned step) noexcept nogil:
-    """Delete the entries idle longer than `a.idle` among the next `step`
-    positions."""
+    """Delete the entries idle longer than `a.idle` among the positions due
+    by now (aged_timing), at most `step`."""
     cdef unsigned i
     cdef uint32_t pos
-    cdef uint64_t seen
+    cdef uint64_t seen, due, one_pass = <uint64_t>a.entries * a.sweep_gap
     cdef void *key
+    if a.sweep_gap:
+        if now < a.sweep_at:
+            return
+        if now - a.sweep_at > one_pass:     # idle, or the clock moved: one pass behind at most
+            a.sweep_at = now - one_pass
+        due = (now - a.sweep_at) // a.sweep_gap + 1
+        if due < step:
+            step = <unsigned>due
+        a.sweep_at += step * a.sweep_gap
     for i in range(step):
         pos = a.cursor
         a.cursor = pos + 1 if pos + 1 < a.entries else 0

@@ -40,7 +40,7 @@ from host_agent.loopsync cimport onvm_load_ptr, onvm_store_ptr
 
 cdef enum:
     MAX_WORKERS = 64
-    HANDOFF_BURST = 32
+    HANDOFF_BURST = 64      # the manager's burst (its BURST): what one handoff_split may get
     MAX_STEER_NAT = 64
 
 

@@ -2,7 +2,7 @@
 """The host's manager loop: polls the ports, hands packets to local NF
 instances without copying, and acts on their verdicts.
 
-What it does per burst of 32 (no Python on this path, the GIL released):
+What it does per burst of up to 64 (no Python on this path, the GIL released):
 parse the frame (host_agent/parser.pxd: strip the SFC label stack of
 DESIGN.md, or classify an untagged packet through the flow table, rte_hash
 on the 5-tuple backed by an rte_acl classifier), then follow the chain's
@@ -44,14 +44,14 @@ from host_agent.plantables cimport (tables_t, hop_t, peer_t, inst_t, inst_stats_
     HOP_REMOTE, MODE_PROCESS, FLAG_PINNED, FLAG_KEPT, find_peer)
 from host_agent.parser cimport *
 from host_agent.aging cimport (aged_t, aged_rec_t, aged_rec, aged_add, aged_find, aged_set,
-    aged_sweep, aged_init, aged_free, aged_free_records, aged_report)
+    aged_sweep, aged_timing, aged_init, aged_free, aged_free_records, aged_report)
 from host_agent.flowline cimport (flow_line_t, line_room_t, line_new_flow, lines_place,
     lines_release)
 from host_agent.pinkey cimport pin_key_t, pin_key_of, flow_key_hash
 from host_agent.benchflows cimport bench_t, bench_step, bench_set_table
 from host_agent.probeanswer cimport probes_split, probe_constants
 from host_agent.handoff cimport (handoff_t, handoff_split, handoff_open, handoff_set,
-    handoff_close, steer_swap, steer_free)
+    handoff_close, steer_swap, steer_free, HANDOFF_BURST as BURST)
 from host_agent.loopsync cimport (onvm_load_ptr, onvm_store_ptr, onvm_load_u64,
     onvm_store_u64, hold_wait, hold_point)
 
@@ -66,11 +66,10 @@ from host_agent.tables import compile_plan
 
 log = logging.getLogger("onvm.fastpath")
 
-DEF BURST = 32
-DEF PIN_SWEEP_STEP = 16    # pin table positions the sweep checks per loop iteration
+DEF PIN_SWEEP_STEP = 16    # pin table positions the sweep checks per loop iteration, at most
 PIN_IDLE_SECONDS = 300     # a pin unused this long is deleted
 PIN_ENTRIES = 1 << 18      # the pin table's size
-DEF FLOW_SWEEP_STEP = 32   # flow table positions the sweep checks per loop iteration
+DEF FLOW_SWEEP_STEP = 32   # flow table positions the sweep checks per loop iteration, at most
 FLOW_ENTRIES = 1 << 20     # the flow table's default size (fits -m 256, see BENCHMARKS.md)
 FLOW_IDLE_SECONDS = 30     # a flow unused this long is deleted
 FLOW_FIN_SECONDS = 2       # ... and this long after a TCP FIN or RST
@@ -325,8 +324,8 @@ cdef class Manager:
         cdef uint64_t limit = self.processed + max_packets if max_packets else 0
         cdef unsigned got, idle_loops = 0
         cdef unsigned idle_us = self.idle_us
-        self.pins.idle = <uint64_t>(max(0.0, self.pin_idle_seconds) * hz)
-        self.flows.idle = <uint64_t>(max(0.0, self.flow_idle_seconds) * hz)
+        aged_timing(&self.pins, hz, self.pin_idle_seconds)      # swept once a second
+        aged_timing(&self.flows, hz, self.flow_idle_seconds)
         self.flow_fin_cycles = <uint64_t>(max(0.0, min(self.flow_fin_seconds,
                                                        self.flow_idle_seconds)) * hz)
         onvm_store_u64(&self.stop_flag, 0)

@@ -270,8 +270,10 @@ class ClusterCore(ClusterView):
 
     def _cut(self):
         """Known hosts no switch reaches, but those controller.switchgrace
-        excuses (their switch only left, and lately)."""
-        cut = set(self.fabric_cut) & self.known
+        excuses (their switch only left, and lately).  Read from the live
+        fabric, never from a copy: a switch's grace and its place in the
+        fabric change together, with no yield to the hub in between."""
+        cut = set(self.fabric.unreachable()) & self.known
         excused = self.grace.excused(cut, self.now)
         for name in sorted(set(excused) - set(self.excused)):
             log.warning("host %s cut off but not believed lost: %s", name, excused[name])
@@ -716,12 +718,10 @@ class ClusterCore(ClusterView):
                 log.warning("%s", change.text)
         if not routing:
             return
+        # who is cut first: the rule compile below yields to the hub, where
+        # the loop may step (and judges hosts by the live fabric, _cut)
         cut_before = set(self.fabric_cut)
-        before, self.desired = self.desired, self._desired()
         self.fabric_cut = self.fabric.unreachable()
-        impact = describe(before, self.desired)
-        for change in routing:
-            log.warning("%s: %s; %s", change.text, change.effect, impact)
         for name in self.fabric_cut:
             if name not in cut_before:
                 log.warning("%s unreachable: no switch reaches it now%s",
@@ -731,6 +731,10 @@ class ClusterCore(ClusterView):
             log.info("%s reachable again", self._place_name(name))
         if (cut_before ^ set(self.fabric_cut)) & self.known:
             self.dirty.add("hosts")
+        before, self.desired = self.desired, self._desired()
+        impact = describe(before, self.desired)
+        for change in routing:
+            log.warning("%s: %s; %s", change.text, change.effect, impact)
         parts = self.fabric.parts()
         if len(parts) > 1:
             log.warning("the fabric is split in %d parts: %s", len(parts),

@@ -15,6 +15,18 @@ a fresh grace.  A port a switch reports down, and probes that fail, stay
 final (controller.liveness); routing around a switch that left does not
 wait (controller.livegraph).
 
+A switch that comes back ends its grace (`joined`), and in the same
+breath the live fabric reaches its hosts again: the core reads who is cut
+from the live fabric at each judgement (controller.core._cut), never from
+a list kept since the last fabric event.  It once did, and that list was
+brought up to date only after the rule compile of the switch's return,
+which yields to the eventlet hub: a step of the loop that ran inside it
+found the switch's hosts cut with their grace over, and evicted them for
+a switch that was back (the chaos suite's `ovs_restarted`, the two hosts
+of one leaf, one run in two or three).  Its probes are no evidence either
+until its rules are back (controller.probing: sessions start again at
+each connection).
+
     grace = SwitchGrace(["leaf1", "leaf2"], switch_of, grace_s=3.0)
     grace.left("leaf1", now); grace.joined("leaf1", now)
     grace.excused(cut, now)  -> {host: why}: cut, not lost (yet)

@@ -292,16 +292,16 @@ class ClusterCore(ClusterView):
         self._note_joins()
         cut = self._cut()
         self.liveness.keys_now(registered & self.known, self.now)
-        for name in self.known:
-            self.liveness.port(name, up=name not in cut, now=self.now)
+        for name in self.known:     # why: its switch gone past its grace, else its port
+            self.liveness.port(name, name not in cut, self.now, self.grace.why_cut(name, self.now))
         decision = self.liveness.decide(self.now)
         alive = self._judged_alive(decision)
         for name in sorted(alive - self.alive):
             log.info("host %s is alive (agent registered, reachable)", name)
         for name in sorted(self.alive - alive):
             if name in cut:
-                log.warning("host %s lost: no switch reaches it (its link is down)",
-                            name)
+                log.warning("host %s lost: no switch reaches it (%s)", name,
+                            self.grace.why_cut(name, self.now) or "its link is down")
             else:
                 log.warning("host %s lost: %s", name, decision.lost.get(
                     name, f"its {HOSTS + name} key expired or was deleted"))

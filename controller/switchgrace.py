@@ -30,6 +30,7 @@ each connection).
     grace = SwitchGrace(["leaf1", "leaf2"], switch_of, grace_s=3.0)
     grace.left("leaf1", now); grace.joined("leaf1", now)
     grace.excused(cut, now)  -> {host: why}: cut, not lost (yet)
+    grace.why_cut(host, now) -> why a cut host no longer is (None: not its switch)
 
 Pure: no Ryu, no store, no clock.  Not here: the fabric's graph
 (controller.livegraph), liveness (controller.liveness).
@@ -81,3 +82,14 @@ class SwitchGrace:
                               f"(a dropped OpenFlow connection, no word from the data "
                               f"plane): not believed lost for {self.grace_s:g} s")
         return out
+
+    def why_cut(self, place, now) -> Optional[str]:
+        """Why `place`, cut off and not excused, is: its switch left and
+        its grace is over; None when its switch is not gone (its own
+        cable is down)."""
+        switch = self.switch_of(place)
+        since = self.gone_at.get(switch) if switch is not None else None
+        if since is None:
+            return None
+        return (f"its switch {switch} left {now - since:.1f} s ago and is not back "
+                f"(its {self.grace_s:g} s grace is over)")

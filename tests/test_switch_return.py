@@ -91,9 +91,11 @@ def test_a_port_down_during_a_switchs_return_is_final_at_once(loop, caplog):
     assert "h1" not in loop.core.alive
 
 
-def test_a_switch_back_while_others_stay_gone_keeps_their_grace(loop):
+def test_a_switch_back_while_others_stay_gone_keeps_their_grace(loop, caplog):
     """The grace is each switch's own: one leaf's return during a step
-    neither ends another's grace nor shortens it."""
+    neither ends another's grace nor shortens it; the log says why the
+    other's hosts are lost once it is over (not a port that went down)."""
+    left_at = loop.core.now             # the time of the last step (the core has no clock)
     for name in ("leaf1", "leaf2"):
         loop.core.switch_left(dpid(loop, name))
     loop.step()
@@ -102,5 +104,12 @@ def test_a_switch_back_while_others_stay_gone_keeps_their_grace(loop):
     loop.core.switch_connected(dpid(loop, "leaf1"))
     stepping.wait()
     assert loop.core.alive == {h.name for h in loop.topo.hosts}
-    loop.step(dt=loop.core.grace.grace_s)
+    with caplog.at_level(logging.WARNING):
+        loop.step(dt=loop.core.grace.grace_s)
     assert loop.core.alive == {h.name for h in loop.topo.hosts} - {"h3", "h4"}
+    gone = (f"its switch leaf2 left {loop.now - left_at:.1f} s ago and is not back "
+            f"(its 3 s grace is over)")
+    for host in ("h3", "h4"):
+        assert f"host {host} lost: {gone}" in caplog.text
+        assert f"host {host} lost: no switch reaches it ({gone})" in caplog.text
+    assert "port is down" not in caplog.text

@@ -23,7 +23,7 @@ brought up to date only after the rule compile of the switch's return,
 which yields to the eventlet hub: a step of the loop that ran inside it
 found the switch's hosts cut with their grace over, and evicted them for
 a switch that was back (the chaos suite's `ovs_restarted`, the two hosts
-of one leaf, one run in two or three).  Its probes are no evidence either
+of one leaf, about one restart in five).  Its probes are no evidence either
 until its rules are back (controller.probing: sessions start again at
 each connection).
 

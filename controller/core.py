@@ -270,8 +270,10 @@ class ClusterCore(ClusterView):
 
     def _cut(self):
         """Known hosts no switch reaches, but those controller.switchgrace
-        excuses (their switch only left, and lately)."""
-        cut = set(self.fabric_cut) & self.known
+        excuses (their switch only left, and lately).  Read from the live
+        fabric, never from a copy: a switch's grace and its place in the
+        fabric change together, with no yield to the hub in between."""
+        cut = set(self.fabric.unreachable()) & self.known
         excused = self.grace.excused(cut, self.now)
         for name in sorted(set(excused) - set(self.excused)):
             log.warning("host %s cut off but not believed lost: %s", name, excused[name])
@@ -290,16 +292,16 @@ class ClusterCore(ClusterView):
         self._note_joins()
         cut = self._cut()
         self.liveness.keys_now(registered & self.known, self.now)
-        for name in self.known:
-            self.liveness.port(name, up=name not in cut, now=self.now)
+        for name in self.known:     # why: its switch gone past its grace, else its port
+            self.liveness.port(name, name not in cut, self.now, self.grace.why_cut(name, self.now))
         decision = self.liveness.decide(self.now)
         alive = self._judged_alive(decision)
         for name in sorted(alive - self.alive):
             log.info("host %s is alive (agent registered, reachable)", name)
         for name in sorted(self.alive - alive):
             if name in cut:
-                log.warning("host %s lost: no switch reaches it (its link is down)",
-                            name)
+                log.warning("host %s lost: no switch reaches it (%s)", name,
+                            self.grace.why_cut(name, self.now) or "its link is down")
             else:
                 log.warning("host %s lost: %s", name, decision.lost.get(
                     name, f"its {HOSTS + name} key expired or was deleted"))
@@ -716,12 +718,10 @@ class ClusterCore(ClusterView):
                 log.warning("%s", change.text)
         if not routing:
             return
+        # who is cut first: the rule compile below yields to the hub, where
+        # the loop may step (and judges hosts by the live fabric, _cut)
         cut_before = set(self.fabric_cut)
-        before, self.desired = self.desired, self._desired()
         self.fabric_cut = self.fabric.unreachable()
-        impact = describe(before, self.desired)
-        for change in routing:
-            log.warning("%s: %s; %s", change.text, change.effect, impact)
         for name in self.fabric_cut:
             if name not in cut_before:
                 log.warning("%s unreachable: no switch reaches it now%s",
@@ -731,6 +731,10 @@ class ClusterCore(ClusterView):
             log.info("%s reachable again", self._place_name(name))
         if (cut_before ^ set(self.fabric_cut)) & self.known:
             self.dirty.add("hosts")
+        before, self.desired = self.desired, self._desired()
+        impact = describe(before, self.desired)
+        for change in routing:
+            log.warning("%s: %s; %s", change.text, change.effect, impact)
         parts = self.fabric.parts()
         if len(parts) > 1:
             log.warning("the fabric is split in %d parts: %s", len(parts),

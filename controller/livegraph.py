@@ -77,6 +77,7 @@ class LiveFabric:
         for server in topo.servers:
             self.role[(server.switch, server.port)] = ("server", server.name)
         self._graph = None
+        self._cut = (None, [])      # (the live graph, who it leaves unreachable)
         self.book = RuleBook()      # recompiles only the parts a change touches
         # Set by the Ryu app to a callable that yields to the eventlet hub:
         # `rules` then calls it between switches (see `rules`).  None: no
@@ -217,10 +218,15 @@ class LiveFabric:
         return sorted(out, key=lambda part: order[part[0][0]])
 
     def unreachable(self) -> List[str]:
-        """Hosts, edges and servers no switch reaches, in file order."""
-        reached = {p for _, places in self.parts() for p in places}
-        return [n for n, d in self.graph().nodes(data=True)
-                if d["kind"] != "switch" and n not in reached]
+        """Hosts, edges and servers no switch reaches, in file order (kept
+        with the live graph it was read from: the core asks at every
+        judgement of its hosts)."""
+        g = self.graph()
+        if self._cut[0] is not g:
+            reached = {p for _, places in self.parts() for p in places}
+            self._cut = (g, [n for n, d in g.nodes(data=True)
+                             if d["kind"] != "switch" and n not in reached])
+        return list(self._cut[1])
 
     # ----------------------------------------------------------- the rules
     def rules(self, topo, ingress_groups, lldp=False) -> Dict[int, flows.SwitchRules]:

@@ -8,6 +8,7 @@ clock; every input and `decide` take the time `now` (seconds, monotonic).
     live.key_gone("h1", now)                     # its lease expired or it was deleted
     live.keys_now({"h1", "h2"}, now)             # or: what store.hosts() lists now
     live.port("h1", up=False, now=now)           # the host's switch port
+    live.port("h1", False, now, why="...")       #   (why: another reason no switch reaches it)
     live.store_unreachable(now); live.store_reachable(now)   # our own store outage
     live.probe("h1", reachable=True, now=now)    # probes of its fast path
     live.probe("h1", False, now, why="...")      #   (controller.probing), why on a change
@@ -57,6 +58,7 @@ class _Host:
     key: bool = False
     gone_at: Optional[float] = None     # when its key vanished (None: present)
     port_up: Optional[bool] = None      # None: no word from the switch yet
+    port_why: str = ""                  # why it is down, if not its port
     probe: Optional[Tuple[bool, float]] = None   # (reachable, when)
     probe_why: str = ""                 # what the prober said at the last change
     state: str = "unknown"              # "alive", "held", "lost", "unknown"
@@ -113,8 +115,11 @@ class Liveness:
             if h.key and name not in present:
                 self.key_gone(name, now)
 
-    def port(self, host, up, now):
-        self._host(host).port_up = bool(up)
+    def port(self, host, up, now, why=None):
+        """No switch reaches `host` (not `up`): its switch port is down,
+        unless `why` says otherwise."""
+        h = self._host(host)
+        h.port_up, h.port_why = bool(up), why or ""
 
     def probe(self, host, reachable, now, why=None):
         """The probes' verdict on `host` now; `why` (the prober's words)
@@ -168,7 +173,7 @@ class Liveness:
         if not h.seen:
             return "unknown", ""            # never registered: nothing to lose
         if h.port_up is False:
-            return "lost", "its switch port is down"
+            return "lost", h.port_why or "its switch port is down"
         fresh = h.probe is not None and now - h.probe[1] <= self.probe_max_age_s
         if fresh and not h.probe[0]:
             return "lost", "probes fail" + (f": {h.probe_why}" if h.probe_why else "")

@@ -74,7 +74,14 @@ Design (why the controller probes, not the hosts; see also the README's
     With the controller on time, a crashed agent whose switch holds a
     peer that answers is still found after detect_mult + 1 intervals.
   - A host whose switch is not connected is not probed; its session
-    starts again from "init" when the switch comes back.
+    starts again from "init" when the switch comes back, and at every
+    connection of its switch (`switch_connected`), even one that dropped
+    and came back between two ticks: a switch that reconnects may have
+    lost its rules (ovs-vswitchd restarted), and until the controller has
+    put them back no probe can pass.  Misses then are no evidence against
+    its hosts; a session leaves "init" only by answers, so it is judged
+    again only once the data plane can answer (BFD's session, which
+    starts down and is judged only once up).
   - Answers are recognised by a per-controller token in the probe's
     opaque bytes (a standby probes too, and sees the leader's answers);
     answers from a port that is no host's, with another MAC than the
@@ -181,6 +188,14 @@ class Prober:
         s = _Session(host.name, dpid, host.port, host.mac.lower())
         self.sessions[host.name] = s
         self.by_port[(dpid, host.port)] = s
+
+    def switch_connected(self, dpid):
+        """Switch `dpid` (re)connected: its hosts' sessions start again
+        (see the module docstring)."""
+        for s in self.sessions.values():
+            if s.dpid == dpid and (s.state != "init" or s.outstanding):
+                self._restart(s, "its switch (re)connected: its rules may not be "
+                                 "back yet; judged again once it answers")
 
     def is_host_port(self, dpid, port) -> bool:
         return (dpid, port) in self.by_port

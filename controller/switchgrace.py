@@ -15,9 +15,22 @@ a fresh grace.  A port a switch reports down, and probes that fail, stay
 final (controller.liveness); routing around a switch that left does not
 wait (controller.livegraph).
 
+A switch that comes back ends its grace (`joined`), and in the same
+breath the live fabric reaches its hosts again: the core reads who is cut
+from the live fabric at each judgement (controller.core._cut), never from
+a list kept since the last fabric event.  It once did, and that list was
+brought up to date only after the rule compile of the switch's return,
+which yields to the eventlet hub: a step of the loop that ran inside it
+found the switch's hosts cut with their grace over, and evicted them for
+a switch that was back (the chaos suite's `ovs_restarted`, the two hosts
+of one leaf, about one restart in five).  Its probes are no evidence either
+until its rules are back (controller.probing: sessions start again at
+each connection).
+
     grace = SwitchGrace(["leaf1", "leaf2"], switch_of, grace_s=3.0)
     grace.left("leaf1", now); grace.joined("leaf1", now)
     grace.excused(cut, now)  -> {host: why}: cut, not lost (yet)
+    grace.why_cut(host, now) -> why a cut host no longer is (None: not its switch)
 
 Pure: no Ryu, no store, no clock.  Not here: the fabric's graph
 (controller.livegraph), liveness (controller.liveness).
@@ -69,3 +82,14 @@ class SwitchGrace:
                               f"(a dropped OpenFlow connection, no word from the data "
                               f"plane): not believed lost for {self.grace_s:g} s")
         return out
+
+    def why_cut(self, place, now) -> Optional[str]:
+        """Why `place`, cut off and not excused, is: its switch left and
+        its grace is over; None when its switch is not gone (its own
+        cable is down)."""
+        switch = self.switch_of(place)
+        since = self.gone_at.get(switch) if switch is not None else None
+        if since is None:
+            return None
+        return (f"its switch {switch} left {now - since:.1f} s ago and is not back "
+                f"(its {self.grace_s:g} s grace is over)")

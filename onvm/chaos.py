@@ -46,6 +46,11 @@ STORE_FAULTS = ("store_paused_5s", "etcd_member_killed", "etcd_without_quorum",
                 "controllers_down_10s", "host_drained")
 # ... and of those, all but the drain move no NF instance.
 NOTHING_MOVES = tuple(f for f in STORE_FAULTS if f != "host_drained")
+# Switch faults that evict no host, though packets sent meanwhile are
+# lost: a switch whose connection drops, or that just came back without
+# its rules, is no word from the data plane (controller.switchgrace,
+# controller.probing).
+NO_EVICTION = ("ovs_restarted",)
 
 
 @dataclasses.dataclass
@@ -72,7 +77,7 @@ class FaultResult:
             out.append(f"{self.fault}: plans lost for {self.plans_lost}")
         if self.converge_s is None:
             out.append(f"{self.fault}: the chain's packets did not arrive again")
-        if self.fault in STORE_FAULTS and self.evictions:
+        if (self.fault in STORE_FAULTS or self.fault in NO_EVICTION) and self.evictions:
             out.append(f"{self.fault}: hosts evicted {self.evictions}")
         if self.fault in NOTHING_MOVES and self.moved:
             out.append(f"{self.fault}: NF instances of hosts not evicted moved away: "

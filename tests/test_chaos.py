@@ -18,7 +18,8 @@ leader knew of), and both controllers down for 5 s after everything else
 
 After each: no packet reached the egress without the chain's NFs, no plan
 was lost, the chain's packets arrive again, no host was evicted for a
-fault of the store or the controller's inputs, and no NF instance of a
+fault of the store or the controller's inputs or for ovs-vswitchd's
+restart (onvm.chaos.NO_EVICTION), and no NF instance of a
 host not evicted moved for one (but the drain).  The controller faults
 lose no packet.  Loss and times are measured (onvm bench chaos puts them
 in BENCHMARKS.md), not judged here for the other faults.
@@ -83,3 +84,10 @@ def test_the_first_nf_count_is_unknown_when_an_instance_went_away():
     assert chaos.nf_out_between(before, {("h5", "1"): 4470, ("h6", "1"): 5}) == 14
     assert chaos.nf_out_between(before, {("h6", "1"): 561}) is None
     assert chaos.nf_out_between(before, {("h5", "1"): 3, ("h6", "1"): 561}) is None
+
+
+def test_a_restart_of_ovs_may_lose_packets_but_evicts_no_host():
+    ok = chaos.FaultResult("ovs_restarted", sent=250, received=229, lost=21, converge_s=0.45)
+    assert ok.problems() == []
+    evicted = dataclasses.replace(ok, evictions=["h1", "h2"])
+    assert evicted.problems() == ["ovs_restarted: hosts evicted ['h1', 'h2']"]

@@ -195,3 +195,39 @@ def test_a_late_prober_is_noted_once_an_episode(topo):
     assert len(notes) == 2 and all(n.startswith("this prober ran 100 ms late")
                                    for n in notes), notes
     assert sim.lost == []
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_a_switch_that_reconnected_is_no_evidence_until_its_rules_are_back(topo, told):
+    """ovs-vswitchd restarted and leaf1 reconnected between two ticks (the
+    prober never saw it disconnected) with its flows gone: its hosts'
+    probes meet no rule until the controller has put them back (0.5 s
+    later here) while the other leaves answer.  Told of the connection
+    (the Ryu app's MAIN_DISPATCHER), the prober judges h1 and h2 again only
+    once they answer; a fast path that dies after that is found as fast as
+    ever (the 4th tick)."""
+    sim = Sim(topo)
+    come_up(sim)
+    leaf1 = topo.switch("leaf1").dpid
+    back, dead_from = 1.0, 1.5
+
+    def deliver(host, seq, sent):
+        if leaf_of(topo)[host] == "leaf1" and sent < back:
+            return None                 # no probe rule on leaf1 yet
+        if host == "h1" and sent >= dead_from:
+            return None
+        return sent + 0.002
+
+    sim.run(on_time(0.5, 0.55), fine)
+    if told:
+        sim.prober.switch_connected(leaf1)
+    sim.run(on_time(0.55, 2.5), deliver)
+    if not told:                        # the rules' absence taken for the hosts' death
+        assert sorted(h for h, _, _ in sim.lost[:2]) == ["h1", "h2"]
+        return
+    assert sim.lost == [("h1", round(dead_from + 3 * I, 3),
+                         "its fast path answered none of 3 probes in a row "
+                         "(3 x 50 ms) while its peers answered")]
+    assert sim.prober.notes() == [
+        f"host {h}: probe verdict dropped: its switch (re)connected: its rules may not "
+        f"be back yet; judged again once it answers" for h in ("h1", "h2")]

@@ -159,10 +159,14 @@ class Probes(app_manager.RyuApp):
     # ------------------------------------------------------- Ryu handlers
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
+        dpid = ev.datapath.id
         if ev.state == MAIN_DISPATCHER:
-            self.datapaths[ev.datapath.id] = ev.datapath
-        elif ev.state == DEAD_DISPATCHER:
-            self.datapaths.pop(ev.datapath.id, None)
+            self.datapaths[dpid] = ev.datapath
+            if self.prober is not None:
+                self.prober.switch_connected(dpid)
+        elif ev.state == DEAD_DISPATCHER and self.datapaths.get(dpid) is ev.datapath:
+            # (an old connection's death after the switch reconnected is not its leaving)
+            del self.datapaths[dpid]
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):

@@ -475,14 +475,17 @@ def _probed(emu, timeout):
 
 
 def run_emulated(topology, names, chain=None, say=lambda text: None, check=None,
-                 hold=1.0, settle_s=8.0, **emulation):
+                 hold=1.0, settle_s=8.0, keep_logs=True, **emulation):
     """Start an emulation of `topology` (Emulation keyword arguments in
     `emulation`: its own progress goes to its `say`), run the faults
     `names` on it (each told to our `say`; `hold` and `settle_s` as
     run_fault takes them), call `check(emu)` while it still runs, stop it;
-    returns the results."""
+    returns the results.  Its logs stay (their directory told to `say`)
+    unless the run and the check passed and `keep_logs` is false (or a
+    function of the results that says false: whether they show trouble)."""
     from onvm.emulate import Emulation
     emu = Emulation(topology, **emulation)
+    results = None
     try:
         emu.start()
         chain = chain or next((c.name for c in emu.topo.chains if c.egress in
@@ -497,6 +500,11 @@ def run_emulated(topology, names, chain=None, say=lambda text: None, check=None,
         return results
     finally:
         emu.stop()
+        if results is not None and not (keep_logs(results) if callable(keep_logs)
+                                        else keep_logs):
+            emu.remove_files()
+        else:
+            say(f"chaos: the emulation's logs are in {emu.dir}")
 
 
 def table(results):

@@ -102,6 +102,9 @@ class Emulation:
                                  "more than 0")
         if drain_seconds is not None and not drain_seconds >= 0:
             raise EmulationError(f"drain_seconds: {drain_seconds!r}: seconds, 0 or more")
+        if not 1 <= controllers <= len(CONTROLLER_LETTERS):     # before any file is made
+            raise EmulationError(f"controllers: {controllers}: between 1 and "
+                                 f"{len(CONTROLLER_LETTERS)}")
         self.publish_interval = float(publish_interval)
         self.stats_fresh_s = self.publish_interval + STATS_FRESH_MARGIN_S
         self.drain_seconds = drain_seconds
@@ -119,9 +122,6 @@ class Emulation:
         self.credentials = certs.RunCredentials(self.dir, tls=tls)
         self.etcd = self.ovs = self.net = self.store = None
         self.forwarders = []        # one StoreForwarder per etcd member
-        if not 1 <= controllers <= len(CONTROLLER_LETTERS):
-            raise EmulationError(f"controllers: {controllers}: between 1 and "
-                                 f"{len(CONTROLLER_LETTERS)}")
         self.n_controllers = controllers
         self.controllers = [None] * controllers   # Popen per controller, a, b, ...
         self.ctl_ports = []         # (OpenFlow port, REST port) per controller

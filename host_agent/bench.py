@@ -315,8 +315,8 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
                                                   flows)
             else:
                 generator = flows > in_flight or zipf or new_flows
-                mgr.set_bench(flows if generator else 0,
-                              new_flows, zipf_table(flows, zipf) if zipf else None)
+                table = zipf_table(flows, zipf) if zipf else None
+                mgr.set_bench(flows if generator else 0, new_flows, table)
                 done, elapsed, cpu = _run_loop(mgr, rings[0], frames, packets, in_flight,
                                                flows, snaps, samples if new_flows else None)
         stats = mgr.stats()
@@ -359,7 +359,7 @@ def run_bench(chain, packets, flows=1024, mode="inline", python=False,
             # Loop mode rewrote looped packets to further flows (benchflows.pxd)
             # inside the timed loop: that work's own cycles a packet, and the
             # fast path's figures without them.
-            gen = fp.rewrite_cycles(frames, flows)
+            gen = fp.rewrite_cycles(frames, flows, table, sliding=bool(new_flows))
             own = max(elapsed - done * gen / fp.tsc_hz() / cores, 1e-9)
             result["generator_cycles_per_packet"] = round(gen, 1)
             result["fastpath_mpps"] = round(done / own / 1e6, 3)

@@ -15,7 +15,7 @@ from dpdk.rte_ring cimport *
 from dpdk.rte_ethdev cimport *
 from dpdk.rte_eal cimport rte_get_tsc_cycles
 from nflib.eal cimport packet_pool, port_socket
-from host_agent.benchflows cimport bench_rewrite
+from host_agent.benchflows cimport bench_t, bench_rewrite, bench_set_table
 
 from nflib.eal import FastPathError, dpdk_error
 
@@ -189,33 +189,41 @@ cdef class Ring:
         return out if keep else n
 
 
-def rewrite_cycles(frames, uint32_t flows, unsigned trials=50, unsigned reps=100):
+def rewrite_cycles(frames, uint32_t flows, table=None, bint sliding=False,
+                   unsigned trials=50, unsigned reps=100):
     """TSC cycles a packet that `onvm bench fastpath`'s rewriting of looped
-    packets to further flows (host_agent/benchflows.pxd) costs by itself:
-    on one burst of `frames` kept in cache, so that the fast path is still
-    charged with fetching each packet it reads; the least of `trials`
-    timings of `reps` rewrites (one the scheduler broke into is not the
-    work's).  The bench reports the fast path's figures without it: the
-    issue's packets are made outside the loop."""
+    packets to further flows (host_agent/benchflows.pxd) costs by itself,
+    drawn as the run drew them (`table`: --zipf's; `sliding`: a window
+    that moves, --new-flows): on one burst of `frames` kept in cache, so
+    that the fast path is still charged with fetching each packet it
+    reads; the least of `trials` timings of `reps` rewrites (one the
+    scheduler broke into is not the work's).  The bench reports the fast
+    path's figures without it: the issue's packets are made outside the
+    loop."""
     cdef rte_mbuf *pkts[32]
     cdef unsigned i, k, n = 0
-    cdef uint64_t cursor = 0, t0, spent, best = <uint64_t>-1
+    cdef uint64_t t0, spent, best = <uint64_t>-1
+    cdef uint64_t base = 1 if sliding else 0     # the window's offset: any but 0 takes its path
+    cdef bench_t b
     cdef bytes f
+    memset(&b, 0, sizeof(b))
     try:
+        bench_set_table(&b, table)
         for f in list(frames)[:32]:
             pkts[n] = rte_pktmbuf_alloc(packet_pool())
             if pkts[n] == NULL:
                 raise FastPathError("rewrite_cycles: no mbuf")
             n += 1
             memcpy(rte_pktmbuf_append(pkts[n - 1], len(f)), <const char *>f, len(f))
-        bench_rewrite(pkts, n, &cursor, flows, NULL, 0, 0)     # into cache
+        bench_rewrite(pkts, n, &b.cursor, flows, b.table, b.table_len, base)    # into cache
         for k in range(trials):
             t0 = rte_get_tsc_cycles()
             for i in range(reps):
-                bench_rewrite(pkts, n, &cursor, flows, NULL, 0, 0)
+                bench_rewrite(pkts, n, &b.cursor, flows, b.table, b.table_len, base)
             spent = rte_get_tsc_cycles() - t0
             best = min(best, spent)
     finally:
+        bench_set_table(&b, None)
         for i in range(n):
             rte_pktmbuf_free(pkts[i])
     return <double>best / max(reps * n, 1)

@@ -12,7 +12,9 @@ and says which; any other start-up failure is an error.
 """
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 # The standard library's networking modules, loaded before any test file
 # imports Ryu: eventlet's green modules (eventlet.wsgi, which ryu.app.wsgi
 # loads) import these while sys.modules holds green socket, select and
@@ -152,6 +154,25 @@ def started_emulation(topo_path, prefix, workdir=None, **kwargs):
     runtime = os.listdir("/var/run/dpdk") if os.path.isdir("/var/run/dpdk") else []
     assert not [d for d in runtime if d.startswith(prefix)], \
         f"DPDK runtime dirs left behind: {runtime}"
+
+
+_EMULATE_DIRS = []
+
+
+def emulate_env():
+    """os.environ for an `onvm emulate` subprocess: its run directory
+    (logs, credentials; the command keeps it for its user) made under a
+    directory of its own (TMPDIR), removed when the session ends."""
+    d = tempfile.mkdtemp(prefix="onvm-t-")
+    _EMULATE_DIRS.append(d)
+    return dict(os.environ, TMPDIR=d)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_emulate_dirs():
+    yield
+    for d in _EMULATE_DIRS:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def emulation_fixture(name, topology, **kwargs):

@@ -23,6 +23,7 @@ from onvm import live, procs
 from onvm.errors import UsageError
 from onvm.schedule import schedule
 from onvm.services import wait_for
+from conftest import emulate_env
 from test_emulate import need_root_and_tools
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -243,7 +244,7 @@ def start_emulate(args, within=150):
     """`onvm emulate ARGS` once its live view shows: (proc, view, reader),
     `view` the lines of its stderr as a thread reads them.  It is stopped
     if the view does not come."""
-    proc = subprocess.Popen(ONVM + ["emulate"] + list(args), cwd=REPO,
+    proc = subprocess.Popen(ONVM + ["emulate"] + list(args), cwd=REPO, env=emulate_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     view = []
     reader = threading.Thread(target=lambda: view.extend(proc.stderr), daemon=True)

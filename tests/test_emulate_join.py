@@ -14,6 +14,7 @@ import pytest
 from onvm.errors import UsageError
 from onvm.joining import join_news
 from onvm.schedule import schedule
+from conftest import emulate_env
 from test_emulate import need_root_and_tools
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +83,7 @@ def test_emulate_add_host_joins_and_the_summary_says_what_it_received():
     res = subprocess.run(
         [sys.executable, "-m", "onvm.cli", "emulate", MINIMAL, "--seconds", "24", "--json",
          "--add-host", "h9@s1:5@3", "--drain-host", "h1@11", "--drain-host", "h2@11"],
-        cwd=REPO, capture_output=True, text=True, timeout=170)
+        cwd=REPO, env=emulate_env(), capture_output=True, text=True, timeout=170)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     events = summary["events"]

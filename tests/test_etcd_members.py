@@ -23,6 +23,7 @@ import pytest
 
 from onvm import procs
 from onvm.services import wait_for
+from conftest import emulate_env
 from test_emulate import need_root_and_tools
 from test_emulate_cli import MINIMAL, ONVM, REPO, _children
 
@@ -60,8 +61,8 @@ def test_three_members_one_killed_then_the_store_full_and_traffic_goes_on():
     need_root_and_tools()
     proc = subprocess.Popen(ONVM + ["emulate", MINIMAL, "--seconds", "28", "--json",
                                     "--etcd-members", "3", "--etcd-quota-bytes", str(QUOTA)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            cwd=REPO, env=emulate_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     view = []
     reader = threading.Thread(target=lambda: view.extend(proc.stderr), daemon=True)
     reader.start()

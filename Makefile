@@ -64,6 +64,10 @@ test: deps
 # The figures of BENCHMARKS.md (failover needs a few minutes: `onvm bench failover`).
 bench: deps
 	$(VENV)/bin/onvm bench fastpath --chain firewall,monitor,forward --packets 20000000
+	for args in "--flows 1000000" "--flows 1000000 --mix imix" \
+	    "--flows 1000000 --new-flows 10000 --flow-idle 2 --packets 60000000"; do \
+	  $(VENV)/bin/onvm bench fastpath --chain firewall,monitor,forward --packets 20000000 \
+	    $$args || exit 1; done
 	$(VENV)/bin/onvm bench fastpath --chain firewall,monitor,forward --mode process --packets 5000000
 	$(VENV)/bin/onvm bench fastpath --chain monitor --python --packets 3000000
 	for nf in forward monitor firewall firewall-stateful ratelimit ddos ids lb nat; do \

@@ -36,6 +36,7 @@ def test_nfs_share_the_flow_line_while_it_has_room_and_count_alike(harnesses):
     for _ in range(3):
         assert send_all(h, frames) == 16
     assert counts(h.nf(2), 16) == counts(h.nf(4), 16) == [3] * 16
+    assert h.nf(2).counters()["flows"] == h.nf(4).counters()["flows"] == 16
     drop = {"rules_text": "deny udp any any any any\nallow any any any any any\n"}
     h.manager.apply_plan(chain_plan([("firewall", ALLOW), ("monitor", None),
                                      ("firewall", drop), ("monitor", None)],
@@ -64,6 +65,7 @@ def test_a_new_instance_on_a_removed_ones_bytes_starts_every_flow_from_zero(harn
     assert send_all(h, frames) == 16
     assert counts(h.nf(5), 16) == [1] * 16
     assert h.nf(5).counters()["flow_ids_reused"] == 0
+    assert h.nf(5).counters()["flows"] == 16
 
 
 def test_an_id_a_new_flow_takes_on_the_line_holds_nothing_of_the_old_flow(harnesses):
@@ -87,3 +89,4 @@ def test_an_id_a_new_flow_takes_on_the_line_holds_nothing_of_the_old_flow(harnes
     assert send_all(h, frames(6000)) == 8
     assert counts(h.nf(2), 8) == [1] * 8
     assert h.nf(2).counters()["flow_ids_reused"] == 8
+    assert h.nf(2).counters()["flows"] == 8          # ids with counts, not flows seen

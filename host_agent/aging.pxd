@@ -1,5 +1,5 @@
-# Tables whose entries age: an rte_hash plus, per position, one 16-byte
-# record of its last use (TSC, 0: free) and of the owner's value for it
+# Tables whose entries age: a key table (host_agent/keytab.pxd) plus, per
+# position, one 16-byte record of its last use (TSC, 0: free) and of the owner's value for it
 # (at the start of a larger record of the owner's: the flow table's
 # 64-byte flow line, host_agent/flowline.pxd), so that a looked-up
 # position costs one cache line.  A sweep checks a
@@ -10,13 +10,9 @@
 # Not here: what a record's value means (its owner says: a pin's label, a
 # flow's first hop), the NFs' tables (nflib.flowtab).
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
-from dpdk.rte_hash cimport (rte_hash, rte_hash_add_key, rte_hash_del_key, rte_hash_free,
-    rte_hash_lookup, rte_hash_function)
-from nflib.eal cimport new_hash
+from dpdk.rte_hash cimport rte_hash_function
 from nflib.nf cimport huge_zeroed, free_huge_zeroed
-
-cdef extern from "rte_hash.h" nogil:
-    int rte_hash_get_key_with_position(const rte_hash *h, const int32_t position, void **key)
+from host_agent.keytab cimport keytab_t, kt_add, kt_del, kt_find, kt_key, kt_init, kt_free
 
 cdef struct aged_rec_t:
     uint64_t seen           # TSC of last use, 0 if free
@@ -25,7 +21,7 @@ cdef struct aged_rec_t:
 
 
 cdef struct aged_t:
-    rte_hash *h
+    keytab_t keys           # key -> position (host_agent/keytab.pxd)
     uint8_t *recs           # per position, `stride` bytes apart (aged_rec)
     uint32_t stride         # sizeof(aged_rec_t), or the owner's record that begins with one
     uint32_t entries
@@ -47,16 +43,14 @@ cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept 
     cdef int32_t pos
     cdef aged_rec_t *rec
     if a.live >= a.entries:
-        pos = rte_hash_lookup(a.h, key)     # already there: a full table still has it
+        pos = kt_find(&a.keys, key)         # already there: a full table still has it
         if pos >= 0 and <uint32_t>pos < a.entries:
             aged_rec(a, pos).seen = now
             return pos
         a.full += 1
         return -1
-    pos = rte_hash_add_key(a.h, key)
-    if pos < 0 or <uint32_t>pos >= a.entries:
-        if pos >= 0:
-            rte_hash_del_key(a.h, key)
+    pos = kt_add(&a.keys, key)
+    if pos < 0:
         a.full += 1
         return -1
     rec = aged_rec(a, pos)
@@ -70,8 +64,8 @@ cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept 
 
 cdef inline int32_t aged_find(aged_t *a, const void *key, uint64_t now) noexcept nogil:
     """Position of `key`, marked used at `now`; -1 if none."""
-    cdef int32_t pos = rte_hash_lookup(a.h, key)
-    if pos < 0 or <uint32_t>pos >= a.entries:
+    cdef int32_t pos = kt_find(&a.keys, key)
+    if pos < 0:
         return -1
     aged_rec(a, pos).seen = now
     return pos
@@ -104,7 +98,6 @@ cdef inline void aged_sweep(aged_t *a, uint64_t now, unsigned step) noexcept nog
     cdef unsigned i
     cdef uint32_t pos
     cdef uint64_t seen, due, one_pass = <uint64_t>a.entries * a.sweep_gap
-    cdef void *key
     if a.sweep_gap:
         if now < a.sweep_at:
             return
@@ -120,8 +113,7 @@ cdef inline void aged_sweep(aged_t *a, uint64_t now, unsigned step) noexcept nog
         seen = aged_rec(a, pos).seen
         if seen == 0 or now - seen <= a.idle or seen > now:
             continue
-        if rte_hash_get_key_with_position(a.h, pos, &key) == 0:
-            rte_hash_del_key(a.h, key)
+        kt_del(&a.keys, kt_key(&a.keys, pos))
         aged_rec(a, pos).seen = 0
         a.live -= 1
         a.expired += 1
@@ -134,7 +126,7 @@ cdef inline int aged_init(aged_t *a, str what, entries, uint32_t key_len,
     bytes (an aged_rec_t first, zeroed)."""
     if not 8 <= entries < (1 << 31):
         raise ValueError(f"{what}: entries must be 8 .. 2**31 - 1, not {entries}")
-    a.h = new_hash(what, entries, key_len, hash_func)
+    kt_init(&a.keys, what, entries, key_len, hash_func)
     a.entries = entries
     a.stride = stride
     a.recs = <uint8_t *>huge_zeroed(<size_t>entries * stride)
@@ -144,9 +136,7 @@ cdef inline int aged_init(aged_t *a, str what, entries, uint32_t key_len,
 
 
 cdef inline void aged_free(aged_t *a) noexcept:
-    if a.h != NULL:
-        rte_hash_free(a.h)
-    a.h = NULL
+    kt_free(&a.keys)
     a.live = 0
 
 

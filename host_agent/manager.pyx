@@ -4,12 +4,12 @@ instances without copying, and acts on their verdicts.
 
 What it does per burst of up to 64 (no Python on this path, the GIL released):
 parse the frame (host_agent/parser.pxd: strip the SFC label stack of
-DESIGN.md, or classify an untagged packet through the flow table, rte_hash
-on the 5-tuple backed by an rte_acl classifier), then follow the chain's
-hops: a local instance (inline: the NF library's handler is called in this
-loop; process: its rte_ring), a remote host (labels pushed, one host per
-flow by weighted consistent hashing), or the end of the chain (sent out of
-the egress port).
+DESIGN.md, or classify an untagged packet through the flow table, keyed on
+the 5-tuple (host_agent/keytab.pxd) and backed by an rte_acl classifier),
+then follow the chain's hops: a local instance (inline: the NF library's
+handler is called in this loop; process: its rte_ring), a remote host
+(labels pushed, one host per flow by weighted consistent hashing), or the
+end of the chain (sent out of the egress port).
 
 The pin table (host_agent/pinkey.pxd says what a pin keeps) and the flow
 table (5-tuple -> flow id, `flow_entries`) age (host_agent/aging.pxd):
@@ -33,8 +33,7 @@ from dpdk.rte_eal cimport rte_get_tsc_hz, rte_get_tsc_cycles
 from dpdk.rte_mbuf cimport rte_mbuf, rte_pktmbuf_free, rte_pktmbuf_free_bulk
 from dpdk.rte_ring cimport rte_ring_enqueue_burst, rte_ring_dequeue_burst, rte_ring_count
 from dpdk.rte_ethdev cimport *
-from dpdk.rte_hash cimport (rte_hash, rte_hash_lookup_bulk, rte_hash_lookup_data,
-    rte_hash_lookup_with_hash_bulk)
+from dpdk.rte_hash cimport rte_hash_lookup_data
 from nflib.eal cimport packet_pool
 from nflib.nf cimport (onvm_meta, onvm_meta_of, onvm_mtod, ONVM_FLOW_ENTRIES,
     ONVM_ACTION_DROP, ONVM_ACTION_NEXT, ONVM_ACTION_TONF, rte_prefetch0, prefetch_burst,
@@ -48,6 +47,7 @@ from host_agent.aging cimport (aged_t, aged_rec_t, aged_rec, aged_add, aged_find
 from host_agent.flowline cimport (flow_line_t, line_room_t, line_new_flow, lines_place,
     lines_release)
 from host_agent.pinkey cimport pin_key_t, pin_key_of, flow_key_hash
+from host_agent.keytab cimport kt_lookup_bulk, kt_lookup_keys
 from host_agent.benchflows cimport bench_t, bench_step, bench_set_table
 from host_agent.probeanswer cimport probes_split, probe_constants
 from host_agent.handoff cimport (handoff_t, handoff_split, handoff_open, handoff_set,
@@ -70,7 +70,7 @@ DEF PIN_SWEEP_STEP = 16    # pin table positions the sweep checks per loop itera
 PIN_IDLE_SECONDS = 300     # a pin unused this long is deleted
 PIN_ENTRIES = 1 << 18      # the pin table's size
 DEF FLOW_SWEEP_STEP = 32   # flow table positions the sweep checks per loop iteration, at most
-FLOW_ENTRIES = 1 << 20     # the flow table's default size (fits -m 256, see BENCHMARKS.md)
+FLOW_ENTRIES = 1 << 20     # the flow table's default size (host_agent/keytab.pxd)
 FLOW_IDLE_SECONDS = 30     # a flow unused this long is deleted
 FLOW_FIN_SECONDS = 2       # ... and this long after a TCP FIN or RST
 DEF MAX_PORTS = 16
@@ -461,7 +461,7 @@ cdef class Manager:
             pin_key_of(ok[i], meta, 0, 0, False, &fkeys[i])
             keys[i] = &fkeys[i]
             sig[i] = meta.flow_hash     # the table's hash of the key (pinkey.pxd flow_key_hash)
-        rte_hash_lookup_with_hash_bulk(self.flows.h, keys, sig, nok, pos)
+        kt_lookup_bulk(&self.flows.keys, keys, sig, nok, pos)
         for i in range(nok):
             # Each flow's last-use time and cached first hop: with a million
             # flows, cache misses that overlap when asked for together.
@@ -620,7 +620,7 @@ cdef class Manager:
         """Send each packet (all at remote hops) to the host its flow is
         pinned to while that host is still in the hop's list; else to the
         one its consistent hash picks now (weighted), and pin that.  One
-        bulk lookup for the burst: rte_hash pipelines it."""
+        bulk lookup for the burst (host_agent/keytab.pxd)."""
         cdef pin_key_t keys[BURST]
         cdef const void *kp[BURST]
         cdef int32_t pos[BURST]
@@ -638,7 +638,7 @@ cdef class Manager:
             if not keyed[i]:
                 memset(&keys[i], 0, sizeof(pin_key_t))    # looked up, never used
             kp[i] = &keys[i]
-        rte_hash_lookup_bulk(self.pins.h, kp, n, pos)
+        kt_lookup_keys(&self.pins.keys, kp, n, pos)
         for i in range(n):
             meta = onvm_meta_of(pkts[i])
             h = &t.hops[meta.hop]

@@ -264,6 +264,14 @@ def build_parser():
                          "instances this often during the timed run, as an agent does "
                          "(host_agent.replicas; default 0: none), their time counted")
     bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
+    bk = bsub.add_parser("keytab", help="the host flow table's bulk lookup, cycles a key: "
+                         "its key table against DPDK's rte_hash")
+    bk.add_argument("--flows", type=int, action="append", default=None, metavar="N",
+                    help="keys in the table (repeatable; default 1024, 65536, 1000000)")
+    bk.add_argument("--bursts", type=int, default=100_000, help="bursts of 64 a round")
+    bk.add_argument("--rounds", type=int, default=5)
+    bk.add_argument("--json", action="store_true")
+    bk.set_defaults(run=_handler("host_agent.keybench:cli_bench_keytab"))
     bh = bsub.add_parser("handoff", help="what the worker handoff costs: a chain on N "
                          "workers, frames spread as RSS would, tagged on one queue, or "
                          "untagged on one queue")

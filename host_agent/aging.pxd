@@ -1,8 +1,8 @@
 # Tables whose entries age: a key table (host_agent/keytab.pxd) plus, per
-# position, one 16-byte record of its last use (TSC, 0: free) and of the owner's value for it
-# (at the start of a larger record of the owner's: the flow table's
-# 64-byte flow line, host_agent/flowline.pxd), so that a looked-up
-# position costs one cache line.  A sweep checks a
+# position, one 16-byte record of its last use (TSC, 0: free) and of the
+# owner's value for it (at the start of a larger record of the owner's: the
+# flow table's 64-byte flow line, host_agent/flowline.pxd), so that a
+# looked-up position costs one cache line.  A sweep checks a
 # bounded number of positions per call, round robin, and deletes those
 # idle longer than `idle` cycles, so the loop that owns the table never
 # stalls on a full scan.  Used by the manager for the flow table and the
@@ -36,12 +36,16 @@ cdef inline aged_rec_t *aged_rec(aged_t *a, uint32_t pos) noexcept nogil:
     return <aged_rec_t *>(a.recs + <size_t>pos * a.stride)
 
 
-cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept nogil:
+cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now,
+                             bint *added=NULL) noexcept nogil:
     """Add (or find) `key`, marked used at `now`; -1 (counted `full`) if
     there is no room (a full table is only looked up, never inserted into:
-    a failing cuckoo insert costs microseconds)."""
+    a failing cuckoo insert costs microseconds).  `added`, if given: set
+    true if the key was new."""
     cdef int32_t pos
     cdef aged_rec_t *rec
+    if added != NULL:
+        added[0] = False
     if a.live >= a.entries:
         pos = kt_find(&a.keys, key)         # already there: a full table still has it
         if pos >= 0 and <uint32_t>pos < a.entries:
@@ -58,6 +62,8 @@ cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now) noexcept 
         a.inserts += 1
         a.live += 1
         rec.stamp = 0
+        if added != NULL:
+            added[0] = True
     rec.seen = now
     return pos
 

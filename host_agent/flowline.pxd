@@ -39,6 +39,11 @@ cdef inline uint32_t line_new_flow(flow_line_t *line) noexcept nogil:
     return line.gen
 
 
+cdef inline uint64_t line_bytes(uint32_t off, uint32_t size) noexcept:
+    """The mask of bytes off .. off+size-1 of a line's nf[] (line_room_t)."""
+    return ((<uint64_t>1 << size) - 1) << off
+
+
 cdef inline int32_t line_place(flow_line_t *lines, uint32_t count, line_room_t *room,
                                nf_flows_t *f) noexcept:
     """Move `f`'s records (none written yet) onto the `count` lines where
@@ -49,7 +54,7 @@ cdef inline int32_t line_place(flow_line_t *lines, uint32_t count, line_room_t *
     if f.line_off >= 0 or f.size == 0 or f.size > FLOW_LINE_NF_BYTES or f.size % 8:
         return -1
     for off in range(0, FLOW_LINE_NF_BYTES - f.size + 1, 8):
-        mask = ((<uint64_t>1 << f.size) - 1) << off
+        mask = line_bytes(off, f.size)
         if room.used & mask:
             continue
         if room.dirty & mask:
@@ -70,7 +75,7 @@ cdef inline void line_release(line_room_t *room, nf_flows_t *f) noexcept:
     the lines free for another NF, once zeroed."""
     if f.line_off < 0:
         return
-    room.used &= ~(((<uint64_t>1 << f.size) - 1) << f.line_off)
+    room.used &= ~line_bytes(f.line_off, f.size)
     f.base = f.own
     f.stride = f.size
     f.count = ONVM_FLOW_ENTRIES

@@ -742,10 +742,10 @@ cdef class Manager:
         hop forgotten), marked used (FIN/RST: flow_fin_seconds left); -1
         (counted `full`: classified per packet) if there is no room."""
         cdef uint8_t *l4
-        cdef uint64_t inserts = self.flows.inserts
+        cdef bint added
         if pos < 0 or <uint32_t>pos >= self.flows.entries:
-            pos = aged_add(&self.flows, k, self.now)   # a new position: no first hop
-            if pos >= 0 and self.flows.inserts != inserts:
+            pos = aged_add(&self.flows, k, self.now, &added)  # new: no first hop
+            if added:
                 line_new_flow(self._line(pos))
         else:
             self._line(pos).rec.seen = self.now

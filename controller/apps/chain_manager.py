@@ -125,14 +125,6 @@ class ChainManager(app_manager.RyuApp):
                 for dpid, rules in decisions.sync.items():
                     if dpid in self.datapaths:
                         hub.spawn(self._sync, self.datapaths[dpid], rules)
-                    elif dpid in self.core.connected:
-                        # It connected while the step ran (switch_connected
-                        # yields to the hub as it compiles, before its
-                        # connection is registered): not handed out, so the
-                        # next step syncs it.  (Counted as handed out, it
-                        # was never programmed: chaos ovs_restarted, leaf3.)
-                        self.core.sync_failed(dpid, "it connected while the step ran; "
-                                                    "synced at the next step")
             except StoreFull:
                 pass    # the store client logged the NOSPACE alarm and its fix once
             except StoreError as err:
@@ -229,8 +221,12 @@ class ChainManager(app_manager.RyuApp):
         datapath = ev.datapath
         self.confirmed.forget(datapath.id)   # read its tables at the next sync
         if ev.state == MAIN_DISPATCHER:
-            if self.core.switch_connected(datapath.id):
-                self.datapaths[datapath.id] = datapath
+            # Registered before the core hears of it: switch_connected
+            # yields to the hub as it compiles, and a step run there must
+            # find the connection it hands the switch's rules to.
+            self.datapaths[datapath.id] = datapath
+            if not self.core.switch_connected(datapath.id):
+                del self.datapaths[datapath.id]
         elif ev.state == DEAD_DISPATCHER and self.datapaths.get(datapath.id) is datapath:
             # (an old connection's death after the switch reconnected is not its leaving)
             del self.datapaths[datapath.id]

@@ -68,6 +68,8 @@ bench: deps
 	    "--flows 1000000 --new-flows 10000 --flow-idle 2 --packets 60000000"; do \
 	  $(VENV)/bin/onvm bench fastpath --chain firewall,monitor,forward --packets 20000000 \
 	    $$args || exit 1; done
+	$(VENV)/bin/onvm bench flowcost --chain firewall,monitor,forward
+	$(VENV)/bin/onvm bench keytab
 	$(VENV)/bin/onvm bench fastpath --chain firewall,monitor,forward --mode process --packets 5000000
 	$(VENV)/bin/onvm bench fastpath --chain monitor --python --packets 3000000
 	for nf in forward monitor firewall firewall-stateful ratelimit ddos ids lb nat; do \

@@ -264,6 +264,15 @@ def build_parser():
                          "instances this often during the timed run, as an agent does "
                          "(host_agent.replicas; default 0: none), their time counted")
     bf.set_defaults(run=_handler("host_agent.bench:cli_bench_fastpath"))
+    bfc = bsub.add_parser("flowcost", help="what many flows cost a chain's fast path, "
+                          "against few flows in the same process and minutes (turns)")
+    bfc.add_argument("--chain", required=True)
+    bfc.add_argument("--flows", type=int, default=1_000_000)
+    bfc.add_argument("--against", type=int, default=1024, metavar="FLOWS")
+    bfc.add_argument("--turns", type=int, default=20)
+    bfc.add_argument("--turn-packets", type=int, default=2_000_000)
+    bfc.add_argument("--json", action="store_true")
+    bfc.set_defaults(run=_handler("host_agent.flowcost:cli_bench_flowcost"))
     bk = bsub.add_parser("keytab", help="the host flow table's bulk lookup, cycles a key: "
                          "its key table against DPDK's rte_hash")
     bk.add_argument("--flows", type=int, action="append", default=None, metavar="N",

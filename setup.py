@@ -25,15 +25,10 @@ def pkg_config(*args):
 def dpdk_extension(name, sources):
     cflags = pkg_config("--cflags")
     libs = pkg_config("--libs")
-    # -fno-strict-aliasing: DPDK's inline helpers read bytes through wider
-    # pointers (rte_hash_crc takes a key 8 bytes at a time); with strict
-    # aliasing, GCC -O3 gave a key's hash from before the key was written
-    # where both were inlined in one function (host_agent/keybench.pyx).
     return Extension(
         name, sources,
         include_dirs=["dpdk"],
-        extra_compile_args=cflags + ["-O3", "-fno-strict-aliasing",
-                                     "-Wno-deprecated-declarations",
+        extra_compile_args=cflags + ["-O3", "-Wno-deprecated-declarations",
                                      "-Wno-unused-function"],
         extra_link_args=libs + ["-lrte_net_ring"],
     )

@@ -13,6 +13,11 @@
  * size (calloc'd: pages are touched only as flows come). */
 #define ONVM_FLOW_ENTRIES 1048576
 
+/* 8 bytes read from memory of any type (host_agent/keytab.pxd compares
+ * keys a word at a time): GCC keeps such a load after the writes of the
+ * key's fields, as it need not for a plain uint64_t. */
+typedef uint64_t __attribute__((__may_alias__)) onvm_u64_any;
+
 /* Verdicts an NF gives a packet (OpenNetVM's actions). */
 #define ONVM_ACTION_DROP 0
 #define ONVM_ACTION_NEXT 1   /* next NF of the chain: SI - 1 */

@@ -163,7 +163,7 @@ def lookup_cycles(uint32_t flows, uint32_t bursts=100000, str table="keytab", se
                     x = x * 6364136223846793005ULL + 1442695040888963407ULL
                     key_of((x >> 33) % flows, &keys[j])
                     kp[j] = &keys[j]
-                    hashes[j] = flow_key_hash(&keys[j], sizeof(pin_key_t), 0)
+                    hashes[j] = kt_hash(&k, &keys[j])
                 t0 = rte_get_tsc_cycles()
                 if kt:
                     kt_lookup_bulk(&k, kp, hashes, KT_BULK, pos)

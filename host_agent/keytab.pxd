@@ -36,6 +36,9 @@ from nflib.nf cimport huge_zeroed, free_huge_zeroed, rte_prefetch0
 cdef extern from *:
     int __builtin_ctz(unsigned int x) nogil
 
+cdef extern from "shim.h" nogil:
+    ctypedef uint64_t onvm_u64_any      # a uint64_t that may alias anything
+
 cdef enum:
     KT_SLOTS = 8            # slots per bucket: one cache line with their positions
     KT_BULK = 64            # keys one kt_lookup_bulk takes, at most
@@ -57,7 +60,7 @@ cdef struct keytab_t:
     uint32_t entries
     uint32_t key_len
     uint32_t stride
-    rte_hash_function hash_func   # NULL: CRC32C of the whole key (rte_hash_crc)
+    rte_hash_function hash_func   # the keys' hash (kt_init: key_crc if none given)
     uint64_t moves          # keys moved to make room (cuckoo)
     uint64_t paths          # ... along this many paths (more moves than paths: longer ones)
 
@@ -68,10 +71,18 @@ cdef struct kt_node_t:      # the insert's path search (kt_make_room)
     uint32_t slot
 
 
+cdef inline uint32_t key_crc(const void *key, uint32_t key_len, uint32_t init) noexcept nogil:
+    """CRC32C of the whole key (rte_hash's default hash)."""
+    return rte_hash_crc(key, key_len, init)
+
+
 cdef inline uint32_t kt_hash(keytab_t *k, const void *key) noexcept nogil:
-    if k.hash_func != NULL:
-        return k.hash_func(key, k.key_len, 0)
-    return rte_hash_crc(key, k.key_len, 0)
+    """The key's hash, always through the table's function pointer: a
+    call GCC cannot see into, so the caller's writes of the key are done
+    before it is read (DPDK's rte_hash_crc reads keys 8 bytes at a time
+    through uint64_t pointers; inlined beside the writes, GCC -O3 hashed
+    the bytes from before them)."""
+    return k.hash_func(key, k.key_len, 0)
 
 
 cdef inline uint16_t kt_tag(uint32_t h) noexcept nogil:
@@ -89,14 +100,14 @@ cdef inline uint8_t *kt_key(keytab_t *k, uint32_t pos) noexcept nogil:
 
 
 cdef inline bint kt_same(keytab_t *k, uint32_t pos, const void *key) noexcept nogil:
-    cdef const uint64_t *a
-    cdef const uint64_t *b
+    cdef const onvm_u64_any *a
+    cdef const onvm_u64_any *b
     cdef uint64_t d = 0
     cdef uint32_t i
     if k.key_len & 7:
         return memcmp(kt_key(k, pos), key, k.key_len) == 0
-    a = <const uint64_t *>kt_key(k, pos)
-    b = <const uint64_t *>key
+    a = <const onvm_u64_any *>kt_key(k, pos)
+    b = <const onvm_u64_any *>key
     for i in range(k.key_len >> 3):
         d |= a[i] ^ b[i]
     return d == 0
@@ -286,7 +297,8 @@ cdef inline int kt_init(keytab_t *k, str what, uint32_t entries, uint32_t key_le
     k.stride = 8
     while k.stride < key_len:
         k.stride <<= 1
-    k.mask, k.entries, k.key_len, k.hash_func = nb - 1, entries, key_len, hash_func
+    k.mask, k.entries, k.key_len = nb - 1, entries, key_len
+    k.hash_func = hash_func if hash_func != NULL else key_crc
     k.moves = k.paths = 0
     k.buckets = <kt_bucket_t *>huge_zeroed(<size_t>nb * sizeof(kt_bucket_t))
     k.keys = <uint8_t *>huge_zeroed(<size_t>entries * k.stride)

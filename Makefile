@@ -59,7 +59,7 @@ demo: deps
 	$(VENV)/bin/onvm demo
 
 test: deps
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 # The figures of BENCHMARKS.md (failover needs a few minutes: `onvm bench failover`).
 bench: deps

@@ -1,8 +1,9 @@
 # cython: language_level=3
 """The pin table's key (host_agent/manager.pyx keeps flows' picks and ways
-back in an rte_hash on it): what a pin is for and how a packet gives it.
+back in a table on it, host_agent/aging.pxd): what a pin is for and how a
+packet gives it.
 
-The pin table (one rte_hash per host) keeps what a flow must keep while
+The pin table (one per host) keeps what a flow must keep while
 it lives: the host a forward remote hop picked for it, the host its reply
 goes back to on a reverse hop ("reverse" learns, "pinned" looks up), and,
 for an end with "reply", the reverse SPI its untagged replies enter.  Keys
@@ -23,8 +24,8 @@ from nflib.nf cimport onvm_meta, onvm_mtod
 # of the hop, or (0, 0) for an end's reply pin or a flow, and the flow's
 # 5-tuple as the packet's bytes give it, in network byte order: whole
 # IPv6 addresses (IPv4 ones in the first 4 bytes, the rest 0), ports 0 but
-# for TCP, UDP and SCTP.  48 bytes, which rte_hash compares with vector
-# instructions.
+# for TCP, UDP and SCTP.  48 bytes, compared a word at a time
+# (keytab.pxd kt_same).
 cdef struct pin_key_t:
     uint32_t spi
     uint8_t si
@@ -85,10 +86,10 @@ cdef inline uint32_t flow_hash_words(uint32_t proto_family, uint32_t src, uint32
 
 cdef inline uint32_t flow_key_hash(const void *key, uint32_t key_len,
                                    uint32_t init_val) noexcept nogil:
-    """The host flow table's hash function (rte_hash's hash_func) of a
-    pin key with SPI and SI 0: the parser's flow hash of the same packet
-    (parser.pxd key_hash), so the loop looks flows up with the hash the
-    parser already has (rte_hash_lookup_with_hash_bulk)."""
+    """The host flow table's hash function (its key table's hash_func,
+    host_agent/keytab.pxd) of a pin key with SPI and SI 0: the parser's
+    flow hash of the same packet (parser.pxd key_hash), so the loop looks
+    flows up with the hash the parser already has (kt_lookup_bulk)."""
     cdef const pin_key_t *k = <const pin_key_t *>key
     cdef uint32_t src, dst, ports
     if k.family == 6:

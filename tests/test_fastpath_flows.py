@@ -127,7 +127,7 @@ def test_a_new_plan_classifies_live_flows_anew(harnesses):
 
 def test_the_flow_table_hashes_a_flow_as_the_parser_does(harnesses):
     """The loop looks flows up with the parser's hash (meta.flow_hash,
-    rte_hash_lookup_with_hash_bulk); the table hashes the keys it adds and
+    keytab.pxd kt_lookup_bulk); the table hashes the keys it adds and
     deletes with its own function (pinkey.pxd flow_key_hash).  Were they
     to differ for some packet, its flow would be found only by the slow
     insert path, every packet: checked for each kind of packet the parser

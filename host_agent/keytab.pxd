@@ -5,9 +5,9 @@ by bucketized cuckoo hashing, built for the loop's bulk lookup of a burst.
 
 Why not rte_hash, which this used before: measured on this machine
 (BENCHMARKS.md, "The flow table's own key table"), rte_hash's bulk lookup
-of 48-byte keys cost 30 CPU cycles a key with the table in cache and 50
-at a million keys, where touching one random cache line of a 64 MB table
-costs 6.  It reads both of a key's buckets every time, and its key slots
+of 48-byte keys cost 20 to 35 CPU cycles a key with the table in cache
+and 40 to 55 at a million keys, where touching one random cache line of
+a 64 MB table costs 6.  It reads both of a key's buckets every time, and its key slots
 (8-byte header and key) cross cache lines.  Here:
 
 - a bucket is one 64-byte line of 8 slots, each a 16-bit tag (0: empty)

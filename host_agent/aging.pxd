@@ -48,7 +48,7 @@ cdef inline int32_t aged_add(aged_t *a, const void *key, uint64_t now,
         added[0] = False
     if a.live >= a.entries:
         pos = kt_find(&a.keys, key)         # already there: a full table still has it
-        if pos >= 0 and <uint32_t>pos < a.entries:
+        if pos >= 0:
             aged_rec(a, pos).seen = now
             return pos
         a.full += 1

@@ -7,8 +7,8 @@ Why not rte_hash, which this used before: measured on this machine
 (BENCHMARKS.md, "The flow table's own key table"), rte_hash's bulk lookup
 of 48-byte keys cost 20 to 35 CPU cycles a key with the table in cache
 and 40 to 55 at a million keys, where touching one random cache line of
-a 64 MB table costs 6.  It reads both of a key's buckets every time, and its key slots
-(8-byte header and key) cross cache lines.  Here:
+a 64 MB table costs 6.  It reads both of a key's buckets every time, and
+its key slots (8-byte header and key) cross cache lines.  Here:
 
 - a bucket is one 64-byte line of 8 slots, each a 16-bit tag (0: empty)
   and the position of its key;
@@ -139,18 +139,25 @@ cdef inline int kt_empty_slot(kt_bucket_t *bk) noexcept nogil:
     return -1
 
 
-cdef inline int32_t kt_find_with_hash(keytab_t *k, const void *key, uint32_t h) noexcept nogil:
-    """`key`'s position, -1 if it is not in the table."""
+cdef inline int kt_locate(keytab_t *k, const void *key, uint32_t h,
+                          uint32_t *bucket) noexcept nogil:
+    """The slot of `key` (hash `h`) in its first bucket or else its other
+    one, that bucket in `bucket`; -1 if it is not in the table."""
     cdef uint16_t tag = kt_tag(h)
     cdef uint32_t b = h & k.mask
     cdef int s = kt_slot_of(k, &k.buckets[b], tag, key)
-    if s >= 0:
-        return <int32_t>k.buckets[b].pos[s]
-    b = kt_other(k, b, tag)
-    s = kt_slot_of(k, &k.buckets[b], tag, key)
-    if s >= 0:
-        return <int32_t>k.buckets[b].pos[s]
-    return -1
+    if s < 0:
+        b = kt_other(k, b, tag)
+        s = kt_slot_of(k, &k.buckets[b], tag, key)
+    bucket[0] = b
+    return s
+
+
+cdef inline int32_t kt_find_with_hash(keytab_t *k, const void *key, uint32_t h) noexcept nogil:
+    """`key`'s position, -1 if it is not in the table."""
+    cdef uint32_t b
+    cdef int s = kt_locate(k, key, h, &b)
+    return <int32_t>k.buckets[b].pos[s] if s >= 0 else -1
 
 
 cdef inline int32_t kt_find(keytab_t *k, const void *key) noexcept nogil:
@@ -269,16 +276,10 @@ cdef inline int32_t kt_add(keytab_t *k, const void *key) noexcept nogil:
 
 cdef inline int32_t kt_del(keytab_t *k, const void *key) noexcept nogil:
     """Delete `key`; its position (free again), -1 if it was not there."""
-    cdef uint32_t h = kt_hash(k, key)
-    cdef uint16_t tag = kt_tag(h)
-    cdef uint32_t b = h & k.mask
-    cdef int s = kt_slot_of(k, &k.buckets[b], tag, key)
-    cdef uint32_t pos
+    cdef uint32_t b, pos
+    cdef int s = kt_locate(k, key, kt_hash(k, key), &b)
     if s < 0:
-        b = kt_other(k, b, tag)
-        s = kt_slot_of(k, &k.buckets[b], tag, key)
-        if s < 0:
-            return -1
+        return -1
     pos = k.buckets[b].pos[s]
     k.buckets[b].tag[s] = 0
     k.free[k.nfree] = pos

@@ -465,7 +465,7 @@ cdef class Manager:
         for i in range(nok):
             # Each flow's last-use time and cached first hop: with a million
             # flows, cache misses that overlap when asked for together.
-            if pos[i] >= 0 and <uint32_t>pos[i] < self.flows.entries:
+            if pos[i] >= 0:
                 rte_prefetch0(self._line(pos[i]))
         for i in range(nok):
             meta = onvm_meta_of(ok[i])
@@ -645,7 +645,7 @@ cdef class Manager:
             peer = &t.peers[t.remote[h.remote_off + (meta.flow_hash & (SLOTS - 1))]]
             if not keyed[i]:
                 pass
-            elif pos[i] < 0 or <uint32_t>pos[i] >= self.pins.entries:
+            elif pos[i] < 0:
                 aged_set(&self.pins, &keys[i], peer.label, self.now)
             else:
                 rec = aged_rec(&self.pins, pos[i])
@@ -743,7 +743,7 @@ cdef class Manager:
         (counted `full`: classified per packet) if there is no room."""
         cdef uint8_t *l4
         cdef bint added
-        if pos < 0 or <uint32_t>pos >= self.flows.entries:
+        if pos < 0:
             pos = aged_add(&self.flows, k, self.now, &added)  # new: no first hop
             if added:
                 line_new_flow(self._line(pos))
